@@ -1,0 +1,3 @@
+//! Fault injection, workload generators, history recording and checkers.
+//!
+//! Not built yet (see the "Chaos harness" issue).

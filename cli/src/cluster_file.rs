@@ -1,0 +1,70 @@
+//! `DIR/cluster.json`: what `skiff up` started, for people, tests and `skiff down`.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub masters: Vec<MasterEntry>,
+    /// Node daemons (none until the node daemon exists).
+    #[serde(default)]
+    pub nodes: Vec<NodeEntry>,
+    /// Client configuration file for the Skiff API (written once the API server exists).
+    pub client_config: Option<PathBuf>,
+    /// Admin credentials (token file, CA) for the Skiff API (once authentication exists).
+    pub credentials: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MasterEntry {
+    pub id: u64,
+    pub name: String,
+    pub pid: u32,
+    /// host:port of the client listener.
+    pub api: String,
+    /// host:port of the etcd-compatible listener (the client listener today).
+    pub etcd: String,
+    /// host:port of the peer (raft) listener.
+    pub peer: String,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub name: String,
+    pub pid: u32,
+}
+
+impl ClusterFile {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("cluster.json")
+    }
+
+    pub fn load(dir: &Path) -> anyhow::Result<Option<ClusterFile>> {
+        let path = Self::path(dir);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)?;
+        Ok(Some(serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?))
+    }
+
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let tmp = dir.join("cluster.json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)? + "\n")?;
+        std::fs::rename(tmp, Self::path(dir))?;
+        Ok(())
+    }
+}
+
+/// Whether `pid` is a live (not zombie) process whose command line mentions `needle`.
+pub fn process_alive(pid: u32, needle: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    if matches!(state, Some('Z') | Some('X') | None) {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).contains(needle)).unwrap_or(false)
+}

@@ -1,0 +1,48 @@
+//! `skiff`: every role of a Skiff cluster in one binary. This file only parses flags and
+//! installs tracing; the work happens in the library crates and the sub-command modules.
+
+mod bench;
+mod cluster_file;
+mod master_cmd;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "A container orchestrator whose control plane survives the loss of any master"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one master: a raft member of the replicated store serving the etcd v3 API.
+    Master(master_cmd::MasterArgs),
+    /// Start (or restart) a local HA cluster as background processes and wait for a leader.
+    Up(up::UpArgs),
+    /// Stop a cluster started by `skiff up`, keeping its data.
+    Down(up::DownArgs),
+    /// Benchmark the store against etcd on this machine (prints a table).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Master(args) => master_cmd::run(args),
+        Command::Up(args) => up::up(args),
+        Command::Down(args) => up::down(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}

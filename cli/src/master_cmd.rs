@@ -1,0 +1,123 @@
+//! `skiff master`: configuration from flags or a JSON file, listeners, signals.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use skiff_raft_store::{MasterConfig, Member};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct MasterArgs {
+    /// JSON file with the master's configuration (as `skiff up` writes); flags are ignored.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This master's raft id (a positive integer, unique in the cluster, never reused).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Human-readable name (defaults to `master-<id>`).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// host:port of the peer (raft) listener.
+    #[arg(long)]
+    peer_addr: Option<String>,
+    /// host:port of the client (etcd v3 API) listener; loopback only.
+    #[arg(long)]
+    client_addr: Option<String>,
+    /// Founding members, `ID=PEER_ADDR/CLIENT_ADDR` comma-separated. Omit to join a cluster
+    /// that added this member with `etcdctl member add`.
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// Largest accepted request in bytes (default 1.5 MiB, as etcd).
+    #[arg(long)]
+    max_request_bytes: Option<usize>,
+    /// Deadline for a request, including waiting for a leader, in milliseconds.
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
+    /// Applied entries between snapshots.
+    #[arg(long)]
+    snapshot_logs: Option<u64>,
+}
+
+pub fn parse_initial_cluster(s: &str) -> anyhow::Result<BTreeMap<u64, Member>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (id, addrs) =
+            part.split_once('=').with_context(|| format!("--initial-cluster: {part:?} is not ID=PEER/CLIENT"))?;
+        let id: u64 = id.parse().with_context(|| format!("--initial-cluster: member id {id:?} is not a number"))?;
+        let (peer, client) =
+            addrs.split_once('/').with_context(|| format!("--initial-cluster: {part:?} is not ID=PEER/CLIENT"))?;
+        out.insert(id, Member { name: format!("master-{id}"), peer_addr: peer.into(), client_addr: client.into() });
+    }
+    Ok(out)
+}
+
+fn build_config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
+    if let Some(path) = args.config {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        return serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()));
+    }
+    let id = args.id.context("--id is required (or --config)")?;
+    if id == 0 {
+        bail!("--id must be positive");
+    }
+    let mut config = MasterConfig::new(
+        id,
+        args.name.unwrap_or_else(|| format!("master-{id}")),
+        args.data_dir.context("--data-dir is required")?,
+        args.peer_addr.context("--peer-addr is required")?,
+        args.client_addr.context("--client-addr is required")?,
+    );
+    if let Some(s) = args.initial_cluster {
+        config.initial_members = parse_initial_cluster(&s)?;
+    }
+    if let Some(m) = config.initial_members.get_mut(&id) {
+        m.name = config.name.clone();
+    }
+    if let Some(v) = args.max_request_bytes {
+        config.max_request_bytes = v;
+    }
+    if let Some(v) = args.request_timeout_ms {
+        config.request_timeout_ms = v;
+    }
+    if let Some(v) = args.snapshot_logs {
+        config.snapshot_logs = v;
+    }
+    Ok(config)
+}
+
+pub fn run(args: MasterArgs) -> anyhow::Result<()> {
+    let config = build_config(args)?;
+    let client: SocketAddr =
+        config.client_addr.parse().with_context(|| format!("client address {:?}", config.client_addr))?;
+    if !client.ip().is_loopback() {
+        bail!(
+            "client listener {} is not on loopback: off loopback the etcd API requires TLS client certificates, \
+             which this build does not configure yet",
+            config.client_addr
+        );
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let peer_listener = tokio::net::TcpListener::bind(&config.peer_addr)
+            .await
+            .with_context(|| format!("binding peer listener {}", config.peer_addr))?;
+        let client_listener = tokio::net::TcpListener::bind(&config.client_addr)
+            .await
+            .with_context(|| format!("binding client listener {}", config.client_addr))?;
+        let master = skiff_raft_store::Master::open(config.clone()).await?;
+        tracing::info!(id = config.id, peer = %config.peer_addr, client = %config.client_addr, "master serving");
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        skiff_raft_store::serve(master, peer_listener, client_listener, shutdown).await?;
+        anyhow::Ok(())
+    })
+}

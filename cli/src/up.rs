@@ -1,0 +1,222 @@
+//! `skiff up` / `skiff down`: a local cluster as background processes on free loopback ports.
+
+use crate::cluster_file::{process_alive, ClusterFile, MasterEntry};
+use anyhow::{bail, Context};
+use clap::Args;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use skiff_proto::etcdserverpb::StatusRequest;
+use skiff_raft_store::{MasterConfig, Member};
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Directory holding the cluster's data, configs, logs and cluster.json.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Number of masters (3 or 5 for a cluster that survives failures).
+    #[arg(long, default_value_t = 3)]
+    masters: usize,
+    /// Number of node daemons to run beside the masters.
+    #[arg(long, default_value_t = 0)]
+    nodes: usize,
+    /// How long to wait for a leader before giving up, in seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct DownArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    /// Seconds to wait after SIGTERM before SIGKILL.
+    #[arg(long, default_value_t = 10)]
+    grace: u64,
+}
+
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    // Hold every listener until all are chosen so no port is handed out twice.
+    let listeners: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+fn spawn_master(entry: &MasterEntry) -> anyhow::Result<u32> {
+    let exe = std::env::current_exe().context("locating the skiff binary")?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&entry.log)?;
+    let child = Command::new(exe)
+        .arg("master")
+        .arg("--config")
+        .arg(&entry.config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", entry.name))?;
+    Ok(child.id())
+}
+
+fn new_cluster(dir: &Path, masters: usize) -> anyhow::Result<ClusterFile> {
+    if masters == 0 {
+        bail!("--masters must be at least 1");
+    }
+    let ports = free_ports(masters * 2)?;
+    let mut members = BTreeMap::new();
+    for i in 0..masters {
+        let id = i as u64 + 1;
+        members.insert(
+            id,
+            Member {
+                name: format!("master-{id}"),
+                peer_addr: format!("127.0.0.1:{}", ports[2 * i]),
+                client_addr: format!("127.0.0.1:{}", ports[2 * i + 1]),
+            },
+        );
+    }
+    let mut entries = Vec::new();
+    for (&id, m) in &members {
+        let home = dir.join(&m.name);
+        std::fs::create_dir_all(&home)?;
+        let data_dir = std::fs::canonicalize(&home)?.join("data");
+        let mut config =
+            MasterConfig::new(id, m.name.clone(), data_dir.clone(), m.peer_addr.clone(), m.client_addr.clone());
+        config.initial_members = members.clone();
+        let config_path = std::fs::canonicalize(&home)?.join("config.json");
+        std::fs::write(&config_path, serde_json::to_string_pretty(&config)? + "\n")?;
+        entries.push(MasterEntry {
+            id,
+            name: m.name.clone(),
+            pid: 0,
+            api: m.client_addr.clone(),
+            etcd: m.client_addr.clone(),
+            peer: m.peer_addr.clone(),
+            data_dir,
+            log: config_path.with_file_name("master.log"),
+            config: config_path,
+        });
+    }
+    Ok(ClusterFile { masters: entries, nodes: Vec::new(), client_config: None, credentials: None })
+}
+
+/// Per master: its view of the leader, or why it did not answer.
+async fn leader_views(masters: &[MasterEntry]) -> Vec<Result<u64, String>> {
+    let mut out = Vec::new();
+    for m in masters {
+        let view = async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.api))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_millis(300))
+                .timeout(Duration::from_millis(800))
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status =
+                MaintenanceClient::new(channel).status(StatusRequest {}).await.map_err(|e| e.message().to_string())?;
+            Ok(status.into_inner().leader)
+        };
+        out.push(view.await);
+    }
+    out
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    if args.nodes > 0 {
+        bail!("--nodes {}: the node daemon is not built yet (see the \"Node daemon\" issue)", args.nodes);
+    }
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+    let mut cluster = match ClusterFile::load(&dir)? {
+        Some(existing) => {
+            if existing.masters.len() != args.masters {
+                eprintln!(
+                    "note: {} already holds a {}-master cluster; restarting it as it is",
+                    dir.display(),
+                    existing.masters.len()
+                );
+            }
+            existing
+        }
+        None => new_cluster(&dir, args.masters)?,
+    };
+    for m in &mut cluster.masters {
+        let needle = m.config.to_string_lossy().to_string();
+        if m.pid != 0 && process_alive(m.pid, &needle) {
+            continue;
+        }
+        m.pid = spawn_master(m)?;
+    }
+    cluster.save(&dir)?;
+
+    let rt = tokio::runtime::Runtime::new()?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let mut last_report = Instant::now();
+    let leader = loop {
+        let views = rt.block_on(leader_views(&cluster.masters));
+        let answering = views.iter().filter(|v| v.is_ok()).count();
+        let leaders: Vec<u64> = views.iter().filter_map(|v| v.as_ref().ok().copied()).collect();
+        if answering == cluster.masters.len() && leaders.iter().all(|&l| l != 0 && l == leaders[0]) {
+            break leaders[0];
+        }
+        for m in &cluster.masters {
+            if !process_alive(m.pid, &m.config.to_string_lossy()) {
+                bail!("{} (pid {}) exited during start-up; its log ends:\n{}", m.name, m.pid, tail(&m.log, 20));
+            }
+        }
+        if Instant::now() > deadline {
+            let mut msg = format!("no leader after {}s:", args.timeout);
+            for (m, v) in cluster.masters.iter().zip(&views) {
+                msg += &format!("\n  {}: {:?}\n{}", m.name, v, tail(&m.log, 10));
+            }
+            bail!(msg);
+        }
+        if last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!("waiting for a leader ({answering} of {} masters answering)…", cluster.masters.len());
+            last_report = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    let leader_name = cluster.masters.iter().find(|m| m.id == leader).map_or("?".into(), |m| m.name.clone());
+    println!("Skiff cluster up in {} ({} masters, leader {leader_name})", dir.display(), cluster.masters.len());
+    for m in &cluster.masters {
+        println!("  {:<10} pid {:<7} api {}  etcd {}  peer {}", m.name, m.pid, m.api, m.etcd, m.peer);
+    }
+    let endpoints: Vec<&str> = cluster.masters.iter().map(|m| m.etcd.as_str()).collect();
+    println!("etcdctl:  etcdctl --endpoints={} endpoint status -w table", endpoints.join(","));
+    println!("cluster:  {}", ClusterFile::path(&dir).display());
+    println!("stop:     skiff down --dir {}", dir.display());
+    Ok(())
+}
+
+pub fn down(args: DownArgs) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(&args.dir).with_context(|| format!("{}", args.dir.display()))?;
+    let Some(cluster) = ClusterFile::load(&dir)? else {
+        bail!("{} holds no cluster.json", dir.display());
+    };
+    let alive = |m: &MasterEntry| m.pid != 0 && process_alive(m.pid, &m.config.to_string_lossy());
+    for m in cluster.masters.iter().filter(|m| alive(m)) {
+        let _ = kill(Pid::from_raw(m.pid as i32), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.grace);
+    while cluster.masters.iter().any(alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for m in cluster.masters.iter().filter(|m| alive(m)) {
+        eprintln!("{} did not stop within {}s; killing it", m.name, args.grace);
+        let _ = kill(Pid::from_raw(m.pid as i32), Signal::SIGKILL);
+    }
+    println!("Skiff cluster in {} stopped; data kept (skiff up --dir {} restarts it)", dir.display(), dir.display());
+    Ok(())
+}

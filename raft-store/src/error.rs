@@ -1,0 +1,63 @@
+//! The store's error type, and the one table that maps it to gRPC codes (DESIGN.md rule 7).
+//!
+//! Messages follow etcd's wording where etcd has one (`etcdserver: ...`), because etcd client
+//! libraries match on them to pick their typed errors.
+
+use crate::types::ApplyError;
+use serde::{Deserialize, Serialize};
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum StoreError {
+    /// The state machine refused the command; nothing changed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// No leader is known, or none answered, before the request's deadline.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The request may or may not have been applied (no quorum before the deadline).
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// A leader-only operation reached a member that is not (or no longer) leader.
+    #[error("etcdserver: not leader (leader is {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    #[error("etcdserver: request is too large ({size} bytes, limit {limit})")]
+    TooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("etcdserver: member not found")]
+    MemberNotFound { id: u64 },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    /// This master is shutting down or its raft core has stopped.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        let code = match &e {
+            StoreError::Apply(a) => match a {
+                ApplyError::Compacted { .. } | ApplyError::FutureRevision { .. } => Code::OutOfRange,
+                ApplyError::LeaseNotFound { .. } => Code::NotFound,
+                ApplyError::LeaseExists { .. } => Code::FailedPrecondition,
+                ApplyError::KeyNotFound | ApplyError::DuplicateKey | ApplyError::Invalid(_) => Code::InvalidArgument,
+                ApplyError::Fenced { .. } => Code::FailedPrecondition,
+            },
+            StoreError::NoLeader | StoreError::Timeout | StoreError::NotLeader { .. } | StoreError::Stopped => {
+                Code::Unavailable
+            }
+            StoreError::TooLarge { .. } => Code::ResourceExhausted,
+            StoreError::InvalidArgument(_) => Code::InvalidArgument,
+            StoreError::MemberNotFound { .. } => Code::NotFound,
+            StoreError::FailedPrecondition(_) => Code::FailedPrecondition,
+            StoreError::Unimplemented(_) => Code::Unimplemented,
+            StoreError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

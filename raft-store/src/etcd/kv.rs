@@ -1,0 +1,113 @@
+//! `etcdserverpb.KV`: Range, Put, DeleteRange, Txn, Compact.
+
+use super::status;
+use crate::error::StoreError;
+use crate::master::{reply_result, Master};
+use crate::mvcc::validate_txn;
+use crate::types::{Op, Reply};
+use prost::Message;
+use skiff_proto::etcdserverpb::kv_server::Kv;
+use skiff_proto::etcdserverpb::{
+    request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct KvService {
+    pub master: Arc<Master>,
+}
+
+fn empty_key() -> Status {
+    status(StoreError::InvalidArgument("etcdserver: key is not provided".into()))
+}
+
+impl KvService {
+    fn check_size(&self, size: usize) -> Result<(), Status> {
+        let limit = self.master.config.max_request_bytes;
+        if size > limit {
+            return Err(status(StoreError::TooLarge { size, limit }));
+        }
+        Ok(())
+    }
+
+    /// Proposes `op` and decodes the etcd response the state machine produced.
+    async fn write<M: Message + Default>(&self, op: Op) -> Result<(i64, M), Status> {
+        let (revision, reply) = reply_result(self.master.propose(op).await.map_err(status)?).map_err(status)?;
+        match reply {
+            Reply::Encoded(b) => Ok((revision, M::decode(b.as_slice()).map_err(|e| Status::internal(e.to_string()))?)),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+}
+
+fn is_read_only(t: &TxnRequest) -> bool {
+    t.success.iter().chain(&t.failure).all(|op| match &op.request {
+        Some(request_op::Request::RequestRange(_)) => true,
+        Some(request_op::Request::RequestTxn(t)) => is_read_only(t),
+        _ => false,
+    })
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = req.into_inner();
+        if req.key.is_empty() {
+            return Err(empty_key());
+        }
+        if !req.serializable {
+            self.master.read_barrier().await.map_err(status)?;
+        }
+        let mut resp = self.master.sm.mvcc.range(&req).map_err(status)?;
+        resp.header = Some(self.master.header(resp.header.map_or(0, |h| h.revision)));
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = req.into_inner();
+        if req.key.is_empty() {
+            return Err(empty_key());
+        }
+        self.check_size(req.encoded_len())?;
+        let (revision, mut resp): (i64, PutResponse) = self.write(Op::Put(req.encode_to_vec())).await?;
+        resp.header = Some(self.master.header(revision));
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = req.into_inner();
+        if req.key.is_empty() {
+            return Err(empty_key());
+        }
+        self.check_size(req.encoded_len())?;
+        let (revision, mut resp): (i64, DeleteRangeResponse) = self.write(Op::DeleteRange(req.encode_to_vec())).await?;
+        resp.header = Some(self.master.header(revision));
+        Ok(Response::new(resp))
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = req.into_inner();
+        self.check_size(req.encoded_len())?;
+        validate_txn(&req).map_err(status)?;
+        if is_read_only(&req) {
+            self.master.read_barrier().await.map_err(status)?;
+            let mvcc = &self.master.sm.mvcc;
+            let mut w = mvcc.writer();
+            let mut resp = w.txn(&req).map_err(status)?;
+            resp.header = Some(self.master.header(mvcc.current_revision()));
+            return Ok(Response::new(resp));
+        }
+        let (revision, mut resp): (i64, TxnResponse) = self.write(Op::Txn(req.encode_to_vec())).await?;
+        resp.header = Some(self.master.header(revision));
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let req = req.into_inner();
+        let (revision, _) =
+            reply_result(self.master.propose(Op::Compact { revision: req.revision }).await.map_err(status)?)
+                .map_err(status)?;
+        Ok(Response::new(CompactionResponse { header: Some(self.master.header(revision)) }))
+    }
+}

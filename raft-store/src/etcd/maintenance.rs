@@ -1,0 +1,93 @@
+//! `etcdserverpb.Maintenance`: Status and HashKV (what `etcdctl endpoint status` and
+//! consistency checks use), plus the alarm and defragment calls etcd tools expect.
+
+use super::status;
+use crate::db;
+use crate::error::StoreError;
+use crate::master::Master;
+use skiff_proto::etcdserverpb::maintenance_server::Maintenance;
+use skiff_proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, HashRequest,
+    HashResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The etcd API version Skiff speaks; etcd clients read it from `Status`.
+pub const ETCD_API_VERSION: &str = "3.4.0";
+
+pub struct MaintenanceService {
+    pub master: Arc<Master>,
+}
+
+impl MaintenanceService {
+    fn db_size(&self) -> i64 {
+        let db = self.master.sm.db();
+        let prop = |name: &str, p: &str| db.property_int_value_cf(db::cf(db, name), p).ok().flatten().unwrap_or(0);
+        [db::CF_LOG, db::CF_META, db::CF_KV, db::CF_REV, db::CF_HIST, db::CF_LKEY, db::CF_SM]
+            .iter()
+            .map(|n| prop(n, "rocksdb.total-sst-files-size") + prop(n, "rocksdb.cur-size-all-mem-tables"))
+            .sum::<u64>() as i64
+    }
+
+    fn header(&self) -> Option<skiff_proto::etcdserverpb::ResponseHeader> {
+        Some(self.master.header(self.master.sm.mvcc.current_revision()))
+    }
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, _req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        Ok(Response::new(AlarmResponse { header: self.header(), alarms: Vec::new() }))
+    }
+
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let m = self.master.raft.metrics().borrow().clone();
+        let size = self.db_size();
+        Ok(Response::new(StatusResponse {
+            header: self.header(),
+            version: ETCD_API_VERSION.into(),
+            db_size: size,
+            leader: m.current_leader.unwrap_or(0),
+            raft_index: m.last_log_index.unwrap_or(0),
+            raft_term: m.current_term,
+            raft_applied_index: m.last_applied.map_or(0, |l| l.index),
+            errors: Vec::new(),
+            db_size_in_use: size,
+            is_learner: !m.membership_config.voter_ids().any(|v| v == self.master.id()),
+        }))
+    }
+
+    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        let db = self.master.sm.db().clone();
+        tokio::task::spawn_blocking(move || {
+            for name in db::SM_CFS {
+                db.compact_range_cf(db::cf(&db, name), None::<&[u8]>, None::<&[u8]>);
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(DefragmentResponse { header: self.header() }))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let (hash, _, rev) = self.master.sm.mvcc.hash_kv(0).map_err(status)?;
+        Ok(Response::new(HashResponse { header: Some(self.master.header(rev)), hash }))
+    }
+
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let (hash, compact_revision, rev) = self.master.sm.mvcc.hash_kv(req.into_inner().revision).map_err(status)?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.master.header(rev)),
+            hash,
+            compact_revision,
+            hash_revision: rev,
+        }))
+    }
+
+    async fn move_leader(&self, _req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(status(StoreError::Unimplemented(
+            "etcdserver: move-leader is not supported (openraft 0.9 has no leadership transfer)".into(),
+        )))
+    }
+}

@@ -1,0 +1,39 @@
+//! Skiff's replicated store: the single source of truth for cluster state (DESIGN.md rule 1).
+//!
+//! openraft 0.9 (storage-v2) replicates a log of [`types::Request`]s; RocksDB holds the log and
+//! the state machine; the state machine is an MVCC key-value store with etcd's data model;
+//! each master serves etcd's v3 gRPC API, so etcd tools and client libraries work unchanged.
+//!
+//! Modules:
+//! - [`types`]: openraft type config, the log's commands and replies.
+//! - [`db`]: the RocksDB instance and its column families (layout documented there).
+//! - [`log_store`]: raft log and vote, fsynced before openraft hears they are written.
+//! - [`mvcc`]: revisions, ranges, transactions, compaction, leases.
+//! - [`state_machine`]: applying entries; building, streaming and installing snapshots.
+//! - [`watch_hub`]: fan-out of applied events to this master's watchers.
+//! - [`network`] / [`peer_service`]: raft and forwarding between masters over gRPC.
+//! - [`master`]: one master; any-master semantics (forwarding, read index, lease clock).
+//! - [`etcd`]: the etcd v3 services; [`server`]: both listeners.
+//! - [`error`]: the error enum and its gRPC code table.
+//!
+//! Invariants: a write is acknowledged only after a quorum has fsynced it; a state-machine
+//! entry applies whole or not at all; reads are linearizable unless the client asks for
+//! serializable; watch streams are ordered, gap-free and duplicate-free.
+
+pub mod db;
+pub mod error;
+pub mod etcd;
+pub mod log_store;
+pub mod master;
+pub mod mvcc;
+pub mod network;
+pub mod peer_service;
+pub mod server;
+pub mod state_machine;
+pub mod types;
+pub mod watch_hub;
+
+pub use error::StoreError;
+pub use master::{Master, MasterConfig};
+pub use server::serve;
+pub use types::Member;

@@ -1,0 +1,514 @@
+//! One master: the raft node, its storage, and the leader-only duties every client request may
+//! need (proposing, read index, lease clocks, membership changes) — executed locally on the
+//! leader or forwarded to it from a follower, so clients can talk to any master.
+
+use crate::db;
+use crate::error::StoreError;
+use crate::log_store::LogStore;
+use crate::network::{self, Network, PeerClients};
+use crate::state_machine::{SmShared, StateMachine};
+use crate::types::{Member, Op, Raft, Reply, Request, Response};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Everything a master needs to start; `skiff master` fills it from flags or a file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MasterConfig {
+    pub id: u64,
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// host:port peers use to reach this master.
+    pub peer_addr: String,
+    /// host:port clients use to reach this master.
+    pub client_addr: String,
+    /// The founding members. On first start with an empty data dir the cluster is bootstrapped
+    /// from it; empty means "join": wait to be added by an existing cluster.
+    #[serde(default)]
+    pub initial_members: BTreeMap<u64, Member>,
+    #[serde(default = "defaults::cluster_name")]
+    pub cluster_name: String,
+    /// Largest accepted client request; etcd's default is 1.5 MiB.
+    #[serde(default = "defaults::max_request_bytes")]
+    pub max_request_bytes: usize,
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    #[serde(default = "defaults::heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    #[serde(default = "defaults::election_min_ms")]
+    pub election_min_ms: u64,
+    /// Build a snapshot (and let the log be purged) after this many applied entries.
+    #[serde(default = "defaults::snapshot_logs")]
+    pub snapshot_logs: u64,
+}
+
+mod defaults {
+    pub fn cluster_name() -> String {
+        "skiff".into()
+    }
+    pub fn max_request_bytes() -> usize {
+        1536 * 1024
+    }
+    pub fn request_timeout_ms() -> u64 {
+        5000
+    }
+    pub fn heartbeat_ms() -> u64 {
+        100
+    }
+    pub fn election_min_ms() -> u64 {
+        600
+    }
+    pub fn snapshot_logs() -> u64 {
+        10_000
+    }
+}
+
+impl MasterConfig {
+    /// A configuration with every tunable at its default.
+    pub fn new(id: u64, name: String, data_dir: PathBuf, peer_addr: String, client_addr: String) -> Self {
+        MasterConfig {
+            id,
+            name,
+            data_dir,
+            peer_addr,
+            client_addr,
+            initial_members: BTreeMap::new(),
+            cluster_name: defaults::cluster_name(),
+            max_request_bytes: defaults::max_request_bytes(),
+            request_timeout_ms: defaults::request_timeout_ms(),
+            heartbeat_ms: defaults::heartbeat_ms(),
+            election_min_ms: defaults::election_min_ms(),
+            snapshot_logs: defaults::snapshot_logs(),
+        }
+    }
+
+    pub fn member(&self) -> Member {
+        Member { name: self.name.clone(), peer_addr: self.peer_addr.clone(), client_addr: self.client_addr.clone() }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// A leader-only operation, run on the leader or forwarded to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Forwarded {
+    Write(Request),
+    AddMember { id: u64, member: Member, learner: bool },
+    Promote { id: u64 },
+    RemoveMember { id: u64 },
+    SetMember { id: u64, member: Member },
+    LeaseKeepAlive { id: i64 },
+    LeaseTimeToLive { id: i64 },
+}
+
+/// The reply to a [`Forwarded`] operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardReply {
+    Write(Response),
+    Done,
+    /// Remaining and granted TTL in seconds; remaining -1 when the lease does not exist.
+    LeaseTtl {
+        remaining: i64,
+        granted: i64,
+    },
+}
+
+/// The leader's lease deadlines. Only the leader keeps them; a new leader starts every lease's
+/// clock afresh (as etcd does), so a failover extends leases rather than expiring them early.
+#[derive(Default)]
+struct LeaseClock {
+    deadlines: Mutex<HashMap<i64, Instant>>,
+}
+
+pub struct Master {
+    pub config: MasterConfig,
+    pub raft: Raft,
+    pub sm: Arc<SmShared>,
+    pub peers: PeerClients,
+    pub cluster_id: u64,
+    leases: LeaseClock,
+    accepting: AtomicBool,
+}
+
+fn raft_config(c: &MasterConfig) -> Result<Config, StoreError> {
+    let config = Config {
+        cluster_name: c.cluster_name.clone(),
+        heartbeat_interval: c.heartbeat_ms,
+        election_timeout_min: c.election_min_ms,
+        election_timeout_max: c.election_min_ms * 2,
+        install_snapshot_timeout: 10_000,
+        snapshot_max_chunk_size: 4 << 20,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_logs),
+        max_in_snapshot_log_to_keep: 1000.min(c.snapshot_logs),
+        max_payload_entries: 512,
+        ..Default::default()
+    };
+    config.validate().map_err(|e| StoreError::InvalidArgument(format!("raft config: {e}")))
+}
+
+impl Master {
+    /// Opens the data dir, starts raft, and bootstraps the cluster if this is a founding
+    /// member's first start.
+    pub async fn open(config: MasterConfig) -> Result<Arc<Master>, StoreError> {
+        let internal = |e: &dyn std::fmt::Display| StoreError::Internal(e.to_string());
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| internal(&e))?;
+        let db = db::open(&config.data_dir.join("db")).map_err(|e| internal(&e))?;
+        let sm = StateMachine::open(db.clone(), &config.data_dir.join("snapshots")).map_err(|e| internal(&e))?;
+        let shared = sm.shared();
+        let peers = PeerClients::default();
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config(&config)?),
+            Network { clients: peers.clone() },
+            LogStore::new(db),
+            sm,
+        )
+        .await
+        .map_err(|e| internal(&e))?;
+        if !config.initial_members.is_empty() && !raft.is_initialized().await.map_err(|e| internal(&e))? {
+            if !config.initial_members.contains_key(&config.id) {
+                return Err(StoreError::InvalidArgument(format!(
+                    "initial members {:?} do not include this master's id {}",
+                    config.initial_members.keys().collect::<Vec<_>>(),
+                    config.id
+                )));
+            }
+            // Every founding member may call this with the same membership; openraft accepts
+            // that and the members then elect normally.
+            if let Err(e) = raft.initialize(config.initial_members.clone()).await {
+                tracing::info!("bootstrap skipped: {e}");
+            }
+        }
+        let cluster_id = u64::from(crc32fast::hash(config.cluster_name.as_bytes())) << 32
+            | u64::from(crc32fast::hash(b"skiff-cluster"));
+        Ok(Arc::new(Master {
+            config,
+            raft,
+            sm: shared,
+            peers,
+            cluster_id,
+            leases: LeaseClock::default(),
+            accepting: AtomicBool::new(true),
+        }))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    pub fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// The leader this master believes in, with its address.
+    pub fn leader(&self) -> Option<(u64, Member)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    pub fn header(&self, revision: i64) -> skiff_proto::etcdserverpb::ResponseHeader {
+        skiff_proto::etcdserverpb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.id(),
+            revision,
+            raft_term: self.current_term(),
+        }
+    }
+
+    pub fn check_accepting(&self) -> Result<(), StoreError> {
+        if self.accepting.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(StoreError::Stopped)
+        }
+    }
+
+    /// Proposes a state-machine command through raft, from any master.
+    pub async fn propose(&self, op: Op) -> Result<Response, StoreError> {
+        match self.execute(Forwarded::Write(Request::new(op))).await? {
+            ForwardReply::Write(r) => Ok(r),
+            other => Err(StoreError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Runs a leader-only operation: locally when leader, else on the leader. Retries only
+    /// when the operation certainly was not started (no leader, a stale leader, a refused
+    /// connection), so nothing is applied twice; gives up at the request timeout.
+    pub async fn execute(&self, op: Forwarded) -> Result<ForwardReply, StoreError> {
+        self.check_accepting()?;
+        let deadline = Instant::now() + self.config.request_timeout();
+        loop {
+            let attempt = match self.leader() {
+                Some((id, _)) if id == self.id() => self.execute_local(op.clone(), deadline).await,
+                Some((_, node)) => self.forward(&node, &op, deadline).await,
+                None => Err(StoreError::NoLeader),
+            };
+            match attempt {
+                Err(StoreError::NoLeader | StoreError::NotLeader { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn forward(&self, leader: &Member, op: &Forwarded, deadline: Instant) -> Result<ForwardReply, StoreError> {
+        let mut client = self.peers.get(&leader.peer_addr).map_err(|_| StoreError::NoLeader)?;
+        let mut req = tonic::Request::new(network::encode(op));
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match client.forward(req).await {
+            Ok(reply) => network::decode::<Result<ForwardReply, StoreError>>(reply.get_ref())
+                .map_err(|e| StoreError::Internal(format!("bad forward reply: {e}")))?,
+            // Never sent: safe to retry once a leader is known again.
+            Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("connect") => {
+                Err(StoreError::NoLeader)
+            }
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded || s.code() == tonic::Code::Cancelled => {
+                Err(StoreError::Timeout)
+            }
+            Err(s) => Err(StoreError::Internal(format!("forward to leader {}: {}", leader.name, s.message()))),
+        }
+    }
+
+    /// Runs a leader-only operation on this master; `NotLeader` if it is not the leader.
+    pub async fn execute_local(&self, op: Forwarded, deadline: Instant) -> Result<ForwardReply, StoreError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        tokio::time::timeout_at(deadline, self.execute_leader(op)).await.map_err(|_| StoreError::Timeout)?
+    }
+
+    fn not_leader(&self) -> StoreError {
+        StoreError::NotLeader { leader: self.leader().map(|(id, _)| id) }
+    }
+
+    async fn execute_leader(&self, op: Forwarded) -> Result<ForwardReply, StoreError> {
+        match op {
+            Forwarded::Write(req) => match self.raft.client_write(req).await {
+                Ok(r) => Ok(ForwardReply::Write(r.data)),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(self.not_leader()),
+                Err(e) => Err(map_raft_err(e)),
+            },
+            Forwarded::AddMember { id, member, learner } => {
+                self.raft.add_learner(id, member, false).await.map_err(map_raft_err)?;
+                if !learner {
+                    self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+                }
+                Ok(ForwardReply::Done)
+            }
+            Forwarded::Promote { id } => {
+                let m = self.raft.metrics().borrow().membership_config.clone();
+                if m.membership().get_node(&id).is_none() {
+                    return Err(StoreError::MemberNotFound { id });
+                }
+                if m.voter_ids().any(|v| v == id) {
+                    return Err(StoreError::FailedPrecondition("etcdserver: can only promote a learner member".into()));
+                }
+                self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+                Ok(ForwardReply::Done)
+            }
+            Forwarded::RemoveMember { id } => {
+                let m = self.raft.metrics().borrow().membership_config.clone();
+                if m.membership().get_node(&id).is_none() {
+                    return Err(StoreError::MemberNotFound { id });
+                }
+                if m.voter_ids().any(|v| v == id) {
+                    self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
+                } else {
+                    self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
+                }
+                Ok(ForwardReply::Done)
+            }
+            Forwarded::SetMember { id, member } => {
+                self.change(ChangeMembers::SetNodes(BTreeMap::from([(id, member)]))).await?;
+                Ok(ForwardReply::Done)
+            }
+            Forwarded::LeaseKeepAlive { id } => {
+                let ttl = self.sm.mvcc.lease_ttl(id);
+                let mut clock = self.leases.deadlines.lock().expect("not poisoned");
+                match ttl {
+                    Some(ttl) => {
+                        clock.insert(id, Instant::now() + Duration::from_secs(ttl.max(0) as u64));
+                        Ok(ForwardReply::LeaseTtl { remaining: ttl, granted: ttl })
+                    }
+                    None => Ok(ForwardReply::LeaseTtl { remaining: 0, granted: 0 }),
+                }
+            }
+            Forwarded::LeaseTimeToLive { id } => {
+                let Some(ttl) = self.sm.mvcc.lease_ttl(id) else {
+                    return Ok(ForwardReply::LeaseTtl { remaining: -1, granted: 0 });
+                };
+                let clock = self.leases.deadlines.lock().expect("not poisoned");
+                let remaining = clock
+                    .get(&id)
+                    .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64().ceil() as i64)
+                    .unwrap_or(ttl);
+                Ok(ForwardReply::LeaseTtl { remaining, granted: ttl })
+            }
+        }
+    }
+
+    async fn change(&self, change: ChangeMembers<u64, Member>) -> Result<(), StoreError> {
+        self.raft.change_membership(change, false).await.map_err(map_raft_err)?;
+        Ok(())
+    }
+
+    /// Waits until this master's state machine reflects every write acknowledged before the
+    /// call (the read-index protocol), so a read served here is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), StoreError> {
+        self.check_accepting()?;
+        let deadline = Instant::now() + self.config.request_timeout();
+        loop {
+            let index = match self.leader() {
+                Some((id, _)) if id == self.id() => match self.raft.get_read_log_id().await {
+                    Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+                    Err(RaftError::APIError(_)) => Err(StoreError::NoLeader),
+                    Err(e) => Err(map_raft_err(e)),
+                },
+                Some((_, node)) => self.remote_read_index(&node, deadline).await,
+                None => Err(StoreError::NoLeader),
+            };
+            match index {
+                Ok(index) => {
+                    let wait = self.raft.wait(Some(deadline.saturating_duration_since(Instant::now())));
+                    return wait
+                        .applied_index_at_least(Some(index), "read index")
+                        .await
+                        .map(|_| ())
+                        .map_err(|_| StoreError::Timeout);
+                }
+                Err(StoreError::NoLeader) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(StoreError::NoLeader) => return Err(StoreError::Timeout),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn remote_read_index(&self, leader: &Member, deadline: Instant) -> Result<u64, StoreError> {
+        let mut client = self.peers.get(&leader.peer_addr).map_err(|_| StoreError::NoLeader)?;
+        let mut req = tonic::Request::new(skiff_proto::peer::Empty {});
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match client.read_index(req).await {
+            Ok(r) => Ok(r.into_inner().index),
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(StoreError::Timeout),
+            Err(_) => Err(StoreError::NoLeader),
+        }
+    }
+
+    /// The leader's lease loop: expire leases whose keep-alives stopped. Runs on every master
+    /// and acts only while this master leads.
+    pub async fn run_lease_expiry(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut was_leader = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => return,
+            }
+            let leader = self.is_leader();
+            if !leader || !was_leader {
+                self.leases.deadlines.lock().expect("not poisoned").clear();
+            }
+            was_leader = leader;
+            if !leader {
+                continue;
+            }
+            let now = Instant::now();
+            let mut expired = Vec::new();
+            {
+                let mut clock = self.leases.deadlines.lock().expect("not poisoned");
+                let live: Vec<(i64, i64)> = self.sm.mvcc.leases();
+                clock.retain(|id, _| live.iter().any(|(l, _)| l == id));
+                for (id, ttl) in live {
+                    let deadline = *clock.entry(id).or_insert(now + Duration::from_secs(ttl.max(0) as u64));
+                    if deadline <= now {
+                        expired.push(id);
+                    }
+                }
+                for id in &expired {
+                    clock.remove(id);
+                }
+            }
+            for id in expired {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + me.config.request_timeout();
+                    let op = Forwarded::Write(Request::new(Op::LeaseRevoke { id }));
+                    if let Err(e) = me.execute_local(op, deadline).await {
+                        tracing::warn!(lease = id, "expiring lease: {e}");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Makes sure the cluster's record of this member carries its current addresses (a member
+    /// added through `MemberAdd` is known by its peer address only until it starts).
+    pub async fn announce(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let me = self.config.member();
+        loop {
+            let recorded = self.raft.metrics().borrow().membership_config.membership().get_node(&self.id()).cloned();
+            if let Some(recorded) = recorded {
+                if recorded == me {
+                    return;
+                }
+                if self.leader().is_some() {
+                    match self.execute(Forwarded::SetMember { id: self.id(), member: me.clone() }).await {
+                        Ok(_) => return,
+                        Err(e) => tracing::debug!("announcing member addresses: {e}"),
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Stops taking client requests, then stops raft. Peers elect a new leader once this
+    /// member's heartbeats stop (openraft 0.9 has no leadership-transfer call).
+    pub async fn shutdown(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+/// Maps a reply to the store error a client sees.
+pub fn reply_result(r: Response) -> Result<(i64, Reply), StoreError> {
+    match r.result {
+        Ok(reply) => Ok((r.revision, reply)),
+        Err(e) => Err(StoreError::Apply(e)),
+    }
+}
+
+fn map_raft_err<E: std::fmt::Display>(e: RaftError<u64, E>) -> StoreError {
+    match e {
+        RaftError::Fatal(_) => StoreError::Stopped,
+        RaftError::APIError(e) => {
+            let msg = e.to_string();
+            if msg.contains("forward") || msg.contains("leader") {
+                StoreError::NotLeader { leader: None }
+            } else {
+                StoreError::FailedPrecondition(msg)
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The peer listener's gRPC service: raft RPCs from other masters, and leader-only work that
+//! followers forward on their clients' behalf.
+
+use crate::error::StoreError;
+use crate::master::{ForwardReply, Forwarded, Master};
+use crate::network::{decode, encode};
+use crate::types::TypeConfig;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use skiff_proto::peer::peer_server::Peer;
+use skiff_proto::peer::{Empty, Payload, ReadIndexReply};
+use std::sync::Arc;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+pub struct PeerService {
+    pub master: Arc<Master>,
+}
+
+fn bad_payload(e: bincode::Error) -> Status {
+    Status::invalid_argument(format!("malformed peer payload: {e}"))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
+        Ok(Response::new(encode(&self.master.raft.append_entries(rpc).await)))
+    }
+
+    async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: VoteRequest<u64> = decode(req.get_ref()).map_err(bad_payload)?;
+        Ok(Response::new(encode(&self.master.raft.vote(rpc).await)))
+    }
+
+    async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
+        Ok(Response::new(encode(&self.master.raft.install_snapshot(rpc).await)))
+    }
+
+    async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let deadline = Instant::now() + self.master.config.request_timeout();
+        let op: Forwarded = decode(req.get_ref()).map_err(bad_payload)?;
+        let result: Result<ForwardReply, StoreError> = match self.master.check_accepting() {
+            Ok(()) => self.master.execute_local(op, deadline).await,
+            Err(_) => Err(StoreError::NotLeader { leader: None }),
+        };
+        Ok(Response::new(encode(&result)))
+    }
+
+    async fn read_index(&self, _req: Request<Empty>) -> Result<Response<ReadIndexReply>, Status> {
+        match self.master.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(Response::new(ReadIndexReply { index: read.map_or(0, |l| l.index) })),
+            Err(e) => Err(Status::unavailable(format!("not leader: {e}"))),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Serving a master: the peer listener (raft + forwarding) and the client listener (etcd v3
+//! API, gRPC health and reflection), both on listeners the caller bound.
+
+use crate::etcd::{
+    cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService,
+};
+use crate::master::Master;
+use crate::network::PEER_MAX_MESSAGE;
+use crate::peer_service::PeerService;
+use skiff_proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use skiff_proto::peer::peer_server::PeerServer;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+/// Serves `master` until `shutdown` resolves, then stops taking requests and stops raft.
+pub async fn serve(
+    master: Arc<Master>,
+    peer_listener: TcpListener,
+    client_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(master.clone().run_lease_expiry(stop_rx.clone()));
+    tokio::spawn(master.clone().announce(stop_rx.clone()));
+
+    let peer = Server::builder()
+        .add_service(
+            PeerServer::new(PeerService { master: master.clone() })
+                .max_decoding_message_size(PEER_MAX_MESSAGE)
+                .max_encoding_message_size(PEER_MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), wait_stop(stop_rx.clone()));
+
+    // Room above the request limit so our own size check, with its clear message, answers
+    // first rather than the transport's.
+    let max_msg = master.config.max_request_bytes * 2 + (1 << 20);
+    let (mut health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(skiff_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptor set is valid");
+    let client = Server::builder()
+        .add_service(KvServer::new(KvService { master: master.clone() }).max_decoding_message_size(max_msg))
+        .add_service(WatchServer::new(WatchService { master: master.clone() }))
+        .add_service(LeaseServer::new(LeaseService { master: master.clone() }))
+        .add_service(ClusterServer::new(ClusterService { master: master.clone() }))
+        .add_service(MaintenanceServer::new(MaintenanceService { master: master.clone() }))
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), wait_stop(stop_rx));
+
+    let stopper = {
+        let master = master.clone();
+        async move {
+            shutdown.await;
+            tracing::info!(id = master.id(), "shutting down");
+            master.shutdown().await;
+            let _ = stop_tx.send(true);
+        }
+    };
+    let (peer_result, client_result, ()) = tokio::join!(peer, client, stopper);
+    peer_result?;
+    client_result
+}
+
+async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

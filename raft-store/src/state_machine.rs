@@ -1,0 +1,329 @@
+//! The raft state machine: applies committed entries to the MVCC store, builds snapshots of
+//! it, and installs snapshots received from the leader.
+//!
+//! Snapshot file format (`snapshots/current.snap`): `SKIFFSNAP1\n`, a u64 BE length and the
+//! bincode `SnapshotMeta`, then records `[cf u8][key len u32][key][value len u32][value]` for
+//! every state-machine column family, then a `0xFF` end marker. openraft streams the file to
+//! followers in chunks (`snapshot_max_chunk_size`), so no message ever holds the database.
+
+use crate::db::{self, cf, SM_CFS};
+use crate::mvcc::{sm_key, Mvcc, Writer};
+use crate::types::{ApplyError, LogId, Member, Op, Reply, Request, Response, StorageError, TypeConfig};
+use crate::watch_hub::WatchHub;
+use openraft::storage::RaftStateMachine;
+use openraft::{Entry, EntryPayload, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError, StoredMembership};
+use prost::Message;
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+use skiff_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, TxnRequest};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const MAGIC: &[u8] = b"SKIFFSNAP1\n";
+const INSTALLING: &[u8] = b"installing_snapshot";
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Shared between openraft's state machine handle and the API layer's readers.
+pub struct SmShared {
+    pub mvcc: Mvcc,
+    pub hub: WatchHub,
+    snapshot_dir: PathBuf,
+    receiving: Mutex<Option<PathBuf>>,
+}
+
+impl SmShared {
+    pub fn db(&self) -> &Arc<DB> {
+        self.mvcc.db()
+    }
+
+    fn current_path(&self) -> PathBuf {
+        self.snapshot_dir.join("current.snap")
+    }
+}
+
+/// openraft's handle on the state machine.
+pub struct StateMachine {
+    shared: Arc<SmShared>,
+}
+
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_snapshot(None, &e).into()
+}
+
+impl StateMachine {
+    /// Opens the state machine over `db`, finishing a snapshot install a crash interrupted.
+    pub fn open(db: Arc<DB>, snapshot_dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(snapshot_dir)?;
+        let shared = Arc::new(SmShared {
+            mvcc: Mvcc::open(db.clone()),
+            hub: WatchHub::new(4096),
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            receiving: Mutex::new(None),
+        });
+        if db.get_cf(cf(&db, db::CF_META), INSTALLING).map_err(std::io::Error::other)?.is_some() {
+            tracing::warn!("finishing a snapshot install interrupted by a crash");
+            load_snapshot_file(&db, &shared.current_path())?;
+            shared.mvcc.reload();
+        }
+        Ok(StateMachine { shared })
+    }
+
+    pub fn shared(&self) -> Arc<SmShared> {
+        self.shared.clone()
+    }
+
+    fn apply_one(&self, entry: &Entry<TypeConfig>) -> Result<Response, StorageError> {
+        let mvcc = &self.shared.mvcc;
+        let mut w = mvcc.writer();
+        let result = match &entry.payload {
+            EntryPayload::Blank => Ok(Reply::Empty),
+            EntryPayload::Membership(m) => {
+                for id in m.nodes().map(|(id, _)| *id) {
+                    w.note_member_id(id);
+                }
+                let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                w.put_meta(sm_key::MEMBERSHIP, &bincode::serialize(&stored).map_err(sm_err)?);
+                Ok(Reply::Empty)
+            }
+            EntryPayload::Normal(req) => apply_request(&mut w, req, entry.log_id.leader_id.term),
+        };
+        if result.is_err() {
+            // A refused command changes nothing but the applied index.
+            w = mvcc.writer();
+        }
+        w.put_meta(sm_key::APPLIED, &bincode::serialize(&Some(entry.log_id)).map_err(sm_err)?);
+        let (batch, revision, compacted, events) = w.finish();
+        mvcc.db().write_opt(batch, &WriteOptions::default()).map_err(sm_err)?;
+        mvcc.publish_counters(revision, compacted);
+        if !events.is_empty() {
+            self.shared.hub.publish(revision, events);
+        }
+        Ok(Response { revision, result })
+    }
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApplyError> {
+    M::decode(bytes).map_err(|e| ApplyError::Invalid(format!("malformed request: {e}")))
+}
+
+fn apply_request(w: &mut Writer<'_>, req: &Request, term: u64) -> Result<Reply, ApplyError> {
+    if let Some(expected) = req.fence_term {
+        if expected != term {
+            return Err(ApplyError::Fenced { expected, actual: term });
+        }
+    }
+    match &req.op {
+        Op::Put(b) => Ok(Reply::Encoded(w.put(&decode::<PutRequest>(b)?)?.encode_to_vec())),
+        Op::DeleteRange(b) => Ok(Reply::Encoded(w.delete_range(&decode::<DeleteRangeRequest>(b)?)?.encode_to_vec())),
+        Op::Txn(b) => Ok(Reply::Encoded(w.txn(&decode::<TxnRequest>(b)?)?.encode_to_vec())),
+        Op::Compact { revision } => w.compact(*revision).map(|_| Reply::Empty),
+        Op::LeaseGrant { id, ttl } => w.lease_grant(*id, *ttl).map(|_| Reply::LeaseGranted { id: *id, ttl: *ttl }),
+        Op::LeaseRevoke { id } => w.lease_revoke(*id).map(|_| Reply::Empty),
+        Op::AllocateMemberId => Ok(Reply::MemberId(w.allocate_member_id())),
+    }
+}
+
+fn read_applied(db: &DB) -> Result<(Option<LogId>, StoredMembership<u64, Member>), StorageError> {
+    let sm = cf(db, db::CF_SM);
+    let applied = match db.get_cf(sm, sm_key::APPLIED).map_err(sm_err)? {
+        Some(b) => bincode::deserialize(&b).map_err(sm_err)?,
+        None => None,
+    };
+    let membership = match db.get_cf(sm, sm_key::MEMBERSHIP).map_err(sm_err)? {
+        Some(b) => bincode::deserialize(&b).map_err(sm_err)?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<u64, Member>), StorageError> {
+        read_applied(self.shared.db())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        entries.into_iter().map(|e| self.apply_one(&e)).collect()
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { shared: self.shared.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.shared.snapshot_dir.join(format!("receiving-{:016x}.snap", rand::random::<u64>()));
+        let file = tokio::fs::File::create(&path).await.map_err(snap_err)?;
+        if let Some(old) = self.shared.receiving.lock().expect("not poisoned").replace(path) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, Member>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let path = self.shared.receiving.lock().expect("not poisoned").take().ok_or_else(|| {
+            snap_err(std::io::Error::other(format!("snapshot {} was not being received", meta.snapshot_id)))
+        })?;
+        snapshot.sync_all().await.map_err(snap_err)?;
+        drop(snapshot);
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let current = shared.current_path();
+            std::fs::rename(&path, &current)?;
+            load_snapshot_file(shared.db(), &current)?;
+            shared.mvcc.reload();
+            Ok(())
+        })
+        .await
+        .map_err(|e| snap_err(std::io::Error::other(e)))?
+        .map_err(snap_err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let path = self.shared.current_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let meta = read_snapshot_meta(&path).map_err(snap_err)?;
+        let file = tokio::fs::File::open(&path).await.map_err(snap_err)?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}
+
+/// Builds snapshots from a RocksDB point-in-time view while applies go on.
+pub struct SnapshotBuilder {
+    shared: Arc<SmShared>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let shared = self.shared.clone();
+        let meta = tokio::task::spawn_blocking(move || write_snapshot_file(&shared))
+            .await
+            .map_err(|e| snap_err(std::io::Error::other(e)))?
+            .map_err(snap_err)?;
+        let file = tokio::fs::File::open(self.shared.current_path()).await.map_err(snap_err)?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}
+
+fn write_snapshot_file(shared: &SmShared) -> std::io::Result<SnapshotMeta<u64, Member>> {
+    let db = shared.db();
+    let snap = db.snapshot();
+    let get = |k: &[u8]| snap.get_cf(cf(db, db::CF_SM), k).map_err(std::io::Error::other);
+    let last_log_id: Option<LogId> = match get(sm_key::APPLIED)? {
+        Some(b) => bincode::deserialize(&b).map_err(std::io::Error::other)?,
+        None => None,
+    };
+    let last_membership: StoredMembership<u64, Member> = match get(sm_key::MEMBERSHIP)? {
+        Some(b) => bincode::deserialize(&b).map_err(std::io::Error::other)?,
+        None => StoredMembership::default(),
+    };
+    let snapshot_id = match &last_log_id {
+        Some(l) => format!("{}-{}-{:08x}", l.leader_id.term, l.index, rand::random::<u32>()),
+        None => format!("0-0-{:08x}", rand::random::<u32>()),
+    };
+    let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+    let tmp = shared.snapshot_dir.join(format!("building-{}.snap", meta.snapshot_id));
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    out.write_all(MAGIC)?;
+    let m = bincode::serialize(&meta).map_err(std::io::Error::other)?;
+    out.write_all(&(m.len() as u64).to_be_bytes())?;
+    out.write_all(&m)?;
+    for (i, name) in SM_CFS.iter().enumerate() {
+        for item in snap.iterator_cf(cf(db, name), IteratorMode::Start) {
+            let (k, v) = item.map_err(std::io::Error::other)?;
+            out.write_all(&[i as u8])?;
+            out.write_all(&(k.len() as u32).to_be_bytes())?;
+            out.write_all(&k)?;
+            out.write_all(&(v.len() as u32).to_be_bytes())?;
+            out.write_all(&v)?;
+        }
+    }
+    out.write_all(&[0xFF])?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, shared.current_path())?;
+    Ok(meta)
+}
+
+fn read_snapshot_meta(path: &Path) -> std::io::Result<SnapshotMeta<u64, Member>> {
+    let mut r = BufReader::new(std::fs::File::open(path)?);
+    read_header(&mut r)
+}
+
+fn read_header(r: &mut impl Read) -> std::io::Result<SnapshotMeta<u64, Member>> {
+    let mut magic = [0u8; MAGIC.len()];
+    r.read_exact(&mut magic)?;
+    if magic != MAGIC {
+        return Err(std::io::Error::other("not a skiff snapshot file"));
+    }
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len)?;
+    let mut m = vec![0u8; u64::from_be_bytes(len) as usize];
+    r.read_exact(&mut m)?;
+    bincode::deserialize(&m).map_err(std::io::Error::other)
+}
+
+/// Replaces the state-machine column families with a snapshot file's contents. Marked in
+/// `meta` while in progress so a crash mid-way is finished on the next start.
+fn load_snapshot_file(db: &DB, path: &Path) -> std::io::Result<()> {
+    let io = std::io::Error::other;
+    let mut synced = WriteOptions::default();
+    synced.set_sync(true);
+    db.put_cf_opt(cf(db, db::CF_META), INSTALLING, b"1", &synced).map_err(io)?;
+    for name in SM_CFS {
+        let handle = cf(db, name);
+        let mut batch = WriteBatch::default();
+        for item in db.iterator_cf(handle, IteratorMode::Start) {
+            let (k, _) = item.map_err(io)?;
+            batch.delete_cf(handle, k);
+            if batch.size_in_bytes() > BATCH_BYTES {
+                db.write(std::mem::take(&mut batch)).map_err(io)?;
+            }
+        }
+        db.write(batch).map_err(io)?;
+    }
+    let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    read_header(&mut r)?;
+    let handles: Vec<_> = SM_CFS.iter().map(|n| cf(db, n)).collect();
+    let mut batch = WriteBatch::default();
+    loop {
+        let mut tag = [0u8; 1];
+        r.read_exact(&mut tag)?;
+        if tag[0] == 0xFF {
+            break;
+        }
+        let handle =
+            handles.get(tag[0] as usize).ok_or_else(|| std::io::Error::other("corrupt snapshot: bad column family"))?;
+        let mut read_blob = || -> std::io::Result<Vec<u8>> {
+            let mut len = [0u8; 4];
+            r.read_exact(&mut len)?;
+            let mut b = vec![0u8; u32::from_be_bytes(len) as usize];
+            r.read_exact(&mut b)?;
+            Ok(b)
+        };
+        let (k, v) = (read_blob()?, read_blob()?);
+        batch.put_cf(*handle, k, v);
+        if batch.size_in_bytes() > BATCH_BYTES {
+            db.write(std::mem::take(&mut batch)).map_err(io)?;
+        }
+    }
+    db.write(batch).map_err(io)?;
+    db.delete_cf_opt(cf(db, db::CF_META), INSTALLING, &synced).map_err(io)?;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! The openraft type configuration and the commands that travel through the log.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+openraft::declare_raft_types!(
+    /// Skiff's raft types: commands are [`Request`], replies [`Response`], members [`Member`],
+    /// snapshots are files on disk streamed in chunks.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The raft handle of one master.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log id (term, leader, index).
+pub type LogId = openraft::LogId<u64>;
+/// Errors storage returns to openraft.
+pub type StorageError = openraft::StorageError<u64>;
+
+/// What the cluster knows about one master: where peers reach it and where clients do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    /// host:port of the peer (raft) listener.
+    pub peer_addr: String,
+    /// host:port of the client listener; empty until the member has announced it.
+    pub client_addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}(peer={}, client={})", self.name, self.peer_addr, self.client_addr)
+    }
+}
+
+/// One raft log command.
+///
+/// `fence_term` implements DESIGN.md rule 4: a controller's write carries the term in which its
+/// leadership began, and the state machine refuses it when the entry was committed in any other
+/// term. User writes leave it empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub fence_term: Option<u64>,
+    pub op: Op,
+}
+
+impl Request {
+    pub fn new(op: Op) -> Self {
+        Request { fence_term: None, op }
+    }
+}
+
+/// The state-machine operations. KV payloads are etcd's own protobuf encodings so the state
+/// machine applies exactly what the client sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Op {
+    /// Encoded `etcdserverpb::PutRequest`.
+    Put(Vec<u8>),
+    /// Encoded `etcdserverpb::DeleteRangeRequest`.
+    DeleteRange(Vec<u8>),
+    /// Encoded `etcdserverpb::TxnRequest`.
+    Txn(Vec<u8>),
+    Compact {
+        revision: i64,
+    },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revoke (or expire: the leader decides expiry and proposes this).
+    LeaseRevoke {
+        id: i64,
+    },
+    /// Reserve a never-used member id for a member about to be added.
+    AllocateMemberId,
+}
+
+/// A state machine's reply to one log entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    /// The store revision after the entry was applied.
+    pub revision: i64,
+    pub result: Result<Reply, ApplyError>,
+}
+
+impl Response {
+    pub fn ok(revision: i64, reply: Reply) -> Self {
+        Response { revision, result: Ok(reply) }
+    }
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    /// Membership and blank entries.
+    Empty,
+    /// An encoded etcd response (`PutResponse`, `DeleteRangeResponse` or `TxnResponse`),
+    /// header left for the API layer to fill.
+    Encoded(Vec<u8>),
+    LeaseGranted {
+        id: i64,
+        ttl: i64,
+    },
+    MemberId(u64),
+}
+
+/// Why the state machine refused a command. Deterministic: every replica refuses the same
+/// entry the same way, and a refused entry changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision { requested: i64, current: i64 },
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound { id: i64 },
+    #[error("etcdserver: lease already exists")]
+    LeaseExists { id: i64 },
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("fenced: write from leadership term {expected} committed in term {actual}")]
+    Fenced { expected: u64, actual: u64 },
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,37 @@
+//! Fan-out of applied events to watchers on this master.
+//!
+//! The state machine publishes each revision's events after its batch is written, so any
+//! revision a watcher hears about is already readable from the `rev` column family. A watcher
+//! that falls behind (the broadcast ring overflows) or sees a gap (a snapshot was installed)
+//! reads the missing revisions from the database instead: the ring is a fast path, the
+//! database is the truth.
+
+use skiff_proto::mvccpb::Event;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// The events of one revision, `prev_kv` filled.
+#[derive(Debug)]
+pub struct RevisionEvents {
+    pub revision: i64,
+    pub events: Vec<Event>,
+}
+
+pub struct WatchHub {
+    tx: broadcast::Sender<Arc<RevisionEvents>>,
+}
+
+impl WatchHub {
+    pub fn new(capacity: usize) -> Self {
+        WatchHub { tx: broadcast::channel(capacity).0 }
+    }
+
+    pub fn publish(&self, revision: i64, events: Vec<Event>) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.tx.send(Arc::new(RevisionEvents { revision, events }));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RevisionEvents>> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared process-level harness for the integration tests.
