@@ -151,7 +151,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_META), LAST_PURGED, bincode::serialize(&Some(log_id)).map_err(write_err)?);
+        batch.put_cf(cf(&self.db, CF_META), LAST_PURGED, bincode::serialize(&log_id).map_err(write_err)?);
         batch.delete_range_cf(cf(&self.db, CF_LOG), 0u64.to_be_bytes(), (log_id.index + 1).to_be_bytes());
         // Synced, so every state-machine write before it (not synced by itself) is on disk
         // before the log entries that could replay it are gone.

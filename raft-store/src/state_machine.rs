@@ -171,17 +171,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, Member>,
-        snapshot: Box<tokio::fs::File>,
+        mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let path = self.shared.receiving.lock().expect("not poisoned").take().ok_or_else(|| {
-            snap_err(std::io::Error::other(format!("snapshot {} was not being received", meta.snapshot_id)))
-        })?;
-        snapshot.sync_all().await.map_err(snap_err)?;
-        drop(snapshot);
+        use tokio::io::AsyncSeekExt;
+        // Copy from the handle we are given (not a path we remember): it is the snapshot.
+        let staged = self.shared.snapshot_dir.join(format!("installing-{}.snap", meta.snapshot_id));
+        snapshot.seek(std::io::SeekFrom::Start(0)).await.map_err(snap_err)?;
+        let mut out = tokio::fs::File::create(&staged).await.map_err(snap_err)?;
+        tokio::io::copy(&mut *snapshot, &mut out).await.map_err(snap_err)?;
+        out.sync_all().await.map_err(snap_err)?;
+        drop((out, snapshot));
+        if let Some(received) = self.shared.receiving.lock().expect("not poisoned").take() {
+            let _ = std::fs::remove_file(received);
+        }
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let current = shared.current_path();
-            std::fs::rename(&path, &current)?;
+            std::fs::rename(&staged, &current)?;
             load_snapshot_file(shared.db(), &current)?;
             shared.mvcc.reload();
             Ok(())
