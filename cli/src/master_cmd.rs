@@ -117,7 +117,9 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        skiff_raft_store::serve(master, peer_listener, client_listener, shutdown).await?;
+        if !skiff_raft_store::serve(master, peer_listener, client_listener, shutdown).await? {
+            bail!("master {} stopped because its raft core failed (see the log above)", config.id);
+        }
         anyhow::Ok(())
     })
 }

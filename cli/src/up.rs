@@ -28,6 +28,12 @@ pub struct UpArgs {
     /// How long to wait for a leader before giving up, in seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// For a new cluster: applied entries between snapshots.
+    #[arg(long)]
+    snapshot_logs: Option<u64>,
+    /// For a new cluster: per-request deadline in milliseconds.
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -62,7 +68,8 @@ fn spawn_master(entry: &MasterEntry) -> anyhow::Result<u32> {
     Ok(child.id())
 }
 
-fn new_cluster(dir: &Path, masters: usize) -> anyhow::Result<ClusterFile> {
+fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
+    let masters = args.masters;
     if masters == 0 {
         bail!("--masters must be at least 1");
     }
@@ -87,6 +94,12 @@ fn new_cluster(dir: &Path, masters: usize) -> anyhow::Result<ClusterFile> {
         let mut config =
             MasterConfig::new(id, m.name.clone(), data_dir.clone(), m.peer_addr.clone(), m.client_addr.clone());
         config.initial_members = members.clone();
+        if let Some(v) = args.snapshot_logs {
+            config.snapshot_logs = v;
+        }
+        if let Some(v) = args.request_timeout_ms {
+            config.request_timeout_ms = v;
+        }
         let config_path = std::fs::canonicalize(&home)?.join("config.json");
         std::fs::write(&config_path, serde_json::to_string_pretty(&config)? + "\n")?;
         entries.push(MasterEntry {
@@ -148,7 +161,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             }
             existing
         }
-        None => new_cluster(&dir, args.masters)?,
+        None => new_cluster(&dir, &args)?,
     };
     for m in &mut cluster.masters {
         let needle = m.config.to_string_lossy().to_string();

@@ -18,14 +18,16 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
-/// Serves `master` until `shutdown` resolves, then stops taking requests and stops raft.
+/// Serves `master` until `shutdown` resolves (or its raft core fails), then stops taking
+/// requests and stops raft. Returns `Ok(false)` when it stopped because raft failed.
 pub async fn serve(
     master: Arc<Master>,
     peer_listener: TcpListener,
     client_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<bool, tonic::transport::Error> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(master.clone().run_lease_expiry(stop_rx.clone()));
     tokio::spawn(master.clone().announce(stop_rx.clone()));
 
@@ -58,16 +60,35 @@ pub async fn serve(
 
     let stopper = {
         let master = master.clone();
+        let failed = failed.clone();
         async move {
-            shutdown.await;
-            tracing::info!(id = master.id(), "shutting down");
+            let mut metrics = master.raft.metrics();
+            let raft_failed = async {
+                loop {
+                    if let Err(fatal) = &metrics.borrow().running_state {
+                        return fatal.to_string();
+                    }
+                    if metrics.changed().await.is_err() {
+                        return "raft core stopped".to_string();
+                    }
+                }
+            };
+            tokio::select! {
+                _ = shutdown => tracing::info!(id = master.id(), "shutting down"),
+                why = raft_failed => {
+                    // A master whose raft core died must not keep answering clients.
+                    tracing::error!(id = master.id(), "raft stopped: {why}; shutting down");
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
             master.shutdown().await;
             let _ = stop_tx.send(true);
         }
     };
     let (peer_result, client_result, ()) = tokio::join!(peer, client, stopper);
     peer_result?;
-    client_result
+    client_result?;
+    Ok(!failed.load(std::sync::atomic::Ordering::SeqCst))
 }
 
 async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {

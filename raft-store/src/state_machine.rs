@@ -161,7 +161,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         let path = self.shared.snapshot_dir.join(format!("receiving-{:016x}.snap", rand::random::<u64>()));
-        let file = tokio::fs::File::create(&path).await.map_err(snap_err)?;
+        // Read and write: openraft writes the chunks, install reads them back.
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(snap_err)?;
         if let Some(old) = self.shared.receiving.lock().expect("not poisoned").replace(path) {
             let _ = std::fs::remove_file(old);
         }

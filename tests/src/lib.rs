@@ -1,1 +1,255 @@
-//! Shared process-level harness for the integration tests.
+//! The process-level harness: start clusters from the built `skiff` binary the way a user
+//! does (`skiff up`), kill, pause and restart its masters, and talk to them through the real
+//! `etcdctl` and through gRPC.
+//!
+//! The binary is `$SKIFF_BIN`, or `target/debug/skiff` of this workspace (`scripts/test`
+//! builds it before running the suite). Every wait polls with a deadline and fails with what
+//! it last saw.
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use skiff_proto::etcdserverpb::kv_client::KvClient;
+use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use skiff_proto::etcdserverpb::{HashKvRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+pub fn skiff_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SKIFF_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/skiff");
+    assert!(p.exists(), "{} is missing: run `cargo build --bin skiff` first (scripts/test does)", p.display());
+    p
+}
+
+/// Runs `skiff ARGS`, panicking with its output if it fails.
+pub fn skiff(args: &[&str]) -> String {
+    let out = Command::new(skiff_bin()).args(args).output().expect("run skiff");
+    assert!(
+        out.status.success(),
+        "skiff {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[derive(Debug, Clone)]
+pub struct MasterInfo {
+    pub id: u64,
+    pub name: String,
+    pub pid: u32,
+    pub etcd: String,
+    pub peer: String,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+/// A cluster started with `skiff up` in a temporary directory; killed when dropped.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub masters: Vec<MasterInfo>,
+    /// Masters started by the test itself (joined members), killed on drop too.
+    pub extra_pids: Vec<u32>,
+}
+
+impl Cluster {
+    pub fn up(masters: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("skiff-test-").tempdir().expect("temp dir");
+        let mut c = Cluster { dir, masters: Vec::new(), extra_pids: Vec::new() };
+        let n = masters.to_string();
+        let d = c.dir.path().to_str().unwrap().to_string();
+        let mut args = vec!["up", "--dir", &d, "--masters", &n, "--timeout", "60"];
+        args.extend_from_slice(extra);
+        skiff(&args);
+        c.reload();
+        c
+    }
+
+    /// Re-reads `cluster.json`.
+    pub fn reload(&mut self) {
+        let text = std::fs::read_to_string(self.dir.path().join("cluster.json")).expect("cluster.json");
+        let v: Value = serde_json::from_str(&text).expect("cluster.json is JSON");
+        self.masters = v["masters"]
+            .as_array()
+            .expect("masters array")
+            .iter()
+            .map(|m| MasterInfo {
+                id: m["id"].as_u64().unwrap(),
+                name: m["name"].as_str().unwrap().into(),
+                pid: m["pid"].as_u64().unwrap() as u32,
+                etcd: m["etcd"].as_str().unwrap().into(),
+                peer: m["peer"].as_str().unwrap().into(),
+                data_dir: m["data_dir"].as_str().unwrap().into(),
+                config: m["config"].as_str().unwrap().into(),
+                log: m["log"].as_str().unwrap().into(),
+            })
+            .collect();
+    }
+
+    pub fn master(&self, id: u64) -> &MasterInfo {
+        self.masters.iter().find(|m| m.id == id).unwrap_or_else(|| panic!("no master {id}"))
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.masters.iter().map(|m| m.etcd.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn signal(&self, id: u64, sig: Signal) {
+        kill(Pid::from_raw(self.master(id).pid as i32), sig).expect("signal master");
+    }
+
+    /// SIGKILLs a master and waits until its process is gone.
+    pub fn kill(&self, id: u64) {
+        let pid = self.master(id).pid;
+        self.signal(id, Signal::SIGKILL);
+        wait_for(Duration::from_secs(10), &format!("master {id} (pid {pid}) to exit"), || {
+            (!pid_alive(pid)).then_some(())
+        });
+    }
+
+    /// `skiff up` on the same directory: restarts every master that is not running.
+    pub fn restart_stopped(&mut self) {
+        let d = self.dir.path().to_str().unwrap().to_string();
+        skiff(&["up", "--dir", &d, "--timeout", "60"]);
+        self.reload();
+    }
+
+    /// The leader every answering master agrees on, waiting up to `timeout`.
+    pub fn wait_leader(&self, among: &[u64], timeout: Duration) -> u64 {
+        let rt = runtime();
+        wait_for(timeout, &format!("a leader agreed by masters {among:?}"), || {
+            let mut leaders = Vec::new();
+            for id in among {
+                leaders.push(rt.block_on(status(&self.master(*id).etcd)).ok()?.leader);
+            }
+            (leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) && among.contains(&leaders[0]))
+                .then_some(leaders[0])
+        })
+    }
+
+    pub fn etcdctl(&self, endpoints: &str, args: &[&str]) -> Output {
+        etcdctl(endpoints, args)
+    }
+
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(&self.master(id).log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for pid in self.masters.iter().map(|m| m.pid).chain(self.extra_pids.iter().copied()) {
+            if pid_alive(pid) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Runs the real etcdctl (v3 API) against `endpoints`.
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("etcdctl is installed (Debian etcd-client; scripts/setup installs it)")
+}
+
+/// etcdctl that must succeed; returns stdout.
+pub fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
+    let out = etcdctl(endpoints, args);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} against {endpoints} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()), Some('Z' | 'X')),
+        Err(_) => false,
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` naming what it waited for.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+pub async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(15))
+        .connect()
+        .await
+}
+
+pub async fn status(addr: &str) -> Result<StatusResponse, String> {
+    let ch = channel(addr).await.map_err(|e| e.to_string())?;
+    Ok(MaintenanceClient::new(ch).status(StatusRequest {}).await.map_err(|e| e.to_string())?.into_inner())
+}
+
+pub async fn put(addr: &str, key: &str, value: &[u8]) -> Result<i64, tonic::Status> {
+    let ch = channel(addr).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let r = KvClient::new(ch).put(PutRequest { key: key.into(), value: value.to_vec(), ..Default::default() }).await?;
+    Ok(r.into_inner().header.map_or(0, |h| h.revision))
+}
+
+pub async fn get(addr: &str, key: &str, serializable: bool) -> Result<Option<Vec<u8>>, tonic::Status> {
+    let ch = channel(addr).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let r = KvClient::new(ch).range(RangeRequest { key: key.into(), serializable, ..Default::default() }).await?;
+    Ok(r.into_inner().kvs.first().map(|kv| kv.value.clone()))
+}
+
+/// (hash, hashed revision) of one master's MVCC history at `revision`.
+pub async fn hash_kv(addr: &str, revision: i64) -> Result<(u32, i64), String> {
+    let ch = channel(addr).await.map_err(|e| e.to_string())?;
+    let r = MaintenanceClient::new(ch).hash_kv(HashKvRequest { revision }).await.map_err(|e| e.to_string())?;
+    let r = r.into_inner();
+    Ok((r.hash, r.hash_revision))
+}
+
+/// Waits until every listed master has applied `revision`, then checks they all report the
+/// same HashKV at it; returns the hash.
+pub fn assert_same_hash(cluster: &Cluster, ids: &[u64], revision: i64) -> u32 {
+    let rt = runtime();
+    let mut seen = Vec::new();
+    for &id in ids {
+        let addr = cluster.master(id).etcd.clone();
+        let h = wait_for(Duration::from_secs(30), &format!("master {id} to reach revision {revision}"), || {
+            let st = rt.block_on(status(&addr)).ok()?;
+            (st.header?.revision >= revision).then_some(())?;
+            rt.block_on(hash_kv(&addr, revision)).ok()
+        });
+        seen.push((id, h));
+    }
+    assert!(seen.iter().all(|(_, h)| *h == seen[0].1), "members disagree on HashKV at revision {revision}: {seen:?}");
+    seen[0].1 .0
+}

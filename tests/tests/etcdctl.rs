@@ -1,0 +1,175 @@
+//! The real `etcdctl` (Debian etcd-client 3.4) against a 3-master Skiff cluster.
+
+use skiff_tests::{etcdctl_ok, wait_for, Cluster};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[test]
+fn etcdctl_kv_txn_members_and_status() {
+    let c = Cluster::up(3, &[]);
+    let (e1, e2, e3) = (c.masters[0].etcd.clone(), c.masters[1].etcd.clone(), c.masters[2].etcd.clone());
+
+    // phase: put through each master, read through another
+    assert_eq!(etcdctl_ok(&e1, &["put", "app/a", "1"]).trim(), "OK");
+    assert_eq!(etcdctl_ok(&e2, &["put", "app/b", "2"]).trim(), "OK");
+    assert_eq!(etcdctl_ok(&e3, &["put", "other", "3"]).trim(), "OK");
+    assert_eq!(etcdctl_ok(&e3, &["get", "--prefix", "app/"]), "app/a\n1\napp/b\n2\n");
+
+    // phase: delete
+    assert_eq!(etcdctl_ok(&e2, &["del", "app/a"]).trim(), "1");
+    assert_eq!(etcdctl_ok(&e1, &["get", "--prefix", "app/"]), "app/b\n2\n");
+
+    // phase: txn, both branches
+    let txn = |endpoint: &str, expect: &str| {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([&format!("--endpoints={endpoint}"), "txn"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let script = format!("value(\"app/b\") = \"{expect}\"\n\nput app/b swapped\n\nput app/failed yes\n\n");
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    assert!(txn(&e1, "2").starts_with("SUCCESS"), "compare on the current value succeeds");
+    assert!(txn(&e2, "2").starts_with("FAILURE"), "the same compare now fails");
+    assert_eq!(etcdctl_ok(&e3, &["get", "--prefix", "app/"]), "app/b\nswapped\napp/failed\nyes\n");
+
+    // phase: members and endpoint status
+    let members = etcdctl_ok(&e1, &["member", "list"]);
+    for m in &c.masters {
+        assert!(members.contains(&m.name) && members.contains(&format!("http://{}", m.etcd)), "{members}");
+    }
+    let status = etcdctl_ok(&c.endpoints(), &["endpoint", "status"]);
+    assert_eq!(status.lines().count(), 3, "{status}");
+    assert_eq!(status.matches(", true, false,").count(), 1, "exactly one leader:\n{status}");
+}
+
+#[test]
+fn etcdctl_watch_on_one_master_sees_writes_through_another() {
+    let c = Cluster::up(3, &[]);
+    let (e1, e2, e3) = (c.masters[0].etcd.clone(), c.masters[1].etcd.clone(), c.masters[2].etcd.clone());
+    let mut watch = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([&format!("--endpoints={e1}"), "watch", "--prefix", "w/"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The watch is registered when a write made after it starts is seen.
+    let mut lines = Vec::new();
+    wait_for(Duration::from_secs(15), "the watch to see a probe write", || {
+        etcdctl_ok(&e2, &["put", "w/probe", "x"]);
+        while let Ok(l) = rx.recv_timeout(Duration::from_millis(300)) {
+            lines.push(l);
+        }
+        lines.iter().any(|l| l == "w/probe").then_some(())
+    });
+    lines.clear();
+    etcdctl_ok(&e2, &["put", "w/a", "1"]);
+    etcdctl_ok(&e3, &["put", "w/b", "2"]);
+    etcdctl_ok(&e2, &["del", "w/a"]);
+    etcdctl_ok(&e3, &["put", "not-watched", "x"]);
+    wait_for(Duration::from_secs(10), "three watch events", || {
+        while let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            lines.push(l);
+        }
+        (lines.len() >= 9).then_some(())
+    });
+    let _ = watch.kill();
+    assert_eq!(lines[..9], ["PUT", "w/a", "1", "PUT", "w/b", "2", "DELETE", "w/a", ""], "{lines:?}");
+
+    // phase: history replay from a revision through a third master
+    let rt = skiff_tests::runtime();
+    let events = rt.block_on(async {
+        use skiff_proto::etcdserverpb::{watch_client::WatchClient, watch_request, WatchCreateRequest, WatchRequest};
+        let ch = skiff_tests::channel(&e3).await.unwrap();
+        let create = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                key: b"w/".to_vec(),
+                range_end: b"w0".to_vec(),
+                start_revision: 1,
+                ..Default::default()
+            })),
+        };
+        let mut stream = WatchClient::new(ch).watch(tokio_stream_once(create)).await.unwrap().into_inner();
+        let mut keys = Vec::new();
+        while keys.len() < 4 {
+            let resp = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+            keys.extend(
+                resp.events
+                    .iter()
+                    .map(|e| (e.r#type, String::from_utf8_lossy(&e.kv.as_ref().unwrap().key).into_owned())),
+            );
+        }
+        keys
+    });
+    assert_eq!(
+        events,
+        vec![(0, "w/probe".to_string()), (0, "w/a".into()), (0, "w/b".into()), (1, "w/a".into())],
+        "replay from revision 1 is complete and ordered"
+    );
+}
+
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures_like::Stream<Item = T> {
+    futures_like::once_then_pending(item)
+}
+
+/// A request stream that sends one message and then stays open (closing it would end the watch).
+mod futures_like {
+    pub use tokio_stream::Stream;
+    pub fn once_then_pending<T: Send + 'static>(item: T) -> impl Stream<Item = T> {
+        use tokio_stream::StreamExt;
+        tokio_stream::once(item).chain(tokio_stream::pending())
+    }
+}
+
+#[test]
+fn etcdctl_leases_expire_keys_and_keep_alive_keeps_them() {
+    let c = Cluster::up(3, &[]);
+    let (e1, e2, e3) = (c.masters[0].etcd.clone(), c.masters[1].etcd.clone(), c.masters[2].etcd.clone());
+
+    // phase: a key on a 3s lease vanishes once the lease expires
+    let granted = etcdctl_ok(&e1, &["lease", "grant", "3"]);
+    let id = granted.split_whitespace().nth(1).expect("lease id").to_string();
+    etcdctl_ok(&e2, &["put", "--lease", &id, "ephemeral", "v"]);
+    assert_eq!(etcdctl_ok(&e3, &["get", "ephemeral"]), "ephemeral\nv\n");
+    let ttl = etcdctl_ok(&e3, &["lease", "timetolive", &id, "--keys"]);
+    assert!(ttl.contains("attached keys([ephemeral])"), "{ttl}");
+    wait_for(Duration::from_secs(15), "the leased key to expire", || {
+        etcdctl_ok(&e3, &["get", "ephemeral"]).is_empty().then_some(())
+    });
+    assert!(etcdctl_ok(&e1, &["lease", "timetolive", &id]).contains("already expired"));
+
+    // phase: keep-alive through a follower keeps another leased key past its TTL
+    let granted = etcdctl_ok(&e2, &["lease", "grant", "3"]);
+    let id = granted.split_whitespace().nth(1).unwrap().to_string();
+    etcdctl_ok(&e1, &["put", "--lease", &id, "kept", "v"]);
+    let mut ka = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([&format!("--endpoints={e3}"), "lease", "keep-alive", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(7) {
+        assert_eq!(etcdctl_ok(&e1, &["get", "kept"]), "kept\nv\n", "kept alive for {:?}", started.elapsed());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = ka.kill();
+    let _ = ka.wait();
+    wait_for(Duration::from_secs(15), "the key to expire once keep-alives stop", || {
+        etcdctl_ok(&e2, &["get", "kept"]).is_empty().then_some(())
+    });
+}

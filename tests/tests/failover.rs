@@ -1,0 +1,122 @@
+//! Losing masters loses nothing: leader SIGKILL, SIGTERM, restart from the data dir, and
+//! catch-up through a snapshot after the others compacted their logs.
+
+use skiff_tests::{assert_same_hash, get, put, runtime, status, wait_for, Cluster};
+use std::time::{Duration, Instant};
+
+/// Writes `key` through any of `addrs`, retrying while no leader is available; returns the
+/// revision. A write is retried only after an Unavailable answer.
+fn put_retrying(addrs: &[String], key: &str, value: &str, timeout: Duration) -> i64 {
+    let rt = runtime();
+    let deadline = Instant::now() + timeout;
+    for addr in addrs.iter().cycle() {
+        let last = match rt.block_on(put(addr, key, value.as_bytes())) {
+            Ok(rev) => return rev,
+            Err(e) if e.code() == tonic::Code::Unavailable => e,
+            Err(e) => panic!("put {key} through {addr}: {e}"),
+        };
+        assert!(Instant::now() < deadline, "no write succeeded within {timeout:?}; last error: {last}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unreachable!()
+}
+
+#[test]
+fn sigkill_of_the_leader_loses_no_acknowledged_write() {
+    let mut c = Cluster::up(3, &[]);
+    let all: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
+    let addrs: Vec<String> = c.masters.iter().map(|m| m.etcd.clone()).collect();
+
+    // phase: writes through every master
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let key = format!("before/{i}");
+        put_retrying(&addrs[i % 3..i % 3 + 1], &key, &i.to_string(), Duration::from_secs(10));
+        acked.push((key, i.to_string()));
+    }
+
+    // phase: kill the leader
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    c.kill(leader);
+    let survivors: Vec<u64> = all.iter().copied().filter(|&id| id != leader).collect();
+    let survivor_addrs: Vec<String> = survivors.iter().map(|&id| c.master(id).etcd.clone()).collect();
+    let killed_at = Instant::now();
+    let new_leader = c.wait_leader(&survivors, Duration::from_secs(15));
+    assert_ne!(new_leader, leader);
+
+    // phase: writes succeed again through the survivors
+    put_retrying(&survivor_addrs, "after/0", "0", Duration::from_secs(15));
+    eprintln!("first write after the kill took {:?}", killed_at.elapsed());
+    for i in 1..30 {
+        let key = format!("after/{i}");
+        put_retrying(&survivor_addrs[i % 2..i % 2 + 1], &key, &i.to_string(), Duration::from_secs(10));
+        acked.push((key, i.to_string()));
+    }
+
+    // phase: every acknowledged write is readable (linearizable) through each survivor
+    let rt = runtime();
+    for addr in &survivor_addrs {
+        for (k, v) in &acked {
+            let got = rt.block_on(get(addr, k, false)).unwrap_or_else(|e| panic!("get {k} via {addr}: {e}"));
+            assert_eq!(got.as_deref(), Some(v.as_bytes()), "{k} through {addr}");
+        }
+    }
+
+    // phase: the killed master restarts from its data dir and catches up
+    c.restart_stopped();
+    let revision = rt.block_on(status(&survivor_addrs[0])).unwrap().header.unwrap().revision;
+    assert_same_hash(&c, &all, revision);
+    for (k, v) in &acked {
+        assert_eq!(rt.block_on(get(&c.master(leader).etcd, k, true)).unwrap().as_deref(), Some(v.as_bytes()));
+    }
+}
+
+#[test]
+fn sigterm_stops_a_leader_cleanly_and_the_others_carry_on() {
+    let mut c = Cluster::up(3, &[]);
+    let all: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    let pid = c.master(leader).pid;
+    c.signal(leader, nix::sys::signal::Signal::SIGTERM);
+    wait_for(Duration::from_secs(10), "the leader to exit on SIGTERM", || (!skiff_tests::pid_alive(pid)).then_some(()));
+    let survivors: Vec<u64> = all.iter().copied().filter(|&id| id != leader).collect();
+    c.wait_leader(&survivors, Duration::from_secs(10));
+    let addrs: Vec<String> = survivors.iter().map(|&id| c.master(id).etcd.clone()).collect();
+    let rev = put_retrying(&addrs, "after-term", "ok", Duration::from_secs(10));
+    c.restart_stopped();
+    assert_same_hash(&c, &all, rev);
+}
+
+#[test]
+fn a_member_that_missed_compaction_catches_up_through_a_snapshot() {
+    let mut c = Cluster::up(3, &["--snapshot-logs", "40"]);
+    let all: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    let lagging = *all.iter().find(|&&id| id != leader).unwrap();
+    c.kill(lagging);
+    let up: Vec<String> = all.iter().filter(|&&id| id != lagging).map(|&id| c.master(id).etcd.clone()).collect();
+
+    // phase: enough writes that the others snapshot and purge the entries it would need
+    let mut rev = 0;
+    for i in 0..400 {
+        rev = put_retrying(&up, &format!("bulk/{}", i % 50), &"x".repeat(100 + i), Duration::from_secs(10));
+    }
+    let rt = runtime();
+    rt.block_on(async {
+        use skiff_proto::etcdserverpb::{kv_client::KvClient, CompactionRequest};
+        let ch = skiff_tests::channel(&up[0]).await.unwrap();
+        KvClient::new(ch).compact(CompactionRequest { revision: rev - 10, physical: true }).await.unwrap();
+    });
+    let rev = put_retrying(&up, "last", "1", Duration::from_secs(10));
+
+    // phase: restart; it must install a snapshot and end with the same history
+    c.restart_stopped();
+    assert_same_hash(&c, &all, rev);
+    let log = std::fs::read_to_string(&c.master(lagging).log).unwrap();
+    assert!(
+        log.contains("installed snapshot"),
+        "the lagging member caught up without a snapshot:\n{}",
+        c.log_tail(lagging)
+    );
+    assert_eq!(rt.block_on(get(&c.master(lagging).etcd, "bulk/49", true)).unwrap().map(|v| v.len()), Some(100 + 399));
+}

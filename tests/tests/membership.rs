@@ -1,0 +1,108 @@
+//! Adding a fourth master as a learner with the real etcdctl, promoting it, and surviving the
+//! loss of any one of the four.
+
+use skiff_tests::{assert_same_hash, etcdctl_ok, pid_alive, put, runtime, skiff_bin, status, wait_for, Cluster};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_joiner(c: &Cluster, id: u64, peer: &str, client: &str) -> u32 {
+    let dir = c.dir.path().join("master-4");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("master.log")).unwrap();
+    let child = Command::new(skiff_bin())
+        .args(["master", "--id", &id.to_string(), "--name", "master-4"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--peer-addr", peer, "--client-addr", client])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    child.id()
+}
+
+fn write_somewhere(addrs: &[String], key: &str) -> i64 {
+    let rt = runtime();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for a in addrs {
+            if let Ok(rev) = rt.block_on(put(a, key, b"v")) {
+                return rev;
+            }
+        }
+        assert!(Instant::now() < deadline, "no write through {addrs:?} within 20s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_fourth_master_joins_as_learner_is_promoted_and_any_one_may_fail() {
+    let mut c = Cluster::up(3, &[]);
+    let e1 = c.masters[0].etcd.clone();
+    etcdctl_ok(&e1, &["put", "before-join", "1"]);
+
+    // phase: member add --learner, then start the new master without an initial cluster
+    let (peer, client) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let added = etcdctl_ok(&e1, &["member", "add", "master-4", "--learner", &format!("--peer-urls=http://{peer}")]);
+    let hex_id = added.split_whitespace().nth(1).expect("member id").to_string();
+    let id = u64::from_str_radix(&hex_id, 16).unwrap();
+    assert!(c.masters.iter().all(|m| m.id != id), "a new id, never one in use: {id}");
+    let mut pid4 = start_joiner(&c, id, &peer, &client);
+    c.extra_pids.push(pid4);
+
+    // The learner catches up and announces its client address.
+    let rt = runtime();
+    wait_for(Duration::from_secs(20), "the learner to apply the cluster's writes", || {
+        let rev = rt.block_on(status(&e1)).ok()?.header?.revision;
+        let mine = rt.block_on(status(&client)).ok()?;
+        (mine.header?.revision == rev && mine.is_learner).then_some(())
+    });
+    wait_for(Duration::from_secs(20), "member list to show the learner's client URL", || {
+        etcdctl_ok(&e1, &["member", "list"]).contains(&format!("http://{client}")).then_some(())
+    });
+
+    // phase: promote
+    etcdctl_ok(&e1, &["member", "promote", &hex_id]);
+    wait_for(Duration::from_secs(10), "the new member to be a voter", || {
+        (!rt.block_on(status(&client)).ok()?.is_learner).then_some(())
+    });
+    let list = etcdctl_ok(&e1, &["member", "list"]);
+    assert_eq!(list.lines().count(), 4, "{list}");
+    assert!(!list.lines().any(|l| l.ends_with("true")), "nobody is a learner any more:\n{list}");
+
+    // phase: lose each of the four in turn; the other three keep accepting writes
+    let mut ids: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
+    ids.push(id);
+    let addrs: std::collections::BTreeMap<u64, String> =
+        ids.iter().map(|&i| (i, if i == id { client.clone() } else { c.master(i).etcd.clone() })).collect();
+    let addr_of = |i: u64| addrs[&i].clone();
+    for &victim in &ids {
+        if victim == id {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid4 as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+            wait_for(Duration::from_secs(10), "master-4 to exit", || (!pid_alive(pid4)).then_some(()));
+        } else {
+            c.kill(victim);
+        }
+        let others: Vec<String> = ids.iter().filter(|&&i| i != victim).map(|&i| addr_of(i)).collect();
+        let rev = write_somewhere(&others, &format!("without/{victim}"));
+        if victim == id {
+            pid4 = start_joiner(&c, id, &peer, &client);
+            c.extra_pids.push(pid4);
+        } else {
+            c.restart_stopped();
+        }
+        wait_for(Duration::from_secs(30), "the restarted member to catch up", || {
+            (rt.block_on(status(&addr_of(victim))).ok()?.header?.revision >= rev).then_some(())
+        });
+    }
+    let rev = write_somewhere(&[e1.clone()], "final");
+    assert_same_hash(&c, &ids[..3], rev);
+    let (h4, _) =
+        wait_for(Duration::from_secs(20), "master-4's hash", || rt.block_on(skiff_tests::hash_kv(&client, rev)).ok());
+    assert_eq!(h4, assert_same_hash(&c, &ids[..1], rev));
+}
