@@ -18,6 +18,9 @@ pub enum StoreError {
     /// The request may or may not have been applied (no quorum before the deadline).
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// The connection to the leader broke mid-request: the outcome is unknown.
+    #[error("etcdserver: request interrupted, it may or may not have been applied: {0}")]
+    Interrupted(String),
     /// A leader-only operation reached a member that is not (or no longer) leader.
     #[error("etcdserver: not leader (leader is {leader:?})")]
     NotLeader { leader: Option<u64> },
@@ -48,7 +51,11 @@ impl From<StoreError> for Status {
                 ApplyError::KeyNotFound | ApplyError::DuplicateKey | ApplyError::Invalid(_) => Code::InvalidArgument,
                 ApplyError::Fenced { .. } => Code::FailedPrecondition,
             },
-            StoreError::NoLeader | StoreError::Timeout | StoreError::NotLeader { .. } | StoreError::Stopped => {
+            StoreError::NoLeader
+            | StoreError::Timeout
+            | StoreError::Interrupted(_)
+            | StoreError::NotLeader { .. }
+            | StoreError::Stopped => {
                 Code::Unavailable
             }
             StoreError::TooLarge { .. } => Code::ResourceExhausted,

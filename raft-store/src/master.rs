@@ -274,13 +274,11 @@ impl Master {
             Ok(reply) => network::decode::<Result<ForwardReply, StoreError>>(reply.get_ref())
                 .map_err(|e| StoreError::Internal(format!("bad forward reply: {e}")))?,
             // Never sent: safe to retry once a leader is known again.
-            Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("connect") => {
-                Err(StoreError::NoLeader)
-            }
+            Err(s) if never_sent(&s) => Err(StoreError::NoLeader),
             Err(s) if s.code() == tonic::Code::DeadlineExceeded || s.code() == tonic::Code::Cancelled => {
                 Err(StoreError::Timeout)
             }
-            Err(s) => Err(StoreError::Internal(format!("forward to leader {}: {}", leader.name, s.message()))),
+            Err(s) => Err(StoreError::Interrupted(format!("forwarding to leader {}: {s}", leader.name))),
         }
     }
 
@@ -489,6 +487,20 @@ impl Master {
             tracing::warn!("raft shutdown: {e}");
         }
     }
+}
+
+/// Whether a failed call certainly never reached the server (the connection was refused or
+/// could not be made), which is the only case where retrying a write cannot apply it twice.
+fn never_sent(s: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if text.contains("error trying to connect") || text.contains("tcp connect error") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Maps a reply to the store error a client sees.

@@ -88,6 +88,7 @@ fn etcdctl_watch_on_one_master_sees_writes_through_another() {
         (lines.len() >= 9).then_some(())
     });
     let _ = watch.kill();
+    let _ = watch.wait();
     assert_eq!(lines[..9], ["PUT", "w/a", "1", "PUT", "w/b", "2", "DELETE", "w/a", ""], "{lines:?}");
 
     // phase: history replay from a revision through a third master

@@ -2,14 +2,24 @@
 //! loss of any one of the four.
 
 use skiff_tests::{assert_same_hash, etcdctl_ok, pid_alive, put, runtime, skiff_bin, status, wait_for, Cluster};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_joiner(c: &Cluster, id: u64, peer: &str, client: &str) -> u32 {
+/// A master started by the test; killed and reaped when dropped.
+struct Joiner(Child);
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_joiner(c: &mut Cluster, id: u64, peer: &str, client: &str) -> Joiner {
     let dir = c.dir.path().join("master-4");
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("master.log")).unwrap();
@@ -23,7 +33,8 @@ fn start_joiner(c: &Cluster, id: u64, peer: &str, client: &str) -> u32 {
         .stderr(log)
         .spawn()
         .unwrap();
-    child.id()
+    c.extra_pids.push(child.id());
+    Joiner(child)
 }
 
 fn write_somewhere(addrs: &[String], key: &str) -> i64 {
@@ -52,8 +63,7 @@ fn a_fourth_master_joins_as_learner_is_promoted_and_any_one_may_fail() {
     let hex_id = added.split_whitespace().nth(1).expect("member id").to_string();
     let id = u64::from_str_radix(&hex_id, 16).unwrap();
     assert!(c.masters.iter().all(|m| m.id != id), "a new id, never one in use: {id}");
-    let mut pid4 = start_joiner(&c, id, &peer, &client);
-    c.extra_pids.push(pid4);
+    let mut joiner = start_joiner(&mut c, id, &peer, &client);
 
     // The learner catches up and announces its client address.
     let rt = runtime();
@@ -83,16 +93,17 @@ fn a_fourth_master_joins_as_learner_is_promoted_and_any_one_may_fail() {
     let addr_of = |i: u64| addrs[&i].clone();
     for &victim in &ids {
         if victim == id {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid4 as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-            wait_for(Duration::from_secs(10), "master-4 to exit", || (!pid_alive(pid4)).then_some(()));
+            let pid = joiner.0.id();
+            let _ = joiner.0.kill();
+            let _ = joiner.0.wait();
+            assert!(!pid_alive(pid));
         } else {
             c.kill(victim);
         }
         let others: Vec<String> = ids.iter().filter(|&&i| i != victim).map(|&i| addr_of(i)).collect();
         let rev = write_somewhere(&others, &format!("without/{victim}"));
         if victim == id {
-            pid4 = start_joiner(&c, id, &peer, &client);
-            c.extra_pids.push(pid4);
+            joiner = start_joiner(&mut c, id, &peer, &client);
         } else {
             c.restart_stopped();
         }
@@ -100,9 +111,10 @@ fn a_fourth_master_joins_as_learner_is_promoted_and_any_one_may_fail() {
             (rt.block_on(status(&addr_of(victim))).ok()?.header?.revision >= rev).then_some(())
         });
     }
-    let rev = write_somewhere(&[e1.clone()], "final");
+    let rev = write_somewhere(std::slice::from_ref(&e1), "final");
     assert_same_hash(&c, &ids[..3], rev);
     let (h4, _) =
         wait_for(Duration::from_secs(20), "master-4's hash", || rt.block_on(skiff_tests::hash_kv(&client, rev)).ok());
     assert_eq!(h4, assert_same_hash(&c, &ids[..1], rev));
 }
+
