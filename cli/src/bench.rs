@@ -1,10 +1,394 @@
-//! `skiff bench`: the store benchmark (filled in below).
+//! `skiff bench`: the store benchmark. Starts a 3-master Skiff cluster and a 3-member etcd
+//! cluster (Debian's `etcd`) on loopback in the same run, drives both with the same gRPC client
+//! code, and prints throughput and latency side by side, then failover times (SIGKILL of the
+//! leader until the next acknowledged write).
 
+use anyhow::{bail, Context};
 use clap::Args;
+use hdrhistogram::Histogram;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use skiff_proto::etcdserverpb::kv_client::KvClient;
+use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use skiff_proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Concurrent client counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    clients: Vec<usize>,
+    /// Value size in bytes for puts.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Seconds per (workload, client count, system).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Leader kills for the failover measurement (0 to skip).
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+    /// Systems to run: skiff, etcd, or both.
+    #[arg(long, value_delimiter = ',', default_value = "skiff,etcd")]
+    systems: Vec<String>,
+    /// The etcd server binary.
+    #[arg(long, default_value = "etcd")]
+    etcd_bin: PathBuf,
+    /// Working directory (a fresh temporary one by default).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
 
-pub fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+/// One member process of a benchmarked cluster, restartable with the same arguments.
+struct Proc {
+    args: Vec<String>,
+    program: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    endpoint: String,
+    /// The member id the system reports in Status.leader (learned at start).
+    member_id: u64,
+}
+
+impl Proc {
+    fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
+
+struct System {
+    name: &'static str,
+    procs: Vec<Proc>,
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            p.kill9();
+        }
+    }
+}
+
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let ls: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    ls.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+fn skiff_system(dir: &Path) -> anyhow::Result<System> {
+    let ports = free_ports(6)?;
+    let cluster: Vec<String> =
+        (0..3).map(|i| format!("{}=127.0.0.1:{}/127.0.0.1:{}", i + 1, ports[2 * i], ports[2 * i + 1])).collect();
+    let exe = std::env::current_exe()?;
+    let procs = (0..3)
+        .map(|i| Proc {
+            program: exe.clone(),
+            args: vec![
+                "master".into(),
+                "--id".into(),
+                (i + 1).to_string(),
+                "--data-dir".into(),
+                dir.join(format!("skiff-{}", i + 1)).to_string_lossy().into(),
+                "--peer-addr".into(),
+                format!("127.0.0.1:{}", ports[2 * i]),
+                "--client-addr".into(),
+                format!("127.0.0.1:{}", ports[2 * i + 1]),
+                "--initial-cluster".into(),
+                cluster.join(","),
+            ],
+            log: dir.join(format!("skiff-{}.log", i + 1)),
+            child: None,
+            endpoint: format!("127.0.0.1:{}", ports[2 * i + 1]),
+            member_id: 0,
+        })
+        .collect();
+    Ok(System { name: "skiff", procs })
+}
+
+fn etcd_system(dir: &Path, bin: &Path) -> anyhow::Result<System> {
+    let ports = free_ports(6)?;
+    let cluster: Vec<String> = (0..3).map(|i| format!("e{}=http://127.0.0.1:{}", i + 1, ports[2 * i])).collect();
+    let procs = (0..3)
+        .map(|i| {
+            let peer = format!("http://127.0.0.1:{}", ports[2 * i]);
+            let client = format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+            Proc {
+                program: bin.to_path_buf(),
+                args: vec![
+                    format!("--name=e{}", i + 1),
+                    format!("--data-dir={}", dir.join(format!("etcd-{}", i + 1)).display()),
+                    format!("--listen-peer-urls={peer}"),
+                    format!("--initial-advertise-peer-urls={peer}"),
+                    format!("--listen-client-urls={client}"),
+                    format!("--advertise-client-urls={client}"),
+                    format!("--initial-cluster={}", cluster.join(",")),
+                    "--initial-cluster-state=new".into(),
+                    "--initial-cluster-token=skiff-bench".into(),
+                ],
+                log: dir.join(format!("etcd-{}.log", i + 1)),
+                child: None,
+                endpoint: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                member_id: 0,
+            }
+        })
+        .collect();
+    Ok(System { name: "etcd", procs })
+}
+
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+/// Waits until every live member answers Status and they agree on a leader; returns its member id.
+async fn wait_leader(sys: &mut System, timeout: Duration) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut leaders = Vec::new();
+        for p in sys.procs.iter_mut().filter(|p| p.child.is_some()) {
+            let Ok(ch) = channel(&p.endpoint).await else { break };
+            let Ok(st) = MaintenanceClient::new(ch).status(StatusRequest {}).await else { break };
+            let st = st.into_inner();
+            p.member_id = st.header.map_or(0, |h| h.member_id);
+            leaders.push(st.leader);
+        }
+        let live = sys.procs.iter().filter(|p| p.child.is_some()).count();
+        if leaders.len() == live && leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
+            return Ok(leaders[0]);
+        }
+        if Instant::now() > deadline {
+            bail!("{}: no agreed leader within {timeout:?} (saw {leaders:?})", sys.name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Workload {
+    Put,
+    RangeLinearizable,
+    RangeSerializable,
+}
+
+struct Figures {
+    ops: u64,
+    secs: f64,
+    hist: Histogram<u64>,
+    errors: u64,
+}
+
+async fn drive(
+    endpoints: &[String],
+    workload: Workload,
+    clients: usize,
+    value_size: usize,
+    secs: u64,
+) -> anyhow::Result<Figures> {
+    let conns = clients.clamp(1, 16);
+    let mut channels = Vec::new();
+    for i in 0..conns {
+        channels.push(channel(&endpoints[i % endpoints.len()]).await?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let value = vec![b'v'; value_size];
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut kv = KvClient::new(channels[c % conns].clone());
+        let stop = stop.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let (mut errors, mut n) = (0u64, c as u64 * 7919);
+            while !stop.load(Ordering::Relaxed) {
+                n = n.wrapping_add(1);
+                let key = format!("bench/{}", n % 10_000).into_bytes();
+                let t = Instant::now();
+                let ok = match workload {
+                    Workload::Put => {
+                        kv.put(PutRequest { key, value: value.clone(), ..Default::default() }).await.is_ok()
+                    }
+                    Workload::RangeLinearizable | Workload::RangeSerializable => kv
+                        .range(RangeRequest {
+                            key,
+                            serializable: matches!(workload, Workload::RangeSerializable),
+                            ..Default::default()
+                        })
+                        .await
+                        .is_ok(),
+                };
+                if ok {
+                    hist.record(t.elapsed().as_micros().max(1) as u64).ok();
+                } else {
+                    errors += 1;
+                }
+            }
+            (hist, errors)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await?;
+        hist.add(h)?;
+        errors += e;
+    }
+    Ok(Figures { ops: hist.len(), secs: started.elapsed().as_secs_f64(), hist, errors })
+}
+
+/// SIGKILL the leader, time until a write is acknowledged by a survivor, restart, repeat.
+async fn failover(sys: &mut System, kills: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    for round in 0..kills {
+        let leader = wait_leader(sys, Duration::from_secs(60)).await?;
+        let idx = sys.procs.iter().position(|p| p.member_id == leader).context("leader is one of ours")?;
+        let survivors: Vec<String> =
+            sys.procs.iter().enumerate().filter(|(i, _)| *i != idx).map(|(_, p)| p.endpoint.clone()).collect();
+        let mut clients = Vec::new();
+        for s in &survivors {
+            clients.push(KvClient::new(channel(s).await?));
+        }
+        let killed_at = Instant::now();
+        sys.procs[idx].kill9();
+        let mut attempt = 0usize;
+        loop {
+            let n = clients.len();
+            let kv = &mut clients[attempt % n];
+            attempt += 1;
+            let req = PutRequest {
+                key: format!("failover/{round}").into_bytes(),
+                value: b"x".to_vec(),
+                ..Default::default()
+            };
+            if tokio::time::timeout(Duration::from_millis(1500), kv.put(req)).await.is_ok_and(|r| r.is_ok()) {
+                break;
+            }
+            if killed_at.elapsed() > Duration::from_secs(30) {
+                bail!("{}: no write acknowledged 30s after killing the leader", sys.name);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        times.push(killed_at.elapsed());
+        sys.procs[idx].start()?;
+        wait_leader(sys, Duration::from_secs(60)).await?;
+    }
+    Ok(times)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = std::env::temp_dir().join(format!("skiff-bench-{}", std::process::id()));
+            tmp.clone()
+        }
+    };
+    std::fs::create_dir_all(&dir)?;
+    let mut systems = Vec::new();
+    for name in &args.systems {
+        systems.push(match name.as_str() {
+            "skiff" => skiff_system(&dir)?,
+            "etcd" => etcd_system(&dir, &args.etcd_bin)?,
+            other => bail!("--systems: unknown system {other:?} (skiff or etcd)"),
+        });
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        for sys in &mut systems {
+            for p in &mut sys.procs {
+                p.start()?;
+            }
+            wait_leader(sys, Duration::from_secs(60)).await?;
+        }
+        println!(
+            "machine: {} cores, value {} B, {} s per cell; clients spread over all 3 members",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            args.value_size,
+            args.seconds
+        );
+        println!(
+            "{:<22} {:>7} {:>6} {:>10} {:>9} {:>9} {:>7}",
+            "workload", "clients", "system", "ops/s", "p50 ms", "p99 ms", "errors"
+        );
+        for workload in [Workload::Put, Workload::RangeLinearizable, Workload::RangeSerializable] {
+            for &clients in &args.clients {
+                for sys in &systems {
+                    let endpoints: Vec<String> = sys.procs.iter().map(|p| p.endpoint.clone()).collect();
+                    let f = drive(&endpoints, workload, clients, args.value_size, args.seconds).await?;
+                    let name = match workload {
+                        Workload::Put => format!("put {}B", args.value_size),
+                        Workload::RangeLinearizable => "get (linearizable)".into(),
+                        Workload::RangeSerializable => "get (serializable)".into(),
+                    };
+                    println!(
+                        "{:<22} {:>7} {:>6} {:>10.0} {:>9.2} {:>9.2} {:>7}",
+                        name,
+                        clients,
+                        sys.name,
+                        f.ops as f64 / f.secs,
+                        f.hist.value_at_quantile(0.5) as f64 / 1000.0,
+                        f.hist.value_at_quantile(0.99) as f64 / 1000.0,
+                        f.errors
+                    );
+                }
+            }
+        }
+        if args.kills > 0 {
+            println!("\nfailover: SIGKILL of the leader until the next acknowledged write, {} kills", args.kills);
+            println!("{:<6} {:>9} {:>9} {:>9} {:>9}", "system", "min ms", "p50 ms", "p99 ms", "max ms");
+            for sys in &mut systems {
+                let mut t = failover(sys, args.kills).await?;
+                t.sort();
+                println!(
+                    "{:<6} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
+                    sys.name,
+                    pct(&t, 0.0),
+                    pct(&t, 0.5),
+                    pct(&t, 0.99),
+                    pct(&t, 1.0)
+                );
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    drop(systems);
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
 }

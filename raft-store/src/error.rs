@@ -55,9 +55,7 @@ impl From<StoreError> for Status {
             | StoreError::Timeout
             | StoreError::Interrupted(_)
             | StoreError::NotLeader { .. }
-            | StoreError::Stopped => {
-                Code::Unavailable
-            }
+            | StoreError::Stopped => Code::Unavailable,
             StoreError::TooLarge { .. } => Code::ResourceExhausted,
             StoreError::InvalidArgument(_) => Code::InvalidArgument,
             StoreError::MemberNotFound { .. } => Code::NotFound,

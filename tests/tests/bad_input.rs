@@ -48,8 +48,18 @@ fn bad_requests_get_specific_codes_and_change_nothing() {
                 Code::ResourceExhausted,
                 "too large",
             ),
-            ("empty key", kv.put(PutRequest::default()).await.map(|_| ()), Code::InvalidArgument, "key is not provided"),
-            ("empty range key", kv.range(RangeRequest::default()).await.map(|_| ()), Code::InvalidArgument, "key is not provided"),
+            (
+                "empty key",
+                kv.put(PutRequest::default()).await.map(|_| ()),
+                Code::InvalidArgument,
+                "key is not provided",
+            ),
+            (
+                "empty range key",
+                kv.range(RangeRequest::default()).await.map(|_| ()),
+                Code::InvalidArgument,
+                "key is not provided",
+            ),
             (
                 "empty delete key",
                 kv.delete_range(DeleteRangeRequest::default()).await.map(|_| ()),

@@ -117,4 +117,3 @@ fn a_fourth_master_joins_as_learner_is_promoted_and_any_one_may_fail() {
         wait_for(Duration::from_secs(20), "master-4's hash", || rt.block_on(skiff_tests::hash_kv(&client, rev)).ok());
     assert_eq!(h4, assert_same_hash(&c, &ids[..1], rev));
 }
-
