@@ -46,6 +46,19 @@ pub struct MasterConfig {
     /// Build a snapshot (and let the log be purged) after this many applied entries.
     #[serde(default = "defaults::snapshot_logs")]
     pub snapshot_logs: u64,
+    /// TLS for the client listener, requiring client certificates signed by `client_ca`.
+    /// Mandatory when the client listener is not on loopback.
+    #[serde(default)]
+    pub client_tls: Option<ClientTls>,
+}
+
+/// PEM files for the client listener's mutual TLS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA that signs the certificates clients must present.
+    pub client_ca: PathBuf,
 }
 
 mod defaults {
@@ -85,6 +98,7 @@ impl MasterConfig {
             heartbeat_ms: defaults::heartbeat_ms(),
             election_min_ms: defaults::election_min_ms(),
             snapshot_logs: defaults::snapshot_logs(),
+            client_tls: None,
         }
     }
 

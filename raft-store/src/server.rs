@@ -4,7 +4,7 @@
 use crate::etcd::{
     cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService,
 };
-use crate::master::Master;
+use crate::master::{ClientTls, Master};
 use crate::network::PEER_MAX_MESSAGE;
 use crate::peer_service::PeerService;
 use skiff_proto::etcdserverpb::{
@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Serves `master` until `shutdown` resolves (or its raft core fails), then stops taking
 /// requests and stops raft. Returns `Ok(false)` when it stopped because raft failed.
@@ -25,7 +25,7 @@ pub async fn serve(
     peer_listener: TcpListener,
     client_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<bool, tonic::transport::Error> {
+) -> Result<bool, ServeError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(master.clone().run_lease_expiry(stop_rx.clone()));
@@ -48,7 +48,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(skiff_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("descriptor set is valid");
-    let client = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &master.config.client_tls {
+        builder = builder.tls_config(client_tls_config(tls)?)?;
+    }
+    let client = builder
         .add_service(KvServer::new(KvService { master: master.clone() }).max_decoding_message_size(max_msg))
         .add_service(WatchServer::new(WatchService { master: master.clone() }))
         .add_service(LeaseServer::new(LeaseService { master: master.clone() }))
@@ -89,6 +93,23 @@ pub async fn serve(
     peer_result?;
     client_result?;
     Ok(!failed.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+fn client_tls_config(tls: &ClientTls) -> Result<ServerTlsConfig, ServeError> {
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())));
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
+        .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?))
+        .client_auth_optional(false))
+}
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("client TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
 }
 
 async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {

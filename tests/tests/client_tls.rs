@@ -1,0 +1,134 @@
+//! Off loopback the etcd listener requires TLS client certificates: without them the master
+//! refuses to start; with them, etcdctl must present a certificate signed by the client CA.
+
+use skiff_tests::{skiff_bin, wait_for};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn make_certs(dir: &Path) {
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &key,
+            &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=skiff-test-ca"],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for who in ["server", "client"] {
+        openssl(
+            dir,
+            &[
+                &["req"][..],
+                &key,
+                &["-keyout", &format!("{who}.key"), "-out", &format!("{who}.csr"), "-subj", &format!("/CN={who}")],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{who}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{who}.ext"),
+            ],
+        );
+    }
+}
+
+fn master_cmd(dir: &Path, client_addr: &str, peer: u16, client_port: u16) -> Command {
+    let mut cmd = Command::new(skiff_bin());
+    cmd.args(["master", "--id", "1"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--peer-addr", &format!("127.0.0.1:{peer}"), "--client-addr", client_addr])
+        .args(["--initial-cluster", &format!("1=127.0.0.1:{peer}/127.0.0.1:{client_port}")])
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn off_loopback_the_etcd_api_requires_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let (peer, port) = (free_port(), free_port());
+    let all_interfaces = format!("0.0.0.0:{port}");
+
+    // phase: without TLS material the master refuses to listen off loopback
+    let out = master_cmd(dir.path(), &all_interfaces, peer, port).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not on loopback") && err.contains("--client-cert"), "{err}");
+
+    // phase: with mutual TLS it serves, and only to clients with a certificate
+    let p = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    let mut child = master_cmd(dir.path(), &all_interfaces, peer, port)
+        .args(["--client-cert", &p("server.crt"), "--client-key", &p("server.key"), "--client-ca", &p("ca.crt")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("--endpoints=https://127.0.0.1:{port}");
+    let etcdctl = |extra: &[&str], args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([&endpoint, "--dial-timeout=2s", "--command-timeout=5s"])
+            .args(extra)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let certs = [
+        format!("--cacert={}", p("ca.crt")),
+        format!("--cert={}", p("client.crt")),
+        format!("--key={}", p("client.key")),
+    ];
+    let certs: Vec<&str> = certs.iter().map(String::as_str).collect();
+    wait_for(Duration::from_secs(20), "a TLS put to succeed", || {
+        etcdctl(&certs, &["put", "secure", "yes"]).status.success().then_some(())
+    });
+    let got = etcdctl(&certs, &["get", "secure"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "secure\nyes\n");
+    let no_client_cert = etcdctl(&certs[..1], &["get", "secure"]);
+    assert!(!no_client_cert.status.success(), "a client without a certificate must be refused");
+    let plaintext = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            &format!("--endpoints=http://127.0.0.1:{port}"),
+            "--dial-timeout=2s",
+            "--command-timeout=5s",
+            "get",
+            "secure",
+        ])
+        .output()
+        .unwrap();
+    assert!(!plaintext.status.success(), "plaintext must be refused off loopback");
+    let _ = child.kill();
+    let _ = child.wait();
+}
