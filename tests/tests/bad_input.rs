@@ -18,8 +18,9 @@ fn bad_requests_get_specific_codes_and_change_nothing() {
     let c = Cluster::up(3, &[]);
     let addr = c.masters[1].etcd.clone();
     let rt = runtime();
-    rt.block_on(put(&addr, "existing", b"v")).unwrap();
-    let before = rt.block_on(status(&addr)).unwrap().header.unwrap().revision;
+    let before = rt.block_on(put(&addr, "existing", b"v")).unwrap();
+    // A linearizable read makes this member apply the put before its hash is taken.
+    rt.block_on(get(&addr, "existing", false)).unwrap();
     let hash_before = rt.block_on(hash_kv(&addr, before)).unwrap();
 
     let big = vec![b'x'; 1536 * 1024 + 1];
@@ -114,8 +115,10 @@ fn bad_requests_get_specific_codes_and_change_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("too large"), "{}", String::from_utf8_lossy(&out.stderr));
 
-    // phase: nothing changed, on any member
+    // phase: nothing changed, on any member (a linearizable read through a member first makes
+    // it apply everything committed so far; Status alone is member-local and may lag)
     for m in &c.masters {
+        assert_eq!(rt.block_on(get(&m.etcd, "existing", false)).unwrap().as_deref(), Some(&b"v"[..]));
         let st = rt.block_on(status(&m.etcd)).unwrap();
         assert_eq!(st.header.unwrap().revision, before, "{} revision moved", m.name);
         assert_eq!(rt.block_on(hash_kv(&m.etcd, before)).unwrap(), hash_before, "{} history changed", m.name);
