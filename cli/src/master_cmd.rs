@@ -131,7 +131,7 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        if !skiff_raft_store::serve(master, peer_listener, client_listener, shutdown).await? {
+        if !skiff_raft_store::serve(master, peer_listener, client_listener, None, shutdown).await? {
             bail!("master {} stopped because its raft core failed (see the log above)", config.id);
         }
         anyhow::Ok(())

@@ -10,7 +10,7 @@
 //! - [`log_store`]: raft log and vote, fsynced before openraft hears they are written.
 //! - [`mvcc`]: revisions, ranges, transactions, compaction, leases.
 //! - [`state_machine`]: applying entries; building, streaming and installing snapshots.
-//! - [`watch_hub`]: fan-out of applied events to this master's watchers.
+//! - [`watch_hub`]: fan-out of applied events; [`watch_feed`]: one watcher's ordered feed.
 //! - [`network`] / [`peer_service`]: raft and forwarding between masters over gRPC.
 //! - [`master`]: one master; any-master semantics (forwarding, read index, lease clock).
 //! - [`etcd`]: the etcd v3 services; [`server`]: both listeners.
@@ -31,6 +31,7 @@ pub mod peer_service;
 pub mod server;
 pub mod state_machine;
 pub mod types;
+pub mod watch_feed;
 pub mod watch_hub;
 
 pub use error::StoreError;

@@ -19,11 +19,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Serves `master` until `shutdown` resolves (or its raft core fails), then stops taking
-/// requests and stops raft. Returns `Ok(false)` when it stopped because raft failed.
+/// requests and stops raft. `extra` services (the Skiff API) share the client listener.
+/// Returns `Ok(false)` when it stopped because raft failed.
 pub async fn serve(
     master: Arc<Master>,
     peer_listener: TcpListener,
     client_listener: TcpListener,
+    extra: Option<tonic::service::Routes>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<bool, ServeError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -52,15 +54,19 @@ pub async fn serve(
     if let Some(tls) = &master.config.client_tls {
         builder = builder.tls_config(client_tls_config(tls)?)?;
     }
-    let client = builder
+    let mut router = match extra {
+        Some(routes) => builder.add_routes(routes),
+        None => builder.add_routes(tonic::service::Routes::default()),
+    };
+    router = router
         .add_service(KvServer::new(KvService { master: master.clone() }).max_decoding_message_size(max_msg))
         .add_service(WatchServer::new(WatchService { master: master.clone() }))
         .add_service(LeaseServer::new(LeaseService { master: master.clone() }))
         .add_service(ClusterServer::new(ClusterService { master: master.clone() }))
         .add_service(MaintenanceServer::new(MaintenanceService { master: master.clone() }))
         .add_service(health)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), wait_stop(stop_rx));
+        .add_service(reflection);
+    let client = router.serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), wait_stop(stop_rx));
 
     let stopper = {
         let master = master.clone();
