@@ -1,5 +1,50 @@
-//! The Skiff API server: the registry of Kubernetes-shaped kinds, authentication,
-//! authorization and the resource gRPC services.
+//! The Skiff API server: Kubernetes-shaped resources over gRPC, stored in the replicated store.
 //!
-//! Not built yet (see the "API server" issue). The etcd-compatible KV API that
-//! the store serves today lives in `skiff-raft-store`.
+//! Every master runs it on its client listener beside the etcd API. Objects are JSON in the
+//! store under `/registry/<resource>/[<namespace>/]<name>`; `resourceVersion` is the key's mod
+//! revision; reads are linearizable and writes go through raft (forwarded to the leader).
+//!
+//! Modules:
+//! - [`kinds`]: the registered kinds (generated from one table in `skiff-proto`), names and keys.
+//! - [`registry`]: the generic store — create/get/list/update/patch/delete/watch with optimistic
+//!   concurrency, graceful deletion, finalizers, owner-reference cascades, namespace lifecycle.
+//! - [`defaults`] and [`validation`]: Kubernetes' defaulting and validation rules, on JSON.
+//! - [`selector`]: label and field selectors.
+//! - [`service`]: the per-kind gRPC services and the kind-agnostic `Objects` service.
+//! - [`error`]: API errors and their gRPC codes.
+//!
+//! Invariant: every write is one raft transaction guarded by a compare on the revision it read,
+//! so nothing is half-applied and a stale write fails with `Aborted` instead of overwriting.
+
+pub mod defaults;
+pub mod error;
+pub mod kinds;
+pub mod object;
+pub mod registry;
+pub mod selector;
+pub mod service;
+pub mod validation;
+
+pub use error::{ApiError, ApiResult};
+pub use registry::Registry;
+pub use service::{routes, Api};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Starts the API on `master`: returns the routes to mount on its client listener and spawns
+/// the bootstrap of the system namespaces (retried until a leader accepts it).
+pub fn start(master: Arc<skiff_raft_store::Master>) -> tonic::service::Routes {
+    let api = Arc::new(Api { registry: Registry::new(master) });
+    let bootstrap = api.clone();
+    tokio::spawn(async move {
+        loop {
+            match bootstrap.registry.ensure_system_namespaces().await {
+                Ok(()) => return,
+                Err(e) => tracing::debug!("system namespaces not created yet: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    routes(api)
+}

@@ -131,7 +131,15 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        if !skiff_raft_store::serve(master, peer_listener, client_listener, None, shutdown).await? {
+        if !skiff_raft_store::serve(
+            master.clone(),
+            peer_listener,
+            client_listener,
+            Some(skiff_api::start(master)),
+            shutdown,
+        )
+        .await?
+        {
             bail!("master {} stopped because its raft core failed (see the log above)", config.id);
         }
         anyhow::Ok(())

@@ -1,24 +1,53 @@
 //! Skiff's wire schema.
 //!
-//! - [`etcdserverpb`] and [`mvccpb`]: etcd's v3 API, field-for-field, so that
-//!   `etcdctl` and etcd client libraries talk to a Skiff master unchanged.
+//! - [`etcdserverpb`] and [`mvccpb`]: etcd's v3 API, field-for-field, so that `etcdctl` and
+//!   etcd client libraries talk to a Skiff master unchanged.
 //! - [`peer`]: master-to-master traffic (raft RPCs, forwarded writes, read index).
+//! - [`api`]: Kubernetes-shaped resources and one gRPC service per kind. The same Rust types
+//!   read and write Kubernetes JSON/YAML through serde (field names from the proto JSON names,
+//!   defaults omitted, unknown fields refused), so gRPC JSON (grpcurl) and manifests agree.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 //!
-//! Everything here is generated at build time by protox + tonic-build; no system
-//! `protoc` is needed.
-#![allow(clippy::all, missing_docs)]
+//! Everything here is generated at build time by protox + tonic-build; no system `protoc` is
+//! needed.
 
+pub mod serde_util;
+
+#[allow(clippy::all, missing_docs)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
 }
 
+#[allow(clippy::all, missing_docs)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+#[allow(clippy::all, missing_docs)]
 pub mod peer {
     tonic::include_proto!("skiff.peer");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod api {
+    tonic::include_proto!("skiff.api");
+
+    /// One kind of resource the API serves.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct KindInfo {
+        pub kind: &'static str,
+        /// Plural lower-case resource name (`pods`).
+        pub resource: &'static str,
+        /// `v1`, `apps/v1`, …
+        pub api_version: &'static str,
+        pub namespaced: bool,
+        /// Comma-separated kubectl short names.
+        pub short_names: &'static str,
+        /// Comma-separated subresources (`status`, `scale`).
+        pub subresources: &'static str,
+    }
+
+    include!(concat!(env!("OUT_DIR"), "/kinds.rs"));
 }
 
 /// Encoded `FileDescriptorSet` of every `.proto` in this crate.

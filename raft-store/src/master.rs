@@ -74,8 +74,10 @@ mod defaults {
     pub fn heartbeat_ms() -> u64 {
         100
     }
+    /// openraft's leader lease is `election_timeout_max` (2× this): a follower refuses votes
+    /// that long after its last heartbeat, so failover takes about 1–2× this value.
     pub fn election_min_ms() -> u64 {
-        600
+        300
     }
     pub fn snapshot_logs() -> u64 {
         10_000

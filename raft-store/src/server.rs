@@ -15,7 +15,6 @@ use skiff_proto::peer::peer_server::PeerServer;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Serves `master` until `shutdown` resolves (or its raft core fails), then stops taking
@@ -39,16 +38,23 @@ pub async fn serve(
                 .max_decoding_message_size(PEER_MAX_MESSAGE)
                 .max_encoding_message_size(PEER_MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), wait_stop(stop_rx.clone()));
+        .serve_with_incoming_shutdown(incoming(peer_listener)?, wait_stop(stop_rx.clone()));
 
     // Room above the request limit so our own size check, with its clear message, answers
     // first rather than the transport's.
     let max_msg = master.config.max_request_bytes * 2 + (1 << 20);
     let (mut health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    // Both reflection versions: grpcurl before 1.8.8 (Debian's, PyPI's wrapper) asks v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(skiff_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .expect("descriptor set is valid");
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(skiff_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .expect("descriptor set is valid");
     let mut builder = Server::builder();
     if let Some(tls) = &master.config.client_tls {
@@ -65,8 +71,9 @@ pub async fn serve(
         .add_service(ClusterServer::new(ClusterService { master: master.clone() }))
         .add_service(MaintenanceServer::new(MaintenanceService { master: master.clone() }))
         .add_service(health)
-        .add_service(reflection);
-    let client = router.serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), wait_stop(stop_rx));
+        .add_service(reflection)
+        .add_service(reflection_alpha);
+    let client = router.serve_with_incoming_shutdown(incoming(client_listener)?, wait_stop(stop_rx));
 
     let stopper = {
         let master = master.clone();
@@ -114,8 +121,17 @@ fn client_tls_config(tls: &ClientTls) -> Result<ServerTlsConfig, ServeError> {
 pub enum ServeError {
     #[error("client TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Listener(String),
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// Accepted connections with TCP_NODELAY: without it, small raft and read-index messages
+/// wait out Nagle's algorithm against delayed ACKs (~40 ms each).
+fn incoming(listener: TcpListener) -> Result<tonic::transport::server::TcpIncoming, ServeError> {
+    tonic::transport::server::TcpIncoming::from_listener(listener, true, Some(std::time::Duration::from_secs(30)))
+        .map_err(|e| ServeError::Listener(e.to_string()))
 }
 
 async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {

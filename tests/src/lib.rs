@@ -253,3 +253,12 @@ pub fn assert_same_hash(cluster: &Cluster, ids: &[u64], revision: i64) -> u32 {
     assert!(seen.iter().all(|(_, h)| *h == seen[0].1), "members disagree on HashKV at revision {revision}: {seen:?}");
     seen[0].1 .0
 }
+
+/// The resource (plural) of a kind, as the API names it.
+pub fn resource_of(kind: &str) -> String {
+    skiff_proto::api::KINDS
+        .iter()
+        .find(|k| k.kind == kind)
+        .map(|k| k.resource.to_string())
+        .unwrap_or_else(|| panic!("unknown kind {kind}"))
+}

@@ -1,0 +1,175 @@
+//! Defaulting as Kubernetes does it, on the JSON form of an object before validation.
+
+use crate::kinds::KindInfo;
+use crate::object::default_at;
+use serde_json::{json, Value};
+
+pub fn apply(info: &KindInfo, obj: &mut Value) {
+    match info.kind {
+        "Pod" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                pod_spec(spec);
+            }
+            default_at(obj, &["status", "phase"], json!("Pending"));
+        }
+        "Deployment" => {
+            default_at(obj, &["spec", "replicas"], json!(1));
+            default_at(obj, &["spec", "strategy", "type"], json!("RollingUpdate"));
+            if obj.pointer("/spec/strategy/type") == Some(&json!("RollingUpdate")) {
+                default_at(obj, &["spec", "strategy", "rollingUpdate", "maxSurge"], json!("25%"));
+                default_at(obj, &["spec", "strategy", "rollingUpdate", "maxUnavailable"], json!("25%"));
+            }
+            default_at(obj, &["spec", "revisionHistoryLimit"], json!(10));
+            default_at(obj, &["spec", "progressDeadlineSeconds"], json!(600));
+            template(obj);
+        }
+        "ReplicaSet" => {
+            default_at(obj, &["spec", "replicas"], json!(1));
+            template(obj);
+        }
+        "DaemonSet" => {
+            default_at(obj, &["spec", "updateStrategy", "type"], json!("RollingUpdate"));
+            if obj.pointer("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
+                default_at(obj, &["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"], json!(1));
+            }
+            default_at(obj, &["spec", "revisionHistoryLimit"], json!(10));
+            template(obj);
+        }
+        "StatefulSet" => {
+            default_at(obj, &["spec", "replicas"], json!(1));
+            default_at(obj, &["spec", "podManagementPolicy"], json!("OrderedReady"));
+            default_at(obj, &["spec", "updateStrategy", "type"], json!("RollingUpdate"));
+            default_at(obj, &["spec", "revisionHistoryLimit"], json!(10));
+            template(obj);
+        }
+        "Job" => {
+            job_spec(obj.get_mut("spec"));
+        }
+        "CronJob" => {
+            default_at(obj, &["spec", "concurrencyPolicy"], json!("Allow"));
+            default_at(obj, &["spec", "suspend"], json!(false));
+            default_at(obj, &["spec", "successfulJobsHistoryLimit"], json!(3));
+            default_at(obj, &["spec", "failedJobsHistoryLimit"], json!(1));
+            job_spec(obj.pointer_mut("/spec/jobTemplate/spec"));
+        }
+        "Service" => service(obj),
+        "Namespace" => {
+            default_at(obj, &["status", "phase"], json!("Active"));
+        }
+        "Secret" => {
+            default_at(obj, &["type"], json!("Opaque"));
+        }
+        "PersistentVolume" => {
+            default_at(obj, &["spec", "persistentVolumeReclaimPolicy"], json!("Retain"));
+            default_at(obj, &["status", "phase"], json!("Available"));
+        }
+        "PersistentVolumeClaim" => {
+            default_at(obj, &["status", "phase"], json!("Pending"));
+        }
+        "Event" => {
+            default_at(obj, &["type"], json!("Normal"));
+            default_at(obj, &["count"], json!(1));
+        }
+        _ => {}
+    }
+}
+
+fn template(obj: &mut Value) {
+    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+        pod_spec(spec);
+    }
+}
+
+fn job_spec(spec: Option<&mut Value>) {
+    let Some(spec) = spec else { return };
+    default_at(spec, &["completions"], json!(1));
+    default_at(spec, &["parallelism"], json!(1));
+    default_at(spec, &["backoffLimit"], json!(6));
+    default_at(spec, &["completionMode"], json!("NonIndexed"));
+    default_at(spec, &["suspend"], json!(false));
+    if let Some(pod) = spec.pointer_mut("/template/spec") {
+        pod_spec(pod);
+    }
+}
+
+/// Pod spec defaults; `restartPolicy` stays as given when set (Jobs must set it).
+pub fn pod_spec(spec: &mut Value) {
+    default_at(spec, &["restartPolicy"], json!("Always"));
+    default_at(spec, &["terminationGracePeriodSeconds"], json!(30));
+    default_at(spec, &["dnsPolicy"], json!("ClusterFirst"));
+    default_at(spec, &["schedulerName"], json!("default-scheduler"));
+    for list in ["containers", "initContainers"] {
+        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            container(c);
+        }
+    }
+}
+
+fn container(c: &mut Value) {
+    let image = c.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
+    let tag = image.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, t)| t.to_string());
+    let pull = if image.contains('@') {
+        "IfNotPresent"
+    } else if tag.as_deref().is_none_or(|t| t == "latest") {
+        "Always"
+    } else {
+        "IfNotPresent"
+    };
+    default_at(c, &["imagePullPolicy"], json!(pull));
+    default_at(c, &["terminationMessagePath"], json!("/dev/termination-log"));
+    default_at(c, &["terminationMessagePolicy"], json!("File"));
+    for p in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+        default_at(p, &["protocol"], json!("TCP"));
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = c.get_mut(probe) {
+            default_at(p, &["timeoutSeconds"], json!(1));
+            default_at(p, &["periodSeconds"], json!(10));
+            default_at(p, &["successThreshold"], json!(1));
+            default_at(p, &["failureThreshold"], json!(3));
+            if let Some(h) = p.get_mut("httpGet") {
+                default_at(h, &["path"], json!("/"));
+                default_at(h, &["scheme"], json!("HTTP"));
+            }
+        }
+    }
+}
+
+fn service(obj: &mut Value) {
+    default_at(obj, &["spec", "type"], json!("ClusterIP"));
+    if obj.pointer("/spec/type") != Some(&json!("ExternalName")) {
+        default_at(obj, &["spec", "sessionAffinity"], json!("None"));
+    }
+    for p in obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut).into_iter().flatten() {
+        default_at(p, &["protocol"], json!("TCP"));
+        if let Some(port) = p.get("port").cloned() {
+            default_at(p, &["targetPort"], port);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::by_resource;
+
+    #[test]
+    fn deployment_defaults_match_kubernetes() {
+        let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "nginx"}, {"name": "b", "image": "busybox:1.36"}]}}}});
+        apply(by_resource("deployments").unwrap(), &mut d);
+        assert_eq!(d.pointer("/spec/replicas"), Some(&json!(1)));
+        assert_eq!(d.pointer("/spec/strategy/rollingUpdate/maxSurge"), Some(&json!("25%")));
+        assert_eq!(d.pointer("/spec/revisionHistoryLimit"), Some(&json!(10)));
+        assert_eq!(d.pointer("/spec/template/spec/restartPolicy"), Some(&json!("Always")));
+        assert_eq!(d.pointer("/spec/template/spec/containers/0/imagePullPolicy"), Some(&json!("Always")));
+        assert_eq!(d.pointer("/spec/template/spec/containers/1/imagePullPolicy"), Some(&json!("IfNotPresent")));
+    }
+
+    #[test]
+    fn service_target_port_defaults_to_port() {
+        let mut s = json!({"spec": {"ports": [{"port": 80}]}});
+        apply(by_resource("services").unwrap(), &mut s);
+        assert_eq!(s.pointer("/spec/ports/0/targetPort"), Some(&json!(80)));
+        assert_eq!(s.pointer("/spec/type"), Some(&json!("ClusterIP")));
+    }
+}

