@@ -16,7 +16,7 @@ use std::path::PathBuf;
 const KINDS: &[(&str, &str, &str, bool, &str, &str)] = &[
     ("Namespace", "namespaces", "v1", false, "ns", "status"),
     ("Node", "nodes", "v1", false, "no", "status"),
-    ("Pod", "pods", "v1", true, "po", "status"),
+    ("Pod", "pods", "v1", true, "po", "status,binding,eviction"),
     ("Service", "services", "v1", true, "svc", "status"),
     ("Endpoints", "endpoints", "v1", true, "ep", ""),
     ("ConfigMap", "configmaps", "v1", true, "cm", ""),
@@ -76,6 +76,10 @@ fn services_proto() -> String {
             writeln!(p, "  rpc GetScale(GetRequest) returns (Scale);").unwrap();
             writeln!(p, "  rpc UpdateScale(Scale) returns (Scale);").unwrap();
         }
+        if subresources.contains("binding") {
+            writeln!(p, "  rpc Bind(Binding) returns ({kind});").unwrap();
+            writeln!(p, "  rpc Evict(Eviction) returns ({kind});").unwrap();
+        }
         p.push_str("}\n\n");
     }
     p.push_str(
@@ -99,7 +103,7 @@ fn kinds_rs() -> String {
     }
     r.push_str(
         "];\n\n/// Calls `$m!(Kind, KindList, KindWatchEvent, service_module, ServiceTrait, ServiceServer, \"resource\", \
-         status: yes|no, scale: yes|no)` for every kind.\n#[macro_export]\nmacro_rules! for_each_kind {\n    ($m:ident) => {\n",
+         status: yes|no, scale: yes|no, binding: yes|no)` for every kind.\n#[macro_export]\nmacro_rules! for_each_kind {\n    ($m:ident) => {\n",
     );
     for (kind, resource, _, _, _, sub) in KINDS {
         let svc = service_name(kind);
@@ -107,9 +111,10 @@ fn kinds_rs() -> String {
         let yes = |s: &str| if sub.contains(s) { "yes" } else { "no" };
         writeln!(
             r,
-            "        $m!({kind}, {kind}List, {kind}WatchEvent, {module}, {svc}, {svc}Server, \"{resource}\", status: {}, scale: {});",
+            "        $m!({kind}, {kind}List, {kind}WatchEvent, {module}, {svc}, {svc}Server, \"{resource}\", status: {}, scale: {}, binding: {});",
             yes("status"),
-            yes("scale")
+            yes("scale"),
+            yes("binding")
         )
         .unwrap();
     }

@@ -69,6 +69,9 @@ pub enum ApiError {
          changes to the latest version and try again (resourceVersion {given}, current {current})"
     )]
     Conflict { resource: String, name: String, given: String, current: String },
+    /// A pod already bound to a node.
+    #[error("Operation cannot be fulfilled on pods/binding: {0}")]
+    BindConflict(String),
     #[error("{kind} {name:?} is invalid: {}", .causes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "))]
     Invalid { kind: String, name: String, causes: Vec<FieldError> },
     /// Malformed input: bad JSON/YAML, an unknown field or kind, a bad selector.
@@ -102,7 +105,7 @@ impl From<ApiError> for Status {
         let code = match &e {
             ApiError::NotFound { .. } => Code::NotFound,
             ApiError::AlreadyExists { .. } => Code::AlreadyExists,
-            ApiError::Conflict { .. } => Code::Aborted,
+            ApiError::Conflict { .. } | ApiError::BindConflict(_) => Code::Aborted,
             ApiError::Invalid { .. } | ApiError::BadRequest(_) => Code::InvalidArgument,
             ApiError::NamespaceTerminating(_) => Code::FailedPrecondition,
             ApiError::Gone { .. } => Code::OutOfRange,

@@ -11,11 +11,13 @@
 //! - [`defaults`] and [`validation`]: Kubernetes' defaulting and validation rules, on JSON.
 //! - [`selector`]: label and field selectors.
 //! - [`service`]: the per-kind gRPC services and the kind-agnostic `Objects` service.
+//! - [`auth`]: bearer-token authentication, RBAC authorization, node restriction, no escalation.
 //! - [`error`]: API errors and their gRPC codes.
 //!
 //! Invariant: every write is one raft transaction guarded by a compare on the revision it read,
 //! so nothing is half-applied and a stale write fails with `Aborted` instead of overwriting.
 
+pub mod auth;
 pub mod defaults;
 pub mod error;
 pub mod kinds;
@@ -33,13 +35,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Starts the API on `master`: returns the routes to mount on its client listener and spawns
-/// the bootstrap of the system namespaces (retried until a leader accepts it).
-pub fn start(master: Arc<skiff_raft_store::Master>) -> tonic::service::Routes {
-    let api = Arc::new(Api { registry: Registry::new(master) });
+/// the bootstrap of the system namespaces (retried until a leader accepts it). With `tokens`,
+/// every call must carry a bearer token and pass RBAC.
+pub fn start(master: Arc<skiff_raft_store::Master>, tokens: Option<auth::TokenFile>) -> tonic::service::Routes {
+    let api = Arc::new(Api { registry: Registry::new(master), tokens });
     let bootstrap = api.clone();
     tokio::spawn(async move {
         loop {
-            match bootstrap.registry.ensure_system_namespaces().await {
+            match bootstrap.registry.ensure_system_namespaces(&["kube-node-lease"]).await {
                 Ok(()) => return,
                 Err(e) => tracing::debug!("system namespaces not created yet: {e}"),
             }

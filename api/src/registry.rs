@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 
 /// Largest object the API stores, as Kubernetes' request limit.
 pub const MAX_OBJECT_BYTES: usize = 3 * 1024 * 1024;
-/// Namespaces that exist from bootstrap.
-pub const SYSTEM_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+/// Namespaces that exist from bootstrap and may not be deleted.
+pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 #[derive(Debug, Clone, Default)]
 pub struct ListOptions {
@@ -77,6 +77,8 @@ pub enum UpdateScope {
     Main,
     /// Only status.
     Status,
+    /// Spec and status together (server-side subresources such as binding).
+    All,
 }
 
 pub struct Registry {
@@ -408,6 +410,7 @@ impl Registry {
                 }
                 obj
             }
+            UpdateScope::All => obj,
         };
         if obj.get("status") == Some(&Value::Null) {
             obj.as_object_mut().expect("object").remove("status");
@@ -558,6 +561,45 @@ impl Registry {
         Ok(obj)
     }
 
+    /// The binding subresource: assigns an unscheduled pod to `node` and marks it scheduled.
+    /// A pod already bound elsewhere is a conflict; `resource_version`, if given, must be current.
+    pub async fn bind(&self, ns: &str, name: &str, node: &str, resource_version: &str) -> ApiResult<Value> {
+        let info = kinds::by_resource("pods")?;
+        if node.is_empty() {
+            return Err(ApiError::Invalid {
+                kind: "Binding".into(),
+                name: name.into(),
+                causes: vec![crate::error::FieldError::required("target.name", "the node to bind to")],
+            });
+        }
+        for _ in 0..5 {
+            let mut pod = self.get(info, ns, name).await?;
+            if !resource_version.is_empty() && object::resource_version(&pod) != resource_version {
+                return Err(ApiError::Conflict {
+                    resource: "pods".into(),
+                    name: name.into(),
+                    given: resource_version.into(),
+                    current: object::resource_version(&pod).into(),
+                });
+            }
+            let bound = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().to_string();
+            if !bound.is_empty() {
+                return Err(ApiError::BindConflict(format!("pod {name} is already assigned to node {bound:?}")));
+            }
+            pod["spec"]["nodeName"] = json!(node);
+            let conditions = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let mut conditions: Vec<Value> = conditions.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+            conditions
+                .push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": object::now_rfc3339()}));
+            pod["status"]["conditions"] = Value::Array(conditions);
+            match self.update(info, pod, UpdateScope::All).await {
+                Err(ApiError::Conflict { .. }) if resource_version.is_empty() => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::BindConflict(format!("pod {name} kept changing while being bound")))
+    }
+
     /// Objects in `ns` (and cluster-scoped ones) whose ownerReferences name `uid`.
     async fn dependents(&self, ns: &str, uid: &str) -> ApiResult<Vec<(&'static KindInfo, Value)>> {
         let mut out = Vec::new();
@@ -654,9 +696,9 @@ impl Registry {
     }
 
     /// Creates the system namespaces if they are missing (idempotent; any master may run it).
-    pub async fn ensure_system_namespaces(&self) -> ApiResult<()> {
+    pub async fn ensure_system_namespaces(&self, extra: &[&str]) -> ApiResult<()> {
         let info = kinds::by_resource("namespaces")?;
-        for ns in SYSTEM_NAMESPACES {
+        for ns in SYSTEM_NAMESPACES.iter().chain(extra.iter()) {
             match self.create(info, json!({"metadata": {"name": ns}}), "").await {
                 Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),

@@ -2,6 +2,7 @@
 //! kind-agnostic `skiff.api.Objects`. Handlers are adapters: typed message → JSON → the
 //! [`Registry`] → JSON → typed message; errors map through `ApiError`'s table.
 
+use crate::auth::{check_no_escalation, Attributes, Policy, TokenFile, User};
 use crate::error::{ApiError, ApiResult};
 use crate::kinds::{self, KindInfo};
 use crate::registry::{DeleteOptions, ListOptions, Registry, UpdateScope, WatchOptions};
@@ -14,11 +15,67 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 /// The API server's shared state.
 pub struct Api {
     pub registry: Registry,
+    /// Bearer tokens; `None` leaves the API open (loopback-only clusters).
+    pub tokens: Option<TokenFile>,
+}
+
+impl Api {
+    pub fn authenticate(&self, md: &MetadataMap) -> ApiResult<User> {
+        match &self.tokens {
+            Some(t) => t.authenticate(md),
+            None => Ok(User::anonymous_admin()),
+        }
+    }
+
+    async fn policy(&self) -> ApiResult<Policy> {
+        let list = |r: &'static str| async move {
+            let info = kinds::by_resource(r)?;
+            Ok::<_, ApiError>(self.registry.list(info, "", &ListOptions::default()).await?.items)
+        };
+        Ok(Policy {
+            roles: list("roles").await?,
+            cluster_roles: list("clusterroles").await?,
+            role_bindings: list("rolebindings").await?,
+            cluster_role_bindings: list("clusterrolebindings").await?,
+        })
+    }
+
+    /// Authorizes `a` for `user`; `object` is the object being written (or the stored one).
+    pub async fn authorize(&self, user: &User, a: &Attributes<'_>, object: Option<&Value>) -> ApiResult<()> {
+        if user.is_superuser() {
+            return Ok(());
+        }
+        if let Some(allowed) = crate::auth::node_restriction(user, a, object) {
+            return if allowed { Ok(()) } else { Err(crate::auth::forbidden(user, a)) };
+        }
+        let policy = self.policy().await?;
+        if !policy.allows(user, a) {
+            return Err(crate::auth::forbidden(user, a));
+        }
+        // No escalation through RBAC objects: grant only what you hold.
+        if let Some(obj) = object.filter(|_| matches!(a.verb, "create" | "update" | "patch")) {
+            let ns = crate::object::namespace(obj);
+            match a.info.kind {
+                "Role" | "ClusterRole" => {
+                    let rules: Vec<Value> = obj.get("rules").and_then(Value::as_array).cloned().unwrap_or_default();
+                    check_no_escalation(&policy, user, &rules, ns)?;
+                }
+                "RoleBinding" | "ClusterRoleBinding" => {
+                    let binding_ns = (a.info.kind == "RoleBinding").then_some(ns);
+                    let rules = policy.rules_of(obj.get("roleRef").unwrap_or(&Value::Null), binding_ns);
+                    check_no_escalation(&policy, user, &rules, ns)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One kind's service over the shared [`Api`].
@@ -45,16 +102,52 @@ fn from_json<T: DeserializeOwned>(v: Value) -> ApiResult<T> {
 
 type EventStream<E> = Pin<Box<dyn Stream<Item = Result<E, Status>> + Send>>;
 
+fn ns_of<'a>(info: &KindInfo, obj: &'a Value, fallback: &'a str) -> &'a str {
+    if !info.namespaced {
+        ""
+    } else {
+        match crate::object::namespace(obj) {
+            "" if fallback.is_empty() => "default",
+            "" => fallback,
+            ns => ns,
+        }
+    }
+}
+
 impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
-    async fn create(&self, obj: T) -> ApiResult<T> {
-        from_json(self.api.registry.create(self.info, to_json(&obj)?, "").await?)
+    /// Authenticates the caller and authorizes `verb` on this kind.
+    async fn allow(
+        &self,
+        md: &MetadataMap,
+        verb: &str,
+        sub: &str,
+        ns: &str,
+        name: &str,
+        obj: Option<&Value>,
+    ) -> ApiResult<()> {
+        let user = self.api.authenticate(md)?;
+        let ns =
+            if self.info.namespaced && ns.is_empty() && !matches!(verb, "list" | "watch") { "default" } else { ns };
+        let a = Attributes { verb, info: self.info, subresource: sub, namespace: ns, name };
+        self.api.authorize(&user, &a, obj).await
     }
 
-    async fn get(&self, req: GetRequest) -> ApiResult<T> {
-        from_json(self.api.registry.get(self.info, &req.namespace, &req.name).await?)
+    async fn create(&self, req: Request<T>) -> ApiResult<T> {
+        let obj = to_json(req.get_ref())?;
+        self.allow(req.metadata(), "create", "", ns_of(self.info, &obj, ""), crate::object::name(&obj), Some(&obj))
+            .await?;
+        from_json(self.api.registry.create(self.info, obj, "").await?)
     }
 
-    async fn list<L: DeserializeOwned>(&self, req: ListRequest) -> ApiResult<L> {
+    async fn get(&self, req: Request<GetRequest>) -> ApiResult<T> {
+        let r = req.get_ref();
+        self.allow(req.metadata(), "get", "", &r.namespace, &r.name, None).await?;
+        from_json(self.api.registry.get(self.info, &r.namespace, &r.name).await?)
+    }
+
+    async fn list<L: DeserializeOwned>(&self, req: Request<ListRequest>) -> ApiResult<L> {
+        self.allow(req.metadata(), "list", "", &req.get_ref().namespace, "", None).await?;
+        let req = req.into_inner();
         let opts = ListOptions {
             label_selector: req.label_selector,
             field_selector: req.field_selector,
@@ -70,17 +163,28 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
         }))
     }
 
-    async fn update(&self, obj: T, scope: UpdateScope) -> ApiResult<T> {
-        from_json(self.api.registry.update(self.info, to_json(&obj)?, scope).await?)
+    async fn update(&self, req: Request<T>, scope: UpdateScope) -> ApiResult<T> {
+        let obj = to_json(req.get_ref())?;
+        let sub = if scope == UpdateScope::Status { "status" } else { "" };
+        self.allow(req.metadata(), "update", sub, ns_of(self.info, &obj, ""), crate::object::name(&obj), Some(&obj))
+            .await?;
+        from_json(self.api.registry.update(self.info, obj, scope).await?)
     }
 
-    async fn patch(&self, req: PatchRequest) -> ApiResult<T> {
+    async fn patch(&self, req: Request<PatchRequest>) -> ApiResult<T> {
+        let r = req.get_ref();
         let patch: Value =
-            serde_json::from_str(&req.patch).map_err(|e| ApiError::BadRequest(format!("patch is not JSON: {e}")))?;
-        from_json(self.api.registry.patch(self.info, &req.namespace, &req.name, &patch, UpdateScope::Main).await?)
+            serde_json::from_str(&r.patch).map_err(|e| ApiError::BadRequest(format!("patch is not JSON: {e}")))?;
+        let current = self.api.registry.get(self.info, &r.namespace, &r.name).await.ok();
+        self.allow(req.metadata(), "patch", "", &r.namespace, &r.name, current.as_ref()).await?;
+        from_json(self.api.registry.patch(self.info, &r.namespace, &r.name, &patch, UpdateScope::Main).await?)
     }
 
-    async fn delete(&self, req: DeleteRequest) -> ApiResult<T> {
+    async fn delete(&self, req: Request<DeleteRequest>) -> ApiResult<T> {
+        let r = req.get_ref();
+        let current = self.api.registry.get(self.info, &r.namespace, &r.name).await.ok();
+        self.allow(req.metadata(), "delete", "", &r.namespace, &r.name, current.as_ref()).await?;
+        let req = req.into_inner();
         let opts = DeleteOptions {
             grace_period_seconds: req.grace_period_seconds,
             propagation_policy: req.propagation_policy,
@@ -89,7 +193,12 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
         from_json(self.api.registry.delete(self.info, &req.namespace, &req.name, &opts).await?)
     }
 
-    async fn watch<E: DeserializeOwned + Send + 'static>(&self, req: WatchRequest) -> ApiResult<EventStream<E>> {
+    async fn watch<E: DeserializeOwned + Send + 'static>(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> ApiResult<EventStream<E>> {
+        self.allow(req.metadata(), "watch", "", &req.get_ref().namespace, "", None).await?;
+        let req = req.into_inner();
         let opts = WatchOptions {
             label_selector: req.label_selector,
             field_selector: req.field_selector,
@@ -103,14 +212,17 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
         })))
     }
 
-    async fn get_scale(&self, req: GetRequest) -> ApiResult<Scale> {
-        let obj = self.api.registry.get(self.info, &req.namespace, &req.name).await?;
+    async fn get_scale(&self, req: Request<GetRequest>) -> ApiResult<Scale> {
+        let r = req.get_ref();
+        self.allow(req.metadata(), "get", "scale", &r.namespace, &r.name, None).await?;
+        let obj = self.api.registry.get(self.info, &r.namespace, &r.name).await?;
         Ok(scale_of(&obj))
     }
 
-    async fn update_scale(&self, scale: Scale) -> ApiResult<Scale> {
-        let meta = scale.metadata.unwrap_or_default();
-        let replicas = scale.spec.map_or(0, |s| s.replicas);
+    async fn update_scale(&self, req: Request<Scale>) -> ApiResult<Scale> {
+        let meta = req.get_ref().metadata.clone().unwrap_or_default();
+        self.allow(req.metadata(), "update", "scale", &meta.namespace, &meta.name, None).await?;
+        let replicas = req.get_ref().spec.as_ref().map_or(0, |s| s.replicas);
         if replicas < 0 {
             return Err(ApiError::Invalid {
                 kind: "Scale".into(),
@@ -128,6 +240,20 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
         }
         let obj = self.api.registry.patch(self.info, &meta.namespace, &meta.name, &patch, UpdateScope::Main).await?;
         Ok(scale_of(&obj))
+    }
+
+    async fn bind(&self, req: Request<Binding>) -> ApiResult<T> {
+        let meta = req.get_ref().metadata.clone().unwrap_or_default();
+        let target = req.get_ref().target.clone().unwrap_or_default();
+        self.allow(req.metadata(), "create", "binding", &meta.namespace, &meta.name, None).await?;
+        from_json(self.api.registry.bind(&meta.namespace, &meta.name, &target.name, &meta.resource_version).await?)
+    }
+
+    async fn evict(&self, req: Request<Eviction>) -> ApiResult<T> {
+        let meta = req.get_ref().metadata.clone().unwrap_or_default();
+        self.allow(req.metadata(), "create", "eviction", &meta.namespace, &meta.name, None).await?;
+        let opts = DeleteOptions { grace_period_seconds: req.get_ref().grace_period_seconds, ..Default::default() };
+        from_json(self.api.registry.delete(self.info, &meta.namespace, &meta.name, &opts).await?)
     }
 }
 
@@ -164,7 +290,7 @@ macro_rules! subresource_status {
             'life0: 'async_trait,
             Self: 'async_trait,
         {
-            Box::pin(async move { Ok(Response::new(self.update(req.into_inner(), UpdateScope::Status).await?)) })
+            Box::pin(async move { Ok(Response::new(KindService::update(self, req, UpdateScope::Status).await?)) })
         }
     };
     (no, $kind:ident) => {};
@@ -177,47 +303,68 @@ macro_rules! subresource_scale {
             'life0: 'async_trait,
             Self: 'async_trait,
         {
-            Box::pin(async move { Ok(Response::new(KindService::get_scale(self, req.into_inner()).await?)) })
+            Box::pin(async move { Ok(Response::new(KindService::get_scale(self, req).await?)) })
         }
         fn update_scale<'life0, 'async_trait>(&'life0 self, req: Request<Scale>) -> BoxFut<'async_trait, Scale>
         where
             'life0: 'async_trait,
             Self: 'async_trait,
         {
-            Box::pin(async move { Ok(Response::new(KindService::update_scale(self, req.into_inner()).await?)) })
+            Box::pin(async move { Ok(Response::new(KindService::update_scale(self, req).await?)) })
         }
     };
     (no) => {};
 }
 
+macro_rules! subresource_binding {
+    (yes, $kind:ident) => {
+        fn bind<'life0, 'async_trait>(&'life0 self, req: Request<Binding>) -> BoxFut<'async_trait, $kind>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async move { Ok(Response::new(KindService::bind(self, req).await?)) })
+        }
+        fn evict<'life0, 'async_trait>(&'life0 self, req: Request<Eviction>) -> BoxFut<'async_trait, $kind>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async move { Ok(Response::new(KindService::evict(self, req).await?)) })
+        }
+    };
+    (no, $kind:ident) => {};
+}
+
 macro_rules! kind_service {
-    ($kind:ident, $list:ident, $event:ident, $module:ident, $svc:ident, $server:ident, $resource:literal, status: $status:ident, scale: $scale:ident) => {
+    ($kind:ident, $list:ident, $event:ident, $module:ident, $svc:ident, $server:ident, $resource:literal, status: $status:ident, scale: $scale:ident, binding: $binding:ident) => {
         #[tonic::async_trait]
         impl $module::$svc for KindService<$kind> {
             async fn create(&self, req: Request<$kind>) -> Result<Response<$kind>, Status> {
-                Ok(Response::new(KindService::create(self, req.into_inner()).await?))
+                Ok(Response::new(KindService::create(self, req).await?))
             }
             async fn get(&self, req: Request<GetRequest>) -> Result<Response<$kind>, Status> {
-                Ok(Response::new(KindService::get(self, req.into_inner()).await?))
+                Ok(Response::new(KindService::get(self, req).await?))
             }
             async fn list(&self, req: Request<ListRequest>) -> Result<Response<$list>, Status> {
-                Ok(Response::new(KindService::list(self, req.into_inner()).await?))
+                Ok(Response::new(KindService::list(self, req).await?))
             }
             async fn update(&self, req: Request<$kind>) -> Result<Response<$kind>, Status> {
-                Ok(Response::new(KindService::update(self, req.into_inner(), UpdateScope::Main).await?))
+                Ok(Response::new(KindService::update(self, req, UpdateScope::Main).await?))
             }
             async fn patch(&self, req: Request<PatchRequest>) -> Result<Response<$kind>, Status> {
-                Ok(Response::new(KindService::patch(self, req.into_inner()).await?))
+                Ok(Response::new(KindService::patch(self, req).await?))
             }
             async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<$kind>, Status> {
-                Ok(Response::new(KindService::delete(self, req.into_inner()).await?))
+                Ok(Response::new(KindService::delete(self, req).await?))
             }
             type WatchStream = EventStream<$event>;
             async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-                Ok(Response::new(KindService::watch::<$event>(self, req.into_inner()).await?))
+                Ok(Response::new(KindService::watch::<$event>(self, req).await?))
             }
             subresource_status!($status, $kind);
             subresource_scale!($scale);
+            subresource_binding!($binding, $kind);
         }
     };
 }
@@ -237,29 +384,55 @@ fn raw(v: &Value) -> RawObject {
     RawObject { json: v.to_string() }
 }
 
+impl ObjectsService {
+    /// Authenticates, resolves the resource, parses the body and authorizes `verb`.
+    async fn prepare(
+        &self,
+        req: &Request<RawRequest>,
+        verb: &str,
+        body: bool,
+    ) -> ApiResult<(&'static KindInfo, Value)> {
+        let user = self.api.authenticate(req.metadata())?;
+        let r = req.get_ref();
+        let info = kinds::by_resource(&r.resource)?;
+        let obj = if body { parse_body(&r.json)? } else { Value::Null };
+        let name = if body { crate::object::name(&obj) } else { r.name.as_str() };
+        let ns = if !info.namespaced {
+            ""
+        } else if body {
+            ns_of(info, &obj, &r.namespace)
+        } else if r.namespace.is_empty() {
+            "default"
+        } else {
+            &r.namespace
+        };
+        let a = Attributes { verb, info, subresource: "", namespace: ns, name };
+        self.api.authorize(&user, &a, body.then_some(&obj)).await?;
+        Ok((info, obj))
+    }
+}
+
 #[tonic::async_trait]
 impl objects_server::Objects for ObjectsService {
     async fn create(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let req = req.into_inner();
-        let info = kinds::by_resource(&req.resource)?;
-        let obj = self.api.registry.create(info, parse_body(&req.json)?, &req.namespace).await?;
+        let (info, obj) = self.prepare(&req, "create", true).await?;
+        let obj = self.api.registry.create(info, obj, &req.get_ref().namespace).await?;
         Ok(Response::new(raw(&obj)))
     }
     async fn get(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let req = req.into_inner();
-        let info = kinds::by_resource(&req.resource)?;
-        Ok(Response::new(raw(&self.api.registry.get(info, &req.namespace, &req.name).await?)))
+        let (info, _) = self.prepare(&req, "get", false).await?;
+        let r = req.get_ref();
+        Ok(Response::new(raw(&self.api.registry.get(info, &r.namespace, &r.name).await?)))
     }
     async fn update(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let req = req.into_inner();
-        let info = kinds::by_resource(&req.resource)?;
-        let obj = self.api.registry.update(info, parse_body(&req.json)?, UpdateScope::Main).await?;
+        let (info, obj) = self.prepare(&req, "update", true).await?;
+        let obj = self.api.registry.update(info, obj, UpdateScope::Main).await?;
         Ok(Response::new(raw(&obj)))
     }
     async fn delete(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let req = req.into_inner();
-        let info = kinds::by_resource(&req.resource)?;
-        let obj = self.api.registry.delete(info, &req.namespace, &req.name, &DeleteOptions::default()).await?;
+        let (info, _) = self.prepare(&req, "delete", false).await?;
+        let r = req.get_ref();
+        let obj = self.api.registry.delete(info, &r.namespace, &r.name, &DeleteOptions::default()).await?;
         Ok(Response::new(raw(&obj)))
     }
 }
@@ -268,7 +441,7 @@ impl objects_server::Objects for ObjectsService {
 pub fn routes(api: Arc<Api>) -> tonic::service::Routes {
     let mut routes = tonic::service::RoutesBuilder::default();
     macro_rules! add {
-        ($kind:ident, $list:ident, $event:ident, $module:ident, $svc:ident, $server:ident, $resource:literal, status: $status:ident, scale: $scale:ident) => {
+        ($kind:ident, $list:ident, $event:ident, $module:ident, $svc:ident, $server:ident, $resource:literal, status: $status:ident, scale: $scale:ident, binding: $binding:ident) => {
             routes.add_service(
                 $module::$server::new(KindService::<$kind>::new(api.clone(), $resource))
                     .max_decoding_message_size(crate::registry::MAX_OBJECT_BYTES * 2),

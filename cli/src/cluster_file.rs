@@ -9,9 +9,9 @@ pub struct ClusterFile {
     /// Node daemons (none until the node daemon exists).
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
-    /// Client configuration file for the Skiff API (written once the API server exists).
+    /// Client configuration (endpoints of every master, the admin user, a default context).
     pub client_config: Option<PathBuf>,
-    /// Admin credentials (token file, CA) for the Skiff API (once authentication exists).
+    /// The admin bearer token file (user `admin` in `system:masters`).
     pub credentials: Option<PathBuf>,
 }
 

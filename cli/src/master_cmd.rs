@@ -48,6 +48,34 @@ pub struct MasterArgs {
     /// PEM CA whose certificates clients must present.
     #[arg(long)]
     client_ca: Option<PathBuf>,
+    /// Bearer tokens for the Skiff API (`token,user,uid,"group1,group2"` per line). Without it
+    /// the API is open, which is only allowed on loopback.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+/// A master's configuration file: the store's settings plus the API's `token_file`, in one
+/// JSON object. (Composed by hand: serde's `flatten` cannot read the numeric member-id keys.)
+#[derive(Debug, Clone)]
+pub struct MasterFile {
+    pub master: MasterConfig,
+    pub token_file: Option<PathBuf>,
+}
+
+impl MasterFile {
+    pub fn parse(text: &str) -> anyhow::Result<MasterFile> {
+        let v: serde_json::Value = serde_json::from_str(text)?;
+        let token_file = v.get("token_file").and_then(|t| t.as_str()).map(PathBuf::from);
+        Ok(MasterFile { master: serde_json::from_value(v)?, token_file })
+    }
+
+    pub fn to_json(&self) -> anyhow::Result<String> {
+        let mut v = serde_json::to_value(&self.master)?;
+        if let Some(t) = &self.token_file {
+            v["token_file"] = serde_json::json!(t);
+        }
+        Ok(serde_json::to_string_pretty(&v)? + "\n")
+    }
 }
 
 pub fn parse_initial_cluster(s: &str) -> anyhow::Result<BTreeMap<u64, Member>> {
@@ -63,11 +91,12 @@ pub fn parse_initial_cluster(s: &str) -> anyhow::Result<BTreeMap<u64, Member>> {
     Ok(out)
 }
 
-fn build_config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
+fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
     if let Some(path) = args.config {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        return serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()));
+        return MasterFile::parse(&text).with_context(|| format!("parsing {}", path.display()));
     }
+    let token_file = args.token_file.clone();
     let id = args.id.context("--id is required (or --config)")?;
     if id == 0 {
         bail!("--id must be positive");
@@ -99,13 +128,17 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
         (Some(cert), Some(key), Some(client_ca)) => Some(ClientTls { cert, key, client_ca }),
         _ => bail!("--client-cert, --client-key and --client-ca go together"),
     };
-    Ok(config)
+    Ok(MasterFile { master: config, token_file })
 }
 
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
-    let config = build_config(args)?;
+    let MasterFile { master: config, token_file } = build_config(args)?;
+    let tokens = token_file.as_deref().map(skiff_api::auth::TokenFile::open).transpose().map_err(anyhow::Error::msg)?;
     let client: SocketAddr =
         config.client_addr.parse().with_context(|| format!("client address {:?}", config.client_addr))?;
+    if !client.ip().is_loopback() && tokens.is_none() {
+        bail!("client listener {} is not on loopback: the Skiff API then needs --token-file", config.client_addr);
+    }
     if !client.ip().is_loopback() && config.client_tls.is_none() {
         bail!(
             "client listener {} is not on loopback: off loopback clients must present TLS certificates; \
@@ -135,7 +168,7 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
             master.clone(),
             peer_listener,
             client_listener,
-            Some(skiff_api::start(master)),
+            Some(skiff_api::start(master, tokens)),
             shutdown,
         )
         .await?

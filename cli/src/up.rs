@@ -1,6 +1,7 @@
 //! `skiff up` / `skiff down`: a local cluster as background processes on free loopback ports.
 
 use crate::cluster_file::{process_alive, ClusterFile, MasterEntry};
+use crate::master_cmd::MasterFile;
 use anyhow::{bail, Context};
 use clap::Args;
 use nix::sys::signal::{kill, Signal};
@@ -86,6 +87,11 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
             },
         );
     }
+    // Credentials: an admin token (system:masters) the cluster's token file and client config carry.
+    let admin_token: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
+    let tokens = dir.join("tokens.csv");
+    std::fs::write(&tokens, format!("# token,user,uid,\"groups\"\n{admin_token},admin,admin,\"system:masters\"\n"))?;
+    std::fs::write(dir.join("admin.token"), format!("{admin_token}\n"))?;
     let mut entries = Vec::new();
     for (&id, m) in &members {
         let home = dir.join(&m.name);
@@ -101,7 +107,8 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
             config.request_timeout_ms = v;
         }
         let config_path = std::fs::canonicalize(&home)?.join("config.json");
-        std::fs::write(&config_path, serde_json::to_string_pretty(&config)? + "\n")?;
+        let file = MasterFile { master: config, token_file: Some(std::fs::canonicalize(&tokens)?) };
+        std::fs::write(&config_path, file.to_json()?)?;
         entries.push(MasterEntry {
             id,
             name: m.name.clone(),
@@ -114,7 +121,22 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
             config: config_path,
         });
     }
-    Ok(ClusterFile { masters: entries, nodes: Vec::new(), client_config: None, credentials: None })
+    // A kubeconfig-like client config naming every master.
+    let client_config = dir.join("client.json");
+    let endpoints: Vec<&str> = entries.iter().map(|e| e.api.as_str()).collect();
+    let client = serde_json::json!({
+        "clusters": [{"name": "local", "endpoints": endpoints}],
+        "users": [{"name": "admin", "token": admin_token}],
+        "contexts": [{"name": "local", "cluster": "local", "user": "admin", "namespace": "default"}],
+        "currentContext": "local",
+    });
+    std::fs::write(&client_config, serde_json::to_string_pretty(&client)? + "\n")?;
+    Ok(ClusterFile {
+        masters: entries,
+        nodes: Vec::new(),
+        client_config: Some(std::fs::canonicalize(client_config)?),
+        credentials: Some(std::fs::canonicalize(dir.join("admin.token"))?),
+    })
 }
 
 /// Per master: its view of the leader, or why it did not answer.

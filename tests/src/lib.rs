@@ -139,6 +139,22 @@ impl Cluster {
         etcdctl(endpoints, args)
     }
 
+    /// The admin bearer token `skiff up` wrote (cluster.json `credentials`).
+    pub fn admin_token(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("cluster.json")).expect("cluster.json");
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        let path = v["credentials"].as_str().expect("cluster.json names the admin credentials");
+        std::fs::read_to_string(path).expect("admin token file").trim().to_string()
+    }
+
+    /// Adds a user to the cluster's token file (masters re-read it on change).
+    pub fn add_user(&self, token: &str, user: &str, groups: &[&str]) {
+        use std::io::Write;
+        let mut f =
+            std::fs::OpenOptions::new().append(true).open(self.dir.path().join("tokens.csv")).expect("tokens.csv");
+        writeln!(f, "{token},{user},{user},\"{}\"", groups.join(",")).expect("append token");
+    }
+
     pub fn log_tail(&self, id: u64) -> String {
         let text = std::fs::read_to_string(&self.master(id).log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -261,4 +277,14 @@ pub fn resource_of(kind: &str) -> String {
         .find(|k| k.kind == kind)
         .map(|k| k.resource.to_string())
         .unwrap_or_else(|| panic!("unknown kind {kind}"))
+}
+
+/// A gRPC interceptor that sends `authorization: Bearer <token>`.
+pub fn bearer(token: &str) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    let value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {token}").parse().expect("ascii token");
+    move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", value.clone());
+        Ok(req)
+    }
 }

