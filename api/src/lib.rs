@@ -8,6 +8,7 @@
 //! - [`kinds`]: the registered kinds (generated from one table in `skiff-proto`), names and keys.
 //! - [`registry`]: the generic store — create/get/list/update/patch/delete/watch with optimistic
 //!   concurrency, graceful deletion, finalizers, owner-reference cascades, namespace lifecycle.
+//! - [`admission`]: ResourceQuota and Pod Security (baseline) for pods.
 //! - [`defaults`] and [`validation`]: Kubernetes' defaulting and validation rules, on JSON.
 //! - [`selector`]: label and field selectors.
 //! - [`service`]: the per-kind gRPC services and the kind-agnostic `Objects` service.
@@ -17,6 +18,7 @@
 //! Invariant: every write is one raft transaction guarded by a compare on the revision it read,
 //! so nothing is half-applied and a stale write fails with `Aborted` instead of overwriting.
 
+pub mod admission;
 pub mod auth;
 pub mod defaults;
 pub mod error;

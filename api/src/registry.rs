@@ -3,6 +3,7 @@
 //! revision. Every write is one raft transaction guarded by a compare, so a stale update fails
 //! with a conflict instead of overwriting (DESIGN.md rule 3), and nothing is half-applied.
 
+use crate::admission;
 use crate::defaults;
 use crate::error::{ApiError, ApiResult};
 use crate::kinds::{self, KindInfo, KINDS};
@@ -213,11 +214,15 @@ impl Registry {
         let bytes = encode_object(&obj)?;
         for _ in 0..5 {
             let mut compares = vec![absent(&key)];
+            let mut ops = vec![put_op(&key, bytes.clone())];
             if info.namespaced {
                 let ns_kv = self.namespace_for_create(&ns).await?;
                 compares.push(mod_is(&kinds::key(kinds::by_resource("namespaces")?, "", &ns), ns_kv.mod_revision));
+                if info.kind == "Pod" {
+                    self.admit_pod(&obj, &decode_object(&ns_kv)?, &mut compares, &mut ops).await?;
+                }
             }
-            let (ok, revision, _) = self.txn(compares, vec![put_op(&key, bytes.clone())], vec![]).await?;
+            let (ok, revision, _) = self.txn(compares, ops, vec![]).await?;
             if ok {
                 set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
                 return Ok(obj);
@@ -228,9 +233,46 @@ impl Registry {
                     name: object::name(&obj).into(),
                 });
             }
-            // The namespace changed under us: look again.
+            // The namespace or a quota changed under us: look again.
         }
         Err(ApiError::Internal(format!("namespace {ns} kept changing while creating {key}")))
+    }
+
+    /// Pod admission: Pod Security for labelled namespaces, then every ResourceQuota of the
+    /// namespace. Each quota's new usage is written in the same transaction as the pod, guarded
+    /// by the quota's revision, so concurrent creates cannot both slip under a limit.
+    async fn admit_pod(
+        &self,
+        pod: &Value,
+        namespace: &Value,
+        compares: &mut Vec<Compare>,
+        ops: &mut Vec<RequestOp>,
+    ) -> ApiResult<()> {
+        if let Some(level) = admission::enforced_level(namespace) {
+            let violations = admission::baseline_violations(pod);
+            if !violations.is_empty() {
+                return Err(ApiError::Forbidden(format!(
+                    "pods {:?} is forbidden: violates PodSecurity \"{level}:latest\": {}",
+                    object::name(pod),
+                    violations.join(", ")
+                )));
+            }
+        }
+        let ns = object::namespace(pod);
+        let quota_info = kinds::by_resource("resourcequotas")?;
+        let quotas = self.list(quota_info, ns, &ListOptions::default()).await?.items;
+        if quotas.is_empty() {
+            return Ok(());
+        }
+        let pods = self.list(kinds::by_resource("pods")?, ns, &ListOptions::default()).await?.items;
+        for mut quota in quotas {
+            quota["status"] = admission::check_quota(&quota, &pods, pod)?;
+            let key = kinds::key(quota_info, ns, object::name(&quota));
+            let rv: i64 = object::resource_version(&quota).parse().unwrap_or(0);
+            compares.push(mod_is(&key, rv));
+            ops.push(put_op(&key, encode_object(&quota)?));
+        }
+        Ok(())
     }
 
     /// Metadata, defaults and validation for an object about to be created.

@@ -454,3 +454,88 @@ fn unauthenticated_and_unauthorized_calls_are_refused() {
     let (ok, out, _) = grpcurl_call(&admin, &addr, "skiff.api.Roles/List", &json!({"namespace": "default"}));
     assert!(ok && !out.contains("pod-killer"), "the refused role was not created: {out}");
 }
+
+#[test]
+fn admission_enforces_quota_even_under_concurrent_creates_and_pod_security() {
+    let c = Cluster::up(3, &[]);
+    let addrs: Vec<String> = c.masters.iter().map(|m| m.etcd.clone()).collect();
+    let t = c.admin_token();
+    wait_api_ready(&t, &addrs[0]);
+    let create = |addr: &str, resource: &str, body: Value| {
+        let rt = runtime();
+        let t = t.clone();
+        let addr = addr.to_string();
+        let resource = resource.to_string();
+        std::thread::spawn(move || {
+            rt.block_on(async {
+                let mut o = ObjectsClient::with_interceptor(channel(&addr).await.unwrap(), bearer(&t));
+                o.create(RawRequest { resource, json: body.to_string(), ..Default::default() }).await.map(|_| ())
+            })
+        })
+    };
+    let ns = |name: &str, labels: Value| json!({"metadata": {"name": name, "labels": labels}});
+    create(&addrs[0], "namespaces", ns("quota", json!({}))).join().unwrap().unwrap();
+    create(&addrs[0], "namespaces", ns("secure", json!({"pod-security.kubernetes.io/enforce": "baseline"})))
+        .join()
+        .unwrap()
+        .unwrap();
+    let quota = json!({"metadata": {"name": "compute", "namespace": "quota"}, "spec": {"hard": {"pods": "4", "requests.cpu": "2"}}});
+    create(&addrs[1], "resourcequotas", quota).join().unwrap().unwrap();
+    let pod = |ns: &str, name: &str, extra: Value| {
+        let mut p = json!({"metadata": {"name": name, "namespace": ns}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "resources": {"requests": {"cpu": "100m"}}}]}});
+        object_merge(&mut p, &extra);
+        p
+    };
+
+    // phase: six creates at once through three masters against a limit of four pods
+    let handles: Vec<_> =
+        (0..6).map(|i| create(&addrs[i % 3], "pods", pod("quota", &format!("p{i}"), json!({})))).collect();
+    let results: Vec<Result<(), tonic::Status>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 4, "exactly the quota's four pods are admitted: {results:?}");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            e.code() == Code::ResourceExhausted
+                && e.message().contains("exceeded quota: compute")
+                && e.message().contains("limited: pods=4"),
+            "{e:?}"
+        );
+    }
+    // A CPU request over what is left is refused, naming the resource.
+    let big = pod(
+        "quota",
+        "big",
+        json!({"spec": {"containers": [{"name": "c", "image": "busybox:1.36", "resources": {"requests": {"cpu": "3"}}}]}}),
+    );
+    let err = create(&addrs[2], "pods", big).join().unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+
+    // phase: Pod Security baseline in the labelled namespace
+    let privileged = pod(
+        "secure",
+        "root",
+        json!({"spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "busybox:1.36", "securityContext": {"privileged": true}}]}}),
+    );
+    let err = create(&addrs[0], "pods", privileged).join().unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("violates PodSecurity \"baseline:latest\"")
+            && err.message().contains("hostNetwork=true")
+            && err.message().contains("privileged"),
+        "{}",
+        err.message()
+    );
+    create(&addrs[0], "pods", pod("secure", "plain", json!({}))).join().unwrap().expect("a baseline pod is admitted");
+}
+
+/// JSON merge of `extra` into `target` (objects merge, everything else replaces).
+fn object_merge(target: &mut Value, extra: &Value) {
+    match (target, extra) {
+        (Value::Object(t), Value::Object(e)) => {
+            for (k, v) in e {
+                object_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (t, e) => *t = e.clone(),
+    }
+}
