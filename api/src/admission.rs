@@ -125,6 +125,12 @@ pub fn check_quota(quota: &Value, existing: &[Value], new_pod: &Value) -> Result
             *used.entry(k).or_default() += v;
         }
     }
+    struct Excess<'a> {
+        resource: &'a str,
+        requested: i128,
+        used: i128,
+        limit: &'a str,
+    }
     let mut exceeded = Vec::new();
     for (resource, limit) in &hard {
         let Some(limit_v) = parse_quantity(limit) else { continue };
@@ -132,19 +138,18 @@ pub fn check_quota(quota: &Value, existing: &[Value], new_pod: &Value) -> Result
             continue;
         };
         if req > 0 && current + req > limit_v {
-            exceeded.push((resource.clone(), req, current, limit.clone()));
+            exceeded.push(Excess { resource, requested: req, used: current, limit });
         }
     }
     if !exceeded.is_empty() {
-        let part =
-            |f: &dyn Fn(&(String, i128, i128, String)) -> String| exceeded.iter().map(f).collect::<Vec<_>>().join(",");
+        let list = |f: fn(&Excess) -> String| exceeded.iter().map(f).collect::<Vec<_>>().join(",");
         return Err(ApiError::QuotaExceeded(format!(
             "pods {:?} is forbidden: exceeded quota: {}, requested: {}, used: {}, limited: {}",
             crate::object::name(new_pod),
             crate::object::name(quota),
-            part(&|(r, q, _, _)| format!("{r}={}", format_quantity(*q, r))),
-            part(&|(r, _, u, _)| format!("{r}={}", format_quantity(*u, r))),
-            part(&|(r, _, _, l)| format!("{r}={l}")),
+            list(|e| format!("{}={}", e.resource, format_quantity(e.requested, e.resource))),
+            list(|e| format!("{}={}", e.resource, format_quantity(e.used, e.resource))),
+            list(|e| format!("{}={}", e.resource, e.limit)),
         )));
     }
     let used_after: serde_json::Map<String, Value> = hard
