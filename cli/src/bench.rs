@@ -44,18 +44,18 @@ pub struct BenchArgs {
 }
 
 /// One member process of a benchmarked cluster, restartable with the same arguments.
-struct Proc {
+pub(crate) struct Proc {
     args: Vec<String>,
     program: PathBuf,
     log: PathBuf,
     child: Option<Child>,
-    endpoint: String,
+    pub(crate) endpoint: String,
     /// The member id the system reports in Status.leader (learned at start).
     member_id: u64,
 }
 
 impl Proc {
-    fn start(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = Command::new(&self.program)
             .args(&self.args)
@@ -76,9 +76,9 @@ impl Proc {
     }
 }
 
-struct System {
+pub(crate) struct System {
     name: &'static str,
-    procs: Vec<Proc>,
+    pub(crate) procs: Vec<Proc>,
 }
 
 impl Drop for System {
@@ -95,7 +95,7 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     ls.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
-fn skiff_system(dir: &Path) -> anyhow::Result<System> {
+pub(crate) fn skiff_system(dir: &Path) -> anyhow::Result<System> {
     let ports = free_ports(6)?;
     let cluster: Vec<String> =
         (0..3).map(|i| format!("{}=127.0.0.1:{}/127.0.0.1:{}", i + 1, ports[2 * i], ports[2 * i + 1])).collect();
@@ -155,7 +155,7 @@ fn etcd_system(dir: &Path, bin: &Path) -> anyhow::Result<System> {
     Ok(System { name: "etcd", procs })
 }
 
-async fn channel(addr: &str) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(addr: &str) -> anyhow::Result<Channel> {
     Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(10))
@@ -165,7 +165,7 @@ async fn channel(addr: &str) -> anyhow::Result<Channel> {
 }
 
 /// Waits until every live member answers Status and they agree on a leader; returns its member id.
-async fn wait_leader(sys: &mut System, timeout: Duration) -> anyhow::Result<u64> {
+pub(crate) async fn wait_leader(sys: &mut System, timeout: Duration) -> anyhow::Result<u64> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut leaders = Vec::new();

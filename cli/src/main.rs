@@ -2,6 +2,7 @@
 //! installs tracing; the work happens in the library crates and the sub-command modules.
 
 mod bench;
+mod bench_api;
 mod cluster_file;
 mod master_cmd;
 mod up;
@@ -29,6 +30,8 @@ enum Command {
     Down(up::DownArgs),
     /// Benchmark the store against etcd on this machine (prints a table).
     Bench(bench::BenchArgs),
+    /// Benchmark the API server: pod creates, large lists, watch fan-out (prints a table).
+    BenchApi(bench_api::BenchApiArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => up::up(args),
         Command::Down(args) => up::down(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchApi(args) => bench_api::run(args),
     }
 }

@@ -1,0 +1,211 @@
+//! `skiff bench-api`: the API server's figures on a 3-master cluster — pod creates per second
+//! and their latency at 1 and 64 clients, listing 10,000 pods, and a watch fan-out of 1,000
+//! watchers receiving 1,000 changes. No Kubernetes API server can be installed here to run
+//! beside it, so the figures are read against Kubernetes' published SLOs.
+
+use crate::bench::{channel, skiff_system, wait_leader};
+use anyhow::{bail, Context};
+use clap::Args;
+use hdrhistogram::Histogram;
+use skiff_proto::api::config_maps_client::ConfigMapsClient;
+use skiff_proto::api::namespaces_client::NamespacesClient;
+use skiff_proto::api::pods_client::PodsClient;
+use skiff_proto::api::{
+    ConfigMap, Container, GetRequest, ListRequest, Namespace, ObjectMeta, Pod, PodSpec, WatchRequest,
+};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct BenchApiArgs {
+    /// Concurrent clients for the create measurement.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    clients: Vec<usize>,
+    /// Seconds per create measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Pods in the namespace for the list measurement.
+    #[arg(long, default_value_t = 10_000)]
+    list_pods: usize,
+    /// Lists to time.
+    #[arg(long, default_value_t = 20)]
+    lists: usize,
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    #[arg(long, default_value_t = 1000)]
+    changes: usize,
+}
+
+fn pod(name: String) -> Pod {
+    Pod {
+        metadata: Some(ObjectMeta { name, namespace: "default".into(), ..Default::default() }),
+        spec: Some(PodSpec {
+            containers: vec![Container { name: "c".into(), image: "busybox:1.36".into(), ..Default::default() }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram")
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Creates pods from `clients` tasks for `secs` (or until `total` pods exist); returns the
+/// latency histogram, the count created and the elapsed seconds.
+async fn create_pods(
+    endpoints: &[String],
+    clients: usize,
+    secs: Option<u64>,
+    total: Option<usize>,
+    tag: &str,
+) -> anyhow::Result<(Histogram<u64>, u64, f64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let made = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = PodsClient::new(channel(&endpoints[c % endpoints.len()]).await?);
+        let (stop, made, tag) = (stop.clone(), made.clone(), tag.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut h = hist();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if total.is_some_and(|t| made.fetch_add(1, Ordering::Relaxed) >= t) {
+                    break;
+                }
+                let t0 = Instant::now();
+                if client.create(pod(format!("{tag}-{c}-{n}"))).await.is_ok() {
+                    h.record(t0.elapsed().as_micros().max(1) as u64).ok();
+                }
+                n += 1;
+            }
+            h
+        }));
+    }
+    let started = Instant::now();
+    if let Some(secs) = secs {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        stop.store(true, Ordering::Relaxed);
+    }
+    let mut all = hist();
+    for t in tasks {
+        all.add(t.await?)?;
+    }
+    Ok((all.clone(), all.len(), started.elapsed().as_secs_f64()))
+}
+
+pub fn run(args: BenchApiArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("skiff-bench-api-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut sys = skiff_system(&dir)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let result = rt.block_on(async {
+        for p in &mut sys.procs {
+            p.start()?;
+        }
+        wait_leader(&mut sys, Duration::from_secs(60)).await?;
+        let endpoints: Vec<String> = sys.procs.iter().map(|p| p.endpoint.clone()).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut ns = NamespacesClient::new(channel(&endpoints[0]).await?);
+            if ns.get(GetRequest { name: "default".into(), ..Default::default() }).await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the API did not bootstrap its namespaces within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("machine: {} cores; 3 masters on loopback; clients spread over all masters", std::thread::available_parallelism().map_or(0, |n| n.get()));
+        println!("{:<34} {:>10} {:>9} {:>9}", "measurement", "rate /s", "p50 ms", "p99 ms");
+        let mut created = 0u64;
+        for &c in &args.clients {
+            let (h, n, secs) = create_pods(&endpoints, c, Some(args.seconds), None, &format!("c{c}")).await?;
+            created += n;
+            println!("{:<34} {:>10.0} {:>9.2} {:>9.2}", format!("pod create, {c} client(s)"), n as f64 / secs, ms(&h, 0.5), ms(&h, 0.99));
+        }
+        if (created as usize) < args.list_pods {
+            let need = args.list_pods - created as usize;
+            create_pods(&endpoints, 64, None, Some(need), "fill").await?;
+        }
+        let mut h = hist();
+        let mut items = 0;
+        for i in 0..args.lists {
+            let mut pods = PodsClient::new(channel(&endpoints[i % endpoints.len()]).await?).max_decoding_message_size(512 << 20);
+            let t0 = Instant::now();
+            let list = pods.list(ListRequest { namespace: "default".into(), ..Default::default() }).await?.into_inner();
+            h.record(t0.elapsed().as_micros() as u64)?;
+            items = list.items.len();
+        }
+        println!("{:<34} {:>10} {:>9.2} {:>9.2}", format!("list {items} pods (linearizable)"), "", ms(&h, 0.5), ms(&h, 0.99));
+
+        // Watch fan-out: `watchers` streams on one namespace, then `changes` creates.
+        let mut ns = NamespacesClient::new(channel(&endpoints[0]).await?);
+        ns.create(Namespace { metadata: Some(ObjectMeta { name: "fanout".into(), ..Default::default() }), ..Default::default() }).await?;
+        let sent: Arc<Vec<OnceLock<Instant>>> = Arc::new((0..args.changes).map(|_| OnceLock::new()).collect());
+        let ready = Arc::new(AtomicUsize::new(0));
+        let mut channels = Vec::new();
+        for i in 0..48 {
+            channels.push(channel(&endpoints[i % endpoints.len()]).await?);
+        }
+        let mut watchers = Vec::new();
+        for w in 0..args.watchers {
+            let mut client = ConfigMapsClient::new(channels[w % channels.len()].clone());
+            let (sent, ready, changes) = (sent.clone(), ready.clone(), args.changes);
+            watchers.push(tokio::spawn(async move {
+                let mut h = hist();
+                let req = WatchRequest { namespace: "fanout".into(), resource_version: "0".into(), ..Default::default() };
+                let mut stream = client.watch(req).await.context("open watch")?.into_inner();
+                ready.fetch_add(1, Ordering::SeqCst);
+                let mut got = 0;
+                while got < changes {
+                    let Some(ev) = tokio::time::timeout(Duration::from_secs(120), stream.message()).await.context("watch stalled")?? else { break };
+                    let name = ev.object.and_then(|o| o.metadata).map(|m| m.name).unwrap_or_default();
+                    if let Some(i) = name.strip_prefix("cm-").and_then(|i| i.parse::<usize>().ok()) {
+                        if let Some(t) = sent.get(i).and_then(|s| s.get()) {
+                            h.record(t.elapsed().as_micros().max(1) as u64).ok();
+                        }
+                        got += 1;
+                    }
+                }
+                anyhow::Ok((h, got))
+            }));
+        }
+        while ready.load(Ordering::SeqCst) < args.watchers {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut writer = ConfigMapsClient::new(channel(&endpoints[0]).await?);
+        let t0 = Instant::now();
+        for i in 0..args.changes {
+            sent[i].set(Instant::now()).ok();
+            let cm = ConfigMap { metadata: Some(ObjectMeta { name: format!("cm-{i}"), namespace: "fanout".into(), ..Default::default() }), ..Default::default() };
+            writer.create(cm).await?;
+        }
+        let write_secs = t0.elapsed().as_secs_f64();
+        let mut lag = hist();
+        let mut delivered = 0;
+        for w in watchers {
+            let (h, got) = w.await??;
+            lag.add(h)?;
+            delivered += got;
+        }
+        let total = t0.elapsed().as_secs_f64();
+        println!(
+            "{:<34} {:>10.0} {:>9.2} {:>9.2}",
+            format!("watch: {} watchers x {} changes", args.watchers, args.changes),
+            delivered as f64 / total,
+            ms(&lag, 0.5),
+            ms(&lag, 0.99)
+        );
+        println!("  (rate = events delivered per second; lag from issuing each write to its delivery; {} of {} delivered; writes took {write_secs:.1} s)", delivered, args.watchers * args.changes);
+        anyhow::Ok(())
+    });
+    drop(sys);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
