@@ -25,6 +25,9 @@ pub struct BenchApiArgs {
     /// Seconds per create measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Paced create rate (creates per second) for the latency-at-rate measurement.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
     /// Pods in the namespace for the list measurement.
     #[arg(long, default_value_t = 10_000)]
     list_pods: usize,
@@ -38,8 +41,12 @@ pub struct BenchApiArgs {
 }
 
 fn pod(name: String) -> Pod {
+    pod_in("default", name)
+}
+
+fn pod_in(namespace: &str, name: String) -> Pod {
     Pod {
-        metadata: Some(ObjectMeta { name, namespace: "default".into(), ..Default::default() }),
+        metadata: Some(ObjectMeta { name, namespace: namespace.into(), ..Default::default() }),
         spec: Some(PodSpec {
             containers: vec![Container { name: "c".into(), image: "busybox:1.36".into(), ..Default::default() }],
             ..Default::default()
@@ -60,6 +67,7 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 /// latency histogram, the count created and the elapsed seconds.
 async fn create_pods(
     endpoints: &[String],
+    namespace: &str,
     clients: usize,
     secs: Option<u64>,
     total: Option<usize>,
@@ -70,7 +78,7 @@ async fn create_pods(
     let mut tasks = Vec::new();
     for c in 0..clients {
         let mut client = PodsClient::new(channel(&endpoints[c % endpoints.len()]).await?);
-        let (stop, made, tag) = (stop.clone(), made.clone(), tag.to_string());
+        let (stop, made, tag, ns) = (stop.clone(), made.clone(), tag.to_string(), namespace.to_string());
         tasks.push(tokio::spawn(async move {
             let mut h = hist();
             let mut n = 0;
@@ -79,7 +87,7 @@ async fn create_pods(
                     break;
                 }
                 let t0 = Instant::now();
-                if client.create(pod(format!("{tag}-{c}-{n}"))).await.is_ok() {
+                if client.create(pod_in(&ns, format!("{tag}-{c}-{n}"))).await.is_ok() {
                     h.record(t0.elapsed().as_micros().max(1) as u64).ok();
                 }
                 n += 1;
@@ -123,22 +131,58 @@ pub fn run(args: BenchApiArgs) -> anyhow::Result<()> {
         }
         println!("machine: {} cores; 3 masters on loopback; clients spread over all masters", std::thread::available_parallelism().map_or(0, |n| n.get()));
         println!("{:<34} {:>10} {:>9} {:>9}", "measurement", "rate /s", "p50 ms", "p99 ms");
-        let mut created = 0u64;
         for &c in &args.clients {
-            let (h, n, secs) = create_pods(&endpoints, c, Some(args.seconds), None, &format!("c{c}")).await?;
-            created += n;
+            let (h, n, secs) = create_pods(&endpoints, "default", c, Some(args.seconds), None, &format!("c{c}")).await?;
             println!("{:<34} {:>10.0} {:>9.2} {:>9.2}", format!("pod create, {c} client(s)"), n as f64 / secs, ms(&h, 0.5), ms(&h, 0.99));
         }
-        if (created as usize) < args.list_pods {
-            let need = args.list_pods - created as usize;
-            create_pods(&endpoints, 64, None, Some(need), "fill").await?;
+        // Latency at a fixed offered load: one create issued every 1/rate s, whatever the replies.
+        {
+            let mut clients = Vec::new();
+            for e in &endpoints {
+                clients.push(PodsClient::new(channel(e).await?));
+            }
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut inflight = Vec::new();
+            let t0 = Instant::now();
+            for n in 0..(args.rate * args.seconds) as usize {
+                tick.tick().await;
+                let mut client = clients[n % clients.len()].clone();
+                inflight.push(tokio::spawn(async move {
+                    let t = Instant::now();
+                    client.create(pod(format!("paced-{n}"))).await.ok().map(|_| t.elapsed())
+                }));
+            }
+            let mut h = hist();
+            let mut errors = 0;
+            for t in inflight {
+                match t.await? {
+                    Some(d) => h.record(d.as_micros().max(1) as u64)?,
+                    None => errors += 1,
+                }
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "{:<34} {:>10.0} {:>9.2} {:>9.2}",
+                format!("pod create, paced at {}/s", args.rate),
+                h.len() as f64 / secs,
+                ms(&h, 0.5),
+                ms(&h, 0.99)
+            );
+            if errors > 0 {
+                println!("  ({errors} paced creates failed)");
+            }
         }
+        // The list runs over exactly `list_pods` pods in a namespace of their own.
+        let mut ns = NamespacesClient::new(channel(&endpoints[0]).await?);
+        ns.create(Namespace { metadata: Some(ObjectMeta { name: "list".into(), ..Default::default() }), ..Default::default() }).await?;
+        create_pods(&endpoints, "list", 64, None, Some(args.list_pods), "fill").await?;
         let mut h = hist();
         let mut items = 0;
         for i in 0..args.lists {
             let mut pods = PodsClient::new(channel(&endpoints[i % endpoints.len()]).await?).max_decoding_message_size(512 << 20);
             let t0 = Instant::now();
-            let list = pods.list(ListRequest { namespace: "default".into(), ..Default::default() }).await?.into_inner();
+            let list = pods.list(ListRequest { namespace: "list".into(), ..Default::default() }).await?.into_inner();
             h.record(t0.elapsed().as_micros() as u64)?;
             items = list.items.len();
         }

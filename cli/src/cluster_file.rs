@@ -13,6 +13,9 @@ pub struct ClusterFile {
     pub client_config: Option<PathBuf>,
     /// The admin bearer token file (user `admin` in `system:masters`).
     pub credentials: Option<PathBuf>,
+    /// The CA certificate clients verify the masters with, when the cluster serves TLS.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -40,7 +40,7 @@ pub struct MasterArgs {
     /// Applied entries between snapshots.
     #[arg(long)]
     snapshot_logs: Option<u64>,
-    /// PEM certificate of the client listener (with --client-key and --client-ca: mutual TLS).
+    /// PEM certificate of the client listener (with --client-key; add --client-ca for mutual TLS).
     #[arg(long)]
     client_cert: Option<PathBuf>,
     #[arg(long)]
@@ -125,8 +125,8 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
     }
     config.client_tls = match (args.client_cert, args.client_key, args.client_ca) {
         (None, None, None) => None,
-        (Some(cert), Some(key), Some(client_ca)) => Some(ClientTls { cert, key, client_ca }),
-        _ => bail!("--client-cert, --client-key and --client-ca go together"),
+        (Some(cert), Some(key), client_ca) => Some(ClientTls { cert, key, client_ca }),
+        _ => bail!("--client-cert and --client-key go together (--client-ca needs both)"),
     };
     Ok(MasterFile { master: config, token_file })
 }
@@ -136,15 +136,15 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
     let tokens = token_file.as_deref().map(skiff_api::auth::TokenFile::open).transpose().map_err(anyhow::Error::msg)?;
     let client: SocketAddr =
         config.client_addr.parse().with_context(|| format!("client address {:?}", config.client_addr))?;
-    if !client.ip().is_loopback() && tokens.is_none() {
-        bail!("client listener {} is not on loopback: the Skiff API then needs --token-file", config.client_addr);
-    }
-    if !client.ip().is_loopback() && config.client_tls.is_none() {
+    if !client.ip().is_loopback() && config.client_tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
         bail!(
             "client listener {} is not on loopback: off loopback clients must present TLS certificates; \
              give --client-cert, --client-key and --client-ca",
             config.client_addr
         );
+    }
+    if !client.ip().is_loopback() && tokens.is_none() {
+        bail!("client listener {} is not on loopback: the Skiff API then needs --token-file", config.client_addr);
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

@@ -8,6 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use skiff_proto::etcdserverpb::StatusRequest;
+use skiff_raft_store::master::ClientTls;
 use skiff_raft_store::{MasterConfig, Member};
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -35,6 +36,37 @@ pub struct UpArgs {
     /// For a new cluster: per-request deadline in milliseconds.
     #[arg(long)]
     request_timeout_ms: Option<u64>,
+    /// For a new cluster: serve TLS, with a CA and certificates generated into DIR/pki.
+    #[arg(long)]
+    tls: bool,
+}
+
+/// A CA and a server certificate for 127.0.0.1/localhost, as PEM files in `dir`.
+fn generate_pki(dir: &Path) -> anyhow::Result<(PathBuf, ClientTls)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    std::fs::create_dir_all(dir)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "skiff-ca");
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let mut server_params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    server_params.distinguished_name.push(DnType::CommonName, "skiff-master");
+    let server_key = KeyPair::generate()?;
+    let server = server_params.signed_by(&server_key, &ca, &ca_key)?;
+    let write = |name: &str, pem: String| -> anyhow::Result<PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, pem)?;
+        Ok(std::fs::canonicalize(path)?)
+    };
+    let ca_path = write("ca.crt", ca.pem())?;
+    write("ca.key", ca_key.serialize_pem())?;
+    let tls = ClientTls {
+        cert: write("server.crt", server.pem())?,
+        key: write("server.key", server_key.serialize_pem())?,
+        client_ca: None,
+    };
+    Ok((ca_path, tls))
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +124,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     let tokens = dir.join("tokens.csv");
     std::fs::write(&tokens, format!("# token,user,uid,\"groups\"\n{admin_token},admin,admin,\"system:masters\"\n"))?;
     std::fs::write(dir.join("admin.token"), format!("{admin_token}\n"))?;
+    let pki = if args.tls { Some(generate_pki(&dir.join("pki"))?) } else { None };
     let mut entries = Vec::new();
     for (&id, m) in &members {
         let home = dir.join(&m.name);
@@ -106,6 +139,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         if let Some(v) = args.request_timeout_ms {
             config.request_timeout_ms = v;
         }
+        config.client_tls = pki.as_ref().map(|(_, tls)| tls.clone());
         let config_path = std::fs::canonicalize(&home)?.join("config.json");
         let file = MasterFile { master: config, token_file: Some(std::fs::canonicalize(&tokens)?) };
         std::fs::write(&config_path, file.to_json()?)?;
@@ -127,6 +161,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     let client = serde_json::json!({
         "clusters": [{"name": "local", "endpoints": endpoints}],
         "users": [{"name": "admin", "token": admin_token}],
+        "ca": pki.as_ref().map(|(ca, _)| ca.clone()),
         "contexts": [{"name": "local", "cluster": "local", "user": "admin", "namespace": "default"}],
         "currentContext": "local",
     });
@@ -136,16 +171,25 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         nodes: Vec::new(),
         client_config: Some(std::fs::canonicalize(client_config)?),
         credentials: Some(std::fs::canonicalize(dir.join("admin.token"))?),
+        ca: pki.map(|(ca, _)| ca),
     })
 }
 
 /// Per master: its view of the leader, or why it did not answer.
-async fn leader_views(masters: &[MasterEntry]) -> Vec<Result<u64, String>> {
+async fn leader_views(masters: &[MasterEntry], ca: Option<&Path>) -> Vec<Result<u64, String>> {
     let mut out = Vec::new();
     for m in masters {
         let view = async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.api))
-                .map_err(|e| e.to_string())?
+            let scheme = if ca.is_some() { "https" } else { "http" };
+            let mut endpoint =
+                tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", m.api)).map_err(|e| e.to_string())?;
+            if let Some(ca) = ca {
+                let pem = std::fs::read(ca).map_err(|e| e.to_string())?;
+                let tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+            }
+            let channel = endpoint
                 .connect_timeout(Duration::from_millis(300))
                 .timeout(Duration::from_millis(800))
                 .connect()
@@ -198,7 +242,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut last_report = Instant::now();
     let leader = loop {
-        let views = rt.block_on(leader_views(&cluster.masters));
+        let views = rt.block_on(leader_views(&cluster.masters, cluster.ca.as_deref()));
         let answering = views.iter().filter(|v| v.is_ok()).count();
         let leaders: Vec<u64> = views.iter().filter_map(|v| v.as_ref().ok().copied()).collect();
         if answering == cluster.masters.len() && leaders.iter().all(|&l| l != 0 && l == leaders[0]) {
@@ -230,6 +274,19 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let endpoints: Vec<&str> = cluster.masters.iter().map(|m| m.etcd.as_str()).collect();
     println!("etcdctl:  etcdctl --endpoints={} endpoint status -w table", endpoints.join(","));
+    match &cluster.ca {
+        Some(ca) => println!(
+            "grpcurl:  grpcurl -cacert {} -H \"authorization: Bearer $(cat {})\" {} list",
+            ca.display(),
+            dir.join("admin.token").display(),
+            cluster.masters[0].api
+        ),
+        None => println!(
+            "grpcurl:  grpcurl -plaintext -H \"authorization: Bearer $(cat {})\" {} list",
+            dir.join("admin.token").display(),
+            cluster.masters[0].api
+        ),
+    }
     println!("cluster:  {}", ClusterFile::path(&dir).display());
     println!("stop:     skiff down --dir {}", dir.display());
     Ok(())

@@ -46,19 +46,20 @@ pub struct MasterConfig {
     /// Build a snapshot (and let the log be purged) after this many applied entries.
     #[serde(default = "defaults::snapshot_logs")]
     pub snapshot_logs: u64,
-    /// TLS for the client listener, requiring client certificates signed by `client_ca`.
-    /// Mandatory when the client listener is not on loopback.
+    /// TLS for the client listener. Off loopback it is mandatory, with client certificates.
     #[serde(default)]
     pub client_tls: Option<ClientTls>,
 }
 
-/// PEM files for the client listener's mutual TLS.
+/// PEM files for the client listener's TLS.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientTls {
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// CA that signs the certificates clients must present.
-    pub client_ca: PathBuf,
+    /// CA that signs the certificates clients must present; `None` asks for none (the API's
+    /// bearer tokens authenticate; the etcd API then stays loopback-only).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 mod defaults {

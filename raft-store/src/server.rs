@@ -110,10 +110,11 @@ pub async fn serve(
 
 fn client_tls_config(tls: &ClientTls) -> Result<ServerTlsConfig, ServeError> {
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())));
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
-        .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?))
-        .client_auth_optional(false))
+    let config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+    Ok(match &tls.client_ca {
+        Some(ca) => config.client_ca_root(Certificate::from_pem(read(ca)?)).client_auth_optional(false),
+        None => config,
+    })
 }
 
 /// Why serving stopped with an error.

@@ -88,8 +88,10 @@ fn off_loopback_the_etcd_api_requires_client_certificates() {
 
     // phase: with mutual TLS it serves, and only to clients with a certificate
     let p = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    std::fs::write(dir.path().join("tokens.csv"), "admin-token,admin,admin,\"system:masters\"\n").unwrap();
     let mut child = master_cmd(dir.path(), &all_interfaces, peer, port)
         .args(["--client-cert", &p("server.crt"), "--client-key", &p("server.key"), "--client-ca", &p("ca.crt")])
+        .args(["--token-file", &p("tokens.csv")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -131,4 +133,41 @@ fn off_loopback_the_etcd_api_requires_client_certificates() {
     assert!(!plaintext.status.success(), "plaintext must be refused off loopback");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn skiff_up_tls_serves_both_apis_over_tls_with_its_generated_ca() {
+    let c = skiff_tests::Cluster::up(3, &["--tls"]);
+    let text = std::fs::read_to_string(c.dir.path().join("cluster.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ca = v["ca"].as_str().expect("cluster.json names the CA").to_string();
+    let token = c.admin_token();
+    let addr = c.masters[0].api.clone();
+    let grpcurl = |tls: &[&str], method: &str, body: &str| {
+        Command::new("grpcurl")
+            .args(tls)
+            .args(["-max-time", "10", "-H", &format!("authorization: Bearer {token}"), "-d", body, &addr, method])
+            .output()
+            .unwrap()
+    };
+    // phase: the API over TLS, verified against the generated CA
+    wait_for(Duration::from_secs(30), "the API to answer over TLS", || {
+        let out = grpcurl(&["-cacert", &ca], "skiff.api.Namespaces/Get", r#"{"name":"default"}"#);
+        out.status.success().then_some(())
+    });
+    let plain = grpcurl(&["-plaintext"], "skiff.api.Namespaces/Get", r#"{"name":"default"}"#);
+    assert!(!plain.status.success(), "plaintext must not reach a TLS listener");
+    let unverified = grpcurl(&[], "skiff.api.Namespaces/Get", r#"{"name":"default"}"#);
+    assert!(!unverified.status.success(), "a client that does not trust the CA must fail the handshake");
+    // phase: the etcd API on the same listener
+    let etcdctl = |args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([&format!("--endpoints=https://{addr}"), &format!("--cacert={ca}"), "--command-timeout=5s"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(etcdctl(&["put", "tls-key", "v"]).status.success());
+    assert_eq!(String::from_utf8_lossy(&etcdctl(&["get", "tls-key"]).stdout), "tls-key\nv\n");
 }
