@@ -44,7 +44,7 @@ pub fn start(master: Arc<skiff_raft_store::Master>, tokens: Option<auth::TokenFi
     let bootstrap = api.clone();
     tokio::spawn(async move {
         loop {
-            match bootstrap.registry.ensure_system_namespaces(&["kube-node-lease"]).await {
+            match bootstrap.registry.ensure_system_namespaces().await {
                 Ok(()) => return,
                 Err(e) => tracing::debug!("system namespaces not created yet: {e}"),
             }

@@ -193,6 +193,24 @@ impl Registry {
         Ok((resp.succeeded, revision, resp))
     }
 
+    /// Runs `ops` if `key` is still at `expected` (its mod revision); otherwise a conflict naming
+    /// the revision it has now. Returns the revision of the write.
+    async fn guarded(
+        &self,
+        resource: &str,
+        name: &str,
+        key: &str,
+        expected: i64,
+        ops: Vec<RequestOp>,
+    ) -> ApiResult<i64> {
+        let (ok, revision, _) = self.txn(vec![mod_is(key, expected)], ops, vec![]).await?;
+        if ok {
+            return Ok(revision);
+        }
+        let current = self.read(key).await?.map_or("deleted".to_string(), |kv| kv.mod_revision.to_string());
+        Err(ApiError::Conflict { resource: resource.into(), name: name.into(), given: expected.to_string(), current })
+    }
+
     /// A linearizable read of one key.
     async fn read(&self, key: &str) -> ApiResult<Option<KeyValue>> {
         self.master.read_barrier().await?;
@@ -477,16 +495,7 @@ impl Registry {
         } else {
             vec![put_op(&key, encode_object(&obj)?)]
         };
-        let (ok, revision, _) = self.txn(vec![mod_is(&key, current_kv.mod_revision)], ops, vec![]).await?;
-        if !ok {
-            let now = self.read(&key).await?.map_or("deleted".to_string(), |kv| kv.mod_revision.to_string());
-            return Err(ApiError::Conflict {
-                resource: kinds::qualified(info),
-                name,
-                given: current_kv.mod_revision.to_string(),
-                current: now,
-            });
-        }
+        let revision = self.guarded(&kinds::qualified(info), &name, &key, current_kv.mod_revision, ops).await?;
         set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
         Ok(obj)
     }
@@ -573,29 +582,12 @@ impl Registry {
                 if graceful {
                     set_meta(&mut obj, "deletionGracePeriodSeconds", json!(grace));
                 }
-                let (ok, revision, _) = self
-                    .txn(vec![mod_is(&key, kv.mod_revision)], vec![put_op(&key, encode_object(&obj)?)], vec![])
-                    .await?;
-                if !ok {
-                    return Err(ApiError::Conflict {
-                        resource: kinds::qualified(info),
-                        name: name.into(),
-                        given: kv.mod_revision.to_string(),
-                        current: "newer".into(),
-                    });
-                }
+                let ops = vec![put_op(&key, encode_object(&obj)?)];
+                let revision = self.guarded(&kinds::qualified(info), name, &key, kv.mod_revision, ops).await?;
                 set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
             }
         } else {
-            let (ok, _, _) = self.txn(vec![mod_is(&key, kv.mod_revision)], vec![delete_op(&key)], vec![]).await?;
-            if !ok {
-                return Err(ApiError::Conflict {
-                    resource: kinds::qualified(info),
-                    name: name.into(),
-                    given: kv.mod_revision.to_string(),
-                    current: "newer".into(),
-                });
-            }
+            self.guarded(&kinds::qualified(info), name, &key, kv.mod_revision, vec![delete_op(&key)]).await?;
         }
         if policy == "Background" {
             Box::pin(self.delete_dependents(&ns, &uid)).await?;
@@ -699,17 +691,7 @@ impl Registry {
         if ns_obj.pointer("/status/phase") != Some(&json!("Terminating")) {
             ns_obj["status"] = json!({"phase": "Terminating"});
             set_meta(&mut ns_obj, "deletionTimestamp", json!(object::now_rfc3339()));
-            let (ok, r, _) =
-                self.txn(vec![mod_is(&key, rev)], vec![put_op(&key, encode_object(&ns_obj)?)], vec![]).await?;
-            if !ok {
-                return Err(ApiError::Conflict {
-                    resource: "namespaces".into(),
-                    name,
-                    given: rev.to_string(),
-                    current: "newer".into(),
-                });
-            }
-            rev = r;
+            rev = self.guarded("namespaces", &name, &key, rev, vec![put_op(&key, encode_object(&ns_obj)?)]).await?;
         }
         let mut left = 0;
         for info in KINDS.iter().filter(|k| k.namespaced) {
@@ -723,24 +705,16 @@ impl Registry {
             }
         }
         if left == 0 {
-            let (ok, _, _) = self.txn(vec![mod_is(&key, rev)], vec![delete_op(&key)], vec![]).await?;
-            if !ok {
-                return Err(ApiError::Conflict {
-                    resource: "namespaces".into(),
-                    name,
-                    given: rev.to_string(),
-                    current: "newer".into(),
-                });
-            }
+            self.guarded("namespaces", &name, &key, rev, vec![delete_op(&key)]).await?;
         }
         set_meta(&mut ns_obj, "resourceVersion", json!(rev.to_string()));
         Ok(ns_obj)
     }
 
     /// Creates the system namespaces if they are missing (idempotent; any master may run it).
-    pub async fn ensure_system_namespaces(&self, extra: &[&str]) -> ApiResult<()> {
+    pub async fn ensure_system_namespaces(&self) -> ApiResult<()> {
         let info = kinds::by_resource("namespaces")?;
-        for ns in SYSTEM_NAMESPACES.iter().chain(extra.iter()) {
+        for ns in SYSTEM_NAMESPACES {
             match self.create(info, json!({"metadata": {"name": ns}}), "").await {
                 Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),

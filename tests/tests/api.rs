@@ -48,11 +48,12 @@ fn grpcurl_call(token: &str, addr: &str, method: &str, body: &Value) -> (bool, S
     )
 }
 
-/// Waits until the API has bootstrapped the system namespaces (a write through the leader).
+/// Waits until the API has bootstrapped every system namespace (`kube-node-lease` is created
+/// last), so no bootstrap write lands in the middle of a test.
 fn wait_api_ready(token: &str, addr: &str) {
-    wait_for(Duration::from_secs(30), "the default namespace to exist", || {
-        let (ok, out, _) = grpcurl_call(token, addr, "skiff.api.Namespaces/Get", &json!({"name": "default"}));
-        (ok && out.contains("\"default\"")).then_some(())
+    wait_for(Duration::from_secs(30), "the system namespaces to exist", || {
+        let (ok, out, _) = grpcurl_call(token, addr, "skiff.api.Namespaces/Get", &json!({"name": "kube-node-lease"}));
+        (ok && out.contains("\"kube-node-lease\"")).then_some(())
     });
 }
 
@@ -538,4 +539,125 @@ fn object_merge(target: &mut Value, extra: &Value) {
         }
         (t, e) => *t = e.clone(),
     }
+}
+
+#[test]
+fn patch_paging_finalizers_cascades_and_namespace_deletion() {
+    let c = Cluster::up(3, &[]);
+    let addr = c.masters[1].etcd.clone();
+    let t = c.admin_token();
+    wait_api_ready(&t, &addr);
+    let call = |method: &str, body: Value| -> Value {
+        let (ok, out, err) = grpcurl_call(&t, &addr, method, &body);
+        assert!(ok, "{method} {body}: {err}");
+        serde_json::from_str(&out).unwrap_or(Value::Null)
+    };
+    let fails = |method: &str, body: Value| -> String {
+        let (ok, _, err) = grpcurl_call(&t, &addr, method, &body);
+        assert!(!ok, "{method} {body} should fail");
+        err
+    };
+    call("skiff.api.Namespaces/Create", json!({"metadata": {"name": "life"}}));
+
+    // phase: JSON merge patch adds and removes labels, bumps resourceVersion
+    let cm = call(
+        "skiff.api.ConfigMaps/Create",
+        json!({"metadata": {"name": "cfg", "namespace": "life", "labels": {"a": "1", "b": "2"}}, "data": {"k": "v"}}),
+    );
+    let patched = call(
+        "skiff.api.ConfigMaps/Patch",
+        json!({"namespace": "life", "name": "cfg", "patch": r#"{"metadata":{"labels":{"a":"9","b":null}}}"#}),
+    );
+    assert_eq!(patched["metadata"]["labels"], json!({"a": "9"}));
+    assert_eq!(patched["data"], json!({"k": "v"}));
+    assert_ne!(patched["metadata"]["resourceVersion"], cm["metadata"]["resourceVersion"]);
+
+    // phase: paging: 7 objects, pages of 3, consistent at the first page's revision
+    for i in 0..6 {
+        call("skiff.api.ConfigMaps/Create", json!({"metadata": {"name": format!("page-{i}"), "namespace": "life"}}));
+    }
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = call("skiff.api.ConfigMaps/List", json!({"namespace": "life", "limit": 3, "continue": token}));
+        names.extend(
+            page["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
+        );
+        token = page["metadata"]["continue"].as_str().unwrap_or_default().to_string();
+        if names.len() == 3 {
+            // A write between pages is not seen by the rest of this listing.
+            call("skiff.api.ConfigMaps/Create", json!({"metadata": {"name": "page-late", "namespace": "life"}}));
+        }
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(names, ["cfg", "page-0", "page-1", "page-2", "page-3", "page-4", "page-5"]);
+
+    // phase: a finalizer holds deletion until it is removed
+    call(
+        "skiff.api.ConfigMaps/Create",
+        json!({"metadata": {"name": "held", "namespace": "life", "finalizers": ["example.com/hold"]}}),
+    );
+    let marked = call("skiff.api.ConfigMaps/Delete", json!({"namespace": "life", "name": "held"}));
+    assert!(marked["metadata"]["deletionTimestamp"].is_string(), "{marked}");
+    assert!(call("skiff.api.ConfigMaps/Get", json!({"namespace": "life", "name": "held"}))["metadata"]
+        ["deletionTimestamp"]
+        .is_string());
+    call(
+        "skiff.api.ConfigMaps/Patch",
+        json!({"namespace": "life", "name": "held", "patch": r#"{"metadata":{"finalizers":null}}"#}),
+    );
+    assert!(fails("skiff.api.ConfigMaps/Get", json!({"namespace": "life", "name": "held"})).contains("NotFound"));
+
+    // phase: ownerReferences cascade (background) and orphan
+    let owner = call("skiff.api.ConfigMaps/Create", json!({"metadata": {"name": "owner", "namespace": "life"}}));
+    let owner_ref =
+        json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}]);
+    call(
+        "skiff.api.Secrets/Create",
+        json!({"metadata": {"name": "dep", "namespace": "life", "ownerReferences": owner_ref}}),
+    );
+    call("skiff.api.ConfigMaps/Delete", json!({"namespace": "life", "name": "owner"}));
+    assert!(
+        fails("skiff.api.Secrets/Get", json!({"namespace": "life", "name": "dep"})).contains("NotFound"),
+        "dependent deleted with its owner"
+    );
+    let owner = call("skiff.api.ConfigMaps/Create", json!({"metadata": {"name": "owner2", "namespace": "life"}}));
+    let owner_ref =
+        json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner2", "uid": owner["metadata"]["uid"]}]);
+    call(
+        "skiff.api.Secrets/Create",
+        json!({"metadata": {"name": "orphan", "namespace": "life", "ownerReferences": owner_ref}}),
+    );
+    call("skiff.api.ConfigMaps/Delete", json!({"namespace": "life", "name": "owner2", "propagationPolicy": "Orphan"}));
+    let orphan = call("skiff.api.Secrets/Get", json!({"namespace": "life", "name": "orphan"}));
+    assert!(orphan["metadata"]["ownerReferences"].is_null(), "orphaned: {orphan}");
+
+    // phase: a pod bound to a node is deleted gracefully; an unbound one at once
+    let pod = |name: &str| json!({"metadata": {"name": name, "namespace": "life"}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}});
+    call("skiff.api.Pods/Create", pod("bound"));
+    call(
+        "skiff.api.Pods/Bind",
+        json!({"metadata": {"name": "bound", "namespace": "life"}, "target": {"kind": "Node", "name": "node-1"}}),
+    );
+    let err = fails(
+        "skiff.api.Pods/Bind",
+        json!({"metadata": {"name": "bound", "namespace": "life"}, "target": {"kind": "Node", "name": "node-2"}}),
+    );
+    assert!(err.contains("Aborted") && err.contains("already assigned to node"), "{err}");
+    let deleting = call("skiff.api.Pods/Delete", json!({"namespace": "life", "name": "bound"}));
+    assert_eq!(deleting["metadata"]["deletionGracePeriodSeconds"], json!("30"), "{deleting}");
+    call("skiff.api.Pods/Create", pod("unbound"));
+    call("skiff.api.Pods/Delete", json!({"namespace": "life", "name": "unbound"}));
+    assert!(fails("skiff.api.Pods/Get", json!({"namespace": "life", "name": "unbound"})).contains("NotFound"));
+
+    // phase: deleting the namespace deletes what is in it, then the namespace
+    call("skiff.api.Pods/Delete", json!({"namespace": "life", "name": "bound", "gracePeriodSeconds": 0}));
+    call("skiff.api.Namespaces/Delete", json!({"name": "life"}));
+    assert!(fails("skiff.api.Namespaces/Get", json!({"name": "life"})).contains("NotFound"));
+    let err = fails("skiff.api.ConfigMaps/Create", json!({"metadata": {"name": "x", "namespace": "life"}}));
+    assert!(err.contains("namespaces \"life\" not found"), "{err}");
+    let err = fails("skiff.api.Namespaces/Delete", json!({"name": "default"}));
+    assert!(err.contains("PermissionDenied") && err.contains("system namespace"), "{err}");
 }
