@@ -85,6 +85,7 @@ fn services_proto() -> String {
     p.push_str(
         "// Kind-agnostic access with JSON bodies, for tools that handle any kind.\n\
          service Objects {\n  rpc Create(RawRequest) returns (RawObject);\n  rpc Get(RawRequest) returns (RawObject);\n\
+         \x20 rpc List(RawListRequest) returns (RawList);\n\
          \x20 rpc Update(RawRequest) returns (RawObject);\n  rpc Delete(RawRequest) returns (RawObject);\n}\n",
     );
     p

@@ -479,14 +479,13 @@ impl Registry {
         for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace"] {
             set_meta(&mut obj, field, current["metadata"].get(field).cloned().unwrap_or(Value::Null));
         }
+        // Generation moves only when the (defaulted) spec really changed.
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
-        let spec_changed = obj.get("spec") != current.get("spec");
-        set_meta(
-            &mut obj,
-            "generation",
-            json!(if spec_changed && scope == UpdateScope::Main { generation + 1 } else { generation }),
-        );
+        set_meta(&mut obj, "generation", json!(generation));
         self.finish_object(info, &mut obj)?;
+        if scope != UpdateScope::Status && obj.get("spec") != current.get("spec") {
+            set_meta(&mut obj, "generation", json!(generation + 1));
+        }
         // An object being deleted goes once its last finalizer is removed.
         let deleting = !object::meta_str(&obj, "deletionTimestamp").is_empty();
         let no_finalizers = obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());

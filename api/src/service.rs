@@ -424,6 +424,27 @@ impl objects_server::Objects for ObjectsService {
         let r = req.get_ref();
         Ok(Response::new(raw(&self.api.registry.get(info, &r.namespace, &r.name).await?)))
     }
+    async fn list(&self, req: Request<RawListRequest>) -> Result<Response<RawList>, Status> {
+        let user = self.api.authenticate(req.metadata())?;
+        let r = req.into_inner();
+        let info = kinds::by_resource(&r.resource)?;
+        let a = Attributes { verb: "list", info, subresource: "", namespace: &r.namespace, name: "" };
+        self.api.authorize(&user, &a, None).await?;
+        let opts = ListOptions {
+            label_selector: r.label_selector,
+            field_selector: r.field_selector,
+            limit: r.limit,
+            continue_token: r.r#continue,
+        };
+        let page = self.api.registry.list(info, &r.namespace, &opts).await?;
+        let list = json!({
+            "apiVersion": info.api_version,
+            "kind": format!("{}List", info.kind),
+            "metadata": {"resourceVersion": page.resource_version.to_string(), "continue": page.continue_token},
+            "items": page.items,
+        });
+        Ok(Response::new(RawList { json: list.to_string() }))
+    }
     async fn update(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
         let (info, obj) = self.prepare(&req, "update", true).await?;
         let obj = self.api.registry.update(info, obj, UpdateScope::Main).await?;

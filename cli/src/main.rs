@@ -4,6 +4,7 @@
 mod bench;
 mod bench_api;
 mod cluster_file;
+mod ctl;
 mod master_cmd;
 mod up;
 
@@ -28,6 +29,16 @@ enum Command {
     Up(up::UpArgs),
     /// Stop a cluster started by `skiff up`, keeping its data.
     Down(up::DownArgs),
+    /// Display one or many resources (kubectl get).
+    Get(ctl::GetArgs),
+    /// Create or update resources from files (kubectl apply).
+    Apply(ctl::FileArgs),
+    /// Create resources from files (kubectl create).
+    Create(ctl::FileArgs),
+    /// Delete resources by name or file (kubectl delete).
+    Delete(ctl::DeleteArgs),
+    /// The resource kinds the server serves.
+    ApiResources,
     /// Benchmark the store against etcd on this machine (prints a table).
     Bench(bench::BenchArgs),
     /// Benchmark the API server: pod creates, large lists, watch fan-out (prints a table).
@@ -46,6 +57,11 @@ fn main() -> anyhow::Result<()> {
         Command::Master(args) => master_cmd::run(args),
         Command::Up(args) => up::up(args),
         Command::Down(args) => up::down(args),
+        Command::Get(args) => ctl::report(ctl::get(args)),
+        Command::Apply(args) => ctl::report(ctl::apply(args, false)),
+        Command::Create(args) => ctl::report(ctl::apply(args, true)),
+        Command::Delete(args) => ctl::report(ctl::delete(args)),
+        Command::ApiResources => ctl::report(ctl::api_resources()),
         Command::Bench(args) => bench::run(args),
         Command::BenchApi(args) => bench_api::run(args),
     }

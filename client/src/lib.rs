@@ -1,3 +1,288 @@
-//! Typed Skiff client with endpoint failover, and informers (list + watch + cache).
+//! Typed access to the Skiff API for tools (the CLI, tests): the client configuration file that
+//! `skiff up` writes, and a client that fails over across every master on connection errors and
+//! `Unavailable`, with a deadline per request so nothing hangs.
 //!
-//! Not built yet (see the "API server" and "CLI" issues).
+//! Config file (JSON, like a kubeconfig):
+//! `{"clusters":[{"name","endpoints":[..]}],"users":[{"name","token"}],
+//!   "contexts":[{"name","cluster","user","namespace"}],"currentContext":"..","ca":".."}`
+//!
+//! Informers (list + watch + cache) come with the controllers.
+
+use serde::Deserialize;
+use serde_json::Value;
+use skiff_proto::api::objects_client::ObjectsClient;
+use skiff_proto::api::{RawListRequest, RawRequest};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("client config {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("no client config: pass --config, set SKIFF_CONFIG, or run in a directory with .skiff/client.json")]
+    NotFound,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct FileCluster {
+    name: String,
+    endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct FileUser {
+    name: String,
+    #[serde(default)]
+    token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct FileContext {
+    name: String,
+    cluster: String,
+    user: String,
+    #[serde(default)]
+    namespace: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigFile {
+    clusters: Vec<FileCluster>,
+    #[serde(default)]
+    users: Vec<FileUser>,
+    #[serde(default)]
+    contexts: Vec<FileContext>,
+    #[serde(default)]
+    current_context: String,
+    #[serde(default)]
+    ca: Option<PathBuf>,
+}
+
+/// What a client needs: the masters, credentials and defaults of the current context.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub endpoints: Vec<String>,
+    pub token: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub namespace: String,
+    pub timeout: Duration,
+}
+
+impl ClientConfig {
+    /// `explicit`, else `$SKIFF_CONFIG`, else `./.skiff/client.json`.
+    pub fn discover(explicit: Option<&Path>) -> Result<ClientConfig, ConfigError> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => match std::env::var_os("SKIFF_CONFIG") {
+                Some(p) => PathBuf::from(p),
+                None => {
+                    let local = PathBuf::from(".skiff/client.json");
+                    if !local.exists() {
+                        return Err(ConfigError::NotFound);
+                    }
+                    local
+                }
+            },
+        };
+        Self::load(&path)
+    }
+
+    pub fn load(path: &Path) -> Result<ClientConfig, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid { path: path.to_path_buf(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let context =
+            file.contexts.iter().find(|c| c.name == file.current_context).or_else(|| file.contexts.first()).cloned();
+        let cluster = match &context {
+            Some(c) => file.clusters.iter().find(|k| k.name == c.cluster),
+            None => file.clusters.first(),
+        }
+        .ok_or_else(|| invalid("no cluster for the current context".into()))?;
+        let token = context
+            .as_ref()
+            .and_then(|c| file.users.iter().find(|u| u.name == c.user))
+            .map(|u| u.token.clone())
+            .filter(|t| !t.is_empty());
+        Ok(ClientConfig {
+            endpoints: cluster.endpoints.clone(),
+            token,
+            ca: file.ca.clone(),
+            namespace: context.map(|c| c.namespace).filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into()),
+            timeout: Duration::from_secs(30),
+        })
+    }
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Objects = ObjectsClient<InterceptedService<Channel, Auth>>;
+
+/// A client over every master of a cluster.
+pub struct Client {
+    pub config: ClientConfig,
+    channels: Vec<Channel>,
+    auth: Auth,
+    /// The endpoint that answered last; failover moves on from it.
+    current: AtomicUsize,
+}
+
+/// Whether a failed call may be tried on another master: the master was unreachable or not
+/// able to serve (no leader, shutting down). Outcome-unknown writes are not retried by the
+/// API itself, and a retried create answers AlreadyExists rather than duplicating.
+fn retryable(s: &Status) -> bool {
+    s.code() == Code::Unavailable || (s.code() == Code::Unknown && s.message().contains("transport"))
+}
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Result<Client, Status> {
+        if config.endpoints.is_empty() {
+            return Err(Status::invalid_argument("the client config names no endpoints"));
+        }
+        let tls = match &config.ca {
+            Some(ca) => {
+                let pem =
+                    std::fs::read(ca).map_err(|e| Status::invalid_argument(format!("CA {}: {e}", ca.display())))?;
+                Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            }
+            None => None,
+        };
+        let mut channels = Vec::new();
+        for e in &config.endpoints {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{e}"))
+                .map_err(|err| Status::invalid_argument(format!("endpoint {e}: {err}")))?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(config.timeout);
+            if let Some(tls) = &tls {
+                endpoint = endpoint.tls_config(tls.clone()).map_err(|err| Status::invalid_argument(err.to_string()))?;
+            }
+            channels.push(endpoint.connect_lazy());
+        }
+        let auth = Auth(
+            config
+                .token
+                .as_ref()
+                .map(|t| format!("Bearer {t}").parse())
+                .transpose()
+                .map_err(|_| Status::invalid_argument("the token is not ASCII"))?,
+        );
+        Ok(Client { config, channels, auth, current: AtomicUsize::new(0) })
+    }
+
+    /// Runs `f` against masters in turn until one answers, trying each at most twice.
+    pub async fn with_failover<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(Objects) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let n = self.channels.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for attempt in 0..2 * n {
+            let i = (start + attempt) % n;
+            let client = ObjectsClient::with_interceptor(self.channels[i].clone(), self.auth.clone())
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(64 << 20);
+            match f(client).await {
+                Err(s) if retryable(&s) => {
+                    last = Some(s);
+                    if attempt + 1 >= n {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                other => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return other;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Status::unavailable("no master answered")))
+    }
+
+    fn parse(json: &str) -> Result<Value, Status> {
+        serde_json::from_str(json).map_err(|e| Status::internal(format!("server sent invalid JSON: {e}")))
+    }
+
+    pub async fn create(&self, resource: &str, namespace: &str, obj: &Value) -> Result<Value, Status> {
+        let req = RawRequest {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            json: obj.to_string(),
+            ..Default::default()
+        };
+        let out = self.with_failover(|mut c| {
+            let req = req.clone();
+            async move { c.create(req).await }
+        });
+        Self::parse(&out.await?.into_inner().json)
+    }
+
+    pub async fn get(&self, resource: &str, namespace: &str, name: &str) -> Result<Value, Status> {
+        let req = RawRequest {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        let out = self.with_failover(|mut c| {
+            let req = req.clone();
+            async move { c.get(req).await }
+        });
+        Self::parse(&out.await?.into_inner().json)
+    }
+
+    pub async fn list(&self, resource: &str, namespace: &str, labels: &str, fields: &str) -> Result<Value, Status> {
+        let req = RawListRequest {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            label_selector: labels.into(),
+            field_selector: fields.into(),
+            ..Default::default()
+        };
+        let out = self.with_failover(|mut c| {
+            let req = req.clone();
+            async move { c.list(req).await }
+        });
+        Self::parse(&out.await?.into_inner().json)
+    }
+
+    pub async fn update(&self, resource: &str, obj: &Value) -> Result<Value, Status> {
+        let req = RawRequest { resource: resource.into(), json: obj.to_string(), ..Default::default() };
+        let out = self.with_failover(|mut c| {
+            let req = req.clone();
+            async move { c.update(req).await }
+        });
+        Self::parse(&out.await?.into_inner().json)
+    }
+
+    pub async fn delete(&self, resource: &str, namespace: &str, name: &str) -> Result<Value, Status> {
+        let req = RawRequest {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        let out = self.with_failover(|mut c| {
+            let req = req.clone();
+            async move { c.delete(req).await }
+        });
+        Self::parse(&out.await?.into_inner().json)
+    }
+}

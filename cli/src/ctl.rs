@@ -1,0 +1,665 @@
+//! The kubectl-style verbs: `get`, `apply`, `create`, `delete`, `api-resources`. They talk to
+//! any master through `skiff-client` (failover, deadlines) and print what kubectl prints.
+
+use clap::Args;
+use serde_json::Value;
+use skiff_api::kinds::{self, KindInfo, KINDS};
+use skiff_client::{Client, ClientConfig};
+use std::io::Read;
+use std::path::PathBuf;
+use tonic::Code;
+
+/// Flags every API verb takes.
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// Client config (default: $SKIFF_CONFIG, then ./.skiff/client.json).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Namespace (default: the context's).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    /// Deadline for each request, e.g. 30s.
+    #[arg(long, global = true, default_value = "30s")]
+    request_timeout: String,
+}
+
+impl Conn {
+    fn client(&self) -> Result<Client, Failure> {
+        let mut cfg = ClientConfig::discover(self.config.as_deref()).map_err(|e| Failure::Local(e.to_string()))?;
+        cfg.timeout = parse_duration(&self.request_timeout).map_err(Failure::Local)?;
+        if let Some(ns) = &self.namespace {
+            cfg.namespace = ns.clone();
+        }
+        Client::new(cfg).map_err(|s| Failure::Local(s.message().to_string()))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: u64 = n.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 30s, 2m)"))?;
+    Ok(std::time::Duration::from_secs(match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("invalid duration {s:?} (use e.g. 30s, 2m)")),
+    }))
+}
+
+/// How a verb failed: kubectl prints client-side problems as `error: …` and server answers as
+/// `Error from server (Reason): …`; both exit 1.
+pub enum Failure {
+    Local(String),
+    Server(tonic::Status),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        Failure::Server(s)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Local(m) => write!(f, "error: {m}"),
+            Failure::Server(s) => {
+                let reason = match s.code() {
+                    Code::NotFound => "NotFound",
+                    Code::AlreadyExists => "AlreadyExists",
+                    Code::Aborted => "Conflict",
+                    Code::InvalidArgument => {
+                        if s.message().contains(" is invalid: ") {
+                            "Invalid"
+                        } else {
+                            "BadRequest"
+                        }
+                    }
+                    Code::PermissionDenied | Code::ResourceExhausted => "Forbidden",
+                    Code::Unauthenticated => "Unauthorized",
+                    Code::Unavailable | Code::DeadlineExceeded => "ServiceUnavailable",
+                    Code::OutOfRange => "Expired",
+                    _ => "InternalError",
+                };
+                write!(f, "Error from server ({reason}): {}", s.message())
+            }
+        }
+    }
+}
+
+pub type Outcome = Result<(), Failure>;
+
+fn kind_arg(name: &str) -> Result<&'static KindInfo, Failure> {
+    kinds::lookup(name).ok_or_else(|| Failure::Local(format!("the server doesn't have a resource type {name:?}")))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+// ---- get ---------------------------------------------------------------------------------------
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// Kinds (`pods`, `po`, `deploy,rs,po`) and optional names, or `kind/name`.
+    #[arg(required = true)]
+    targets: Vec<String>,
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    #[arg(short = 'l', long, default_value = "")]
+    selector: String,
+    #[arg(long, default_value = "")]
+    field_selector: String,
+    /// wide, yaml, json or name.
+    #[arg(short = 'o', long)]
+    output: Option<String>,
+    #[arg(long)]
+    show_labels: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// kubectl's short ages: 45s, 5m, 3h, 12d.
+fn age(obj: &Value) -> String {
+    let Some(ts) = obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str) else {
+        return "<unknown>".into();
+    };
+    let Some(created) = parse_rfc3339(ts) else { return "<unknown>".into() };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let s = (now - created).max(0);
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 3 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn parse_rfc3339(ts: &str) -> Option<i64> {
+    let b = ts.as_bytes();
+    if b.len() < 19 {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| ts.get(r).and_then(|x| x.parse::<i64>().ok());
+    let (y, m, d, hh, mm, ss) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+fn s<'a>(v: &'a Value, p: &str) -> &'a str {
+    v.pointer(p).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn i(v: &Value, p: &str) -> i64 {
+    v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// kubectl's pod STATUS column.
+fn pod_status(pod: &Value) -> String {
+    if !s(pod, "/metadata/deletionTimestamp").is_empty() {
+        return "Terminating".into();
+    }
+    let inits = pod.pointer("/spec/initContainers").and_then(Value::as_array).map_or(0, |a| a.len());
+    let init_statuses =
+        pod.pointer("/status/initContainerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+    for (n, st) in init_statuses.iter().enumerate() {
+        if st.pointer("/state/terminated/exitCode").and_then(Value::as_i64) == Some(0) {
+            continue;
+        }
+        if let Some(r) = st.pointer("/state/waiting/reason").and_then(Value::as_str) {
+            if r != "PodInitializing" {
+                return format!("Init:{r}");
+            }
+        }
+        return format!("Init:{n}/{inits}");
+    }
+    for st in pod.pointer("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(r) = st.pointer("/state/waiting/reason").and_then(Value::as_str) {
+            return r.into();
+        }
+        if let Some(r) = st.pointer("/state/terminated/reason").and_then(Value::as_str) {
+            return r.into();
+        }
+    }
+    if inits > 0
+        && init_statuses.len() < inits
+        && s(pod, "/status/phase") == "Pending"
+        && !s(pod, "/spec/nodeName").is_empty()
+    {
+        return format!("Init:0/{inits}");
+    }
+    let phase = s(pod, "/status/phase");
+    if phase.is_empty() {
+        "Pending".into()
+    } else {
+        phase.into()
+    }
+}
+
+fn columns(info: &KindInfo, wide: bool) -> Vec<&'static str> {
+    let mut c = match info.kind {
+        "Pod" => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "Deployment" => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "ReplicaSet" => vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+        "StatefulSet" => vec!["NAME", "READY", "AGE"],
+        "DaemonSet" => vec!["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "Namespace" => vec!["NAME", "STATUS", "AGE"],
+        "Service" => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+        "Node" => vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        "ConfigMap" | "Secret" => vec!["NAME", "DATA", "AGE"],
+        "Job" => vec!["NAME", "COMPLETIONS", "DURATION", "AGE"],
+        "CronJob" => vec!["NAME", "SCHEDULE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"],
+        _ => vec!["NAME", "AGE"],
+    };
+    if wide && info.kind == "Pod" {
+        c.extend(["IP", "NODE"]);
+    }
+    c
+}
+
+fn row(info: &KindInfo, o: &Value, wide: bool) -> Vec<String> {
+    let name = s(o, "/metadata/name").to_string();
+    let mut r = match info.kind {
+        "Pod" => {
+            let statuses =
+                o.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+            let total = o.pointer("/spec/containers").and_then(Value::as_array).map_or(0, |a| a.len());
+            let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+            let restarts: i64 = statuses.iter().map(|c| c["restartCount"].as_i64().unwrap_or(0)).sum();
+            vec![name, format!("{ready}/{total}"), pod_status(o), restarts.to_string(), age(o)]
+        }
+        "Deployment" => vec![
+            name,
+            format!("{}/{}", i(o, "/status/readyReplicas"), i(o, "/spec/replicas")),
+            i(o, "/status/updatedReplicas").to_string(),
+            i(o, "/status/availableReplicas").to_string(),
+            age(o),
+        ],
+        "ReplicaSet" => vec![
+            name,
+            i(o, "/spec/replicas").to_string(),
+            i(o, "/status/replicas").to_string(),
+            i(o, "/status/readyReplicas").to_string(),
+            age(o),
+        ],
+        "StatefulSet" => vec![name, format!("{}/{}", i(o, "/status/readyReplicas"), i(o, "/spec/replicas")), age(o)],
+        "DaemonSet" => vec![
+            name,
+            i(o, "/status/desiredNumberScheduled").to_string(),
+            i(o, "/status/currentNumberScheduled").to_string(),
+            i(o, "/status/numberReady").to_string(),
+            i(o, "/status/updatedNumberScheduled").to_string(),
+            i(o, "/status/numberAvailable").to_string(),
+            age(o),
+        ],
+        "Namespace" => vec![name, s(o, "/status/phase").to_string(), age(o)],
+        "Service" => {
+            let ports: Vec<String> = o
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| match p.get("nodePort").and_then(Value::as_i64) {
+                    Some(np) => format!("{}:{np}/{}", p["port"], s(p, "/protocol")),
+                    None => format!("{}/{}", p["port"], s(p, "/protocol")),
+                })
+                .collect();
+            let ip = s(o, "/spec/clusterIP");
+            vec![
+                name,
+                s(o, "/spec/type").to_string(),
+                if ip.is_empty() { "<none>".into() } else { ip.into() },
+                "<none>".into(),
+                if ports.is_empty() { "<none>".into() } else { ports.join(",") },
+                age(o),
+            ]
+        }
+        "Node" => {
+            let ready = o
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .map_or("Unknown", |c| if c["status"] == "True" { "Ready" } else { "NotReady" });
+            let status = if o.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
+                format!("{ready},SchedulingDisabled")
+            } else {
+                ready.to_string()
+            };
+            vec![name, status, "<none>".into(), age(o), s(o, "/status/nodeInfo/kubeletVersion").to_string()]
+        }
+        "ConfigMap" | "Secret" => {
+            let n = ["data", "binaryData"]
+                .iter()
+                .filter_map(|f| o.get(*f).and_then(Value::as_object))
+                .map(|m| m.len())
+                .sum::<usize>();
+            vec![name, n.to_string(), age(o)]
+        }
+        "Job" => vec![name, format!("{}/{}", i(o, "/status/succeeded"), i(o, "/spec/completions")), "".into(), age(o)],
+        "CronJob" => vec![
+            name,
+            s(o, "/spec/schedule").to_string(),
+            o.pointer("/spec/suspend")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                .to_string()
+                .replace("false", "False")
+                .replace("true", "True"),
+            o.pointer("/status/active").and_then(Value::as_array).map_or(0, |a| a.len()).to_string(),
+            "<none>".into(),
+            age(o),
+        ],
+        _ => vec![name, age(o)],
+    };
+    if wide && info.kind == "Pod" {
+        let ip = s(o, "/status/podIP");
+        let node = s(o, "/spec/nodeName");
+        r.push(if ip.is_empty() { "<none>".into() } else { ip.into() });
+        r.push(if node.is_empty() { "<none>".into() } else { node.into() });
+    }
+    r
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, v)| if c + 1 == r.len() { v.clone() } else { format!("{v:<w$}", w = widths[c]) })
+            .collect();
+        println!("{}", cells.join("   ").trim_end());
+    }
+}
+
+pub fn get(args: GetArgs) -> Outcome {
+    let rt = runtime();
+    let _enter = rt.enter();
+    let client = args.conn.client()?;
+    let ns = if args.all_namespaces { String::new() } else { client.config.namespace.clone() };
+    // `deploy,rs,po`, `po/web`, `po web db`.
+    let mut requests: Vec<(&'static KindInfo, Vec<String>)> = Vec::new();
+    let mut rest = args.targets.iter();
+    if let Some(first) = rest.next() {
+        if first.contains('/') {
+            for t in &args.targets {
+                let (k, n) = t.split_once('/').ok_or_else(|| Failure::Local(format!("there is no need to specify a resource type as a separate argument when passing arguments in resource/name form (e.g. 'skiff get resource/<resource_name>' instead of 'skiff get resource resource/<resource_name>'): {t}")))?;
+                requests.push((kind_arg(k)?, vec![n.to_string()]));
+            }
+        } else {
+            let names: Vec<String> = rest.cloned().collect();
+            for k in first.split(',') {
+                requests.push((kind_arg(k)?, names.clone()));
+            }
+        }
+    }
+    let output = args.output.as_deref().unwrap_or("");
+    let mut all_items: Vec<Value> = Vec::new();
+    let mut errors = Vec::new();
+    let multi = requests.len() > 1;
+    let mut first_table = true;
+    for (info, names) in requests {
+        let mut items = Vec::new();
+        if names.is_empty() {
+            let list = rt.block_on(client.list(info.resource, &ns, &args.selector, &args.field_selector))?;
+            items = list["items"].as_array().cloned().unwrap_or_default();
+        } else {
+            for n in &names {
+                match rt.block_on(client.get(info.resource, &ns, n)) {
+                    Ok(o) => items.push(o),
+                    Err(e) => errors.push(Failure::Server(e)),
+                }
+            }
+        }
+        match output {
+            "yaml" | "json" => all_items.extend(items),
+            "name" => {
+                for o in &items {
+                    println!("{}/{}", kinds::qualified(info).replace(info.resource, &info.kind.to_lowercase()), s(o, "/metadata/name"));
+                }
+            }
+            "" | "wide" => {
+                if items.is_empty() {
+                    continue;
+                }
+                if !first_table {
+                    println!();
+                }
+                first_table = false;
+                let wide = output == "wide";
+                let mut header: Vec<String> = columns(info, wide).iter().map(|c| c.to_string()).collect();
+                if args.all_namespaces && info.namespaced {
+                    header.insert(0, "NAMESPACE".into());
+                }
+                if args.show_labels {
+                    header.push("LABELS".into());
+                }
+                let mut rows = vec![header];
+                for o in &items {
+                    let mut r = row(info, o, wide);
+                    if multi {
+                        r[0] = format!("{}/{}", kinds::qualified(info).replace(info.resource, &info.kind.to_lowercase()), r[0]);
+                    }
+                    if args.all_namespaces && info.namespaced {
+                        r.insert(0, s(o, "/metadata/namespace").to_string());
+                    }
+                    if args.show_labels {
+                        let labels = o.pointer("/metadata/labels").and_then(Value::as_object).map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")).unwrap_or_default();
+                        r.push(if labels.is_empty() { "<none>".into() } else { labels });
+                    }
+                    rows.push(r);
+                }
+                print_table(&rows);
+            }
+            other => return Err(Failure::Local(format!("unable to match a printer suitable for the output format {other:?}, allowed formats are: json,name,wide,yaml"))),
+        }
+    }
+    if output == "yaml" || output == "json" {
+        // A single named object prints as itself; anything else as a List, as kubectl does.
+        let named = args.targets.len() > 1 || args.targets[0].contains('/');
+        let doc = if all_items.len() == 1 && errors.is_empty() && !multi && named {
+            all_items.remove(0)
+        } else {
+            serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": all_items})
+        };
+        if output == "yaml" {
+            print!("{}", serde_yaml::to_string(&doc).map_err(|e| Failure::Local(e.to_string()))?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| Failure::Local(e.to_string()))?);
+        }
+    } else if first_table && errors.is_empty() && output != "name" {
+        eprintln!("No resources found{}.", if ns.is_empty() { String::new() } else { format!(" in {ns} namespace") });
+    }
+    match errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+// ---- apply / create / delete -------------------------------------------------------------------
+
+#[derive(Args, Debug)]
+pub struct FileArgs {
+    /// A manifest file, a directory of them, or `-` for standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// Every document of every file, parsed before anything is sent: a malformed file changes
+/// nothing. Errors name the file and line.
+fn read_manifests(files: &[PathBuf]) -> Result<Vec<(String, Value)>, Failure> {
+    let mut paths = Vec::new();
+    for f in files {
+        if f.as_os_str() == "-" {
+            paths.push(f.clone());
+        } else if f.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(f)
+                .map_err(|e| Failure::Local(format!("{}: {e}", f.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+                .collect();
+            entries.sort();
+            paths.extend(entries);
+        } else if f.exists() {
+            paths.push(f.clone());
+        } else {
+            return Err(Failure::Local(format!("the path {:?} does not exist", f.display().to_string())));
+        }
+    }
+    let mut docs = Vec::new();
+    for p in paths {
+        let (label, text) = if p.as_os_str() == "-" {
+            let mut t = String::new();
+            std::io::stdin().read_to_string(&mut t).map_err(|e| Failure::Local(e.to_string()))?;
+            ("STDIN".to_string(), t)
+        } else {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(&p).map_err(|e| Failure::Local(format!("{}: {e}", p.display())))?,
+            )
+        };
+        for (n, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let v: Value = serde::Deserialize::deserialize(doc)
+                .map_err(|e| Failure::Local(format!("error parsing {label}: {e}")))?;
+            if v.is_null() {
+                continue;
+            }
+            if v.get("kind").and_then(Value::as_str).is_none() {
+                return Err(Failure::Local(format!(
+                    "error validating {label} (document {}): Object 'Kind' is missing",
+                    n + 1
+                )));
+            }
+            docs.push((label.clone(), v));
+        }
+    }
+    Ok(docs)
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+fn info_of(obj: &Value) -> Result<&'static KindInfo, Failure> {
+    let kind = s(obj, "/kind");
+    let api_version = s(obj, "/apiVersion");
+    KINDS
+        .iter()
+        .find(|k| k.kind == kind && (api_version.is_empty() || k.api_version == api_version))
+        .ok_or_else(|| Failure::Local(format!("resource mapping not found for name: {:?} namespace: {:?}: no matches for kind {kind:?} in version {api_version:?}", s(obj, "/metadata/name"), s(obj, "/metadata/namespace"))))
+}
+
+fn display_name(info: &KindInfo, obj: &Value) -> String {
+    let group = info.api_version.split_once('/').map(|(g, _)| format!(".{g}")).unwrap_or_default();
+    format!("{}{group}/{}", info.kind.to_lowercase(), s(obj, "/metadata/name"))
+}
+
+pub fn apply(args: FileArgs, create_only: bool) -> Outcome {
+    let docs = read_manifests(&args.files)?;
+    let infos: Vec<&KindInfo> = docs.iter().map(|(_, d)| info_of(d)).collect::<Result<_, _>>()?;
+    let rt = runtime();
+    let _enter = rt.enter();
+    let client = args.conn.client()?;
+    let mut failed = None;
+    for ((_, doc), info) in docs.iter().zip(infos) {
+        let ns = if info.namespaced {
+            let own = s(doc, "/metadata/namespace");
+            if own.is_empty() {
+                client.config.namespace.clone()
+            } else {
+                own.to_string()
+            }
+        } else {
+            String::new()
+        };
+        let name = s(doc, "/metadata/name").to_string();
+        // As kubectl: remember what was applied, so re-applying the same manifest is a no-op.
+        let applied = doc.to_string();
+        let mut with_annotation = doc.clone();
+        if !create_only {
+            with_annotation["metadata"]["annotations"][LAST_APPLIED] = Value::String(applied.clone());
+        }
+        let result: Result<&str, tonic::Status> = rt.block_on(async {
+            if create_only || name.is_empty() {
+                client.create(info.resource, &ns, &with_annotation).await.map(|_| "created")
+            } else {
+                match client.get(info.resource, &ns, &name).await {
+                    Err(e) if e.code() == Code::NotFound => {
+                        client.create(info.resource, &ns, &with_annotation).await.map(|_| "created")
+                    }
+                    Err(e) => Err(e),
+                    Ok(live) => {
+                        let pointer = format!("/metadata/annotations/{}", LAST_APPLIED.replace('/', "~1"));
+                        if live.pointer(&pointer).and_then(Value::as_str) == Some(applied.as_str()) {
+                            return Ok("unchanged");
+                        }
+                        let mut merged = live.clone();
+                        skiff_api::object::merge_patch(&mut merged, &with_annotation);
+                        client.update(info.resource, &merged).await.map(|_| "configured")
+                    }
+                }
+            }
+        });
+        match result {
+            Ok(what) => println!("{} {what}", display_name(info, doc)),
+            Err(e) => {
+                eprintln!("{}", Failure::Server(e.clone()));
+                failed.get_or_insert(Failure::Server(e));
+            }
+        }
+    }
+    match failed {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Kind and names, or `kind/name`.
+    targets: Vec<String>,
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+pub fn delete(args: DeleteArgs) -> Outcome {
+    let rt = runtime();
+    let _enter = rt.enter();
+    let client = args.conn.client()?;
+    let mut targets: Vec<(&'static KindInfo, String, String)> = Vec::new();
+    if !args.files.is_empty() {
+        for (_, doc) in read_manifests(&args.files)? {
+            let info = info_of(&doc)?;
+            let ns = if s(&doc, "/metadata/namespace").is_empty() {
+                client.config.namespace.clone()
+            } else {
+                s(&doc, "/metadata/namespace").into()
+            };
+            targets.push((info, ns, s(&doc, "/metadata/name").into()));
+        }
+    } else if let Some(first) = args.targets.first() {
+        if first.contains('/') {
+            for t in &args.targets {
+                let (k, n) = t.split_once('/').unwrap_or((t, ""));
+                targets.push((kind_arg(k)?, client.config.namespace.clone(), n.into()));
+            }
+        } else {
+            let info = kind_arg(first)?;
+            if args.targets.len() < 2 {
+                return Err(Failure::Local("resource(s) were provided, but no name was specified".into()));
+            }
+            for n in &args.targets[1..] {
+                targets.push((info, client.config.namespace.clone(), n.clone()));
+            }
+        }
+    } else {
+        return Err(Failure::Local("You must provide one or more resources by argument or filename.".into()));
+    }
+    let mut failed = None;
+    for (info, ns, name) in targets {
+        match rt.block_on(client.delete(info.resource, &ns, &name)) {
+            Ok(_) => println!(
+                "{} {name:?} deleted",
+                kinds::qualified(info).replace(info.resource, &info.kind.to_lowercase())
+            ),
+            Err(e) => {
+                eprintln!("{}", Failure::Server(e.clone()));
+                failed.get_or_insert(Failure::Server(e));
+            }
+        }
+    }
+    match failed {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
+}
+
+pub fn api_resources() -> Outcome {
+    let mut rows =
+        vec![vec!["NAME".to_string(), "SHORTNAMES".into(), "APIVERSION".into(), "NAMESPACED".into(), "KIND".into()]];
+    for k in KINDS {
+        rows.push(vec![
+            k.resource.into(),
+            k.short_names.into(),
+            k.api_version.into(),
+            k.namespaced.to_string(),
+            k.kind.into(),
+        ]);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// Runs a verb, printing its failure as kubectl does; the caller exits 1 on `Err`.
+pub fn report(outcome: Outcome) -> anyhow::Result<()> {
+    if let Err(f) = outcome {
+        eprintln!("{f}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
