@@ -39,6 +39,12 @@ enum Command {
     Delete(ctl::DeleteArgs),
     /// The resource kinds the server serves.
     ApiResources,
+    /// Add, change (--overwrite) or remove (`key-`) labels (kubectl label).
+    Label(ctl::MetaArgs),
+    /// Add, change (--overwrite) or remove (`key-`) annotations (kubectl annotate).
+    Annotate(ctl::MetaArgs),
+    /// Set the replicas of a Deployment, ReplicaSet or StatefulSet (kubectl scale).
+    Scale(ctl::ScaleArgs),
     /// Benchmark the store against etcd on this machine (prints a table).
     Bench(bench::BenchArgs),
     /// Benchmark the API server: pod creates, large lists, watch fan-out (prints a table).
@@ -62,6 +68,9 @@ fn main() -> anyhow::Result<()> {
         Command::Create(args) => ctl::report(ctl::apply(args, true)),
         Command::Delete(args) => ctl::report(ctl::delete(args)),
         Command::ApiResources => ctl::report(ctl::api_resources()),
+        Command::Label(args) => ctl::report(ctl::set_meta_map(args, "labels", "labeled")),
+        Command::Annotate(args) => ctl::report(ctl::set_meta_map(args, "annotations", "annotated")),
+        Command::Scale(args) => ctl::report(ctl::scale(args)),
         Command::Bench(args) => bench::run(args),
         Command::BenchApi(args) => bench_api::run(args),
     }

@@ -111,6 +111,25 @@ fn apply_get_delete_errors_and_failover() {
     assert!(o.status.success(), "failover: {}", err(&o));
     assert_eq!(out(&o), "deployment.apps/web\n");
 
+    // phase: label, annotate, scale
+    let o = skiff(&c, &["label", "deploy", "web", "tier=front"], None);
+    assert_eq!(out(&o), "deployment.apps/web labeled\n", "{}", err(&o));
+    let o = skiff(&c, &["label", "deploy", "web", "tier=back"], None);
+    assert!(
+        o.status.code() == Some(1) && err(&o).contains("'tier' already has a value (front), and --overwrite is false"),
+        "{}",
+        err(&o)
+    );
+    assert!(skiff(&c, &["label", "deploy", "web", "tier=back", "--overwrite"], None).status.success());
+    assert!(out(&skiff(&c, &["get", "deploy", "-l", "tier=back", "-o", "name"], None)).contains("deployment.apps/web"));
+    assert!(skiff(&c, &["label", "deploy", "web", "tier-"], None).status.success());
+    assert!(err(&skiff(&c, &["get", "deploy", "-l", "tier", "-o", "name"], None)).is_empty());
+    let o = skiff(&c, &["annotate", "deploy", "web", "note=hello"], None);
+    assert_eq!(out(&o), "deployment.apps/web annotated\n", "{}", err(&o));
+    let o = skiff(&c, &["scale", "deploy", "web", "--replicas", "4"], None);
+    assert_eq!(out(&o), "deployment.apps/web scaled\n", "{}", err(&o));
+    assert!(out(&skiff(&c, &["get", "deploy", "web"], None)).contains(" 0/4 "));
+
     // phase: delete
     let o = skiff(&c, &["delete", "deploy", "web"], None);
     assert_eq!(out(&o), "deployment.apps \"web\" deleted\n", "{}", err(&o));
