@@ -216,36 +216,34 @@ impl Client {
         Err(last.unwrap_or_else(|| Status::unavailable("no master answered")))
     }
 
-    fn parse(json: &str) -> Result<Value, Status> {
-        serde_json::from_str(json).map_err(|e| Status::internal(format!("server sent invalid JSON: {e}")))
+    /// One call through failover; `f` returns the JSON body, parsed here.
+    async fn json<Req, F, Fut>(&self, req: Req, f: F) -> Result<Value, Status>
+    where
+        Req: Clone,
+        F: Fn(Objects, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<String, Status>>,
+    {
+        let body = self.with_failover(|c| f(c, req.clone())).await?;
+        serde_json::from_str(&body).map_err(|e| Status::internal(format!("server sent invalid JSON: {e}")))
     }
 
-    pub async fn create(&self, resource: &str, namespace: &str, obj: &Value) -> Result<Value, Status> {
-        let req = RawRequest {
-            resource: resource.into(),
-            namespace: namespace.into(),
-            json: obj.to_string(),
-            ..Default::default()
-        };
-        let out = self.with_failover(|mut c| {
-            let req = req.clone();
-            async move { c.create(req).await }
-        });
-        Self::parse(&out.await?.into_inner().json)
-    }
-
-    pub async fn get(&self, resource: &str, namespace: &str, name: &str) -> Result<Value, Status> {
-        let req = RawRequest {
+    fn raw(resource: &str, namespace: &str, name: &str, obj: Option<&Value>) -> RawRequest {
+        RawRequest {
             resource: resource.into(),
             namespace: namespace.into(),
             name: name.into(),
-            ..Default::default()
-        };
-        let out = self.with_failover(|mut c| {
-            let req = req.clone();
-            async move { c.get(req).await }
-        });
-        Self::parse(&out.await?.into_inner().json)
+            json: obj.map(Value::to_string).unwrap_or_default(),
+        }
+    }
+
+    pub async fn create(&self, resource: &str, namespace: &str, obj: &Value) -> Result<Value, Status> {
+        let req = Self::raw(resource, namespace, "", Some(obj));
+        self.json(req, |mut c, r| async move { Ok(c.create(r).await?.into_inner().json) }).await
+    }
+
+    pub async fn get(&self, resource: &str, namespace: &str, name: &str) -> Result<Value, Status> {
+        let req = Self::raw(resource, namespace, name, None);
+        self.json(req, |mut c, r| async move { Ok(c.get(r).await?.into_inner().json) }).await
     }
 
     pub async fn list(&self, resource: &str, namespace: &str, labels: &str, fields: &str) -> Result<Value, Status> {
@@ -256,33 +254,16 @@ impl Client {
             field_selector: fields.into(),
             ..Default::default()
         };
-        let out = self.with_failover(|mut c| {
-            let req = req.clone();
-            async move { c.list(req).await }
-        });
-        Self::parse(&out.await?.into_inner().json)
+        self.json(req, |mut c, r| async move { Ok(c.list(r).await?.into_inner().json) }).await
     }
 
     pub async fn update(&self, resource: &str, obj: &Value) -> Result<Value, Status> {
-        let req = RawRequest { resource: resource.into(), json: obj.to_string(), ..Default::default() };
-        let out = self.with_failover(|mut c| {
-            let req = req.clone();
-            async move { c.update(req).await }
-        });
-        Self::parse(&out.await?.into_inner().json)
+        let req = Self::raw(resource, "", "", Some(obj));
+        self.json(req, |mut c, r| async move { Ok(c.update(r).await?.into_inner().json) }).await
     }
 
     pub async fn delete(&self, resource: &str, namespace: &str, name: &str) -> Result<Value, Status> {
-        let req = RawRequest {
-            resource: resource.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-            ..Default::default()
-        };
-        let out = self.with_failover(|mut c| {
-            let req = req.clone();
-            async move { c.delete(req).await }
-        });
-        Self::parse(&out.await?.into_inner().json)
+        let req = Self::raw(resource, namespace, name, None);
+        self.json(req, |mut c, r| async move { Ok(c.delete(r).await?.into_inner().json) }).await
     }
 }
