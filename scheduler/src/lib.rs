@@ -1,3 +1,15 @@
-//! The scheduler and the controllers that run on the raft leader.
+//! The scheduler and (to come) the controllers that run on the raft leader.
 //!
-//! Not built yet (see the "Scheduler and controllers" issue).
+//! Scheduling decisions are a pure function of a snapshot (DESIGN.md rule 6):
+//! [`Snapshot::new`] folds nodes and bound pods into per-node usage, and [`placement::schedule`]
+//! filters the nodes (readiness, cordon, resources, nodeSelector, required node affinity,
+//! taints, host ports) and scores the rest (least allocated, balanced, preferred affinity,
+//! PreferNoSchedule taints, spreading an owner's pods). A pod that fits nowhere gets a
+//! [`placement::FitError`] worded as Kubernetes words it. The I/O shell that watches pods and
+//! nodes and binds through the API is not built yet (see the "Scheduler and controllers" issue).
+
+pub mod placement;
+pub mod snapshot;
+
+pub use placement::{schedule, FitError};
+pub use snapshot::{NodeInfo, Snapshot};

@@ -1,0 +1,171 @@
+//! Filter → score → pick, for one pod against a [`Snapshot`]. Pure: no I/O, no clock.
+
+use crate::snapshot::{host_ports, owner_uid, pod_requests, NodeInfo, Snapshot};
+use skiff_proto::api::{NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Why a pod fits on no node, counted per reason as Kubernetes reports it:
+/// `0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {gpu: yes}.`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FitError {
+    pub nodes: usize,
+    pub reasons: BTreeMap<String, usize>,
+}
+
+impl fmt::Display for FitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        if parts.is_empty() {
+            write!(f, "0/{} nodes are available.", self.nodes)
+        } else {
+            write!(f, "0/{} nodes are available: {}.", self.nodes, parts.join(", "))
+        }
+    }
+}
+
+/// Whether the scheduler should place this pod at all: a pod with `spec.nodeName` set skips
+/// the scheduler (even onto a tainted node), as in Kubernetes.
+pub fn needs_scheduling(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| s.node_name.is_empty())
+}
+
+fn requirement_matches(req: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+    let value = labels.get(&req.key);
+    let int = |s: &str| s.parse::<i64>().ok();
+    match req.operator.as_str() {
+        "In" => value.is_some_and(|v| req.values.contains(v)),
+        "NotIn" => value.is_none_or(|v| !req.values.contains(v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => {
+            matches!((value.and_then(|v| int(v)), req.values.first().and_then(|v| int(v))), (Some(a), Some(b)) if a > b)
+        }
+        "Lt" => {
+            matches!((value.and_then(|v| int(v)), req.values.first().and_then(|v| int(v))), (Some(a), Some(b)) if a < b)
+        }
+        _ => false,
+    }
+}
+
+fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
+    let labels = node.labels();
+    let fields = BTreeMap::from([("metadata.name".to_string(), node.name().to_string())]);
+    (!term.match_expressions.is_empty() || !term.match_fields.is_empty())
+        && term.match_expressions.iter().all(|r| requirement_matches(r, &labels))
+        && term.match_fields.iter().all(|r| requirement_matches(r, &fields))
+}
+
+fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    let effect_ok = t.effect.is_empty() || t.effect == taint.effect;
+    let key_ok = if t.key.is_empty() { t.operator == "Exists" } else { t.key == taint.key };
+    let value_ok = t.operator == "Exists" || t.value == taint.value;
+    effect_ok && key_ok && value_ok
+}
+
+fn untolerated<'a>(pod: &Pod, node: &'a NodeInfo, effects: &[&str]) -> Vec<&'a Taint> {
+    let tolerations = pod.spec.as_ref().map(|s| s.tolerations.as_slice()).unwrap_or_default();
+    node.node
+        .spec
+        .as_ref()
+        .map(|s| s.taints.iter())
+        .into_iter()
+        .flatten()
+        .filter(|t| effects.contains(&t.effect.as_str()) && !tolerations.iter().any(|tol| tolerates(tol, t)))
+        .collect()
+}
+
+/// Every reason `pod` cannot go to `node` (empty: it fits).
+pub fn filter(pod: &Pod, node: &NodeInfo) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let ready = node
+        .node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.r#type == "Ready"))
+        .is_some_and(|c| c.status == "True");
+    if !ready {
+        reasons.push("node(s) were not ready".to_string());
+    }
+    if node.node.spec.as_ref().is_some_and(|s| s.unschedulable) {
+        reasons.push("node(s) were unschedulable".into());
+    }
+    let want = pod_requests(pod);
+    let free = |alloc: i128, used: i128| alloc - used;
+    if want.cpu > 0 && want.cpu > free(node.allocatable.cpu, node.requested.cpu) {
+        reasons.push("Insufficient cpu".into());
+    }
+    if want.memory > 0 && want.memory > free(node.allocatable.memory, node.requested.memory) {
+        reasons.push("Insufficient memory".into());
+    }
+    if node.allocatable.pods > 0 && node.requested.pods + want.pods > node.allocatable.pods {
+        reasons.push("Too many pods".into());
+    }
+    let labels = node.labels();
+    let selector_ok = spec.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
+    let affinity_ok = required.is_none_or(|sel| sel.node_selector_terms.iter().any(|t| term_matches(t, node)));
+    if !selector_ok || !affinity_ok {
+        reasons.push("node(s) didn't match Pod's node affinity/selector".into());
+    }
+    for taint in untolerated(pod, node, &["NoSchedule", "NoExecute"]) {
+        reasons.push(format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value));
+    }
+    if !host_ports(pod).is_disjoint(&node.host_ports) {
+        reasons.push("node(s) didn't have free ports for the requested pod ports".into());
+    }
+    reasons
+}
+
+/// Scores a feasible node, higher is better: least allocated and balanced use of cpu and
+/// memory after placing the pod (0–100 each), preferred node affinity weights, minus 10 per
+/// untolerated PreferNoSchedule taint and per pod of the same owner already there.
+pub fn score(pod: &Pod, node: &NodeInfo) -> i64 {
+    let want = pod_requests(pod);
+    let frac = |used: i128, alloc: i128| if alloc <= 0 { 1.0 } else { (used as f64 / alloc as f64).min(1.0) };
+    let cpu = frac(node.requested.cpu + want.cpu, node.allocatable.cpu);
+    let mem = frac(node.requested.memory + want.memory, node.allocatable.memory);
+    let least_allocated = ((1.0 - cpu) + (1.0 - mem)) / 2.0 * 100.0;
+    let balanced = (1.0 - (cpu - mem).abs()) * 100.0;
+    let preferred: i64 = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .map(|na| {
+            na.preferred_during_scheduling_ignored_during_execution
+                .iter()
+                .filter(|p| p.preference.as_ref().is_some_and(|t| term_matches(t, node)))
+                .map(|p| i64::from(p.weight))
+                .sum()
+        })
+        .unwrap_or(0);
+    let prefer_no = untolerated(pod, node, &["PreferNoSchedule"]).len() as i64;
+    let same_owner = owner_uid(pod).and_then(|u| node.owners.get(&u).copied()).unwrap_or(0) as i64;
+    least_allocated as i64 + balanced as i64 + preferred - 10 * prefer_no - 10 * same_owner
+}
+
+/// The node for `pod`: the best-scoring feasible node, ties broken by name; or why none fits.
+pub fn schedule(pod: &Pod, snapshot: &Snapshot) -> Result<String, FitError> {
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut best: Option<(i64, &str)> = None;
+    for node in &snapshot.nodes {
+        let why = filter(pod, node);
+        if why.is_empty() {
+            let s = score(pod, node);
+            if best.is_none_or(|(b, name)| s > b || (s == b && node.name() < name)) {
+                best = Some((s, node.name()));
+            }
+        } else {
+            for r in why {
+                *reasons.entry(r).or_default() += 1;
+            }
+        }
+    }
+    best.map(|(_, name)| name.to_string()).ok_or(FitError { nodes: snapshot.nodes.len(), reasons })
+}

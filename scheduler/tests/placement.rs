@@ -1,0 +1,189 @@
+//! Table tests of scheduling decisions, with Kubernetes' documentation cases. No cluster.
+
+use serde_json::{json, Value};
+use skiff_proto::api::{Node, Pod};
+use skiff_scheduler::placement::needs_scheduling;
+use skiff_scheduler::{schedule, Snapshot};
+
+fn node(name: &str, extra: Value) -> Node {
+    let mut n = json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    });
+    merge(&mut n, &extra);
+    serde_json::from_value(n).unwrap()
+}
+
+fn pod(name: &str, extra: Value) -> Pod {
+    let mut p = json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "x",
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}});
+    merge(&mut p, &extra);
+    serde_json::from_value(p).unwrap()
+}
+
+fn merge(t: &mut Value, e: &Value) {
+    match (t, e) {
+        (Value::Object(t), Value::Object(e)) => {
+            e.iter().for_each(|(k, v)| merge(t.entry(k.clone()).or_insert(Value::Null), v))
+        }
+        (t, e) => *t = e.clone(),
+    }
+}
+
+fn place(p: &Pod, nodes: &[Node], bound: &[Pod]) -> Result<String, String> {
+    schedule(p, &Snapshot::new(nodes, bound)).map_err(|e| e.to_string())
+}
+
+#[test]
+fn node_selector_disktype_ssd() {
+    let nodes = [node("a", json!({})), node("b", json!({"metadata": {"labels": {"disktype": "ssd"}}}))];
+    let p = pod("nginx", json!({"spec": {"nodeSelector": {"disktype": "ssd"}}}));
+    assert_eq!(place(&p, &nodes, &[]), Ok("b".into()));
+    assert_eq!(
+        place(&p, &nodes[..1], &[]),
+        Err("0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.".into())
+    );
+}
+
+#[test]
+fn required_and_preferred_node_affinity() {
+    let nodes = [
+        node("n1", json!({"metadata": {"labels": {"gpu": "nvidia-tesla"}}})),
+        node("n2", json!({"metadata": {"labels": {"gpu": "yes"}}})),
+        node("n3", json!({})),
+    ];
+    let p = pod(
+        "with-affinity",
+        json!({"spec": {"affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["nvidia-tesla"]}]}]},
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["yes"]}]}}]
+        }}}}),
+    );
+    assert_eq!(place(&p, &nodes, &[]), Ok("n1".into()), "required wins over preferred");
+    // Preferred alone steers among feasible nodes.
+    let preferred = pod(
+        "pref",
+        json!({"spec": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution":
+        [{"weight": 50, "preference": {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["yes"]}]}}]}}}}),
+    );
+    assert_eq!(place(&preferred, &nodes, &[]), Ok("n2".into()));
+}
+
+#[test]
+fn affinity_operators() {
+    let nodes = [
+        node("small", json!({"metadata": {"labels": {"cores": "4", "zone": "a"}}})),
+        node("big", json!({"metadata": {"labels": {"cores": "64"}}})),
+    ];
+    let with = |op: &str, key: &str, values: Value| {
+        pod(
+            "p",
+            json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+            {"nodeSelectorTerms": [{"matchExpressions": [{"key": key, "operator": op, "values": values}]}]}}}}}),
+        )
+    };
+    assert_eq!(place(&with("Gt", "cores", json!(["8"])), &nodes, &[]), Ok("big".into()));
+    assert_eq!(place(&with("Lt", "cores", json!(["8"])), &nodes, &[]), Ok("small".into()));
+    assert_eq!(place(&with("NotIn", "zone", json!(["a"])), &nodes, &[]), Ok("big".into()));
+    assert_eq!(place(&with("Exists", "zone", json!([])), &nodes, &[]), Ok("small".into()));
+    assert_eq!(place(&with("DoesNotExist", "zone", json!([])), &nodes, &[]), Ok("big".into()));
+    assert!(place(&with("In", "zone", json!(["b"])), &nodes, &[]).is_err());
+}
+
+#[test]
+fn taints_and_tolerations() {
+    let tainted =
+        |n: &str| node(n, json!({"spec": {"taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]}}));
+    let nodes = [tainted("a"), tainted("b"), tainted("c")];
+    let plain = pod("p", json!({}));
+    assert_eq!(
+        place(&plain, &nodes, &[]),
+        Err("0/3 nodes are available: 3 node(s) had untolerated taint {gpu: yes}.".into())
+    );
+    let tolerant = pod(
+        "t",
+        json!({"spec": {"tolerations": [{"key": "gpu", "operator": "Equal", "value": "yes", "effect": "NoSchedule"}]}}),
+    );
+    assert_eq!(place(&tolerant, &nodes, &[]), Ok("a".into()));
+    let exists = pod("e", json!({"spec": {"tolerations": [{"operator": "Exists"}]}}));
+    assert!(place(&exists, &nodes, &[]).is_ok(), "an empty key with Exists tolerates everything");
+    let wrong_value = pod("w", json!({"spec": {"tolerations": [{"key": "gpu", "operator": "Equal", "value": "no"}]}}));
+    assert!(place(&wrong_value, &nodes, &[]).is_err());
+    // PreferNoSchedule only lowers the score.
+    let soft = [
+        node("a", json!({"spec": {"taints": [{"key": "slow", "value": "", "effect": "PreferNoSchedule"}]}})),
+        node("b", json!({})),
+    ];
+    assert_eq!(place(&plain, &soft, &[]), Ok("b".into()));
+}
+
+#[test]
+fn node_name_skips_the_scheduler_even_onto_a_tainted_node() {
+    let p = pod("pinned", json!({"spec": {"nodeName": "tainted"}}));
+    assert!(!needs_scheduling(&p));
+    assert!(needs_scheduling(&pod("free", json!({}))));
+}
+
+#[test]
+fn resources_count_bound_pods_and_the_message_counts_each_reason() {
+    let nodes = [
+        node("a", json!({"status": {"allocatable": {"cpu": "500m"}}})),
+        node("b", json!({"spec": {"taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]}})),
+        node("c", json!({"spec": {"taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]}})),
+    ];
+    let hog = pod(
+        "hog",
+        json!({"spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "400m"}}}]}}),
+    );
+    assert_eq!(place(&hog, &nodes, &[]), Ok("a".into()));
+    let mut bound = hog.clone();
+    bound.spec.as_mut().unwrap().node_name = "a".into();
+    assert_eq!(
+        place(&hog, &nodes, &[bound.clone()]),
+        Err("0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {gpu: yes}.".into())
+    );
+    // A finished pod frees its resources.
+    bound.status = Some(skiff_proto::api::PodStatus { phase: "Succeeded".into(), ..Default::default() });
+    assert_eq!(place(&hog, &nodes, &[bound]), Ok("a".into()));
+}
+
+#[test]
+fn not_ready_cordoned_and_host_ports() {
+    let nodes = [
+        node("down", json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})),
+        node("cordoned", json!({"spec": {"unschedulable": true}})),
+        node("ok", json!({})),
+    ];
+    let web = pod(
+        "web",
+        json!({"spec": {"containers": [{"name": "c", "image": "x", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}}),
+    );
+    assert_eq!(place(&web, &nodes, &[]), Ok("ok".into()));
+    let mut running = web.clone();
+    running.spec.as_mut().unwrap().node_name = "ok".into();
+    assert_eq!(
+        place(&web, &nodes, &[running]),
+        Err("0/3 nodes are available: 1 node(s) didn't have free ports for the requested pod ports, 1 node(s) were not ready, 1 node(s) were unschedulable.".into())
+    );
+}
+
+#[test]
+fn scores_prefer_emptier_nodes_and_spread_an_owners_pods() {
+    let nodes = [node("a", json!({})), node("b", json!({}))];
+    let owned = |name: &str, node_name: &str| {
+        pod(
+            name,
+            json!({"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-1"}]},
+            "spec": {"nodeName": node_name}}),
+        )
+    };
+    // One replica already on a: the next goes to b.
+    assert_eq!(place(&owned("web-2", ""), &nodes, &[owned("web-1", "a")]), Ok("b".into()));
+    // A big unrelated pod on b: an unowned pod prefers the emptier a.
+    let big = pod(
+        "big",
+        json!({"spec": {"nodeName": "b", "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "1500m", "memory": "3Gi"}}}]}}),
+    );
+    assert_eq!(place(&pod("p", json!({})), &nodes, &[big]), Ok("a".into()));
+}
