@@ -1,3 +1,9 @@
-//! Fault injection, workload generators, history recording and checkers.
+//! Skiff's chaos harness: workloads record histories, nemeses inject faults, checkers judge.
 //!
-//! Not built yet (see the "Chaos harness" issue).
+//! Built so far: the checkers ([`linearizability`] for the key-value register workload,
+//! [`watch`] for watch streams), proven able to fail on known-bad histories. The nemesis
+//! (kill, pause, partition), the workloads and the `skiff-chaos` runner come next (see the
+//! "Chaos harness" issue).
+
+pub mod linearizability;
+pub mod watch;

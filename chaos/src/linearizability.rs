@@ -1,0 +1,250 @@
+//! A linearizability checker for a key-value register history (Wing & Gong's search with
+//! memoization, as in Lowe's and Porcupine's checkers), applied per key: a history is
+//! linearizable iff each key's sub-history is (linearizability is compositional).
+//!
+//! Operations whose outcome is unknown (the client timed out) may have taken effect at any
+//! point after their invocation, or never: the search may place them anywhere later or drop
+//! them, as Jepsen's `:info` operations.
+
+use std::collections::{BTreeMap, HashSet};
+
+/// A register value; `None` is "absent".
+pub type Value = Option<String>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put(String),
+    Get,
+    Delete,
+    /// Compare-and-set: if the value equals `expected`, set `new`.
+    Cas {
+        expected: Value,
+        new: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A Get's observed value.
+    Read(Value),
+    /// A Cas that reported whether it succeeded.
+    Swapped(bool),
+    /// A Put or Delete that was acknowledged.
+    Done,
+    /// Timed out or failed ambiguously: may or may not have taken effect.
+    Unknown,
+}
+
+/// One invocation and its completion, with wall-clock times (any monotonic unit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub client: u32,
+    pub key: String,
+    pub op: Op,
+    pub outcome: Outcome,
+    pub invoke: u64,
+    /// Completion time; unknown outcomes complete "never" (`u64::MAX`).
+    pub complete: u64,
+}
+
+/// Applies `op` to `state`; returns the new state and whether `outcome` is consistent with it.
+fn step(state: &Value, op: &Op, outcome: &Outcome) -> Option<Value> {
+    match (op, outcome) {
+        (Op::Get, Outcome::Read(v)) => (v == state).then(|| state.clone()),
+        (Op::Put(v), Outcome::Done | Outcome::Unknown) => Some(Some(v.clone())),
+        (Op::Delete, Outcome::Done | Outcome::Unknown) => Some(None),
+        (Op::Cas { expected, new }, Outcome::Swapped(true)) => (expected == state).then(|| Some(new.clone())),
+        (Op::Cas { expected, .. }, Outcome::Swapped(false)) => (expected != state).then(|| state.clone()),
+        (Op::Cas { expected, new }, Outcome::Unknown) => {
+            Some(if expected == state { Some(new.clone()) } else { state.clone() })
+        }
+        _ => None,
+    }
+}
+
+/// Whether one key's events (starting from an absent value) have a linearization.
+fn check_key(events: &[Event]) -> bool {
+    let n = events.len();
+    let words = n.div_ceil(64).max(1);
+    let mut seen: HashSet<(Vec<u64>, Value)> = HashSet::new();
+    // Depth-first search over "done" sets; each frame: done set, state.
+    let mut stack: Vec<(Vec<u64>, Value)> = vec![(vec![0; words], None)];
+    let is_done = |done: &[u64], i: usize| done[i / 64] >> (i % 64) & 1 == 1;
+    while let Some((done, state)) = stack.pop() {
+        let remaining: Vec<usize> = (0..n).filter(|&i| !is_done(&done, i)).collect();
+        // Every remaining operation is an unknown one that may simply never have happened.
+        if remaining.iter().all(|&i| events[i].outcome == Outcome::Unknown) {
+            return true;
+        }
+        if !seen.insert((done.clone(), state.clone())) {
+            continue;
+        }
+        // Candidates: operations invoked before every remaining known operation completed.
+        let horizon = remaining.iter().map(|&i| events[i].complete).min().unwrap_or(u64::MAX);
+        for &i in &remaining {
+            if events[i].invoke > horizon {
+                continue;
+            }
+            if let Some(next) = step(&state, &events[i].op, &events[i].outcome) {
+                let mut d = done.clone();
+                d[i / 64] |= 1 << (i % 64);
+                stack.push((d, next));
+            }
+            if events[i].outcome == Outcome::Unknown {
+                // Or it never took effect.
+                let mut d = done.clone();
+                d[i / 64] |= 1 << (i % 64);
+                stack.push((d, state.clone()));
+            }
+        }
+    }
+    false
+}
+
+/// A key whose history has no linearization, with a minimal failing sub-history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub key: String,
+    /// Removing any one of these events makes the rest linearizable.
+    pub minimal: Vec<Event>,
+}
+
+/// Checks a whole history; `Err` names each violating key with a minimal sub-history.
+pub fn check(history: &[Event]) -> Result<(), Vec<Violation>> {
+    let mut by_key: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    for e in history {
+        let mut e = e.clone();
+        if e.outcome == Outcome::Unknown {
+            e.complete = u64::MAX;
+        }
+        by_key.entry(e.key.clone()).or_default().push(e);
+    }
+    let mut violations = Vec::new();
+    for (key, mut events) in by_key {
+        if check_key(&events) {
+            continue;
+        }
+        // Greedy minimisation: drop events while the remainder still fails.
+        let mut i = 0;
+        while i < events.len() {
+            let mut fewer = events.clone();
+            fewer.remove(i);
+            if !check_key(&fewer) {
+                events = fewer;
+            } else {
+                i += 1;
+            }
+        }
+        violations.push(Violation { key, minimal: events });
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(violations)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(client: u32, op: Op, outcome: Outcome, invoke: u64, complete: u64) -> Event {
+        Event { client, key: "k".into(), op, outcome, invoke, complete }
+    }
+    fn put(v: &str) -> Op {
+        Op::Put(v.into())
+    }
+    fn read(v: Option<&str>) -> Outcome {
+        Outcome::Read(v.map(String::from))
+    }
+
+    #[test]
+    fn concurrent_operations_may_linearize_either_way() {
+        // A read overlapping a write may see the old or the new value.
+        for seen in [None, Some("1")] {
+            let h = [ev(1, put("1"), Outcome::Done, 0, 10), ev(2, Op::Get, read(seen), 5, 8)];
+            assert!(check(&h).is_ok(), "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn a_stale_read_is_rejected() {
+        let h = [
+            ev(1, put("1"), Outcome::Done, 0, 1),
+            ev(1, put("2"), Outcome::Done, 2, 3),
+            ev(2, Op::Get, read(Some("1")), 4, 5),
+        ];
+        let v = check(&h).unwrap_err();
+        assert_eq!(v[0].key, "k");
+        let minimal = &v[0].minimal;
+        assert!(minimal.iter().any(|e| e.op == Op::Get), "the stale read is part of it: {minimal:?}");
+        assert!(check(minimal).is_err(), "the minimal sub-history still fails");
+        for i in 0..minimal.len() {
+            let mut fewer = minimal.clone();
+            fewer.remove(i);
+            assert!(check(&fewer).is_ok(), "and dropping any event makes it pass: {fewer:?}");
+        }
+    }
+
+    #[test]
+    fn a_lost_write_is_rejected() {
+        let h = [ev(1, put("a"), Outcome::Done, 0, 1), ev(2, Op::Get, read(None), 2, 3)];
+        assert!(check(&h).is_err());
+    }
+
+    #[test]
+    fn two_successful_cas_from_the_same_value_are_rejected() {
+        let cas = |new: &str| Op::Cas { expected: Some("0".into()), new: new.into() };
+        let h = [
+            ev(1, put("0"), Outcome::Done, 0, 1),
+            ev(2, cas("a"), Outcome::Swapped(true), 2, 10),
+            ev(3, cas("b"), Outcome::Swapped(true), 3, 11),
+        ];
+        assert!(check(&h).is_err());
+        let ok = [
+            ev(1, put("0"), Outcome::Done, 0, 1),
+            ev(2, cas("a"), Outcome::Swapped(true), 2, 10),
+            ev(3, cas("b"), Outcome::Swapped(false), 3, 11),
+            ev(4, Op::Get, read(Some("a")), 12, 13),
+        ];
+        assert!(check(&ok).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_write_may_or_may_not_have_happened() {
+        for seen in [None, Some("x")] {
+            let h = [ev(1, put("x"), Outcome::Unknown, 0, 0), ev(2, Op::Get, read(seen), 5, 6)];
+            assert!(check(&h).is_ok(), "{seen:?}");
+        }
+        // But it cannot take effect before it was invoked.
+        let h = [ev(2, Op::Get, read(Some("x")), 0, 1), ev(1, put("x"), Outcome::Unknown, 5, 0)];
+        assert!(check(&h).is_err());
+    }
+
+    #[test]
+    fn keys_are_checked_independently() {
+        let mut h = vec![ev(1, put("1"), Outcome::Done, 0, 1)];
+        let mut other = ev(2, Op::Get, read(None), 2, 3);
+        other.key = "other".into();
+        h.push(other);
+        assert!(check(&h).is_ok());
+    }
+
+    #[test]
+    fn larger_histories_stay_tractable() {
+        // 3 clients x 40 sequential ops each, overlapping: memoization keeps this fast.
+        let mut h = Vec::new();
+        for i in 0..40u64 {
+            h.push(ev(1, put(&i.to_string()), Outcome::Done, i * 10, i * 10 + 6));
+            h.push(ev(2, Op::Get, read(Some(&i.to_string())), i * 10 + 7, i * 10 + 9));
+            h.push(ev(
+                3,
+                Op::Get,
+                Outcome::Read(if i == 0 { None } else { Some((i - 1).to_string()) }),
+                i * 10,
+                i * 10 + 3,
+            ));
+        }
+        assert!(check(&h).is_ok());
+    }
+}

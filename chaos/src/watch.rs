@@ -1,0 +1,98 @@
+//! The watch checker: what a watcher received must be the committed history of its key range,
+//! in revision order, with no gap and no duplicate, from its start revision on.
+
+/// One event as a watcher received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub revision: i64,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchViolation {
+    /// A revision came after a later one.
+    OutOfOrder {
+        after: i64,
+        got: i64,
+    },
+    Duplicate {
+        revision: i64,
+        key: String,
+    },
+    /// A committed event in range that the watcher never received.
+    Missing {
+        revision: i64,
+        key: String,
+    },
+    /// An event the store never committed.
+    Phantom {
+        revision: i64,
+        key: String,
+    },
+}
+
+/// Compares what a watcher received with the committed events of its range at or after its
+/// start revision (both as (revision, key), the committed list in order).
+pub fn check(received: &[Received], committed: &[Received]) -> Result<(), Vec<WatchViolation>> {
+    let mut v = Vec::new();
+    for w in received.windows(2) {
+        if w[1].revision < w[0].revision {
+            v.push(WatchViolation::OutOfOrder { after: w[0].revision, got: w[1].revision });
+        }
+        if w[1] == w[0] {
+            v.push(WatchViolation::Duplicate { revision: w[1].revision, key: w[1].key.clone() });
+        }
+    }
+    let last = received.last().map_or(i64::MIN, |r| r.revision);
+    for c in committed.iter().filter(|c| c.revision <= last) {
+        if !received.contains(c) {
+            v.push(WatchViolation::Missing { revision: c.revision, key: c.key.clone() });
+        }
+    }
+    for r in received {
+        if !committed.contains(r) {
+            v.push(WatchViolation::Phantom { revision: r.revision, key: r.key.clone() });
+        }
+    }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(revision: i64, key: &str) -> Received {
+        Received { revision, key: key.into() }
+    }
+
+    #[test]
+    fn an_exact_prefix_of_the_history_passes() {
+        let committed = [r(5, "a"), r(6, "b"), r(7, "a")];
+        assert!(check(&committed[..2], &committed).is_ok());
+    }
+
+    #[test]
+    fn reordering_gaps_duplicates_and_phantoms_are_caught() {
+        let committed = [r(5, "a"), r(6, "b"), r(7, "a")];
+        assert!(matches!(
+            check(&[r(6, "b"), r(5, "a"), r(7, "a")], &committed).unwrap_err()[0],
+            WatchViolation::OutOfOrder { .. }
+        ));
+        assert!(matches!(
+            check(&[r(5, "a"), r(7, "a")], &committed).unwrap_err()[0],
+            WatchViolation::Missing { revision: 6, .. }
+        ));
+        assert!(matches!(
+            check(&[r(5, "a"), r(5, "a"), r(6, "b")], &committed).unwrap_err()[0],
+            WatchViolation::Duplicate { .. }
+        ));
+        assert!(matches!(
+            check(&[r(5, "a"), r(9, "z")], &committed).unwrap_err().last().unwrap(),
+            WatchViolation::Phantom { .. }
+        ));
+    }
+}
