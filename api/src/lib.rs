@@ -38,9 +38,14 @@ use std::time::Duration;
 
 /// Starts the API on `master`: returns the routes to mount on its client listener and spawns
 /// the bootstrap of the system namespaces (retried until a leader accepts it). With `tokens`,
-/// every call must carry a bearer token and pass RBAC.
-pub fn start(master: Arc<skiff_raft_store::Master>, tokens: Option<auth::TokenFile>) -> tonic::service::Routes {
-    let api = Arc::new(Api { registry: Registry::new(master), tokens });
+/// every call must carry a bearer token and pass RBAC; `internal` maps tokens of components
+/// inside the master process to their identities.
+pub fn start(
+    master: Arc<skiff_raft_store::Master>,
+    tokens: Option<auth::TokenFile>,
+    internal: Vec<(String, auth::User)>,
+) -> tonic::service::Routes {
+    let api = Arc::new(Api { registry: Registry::new(master), tokens, internal: internal.into_iter().collect() });
     let bootstrap = api.clone();
     tokio::spawn(async move {
         loop {

@@ -125,10 +125,28 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
     }
     config.client_tls = match (args.client_cert, args.client_key, args.client_ca) {
         (None, None, None) => None,
-        (Some(cert), Some(key), client_ca) => Some(ClientTls { cert, key, client_ca }),
+        (Some(cert), Some(key), client_ca) => Some(ClientTls { cert, key, client_ca, ca: None }),
         _ => bail!("--client-cert and --client-key go together (--client-ca needs both)"),
     };
     Ok(MasterFile { master: config, token_file })
+}
+
+/// A client for the master's own API listener (loopback, over TLS when it serves TLS).
+fn scheduler_client(config: &MasterConfig, token: String) -> anyhow::Result<skiff_client::Client> {
+    let addr: SocketAddr = config.client_addr.parse()?;
+    let local = if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { addr };
+    let ca = match &config.client_tls {
+        None => None,
+        Some(tls) => Some(tls.ca.clone().context("the listener serves TLS but its config names no `ca` to verify it")?),
+    };
+    let cfg = skiff_client::ClientConfig {
+        endpoints: vec![local.to_string()],
+        token: Some(token),
+        ca,
+        namespace: "default".into(),
+        timeout: std::time::Duration::from_secs(10),
+    };
+    skiff_client::Client::new(cfg).map_err(|s| anyhow::anyhow!("{}", s.message()))
 }
 
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
@@ -164,15 +182,26 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        if !skiff_raft_store::serve(
-            master.clone(),
-            peer_listener,
-            client_listener,
-            Some(skiff_api::start(master, tokens)),
-            shutdown,
-        )
-        .await?
-        {
+        // The scheduler runs in every master and acts only while this one leads; it reaches the
+        // API like any client, with an identity only this process knows.
+        let scheduler_token: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
+        let scheduler_user =
+            skiff_api::auth::User { name: "system:kube-scheduler".into(), groups: vec!["system:masters".into()] };
+        let routes = skiff_api::start(master.clone(), tokens, vec![(scheduler_token.clone(), scheduler_user)]);
+        let (_stop_scheduler, stop_rx) = tokio::sync::watch::channel(false);
+        match scheduler_client(&config, scheduler_token) {
+            Ok(client) => {
+                let leader = master.clone();
+                let runner = skiff_scheduler::runner::Runner {
+                    client,
+                    is_leader: Box::new(move || leader.is_leader()),
+                    interval: std::time::Duration::from_millis(500),
+                };
+                tokio::spawn(runner.run(stop_rx));
+            }
+            Err(e) => tracing::warn!("scheduler not started: {e}"),
+        }
+        if !skiff_raft_store::serve(master.clone(), peer_listener, client_listener, Some(routes), shutdown).await? {
             bail!("master {} stopped because its raft core failed (see the log above)", config.id);
         }
         anyhow::Ok(())

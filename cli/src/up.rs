@@ -65,6 +65,7 @@ fn generate_pki(dir: &Path) -> anyhow::Result<(PathBuf, ClientTls)> {
         cert: write("server.crt", server.pem())?,
         key: write("server.key", server_key.serialize_pem())?,
         client_ca: None,
+        ca: Some(ca_path.clone()),
     };
     Ok((ca_path, tls))
 }

@@ -11,7 +11,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 use skiff_proto::api::objects_client::ObjectsClient;
-use skiff_proto::api::{RawListRequest, RawRequest};
+use skiff_proto::api::pods_client::PodsClient;
+use skiff_proto::api::{Binding, BindingTarget, ObjectMetaRef, Pod, RawListRequest, RawRequest};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -186,10 +187,11 @@ impl Client {
         Ok(Client { config, channels, auth, current: AtomicUsize::new(0) })
     }
 
-    /// Runs `f` against masters in turn until one answers, trying each at most twice.
+    /// Runs `f` against masters in turn until one answers, trying each at most twice. `f` gets a
+    /// channel and the credentials, and builds whichever service client it needs.
     pub async fn with_failover<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
-        F: Fn(Objects) -> Fut,
+        F: Fn(Channel, Auth) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let n = self.channels.len();
@@ -197,10 +199,7 @@ impl Client {
         let mut last = None;
         for attempt in 0..2 * n {
             let i = (start + attempt) % n;
-            let client = ObjectsClient::with_interceptor(self.channels[i].clone(), self.auth.clone())
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(64 << 20);
-            match f(client).await {
+            match f(self.channels[i].clone(), self.auth.clone()).await {
                 Err(s) if retryable(&s) => {
                     last = Some(s);
                     if attempt + 1 >= n {
@@ -223,7 +222,14 @@ impl Client {
         F: Fn(Objects, Req) -> Fut,
         Fut: std::future::Future<Output = Result<String, Status>>,
     {
-        let body = self.with_failover(|c| f(c, req.clone())).await?;
+        let body = self
+            .with_failover(|channel, auth| {
+                let client = ObjectsClient::with_interceptor(channel, auth)
+                    .max_decoding_message_size(256 << 20)
+                    .max_encoding_message_size(64 << 20);
+                f(client, req.clone())
+            })
+            .await?;
         serde_json::from_str(&body).map_err(|e| Status::internal(format!("server sent invalid JSON: {e}")))
     }
 
@@ -265,5 +271,28 @@ impl Client {
     pub async fn delete(&self, resource: &str, namespace: &str, name: &str) -> Result<Value, Status> {
         let req = Self::raw(resource, namespace, name, None);
         self.json(req, |mut c, r| async move { Ok(c.delete(r).await?.into_inner().json) }).await
+    }
+
+    /// The pods binding subresource: assigns `name` to `node` (a pod already bound is Aborted).
+    pub async fn bind(&self, namespace: &str, name: &str, node: &str) -> Result<(), Status> {
+        let req = Binding {
+            metadata: Some(ObjectMetaRef { name: name.into(), namespace: namespace.into(), ..Default::default() }),
+            target: Some(BindingTarget { kind: "Node".into(), name: node.into() }),
+        };
+        self.with_failover(|channel, auth| {
+            let req = req.clone();
+            async move { PodsClient::with_interceptor(channel, auth).bind(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Replaces a pod's status (the status subresource), guarded by its resourceVersion.
+    pub async fn update_pod_status(&self, pod: &Value) -> Result<(), Status> {
+        let typed: Pod = serde_json::from_value(pod.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.with_failover(|channel, auth| {
+            let typed = typed.clone();
+            async move { PodsClient::with_interceptor(channel, auth).update_status(typed).await.map(|_| ()) }
+        })
+        .await
     }
 }

@@ -60,6 +60,9 @@ pub struct ClientTls {
     /// bearer tokens authenticate; the etcd API then stays loopback-only).
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// The CA that signed `cert`, so components inside the master can verify this listener.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 mod defaults {

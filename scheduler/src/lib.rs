@@ -5,10 +5,12 @@
 //! filters the nodes (readiness, cordon, resources, nodeSelector, required node affinity,
 //! taints, host ports) and scores the rest (least allocated, balanced, preferred affinity,
 //! PreferNoSchedule taints, spreading an owner's pods). A pod that fits nowhere gets a
-//! [`placement::FitError`] worded as Kubernetes words it. The I/O shell that watches pods and
-//! nodes and binds through the API is not built yet (see the "Scheduler and controllers" issue).
+//! [`placement::FitError`] worded as Kubernetes words it. [`runner::Runner`] is the I/O shell:
+//! on the raft leader only, it places unscheduled pods through the API's binding subresource.
+//! The controllers are not built yet (see the "Scheduler and controllers" issue).
 
 pub mod placement;
+pub mod runner;
 pub mod snapshot;
 
 pub use placement::{schedule, FitError};

@@ -15,7 +15,9 @@ pub struct FitError {
 
 impl fmt::Display for FitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        // Kubernetes sorts the "<count> <reason>" strings as a whole.
+        let mut parts: Vec<String> = self.reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        parts.sort();
         if parts.is_empty() {
             write!(f, "0/{} nodes are available.", self.nodes)
         } else {
@@ -75,9 +77,10 @@ fn untolerated<'a>(pod: &Pod, node: &'a NodeInfo, effects: &[&str]) -> Vec<&'a T
         .collect()
 }
 
-/// Every reason `pod` cannot go to `node` (empty: it fits).
+/// Why `pod` cannot go to `node` (empty: it fits). As in Kubernetes, filters run in plugin
+/// order — readiness, NodeUnschedulable, TaintToleration, NodeAffinity, NodePorts,
+/// NodeResourcesFit — and a node reports the first that fails (resources may name several).
 pub fn filter(pod: &Pod, node: &NodeInfo) -> Vec<String> {
-    let mut reasons = Vec::new();
     let spec = pod.spec.clone().unwrap_or_default();
     let ready = node
         .node
@@ -86,21 +89,13 @@ pub fn filter(pod: &Pod, node: &NodeInfo) -> Vec<String> {
         .and_then(|s| s.conditions.iter().find(|c| c.r#type == "Ready"))
         .is_some_and(|c| c.status == "True");
     if !ready {
-        reasons.push("node(s) were not ready".to_string());
+        return vec!["node(s) were not ready".to_string()];
     }
     if node.node.spec.as_ref().is_some_and(|s| s.unschedulable) {
-        reasons.push("node(s) were unschedulable".into());
+        return vec!["node(s) were unschedulable".into()];
     }
-    let want = pod_requests(pod);
-    let free = |alloc: i128, used: i128| alloc - used;
-    if want.cpu > 0 && want.cpu > free(node.allocatable.cpu, node.requested.cpu) {
-        reasons.push("Insufficient cpu".into());
-    }
-    if want.memory > 0 && want.memory > free(node.allocatable.memory, node.requested.memory) {
-        reasons.push("Insufficient memory".into());
-    }
-    if node.allocatable.pods > 0 && node.requested.pods + want.pods > node.allocatable.pods {
-        reasons.push("Too many pods".into());
+    if let Some(taint) = untolerated(pod, node, &["NoSchedule", "NoExecute"]).first() {
+        return vec![format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value)];
     }
     let labels = node.labels();
     let selector_ok = spec.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v));
@@ -111,13 +106,21 @@ pub fn filter(pod: &Pod, node: &NodeInfo) -> Vec<String> {
         .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
     let affinity_ok = required.is_none_or(|sel| sel.node_selector_terms.iter().any(|t| term_matches(t, node)));
     if !selector_ok || !affinity_ok {
-        reasons.push("node(s) didn't match Pod's node affinity/selector".into());
-    }
-    for taint in untolerated(pod, node, &["NoSchedule", "NoExecute"]) {
-        reasons.push(format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value));
+        return vec!["node(s) didn't match Pod's node affinity/selector".into()];
     }
     if !host_ports(pod).is_disjoint(&node.host_ports) {
-        reasons.push("node(s) didn't have free ports for the requested pod ports".into());
+        return vec!["node(s) didn't have free ports for the requested pod ports".into()];
+    }
+    let mut reasons = Vec::new();
+    let want = pod_requests(pod);
+    if node.allocatable.pods > 0 && node.requested.pods + want.pods > node.allocatable.pods {
+        reasons.push("Too many pods".into());
+    }
+    if want.cpu > 0 && want.cpu > node.allocatable.cpu - node.requested.cpu {
+        reasons.push("Insufficient cpu".into());
+    }
+    if want.memory > 0 && want.memory > node.allocatable.memory - node.requested.memory {
+        reasons.push("Insufficient memory".into());
     }
     reasons
 }

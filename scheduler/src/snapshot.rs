@@ -105,3 +105,20 @@ impl Snapshot {
         Snapshot { nodes: infos }
     }
 }
+
+impl Snapshot {
+    /// Counts `pod` on `node` right away, so the next decision of the same round sees it
+    /// (the scheduler's "assume" step, before the watch reports the binding).
+    pub fn assume(&mut self, pod: &Pod, node: &str) {
+        if let Some(info) = self.nodes.iter_mut().find(|i| i.name() == node) {
+            let r = pod_requests(pod);
+            info.requested.cpu += r.cpu;
+            info.requested.memory += r.memory;
+            info.requested.pods += r.pods;
+            info.host_ports.extend(host_ports(pod));
+            if let Some(uid) = owner_uid(pod) {
+                *info.owners.entry(uid).or_default() += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The scheduler on the raft leader, against registered (fake) nodes: placement, the
+//! Unschedulable condition and event in Kubernetes' words, retry when a node gains the missing
+//! label, and scheduling carrying on after the leader is SIGKILLed.
+
+use serde_json::{json, Value};
+use skiff_proto::api::objects_client::ObjectsClient;
+use skiff_proto::api::{RawListRequest, RawRequest};
+use skiff_tests::{bearer, channel, runtime, wait_for, Cluster};
+use std::time::Duration;
+
+#[test]
+fn the_leader_schedules_reports_unschedulable_pods_and_retries_on_change() {
+    let c = Cluster::up(3, &[]);
+    let t = c.admin_token();
+    let addrs: Vec<String> = c.masters.iter().map(|m| m.etcd.clone()).collect();
+    let rt = runtime();
+    let call = |addr: &str, verb: &str, resource: &str, body: Value, name: &str| -> Result<Value, tonic::Status> {
+        rt.block_on(async {
+            let mut o = ObjectsClient::with_interceptor(channel(addr).await.unwrap(), bearer(&t));
+            let req = RawRequest {
+                resource: resource.into(),
+                name: name.into(),
+                json: body.to_string(),
+                ..Default::default()
+            };
+            let out = match verb {
+                "create" => o.create(req).await?,
+                "get" => o.get(req).await?,
+                _ => o.update(req).await?,
+            };
+            Ok(serde_json::from_str(&out.into_inner().json).unwrap())
+        })
+    };
+    let node = |name: &str, extra: Value| {
+        let mut n = json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}});
+        if let (Some(m), Some(e)) = (n.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        n
+    };
+    // phase: three nodes, one tainted
+    wait_for(Duration::from_secs(30), "the API to accept nodes", || {
+        call(&addrs[0], "create", "nodes", node("n1", json!({})), "").ok()
+    });
+    call(&addrs[1], "create", "nodes", node("n2", json!({})), "").unwrap();
+    call(
+        &addrs[2],
+        "create",
+        "nodes",
+        node("n3", json!({"spec": {"taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]}})),
+        "",
+    )
+    .unwrap();
+    let pod = |name: &str, spec_extra: Value| {
+        let mut spec =
+            json!({"containers": [{"name": "c", "image": "busybox:1.36", "resources": {"requests": {"cpu": "100m"}}}]});
+        for (k, v) in spec_extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        json!({"metadata": {"name": name}, "spec": spec})
+    };
+    let node_of = |name: &str| -> Option<String> {
+        let p = call(&addrs[1], "get", "pods", json!({}), name).ok()?;
+        p["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()).map(String::from)
+    };
+
+    // phase: a plain pod lands on an untainted node
+    call(&addrs[0], "create", "pods", pod("free", json!({})), "").unwrap();
+    let placed = wait_for(Duration::from_secs(20), "pod free to be bound", || node_of("free"));
+    assert!(placed == "n1" || placed == "n2", "{placed}");
+
+    // phase: a pod that fits nowhere stays Pending with Kubernetes' message and an event
+    call(&addrs[0], "create", "pods", pod("ssd", json!({"nodeSelector": {"disktype": "ssd"}})), "").unwrap();
+    // One reason per node (the tainted one fails on its taint first), sorted as Kubernetes does.
+    let want_sorted = "0/3 nodes are available: 1 node(s) had untolerated taint {gpu: yes}, 2 node(s) didn't match Pod's node affinity/selector.";
+    wait_for(Duration::from_secs(20), "PodScheduled=False on pod ssd", || {
+        let p = call(&addrs[2], "get", "pods", json!({}), "ssd").ok()?;
+        let cond = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "PodScheduled")?.clone();
+        (cond["status"] == "False" && cond["reason"] == "Unschedulable" && cond["message"] == want_sorted).then_some(())
+    });
+    let events = rt.block_on(async {
+        let mut o = ObjectsClient::with_interceptor(channel(&addrs[0]).await.unwrap(), bearer(&t));
+        let l = o
+            .list(RawListRequest { resource: "events".into(), namespace: "default".into(), ..Default::default() })
+            .await
+            .unwrap();
+        serde_json::from_str::<Value>(&l.into_inner().json).unwrap()
+    });
+    let failed: Vec<&Value> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "FailedScheduling" && e["involvedObject"]["name"] == "ssd")
+        .collect();
+    assert_eq!(failed.len(), 1, "one FailedScheduling event, not one per round: {events}");
+    assert_eq!(failed[0]["message"], want_sorted);
+    assert!(events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["reason"] == "Scheduled" && e["involvedObject"]["name"] == "free"));
+
+    // phase: labelling a node disktype=ssd schedules it there
+    let mut n2 = call(&addrs[0], "get", "nodes", json!({}), "n2").unwrap();
+    n2["metadata"]["labels"]["disktype"] = json!("ssd");
+    call(&addrs[0], "update", "nodes", n2, "").unwrap();
+    assert_eq!(wait_for(Duration::from_secs(20), "pod ssd to be bound after the label", || node_of("ssd")), "n2");
+
+    // phase: the leader dies; the next leader's scheduler carries on
+    let all: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    c.kill(leader);
+    let survivor = c.masters.iter().find(|m| m.id != leader).unwrap().etcd.clone();
+    wait_for(Duration::from_secs(30), "a create through a survivor", || {
+        call(&survivor, "create", "pods", pod("after", json!({})), "")
+            .ok()
+            .or_else(|| node_of("after").map(|_| json!({})))
+    });
+    let placed = wait_for(Duration::from_secs(30), "pod after to be bound by the new leader", || {
+        let p = call(&survivor, "get", "pods", json!({}), "after").ok()?;
+        p["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()).map(String::from)
+    });
+    assert!(placed == "n1" || placed == "n2", "{placed}");
+}
