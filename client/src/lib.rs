@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use skiff_proto::api::objects_client::ObjectsClient;
 use skiff_proto::api::pods_client::PodsClient;
-use skiff_proto::api::{Binding, BindingTarget, ObjectMetaRef, Pod, RawListRequest, RawRequest};
+use skiff_proto::api::replica_sets_client::ReplicaSetsClient;
+use skiff_proto::api::{Binding, BindingTarget, ObjectMetaRef, Pod, RawListRequest, RawRequest, ReplicaSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -292,6 +293,17 @@ impl Client {
         self.with_failover(|channel, auth| {
             let typed = typed.clone();
             async move { PodsClient::with_interceptor(channel, auth).update_status(typed).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Replaces a ReplicaSet's status (the status subresource).
+    pub async fn update_replicaset_status(&self, rs: &Value) -> Result<(), Status> {
+        let typed: ReplicaSet =
+            serde_json::from_value(rs.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.with_failover(|channel, auth| {
+            let typed = typed.clone();
+            async move { ReplicaSetsClient::with_interceptor(channel, auth).update_status(typed).await.map(|_| ()) }
         })
         .await
     }

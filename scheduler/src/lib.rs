@@ -10,6 +10,7 @@
 //! The controllers are not built yet (see the "Scheduler and controllers" issue).
 
 pub mod placement;
+pub mod replicaset;
 pub mod runner;
 pub mod snapshot;
 

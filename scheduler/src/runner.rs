@@ -1,6 +1,7 @@
-//! The scheduler's I/O shell: while this master is the raft leader, each round lists nodes and
-//! pods through the API, places every unscheduled pod with [`crate::schedule`], and binds it
-//! through the binding subresource; a pod that fits nowhere gets `PodScheduled=False` with
+//! The leader's I/O shell: while this master is the raft leader, each round lists nodes, pods
+//! and ReplicaSets through the API; runs the ReplicaSet controller ([`crate::replicaset::plan`])
+//! and executes its plan; then places every unscheduled pod with [`crate::schedule`] and binds
+//! it through the binding subresource; a pod that fits nowhere gets `PodScheduled=False` with
 //! Kubernetes' message and a `FailedScheduling` event. Level-triggered: a round recomputes
 //! everything from the API, so a lost round or a new leader changes nothing in the outcome,
 //! and a pod is retried whenever nodes, labels, taints or other pods change.
@@ -69,7 +70,58 @@ impl Runner {
             .collect())
     }
 
+    /// One ReplicaSet controller pass over every ReplicaSet.
+    async fn replicasets(&self) -> Result<(), Status> {
+        let sets = self.client.list("replicasets", "", "", "").await?;
+        let pods = self.client.list("pods", "", "", "").await?;
+        let pods = pods["items"].as_array().cloned().unwrap_or_default();
+        for rs in sets["items"].as_array().into_iter().flatten() {
+            let ns = rs["metadata"]["namespace"].as_str().unwrap_or("default");
+            let name = rs["metadata"]["name"].as_str().unwrap_or_default();
+            let mine: Vec<Value> = pods.iter().filter(|p| p["metadata"]["namespace"] == ns).cloned().collect();
+            let plan = crate::replicaset::plan(rs, &mine);
+            for pod in plan.adopt.iter().chain(&plan.release) {
+                self.ignore_races(self.client.update("pods", pod).await.map(|_| ()))?;
+            }
+            for pod in &plan.create {
+                let created = self.client.create("pods", ns, pod).await?;
+                let msg = format!("Created pod: {}", created["metadata"]["name"].as_str().unwrap_or_default());
+                self.event(rs, "ReplicaSet", "Normal", "SuccessfulCreate", &msg).await;
+            }
+            for pod in &plan.delete {
+                self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
+                self.event(rs, "ReplicaSet", "Normal", "SuccessfulDelete", &format!("Deleted pod: {pod}")).await;
+            }
+            let status = rs.get("status").cloned().unwrap_or(Value::Null);
+            let changed =
+                ["replicas", "readyReplicas", "availableReplicas", "fullyLabeledReplicas", "observedGeneration"]
+                    .iter()
+                    .any(|k| {
+                        status.get(*k).and_then(Value::as_i64).unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0)
+                    });
+            if changed {
+                let mut updated = rs.clone();
+                updated["status"] = plan.status.clone();
+                if let Err(e) = self.ignore_races(self.client.update_replicaset_status(&updated).await) {
+                    tracing::debug!("replicaset {ns}/{name} status: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A conflict or a vanished object only means the next round will look again.
+    fn ignore_races(&self, r: Result<(), Status>) -> Result<(), Status> {
+        match r {
+            Err(e) if matches!(e.code(), Code::Aborted | Code::NotFound | Code::AlreadyExists) => Ok(()),
+            other => other,
+        }
+    }
+
     async fn round(&self, reported: &mut HashMap<String, String>) -> Result<(), Status> {
+        if let Err(e) = self.replicasets().await {
+            tracing::debug!("replicaset controller: {e}");
+        }
         let nodes: Vec<Node> = self.items::<Node>("nodes").await?.into_iter().map(|(_, n)| n).collect();
         let pods = self.items::<Pod>("pods").await?;
         let typed: Vec<Pod> = pods.iter().map(|(_, p)| p.clone()).collect();
@@ -89,7 +141,7 @@ impl Runner {
                         snapshot.assume(pod, &node);
                         reported.remove(&meta.uid);
                         let msg = format!("Successfully assigned {}/{} to {node}", meta.namespace, meta.name);
-                        self.event(raw, "Normal", "Scheduled", &msg).await;
+                        self.event(raw, "Pod", "Normal", "Scheduled", &msg).await;
                     }
                     // Bound meanwhile (or deleted): the next round sees it.
                     Err(e) if matches!(e.code(), Code::Aborted | Code::NotFound) => {}
@@ -113,7 +165,7 @@ impl Runner {
                     updated["status"]["conditions"] = Value::Array(conditions);
                     match self.client.update_pod_status(&updated).await {
                         Ok(()) => {
-                            self.event(raw, "Warning", "FailedScheduling", &msg).await;
+                            self.event(raw, "Pod", "Warning", "FailedScheduling", &msg).await;
                             reported.insert(meta.uid.clone(), msg);
                         }
                         Err(e) if matches!(e.code(), Code::Aborted | Code::NotFound) => {}
@@ -125,19 +177,20 @@ impl Runner {
         Ok(())
     }
 
-    /// Records an Event about a pod; failures are logged, not fatal.
-    async fn event(&self, pod: &Value, kind: &str, reason: &str, message: &str) {
-        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
-        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    /// Records an Event about an object; failures are logged, not fatal.
+    async fn event(&self, obj: &Value, object_kind: &str, kind: &str, reason: &str, message: &str) {
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let component = if object_kind == "Pod" { "default-scheduler" } else { "replicaset-controller" };
         let event = json!({
             "metadata": {"generateName": format!("{name}."), "namespace": ns},
-            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name, "uid": pod["metadata"]["uid"]},
+            "involvedObject": {"kind": object_kind, "apiVersion": obj["apiVersion"], "namespace": ns, "name": name, "uid": obj["metadata"]["uid"]},
             "reason": reason, "message": message, "type": kind,
-            "source": {"component": "default-scheduler"}, "reportingComponent": "default-scheduler",
+            "source": {"component": component}, "reportingComponent": component,
             "firstTimestamp": now(), "lastTimestamp": now(), "count": 1,
         });
         if let Err(e) = self.client.create("events", ns, &event).await {
-            tracing::debug!("event for pod {ns}/{name}: {e}");
+            tracing::debug!("event for {object_kind} {ns}/{name}: {e}");
         }
     }
 }
