@@ -214,10 +214,19 @@ fn bad_input_gets_specific_codes_and_leaves_the_store_unchanged() {
     wait_api_ready(&t, &addr);
     let rt = runtime();
     let pod = |name: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}});
+    // The reference object is a ConfigMap: no controller writes to it, so any revision change
+    // afterwards would come from the bad input (a pod would be marked Unschedulable by the
+    // leader's scheduler, legitimately).
+    let cm =
+        |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}});
     let (existing_rv, before) = rt.block_on(async {
         let mut o = ObjectsClient::with_interceptor(channel(&addr).await.unwrap(), bearer(&t));
         let created = o
-            .create(RawRequest { resource: "pods".into(), json: pod("existing").to_string(), ..Default::default() })
+            .create(RawRequest {
+                resource: "configmaps".into(),
+                json: cm("existing").to_string(),
+                ..Default::default()
+            })
             .await
             .unwrap();
         let created: Value = serde_json::from_str(&created.into_inner().json).unwrap();
@@ -225,12 +234,14 @@ fn bad_input_gets_specific_codes_and_leaves_the_store_unchanged() {
         // Move the object on so `rv` is stale.
         let mut newer = created.clone();
         newer["metadata"]["labels"] = json!({"touched": "yes"});
-        o.update(RawRequest { resource: "pods".into(), json: newer.to_string(), ..Default::default() }).await.unwrap();
+        o.update(RawRequest { resource: "configmaps".into(), json: newer.to_string(), ..Default::default() })
+            .await
+            .unwrap();
         let before = status(&addr).await.unwrap().header.unwrap().revision;
         (rv, before)
     });
     let huge = "x".repeat(3 * 1024 * 1024 + 10);
-    let mut stale = pod("existing");
+    let mut stale = cm("existing");
     stale["metadata"]["resourceVersion"] = json!(existing_rv);
     let mut quota_free_big = pod("big");
     quota_free_big["metadata"]["annotations"] = json!({"blob": huge});
@@ -266,7 +277,7 @@ fn bad_input_gets_specific_codes_and_leaves_the_store_unchanged() {
             "namespaces \"nope\" not found",
         ),
         ("oversized object", "pods", quota_free_big, Code::ResourceExhausted, "too large"),
-        ("already exists", "pods", pod("existing"), Code::AlreadyExists, "pods \"existing\" already exists"),
+        ("already exists", "configmaps", cm("existing"), Code::AlreadyExists, "configmaps \"existing\" already exists"),
     ];
     rt.block_on(async {
         let mut o = ObjectsClient::with_interceptor(channel(&addr).await.unwrap(), bearer(&t))
@@ -282,7 +293,7 @@ fn bad_input_gets_specific_codes_and_leaves_the_store_unchanged() {
             assert!(err.message().contains(phrase), "{what}: {:?} lacks {phrase:?}", err.message());
         }
         let err = o
-            .update(RawRequest { resource: "pods".into(), json: stale.to_string(), ..Default::default() })
+            .update(RawRequest { resource: "configmaps".into(), json: stale.to_string(), ..Default::default() })
             .await
             .expect_err("stale update");
         assert_eq!(err.code(), Code::Aborted, "{err:?}");
