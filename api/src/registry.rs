@@ -521,7 +521,26 @@ impl Registry {
         }
     }
 
+    /// Deletes (or marks for deletion) an object. Without a resourceVersion precondition a
+    /// concurrent update (a status write, say) is not the caller's conflict: it retries, as
+    /// Kubernetes' delete does. Every step before the guarded write is idempotent.
     pub async fn delete(
+        &self,
+        info: &'static KindInfo,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Value> {
+        let mut attempt = 0;
+        loop {
+            match self.delete_once(info, ns, name, opts).await {
+                Err(ApiError::Conflict { .. }) if opts.resource_version.is_empty() && attempt < 5 => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn delete_once(
         &self,
         info: &'static KindInfo,
         ns: &str,
