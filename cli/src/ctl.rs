@@ -123,7 +123,7 @@ fn age(obj: &Value) -> String {
     let Some(ts) = obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str) else {
         return "<unknown>".into();
     };
-    let Some(created) = parse_rfc3339(ts) else { return "<unknown>".into() };
+    let Some(created) = skiff_proto::time::parse_rfc3339(ts) else { return "<unknown>".into() };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let s = (now - created).max(0);
     match s {
@@ -132,21 +132,6 @@ fn age(obj: &Value) -> String {
         s if s < 2 * 86400 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86400),
     }
-}
-
-fn parse_rfc3339(ts: &str) -> Option<i64> {
-    let b = ts.as_bytes();
-    if b.len() < 19 {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| ts.get(r).and_then(|x| x.parse::<i64>().ok());
-    let (y, m, d, hh, mm, ss) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
-    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * m2 + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some((era * 146_097 + doe - 719_468) * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {

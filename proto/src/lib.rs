@@ -13,6 +13,7 @@
 
 pub mod quantity;
 pub mod serde_util;
+pub mod time;
 
 #[allow(clippy::all, missing_docs)]
 pub mod mvccpb {

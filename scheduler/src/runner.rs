@@ -24,22 +24,6 @@ pub struct Runner {
     pub interval: Duration,
 }
 
-fn now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    // Civil date from days (UTC), as the API writes timestamps.
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 impl Runner {
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         // Last FailedScheduling message per pod uid, so events are not repeated every round.
@@ -161,7 +145,7 @@ impl Runner {
                         .filter(|c| c["type"] != "PodScheduled")
                         .collect();
                     conditions.push(json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                        "message": msg, "lastTransitionTime": now()}));
+                        "message": msg, "lastTransitionTime": skiff_proto::time::now_rfc3339()}));
                     updated["status"]["conditions"] = Value::Array(conditions);
                     match self.client.update_pod_status(&updated).await {
                         Ok(()) => {
@@ -187,7 +171,7 @@ impl Runner {
             "involvedObject": {"kind": object_kind, "apiVersion": obj["apiVersion"], "namespace": ns, "name": name, "uid": obj["metadata"]["uid"]},
             "reason": reason, "message": message, "type": kind,
             "source": {"component": component}, "reportingComponent": component,
-            "firstTimestamp": now(), "lastTimestamp": now(), "count": 1,
+            "firstTimestamp": skiff_proto::time::now_rfc3339(), "lastTimestamp": skiff_proto::time::now_rfc3339(), "count": 1,
         });
         if let Err(e) = self.client.create("events", ns, &event).await {
             tracing::debug!("event for {object_kind} {ns}/{name}: {e}");
