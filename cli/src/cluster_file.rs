@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterFile {
     pub masters: Vec<MasterEntry>,
-    /// Node daemons (none until the node daemon exists).
+    /// Node daemons started beside the masters (`skiff up --nodes N`).
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
     /// Client configuration (endpoints of every master, the admin user, a default context).
@@ -38,6 +38,16 @@ pub struct MasterEntry {
 pub struct NodeEntry {
     pub name: String,
     pub pid: u32,
+    /// The node's state directory (images, pods, logs).
+    pub root: PathBuf,
+    pub bridge: String,
+    pub pod_cidr: String,
+    /// Its client config (the masters and the node's own token).
+    pub config: PathBuf,
+    pub log: PathBuf,
+    /// Extra `skiff node` flags it runs with (`skiff up --node-arg`).
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 impl ClusterFile {

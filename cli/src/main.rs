@@ -6,9 +6,11 @@ mod bench_api;
 mod cluster_file;
 mod ctl;
 mod master_cmd;
+mod node_cmd;
 mod up;
 
 use clap::{Parser, Subcommand};
+use std::os::fd::AsFd;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +27,14 @@ struct Cli {
 enum Command {
     /// Run one master: a raft member of the replicated store serving the etcd v3 API.
     Master(master_cmd::MasterArgs),
+    /// Run the node daemon: register this machine and run the pods bound to it.
+    Node(node_cmd::NodeArgs),
+    /// The node daemon's per-container helper (not for direct use).
+    #[command(hide = true)]
+    Shim { dir: std::path::PathBuf },
+    /// Manage the nodes' local image stores.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Start (or restart) a local HA cluster as background processes and wait for a leader.
     Up(up::UpArgs),
     /// Stop a cluster started by `skiff up`, keeping its data.
@@ -51,16 +61,37 @@ enum Command {
     BenchApi(bench_api::BenchApiArgs),
 }
 
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image layout into every node of a `skiff up` cluster (or one, --node).
+    Import(node_cmd::ImageImportArgs),
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Shim { dir } = &cli.command {
+        // The shim's log goes to its own stderr as it was at start (DIR/shim.log): once
+        // libcontainer hands fd 2 to the container, fd 2 is the container's stderr.
+        let log = std::io::stderr().as_fd().try_clone_to_owned().map(std::fs::File::from)?;
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_writer(std::sync::Mutex::new(log))
+            .with_ansi(false)
+            .init();
+        return node_cmd::shim(dir);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Master(args) => master_cmd::run(args),
+        Command::Node(args) => node_cmd::run(args),
+        Command::Shim { dir } => node_cmd::shim(&dir),
+        Command::Image(ImageCommand::Import(args)) => node_cmd::image_import(args),
         Command::Up(args) => up::up(args),
         Command::Down(args) => up::down(args),
         Command::Get(args) => ctl::report(ctl::get(args)),

@@ -1,6 +1,6 @@
 //! `skiff up` / `skiff down`: a local cluster as background processes on free loopback ports.
 
-use crate::cluster_file::{process_alive, ClusterFile, MasterEntry};
+use crate::cluster_file::{process_alive, ClusterFile, MasterEntry, NodeEntry};
 use crate::master_cmd::MasterFile;
 use anyhow::{bail, Context};
 use clap::Args;
@@ -24,9 +24,15 @@ pub struct UpArgs {
     /// Number of masters (3 or 5 for a cluster that survives failures).
     #[arg(long, default_value_t = 3)]
     masters: usize,
-    /// Number of node daemons to run beside the masters.
+    /// Number of node daemons to run beside the masters (as root: they run containers).
     #[arg(long, default_value_t = 0)]
     nodes: usize,
+    /// For new nodes: an extra `skiff node` flag (repeatable), e.g. `--node-arg=--backoff-base-ms=1000`.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
+    /// For new nodes: an OCI image layout to import into every node before it starts.
+    #[arg(long)]
+    import_image: Option<PathBuf>,
     /// How long to wait for a leader before giving up, in seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -77,6 +83,10 @@ pub struct DownArgs {
     /// Seconds to wait after SIGTERM before SIGKILL.
     #[arg(long, default_value_t = 10)]
     grace: u64,
+    /// Also stop every pod's containers and remove the nodes' sandboxes and bridges (node
+    /// daemons alone leave their containers running, as a kubelet does).
+    #[arg(long)]
+    purge: bool,
 }
 
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
@@ -121,9 +131,14 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         );
     }
     // Credentials: an admin token (system:masters) the cluster's token file and client config carry.
-    let admin_token: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
+    let admin_token = random_token();
     let tokens = dir.join("tokens.csv");
-    std::fs::write(&tokens, format!("# token,user,uid,\"groups\"\n{admin_token},admin,admin,\"system:masters\"\n"))?;
+    let mut token_lines = format!("# token,user,uid,\"groups\"\n{admin_token},admin,admin,\"system:masters\"\n");
+    let node_tokens: Vec<(String, String)> = (1..=args.nodes).map(|i| (format!("node-{i}"), random_token())).collect();
+    for (name, token) in &node_tokens {
+        token_lines += &format!("{token},system:node:{name},node-{name},\"system:nodes\"\n");
+    }
+    std::fs::write(&tokens, token_lines)?;
     std::fs::write(dir.join("admin.token"), format!("{admin_token}\n"))?;
     let pki = if args.tls { Some(generate_pki(&dir.join("pki"))?) } else { None };
     let mut entries = Vec::new();
@@ -167,13 +182,105 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         "currentContext": "local",
     });
     std::fs::write(&client_config, serde_json::to_string_pretty(&client)? + "\n")?;
+    let nodes = new_nodes(dir, args, &node_tokens, &client)?;
     Ok(ClusterFile {
         masters: entries,
-        nodes: Vec::new(),
+        nodes,
         client_config: Some(std::fs::canonicalize(client_config)?),
         credentials: Some(std::fs::canonicalize(dir.join("admin.token"))?),
         ca: pki.map(|(ca, _)| ca),
     })
+}
+
+fn random_token() -> String {
+    (0..32).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect()
+}
+
+/// A /24 of 10.244.0.0/16 that no interface on this machine uses yet.
+fn free_pod_cidrs(n: usize) -> anyhow::Result<Vec<String>> {
+    let out = Command::new("ip").args(["-4", "-o", "addr"]).output().context("running ip (iproute2)")?;
+    let used = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut picked = Vec::new();
+    let start = rand::random::<u8>() as usize;
+    for k in 0..256 {
+        let x = (start + k) % 256;
+        if !used.contains(&format!("10.244.{x}.")) {
+            picked.push(format!("10.244.{x}.0/24"));
+            if picked.len() == n {
+                return Ok(picked);
+            }
+        }
+    }
+    bail!("no free /24 left in 10.244.0.0/16 for {n} node(s)")
+}
+
+/// Directories, credentials, bridges and pod CIDRs of a new cluster's node daemons.
+fn new_nodes(
+    dir: &Path,
+    args: &UpArgs,
+    tokens: &[(String, String)],
+    admin_client: &serde_json::Value,
+) -> anyhow::Result<Vec<NodeEntry>> {
+    let cidrs = free_pod_cidrs(tokens.len())?;
+    // Bridge names unique per cluster, so several clusters' nodes can share a machine.
+    let tag: String = (0..5).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
+    let mut nodes = Vec::new();
+    for (i, ((name, token), cidr)) in tokens.iter().zip(cidrs).enumerate() {
+        let home = dir.join("nodes").join(name);
+        std::fs::create_dir_all(home.join("root"))?;
+        let home = std::fs::canonicalize(home)?;
+        let mut client = admin_client.clone();
+        client["users"] = serde_json::json!([{"name": name, "token": token}]);
+        client["contexts"][0]["user"] = serde_json::json!(name);
+        let config = home.join("client.json");
+        std::fs::write(&config, serde_json::to_string_pretty(&client)? + "\n")?;
+        let root = home.join("root");
+        if let Some(layout) = &args.import_image {
+            let store = skiff_node::image::ImageStore::open(root.join("images"))?;
+            store.import_layout(layout, "").map_err(|e| anyhow::anyhow!("importing {}: {e}", layout.display()))?;
+        }
+        nodes.push(NodeEntry {
+            name: name.clone(),
+            pid: 0,
+            root,
+            bridge: format!("sk{tag}n{}", i + 1),
+            pod_cidr: cidr,
+            config,
+            log: home.join("node.log"),
+            args: args.node_args.clone(),
+        });
+    }
+    Ok(nodes)
+}
+
+fn spawn_node(entry: &NodeEntry) -> anyhow::Result<u32> {
+    let exe = std::env::current_exe().context("locating the skiff binary")?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&entry.log)?;
+    let child = Command::new(exe)
+        .arg("node")
+        .arg("--config")
+        .arg(&entry.config)
+        .arg("--name")
+        .arg(&entry.name)
+        .arg("--root-dir")
+        .arg(&entry.root)
+        .arg("--pod-cidr")
+        .arg(&entry.pod_cidr)
+        .arg("--bridge")
+        .arg(&entry.bridge)
+        .args(&entry.args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", entry.name))?;
+    Ok(child.id())
+}
+
+/// The node daemon's process is `skiff node … --root-dir ROOT`.
+pub fn node_alive(n: &NodeEntry) -> bool {
+    n.pid != 0 && process_alive(n.pid, &n.root.to_string_lossy())
 }
 
 /// Per master: its view of the leader, or why it did not answer.
@@ -211,10 +318,52 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-pub fn up(args: UpArgs) -> anyhow::Result<()> {
-    if args.nodes > 0 {
-        bail!("--nodes {}: the node daemon is not built yet (see the \"Node daemon\" issue)", args.nodes);
+/// Waits until every node has registered and is Ready, showing progress.
+fn wait_for_nodes(rt: &tokio::runtime::Runtime, cluster: &ClusterFile, deadline: Instant) -> anyhow::Result<()> {
+    let config = skiff_client::ClientConfig::load(cluster.client_config.as_deref().context("no client config")?)?;
+    let _runtime = rt.enter();
+    let client = skiff_client::Client::new(config).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let mut last_report = Instant::now();
+    loop {
+        let ready = rt.block_on(async {
+            let list = client.list("nodes", "", "", "").await.ok()?;
+            let items = list["items"].as_array()?.clone();
+            Some(
+                cluster
+                    .nodes
+                    .iter()
+                    .filter(|n| {
+                        items.iter().any(|i| {
+                            i["metadata"]["name"] == n.name.as_str()
+                                && i["status"]["conditions"]
+                                    .as_array()
+                                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                        })
+                    })
+                    .count(),
+            )
+        });
+        let ready = ready.unwrap_or(0);
+        if ready == cluster.nodes.len() {
+            return Ok(());
+        }
+        for n in &cluster.nodes {
+            if !node_alive(n) {
+                bail!("{} (pid {}) exited during start-up; its log ends:\n{}", n.name, n.pid, tail(&n.log, 20));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("only {ready} of {} nodes Ready in time", cluster.nodes.len());
+        }
+        if last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!("waiting for nodes ({ready} of {} Ready)…", cluster.nodes.len());
+            last_report = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+pub fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
     let mut cluster = match ClusterFile::load(&dir)? {
@@ -268,10 +417,29 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     };
 
+    if !cluster.nodes.is_empty() {
+        for n in &mut cluster.nodes {
+            if !node_alive(n) {
+                n.pid = spawn_node(n)?;
+            }
+        }
+        cluster.save(&dir)?;
+        wait_for_nodes(&rt, &cluster, deadline)?;
+    }
     let leader_name = cluster.masters.iter().find(|m| m.id == leader).map_or("?".into(), |m| m.name.clone());
     println!("Skiff cluster up in {} ({} masters, leader {leader_name})", dir.display(), cluster.masters.len());
     for m in &cluster.masters {
         println!("  {:<10} pid {:<7} api {}  etcd {}  peer {}", m.name, m.pid, m.api, m.etcd, m.peer);
+    }
+    for n in &cluster.nodes {
+        println!(
+            "  {:<10} pid {:<7} pods {}  bridge {}  root {}",
+            n.name,
+            n.pid,
+            n.pod_cidr,
+            n.bridge,
+            n.root.display()
+        );
     }
     let endpoints: Vec<&str> = cluster.masters.iter().map(|m| m.etcd.as_str()).collect();
     println!("etcdctl:  etcdctl --endpoints={} endpoint status -w table", endpoints.join(","));
@@ -298,6 +466,28 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
     let Some(cluster) = ClusterFile::load(&dir)? else {
         bail!("{} holds no cluster.json", dir.display());
     };
+    for n in cluster.nodes.iter().filter(|n| node_alive(n)) {
+        let _ = kill(Pid::from_raw(n.pid as i32), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.grace);
+    while cluster.nodes.iter().any(node_alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for n in cluster.nodes.iter().filter(|n| node_alive(n)) {
+        let _ = kill(Pid::from_raw(n.pid as i32), Signal::SIGKILL);
+    }
+    if args.purge {
+        for n in &cluster.nodes {
+            let status = Command::new(std::env::current_exe()?)
+                .args(["node", "--reset", "--name", &n.name, "--bridge", &n.bridge])
+                .arg("--root-dir")
+                .arg(&n.root)
+                .status()?;
+            if !status.success() {
+                eprintln!("resetting {} failed", n.name);
+            }
+        }
+    }
     let alive = |m: &MasterEntry| m.pid != 0 && process_alive(m.pid, &m.config.to_string_lossy());
     for m in cluster.masters.iter().filter(|m| alive(m)) {
         let _ = kill(Pid::from_raw(m.pid as i32), Signal::SIGTERM);

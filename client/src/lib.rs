@@ -10,10 +10,13 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use skiff_proto::api::nodes_client::NodesClient;
 use skiff_proto::api::objects_client::ObjectsClient;
 use skiff_proto::api::pods_client::PodsClient;
 use skiff_proto::api::replica_sets_client::ReplicaSetsClient;
-use skiff_proto::api::{Binding, BindingTarget, ObjectMetaRef, Pod, RawListRequest, RawRequest, ReplicaSet};
+use skiff_proto::api::{
+    Binding, BindingTarget, DeleteRequest, Node, ObjectMetaRef, Pod, RawListRequest, RawRequest, ReplicaSet,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -143,6 +146,18 @@ pub struct Client {
     auth: Auth,
     /// The endpoint that answered last; failover moves on from it.
     current: AtomicUsize,
+}
+
+/// A clone shares the connections (tonic channels are handles) and starts from the same master.
+impl Clone for Client {
+    fn clone(&self) -> Client {
+        Client {
+            config: self.config.clone(),
+            channels: self.channels.clone(),
+            auth: self.auth.clone(),
+            current: AtomicUsize::new(self.current.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 /// Whether a failed call may be tried on another master: the master was unreachable or not
@@ -295,6 +310,57 @@ impl Client {
             async move { PodsClient::with_interceptor(channel, auth).update_status(typed).await.map(|_| ()) }
         })
         .await
+    }
+
+    /// Replaces a node's status (what the node daemon reports).
+    pub async fn update_node_status(&self, node: &Value) -> Result<Value, Status> {
+        let typed: Node = serde_json::from_value(node.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let updated = self
+            .with_failover(|channel, auth| {
+                let typed = typed.clone();
+                async move { Ok(NodesClient::with_interceptor(channel, auth).update_status(typed).await?.into_inner()) }
+            })
+            .await?;
+        serde_json::to_value(updated).map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// Deletes a pod with an explicit grace period (0: now, as the node does once its
+    /// containers have stopped).
+    pub async fn delete_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        grace_period_seconds: Option<i64>,
+    ) -> Result<(), Status> {
+        let req = DeleteRequest {
+            namespace: namespace.into(),
+            name: name.into(),
+            grace_period_seconds,
+            ..Default::default()
+        };
+        self.with_failover(|channel, auth| {
+            let req = req.clone();
+            async move { PodsClient::with_interceptor(channel, auth).delete(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Records an Event about `obj` (a `kind` object) from `component`; failures are logged,
+    /// never fatal: events are best-effort, as in Kubernetes.
+    pub async fn event(&self, obj: &Value, kind: &str, component: &str, event_type: &str, reason: &str, message: &str) {
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let now = skiff_proto::time::now_rfc3339();
+        let event = serde_json::json!({
+            "metadata": {"generateName": format!("{name}."), "namespace": ns},
+            "involvedObject": {"kind": kind, "apiVersion": obj["apiVersion"], "namespace": ns, "name": name, "uid": obj["metadata"]["uid"]},
+            "reason": reason, "message": message, "type": event_type,
+            "source": {"component": component}, "reportingComponent": component,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        });
+        if let Err(e) = self.create("events", ns, &event).await {
+            tracing::debug!("event for {kind} {ns}/{name}: {e}");
+        }
     }
 
     /// Replaces a ReplicaSet's status (the status subresource).

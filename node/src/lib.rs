@@ -1,4 +1,183 @@
-//! The node daemon: agent loop, container runtime (libcontainer, out of process),
-//! images, volumes, probes, logs and pod network.
+//! The node daemon (`skiff node`): registers its Node, renews its Lease, runs the pods bound
+//! to it as Linux containers through youki's libcontainer, and reports their status.
 //!
-//! Not built yet (see the "Node daemon" issue).
+//! - [`agent`]: the level-triggered pod loop (sandbox, init then app containers, restarts with
+//!   back-off, graceful deletion, status);
+//! - [`status`]: the pure part of it (next step per container, phase, conditions);
+//! - [`shim`]: the per-container helper process, the only place libcontainer runs (it forks;
+//!   the daemon is a multi-threaded tokio process), which owns the container's stdio and exit;
+//! - [`instance`]: one container run's directory, from which the daemon re-adopts containers
+//!   after its own restart;
+//! - [`bundle`]: pod container → OCI runtime spec; [`image`]: the local OCI image store;
+//! - [`sandbox`]: the pod's shared network/IPC/UTS namespaces and its veth on the node bridge;
+//! - [`heartbeat`]: Node registration, Lease renewal, node conditions.
+//!
+//! Invariant: the daemon changes the cluster only through the API, and only its own Node, its
+//! Lease, and the pods bound to it.
+
+pub mod agent;
+pub mod bundle;
+pub mod error;
+pub mod heartbeat;
+pub mod image;
+pub mod instance;
+pub mod sandbox;
+pub mod shim;
+pub mod status;
+
+pub use error::NodeError;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `skiff node` is told by its flags.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: String,
+    /// State: image store, pod directories, libcontainer state, namespace pins.
+    pub root: PathBuf,
+    /// The node's address (status.hostIP, the Node's InternalIP).
+    pub node_ip: String,
+    pub labels: BTreeMap<String, String>,
+    /// Taints as Node JSON (`{"key","value","effect"}`).
+    pub taints: Vec<Value>,
+    pub pod_cidr: String,
+    pub bridge: String,
+    pub lease_interval: Duration,
+    pub sync_interval: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    pub max_pods: u32,
+    pub pids_limit: i64,
+    pub log_max_bytes: u64,
+    /// The binary that runs `shim` (this `skiff` executable).
+    pub shim_exe: PathBuf,
+}
+
+/// Parses `--register-with-taints key=value:Effect,key:Effect`.
+pub fn parse_taints(spec: &str) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    for t in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (kv, effect) = t.rsplit_once(':').ok_or_else(|| format!("taint {t:?}: expected key[=value]:Effect"))?;
+        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+            return Err(format!("taint {t:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"));
+        }
+        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+        if key.is_empty() {
+            return Err(format!("taint {t:?}: the key is empty"));
+        }
+        out.push(serde_json::json!({"key": key, "value": value, "effect": effect}));
+    }
+    Ok(out)
+}
+
+/// Registers the node and runs the heartbeat and the pod loop until `shutdown` resolves.
+/// Containers keep running after it returns: a restarted daemon re-adopts them.
+pub async fn run(
+    client: skiff_client::Client,
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let agent = agent::Agent::new(client.clone(), config.clone()).context("setting up the node")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match heartbeat::register(&client, &config).await {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!("node {}: registering: {e}; retrying", config.name);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context(format!("registering node {}", config.name)),
+        }
+    }
+    tracing::info!("node {} registered", config.name);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let beat = tokio::spawn(heartbeat::run(client.clone(), config.clone(), stop_rx.clone()));
+    let pods = tokio::spawn(agent.run(stop_rx));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(beat, pods);
+    Ok(())
+}
+
+/// cgroup directories of a pod (`skiff/<node>/pod<uid>`) under every mounted controller.
+pub fn pod_cgroups(node: &str, uid: &str) -> Vec<PathBuf> {
+    let rel = format!("skiff/{node}/pod{uid}");
+    std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|c| c.path().join(&rel))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// Removes a pod's (by now empty) cgroup directories; the containers' own are removed by their
+/// shims.
+pub fn remove_pod_cgroups(node: &str, uid: &str) {
+    for dir in pod_cgroups(node, uid) {
+        // Leftover container directories first (a shim killed before its cleanup).
+        for child in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if child.path().is_dir() {
+                let _ = std::fs::remove_dir(child.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// `skiff node --reset`: kills every container of this node, waits for their shims to
+/// record the exits, and removes overlays, sandboxes, cgroups, pod directories and the bridge.
+pub fn reset(config: &NodeConfig) {
+    let pods = config.root.join("pods");
+    let uids: Vec<String> = std::fs::read_dir(&pods)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for uid in &uids {
+        for i in instance::all_instances(&pods.join(uid)) {
+            i.signal(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline
+        && uids.iter().any(|u| {
+            instance::all_instances(&pods.join(u))
+                .iter()
+                .any(|i| matches!(i.state(), instance::InstanceState::Running(_)))
+        })
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for uid in &uids {
+        for i in instance::all_instances(&pods.join(uid)) {
+            i.release();
+        }
+        sandbox::Sandbox::new(&config.root.join("ns"), uid).destroy();
+        remove_pod_cgroups(&config.name, uid);
+        let _ = std::fs::remove_dir_all(pods.join(uid));
+    }
+    sandbox::delete_bridge(&config.bridge);
+    let _ = nix::mount::umount2(&config.root.join("ns"), nix::mount::MntFlags::MNT_DETACH);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints_parse_like_the_kubelet_flag() {
+        let t = parse_taints("gpu=yes:NoSchedule, dedicated:NoExecute").unwrap();
+        assert_eq!(t[0], serde_json::json!({"key": "gpu", "value": "yes", "effect": "NoSchedule"}));
+        assert_eq!(t[1]["key"], "dedicated");
+        assert!(parse_taints("gpu=yes").unwrap_err().contains("Effect"));
+        assert!(parse_taints("a:Sometimes").unwrap_err().contains("NoSchedule"));
+    }
+}

@@ -7,6 +7,13 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs as i64)
 }
 
+/// Now with nanoseconds (`…T16:45:00.123456789Z`), as container log lines are stamped.
+pub fn now_rfc3339_nanos() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let whole = rfc3339(d.as_secs() as i64);
+    format!("{}.{:09}Z", whole.trim_end_matches('Z'), d.subsec_nanos())
+}
+
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC).
 pub fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

@@ -163,18 +163,7 @@ impl Runner {
 
     /// Records an Event about an object; failures are logged, not fatal.
     async fn event(&self, obj: &Value, object_kind: &str, kind: &str, reason: &str, message: &str) {
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
         let component = if object_kind == "Pod" { "default-scheduler" } else { "replicaset-controller" };
-        let event = json!({
-            "metadata": {"generateName": format!("{name}."), "namespace": ns},
-            "involvedObject": {"kind": object_kind, "apiVersion": obj["apiVersion"], "namespace": ns, "name": name, "uid": obj["metadata"]["uid"]},
-            "reason": reason, "message": message, "type": kind,
-            "source": {"component": component}, "reportingComponent": component,
-            "firstTimestamp": skiff_proto::time::now_rfc3339(), "lastTimestamp": skiff_proto::time::now_rfc3339(), "count": 1,
-        });
-        if let Err(e) = self.client.create("events", ns, &event).await {
-            tracing::debug!("event for {object_kind} {ns}/{name}: {e}");
-        }
+        self.client.event(obj, object_kind, component, kind, reason, message).await;
     }
 }

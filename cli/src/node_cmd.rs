@@ -1,0 +1,176 @@
+//! `skiff node` (the node daemon), `skiff shim` (its per-container helper, hidden) and
+//! `skiff image import` (into a node's local image store).
+
+use anyhow::{bail, Context};
+use clap::Args;
+use skiff_node::{NodeConfig, NodeError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Node name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Client config naming the masters and this node's credentials (as `skiff up` writes).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// State directory: images, pods, logs (default /var/lib/skiff/node/<name>).
+    #[arg(long)]
+    pub root_dir: Option<PathBuf>,
+    /// The node's address (its InternalIP and the pods' hostIP).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub node_ip: String,
+    /// Extra labels, `key=value,…`.
+    #[arg(long, default_value = "")]
+    pub node_labels: String,
+    /// Taints to register with, `key=value:Effect,…`.
+    #[arg(long, default_value = "")]
+    pub register_with_taints: String,
+    /// The CIDR this node's pod addresses come from.
+    #[arg(long, default_value = "10.88.0.0/24")]
+    pub pod_cidr: String,
+    /// The node's pod bridge (at most 15 characters; one per node on a machine).
+    #[arg(long, default_value = "skiff0")]
+    pub bridge: String,
+    #[arg(long, default_value_t = 10)]
+    pub lease_interval_seconds: u64,
+    /// How often the pod loop runs, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub sync_interval_ms: u64,
+    /// First restart back-off of a crashing container (Kubernetes: 10 s), doubling per restart.
+    #[arg(long, default_value_t = 10_000)]
+    pub backoff_base_ms: u64,
+    #[arg(long, default_value_t = 300_000)]
+    pub backoff_max_ms: u64,
+    /// Capacity to advertise instead of the machine's (e.g. `4`, `8Gi`).
+    #[arg(long)]
+    pub cpu: Option<String>,
+    #[arg(long)]
+    pub memory: Option<String>,
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// pids cgroup limit of each container.
+    #[arg(long, default_value_t = 4096)]
+    pub pids_limit: i64,
+    /// Container log size at which it is rotated.
+    #[arg(long, default_value_t = 10 << 20)]
+    pub log_max_bytes: u64,
+    /// Stop every container this node runs, remove its sandboxes and bridge, and exit.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "node".into())
+}
+
+fn config_of(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
+    let name = args.name.clone().unwrap_or_else(hostname);
+    let mut labels = BTreeMap::new();
+    for kv in args.node_labels.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--node-labels: {kv:?} is not key=value"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let taints = skiff_node::parse_taints(&args.register_with_taints)
+        .map_err(|e| anyhow::anyhow!("--register-with-taints: {e}"))?;
+    let root = args.root_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/skiff/node").join(&name));
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    Ok(NodeConfig {
+        name,
+        root: std::fs::canonicalize(&root)?,
+        node_ip: args.node_ip.clone(),
+        labels,
+        taints,
+        pod_cidr: args.pod_cidr.clone(),
+        bridge: args.bridge.clone(),
+        lease_interval: Duration::from_secs(args.lease_interval_seconds.max(1)),
+        sync_interval: Duration::from_millis(args.sync_interval_ms.max(10)),
+        backoff_base: Duration::from_millis(args.backoff_base_ms),
+        backoff_max: Duration::from_millis(args.backoff_max_ms),
+        cpu: args.cpu.clone(),
+        memory: args.memory.clone(),
+        max_pods: args.max_pods,
+        pids_limit: args.pids_limit,
+        log_max_bytes: args.log_max_bytes,
+        shim_exe: std::env::current_exe().context("locating the skiff binary")?,
+    })
+}
+
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let config = config_of(&args)?;
+    if args.reset {
+        skiff_node::reset(&config);
+        println!("node {}: containers stopped, sandboxes and bridge {} removed", config.name, config.bridge);
+        return Ok(());
+    }
+    let client_config = skiff_client::ClientConfig::discover(args.config.as_deref())?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let client = skiff_client::Client::new(client_config).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("stopping; containers keep running");
+        };
+        skiff_node::run(client, config, shutdown).await
+    })
+}
+
+/// `skiff shim DIR` — not for people: the node daemon runs one per container.
+pub fn shim(dir: &Path) -> anyhow::Result<()> {
+    std::process::exit(skiff_node::shim::main(dir))
+}
+
+#[derive(Args, Debug)]
+pub struct ImageImportArgs {
+    /// An OCI image layout directory (as scripts/build-test-image writes).
+    pub path: PathBuf,
+    /// The reference pods name the image by (e.g. `busybox:test`); default: the layout's ref.name.
+    #[arg(long, default_value = "")]
+    pub tag: String,
+    /// Only into this node (default: every node of the cluster in --dir).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The directory `skiff up` ran in.
+    #[arg(long, default_value = ".skiff")]
+    pub dir: PathBuf,
+    /// A node's state directory to import into directly (instead of the cluster's nodes).
+    #[arg(long)]
+    pub root_dir: Option<PathBuf>,
+}
+
+pub fn image_import(args: ImageImportArgs) -> anyhow::Result<()> {
+    let roots: Vec<(String, PathBuf)> = match &args.root_dir {
+        Some(r) => vec![(r.display().to_string(), r.clone())],
+        None => {
+            let cluster = crate::cluster_file::ClusterFile::load(&args.dir)?
+                .with_context(|| format!("{} holds no cluster.json (give --root-dir)", args.dir.display()))?;
+            let nodes: Vec<_> = cluster
+                .nodes
+                .iter()
+                .filter(|n| args.node.as_deref().is_none_or(|want| want == n.name))
+                .map(|n| (n.name.clone(), n.root.clone()))
+                .collect();
+            if nodes.is_empty() {
+                match &args.node {
+                    Some(n) => bail!("node {n:?} is not in {}", args.dir.display()),
+                    None => bail!("the cluster in {} has no nodes (skiff up --nodes N)", args.dir.display()),
+                }
+            }
+            nodes
+        }
+    };
+    for (name, root) in roots {
+        let store = skiff_node::image::ImageStore::open(root.join("images"))?;
+        let image =
+            store.import_layout(&args.path, &args.tag).map_err(|e: NodeError| anyhow::anyhow!("node {name}: {e}"))?;
+        println!("{name}: imported {} ({})", image.reference, image.digest);
+    }
+    Ok(())
+}

@@ -1,0 +1,643 @@
+//! The pod loop: every `sync_interval` it lists the pods bound to this node and, for each,
+//! moves the machine one step toward the spec (sandbox, volumes, init containers in order,
+//! app containers, restarts after back-off), then reports the status it observes. Pods that
+//! are being deleted get SIGTERM, SIGKILL after their grace period, then cleanup and the final
+//! delete. Level-triggered: every decision is recomputed from the API and the instance
+//! directories, so a missed round or a daemon restart changes nothing in the outcome.
+
+use crate::bundle::{self, Mount, PodContext};
+use crate::error::NodeError;
+use crate::image::ImageStore;
+use crate::instance::{self, Instance, InstanceState};
+use crate::sandbox::{self, PodNetwork, Sandbox};
+use crate::shim::{self, ShimSpec};
+use crate::status::{self, Observed, Step};
+use crate::NodeConfig;
+use serde_json::{json, Value};
+use skiff_client::Client;
+use skiff_proto::api::{Container, Pod};
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub struct Agent {
+    pub client: Client,
+    pub config: NodeConfig,
+    pub images: ImageStore,
+    pub network: PodNetwork,
+    /// Why a container could not be created, until it can: (pod uid, container) → (reason, message).
+    waiting: HashMap<(String, String), (String, String)>,
+    /// When this daemon first saw a pod's deletion (grace is counted from here).
+    deleting: HashMap<String, Instant>,
+    /// Last status written per pod uid, to write only changes.
+    reported: HashMap<String, Value>,
+}
+
+fn meta<'a>(pod: &'a Value, field: &str) -> &'a str {
+    pod["metadata"][field].as_str().unwrap_or_default()
+}
+
+fn secs_since(ts: &str) -> Duration {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    Duration::from_secs(skiff_proto::time::parse_rfc3339(ts).map_or(u64::MAX / 2, |t| (now - t).max(0) as u64))
+}
+
+impl Agent {
+    pub fn new(client: Client, config: NodeConfig) -> Result<Agent, NodeError> {
+        let images = ImageStore::open(config.root.join("images"))?;
+        let network = PodNetwork::parse(&config.bridge, &config.pod_cidr).map_err(NodeError::Sandbox)?;
+        for d in ["pods", "state"] {
+            std::fs::create_dir_all(config.root.join(d))?;
+        }
+        sandbox::prepare_ns_root(&config.root.join("ns"))?;
+        sandbox::ensure_bridge(&network)?;
+        Ok(Agent {
+            client,
+            config,
+            images,
+            network,
+            waiting: HashMap::new(),
+            deleting: HashMap::new(),
+            reported: HashMap::new(),
+        })
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.config.root.join("pods").join(uid)
+    }
+
+    fn sandbox(&self, uid: &str) -> Sandbox {
+        Sandbox::new(&self.config.root.join("ns"), uid)
+    }
+
+    /// Runs rounds until `stop`.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.round().await {
+                tracing::warn!("node {}: sync: {e}", self.config.name);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.sync_interval) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One pass over every pod bound here and every pod directory left on disk.
+    pub async fn round(&mut self) -> Result<(), NodeError> {
+        let list = self.client.list("pods", "", "", &format!("spec.nodeName={}", self.config.name)).await?;
+        let pods = list["items"].as_array().cloned().unwrap_or_default();
+        let mut live = HashSet::new();
+        for pod in &pods {
+            let uid = meta(pod, "uid").to_string();
+            live.insert(uid.clone());
+            let result = if pod["metadata"]["deletionTimestamp"].is_string() {
+                self.terminate(pod, true).await
+            } else {
+                self.sync(pod).await
+            };
+            if let Err(e) = result {
+                tracing::warn!("pod {}/{}: {e}", meta(pod, "namespace"), meta(pod, "name"));
+            }
+        }
+        // Pods deleted without waiting for us (grace 0, --force) or gone while we were down.
+        for entry in std::fs::read_dir(self.config.root.join("pods"))?.flatten() {
+            let uid = entry.file_name().to_string_lossy().into_owned();
+            if live.contains(&uid) {
+                continue;
+            }
+            let saved: Value =
+                shim::read(&entry.path().join("pod.json")).unwrap_or_else(|| json!({"metadata": {"uid": uid}}));
+            self.terminate(&saved, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn sync(&mut self, pod_json: &Value) -> Result<(), NodeError> {
+        let pod: Pod = serde_json::from_value(pod_json.clone()).map_err(|e| NodeError::Runtime(e.to_string()))?;
+        let uid = meta(pod_json, "uid").to_string();
+        let dir = self.pod_dir(&uid);
+        std::fs::create_dir_all(&dir)?;
+        shim::write_atomic(&dir.join("pod.json"), pod_json)?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let phase = pod_json["status"]["phase"].as_str().unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" {
+            return Ok(());
+        }
+        let policy = if spec.restart_policy.is_empty() { "Always" } else { spec.restart_policy.as_str() };
+        let ip = if spec.host_network { None } else { Some(self.ensure_sandbox(&pod, &uid, &dir)?) };
+
+        let (base, max) = (self.config.backoff_base, self.config.backoff_max);
+        let mut init_obs = Vec::new();
+        let mut initialized = true;
+        for c in &spec.init_containers {
+            let o = self.observe(&uid, &dir, c);
+            let since = o.exited.as_ref().map_or(Duration::ZERO, |e| secs_since(&e.finished_at));
+            let mut st = status::step(&o, policy, true, since, base, max);
+            if initialized && st != Step::Done {
+                initialized = false;
+                if st == Step::Start {
+                    self.start(pod_json, &pod, c, &dir, ip, o.runs).await;
+                    st = Step::Wait;
+                }
+            } else if !initialized && st == Step::Start {
+                st = Step::Wait;
+            }
+            init_obs.push((self.observe(&uid, &dir, c), st));
+        }
+        let mut app_obs = Vec::new();
+        for c in &spec.containers {
+            let o = self.observe(&uid, &dir, c);
+            let since = o.exited.as_ref().map_or(Duration::ZERO, |e| secs_since(&e.finished_at));
+            let mut st = status::step(&o, policy, false, since, base, max);
+            if st == Step::Start {
+                if initialized {
+                    self.start(pod_json, &pod, c, &dir, ip, o.runs).await;
+                }
+                st = Step::Wait;
+            }
+            app_obs.push((self.observe(&uid, &dir, c), st));
+        }
+        self.report(pod_json, ip, &init_obs, &app_obs).await
+    }
+
+    fn ensure_sandbox(&self, pod: &Pod, uid: &str, dir: &Path) -> Result<Ipv4Addr, NodeError> {
+        let name = pod.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let spec = pod.spec.as_ref();
+        let hostname = spec.map(|s| s.hostname.clone()).filter(|h| !h.is_empty()).unwrap_or(name);
+        let sandbox = self.sandbox(uid);
+        sandbox.create(&hostname)?;
+        let ip = match std::fs::read_to_string(dir.join("ip")).ok().and_then(|s| s.trim().parse().ok()) {
+            Some(ip) => ip,
+            None => {
+                let ip = self.allocate_ip(uid)?;
+                std::fs::write(dir.join("ip"), ip.to_string())?;
+                ip
+            }
+        };
+        sandbox.connect(&self.network, ip)?;
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc)?;
+        std::fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
+        std::fs::write(
+            etc.join("hosts"),
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"),
+        )?;
+        Ok(ip)
+    }
+
+    fn allocate_ip(&self, uid: &str) -> Result<Ipv4Addr, NodeError> {
+        let used: HashSet<String> = std::fs::read_dir(self.config.root.join("pods"))?
+            .flatten()
+            .filter(|e| e.file_name().to_str() != Some(uid))
+            .filter_map(|e| std::fs::read_to_string(e.path().join("ip")).ok())
+            .map(|s| s.trim().to_string())
+            .collect();
+        self.network
+            .pod_addresses()
+            .find(|a| !used.contains(&a.to_string()))
+            .ok_or_else(|| NodeError::Sandbox(format!("pod CIDR {} has no free address", self.config.pod_cidr)))
+    }
+
+    /// What the instance directories say about container `c`; releases finished overlays.
+    fn observe(&self, uid: &str, dir: &Path, c: &Container) -> Observed {
+        let all = instance::instances(dir, &c.name);
+        let mut o = Observed {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            runs: all.len() as u32,
+            waiting: self.waiting.get(&(uid.to_string(), c.name.clone())).cloned(),
+            ..Default::default()
+        };
+        if let Some(latest) = all.last() {
+            o.container_id = format!("skiff://{}", container_id(uid, &c.name, latest.attempt));
+            o.image_id = std::fs::read_to_string(latest.dir.join("image-id")).unwrap_or_default();
+            match latest.state() {
+                InstanceState::Running(s) => {
+                    o.running = Some(s.started_at);
+                    o.ready = true;
+                }
+                InstanceState::Exited(e) => {
+                    latest.release();
+                    o.exited = Some(e);
+                }
+                InstanceState::Creating => {}
+            }
+        }
+        if all.len() >= 2 {
+            if let InstanceState::Exited(e) = all[all.len() - 2].state() {
+                o.previous = Some(e);
+            }
+        }
+        o
+    }
+
+    async fn report(
+        &mut self,
+        pod_json: &Value,
+        ip: Option<Ipv4Addr>,
+        init: &[(Observed, Step)],
+        app: &[(Observed, Step)],
+    ) -> Result<(), NodeError> {
+        let name = meta(pod_json, "name");
+        let uid = meta(pod_json, "uid").to_string();
+        let (phase, conditions) = status::phase_and_conditions(init, app);
+        let init_done = init.iter().all(|(_, s)| *s == Step::Done);
+        let app_waiting = if init_done { "ContainerCreating" } else { "PodInitializing" };
+        let pod_ip = ip.map(|a| a.to_string()).unwrap_or_else(|| self.config.node_ip.clone());
+        let old = &pod_json["status"];
+        let start_time = old["startTime"].as_str().map(String::from).unwrap_or_else(skiff_proto::time::now_rfc3339);
+        let mut status = json!({
+            "phase": phase,
+            "conditions": conditions,
+            "hostIP": self.config.node_ip,
+            "podIP": pod_ip,
+            "podIPs": [{"ip": pod_ip}],
+            "startTime": start_time,
+            "initContainerStatuses": init.iter().map(|(o, s)| status::container_status(o, s, name, "PodInitializing")).collect::<Vec<_>>(),
+            "containerStatuses": app.iter().map(|(o, s)| status::container_status(o, s, name, app_waiting)).collect::<Vec<_>>(),
+        });
+        if let Some(q) = old.get("qosClass") {
+            status["qosClass"] = q.clone();
+        }
+        // Keep the transition times of conditions whose status did not change.
+        for c in status["conditions"].as_array_mut().into_iter().flatten() {
+            let prev = old["conditions"].as_array().into_iter().flatten().find(|p| p["type"] == c["type"]);
+            let time = match prev {
+                Some(p) if p["status"] == c["status"] => p["lastTransitionTime"].clone(),
+                _ => json!(skiff_proto::time::now_rfc3339()),
+            };
+            c["lastTransitionTime"] = time;
+        }
+        if self.reported.get(&uid) == Some(&status) && strip_times(old) == strip_times(&status) {
+            return Ok(());
+        }
+        let mut updated = pod_json.clone();
+        updated["status"] = status.clone();
+        match self.client.update_pod_status(&updated).await {
+            Ok(()) => {
+                self.reported.insert(uid, status);
+                Ok(())
+            }
+            // Someone else changed the pod: next round re-reads it.
+            Err(s) if s.code() == tonic::Code::Aborted => Ok(()),
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    /// Starts run `attempt` of container `c`: overlay rootfs, bundle, shim. Failures that the
+    /// user must fix (image missing, bad reference) are kept as the container's waiting reason.
+    async fn start(
+        &mut self,
+        pod_json: &Value,
+        pod: &Pod,
+        c: &Container,
+        dir: &Path,
+        ip: Option<Ipv4Addr>,
+        attempt: u32,
+    ) {
+        let uid = meta(pod_json, "uid").to_string();
+        let key = (uid.clone(), c.name.clone());
+        match self.prepare(pod_json, pod, c, dir, ip, attempt).await {
+            Ok(()) => {
+                self.waiting.remove(&key);
+                let verb = if attempt == 0 { "Started" } else { "Restarted" };
+                self.client
+                    .event(pod_json, "Pod", "kubelet", "Normal", "Started", &format!("{verb} container {}", c.name))
+                    .await;
+            }
+            Err((reason, message)) => {
+                let first = self.waiting.get(&key).map(|(r, _)| r.clone());
+                // ErrImagePull the first time, ImagePullBackOff after, as the kubelet says it.
+                let reason = if reason == "ErrImagePull" && first.as_deref().is_some_and(|r| r.contains("Image")) {
+                    "ImagePullBackOff".to_string()
+                } else {
+                    reason
+                };
+                if first.as_deref() != Some(reason.as_str()) {
+                    self.client.event(pod_json, "Pod", "kubelet", "Warning", "Failed", &message).await;
+                }
+                self.waiting.insert(key, (reason, message));
+            }
+        }
+    }
+
+    async fn prepare(
+        &self,
+        pod_json: &Value,
+        pod: &Pod,
+        c: &Container,
+        dir: &Path,
+        ip: Option<Ipv4Addr>,
+        attempt: u32,
+    ) -> Result<(), (String, String)> {
+        let uid = meta(pod_json, "uid");
+        let name = meta(pod_json, "name");
+        let spec = pod.spec.clone().unwrap_or_default();
+        let Some((image, lower)) = self.images.resolve(&c.image) else {
+            return Err((
+                "ErrImagePull".into(),
+                format!("failed to pull image {:?}: not found in node {}'s image store (import it with `skiff image import`)", c.image, self.config.name),
+            ));
+        };
+        let config_err = |m: String| ("CreateContainerConfigError".to_string(), m);
+        let env = self.resolve_env(pod_json, c, ip).await.map_err(config_err)?;
+        let mounts = self.mounts(pod_json, &spec, c, dir).await.map_err(config_err)?;
+        let run_err = |e: std::io::Error| ("CreateContainerError".to_string(), format!("container {}: {e}", c.name));
+        let inst = Instance { attempt, dir: dir.join("containers").join(&c.name).join(attempt.to_string()) };
+        for d in ["rootfs", "upper", "work"] {
+            std::fs::create_dir_all(inst.dir.join(d)).map_err(run_err)?;
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            inst.dir.join("upper").display(),
+            inst.dir.join("work").display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &inst.rootfs(),
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .map_err(|e| ("CreateContainerError".to_string(), format!("container {}: overlay mount: {e}", c.name)))?;
+        let sandbox = self.sandbox(uid);
+        let id = container_id(uid, &c.name, attempt);
+        let ctx = PodContext {
+            net_ns: (!spec.host_network).then(|| sandbox.net()),
+            ipc_ns: (!spec.host_ipc).then(|| sandbox.ipc()),
+            uts_ns: (!spec.host_network).then(|| sandbox.uts()),
+            cgroups_path: format!("/skiff/{}/pod{uid}/{}", self.config.name, c.name),
+            pids_limit: self.config.pids_limit,
+        };
+        let hostname = if spec.hostname.is_empty() { name.to_string() } else { spec.hostname.clone() };
+        let oci = bundle::spec(c, &image, &inst.rootfs(), &env, &hostname, &mounts, &ctx)
+            .map_err(|m| ("CreateContainerError".to_string(), m))?;
+        std::fs::write(inst.dir.join("config.json"), oci.to_string()).map_err(run_err)?;
+        std::fs::write(inst.dir.join("image-id"), &image.digest).map_err(run_err)?;
+        let memory_cgroup = Path::new("/sys/fs/cgroup/memory").join(ctx.cgroups_path.trim_start_matches('/'));
+        let shim_spec = ShimSpec {
+            id,
+            state_root: self.config.root.join("state"),
+            memory_cgroup: Some(memory_cgroup),
+            log_max_bytes: self.config.log_max_bytes,
+        };
+        shim::write_atomic(&inst.dir.join("shim.json"), &shim_spec).map_err(run_err)?;
+        let shim_log = std::fs::File::create(inst.dir.join("shim.log")).map_err(run_err)?;
+        let mut cmd = tokio::process::Command::new(&self.config.shim_exe);
+        cmd.arg("shim")
+            .arg(&inst.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(shim_log)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(run_err)?;
+        // Reap the shim when it exits; it outlives us if we are restarted.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(())
+    }
+
+    /// Container env: literal values, ConfigMap and Secret keys, and the downward API fields.
+    async fn resolve_env(
+        &self,
+        pod: &Value,
+        c: &Container,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<Vec<(String, String)>, String> {
+        let ns = meta(pod, "namespace");
+        let mut out = Vec::new();
+        for e in &c.env {
+            let Some(from) = &e.value_from else {
+                out.push((e.name.clone(), e.value.clone()));
+                continue;
+            };
+            let value = if let Some(r) = &from.config_map_key_ref {
+                self.key_of("configmaps", ns, &r.name, &r.key, r.optional.unwrap_or(false), false).await?
+            } else if let Some(r) = &from.secret_key_ref {
+                self.key_of("secrets", ns, &r.name, &r.key, r.optional.unwrap_or(false), true).await?
+            } else if let Some(f) = &from.field_ref {
+                match f.field_path.as_str() {
+                    "metadata.name" => Some(meta(pod, "name").to_string()),
+                    "metadata.namespace" => Some(ns.to_string()),
+                    "metadata.uid" => Some(meta(pod, "uid").to_string()),
+                    "spec.nodeName" => Some(self.config.name.clone()),
+                    "spec.serviceAccountName" => pod["spec"]["serviceAccountName"].as_str().map(String::from),
+                    "status.hostIP" => Some(self.config.node_ip.clone()),
+                    "status.podIP" => Some(ip.map_or_else(|| self.config.node_ip.clone(), |a| a.to_string())),
+                    p => {
+                        let path =
+                            p.strip_prefix("metadata.labels['").or_else(|| p.strip_prefix("metadata.annotations['"));
+                        match path.and_then(|k| k.strip_suffix("']")) {
+                            Some(k) if p.starts_with("metadata.labels") => {
+                                pod["metadata"]["labels"][k].as_str().map(String::from)
+                            }
+                            Some(k) => pod["metadata"]["annotations"][k].as_str().map(String::from),
+                            None => return Err(format!("env {}: fieldRef {p:?} is not supported", e.name)),
+                        }
+                    }
+                }
+            } else {
+                None
+            };
+            if let Some(v) = value {
+                out.push((e.name.clone(), v));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn key_of(
+        &self,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        key: &str,
+        optional: bool,
+        base64: bool,
+    ) -> Result<Option<String>, String> {
+        let kind = if base64 { "secret" } else { "configmap" };
+        let obj = match self.client.get(resource, ns, name).await {
+            Ok(o) => o,
+            Err(s) if s.code() == tonic::Code::NotFound && optional => return Ok(None),
+            Err(s) if s.code() == tonic::Code::NotFound => return Err(format!("{kind} \"{name}\" not found")),
+            Err(s) => return Err(format!("{kind} \"{name}\": {}", s.message())),
+        };
+        let value = obj["data"][key].as_str().map(String::from);
+        let value = match (value, base64) {
+            (Some(v), true) => Some(
+                String::from_utf8_lossy(
+                    &decode_base64(&v).ok_or(format!("secret \"{name}\": key {key} is not base64"))?,
+                )
+                .into_owned(),
+            ),
+            (v, _) => v,
+        };
+        match value {
+            Some(v) => Ok(Some(v)),
+            None if optional => Ok(None),
+            None => Err(format!("couldn't find key {key} in {kind} {ns}/{name}")),
+        }
+    }
+
+    /// Bind mounts for the container's volumeMounts plus the pod's /etc/hosts and /etc/hostname.
+    async fn mounts(
+        &self,
+        pod: &Value,
+        spec: &skiff_proto::api::PodSpec,
+        c: &Container,
+        dir: &Path,
+    ) -> Result<Vec<Mount>, String> {
+        let ns = meta(pod, "namespace");
+        let mut out = Vec::new();
+        if !spec.host_network {
+            for f in ["hosts", "hostname"] {
+                out.push(Mount { destination: format!("/etc/{f}"), source: dir.join("etc").join(f), read_only: false });
+            }
+        }
+        for vm in &c.volume_mounts {
+            let v = spec
+                .volumes
+                .iter()
+                .find(|v| v.name == vm.name)
+                .ok_or_else(|| format!("volumeMount {:?}: no volume of that name in the pod", vm.name))?;
+            let source = if v.empty_dir.is_some() {
+                let d = dir.join("volumes").join(&v.name);
+                std::fs::create_dir_all(&d).map_err(|e| format!("emptyDir {}: {e}", v.name))?;
+                d
+            } else if let Some(h) = &v.host_path {
+                let p = PathBuf::from(&h.path);
+                if matches!(h.r#type.as_str(), "DirectoryOrCreate") {
+                    std::fs::create_dir_all(&p).map_err(|e| format!("hostPath {}: {e}", h.path))?;
+                } else if !p.exists() && !h.r#type.is_empty() {
+                    return Err(format!("hostPath {}: does not exist (type {})", h.path, h.r#type));
+                }
+                p
+            } else if let Some(cm) = &v.config_map {
+                self.project(dir, &v.name, "configmaps", ns, &cm.name, cm.optional.unwrap_or(false), false).await?
+            } else if let Some(s) = &v.secret {
+                self.project(dir, &v.name, "secrets", ns, &s.secret_name, s.optional.unwrap_or(false), true).await?
+            } else {
+                return Err(format!("volume {:?}: this volume type is not supported yet", v.name));
+            };
+            let source = if vm.sub_path.is_empty() { source } else { source.join(&vm.sub_path) };
+            out.push(Mount { destination: vm.mount_path.clone(), source, read_only: vm.read_only });
+        }
+        Ok(out)
+    }
+
+    /// Writes a ConfigMap's or Secret's keys as files under the pod's volume directory.
+    #[allow(clippy::too_many_arguments)]
+    async fn project(
+        &self,
+        dir: &Path,
+        volume: &str,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        optional: bool,
+        base64: bool,
+    ) -> Result<PathBuf, String> {
+        let d = dir.join("volumes").join(volume);
+        std::fs::create_dir_all(&d).map_err(|e| format!("volume {volume}: {e}"))?;
+        let obj = match self.client.get(resource, ns, name).await {
+            Ok(o) => o,
+            Err(s) if s.code() == tonic::Code::NotFound && optional => return Ok(d),
+            Err(s) => return Err(format!("volume {volume}: {resource} \"{name}\": {}", s.message())),
+        };
+        for (k, v) in obj["data"].as_object().into_iter().flatten() {
+            let text = v.as_str().unwrap_or_default();
+            let bytes = if base64 { decode_base64(text).unwrap_or_default() } else { text.as_bytes().to_vec() };
+            std::fs::write(d.join(k), bytes).map_err(|e| format!("volume {volume}: {k}: {e}"))?;
+        }
+        Ok(d)
+    }
+
+    /// Stops a pod's containers (SIGTERM, then SIGKILL after the grace period) and, once all
+    /// have exited, removes everything it had on this node; `in_api`: finish the API delete too.
+    async fn terminate(&mut self, pod: &Value, in_api: bool) -> Result<(), NodeError> {
+        let uid = meta(pod, "uid").to_string();
+        let dir = self.pod_dir(&uid);
+        let grace = pod["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30)
+            .max(0) as u64;
+        let first = !self.deleting.contains_key(&uid);
+        let since = *self.deleting.entry(uid.clone()).or_insert_with(Instant::now);
+        let running: Vec<Instance> = instance::all_instances(&dir)
+            .into_iter()
+            .filter(|i| matches!(i.state(), InstanceState::Running(_)))
+            .collect();
+        if !running.is_empty() {
+            if first && in_api {
+                self.client.event(pod, "Pod", "kubelet", "Normal", "Killing", "Stopping containers").await;
+            }
+            let signal = if since.elapsed() >= Duration::from_secs(grace) {
+                nix::sys::signal::Signal::SIGKILL
+            } else {
+                nix::sys::signal::Signal::SIGTERM
+            };
+            if first || signal == nix::sys::signal::Signal::SIGKILL {
+                for i in &running {
+                    i.signal(signal);
+                }
+            }
+            return Ok(());
+        }
+        // Shims still starting a container: wait for them to report.
+        let starting = |i: &Instance| {
+            let age = std::fs::metadata(i.dir.join("shim.json"))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            i.state() == InstanceState::Creating && age.is_some_and(|a| a < Duration::from_secs(60))
+        };
+        if instance::all_instances(&dir).iter().any(starting) {
+            return Ok(());
+        }
+        for i in instance::all_instances(&dir) {
+            i.release();
+        }
+        self.sandbox(&uid).destroy();
+        crate::remove_pod_cgroups(&self.config.name, &uid);
+        let _ = std::fs::remove_dir_all(&dir);
+        self.deleting.remove(&uid);
+        self.reported.remove(&uid);
+        self.waiting.retain(|(u, _), _| *u != uid);
+        if in_api {
+            match self.client.delete_pod(meta(pod, "namespace"), meta(pod, "name"), Some(0)).await {
+                Ok(()) => {}
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(s.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A libcontainer id unique on the machine: pod uid, container name and run number.
+pub fn container_id(uid: &str, name: &str, attempt: u32) -> String {
+    format!("{uid}-{name}-{attempt}")
+}
+
+fn strip_times(status: &Value) -> Value {
+    let mut s = status.clone();
+    for c in s["conditions"].as_array_mut().into_iter().flatten() {
+        if let Some(o) = c.as_object_mut() {
+            o.remove("lastTransitionTime");
+            o.remove("lastProbeTime");
+        }
+    }
+    s
+}
+
+/// Standard base64 (what Secret data holds).
+pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()
+}

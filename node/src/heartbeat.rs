@@ -1,0 +1,135 @@
+//! Registers the Node, renews its Lease in `kube-node-lease`, and reports its conditions
+//! (Ready, MemoryPressure, DiskPressure) when they change or every minute.
+
+use crate::NodeConfig;
+use serde_json::{json, Value};
+use skiff_client::Client;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+/// Capacity of this machine: cpus, memory (from /proc/meminfo) and the pod limit.
+fn capacity(config: &NodeConfig) -> Value {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem_kib = meminfo("MemTotal:").unwrap_or(0);
+    json!({
+        "cpu": config.cpu.clone().unwrap_or_else(|| cpus.to_string()),
+        "memory": config.memory.clone().unwrap_or_else(|| format!("{mem_kib}Ki")),
+        "pods": config.max_pods.to_string(),
+    })
+}
+
+fn meminfo(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines().find_map(|l| l.strip_prefix(field)?.split_whitespace().next()?.parse().ok())
+}
+
+fn pressure(config: &NodeConfig) -> (bool, bool) {
+    let memory = meminfo("MemAvailable:").is_some_and(|kib| kib < 100 * 1024);
+    let disk = nix::sys::statvfs::statvfs(&config.root)
+        .is_ok_and(|s| s.blocks() > 0 && (s.blocks_available() as f64) / (s.blocks() as f64) < 0.05);
+    (memory, disk)
+}
+
+fn conditions(memory: bool, disk: bool, now: &str) -> Value {
+    let c = |kind: &str, status: bool, reason: &str, message: &str| {
+        json!({"type": kind, "status": if status { "True" } else { "False" }, "reason": reason,
+               "message": message, "lastHeartbeatTime": now, "lastTransitionTime": now})
+    };
+    json!([
+        c("Ready", true, "NodeReady", "skiff node daemon is posting ready status"),
+        c("MemoryPressure", memory, if memory { "NodeHasInsufficientMemory" } else { "NodeHasSufficientMemory" }, ""),
+        c("DiskPressure", disk, if disk { "NodeHasDiskPressure" } else { "NodeHasNoDiskPressure" }, ""),
+    ])
+}
+
+/// The Node object this daemon registers.
+pub fn node_object(config: &NodeConfig) -> Value {
+    let mut labels = json!({
+        "kubernetes.io/hostname": config.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": if cfg!(target_arch = "x86_64") { "amd64" } else { std::env::consts::ARCH },
+    });
+    for (k, v) in &config.labels {
+        labels[k] = json!(v);
+    }
+    let cap = capacity(config);
+    let (memory, disk) = pressure(config);
+    let now = skiff_proto::time::now_rfc3339();
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": config.name, "labels": labels},
+        "spec": {"podCIDR": config.pod_cidr, "podCIDRs": [config.pod_cidr], "taints": config.taints},
+        "status": {
+            "capacity": cap, "allocatable": cap,
+            "conditions": conditions(memory, disk, &now),
+            "addresses": [{"type": "InternalIP", "address": config.node_ip}, {"type": "Hostname", "address": config.name}],
+            "nodeInfo": {"operatingSystem": "linux", "architecture": std::env::consts::ARCH,
+                         "kubeletVersion": concat!("skiff-", env!("CARGO_PKG_VERSION")),
+                         "containerRuntimeVersion": "libcontainer://0.7.0"},
+        },
+    })
+}
+
+/// Creates the Node, or on restart keeps the registered one and refreshes its status.
+pub async fn register(client: &Client, config: &NodeConfig) -> Result<(), tonic::Status> {
+    let desired = node_object(config);
+    match client.create("nodes", "", &desired).await {
+        Ok(_) => {}
+        Err(s) if s.code() == Code::AlreadyExists => {}
+        Err(s) => return Err(s),
+    }
+    // Status is its own subresource: create ignores it.
+    report_status(client, config).await
+}
+
+async fn report_status(client: &Client, config: &NodeConfig) -> Result<(), tonic::Status> {
+    let mut node = client.get("nodes", "", &config.name).await?;
+    node["status"] = node_object(config)["status"].clone();
+    client.update_node_status(&node).await.map(|_| ())
+}
+
+async fn renew_lease(client: &Client, config: &NodeConfig) -> Result<(), tonic::Status> {
+    let now = skiff_proto::time::now_rfc3339();
+    let duration = (config.lease_interval.as_secs() * 4).max(10);
+    match client.get("leases", "kube-node-lease", &config.name).await {
+        Ok(mut lease) => {
+            lease["spec"]["renewTime"] = json!(now);
+            lease["spec"]["holderIdentity"] = json!(config.name);
+            client.update("leases", &lease).await.map(|_| ())
+        }
+        Err(s) if s.code() == Code::NotFound => {
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": config.name, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": config.name, "leaseDurationSeconds": duration, "renewTime": now, "acquireTime": now},
+            });
+            client.create("leases", "kube-node-lease", &lease).await.map(|_| ())
+        }
+        Err(s) => Err(s),
+    }
+}
+
+/// Heartbeats until `stop`: the Lease every `lease_interval`, the status on change or each minute.
+pub async fn run(client: Client, config: NodeConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut last_report = Instant::now();
+    let mut last_pressure = pressure(&config);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(config.lease_interval) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = renew_lease(&client, &config).await {
+            tracing::warn!("node {}: renewing the lease: {e}", config.name);
+        }
+        let now_pressure = pressure(&config);
+        if now_pressure != last_pressure || last_report.elapsed() >= Duration::from_secs(60) {
+            match report_status(&client, &config).await {
+                Ok(()) => {
+                    last_report = Instant::now();
+                    last_pressure = now_pressure;
+                }
+                Err(e) => tracing::warn!("node {}: reporting status: {e}", config.name),
+            }
+        }
+    }
+}
