@@ -151,7 +151,8 @@ fn pod_status(pod: &Value) -> String {
     let init_statuses =
         pod.pointer("/status/initContainerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
     for (n, st) in init_statuses.iter().enumerate() {
-        if st.pointer("/state/terminated/exitCode").and_then(Value::as_i64) == Some(0) {
+        // proto3 JSON leaves out a zero exitCode.
+        if st.pointer("/state/terminated").is_some() && i(st, "/state/terminated/exitCode") == 0 {
             continue;
         }
         if let Some(r) = st.pointer("/state/waiting/reason").and_then(Value::as_str) {

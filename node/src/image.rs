@@ -122,12 +122,13 @@ impl ImageStore {
     fn verified_blob(&self, src: &Path, digest: &str) -> Result<PathBuf, NodeError> {
         let hex = hex_of(digest)?;
         let dest = self.root.join("blobs/sha256").join(hex);
-        if dest.exists() {
-            return Ok(dest);
-        }
+        // Verified even when the store has it: a corrupt source is reported, not masked.
         let actual = sha256_file(src).map_err(|e| NodeError::Image(format!("blob {digest}: {e}")))?;
         if actual != hex {
             return Err(NodeError::Image(format!("blob {digest}: content has digest sha256:{actual}, refusing it")));
+        }
+        if dest.exists() {
+            return Ok(dest);
         }
         let tmp = self.root.join("tmp").join(hex);
         fs::copy(src, &tmp)?;

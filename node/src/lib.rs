@@ -164,6 +164,9 @@ pub fn reset(config: &NodeConfig) {
         remove_pod_cgroups(&config.name, uid);
         let _ = std::fs::remove_dir_all(pods.join(uid));
     }
+    for controller in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let _ = std::fs::remove_dir(controller.path().join("skiff").join(&config.name));
+    }
     sandbox::delete_bridge(&config.bridge);
     let _ = nix::mount::umount2(&config.root.join("ns"), nix::mount::MntFlags::MNT_DETACH);
 }

@@ -77,7 +77,6 @@ fn terminated(e: &Exited, container_id: &str) -> Value {
 
 /// One entry of `containerStatuses` / `initContainerStatuses`.
 pub fn container_status(o: &Observed, step: &Step, pod_name: &str, default_waiting: &str) -> Value {
-    let cid = if o.container_id.is_empty() { Value::Null } else { json!(o.container_id) };
     let (state, last) = match (&o.running, &o.exited, step) {
         (Some(started), _, _) => (json!({"running": {"startedAt": started}}), o.previous.as_ref()),
         (None, Some(e), Step::BackOff(d)) => (
@@ -98,8 +97,11 @@ pub fn container_status(o: &Observed, step: &Step, pod_name: &str, default_waiti
     let mut s = json!({
         "name": o.name, "state": state, "ready": o.ready && o.running.is_some(),
         "restartCount": o.runs.saturating_sub(1), "image": o.image, "imageID": o.image_id,
-        "containerID": cid, "started": o.running.is_some(),
+        "started": o.running.is_some(),
     });
+    if !o.container_id.is_empty() {
+        s["containerID"] = json!(o.container_id);
+    }
     if let Some(e) = last {
         s["lastState"] = terminated(e, "");
     }
@@ -119,7 +121,10 @@ pub fn phase_and_conditions(init: &[(Observed, Step)], app: &[(Observed, Step)])
     let init_failed = init.iter().any(|(o, s)| *s == Step::Done && o.exited.as_ref().is_some_and(|e| e.exit_code != 0));
     let initialized = init.iter().all(|(o, _)| o.exited.as_ref().is_some_and(|e| e.exit_code == 0));
     let all_started = app.iter().all(|(o, _)| o.runs > 0);
-    let any_active = app.iter().any(|(o, s)| o.running.is_some() || matches!(s, Step::BackOff(_) | Step::Start));
+    // Running, or exited and about to be restarted (a first start still creating is Pending).
+    let any_active = app.iter().any(|(o, s)| {
+        o.running.is_some() || (o.exited.is_some() && *s != Step::Done) || (o.runs > 1 && o.exited.is_none())
+    });
     let all_done = app.iter().all(|(_, s)| *s == Step::Done);
     let phase = if init_failed {
         "Failed"

@@ -53,6 +53,34 @@ pub struct MasterInfo {
     pub log: PathBuf,
 }
 
+/// The busybox OCI image layout `scripts/build-test-image` makes (ref `busybox:test`),
+/// built once per test binary.
+pub fn test_image() -> PathBuf {
+    static IMAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let out = std::env::temp_dir().join(format!("skiff-test-image-{}", std::process::id()));
+            let status = Command::new(root.join("scripts/build-test-image"))
+                .arg(&out)
+                .arg("busybox:test")
+                .stdout(Stdio::null())
+                .status()
+                .expect("run scripts/build-test-image");
+            assert!(status.success(), "scripts/build-test-image failed");
+            out
+        })
+        .clone()
+}
+
+/// Node daemons run containers: they need root (CI runs as root). Never skip silently.
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "node tests run real containers and need root (CI runs as root); run the suite as root"
+    );
+}
+
 /// A cluster started with `skiff up` in a temporary directory; killed when dropped.
 pub struct Cluster {
     pub dir: TempDir,
@@ -72,6 +100,71 @@ impl Cluster {
         skiff(&args);
         c.reload();
         c
+    }
+
+    /// `masters` masters and `nodes` node daemons with the test image imported; crashing
+    /// containers back off from 1 s instead of Kubernetes' 10 s, so tests see several restarts.
+    pub fn with_nodes(masters: usize, nodes: usize, extra: &[&str]) -> Cluster {
+        require_root();
+        let image = test_image();
+        let n = nodes.to_string();
+        let image = image.to_str().unwrap().to_string();
+        let mut args = vec!["--nodes", &n, "--import-image", &image, "--node-arg=--backoff-base-ms=1000"];
+        args.extend_from_slice(extra);
+        Cluster::up(masters, &args)
+    }
+
+    /// The node daemons in cluster.json: (name, pid, root).
+    pub fn nodes(&self) -> Vec<(String, u32, PathBuf)> {
+        let text = std::fs::read_to_string(self.dir.path().join("cluster.json")).expect("cluster.json");
+        let v: Value = serde_json::from_str(&text).expect("cluster.json is JSON");
+        v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap().into(),
+                    n["pid"].as_u64().unwrap() as u32,
+                    n["root"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs `skiff ARGS` as a user would against this cluster (its client config).
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(skiff_bin())
+            .env("SKIFF_CONFIG", self.dir.path().join("client.json"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run skiff")
+    }
+
+    /// `ctl` that must succeed; returns stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "skiff {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// An object as JSON, or None if it does not exist.
+    pub fn get_json(&self, resource: &str, name: &str) -> Option<Value> {
+        let out = self.ctl(&["get", resource, name, "-o", "json"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("get -o json prints JSON"))
+    }
+
+    /// Applies a manifest given as YAML text.
+    pub fn apply_yaml(&self, yaml: &str) {
+        let file = self.dir.path().join(format!("manifest-{}.yaml", rand_suffix()));
+        std::fs::write(&file, yaml).expect("write manifest");
+        self.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
     }
 
     /// Re-reads `cluster.json`.
@@ -164,8 +257,20 @@ impl Cluster {
     }
 }
 
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if !self.nodes().is_empty() {
+            // Node daemons leave containers running by design: stop them, their containers,
+            // sandboxes and bridges.
+            let d = self.dir.path().to_str().unwrap().to_string();
+            let _ = Command::new(skiff_bin()).args(["down", "--dir", &d, "--purge", "--grace", "2"]).output();
+        }
         for pid in self.masters.iter().map(|m| m.pid).chain(self.extra_pids.iter().copied()) {
             if pid_alive(pid) {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);

@@ -1,0 +1,346 @@
+//! The node daemon running real containers (libcontainer, as root) in a `skiff up --nodes`
+//! cluster, driven the way a user does: manifests through `skiff apply`, state read back with
+//! `skiff get -o json`, and the machine itself inspected for leftovers.
+
+use serde_json::Value;
+use skiff_tests::{pid_alive, wait_for, Cluster};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn container<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
+    pod["status"][list].as_array().and_then(|a| a.iter().find(|c| c["name"] == name)).unwrap_or(&Value::Null)
+}
+
+/// A container's restartCount (proto3 JSON leaves a zero out).
+fn restarts(st: &Value) -> i64 {
+    st["restartCount"].as_i64().unwrap_or(0)
+}
+
+fn phase(pod: &Value) -> &str {
+    pod["status"]["phase"].as_str().unwrap_or_default()
+}
+
+/// Lines the container wrote, read from its log file on the node (the logs API is not built).
+fn log_of(c: &Cluster, pod: &Value, name: &str, run: u32) -> String {
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let root = &c.nodes()[0].2;
+    let path = root.join(format!("pods/{uid}/containers/{name}/{run}/container.log"));
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // CRI format: `<time> stdout|stderr F <line>`; stdout only.
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let (_, stream, _, line) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            (stream == "stdout").then_some(line)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn leftovers(uid: &str, host_veth_prefix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    found.extend(mounts.lines().filter(|l| l.contains(uid)).map(|l| format!("mount: {l}")));
+    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        for sub in std::fs::read_dir(entry.path().join("skiff")).into_iter().flatten().flatten() {
+            let pod_dir = sub.path().join(format!("pod{uid}"));
+            if pod_dir.exists() {
+                found.push(format!("cgroup: {}", pod_dir.display()));
+            }
+        }
+    }
+    let links = std::process::Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    found.extend(links.lines().filter(|l| l.contains(host_veth_prefix)).map(|l| format!("veth: {l}")));
+    let ps = std::process::Command::new("ps").args(["-eo", "pid,args"]).output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    found.extend(ps.lines().filter(|l| l.contains(uid)).map(|l| format!("process: {l}")));
+    found
+}
+
+#[test]
+fn a_multi_container_pod_runs_inits_in_order_shares_localhost_and_leaves_nothing_behind() {
+    let c = Cluster::with_nodes(3, 1, &[]);
+    // phase: two init containers, then a server and a client talking over localhost and an emptyDir
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: duo}
+spec:
+  terminationGracePeriodSeconds: 2
+  volumes: [{name: shared, emptyDir: {}}]
+  initContainers:
+  - {name: init-1, image: "busybox:test", command: [sh, -c, "echo first > /data/order"], volumeMounts: [{name: shared, mountPath: /data}]}
+  - {name: init-2, image: "busybox:test", command: [sh, -c, "sleep 1; echo second >> /data/order"], volumeMounts: [{name: shared, mountPath: /data}]}
+  containers:
+  - name: server
+    image: "busybox:test"
+    command: [sh, -c, "echo hi-over-localhost | nc -l -p 8080; exec sleep 3600"]
+    volumeMounts: [{name: shared, mountPath: /data}]
+  - name: client
+    image: "busybox:test"
+    command: [sh, -c, "until nc 127.0.0.1 8080 > /data/got; do sleep 0.2; done; cat /data/order /data/got; hostname; exec sleep 3600"]
+    volumeMounts: [{name: shared, mountPath: /data}]
+"#,
+    );
+    let pod = wait_for(T, "pod duo Running and Ready", || {
+        let p = c.get_json("pods", "duo")?;
+        (phase(&p) == "Running" && p["status"]["conditions"][3]["status"] == "True").then_some(p)
+    });
+    // phase: the app containers started after both inits finished
+    let init2_done = container(&pod, "initContainerStatuses", "init-2")["state"]["terminated"]["finishedAt"].clone();
+    for name in ["server", "client"] {
+        let started = &container(&pod, "containerStatuses", name)["state"]["running"]["startedAt"];
+        assert!(
+            started.as_str() >= init2_done.as_str(),
+            "{name} started {started} before init-2 finished {init2_done}"
+        );
+    }
+    let out = wait_for(T, "the client to print what it read", || {
+        let out = log_of(&c, &pod, "client", 0);
+        out.contains("hi-over-localhost").then_some(out)
+    });
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["first", "second", "hi-over-localhost", "duo"], "{out}");
+    let ip = pod["status"]["podIP"].as_str().unwrap();
+    assert!(ip.starts_with("10.244."), "pod IP {ip} comes from the node's pod CIDR");
+
+    // phase: delete it; everything it had on the machine goes
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let veth = format!("skv{}", uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(11).collect::<String>());
+    c.ctl_ok(&["delete", "pod", "duo"]);
+    wait_for(T, "pod duo to be gone from the API", || c.get_json("pods", "duo").is_none().then_some(()));
+    wait_for(Duration::from_secs(10), "no process, mount, cgroup or veth of the pod", || {
+        let left = leftovers(&uid, &veth);
+        left.is_empty().then_some(()).or_else(|| {
+            eprintln!("still there: {left:?}");
+            None
+        })
+    });
+    let node_root = &c.nodes()[0].2;
+    assert!(!node_root.join("pods").join(&uid).exists(), "pod directory removed");
+    assert!(!node_root.join("ns").join(&uid).exists(), "sandbox removed");
+}
+
+#[test]
+fn crashing_containers_back_off_init_failures_block_the_pod_and_memory_limits_oom_kill() {
+    let c = Cluster::with_nodes(3, 1, &[]);
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: app, image: "busybox:test", command: [sh, -c, "echo crashing; exit 1"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: blocked}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers: [{name: setup, image: "busybox:test", command: [sh, -c, "exit 3"]}]
+  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: "busybox:test"
+    command: [sh, -c, "head -c 200m /dev/zero | tail > /dev/null"]
+    resources: {limits: {memory: 32Mi}}
+"#,
+    );
+    // phase: a container exiting 1 restarts with growing delays and shows CrashLoopBackOff
+    let mut saw_back_off = false;
+    let crasher = wait_for(Duration::from_secs(90), "crasher to restart 3 times", || {
+        let p = c.get_json("pods", "crasher")?;
+        let st = container(&p, "containerStatuses", "app");
+        saw_back_off |= st["state"]["waiting"]["reason"] == "CrashLoopBackOff";
+        (st["restartCount"].as_i64() >= Some(3) && saw_back_off).then_some(p)
+    });
+    let st = container(&crasher, "containerStatuses", "app");
+    assert_eq!(st["lastState"]["terminated"]["exitCode"], 1, "{st}");
+    assert_eq!(phase(&crasher), "Running");
+    // Delays grow: 1 s, 2 s, 4 s between a run's end and the next run's start.
+    let uid = crasher["metadata"]["uid"].as_str().unwrap();
+    let runs = c.nodes()[0].2.join(format!("pods/{uid}/containers/app"));
+    let read = |n: u32, f: &str, k: &str| -> i64 {
+        let v: Value = serde_json::from_slice(&std::fs::read(runs.join(format!("{n}/{f}"))).unwrap()).unwrap();
+        skiff_proto::time::parse_rfc3339(v[k].as_str().unwrap()).unwrap()
+    };
+    let gap = |n: u32| read(n + 1, "started.json", "startedAt") - read(n, "exit.json", "finishedAt");
+    assert!(gap(0) >= 1 && gap(2) >= 3 && gap(2) > gap(0), "back-off gaps {} {} {}", gap(0), gap(1), gap(2));
+    assert!(log_of(&c, &crasher, "app", 0).contains("crashing"));
+
+    // phase: a failing init container is retried and the app never starts
+    let blocked = wait_for(T, "the init container to be retried", || {
+        let p = c.get_json("pods", "blocked")?;
+        (container(&p, "initContainerStatuses", "setup")["restartCount"].as_i64() >= Some(1)).then_some(p)
+    });
+    assert_eq!(phase(&blocked), "Pending");
+    let app = container(&blocked, "containerStatuses", "app");
+    assert_eq!(app["state"]["waiting"]["reason"], "PodInitializing", "{app}");
+    let table = c.ctl_ok(&["get", "pod", "blocked"]);
+    assert!(table.contains("Init:"), "kubectl-style status shows the init phase:\n{table}");
+
+    // phase: 32Mi limit, 200m allocated: OOMKilled
+    let hog = wait_for(T, "hog to be OOM-killed", || {
+        let p = c.get_json("pods", "hog")?;
+        (phase(&p) == "Failed").then_some(p)
+    });
+    let term = &container(&hog, "containerStatuses", "app")["state"]["terminated"];
+    assert_eq!(term["reason"], "OOMKilled", "{term}");
+    assert_eq!(term["exitCode"], 137, "{term}");
+}
+
+#[test]
+fn a_killed_node_daemon_leaves_containers_running_and_readopts_them() {
+    let mut c = Cluster::with_nodes(3, 1, &[]);
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: steady}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: app, image: "busybox:test", command: [sh, -c, "echo started; exec sleep 3600"]}]
+"#,
+    );
+    let before = wait_for(T, "steady Running", || {
+        let p = c.get_json("pods", "steady")?;
+        (phase(&p) == "Running").then_some(p)
+    });
+    let uid = before["metadata"]["uid"].as_str().unwrap().to_string();
+    let root = c.nodes()[0].2.clone();
+    let started: Value =
+        serde_json::from_slice(&std::fs::read(root.join(format!("pods/{uid}/containers/app/0/started.json"))).unwrap())
+            .unwrap();
+    let container_pid = started["pid"].as_i64().unwrap() as u32;
+
+    // phase: SIGKILL the daemon; the container keeps running
+    let daemon = c.nodes()[0].1;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_for(Duration::from_secs(10), "the node daemon to exit", || (!pid_alive(daemon)).then_some(()));
+    assert!(pid_alive(container_pid), "the container (pid {container_pid}) died with its daemon");
+
+    // phase: restart it; the same container is re-adopted, nothing started twice
+    c.restart_stopped();
+    assert_ne!(c.nodes()[0].1, daemon, "a new daemon runs");
+    // A new pod reaching Running proves the new daemon has run full rounds over every pod.
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: later}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+"#,
+    );
+    wait_for(T, "the restarted daemon to start a new pod", || {
+        let p = c.get_json("pods", "later")?;
+        (phase(&p) == "Running").then_some(())
+    });
+    let after = c.get_json("pods", "steady").unwrap();
+    let runs: Vec<_> = std::fs::read_dir(root.join(format!("pods/{uid}/containers/app"))).unwrap().collect();
+    assert_eq!(runs.len(), 1, "no second run of the container");
+    assert!(pid_alive(container_pid));
+    assert_eq!(phase(&after), "Running");
+    let st = container(&after, "containerStatuses", "app");
+    assert_eq!(restarts(st), 0, "{st}");
+    let was = &container(&before, "containerStatuses", "app")["state"]["running"]["startedAt"];
+    assert_eq!(&st["state"]["running"]["startedAt"], was);
+}
+
+#[test]
+fn bad_images_and_commands_fail_clearly_without_harming_other_pods() {
+    let c = Cluster::with_nodes(3, 1, &[]);
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: healthy}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: noimage}
+spec:
+  containers: [{name: app, image: "registry.invalid/none:1"}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: badcmd}
+spec:
+  restartPolicy: Never
+  containers: [{name: app, image: "busybox:test", command: ["/no/such/binary"]}]
+"#,
+    );
+    // phase: a missing image is ErrImagePull, then ImagePullBackOff, with the reason
+    let mut reasons = Vec::new();
+    wait_for(T, "ErrImagePull then ImagePullBackOff", || {
+        let p = c.get_json("pods", "noimage")?;
+        let w = &container(&p, "containerStatuses", "app")["state"]["waiting"];
+        if let Some(r) = w["reason"].as_str() {
+            if reasons.last().map(String::as_str) != Some(r) {
+                reasons.push(r.to_string());
+                assert!(w["message"].as_str().unwrap_or_default().contains("registry.invalid/none:1"), "{w}");
+            }
+        }
+        reasons.contains(&"ImagePullBackOff".to_string()).then_some(())
+    });
+    assert!(reasons.contains(&"ErrImagePull".to_string()), "{reasons:?}");
+
+    // phase: a command that does not exist fails the container with the error in its state
+    let bad = wait_for(T, "badcmd Failed", || {
+        let p = c.get_json("pods", "badcmd")?;
+        (phase(&p) == "Failed").then_some(p)
+    });
+    let term = &container(&bad, "containerStatuses", "app")["state"]["terminated"];
+    assert_ne!(term["exitCode"], 0, "{term}");
+    let said = format!("{} {}", term["reason"], term["message"]);
+    assert!(said.contains("StartError") || said.contains("Error"), "{term}");
+    assert!(
+        term["message"].as_str().unwrap_or_default().contains("/no/such/binary")
+            || term["exitCode"] == 127
+            || term["exitCode"] == 128,
+        "{term}"
+    );
+
+    // phase: the healthy pod never noticed
+    let ok = wait_for(T, "healthy Running", || {
+        let p = c.get_json("pods", "healthy")?;
+        (phase(&p) == "Running").then_some(p)
+    });
+    assert_eq!(restarts(container(&ok, "containerStatuses", "app")), 0);
+
+    // phase: an image whose layer does not match its digest is refused, and nothing is stored
+    let corrupt = c.dir.path().join("corrupt-image");
+    let copy =
+        std::process::Command::new("cp").arg("-r").arg(skiff_tests::test_image()).arg(&corrupt).status().unwrap();
+    assert!(copy.success());
+    let index: Value = serde_json::from_slice(&std::fs::read(corrupt.join("index.json")).unwrap()).unwrap();
+    let manifest_hex = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(corrupt.join("blobs/sha256").join(&manifest_hex)).unwrap()).unwrap();
+    let layer = corrupt
+        .join("blobs/sha256")
+        .join(manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&layer, bytes).unwrap();
+    let d = c.dir.path().to_str().unwrap();
+    let out = c.ctl(&["image", "import", corrupt.to_str().unwrap(), "--tag", "corrupt:1", "--dir", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("refusing"), "corrupt layer accepted: {err}");
+    let refs = std::fs::read_to_string(c.nodes()[0].2.join("images/refs.json")).unwrap();
+    assert!(!refs.contains("corrupt"), "{refs}");
+}
