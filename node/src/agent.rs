@@ -32,6 +32,10 @@ pub struct Agent {
     deleting: HashMap<String, Instant>,
     /// Last status written per pod uid, to write only changes.
     reported: HashMap<String, Value>,
+    /// Probe results per container run directory, written by the prober tasks.
+    probes: crate::probe::Shared,
+    /// Runs whose prober task has been started.
+    probing: HashSet<PathBuf>,
 }
 
 fn meta<'a>(pod: &'a Value, field: &str) -> &'a str {
@@ -60,6 +64,8 @@ impl Agent {
             waiting: HashMap::new(),
             deleting: HashMap::new(),
             reported: HashMap::new(),
+            probes: Default::default(),
+            probing: HashSet::new(),
         })
     }
 
@@ -157,9 +163,67 @@ impl Agent {
                 }
                 st = Step::Wait;
             }
-            app_obs.push((self.observe(&uid, &dir, c), st));
+            let o = self.observe(&uid, &dir, c);
+            self.ensure_prober(pod_json, &pod, c, &o, ip);
+            app_obs.push((o, st));
         }
+        self.probing.retain(|d| !d.join("exit.json").exists() && d.exists());
         self.report(pod_json, ip, &init_obs, &app_obs).await
+    }
+
+    /// Starts the prober task of a running container run that has probes, once.
+    fn ensure_prober(&mut self, pod_json: &Value, pod: &Pod, c: &Container, o: &Observed, ip: Option<Ipv4Addr>) {
+        let (Some(pid), Some(run_dir)) = (o.pid, o.run_dir.clone()) else { return };
+        if self.probing.contains(&run_dir) {
+            return;
+        }
+        let spec = &pod_json["spec"]["containers"];
+        let cj =
+            spec.as_array().into_iter().flatten().find(|x| x["name"] == c.name.as_str()).cloned().unwrap_or_default();
+        let mut parsed = HashMap::new();
+        for key in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            if cj[key].is_object() {
+                match crate::probe::parse(&cj[key], &cj) {
+                    Ok(p) => {
+                        parsed.insert(key, p);
+                    }
+                    Err(e) => tracing::warn!("pod {}: container {} {key}: {e}", meta(pod_json, "name"), c.name),
+                }
+            }
+        }
+        self.probing.insert(run_dir.clone());
+        if parsed.is_empty() {
+            return;
+        }
+        let started = shim::read::<shim::Started>(&run_dir.join("started.json"))
+            .map(|s| secs_since(&s.started_at))
+            .unwrap_or_default();
+        let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0) as u64;
+        let client = self.client.clone();
+        let pod_ref = pod_json.clone();
+        let name = c.name.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, String)>();
+        tokio::spawn(async move {
+            while let Some((reason, message)) = rx.recv().await {
+                let kind = if reason == "Killing" { "Normal" } else { "Warning" };
+                client.event(&pod_ref, "Pod", "kubelet", kind, reason, &format!("{message} (container {name})")).await;
+            }
+        });
+        let prober = crate::probe::Prober {
+            run_dir,
+            pid,
+            ip: ip.map_or_else(|| self.config.node_ip.clone(), |a| a.to_string()),
+            started_at: std::time::Instant::now().checked_sub(started).unwrap_or_else(std::time::Instant::now),
+            startup: parsed.remove("startupProbe"),
+            liveness: parsed.remove("livenessProbe"),
+            readiness: parsed.remove("readinessProbe"),
+            grace: Duration::from_secs(grace),
+            results: self.probes.clone(),
+            event: Box::new(move |reason, message| {
+                let _ = tx.send((reason, message));
+            }),
+        };
+        tokio::spawn(prober.run());
     }
 
     fn ensure_sandbox(&self, pod: &Pod, uid: &str, dir: &Path) -> Result<Ipv4Addr, NodeError> {
@@ -216,7 +280,13 @@ impl Agent {
             match latest.state() {
                 InstanceState::Running(s) => {
                     o.running = Some(s.started_at);
-                    o.ready = true;
+                    o.pid = Some(s.pid);
+                    o.run_dir = Some(latest.dir.clone());
+                    let results = self.probes.lock().ok().and_then(|m| m.get(&latest.dir).cloned());
+                    o.ready = match results {
+                        Some(r) => r.ready && r.started,
+                        None => c.readiness_probe.is_none() && c.startup_probe.is_none(),
+                    };
                 }
                 InstanceState::Exited(e) => {
                     latest.release();

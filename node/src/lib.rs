@@ -8,6 +8,7 @@
 //!   the daemon is a multi-threaded tokio process), which owns the container's stdio and exit;
 //! - [`instance`]: one container run's directory, from which the daemon re-adopts containers
 //!   after its own restart;
+//! - [`probe`]: startup, liveness and readiness probes, one prober task per container run;
 //! - [`bundle`]: pod container → OCI runtime spec; [`image`]: the local OCI image store;
 //! - [`sandbox`]: the pod's shared network/IPC/UTS namespaces and its veth on the node bridge;
 //! - [`heartbeat`]: Node registration, Lease renewal, node conditions.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod image;
 pub mod instance;
+pub mod probe;
 pub mod sandbox;
 pub mod shim;
 pub mod status;

@@ -23,6 +23,9 @@ pub struct Observed {
     pub waiting: Option<(String, String)>,
     pub ready: bool,
     pub container_id: String,
+    /// Host pid of the running run's init, and that run's directory (for the probers).
+    pub pid: Option<i32>,
+    pub run_dir: Option<std::path::PathBuf>,
 }
 
 /// The next step for one container.

@@ -344,3 +344,80 @@ spec:
     let refs = std::fs::read_to_string(c.nodes()[0].2.join("images/refs.json")).unwrap();
     assert!(!refs.contains("corrupt"), "{refs}");
 }
+
+#[test]
+fn probes_restart_unhealthy_containers_and_drive_readiness() {
+    let c = Cluster::with_nodes(3, 1, &[]);
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sickly}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: "busybox:test"
+    command: [sh, -c, "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 3600"]
+    livenessProbe: {exec: {command: [cat, /tmp/healthy]}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: flappy}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: "busybox:test"
+    command: [sh, -c, "sleep 2; touch /tmp/ready; sleep 4; rm /tmp/ready; exec sleep 3600"]
+    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: "busybox:test"
+    command: [sh, -c, "mkdir -p /www && echo ok > /www/index.html && sleep 2 && exec httpd -f -p 8080 -h /www"]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /index.html, port: http}, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 8080}, initialDelaySeconds: 4, periodSeconds: 1}
+"#,
+    );
+    // phase: readiness goes False → True → False as the file comes and goes
+    let mut seen: Vec<String> = Vec::new();
+    wait_for(T, "flappy Ready False, True, then False", || {
+        let p = c.get_json("pods", "flappy")?;
+        let ready = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?["status"]
+            .as_str()?
+            .to_string();
+        if phase(&p) == "Running" && seen.last() != Some(&ready) {
+            seen.push(ready);
+        }
+        (seen.len() >= 3).then_some(())
+    });
+    assert_eq!(seen[..3], ["False", "True", "False"]);
+
+    // phase: liveness failures restart the container
+    let sick = wait_for(T, "sickly restarted by its liveness probe", || {
+        let p = c.get_json("pods", "sickly")?;
+        (restarts(container(&p, "containerStatuses", "app")) >= 1).then_some(p)
+    });
+    let last = &container(&sick, "containerStatuses", "app")["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 137, "killed by the probe: {last}");
+    let events = c.ctl_ok(&["get", "events", "-o", "json"]);
+    assert!(events.contains("Liveness probe failed"), "an Unhealthy event: {events}");
+
+    // phase: httpGet readiness on a named port, and a passing tcpSocket liveness probe
+    let web = wait_for(T, "web Ready through its httpGet probe", || {
+        let p = c.get_json("pods", "web")?;
+        (container(&p, "containerStatuses", "app")["ready"] == true).then_some(p)
+    });
+    // A negative check needs a window: a failing tcpSocket probe (delay 4 s, period 1 s,
+    // threshold 3) would have killed the container within 7 s of its start.
+    std::thread::sleep(Duration::from_secs(6));
+    let web_now = c.get_json("pods", "web").unwrap();
+    assert_eq!(restarts(container(&web_now, "containerStatuses", "app")), 0, "tcpSocket liveness passes: {web}");
+}
