@@ -162,6 +162,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skiff/api/networking.proto",
         "skiff/api/rbac.proto",
         "skiff/api/requests.proto",
+        "skiff/api/logs.proto",
         "skiff/api/services.proto",
     ];
     let fds = protox::compile(files, [PathBuf::from("proto"), out.clone()])?;

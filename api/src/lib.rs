@@ -23,6 +23,7 @@ pub mod auth;
 pub mod defaults;
 pub mod error;
 pub mod kinds;
+pub mod logs;
 pub mod object;
 pub mod registry;
 pub mod selector;

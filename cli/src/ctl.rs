@@ -650,6 +650,62 @@ pub fn report(outcome: Outcome) -> anyhow::Result<()> {
     Ok(())
 }
 
+// ---- logs ----------------------------------------------------------------------------------------
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The pod (`NAME` or `pod/NAME`).
+    pod: String,
+    /// The container (needed when the pod has several).
+    #[arg(short = 'c', long)]
+    container: Option<String>,
+    /// Keep streaming while the container runs.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Only the last N lines (-1: all).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    tail: i64,
+    /// Only lines newer than this (e.g. 10s, 5m).
+    #[arg(long)]
+    since: Option<String>,
+    /// The previous (terminated) run of the container.
+    #[arg(short = 'p', long)]
+    previous: bool,
+    /// Prefix each line with its time.
+    #[arg(long)]
+    timestamps: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+pub fn logs(args: LogsArgs) -> Outcome {
+    use std::io::Write;
+    let rt = runtime();
+    let _enter = rt.enter();
+    let client = args.conn.client()?;
+    let name = args.pod.strip_prefix("pod/").or_else(|| args.pod.strip_prefix("pods/")).unwrap_or(&args.pod);
+    let since = args.since.as_deref().map(parse_duration).transpose().map_err(Failure::Local)?;
+    let req = skiff_proto::api::PodLogRequest {
+        namespace: client.config.namespace.clone(),
+        name: name.to_string(),
+        container: args.container.clone().unwrap_or_default(),
+        follow: args.follow,
+        tail_lines: (args.tail >= 0).then_some(args.tail),
+        since_seconds: since.map(|d| d.as_secs() as i64),
+        previous: args.previous,
+        timestamps: args.timestamps,
+    };
+    rt.block_on(async {
+        let mut stream = client.logs(req).await?;
+        let mut out = std::io::stdout();
+        while let Some(chunk) = stream.message().await? {
+            let _ = out.write_all(&chunk.data);
+            let _ = out.flush();
+        }
+        Ok(())
+    })
+}
+
 // ---- label / annotate / scale ------------------------------------------------------------------
 
 #[derive(Args, Debug)]

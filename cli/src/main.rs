@@ -47,6 +47,8 @@ enum Command {
     Create(ctl::FileArgs),
     /// Delete resources by name or file (kubectl delete).
     Delete(ctl::DeleteArgs),
+    /// Print a container's log (kubectl logs).
+    Logs(ctl::LogsArgs),
     /// The resource kinds the server serves.
     ApiResources,
     /// Add, change (--overwrite) or remove (`key-`) labels (kubectl label).
@@ -98,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         Command::Apply(args) => ctl::report(ctl::apply(args, false)),
         Command::Create(args) => ctl::report(ctl::apply(args, true)),
         Command::Delete(args) => ctl::report(ctl::delete(args)),
+        Command::Logs(args) => ctl::report(ctl::logs(args)),
         Command::ApiResources => ctl::report(ctl::api_resources()),
         Command::Label(args) => ctl::report(ctl::set_meta_map(args, "labels", "labeled")),
         Command::Annotate(args) => ctl::report(ctl::set_meta_map(args, "annotations", "annotated")),

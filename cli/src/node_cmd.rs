@@ -57,6 +57,9 @@ pub struct NodeArgs {
     /// Container log size at which it is rotated.
     #[arg(long, default_value_t = 10 << 20)]
     pub log_max_bytes: u64,
+    /// Address of the node's log server (masters proxy `skiff logs` to it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
     /// Stop every container this node runs, remove its sandboxes and bridge, and exit.
     #[arg(long)]
     pub reset: bool,
@@ -95,6 +98,8 @@ fn config_of(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
         pids_limit: args.pids_limit,
         log_max_bytes: args.log_max_bytes,
         shim_exe: std::env::current_exe().context("locating the skiff binary")?,
+        listen: args.listen.clone(),
+        log_port: 0,
     })
 }
 

@@ -12,10 +12,12 @@ use serde::Deserialize;
 use serde_json::Value;
 use skiff_proto::api::nodes_client::NodesClient;
 use skiff_proto::api::objects_client::ObjectsClient;
+use skiff_proto::api::pod_logs_client::PodLogsClient;
 use skiff_proto::api::pods_client::PodsClient;
 use skiff_proto::api::replica_sets_client::ReplicaSetsClient;
 use skiff_proto::api::{
-    Binding, BindingTarget, DeleteRequest, Node, ObjectMetaRef, Pod, RawListRequest, RawRequest, ReplicaSet,
+    Binding, BindingTarget, DeleteRequest, Node, ObjectMetaRef, Pod, PodLogChunk, PodLogRequest, RawListRequest,
+    RawRequest, ReplicaSet,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -341,6 +343,15 @@ impl Client {
         self.with_failover(|channel, auth| {
             let req = req.clone();
             async move { PodsClient::with_interceptor(channel, auth).delete(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// A container's log as a stream of chunks (`follow` keeps it open while the container runs).
+    pub async fn logs(&self, req: PodLogRequest) -> Result<tonic::Streaming<PodLogChunk>, Status> {
+        self.with_failover(|channel, auth| {
+            let req = req.clone();
+            async move { Ok(PodLogsClient::with_interceptor(channel, auth).get(req).await?.into_inner()) }
         })
         .await
     }

@@ -63,6 +63,7 @@ pub fn node_object(config: &NodeConfig) -> Value {
             "capacity": cap, "allocatable": cap,
             "conditions": conditions(memory, disk, &now),
             "addresses": [{"type": "InternalIP", "address": config.node_ip}, {"type": "Hostname", "address": config.name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": config.log_port}},
             "nodeInfo": {"operatingSystem": "linux", "architecture": std::env::consts::ARCH,
                          "kubeletVersion": concat!("skiff-", env!("CARGO_PKG_VERSION")),
                          "containerRuntimeVersion": "libcontainer://0.7.0"},

@@ -8,6 +8,7 @@
 //!   the daemon is a multi-threaded tokio process), which owns the container's stdio and exit;
 //! - [`instance`]: one container run's directory, from which the daemon re-adopts containers
 //!   after its own restart;
+//! - [`logs`]: the `PodLogs` server masters proxy `skiff logs` to;
 //! - [`probe`]: startup, liveness and readiness probes, one prober task per container run;
 //! - [`bundle`]: pod container → OCI runtime spec; [`image`]: the local OCI image store;
 //! - [`sandbox`]: the pod's shared network/IPC/UTS namespaces and its veth on the node bridge;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod image;
 pub mod instance;
+pub mod logs;
 pub mod probe;
 pub mod sandbox;
 pub mod shim;
@@ -58,6 +60,10 @@ pub struct NodeConfig {
     pub log_max_bytes: u64,
     /// The binary that runs `shim` (this `skiff` executable).
     pub shim_exe: PathBuf,
+    /// Where the log server listens (its port is published in the Node's daemonEndpoints).
+    pub listen: String,
+    /// The port it got (set once bound).
+    pub log_port: u16,
 }
 
 /// Parses `--register-with-taints key=value:Effect,key:Effect`.
@@ -85,6 +91,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
+    let mut config = config;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding the log server to {}", config.listen))?;
+    config.log_port = listener.local_addr()?.port();
+    let logs = logs::LogServer { root: config.root.clone(), masters: client.config.clone() };
     let agent = agent::Agent::new(client.clone(), config.clone()).context("setting up the node")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -100,10 +112,18 @@ pub async fn run(
     tracing::info!("node {} registered", config.name);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let beat = tokio::spawn(heartbeat::run(client.clone(), config.clone(), stop_rx.clone()));
-    let pods = tokio::spawn(agent.run(stop_rx));
+    let pods = tokio::spawn(agent.run(stop_rx.clone()));
+    let mut server_stop = stop_rx;
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(skiff_proto::api::pod_logs_server::PodLogsServer::new(logs))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+                let _ = server_stop.changed().await;
+            }),
+    );
     shutdown.await;
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(beat, pods);
+    let _ = tokio::join!(beat, pods, server);
     Ok(())
 }
 

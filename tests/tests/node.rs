@@ -421,3 +421,59 @@ spec:
     let web_now = c.get_json("pods", "web").unwrap();
     assert_eq!(restarts(container(&web_now, "containerStatuses", "app")), 0, "tcpSocket liveness passes: {web}");
 }
+
+#[test]
+fn logs_follow_while_written_and_previous_shows_the_crashed_run() {
+    use std::io::BufRead;
+    let c = Cluster::with_nodes(3, 1, &[]);
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: talker}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: "busybox:test"
+    command: [sh, -c, "echo run-start; i=0; while [ $i -lt 8 ]; do echo line $i; i=$((i+1)); sleep 0.4; done; echo dying >&2; exit 3"]
+"#,
+    );
+    wait_for(T, "talker running", || {
+        let p = c.get_json("pods", "talker")?;
+        (container(&p, "containerStatuses", "app")["state"]["running"].is_object()).then_some(())
+    });
+    // phase: --follow delivers lines as they are written, and ends when the run ends
+    let mut child = std::process::Command::new(skiff_tests::skiff_bin())
+        .env("SKIFF_CONFIG", c.dir.path().join("client.json"))
+        .args(["logs", "talker", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    for line in reader.lines() {
+        let line = line.unwrap();
+        seen.push((std::time::Instant::now(), line));
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "logs -f exited {status}");
+    let text: Vec<&str> = seen.iter().map(|(_, l)| l.as_str()).collect();
+    assert!(text.contains(&"line 0") && text.contains(&"line 7") && text.contains(&"dying"), "{text:?}");
+    let at = |l: &str| seen.iter().find(|(_, x)| x == l).unwrap().0;
+    assert!(
+        at("line 7").duration_since(at("line 1")) >= Duration::from_millis(1500),
+        "lines arrived together, not as written: {text:?}"
+    );
+
+    // phase: after the restart, --previous is the crashed run; --tail limits it
+    wait_for(T, "talker restarted", || {
+        let p = c.get_json("pods", "talker")?;
+        (restarts(container(&p, "containerStatuses", "app")) >= 1).then_some(())
+    });
+    let previous = c.ctl_ok(&["logs", "talker", "--previous", "--tail", "2"]);
+    assert_eq!(previous, "line 7\ndying\n");
+    let missing = c.ctl(&["logs", "talker", "-c", "nope"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("container nope is not valid for pod talker"));
+}
