@@ -67,6 +67,8 @@ enum Command {
 enum ImageCommand {
     /// Import an OCI image layout into every node of a `skiff up` cluster (or one, --node).
     Import(node_cmd::ImageImportArgs),
+    /// Push an OCI image layout to a registry (e.g. `127.0.0.1:5000/tools/busybox:test`).
+    Push(node_cmd::ImagePushArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,6 +96,7 @@ fn main() -> anyhow::Result<()> {
         Command::Node(args) => node_cmd::run(args),
         Command::Shim { dir } => node_cmd::shim(&dir),
         Command::Image(ImageCommand::Import(args)) => node_cmd::image_import(args),
+        Command::Image(ImageCommand::Push(args)) => node_cmd::image_push(args),
         Command::Up(args) => up::up(args),
         Command::Down(args) => up::down(args),
         Command::Get(args) => ctl::report(ctl::get(args)),

@@ -60,6 +60,9 @@ pub struct NodeArgs {
     /// Address of the node's log server (masters proxy `skiff logs` to it).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
+    /// A registry (`host:port`) to pull from over plain HTTP (repeatable), e.g. one on loopback.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
     /// Stop every container this node runs, remove its sandboxes and bridge, and exit.
     #[arg(long)]
     pub reset: bool,
@@ -100,6 +103,7 @@ fn config_of(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
         shim_exe: std::env::current_exe().context("locating the skiff binary")?,
         listen: args.listen.clone(),
         log_port: 0,
+        insecure_registries: args.insecure_registries.clone(),
     })
 }
 
@@ -177,5 +181,26 @@ pub fn image_import(args: ImageImportArgs) -> anyhow::Result<()> {
             store.import_layout(&args.path, &args.tag).map_err(|e: NodeError| anyhow::anyhow!("node {name}: {e}"))?;
         println!("{name}: imported {} ({})", image.reference, image.digest);
     }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ImagePushArgs {
+    /// An OCI image layout directory.
+    pub path: PathBuf,
+    /// Where to push it: `registry/repository:tag`.
+    pub target: String,
+    /// Speak plain HTTP to the registry (e.g. one on loopback).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+pub fn image_push(args: ImagePushArgs) -> anyhow::Result<()> {
+    let registry = skiff_node::registry::Reference::parse(&args.target).registry;
+    let insecure = if args.insecure { vec![registry] } else { Vec::new() };
+    let puller = skiff_node::registry::Puller::new(insecure)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let digest = rt.block_on(puller.push(&args.path, &args.target))?;
+    println!("pushed {} ({digest})", args.target);
     Ok(())
 }

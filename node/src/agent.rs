@@ -36,6 +36,25 @@ pub struct Agent {
     probes: crate::probe::Shared,
     /// Runs whose prober task has been started.
     probing: HashSet<PathBuf>,
+    puller: std::sync::Arc<crate::registry::Puller>,
+    /// Image pulls by image reference, written by the pull tasks.
+    pulls: std::sync::Arc<std::sync::Mutex<HashMap<String, Pull>>>,
+    /// When each (pod uid, container, run) first asked for its image (pullPolicy Always
+    /// waits for a pull that finished after this).
+    asked: HashMap<(String, String, u32), Instant>,
+}
+
+/// One image's pull, as the pull task leaves it.
+#[derive(Clone, Debug)]
+pub enum Pull {
+    InFlight,
+    Done(Instant),
+    /// Failed `attempts` times in a row, last at `at`.
+    Failed {
+        message: String,
+        at: Instant,
+        attempts: u32,
+    },
 }
 
 fn meta<'a>(pod: &'a Value, field: &str) -> &'a str {
@@ -50,6 +69,7 @@ fn secs_since(ts: &str) -> Duration {
 impl Agent {
     pub fn new(client: Client, config: NodeConfig) -> Result<Agent, NodeError> {
         let images = ImageStore::open(config.root.join("images"))?;
+        let puller = std::sync::Arc::new(crate::registry::Puller::new(config.insecure_registries.clone())?);
         let network = PodNetwork::parse(&config.bridge, &config.pod_cidr).map_err(NodeError::Sandbox)?;
         for d in ["pods", "state"] {
             std::fs::create_dir_all(config.root.join(d))?;
@@ -66,6 +86,9 @@ impl Agent {
             reported: HashMap::new(),
             probes: Default::default(),
             probing: HashSet::new(),
+            puller,
+            pulls: Default::default(),
+            asked: HashMap::new(),
         })
     }
 
@@ -379,22 +402,113 @@ impl Agent {
             }
             Err((reason, message)) => {
                 let first = self.waiting.get(&key).map(|(r, _)| r.clone());
-                // ErrImagePull the first time, ImagePullBackOff after, as the kubelet says it.
-                let reason = if reason == "ErrImagePull" && first.as_deref().is_some_and(|r| r.contains("Image")) {
-                    "ImagePullBackOff".to_string()
-                } else {
-                    reason
-                };
-                if first.as_deref() != Some(reason.as_str()) {
-                    self.client.event(pod_json, "Pod", "kubelet", "Warning", "Failed", &message).await;
+                if first.as_deref() != Some(reason.as_str()) && reason != "ContainerCreating" {
+                    let event = if reason == "ImagePullBackOff" { "BackOff" } else { "Failed" };
+                    let kind = if event == "BackOff" { "Normal" } else { "Warning" };
+                    self.client.event(pod_json, "Pod", "kubelet", kind, event, &message).await;
                 }
                 self.waiting.insert(key, (reason, message));
             }
         }
     }
 
+    /// The container's image per its pull policy: local, or pulled by a background task
+    /// (the container waits as ContainerCreating meanwhile; failures back off as
+    /// ErrImagePull, then ImagePullBackOff).
+    async fn image_for(
+        &mut self,
+        pod_json: &Value,
+        c: &Container,
+        attempt: u32,
+    ) -> Result<(crate::image::Image, PathBuf), (String, String)> {
+        let reference = crate::image::normalize(&c.image);
+        let latest = reference.ends_with(":latest") && !c.image.contains('@');
+        let policy = match c.image_pull_policy.as_str() {
+            "" if latest => "Always",
+            "" => "IfNotPresent",
+            p => p,
+        };
+        let local = self.images.resolve(&c.image);
+        match (policy, local) {
+            ("Never", Some(found)) | ("IfNotPresent", Some(found)) => return Ok(found),
+            ("Never", None) => {
+                return Err((
+                    "ErrImageNeverPull".into(),
+                    format!("Container image {:?} is not present with pull policy of Never", c.image),
+                ))
+            }
+            _ => {}
+        }
+        let key = (meta(pod_json, "uid").to_string(), c.name.clone(), attempt);
+        let asked = *self.asked.entry(key).or_insert_with(Instant::now);
+        let state = self.pulls.lock().ok().and_then(|m| m.get(&reference).cloned());
+        let base = self.config.backoff_base;
+        match state {
+            Some(Pull::Done(at)) if at >= asked || policy != "Always" => {
+                return self.images.resolve(&c.image).ok_or_else(|| {
+                    ("ErrImagePull".to_string(), format!("image {:?} vanished from the store after its pull", c.image))
+                })
+            }
+            Some(Pull::InFlight) => return Err(("ContainerCreating".into(), String::new())),
+            Some(Pull::Failed { message, at, attempts }) => {
+                // ErrImagePull for the first half of the back-off, then ImagePullBackOff.
+                let delay = status::back_off(attempts, base, self.config.backoff_max);
+                if at.elapsed() < delay / 2 {
+                    return Err(("ErrImagePull".into(), message));
+                }
+                if at.elapsed() < delay {
+                    return Err((
+                        "ImagePullBackOff".into(),
+                        format!("Back-off pulling image {:?}: {message}", c.image),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        // Start a pull.
+        let attempts = match self.pulls.lock().ok().and_then(|m| m.get(&reference).cloned()) {
+            Some(Pull::Failed { attempts, .. }) => attempts,
+            _ => 0,
+        };
+        if let Ok(mut m) = self.pulls.lock() {
+            m.insert(reference.clone(), Pull::InFlight);
+        }
+        self.client
+            .event(pod_json, "Pod", "kubelet", "Normal", "Pulling", &format!("Pulling image {:?}", c.image))
+            .await;
+        let (puller, pulls, store_root) = (self.puller.clone(), self.pulls.clone(), self.config.root.join("images"));
+        let (client, pod, image_name) = (self.client.clone(), pod_json.clone(), c.image.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = match ImageStore::open(store_root) {
+                Ok(store) => puller.pull(&store, &image_name).await,
+                Err(e) => Err(e),
+            };
+            let state = match result {
+                Ok(img) => {
+                    let msg = format!(
+                        "Successfully pulled image {image_name:?} ({}) in {:.3}s",
+                        img.digest,
+                        started.elapsed().as_secs_f64()
+                    );
+                    client.event(&pod, "Pod", "kubelet", "Normal", "Pulled", &msg).await;
+                    Pull::Done(Instant::now())
+                }
+                Err(e) => Pull::Failed {
+                    message: e.to_string().trim_start_matches("image: ").to_string(),
+                    at: Instant::now(),
+                    attempts: attempts + 1,
+                },
+            };
+            if let Ok(mut m) = pulls.lock() {
+                m.insert(crate::image::normalize(&image_name), state);
+            }
+        });
+        Err(("ContainerCreating".into(), String::new()))
+    }
+
     async fn prepare(
-        &self,
+        &mut self,
         pod_json: &Value,
         pod: &Pod,
         c: &Container,
@@ -405,12 +519,7 @@ impl Agent {
         let uid = meta(pod_json, "uid");
         let name = meta(pod_json, "name");
         let spec = pod.spec.clone().unwrap_or_default();
-        let Some((image, lower)) = self.images.resolve(&c.image) else {
-            return Err((
-                "ErrImagePull".into(),
-                format!("failed to pull image {:?}: not found in node {}'s image store (import it with `skiff image import`)", c.image, self.config.name),
-            ));
-        };
+        let (image, lower) = self.image_for(pod_json, c, attempt).await?;
         let config_err = |m: String| ("CreateContainerConfigError".to_string(), m);
         let env = self.resolve_env(pod_json, c, ip).await.map_err(config_err)?;
         let mounts = self.mounts(pod_json, &spec, c, dir).await.map_err(config_err)?;
@@ -679,6 +788,7 @@ impl Agent {
         self.deleting.remove(&uid);
         self.reported.remove(&uid);
         self.waiting.retain(|(u, _), _| *u != uid);
+        self.asked.retain(|(u, _, _), _| *u != uid);
         if in_api {
             match self.client.delete_pod(meta(pod, "namespace"), meta(pod, "name"), Some(0)).await {
                 Ok(()) => {}

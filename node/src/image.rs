@@ -99,6 +99,11 @@ impl ImageStore {
         Ok(ImageStore { root })
     }
 
+    /// Scratch space on the store's filesystem (downloads land here before they are applied).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
     fn refs(&self) -> BTreeMap<String, String> {
         fs::read(self.root.join("refs.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }

@@ -11,6 +11,7 @@
 //! - [`logs`]: the `PodLogs` server masters proxy `skiff logs` to;
 //! - [`probe`]: startup, liveness and readiness probes, one prober task per container run;
 //! - [`bundle`]: pod container → OCI runtime spec; [`image`]: the local OCI image store;
+//!   [`registry`]: pulls from (and pushes to) OCI distribution registries;
 //! - [`sandbox`]: the pod's shared network/IPC/UTS namespaces and its veth on the node bridge;
 //! - [`heartbeat`]: Node registration, Lease renewal, node conditions.
 //!
@@ -25,6 +26,7 @@ pub mod image;
 pub mod instance;
 pub mod logs;
 pub mod probe;
+pub mod registry;
 pub mod sandbox;
 pub mod shim;
 pub mod status;
@@ -64,6 +66,8 @@ pub struct NodeConfig {
     pub listen: String,
     /// The port it got (set once bound).
     pub log_port: u16,
+    /// Registries (`host:port`) pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 /// Parses `--register-with-taints key=value:Effect,key:Effect`.

@@ -73,6 +73,46 @@ pub fn test_image() -> PathBuf {
         .clone()
 }
 
+/// Debian's `docker-registry` (the CNCF distribution registry) on a free loopback port, with
+/// its storage in a temporary directory; killed when dropped.
+pub struct Registry {
+    pub addr: String,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::Builder::new().prefix("skiff-registry-").tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(&config, yaml).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
+            .spawn()
+            .expect("docker-registry is installed (Debian docker-registry; scripts/setup installs it)");
+        wait_for(Duration::from_secs(20), &format!("the registry on {addr}"), || {
+            std::net::TcpStream::connect(&addr).ok().map(|_| ())
+        });
+        Registry { addr, child, _dir: dir }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Node daemons run containers: they need root (CI runs as root). Never skip silently.
 pub fn require_root() {
     assert!(

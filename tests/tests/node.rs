@@ -258,45 +258,72 @@ spec:
 }
 
 #[test]
-fn bad_images_and_commands_fail_clearly_without_harming_other_pods() {
-    let c = Cluster::with_nodes(3, 1, &[]);
-    c.apply_yaml(
+fn images_pull_from_a_registry_and_bad_images_and_commands_fail_clearly() {
+    let registry = skiff_tests::Registry::start();
+    let insecure = format!("--node-arg=--insecure-registry={}", registry.addr);
+    let c = Cluster::with_nodes(3, 1, &[&insecure]);
+    // phase: push the test image to the registry with `skiff image push`
+    let target = format!("{}/tools/busybox:test", registry.addr);
+    let image = skiff_tests::test_image();
+    c.ctl_ok(&["image", "push", image.to_str().unwrap(), &target, "--insecure"]);
+    c.apply_yaml(&format!(
         r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: healthy}
+metadata: {{name: healthy}}
 spec:
   terminationGracePeriodSeconds: 1
-  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+  containers: [{{name: app, image: "busybox:test", command: [sleep, "3600"]}}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: noimage}
-spec:
-  containers: [{name: app, image: "registry.invalid/none:1"}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: badcmd}
+metadata: {{name: pulled}}
 spec:
   restartPolicy: Never
-  containers: [{name: app, image: "busybox:test", command: ["/no/such/binary"]}]
+  containers: [{{name: app, image: "{target}", command: [echo, pulled-and-ran]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: noimage}}
+spec:
+  containers: [{{name: app, image: "{}/tools/nothere:1"}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: badcmd}}
+spec:
+  restartPolicy: Never
+  containers: [{{name: app, image: "busybox:test", command: ["/no/such/binary"]}}]
 "#,
-    );
-    // phase: a missing image is ErrImagePull, then ImagePullBackOff, with the reason
+        registry.addr
+    ));
+    // phase: an image only the registry has is pulled (digest-verified) and runs
+    let pulled = wait_for(T, "pulled Succeeded", || {
+        let p = c.get_json("pods", "pulled")?;
+        (phase(&p) == "Succeeded").then_some(p)
+    });
+    assert_eq!(c.ctl_ok(&["logs", "pulled"]), "pulled-and-ran\n");
+    let image_id = container(&pulled, "containerStatuses", "app")["imageID"].as_str().unwrap().to_string();
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+    let events = c.ctl_ok(&["get", "events", "-o", "json"]);
+    assert!(events.contains("Successfully pulled image"), "{events}");
+
+    // phase: a missing image is ErrImagePull, then ImagePullBackOff, with the registry's reason
     let mut reasons = Vec::new();
     wait_for(T, "ErrImagePull then ImagePullBackOff", || {
         let p = c.get_json("pods", "noimage")?;
         let w = &container(&p, "containerStatuses", "app")["state"]["waiting"];
-        if let Some(r) = w["reason"].as_str() {
+        if let Some(r) = w["reason"].as_str().filter(|r| r.contains("Image")) {
             if reasons.last().map(String::as_str) != Some(r) {
                 reasons.push(r.to_string());
-                assert!(w["message"].as_str().unwrap_or_default().contains("registry.invalid/none:1"), "{w}");
+                assert!(w["message"].as_str().unwrap_or_default().contains("manifest unknown"), "{w}");
             }
         }
-        reasons.contains(&"ImagePullBackOff".to_string()).then_some(())
+        // Each failed pull shows ErrImagePull, then ImagePullBackOff until the next try.
+        (reasons.windows(2).any(|w| w[0] == "ErrImagePull" && w[1] == "ImagePullBackOff")).then_some(())
     });
-    assert!(reasons.contains(&"ErrImagePull".to_string()), "{reasons:?}");
+    let events = c.ctl_ok(&["get", "events", "-o", "json"]);
+    assert!(events.contains("MANIFEST_UNKNOWN"), "a Failed event with the registry's reason: {events}");
 
     // phase: a command that does not exist fails the container with the error in its state
     let bad = wait_for(T, "badcmd Failed", || {
