@@ -63,6 +63,9 @@ pub struct NodeArgs {
     /// A registry (`host:port`) to pull from over plain HTTP (repeatable), e.g. one on loopback.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// A directory of static pod manifests: run without the scheduler, mirrored into the API.
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
     /// Stop every container this node runs, remove its sandboxes and bridge, and exit.
     #[arg(long)]
     pub reset: bool,
@@ -104,6 +107,7 @@ fn config_of(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
         listen: args.listen.clone(),
         log_port: 0,
         insecure_registries: args.insecure_registries.clone(),
+        pod_manifest_path: args.pod_manifest_path.clone(),
     })
 }
 

@@ -14,6 +14,7 @@ use crate::shim::{self, ShimSpec};
 use crate::status::{self, Observed, Step};
 use crate::NodeConfig;
 use serde_json::{json, Value};
+use sha2::Digest;
 use skiff_client::Client;
 use skiff_proto::api::{Container, Pod};
 use std::collections::{HashMap, HashSet};
@@ -42,6 +43,8 @@ pub struct Agent {
     /// When each (pod uid, container, run) first asked for its image (pullPolicy Always
     /// waits for a pull that finished after this).
     asked: HashMap<(String, String, u32), Instant>,
+    /// When each pod's ConfigMap/Secret volumes were last re-projected.
+    projected: HashMap<String, Instant>,
 }
 
 /// One image's pull, as the pull task leaves it.
@@ -89,6 +92,7 @@ impl Agent {
             puller,
             pulls: Default::default(),
             asked: HashMap::new(),
+            projected: HashMap::new(),
         })
     }
 
@@ -130,6 +134,11 @@ impl Agent {
                 tracing::warn!("pod {}/{}: {e}", meta(pod, "namespace"), meta(pod, "name"));
             }
         }
+        if let Some(dir) = self.config.pod_manifest_path.clone() {
+            if let Err(e) = self.mirror_static_pods(&dir, &pods).await {
+                tracing::warn!("node {}: static pods in {}: {e}", self.config.name, dir.display());
+            }
+        }
         // Pods deleted without waiting for us (grace 0, --force) or gone while we were down.
         for entry in std::fs::read_dir(self.config.root.join("pods"))?.flatten() {
             let uid = entry.file_name().to_string_lossy().into_owned();
@@ -139,6 +148,62 @@ impl Agent {
             let saved: Value =
                 shim::read(&entry.path().join("pod.json")).unwrap_or_else(|| json!({"metadata": {"uid": uid}}));
             self.terminate(&saved, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Static pods: each manifest in `dir` becomes a mirror pod `<name>-<node>` bound to this
+    /// node (annotated `kubernetes.io/config.mirror` with the manifest's hash), which the pod
+    /// loop then runs like any other; a changed manifest replaces it, a removed one deletes it.
+    async fn mirror_static_pods(&mut self, dir: &Path, pods: &[Value]) -> Result<(), NodeError> {
+        let mut wanted: HashMap<String, (Value, String)> = HashMap::new();
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let path = entry.path();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+            if !matches!(ext, "yaml" | "yml" | "json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)?;
+            let mut pod: Value = match serde_yaml::from_str(&text) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!("static pod {}: {e}", path.display());
+                    continue;
+                }
+            };
+            if pod["kind"] != "Pod" {
+                tracing::warn!("static pod {}: kind must be Pod", path.display());
+                continue;
+            }
+            let hash = hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8]);
+            let name = format!("{}-{}", pod["metadata"]["name"].as_str().unwrap_or("static"), self.config.name);
+            pod["metadata"]["name"] = json!(name);
+            if !pod["metadata"]["namespace"].is_string() {
+                pod["metadata"]["namespace"] = json!("default");
+            }
+            pod["metadata"]["annotations"]["kubernetes.io/config.mirror"] = json!(hash);
+            pod["metadata"]["annotations"]["kubernetes.io/config.source"] = json!("file");
+            pod["spec"]["nodeName"] = json!(self.config.name);
+            wanted.insert(name, (pod, hash));
+        }
+        let mirror = |p: &Value| p["metadata"]["annotations"]["kubernetes.io/config.mirror"].as_str().map(String::from);
+        for p in pods.iter().filter(|p| mirror(p).is_some()) {
+            let name = meta(p, "name");
+            let stale = wanted.get(name).is_none_or(|(_, hash)| mirror(p).as_deref() != Some(hash));
+            if stale && !p["metadata"]["deletionTimestamp"].is_string() {
+                self.client.delete_pod(meta(p, "namespace"), name, None).await?;
+            }
+        }
+        for (name, (pod, _)) in wanted {
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+            if pods.iter().any(|p| meta(p, "name") == name && meta(p, "namespace") == ns) {
+                continue;
+            }
+            match self.client.create("pods", &ns, &pod).await {
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+                Err(s) => tracing::warn!("static pod {name}: {}", s.message()),
+            }
         }
         Ok(())
     }
@@ -191,6 +256,9 @@ impl Agent {
             app_obs.push((o, st));
         }
         self.probing.retain(|d| !d.join("exit.json").exists() && d.exists());
+        if app_obs.iter().any(|(o, _)| o.running.is_some()) {
+            self.refresh_projections(pod_json, &spec, &dir).await;
+        }
         self.report(pod_json, ip, &init_obs, &app_obs).await
     }
 
@@ -700,6 +768,8 @@ impl Agent {
                 self.project(dir, &v.name, "configmaps", ns, &cm.name, cm.optional.unwrap_or(false), false).await?
             } else if let Some(s) = &v.secret {
                 self.project(dir, &v.name, "secrets", ns, &s.secret_name, s.optional.unwrap_or(false), true).await?
+            } else if let Some(claim) = &v.persistent_volume_claim {
+                self.claim_path(ns, &claim.claim_name).await?
             } else {
                 return Err(format!("volume {:?}: this volume type is not supported yet", v.name));
             };
@@ -707,6 +777,55 @@ impl Agent {
             out.push(Mount { destination: vm.mount_path.clone(), source, read_only: vm.read_only });
         }
         Ok(out)
+    }
+
+    /// The host directory behind a bound PersistentVolumeClaim (a hostPath PersistentVolume).
+    async fn claim_path(&self, ns: &str, claim: &str) -> Result<PathBuf, String> {
+        let pvc = self
+            .client
+            .get("persistentvolumeclaims", ns, claim)
+            .await
+            .map_err(|s| format!("persistentvolumeclaim \"{claim}\": {}", s.message()))?;
+        let volume = pvc["spec"]["volumeName"].as_str().unwrap_or_default();
+        if volume.is_empty() {
+            return Err(format!("persistentvolumeclaim \"{claim}\" is not bound to a volume"));
+        }
+        let pv = self
+            .client
+            .get("persistentvolumes", "", volume)
+            .await
+            .map_err(|s| format!("persistentvolume \"{volume}\": {}", s.message()))?;
+        if let Some(path) = pv["spec"]["hostPath"]["path"].as_str() {
+            std::fs::create_dir_all(path).map_err(|e| format!("persistentvolume \"{volume}\": {path}: {e}"))?;
+            return Ok(PathBuf::from(path));
+        }
+        if pv["spec"]["nfs"].is_object() {
+            return Err(format!("persistentvolume \"{volume}\": nfs volumes are not supported on this node yet"));
+        }
+        Err(format!("persistentvolume \"{volume}\" has no hostPath"))
+    }
+
+    /// Re-projects a running pod's ConfigMap and Secret volumes (every 5 s), so files follow
+    /// their objects as the kubelet's do.
+    async fn refresh_projections(&mut self, pod_json: &Value, spec: &skiff_proto::api::PodSpec, dir: &Path) {
+        let uid = meta(pod_json, "uid").to_string();
+        if self.projected.get(&uid).is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            return;
+        }
+        self.projected.insert(uid, Instant::now());
+        let ns = meta(pod_json, "namespace");
+        for v in &spec.volumes {
+            let r = if let Some(cm) = &v.config_map {
+                self.project(dir, &v.name, "configmaps", ns, &cm.name, true, false).await
+            } else if let Some(s) = &v.secret {
+                self.project(dir, &v.name, "secrets", ns, &s.secret_name, true, true).await
+            } else {
+                continue;
+            };
+            if let Err(e) = r {
+                tracing::debug!("pod {}: refreshing volume {}: {e}", meta(pod_json, "name"), v.name);
+            }
+        }
     }
 
     /// Writes a ConfigMap's or Secret's keys as files under the pod's volume directory.
@@ -731,7 +850,15 @@ impl Agent {
         for (k, v) in obj["data"].as_object().into_iter().flatten() {
             let text = v.as_str().unwrap_or_default();
             let bytes = if base64 { decode_base64(text).unwrap_or_default() } else { text.as_bytes().to_vec() };
-            std::fs::write(d.join(k), bytes).map_err(|e| format!("volume {volume}: {k}: {e}"))?;
+            let target = d.join(k);
+            if std::fs::read(&target).is_ok_and(|old| old == bytes) {
+                continue;
+            }
+            // Replace atomically: a reader sees the old file or the new one, never half.
+            let tmp = d.join(format!(".{k}.tmp"));
+            std::fs::write(&tmp, bytes)
+                .and_then(|_| std::fs::rename(&tmp, &target))
+                .map_err(|e| format!("volume {volume}: {k}: {e}"))?;
         }
         Ok(d)
     }
@@ -789,6 +916,7 @@ impl Agent {
         self.reported.remove(&uid);
         self.waiting.retain(|(u, _), _| *u != uid);
         self.asked.retain(|(u, _, _), _| *u != uid);
+        self.projected.remove(&uid);
         if in_api {
             match self.client.delete_pod(meta(pod, "namespace"), meta(pod, "name"), Some(0)).await {
                 Ok(()) => {}

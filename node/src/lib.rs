@@ -68,6 +68,8 @@ pub struct NodeConfig {
     pub log_port: u16,
     /// Registries (`host:port`) pulled from over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// A directory of static pod manifests (mirrored into the API as `<name>-<node>`).
+    pub pod_manifest_path: Option<PathBuf>,
 }
 
 /// Parses `--register-with-taints key=value:Effect,key:Effect`.

@@ -504,3 +504,107 @@ spec:
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("container nope is not valid for pod talker"));
 }
+
+#[test]
+fn env_and_volumes_come_from_config_maps_secrets_claims_and_static_pods_are_mirrored() {
+    let manifests = tempfile::tempdir().unwrap();
+    let pv_dir = tempfile::tempdir().unwrap();
+    let arg = format!("--node-arg=--pod-manifest-path={}", manifests.path().display());
+    let c = Cluster::with_nodes(3, 1, &[&arg]);
+    c.apply_yaml(&format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{greeting: hello}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+data: {{password: czNjcmV0}}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: pv1}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  hostPath: {{path: "{}"}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: claim1}}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: 1Gi}}}}
+  volumeName: pv1
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: configured, labels: {{tier: demo}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {{name: settings, configMap: {{name: settings}}}}
+  - {{name: creds, secret: {{secretName: creds}}}}
+  - {{name: data, persistentVolumeClaim: {{claimName: claim1}}}}
+  containers:
+  - name: app
+    image: "busybox:test"
+    env:
+    - {{name: GREETING, valueFrom: {{configMapKeyRef: {{name: settings, key: greeting}}}}}}
+    - {{name: PASSWORD, valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}}}
+    - {{name: MY_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    - {{name: MY_TIER, valueFrom: {{fieldRef: {{fieldPath: "metadata.labels['tier']"}}}}}}
+    - {{name: MY_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+    volumeMounts:
+    - {{name: settings, mountPath: /etc/settings}}
+    - {{name: creds, mountPath: /etc/creds, readOnly: true}}
+    - {{name: data, mountPath: /data}}
+    command: [sh, -c, "echo env $GREETING $PASSWORD $MY_NAME $MY_TIER $MY_IP; echo file $(cat /etc/creds/password); echo persisted > /data/written; while true; do echo now $(cat /etc/settings/greeting); sleep 0.5; done"]
+"#,
+        pv_dir.path().display()
+    ));
+    let pod = wait_for(T, "configured Running", || {
+        let p = c.get_json("pods", "configured")?;
+        (phase(&p) == "Running").then_some(p)
+    });
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    let logs = wait_for(T, "the container's first lines", || {
+        let l = c.ctl_ok(&["logs", "configured"]);
+        l.contains("now hello").then_some(l)
+    });
+    assert!(logs.contains(&format!("env hello s3cret configured demo {ip}")), "{logs}");
+    assert!(logs.contains("file s3cret"), "{logs}");
+    wait_for(T, "the claim's hostPath to hold the file", || {
+        (std::fs::read_to_string(pv_dir.path().join("written")).ok()? == "persisted\n").then_some(())
+    });
+
+    // phase: a changed ConfigMap reaches the mounted file without a restart
+    let mut cm = c.get_json("configmaps", "settings").unwrap();
+    cm["data"]["greeting"] = Value::from("bonjour");
+    let file = c.dir.path().join("cm.json");
+    std::fs::write(&file, cm.to_string()).unwrap();
+    c.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    wait_for(T, "the new greeting in the mounted file", || {
+        c.ctl_ok(&["logs", "configured", "--tail", "1"]).contains("now bonjour").then_some(())
+    });
+    assert_eq!(restarts(container(&c.get_json("pods", "configured").unwrap(), "containerStatuses", "app")), 0);
+
+    // phase: a static pod manifest runs as a mirror pod; removing the file removes it
+    std::fs::write(
+        manifests.path().join("static.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: static-web}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers: [{name: app, image: \"busybox:test\", command: [sleep, \"3600\"]}]\n",
+    )
+    .unwrap();
+    let mirror = wait_for(T, "mirror pod static-web-node-1 Running", || {
+        let p = c.get_json("pods", "static-web-node-1")?;
+        (phase(&p) == "Running").then_some(p)
+    });
+    assert!(mirror["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string(), "{mirror}");
+    assert_eq!(mirror["spec"]["nodeName"], "node-1");
+    std::fs::remove_file(manifests.path().join("static.yaml")).unwrap();
+    wait_for(T, "the mirror pod to go with its manifest", || {
+        c.get_json("pods", "static-web-node-1").is_none().then_some(())
+    });
+}
