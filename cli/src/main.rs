@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_node;
 mod cluster_file;
 mod ctl;
 mod master_cmd;
@@ -61,6 +62,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Benchmark the API server: pod creates, large lists, watch fan-out (prints a table).
     BenchApi(bench_api::BenchApiArgs),
+    /// Benchmark the node: container create/start/delete against crun and runc, pod start
+    /// latency and daemon memory (prints tables; needs root).
+    BenchNode(bench_node::BenchNodeArgs),
 }
 
 #[derive(Subcommand)]
@@ -78,7 +82,11 @@ fn main() -> anyhow::Result<()> {
         // libcontainer hands fd 2 to the container, fd 2 is the container's stderr.
         let log = std::io::stderr().as_fd().try_clone_to_owned().map(std::fs::File::from)?;
         tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                    // libcgroups warns about every controller this kernel lacks, on every run.
+                    .unwrap_or_else(|_| "warn,libcgroups=error,libcontainer::process::init=error".into()),
+            )
             .with_writer(std::sync::Mutex::new(log))
             .with_ansi(false)
             .init();
@@ -110,5 +118,6 @@ fn main() -> anyhow::Result<()> {
         Command::Scale(args) => ctl::report(ctl::scale(args)),
         Command::Bench(args) => bench::run(args),
         Command::BenchApi(args) => bench_api::run(args),
+        Command::BenchNode(args) => bench_node::run(args),
     }
 }

@@ -106,15 +106,38 @@ impl Agent {
 
     /// Runs rounds until `stop`.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        // A watch on this node's pods wakes the loop at once; the interval is the resync.
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let watcher = tokio::spawn(watch_pods(self.client.clone(), self.config.name.clone(), wake.clone()));
         loop {
             if let Err(e) = self.round().await {
                 tracing::warn!("node {}: sync: {e}", self.config.name);
             }
+            // While a container is being created or an image pulled, look again soon: the
+            // shim reports through files, not through the API.
+            let busy = self.busy();
+            let pause = if busy { Duration::from_millis(10) } else { self.config.sync_interval };
             tokio::select! {
-                _ = tokio::time::sleep(self.config.sync_interval) => {}
-                _ = stop.changed() => return,
+                _ = tokio::time::sleep(pause) => {}
+                _ = wake.notified() => {}
+                _ = stop.changed() => break,
             }
         }
+        watcher.abort();
+    }
+
+    /// Whether some container run is starting or some image pull is under way.
+    fn busy(&self) -> bool {
+        let pulling = self.pulls.lock().is_ok_and(|m| m.values().any(|p| matches!(p, Pull::InFlight)));
+        pulling
+            || std::fs::read_dir(self.config.root.join("pods")).into_iter().flatten().flatten().any(|pod| {
+                instance::all_instances(&pod.path()).iter().any(|i| {
+                    i.state() == InstanceState::Creating
+                        && std::fs::metadata(i.dir.join("shim.json"))
+                            .and_then(|m| m.modified())
+                            .is_ok_and(|t| t.elapsed().is_ok_and(|a| a < Duration::from_secs(10)))
+                })
+            })
     }
 
     /// One pass over every pod bound here and every pod directory left on disk.
@@ -318,12 +341,17 @@ impl Agent {
     }
 
     fn ensure_sandbox(&self, pod: &Pod, uid: &str, dir: &Path) -> Result<Ipv4Addr, NodeError> {
+        let saved = std::fs::read_to_string(dir.join("ip")).ok().and_then(|s| s.trim().parse().ok());
+        // Set up once; the marker is written last, so a half-made sandbox is made again.
+        if let (Some(ip), true) = (saved, dir.join("sandbox-ready").exists()) {
+            return Ok(ip);
+        }
         let name = pod.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
         let spec = pod.spec.as_ref();
         let hostname = spec.map(|s| s.hostname.clone()).filter(|h| !h.is_empty()).unwrap_or(name);
         let sandbox = self.sandbox(uid);
         sandbox.create(&hostname)?;
-        let ip = match std::fs::read_to_string(dir.join("ip")).ok().and_then(|s| s.trim().parse().ok()) {
+        let ip = match saved {
             Some(ip) => ip,
             None => {
                 let ip = self.allocate_ip(uid)?;
@@ -339,6 +367,7 @@ impl Agent {
             etc.join("hosts"),
             format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"),
         )?;
+        std::fs::write(dir.join("sandbox-ready"), b"")?;
         Ok(ip)
     }
 
@@ -431,11 +460,20 @@ impl Agent {
             };
             c["lastTransitionTime"] = time;
         }
-        if self.reported.get(&uid) == Some(&status) && strip_times(old) == strip_times(&status) {
+        // Compare as the API stores it (proto3 JSON leaves defaults out), times aside.
+        let canonical = |v: &Value| {
+            serde_json::from_value::<skiff_proto::api::PodStatus>(v.clone())
+                .ok()
+                .and_then(|s| serde_json::to_value(s).ok())
+                .map(|v| strip_times(&v))
+        };
+        if canonical(old) == canonical(&status) {
+            self.reported.insert(uid, status);
             return Ok(());
         }
         let mut updated = pod_json.clone();
         updated["status"] = status.clone();
+        tracing::debug!(pod = name, phase = %updated["status"]["phase"], "reporting status");
         match self.client.update_pod_status(&updated).await {
             Ok(()) => {
                 self.reported.insert(uid, status);
@@ -460,13 +498,15 @@ impl Agent {
     ) {
         let uid = meta(pod_json, "uid").to_string();
         let key = (uid.clone(), c.name.clone());
+        tracing::debug!(pod = meta(pod_json, "name"), container = c.name, attempt, "starting");
         match self.prepare(pod_json, pod, c, dir, ip, attempt).await {
             Ok(()) => {
                 self.waiting.remove(&key);
                 let verb = if attempt == 0 { "Started" } else { "Restarted" };
-                self.client
-                    .event(pod_json, "Pod", "kubelet", "Normal", "Started", &format!("{verb} container {}", c.name))
-                    .await;
+                // Off the start path: the event is best-effort and its write takes a raft round.
+                let (client, pod, msg) =
+                    (self.client.clone(), pod_json.clone(), format!("{verb} container {}", c.name));
+                tokio::spawn(async move { client.event(&pod, "Pod", "kubelet", "Normal", "Started", &msg).await });
             }
             Err((reason, message)) => {
                 let first = self.waiting.get(&key).map(|(r, _)| r.clone());
@@ -642,6 +682,7 @@ impl Agent {
             .process_group(0)
             .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(run_err)?;
+        tracing::debug!(pod = name, container = c.name, "shim spawned");
         // Reap the shim when it exits; it outlives us if we are restarted.
         tokio::spawn(async move {
             let _ = child.wait().await;
@@ -925,6 +966,29 @@ impl Agent {
             }
         }
         Ok(())
+    }
+}
+
+/// Follows the pods bound to `node` and wakes the pod loop on every change; reconnects (after
+/// a pause) when the watch breaks, e.g. while masters fail over.
+async fn watch_pods(client: Client, node: String, wake: std::sync::Arc<tokio::sync::Notify>) {
+    use skiff_proto::api::pods_client::PodsClient;
+    use skiff_proto::api::WatchRequest;
+    loop {
+        let req = WatchRequest { field_selector: format!("spec.nodeName={node}"), ..Default::default() };
+        let stream = client
+            .with_failover(|channel, auth| {
+                let req = req.clone();
+                async move { Ok(PodsClient::with_interceptor(channel, auth).watch(req).await?.into_inner()) }
+            })
+            .await;
+        if let Ok(mut stream) = stream {
+            wake.notify_one();
+            while let Ok(Some(_)) = stream.message().await {
+                wake.notify_one();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

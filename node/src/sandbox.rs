@@ -57,6 +57,26 @@ fn run(cmd: &mut Command) -> Result<String, NodeError> {
     }
 }
 
+/// Runs `cmd` with `input` on its stdin.
+fn batch(cmd: &mut Command, input: &str) -> Result<(), NodeError> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| NodeError::Sandbox(format!("{cmd:?}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| NodeError::Sandbox(format!("{cmd:?}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NodeError::Sandbox(format!("{cmd:?} with {input:?}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
 fn ip(args: &[&str]) -> Result<String, NodeError> {
     run(Command::new("ip").args(args))
 }
@@ -143,22 +163,25 @@ impl Sandbox {
 
     /// Connects the pod to the bridge with `addr`; returns without change if eth0 has it.
     pub fn connect(&self, net: &PodNetwork, addr: Ipv4Addr) -> Result<(), NodeError> {
-        let in_pod = |args: &[&str]| {
-            run(Command::new("nsenter").arg(format!("--net={}", self.net().display())).arg("ip").args(args))
-        };
         let cidr = format!("{addr}/{}", net.prefix);
-        if in_pod(&["-4", "addr", "show", "dev", "eth0"]).is_ok_and(|o| o.contains(&format!("inet {cidr}"))) {
+        let net_ns = format!("--net={}", self.net().display());
+        let shown = run(Command::new("nsenter").arg(&net_ns).args(["ip", "-4", "addr", "show", "dev", "eth0"]));
+        if shown.is_ok_and(|o| o.contains(&format!("inet {cidr}"))) {
             return Ok(());
         }
-        let _ = in_pod(&["link", "del", "eth0"]);
+        let _ = run(Command::new("nsenter").arg(&net_ns).args(["ip", "link", "del", "eth0"]));
         let _ = ip(&["link", "del", &self.host_veth]);
-        let me = std::process::id().to_string();
-        in_pod(&["link", "add", "eth0", "type", "veth", "peer", "name", &self.host_veth, "netns", &me])?;
-        ip(&["link", "set", &self.host_veth, "master", &net.bridge])?;
-        ip(&["link", "set", &self.host_veth, "up"])?;
-        in_pod(&["addr", "add", &cidr, "dev", "eth0"])?;
-        in_pod(&["link", "set", "eth0", "up"])?;
-        in_pod(&["route", "add", "default", "via", &net.gateway().to_string()])?;
+        // Two processes (`ip -batch`), not one per step: this is on every pod's start path.
+        let in_pod = format!(
+            "link add eth0 type veth peer name {veth} netns {me}\naddr add {cidr} dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
+            veth = self.host_veth,
+            me = std::process::id(),
+            gw = net.gateway(),
+        );
+        batch(Command::new("nsenter").arg(&net_ns).args(["ip", "-batch", "-"]), &in_pod)?;
+        let on_host =
+            format!("link set {veth} master {br}\nlink set {veth} up\n", veth = self.host_veth, br = net.bridge);
+        batch(Command::new("ip").args(["-batch", "-"]), &on_host)?;
         Ok(())
     }
 
