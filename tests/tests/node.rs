@@ -608,3 +608,73 @@ spec:
         c.get_json("pods", "static-web-node-1").is_none().then_some(())
     });
 }
+
+#[test]
+fn two_nodes_keep_separate_pod_networks_and_ride_out_a_master_failure() {
+    let c = Cluster::with_nodes(3, 2, &["--node-arg=--lease-interval-seconds=1"]);
+    let nodes = c.nodes();
+    assert_eq!(nodes.len(), 2);
+    let cidr = |n: &str| c.get_json("nodes", n).unwrap()["spec"]["podCIDR"].as_str().unwrap().to_string();
+    let (cidr1, cidr2) = (cidr("node-1"), cidr("node-2"));
+    assert_ne!(cidr1, cidr2, "each node has its own pod CIDR");
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: on-one}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: on-two}
+spec:
+  nodeName: node-2
+  terminationGracePeriodSeconds: 1
+  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+"#,
+    );
+    let running = |name: &str| {
+        wait_for(T, &format!("{name} Running"), || {
+            let p = c.get_json("pods", name)?;
+            (phase(&p) == "Running").then_some(p)
+        })
+    };
+    let (one, two) = (running("on-one"), running("on-two"));
+    let prefix = |cidr: &str| cidr.rsplit_once('.').unwrap().0.to_string();
+    assert!(one["status"]["podIP"].as_str().unwrap().starts_with(&prefix(&cidr1)), "{one}");
+    assert!(two["status"]["podIP"].as_str().unwrap().starts_with(&prefix(&cidr2)), "{two}");
+
+    // phase: SIGKILL the master every node talks to first; nodes fail over, pods keep running
+    c.kill(1);
+    let lease_time = || {
+        let out = c.ctl(&["get", "lease", "node-1", "-n", "kube-node-lease", "-o", "json"]);
+        out.status.success().then(|| {
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()["spec"]["renewTime"].as_str().unwrap().to_string()
+        })
+    };
+    let before = wait_for(T, "the lease readable after the failure", lease_time);
+    wait_for(T, "node-1 to renew its lease through another master", || {
+        lease_time().filter(|t| *t > before).map(|_| ())
+    });
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: after-failure}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+"#,
+    );
+    running("after-failure");
+    let one_now = c.get_json("pods", "on-one").unwrap();
+    assert_eq!(restarts(container(&one_now, "containerStatuses", "app")), 0);
+    assert_eq!(
+        container(&one_now, "containerStatuses", "app")["state"]["running"]["startedAt"],
+        container(&one, "containerStatuses", "app")["state"]["running"]["startedAt"]
+    );
+}
