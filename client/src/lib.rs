@@ -10,14 +10,15 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use skiff_proto::api::deployments_client::DeploymentsClient;
 use skiff_proto::api::nodes_client::NodesClient;
 use skiff_proto::api::objects_client::ObjectsClient;
 use skiff_proto::api::pod_logs_client::PodLogsClient;
 use skiff_proto::api::pods_client::PodsClient;
 use skiff_proto::api::replica_sets_client::ReplicaSetsClient;
 use skiff_proto::api::{
-    Binding, BindingTarget, DeleteRequest, Node, ObjectMetaRef, Pod, PodLogChunk, PodLogRequest, RawListRequest,
-    RawRequest, ReplicaSet,
+    Binding, BindingTarget, DeleteRequest, Deployment, Node, ObjectMetaRef, Pod, PodLogChunk, PodLogRequest,
+    RawListRequest, RawRequest, ReplicaSet,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -304,28 +305,6 @@ impl Client {
         .await
     }
 
-    /// Replaces a pod's status (the status subresource), guarded by its resourceVersion.
-    pub async fn update_pod_status(&self, pod: &Value) -> Result<(), Status> {
-        let typed: Pod = serde_json::from_value(pod.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.with_failover(|channel, auth| {
-            let typed = typed.clone();
-            async move { PodsClient::with_interceptor(channel, auth).update_status(typed).await.map(|_| ()) }
-        })
-        .await
-    }
-
-    /// Replaces a node's status (what the node daemon reports).
-    pub async fn update_node_status(&self, node: &Value) -> Result<Value, Status> {
-        let typed: Node = serde_json::from_value(node.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let updated = self
-            .with_failover(|channel, auth| {
-                let typed = typed.clone();
-                async move { Ok(NodesClient::with_interceptor(channel, auth).update_status(typed).await?.into_inner()) }
-            })
-            .await?;
-        serde_json::to_value(updated).map_err(|e| Status::internal(e.to_string()))
-    }
-
     /// Deletes a pod with an explicit grace period (0: now, as the node does once its
     /// containers have stopped).
     pub async fn delete_pod(
@@ -374,14 +353,30 @@ impl Client {
         }
     }
 
-    /// Replaces a ReplicaSet's status (the status subresource).
-    pub async fn update_replicaset_status(&self, rs: &Value) -> Result<(), Status> {
-        let typed: ReplicaSet =
-            serde_json::from_value(rs.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.with_failover(|channel, auth| {
-            let typed = typed.clone();
-            async move { ReplicaSetsClient::with_interceptor(channel, auth).update_status(typed).await.map(|_| ()) }
-        })
-        .await
+    /// Replaces an object's status (the status subresource), guarded by its resourceVersion;
+    /// returns the stored object. For the kinds whose status a component reports.
+    pub async fn update_status(&self, resource: &str, obj: &Value) -> Result<Value, Status> {
+        macro_rules! via {
+            ($kind:ty, $client:ident) => {{
+                let typed: $kind =
+                    serde_json::from_value(obj.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let stored = self
+                    .with_failover(|channel, auth| {
+                        let typed = typed.clone();
+                        async move { Ok($client::with_interceptor(channel, auth).update_status(typed).await?.into_inner()) }
+                    })
+                    .await?;
+                serde_json::to_value(stored).map_err(|e| Status::internal(e.to_string()))
+            }};
+        }
+        match resource {
+            "pods" => via!(Pod, PodsClient),
+            "nodes" => via!(Node, NodesClient),
+            "replicasets" => via!(ReplicaSet, ReplicaSetsClient),
+            "deployments" => via!(Deployment, DeploymentsClient),
+            other => {
+                Err(Status::invalid_argument(format!("status updates of {other} are not supported by this client")))
+            }
+        }
     }
 }

@@ -474,7 +474,7 @@ impl Agent {
         let mut updated = pod_json.clone();
         updated["status"] = status.clone();
         tracing::debug!(pod = name, phase = %updated["status"]["phase"], "reporting status");
-        match self.client.update_pod_status(&updated).await {
+        match self.client.update_status("pods", &updated).await.map(|_| ()) {
             Ok(()) => {
                 self.reported.insert(uid, status);
                 Ok(())

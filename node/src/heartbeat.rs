@@ -86,7 +86,7 @@ pub async fn register(client: &Client, config: &NodeConfig) -> Result<(), tonic:
 async fn report_status(client: &Client, config: &NodeConfig) -> Result<(), tonic::Status> {
     let mut node = client.get("nodes", "", &config.name).await?;
     node["status"] = node_object(config)["status"].clone();
-    client.update_node_status(&node).await.map(|_| ())
+    client.update_status("nodes", &node).await.map(|_| ())
 }
 
 async fn renew_lease(client: &Client, config: &NodeConfig) -> Result<(), tonic::Status> {

@@ -1,4 +1,4 @@
-//! The scheduler and (to come) the controllers that run on the raft leader.
+//! The scheduler and the controllers that run on the raft leader.
 //!
 //! Scheduling decisions are a pure function of a snapshot (DESIGN.md rule 6):
 //! [`Snapshot::new`] folds nodes and bound pods into per-node usage, and [`placement::schedule`]
@@ -7,8 +7,11 @@
 //! PreferNoSchedule taints, spreading an owner's pods). A pod that fits nowhere gets a
 //! [`placement::FitError`] worded as Kubernetes words it. [`runner::Runner`] is the I/O shell:
 //! on the raft leader only, it places unscheduled pods through the API's binding subresource.
-//! The controllers are not built yet (see the "Scheduler and controllers" issue).
+//! Controllers, each a pure plan the runner executes: [`deployment`] (a ReplicaSet per
+//! template revision, RollingUpdate and Recreate, history) and [`replicaset`] (replica counts,
+//! adoption). The others are not built yet (see the "Scheduler and controllers" issue).
 
+pub mod deployment;
 pub mod placement;
 pub mod replicaset;
 pub mod runner;

@@ -54,6 +54,95 @@ impl Runner {
             .collect())
     }
 
+    /// One Deployment controller pass over every Deployment.
+    async fn deployments(&self) -> Result<(), Status> {
+        let deployments = self.client.list("deployments", "", "", "").await?;
+        let sets = self.client.list("replicasets", "", "", "").await?;
+        let pods = self.client.list("pods", "", "", "").await?;
+        let in_ns = |list: &Value, ns: &str| -> Vec<Value> {
+            list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|o| o["metadata"]["namespace"] == ns)
+                .cloned()
+                .collect()
+        };
+        for d in deployments["items"].as_array().into_iter().flatten() {
+            if d.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                continue;
+            }
+            let ns = d["metadata"]["namespace"].as_str().unwrap_or("default");
+            let name = d["metadata"]["name"].as_str().unwrap_or_default();
+            let plan = crate::deployment::plan(d, &in_ns(&sets, ns), &in_ns(&pods, ns));
+            if let Some(rs) = &plan.create {
+                match self.client.create("replicasets", ns, rs).await {
+                    Ok(created) => {
+                        let msg = format!(
+                            "Scaled up replica set {} to {}",
+                            created["metadata"]["name"].as_str().unwrap_or_default(),
+                            rs["spec"]["replicas"]
+                        );
+                        self.event(d, "Deployment", "Normal", "ScalingReplicaSet", &msg).await;
+                    }
+                    Err(e) => self.ignore_races(Err(e))?,
+                }
+            }
+            for rs in &plan.update {
+                let before = crate::deployment::replicas_of(rs);
+                if self.ignore_races(self.client.update("replicasets", rs).await.map(|_| ())).is_ok() {
+                    let msg = format!(
+                        "Scaled replica set {} to {before}",
+                        rs["metadata"]["name"].as_str().unwrap_or_default()
+                    );
+                    self.event(d, "Deployment", "Normal", "ScalingReplicaSet", &msg).await;
+                }
+            }
+            for rs in &plan.delete {
+                self.ignore_races(self.client.delete("replicasets", ns, rs).await.map(|_| ()))?;
+            }
+            // The Deployment's own revision annotation, then its status.
+            let mut current = d.clone();
+            if !plan.revision.is_empty()
+                && current["metadata"]["annotations"][crate::deployment::REVISION].as_str() != Some(&plan.revision)
+            {
+                current["metadata"]["annotations"][crate::deployment::REVISION] = json!(plan.revision);
+                match self.client.update("deployments", &current).await {
+                    Ok(updated) => current = updated,
+                    Err(e) => {
+                        self.ignore_races(Err(e))?;
+                        continue;
+                    }
+                }
+            }
+            let status = current.get("status").cloned().unwrap_or(Value::Null);
+            let keys = [
+                "replicas",
+                "updatedReplicas",
+                "readyReplicas",
+                "availableReplicas",
+                "unavailableReplicas",
+                "observedGeneration",
+            ];
+            let changed =
+                keys.iter().any(|k| status[*k].as_i64().unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0))
+                    || status["conditions"]
+                        .as_array()
+                        .map(|c| c.iter().map(|c| (c["type"].clone(), c["reason"].clone())).collect::<Vec<_>>())
+                        != plan.status["conditions"]
+                            .as_array()
+                            .map(|c| c.iter().map(|c| (c["type"].clone(), c["reason"].clone())).collect::<Vec<_>>());
+            if changed {
+                current["status"] = plan.status.clone();
+                if let Err(e) = self.ignore_races(self.client.update_status("deployments", &current).await.map(|_| ()))
+                {
+                    tracing::debug!("deployment {ns}/{name} status: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One ReplicaSet controller pass over every ReplicaSet.
     async fn replicasets(&self) -> Result<(), Status> {
         let sets = self.client.list("replicasets", "", "", "").await?;
@@ -86,7 +175,8 @@ impl Runner {
             if changed {
                 let mut updated = rs.clone();
                 updated["status"] = plan.status.clone();
-                if let Err(e) = self.ignore_races(self.client.update_replicaset_status(&updated).await) {
+                if let Err(e) = self.ignore_races(self.client.update_status("replicasets", &updated).await.map(|_| ()))
+                {
                     tracing::debug!("replicaset {ns}/{name} status: {e}");
                 }
             }
@@ -103,6 +193,9 @@ impl Runner {
     }
 
     async fn round(&self, reported: &mut HashMap<String, String>) -> Result<(), Status> {
+        if let Err(e) = self.deployments().await {
+            tracing::debug!("deployment controller: {e}");
+        }
         if let Err(e) = self.replicasets().await {
             tracing::debug!("replicaset controller: {e}");
         }
@@ -147,7 +240,7 @@ impl Runner {
                     conditions.push(json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                         "message": msg, "lastTransitionTime": skiff_proto::time::now_rfc3339()}));
                     updated["status"]["conditions"] = Value::Array(conditions);
-                    match self.client.update_pod_status(&updated).await {
+                    match self.client.update_status("pods", &updated).await.map(|_| ()) {
                         Ok(()) => {
                             self.event(raw, "Pod", "Warning", "FailedScheduling", &msg).await;
                             reported.insert(meta.uid.clone(), msg);

@@ -1,0 +1,109 @@
+//! Deployments on real nodes: a rollout creates a ReplicaSet per template revision and moves
+//! pods over as new ones become Ready, scaling resizes only the current ReplicaSet, and putting
+//! the old template back (a rollback) revives its ReplicaSet as the newest revision.
+
+use serde_json::Value;
+use skiff_tests::{wait_for, Cluster};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(90);
+
+fn deployment(version: &str, replicas: u32) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: app
+        image: "busybox:test"
+        command: [sh, -c, "echo {version}; touch /tmp/ready; exec sleep 3600"]
+        env: [{{name: VERSION, value: "{version}"}}]
+        readinessProbe: {{exec: {{command: [cat, /tmp/ready]}}, periodSeconds: 1}}
+"#
+    )
+}
+
+fn items(c: &Cluster, resource: &str) -> Vec<Value> {
+    let out = c.ctl_ok(&["get", resource, "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn ready_pods(c: &Cluster, version: &str) -> usize {
+    items(c, "pods")
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| p["spec"]["containers"][0]["env"][0]["value"] == version)
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        })
+        .count()
+}
+
+fn rollout_done(c: &Cluster, replicas: i64) -> Option<Value> {
+    let d = c.get_json("deployments", "web")?;
+    let s = &d["status"];
+    (s["updatedReplicas"].as_i64() == Some(replicas)
+        && s["readyReplicas"].as_i64() == Some(replicas)
+        && s["replicas"].as_i64() == Some(replicas))
+    .then_some(d)
+}
+
+#[test]
+fn a_deployment_rolls_out_scales_and_rolls_back_on_real_nodes() {
+    let c = Cluster::with_nodes(3, 2, &[]);
+    // phase: create; one ReplicaSet, three ready pods, revision 1
+    c.apply_yaml(&deployment("v1", 3));
+    let d = wait_for(T, "3 ready replicas of v1", || rollout_done(&c, 3));
+    assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+    let sets = items(&c, "replicasets");
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let first_rs = sets[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let hash = sets[0]["metadata"]["labels"]["pod-template-hash"].as_str().unwrap();
+    assert_eq!(first_rs, format!("web-{hash}"));
+
+    // phase: a new template rolls over; with maxUnavailable 0, v1 never drops below 3 ready
+    // until v2 pods are ready to take their place
+    c.apply_yaml(&deployment("v2", 3));
+    let mut min_ready = usize::MAX;
+    wait_for(T, "3 ready replicas of v2 and no v1 pods", || {
+        let v1 = ready_pods(&c, "v1");
+        let v2 = ready_pods(&c, "v2");
+        min_ready = min_ready.min(v1 + v2);
+        (v2 == 3 && v1 == 0 && rollout_done(&c, 3).is_some()).then_some(())
+    });
+    assert!(min_ready >= 3, "availability dipped to {min_ready} ready pods during the rollout");
+    let d = c.get_json("deployments", "web").unwrap();
+    assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "2");
+    let sets = items(&c, "replicasets");
+    assert_eq!(sets.len(), 2);
+    let old = sets.iter().find(|s| s["metadata"]["name"] == first_rs.as_str()).unwrap();
+    assert_eq!(old["spec"]["replicas"].as_i64().unwrap_or(0), 0, "the old ReplicaSet is scaled to zero and kept");
+
+    // phase: scaling changes only the current ReplicaSet
+    c.apply_yaml(&deployment("v2", 4));
+    wait_for(T, "4 ready replicas", || rollout_done(&c, 4));
+    assert_eq!(items(&c, "replicasets").len(), 2, "scaling made no new revision");
+
+    // phase: the v1 template again: its ReplicaSet comes back as revision 3
+    c.apply_yaml(&deployment("v1", 4));
+    wait_for(T, "4 ready replicas of v1 again", || {
+        (ready_pods(&c, "v1") == 4 && ready_pods(&c, "v2") == 0 && rollout_done(&c, 4).is_some()).then_some(())
+    });
+    let sets = items(&c, "replicasets");
+    assert_eq!(sets.len(), 2, "the old ReplicaSet was reused: {sets:?}");
+    let back = sets.iter().find(|s| s["metadata"]["name"] == first_rs.as_str()).unwrap();
+    assert_eq!(back["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3");
+    assert_eq!(back["spec"]["replicas"], 4);
+}
