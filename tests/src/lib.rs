@@ -156,8 +156,9 @@ impl Cluster {
 
     /// The node daemons in cluster.json: (name, pid, root).
     pub fn nodes(&self) -> Vec<(String, u32, PathBuf)> {
-        let text = std::fs::read_to_string(self.dir.path().join("cluster.json")).expect("cluster.json");
-        let v: Value = serde_json::from_str(&text).expect("cluster.json is JSON");
+        // Empty when `skiff up` failed before writing cluster.json (Drop calls this too).
+        let text = std::fs::read_to_string(self.dir.path().join("cluster.json")).unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or_default();
         v["nodes"]
             .as_array()
             .into_iter()
