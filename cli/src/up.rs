@@ -96,20 +96,23 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
-fn spawn_master(entry: &MasterEntry) -> anyhow::Result<u32> {
+/// Starts `skiff ARGS` in its own process group, its output appended to `log`; returns its pid.
+fn spawn_skiff(args: &[&std::ffi::OsStr], log: &Path, name: &str) -> anyhow::Result<u32> {
     let exe = std::env::current_exe().context("locating the skiff binary")?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&entry.log)?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let child = Command::new(exe)
-        .arg("master")
-        .arg("--config")
-        .arg(&entry.config)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting {}", entry.name))?;
+        .with_context(|| format!("starting {name}"))?;
     Ok(child.id())
+}
+
+fn spawn_master(entry: &MasterEntry) -> anyhow::Result<u32> {
+    spawn_skiff(&["master".as_ref(), "--config".as_ref(), entry.config.as_os_str()], &entry.log, &entry.name)
 }
 
 fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
@@ -257,28 +260,14 @@ fn new_nodes(
 }
 
 fn spawn_node(entry: &NodeEntry) -> anyhow::Result<u32> {
-    let exe = std::env::current_exe().context("locating the skiff binary")?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&entry.log)?;
-    let child = Command::new(exe)
-        .arg("node")
-        .arg("--config")
-        .arg(&entry.config)
-        .arg("--name")
-        .arg(&entry.name)
-        .arg("--root-dir")
-        .arg(&entry.root)
-        .arg("--pod-cidr")
-        .arg(&entry.pod_cidr)
-        .arg("--bridge")
-        .arg(&entry.bridge)
-        .args(&entry.args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting {}", entry.name))?;
-    Ok(child.id())
+    let mut args: Vec<&std::ffi::OsStr> = vec!["node".as_ref(), "--config".as_ref(), entry.config.as_os_str()];
+    for (flag, value) in [("--name", entry.name.as_str()), ("--pod-cidr", &entry.pod_cidr), ("--bridge", &entry.bridge)]
+    {
+        args.extend([std::ffi::OsStr::new(flag), std::ffi::OsStr::new(value)]);
+    }
+    args.extend([std::ffi::OsStr::new("--root-dir"), entry.root.as_os_str()]);
+    args.extend(entry.args.iter().map(std::ffi::OsStr::new));
+    spawn_skiff(&args, &entry.log, &entry.name)
 }
 
 /// The node daemon's process is `skiff node … --root-dir ROOT`.
