@@ -42,12 +42,19 @@ pub struct NodeEntry {
     pub root: PathBuf,
     pub bridge: String,
     pub pod_cidr: String,
+    /// The node's address (a loopback address of its own on one machine).
+    #[serde(default = "default_node_ip")]
+    pub node_ip: String,
     /// Its client config (the masters and the node's own token).
     pub config: PathBuf,
     pub log: PathBuf,
     /// Extra `skiff node` flags it runs with (`skiff up --node-arg`).
     #[serde(default)]
     pub args: Vec<String>,
+}
+
+fn default_node_ip() -> String {
+    "127.0.0.1".into()
 }
 
 impl ClusterFile {

@@ -57,9 +57,10 @@ pub struct NodeArgs {
     /// Container log size at which it is rotated.
     #[arg(long, default_value_t = 10 << 20)]
     pub log_max_bytes: u64,
-    /// Address of the node's log server (masters proxy `skiff logs` to it).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: String,
+    /// Address of the node's log server (masters proxy `skiff logs` to it); default: the
+    /// node IP, any free port.
+    #[arg(long)]
+    pub listen: Option<String>,
     /// A registry (`host:port`) to pull from over plain HTTP (repeatable), e.g. one on loopback.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
@@ -104,7 +105,7 @@ fn config_of(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
         pids_limit: args.pids_limit,
         log_max_bytes: args.log_max_bytes,
         shim_exe: std::env::current_exe().context("locating the skiff binary")?,
-        listen: args.listen.clone(),
+        listen: args.listen.clone().unwrap_or_else(|| format!("{}:0", args.node_ip)),
         log_port: 0,
         insecure_registries: args.insecure_registries.clone(),
         pod_manifest_path: args.pod_manifest_path.clone(),

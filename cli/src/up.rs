@@ -250,6 +250,8 @@ fn new_nodes(
             pid: 0,
             root,
             bridge: format!("sk{tag}n{}", i + 1),
+            // Each node its own loopback address, so host ports of two nodes never collide.
+            node_ip: format!("127.0.0.{}", i + 2),
             pod_cidr: cidr,
             config,
             log: home.join("node.log"),
@@ -261,8 +263,13 @@ fn new_nodes(
 
 fn spawn_node(entry: &NodeEntry) -> anyhow::Result<u32> {
     let mut args: Vec<&std::ffi::OsStr> = vec!["node".as_ref(), "--config".as_ref(), entry.config.as_os_str()];
-    for (flag, value) in [("--name", entry.name.as_str()), ("--pod-cidr", &entry.pod_cidr), ("--bridge", &entry.bridge)]
-    {
+    let flags = [
+        ("--name", entry.name.as_str()),
+        ("--pod-cidr", &entry.pod_cidr),
+        ("--bridge", &entry.bridge),
+        ("--node-ip", &entry.node_ip),
+    ];
+    for (flag, value) in flags {
         args.extend([std::ffi::OsStr::new(flag), std::ffi::OsStr::new(value)]);
     }
     args.extend([std::ffi::OsStr::new("--root-dir"), entry.root.as_os_str()]);

@@ -367,6 +367,9 @@ impl Agent {
             etc.join("hosts"),
             format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"),
         )?;
+        let pod_json = serde_json::to_value(pod).map_err(|e| NodeError::Sandbox(e.to_string()))?;
+        let ports = crate::hostport::mappings(&pod_json, &self.config.node_ip, &ip.to_string());
+        crate::hostport::publish(&self.config.bridge, uid, &ports)?;
         std::fs::write(dir.join("sandbox-ready"), b"")?;
         Ok(ip)
     }
@@ -950,6 +953,7 @@ impl Agent {
         for i in instance::all_instances(&dir) {
             i.release();
         }
+        crate::hostport::unpublish(&self.config.bridge, &uid);
         self.sandbox(&uid).destroy();
         crate::remove_pod_cgroups(&self.config.name, &uid);
         let _ = std::fs::remove_dir_all(&dir);

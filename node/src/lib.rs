@@ -13,6 +13,7 @@
 //! - [`bundle`]: pod container → OCI runtime spec; [`image`]: the local OCI image store;
 //!   [`registry`]: pulls from (and pushes to) OCI distribution registries;
 //! - [`sandbox`]: the pod's shared network/IPC/UTS namespaces and its veth on the node bridge;
+//! - [`hostport`]: `hostPort` as iptables DNAT rules in a chain of the node's own;
 //! - [`heartbeat`]: Node registration, Lease renewal, node conditions.
 //!
 //! Invariant: the daemon changes the cluster only through the API, and only its own Node, its
@@ -22,6 +23,7 @@ pub mod agent;
 pub mod bundle;
 pub mod error;
 pub mod heartbeat;
+pub mod hostport;
 pub mod image;
 pub mod instance;
 pub mod logs;
@@ -188,6 +190,7 @@ pub fn reset(config: &NodeConfig) {
         for i in instance::all_instances(&pods.join(uid)) {
             i.release();
         }
+        hostport::unpublish(&config.bridge, uid);
         sandbox::Sandbox::new(&config.root.join("ns"), uid).destroy();
         remove_pod_cgroups(&config.name, uid);
         let _ = std::fs::remove_dir_all(pods.join(uid));
@@ -195,6 +198,7 @@ pub fn reset(config: &NodeConfig) {
     for controller in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
         let _ = std::fs::remove_dir(controller.path().join("skiff").join(&config.name));
     }
+    hostport::remove_chain(&config.bridge);
     sandbox::delete_bridge(&config.bridge);
     let _ = nix::mount::umount2(&config.root.join("ns"), nix::mount::MntFlags::MNT_DETACH);
 }

@@ -678,3 +678,49 @@ spec:
         container(&one, "containerStatuses", "app")["state"]["running"]["startedAt"]
     );
 }
+
+#[test]
+fn host_ports_reach_the_pod_on_the_node_address_and_go_with_it() {
+    use std::io::{Read, Write};
+    let c = Cluster::with_nodes(3, 1, &[]);
+    let host_port = 30000 + (std::process::id() % 2000) as u16;
+    c.apply_yaml(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: published}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: "busybox:test"
+    command: [sh, -c, "mkdir -p /www && echo hello-through-hostport > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{{containerPort: 8080, hostPort: {host_port}}}]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+"#
+    ));
+    let pod = wait_for(T, "published Ready", || {
+        let p = c.get_json("pods", "published")?;
+        (container(&p, "containerStatuses", "web")["ready"] == true).then_some(p)
+    });
+    let node_ip = pod["status"]["hostIP"].as_str().unwrap().to_string();
+    // phase: the node's address and host port answer with the pod's page
+    let addr = format!("{node_ip}:{host_port}");
+    let body = wait_for(T, &format!("an HTTP answer on {addr}"), || {
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.contains("hello-through-hostport").then_some(out)
+    });
+    assert!(body.starts_with("HTTP/1."), "{body}");
+
+    // phase: deleting the pod removes its rule
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    c.ctl_ok(&["delete", "pod", "published"]);
+    wait_for(T, "the pod's DNAT rule to go", || {
+        let rules = std::process::Command::new("iptables").args(["-w", "5", "-t", "nat", "-S"]).output().ok()?;
+        (!String::from_utf8_lossy(&rules.stdout).contains(&uid)).then_some(())
+    });
+}

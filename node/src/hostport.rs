@@ -1,0 +1,171 @@
+//! `hostPort`: a container port published on the node's address, with iptables DNAT rules in
+//! a chain of the node's own (`SKIFF-HP-<bridge>`, in the nat table, jumped to from PREROUTING
+//! and OUTPUT for local destinations). Each rule is commented with its pod's uid so the pod's
+//! rules go with it; the node's reset removes the chain. Traffic from the node itself to its
+//! loopback address needs `route_localnet` and a masquerade onto the bridge, as kube-proxy does.
+
+use crate::error::NodeError;
+use std::process::Command;
+
+/// One published port: protocol, host address, host port, pod address and container port.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mapping {
+    pub protocol: String,
+    pub host_ip: String,
+    pub host_port: u16,
+    pub pod_ip: String,
+    pub container_port: u16,
+}
+
+fn iptables(args: &[&str]) -> Result<String, NodeError> {
+    let out = Command::new("iptables")
+        .args(["-w", "5"])
+        .args(args)
+        .output()
+        .map_err(|e| NodeError::Sandbox(format!("iptables (install the iptables package): {e}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(NodeError::Sandbox(format!("iptables {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+/// `args` appended to `chain` of the nat table unless an identical rule is there.
+fn ensure_rule(chain: &str, rule: &[&str]) -> Result<(), NodeError> {
+    let mut check = vec!["-t", "nat", "-C", chain];
+    check.extend_from_slice(rule);
+    if iptables(&check).is_ok() {
+        return Ok(());
+    }
+    let mut add = vec!["-t", "nat", "-A", chain];
+    add.extend_from_slice(rule);
+    iptables(&add).map(|_| ())
+}
+
+pub fn chain(bridge: &str) -> String {
+    format!("SKIFF-HP-{bridge}")
+}
+
+/// The node's chain, its jumps, and the loopback masquerade onto the bridge.
+fn ensure_chain(bridge: &str) -> Result<String, NodeError> {
+    let chain = chain(bridge);
+    if iptables(&["-t", "nat", "-S", &chain]).is_err() {
+        iptables(&["-t", "nat", "-N", &chain])?;
+    }
+    for hook in ["PREROUTING", "OUTPUT"] {
+        ensure_rule(hook, &["-m", "addrtype", "--dst-type", "LOCAL", "-j", &chain])?;
+    }
+    ensure_rule("POSTROUTING", &["-s", "127.0.0.0/8", "-o", bridge, "-j", "MASQUERADE"])?;
+    // DNAT of 127.x destinations to a pod needs loopback sources routable off `lo`.
+    let _ = std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1");
+    Ok(chain)
+}
+
+/// Publishes a pod's host ports.
+pub fn publish(bridge: &str, uid: &str, mappings: &[Mapping]) -> Result<(), NodeError> {
+    if mappings.is_empty() {
+        return Ok(());
+    }
+    let chain = ensure_chain(bridge)?;
+    let comment = format!("skiff pod {uid}");
+    for m in mappings {
+        let proto = m.protocol.to_lowercase();
+        let dport = m.host_port.to_string();
+        let to = format!("{}:{}", m.pod_ip, m.container_port);
+        let dst = format!("{}/32", m.host_ip);
+        let rule = [
+            "-p",
+            &proto,
+            "-d",
+            &dst,
+            "--dport",
+            &dport,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ];
+        ensure_rule(&chain, &rule)?;
+    }
+    Ok(())
+}
+
+/// Removes a pod's rules (by the uid in their comments).
+pub fn unpublish(bridge: &str, uid: &str) {
+    let chain = chain(bridge);
+    let Ok(listing) = iptables(&["-t", "nat", "-L", &chain, "-n", "--line-numbers"]) else { return };
+    let mut numbers: Vec<u32> =
+        listing.lines().filter(|l| l.contains(uid)).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    numbers.sort_unstable_by(|a, b| b.cmp(a));
+    for n in numbers {
+        let _ = iptables(&["-t", "nat", "-D", &chain, &n.to_string()]);
+    }
+}
+
+/// Removes the node's chain and its jumps (at reset).
+pub fn remove_chain(bridge: &str) {
+    let chain = chain(bridge);
+    for hook in ["PREROUTING", "OUTPUT"] {
+        let _ = iptables(&["-t", "nat", "-D", hook, "-m", "addrtype", "--dst-type", "LOCAL", "-j", &chain]);
+    }
+    let _ = iptables(&["-t", "nat", "-D", "POSTROUTING", "-s", "127.0.0.0/8", "-o", bridge, "-j", "MASQUERADE"]);
+    let _ = iptables(&["-t", "nat", "-F", &chain]);
+    let _ = iptables(&["-t", "nat", "-X", &chain]);
+}
+
+/// The host-port mappings a pod's containers ask for.
+pub fn mappings(pod: &serde_json::Value, node_ip: &str, pod_ip: &str) -> Vec<Mapping> {
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| {
+            let host_port = u16::try_from(p["hostPort"].as_u64()?).ok().filter(|h| *h > 0)?;
+            Some(Mapping {
+                protocol: p["protocol"].as_str().filter(|s| !s.is_empty()).unwrap_or("TCP").to_string(),
+                host_ip: p["hostIP"]
+                    .as_str()
+                    .filter(|s| !s.is_empty() && *s != "0.0.0.0")
+                    .unwrap_or(node_ip)
+                    .to_string(),
+                host_port,
+                pod_ip: pod_ip.to_string(),
+                container_port: u16::try_from(p["containerPort"].as_u64()?).ok()?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn host_ports_map_to_the_pod_ip() {
+        let pod = json!({"spec": {"containers": [{"ports": [
+            {"containerPort": 8080, "hostPort": 31080},
+            {"containerPort": 53, "hostPort": 3053, "protocol": "UDP", "hostIP": "127.0.0.9"},
+            {"containerPort": 9090}
+        ]}]}});
+        let m = mappings(&pod, "127.0.0.2", "10.244.1.5");
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            m[0],
+            Mapping {
+                protocol: "TCP".into(),
+                host_ip: "127.0.0.2".into(),
+                host_port: 31080,
+                pod_ip: "10.244.1.5".into(),
+                container_port: 8080
+            }
+        );
+        assert_eq!((m[1].protocol.as_str(), m[1].host_ip.as_str()), ("UDP", "127.0.0.9"));
+        assert!(chain("sk12345n1").len() <= 28);
+    }
+}
