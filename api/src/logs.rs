@@ -1,4 +1,4 @@
-//! `skiff.api.PodLogs` on the masters: authorizes `get pods/log`, finds the node running the
+//! `skiff.api.PodLogs` and `skiff.api.NodeMetrics` on the masters: authorizes `get pods/log`, finds the node running the
 //! pod, and relays the node daemon's log stream (forwarding the caller's credentials, which the
 //! node checks back against the API).
 
@@ -6,14 +6,65 @@ use crate::auth::Attributes;
 use crate::error::ApiError;
 use crate::kinds;
 use crate::service::Api;
+use skiff_proto::api::node_metrics_client::NodeMetricsClient;
+use skiff_proto::api::node_metrics_server::NodeMetrics;
 use skiff_proto::api::pod_logs_client::PodLogsClient;
 use skiff_proto::api::pod_logs_server::PodLogs;
-use skiff_proto::api::{PodLogChunk, PodLogRequest};
+use skiff_proto::api::{NodeUsage, NodeUsageRequest, PodLogChunk, PodLogRequest};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+
+/// A channel to a node daemon's server (its InternalIP and published port).
+async fn node_channel(api: &Api, node_name: &str) -> Result<tonic::transport::Channel, Status> {
+    let node = api.registry.get(kinds::by_resource("nodes")?, "", node_name).await?;
+    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(|p| p.as_u64()).unwrap_or(0);
+    let address = node
+        .pointer("/status/addresses")
+        .and_then(|a| a.as_array())
+        .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
+        .and_then(|x| x["address"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    if port == 0 || address.is_empty() {
+        return Err(Status::unavailable(format!("node {node_name} does not publish an endpoint")));
+    }
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}:{port}"))
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .connect_timeout(Duration::from_secs(3));
+    endpoint.connect().await.map_err(|e| Status::unavailable(format!("node {node_name} at {address}:{port}: {e}")))
+}
+
+/// Copies the caller's credentials onto a request relayed to a node.
+fn forward<T>(from: &tonic::metadata::MetadataMap, body: T) -> Request<T> {
+    let mut req = Request::new(body);
+    if let Some(auth) = from.get("authorization") {
+        req.metadata_mut().insert("authorization", auth.clone());
+    }
+    req
+}
+
+/// `skiff.api.NodeMetrics` on the masters: authorizes `get nodes/metrics` and relays to the
+/// node's own metrics.
+pub struct NodeMetricsService {
+    pub api: Arc<Api>,
+}
+
+#[tonic::async_trait]
+impl NodeMetrics for NodeMetricsService {
+    async fn usage(&self, req: Request<NodeUsageRequest>) -> Result<Response<NodeUsage>, Status> {
+        let user = self.api.authenticate(req.metadata())?;
+        let node = req.get_ref().node.clone();
+        let nodes = kinds::by_resource("nodes")?;
+        let a = Attributes { verb: "get", info: nodes, subresource: "metrics", namespace: "", name: &node };
+        self.api.authorize(&user, &a, None).await?;
+        let channel = node_channel(&self.api, &node).await?;
+        let usage = NodeMetricsClient::new(channel).usage(forward(req.metadata(), req.get_ref().clone())).await?;
+        Ok(Response::new(usage.into_inner()))
+    }
+}
 
 pub struct PodLogsService {
     pub api: Arc<Api>,
@@ -39,29 +90,8 @@ impl PodLogs for PodLogsService {
         if node_name.is_empty() {
             return Err(Status::failed_precondition(format!("pod \"{}\" is not scheduled to a node yet", r.name)));
         }
-        let node = self.api.registry.get(kinds::by_resource("nodes")?, "", node_name).await?;
-        let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(|p| p.as_u64()).unwrap_or(0);
-        let address = node
-            .pointer("/status/addresses")
-            .and_then(|a| a.as_array())
-            .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
-            .and_then(|x| x["address"].as_str())
-            .unwrap_or_default()
-            .to_string();
-        if port == 0 || address.is_empty() {
-            return Err(Status::unavailable(format!("node {node_name} does not publish a log endpoint")));
-        }
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}:{port}"))
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(3));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("node {node_name} log server {address}:{port}: {e}")))?;
-        let mut forwarded = Request::new(r);
-        if let Some(auth) = req.metadata().get("authorization") {
-            forwarded.metadata_mut().insert("authorization", auth.clone());
-        }
+        let channel = node_channel(&self.api, node_name).await?;
+        let forwarded = forward(req.metadata(), r);
         let stream = PodLogsClient::new(channel).get(forwarded).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }

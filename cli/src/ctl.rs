@@ -24,7 +24,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn client(&self) -> Result<Client, Failure> {
+    pub(crate) fn client(&self) -> Result<Client, Failure> {
         let mut cfg = ClientConfig::discover(self.config.as_deref()).map_err(|e| Failure::Local(e.to_string()))?;
         cfg.timeout = parse_duration(&self.request_timeout).map_err(Failure::Local)?;
         if let Some(ns) = &self.namespace {
@@ -34,7 +34,7 @@ impl Conn {
     }
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (n, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
     let n: u64 = n.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 30s, 2m)"))?;
     Ok(std::time::Duration::from_secs(match unit {
@@ -88,11 +88,11 @@ impl std::fmt::Display for Failure {
 
 pub type Outcome = Result<(), Failure>;
 
-fn kind_arg(name: &str) -> Result<&'static KindInfo, Failure> {
+pub(crate) fn kind_arg(name: &str) -> Result<&'static KindInfo, Failure> {
     kinds::lookup(name).ok_or_else(|| Failure::Local(format!("the server doesn't have a resource type {name:?}")))
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
 }
 
@@ -120,13 +120,17 @@ pub struct GetArgs {
 
 /// kubectl's short ages: 45s, 5m, 3h, 12d.
 fn age(obj: &Value) -> String {
-    let Some(ts) = obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str) else {
+    since(obj, "/metadata/creationTimestamp")
+}
+
+/// kubectl's short age of the timestamp at `pointer` (`45s`, `12m`, `5h`, `3d`).
+fn since(obj: &Value, pointer: &str) -> String {
+    let Some(ts) = obj.pointer(pointer).and_then(Value::as_str) else {
         return "<unknown>".into();
     };
-    let Some(created) = skiff_proto::time::parse_rfc3339(ts) else { return "<unknown>".into() };
+    let Some(then) = skiff_proto::time::parse_rfc3339(ts) else { return "<unknown>".into() };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let s = (now - created).max(0);
-    match s {
+    match (now - then).max(0) {
         s if s < 120 => format!("{s}s"),
         s if s < 3 * 3600 => format!("{}m", s / 60),
         s if s < 2 * 86400 => format!("{}h", s / 3600),
@@ -198,6 +202,7 @@ fn columns(info: &KindInfo, wide: bool) -> Vec<&'static str> {
         "ConfigMap" | "Secret" => vec!["NAME", "DATA", "AGE"],
         "Job" => vec!["NAME", "COMPLETIONS", "DURATION", "AGE"],
         "CronJob" => vec!["NAME", "SCHEDULE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"],
+        "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         _ => vec!["NAME", "AGE"],
     };
     if wide && info.kind == "Pod" {
@@ -298,6 +303,12 @@ fn row(info: &KindInfo, o: &Value, wide: bool) -> Vec<String> {
             "<none>".into(),
             age(o),
         ],
+        "Event" => {
+            let last = if s(o, "/lastTimestamp").is_empty() { "/metadata/creationTimestamp" } else { "/lastTimestamp" };
+            let seen = since(o, last);
+            let object = format!("{}/{}", s(o, "/involvedObject/kind").to_lowercase(), s(o, "/involvedObject/name"));
+            vec![seen, s(o, "/type").to_string(), s(o, "/reason").to_string(), object, s(o, "/message").to_string()]
+        }
         _ => vec![name, age(o)],
     };
     if wide && info.kind == "Pod" {
@@ -309,7 +320,7 @@ fn row(info: &KindInfo, o: &Value, wide: bool) -> Vec<String> {
     r
 }
 
-fn print_table(rows: &[Vec<String>]) {
+pub(crate) fn print_table(rows: &[Vec<String>]) {
     let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
     for r in rows {
         let cells: Vec<String> = r

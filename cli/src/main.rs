@@ -8,6 +8,8 @@ mod cluster_file;
 mod ctl;
 mod master_cmd;
 mod node_cmd;
+mod rollout;
+mod top;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +50,12 @@ enum Command {
     Create(ctl::FileArgs),
     /// Delete resources by name or file (kubectl delete).
     Delete(ctl::DeleteArgs),
+    /// Manage Deployment rollouts: status, history, undo, restart (kubectl rollout).
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
+    /// Display cpu and memory use of nodes or pods (kubectl top).
+    #[command(subcommand)]
+    Top(top::TopCommand),
     /// Print a container's log (kubectl logs).
     Logs(ctl::LogsArgs),
     /// The resource kinds the server serves.
@@ -112,6 +120,8 @@ fn main() -> anyhow::Result<()> {
         Command::Create(args) => ctl::report(ctl::apply(args, true)),
         Command::Delete(args) => ctl::report(ctl::delete(args)),
         Command::Logs(args) => ctl::report(ctl::logs(args)),
+        Command::Rollout(cmd) => ctl::report(rollout::run(cmd)),
+        Command::Top(cmd) => ctl::report(top::run(cmd)),
         Command::ApiResources => ctl::report(ctl::api_resources()),
         Command::Label(args) => ctl::report(ctl::set_meta_map(args, "labels", "labeled")),
         Command::Annotate(args) => ctl::report(ctl::set_meta_map(args, "annotations", "annotated")),

@@ -11,6 +11,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 use skiff_proto::api::deployments_client::DeploymentsClient;
+use skiff_proto::api::node_metrics_client::NodeMetricsClient;
 use skiff_proto::api::nodes_client::NodesClient;
 use skiff_proto::api::objects_client::ObjectsClient;
 use skiff_proto::api::pod_logs_client::PodLogsClient;
@@ -331,6 +332,16 @@ impl Client {
         self.with_failover(|channel, auth| {
             let req = req.clone();
             async move { Ok(PodLogsClient::with_interceptor(channel, auth).get(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// A node's resource usage and its pods' (what `skiff top` shows).
+    pub async fn node_usage(&self, node: &str) -> Result<skiff_proto::api::NodeUsage, Status> {
+        let req = skiff_proto::api::NodeUsageRequest { node: node.into() };
+        self.with_failover(|channel, auth| {
+            let req = req.clone();
+            async move { Ok(NodeMetricsClient::with_interceptor(channel, auth).usage(req).await?.into_inner()) }
         })
         .await
     }

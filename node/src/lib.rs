@@ -14,6 +14,7 @@
 //!   [`registry`]: pulls from (and pushes to) OCI distribution registries;
 //! - [`sandbox`]: the pod's shared network/IPC/UTS namespaces and its veth on the node bridge;
 //! - [`hostport`]: `hostPort` as iptables DNAT rules in a chain of the node's own;
+//! - [`stats`]: cgroup-based usage of the node and its pods (`skiff top`);
 //! - [`heartbeat`]: Node registration, Lease renewal, node conditions.
 //!
 //! Invariant: the daemon changes the cluster only through the API, and only its own Node, its
@@ -31,6 +32,7 @@ pub mod probe;
 pub mod registry;
 pub mod sandbox;
 pub mod shim;
+pub mod stats;
 pub mod status;
 
 pub use error::NodeError;
@@ -105,6 +107,8 @@ pub async fn run(
         .with_context(|| format!("binding the log server to {}", config.listen))?;
     config.log_port = listener.local_addr()?.port();
     let logs = logs::LogServer { root: config.root.clone(), masters: client.config.clone() };
+    let sampler = stats::Sampler::new(config.root.clone(), config.name.clone(), client.config.clone());
+    let sampling = tokio::spawn(sampler.clone().run(Duration::from_secs(5)));
     let agent = agent::Agent::new(client.clone(), config.clone()).context("setting up the node")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -125,12 +129,14 @@ pub async fn run(
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(skiff_proto::api::pod_logs_server::PodLogsServer::new(logs))
+            .add_service(skiff_proto::api::node_metrics_server::NodeMetricsServer::new(sampler.clone()))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
                 let _ = server_stop.changed().await;
             }),
     );
     shutdown.await;
     let _ = stop_tx.send(true);
+    sampling.abort();
     let _ = tokio::join!(beat, pods, server);
     Ok(())
 }

@@ -64,19 +64,30 @@ fn container_names(pod: &Value) -> Vec<String> {
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<PodLogChunk, Status>> + Send>>;
 
+/// Delegated authorization: the caller's bearer token must be allowed to `get` the object
+/// through the masters' API.
+pub async fn authorize_delegated(
+    masters: &skiff_client::ClientConfig,
+    md: &tonic::metadata::MetadataMap,
+    resource: &str,
+    ns: &str,
+    name: &str,
+) -> Result<(), Status> {
+    let token = md
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
+    let mut config = masters.clone();
+    config.token = Some(token.to_string());
+    let client = skiff_client::Client::new(config)?;
+    client.get(resource, ns, name).await.map(|_| ())
+}
+
 impl LogServer {
     async fn authorize(&self, req: &Request<PodLogRequest>) -> Result<(), Status> {
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
-        let mut config = self.masters.clone();
-        config.token = Some(token.to_string());
-        let client = skiff_client::Client::new(config)?;
         let r = req.get_ref();
-        client.get("pods", &r.namespace, &r.name).await.map(|_| ())
+        authorize_delegated(&self.masters, req.metadata(), "pods", &r.namespace, &r.name).await
     }
 
     /// The log file of the run a request names.

@@ -106,4 +106,21 @@ fn a_deployment_rolls_out_scales_and_rolls_back_on_real_nodes() {
     let back = sets.iter().find(|s| s["metadata"]["name"] == first_rs.as_str()).unwrap();
     assert_eq!(back["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3");
     assert_eq!(back["spec"]["replicas"], 4);
+
+    // phase: kubectl-style rollout commands: history lists revisions 2 and 3, undo goes back
+    // to v2 (revision 4), status waits for it and says so
+    let history = c.ctl_ok(&["rollout", "history", "deployment/web"]);
+    let revisions: Vec<&str> = history.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(revisions, ["2", "3"], "{history}");
+    assert!(c.ctl_ok(&["rollout", "undo", "deployment/web"]).contains("rolled back"));
+    let status = c.ctl_ok(&["rollout", "status", "deployment/web", "--timeout", "90s"]);
+    assert!(status.trim_end().ends_with("deployment \"web\" successfully rolled out"), "{status}");
+    wait_for(T, "4 ready replicas of v2 after undo", || {
+        (ready_pods(&c, "v2") == 4 && ready_pods(&c, "v1") == 0).then_some(())
+    });
+    let d = c.get_json("deployments", "web").unwrap();
+    assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "4");
+    let missing = c.ctl(&["rollout", "undo", "deployment/web", "--to-revision", "99"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("unable to find specified revision 99"));
 }

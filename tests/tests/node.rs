@@ -724,3 +724,46 @@ spec:
         (!String::from_utf8_lossy(&rules.stdout).contains(&uid)).then_some(())
     });
 }
+
+#[test]
+fn top_shows_node_and_pod_usage_from_cgroups() {
+    let c = Cluster::with_nodes(3, 1, &[]);
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: burner}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers: [{name: app, image: "busybox:test", command: [sh, -c, "while true; do :; done"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: idler}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+"#,
+    );
+    for name in ["burner", "idler"] {
+        wait_for(T, &format!("{name} Running"), || {
+            let p = c.get_json("pods", name)?;
+            (phase(&p) == "Running").then_some(())
+        });
+    }
+    // phase: after a sampling interval the busy pod uses most of a core, the idle one none
+    let millicores = |table: &str, name: &str| -> Option<i64> {
+        let line = table.lines().find(|l| l.split_whitespace().next() == Some(name))?;
+        line.split_whitespace().nth(1)?.strip_suffix('m')?.parse().ok()
+    };
+    let table = wait_for(T, "top pods to see the burner busy", || {
+        let out = c.ctl(&["top", "pods"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (millicores(&text, "burner")? >= 300).then_some(text)
+    });
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(millicores(&table, "idler").unwrap() < 100, "{table}");
+    let nodes = c.ctl_ok(&["top", "nodes"]);
+    assert!(millicores(&nodes, "node-1").unwrap() >= 300, "{nodes}");
+    assert!(nodes.lines().next().unwrap().contains("MEMORY%"), "{nodes}");
+}
