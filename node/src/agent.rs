@@ -31,8 +31,14 @@ pub struct Agent {
     waiting: HashMap<(String, String), (String, String)>,
     /// When this daemon first saw a pod's deletion (grace is counted from here).
     deleting: HashMap<String, Instant>,
-    /// Last status written per pod uid, to write only changes.
-    reported: HashMap<String, Value>,
+    /// Per pod uid: the resourceVersion at which the API last held exactly the status we
+    /// computed, and that status; a round that computes it again for that version writes
+    /// nothing and compares nothing.
+    reported: HashMap<String, (String, Value)>,
+    /// resourceVersion of each pod's saved `pod.json`.
+    saved: HashMap<String, String>,
+    /// Runs whose shim was spawned this life of the daemon and has not reported yet.
+    starting: Vec<(PathBuf, Instant)>,
     /// Probe results per container run directory, written by the prober tasks.
     probes: crate::probe::Shared,
     /// Runs whose prober task has been started.
@@ -87,6 +93,8 @@ impl Agent {
             waiting: HashMap::new(),
             deleting: HashMap::new(),
             reported: HashMap::new(),
+            saved: HashMap::new(),
+            starting: Vec::new(),
             probes: Default::default(),
             probing: HashSet::new(),
             puller,
@@ -127,17 +135,13 @@ impl Agent {
     }
 
     /// Whether some container run is starting or some image pull is under way.
-    fn busy(&self) -> bool {
+    fn busy(&mut self) -> bool {
         let pulling = self.pulls.lock().is_ok_and(|m| m.values().any(|p| matches!(p, Pull::InFlight)));
-        pulling
-            || std::fs::read_dir(self.config.root.join("pods")).into_iter().flatten().flatten().any(|pod| {
-                instance::all_instances(&pod.path()).iter().any(|i| {
-                    i.state() == InstanceState::Creating
-                        && std::fs::metadata(i.dir.join("shim.json"))
-                            .and_then(|m| m.modified())
-                            .is_ok_and(|t| t.elapsed().is_ok_and(|a| a < Duration::from_secs(10)))
-                })
-            })
+        self.starting.retain(|(dir, since)| {
+            let run = Instance { attempt: 0, dir: dir.clone() };
+            run.state() == InstanceState::Creating && since.elapsed() < Duration::from_secs(10)
+        });
+        pulling || !self.starting.is_empty()
     }
 
     /// One pass over every pod bound here and every pod directory left on disk.
@@ -236,7 +240,11 @@ impl Agent {
         let uid = meta(pod_json, "uid").to_string();
         let dir = self.pod_dir(&uid);
         std::fs::create_dir_all(&dir)?;
-        shim::write_atomic(&dir.join("pod.json"), pod_json)?;
+        let rv = meta(pod_json, "resourceVersion").to_string();
+        if self.saved.get(&uid) != Some(&rv) {
+            shim::write_atomic(&dir.join("pod.json"), pod_json)?;
+            self.saved.insert(uid.clone(), rv);
+        }
         let spec = pod.spec.clone().unwrap_or_default();
         let phase = pod_json["status"]["phase"].as_str().unwrap_or_default();
         if phase == "Succeeded" || phase == "Failed" {
@@ -463,6 +471,10 @@ impl Agent {
             };
             c["lastTransitionTime"] = time;
         }
+        let rv = meta(pod_json, "resourceVersion").to_string();
+        if self.reported.get(&uid).is_some_and(|(v, st)| *v == rv && strip_times(st) == strip_times(&status)) {
+            return Ok(());
+        }
         // Compare as the API stores it (proto3 JSON leaves defaults out), times aside.
         let canonical = |v: &Value| {
             serde_json::from_value::<skiff_proto::api::PodStatus>(v.clone())
@@ -471,15 +483,15 @@ impl Agent {
                 .map(|v| strip_times(&v))
         };
         if canonical(old) == canonical(&status) {
-            self.reported.insert(uid, status);
+            self.reported.insert(uid, (rv, status));
             return Ok(());
         }
         let mut updated = pod_json.clone();
         updated["status"] = status.clone();
         tracing::debug!(pod = name, phase = %updated["status"]["phase"], "reporting status");
-        match self.client.update_status("pods", &updated).await.map(|_| ()) {
-            Ok(()) => {
-                self.reported.insert(uid, status);
+        match self.client.update_status("pods", &updated).await {
+            Ok(stored) => {
+                self.reported.insert(uid, (meta(&stored, "resourceVersion").to_string(), status));
                 Ok(())
             }
             // Someone else changed the pod: next round re-reads it.
@@ -685,6 +697,7 @@ impl Agent {
             .process_group(0)
             .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(run_err)?;
+        self.starting.push((inst.dir.clone(), Instant::now()));
         tracing::debug!(pod = name, container = c.name, "shim spawned");
         // Reap the shim when it exits; it outlives us if we are restarted.
         tokio::spawn(async move {
@@ -959,6 +972,7 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&dir);
         self.deleting.remove(&uid);
         self.reported.remove(&uid);
+        self.saved.remove(&uid);
         self.waiting.retain(|(u, _), _| *u != uid);
         self.asked.retain(|(u, _, _), _| *u != uid);
         self.projected.remove(&uid);
