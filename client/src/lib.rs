@@ -10,6 +10,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use skiff_proto::api::daemon_sets_client::DaemonSetsClient;
 use skiff_proto::api::deployments_client::DeploymentsClient;
 use skiff_proto::api::node_metrics_client::NodeMetricsClient;
 use skiff_proto::api::nodes_client::NodesClient;
@@ -18,7 +19,7 @@ use skiff_proto::api::pod_logs_client::PodLogsClient;
 use skiff_proto::api::pods_client::PodsClient;
 use skiff_proto::api::replica_sets_client::ReplicaSetsClient;
 use skiff_proto::api::{
-    Binding, BindingTarget, DeleteRequest, Deployment, Node, ObjectMetaRef, Pod, PodLogChunk, PodLogRequest,
+    Binding, BindingTarget, DaemonSet, DeleteRequest, Deployment, Node, ObjectMetaRef, Pod, PodLogChunk, PodLogRequest,
     RawListRequest, RawRequest, ReplicaSet,
 };
 use std::path::{Path, PathBuf};
@@ -385,6 +386,7 @@ impl Client {
             "nodes" => via!(Node, NodesClient),
             "replicasets" => via!(ReplicaSet, ReplicaSetsClient),
             "deployments" => via!(Deployment, DeploymentsClient),
+            "daemonsets" => via!(DaemonSet, DaemonSetsClient),
             other => {
                 Err(Status::invalid_argument(format!("status updates of {other} are not supported by this client")))
             }

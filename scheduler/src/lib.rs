@@ -8,9 +8,10 @@
 //! [`placement::FitError`] worded as Kubernetes words it. [`runner::Runner`] is the I/O shell:
 //! on the raft leader only, it places unscheduled pods through the API's binding subresource.
 //! Controllers, each a pure plan the runner executes: [`deployment`] (a ReplicaSet per
-//! template revision, RollingUpdate and Recreate, history) and [`replicaset`] (replica counts,
-//! adoption). The others are not built yet (see the "Scheduler and controllers" issue).
+//! template revision, RollingUpdate and Recreate, history), [`replicaset`] (replica counts,
+//! adoption) and [`daemonset`] (a pod per matching node, rolled one node at a time). The others are not built yet (see the "Scheduler and controllers" issue).
 
+pub mod daemonset;
 pub mod deployment;
 pub mod placement;
 pub mod replicaset;

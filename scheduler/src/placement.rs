@@ -77,6 +77,22 @@ fn untolerated<'a>(pod: &Pod, node: &'a NodeInfo, effects: &[&str]) -> Vec<&'a T
         .collect()
 }
 
+/// Whether a DaemonSet's pod belongs on `node`, as Kubernetes' DaemonSet controller decides
+/// it: nodeSelector, required node affinity and NoSchedule/NoExecute taints; not readiness,
+/// cordoning or free resources (daemons run on every matching node).
+pub fn daemon_fits(pod: &Pod, node: &NodeInfo) -> bool {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let labels = node.labels();
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
+    untolerated(pod, node, &["NoSchedule", "NoExecute"]).is_empty()
+        && spec.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        && required.is_none_or(|sel| sel.node_selector_terms.iter().any(|t| term_matches(t, node)))
+}
+
 /// Why `pod` cannot go to `node` (empty: it fits). As in Kubernetes, filters run in plugin
 /// order — readiness, NodeUnschedulable, TaintToleration, NodeAffinity, NodePorts,
 /// NodeResourcesFit — and a node reports the first that fails (resources may name several).

@@ -143,6 +143,50 @@ impl Runner {
         Ok(())
     }
 
+    /// One DaemonSet controller pass over every DaemonSet.
+    async fn daemonsets(&self, nodes: &[Node]) -> Result<(), Status> {
+        let sets = self.client.list("daemonsets", "", "", "").await?;
+        let pods = self.client.list("pods", "", "", "").await?;
+        for ds in sets["items"].as_array().into_iter().flatten() {
+            if ds.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                continue;
+            }
+            let ns = ds["metadata"]["namespace"].as_str().unwrap_or("default");
+            let mine: Vec<Value> = pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["metadata"]["namespace"] == ns)
+                .cloned()
+                .collect();
+            let plan = crate::daemonset::plan(ds, nodes, &mine);
+            for pod in &plan.create {
+                let created = self.client.create("pods", ns, pod).await?;
+                let msg = format!("Created pod: {}", created["metadata"]["name"].as_str().unwrap_or_default());
+                self.event(ds, "DaemonSet", "Normal", "SuccessfulCreate", &msg).await;
+            }
+            for pod in &plan.delete {
+                self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
+                self.event(ds, "DaemonSet", "Normal", "SuccessfulDelete", &format!("Deleted pod: {pod}")).await;
+            }
+            let status = ds.get("status").cloned().unwrap_or(Value::Null);
+            let changed = plan
+                .status
+                .as_object()
+                .into_iter()
+                .flatten()
+                .any(|(k, v)| status[k].as_i64().unwrap_or(0) != v.as_i64().unwrap_or(0));
+            if changed {
+                let mut updated = ds.clone();
+                updated["status"] = plan.status.clone();
+                if let Err(e) = self.ignore_races(self.client.update_status("daemonsets", &updated).await.map(|_| ())) {
+                    tracing::debug!("daemonset {ns} status: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One ReplicaSet controller pass over every ReplicaSet.
     async fn replicasets(&self) -> Result<(), Status> {
         let sets = self.client.list("replicasets", "", "", "").await?;
@@ -200,6 +244,9 @@ impl Runner {
             tracing::debug!("replicaset controller: {e}");
         }
         let nodes: Vec<Node> = self.items::<Node>("nodes").await?.into_iter().map(|(_, n)| n).collect();
+        if let Err(e) = self.daemonsets(&nodes).await {
+            tracing::debug!("daemonset controller: {e}");
+        }
         let pods = self.items::<Pod>("pods").await?;
         let typed: Vec<Pod> = pods.iter().map(|(_, p)| p.clone()).collect();
         let mut snapshot = Snapshot::new(&nodes, &typed);
