@@ -10,8 +10,10 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use skiff_proto::api::cron_jobs_client::CronJobsClient;
 use skiff_proto::api::daemon_sets_client::DaemonSetsClient;
 use skiff_proto::api::deployments_client::DeploymentsClient;
+use skiff_proto::api::jobs_client::JobsClient;
 use skiff_proto::api::node_metrics_client::NodeMetricsClient;
 use skiff_proto::api::nodes_client::NodesClient;
 use skiff_proto::api::objects_client::ObjectsClient;
@@ -19,8 +21,8 @@ use skiff_proto::api::pod_logs_client::PodLogsClient;
 use skiff_proto::api::pods_client::PodsClient;
 use skiff_proto::api::replica_sets_client::ReplicaSetsClient;
 use skiff_proto::api::{
-    Binding, BindingTarget, DaemonSet, DeleteRequest, Deployment, Node, ObjectMetaRef, Pod, PodLogChunk, PodLogRequest,
-    RawListRequest, RawRequest, ReplicaSet,
+    Binding, BindingTarget, CronJob, DaemonSet, DeleteRequest, Deployment, Job, Node, ObjectMetaRef, Pod, PodLogChunk,
+    PodLogRequest, RawListRequest, RawRequest, ReplicaSet,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -387,6 +389,8 @@ impl Client {
             "replicasets" => via!(ReplicaSet, ReplicaSetsClient),
             "deployments" => via!(Deployment, DeploymentsClient),
             "daemonsets" => via!(DaemonSet, DaemonSetsClient),
+            "jobs" => via!(Job, JobsClient),
+            "cronjobs" => via!(CronJob, CronJobsClient),
             other => {
                 Err(Status::invalid_argument(format!("status updates of {other} are not supported by this client")))
             }

@@ -14,8 +14,21 @@ pub fn now_rfc3339_nanos() -> String {
     format!("{}.{:09}Z", whole.trim_end_matches('Z'), d.subsec_nanos())
 }
 
-/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC).
-pub fn rfc3339(secs: i64) -> String {
+/// A UTC calendar time, as cron schedules see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Civil {
+    pub year: i64,
+    pub month: i64,
+    pub day: i64,
+    pub hour: i64,
+    pub minute: i64,
+    pub second: i64,
+    /// 0 = Sunday.
+    pub weekday: i64,
+}
+
+/// Seconds since the epoch as a UTC calendar time (proleptic Gregorian).
+pub fn civil(secs: i64) -> Civil {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -29,7 +42,21 @@ pub fn rfc3339(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    Civil {
+        year: y,
+        month: m,
+        day: d,
+        hour: rem / 3600,
+        minute: rem % 3600 / 60,
+        second: rem % 60,
+        weekday: (days + 4).rem_euclid(7),
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn rfc3339(secs: i64) -> String {
+    let c = civil(secs);
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", c.year, c.month, c.day, c.hour, c.minute, c.second)
 }
 
 /// Seconds since the epoch of a `YYYY-MM-DDTHH:MM:SS…` UTC timestamp.
@@ -57,6 +84,13 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn civil_time_knows_the_weekday() {
+        let c = civil(1_700_000_000);
+        assert_eq!((c.year, c.month, c.day, c.hour, c.minute, c.weekday), (2023, 11, 14, 22, 13, 2));
+        assert_eq!(civil(0).weekday, 4, "1970-01-01 was a Thursday");
     }
 
     #[test]

@@ -9,10 +9,14 @@
 //! on the raft leader only, it places unscheduled pods through the API's binding subresource.
 //! Controllers, each a pure plan the runner executes: [`deployment`] (a ReplicaSet per
 //! template revision, RollingUpdate and Recreate, history), [`replicaset`] (replica counts,
-//! adoption) and [`daemonset`] (a pod per matching node, rolled one node at a time). The others are not built yet (see the "Scheduler and controllers" issue).
+//! adoption), [`daemonset`] (a pod per matching node, rolled one node at a time), [`job`]
+//! (completions, parallelism, backoff limit, deadline) and [`cronjob`] (cron schedules,
+//! concurrency policy, history limits). The others are not built yet (see the "Scheduler and controllers" issue).
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod job;
 pub mod placement;
 pub mod replicaset;
 pub mod runner;

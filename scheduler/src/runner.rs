@@ -17,6 +17,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tonic::{Code, Status};
 
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 pub struct Runner {
     pub client: Client,
     /// Whether this master leads right now (checked every round).
@@ -143,6 +147,105 @@ impl Runner {
         Ok(())
     }
 
+    /// One Job controller pass over every Job.
+    async fn jobs(&self) -> Result<(), Status> {
+        let jobs = self.client.list("jobs", "", "", "").await?;
+        let pods = self.client.list("pods", "", "", "").await?;
+        let now = now_secs();
+        for job in jobs["items"].as_array().into_iter().flatten() {
+            if job.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                continue;
+            }
+            let ns = job["metadata"]["namespace"].as_str().unwrap_or("default");
+            let mine: Vec<Value> = pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["metadata"]["namespace"] == ns)
+                .cloned()
+                .collect();
+            let plan = crate::job::plan(job, &mine, now);
+            for pod in &plan.create {
+                let created = self.client.create("pods", ns, pod).await?;
+                let msg = format!("Created pod: {}", created["metadata"]["name"].as_str().unwrap_or_default());
+                self.event(job, "Job", "Normal", "SuccessfulCreate", &msg).await;
+            }
+            for pod in &plan.delete {
+                self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
+            }
+            let old = job.get("status").cloned().unwrap_or(Value::Null);
+            let newly_done = crate::job::finished(job).is_none()
+                && plan.status["conditions"].as_array().is_some_and(|c| !c.is_empty());
+            let counts = ["active", "succeeded", "failed"];
+            if newly_done
+                || counts.iter().any(|k| old[*k].as_i64().unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0))
+                || old["startTime"].is_null()
+            {
+                let mut updated = job.clone();
+                updated["status"] = plan.status.clone();
+                if let Err(e) = self.ignore_races(self.client.update_status("jobs", &updated).await.map(|_| ())) {
+                    tracing::debug!("job {ns} status: {e}");
+                }
+                if newly_done {
+                    let (kind, reason) = match crate::job::finished(&updated) {
+                        Some("Complete") => ("Normal", "Completed"),
+                        _ => ("Warning", "BackoffLimitExceeded"),
+                    };
+                    self.event(job, "Job", kind, reason, &format!("Job {reason}")).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One CronJob controller pass over every CronJob.
+    async fn cronjobs(&self) -> Result<(), Status> {
+        let cronjobs = self.client.list("cronjobs", "", "", "").await?;
+        let jobs = self.client.list("jobs", "", "", "").await?;
+        let now = now_secs();
+        for cj in cronjobs["items"].as_array().into_iter().flatten() {
+            let ns = cj["metadata"]["namespace"].as_str().unwrap_or("default");
+            let mine: Vec<Value> = jobs["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|j| j["metadata"]["namespace"] == ns)
+                .cloned()
+                .collect();
+            let plan = match crate::cronjob::plan(cj, &mine, now) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!("cronjob {ns}: {e}");
+                    continue;
+                }
+            };
+            for job in &plan.delete {
+                self.ignore_races(self.client.delete("jobs", ns, job).await.map(|_| ()))?;
+            }
+            if let Some(job) = &plan.create {
+                match self.client.create("jobs", ns, job).await {
+                    Ok(created) => {
+                        let msg = format!("Created job {}", created["metadata"]["name"].as_str().unwrap_or_default());
+                        self.event(cj, "CronJob", "Normal", "SuccessfulCreate", &msg).await;
+                    }
+                    Err(e) => self.ignore_races(Err(e))?,
+                }
+            }
+            let old = cj.get("status").cloned().unwrap_or(Value::Null);
+            if old["lastScheduleTime"] != plan.status["lastScheduleTime"]
+                || old["active"].as_array().map_or(0, |a| a.len())
+                    != plan.status["active"].as_array().map_or(0, |a| a.len())
+            {
+                let mut updated = cj.clone();
+                updated["status"] = plan.status.clone();
+                if let Err(e) = self.ignore_races(self.client.update_status("cronjobs", &updated).await.map(|_| ())) {
+                    tracing::debug!("cronjob {ns} status: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One DaemonSet controller pass over every DaemonSet.
     async fn daemonsets(&self, nodes: &[Node]) -> Result<(), Status> {
         let sets = self.client.list("daemonsets", "", "", "").await?;
@@ -237,6 +340,12 @@ impl Runner {
     }
 
     async fn round(&self, reported: &mut HashMap<String, String>) -> Result<(), Status> {
+        if let Err(e) = self.cronjobs().await {
+            tracing::debug!("cronjob controller: {e}");
+        }
+        if let Err(e) = self.jobs().await {
+            tracing::debug!("job controller: {e}");
+        }
         if let Err(e) = self.deployments().await {
             tracing::debug!("deployment controller: {e}");
         }

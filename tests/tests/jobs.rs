@@ -1,0 +1,92 @@
+//! Jobs and CronJobs on a real node: completions with parallelism, the backoff limit, and a
+//! cron schedule creating a Job at the next minute.
+
+use serde_json::Value;
+use skiff_tests::{wait_for, Cluster};
+use std::time::Duration;
+
+fn condition(obj: &Value, kind: &str) -> Option<Value> {
+    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind && c["status"] == "True").cloned()
+}
+
+#[test]
+fn jobs_complete_or_give_up_and_cron_jobs_start_them_on_schedule() {
+    let c = Cluster::with_nodes(3, 1, &[]);
+    c.apply_yaml(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: three}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: work, image: "busybox:test", command: [sh, -c, "echo worked"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: doomed}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: work, image: "busybox:test", command: [sh, -c, "exit 1"]}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: work, image: "busybox:test", command: [sh, -c, "echo tick"]}]
+"#,
+    );
+    // phase: three completions, two at a time
+    let three = wait_for(Duration::from_secs(60), "job three Complete", || {
+        let j = c.get_json("jobs", "three")?;
+        condition(&j, "Complete").map(|_| j)
+    });
+    assert_eq!(three["status"]["succeeded"], 3);
+    let pods = c.ctl_ok(&["get", "pods", "-l", "job-name=three", "-o", "json"]);
+    let pods: Value = serde_json::from_str(&pods).unwrap();
+    let phases: Vec<&str> =
+        pods["items"].as_array().unwrap().iter().filter_map(|p| p["status"]["phase"].as_str()).collect();
+    assert_eq!(phases, ["Succeeded"; 3]);
+
+    // phase: a failing job stops after backoffLimit + 1 failed pods
+    let doomed = wait_for(Duration::from_secs(60), "job doomed Failed", || {
+        let j = c.get_json("jobs", "doomed")?;
+        condition(&j, "Failed").map(|_| j)
+    });
+    assert_eq!(condition(&doomed, "Failed").unwrap()["reason"], "BackoffLimitExceeded");
+    assert_eq!(doomed["status"]["failed"], 2);
+
+    // phase: the cron job starts a Job at the next minute, named by its scheduled time
+    let job = wait_for(Duration::from_secs(90), "a Job from the cron job", || {
+        let out = c.ctl_ok(&["get", "jobs", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["items"]
+            .as_array()?
+            .iter()
+            .find(|j| j["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("tick-")))
+            .cloned()
+    });
+    let minutes: i64 = job["metadata"]["name"].as_str().unwrap().trim_start_matches("tick-").parse().unwrap();
+    let cj = wait_for(Duration::from_secs(30), "lastScheduleTime", || {
+        let cj = c.get_json("cronjobs", "tick")?;
+        cj["status"]["lastScheduleTime"].as_str().map(String::from)
+    });
+    assert_eq!(skiff_proto::time::parse_rfc3339(&cj), Some(minutes * 60));
+    let name = job["metadata"]["name"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(60), "the cron job's Job to complete", || {
+        let j = c.get_json("jobs", &name)?;
+        condition(&j, "Complete").map(|_| ())
+    });
+}
