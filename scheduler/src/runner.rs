@@ -147,6 +147,48 @@ impl Runner {
         Ok(())
     }
 
+    /// One Endpoints controller pass over every Service (and Endpoints left by deleted ones).
+    async fn endpoints(&self) -> Result<(), Status> {
+        let services = self.client.list("services", "", "", "").await?;
+        let endpoints = self.client.list("endpoints", "", "", "").await?;
+        let pods = self.client.list("pods", "", "", "").await?;
+        let items = |l: &Value| l["items"].as_array().cloned().unwrap_or_default();
+        let (services, endpoints, pods) = (items(&services), items(&endpoints), items(&pods));
+        let key = |o: &Value| (o["metadata"]["namespace"].clone(), o["metadata"]["name"].clone());
+        for svc in &services {
+            if svc["spec"]["selector"].as_object().is_none_or(|s| s.is_empty()) {
+                continue;
+            }
+            let ns = svc["metadata"]["namespace"].as_str().unwrap_or("default");
+            let mine: Vec<Value> = pods.iter().filter(|p| p["metadata"]["namespace"] == ns).cloned().collect();
+            let subsets = crate::endpoints::desired(svc, &mine);
+            match endpoints.iter().find(|e| key(e) == key(svc)) {
+                Some(current)
+                    if current["subsets"].as_array().cloned().unwrap_or_default()
+                        == subsets.as_array().cloned().unwrap_or_default() => {}
+                Some(current) => {
+                    let mut updated = current.clone();
+                    updated["subsets"] = subsets;
+                    self.ignore_races(self.client.update("endpoints", &updated).await.map(|_| ()))?;
+                }
+                None => {
+                    let mut obj = json!({"apiVersion": "v1", "kind": "Endpoints",
+                        "metadata": {"name": svc["metadata"]["name"], "namespace": ns}, "subsets": subsets});
+                    if svc["metadata"]["labels"].is_object() {
+                        obj["metadata"]["labels"] = svc["metadata"]["labels"].clone();
+                    }
+                    self.ignore_races(self.client.create("endpoints", ns, &obj).await.map(|_| ()))?;
+                }
+            }
+        }
+        for ep in endpoints.iter().filter(|e| !services.iter().any(|s| key(s) == key(e))) {
+            let ns = ep["metadata"]["namespace"].as_str().unwrap_or("default");
+            let name = ep["metadata"]["name"].as_str().unwrap_or_default();
+            self.ignore_races(self.client.delete("endpoints", ns, name).await.map(|_| ()))?;
+        }
+        Ok(())
+    }
+
     /// One Job controller pass over every Job.
     async fn jobs(&self) -> Result<(), Status> {
         let jobs = self.client.list("jobs", "", "", "").await?;
@@ -340,6 +382,9 @@ impl Runner {
     }
 
     async fn round(&self, reported: &mut HashMap<String, String>) -> Result<(), Status> {
+        if let Err(e) = self.endpoints().await {
+            tracing::debug!("endpoints controller: {e}");
+        }
         if let Err(e) = self.cronjobs().await {
             tracing::debug!("cronjob controller: {e}");
         }
