@@ -60,13 +60,34 @@ pub struct MasterArgs {
 pub struct MasterFile {
     pub master: MasterConfig,
     pub token_file: Option<PathBuf>,
+    /// Controller settings (`"controllers": {"node_grace_seconds", "pod_eviction_seconds"}`).
+    pub controllers: ControllerSettings,
+}
+
+/// Settings of the controllers the leader runs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ControllerSettings {
+    /// How long a node's Lease may go unrenewed before the node is unreachable (Kubernetes: 40).
+    pub node_grace_seconds: u64,
+    /// How long pods without a toleration stay on an unreachable node (Kubernetes: 300).
+    pub pod_eviction_seconds: u64,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        ControllerSettings { node_grace_seconds: 40, pod_eviction_seconds: 300 }
+    }
 }
 
 impl MasterFile {
     pub fn parse(text: &str) -> anyhow::Result<MasterFile> {
         let v: serde_json::Value = serde_json::from_str(text)?;
         let token_file = v.get("token_file").and_then(|t| t.as_str()).map(PathBuf::from);
-        Ok(MasterFile { master: serde_json::from_value(v)?, token_file })
+        let controllers = match v.get("controllers") {
+            Some(c) => serde_json::from_value(c.clone())?,
+            None => ControllerSettings::default(),
+        };
+        Ok(MasterFile { master: serde_json::from_value(v)?, token_file, controllers })
     }
 
     pub fn to_json(&self) -> anyhow::Result<String> {
@@ -74,6 +95,7 @@ impl MasterFile {
         if let Some(t) = &self.token_file {
             v["token_file"] = serde_json::json!(t);
         }
+        v["controllers"] = serde_json::to_value(&self.controllers)?;
         Ok(serde_json::to_string_pretty(&v)? + "\n")
     }
 }
@@ -128,7 +150,7 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
         (Some(cert), Some(key), client_ca) => Some(ClientTls { cert, key, client_ca, ca: None }),
         _ => bail!("--client-cert and --client-key go together (--client-ca needs both)"),
     };
-    Ok(MasterFile { master: config, token_file })
+    Ok(MasterFile { master: config, token_file, controllers: ControllerSettings::default() })
 }
 
 /// A client for the master's own API listener (loopback, over TLS when it serves TLS).
@@ -150,7 +172,7 @@ fn scheduler_client(config: &MasterConfig, token: String) -> anyhow::Result<skif
 }
 
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
-    let MasterFile { master: config, token_file } = build_config(args)?;
+    let MasterFile { master: config, token_file, controllers } = build_config(args)?;
     let tokens = token_file.as_deref().map(skiff_api::auth::TokenFile::open).transpose().map_err(anyhow::Error::msg)?;
     let client: SocketAddr =
         config.client_addr.parse().with_context(|| format!("client address {:?}", config.client_addr))?;
@@ -196,6 +218,8 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     client,
                     is_leader: Box::new(move || leader.is_leader()),
                     interval: std::time::Duration::from_millis(500),
+                    node_grace: std::time::Duration::from_secs(controllers.node_grace_seconds),
+                    pod_eviction_timeout: std::time::Duration::from_secs(controllers.pod_eviction_seconds),
                 };
                 tokio::spawn(runner.run(stop_rx));
             }

@@ -30,6 +30,12 @@ pub struct UpArgs {
     /// For new nodes: an extra `skiff node` flag (repeatable), e.g. `--node-arg=--backoff-base-ms=1000`.
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     node_args: Vec<String>,
+    /// For a new cluster: seconds a node may go silent before it is unreachable (default 40).
+    #[arg(long)]
+    node_grace_seconds: Option<u64>,
+    /// For a new cluster: seconds pods stay on an unreachable node (default 300).
+    #[arg(long)]
+    pod_eviction_seconds: Option<u64>,
     /// For new nodes: an OCI image layout to import into every node before it starts.
     #[arg(long)]
     import_image: Option<PathBuf>,
@@ -160,7 +166,14 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         }
         config.client_tls = pki.as_ref().map(|(_, tls)| tls.clone());
         let config_path = std::fs::canonicalize(&home)?.join("config.json");
-        let file = MasterFile { master: config, token_file: Some(std::fs::canonicalize(&tokens)?) };
+        let mut controllers = crate::master_cmd::ControllerSettings::default();
+        if let Some(v) = args.node_grace_seconds {
+            controllers.node_grace_seconds = v;
+        }
+        if let Some(v) = args.pod_eviction_seconds {
+            controllers.pod_eviction_seconds = v;
+        }
+        let file = MasterFile { master: config, token_file: Some(std::fs::canonicalize(&tokens)?), controllers };
         std::fs::write(&config_path, file.to_json()?)?;
         entries.push(MasterEntry {
             id,

@@ -114,10 +114,14 @@ async fn renew_lease(client: &Client, config: &NodeConfig) -> Result<(), tonic::
 pub async fn run(client: Client, config: NodeConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut last_report = Instant::now();
     let mut last_pressure = pressure(&config);
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(config.lease_interval) => {}
-            _ = stop.changed() => return,
+        // The first renewal right away: a node is watched from its first Lease on.
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = tokio::time::sleep(config.lease_interval) => {}
+                _ = stop.changed() => return,
+            }
         }
         if let Err(e) = renew_lease(&client, &config).await {
             tracing::warn!("node {}: renewing the lease: {e}", config.name);

@@ -26,6 +26,10 @@ pub struct Runner {
     /// Whether this master leads right now (checked every round).
     pub is_leader: Box<dyn Fn() -> bool + Send + Sync>,
     pub interval: Duration,
+    /// How long a node's Lease may go unrenewed before the node counts as unreachable.
+    pub node_grace: Duration,
+    /// How long pods without a toleration stay on an unreachable node.
+    pub pod_eviction_timeout: Duration,
 }
 
 impl Runner {
@@ -141,6 +145,57 @@ impl Runner {
                 if let Err(e) = self.ignore_races(self.client.update_status("deployments", &current).await.map(|_| ()))
                 {
                     tracing::debug!("deployment {ns}/{name} status: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One node lifecycle pass over every node.
+    async fn node_lifecycle(&self) -> Result<(), Status> {
+        let nodes = self.client.list("nodes", "", "", "").await?;
+        let leases = self.client.list("leases", "kube-node-lease", "", "").await?;
+        let pods = self.client.list("pods", "", "", "").await?;
+        let pods = pods["items"].as_array().cloned().unwrap_or_default();
+        let now = now_secs();
+        for node in nodes["items"].as_array().into_iter().flatten() {
+            let name = node["metadata"]["name"].as_str().unwrap_or_default();
+            let lease = leases["items"].as_array().into_iter().flatten().find(|l| l["metadata"]["name"] == name);
+            let plan = crate::nodelifecycle::plan(node, lease, &pods, now, self.node_grace, self.pod_eviction_timeout);
+            if let Some(changed) = &plan.node {
+                match self.client.update("nodes", changed).await {
+                    Ok(mut stored) => {
+                        if stored["status"]["conditions"] != changed["status"]["conditions"] {
+                            stored["status"] = changed["status"].clone();
+                            self.ignore_races(self.client.update_status("nodes", &stored).await.map(|_| ()))?;
+                        }
+                        let unreachable = changed["spec"]["taints"]
+                            .as_array()
+                            .is_some_and(|t| t.iter().any(|t| t["key"] == crate::nodelifecycle::UNREACHABLE));
+                        let (reason, msg) = if unreachable {
+                            ("NodeNotReady", format!("Node {name} status is now: NodeNotReady"))
+                        } else {
+                            ("NodeReady", format!("Node {name} status is now: NodeReady"))
+                        };
+                        self.event(node, "Node", "Normal", reason, &msg).await;
+                    }
+                    Err(e) => self.ignore_races(Err(e))?,
+                }
+            }
+            for (ns, pod) in &plan.evict {
+                self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
+                if let Some(p) = pods
+                    .iter()
+                    .find(|p| p["metadata"]["name"] == pod.as_str() && p["metadata"]["namespace"] == ns.as_str())
+                {
+                    self.event(
+                        p,
+                        "Pod",
+                        "Normal",
+                        "TaintManagerEviction",
+                        &format!("Marking for deletion Pod {ns}/{pod}"),
+                    )
+                    .await;
                 }
             }
         }
@@ -382,6 +437,9 @@ impl Runner {
     }
 
     async fn round(&self, reported: &mut HashMap<String, String>) -> Result<(), Status> {
+        if let Err(e) = self.node_lifecycle().await {
+            tracing::debug!("node lifecycle controller: {e}");
+        }
         if let Err(e) = self.endpoints().await {
             tracing::debug!("endpoints controller: {e}");
         }
@@ -457,7 +515,15 @@ impl Runner {
 
     /// Records an Event about an object; failures are logged, not fatal.
     async fn event(&self, obj: &Value, object_kind: &str, kind: &str, reason: &str, message: &str) {
-        let component = if object_kind == "Pod" { "default-scheduler" } else { "replicaset-controller" };
+        let component = match (object_kind, reason) {
+            ("Pod", "TaintManagerEviction") | ("Node", _) => "node-controller",
+            ("Pod", _) => "default-scheduler",
+            ("Deployment", _) => "deployment-controller",
+            ("DaemonSet", _) => "daemonset-controller",
+            ("Job", _) => "job-controller",
+            ("CronJob", _) => "cronjob-controller",
+            _ => "replicaset-controller",
+        };
         self.client.event(obj, object_kind, component, kind, reason, message).await;
     }
 }
