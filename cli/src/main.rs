@@ -11,6 +11,7 @@ mod node_cmd;
 mod rollout;
 mod top;
 mod up;
+mod verbs;
 
 use clap::{Parser, Subcommand};
 use std::os::fd::AsFd;
@@ -53,6 +54,17 @@ enum Command {
     /// Manage Deployment rollouts: status, history, undo, restart (kubectl rollout).
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
+    /// Set fields of workloads (kubectl set image).
+    #[command(subcommand)]
+    Set(verbs::SetCommand),
+    /// Mark a node unschedulable.
+    Cordon(verbs::NodeArgs),
+    /// Mark a node schedulable again.
+    Uncordon(verbs::NodeArgs),
+    /// Cordon a node and delete its pods (DaemonSet pods stay with --ignore-daemonsets).
+    Drain(verbs::DrainArgs),
+    /// Add (`key=value:Effect`) or remove (`key-`) node taints.
+    Taint(verbs::TaintArgs),
     /// Display cpu and memory use of nodes or pods (kubectl top).
     #[command(subcommand)]
     Top(top::TopCommand),
@@ -122,6 +134,11 @@ fn main() -> anyhow::Result<()> {
         Command::Logs(args) => ctl::report(ctl::logs(args)),
         Command::Rollout(cmd) => ctl::report(rollout::run(cmd)),
         Command::Top(cmd) => ctl::report(top::run(cmd)),
+        Command::Set(cmd) => ctl::report(verbs::set(cmd)),
+        Command::Cordon(args) => ctl::report(verbs::cordon(args, true)),
+        Command::Uncordon(args) => ctl::report(verbs::cordon(args, false)),
+        Command::Drain(args) => ctl::report(verbs::drain(args)),
+        Command::Taint(args) => ctl::report(verbs::taint(args)),
         Command::ApiResources => ctl::report(ctl::api_resources()),
         Command::Label(args) => ctl::report(ctl::set_meta_map(args, "labels", "labeled")),
         Command::Annotate(args) => ctl::report(ctl::set_meta_map(args, "annotations", "annotated")),

@@ -1,0 +1,199 @@
+//! More of kubectl's verbs: `set image`, `cordon` / `uncordon`, `drain`, `taint`.
+
+use crate::ctl::{kind_arg, runtime, Conn, Failure, Outcome};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Subcommand, Debug)]
+pub enum SetCommand {
+    /// Change container images of a workload: `set image deployment/web app=busybox:v2`.
+    Image(SetImageArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SetImageArgs {
+    /// `TYPE/NAME` then `CONTAINER=IMAGE` pairs (`*=IMAGE` for every container).
+    #[arg(required = true, num_args = 2..)]
+    args: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+pub fn set(cmd: SetCommand) -> Outcome {
+    let SetCommand::Image(a) = cmd;
+    let rt = runtime();
+    let _enter = rt.enter();
+    let client = a.conn.client()?;
+    let (kind, name) =
+        a.args[0].split_once('/').ok_or_else(|| Failure::Local("use TYPE/NAME CONTAINER=IMAGE".into()))?;
+    let info = kind_arg(kind)?;
+    let ns = client.config.namespace.clone();
+    let mut obj = rt.block_on(client.get(info.resource, &ns, name))?;
+    let spec = if info.resource == "pods" {
+        obj.pointer_mut("/spec")
+    } else if info.resource == "cronjobs" {
+        obj.pointer_mut("/spec/jobTemplate/spec/template/spec")
+    } else {
+        obj.pointer_mut("/spec/template/spec")
+    }
+    .ok_or_else(|| Failure::Local(format!("{} {name} has no pod template", info.resource)))?;
+    for pair in &a.args[1..] {
+        let (container, image) =
+            pair.split_once('=').ok_or_else(|| Failure::Local(format!("{pair:?} is not CONTAINER=IMAGE")))?;
+        let mut found = false;
+        for list in ["initContainers", "containers"] {
+            // `get_mut`, not indexing: indexing a missing key would insert a null.
+            for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+                if container == "*" || c["name"] == container {
+                    c["image"] = json!(image);
+                    found = true;
+                }
+            }
+        }
+        if !found {
+            return Err(Failure::Local(format!("unable to find container named \"{container}\"")));
+        }
+    }
+    rt.block_on(client.update(info.resource, &obj))?;
+    println!("{}/{name} image updated", info.resource.trim_end_matches('s'));
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// The node.
+    node: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `cordon` / `uncordon`: spec.unschedulable.
+pub fn cordon(a: NodeArgs, unschedulable: bool) -> Outcome {
+    let rt = runtime();
+    let _enter = rt.enter();
+    let client = a.conn.client()?;
+    let mut node = rt.block_on(client.get("nodes", "", &a.node))?;
+    let verb = if unschedulable { "cordoned" } else { "uncordoned" };
+    if node["spec"]["unschedulable"].as_bool().unwrap_or(false) == unschedulable {
+        println!("node/{} already {verb}", a.node);
+        return Ok(());
+    }
+    node["spec"]["unschedulable"] = json!(unschedulable);
+    rt.block_on(client.update("nodes", &node))?;
+    println!("node/{} {verb}", a.node);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    node: String,
+    /// Go on although DaemonSet-managed pods are on the node (they stay: their controller would
+    /// put them back), as kubectl requires.
+    #[arg(long)]
+    ignore_daemonsets: bool,
+    /// Delete pods no controller will replace.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `drain`: cordon, then delete the node's pods (DaemonSet pods stay; unmanaged pods need --force).
+pub fn drain(a: DrainArgs) -> Outcome {
+    let rt = runtime();
+    let _enter = rt.enter();
+    let client = a.conn.client()?;
+    rt.block_on(async {
+        let mut node = client.get("nodes", "", &a.node).await?;
+        if !node["spec"]["unschedulable"].as_bool().unwrap_or(false) {
+            node["spec"]["unschedulable"] = json!(true);
+            client.update("nodes", &node).await?;
+        }
+        println!("node/{} cordoned", a.node);
+        let pods = client.list("pods", "", "", &format!("spec.nodeName={}", a.node)).await?;
+        let pods = pods["items"].as_array().cloned().unwrap_or_default();
+        let owner = |p: &Value| -> Option<String> {
+            p["metadata"]["ownerReferences"].as_array()?.iter().find(|r| r["controller"] == true)?["kind"]
+                .as_str()
+                .map(String::from)
+        };
+        let daemon: Vec<&Value> = pods.iter().filter(|p| owner(p).as_deref() == Some("DaemonSet")).collect();
+        let unmanaged: Vec<&Value> = pods.iter().filter(|p| owner(p).is_none()).collect();
+        if !daemon.is_empty() && !a.ignore_daemonsets {
+            let names: Vec<&str> = daemon.iter().filter_map(|p| p["metadata"]["name"].as_str()).collect();
+            return Err(Failure::Local(format!(
+                "cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): {}",
+                names.join(", ")
+            )));
+        }
+        if !unmanaged.is_empty() && !a.force {
+            let names: Vec<&str> = unmanaged.iter().filter_map(|p| p["metadata"]["name"].as_str()).collect();
+            return Err(Failure::Local(format!(
+                "cannot delete Pods that declare no controller (use --force to override): {}",
+                names.join(", ")
+            )));
+        }
+        for p in pods.iter().filter(|p| owner(p).as_deref() != Some("DaemonSet")) {
+            let ns = p["metadata"]["namespace"].as_str().unwrap_or("default");
+            let name = p["metadata"]["name"].as_str().unwrap_or_default();
+            client.delete("pods", ns, name).await?;
+            println!("evicting pod {ns}/{name}");
+        }
+        println!("node/{} drained", a.node);
+        Ok(())
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct TaintArgs {
+    /// `node NAME` then `key[=value]:Effect` to add, `key[:Effect]-` to remove.
+    #[arg(required = true, num_args = 3..)]
+    args: Vec<String>,
+    /// Replace a taint with the same key and effect.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+pub fn taint(a: TaintArgs) -> Outcome {
+    if !matches!(a.args[0].as_str(), "node" | "nodes" | "no") {
+        return Err(Failure::Local("taint applies to nodes: skiff taint node NAME key=value:Effect".into()));
+    }
+    let rt = runtime();
+    let _enter = rt.enter();
+    let client = a.conn.client()?;
+    let name = &a.args[1];
+    let mut node = rt.block_on(client.get("nodes", "", name))?;
+    let mut taints: Vec<Value> = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
+    for spec in &a.args[2..] {
+        if let Some(remove) = spec.strip_suffix('-') {
+            let (key, effect) = remove.split_once(':').map_or((remove, None), |(k, e)| (k, Some(e)));
+            let before = taints.len();
+            taints.retain(|t| !(t["key"] == key && effect.is_none_or(|e| t["effect"] == e)));
+            if taints.len() == before {
+                return Err(Failure::Local(format!("taint {remove:?} not found")));
+            }
+            continue;
+        }
+        let parsed = skiff_node::parse_taints(spec).map_err(Failure::Local)?;
+        for t in parsed {
+            let same = |x: &Value| x["key"] == t["key"] && x["effect"] == t["effect"];
+            if taints.iter().any(same) {
+                if !a.overwrite {
+                    return Err(Failure::Local(format!(
+                        "node {name} already has a taint with key ({}) and effect ({}), and --overwrite is false",
+                        t["key"].as_str().unwrap_or_default(),
+                        t["effect"].as_str().unwrap_or_default()
+                    )));
+                }
+                taints.retain(|x| !same(x));
+            }
+            taints.push(t);
+        }
+    }
+    node["spec"]["taints"] = json!(taints);
+    rt.block_on(client.update("nodes", &node))?;
+    println!("node/{name} modified");
+    Ok(())
+}

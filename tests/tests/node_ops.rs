@@ -1,0 +1,95 @@
+//! Operating nodes and workloads as with kubectl: taint, cordon, drain, set image.
+
+use serde_json::Value;
+use skiff_tests::{wait_for, Cluster};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn running(c: &Cluster, label: &str) -> Vec<(String, String)> {
+    let v: Value = serde_json::from_str(&c.ctl_ok(&["get", "pods", "-l", label, "-o", "json"])).unwrap();
+    let mut out: Vec<(String, String)> = v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && p["status"]["phase"] == "Running")
+        .map(|p| {
+            (
+                p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(),
+                p["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn taint_cordon_drain_and_set_image_work_like_kubectl() {
+    let c = Cluster::with_nodes(3, 2, &[]);
+    let d = c.dir.path().to_str().unwrap().to_string();
+    let image = skiff_tests::test_image();
+    c.ctl_ok(&["image", "import", image.to_str().unwrap(), "--tag", "busybox:v2", "--dir", &d]);
+
+    // phase: a NoSchedule taint on node-2 keeps new pods on node-1
+    assert!(c.ctl_ok(&["taint", "node", "node-2", "dedicated=infra:NoSchedule"]).contains("modified"));
+    let dup = c.ctl(&["taint", "node", "node-2", "dedicated=other:NoSchedule"]);
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("--overwrite is false"));
+    c.apply_yaml(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+"#,
+    );
+    let on1 = |img: &str| vec![("node-1".to_string(), img.to_string()); 2];
+    wait_for(T, "both replicas on node-1", || (running(&c, "app=web") == on1("busybox:test")).then_some(()));
+    c.ctl_ok(&["taint", "node", "node-2", "dedicated-"]);
+
+    // phase: set image rolls the Deployment to the new image, recorded as revision 2
+    assert!(c.ctl_ok(&["set", "image", "deployment/web", "app=busybox:v2"]).contains("image updated"));
+    let status = c.ctl_ok(&["rollout", "status", "deployment/web", "--timeout", "60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    wait_for(T, "two pods of busybox:v2", || {
+        let now = running(&c, "app=web");
+        (now.len() == 2 && now.iter().all(|(_, i)| i == "busybox:v2")).then_some(())
+    });
+    let missing = c.ctl(&["set", "image", "deployment/web", "nope=busybox:v2"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("unable to find container named \"nope\""));
+
+    // phase: cordon node-1: it shows SchedulingDisabled and a new pod goes to node-2
+    c.ctl_ok(&["cordon", "node-1"]);
+    assert!(c.ctl_ok(&["get", "nodes"]).contains("Ready,SchedulingDisabled"));
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: loner, labels: {app: loner}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+"#,
+    );
+    wait_for(T, "loner on node-2", || {
+        (running(&c, "app=loner") == [("node-2".to_string(), "busybox:test".to_string())]).then_some(())
+    });
+    c.ctl_ok(&["uncordon", "node-1"]);
+
+    // phase: drain node-2: the unmanaged pod needs --force; then everything moves to node-1
+    let refused = c.ctl(&["drain", "node-2"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("declare no controller"));
+    assert!(c.ctl_ok(&["drain", "node-2", "--force"]).contains("drained"));
+    wait_for(T, "the web pods all on node-1 and loner gone", || {
+        let web = running(&c, "app=web");
+        (web.len() == 2 && web.iter().all(|(n, _)| n == "node-1") && running(&c, "app=loner").is_empty()).then_some(())
+    });
+}
