@@ -17,12 +17,15 @@ use skiff_proto::api::jobs_client::JobsClient;
 use skiff_proto::api::node_metrics_client::NodeMetricsClient;
 use skiff_proto::api::nodes_client::NodesClient;
 use skiff_proto::api::objects_client::ObjectsClient;
+use skiff_proto::api::persistent_volume_claims_client::PersistentVolumeClaimsClient;
+use skiff_proto::api::persistent_volumes_client::PersistentVolumesClient;
 use skiff_proto::api::pod_logs_client::PodLogsClient;
 use skiff_proto::api::pods_client::PodsClient;
 use skiff_proto::api::replica_sets_client::ReplicaSetsClient;
+use skiff_proto::api::stateful_sets_client::StatefulSetsClient;
 use skiff_proto::api::{
-    Binding, BindingTarget, CronJob, DaemonSet, DeleteRequest, Deployment, Job, Node, ObjectMetaRef, Pod, PodLogChunk,
-    PodLogRequest, RawListRequest, RawRequest, ReplicaSet,
+    Binding, BindingTarget, CronJob, DaemonSet, DeleteRequest, Deployment, Job, Node, ObjectMetaRef, PersistentVolume,
+    PersistentVolumeClaim, Pod, PodLogChunk, PodLogRequest, RawListRequest, RawRequest, ReplicaSet, StatefulSet,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -389,6 +392,9 @@ impl Client {
             "replicasets" => via!(ReplicaSet, ReplicaSetsClient),
             "deployments" => via!(Deployment, DeploymentsClient),
             "daemonsets" => via!(DaemonSet, DaemonSetsClient),
+            "statefulsets" => via!(StatefulSet, StatefulSetsClient),
+            "persistentvolumes" => via!(PersistentVolume, PersistentVolumesClient),
+            "persistentvolumeclaims" => via!(PersistentVolumeClaim, PersistentVolumeClaimsClient),
             "jobs" => via!(Job, JobsClient),
             "cronjobs" => via!(CronJob, CronJobsClient),
             other => {

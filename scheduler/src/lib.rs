@@ -9,7 +9,7 @@
 //! on the raft leader only, it places unscheduled pods through the API's binding subresource.
 //! Controllers, each a pure plan the runner executes: [`deployment`] (a ReplicaSet per
 //! template revision, RollingUpdate and Recreate, history), [`replicaset`] (replica counts,
-//! adoption), [`daemonset`] (a pod per matching node, rolled one node at a time), [`job`]
+//! adoption), [`volumebinder`] (claims to volumes), [`statefulset`] (ordered, stable pods with a claim per ordinal), [`daemonset`] (a pod per matching node, rolled one node at a time), [`job`]
 //! (completions, parallelism, backoff limit, deadline) and [`cronjob`] (cron schedules,
 //! concurrency policy, history limits), and [`endpoints`] (a Service's ready and not-ready pod
 //! addresses with target ports resolved), and [`nodelifecycle`] (silent nodes tainted
@@ -25,6 +25,8 @@ pub mod placement;
 pub mod replicaset;
 pub mod runner;
 pub mod snapshot;
+pub mod statefulset;
+pub mod volumebinder;
 
 pub use placement::{schedule, FitError};
 pub use snapshot::{NodeInfo, Snapshot};

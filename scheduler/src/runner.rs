@@ -244,6 +244,113 @@ impl Runner {
         Ok(())
     }
 
+    /// One PersistentVolume binder pass over every claim and volume.
+    async fn bind_volumes(&self) -> Result<(), Status> {
+        let claims = self.client.list("persistentvolumeclaims", "", "", "").await?;
+        let volumes = self.client.list("persistentvolumes", "", "", "").await?;
+        let items = |l: &Value| l["items"].as_array().cloned().unwrap_or_default();
+        let plan = crate::volumebinder::plan(&items(&claims), &items(&volumes));
+        // Volume first: a claim is bound only to a volume that records it.
+        for pv in &plan.volumes {
+            self.ignore_races(self.client.update("persistentvolumes", pv).await.map(|_| ()))?;
+        }
+        for pvc in &plan.claims {
+            self.ignore_races(self.client.update("persistentvolumeclaims", pvc).await.map(|_| ()))?;
+        }
+        for (name, phase) in &plan.volume_phases {
+            let mut pv = match self.client.get("persistentvolumes", "", name).await {
+                Ok(pv) => pv,
+                Err(e) => {
+                    self.ignore_races(Err(e))?;
+                    continue;
+                }
+            };
+            pv["status"]["phase"] = json!(phase);
+            self.ignore_races(self.client.update_status("persistentvolumes", &pv).await.map(|_| ()))?;
+        }
+        for (ns, name, volume) in &plan.bound_claims {
+            let mut pvc = match self.client.get("persistentvolumeclaims", ns, name).await {
+                Ok(pvc) => pvc,
+                Err(e) => {
+                    self.ignore_races(Err(e))?;
+                    continue;
+                }
+            };
+            if let Ok(pv) = self.client.get("persistentvolumes", "", volume).await {
+                pvc["status"]["capacity"] = pv["spec"]["capacity"].clone();
+                pvc["status"]["accessModes"] = pv["spec"]["accessModes"].clone();
+            }
+            pvc["status"]["phase"] = json!("Bound");
+            self.ignore_races(self.client.update_status("persistentvolumeclaims", &pvc).await.map(|_| ()))?;
+        }
+        Ok(())
+    }
+
+    /// One StatefulSet controller pass over every StatefulSet.
+    async fn statefulsets(&self) -> Result<(), Status> {
+        let sets = self.client.list("statefulsets", "", "", "").await?;
+        let pods = self.client.list("pods", "", "", "").await?;
+        let claims = self.client.list("persistentvolumeclaims", "", "", "").await?;
+        let in_ns = |list: &Value, ns: &str| -> Vec<Value> {
+            list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|o| o["metadata"]["namespace"] == ns)
+                .cloned()
+                .collect()
+        };
+        for sts in sets["items"].as_array().into_iter().flatten() {
+            if sts.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                continue;
+            }
+            let ns = sts["metadata"]["namespace"].as_str().unwrap_or("default");
+            let plan = crate::statefulset::plan(sts, &in_ns(&pods, ns), &in_ns(&claims, ns));
+            for claim in &plan.create_claims {
+                self.ignore_races(self.client.create("persistentvolumeclaims", ns, claim).await.map(|_| ()))?;
+            }
+            for pod in &plan.create {
+                let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+                if self.ignore_races(self.client.create("pods", ns, pod).await.map(|_| ())).is_ok() {
+                    let msg = format!(
+                        "create Pod {name} in StatefulSet {} successful",
+                        sts["metadata"]["name"].as_str().unwrap_or_default()
+                    );
+                    self.event(sts, "StatefulSet", "Normal", "SuccessfulCreate", &msg).await;
+                }
+            }
+            for pod in &plan.delete {
+                self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
+                let msg = format!(
+                    "delete Pod {pod} in StatefulSet {} successful",
+                    sts["metadata"]["name"].as_str().unwrap_or_default()
+                );
+                self.event(sts, "StatefulSet", "Normal", "SuccessfulDelete", &msg).await;
+            }
+            let old = sts.get("status").cloned().unwrap_or(Value::Null);
+            let changed = [
+                "replicas",
+                "readyReplicas",
+                "currentReplicas",
+                "updatedReplicas",
+                "availableReplicas",
+                "observedGeneration",
+            ]
+            .iter()
+            .any(|k| old[*k].as_i64().unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0))
+                || old["updateRevision"] != plan.status["updateRevision"];
+            if changed {
+                let mut updated = sts.clone();
+                updated["status"] = plan.status.clone();
+                if let Err(e) = self.ignore_races(self.client.update_status("statefulsets", &updated).await.map(|_| ()))
+                {
+                    tracing::debug!("statefulset {ns} status: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One Job controller pass over every Job.
     async fn jobs(&self) -> Result<(), Status> {
         let jobs = self.client.list("jobs", "", "", "").await?;
@@ -449,6 +556,12 @@ impl Runner {
         if let Err(e) = self.jobs().await {
             tracing::debug!("job controller: {e}");
         }
+        if let Err(e) = self.bind_volumes().await {
+            tracing::debug!("volume binder: {e}");
+        }
+        if let Err(e) = self.statefulsets().await {
+            tracing::debug!("statefulset controller: {e}");
+        }
         if let Err(e) = self.deployments().await {
             tracing::debug!("deployment controller: {e}");
         }
@@ -520,6 +633,7 @@ impl Runner {
             ("Pod", _) => "default-scheduler",
             ("Deployment", _) => "deployment-controller",
             ("DaemonSet", _) => "daemonset-controller",
+            ("StatefulSet", _) => "statefulset-controller",
             ("Job", _) => "job-controller",
             ("CronJob", _) => "cronjob-controller",
             _ => "replicaset-controller",
