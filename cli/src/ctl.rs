@@ -124,7 +124,7 @@ fn age(obj: &Value) -> String {
 }
 
 /// kubectl's short age of the timestamp at `pointer` (`45s`, `12m`, `5h`, `3d`).
-fn since(obj: &Value, pointer: &str) -> String {
+pub(crate) fn since(obj: &Value, pointer: &str) -> String {
     let Some(ts) = obj.pointer(pointer).and_then(Value::as_str) else {
         return "<unknown>".into();
     };

@@ -6,6 +6,7 @@ mod bench_api;
 mod bench_node;
 mod cluster_file;
 mod ctl;
+mod describe;
 mod master_cmd;
 mod node_cmd;
 mod rollout;
@@ -68,6 +69,8 @@ enum Command {
     /// Display cpu and memory use of nodes or pods (kubectl top).
     #[command(subcommand)]
     Top(top::TopCommand),
+    /// Show an object's details and its events (kubectl describe).
+    Describe(describe::DescribeArgs),
     /// Print a container's log (kubectl logs).
     Logs(ctl::LogsArgs),
     /// The resource kinds the server serves.
@@ -132,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         Command::Create(args) => ctl::report(ctl::apply(args, true)),
         Command::Delete(args) => ctl::report(ctl::delete(args)),
         Command::Logs(args) => ctl::report(ctl::logs(args)),
+        Command::Describe(args) => ctl::report(describe::describe(args)),
         Command::Rollout(cmd) => ctl::report(rollout::run(cmd)),
         Command::Top(cmd) => ctl::report(top::run(cmd)),
         Command::Set(cmd) => ctl::report(verbs::set(cmd)),

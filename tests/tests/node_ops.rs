@@ -52,6 +52,13 @@ spec:
     );
     let on1 = |img: &str| vec![("node-1".to_string(), img.to_string()); 2];
     wait_for(T, "both replicas on node-1", || (running(&c, "app=web") == on1("busybox:test")).then_some(()));
+    let described = c.ctl_ok(&["describe", "node", "node-2"]);
+    assert!(described.contains("dedicated=infra:NoSchedule"), "{described}");
+    wait_for(T, "describe to show the deployment's replicas", || {
+        c.ctl_ok(&["describe", "deployment/web"])
+            .contains("2 desired | 2 updated | 2 total | 2 available")
+            .then_some(())
+    });
     c.ctl_ok(&["taint", "node", "node-2", "dedicated-"]);
 
     // phase: set image rolls the Deployment to the new image, recorded as revision 2
@@ -80,6 +87,12 @@ spec:
     );
     wait_for(T, "loner on node-2", || {
         (running(&c, "app=loner") == [("node-2".to_string(), "busybox:test".to_string())]).then_some(())
+    });
+    let wants =
+        ["Node:         node-2/", "Status:       Running", "Restart Count:  0", "Scheduled", "Started", "Events:"];
+    wait_for(T, "describe pod with its events", || {
+        let described = c.ctl_ok(&["describe", "pod", "loner"]);
+        wants.iter().all(|w| described.contains(w)).then_some(())
     });
     c.ctl_ok(&["uncordon", "node-1"]);
 
