@@ -12,13 +12,15 @@
 //! adoption), [`volumebinder`] (claims to volumes), [`statefulset`] (ordered, stable pods with a claim per ordinal), [`daemonset`] (a pod per matching node, rolled one node at a time), [`job`]
 //! (completions, parallelism, backoff limit, deadline) and [`cronjob`] (cron schedules,
 //! concurrency policy, history limits), and [`endpoints`] (a Service's ready and not-ready pod
-//! addresses with target ports resolved), and [`nodelifecycle`] (silent nodes tainted
+//! addresses with target ports resolved), [`gc`] (objects whose owners are all gone), and
+//! [`nodelifecycle`] (silent nodes tainted
 //! unreachable, their pods evicted after their toleration). The others are not built yet (see the "Scheduler and controllers" issue).
 
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod gc;
 pub mod job;
 pub mod nodelifecycle;
 pub mod placement;

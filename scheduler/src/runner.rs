@@ -202,6 +202,38 @@ impl Runner {
         Ok(())
     }
 
+    /// One garbage-collector pass: objects of the owned kinds whose owners are all gone.
+    async fn collect_garbage(&self) -> Result<(), Status> {
+        const OWNERS: [&str; 6] = ["deployments", "replicasets", "daemonsets", "statefulsets", "jobs", "cronjobs"];
+        const OWNED: [&str; 4] = ["pods", "replicasets", "jobs", "persistentvolumeclaims"];
+        let mut existing = std::collections::HashSet::new();
+        let mut lists: HashMap<&str, Value> = HashMap::new();
+        // Dependents first, then owners: an owner always exists before its dependents, so one
+        // created between the two lists is seen, never taken for gone.
+        for r in OWNED.iter().chain(OWNERS.iter()) {
+            if !lists.contains_key(r) {
+                lists.insert(r, self.client.list(r, "", "", "").await?);
+            }
+        }
+        for r in OWNERS {
+            for o in lists[r]["items"].as_array().into_iter().flatten() {
+                if let Some(uid) = o["metadata"]["uid"].as_str() {
+                    existing.insert(uid.to_string());
+                }
+            }
+        }
+        let objects: Vec<(&str, Value)> = OWNED
+            .iter()
+            .flat_map(|r| lists[r]["items"].as_array().cloned().unwrap_or_default().into_iter().map(move |o| (*r, o)))
+            .collect();
+        let kinds = ["Deployment", "ReplicaSet", "DaemonSet", "StatefulSet", "Job", "CronJob"];
+        for (resource, ns, name) in crate::gc::dangling(&objects, &existing, &kinds) {
+            tracing::info!("garbage collector: deleting {resource} {ns}/{name}: its owners are gone");
+            self.ignore_races(self.client.delete(&resource, &ns, &name).await.map(|_| ()))?;
+        }
+        Ok(())
+    }
+
     /// One Endpoints controller pass over every Service (and Endpoints left by deleted ones).
     async fn endpoints(&self) -> Result<(), Status> {
         let services = self.client.list("services", "", "", "").await?;
@@ -546,6 +578,9 @@ impl Runner {
     async fn round(&self, reported: &mut HashMap<String, String>) -> Result<(), Status> {
         if let Err(e) = self.node_lifecycle().await {
             tracing::debug!("node lifecycle controller: {e}");
+        }
+        if let Err(e) = self.collect_garbage().await {
+            tracing::debug!("garbage collector: {e}");
         }
         if let Err(e) = self.endpoints().await {
             tracing::debug!("endpoints controller: {e}");

@@ -106,3 +106,30 @@ spec:
         (web.len() == 2 && web.iter().all(|(n, _)| n == "node-1") && running(&c, "app=loner").is_empty()).then_some(())
     });
 }
+
+#[test]
+fn the_garbage_collector_removes_pods_whose_owner_is_gone() {
+    let c = Cluster::with_nodes(3, 1, &[]);
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: stray
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: long-gone, uid: 0b6c1f7e-0000-4000-8000-000000000000}]
+spec:
+  terminationGracePeriodSeconds: 0
+  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: free}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+"#,
+    );
+    wait_for(T, "the pod with a missing owner collected", || c.get_json("pods", "stray").is_none().then_some(()));
+    let free = c.get_json("pods", "free").expect("a pod without owners stays");
+    assert!(free["metadata"]["deletionTimestamp"].is_null());
+}

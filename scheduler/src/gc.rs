@@ -1,0 +1,60 @@
+//! The garbage collector: an object whose every owner (by `ownerReferences` uid) is gone is
+//! deleted, as Kubernetes' collector does in the background. The API already cascades when an
+//! owner is deleted through it; this catches what a cascade left behind (a master that died
+//! mid-cascade) and objects created with owners that never existed.
+//!
+//! `dangling` is pure: the objects and the uids that exist in, what to delete out.
+
+use serde_json::Value;
+use std::collections::HashSet;
+
+/// (resource, namespace, name) of every object in `objects` whose owners are all absent from
+/// `existing`. Objects without owners, or with an owner of a kind not in `kinds` (whose uids
+/// `existing` cannot know), are never touched.
+pub fn dangling(
+    objects: &[(&str, Value)],
+    existing: &HashSet<String>,
+    kinds: &[&str],
+) -> Vec<(String, String, String)> {
+    objects
+        .iter()
+        .filter(|(_, o)| o["metadata"]["deletionTimestamp"].is_null())
+        .filter(|(_, o)| {
+            o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| {
+                !refs.is_empty()
+                    && refs.iter().all(|r| kinds.iter().any(|k| r["kind"] == *k))
+                    && refs.iter().all(|r| !existing.contains(r["uid"].as_str().unwrap_or_default()))
+            })
+        })
+        .map(|(res, o)| {
+            (
+                res.to_string(),
+                o["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
+                o["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_objects_whose_owners_are_all_gone_are_collected() {
+        let existing: HashSet<String> = ["rs-1".to_string()].into();
+        let obj = |name: &str, owners: Value| {
+            ("pods", json!({"metadata": {"name": name, "namespace": "default", "ownerReferences": owners}}))
+        };
+        let objects = [
+            obj("owned", json!([{"kind": "ReplicaSet", "uid": "rs-1"}])),
+            obj("orphaned", json!([{"kind": "ReplicaSet", "uid": "gone"}])),
+            obj("half", json!([{"kind": "ReplicaSet", "uid": "gone"}, {"kind": "ReplicaSet", "uid": "rs-1"}])),
+            obj("unknown-owner-kind", json!([{"kind": "ConfigMap", "uid": "cm-1"}])),
+            obj("free", Value::Null),
+        ];
+        let got = dangling(&objects, &existing, &["ReplicaSet"]);
+        assert_eq!(got, [("pods".to_string(), "default".to_string(), "orphaned".to_string())]);
+    }
+}
