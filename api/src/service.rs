@@ -459,7 +459,12 @@ impl objects_server::Objects for ObjectsService {
     async fn delete(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
         let (info, _) = self.prepare(&req, "delete", false).await?;
         let r = req.get_ref();
-        let obj = self.api.registry.delete(info, &r.namespace, &r.name, &DeleteOptions::default()).await?;
+        let opts = DeleteOptions {
+            grace_period_seconds: r.grace_period_seconds,
+            propagation_policy: r.propagation_policy.clone(),
+            ..Default::default()
+        };
+        let obj = self.api.registry.delete(info, &r.namespace, &r.name, &opts).await?;
         Ok(Response::new(raw(&obj)))
     }
 }

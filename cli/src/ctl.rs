@@ -580,11 +580,39 @@ pub struct DeleteArgs {
     targets: Vec<String>,
     #[arg(short = 'f', long = "filename")]
     files: Vec<PathBuf>,
+    /// Delete every object of the kind matching this label selector.
+    #[arg(short = 'l', long = "selector")]
+    selector: Option<String>,
+    /// Delete every object of the kind in the namespace.
+    #[arg(long)]
+    all: bool,
+    /// Seconds a pod gets to stop (-1: its own terminationGracePeriodSeconds).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    grace_period: i64,
+    /// With --grace-period=0: remove pods from the API at once, without waiting for the node.
+    #[arg(long)]
+    force: bool,
+    /// background (default), foreground or orphan (dependents keep running, ownerless).
+    #[arg(long, default_value = "background")]
+    cascade: String,
     #[command(flatten)]
     conn: Conn,
 }
 
 pub fn delete(args: DeleteArgs) -> Outcome {
+    // Flags first: a bad one is refused even when nothing matches.
+    let policy = match args.cascade.as_str() {
+        "background" | "true" => "Background",
+        "foreground" => "Foreground",
+        "orphan" | "false" => "Orphan",
+        other => {
+            return Err(Failure::Local(format!("invalid --cascade {other:?}: use background, foreground or orphan")))
+        }
+    };
+    if args.force && args.grace_period > 0 {
+        return Err(Failure::Local("--force needs --grace-period=0 (or none)".into()));
+    }
+    let grace = if args.force { Some(0) } else { (args.grace_period >= 0).then_some(args.grace_period) };
     let rt = runtime();
     let _enter = rt.enter();
     let client = args.conn.client()?;
@@ -607,7 +635,18 @@ pub fn delete(args: DeleteArgs) -> Outcome {
             }
         } else {
             let info = kind_arg(first)?;
-            if args.targets.len() < 2 {
+            if args.all || args.selector.is_some() {
+                let ns = if info.namespaced { client.config.namespace.clone() } else { String::new() };
+                let labels = args.selector.clone().unwrap_or_default();
+                let list = rt.block_on(client.list(info.resource, &ns, &labels, ""))?;
+                for o in list["items"].as_array().into_iter().flatten() {
+                    targets.push((info, s(o, "/metadata/namespace").to_string(), s(o, "/metadata/name").to_string()));
+                }
+                if targets.is_empty() {
+                    println!("No resources found");
+                    return Ok(());
+                }
+            } else if args.targets.len() < 2 {
                 return Err(Failure::Local("resource(s) were provided, but no name was specified".into()));
             }
             for n in &args.targets[1..] {
@@ -619,7 +658,7 @@ pub fn delete(args: DeleteArgs) -> Outcome {
     }
     let mut failed = None;
     for (info, ns, name) in targets {
-        match rt.block_on(client.delete(info.resource, &ns, &name)) {
+        match rt.block_on(client.delete_with(info.resource, &ns, &name, grace, policy)) {
             Ok(_) => println!(
                 "{} {name:?} deleted",
                 kinds::qualified(info).replace(info.resource, &info.kind.to_lowercase())

@@ -265,6 +265,7 @@ impl Client {
             namespace: namespace.into(),
             name: name.into(),
             json: obj.map(Value::to_string).unwrap_or_default(),
+            ..Default::default()
         }
     }
 
@@ -295,7 +296,22 @@ impl Client {
     }
 
     pub async fn delete(&self, resource: &str, namespace: &str, name: &str) -> Result<Value, Status> {
-        let req = Self::raw(resource, namespace, name, None);
+        self.delete_with(resource, namespace, name, None, "").await
+    }
+
+    /// Delete with a grace period (pods; 0 = at once) and a propagation policy (`Background`,
+    /// `Foreground`, `Orphan`; empty = the server's default).
+    pub async fn delete_with(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        grace_period_seconds: Option<i64>,
+        propagation_policy: &str,
+    ) -> Result<Value, Status> {
+        let mut req = Self::raw(resource, namespace, name, None);
+        req.grace_period_seconds = grace_period_seconds;
+        req.propagation_policy = propagation_policy.into();
         self.json(req, |mut c, r| async move { Ok(c.delete(r).await?.into_inner().json) }).await
     }
 

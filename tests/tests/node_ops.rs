@@ -133,3 +133,57 @@ spec:
     let free = c.get_json("pods", "free").expect("a pod without owners stays");
     assert!(free["metadata"]["deletionTimestamp"].is_null());
 }
+
+#[test]
+fn delete_by_selector_all_grace_period_and_cascade_orphan() {
+    let c = Cluster::with_nodes(3, 1, &[]);
+    let pod = |name: &str, tier: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{tier: {tier}}}}}\nspec:\n  terminationGracePeriodSeconds: 30\n  containers: [{{name: app, image: \"busybox:test\", command: [sleep, \"3600\"]}}]\n"
+        )
+    };
+    for (n, t) in [("a1", "a"), ("a2", "a"), ("b1", "b")] {
+        c.apply_yaml(&pod(n, t));
+    }
+    for n in ["a1", "a2", "b1"] {
+        wait_for(T, &format!("{n} running"), || (c.get_json("pods", n)?["status"]["phase"] == "Running").then_some(()));
+    }
+    // phase: -l with --grace-period=0 --force removes the selected pods from the API at once
+    let out = c.ctl_ok(&["delete", "pods", "-l", "tier=a", "--grace-period=0", "--force"]);
+    assert!(out.contains("\"a1\" deleted") && out.contains("\"a2\" deleted"), "{out}");
+    assert!(c.get_json("pods", "a1").is_none() && c.get_json("pods", "a2").is_none());
+    assert!(c.get_json("pods", "b1").is_some(), "b1 was not selected");
+
+    // phase: --cascade=orphan deletes a ReplicaSet and leaves its pods, ownerless
+    c.apply_yaml(
+        r#"
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: keep}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: keep}}
+  template:
+    metadata: {labels: {app: keep}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+"#,
+    );
+    let list = |label: &str| -> Vec<Value> {
+        let v: Value = serde_json::from_str(&c.ctl_ok(&["get", "pods", "-l", label, "-o", "json"])).unwrap();
+        v["items"].as_array().cloned().unwrap_or_default()
+    };
+    wait_for(T, "two pods of the ReplicaSet", || (list("app=keep").len() == 2).then_some(()));
+    c.ctl_ok(&["delete", "rs", "keep", "--cascade=orphan"]);
+    assert!(c.get_json("replicasets", "keep").is_none());
+    let left = list("app=keep");
+    assert_eq!(left.len(), 2, "orphaned pods stay");
+    assert!(left.iter().all(|p| p["metadata"]["ownerReferences"].is_null()), "{left:?}");
+
+    // phase: --all removes the rest of the kind in the namespace
+    c.ctl_ok(&["delete", "pods", "--all", "--grace-period=0", "--force"]);
+    assert!(list("app=keep").is_empty() && c.get_json("pods", "b1").is_none());
+    let bad = c.ctl(&["delete", "pods", "--all", "--cascade=sideways"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid --cascade"));
+}
