@@ -67,6 +67,21 @@ async fn history(client: &Client, ns: &str, d: &Value) -> Result<Vec<Value>, Fai
     Ok(sets)
 }
 
+/// get → `change` → update of a Deployment, again from a fresh read when the controller wrote
+/// it in between (its status and revision annotation change as it works).
+async fn update_retrying(client: &Client, ns: &str, name: &str, change: impl Fn(&mut Value)) -> Result<(), Failure> {
+    for attempt in 0.. {
+        let mut d = client.get("deployments", ns, name).await?;
+        change(&mut d);
+        match client.update("deployments", &d).await {
+            Err(e) if e.code() == tonic::Code::Aborted && attempt < 5 => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 fn revision_of(rs: &Value) -> i64 {
     rs["metadata"]["annotations"][REVISION].as_str().and_then(|r| r.parse().ok()).unwrap_or(0)
 }
@@ -113,17 +128,16 @@ pub fn run(cmd: RolloutCommand) -> Outcome {
                 if let Some(labels) = template["metadata"]["labels"].as_object_mut() {
                     labels.remove("pod-template-hash");
                 }
-                let mut updated = d.clone();
-                updated["spec"]["template"] = template;
-                client.update("deployments", &updated).await?;
+                update_retrying(&client, &ns, &name, |d| d["spec"]["template"] = template.clone()).await?;
                 println!("deployment.apps/{name} rolled back");
                 Ok(())
             }
             RolloutCommand::Restart(_) => {
-                let mut updated = d.clone();
-                updated["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] =
-                    json!(skiff_proto::time::now_rfc3339());
-                client.update("deployments", &updated).await?;
+                let now = skiff_proto::time::now_rfc3339();
+                update_retrying(&client, &ns, &name, |d| {
+                    d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] = json!(now)
+                })
+                .await?;
                 println!("deployment.apps/{name} restarted");
                 Ok(())
             }

@@ -330,6 +330,24 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Waits until the API has made the system namespaces (the leader's first act), so a cluster
+/// reported up takes `default`-namespace objects and node leases at once.
+fn wait_for_api(rt: &tokio::runtime::Runtime, cluster: &ClusterFile, deadline: Instant) -> anyhow::Result<()> {
+    let config = skiff_client::ClientConfig::load(cluster.client_config.as_deref().context("no client config")?)?;
+    let _runtime = rt.enter();
+    let client = skiff_client::Client::new(config).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    loop {
+        let last = skiff_api::registry::SYSTEM_NAMESPACES.last().copied().unwrap_or("default");
+        match rt.block_on(client.get("namespaces", "", last)) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                bail!("the API did not create its system namespaces in time: {}", e.message())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 /// Waits until every node has registered and is Ready, showing progress.
 fn wait_for_nodes(rt: &tokio::runtime::Runtime, cluster: &ClusterFile, deadline: Instant) -> anyhow::Result<()> {
     let config = skiff_client::ClientConfig::load(cluster.client_config.as_deref().context("no client config")?)?;
@@ -429,6 +447,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     };
 
+    wait_for_api(&rt, &cluster, deadline)?;
     if !cluster.nodes.is_empty() {
         for n in &mut cluster.nodes {
             if !node_alive(n) {

@@ -1,6 +1,6 @@
 //! More of kubectl's verbs: `set image`, `cordon` / `uncordon`, `drain`, `taint`.
 
-use crate::ctl::{kind_arg, runtime, Conn, Failure, Outcome};
+use crate::ctl::{kind_arg, read_modify_write, runtime, Conn, Failure, Outcome};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
@@ -28,33 +28,34 @@ pub fn set(cmd: SetCommand) -> Outcome {
         a.args[0].split_once('/').ok_or_else(|| Failure::Local("use TYPE/NAME CONTAINER=IMAGE".into()))?;
     let info = kind_arg(kind)?;
     let ns = client.config.namespace.clone();
-    let mut obj = rt.block_on(client.get(info.resource, &ns, name))?;
-    let spec = if info.resource == "pods" {
-        obj.pointer_mut("/spec")
-    } else if info.resource == "cronjobs" {
-        obj.pointer_mut("/spec/jobTemplate/spec/template/spec")
-    } else {
-        obj.pointer_mut("/spec/template/spec")
-    }
-    .ok_or_else(|| Failure::Local(format!("{} {name} has no pod template", info.resource)))?;
-    for pair in &a.args[1..] {
-        let (container, image) =
-            pair.split_once('=').ok_or_else(|| Failure::Local(format!("{pair:?} is not CONTAINER=IMAGE")))?;
-        let mut found = false;
-        for list in ["initContainers", "containers"] {
-            // `get_mut`, not indexing: indexing a missing key would insert a null.
-            for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
-                if container == "*" || c["name"] == container {
-                    c["image"] = json!(image);
-                    found = true;
+    read_modify_write(&rt, &client, info.resource, &ns, name, |obj| {
+        let spec = if info.resource == "pods" {
+            obj.pointer_mut("/spec")
+        } else if info.resource == "cronjobs" {
+            obj.pointer_mut("/spec/jobTemplate/spec/template/spec")
+        } else {
+            obj.pointer_mut("/spec/template/spec")
+        }
+        .ok_or_else(|| Failure::Local(format!("{} {name} has no pod template", info.resource)))?;
+        for pair in &a.args[1..] {
+            let (container, image) =
+                pair.split_once('=').ok_or_else(|| Failure::Local(format!("{pair:?} is not CONTAINER=IMAGE")))?;
+            let mut found = false;
+            for list in ["initContainers", "containers"] {
+                // `get_mut`, not indexing: indexing a missing key would insert a null.
+                for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+                    if container == "*" || c["name"] == container {
+                        c["image"] = json!(image);
+                        found = true;
+                    }
                 }
             }
+            if !found {
+                return Err(Failure::Local(format!("unable to find container named \"{container}\"")));
+            }
         }
-        if !found {
-            return Err(Failure::Local(format!("unable to find container named \"{container}\"")));
-        }
-    }
-    rt.block_on(client.update(info.resource, &obj))?;
+        Ok(())
+    })?;
     println!("{}/{name} image updated", info.resource.trim_end_matches('s'));
     Ok(())
 }
@@ -72,14 +73,16 @@ pub fn cordon(a: NodeArgs, unschedulable: bool) -> Outcome {
     let rt = runtime();
     let _enter = rt.enter();
     let client = a.conn.client()?;
-    let mut node = rt.block_on(client.get("nodes", "", &a.node))?;
+    let node = rt.block_on(client.get("nodes", "", &a.node))?;
     let verb = if unschedulable { "cordoned" } else { "uncordoned" };
     if node["spec"]["unschedulable"].as_bool().unwrap_or(false) == unschedulable {
         println!("node/{} already {verb}", a.node);
         return Ok(());
     }
-    node["spec"]["unschedulable"] = json!(unschedulable);
-    rt.block_on(client.update("nodes", &node))?;
+    read_modify_write(&rt, &client, "nodes", "", &a.node, |node| {
+        node["spec"]["unschedulable"] = json!(unschedulable);
+        Ok(())
+    })?;
     println!("node/{} {verb}", a.node);
     Ok(())
 }
@@ -164,36 +167,37 @@ pub fn taint(a: TaintArgs) -> Outcome {
     let _enter = rt.enter();
     let client = a.conn.client()?;
     let name = &a.args[1];
-    let mut node = rt.block_on(client.get("nodes", "", name))?;
-    let mut taints: Vec<Value> = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
-    for spec in &a.args[2..] {
-        if let Some(remove) = spec.strip_suffix('-') {
-            let (key, effect) = remove.split_once(':').map_or((remove, None), |(k, e)| (k, Some(e)));
-            let before = taints.len();
-            taints.retain(|t| !(t["key"] == key && effect.is_none_or(|e| t["effect"] == e)));
-            if taints.len() == before {
-                return Err(Failure::Local(format!("taint {remove:?} not found")));
-            }
-            continue;
-        }
-        let parsed = skiff_node::parse_taints(spec).map_err(Failure::Local)?;
-        for t in parsed {
-            let same = |x: &Value| x["key"] == t["key"] && x["effect"] == t["effect"];
-            if taints.iter().any(same) {
-                if !a.overwrite {
-                    return Err(Failure::Local(format!(
-                        "node {name} already has a taint with key ({}) and effect ({}), and --overwrite is false",
-                        t["key"].as_str().unwrap_or_default(),
-                        t["effect"].as_str().unwrap_or_default()
-                    )));
+    read_modify_write(&rt, &client, "nodes", "", name, |node| {
+        let mut taints: Vec<Value> = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
+        for spec in &a.args[2..] {
+            if let Some(remove) = spec.strip_suffix('-') {
+                let (key, effect) = remove.split_once(':').map_or((remove, None), |(k, e)| (k, Some(e)));
+                let before = taints.len();
+                taints.retain(|t| !(t["key"] == key && effect.is_none_or(|e| t["effect"] == e)));
+                if taints.len() == before {
+                    return Err(Failure::Local(format!("taint {remove:?} not found")));
                 }
-                taints.retain(|x| !same(x));
+                continue;
             }
-            taints.push(t);
+            let parsed = skiff_node::parse_taints(spec).map_err(Failure::Local)?;
+            for t in parsed {
+                let same = |x: &Value| x["key"] == t["key"] && x["effect"] == t["effect"];
+                if taints.iter().any(same) {
+                    if !a.overwrite {
+                        return Err(Failure::Local(format!(
+                            "node {name} already has a taint with key ({}) and effect ({}), and --overwrite is false",
+                            t["key"].as_str().unwrap_or_default(),
+                            t["effect"].as_str().unwrap_or_default()
+                        )));
+                    }
+                    taints.retain(|x| !same(x));
+                }
+                taints.push(t);
+            }
         }
-    }
-    node["spec"]["taints"] = json!(taints);
-    rt.block_on(client.update("nodes", &node))?;
+        node["spec"]["taints"] = json!(taints);
+        Ok(())
+    })?;
     println!("node/{name} modified");
     Ok(())
 }
