@@ -157,11 +157,15 @@ spec:
     );
     // phase: a container exiting 1 restarts with growing delays and shows CrashLoopBackOff
     let mut saw_back_off = false;
+    let node_root = c.nodes()[0].2.clone();
     let crasher = wait_for(Duration::from_secs(90), "crasher to restart 3 times", || {
         let p = c.get_json("pods", "crasher")?;
         let st = container(&p, "containerStatuses", "app");
         saw_back_off |= st["state"]["waiting"]["reason"] == "CrashLoopBackOff";
-        (st["restartCount"].as_i64() >= Some(3) && saw_back_off).then_some(p)
+        // The fourth run must have started too: the gaps below read its start.
+        let uid = p["metadata"]["uid"].as_str()?;
+        let fourth = node_root.join(format!("pods/{uid}/containers/app/3/started.json"));
+        (st["restartCount"].as_i64() >= Some(3) && saw_back_off && fourth.exists()).then_some(p)
     });
     let st = container(&crasher, "containerStatuses", "app");
     assert_eq!(st["lastState"]["terminated"]["exitCode"], 1, "{st}");
