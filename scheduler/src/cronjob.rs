@@ -4,6 +4,7 @@
 //! epoch of the scheduled time>` as Kubernetes names them, so a retried round never makes two.
 
 use crate::job::finished;
+use crate::replicaset::controller_uid;
 use serde_json::{json, Value};
 
 /// One cron field: the values it allows.
@@ -115,14 +116,6 @@ pub struct Plan {
     /// Job names to delete (replaced or beyond the history limits).
     pub delete: Vec<String>,
     pub status: Value,
-}
-
-fn controller_uid(obj: &Value) -> Option<&str> {
-    obj.pointer("/metadata/ownerReferences")?
-        .as_array()?
-        .iter()
-        .find(|r| r["controller"] == true)
-        .and_then(|r| r["uid"].as_str())
 }
 
 pub fn plan(cj: &Value, jobs: &[Value], now: i64) -> Result<Plan, String> {

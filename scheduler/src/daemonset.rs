@@ -9,6 +9,7 @@
 
 use crate::deployment::template_hash;
 use crate::placement::daemon_fits;
+use crate::replicaset::{controller_uid, ready, terminating};
 use crate::snapshot::NodeInfo;
 use serde_json::{json, Value};
 use skiff_proto::api::{Node, Pod};
@@ -24,25 +25,6 @@ pub struct Plan {
     pub status: Value,
 }
 
-fn controller_uid(obj: &Value) -> Option<&str> {
-    obj.pointer("/metadata/ownerReferences")?
-        .as_array()?
-        .iter()
-        .find(|r| r["controller"] == true)
-        .and_then(|r| r["uid"].as_str())
-}
-
-fn ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-}
-
-fn active(pod: &Value) -> bool {
-    pod.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null)
-        && !matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
-}
-
 fn name(v: &Value) -> String {
     v["metadata"]["name"].as_str().unwrap_or_default().to_string()
 }
@@ -54,10 +36,10 @@ pub fn plan(ds: &Value, nodes: &[Node], pods: &[Value]) -> Plan {
     let as_pod: Pod = serde_json::from_value(json!({"spec": template["spec"]})).unwrap_or_default();
     let mut p = Plan::default();
     let mut by_node: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
-    let mut terminating = 0;
+    let mut stopping = 0;
     for pod in pods.iter().filter(|p| controller_uid(p) == Some(uid)) {
-        if !active(pod) {
-            terminating += 1;
+        if terminating(pod) {
+            stopping += 1;
             continue;
         }
         let node = pod["spec"]["nodeName"].as_str().unwrap_or_default().to_string();
@@ -113,7 +95,7 @@ pub fn plan(ds: &Value, nodes: &[Node], pods: &[Value]) -> Plan {
         current.iter().filter(|p| p["metadata"]["labels"][HASH_LABEL] != hash.as_str()).collect();
     let all_ready = current.len() == eligible.len() && current.iter().all(|p| ready(p));
     let on_demand = ds.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("OnDelete");
-    if !on_demand && all_ready && terminating == 0 && p.delete.is_empty() {
+    if !on_demand && all_ready && stopping == 0 && p.delete.is_empty() {
         if let Some(pod) = outdated.first() {
             p.delete.push(name(pod));
         }

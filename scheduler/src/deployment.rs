@@ -12,6 +12,7 @@
 //! template back — its ReplicaSet becomes the newest revision again.
 
 use crate::replicaset::selector_matches;
+use crate::replicaset::{controller_uid, ready, terminating};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -63,25 +64,6 @@ pub fn resolve(v: Option<&Value>, default: &str, desired: i64, round_up: bool) -
     }
 }
 
-fn controller_uid(obj: &Value) -> Option<&str> {
-    obj.pointer("/metadata/ownerReferences")?
-        .as_array()?
-        .iter()
-        .find(|r| r["controller"] == true)
-        .and_then(|r| r["uid"].as_str())
-}
-
-fn ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-}
-
-fn active(pod: &Value) -> bool {
-    pod.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null)
-        && !matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
-}
-
 fn revision(rs: &Value) -> i64 {
     rs["metadata"]["annotations"][REVISION].as_str().and_then(|r| r.parse().ok()).unwrap_or(0)
 }
@@ -113,7 +95,7 @@ pub fn plan(d: &Value, sets: &[Value], pods: &[Value]) -> Plan {
     owned.sort_by_key(revision);
     let pods_of = |rs: &Value| -> Vec<&Value> {
         let rs_uid = rs["metadata"]["uid"].as_str().unwrap_or_default();
-        pods.iter().filter(|p| active(p) && controller_uid(p) == Some(rs_uid)).collect()
+        pods.iter().filter(|p| !terminating(p) && controller_uid(p) == Some(rs_uid)).collect()
     };
     let max_revision = owned.iter().map(revision).max().unwrap_or(0);
     let mut p = Plan::default();
@@ -244,7 +226,7 @@ pub fn plan(d: &Value, sets: &[Value], pods: &[Value]) -> Plan {
     let selector = d.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
     let mine: Vec<&Value> = pods
         .iter()
-        .filter(|p| active(p) && selector_matches(&selector, &labels(p)))
+        .filter(|p| !terminating(p) && selector_matches(&selector, &labels(p)))
         .filter(|p| {
             let owner = controller_uid(p).unwrap_or_default();
             owned.iter().chain(new_rs.iter()).any(|rs| rs["metadata"]["uid"] == owner)

@@ -5,6 +5,7 @@
 //! `plan` is pure: the Job, its namespace's pods and the time in; pods to create and delete
 //! and the status out.
 
+use crate::replicaset::controller_uid;
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -12,14 +13,6 @@ pub struct Plan {
     pub create: Vec<Value>,
     pub delete: Vec<String>,
     pub status: Value,
-}
-
-fn controller_uid(obj: &Value) -> Option<&str> {
-    obj.pointer("/metadata/ownerReferences")?
-        .as_array()?
-        .iter()
-        .find(|r| r["controller"] == true)
-        .and_then(|r| r["uid"].as_str())
 }
 
 fn phase(pod: &Value) -> &str {

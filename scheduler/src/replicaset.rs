@@ -50,7 +50,8 @@ pub fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> 
     eq && exprs
 }
 
-fn controller_uid(pod: &Value) -> Option<&str> {
+/// The uid of the object's controlling owner (the ownerReference with `controller: true`).
+pub(crate) fn controller_uid(pod: &Value) -> Option<&str> {
     pod.pointer("/metadata/ownerReferences")?
         .as_array()?
         .iter()
@@ -58,12 +59,14 @@ fn controller_uid(pod: &Value) -> Option<&str> {
         .and_then(|r| r.get("uid").and_then(Value::as_str))
 }
 
-fn terminating(pod: &Value) -> bool {
+/// Being deleted, or finished (Succeeded / Failed): no longer counts as a replica.
+pub(crate) fn terminating(pod: &Value) -> bool {
     pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
         || matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
 }
 
-fn ready(pod: &Value) -> bool {
+/// The pod's Ready condition is True.
+pub(crate) fn ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions")
         .and_then(Value::as_array)
         .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))

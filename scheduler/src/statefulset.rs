@@ -8,6 +8,7 @@
 //! delete and the status out.
 
 use crate::deployment::template_hash;
+use crate::replicaset::controller_uid;
 use serde_json::{json, Value};
 
 pub const REVISION_LABEL: &str = "controller-revision-hash";
@@ -18,14 +19,6 @@ pub struct Plan {
     pub create: Vec<Value>,
     pub delete: Vec<String>,
     pub status: Value,
-}
-
-fn controller_uid(obj: &Value) -> Option<&str> {
-    obj.pointer("/metadata/ownerReferences")?
-        .as_array()?
-        .iter()
-        .find(|r| r["controller"] == true)
-        .and_then(|r| r["uid"].as_str())
 }
 
 fn ready(pod: &Value) -> bool {
