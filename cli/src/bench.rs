@@ -89,14 +89,8 @@ impl Drop for System {
     }
 }
 
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let ls: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    ls.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
-
 pub(crate) fn skiff_system(dir: &Path) -> anyhow::Result<System> {
-    let ports = free_ports(6)?;
+    let ports = crate::up::free_ports(6)?;
     let cluster: Vec<String> =
         (0..3).map(|i| format!("{}=127.0.0.1:{}/127.0.0.1:{}", i + 1, ports[2 * i], ports[2 * i + 1])).collect();
     let exe = std::env::current_exe()?;
@@ -126,7 +120,7 @@ pub(crate) fn skiff_system(dir: &Path) -> anyhow::Result<System> {
 }
 
 fn etcd_system(dir: &Path, bin: &Path) -> anyhow::Result<System> {
-    let ports = free_ports(6)?;
+    let ports = crate::up::free_ports(6)?;
     let cluster: Vec<String> = (0..3).map(|i| format!("e{}=http://127.0.0.1:{}", i + 1, ports[2 * i])).collect();
     let procs = (0..3)
         .map(|i| {

@@ -380,6 +380,14 @@ pub async fn status(addr: &str) -> Result<StatusResponse, String> {
     Ok(MaintenanceClient::new(ch).status(StatusRequest {}).await.map_err(|e| e.to_string())?.into_inner())
 }
 
+/// The store's revision as a linearizable read through `addr` sees it: unlike `status`, which
+/// reports what that master has applied so far, this includes every acknowledged write.
+pub async fn revision(addr: &str) -> Result<i64, tonic::Status> {
+    let ch = channel(addr).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let r = KvClient::new(ch).range(RangeRequest { key: b"\0".to_vec(), ..Default::default() }).await?;
+    Ok(r.into_inner().header.map_or(0, |h| h.revision))
+}
+
 pub async fn put(addr: &str, key: &str, value: &[u8]) -> Result<i64, tonic::Status> {
     let ch = channel(addr).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let r = KvClient::new(ch).put(PutRequest { key: key.into(), value: value.to_vec(), ..Default::default() }).await?;
