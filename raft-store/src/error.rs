@@ -21,6 +21,10 @@ pub enum StoreError {
     /// The connection to the leader broke mid-request: the outcome is unknown.
     #[error("etcdserver: request interrupted, it may or may not have been applied: {0}")]
     Interrupted(String),
+    /// The leader this master forwarded to lost its place before answering: the outcome is
+    /// unknown, and the client can retry at once instead of waiting out its deadline.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     /// A leader-only operation reached a member that is not (or no longer) leader.
     #[error("etcdserver: not leader (leader is {leader:?})")]
     NotLeader { leader: Option<u64> },
@@ -54,6 +58,7 @@ impl From<StoreError> for Status {
             StoreError::NoLeader
             | StoreError::Timeout
             | StoreError::Interrupted(_)
+            | StoreError::LeaderChanged
             | StoreError::NotLeader { .. }
             | StoreError::Stopped => Code::Unavailable,
             StoreError::TooLarge { .. } => Code::ResourceExhausted,

@@ -49,6 +49,11 @@ pub struct MasterConfig {
     /// TLS for the client listener. Off loopback it is mandatory, with client certificates.
     #[serde(default)]
     pub client_tls: Option<ClientTls>,
+    /// Testing only, never in a real cluster: serve linearizable reads from this master's local
+    /// state without the read-index check. It breaks linearizability on purpose, so the chaos
+    /// harness can show that its checker catches the stale reads that follow.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsafe_local_reads: bool,
 }
 
 /// PEM files for the client listener's TLS.
@@ -105,6 +110,7 @@ impl MasterConfig {
             election_min_ms: defaults::election_min_ms(),
             snapshot_logs: defaults::snapshot_logs(),
             client_tls: None,
+            unsafe_local_reads: false,
         }
     }
 
@@ -274,7 +280,7 @@ impl Master {
         loop {
             let attempt = match self.leader() {
                 Some((id, _)) if id == self.id() => self.execute_local(op.clone(), deadline).await,
-                Some((_, node)) => self.forward(&node, &op, deadline).await,
+                Some((id, node)) => self.forward(id, &node, &op, deadline).await,
                 None => Err(StoreError::NoLeader),
             };
             match attempt {
@@ -286,11 +292,43 @@ impl Master {
         }
     }
 
-    async fn forward(&self, leader: &Member, op: &Forwarded, deadline: Instant) -> Result<ForwardReply, StoreError> {
+    /// Completes once this master no longer sees `leader` as the leader (a new one was elected,
+    /// or its own election timer fired): a request still waiting on `leader` will not get an
+    /// answer soon.
+    async fn leader_moved_from(&self, leader: u64) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader != Some(leader) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader_id: u64,
+        leader: &Member,
+        op: &Forwarded,
+        deadline: Instant,
+    ) -> Result<ForwardReply, StoreError> {
+        if self.leader().map(|(id, _)| id) != Some(leader_id) {
+            // Moved on before anything was sent: safe to retry.
+            return Err(StoreError::NoLeader);
+        }
         let mut client = self.peers.get(&leader.peer_addr).map_err(|_| StoreError::NoLeader)?;
         let mut req = tonic::Request::new(network::encode(op));
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        match client.forward(req).await {
+        // A leader that died or was cut off mid-request leaves the outcome unknown either way;
+        // saying so when the election moves on (as etcd's "leader changed") lets the client
+        // retry within the failover instead of at its deadline.
+        let reply = tokio::select! {
+            r = client.forward(req) => r,
+            _ = self.leader_moved_from(leader_id) => return Err(StoreError::LeaderChanged),
+        };
+        match reply {
             Ok(reply) => network::decode::<Result<ForwardReply, StoreError>>(reply.get_ref())
                 .map_err(|e| StoreError::Internal(format!("bad forward reply: {e}")))?,
             // Never sent: safe to retry once a leader is known again.
@@ -389,6 +427,9 @@ impl Master {
     /// call (the read-index protocol), so a read served here is linearizable.
     pub async fn read_barrier(&self) -> Result<(), StoreError> {
         self.check_accepting()?;
+        if self.config.unsafe_local_reads {
+            return Ok(());
+        }
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
             let index = match self.leader() {
@@ -397,7 +438,11 @@ impl Master {
                     Err(RaftError::APIError(_)) => Err(StoreError::NoLeader),
                     Err(e) => Err(map_raft_err(e)),
                 },
-                Some((_, node)) => self.remote_read_index(&node, deadline).await,
+                Some((id, node)) => tokio::select! {
+                    r = self.remote_read_index(&node, deadline) => r,
+                    // A read changes nothing: ask the next leader instead.
+                    _ = self.leader_moved_from(id) => Err(StoreError::NoLeader),
+                },
                 None => Err(StoreError::NoLeader),
             };
             match index {
