@@ -1,9 +1,24 @@
-//! Skiff's chaos harness: workloads record histories, nemeses inject faults, checkers judge.
+//! Skiff's chaos harness: real masters in network namespaces, a nemesis that kills, pauses,
+//! partitions and degrades them, workloads that record histories, and checkers that judge them.
 //!
-//! Built so far: the checkers ([`linearizability`] for the key-value register workload,
-//! [`watch`] for watch streams), proven able to fail on known-bad histories. The nemesis
-//! (kill, pause, partition), the workloads and the `skiff-chaos` runner come next (see the
-//! "Chaos harness" issue).
+//! - [`net`]: the run's namespaces and bridge; partitions and lossy links; sockets into a
+//!   namespace for the harness's clients.
+//! - [`cluster`]: `skiff master` processes (kill, restart, pause, resume, who leads).
+//! - [`nemesis`]: the seeded fault schedule and its execution.
+//! - [`kv`]: the register workload (get, put, compare-and-set, delete) through the etcd API.
+//! - [`watchers`]: a watcher per master that resumes across reconnects.
+//! - [`linearizability`], [`watch`]: the checkers, proven able to fail on known-bad histories.
+//! - [`run`]: one experiment end to end; [`report`]: its figures and verdicts.
+//!
+//! Invariant: nothing leaves the machine — the masters' peer links are veths on a bridge with no
+//! address in the host namespace, and their client listeners are their namespaces' loopbacks.
 
+pub mod cluster;
+pub mod kv;
 pub mod linearizability;
+pub mod nemesis;
+pub mod net;
+pub mod report;
+pub mod run;
 pub mod watch;
+pub mod watchers;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 /// A register value; `None` is "absent".
 pub type Value = Option<String>;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum Op {
     Put(String),
     Get,
@@ -23,7 +23,7 @@ pub enum Op {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum Outcome {
     /// A Get's observed value.
     Read(Value),
@@ -36,7 +36,7 @@ pub enum Outcome {
 }
 
 /// One invocation and its completion, with wall-clock times (any monotonic unit).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Event {
     pub client: u32,
     pub key: String,
@@ -62,54 +62,86 @@ fn step(state: &Value, op: &Op, outcome: &Outcome) -> Option<Value> {
     }
 }
 
+/// How many search states one key may take before the checker gives up on it (and fails the
+/// check as undecided rather than pass what it could not confirm).
+pub const STATE_BUDGET: usize = 2_000_000;
+
+/// Where the search for one key got stuck.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stuck {
+    /// The most operations any partial linearization placed.
+    placed: usize,
+    /// The register's value there.
+    state: Value,
+    /// The operations that could have gone next there, none consistent with the value.
+    blocked: Vec<usize>,
+    /// The state budget ran out before the search finished.
+    exhausted: bool,
+}
+
 /// Whether one key's events (starting from an absent value) have a linearization.
-fn check_key(events: &[Event]) -> bool {
+fn check_key(events: &[Event]) -> Result<(), Stuck> {
     let n = events.len();
     let words = n.div_ceil(64).max(1);
     let mut seen: HashSet<(Vec<u64>, Value)> = HashSet::new();
-    // Depth-first search over "done" sets; each frame: done set, state.
-    let mut stack: Vec<(Vec<u64>, Value)> = vec![(vec![0; words], None)];
+    // Depth-first search over "done" sets; each frame: done set, state, how many placed.
+    let mut stack: Vec<(Vec<u64>, Value, usize)> = vec![(vec![0; words], None, 0)];
     let is_done = |done: &[u64], i: usize| done[i / 64] >> (i % 64) & 1 == 1;
-    while let Some((done, state)) = stack.pop() {
+    let mut stuck = Stuck { placed: 0, state: None, blocked: Vec::new(), exhausted: false };
+    while let Some((done, state, placed)) = stack.pop() {
         let remaining: Vec<usize> = (0..n).filter(|&i| !is_done(&done, i)).collect();
         // Every remaining operation is an unknown one that may simply never have happened.
         if remaining.iter().all(|&i| events[i].outcome == Outcome::Unknown) {
-            return true;
+            return Ok(());
+        }
+        if seen.len() >= STATE_BUDGET {
+            stuck.exhausted = true;
+            return Err(stuck);
         }
         if !seen.insert((done.clone(), state.clone())) {
             continue;
         }
         // Candidates: operations invoked before every remaining known operation completed.
         let horizon = remaining.iter().map(|&i| events[i].complete).min().unwrap_or(u64::MAX);
-        for &i in &remaining {
-            if events[i].invoke > horizon {
-                continue;
-            }
+        let candidates: Vec<usize> = remaining.iter().copied().filter(|&i| events[i].invoke <= horizon).collect();
+        if placed >= stuck.placed {
+            stuck = Stuck { placed, state: state.clone(), blocked: candidates.clone(), exhausted: false };
+        }
+        for i in candidates {
             if let Some(next) = step(&state, &events[i].op, &events[i].outcome) {
                 let mut d = done.clone();
                 d[i / 64] |= 1 << (i % 64);
-                stack.push((d, next));
+                stack.push((d, next, placed + 1));
             }
             if events[i].outcome == Outcome::Unknown {
                 // Or it never took effect.
                 let mut d = done.clone();
                 d[i / 64] |= 1 << (i % 64);
-                stack.push((d, state.clone()));
+                stack.push((d, state.clone(), placed + 1));
             }
         }
     }
-    false
+    Err(stuck)
 }
 
-/// A key whose history has no linearization, with a minimal failing sub-history.
+/// A key whose history has no linearization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     pub key: String,
-    /// Removing any one of these events makes the rest linearizable.
+    /// A failing sub-history: for short histories a minimal one (removing any one event makes
+    /// the rest linearizable); for long ones, the operations the search could not place next
+    /// after its longest linearizable prefix, with the value the register held there.
     pub minimal: Vec<Event>,
+    /// For long histories: the value before `minimal` (the stuck point's state).
+    pub state_before: Option<Value>,
+    /// The search ran out of its state budget: not disproven, but not confirmed either.
+    pub undecided: bool,
 }
 
-/// Checks a whole history; `Err` names each violating key with a minimal sub-history.
+/// Key histories up to this long are minimised (each step re-runs the search).
+const MINIMISE_UP_TO: usize = 200;
+
+/// Checks a whole history; `Err` names each violating key with a failing sub-history.
 pub fn check(history: &[Event]) -> Result<(), Vec<Violation>> {
     let mut by_key: BTreeMap<String, Vec<Event>> = BTreeMap::new();
     for e in history {
@@ -121,7 +153,17 @@ pub fn check(history: &[Event]) -> Result<(), Vec<Violation>> {
     }
     let mut violations = Vec::new();
     for (key, mut events) in by_key {
-        if check_key(&events) {
+        let stuck = match check_key(&events) {
+            Ok(()) => continue,
+            Err(s) => s,
+        };
+        if stuck.exhausted {
+            violations.push(Violation { key, minimal: Vec::new(), state_before: None, undecided: true });
+            continue;
+        }
+        if events.len() > MINIMISE_UP_TO {
+            let minimal = stuck.blocked.iter().map(|&i| events[i].clone()).collect();
+            violations.push(Violation { key, minimal, state_before: Some(stuck.state), undecided: false });
             continue;
         }
         // Greedy minimisation: drop events while the remainder still fails.
@@ -129,13 +171,13 @@ pub fn check(history: &[Event]) -> Result<(), Vec<Violation>> {
         while i < events.len() {
             let mut fewer = events.clone();
             fewer.remove(i);
-            if !check_key(&fewer) {
+            if check_key(&fewer).is_err() {
                 events = fewer;
             } else {
                 i += 1;
             }
         }
-        violations.push(Violation { key, minimal: events });
+        violations.push(Violation { key, minimal: events, state_before: None, undecided: false });
     }
     if violations.is_empty() {
         Ok(())
@@ -228,6 +270,22 @@ mod tests {
         other.key = "other".into();
         h.push(other);
         assert!(check(&h).is_ok());
+    }
+
+    #[test]
+    fn a_stale_read_in_a_long_history_is_pinned_to_where_the_search_stuck() {
+        let mut h = Vec::new();
+        for i in 0..150u64 {
+            h.push(ev(1, put(&i.to_string()), Outcome::Done, i * 10, i * 10 + 4));
+            h.push(ev(2, Op::Get, read(Some(&i.to_string())), i * 10 + 5, i * 10 + 9));
+        }
+        // At 100 the reader sees the value from two writes back.
+        h[201] = ev(2, Op::Get, read(Some("98")), 1005, 1009);
+        let v = check(&h).unwrap_err();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].state_before, Some(Some("100".into())), "{v:?}");
+        assert!(v[0].minimal.iter().any(|e| e.outcome == read(Some("98"))), "{v:?}");
+        assert!(!v[0].undecided);
     }
 
     #[test]

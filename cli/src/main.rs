@@ -4,6 +4,7 @@
 mod bench;
 mod bench_api;
 mod bench_node;
+mod chaos_cmd;
 mod cluster_file;
 mod ctl;
 mod describe;
@@ -88,6 +89,9 @@ enum Command {
     /// Benchmark the node: container create/start/delete against crun and runc, pod start
     /// latency and daemon memory (prints tables; needs root).
     BenchNode(bench_node::BenchNodeArgs),
+    /// Chaos run: kill, pause and partition masters under load and check that nothing
+    /// acknowledged was lost (prints a report; needs root).
+    Chaos(chaos_cmd::ChaosArgs),
 }
 
 #[derive(Subcommand)]
@@ -150,5 +154,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::BenchApi(args) => bench_api::run(args),
         Command::BenchNode(args) => bench_node::run(args),
+        Command::Chaos(args) => chaos_cmd::run(args),
     }
 }

@@ -306,9 +306,10 @@ fn rand_suffix() -> String {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if !self.nodes().is_empty() {
+        if !self.nodes().is_empty() || self.masters.is_empty() {
             // Node daemons leave containers running by design: stop them, their containers,
-            // sandboxes and bridges.
+            // sandboxes and bridges. (No masters known means `skiff up` failed part-way: its
+            // cluster.json still names what it started.)
             let d = self.dir.path().to_str().unwrap().to_string();
             let _ = Command::new(skiff_bin()).args(["down", "--dir", &d, "--purge", "--grace", "2"]).output();
         }

@@ -1,0 +1,177 @@
+//! The masters under test: real `skiff master` processes, one per namespace of [`Net`], that the
+//! nemesis kills, restarts, pauses and resumes.
+
+use crate::net::{Net, CLIENT_PORT};
+use anyhow::Context;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use skiff_proto::etcdserverpb::{StatusRequest, StatusResponse};
+use skiff_raft_store::{MasterConfig, Member};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// One master: its process (when running) and whether it is stopped by SIGSTOP.
+pub struct Master {
+    pub id: u64,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    pub paused: bool,
+}
+
+pub struct ChaosCluster {
+    pub net: Net,
+    pub masters: Vec<Master>,
+    skiff: PathBuf,
+    /// One channel per master for the harness's own calls (status, hash, final reads).
+    admin: Vec<Channel>,
+}
+
+impl ChaosCluster {
+    /// Writes each master's configuration under `dir` and starts them all.
+    pub fn start(skiff: &Path, n: usize, dir: &Path, unsafe_local_reads: bool) -> anyhow::Result<ChaosCluster> {
+        let net = Net::create(n)?;
+        let members: BTreeMap<u64, Member> = (0..n)
+            .map(|i| {
+                let id = i as u64 + 1;
+                let m = Member {
+                    name: format!("master-{id}"),
+                    peer_addr: net.peer_addr(i),
+                    client_addr: format!("127.0.0.1:{CLIENT_PORT}"),
+                };
+                (id, m)
+            })
+            .collect();
+        let mut masters = Vec::new();
+        for (id, m) in &members {
+            let data = dir.join(format!("master-{id}"));
+            std::fs::create_dir_all(&data)?;
+            let mut config =
+                MasterConfig::new(*id, m.name.clone(), data.join("data"), m.peer_addr.clone(), m.client_addr.clone());
+            config.initial_members = members.clone();
+            config.unsafe_local_reads = unsafe_local_reads;
+            let path = data.join("master.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&config)?)?;
+            masters.push(Master {
+                id: *id,
+                config: path,
+                log: dir.join(format!("master-{id}.log")),
+                child: None,
+                paused: false,
+            });
+        }
+        let admin = (0..n).map(|i| net.channel(i, Duration::from_secs(3))).collect();
+        let mut c = ChaosCluster { net, masters, skiff: skiff.to_path_buf(), admin };
+        for i in 0..n {
+            c.restart(i)?;
+        }
+        Ok(c)
+    }
+
+    pub fn len(&self) -> usize {
+        self.masters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.masters.is_empty()
+    }
+
+    /// Starts master `i` (again) with its data directory as it was left.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &mut self.masters[i];
+        if m.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log)?;
+        let child = Command::new("ip")
+            .args(self.net.exec_prefix(i))
+            .arg(&self.skiff)
+            .arg("master")
+            .arg("--config")
+            .arg(&m.config)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting master {}", m.id))?;
+        m.child = Some(child);
+        m.paused = false;
+        Ok(())
+    }
+
+    /// SIGKILL; the master's data directory stays for [`restart`](Self::restart).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.masters[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.masters[i].paused = false;
+    }
+
+    pub fn pause(&mut self, i: usize) {
+        if let Some(child) = &self.masters[i].child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP);
+            self.masters[i].paused = true;
+        }
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        if let Some(child) = &self.masters[i].child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+        }
+        self.masters[i].paused = false;
+    }
+
+    pub fn running(&self, i: usize) -> bool {
+        self.masters[i].child.is_some()
+    }
+
+    pub fn channel(&self, i: usize) -> Channel {
+        self.admin[i].clone()
+    }
+
+    pub async fn status(&self, i: usize) -> Option<StatusResponse> {
+        if !self.running(i) || self.masters[i].paused {
+            return None;
+        }
+        let mut c = MaintenanceClient::new(self.admin[i].clone());
+        tokio::time::timeout(Duration::from_secs(2), c.status(StatusRequest {}))
+            .await
+            .ok()?
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// The index of the master that the reachable masters with the highest term call leader.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut best: Option<(u64, u64)> = None;
+        for i in 0..self.len() {
+            if let Some(s) = self.status(i).await {
+                if s.leader != 0 && best.is_none_or(|(term, _)| s.raft_term > term) {
+                    best = Some((s.raft_term, s.leader));
+                }
+            }
+        }
+        let (_, id) = best?;
+        self.masters.iter().position(|m| m.id == id)
+    }
+
+    /// Ends every process (resuming paused ones so they die cleanly).
+    pub fn stop_all(&mut self) {
+        for i in 0..self.len() {
+            self.resume(i);
+            self.kill(i);
+        }
+    }
+}
+
+impl Drop for ChaosCluster {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}

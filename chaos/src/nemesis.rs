@@ -1,0 +1,341 @@
+//! The nemesis: a fault schedule drawn from a seed ([`plan`], pure, so a seed reproduces the
+//! schedule), and its execution against a [`ChaosCluster`] ([`execute`]), which records when each
+//! fault began and ended and whether it took the leader away.
+//!
+//! Roles ("the leader", "a follower") are resolved when the fault fires, since which master
+//! leads depends on the run; everything random is drawn up front.
+
+use crate::cluster::ChaosCluster;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    /// SIGKILL, restart after the hold.
+    Kill,
+    /// SIGSTOP, SIGCONT after the hold.
+    Pause,
+    /// Cut links between groups of masters, heal after the hold.
+    Partition,
+    /// Drop a share of one master's outgoing packets.
+    Lossy,
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kill" => Ok(FaultKind::Kill),
+            "pause" => Ok(FaultKind::Pause),
+            "partition" => Ok(FaultKind::Partition),
+            "lossy" => Ok(FaultKind::Lossy),
+            other => Err(format!("unknown fault {other:?}: expected kill, pause, partition or lossy")),
+        }
+    }
+}
+
+/// Which master a fault hits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Leader,
+    /// A follower, the n-th (modulo their number) when the fault fires.
+    Follower(usize),
+    /// Master index n, whatever its role.
+    Master(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// The leader alone on one side.
+    IsolateLeader,
+    /// These masters (a minority) against the rest.
+    Split(Vec<usize>),
+    /// Two sides that cannot reach each other, and one master that reaches both.
+    Bridge { left: Vec<usize>, bridge: usize, right: Vec<usize> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Kill(Target),
+    Pause(Target),
+    Partition(Shape),
+    Lossy { target: Target, percent: u32 },
+}
+
+/// One scheduled fault: it starts `at` after the workload starts and is undone `hold` later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Planned {
+    pub at: Duration,
+    pub hold: Duration,
+    pub action: Action,
+}
+
+fn millis(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.gen_range(lo..=hi))
+}
+
+fn target(rng: &mut StdRng, masters: usize) -> Target {
+    match rng.gen_range(0..4) {
+        0 | 1 => Target::Leader,
+        2 => Target::Follower(rng.gen_range(0..masters.max(1))),
+        _ => Target::Master(rng.gen_range(0..masters.max(1))),
+    }
+}
+
+/// The fault schedule for a run: one fault at a time, separated by 1–3 s of calm, every fault
+/// undone before `duration` ends.
+pub fn plan(seed: u64, duration: Duration, kinds: &[FaultKind], masters: usize) -> Vec<Planned> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    if kinds.is_empty() || masters == 0 {
+        return out;
+    }
+    let mut t = millis(&mut rng, 1000, 3000);
+    loop {
+        let kind = kinds[rng.gen_range(0..kinds.len())];
+        let (action, hold) = match kind {
+            FaultKind::Kill => (Action::Kill(target(&mut rng, masters)), millis(&mut rng, 500, 4000)),
+            FaultKind::Pause => (Action::Pause(target(&mut rng, masters)), millis(&mut rng, 1000, 5000)),
+            FaultKind::Lossy => (
+                Action::Lossy { target: target(&mut rng, masters), percent: rng.gen_range(10..=40) },
+                millis(&mut rng, 2000, 6000),
+            ),
+            FaultKind::Partition => {
+                let mut order: Vec<usize> = (0..masters).collect();
+                order.shuffle(&mut rng);
+                let shape = match rng.gen_range(0..5) {
+                    0 | 1 => Shape::IsolateLeader,
+                    4 if masters >= 5 => {
+                        let half = (masters - 1) / 2;
+                        Shape::Bridge {
+                            left: order[..half].to_vec(),
+                            bridge: order[half],
+                            right: order[half + 1..].to_vec(),
+                        }
+                    }
+                    _ => {
+                        let minority = rng.gen_range(1..=((masters - 1) / 2).max(1));
+                        Shape::Split(order[..minority].to_vec())
+                    }
+                };
+                (Action::Partition(shape), millis(&mut rng, 2000, 6000))
+            }
+        };
+        if t + hold > duration {
+            break;
+        }
+        out.push(Planned { at: t, hold, action });
+        t += hold + millis(&mut rng, 1000, 3000);
+    }
+    out
+}
+
+/// What happened when a planned fault ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    pub kind: FaultKind,
+    /// The fault as it was applied, with the masters it hit (by raft id).
+    pub description: String,
+    /// Microseconds since the workload started.
+    pub start_us: u64,
+    pub end_us: u64,
+    /// The leader (raft id) when the fault fired, as the masters reported it.
+    pub leader_before: Option<u64>,
+    /// Whether the fault took the leader away from the majority (so a failover must follow).
+    pub leader_affected: bool,
+}
+
+fn resolve(t: &Target, leader: Option<usize>, n: usize) -> usize {
+    match (t, leader) {
+        (Target::Leader, Some(l)) => l,
+        (Target::Follower(k), Some(l)) => {
+            let followers: Vec<usize> = (0..n).filter(|&i| i != l).collect();
+            if followers.is_empty() {
+                l
+            } else {
+                followers[k % followers.len()]
+            }
+        }
+        (Target::Follower(k) | Target::Master(k), _) => k % n,
+        (Target::Leader, None) => 0,
+    }
+}
+
+/// Runs the schedule against the cluster (`t0` is the workload's start), undoing each fault
+/// after its hold. Returns what was done; errors only if a fault could not be applied or undone.
+pub async fn execute(
+    cluster: &mut ChaosCluster,
+    schedule: &[Planned],
+    t0: Instant,
+) -> anyhow::Result<Vec<FaultRecord>> {
+    let n = cluster.len();
+    let ids: Vec<u64> = cluster.masters.iter().map(|m| m.id).collect();
+    let since = |t0: Instant| t0.elapsed().as_micros() as u64;
+    let mut records = Vec::new();
+    for p in schedule {
+        tokio::time::sleep_until((t0 + p.at).into()).await;
+        let leader = cluster.leader().await;
+        let names = |v: &[usize]| v.iter().map(|&i| ids[i].to_string()).collect::<Vec<_>>().join(",");
+        let (kind, description, leader_affected) = match &p.action {
+            Action::Kill(t) => {
+                let i = resolve(t, leader, n);
+                cluster.kill(i);
+                (FaultKind::Kill, format!("kill master {} ({t:?})", ids[i]), Some(i) == leader)
+            }
+            Action::Pause(t) => {
+                let i = resolve(t, leader, n);
+                cluster.pause(i);
+                (FaultKind::Pause, format!("pause master {} ({t:?})", ids[i]), Some(i) == leader)
+            }
+            Action::Lossy { target, percent } => {
+                let i = resolve(target, leader, n);
+                cluster.net.lossy(i, *percent)?;
+                (FaultKind::Lossy, format!("drop {percent}% of master {}'s packets ({target:?})", ids[i]), false)
+            }
+            Action::Partition(shape) => {
+                let (a, b, bridge): (Vec<usize>, Vec<usize>, Option<usize>) = match shape {
+                    Shape::IsolateLeader => {
+                        let l = leader.unwrap_or(0);
+                        (vec![l], (0..n).filter(|&i| i != l).collect(), None)
+                    }
+                    Shape::Split(minority) => {
+                        (minority.clone(), (0..n).filter(|i| !minority.contains(i)).collect(), None)
+                    }
+                    Shape::Bridge { left, bridge, right } => (left.clone(), right.clone(), Some(*bridge)),
+                };
+                cluster.net.partition(&a, &b)?;
+                // The leader keeps a majority only on a side that, with the bridge, has one.
+                let majority = n / 2 + 1;
+                let affected = leader.is_some_and(|l| {
+                    let side = if a.contains(&l) {
+                        a.len()
+                    } else if b.contains(&l) {
+                        b.len()
+                    } else {
+                        return false;
+                    };
+                    side + usize::from(bridge.is_some()) < majority
+                });
+                let description = match bridge {
+                    None => format!("partition {{{}}} | {{{}}}", names(&a), names(&b)),
+                    Some(m) => {
+                        format!("partition {{{}}} | {{{}}}, master {} reaches both", names(&a), names(&b), ids[m])
+                    }
+                };
+                (FaultKind::Partition, description, affected)
+            }
+        };
+        // Timed from when the fault is fully in place (a partition takes several `ip` calls).
+        let start_us = since(t0);
+        tracing::info!(%description, "fault");
+        tokio::time::sleep(p.hold).await;
+        match &p.action {
+            Action::Kill(_) => {
+                for i in 0..n {
+                    cluster.restart(i)?;
+                }
+            }
+            Action::Pause(_) => {
+                for i in 0..n {
+                    if cluster.masters[i].paused {
+                        cluster.resume(i);
+                    }
+                }
+            }
+            Action::Partition(_) | Action::Lossy { .. } => cluster.net.heal()?,
+        }
+        records.push(FaultRecord {
+            kind,
+            description,
+            start_us,
+            end_us: since(t0),
+            leader_before: leader.map(|l| ids[l]),
+            leader_affected,
+        });
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [FaultKind; 4] = [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Lossy];
+
+    #[test]
+    fn a_seed_reproduces_its_schedule_and_another_seed_differs() {
+        let a = plan(7, Duration::from_secs(120), &ALL, 5);
+        assert_eq!(a, plan(7, Duration::from_secs(120), &ALL, 5));
+        assert_ne!(a, plan(8, Duration::from_secs(120), &ALL, 5));
+    }
+
+    #[test]
+    fn faults_do_not_overlap_and_end_within_the_run() {
+        let d = Duration::from_secs(300);
+        let p = plan(3, d, &ALL, 5);
+        assert!(p.len() > 20, "{} faults in 300 s", p.len());
+        for w in p.windows(2) {
+            assert!(w[0].at + w[0].hold < w[1].at, "{w:?}");
+        }
+        assert!(p.last().is_none_or(|l| l.at + l.hold <= d));
+        for kind in ALL {
+            let seen = p.iter().any(|f| {
+                matches!(
+                    (&f.action, kind),
+                    (Action::Kill(_), FaultKind::Kill)
+                        | (Action::Pause(_), FaultKind::Pause)
+                        | (Action::Partition(_), FaultKind::Partition)
+                        | (Action::Lossy { .. }, FaultKind::Lossy)
+                )
+            });
+            assert!(seen, "{kind:?} never planned");
+        }
+    }
+
+    #[test]
+    fn partitions_leave_a_minority_and_bridges_need_five_masters() {
+        for seed in 0..50 {
+            for n in [3, 5] {
+                for f in plan(seed, Duration::from_secs(60), &[FaultKind::Partition], n) {
+                    match f.action {
+                        Action::Partition(Shape::Split(m)) => assert!(!m.is_empty() && m.len() <= (n - 1) / 2),
+                        Action::Partition(Shape::Bridge { left, right, .. }) => {
+                            assert_eq!(n, 5);
+                            assert_eq!(left.len() + right.len(), 4);
+                        }
+                        Action::Partition(Shape::IsolateLeader) => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_seeds_the_test_suite_uses_cover_the_faults_it_promises() {
+        // tests/tests/chaos.rs: seed 12, 45 s, 3 masters; seed 7, 40 s, 5 masters.
+        let three = plan(12, Duration::from_secs(45), &[FaultKind::Kill, FaultKind::Pause, FaultKind::Partition], 3);
+        assert!(three.iter().any(|f| f.action == Action::Kill(Target::Leader)), "{three:?}");
+        assert!(three.iter().any(|f| f.action == Action::Pause(Target::Leader)), "{three:?}");
+        assert!(three.iter().any(|f| f.action == Action::Partition(Shape::IsolateLeader)), "{three:?}");
+        let five = plan(7, Duration::from_secs(40), &[FaultKind::Partition, FaultKind::Kill, FaultKind::Lossy], 5);
+        assert!(five.iter().any(|f| matches!(f.action, Action::Partition(Shape::Bridge { .. }))), "{five:?}");
+        assert!(five.iter().any(|f| f.action == Action::Kill(Target::Leader)), "{five:?}");
+        assert!(five.iter().any(|f| matches!(f.action, Action::Lossy { .. })), "{five:?}");
+    }
+
+    #[test]
+    fn roles_resolve_to_masters() {
+        assert_eq!(resolve(&Target::Leader, Some(2), 3), 2);
+        assert_eq!(resolve(&Target::Follower(0), Some(0), 3), 1);
+        assert_eq!(resolve(&Target::Follower(1), Some(0), 3), 2);
+        assert_eq!(resolve(&Target::Master(4), None, 3), 1);
+    }
+}

@@ -1,0 +1,188 @@
+//! The harness's private network: one network namespace per master, each with a veth link to a
+//! bridge that exists only for this run. Nothing is routed off the machine: the bridge has no
+//! address in the host's namespace, and each master's client listener is its own namespace's
+//! loopback, reached through [`Net::channel`] (a socket opened inside that namespace).
+//!
+//! Faults on links are routes and packet filters inside the namespaces: a partition is a
+//! blackhole route to each peer on the other side (both directions, so established streams stall
+//! as a cut cable would); a lossy link drops a share of the namespace's outgoing packets.
+
+use anyhow::{bail, Context};
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The port every master's client listener uses on its namespace's loopback.
+pub const CLIENT_PORT: u16 = 2379;
+/// The port every master's peer listener uses on its veth address.
+pub const PEER_PORT: u16 = 2380;
+
+type ConnectRequest = (SocketAddr, tokio::sync::oneshot::Sender<std::io::Result<TcpStream>>);
+
+/// One master's namespace.
+pub struct Ns {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// Asks the thread that lives in this namespace to open a connection there.
+    connect: mpsc::Sender<ConnectRequest>,
+}
+
+/// The namespaces, the bridge, and the link faults currently in force.
+pub struct Net {
+    tag: String,
+    bridge: String,
+    pub members: Vec<Ns>,
+    /// (from, to) member indices whose traffic is currently blackholed.
+    cut: BTreeSet<(usize, usize)>,
+    lossy: BTreeSet<usize>,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args)
+}
+
+fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Net {
+    /// Creates `n` namespaces `skc<tag>-<i>` on a bridge `skcb<tag>`; addresses 10.213.0.(i+2).
+    pub fn create(n: usize) -> anyhow::Result<Net> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("the chaos harness needs root: it creates network namespaces and signals masters");
+        }
+        if n == 0 || n > 200 {
+            bail!("--masters must be between 1 and 200, not {n}");
+        }
+        let tag = format!("{}", std::process::id() % 1_000_000);
+        let bridge = format!("skcb{tag}");
+        let mut net = Net { tag, bridge, members: Vec::new(), cut: BTreeSet::new(), lossy: BTreeSet::new() };
+        // From here on, Drop removes whatever was made if a later step fails.
+        ip(&["link", "add", &net.bridge, "type", "bridge"])?;
+        ip(&["link", "set", &net.bridge, "up"])?;
+        for i in 0..n {
+            let name = format!("skc{}-{i}", net.tag);
+            let host = format!("skc{}h{i}", net.tag);
+            let addr = Ipv4Addr::new(10, 213, 0, (i + 2) as u8);
+            ip(&["netns", "add", &name])?;
+            ip(&["link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &name])?;
+            ip(&["link", "set", &host, "master", &net.bridge, "up"])?;
+            ip(&["-n", &name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&["-n", &name, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &name, "link", "set", "lo", "up"])?;
+            let connect = spawn_connector(&name)?;
+            net.members.push(Ns { name, ip: addr, connect });
+        }
+        Ok(net)
+    }
+
+    pub fn peer_addr(&self, i: usize) -> String {
+        format!("{}:{PEER_PORT}", self.members[i].ip)
+    }
+
+    /// A lazily connecting gRPC channel to member `i`'s client listener, opened inside its
+    /// namespace; every request gives up after `timeout`.
+    pub fn channel(&self, i: usize, timeout: Duration) -> Channel {
+        let tx = self.members[i].connect.clone();
+        let connector = tower::service_fn(move |_: Uri| {
+            let tx = tx.clone();
+            async move {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                tx.send((SocketAddr::from(([127, 0, 0, 1], CLIENT_PORT)), reply))
+                    .map_err(|_| std::io::Error::other("the namespace's connector thread is gone"))?;
+                let stream = rx.await.map_err(|_| std::io::Error::other("the connector dropped the request"))??;
+                stream.set_nonblocking(true)?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::TcpStream::from_std(stream)?))
+            }
+        });
+        Endpoint::from_static("http://127.0.0.1:2379")
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(timeout)
+            .connect_with_connector_lazy(connector)
+    }
+
+    /// Cuts traffic between every member of `a` and every member of `b`, both ways.
+    pub fn partition(&mut self, a: &[usize], b: &[usize]) -> anyhow::Result<()> {
+        for &x in a {
+            for &y in b {
+                for (from, to) in [(x, y), (y, x)] {
+                    if from != to && self.cut.insert((from, to)) {
+                        let dst = format!("{}/32", self.members[to].ip);
+                        ip(&["-n", &self.members[from].name, "route", "add", "blackhole", &dst])?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops `percent` of member `i`'s outgoing packets.
+    pub fn lossy(&mut self, i: usize, percent: u32) -> anyhow::Result<()> {
+        if self.lossy.insert(i) {
+            let p = format!("{:.2}", f64::from(percent) / 100.0);
+            let ns = &self.members[i].name;
+            let args =
+                ["netns", "exec", ns, "iptables", "-A", "OUTPUT", "-o", "eth0", "-m", "statistic", "--mode", "random"];
+            let mut args: Vec<&str> = args.to_vec();
+            args.extend(["--probability", &p, "-j", "DROP"]);
+            ip(&args)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every partition and lossy link.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        for (from, to) in std::mem::take(&mut self.cut) {
+            let dst = format!("{}/32", self.members[to].ip);
+            ip(&["-n", &self.members[from].name, "route", "del", "blackhole", &dst])?;
+        }
+        for i in std::mem::take(&mut self.lossy) {
+            ip(&["netns", "exec", &self.members[i].name, "iptables", "-F", "OUTPUT"])?;
+        }
+        Ok(())
+    }
+
+    /// The `ip netns exec` prefix that runs a program in member `i`'s namespace.
+    pub fn exec_prefix(&self, i: usize) -> [String; 3] {
+        ["netns".into(), "exec".into(), self.members[i].name.clone()]
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for m in &self.members {
+            let _ = ip(&["netns", "del", &m.name]);
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// A thread that enters namespace `name` and opens TCP connections there on request: a socket
+/// belongs to the namespace it was created in, whichever thread uses it later.
+fn spawn_connector(name: &str) -> anyhow::Result<mpsc::Sender<ConnectRequest>> {
+    let path = format!("/run/netns/{name}");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    let (tx, rx) = mpsc::channel::<ConnectRequest>();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::Builder::new().name(format!("connect-{name}")).spawn(move || {
+        let entered = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET);
+        let ok = entered.is_ok();
+        let _ = ready_tx.send(entered);
+        if !ok {
+            return;
+        }
+        for (addr, reply) in rx {
+            let _ = reply.send(TcpStream::connect_timeout(&addr, Duration::from_secs(1)));
+        }
+    })?;
+    ready_rx.recv().context("connector thread")?.with_context(|| format!("entering {path}"))?;
+    Ok(tx)
+}

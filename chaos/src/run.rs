@@ -1,0 +1,307 @@
+//! One chaos run: start the masters, run the workload and the watchers while the nemesis
+//! injects its schedule, heal everything, then judge what was recorded.
+
+use crate::cluster::ChaosCluster;
+use crate::kv::{self, Acked, ClientLog, PREFIX};
+use crate::linearizability::{self, Event};
+use crate::nemesis::{self, FaultKind};
+use crate::report::{self, count_ops, Check, Report};
+use crate::watch::{self, Received};
+use crate::watchers::{self, WatchLog, END_KEY};
+use anyhow::{bail, Context};
+use skiff_proto::etcdserverpb::kv_client::KvClient;
+use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use skiff_proto::etcdserverpb::{HashKvRequest, PutRequest};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `skiff` binary the masters run.
+    pub skiff: PathBuf,
+    pub masters: usize,
+    pub duration: Duration,
+    pub faults: Vec<FaultKind>,
+    pub seed: u64,
+    /// Where the history, the fault timeline, the report and the masters' logs go.
+    pub artifacts: PathBuf,
+    pub keys: usize,
+    pub clients_per_master: usize,
+    /// Every request's deadline; a write without a reply by then is "unknown".
+    pub op_timeout: Duration,
+    /// Run deliberately broken masters (reads skip the read-index check) to prove the checker.
+    pub unsafe_local_reads: bool,
+}
+
+/// Puts `key` through whichever master accepts it first, retrying until `deadline`.
+async fn put_anywhere(cluster: &ChaosCluster, key: &str, deadline: Instant) -> anyhow::Result<i64> {
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        for i in 0..cluster.len() {
+            let mut kv = KvClient::new(cluster.channel(i));
+            match kv.put(PutRequest { key: key.into(), value: b"x".to_vec(), ..Default::default() }).await {
+                Ok(r) => return Ok(r.into_inner().header.map_or(0, |h| h.revision)),
+                Err(e) => last = format!("master {}: {}", cluster.masters[i].id, e.message()),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("no master accepted a write of {key}: {last}")
+}
+
+/// The committed history of the workload's range from `start` to the end marker, read by a
+/// fresh watch on master `i` after the faults stopped.
+async fn committed(cluster: &ChaosCluster, i: usize, start: i64) -> anyhow::Result<WatchLog> {
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let log = tokio::time::timeout(
+        Duration::from_secs(30),
+        watchers::watcher(cluster.masters[i].id, cluster.channel(i), PREFIX, start, rx),
+    )
+    .await
+    .context("reading the committed history took over 30 s")?;
+    if !log.finished {
+        bail!("the committed history from master {} never reached the end marker", cluster.masters[i].id);
+    }
+    Ok(log)
+}
+
+/// Waits until every master answers HashKV at `revision` with the same hash.
+async fn hashes_agree(cluster: &ChaosCluster, revision: i64) -> Check {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = BTreeMap::new();
+    while Instant::now() < deadline {
+        seen.clear();
+        for i in 0..cluster.len() {
+            let mut m = MaintenanceClient::new(cluster.channel(i));
+            let h = m
+                .hash_kv(HashKvRequest { revision })
+                .await
+                .map(|r| r.into_inner().hash)
+                .map_err(|e| e.message().to_string());
+            seen.insert(cluster.masters[i].id, h);
+        }
+        let hashes: HashSet<&u32> = seen.values().filter_map(|h| h.as_ref().ok()).collect();
+        if hashes.len() == 1 && seen.values().all(|h| h.is_ok()) {
+            return Check {
+                name: "hashkv".into(),
+                passed: true,
+                detail: format!(
+                    "every master hashes revision {revision} to {:08x}",
+                    hashes.iter().next().copied().copied().unwrap_or(0)
+                ),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Check { name: "hashkv".into(), passed: false, detail: format!("masters disagree at revision {revision}: {seen:?}") }
+}
+
+fn linearizability_check(events: &[Event]) -> Check {
+    let keys: HashSet<&str> = events.iter().map(|e| e.key.as_str()).collect();
+    match linearizability::check(events) {
+        Ok(()) => Check {
+            name: "linearizability".into(),
+            passed: true,
+            detail: format!("{} operations on {} keys have a linearization", events.len(), keys.len()),
+        },
+        Err(violations) => {
+            let mut detail = format!("{} of {} keys have no linearization", violations.len(), keys.len());
+            for v in violations.iter().take(3) {
+                if v.undecided {
+                    detail.push_str(&format!("\n    key {}: undecided, the search exceeded its state budget", v.key));
+                    continue;
+                }
+                match &v.state_before {
+                    None => detail.push_str(&format!("\n    key {} — minimal failing sub-history:", v.key)),
+                    Some(state) => detail.push_str(&format!(
+                        "\n    key {} — after the longest linearizable prefix the value is {state:?}, and none of these can go next:",
+                        v.key
+                    )),
+                }
+                for e in &v.minimal {
+                    let complete = if e.complete == u64::MAX { "never".into() } else { format!("{} µs", e.complete) };
+                    detail.push_str(&format!(
+                        "\n      client {} {:?} → {:?}  [{} µs .. {complete}]",
+                        e.client, e.op, e.outcome, e.invoke
+                    ));
+                }
+            }
+            Check { name: "linearizability".into(), passed: false, detail }
+        }
+    }
+}
+
+fn lost_writes_check(acked: &[Acked], history: &[Received]) -> Check {
+    let committed: HashSet<(i64, &str)> = history.iter().map(|r| (r.revision, r.key.as_str())).collect();
+    let lost: Vec<&Acked> = acked.iter().filter(|a| !committed.contains(&(a.revision, a.key.as_str()))).collect();
+    Check {
+        name: "acknowledged writes".into(),
+        passed: lost.is_empty(),
+        detail: if lost.is_empty() {
+            format!("all {} acknowledged writes are in the committed history", acked.len())
+        } else {
+            format!(
+                "{} acknowledged writes are missing from the history, first: {:?}",
+                lost.len(),
+                &lost[..lost.len().min(5)]
+            )
+        },
+    }
+}
+
+fn watch_checks(logs: &[WatchLog], history: &[Received]) -> Vec<Check> {
+    logs.iter()
+        .map(|w| {
+            let name = format!("watch on master {}", w.master);
+            let mut problems: Vec<String> = w.bookmark_regressions.clone();
+            if !w.finished {
+                problems.push(format!(
+                    "never received the end marker (last revision {:?})",
+                    w.received.last().map(|r| r.revision)
+                ));
+            }
+            if let Err(v) = watch::check(&w.received, history) {
+                problems.extend(v.iter().take(5).map(|v| format!("{v:?}")));
+            }
+            Check {
+                name,
+                passed: problems.is_empty(),
+                detail: if problems.is_empty() {
+                    format!("{} events in order, no gap or duplicate, {} reconnects", w.received.len(), w.reconnects)
+                } else {
+                    problems.join("; ")
+                },
+            }
+        })
+        .collect()
+}
+
+fn write_json(path: PathBuf, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    std::fs::write(&path, serde_json::to_string_pretty(value)?).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Runs the whole experiment. `Err` means the harness itself could not run (no root, a master
+/// would not start); a run whose checks fail is an `Ok` report with `passed == false`.
+pub async fn run(opts: &Options) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(&opts.artifacts).with_context(|| format!("creating {}", opts.artifacts.display()))?;
+    let schedule = nemesis::plan(opts.seed, opts.duration, &opts.faults, opts.masters);
+    write_json(opts.artifacts.join("schedule.json"), &schedule)?;
+    let mut cluster = ChaosCluster::start(&opts.skiff, opts.masters, &opts.artifacts, opts.unsafe_local_reads)?;
+
+    // phase: the cluster is up when a write is acknowledged; the start marker fixes the
+    // watchers' start revision.
+    let start = put_anywhere(&cluster, &format!("{PREFIX}start"), Instant::now() + Duration::from_secs(60)).await?;
+
+    // phase: workload and watchers while the nemesis runs its schedule
+    let t0 = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (give_up_tx, give_up_rx) = tokio::sync::watch::channel(false);
+    let mut clients = Vec::new();
+    for c in 0..opts.masters * opts.clients_per_master {
+        let i = c % opts.masters;
+        let channel = cluster.net.channel(i, opts.op_timeout);
+        clients.push(tokio::spawn(kv::client(c as u32 + 1, channel, opts.keys, opts.seed, t0, stop_rx.clone())));
+    }
+    let mut watch_tasks = Vec::new();
+    for i in 0..opts.masters {
+        // Watch streams stay open for the whole run: no per-request deadline.
+        let channel = cluster.net.channel(i, Duration::from_secs(24 * 3600));
+        watch_tasks.push(tokio::spawn(watchers::watcher(
+            cluster.masters[i].id,
+            channel,
+            PREFIX,
+            start,
+            give_up_rx.clone(),
+        )));
+    }
+    let faults = nemesis::execute(&mut cluster, &schedule, t0).await;
+    tokio::time::sleep_until((t0 + opts.duration).into()).await;
+
+    // phase: stop faults and workload, let the cluster settle, mark the end
+    cluster.net.heal()?;
+    for i in 0..cluster.len() {
+        cluster.resume(i);
+        cluster.restart(i)?;
+    }
+    let faults = faults?;
+    let _ = stop_tx.send(true);
+    let mut logs: Vec<ClientLog> = Vec::new();
+    for c in clients {
+        logs.push(c.await?);
+    }
+    let elapsed = t0.elapsed();
+    let end = put_anywhere(&cluster, END_KEY, Instant::now() + Duration::from_secs(60)).await?;
+    let leader = cluster.leader().await.unwrap_or(0);
+    let committed_log = committed(&cluster, leader, start).await?;
+    let history = committed_log.received.clone();
+    // Every watcher must reach the end marker; after 30 s the stragglers are told to stop and
+    // are judged on what they have.
+    let giver = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let _ = give_up_tx.send(true);
+    });
+    let mut watch_logs = Vec::new();
+    for t in watch_tasks {
+        watch_logs.push(t.await?);
+    }
+    giver.abort();
+
+    // phase: judge
+    let mut events: Vec<Event> = logs.iter().flat_map(|l| l.events.iter().cloned()).collect();
+    let revisions: Vec<i64> = logs.iter().flat_map(|l| l.revisions.iter().copied()).collect();
+    let values: Vec<(String, Option<String>, i64)> = committed_log
+        .received
+        .iter()
+        .zip(&committed_log.values)
+        .map(|(r, v)| (r.key.clone(), v.clone(), r.revision))
+        .collect();
+    let recorded = count_ops(&events);
+    let raw = events.clone();
+    let (settled, dropped) = kv::settle_unknowns(&mut events, &revisions, &values);
+    events.sort_by_key(|e| e.invoke);
+    let acked: Vec<Acked> = logs.iter().flat_map(|l| l.acked.iter().cloned()).collect();
+    let mut checks = Vec::new();
+    let checked = events.clone();
+    let mut lin = tokio::task::spawn_blocking(move || linearizability_check(&checked)).await?;
+    lin.detail +=
+        &format!(" (of the unknown writes, the committed history shows {settled} happened and {dropped} did not)");
+    checks.push(lin);
+    let regressions: Vec<&String> = logs.iter().flat_map(|l| &l.revision_regressions).collect();
+    checks.push(Check {
+        name: "revision monotonicity".into(),
+        passed: regressions.is_empty(),
+        detail: if regressions.is_empty() {
+            "every client saw revisions only grow".into()
+        } else {
+            format!("{} regressions, first: {}", regressions.len(), regressions[0])
+        },
+    });
+    checks.push(lost_writes_check(&acked, &history));
+    checks.extend(watch_checks(&watch_logs, &history));
+    checks.push(hashes_agree(&cluster, end).await);
+    cluster.stop_all();
+
+    let failover_ms = report::failovers(&faults, &events);
+    let report = Report {
+        masters: opts.masters,
+        duration_s: elapsed.as_secs_f64(),
+        seed: opts.seed,
+        faults_requested: opts.faults.iter().map(|f| format!("{f:?}").to_lowercase()).collect(),
+        operations: recorded,
+        faults,
+        failover_ms,
+        passed: checks.iter().all(|c| c.passed),
+        checks,
+        artifacts: opts.artifacts.display().to_string(),
+    };
+    // As the clients recorded it, and as checked (unknown writes settled).
+    for (name, list) in [("history.jsonl", &raw), ("checked.jsonl", &events)] {
+        let lines: Vec<String> = list.iter().map(|e| serde_json::to_string(e).unwrap_or_default()).collect();
+        std::fs::write(opts.artifacts.join(name), lines.join("\n") + "\n")?;
+    }
+    write_json(opts.artifacts.join("faults.json"), &report.faults)?;
+    write_json(opts.artifacts.join("report.json"), &report)?;
+    std::fs::write(opts.artifacts.join("report.txt"), report.render())?;
+    Ok(report)
+}

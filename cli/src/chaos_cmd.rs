@@ -1,0 +1,77 @@
+//! `skiff chaos`: one chaos run (see the `skiff-chaos` crate) — masters in network namespaces,
+//! a seeded fault schedule, a recorded history and the checkers' verdicts. Needs root.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use skiff_chaos::nemesis::FaultKind;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ChaosArgs {
+    /// Masters in the cluster under test (3 or 5 for the partition shapes to mean something).
+    #[arg(long, default_value_t = 3)]
+    masters: usize,
+    /// How long faults are injected (e.g. 60s, 30m).
+    #[arg(long, default_value = "60s", value_parser = crate::ctl::parse_duration)]
+    duration: std::time::Duration,
+    /// Comma-separated faults: kill, pause, partition, lossy.
+    #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
+    faults: Vec<FaultKind>,
+    /// Seed of the fault schedule (default: the clock); the same seed gives the same schedule.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Directory for the history, fault timeline, report and master logs
+    /// (default: ./skiff-chaos-SEED).
+    #[arg(long)]
+    artifacts: Option<PathBuf>,
+    /// Keys the register workload uses.
+    #[arg(long, default_value_t = 6)]
+    keys: usize,
+    /// Workload clients per master.
+    #[arg(long, default_value_t = 2)]
+    clients_per_master: usize,
+    /// Deadline of each workload request in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    op_timeout_ms: u64,
+    /// Testing only: run masters that serve reads from local state without the read-index
+    /// check — a deliberately broken build the checkers must catch.
+    #[arg(long)]
+    unsafe_local_reads: bool,
+}
+
+pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    if args.keys == 0 || args.clients_per_master == 0 {
+        bail!("--keys and --clients-per-master must be at least 1");
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    });
+    let artifacts = args.artifacts.unwrap_or_else(|| PathBuf::from(format!("skiff-chaos-{seed}")));
+    let opts = skiff_chaos::run::Options {
+        skiff: std::env::current_exe().context("locating the skiff binary")?,
+        masters: args.masters,
+        duration: args.duration,
+        faults: args.faults,
+        seed,
+        artifacts,
+        keys: args.keys,
+        clients_per_master: args.clients_per_master,
+        op_timeout: std::time::Duration::from_millis(args.op_timeout_ms),
+        unsafe_local_reads: args.unsafe_local_reads,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    // Interrupted, the run is dropped: its masters are killed and its namespaces removed.
+    let report = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = skiff_chaos::run::run(&opts) => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            _ = term.recv() => bail!("terminated"),
+        }
+    })?;
+    print!("{}", report.render());
+    if !report.passed {
+        bail!("chaos run failed its checks (seed {seed}); see {}", opts.artifacts.display());
+    }
+    Ok(())
+}
