@@ -47,15 +47,26 @@ fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
+/// How a client runs: its key set, its seed, and its pace (`rate` operations per second, 0 for
+/// as fast as replies come).
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub keys: usize,
+    pub seed: u64,
+    pub rate: u32,
+}
+
 /// Runs one client until `stop` turns true; `t0` is the history's time origin.
 pub async fn client(
     id: u32,
     channel: Channel,
-    keys: usize,
-    seed: u64,
+    pace: Pace,
     t0: Instant,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> ClientLog {
+    let Pace { keys, seed, rate } = pace;
+    let interval = (rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let mut next = tokio::time::Instant::now();
     let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(id) << 32));
     let mut kv = KvClient::new(channel);
     let mut log = ClientLog::default();
@@ -64,6 +75,11 @@ pub async fn client(
     let mut max_revision = 0i64;
     let now = || t0.elapsed().as_micros() as u64;
     while !*stop.borrow() {
+        if let Some(every) = interval {
+            // Paced, without bursts to catch up after a slow reply.
+            next = (next + every).max(tokio::time::Instant::now());
+            tokio::time::sleep_until(next).await;
+        }
         let k = key(rng.gen_range(0..keys));
         seq += 1;
         let value = format!("{id}-{seq}");

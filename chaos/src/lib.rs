@@ -7,12 +7,15 @@
 //! - [`nemesis`]: the seeded fault schedule and its execution.
 //! - [`kv`]: the register workload (get, put, compare-and-set, delete) through the etcd API.
 //! - [`watchers`]: a watcher per master that resumes across reconnects.
+//! - [`apps`]: the API workload (Deployments scaled, rolled, pods deleted) and its convergence
+//!   check.
 //! - [`linearizability`], [`watch`]: the checkers, proven able to fail on known-bad histories.
 //! - [`run`]: one experiment end to end; [`report`]: its figures and verdicts.
 //!
 //! Invariant: nothing leaves the machine — the masters' peer links are veths on a bridge with no
 //! address in the host namespace, and their client listeners are their namespaces' loopbacks.
 
+pub mod apps;
 pub mod cluster;
 pub mod kv;
 pub mod linearizability;

@@ -1,6 +1,7 @@
 //! One chaos run: start the masters, run the workload and the watchers while the nemesis
 //! injects its schedule, heal everything, then judge what was recorded.
 
+use crate::apps::{self, AppsLog};
 use crate::cluster::ChaosCluster;
 use crate::kv::{self, Acked, ClientLog, PREFIX};
 use crate::linearizability::{self, Event};
@@ -28,6 +29,10 @@ pub struct Options {
     pub artifacts: PathBuf,
     pub keys: usize,
     pub clients_per_master: usize,
+    /// Operations per second per client (0: as fast as replies come).
+    pub rate: u32,
+    /// Deployments the API workload scales, rolls and deletes pods of (0: no API workload).
+    pub deployments: usize,
     /// Every request's deadline; a write without a reply by then is "unknown".
     pub op_timeout: Duration,
     /// Run deliberately broken masters (reads skip the read-index check) to prove the checker.
@@ -55,11 +60,11 @@ async fn put_anywhere(cluster: &ChaosCluster, key: &str, deadline: Instant) -> a
 async fn committed(cluster: &ChaosCluster, i: usize, start: i64) -> anyhow::Result<WatchLog> {
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let log = tokio::time::timeout(
-        Duration::from_secs(30),
+        Duration::from_secs(300),
         watchers::watcher(cluster.masters[i].id, cluster.channel(i), PREFIX, start, rx),
     )
     .await
-    .context("reading the committed history took over 30 s")?;
+    .context("reading the committed history took over 300 s")?;
     if !log.finished {
         bail!("the committed history from master {} never reached the end marker", cluster.masters[i].id);
     }
@@ -193,6 +198,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     // watchers' start revision.
     let start = put_anywhere(&cluster, &format!("{PREFIX}start"), Instant::now() + Duration::from_secs(60)).await?;
 
+    if opts.deployments > 0 {
+        let channel = cluster.net.channel(0, Duration::from_secs(5));
+        apps::setup(channel, opts.deployments, Instant::now() + Duration::from_secs(60)).await?;
+    }
+
     // phase: workload and watchers while the nemesis runs its schedule
     let t0 = Instant::now();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -201,7 +211,13 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     for c in 0..opts.masters * opts.clients_per_master {
         let i = c % opts.masters;
         let channel = cluster.net.channel(i, opts.op_timeout);
-        clients.push(tokio::spawn(kv::client(c as u32 + 1, channel, opts.keys, opts.seed, t0, stop_rx.clone())));
+        let pace = kv::Pace { keys: opts.keys, seed: opts.seed, rate: opts.rate };
+        clients.push(tokio::spawn(kv::client(c as u32 + 1, channel, pace, t0, stop_rx.clone())));
+    }
+    let mut app_tasks = Vec::new();
+    for i in 0..opts.masters.min(if opts.deployments > 0 { usize::MAX } else { 0 }) {
+        let channel = cluster.net.channel(i, opts.op_timeout);
+        app_tasks.push(tokio::spawn(apps::run(channel, opts.deployments, opts.seed + i as u64, stop_rx.clone())));
     }
     let mut watch_tasks = Vec::new();
     for i in 0..opts.masters {
@@ -229,6 +245,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut logs: Vec<ClientLog> = Vec::new();
     for c in clients {
         logs.push(c.await?);
+    }
+    let mut apps_log = AppsLog::default();
+    for t in app_tasks {
+        let l = t.await?;
+        apps_log.scales += l.scales;
+        apps_log.rollouts += l.rollouts;
+        apps_log.pod_deletes += l.pod_deletes;
+        apps_log.failed += l.failed;
     }
     let elapsed = t0.elapsed();
     let end = put_anywhere(&cluster, END_KEY, Instant::now() + Duration::from_secs(60)).await?;
@@ -280,6 +304,29 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     checks.push(lost_writes_check(&acked, &history));
     checks.extend(watch_checks(&watch_logs, &history));
     checks.push(hashes_agree(&cluster, end).await);
+    if opts.deployments > 0 {
+        let channel = cluster.net.channel(leader, Duration::from_secs(5));
+        checks.push(match apps::converge(channel, Duration::from_secs(60)).await {
+            Ok(took) => Check {
+                name: "deployments converge".into(),
+                passed: true,
+                detail: format!(
+                    "{} deployments at their spec {:.1} s after the faults stopped ({} scales, {} rollouts, {} pod deletions, {} calls failed under faults)",
+                    opts.deployments,
+                    took.as_secs_f64(),
+                    apps_log.scales,
+                    apps_log.rollouts,
+                    apps_log.pod_deletes,
+                    apps_log.failed
+                ),
+            },
+            Err(problems) => Check {
+                name: "deployments converge".into(),
+                passed: false,
+                detail: format!("not converged 60 s after the faults stopped: {}", problems.join("; ")),
+            },
+        });
+    }
     cluster.stop_all();
 
     let failover_ms = report::failovers(&faults, &events);

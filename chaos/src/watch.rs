@@ -1,8 +1,10 @@
 //! The watch checker: what a watcher received must be the committed history of its key range,
 //! in revision order, with no gap and no duplicate, from its start revision on.
 
+use std::collections::HashSet;
+
 /// One event as a watcher received it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Received {
     pub revision: i64,
     pub key: String,
@@ -44,13 +46,15 @@ pub fn check(received: &[Received], committed: &[Received]) -> Result<(), Vec<Wa
         }
     }
     let last = received.last().map_or(i64::MIN, |r| r.revision);
+    let got: HashSet<&Received> = received.iter().collect();
     for c in committed.iter().filter(|c| c.revision <= last) {
-        if !received.contains(c) {
+        if !got.contains(c) {
             v.push(WatchViolation::Missing { revision: c.revision, key: c.key.clone() });
         }
     }
+    let history: HashSet<&Received> = committed.iter().collect();
     for r in received {
-        if !committed.contains(r) {
+        if !history.contains(r) {
             v.push(WatchViolation::Phantom { revision: r.revision, key: r.key.clone() });
         }
     }

@@ -30,6 +30,13 @@ pub struct ChaosArgs {
     /// Workload clients per master.
     #[arg(long, default_value_t = 2)]
     clients_per_master: usize,
+    /// Operations per second per client (0: as fast as replies come). Long soaks pace the
+    /// clients so the history stays checkable.
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Deployments the API workload scales, rolls and deletes pods of (0: none).
+    #[arg(long, default_value_t = 3)]
+    deployments: usize,
     /// Deadline of each workload request in milliseconds.
     #[arg(long, default_value_t = 2000)]
     op_timeout_ms: u64,
@@ -56,6 +63,8 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         artifacts,
         keys: args.keys,
         clients_per_master: args.clients_per_master,
+        rate: args.rate,
+        deployments: args.deployments,
         op_timeout: std::time::Duration::from_millis(args.op_timeout_ms),
         unsafe_local_reads: args.unsafe_local_reads,
     };

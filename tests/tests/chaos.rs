@@ -52,7 +52,7 @@ fn kills_pauses_and_partitions_lose_nothing_acknowledged() {
         report["failover_ms"].as_array().unwrap().iter().any(|f| f.is_u64()),
         "no failover was measured:\n{stdout}"
     );
-    for name in ["linearizability", "revision monotonicity", "acknowledged writes", "hashkv"] {
+    for name in ["linearizability", "revision monotonicity", "acknowledged writes", "hashkv", "deployments converge"] {
         assert_eq!(check(&report, name)["passed"], true, "{name}: {stdout}");
     }
     assert!(stdout.contains("verdict: PASS"), "{stdout}");
