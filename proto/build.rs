@@ -86,7 +86,8 @@ fn services_proto() -> String {
         "// Kind-agnostic access with JSON bodies, for tools that handle any kind.\n\
          service Objects {\n  rpc Create(RawRequest) returns (RawObject);\n  rpc Get(RawRequest) returns (RawObject);\n\
          \x20 rpc List(RawListRequest) returns (RawList);\n\
-         \x20 rpc Update(RawRequest) returns (RawObject);\n  rpc Delete(RawRequest) returns (RawObject);\n}\n",
+         \x20 rpc Update(RawRequest) returns (RawObject);\n  rpc Delete(RawRequest) returns (RawObject);\n\
+         \x20 rpc Watch(RawWatchRequest) returns (stream RawWatchEvent);\n}\n",
     );
     p
 }

@@ -467,6 +467,25 @@ impl objects_server::Objects for ObjectsService {
         let obj = self.api.registry.delete(info, &r.namespace, &r.name, &opts).await?;
         Ok(Response::new(raw(&obj)))
     }
+    type WatchStream = EventStream<RawWatchEvent>;
+    async fn watch(&self, req: Request<RawWatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let user = self.api.authenticate(req.metadata())?;
+        let r = req.into_inner();
+        let info = kinds::by_resource(&r.resource)?;
+        let a = Attributes { verb: "watch", info, subresource: "", namespace: &r.namespace, name: "" };
+        self.api.authorize(&user, &a, None).await?;
+        let opts = WatchOptions {
+            label_selector: r.label_selector,
+            field_selector: r.field_selector,
+            resource_version: r.resource_version,
+            allow_bookmarks: false,
+        };
+        let rx = self.api.registry.watch(info, &r.namespace, opts).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| {
+            let ev = item.map_err(Status::from)?;
+            Ok(RawWatchEvent { r#type: ev.kind.to_string(), json: ev.object.to_string() })
+        }))))
+    }
 }
 
 /// Every API service, ready to mount on the master's client listener.

@@ -21,9 +21,28 @@ pub struct Conn {
     /// Deadline for each request, e.g. 30s.
     #[arg(long, global = true, default_value = "30s")]
     request_timeout: String,
+    /// Record the command line in the object's kubernetes.io/change-cause annotation (shown by
+    /// `rollout history`).
+    #[arg(long, global = true)]
+    record: bool,
 }
 
+pub(crate) const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
+
 impl Conn {
+    /// With `--record`: the command line as the object's change cause.
+    pub(crate) fn record_into(&self, obj: &mut Value) {
+        if self.record {
+            let line: Vec<String> =
+                std::env::args().map(|a| if a.contains(' ') { format!("{a:?}") } else { a }).collect();
+            let mut line = line.join(" ");
+            if let Some(rest) = line.split_once(' ').map(|(_, r)| r.to_string()) {
+                line = format!("skiff {rest}");
+            }
+            obj["metadata"]["annotations"][CHANGE_CAUSE] = Value::String(line);
+        }
+    }
+
     pub(crate) fn client(&self) -> Result<Client, Failure> {
         let mut cfg = ClientConfig::discover(self.config.as_deref()).map_err(|e| Failure::Local(e.to_string()))?;
         cfg.timeout = parse_duration(&self.request_timeout).map_err(Failure::Local)?;
@@ -109,11 +128,14 @@ pub struct GetArgs {
     selector: String,
     #[arg(long, default_value = "")]
     field_selector: String,
-    /// wide, yaml, json or name.
+    /// wide, yaml, json, name or jsonpath=TEMPLATE.
     #[arg(short = 'o', long)]
     output: Option<String>,
     #[arg(long)]
     show_labels: bool,
+    /// After listing, print every change until interrupted (one kind).
+    #[arg(short = 'w', long)]
+    watch: bool,
     #[command(flatten)]
     conn: Conn,
 }
@@ -321,14 +343,78 @@ fn row(info: &KindInfo, o: &Value, wide: bool) -> Vec<String> {
 }
 
 pub(crate) fn print_table(rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths = table_widths(rows);
     for r in rows {
-        let cells: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(c, v)| if c + 1 == r.len() { v.clone() } else { format!("{v:<w$}", w = widths[c]) })
-            .collect();
-        println!("{}", cells.join("   ").trim_end());
+        print_row(r, &widths);
+    }
+}
+
+fn table_widths(rows: &[Vec<String>]) -> Vec<usize> {
+    (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect()
+}
+
+fn print_row(r: &[String], widths: &[usize]) {
+    let cells: Vec<String> = r
+        .iter()
+        .enumerate()
+        .map(
+            |(c, v)| {
+                if c + 1 == r.len() {
+                    v.clone()
+                } else {
+                    format!("{v:<w$}", w = widths.get(c).copied().unwrap_or(0))
+                }
+            },
+        )
+        .collect();
+    println!("{}", cells.join("   ").trim_end());
+}
+
+/// How `get` prints one kind's rows: the columns and the optional extras.
+struct TableShape {
+    info: &'static KindInfo,
+    wide: bool,
+    /// Several kinds at once: names print as `kind/name`.
+    multi: bool,
+    namespace_column: bool,
+    show_labels: bool,
+}
+
+impl TableShape {
+    fn header(&self) -> Vec<String> {
+        let mut header: Vec<String> = columns(self.info, self.wide).iter().map(|c| c.to_string()).collect();
+        if self.namespace_column {
+            header.insert(0, "NAMESPACE".into());
+        }
+        if self.show_labels {
+            header.push("LABELS".into());
+        }
+        header
+    }
+
+    fn row(&self, o: &Value) -> Vec<String> {
+        let info = self.info;
+        let mut r = row(info, o, self.wide);
+        if self.multi {
+            r[0] = format!("{}/{}", kinds::qualified(info).replace(info.resource, &info.kind.to_lowercase()), r[0]);
+        }
+        if self.namespace_column {
+            r.insert(0, s(o, "/metadata/namespace").to_string());
+        }
+        if self.show_labels {
+            let labels = o
+                .pointer("/metadata/labels")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            r.push(if labels.is_empty() { "<none>".into() } else { labels });
+        }
+        r
     }
 }
 
@@ -336,6 +422,9 @@ pub fn get(args: GetArgs) -> Outcome {
     let rt = runtime();
     let _enter = rt.enter();
     let client = args.conn.client()?;
+    if matches!(args.targets[0].as_str(), "cs" | "componentstatus" | "componentstatuses") {
+        return rt.block_on(component_statuses(&client));
+    }
     let ns = if args.all_namespaces { String::new() } else { client.config.namespace.clone() };
     // `deploy,rs,po`, `po/web`, `po web db`.
     let mut requests: Vec<(&'static KindInfo, Vec<String>)> = Vec::new();
@@ -354,15 +443,21 @@ pub fn get(args: GetArgs) -> Outcome {
         }
     }
     let output = args.output.as_deref().unwrap_or("");
+    if args.watch && requests.len() != 1 {
+        return Err(Failure::Local("you may only specify a single resource type to watch".into()));
+    }
+    let mut widths: Vec<usize> = Vec::new();
+    let mut list_version = String::new();
     let mut all_items: Vec<Value> = Vec::new();
     let mut errors = Vec::new();
     let multi = requests.len() > 1;
     let mut first_table = true;
-    for (info, names) in requests {
+    for (info, names) in requests.clone() {
         let mut items = Vec::new();
         if names.is_empty() {
             let list = rt.block_on(client.list(info.resource, &ns, &args.selector, &args.field_selector))?;
             items = list["items"].as_array().cloned().unwrap_or_default();
+            list_version = s(&list, "/metadata/resourceVersion").to_string();
         } else {
             for n in &names {
                 match rt.block_on(client.get(info.resource, &ns, n)) {
@@ -386,35 +481,24 @@ pub fn get(args: GetArgs) -> Outcome {
                     println!();
                 }
                 first_table = false;
-                let wide = output == "wide";
-                let mut header: Vec<String> = columns(info, wide).iter().map(|c| c.to_string()).collect();
-                if args.all_namespaces && info.namespaced {
-                    header.insert(0, "NAMESPACE".into());
-                }
-                if args.show_labels {
-                    header.push("LABELS".into());
-                }
-                let mut rows = vec![header];
-                for o in &items {
-                    let mut r = row(info, o, wide);
-                    if multi {
-                        r[0] = format!("{}/{}", kinds::qualified(info).replace(info.resource, &info.kind.to_lowercase()), r[0]);
-                    }
-                    if args.all_namespaces && info.namespaced {
-                        r.insert(0, s(o, "/metadata/namespace").to_string());
-                    }
-                    if args.show_labels {
-                        let labels = o.pointer("/metadata/labels").and_then(Value::as_object).map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")).unwrap_or_default();
-                        r.push(if labels.is_empty() { "<none>".into() } else { labels });
-                    }
-                    rows.push(r);
-                }
+                let shape = TableShape {
+                    info,
+                    wide: output == "wide",
+                    multi,
+                    namespace_column: args.all_namespaces && info.namespaced,
+                    show_labels: args.show_labels,
+                };
+                let mut rows = vec![shape.header()];
+                rows.extend(items.iter().map(|o| shape.row(o)));
                 print_table(&rows);
+                widths = table_widths(&rows);
             }
-            other => return Err(Failure::Local(format!("unable to match a printer suitable for the output format {other:?}, allowed formats are: json,name,wide,yaml"))),
+            t if t.starts_with("jsonpath=") => all_items.extend(items),
+            other => return Err(Failure::Local(format!("unable to match a printer suitable for the output format {other:?}, allowed formats are: json,jsonpath,name,wide,yaml"))),
         }
     }
-    if output == "yaml" || output == "json" {
+    let jsonpath = output.strip_prefix("jsonpath=");
+    if output == "yaml" || output == "json" || jsonpath.is_some() {
         // A single named object prints as itself; anything else as a List, as kubectl does.
         let named = args.targets.len() > 1 || args.targets[0].contains('/');
         let doc = if all_items.len() == 1 && errors.is_empty() && !multi && named {
@@ -422,17 +506,112 @@ pub fn get(args: GetArgs) -> Outcome {
         } else {
             serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": all_items})
         };
-        if output == "yaml" {
-            print!("{}", serde_yaml::to_string(&doc).map_err(|e| Failure::Local(e.to_string()))?);
-        } else {
-            println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| Failure::Local(e.to_string()))?);
-        }
-    } else if first_table && errors.is_empty() && output != "name" {
+        print_doc(output, &doc)?;
+    } else if first_table && errors.is_empty() && output != "name" && !args.watch {
         eprintln!("No resources found{}.", if ns.is_empty() { String::new() } else { format!(" in {ns} namespace") });
     }
-    match errors.into_iter().next() {
-        Some(e) => Err(e),
-        None => Ok(()),
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
+    if args.watch {
+        let (info, names) = &requests[0];
+        let mut fields = args.field_selector.clone();
+        if let [name] = names.as_slice() {
+            fields = [fields, format!("metadata.name={name}")]
+                .into_iter()
+                .filter(|f| !f.is_empty())
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        let shape = TableShape {
+            info,
+            wide: output == "wide",
+            multi: false,
+            namespace_column: args.all_namespaces && info.namespaced,
+            show_labels: args.show_labels,
+        };
+        if widths.is_empty() && (output.is_empty() || output == "wide") {
+            let header = shape.header();
+            print_row(&header, &table_widths(std::slice::from_ref(&header)));
+            widths = table_widths(&[header]);
+        }
+        return rt.block_on(watch_and_print(
+            &client,
+            info,
+            &ns,
+            &args.selector,
+            &fields,
+            list_version,
+            output,
+            &shape,
+            &widths,
+        ));
+    }
+    Ok(())
+}
+
+fn print_doc(output: &str, doc: &Value) -> Outcome {
+    if let Some(template) = output.strip_prefix("jsonpath=") {
+        let template = template.trim_matches('\'');
+        print!(
+            "{}",
+            crate::jsonpath::render_template(template, doc)
+                .map_err(|e| Failure::Local(format!("error executing jsonpath {template:?}: {e}")))?
+        );
+    } else if output == "yaml" {
+        print!("{}", serde_yaml::to_string(doc).map_err(|e| Failure::Local(e.to_string()))?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(doc).map_err(|e| Failure::Local(e.to_string()))?);
+    }
+    Ok(())
+}
+
+/// `get -w`: every change after `version`, printed as the listing was, until interrupted. A
+/// broken stream (its master died) resumes from the last version seen through another master.
+#[allow(clippy::too_many_arguments)]
+async fn watch_and_print(
+    client: &Client,
+    info: &'static KindInfo,
+    ns: &str,
+    labels: &str,
+    fields: &str,
+    mut version: String,
+    output: &str,
+    shape: &TableShape,
+    widths: &[usize],
+) -> Outcome {
+    use std::io::Write;
+    loop {
+        let mut stream = match client.watch(info.resource, ns, labels, fields, &version).await {
+            Ok(s) => s,
+            Err(e) if e.code() == Code::Unavailable || e.code() == Code::DeadlineExceeded => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(Failure::Server(e)),
+        };
+        loop {
+            let ev = match stream.message().await {
+                Ok(Some(ev)) => ev,
+                Ok(None) | Err(_) => break,
+            };
+            if ev.r#type == "ERROR" || ev.r#type == "BOOKMARK" {
+                continue;
+            }
+            let obj: Value = serde_json::from_str(&ev.json).map_err(|e| Failure::Local(e.to_string()))?;
+            version = s(&obj, "/metadata/resourceVersion").to_string();
+            match output {
+                "" | "wide" => print_row(&shape.row(&obj), widths),
+                "name" => println!("{}/{}", info.kind.to_lowercase(), s(&obj, "/metadata/name")),
+                "yaml" => println!(
+                    "---\n{}",
+                    serde_yaml::to_string(&obj).map_err(|e| Failure::Local(e.to_string()))?.trim_end()
+                ),
+                other => print_doc(other, &obj)?,
+            }
+            let _ = std::io::stdout().flush();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 
@@ -509,12 +688,24 @@ fn info_of(obj: &Value) -> Result<&'static KindInfo, Failure> {
         .ok_or_else(|| Failure::Local(format!("resource mapping not found for name: {:?} namespace: {:?}: no matches for kind {kind:?} in version {api_version:?}", s(obj, "/metadata/name"), s(obj, "/metadata/namespace"))))
 }
 
-fn display_name(info: &KindInfo, obj: &Value) -> String {
+pub(crate) fn display_name(info: &KindInfo, obj: &Value) -> String {
     let group = info.api_version.split_once('/').map(|(g, _)| format!(".{g}")).unwrap_or_default();
     format!("{}{group}/{}", info.kind.to_lowercase(), s(obj, "/metadata/name"))
 }
 
-pub fn apply(args: FileArgs, create_only: bool) -> Outcome {
+/// What `apply`, `create` and `replace` do with each document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Create, or merge into the live object (kubectl apply).
+    Apply,
+    /// Create; an existing object is an error.
+    Create,
+    /// Replace the live object with the document; a missing one is an error.
+    Replace,
+}
+
+pub fn apply(args: FileArgs, mode: ApplyMode) -> Outcome {
+    let create_only = mode == ApplyMode::Create;
     let docs = read_manifests(&args.files)?;
     let infos: Vec<&KindInfo> = docs.iter().map(|(_, d)| info_of(d)).collect::<Result<_, _>>()?;
     let rt = runtime();
@@ -536,10 +727,23 @@ pub fn apply(args: FileArgs, create_only: bool) -> Outcome {
         // As kubectl: remember what was applied, so re-applying the same manifest is a no-op.
         let applied = doc.to_string();
         let mut with_annotation = doc.clone();
-        if !create_only {
+        if mode == ApplyMode::Apply {
             with_annotation["metadata"]["annotations"][LAST_APPLIED] = Value::String(applied.clone());
         }
+        args.conn.record_into(&mut with_annotation);
         let result: Result<&str, tonic::Status> = rt.block_on(async {
+            if mode == ApplyMode::Replace {
+                let live = client.get(info.resource, &ns, &name).await?;
+                let mut replacement = with_annotation.clone();
+                if s(&replacement, "/metadata/resourceVersion").is_empty() {
+                    // No version in the file: replace whatever is there (as kubectl does).
+                    replacement["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
+                }
+                if replacement["metadata"]["namespace"].is_null() && info.namespaced {
+                    replacement["metadata"]["namespace"] = Value::String(ns.clone());
+                }
+                return client.update(info.resource, &replacement).await.map(|_| "replaced");
+            }
             if create_only || name.is_empty() {
                 client.create(info.resource, &ns, &with_annotation).await.map(|_| "created")
             } else {
@@ -724,6 +928,12 @@ pub struct LogsArgs {
     /// Prefix each line with its time.
     #[arg(long)]
     timestamps: bool,
+    /// Every container of the pod (init containers first); with -f, all at once.
+    #[arg(long)]
+    all_containers: bool,
+    /// Prefix each line with `[pod/NAME/CONTAINER]`.
+    #[arg(long)]
+    prefix: bool,
     #[command(flatten)]
     conn: Conn,
 }
@@ -745,12 +955,69 @@ pub fn logs(args: LogsArgs) -> Outcome {
         previous: args.previous,
         timestamps: args.timestamps,
     };
+    if args.all_containers && args.container.is_some() {
+        return Err(Failure::Local("--container (-c) and --all-containers go one at a time".into()));
+    }
     rt.block_on(async {
-        let mut stream = client.logs(req).await?;
+        let containers: Vec<String> = if args.all_containers {
+            let pod = client.get("pods", &req.namespace, &req.name).await?;
+            ["initContainers", "containers"]
+                .iter()
+                .flat_map(|l| pod["spec"][l].as_array().cloned().unwrap_or_default())
+                .filter_map(|c| c["name"].as_str().map(String::from))
+                .collect()
+        } else {
+            vec![req.container.clone()]
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let mut tasks = Vec::new();
+        for c in containers {
+            let req = skiff_proto::api::PodLogRequest { container: c.clone(), ..req.clone() };
+            let label = format!("[pod/{}/{}] ", req.name, if c.is_empty() { "-" } else { c.as_str() });
+            // Followed containers share one channel; otherwise each gets its own, drained in turn.
+            let (own_tx, mut own_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+            let (client, tx, prefix) = (client.clone(), if args.follow { tx.clone() } else { own_tx }, args.prefix);
+            let task = async move {
+                let mut stream = client.logs(req).await?;
+                let mut partial: Vec<u8> = Vec::new();
+                while let Some(chunk) = stream.message().await? {
+                    if !prefix {
+                        let _ = tx.send(chunk.data).await;
+                        continue;
+                    }
+                    // Whole lines only, each with its container's label.
+                    partial.extend_from_slice(&chunk.data);
+                    while let Some(at) = partial.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = partial.drain(..=at).collect();
+                        let _ = tx.send([label.as_bytes(), &line].concat()).await;
+                    }
+                }
+                if !partial.is_empty() {
+                    let _ = tx.send([label.as_bytes(), &partial, b"\n"].concat()).await;
+                }
+                Ok::<(), tonic::Status>(())
+            };
+            if args.follow {
+                tasks.push(tokio::spawn(task));
+            } else {
+                // One after another, in the pod's order.
+                let handle = tokio::spawn(task);
+                let mut out = std::io::stdout();
+                while let Some(data) = own_rx.recv().await {
+                    let _ = out.write_all(&data);
+                }
+                let _ = out.flush();
+                handle.await.map_err(|e| Failure::Local(e.to_string()))??;
+            }
+        }
+        drop(tx);
         let mut out = std::io::stdout();
-        while let Some(chunk) = stream.message().await? {
-            let _ = out.write_all(&chunk.data);
+        while let Some(data) = rx.recv().await {
+            let _ = out.write_all(&data);
             let _ = out.flush();
+        }
+        for t in tasks {
+            t.await.map_err(|e| Failure::Local(e.to_string()))??;
         }
         Ok(())
     })
@@ -856,8 +1123,100 @@ pub fn scale(args: ScaleArgs) -> Outcome {
     let ns = client.config.namespace.clone();
     let obj = read_modify_write(&rt, &client, info.resource, &ns, name, |obj| {
         obj["spec"]["replicas"] = Value::from(args.replicas);
+        args.conn.record_into(obj);
         Ok(())
     })?;
     println!("{} scaled", display_name(info, &obj));
     Ok(())
+}
+
+// ---- componentstatuses / version -----------------------------------------------------------------
+
+/// `get cs`: each configured master's own view — raft role, term, leader, applied index — or why
+/// it did not answer. Exits 1 when any master is unhealthy.
+async fn component_statuses(client: &Client) -> Outcome {
+    let names: std::collections::HashMap<u64, String> =
+        client.members().await.map(|m| m.into_iter().map(|m| (m.id, m.name)).collect()).unwrap_or_default();
+    let name_of = |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("{id:x}"));
+    let mut rows = vec![["NAME", "STATUS", "ROLE", "TERM", "LEADER", "APPLIED", "MESSAGE"].map(String::from).to_vec()];
+    let mut unhealthy = 0;
+    for (endpoint, status) in client.master_statuses().await {
+        match status {
+            Ok(st) => {
+                let me = st.header.as_ref().map_or(0, |h| h.member_id);
+                let role = if st.is_learner {
+                    "learner"
+                } else if st.leader == me {
+                    "leader"
+                } else {
+                    "follower"
+                };
+                let healthy = st.leader != 0 && st.errors.is_empty();
+                if !healthy {
+                    unhealthy += 1;
+                }
+                rows.push(vec![
+                    name_of(me),
+                    if healthy { "Healthy" } else { "Unhealthy" }.into(),
+                    role.into(),
+                    st.raft_term.to_string(),
+                    if st.leader == 0 { "<none>".into() } else { name_of(st.leader) },
+                    st.raft_applied_index.to_string(),
+                    if st.leader == 0 { "no leader".into() } else { st.errors.join("; ") },
+                ]);
+            }
+            Err(e) => {
+                unhealthy += 1;
+                rows.push(vec![
+                    endpoint,
+                    "Unhealthy".into(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    e.message().to_string(),
+                ]);
+            }
+        }
+    }
+    print_table(&rows);
+    if unhealthy > 0 {
+        return Err(Failure::Local(format!("{unhealthy} of {} masters unhealthy", rows.len() - 1)));
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct VersionArgs {
+    /// Only the client's version (no server contacted).
+    #[arg(long)]
+    client: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `version`: this binary's version and, unless --client, what the masters report.
+pub fn version(args: VersionArgs) -> Outcome {
+    println!("Client Version: v{}", env!("CARGO_PKG_VERSION"));
+    if args.client {
+        return Ok(());
+    }
+    let rt = runtime();
+    let _enter = rt.enter();
+    let client = args.conn.client()?;
+    let statuses = rt.block_on(client.master_statuses());
+    match statuses.iter().find_map(|(_, s)| s.as_ref().ok()) {
+        Some(st) => {
+            println!("Server Version: v{} (etcd API {})", env!("CARGO_PKG_VERSION"), st.version);
+            Ok(())
+        }
+        None => Err(Failure::Local(format!(
+            "no master answered: {}",
+            statuses
+                .iter()
+                .filter_map(|(e, s)| s.as_ref().err().map(|x| format!("{e}: {}", x.message())))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))),
+    }
 }

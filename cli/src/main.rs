@@ -6,8 +6,11 @@ mod bench_api;
 mod bench_node;
 mod chaos_cmd;
 mod cluster_file;
+mod config_cmd;
 mod ctl;
 mod describe;
+mod edit;
+mod jsonpath;
 mod master_cmd;
 mod node_cmd;
 mod rollout;
@@ -51,6 +54,10 @@ enum Command {
     Apply(ctl::FileArgs),
     /// Create resources from files (kubectl create).
     Create(ctl::FileArgs),
+    /// Replace resources with the files' contents (kubectl replace).
+    Replace(ctl::FileArgs),
+    /// Edit an object in $EDITOR and apply it on save (kubectl edit).
+    Edit(edit::EditArgs),
     /// Delete resources by name or file (kubectl delete).
     Delete(ctl::DeleteArgs),
     /// Manage Deployment rollouts: status, history, undo, restart (kubectl rollout).
@@ -76,6 +83,16 @@ enum Command {
     Logs(ctl::LogsArgs),
     /// The resource kinds the server serves.
     ApiResources,
+    /// Client and server versions.
+    Version(ctl::VersionArgs),
+    /// Shell completion script: `source <(skiff completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The client config's contexts (kubectl config).
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Add, change (--overwrite) or remove (`key-`) labels (kubectl label).
     Label(ctl::MetaArgs),
     /// Add, change (--overwrite) or remove (`key-`) annotations (kubectl annotate).
@@ -135,8 +152,10 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => up::up(args),
         Command::Down(args) => up::down(args),
         Command::Get(args) => ctl::report(ctl::get(args)),
-        Command::Apply(args) => ctl::report(ctl::apply(args, false)),
-        Command::Create(args) => ctl::report(ctl::apply(args, true)),
+        Command::Apply(args) => ctl::report(ctl::apply(args, ctl::ApplyMode::Apply)),
+        Command::Create(args) => ctl::report(ctl::apply(args, ctl::ApplyMode::Create)),
+        Command::Edit(args) => ctl::report(edit::edit(args)),
+        Command::Replace(args) => ctl::report(ctl::apply(args, ctl::ApplyMode::Replace)),
         Command::Delete(args) => ctl::report(ctl::delete(args)),
         Command::Logs(args) => ctl::report(ctl::logs(args)),
         Command::Describe(args) => ctl::report(describe::describe(args)),
@@ -148,6 +167,17 @@ fn main() -> anyhow::Result<()> {
         Command::Drain(args) => ctl::report(verbs::drain(args)),
         Command::Taint(args) => ctl::report(verbs::taint(args)),
         Command::ApiResources => ctl::report(ctl::api_resources()),
+        Command::Config(cmd) => ctl::report(config_cmd::run(cmd)),
+        Command::Version(args) => ctl::report(ctl::version(args)),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            // Into memory first: a closed pipe (`| head`) is not an error worth a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "skiff", &mut script);
+            let _ = std::io::stdout().write_all(&script);
+            Ok(())
+        }
         Command::Label(args) => ctl::report(ctl::set_meta_map(args, "labels", "labeled")),
         Command::Annotate(args) => ctl::report(ctl::set_meta_map(args, "annotations", "annotated")),
         Command::Scale(args) => ctl::report(ctl::scale(args)),

@@ -19,6 +19,10 @@ pub enum RolloutCommand {
     Undo(RolloutArgs),
     /// Replace every pod with a rolling update.
     Restart(RolloutArgs),
+    /// Stop rolling out template changes (they are kept until resume).
+    Pause(RolloutArgs),
+    /// Roll out template changes again.
+    Resume(RolloutArgs),
 }
 
 #[derive(Args, Debug)]
@@ -93,7 +97,9 @@ pub fn run(cmd: RolloutCommand) -> Outcome {
         RolloutCommand::Status(a)
         | RolloutCommand::History(a)
         | RolloutCommand::Undo(a)
-        | RolloutCommand::Restart(a) => a,
+        | RolloutCommand::Restart(a)
+        | RolloutCommand::Pause(a)
+        | RolloutCommand::Resume(a) => a,
     };
     let name = target(args)?;
     let client = args.conn.client()?;
@@ -139,6 +145,18 @@ pub fn run(cmd: RolloutCommand) -> Outcome {
                 })
                 .await?;
                 println!("deployment.apps/{name} restarted");
+                Ok(())
+            }
+            RolloutCommand::Pause(_) | RolloutCommand::Resume(_) => {
+                let pause = matches!(cmd, RolloutCommand::Pause(_));
+                if d["spec"]["paused"].as_bool().unwrap_or(false) == pause {
+                    return Err(Failure::Local(format!(
+                        "deployments.apps \"{name}\" is {}",
+                        if pause { "already paused" } else { "not paused" }
+                    )));
+                }
+                update_retrying(&client, &ns, &name, |d| d["spec"]["paused"] = json!(pause)).await?;
+                println!("deployment.apps/{name} {}", if pause { "paused" } else { "resumed" });
                 Ok(())
             }
             RolloutCommand::Status(ref a) => status(&client, &ns, &name, a).await,

@@ -54,6 +54,7 @@ pub fn set(cmd: SetCommand) -> Outcome {
                 return Err(Failure::Local(format!("unable to find container named \"{container}\"")));
             }
         }
+        a.conn.record_into(obj);
         Ok(())
     })?;
     println!("{}/{name} image updated", info.resource.trim_end_matches('s'));

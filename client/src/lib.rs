@@ -25,8 +25,12 @@ use skiff_proto::api::replica_sets_client::ReplicaSetsClient;
 use skiff_proto::api::stateful_sets_client::StatefulSetsClient;
 use skiff_proto::api::{
     Binding, BindingTarget, CronJob, DaemonSet, DeleteRequest, Deployment, Job, Node, ObjectMetaRef, PersistentVolume,
-    PersistentVolumeClaim, Pod, PodLogChunk, PodLogRequest, RawListRequest, RawRequest, ReplicaSet, StatefulSet,
+    PersistentVolumeClaim, Pod, PodLogChunk, PodLogRequest, RawListRequest, RawRequest, RawWatchEvent, RawWatchRequest,
+    ReplicaSet, StatefulSet,
 };
+use skiff_proto::etcdserverpb::cluster_client::ClusterClient;
+use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use skiff_proto::etcdserverpb::{MemberListRequest, StatusRequest, StatusResponse};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -92,7 +96,12 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// `explicit`, else `$SKIFF_CONFIG`, else `./.skiff/client.json`.
     pub fn discover(explicit: Option<&Path>) -> Result<ClientConfig, ConfigError> {
-        let path = match explicit {
+        Self::load(&Self::path(explicit)?)
+    }
+
+    /// Which config file [`discover`](Self::discover) reads.
+    pub fn path(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+        Ok(match explicit {
             Some(p) => p.to_path_buf(),
             None => match std::env::var_os("SKIFF_CONFIG") {
                 Some(p) => PathBuf::from(p),
@@ -104,8 +113,7 @@ impl ClientConfig {
                     local
                 }
             },
-        };
-        Self::load(&path)
+        })
     }
 
     pub fn load(path: &Path) -> Result<ClientConfig, ConfigError> {
@@ -354,6 +362,63 @@ impl Client {
         self.with_failover(|channel, auth| {
             let req = req.clone();
             async move { Ok(PodLogsClient::with_interceptor(channel, auth).get(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Changes to objects of `resource` after `resource_version` (empty: the current objects as
+    /// ADDED, then changes), through the kind-agnostic Objects service.
+    pub async fn watch(
+        &self,
+        resource: &str,
+        namespace: &str,
+        labels: &str,
+        fields: &str,
+        resource_version: &str,
+    ) -> Result<tonic::Streaming<RawWatchEvent>, Status> {
+        let req = RawWatchRequest {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            label_selector: labels.into(),
+            field_selector: fields.into(),
+            resource_version: resource_version.into(),
+        };
+        self.with_failover(|channel, auth| {
+            let req = req.clone();
+            async move {
+                Ok(ObjectsClient::with_interceptor(channel, auth)
+                    .max_decoding_message_size(64 << 20)
+                    .watch(req)
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Every configured master's own report (role, term, leader, applied index), or why it did
+    /// not answer — one call per master, no failover: the point is to see each of them.
+    pub async fn master_statuses(&self) -> Vec<(String, Result<StatusResponse, Status>)> {
+        let mut out = Vec::new();
+        for (endpoint, channel) in self.config.endpoints.iter().zip(&self.channels) {
+            let mut m = MaintenanceClient::with_interceptor(channel.clone(), self.auth.clone());
+            let r = tokio::time::timeout(Duration::from_secs(3), m.status(StatusRequest {}))
+                .await
+                .map_err(|_| Status::deadline_exceeded("no answer within 3 s"))
+                .and_then(|r| r.map(|r| r.into_inner()));
+            out.push((endpoint.clone(), r));
+        }
+        out
+    }
+
+    /// The store's members (id, name, addresses), from whichever master answers.
+    pub async fn members(&self) -> Result<Vec<skiff_proto::etcdserverpb::Member>, Status> {
+        self.with_failover(|channel, auth| async move {
+            Ok(ClusterClient::with_interceptor(channel, auth)
+                .member_list(MemberListRequest { linearizable: false })
+                .await?
+                .into_inner()
+                .members)
         })
         .await
     }
