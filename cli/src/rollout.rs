@@ -134,7 +134,20 @@ pub fn run(cmd: RolloutCommand) -> Outcome {
                 if let Some(labels) = template["metadata"]["labels"].as_object_mut() {
                     labels.remove("pod-template-hash");
                 }
-                update_retrying(&client, &ns, &name, |d| d["spec"]["template"] = template.clone()).await?;
+                // As kubectl: the Deployment takes the revision's change cause along with its
+                // template (none if it had none).
+                let cause = target["metadata"]["annotations"][crate::ctl::CHANGE_CAUSE].clone();
+                update_retrying(&client, &ns, &name, |d| {
+                    d["spec"]["template"] = template.clone();
+                    match (&cause, d["metadata"]["annotations"].as_object_mut()) {
+                        (Value::String(_), _) => d["metadata"]["annotations"][crate::ctl::CHANGE_CAUSE] = cause.clone(),
+                        (_, Some(a)) => {
+                            a.remove(crate::ctl::CHANGE_CAUSE);
+                        }
+                        _ => {}
+                    }
+                })
+                .await?;
                 println!("deployment.apps/{name} rolled back");
                 Ok(())
             }

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
+const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
 pub const HASH_LABEL: &str = "pod-template-hash";
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -107,8 +108,19 @@ pub fn plan(d: &Value, sets: &[Value], pods: &[Value]) -> Plan {
     let mut new_rs = match current {
         Some(i) => {
             let mut rs = owned.remove(i);
+            let mut changed = false;
             if revision(&rs) < max_revision {
                 rs["metadata"]["annotations"][REVISION] = json!((max_revision + 1).to_string());
+                changed = true;
+            }
+            // As Kubernetes: the current ReplicaSet carries the Deployment's latest change cause
+            // (an `edit --record` or `scale --record` that changed no template still shows).
+            let cause = &d["metadata"]["annotations"][CHANGE_CAUSE];
+            if cause.is_string() && rs["metadata"]["annotations"][CHANGE_CAUSE] != *cause {
+                rs["metadata"]["annotations"][CHANGE_CAUSE] = cause.clone();
+                changed = true;
+            }
+            if changed {
                 p.update.push(rs.clone());
             }
             Some(rs)
@@ -120,8 +132,8 @@ pub fn plan(d: &Value, sets: &[Value], pods: &[Value]) -> Plan {
             let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));
             selector["matchLabels"][HASH_LABEL] = json!(hash);
             let mut annotations = json!({ REVISION: (max_revision + 1).to_string() });
-            if let Some(cause) = d["metadata"]["annotations"]["kubernetes.io/change-cause"].as_str() {
-                annotations["kubernetes.io/change-cause"] = json!(cause);
+            if let Some(cause) = d["metadata"]["annotations"][CHANGE_CAUSE].as_str() {
+                annotations[CHANGE_CAUSE] = json!(cause);
             }
             Some(json!({
                 "apiVersion": "apps/v1", "kind": "ReplicaSet",
