@@ -98,6 +98,12 @@ pub struct DrainArgs {
     /// Delete pods no controller will replace.
     #[arg(long)]
     force: bool,
+    /// Go on although pods use emptyDir volumes (their data is lost with them).
+    #[arg(long)]
+    delete_emptydir_data: bool,
+    /// How long to wait for the evicted pods to be gone (e.g. 90s; 0 waits as long as it takes).
+    #[arg(long, default_value = "5m")]
+    timeout: String,
     #[command(flatten)]
     conn: Conn,
 }
@@ -107,13 +113,14 @@ pub fn drain(a: DrainArgs) -> Outcome {
     let rt = runtime();
     let _enter = rt.enter();
     let client = a.conn.client()?;
+    let timeout = crate::ctl::parse_duration(&a.timeout).map_err(Failure::Local)?;
+    // The node daemon writes its Node's status often: retry the cordon on a conflict.
+    read_modify_write(&rt, &client, "nodes", "", &a.node, |node| {
+        node["spec"]["unschedulable"] = json!(true);
+        Ok(())
+    })?;
+    println!("node/{} cordoned", a.node);
     rt.block_on(async {
-        let mut node = client.get("nodes", "", &a.node).await?;
-        if !node["spec"]["unschedulable"].as_bool().unwrap_or(false) {
-            node["spec"]["unschedulable"] = json!(true);
-            client.update("nodes", &node).await?;
-        }
-        println!("node/{} cordoned", a.node);
         let pods = client.list("pods", "", "", &format!("spec.nodeName={}", a.node)).await?;
         let pods = pods["items"].as_array().cloned().unwrap_or_default();
         let owner = |p: &Value| -> Option<String> {
@@ -121,8 +128,23 @@ pub fn drain(a: DrainArgs) -> Outcome {
                 .as_str()
                 .map(String::from)
         };
+        // Mirror pods stand for a node's static pods: the API cannot remove those, so they stay.
+        let mirror = |p: &Value| !p["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null();
+        let pods: Vec<Value> = pods.into_iter().filter(|p| !mirror(p)).collect();
         let daemon: Vec<&Value> = pods.iter().filter(|p| owner(p).as_deref() == Some("DaemonSet")).collect();
         let unmanaged: Vec<&Value> = pods.iter().filter(|p| owner(p).is_none()).collect();
+        let local_data: Vec<&Value> = pods
+            .iter()
+            .filter(|p| owner(p).as_deref() != Some("DaemonSet"))
+            .filter(|p| p["spec"]["volumes"].as_array().is_some_and(|v| v.iter().any(|v| !v["emptyDir"].is_null())))
+            .collect();
+        if !local_data.is_empty() && !a.delete_emptydir_data {
+            let names: Vec<&str> = local_data.iter().filter_map(|p| p["metadata"]["name"].as_str()).collect();
+            return Err(Failure::Local(format!(
+                "cannot delete Pods with local storage (use --delete-emptydir-data to override): {}",
+                names.join(", ")
+            )));
+        }
         if !daemon.is_empty() && !a.ignore_daemonsets {
             let names: Vec<&str> = daemon.iter().filter_map(|p| p["metadata"]["name"].as_str()).collect();
             return Err(Failure::Local(format!(
@@ -137,11 +159,41 @@ pub fn drain(a: DrainArgs) -> Outcome {
                 names.join(", ")
             )));
         }
+        let mut evicted = Vec::new();
         for p in pods.iter().filter(|p| owner(p).as_deref() != Some("DaemonSet")) {
             let ns = p["metadata"]["namespace"].as_str().unwrap_or("default");
             let name = p["metadata"]["name"].as_str().unwrap_or_default();
-            client.delete("pods", ns, name).await?;
             println!("evicting pod {ns}/{name}");
+            match client.delete("pods", ns, name).await {
+                Ok(_) => evicted.push((ns.to_string(), name.to_string(), p["metadata"]["uid"].clone())),
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // As kubectl: drained means the pods are gone, not just asked to go.
+        let deadline = (!timeout.is_zero()).then(|| std::time::Instant::now() + timeout);
+        while !evicted.is_empty() {
+            let mut left = Vec::new();
+            for (ns, name, uid) in evicted {
+                match client.get("pods", &ns, &name).await {
+                    Ok(p) if p["metadata"]["uid"] == uid => left.push((ns, name, uid)),
+                    Err(e) if e.code() != tonic::Code::NotFound => left.push((ns, name, uid)),
+                    Ok(_) | Err(_) => println!("pod/{name} evicted"),
+                }
+            }
+            evicted = left;
+            if evicted.is_empty() {
+                break;
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+                let names: Vec<String> = evicted.iter().map(|(ns, n, _)| format!("{ns}/{n}")).collect();
+                return Err(Failure::Local(format!(
+                    "drain did not complete within {}: pods still there: {}",
+                    a.timeout,
+                    names.join(", ")
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
         println!("node/{} drained", a.node);
         Ok(())

@@ -100,11 +100,18 @@ spec:
     let refused = c.ctl(&["drain", "node-2"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("declare no controller"));
-    assert!(c.ctl_ok(&["drain", "node-2", "--force"]).contains("drained"));
-    wait_for(T, "the web pods all on node-1 and loner gone", || {
+    // Drained means gone: the command waits for each evicted pod to leave the API.
+    let drained = c.ctl_ok(&["drain", "node-2", "--force", "--timeout", "60s"]);
+    assert!(drained.contains("pod/loner evicted") && drained.trim_end().ends_with("node/node-2 drained"), "{drained}");
+    assert!(c.get_json("pods", "loner").is_none(), "loner is still in the API after the drain");
+    wait_for(T, "the web pods all on node-1", || {
         let web = running(&c, "app=web");
-        (web.len() == 2 && web.iter().all(|(n, _)| n == "node-1") && running(&c, "app=loner").is_empty()).then_some(())
+        (web.len() == 2 && web.iter().all(|(n, _)| n == "node-1")).then_some(())
     });
+    // phase: uncordon puts node-2 back in service
+    assert!(c.ctl_ok(&["get", "node", "node-2"]).contains("SchedulingDisabled"));
+    c.ctl_ok(&["uncordon", "node-2"]);
+    assert!(!c.ctl_ok(&["get", "node", "node-2"]).contains("SchedulingDisabled"));
 }
 
 #[test]
