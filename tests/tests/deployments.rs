@@ -124,3 +124,60 @@ fn a_deployment_rolls_out_scales_and_rolls_back_on_real_nodes() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("unable to find specified revision 99"));
 }
+
+/// Non-terminating pods of the Deployment, and how many of them are Ready.
+fn pod_counts(c: &Cluster) -> (usize, usize) {
+    let pods: Vec<Value> = items(c, "pods")
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["app"] == "web" && p["metadata"]["deletionTimestamp"].is_null())
+        .collect();
+    let ready = pods
+        .iter()
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        })
+        .count();
+    (pods.len(), ready)
+}
+
+#[test]
+fn a_rolling_update_survives_two_leader_kills_with_its_invariants_held() {
+    let mut c = Cluster::with_nodes(3, 2, &[]);
+    let ids: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
+    c.apply_yaml(&deployment("v1", 5));
+    wait_for(T, "5 ready replicas of v1", || rollout_done(&c, 5));
+
+    // phase: roll to v2 (maxSurge 1, maxUnavailable 0) and SIGKILL the leader twice on the way
+    c.apply_yaml(&deployment("v2", 5));
+    let (mut max_pods, mut min_ready) = (0, usize::MAX);
+    let mut kills = Vec::new();
+    wait_for(Duration::from_secs(180), "the rollout to finish through two leader kills", || {
+        let (pods, ready) = pod_counts(&c);
+        max_pods = max_pods.max(pods);
+        min_ready = min_ready.min(ready);
+        let v2 = ready_pods(&c, "v2");
+        // First kill once the rollout has started, the second half-way through.
+        if (kills.is_empty() && v2 >= 1) || (kills.len() == 1 && v2 >= 3) {
+            let leader = c.wait_leader(&ids, Duration::from_secs(20));
+            c.kill(leader);
+            kills.push(leader);
+            // A new leader among the survivors, then the killed master back as a follower (two
+            // masters down at once would leave no quorum).
+            let alive: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+            c.wait_leader(&alive, Duration::from_secs(20));
+            c.restart_stopped();
+        }
+        (kills.len() == 2 && v2 == 5 && ready_pods(&c, "v1") == 0 && rollout_done(&c, 5).is_some()).then_some(())
+    });
+    assert!(max_pods <= 6, "the rollout ran {max_pods} pods at once (maxSurge 1 of 5)");
+    assert!(min_ready >= 5, "availability dipped to {min_ready} ready pods (maxUnavailable 0)");
+
+    // phase: nothing duplicated — one ReplicaSet per template, exactly 5 pods, all v2
+    let sets = items(&c, "replicasets");
+    assert_eq!(sets.len(), 2, "{sets:?}");
+    let (pods, ready) = pod_counts(&c);
+    assert_eq!((pods, ready), (5, 5));
+    c.wait_leader(&ids, Duration::from_secs(30));
+}
