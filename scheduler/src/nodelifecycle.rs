@@ -24,14 +24,16 @@ fn taints(node: &Value) -> Vec<Value> {
     node["spec"]["taints"].as_array().cloned().unwrap_or_default()
 }
 
-/// How long `pod` tolerates an unreachable NoExecute taint (None: forever).
-fn tolerated_for(pod: &Value, default: Duration) -> Option<Duration> {
+/// How long `pod` tolerates `taint` (None: forever). Without a matching toleration: `default`.
+fn tolerated_for(pod: &Value, taint: &Value, default: Duration) -> Option<Duration> {
     let tolerations = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
     let matching = tolerations.iter().find(|t| {
-        let key_ok =
-            t["key"] == UNREACHABLE || (t["key"].as_str().unwrap_or_default().is_empty() && t["operator"] == "Exists");
+        let key = t["key"].as_str().unwrap_or_default();
+        let exists = t["operator"] == "Exists";
+        let key_ok = (key.is_empty() && exists) || key == taint["key"].as_str().unwrap_or_default();
+        let value_ok = exists || t["value"].as_str().unwrap_or_default() == taint["value"].as_str().unwrap_or_default();
         let effect_ok = t["effect"].as_str().is_none_or(|e| e.is_empty() || e == "NoExecute");
-        key_ok && effect_ok
+        key_ok && value_ok && effect_ok
     });
     match matching {
         Some(t) => t["tolerationSeconds"].as_i64().map(|s| Duration::from_secs(s.max(0) as u64)),
@@ -58,9 +60,22 @@ pub fn plan(
         .and_then(|l| l["spec"]["renewTime"].as_str())
         .or(ready_heartbeat)
         .and_then(skiff_proto::time::parse_rfc3339);
-    let Some(renewed) = renewed else { return p };
-    let stale = now - renewed > grace.as_secs() as i64;
-    let current = taints(node);
+    // (A node with neither — registered by hand, not by a node daemon — is never stale.)
+    let stale = renewed.is_some_and(|renewed| now - renewed > grace.as_secs() as i64);
+    let mut current = taints(node);
+    // A NoExecute taint counts from when it was added; one added by hand gets the time now, as
+    // the Kubernetes API stamps `timeAdded`.
+    let unstamped = current.iter().any(|t| t["effect"] == "NoExecute" && t["timeAdded"].as_str().is_none());
+    if unstamped {
+        for t in current.iter_mut().filter(|t| t["effect"] == "NoExecute" && t["timeAdded"].as_str().is_none()) {
+            t["timeAdded"] = json!(skiff_proto::time::rfc3339(now));
+        }
+        let mut n = node.clone();
+        n["spec"]["taints"] = json!(current);
+        p.node = Some(n);
+    }
+    let node = p.node.clone().unwrap_or_else(|| node.clone());
+    let node = &node;
     let tainted = current.iter().any(|t| t["key"] == UNREACHABLE && t["effect"] == "NoExecute");
     let t = skiff_proto::time::rfc3339(now);
     if stale && !tainted {
@@ -84,20 +99,24 @@ pub fn plan(
         n["spec"]["taints"] = json!(current.iter().filter(|t| t["key"] != UNREACHABLE).cloned().collect::<Vec<_>>());
         p.node = Some(n);
     }
-    if stale {
-        let since = current
-            .iter()
-            .find(|t| t["key"] == UNREACHABLE && t["effect"] == "NoExecute")
-            .and_then(|t| t["timeAdded"].as_str())
-            .and_then(skiff_proto::time::parse_rfc3339)
-            .unwrap_or(now);
-        let name = node["metadata"]["name"].as_str().unwrap_or_default();
-        for pod in pods.iter().filter(|p| p["spec"]["nodeName"] == name && p["metadata"]["deletionTimestamp"].is_null())
-        {
-            if tolerated_for(pod, eviction).is_some_and(|d| now - since >= d.as_secs() as i64) {
-                let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
-                p.evict.push((ns, pod["metadata"]["name"].as_str().unwrap_or_default().to_string()));
-            }
+    // Every NoExecute taint the node will carry evicts the pods that do not tolerate it: at
+    // once for a taint put there by hand, after the eviction timeout for the unreachable one
+    // (Kubernetes admits pods with a 300 s toleration of it), after `tolerationSeconds` for a
+    // pod that tolerates a taint for a while.
+    let carried: Vec<Value> = match &p.node {
+        Some(n) => taints(n),
+        None => current.clone(),
+    };
+    let name = node["metadata"]["name"].as_str().unwrap_or_default();
+    for pod in pods.iter().filter(|p| p["spec"]["nodeName"] == name && p["metadata"]["deletionTimestamp"].is_null()) {
+        let due = carried.iter().filter(|t| t["effect"] == "NoExecute").any(|taint| {
+            let since = taint["timeAdded"].as_str().and_then(skiff_proto::time::parse_rfc3339).unwrap_or(now);
+            let default = if taint["key"] == UNREACHABLE { eviction } else { Duration::ZERO };
+            tolerated_for(pod, taint, default).is_some_and(|d| now - since >= d.as_secs() as i64)
+        });
+        if due {
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+            p.evict.push((ns, pod["metadata"]["name"].as_str().unwrap_or_default().to_string()));
         }
     }
     p
@@ -153,6 +172,30 @@ mod tests {
         let p = plan(&n, Some(&lease(1000)), &pods, 2300, G, E);
         let names: Vec<&str> = p.evict.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["default-timeout", "short"]);
+    }
+
+    #[test]
+    fn a_noexecute_taint_added_by_hand_evicts_pods_that_do_not_tolerate_it() {
+        let mut n = node();
+        n["spec"]["taints"] = json!([{"key": "maintenance", "value": "yes", "effect": "NoExecute", "timeAdded": skiff_proto::time::rfc3339(2000)}]);
+        let pods = [
+            pod("plain", json!([])),
+            pod(
+                "tolerant",
+                json!([{"key": "maintenance", "operator": "Equal", "value": "yes", "effect": "NoExecute"}]),
+            ),
+            pod(
+                "wrong-value",
+                json!([{"key": "maintenance", "operator": "Equal", "value": "no", "effect": "NoExecute"}]),
+            ),
+            pod("for-a-while", json!([{"key": "maintenance", "operator": "Exists", "tolerationSeconds": 60}])),
+        ];
+        // The node is healthy (lease fresh); only the hand-added taint acts.
+        let names = |now: i64| -> Vec<String> {
+            plan(&n, Some(&lease(now - 1)), &pods, now, G, E).evict.into_iter().map(|(_, p)| p).collect()
+        };
+        assert_eq!(names(2010), ["plain", "wrong-value"]);
+        assert_eq!(names(2060), ["plain", "wrong-value", "for-a-while"]);
     }
 
     #[test]

@@ -32,10 +32,16 @@ pub struct Runner {
     pub pod_eviction_timeout: Duration,
 }
 
+/// The least time between marking two nodes unreachable: Kubernetes' default
+/// `--node-eviction-rate` of 0.1 nodes per second, so a network blip that silences many nodes at
+/// once does not empty them all in the same moment.
+pub const NODE_TAINT_INTERVAL: Duration = Duration::from_secs(10);
+
 impl Runner {
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         // Last FailedScheduling message per pod uid, so events are not repeated every round.
         let mut reported: HashMap<String, String> = HashMap::new();
+        let mut last_taint: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
@@ -45,7 +51,7 @@ impl Runner {
                 reported.clear();
                 continue;
             }
-            if let Err(e) = self.round(&mut reported).await {
+            if let Err(e) = self.round(&mut reported, &mut last_taint).await {
                 tracing::debug!("scheduling round: {e}");
             }
         }
@@ -152,7 +158,7 @@ impl Runner {
     }
 
     /// One node lifecycle pass over every node.
-    async fn node_lifecycle(&self) -> Result<(), Status> {
+    async fn node_lifecycle(&self, last_taint: &mut Option<std::time::Instant>) -> Result<(), Status> {
         let nodes = self.client.list("nodes", "", "", "").await?;
         let leases = self.client.list("leases", "kube-node-lease", "", "").await?;
         let pods = self.client.list("pods", "", "", "").await?;
@@ -162,6 +168,20 @@ impl Runner {
             let name = node["metadata"]["name"].as_str().unwrap_or_default();
             let lease = leases["items"].as_array().into_iter().flatten().find(|l| l["metadata"]["name"] == name);
             let plan = crate::nodelifecycle::plan(node, lease, &pods, now, self.node_grace, self.pod_eviction_timeout);
+            let unreachable_in = |n: &Value| {
+                n["spec"]["taints"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t["key"] == crate::nodelifecycle::UNREACHABLE))
+            };
+            let was_unreachable = unreachable_in(node);
+            let becomes_unreachable = plan.node.as_ref().is_some_and(|n| unreachable_in(n) && !was_unreachable);
+            if becomes_unreachable {
+                if last_taint.is_some_and(|t| t.elapsed() < NODE_TAINT_INTERVAL) {
+                    tracing::info!(node = name, "node unreachable; marking it waits for the node eviction rate");
+                    continue;
+                }
+                *last_taint = Some(std::time::Instant::now());
+            }
             if let Some(changed) = &plan.node {
                 match self.client.update("nodes", changed).await {
                     Ok(mut stored) => {
@@ -169,15 +189,16 @@ impl Runner {
                             stored["status"] = changed["status"].clone();
                             self.ignore_races(self.client.update_status("nodes", &stored).await.map(|_| ()))?;
                         }
-                        let unreachable = changed["spec"]["taints"]
-                            .as_array()
-                            .is_some_and(|t| t.iter().any(|t| t["key"] == crate::nodelifecycle::UNREACHABLE));
-                        let (reason, msg) = if unreachable {
-                            ("NodeNotReady", format!("Node {name} status is now: NodeNotReady"))
-                        } else {
-                            ("NodeReady", format!("Node {name} status is now: NodeReady"))
-                        };
-                        self.event(node, "Node", "Normal", reason, &msg).await;
+                        // An event when reachability changed (not for a taint's time stamp).
+                        let unreachable = unreachable_in(changed);
+                        if unreachable != was_unreachable {
+                            let (reason, msg) = if unreachable {
+                                ("NodeNotReady", format!("Node {name} status is now: NodeNotReady"))
+                            } else {
+                                ("NodeReady", format!("Node {name} status is now: NodeReady"))
+                            };
+                            self.event(node, "Node", "Normal", reason, &msg).await;
+                        }
                     }
                     Err(e) => self.ignore_races(Err(e))?,
                 }
@@ -575,8 +596,12 @@ impl Runner {
         }
     }
 
-    async fn round(&self, reported: &mut HashMap<String, String>) -> Result<(), Status> {
-        if let Err(e) = self.node_lifecycle().await {
+    async fn round(
+        &self,
+        reported: &mut HashMap<String, String>,
+        last_taint: &mut Option<std::time::Instant>,
+    ) -> Result<(), Status> {
+        if let Err(e) = self.node_lifecycle(last_taint).await {
             tracing::debug!("node lifecycle controller: {e}");
         }
         if let Err(e) = self.collect_garbage().await {

@@ -164,4 +164,16 @@ spec:
             && pod_row(&c, "kept-away").get(2).map(String::as_str) == Some("Running"))
         .then_some(())
     });
+    // phase: a NoExecute taint put on by hand evicts what does not tolerate it — the pod pinned
+    // there and the DaemonSet's pod (which the DaemonSet does not put back) — until removed
+    c.ctl_ok(&["taint", "nodes", "node-2", "maintenance=yes:NoExecute"]);
+    wait_for(T, "fussy evicted from node-2", || c.get_json("pods", "fussy").is_none().then_some(()));
+    let ds_desired = |want: &str| {
+        let out = c.ctl_ok(&["get", "ds", "agent"]);
+        let row: Vec<String> = out.lines().nth(1).unwrap_or_default().split_whitespace().map(String::from).collect();
+        (row.get(1).map(String::as_str) == Some(want) && row.get(3).map(String::as_str) == Some(want)).then_some(())
+    };
+    wait_for(T, "the DaemonSet down to node-1 only", || ds_desired("1"));
+    c.ctl_ok(&["taint", "nodes", "node-2", "maintenance:NoExecute-"]);
+    wait_for(T, "the DaemonSet back on both nodes", || ds_desired("2"));
 }
