@@ -71,11 +71,18 @@ pub struct ControllerSettings {
     pub node_grace_seconds: u64,
     /// How long pods without a toleration stay on an unreachable node (Kubernetes: 300).
     pub pod_eviction_seconds: u64,
+    /// Testing only: the CronJob controller's clock runs this many times as fast as real time.
+    #[serde(default = "one")]
+    pub cron_clock_speed: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Default for ControllerSettings {
     fn default() -> Self {
-        ControllerSettings { node_grace_seconds: 40, pod_eviction_seconds: 300 }
+        ControllerSettings { node_grace_seconds: 40, pod_eviction_seconds: 300, cron_clock_speed: 1 }
     }
 }
 
@@ -220,6 +227,7 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     interval: std::time::Duration::from_millis(500),
                     node_grace: std::time::Duration::from_secs(controllers.node_grace_seconds),
                     pod_eviction_timeout: std::time::Duration::from_secs(controllers.pod_eviction_seconds),
+                    cron_clock: skiff_scheduler::runner::CronClock::new(controllers.cron_clock_speed),
                 };
                 tokio::spawn(runner.run(stop_rx));
             }

@@ -36,6 +36,10 @@ pub struct UpArgs {
     /// For a new cluster: seconds pods stay on an unreachable node (default 300).
     #[arg(long)]
     pod_eviction_seconds: Option<u64>,
+    /// Testing only, for a new cluster: the CronJob controller's clock runs this many times as
+    /// fast as real time (from each master's start), so minute schedules fire in seconds.
+    #[arg(long, hide = true)]
+    cron_clock_speed: Option<u32>,
     /// For new nodes: an OCI image layout to import into every node before it starts.
     #[arg(long)]
     import_image: Option<PathBuf>,
@@ -193,6 +197,9 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         let mut controllers = crate::master_cmd::ControllerSettings::default();
         if let Some(v) = args.node_grace_seconds {
             controllers.node_grace_seconds = v;
+        }
+        if let Some(v) = args.cron_clock_speed {
+            controllers.cron_clock_speed = v.max(1);
         }
         if let Some(v) = args.pod_eviction_seconds {
             controllers.pod_eviction_seconds = v;

@@ -96,3 +96,53 @@ spec:
         condition(&j, "Complete").map(|_| ())
     });
 }
+
+/// Jobs of CronJob `cj` that have not finished.
+fn active_jobs(c: &Cluster, cj: &str) -> (usize, usize) {
+    let out = c.ctl_ok(&["get", "jobs", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let mine: Vec<&Value> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["metadata"]["name"].as_str().is_some_and(|n| n.starts_with(&format!("{cj}-"))))
+        .collect();
+    let active = mine.iter().filter(|j| condition(j, "Complete").is_none() && condition(j, "Failed").is_none()).count();
+    (mine.len(), active)
+}
+
+#[test]
+fn a_minute_cron_job_with_forbid_never_overlaps_on_a_fast_test_clock() {
+    // The CronJob controller's clock runs 30× fast: "* * * * *" fires every 2 s.
+    let c = Cluster::with_nodes(3, 1, &["--cron-clock-speed", "30"]);
+    let cron = |name: &str, policy: &str| {
+        format!(
+            r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: {name}}}
+spec:
+  schedule: "* * * * *"
+  concurrencyPolicy: {policy}
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 0
+          containers: [{{name: work, image: "busybox:test", command: [sleep, "6"]}}]
+"#
+        )
+    };
+    // Each run lasts 6 s, three schedule periods: Forbid must skip, Allow overlaps.
+    c.apply_yaml(&(cron("forbid", "Forbid") + "---" + &cron("allow", "Allow")));
+    let (mut forbid_max, mut allow_max) = (0, 0);
+    wait_for(Duration::from_secs(120), "two Forbid runs one after the other, and Allow overlapping", || {
+        let (forbid_total, forbid_active) = active_jobs(&c, "forbid");
+        let (_, allow_active) = active_jobs(&c, "allow");
+        forbid_max = forbid_max.max(forbid_active);
+        allow_max = allow_max.max(allow_active);
+        assert!(forbid_max <= 1, "Forbid ran {forbid_max} jobs at once");
+        (forbid_total >= 2 && allow_max >= 2).then_some(())
+    });
+}
