@@ -4,6 +4,7 @@
 mod bench;
 mod bench_api;
 mod bench_node;
+mod bench_scheduler;
 mod chaos_cmd;
 mod cluster_file;
 mod config_cmd;
@@ -106,6 +107,9 @@ enum Command {
     /// Benchmark the node: container create/start/delete against crun and runc, pod start
     /// latency and daemon memory (prints tables; needs root).
     BenchNode(bench_node::BenchNodeArgs),
+    /// Benchmark the scheduler and controllers: fake nodes, a burst of pending pods, a big
+    /// ReplicaSet (prints a table).
+    BenchScheduler(bench_scheduler::BenchSchedulerArgs),
     /// Chaos run: kill, pause and partition masters under load and check that nothing
     /// acknowledged was lost (prints a report; needs root).
     Chaos(chaos_cmd::ChaosArgs),
@@ -184,6 +188,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::BenchApi(args) => bench_api::run(args),
         Command::BenchNode(args) => bench_node::run(args),
+        Command::BenchScheduler(args) => bench_scheduler::run(args),
         Command::Chaos(args) => chaos_cmd::run(args),
     }
 }

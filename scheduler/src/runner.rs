@@ -57,6 +57,23 @@ impl CronClock {
 /// once does not empty them all in the same moment.
 pub const NODE_TAINT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The component that reports an event about a `object_kind` object for `reason`.
+fn component(object_kind: &str, reason: &str) -> &'static str {
+    match (object_kind, reason) {
+        ("Pod", "TaintManagerEviction") | ("Node", _) => "node-controller",
+        ("Pod", _) => "default-scheduler",
+        ("Deployment", _) => "deployment-controller",
+        ("DaemonSet", _) => "daemonset-controller",
+        ("StatefulSet", _) => "statefulset-controller",
+        ("Job", _) => "job-controller",
+        ("CronJob", _) => "cronjob-controller",
+        _ => "replicaset-controller",
+    }
+}
+
+/// Binds the scheduler has in flight at once.
+const BIND_CONCURRENCY: usize = 64;
+
 impl Runner {
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         // Last FailedScheduling message per pod uid, so events are not repeated every round.
@@ -442,11 +459,7 @@ impl Runner {
                 .cloned()
                 .collect();
             let plan = crate::job::plan(job, &mine, now);
-            for pod in &plan.create {
-                let created = self.client.create("pods", ns, pod).await?;
-                let msg = format!("Created pod: {}", created["metadata"]["name"].as_str().unwrap_or_default());
-                self.event(job, "Job", "Normal", "SuccessfulCreate", &msg).await;
-            }
+            self.create_pods(job, "Job", ns, &plan.create).await?;
             for pod in &plan.delete {
                 self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
             }
@@ -540,11 +553,7 @@ impl Runner {
                 .cloned()
                 .collect();
             let plan = crate::daemonset::plan(ds, nodes, &mine);
-            for pod in &plan.create {
-                let created = self.client.create("pods", ns, pod).await?;
-                let msg = format!("Created pod: {}", created["metadata"]["name"].as_str().unwrap_or_default());
-                self.event(ds, "DaemonSet", "Normal", "SuccessfulCreate", &msg).await;
-            }
+            self.create_pods(ds, "DaemonSet", ns, &plan.create).await?;
             for pod in &plan.delete {
                 self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
                 self.event(ds, "DaemonSet", "Normal", "SuccessfulDelete", &format!("Deleted pod: {pod}")).await;
@@ -580,11 +589,7 @@ impl Runner {
             for pod in plan.adopt.iter().chain(&plan.release) {
                 self.ignore_races(self.client.update("pods", pod).await.map(|_| ()))?;
             }
-            for pod in &plan.create {
-                let created = self.client.create("pods", ns, pod).await?;
-                let msg = format!("Created pod: {}", created["metadata"]["name"].as_str().unwrap_or_default());
-                self.event(rs, "ReplicaSet", "Normal", "SuccessfulCreate", &msg).await;
-            }
+            self.create_pods(rs, "ReplicaSet", ns, &plan.create).await?;
             for pod in &plan.delete {
                 self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
                 self.event(rs, "ReplicaSet", "Normal", "SuccessfulDelete", &format!("Deleted pod: {pod}")).await;
@@ -655,6 +660,9 @@ impl Runner {
         let pods = self.items::<Pod>("pods").await?;
         let typed: Vec<Pod> = pods.iter().map(|(_, p)| p.clone()).collect();
         let mut snapshot = Snapshot::new(&nodes, &typed);
+        // Placement is sequential on the snapshot (each decision assumes the ones before); the
+        // binds and their events go out concurrently, a bounded number at a time.
+        let mut placed: Vec<(&Value, String, String, String, String)> = Vec::new();
         for (raw, pod) in &pods {
             let meta = pod.metadata.clone().unwrap_or_default();
             let scheduler = pod.spec.as_ref().map_or("", |s| s.scheduler_name.as_str());
@@ -665,17 +673,11 @@ impl Runner {
                 continue;
             }
             match schedule(pod, &snapshot) {
-                Ok(node) => match self.client.bind(&meta.namespace, &meta.name, &node).await {
-                    Ok(()) => {
-                        snapshot.assume(pod, &node);
-                        reported.remove(&meta.uid);
-                        let msg = format!("Successfully assigned {}/{} to {node}", meta.namespace, meta.name);
-                        self.event(raw, "Pod", "Normal", "Scheduled", &msg).await;
-                    }
-                    // Bound meanwhile (or deleted): the next round sees it.
-                    Err(e) if matches!(e.code(), Code::Aborted | Code::NotFound) => {}
-                    Err(e) => return Err(e),
-                },
+                Ok(node) => {
+                    snapshot.assume(pod, &node);
+                    reported.remove(&meta.uid);
+                    placed.push((raw, meta.namespace.clone(), meta.name.clone(), meta.uid.clone(), node));
+                }
                 Err(fit) => {
                     let msg = fit.to_string();
                     if reported.get(&meta.uid) == Some(&msg) {
@@ -703,21 +705,71 @@ impl Runner {
                 }
             }
         }
+        for chunk in placed.chunks(BIND_CONCURRENCY) {
+            let mut binds = tokio::task::JoinSet::new();
+            for (raw, ns, name, _, node) in chunk {
+                let (client, raw, ns, name, node) =
+                    (self.client.clone(), (*raw).clone(), ns.clone(), name.clone(), node.clone());
+                binds.spawn(async move {
+                    match client.bind(&ns, &name, &node).await {
+                        Ok(()) => {
+                            let msg = format!("Successfully assigned {ns}/{name} to {node}");
+                            client.event(&raw, "Pod", "default-scheduler", "Normal", "Scheduled", &msg).await;
+                            Ok(())
+                        }
+                        // Bound meanwhile (or deleted): the next round sees it.
+                        Err(e) if matches!(e.code(), Code::Aborted | Code::NotFound) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                });
+            }
+            while let Some(r) = binds.join_next().await {
+                if let Ok(Err(e)) = r {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a controller's pods as Kubernetes does: in batches that double from 1 (capped at
+    /// [`BIND_CONCURRENCY`] in flight), so a refused template fails once, not a thousand times,
+    /// and a big scale-up is not one request at a time. Stops at the first error.
+    async fn create_pods(&self, owner: &Value, owner_kind: &str, ns: &str, pods: &[Value]) -> Result<(), Status> {
+        let mut batch = 1;
+        let mut rest = pods;
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(batch.min(rest.len()));
+            rest = later;
+            let mut creates = tokio::task::JoinSet::new();
+            for pod in now {
+                let (client, pod, ns, owner) = (self.client.clone(), pod.clone(), ns.to_string(), owner.clone());
+                let (kind, component) = (owner_kind.to_string(), component(owner_kind, "SuccessfulCreate"));
+                creates.spawn(async move {
+                    let created = client.create("pods", &ns, &pod).await?;
+                    let msg = format!("Created pod: {}", created["metadata"]["name"].as_str().unwrap_or_default());
+                    client.event(&owner, &kind, component, "Normal", "SuccessfulCreate", &msg).await;
+                    Ok::<(), Status>(())
+                });
+            }
+            let mut failed = None;
+            while let Some(r) = creates.join_next().await {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => failed = failed.or(Some(e)),
+                    Err(e) => failed = failed.or(Some(Status::internal(e.to_string()))),
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            batch = (batch * 2).min(BIND_CONCURRENCY);
+        }
         Ok(())
     }
 
     /// Records an Event about an object; failures are logged, not fatal.
     async fn event(&self, obj: &Value, object_kind: &str, kind: &str, reason: &str, message: &str) {
-        let component = match (object_kind, reason) {
-            ("Pod", "TaintManagerEviction") | ("Node", _) => "node-controller",
-            ("Pod", _) => "default-scheduler",
-            ("Deployment", _) => "deployment-controller",
-            ("DaemonSet", _) => "daemonset-controller",
-            ("StatefulSet", _) => "statefulset-controller",
-            ("Job", _) => "job-controller",
-            ("CronJob", _) => "cronjob-controller",
-            _ => "replicaset-controller",
-        };
-        self.client.event(obj, object_kind, component, kind, reason, message).await;
+        self.client.event(obj, object_kind, component(object_kind, reason), kind, reason, message).await;
     }
 }

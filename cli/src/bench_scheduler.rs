@@ -1,0 +1,250 @@
+//! `skiff bench-scheduler`: the scheduler and controllers on a 3-master cluster — registered
+//! fake nodes (Node objects, no daemons), a burst of pending pods, how fast the leader binds
+//! them and each pod's time from acknowledged create to bind; then how long the ReplicaSet
+//! controller takes to create one big ReplicaSet's pods. No Kubernetes scheduler can be
+//! installed here to run beside it, so the figures are read against Kubernetes' published ones.
+
+use crate::bench::{skiff_system, wait_leader};
+use anyhow::{bail, Context};
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use skiff_client::{Client, ClientConfig};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct BenchSchedulerArgs {
+    /// Fake nodes to register.
+    #[arg(long, default_value_t = 5000)]
+    nodes: usize,
+    /// Pending pods to create in one burst.
+    #[arg(long, default_value_t = 30_000)]
+    pods: usize,
+    /// Replicas of the ReplicaSet whose pod creation is timed (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    rs_pods: usize,
+    /// Concurrent clients creating objects.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Give up waiting for binds after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout: u64,
+}
+
+fn node(i: usize) -> Value {
+    let name = format!("bench-node-{i}");
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "status": {
+            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "lastHeartbeatTime": skiff_proto::time::now_rfc3339()}]
+        }
+    })
+}
+
+fn pod(ns: &str, i: usize) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("bench-pod-{i}"), "namespace": ns},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36",
+                                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}
+    })
+}
+
+/// Runs `make(i)` for i in 0..n over `clients` concurrent tasks; returns each i's ack time.
+async fn create_all(
+    client: &Client,
+    resource: &'static str,
+    ns: &'static str,
+    n: usize,
+    clients: usize,
+    make: fn(usize) -> Value,
+    status: bool,
+) -> anyhow::Result<Vec<Instant>> {
+    let acks = Arc::new(Mutex::new(vec![Instant::now(); n]));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients.max(1) {
+        let (client, acks, next) = (client.clone(), acks.clone(), next.clone());
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let obj = make(i);
+                let mut created =
+                    client.create(resource, ns, &obj).await.with_context(|| format!("creating {resource} {i}"))?;
+                if status {
+                    created["status"] = obj["status"].clone();
+                    client
+                        .update_status(resource, &created)
+                        .await
+                        .with_context(|| format!("status of {resource} {i}"))?;
+                }
+                acks.lock().expect("not poisoned")[i] = Instant::now();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let acks = acks.lock().expect("not poisoned").clone();
+    Ok(acks)
+}
+
+fn pod_in_default(i: usize) -> Value {
+    pod("default", i)
+}
+
+pub fn run(args: BenchSchedulerArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("skiff-bench-scheduler-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut sys = skiff_system(&dir)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let result = rt.block_on(async {
+        for p in &mut sys.procs {
+            p.start()?;
+        }
+        wait_leader(&mut sys, Duration::from_secs(60)).await?;
+        let endpoints: Vec<String> = sys.procs.iter().map(|p| p.endpoint.clone()).collect();
+        let config = ClientConfig {
+            endpoints,
+            token: None,
+            ca: None,
+            namespace: "default".into(),
+            timeout: Duration::from_secs(30),
+        };
+        let client = Client::new(config).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.get("namespaces", "", "default").await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the API did not bootstrap its namespaces within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
+            "machine: {} cores; 3 masters on loopback (the leader schedules); {} fake nodes, {} pods",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            args.nodes,
+            args.pods
+        );
+
+        // phase: register the nodes
+        let t = Instant::now();
+        create_all(&client, "nodes", "", args.nodes, args.clients, node, true).await?;
+        println!("{:<44} {:>9.1} s", format!("register {} nodes", args.nodes), t.elapsed().as_secs_f64());
+
+        // phase: a watch records when each pod is first seen bound
+        let list = client.list("pods", "default", "", "").await?;
+        let version = list["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+        let bound: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let mut stream = client.watch("pods", "default", "", "", &version).await?;
+        let seen = bound.clone();
+        let watcher = tokio::spawn(async move {
+            while let Ok(Some(ev)) = stream.message().await {
+                let Ok(obj) = serde_json::from_str::<Value>(&ev.json) else { continue };
+                if obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+                    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                    seen.lock().expect("not poisoned").entry(name).or_insert_with(Instant::now);
+                }
+            }
+        });
+
+        // phase: the burst of pending pods
+        let t0 = Instant::now();
+        let acks = create_all(&client, "pods", "default", args.pods, args.clients, pod_in_default, false).await?;
+        let created_in = t0.elapsed();
+        println!(
+            "{:<44} {:>9.1} s  ({:.0} pods/s)",
+            format!("create {} pods", args.pods),
+            created_in.as_secs_f64(),
+            args.pods as f64 / created_in.as_secs_f64()
+        );
+        let deadline = Instant::now() + Duration::from_secs(args.timeout);
+        let mut last_report = Instant::now();
+        loop {
+            let n = bound.lock().expect("not poisoned").len();
+            if n >= args.pods {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("only {n} of {} pods bound within {} s", args.pods, args.timeout);
+            }
+            if last_report.elapsed() > Duration::from_secs(10) {
+                eprintln!("… {n} of {} pods bound after {:.0} s", args.pods, t0.elapsed().as_secs_f64());
+                last_report = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        watcher.abort();
+        let bound = bound.lock().expect("not poisoned").clone();
+        let last_bind = bound.values().max().copied().unwrap_or(t0);
+        let first_bind = bound.values().min().copied().unwrap_or(t0);
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+        for (i, ack) in acks.iter().enumerate() {
+            if let Some(b) = bound.get(&format!("bench-pod-{i}")) {
+                h.record(b.saturating_duration_since(*ack).as_micros().max(1) as u64)?;
+            }
+        }
+        let span = last_bind.duration_since(t0).as_secs_f64();
+        println!(
+            "{:<44} {:>9.1} s  ({:.0} pods/s from the first create; {:.0} pods/s from the first bind)",
+            format!("all {} pods bound", args.pods),
+            span,
+            args.pods as f64 / span,
+            args.pods as f64 / last_bind.duration_since(first_bind).as_secs_f64().max(0.001)
+        );
+        println!(
+            "{:<44} p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            "create acknowledged → bound",
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.max() as f64 / 1000.0
+        );
+
+        // phase: one ReplicaSet's pods, created by the controller
+        if args.rs_pods > 0 {
+            client.create("namespaces", "", &json!({"metadata": {"name": "bench-rs"}})).await?;
+            let list = client.list("pods", "bench-rs", "", "").await?;
+            let version = list["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+            let mut stream = client.watch("pods", "bench-rs", "", "", &version).await?;
+            let rs = json!({
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": "big", "namespace": "bench-rs"},
+                "spec": {"replicas": args.rs_pods, "selector": {"matchLabels": {"app": "big"}},
+                         "template": {"metadata": {"labels": {"app": "big"}},
+                                      "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}
+            });
+            let t = Instant::now();
+            client.create("replicasets", "bench-rs", &rs).await?;
+            let mut added = 0;
+            let deadline = Instant::now() + Duration::from_secs(args.timeout);
+            while added < args.rs_pods {
+                let ev = tokio::time::timeout_at(deadline.into(), stream.message()).await.map_err(|_| {
+                    anyhow::anyhow!("only {added} of {} ReplicaSet pods within {} s", args.rs_pods, args.timeout)
+                })??;
+                match ev {
+                    Some(ev) if ev.r#type == "ADDED" => added += 1,
+                    Some(_) => {}
+                    None => bail!("the watch ended after {added} pods"),
+                }
+            }
+            println!(
+                "{:<44} {:>9.1} s  ({:.0} pods/s)",
+                format!("ReplicaSet of {} replicas: pods created", args.rs_pods),
+                t.elapsed().as_secs_f64(),
+                args.rs_pods as f64 / t.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
+    });
+    drop(sys);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
