@@ -5,8 +5,11 @@ use crate::net::{Net, CLIENT_PORT};
 use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use skiff_proto::etcdserverpb::cluster_client::ClusterClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use skiff_proto::etcdserverpb::{StatusRequest, StatusResponse};
+use skiff_proto::etcdserverpb::{
+    MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, StatusRequest, StatusResponse,
+};
 use skiff_raft_store::{MasterConfig, Member};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +21,9 @@ use tonic::transport::Channel;
 pub struct Master {
     pub id: u64,
     config: PathBuf,
+    /// The raft data directory (wiped when the member is replaced).
+    data: PathBuf,
+    peer_addr: String,
     log: PathBuf,
     child: Option<Child>,
     pub paused: bool,
@@ -29,6 +35,7 @@ pub struct ChaosCluster {
     skiff: PathBuf,
     /// One channel per master for the harness's own calls (status, hash, final reads).
     admin: Vec<Channel>,
+    unsafe_local_reads: bool,
 }
 
 impl ChaosCluster {
@@ -59,13 +66,15 @@ impl ChaosCluster {
             masters.push(Master {
                 id: *id,
                 config: path,
+                data: data.join("data"),
+                peer_addr: m.peer_addr.clone(),
                 log: dir.join(format!("master-{id}.log")),
                 child: None,
                 paused: false,
             });
         }
         let admin = (0..n).map(|i| net.channel(i, Duration::from_secs(3))).collect();
-        let mut c = ChaosCluster { net, masters, skiff: skiff.to_path_buf(), admin };
+        let mut c = ChaosCluster { net, masters, skiff: skiff.to_path_buf(), admin, unsafe_local_reads };
         for i in 0..n {
             c.restart(i)?;
         }
@@ -159,6 +168,55 @@ impl ChaosCluster {
         }
         let (_, id) = best?;
         self.masters.iter().position(|m| m.id == id)
+    }
+
+    /// Membership churn: replaces master `i` with a fresh member at the same address, as an
+    /// operator replaces a machine — remove it, wipe its data, add a learner (a new raft id, ids
+    /// are never reused), start it, and promote it once the leader accepts. Returns the new id.
+    pub async fn replace_member(&mut self, i: usize) -> anyhow::Result<u64> {
+        let old = self.masters[i].id;
+        let helper = (0..self.len())
+            .find(|&j| j != i && self.running(j) && !self.masters[j].paused)
+            .context("no other running master to change membership through")?;
+        let mut cluster = ClusterClient::new(self.admin[helper].clone());
+        cluster
+            .member_remove(MemberRemoveRequest { id: old })
+            .await
+            .with_context(|| format!("removing member {old}"))?;
+        self.kill(i);
+        let m = &self.masters[i];
+        let _ = std::fs::remove_dir_all(&m.data);
+        let added = cluster
+            .member_add(MemberAddRequest {
+                peer_ur_ls: vec![format!("http://{}", m.peer_addr)],
+                is_learner: true,
+            })
+            .await
+            .with_context(|| format!("adding a member at {}", m.peer_addr))?
+            .into_inner()
+            .member
+            .context("member add returned no member")?;
+        let mut config = MasterConfig::new(
+            added.id,
+            format!("master-{}", added.id),
+            m.data.clone(),
+            m.peer_addr.clone(),
+            format!("127.0.0.1:{CLIENT_PORT}"),
+        );
+        config.unsafe_local_reads = self.unsafe_local_reads;
+        std::fs::write(&m.config, serde_json::to_string_pretty(&config)?)?;
+        self.masters[i].id = added.id;
+        self.restart(i)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match cluster.member_promote(MemberPromoteRequest { id: added.id }).await {
+                Ok(_) => return Ok(added.id),
+                Err(e) if std::time::Instant::now() > deadline => {
+                    anyhow::bail!("promoting member {}: {}", added.id, e.message())
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
     }
 
     /// Ends every process (resuming paused ones so they die cleanly).

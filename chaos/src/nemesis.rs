@@ -23,6 +23,8 @@ pub enum FaultKind {
     Partition,
     /// Drop a share of one master's outgoing packets.
     Lossy,
+    /// Replace a follower with a fresh member (remove, wipe, add as learner, promote).
+    Churn,
 }
 
 impl std::str::FromStr for FaultKind {
@@ -33,7 +35,8 @@ impl std::str::FromStr for FaultKind {
             "pause" => Ok(FaultKind::Pause),
             "partition" => Ok(FaultKind::Partition),
             "lossy" => Ok(FaultKind::Lossy),
-            other => Err(format!("unknown fault {other:?}: expected kill, pause, partition or lossy")),
+            "churn" => Ok(FaultKind::Churn),
+            other => Err(format!("unknown fault {other:?}: expected kill, pause, partition, lossy or churn")),
         }
     }
 }
@@ -66,7 +69,12 @@ pub enum Action {
     Kill(Target),
     Pause(Target),
     Partition(Shape),
-    Lossy { target: Target, percent: u32 },
+    Lossy {
+        target: Target,
+        percent: u32,
+    },
+    /// Replace the n-th follower with a fresh member.
+    Churn(usize),
 }
 
 /// One scheduled fault: it starts `at` after the workload starts and is undone `hold` later.
@@ -107,6 +115,8 @@ pub fn plan(seed: u64, duration: Duration, kinds: &[FaultKind], masters: usize) 
                 Action::Lossy { target: target(&mut rng, masters), percent: rng.gen_range(10..=40) },
                 millis(&mut rng, 2000, 6000),
             ),
+            // The replacement itself takes a few seconds; the hold is the calm after it.
+            FaultKind::Churn => (Action::Churn(rng.gen_range(0..masters.max(1))), millis(&mut rng, 3000, 6000)),
             FaultKind::Partition => {
                 let mut order: Vec<usize> = (0..masters).collect();
                 order.shuffle(&mut rng);
@@ -176,12 +186,13 @@ pub async fn execute(
     t0: Instant,
 ) -> anyhow::Result<Vec<FaultRecord>> {
     let n = cluster.len();
-    let ids: Vec<u64> = cluster.masters.iter().map(|m| m.id).collect();
     let since = |t0: Instant| t0.elapsed().as_micros() as u64;
     let mut records = Vec::new();
     for p in schedule {
         tokio::time::sleep_until((t0 + p.at).into()).await;
         let leader = cluster.leader().await;
+        // Ids change when membership churn replaces a member.
+        let ids: Vec<u64> = cluster.masters.iter().map(|m| m.id).collect();
         let names = |v: &[usize]| v.iter().map(|&i| ids[i].to_string()).collect::<Vec<_>>().join(",");
         let (kind, description, leader_affected) = match &p.action {
             Action::Kill(t) => {
@@ -198,6 +209,17 @@ pub async fn execute(
                 let i = resolve(target, leader, n);
                 cluster.net.lossy(i, *percent)?;
                 (FaultKind::Lossy, format!("drop {percent}% of master {}'s packets ({target:?})", ids[i]), false)
+            }
+            Action::Churn(k) => {
+                let i = resolve(&Target::Follower(*k), leader, n);
+                let old = cluster.masters[i].id;
+                let description = match cluster.replace_member(i).await {
+                    Ok(new) => format!("replace member {old} with a fresh member {new}"),
+                    // A membership change refused mid-fault (no leader yet, say) is reported,
+                    // not fatal: the run goes on and the checkers judge what happened.
+                    Err(e) => format!("replace member {old}: {e:#}"),
+                };
+                (FaultKind::Churn, description, false)
             }
             Action::Partition(shape) => {
                 let (a, b, bridge): (Vec<usize>, Vec<usize>, Option<usize>) = match shape {
@@ -250,6 +272,11 @@ pub async fn execute(
                 }
             }
             Action::Partition(_) | Action::Lossy { .. } => cluster.net.heal()?,
+            Action::Churn(_) => {
+                for i in 0..n {
+                    cluster.restart(i)?;
+                }
+            }
         }
         records.push(FaultRecord {
             kind,
