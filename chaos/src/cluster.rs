@@ -187,10 +187,7 @@ impl ChaosCluster {
         let m = &self.masters[i];
         let _ = std::fs::remove_dir_all(&m.data);
         let added = cluster
-            .member_add(MemberAddRequest {
-                peer_ur_ls: vec![format!("http://{}", m.peer_addr)],
-                is_learner: true,
-            })
+            .member_add(MemberAddRequest { peer_ur_ls: vec![format!("http://{}", m.peer_addr)], is_learner: true })
             .await
             .with_context(|| format!("adding a member at {}", m.peer_addr))?
             .into_inner()

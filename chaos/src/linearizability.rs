@@ -66,6 +66,10 @@ fn step(state: &Value, op: &Op, outcome: &Outcome) -> Option<Value> {
 /// check as undecided rather than pass what it could not confirm).
 pub const STATE_BUDGET: usize = 2_000_000;
 
+/// And how many out-of-order indices those states may hold in all (about 8 bytes each), so a
+/// pathological key costs at most a few hundred MB before it is reported undecided.
+pub const STORED_BUDGET: usize = 50_000_000;
+
 /// Where the search for one key got stuck.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stuck {
@@ -117,18 +121,21 @@ fn check_key(events: &[Event]) -> Result<(), Stuck> {
     // Depth-first search; each frame: what is linearized, the value, how many known ops done.
     let mut stack: Vec<(Done, Value, usize)> = vec![(Done { below: 0, extra: Vec::new() }, None, 0)];
     let mut stuck = Stuck { placed: 0, state: None, blocked: Vec::new(), exhausted: false };
+    // Indices held in remembered states' `extra`, against STORED_BUDGET.
+    let mut stored = 0usize;
     while let Some((done, state, known_done)) = stack.pop() {
         // Every remaining operation is an unknown one that may simply never have happened.
         if known_done == known {
             return Ok(());
         }
-        if seen.len() >= STATE_BUDGET {
+        if seen.len() >= STATE_BUDGET || stored >= STORED_BUDGET {
             stuck.exhausted = true;
             return Err(stuck);
         }
         if !seen.insert((done.clone(), state.clone())) {
             continue;
         }
+        stored += done.extra.len();
         // Candidates: operations invoked before every remaining operation's completion. Sorted
         // by invocation, the scan can stop at the first one invoked after that horizon: any
         // later one completes later still.
@@ -147,7 +154,10 @@ fn check_key(events: &[Event]) -> Result<(), Stuck> {
         if done.len() >= stuck.placed {
             stuck = Stuck { placed: done.len(), state: state.clone(), blocked: candidates.clone(), exhausted: false };
         }
-        for i in candidates {
+        // Pushed latest-invoked first so the earliest-invoked candidate is tried first: deferring
+        // an early operation would keep every later one in `extra` and make each state as big
+        // as the history.
+        for i in candidates.into_iter().rev() {
             let unknown = events[i].outcome == Outcome::Unknown;
             let k = known_done + usize::from(!unknown);
             if let Some(next) = step(&state, &events[i].op, &events[i].outcome) {
@@ -339,6 +349,20 @@ mod tests {
                 let t = i * 100 + 60 + u64::from(r);
                 h.push(ev(10 + r, Op::Get, read(Some(&format!("{i}-3"))), t, t + 30));
             }
+        }
+        let started = std::time::Instant::now();
+        assert!(check(&h).is_ok());
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_write_that_completes_late_does_not_make_every_state_big() {
+        // A write whose reply never came but which the history shows happened early: it stays
+        // pending to the end while 40,000 operations complete after it.
+        let mut h = vec![ev(9, put("early"), Outcome::Done, 0, u64::MAX - 1)];
+        for i in 0..20_000u64 {
+            h.push(ev(1, put(&i.to_string()), Outcome::Done, 10 + i * 10, 10 + i * 10 + 4));
+            h.push(ev(2, Op::Get, read(Some(&i.to_string())), 10 + i * 10 + 5, 10 + i * 10 + 9));
         }
         let started = std::time::Instant::now();
         assert!(check(&h).is_ok());

@@ -282,6 +282,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         .collect();
     let recorded = count_ops(&events);
     let raw = events.clone();
+    // Written before judging, so a check that fails hard still leaves the history behind.
+    let lines: Vec<String> = raw.iter().map(|e| serde_json::to_string(e).unwrap_or_default()).collect();
+    std::fs::write(opts.artifacts.join("history.jsonl"), lines.join("\n") + "\n")?;
     let (settled, dropped) = kv::settle_unknowns(&mut events, &revisions, &values);
     events.sort_by_key(|e| e.invoke);
     let acked: Vec<Acked> = logs.iter().flat_map(|l| l.acked.iter().cloned()).collect();
@@ -342,11 +345,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         checks,
         artifacts: opts.artifacts.display().to_string(),
     };
-    // As the clients recorded it, and as checked (unknown writes settled).
-    for (name, list) in [("history.jsonl", &raw), ("checked.jsonl", &events)] {
-        let lines: Vec<String> = list.iter().map(|e| serde_json::to_string(e).unwrap_or_default()).collect();
-        std::fs::write(opts.artifacts.join(name), lines.join("\n") + "\n")?;
-    }
+    // As checked (unknown writes settled); history.jsonl above is as the clients recorded it.
+    let lines: Vec<String> = events.iter().map(|e| serde_json::to_string(e).unwrap_or_default()).collect();
+    std::fs::write(opts.artifacts.join("checked.jsonl"), lines.join("\n") + "\n")?;
     write_json(opts.artifacts.join("faults.json"), &report.faults)?;
     write_json(opts.artifacts.join("report.json"), &report)?;
     std::fs::write(opts.artifacts.join("report.txt"), report.render())?;

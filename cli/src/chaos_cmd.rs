@@ -77,7 +77,10 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             _ = term.recv() => bail!("terminated"),
         }
-    })?;
+    });
+    // A checker still running on a blocking thread is abandoned, not waited for.
+    rt.shutdown_background();
+    let report = report?;
     print!("{}", report.render());
     if !report.passed {
         bail!("chaos run failed its checks (seed {seed}); see {}", opts.artifacts.display());
