@@ -33,6 +33,8 @@ pub struct Options {
     pub rate: u32,
     /// Deployments the API workload scales, rolls and deletes pods of (0: no API workload).
     pub deployments: usize,
+    /// Share of kills, pauses and lossy links aimed at the leader.
+    pub leader_share: f64,
     /// Every request's deadline; a write without a reply by then is "unknown".
     pub op_timeout: Duration,
     /// Run deliberately broken masters (reads skip the read-index check) to prove the checker.
@@ -190,7 +192,7 @@ fn write_json(path: PathBuf, value: &impl serde::Serialize) -> anyhow::Result<()
 /// would not start); a run whose checks fail is an `Ok` report with `passed == false`.
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&opts.artifacts).with_context(|| format!("creating {}", opts.artifacts.display()))?;
-    let schedule = nemesis::plan(opts.seed, opts.duration, &opts.faults, opts.masters);
+    let schedule = nemesis::plan_with(opts.seed, opts.duration, &opts.faults, opts.masters, opts.leader_share);
     write_json(opts.artifacts.join("schedule.json"), &schedule)?;
     let mut cluster = ChaosCluster::start(&opts.skiff, opts.masters, &opts.artifacts, opts.unsafe_local_reads)?;
 

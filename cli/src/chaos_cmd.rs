@@ -34,6 +34,10 @@ pub struct ChaosArgs {
     /// clients so the history stays checkable.
     #[arg(long, default_value_t = 0)]
     rate: u32,
+    /// Share (0–1) of kills, pauses and lossy links aimed at the leader; the rest hit a follower
+    /// or any master.
+    #[arg(long, default_value_t = skiff_chaos::nemesis::LEADER_SHARE)]
+    leader_share: f64,
     /// Deployments the API workload scales, rolls and deletes pods of (0: none).
     #[arg(long, default_value_t = 3)]
     deployments: usize,
@@ -50,6 +54,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     if args.keys == 0 || args.clients_per_master == 0 {
         bail!("--keys and --clients-per-master must be at least 1");
     }
+    if !(0.0..=1.0).contains(&args.leader_share) {
+        bail!("--leader-share must be between 0 and 1, not {}", args.leader_share);
+    }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
     });
@@ -65,6 +72,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         clients_per_master: args.clients_per_master,
         rate: args.rate,
         deployments: args.deployments,
+        leader_share: args.leader_share,
         op_timeout: std::time::Duration::from_millis(args.op_timeout_ms),
         unsafe_local_reads: args.unsafe_local_reads,
     };
