@@ -158,6 +158,29 @@ pub(crate) async fn channel(addr: &str) -> anyhow::Result<Channel> {
         .await?)
 }
 
+/// Starts the masters of `sys`, waits for a leader and for the API's system namespaces (the
+/// leader's first act); returns the client endpoints.
+pub(crate) async fn start_api_cluster(sys: &mut System) -> anyhow::Result<Vec<String>> {
+    use skiff_proto::api::namespaces_client::NamespacesClient;
+    for p in &mut sys.procs {
+        p.start()?;
+    }
+    wait_leader(sys, Duration::from_secs(60)).await?;
+    let endpoints: Vec<String> = sys.procs.iter().map(|p| p.endpoint.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut ns = NamespacesClient::new(channel(&endpoints[0]).await?);
+        let req = skiff_proto::api::GetRequest { name: "default".into(), ..Default::default() };
+        if ns.get(req).await.is_ok() {
+            return Ok(endpoints);
+        }
+        if Instant::now() > deadline {
+            bail!("the API did not bootstrap its namespaces within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until every live member answers Status and they agree on a leader; returns its member id.
 pub(crate) async fn wait_leader(sys: &mut System, timeout: Duration) -> anyhow::Result<u64> {
     let deadline = Instant::now() + timeout;

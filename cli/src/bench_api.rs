@@ -3,16 +3,14 @@
 //! watchers receiving 1,000 changes. No Kubernetes API server can be installed here to run
 //! beside it, so the figures are read against Kubernetes' published SLOs.
 
-use crate::bench::{channel, skiff_system, wait_leader};
-use anyhow::{bail, Context};
+use crate::bench::{channel, skiff_system, start_api_cluster};
+use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
 use skiff_proto::api::config_maps_client::ConfigMapsClient;
 use skiff_proto::api::namespaces_client::NamespacesClient;
 use skiff_proto::api::pods_client::PodsClient;
-use skiff_proto::api::{
-    ConfigMap, Container, GetRequest, ListRequest, Namespace, ObjectMeta, Pod, PodSpec, WatchRequest,
-};
+use skiff_proto::api::{ConfigMap, Container, ListRequest, Namespace, ObjectMeta, Pod, PodSpec, WatchRequest};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -113,22 +111,7 @@ pub fn run(args: BenchApiArgs) -> anyhow::Result<()> {
     let mut sys = skiff_system(&dir)?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
-        for p in &mut sys.procs {
-            p.start()?;
-        }
-        wait_leader(&mut sys, Duration::from_secs(60)).await?;
-        let endpoints: Vec<String> = sys.procs.iter().map(|p| p.endpoint.clone()).collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut ns = NamespacesClient::new(channel(&endpoints[0]).await?);
-            if ns.get(GetRequest { name: "default".into(), ..Default::default() }).await.is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the API did not bootstrap its namespaces within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let endpoints = start_api_cluster(&mut sys).await?;
         println!("machine: {} cores; 3 masters on loopback; clients spread over all masters", std::thread::available_parallelism().map_or(0, |n| n.get()));
         println!("{:<34} {:>10} {:>9} {:>9}", "measurement", "rate /s", "p50 ms", "p99 ms");
         for &c in &args.clients {

@@ -4,7 +4,7 @@
 //! controller takes to create one big ReplicaSet's pods. No Kubernetes scheduler can be
 //! installed here to run beside it, so the figures are read against Kubernetes' published ones.
 
-use crate::bench::{skiff_system, wait_leader};
+use crate::bench::{skiff_system, start_api_cluster};
 use anyhow::{bail, Context};
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -108,11 +108,7 @@ pub fn run(args: BenchSchedulerArgs) -> anyhow::Result<()> {
     let mut sys = skiff_system(&dir)?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
-        for p in &mut sys.procs {
-            p.start()?;
-        }
-        wait_leader(&mut sys, Duration::from_secs(60)).await?;
-        let endpoints: Vec<String> = sys.procs.iter().map(|p| p.endpoint.clone()).collect();
+        let endpoints = start_api_cluster(&mut sys).await?;
         let config = ClientConfig {
             endpoints,
             token: None,
@@ -121,13 +117,6 @@ pub fn run(args: BenchSchedulerArgs) -> anyhow::Result<()> {
             timeout: Duration::from_secs(30),
         };
         let client = Client::new(config).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while client.get("namespaces", "", "default").await.is_err() {
-            if Instant::now() > deadline {
-                bail!("the API did not bootstrap its namespaces within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
         println!(
             "machine: {} cores; 3 masters on loopback (the leader schedules); {} fake nodes, {} pods",
             std::thread::available_parallelism().map_or(0, |n| n.get()),

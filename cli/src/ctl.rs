@@ -107,6 +107,16 @@ impl std::fmt::Display for Failure {
 
 pub type Outcome = Result<(), Failure>;
 
+/// `TYPE NAME` or `TYPE/NAME` as verbs on one object take them: the kind and the name.
+pub(crate) fn object_arg(target: &[String]) -> Result<(&'static KindInfo, &str), Failure> {
+    let (kind, name) = match target {
+        [one] => one.split_once('/').ok_or_else(|| Failure::Local("use TYPE NAME or TYPE/NAME".into()))?,
+        [k, n] => (k.as_str(), n.as_str()),
+        _ => return Err(Failure::Local("use TYPE NAME or TYPE/NAME".into())),
+    };
+    Ok((kind_arg(kind)?, name))
+}
+
 pub(crate) fn kind_arg(name: &str) -> Result<&'static KindInfo, Failure> {
     kinds::lookup(name).ok_or_else(|| Failure::Local(format!("the server doesn't have a resource type {name:?}")))
 }

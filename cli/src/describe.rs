@@ -2,7 +2,7 @@
 //! of spec and status people look for (pods, deployments, nodes; other kinds as YAML), the
 //! conditions, and the object's Events.
 
-use crate::ctl::{kind_arg, print_table, runtime, since, Conn, Failure, Outcome};
+use crate::ctl::{object_arg, print_table, runtime, since, Conn, Outcome};
 use clap::Args;
 use serde_json::Value;
 
@@ -154,12 +154,7 @@ fn node(obj: &Value) {
 }
 
 pub fn describe(args: DescribeArgs) -> Outcome {
-    let (kind, name) = match args.target.as_slice() {
-        [one] => one.split_once('/').ok_or_else(|| Failure::Local("use TYPE NAME or TYPE/NAME".into()))?,
-        [k, n] => (k.as_str(), n.as_str()),
-        _ => return Err(Failure::Local("use TYPE NAME or TYPE/NAME".into())),
-    };
-    let info = kind_arg(kind)?;
+    let (info, name) = object_arg(&args.target)?;
     let rt = runtime();
     let _enter = rt.enter();
     let client = args.conn.client()?;

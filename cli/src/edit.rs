@@ -2,7 +2,7 @@
 //! As kubectl: no change cancels; invalid YAML or a refused update (a conflict, a validation
 //! error) keeps the edited copy in a file and says where.
 
-use crate::ctl::{display_name, kind_arg, runtime, Conn, Failure, Outcome};
+use crate::ctl::{display_name, object_arg, runtime, Conn, Failure, Outcome};
 use clap::Args;
 use serde_json::Value;
 use std::process::Command;
@@ -30,12 +30,7 @@ fn editor() -> String {
 }
 
 pub fn edit(args: EditArgs) -> Outcome {
-    let (kind, name) = match args.target.as_slice() {
-        [one] => one.split_once('/').ok_or_else(|| Failure::Local("use TYPE/NAME or TYPE NAME".into()))?,
-        [k, n] => (k.as_str(), n.as_str()),
-        _ => return Err(Failure::Local("use TYPE/NAME or TYPE NAME".into())),
-    };
-    let info = kind_arg(kind)?;
+    let (info, name) = object_arg(&args.target)?;
     let rt = runtime();
     let _enter = rt.enter();
     let client = args.conn.client()?;
