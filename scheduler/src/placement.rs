@@ -171,14 +171,41 @@ pub fn score(pod: &Pod, node: &NodeInfo) -> i64 {
 
 /// The node for `pod`: the best-scoring feasible node, ties broken by name; or why none fits.
 pub fn schedule(pod: &Pod, snapshot: &Snapshot) -> Result<String, FitError> {
+    schedule_from(pod, snapshot, 0).map(|(node, _)| node)
+}
+
+/// How many feasible nodes to find before choosing, as Kubernetes' `percentageOfNodesToScore`:
+/// every node in clusters under 100 nodes, else `max(5, 50 - nodes/125)` percent of them and at
+/// least 100 — a 5,000-node cluster scores 500 candidates per pod, not 5,000.
+pub fn feasible_to_find(nodes: usize) -> usize {
+    if nodes < 100 {
+        return nodes;
+    }
+    let percent = (50 - nodes as i64 / 125).max(5) as usize;
+    (nodes * percent / 100).max(100)
+}
+
+/// [`schedule`] starting the search at node `start` and stopping once
+/// [`feasible_to_find`] feasible nodes are found; also returns where the next pod's search
+/// starts, so successive pods look at different nodes (as Kubernetes rotates).
+pub fn schedule_from(pod: &Pod, snapshot: &Snapshot, start: usize) -> Result<(String, usize), FitError> {
+    let n = snapshot.nodes.len();
+    let want = feasible_to_find(n);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(i64, &str)> = None;
-    for node in &snapshot.nodes {
+    let (mut found, mut examined) = (0, 0);
+    for k in 0..n {
+        let node = &snapshot.nodes[(start + k) % n];
+        examined = k + 1;
         let why = filter(pod, node);
         if why.is_empty() {
             let s = score(pod, node);
             if best.is_none_or(|(b, name)| s > b || (s == b && node.name() < name)) {
                 best = Some((s, node.name()));
+            }
+            found += 1;
+            if found >= want {
+                break;
             }
         } else {
             for r in why {
@@ -186,5 +213,6 @@ pub fn schedule(pod: &Pod, snapshot: &Snapshot) -> Result<String, FitError> {
             }
         }
     }
-    best.map(|(_, name)| name.to_string()).ok_or(FitError { nodes: snapshot.nodes.len(), reasons })
+    let next = if n == 0 { 0 } else { (start + examined) % n };
+    best.map(|(_, name)| (name.to_string(), next)).ok_or(FitError { nodes: n, reasons })
 }

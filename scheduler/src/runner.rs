@@ -9,7 +9,7 @@
 //! Rounds poll (every `interval`); informers with watches come with the controllers.
 
 use crate::placement::needs_scheduling;
-use crate::{schedule, Snapshot};
+use crate::Snapshot;
 use serde_json::{json, Value};
 use skiff_client::Client;
 use skiff_proto::api::{Node, Pod};
@@ -73,6 +73,9 @@ fn component(object_kind: &str, reason: &str) -> &'static str {
 
 /// Binds the scheduler has in flight at once.
 const BIND_CONCURRENCY: usize = 64;
+
+/// Placed pods bound before the scheduler places more in the same round.
+const BIND_BATCH: usize = 256;
 
 impl Runner {
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -662,7 +665,8 @@ impl Runner {
         let mut snapshot = Snapshot::new(&nodes, &typed);
         // Placement is sequential on the snapshot (each decision assumes the ones before); the
         // binds and their events go out concurrently, a bounded number at a time.
-        let mut placed: Vec<(&Value, String, String, String, String)> = Vec::new();
+        let mut placed: Vec<(&Value, String, String, String)> = Vec::new();
+        let mut start = 0;
         for (raw, pod) in &pods {
             let meta = pod.metadata.clone().unwrap_or_default();
             let scheduler = pod.spec.as_ref().map_or("", |s| s.scheduler_name.as_str());
@@ -672,11 +676,17 @@ impl Runner {
             {
                 continue;
             }
-            match schedule(pod, &snapshot) {
-                Ok(node) => {
+            match crate::placement::schedule_from(pod, &snapshot, start) {
+                Ok((node, next)) => {
+                    start = next;
                     snapshot.assume(pod, &node);
                     reported.remove(&meta.uid);
-                    placed.push((raw, meta.namespace.clone(), meta.name.clone(), meta.uid.clone(), node));
+                    placed.push((raw, meta.namespace.clone(), meta.name.clone(), node));
+                    // Bound as we go, so a large backlog starts binding before it is all placed.
+                    if placed.len() >= BIND_BATCH {
+                        self.bind_all(&placed).await?;
+                        placed.clear();
+                    }
                 }
                 Err(fit) => {
                     let msg = fit.to_string();
@@ -705,9 +715,14 @@ impl Runner {
                 }
             }
         }
+        self.bind_all(&placed).await
+    }
+
+    /// Binds placed pods (and records their Scheduled events), [`BIND_CONCURRENCY`] at a time.
+    async fn bind_all(&self, placed: &[(&Value, String, String, String)]) -> Result<(), Status> {
         for chunk in placed.chunks(BIND_CONCURRENCY) {
             let mut binds = tokio::task::JoinSet::new();
-            for (raw, ns, name, _, node) in chunk {
+            for (raw, ns, name, node) in chunk {
                 let (client, raw, ns, name, node) =
                     (self.client.clone(), (*raw).clone(), ns.clone(), name.clone(), node.clone());
                 binds.spawn(async move {

@@ -187,3 +187,13 @@ fn scores_prefer_emptier_nodes_and_spread_an_owners_pods() {
     );
     assert_eq!(place(&pod("p", json!({})), &nodes, &[big]), Ok("a".into()));
 }
+
+#[test]
+fn large_clusters_score_a_share_of_their_nodes_as_kubernetes_does() {
+    use skiff_scheduler::placement::feasible_to_find;
+    assert_eq!(feasible_to_find(3), 3);
+    assert_eq!(feasible_to_find(99), 99);
+    assert_eq!(feasible_to_find(100), 100);
+    assert_eq!(feasible_to_find(5000), 500);
+    assert_eq!(feasible_to_find(20_000), 1000);
+}
