@@ -124,7 +124,14 @@ enum ImageCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // As kubectl, a usage error (unknown flag, missing argument) exits 1; --help and --version 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     if let Command::Shim { dir } = &cli.command {
         // The shim's log goes to its own stderr as it was at start (DIR/shim.log): once
         // libcontainer hands fd 2 to the container, fd 2 is the container's stderr.

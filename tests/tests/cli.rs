@@ -103,7 +103,9 @@ fn apply_get_delete_errors_and_failover() {
         err(&o)
     );
     let o = skiff(&c, &["frobnicate"], None);
-    assert_ne!(o.status.code(), Some(0), "unknown verb");
+    assert_eq!(o.status.code(), Some(1), "unknown verb");
+    let o = skiff(&c, &["get", "pods", "--frobnicate"], None);
+    assert!(o.status.code() == Some(1) && err(&o).contains("--frobnicate"), "unknown flag: {}", err(&o));
 
     // phase: the CLI's first master is killed; the command still succeeds through another
     c.kill(c.masters[0].id);
