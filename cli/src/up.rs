@@ -229,7 +229,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         "currentContext": "local",
     });
     std::fs::write(&client_config, serde_json::to_string_pretty(&client)? + "\n")?;
-    let nodes = new_nodes(dir, args, &node_tokens, &client)?;
+    let nodes = new_nodes(dir, args, &node_tokens, &client, 0)?;
     Ok(ClusterFile {
         masters: entries,
         nodes,
@@ -265,11 +265,13 @@ fn free_pod_cidrs(n: usize) -> anyhow::Result<Vec<String>> {
 }
 
 /// Directories, credentials, bridges and pod CIDRs of a new cluster's node daemons.
+/// `offset`: how many nodes the cluster has already (their loopback addresses are taken).
 fn new_nodes(
     dir: &Path,
     args: &UpArgs,
     tokens: &[(String, String)],
     admin_client: &serde_json::Value,
+    offset: usize,
 ) -> anyhow::Result<Vec<NodeEntry>> {
     let cidrs = free_pod_cidrs(tokens.len())?;
     // Bridge names unique per cluster, so several clusters' nodes can share a machine.
@@ -295,7 +297,7 @@ fn new_nodes(
             root,
             bridge: format!("sk{tag}n{}", i + 1),
             // Each node its own loopback address, so host ports of two nodes never collide.
-            node_ip: format!("127.0.0.{}", i + 2),
+            node_ip: format!("127.0.0.{}", offset + i + 2),
             pod_cidr: cidr,
             config,
             log: home.join("node.log"),
@@ -428,13 +430,33 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
     let mut cluster = match ClusterFile::load(&dir)? {
-        Some(existing) => {
+        Some(mut existing) => {
             if existing.masters.len() != args.masters {
                 eprintln!(
                     "note: {} already holds a {}-master cluster; restarting it as it is",
                     dir.display(),
                     existing.masters.len()
                 );
+            }
+            if args.nodes > existing.nodes.len() {
+                // More nodes than the cluster has: new ones join, with credentials of their own.
+                let have = existing.nodes.len();
+                let tokens: Vec<(String, String)> =
+                    (have + 1..=args.nodes).map(|i| (format!("node-{i}"), random_token())).collect();
+                let mut lines = String::new();
+                for (name, token) in &tokens {
+                    lines += &format!("{token},system:node:{name},node-{name},\"system:nodes\"\n");
+                }
+                let token_file = dir.join("tokens.csv");
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&token_file)
+                    .with_context(|| format!("adding nodes to {}", token_file.display()))?;
+                std::io::Write::write_all(&mut f, lines.as_bytes())?;
+                let client_path = existing.client_config.clone().context("cluster.json names no client config")?;
+                let client: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&client_path)?)?;
+                let mut added = new_nodes(&dir, &args, &tokens, &client, have)?;
+                existing.nodes.append(&mut added);
             }
             existing
         }

@@ -3,7 +3,10 @@
 //! owner is deleted through it; this catches what a cascade left behind (a master that died
 //! mid-cascade) and objects created with owners that never existed.
 //!
-//! `dangling` is pure: the objects and the uids that exist in, what to delete out.
+//! It also deletes pods bound to a node that no longer exists (Kubernetes' pod GC): nobody is
+//! left to run or stop them.
+//!
+//! `dangling` and `orphaned_pods` are pure: the objects and what exists in, what to delete out.
 
 use serde_json::Value;
 use std::collections::HashSet;
@@ -56,5 +59,38 @@ mod tests {
         ];
         let got = dangling(&objects, &existing, &["ReplicaSet"]);
         assert_eq!(got, [("pods".to_string(), "default".to_string(), "orphaned".to_string())]);
+    }
+}
+
+/// (namespace, name) of pods bound to a node absent from `nodes`, not already being deleted.
+pub fn orphaned_pods(pods: &[Value], nodes: &HashSet<String>) -> Vec<(String, String)> {
+    pods.iter()
+        .filter(|p| {
+            let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+            !node.is_empty() && !nodes.contains(node)
+        })
+        .map(|p| {
+            (
+                p["metadata"]["namespace"].as_str().unwrap_or("default").to_string(),
+                p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod pod_gc_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pods_on_deleted_nodes_are_collected_and_others_kept() {
+        let pods = [
+            json!({"metadata": {"name": "on-gone", "namespace": "a"}, "spec": {"nodeName": "n2"}}),
+            json!({"metadata": {"name": "on-live", "namespace": "a"}, "spec": {"nodeName": "n1"}}),
+            json!({"metadata": {"name": "pending", "namespace": "a"}, "spec": {}}),
+        ];
+        let nodes: HashSet<String> = ["n1".to_string()].into();
+        assert_eq!(orphaned_pods(&pods, &nodes), [("a".to_string(), "on-gone".to_string())]);
     }
 }

@@ -292,6 +292,20 @@ impl Runner {
             tracing::info!("garbage collector: deleting {resource} {ns}/{name}: its owners are gone");
             self.ignore_races(self.client.delete(&resource, &ns, &name).await.map(|_| ()))?;
         }
+        // Pods bound to a node that was deleted: force-deleted, no kubelet will ever stop them.
+        // Nodes are listed after the pods, so a node registered in between is not taken for gone.
+        let nodes = self.client.list("nodes", "", "", "").await?;
+        let names: std::collections::HashSet<String> = nodes["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        let pods = lists["pods"]["items"].as_array().cloned().unwrap_or_default();
+        for (ns, name) in crate::gc::orphaned_pods(&pods, &names) {
+            tracing::info!("pod garbage collector: deleting {ns}/{name}: its node is gone");
+            self.ignore_races(self.client.delete_pod(&ns, &name, Some(0)).await)?;
+        }
         Ok(())
     }
 

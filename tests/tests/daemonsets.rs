@@ -90,3 +90,66 @@ fn a_daemonset_follows_node_labels_and_rolls_node_by_node() {
     c.ctl_ok(&["label", "node", "node-1", "role-"]);
     expect(&c, "only node-2's agent", &[("node-2", "v2")]);
 }
+
+#[test]
+fn a_daemonset_follows_nodes_as_they_join_and_leave() {
+    let c = Cluster::with_nodes(3, 1, &[]);
+    c.apply_yaml(
+        r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: everywhere}
+spec:
+  selector: {matchLabels: {app: everywhere}}
+  template:
+    metadata: {labels: {app: everywhere}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers: [{name: a, image: "busybox:test", command: [sleep, "3600"]}]
+"#,
+    );
+    let on = |c: &Cluster| -> Vec<String> {
+        let out = c.ctl_ok(&["get", "pods", "-l", "app=everywhere", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let mut nodes: Vec<String> = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && p["status"]["phase"] == "Running")
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(String::from))
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    wait_for(T, "the DaemonSet's pod on node-1", || (on(&c) == ["node-1"]).then_some(()));
+
+    // phase: a node joins (skiff up with one more node) and gets its pod
+    let dir = c.dir.path().to_str().unwrap().to_string();
+    let image = skiff_tests::test_image();
+    skiff_tests::skiff(&[
+        "up",
+        "--dir",
+        &dir,
+        "--masters",
+        "3",
+        "--nodes",
+        "2",
+        "--import-image",
+        image.to_str().unwrap(),
+        "--node-arg=--backoff-base-ms=1000",
+    ]);
+    wait_for(T, "the DaemonSet's pods on node-1 and the new node-2", || (on(&c) == ["node-1", "node-2"]).then_some(()));
+
+    // phase: node-2 leaves (its daemon stops, its Node is deleted): its pod goes with it
+    let (_, pid, _) = c.nodes().into_iter().find(|(n, _, _)| n == "node-2").expect("node-2 in cluster.json");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    c.ctl_ok(&["delete", "node", "node-2"]);
+    wait_for(T, "the node-2 pod collected and the DaemonSet back to node-1", || {
+        let out = c.ctl_ok(&["get", "pods", "-l", "app=everywhere", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let gone = v["items"].as_array()?.iter().all(|p| p["spec"]["nodeName"] != "node-2");
+        (gone && on(&c) == ["node-1"]).then_some(())
+    });
+    let ds = c.get_json("daemonsets", "everywhere").unwrap();
+    assert_eq!(ds["status"]["desiredNumberScheduled"], 1, "{ds}");
+}

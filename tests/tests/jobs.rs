@@ -16,9 +16,9 @@ fn jobs_complete_or_give_up_and_cron_jobs_start_them_on_schedule() {
         r#"
 apiVersion: batch/v1
 kind: Job
-metadata: {name: three}
+metadata: {name: five}
 spec:
-  completions: 3
+  completions: 5
   parallelism: 2
   template:
     spec:
@@ -48,21 +48,21 @@ spec:
           containers: [{name: work, image: "busybox:test", command: [sh, -c, "echo tick"]}]
 "#,
     );
-    // phase: three completions, two at a time
-    let three = wait_for(Duration::from_secs(60), "job three Complete", || {
-        let j = c.get_json("jobs", "three")?;
+    // phase: five completions, two at a time
+    let five = wait_for(Duration::from_secs(90), "job five Complete", || {
+        let j = c.get_json("jobs", "five")?;
         condition(&j, "Complete").map(|_| j)
     });
-    assert_eq!(three["status"]["succeeded"], 3);
-    let pods = c.ctl_ok(&["get", "pods", "-l", "job-name=three", "-o", "json"]);
+    assert_eq!(five["status"]["succeeded"], 5);
+    let pods = c.ctl_ok(&["get", "pods", "-l", "job-name=five", "-o", "json"]);
     let pods: Value = serde_json::from_str(&pods).unwrap();
-    // Exactly three succeeded pods (a pod that failed to start under load is retried within the
+    // Exactly five succeeded pods (a pod that failed to start under load is retried within the
     // backoff limit, as Kubernetes does, and stays listed as Failed).
     let phases: Vec<&str> =
         pods["items"].as_array().unwrap().iter().filter_map(|p| p["status"]["phase"].as_str()).collect();
-    assert_eq!(phases.iter().filter(|p| **p == "Succeeded").count(), 3, "{phases:?}");
+    assert_eq!(phases.iter().filter(|p| **p == "Succeeded").count(), 5, "{phases:?}");
     assert_eq!(
-        three["status"]["failed"].as_i64().unwrap_or(0),
+        five["status"]["failed"].as_i64().unwrap_or(0),
         phases.iter().filter(|p| **p == "Failed").count() as i64
     );
 
