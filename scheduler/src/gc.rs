@@ -62,8 +62,8 @@ mod tests {
     }
 }
 
-/// (namespace, name) of pods bound to a node absent from `nodes`, not already being deleted.
-pub fn orphaned_pods(pods: &[Value], nodes: &HashSet<String>) -> Vec<(String, String)> {
+/// (namespace, name, node) of pods bound to a node absent from `nodes`.
+pub fn orphaned_pods(pods: &[Value], nodes: &HashSet<String>) -> Vec<(String, String, String)> {
     pods.iter()
         .filter(|p| {
             let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
@@ -73,6 +73,7 @@ pub fn orphaned_pods(pods: &[Value], nodes: &HashSet<String>) -> Vec<(String, St
             (
                 p["metadata"]["namespace"].as_str().unwrap_or("default").to_string(),
                 p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(),
             )
         })
         .collect()
@@ -91,6 +92,6 @@ mod pod_gc_tests {
             json!({"metadata": {"name": "pending", "namespace": "a"}, "spec": {}}),
         ];
         let nodes: HashSet<String> = ["n1".to_string()].into();
-        assert_eq!(orphaned_pods(&pods, &nodes), [("a".to_string(), "on-gone".to_string())]);
+        assert_eq!(orphaned_pods(&pods, &nodes), [("a".to_string(), "on-gone".to_string(), "n2".to_string())]);
     }
 }

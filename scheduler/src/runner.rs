@@ -71,6 +71,10 @@ fn component(object_kind: &str, reason: &str) -> &'static str {
     }
 }
 
+/// How long a node must have been missing before the pods bound to it are collected (Kubernetes'
+/// pod GC quarantine).
+const POD_GC_QUARANTINE: Duration = Duration::from_secs(40);
+
 /// Binds the scheduler has in flight at once.
 const BIND_CONCURRENCY: usize = 64;
 
@@ -82,6 +86,7 @@ impl Runner {
         // Last FailedScheduling message per pod uid, so events are not repeated every round.
         let mut reported: HashMap<String, String> = HashMap::new();
         let mut last_taint: Option<std::time::Instant> = None;
+        let mut missing_nodes: HashMap<String, std::time::Instant> = HashMap::new();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
@@ -91,7 +96,7 @@ impl Runner {
                 reported.clear();
                 continue;
             }
-            if let Err(e) = self.round(&mut reported, &mut last_taint).await {
+            if let Err(e) = self.round(&mut reported, &mut last_taint, &mut missing_nodes).await {
                 tracing::debug!("scheduling round: {e}");
             }
         }
@@ -264,7 +269,7 @@ impl Runner {
     }
 
     /// One garbage-collector pass: objects of the owned kinds whose owners are all gone.
-    async fn collect_garbage(&self) -> Result<(), Status> {
+    async fn collect_garbage(&self, missing_nodes: &mut HashMap<String, std::time::Instant>) -> Result<(), Status> {
         const OWNERS: [&str; 6] = ["deployments", "replicasets", "daemonsets", "statefulsets", "jobs", "cronjobs"];
         const OWNED: [&str; 4] = ["pods", "replicasets", "jobs", "persistentvolumeclaims"];
         let mut existing = std::collections::HashSet::new();
@@ -302,8 +307,16 @@ impl Runner {
             .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
             .collect();
         let pods = lists["pods"]["items"].as_array().cloned().unwrap_or_default();
-        for (ns, name) in crate::gc::orphaned_pods(&pods, &names) {
-            tracing::info!("pod garbage collector: deleting {ns}/{name}: its node is gone");
+        // As Kubernetes' pod GC, a node must have been missing for a quarantine period first
+        // (a pod may be bound to a node that is about to register).
+        let now = std::time::Instant::now();
+        missing_nodes.retain(|n, _| !names.contains(n));
+        for (ns, name, node) in crate::gc::orphaned_pods(&pods, &names) {
+            let since = *missing_nodes.entry(node.clone()).or_insert(now);
+            if now.duration_since(since) < POD_GC_QUARANTINE {
+                continue;
+            }
+            tracing::info!("pod garbage collector: deleting {ns}/{name}: node {node} is gone");
             self.ignore_races(self.client.delete_pod(&ns, &name, Some(0)).await)?;
         }
         Ok(())
@@ -642,11 +655,12 @@ impl Runner {
         &self,
         reported: &mut HashMap<String, String>,
         last_taint: &mut Option<std::time::Instant>,
+        missing_nodes: &mut HashMap<String, std::time::Instant>,
     ) -> Result<(), Status> {
         if let Err(e) = self.node_lifecycle(last_taint).await {
             tracing::debug!("node lifecycle controller: {e}");
         }
-        if let Err(e) = self.collect_garbage().await {
+        if let Err(e) = self.collect_garbage(missing_nodes).await {
             tracing::debug!("garbage collector: {e}");
         }
         if let Err(e) = self.endpoints().await {
