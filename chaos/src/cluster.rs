@@ -29,6 +29,24 @@ pub struct Master {
     pub paused: bool,
 }
 
+impl Master {
+    /// Writes this master's configuration file as raft member `id`; `initial` names the founding
+    /// members (empty: join a cluster that added it).
+    fn write_config(&self, initial: &BTreeMap<u64, Member>, unsafe_local_reads: bool) -> anyhow::Result<()> {
+        let mut config = MasterConfig::new(
+            self.id,
+            format!("master-{}", self.id),
+            self.data.clone(),
+            self.peer_addr.clone(),
+            format!("127.0.0.1:{CLIENT_PORT}"),
+        );
+        config.initial_members = initial.clone();
+        config.unsafe_local_reads = unsafe_local_reads;
+        std::fs::write(&self.config, serde_json::to_string_pretty(&config)?)
+            .with_context(|| format!("writing {}", self.config.display()))
+    }
+}
+
 pub struct ChaosCluster {
     pub net: Net,
     pub masters: Vec<Master>,
@@ -55,23 +73,19 @@ impl ChaosCluster {
             .collect();
         let mut masters = Vec::new();
         for (id, m) in &members {
-            let data = dir.join(format!("master-{id}"));
-            std::fs::create_dir_all(&data)?;
-            let mut config =
-                MasterConfig::new(*id, m.name.clone(), data.join("data"), m.peer_addr.clone(), m.client_addr.clone());
-            config.initial_members = members.clone();
-            config.unsafe_local_reads = unsafe_local_reads;
-            let path = data.join("master.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&config)?)?;
-            masters.push(Master {
+            let home = dir.join(format!("master-{id}"));
+            std::fs::create_dir_all(&home)?;
+            let master = Master {
                 id: *id,
-                config: path,
-                data: data.join("data"),
+                config: home.join("master.json"),
+                data: home.join("data"),
                 peer_addr: m.peer_addr.clone(),
                 log: dir.join(format!("master-{id}.log")),
                 child: None,
                 paused: false,
-            });
+            };
+            master.write_config(&members, unsafe_local_reads)?;
+            masters.push(master);
         }
         let admin = (0..n).map(|i| net.channel(i, Duration::from_secs(3))).collect();
         let mut c = ChaosCluster { net, masters, skiff: skiff.to_path_buf(), admin, unsafe_local_reads };
@@ -193,16 +207,9 @@ impl ChaosCluster {
             .into_inner()
             .member
             .context("member add returned no member")?;
-        let mut config = MasterConfig::new(
-            added.id,
-            format!("master-{}", added.id),
-            m.data.clone(),
-            m.peer_addr.clone(),
-            format!("127.0.0.1:{CLIENT_PORT}"),
-        );
-        config.unsafe_local_reads = self.unsafe_local_reads;
-        std::fs::write(&m.config, serde_json::to_string_pretty(&config)?)?;
         self.masters[i].id = added.id;
+        // No founding members: it joins the cluster that just added it.
+        self.masters[i].write_config(&BTreeMap::new(), self.unsafe_local_reads)?;
         self.restart(i)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {

@@ -7,6 +7,7 @@
 //! is left out.
 
 use crate::linearizability::{Event, Op, Outcome, Value};
+use crate::watch::Received;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use skiff_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -188,10 +189,11 @@ pub async fn client(
 pub fn settle_unknowns(
     events: &mut Vec<Event>,
     revisions: &[i64],
-    committed: &[(String, Option<String>, i64)],
+    committed: &[Received],
+    values: &[Option<String>],
 ) -> (usize, usize) {
     let puts: HashMap<(&str, &str), i64> =
-        committed.iter().filter_map(|(k, v, r)| Some(((k.as_str(), v.as_deref()?), *r))).collect();
+        committed.iter().zip(values).filter_map(|(c, v)| Some(((c.key.as_str(), v.as_deref()?), c.revision))).collect();
     // The earliest reply carrying each revision or a later one.
     let mut by_revision: BTreeMap<i64, u64> = BTreeMap::new();
     for (e, &r) in events.iter().zip(revisions) {
@@ -257,8 +259,9 @@ mod tests {
             ev(Op::Get, Outcome::Read(Some("c".into())), 30, 40),
         ];
         let revisions = [0, 0, 0, 0, 7, 9];
-        let committed = vec![("k".to_string(), Some("a".to_string()), 7), ("k".to_string(), Some("c".to_string()), 8)];
-        assert_eq!(settle_unknowns(&mut events, &revisions, &committed), (2, 1));
+        let committed = [Received { revision: 7, key: "k".into() }, Received { revision: 8, key: "k".into() }];
+        let values = [Some("a".to_string()), Some("c".to_string())];
+        assert_eq!(settle_unknowns(&mut events, &revisions, &committed, &values), (2, 1));
         // "a" happened by the time a reply showed revision 7; "c" (revision 8) by the first
         // reply at 8 or later; "b" never happened; the delete stays unknown.
         assert_eq!(events[0].outcome, Outcome::Done);

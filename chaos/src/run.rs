@@ -184,6 +184,12 @@ fn watch_checks(logs: &[WatchLog], history: &[Received]) -> Vec<Check> {
         .collect()
 }
 
+/// One JSON object per line.
+fn write_jsonl(path: PathBuf, events: &[Event]) -> anyhow::Result<()> {
+    let lines: Vec<String> = events.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+    std::fs::write(&path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
 fn write_json(path: PathBuf, value: &impl serde::Serialize) -> anyhow::Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(value)?).with_context(|| format!("writing {}", path.display()))
 }
@@ -217,7 +223,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         clients.push(tokio::spawn(kv::client(c as u32 + 1, channel, pace, t0, stop_rx.clone())));
     }
     let mut app_tasks = Vec::new();
-    for i in 0..opts.masters.min(if opts.deployments > 0 { usize::MAX } else { 0 }) {
+    let app_clients = if opts.deployments > 0 { opts.masters } else { 0 };
+    for i in 0..app_clients {
         let channel = cluster.net.channel(i, opts.op_timeout);
         app_tasks.push(tokio::spawn(apps::run(channel, opts.deployments, opts.seed + i as u64, stop_rx.clone())));
     }
@@ -260,7 +267,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let end = put_anywhere(&cluster, END_KEY, Instant::now() + Duration::from_secs(60)).await?;
     let leader = cluster.leader().await.unwrap_or(0);
     let committed_log = committed(&cluster, leader, start).await?;
-    let history = committed_log.received.clone();
+    let history = &committed_log.received;
     // Every watcher must reach the end marker; after 30 s the stragglers are told to stop and
     // are judged on what they have.
     let giver = tokio::spawn(async move {
@@ -276,23 +283,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     // phase: judge
     let mut events: Vec<Event> = logs.iter().flat_map(|l| l.events.iter().cloned()).collect();
     let revisions: Vec<i64> = logs.iter().flat_map(|l| l.revisions.iter().copied()).collect();
-    let values: Vec<(String, Option<String>, i64)> = committed_log
-        .received
-        .iter()
-        .zip(&committed_log.values)
-        .map(|(r, v)| (r.key.clone(), v.clone(), r.revision))
-        .collect();
     let recorded = count_ops(&events);
-    let raw = events.clone();
     // Written before judging, so a check that fails hard still leaves the history behind.
-    let lines: Vec<String> = raw.iter().map(|e| serde_json::to_string(e).unwrap_or_default()).collect();
-    std::fs::write(opts.artifacts.join("history.jsonl"), lines.join("\n") + "\n")?;
-    let (settled, dropped) = kv::settle_unknowns(&mut events, &revisions, &values);
+    write_jsonl(opts.artifacts.join("history.jsonl"), &events)?;
+    let (settled, dropped) = kv::settle_unknowns(&mut events, &revisions, history, &committed_log.values);
     events.sort_by_key(|e| e.invoke);
     let acked: Vec<Acked> = logs.iter().flat_map(|l| l.acked.iter().cloned()).collect();
     let mut checks = Vec::new();
-    let checked = events.clone();
-    let mut lin = tokio::task::spawn_blocking(move || linearizability_check(&checked)).await?;
+    let (mut lin, events) = tokio::task::spawn_blocking(move || (linearizability_check(&events), events)).await?;
     lin.detail +=
         &format!(" (of the unknown writes, the committed history shows {settled} happened and {dropped} did not)");
     checks.push(lin);
@@ -306,8 +304,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             format!("{} regressions, first: {}", regressions.len(), regressions[0])
         },
     });
-    checks.push(lost_writes_check(&acked, &history));
-    checks.extend(watch_checks(&watch_logs, &history));
+    checks.push(lost_writes_check(&acked, history));
+    checks.extend(watch_checks(&watch_logs, history));
     checks.push(hashes_agree(&cluster, end).await);
     if opts.deployments > 0 {
         let channel = cluster.net.channel(leader, Duration::from_secs(5));
@@ -348,8 +346,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         artifacts: opts.artifacts.display().to_string(),
     };
     // As checked (unknown writes settled); history.jsonl above is as the clients recorded it.
-    let lines: Vec<String> = events.iter().map(|e| serde_json::to_string(e).unwrap_or_default()).collect();
-    std::fs::write(opts.artifacts.join("checked.jsonl"), lines.join("\n") + "\n")?;
+    write_jsonl(opts.artifacts.join("checked.jsonl"), &events)?;
     write_json(opts.artifacts.join("faults.json"), &report.faults)?;
     write_json(opts.artifacts.join("report.json"), &report)?;
     std::fs::write(opts.artifacts.join("report.txt"), report.render())?;
