@@ -24,6 +24,11 @@ fn taints(node: &Value) -> Vec<Value> {
     node["spec"]["taints"].as_array().cloned().unwrap_or_default()
 }
 
+/// Whether `node` carries the unreachable taint (either effect).
+pub fn marked_unreachable(node: &Value) -> bool {
+    node["spec"]["taints"].as_array().is_some_and(|t| t.iter().any(|t| t["key"] == UNREACHABLE))
+}
+
 /// How long `pod` tolerates `taint` (None: forever). Without a matching toleration: `default`.
 fn tolerated_for(pod: &Value, taint: &Value, default: Duration) -> Option<Duration> {
     let tolerations = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
@@ -94,7 +99,7 @@ pub fn plan(
             }
         }
         p.node = Some(n);
-    } else if !stale && current.iter().any(|t| t["key"] == UNREACHABLE) {
+    } else if !stale && marked_unreachable(node) {
         let mut n = node.clone();
         n["spec"]["taints"] = json!(current.iter().filter(|t| t["key"] != UNREACHABLE).cloned().collect::<Vec<_>>());
         p.node = Some(n);

@@ -8,6 +8,7 @@
 //!
 //! Rounds poll (every `interval`); informers with watches come with the controllers.
 
+use crate::nodelifecycle::marked_unreachable;
 use crate::placement::needs_scheduling;
 use crate::Snapshot;
 use serde_json::{json, Value};
@@ -52,6 +53,18 @@ impl CronClock {
     }
 }
 
+/// What the leader's rounds remember from one to the next.
+#[derive(Default)]
+struct RoundState {
+    /// Last FailedScheduling message per pod uid, so events are not repeated every round
+    /// (forgotten when leadership is lost).
+    reported: HashMap<String, String>,
+    /// When a node was last marked unreachable (the node eviction rate).
+    last_taint: Option<std::time::Instant>,
+    /// Since when each node that pods are bound to has been missing (the pod GC quarantine).
+    missing_nodes: HashMap<String, std::time::Instant>,
+}
+
 /// The least time between marking two nodes unreachable: Kubernetes' default
 /// `--node-eviction-rate` of 0.1 nodes per second, so a network blip that silences many nodes at
 /// once does not empty them all in the same moment.
@@ -83,20 +96,17 @@ const BIND_BATCH: usize = 256;
 
 impl Runner {
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        // Last FailedScheduling message per pod uid, so events are not repeated every round.
-        let mut reported: HashMap<String, String> = HashMap::new();
-        let mut last_taint: Option<std::time::Instant> = None;
-        let mut missing_nodes: HashMap<String, std::time::Instant> = HashMap::new();
+        let mut state = RoundState::default();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = stop.changed() => return,
             }
             if !(self.is_leader)() {
-                reported.clear();
+                state.reported.clear();
                 continue;
             }
-            if let Err(e) = self.round(&mut reported, &mut last_taint, &mut missing_nodes).await {
+            if let Err(e) = self.round(&mut state).await {
                 tracing::debug!("scheduling round: {e}");
             }
         }
@@ -213,13 +223,8 @@ impl Runner {
             let name = node["metadata"]["name"].as_str().unwrap_or_default();
             let lease = leases["items"].as_array().into_iter().flatten().find(|l| l["metadata"]["name"] == name);
             let plan = crate::nodelifecycle::plan(node, lease, &pods, now, self.node_grace, self.pod_eviction_timeout);
-            let unreachable_in = |n: &Value| {
-                n["spec"]["taints"]
-                    .as_array()
-                    .is_some_and(|t| t.iter().any(|t| t["key"] == crate::nodelifecycle::UNREACHABLE))
-            };
-            let was_unreachable = unreachable_in(node);
-            let becomes_unreachable = plan.node.as_ref().is_some_and(|n| unreachable_in(n) && !was_unreachable);
+            let was_unreachable = marked_unreachable(node);
+            let becomes_unreachable = plan.node.as_ref().is_some_and(|n| marked_unreachable(n) && !was_unreachable);
             if becomes_unreachable {
                 if last_taint.is_some_and(|t| t.elapsed() < NODE_TAINT_INTERVAL) {
                     tracing::info!(node = name, "node unreachable; marking it waits for the node eviction rate");
@@ -235,7 +240,7 @@ impl Runner {
                             self.ignore_races(self.client.update_status("nodes", &stored).await.map(|_| ()))?;
                         }
                         // An event when reachability changed (not for a taint's time stamp).
-                        let unreachable = unreachable_in(changed);
+                        let unreachable = marked_unreachable(changed);
                         if unreachable != was_unreachable {
                             let (reason, msg) = if unreachable {
                                 ("NodeNotReady", format!("Node {name} status is now: NodeNotReady"))
@@ -651,16 +656,12 @@ impl Runner {
         }
     }
 
-    async fn round(
-        &self,
-        reported: &mut HashMap<String, String>,
-        last_taint: &mut Option<std::time::Instant>,
-        missing_nodes: &mut HashMap<String, std::time::Instant>,
-    ) -> Result<(), Status> {
-        if let Err(e) = self.node_lifecycle(last_taint).await {
+    async fn round(&self, state: &mut RoundState) -> Result<(), Status> {
+        let reported = &mut state.reported;
+        if let Err(e) = self.node_lifecycle(&mut state.last_taint).await {
             tracing::debug!("node lifecycle controller: {e}");
         }
-        if let Err(e) = self.collect_garbage(missing_nodes).await {
+        if let Err(e) = self.collect_garbage(&mut state.missing_nodes).await {
             tracing::debug!("garbage collector: {e}");
         }
         if let Err(e) = self.endpoints().await {
@@ -757,7 +758,7 @@ impl Runner {
                     match client.bind(&ns, &name, &node).await {
                         Ok(()) => {
                             let msg = format!("Successfully assigned {ns}/{name} to {node}");
-                            client.event(&raw, "Pod", "default-scheduler", "Normal", "Scheduled", &msg).await;
+                            client.event(&raw, "Pod", component("Pod", "Scheduled"), "Normal", "Scheduled", &msg).await;
                             Ok(())
                         }
                         // Bound meanwhile (or deleted): the next round sees it.
