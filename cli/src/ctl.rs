@@ -949,7 +949,6 @@ pub struct LogsArgs {
 }
 
 pub fn logs(args: LogsArgs) -> Outcome {
-    use std::io::Write;
     let rt = runtime();
     let _enter = rt.enter();
     let client = args.conn.client()?;
@@ -979,58 +978,64 @@ pub fn logs(args: LogsArgs) -> Outcome {
         } else {
             vec![req.container.clone()]
         };
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-        let mut tasks = Vec::new();
-        for c in containers {
-            let req = skiff_proto::api::PodLogRequest { container: c.clone(), ..req.clone() };
-            let label = format!("[pod/{}/{}] ", req.name, if c.is_empty() { "-" } else { c.as_str() });
-            // Followed containers share one channel; otherwise each gets its own, drained in turn.
-            let (own_tx, mut own_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-            let (client, tx, prefix) = (client.clone(), if args.follow { tx.clone() } else { own_tx }, args.prefix);
-            let task = async move {
-                let mut stream = client.logs(req).await?;
-                let mut partial: Vec<u8> = Vec::new();
-                while let Some(chunk) = stream.message().await? {
-                    if !prefix {
-                        let _ = tx.send(chunk.data).await;
-                        continue;
-                    }
-                    // Whole lines only, each with its container's label.
-                    partial.extend_from_slice(&chunk.data);
-                    while let Some(at) = partial.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = partial.drain(..=at).collect();
-                        let _ = tx.send([label.as_bytes(), &line].concat()).await;
-                    }
-                }
-                if !partial.is_empty() {
-                    let _ = tx.send([label.as_bytes(), &partial, b"\n"].concat()).await;
-                }
-                Ok::<(), tonic::Status>(())
-            };
-            if args.follow {
-                tasks.push(tokio::spawn(task));
-            } else {
-                // One after another, in the pod's order.
-                let handle = tokio::spawn(task);
-                let mut out = std::io::stdout();
-                while let Some(data) = own_rx.recv().await {
-                    let _ = out.write_all(&data);
-                }
-                let _ = out.flush();
-                handle.await.map_err(|e| Failure::Local(e.to_string()))??;
+        let streams: Vec<(skiff_proto::api::PodLogRequest, String)> = containers
+            .into_iter()
+            .map(|c| {
+                let label = format!("[pod/{}/{}] ", req.name, if c.is_empty() { "-" } else { c.as_str() });
+                (skiff_proto::api::PodLogRequest { container: c, ..req.clone() }, label)
+            })
+            .collect();
+        if args.follow {
+            // Followed containers stream at once, interleaved.
+            print_logs(&client, streams, args.prefix).await
+        } else {
+            // One after another, in the pod's order.
+            for s in streams {
+                print_logs(&client, vec![s], args.prefix).await?;
             }
+            Ok(())
         }
-        drop(tx);
-        let mut out = std::io::stdout();
-        while let Some(data) = rx.recv().await {
-            let _ = out.write_all(&data);
-            let _ = out.flush();
-        }
-        for t in tasks {
-            t.await.map_err(|e| Failure::Local(e.to_string()))??;
-        }
-        Ok(())
     })
+}
+
+/// Streams the logs of `streams` (request, line label) to stdout as they come; with `prefix`,
+/// whole lines only, each with its label.
+async fn print_logs(client: &Client, streams: Vec<(skiff_proto::api::PodLogRequest, String)>, prefix: bool) -> Outcome {
+    use std::io::Write;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let mut tasks = Vec::new();
+    for (req, label) in streams {
+        let (client, tx) = (client.clone(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut stream = client.logs(req).await?;
+            let mut partial: Vec<u8> = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                if !prefix {
+                    let _ = tx.send(chunk.data).await;
+                    continue;
+                }
+                partial.extend_from_slice(&chunk.data);
+                while let Some(at) = partial.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=at).collect();
+                    let _ = tx.send([label.as_bytes(), &line].concat()).await;
+                }
+            }
+            if !partial.is_empty() {
+                let _ = tx.send([label.as_bytes(), &partial, b"\n"].concat()).await;
+            }
+            Ok::<(), tonic::Status>(())
+        }));
+    }
+    drop(tx);
+    let mut out = std::io::stdout();
+    while let Some(data) = rx.recv().await {
+        let _ = out.write_all(&data);
+        let _ = out.flush();
+    }
+    for t in tasks {
+        t.await.map_err(|e| Failure::Local(e.to_string()))??;
+    }
+    Ok(())
 }
 
 // ---- label / annotate / scale ------------------------------------------------------------------

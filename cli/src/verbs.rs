@@ -138,26 +138,21 @@ pub fn drain(a: DrainArgs) -> Outcome {
             .filter(|p| owner(p).as_deref() != Some("DaemonSet"))
             .filter(|p| p["spec"]["volumes"].as_array().is_some_and(|v| v.iter().any(|v| !v["emptyDir"].is_null())))
             .collect();
-        if !local_data.is_empty() && !a.delete_emptydir_data {
-            let names: Vec<&str> = local_data.iter().filter_map(|p| p["metadata"]["name"].as_str()).collect();
-            return Err(Failure::Local(format!(
-                "cannot delete Pods with local storage (use --delete-emptydir-data to override): {}",
-                names.join(", ")
-            )));
-        }
-        if !daemon.is_empty() && !a.ignore_daemonsets {
-            let names: Vec<&str> = daemon.iter().filter_map(|p| p["metadata"]["name"].as_str()).collect();
-            return Err(Failure::Local(format!(
-                "cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): {}",
-                names.join(", ")
-            )));
-        }
-        if !unmanaged.is_empty() && !a.force {
-            let names: Vec<&str> = unmanaged.iter().filter_map(|p| p["metadata"]["name"].as_str()).collect();
-            return Err(Failure::Local(format!(
-                "cannot delete Pods that declare no controller (use --force to override): {}",
-                names.join(", ")
-            )));
+        // As kubectl: each kind of pod drain would lose needs its flag; the first refusal wins.
+        let refusals = [
+            (
+                &local_data,
+                a.delete_emptydir_data,
+                "cannot delete Pods with local storage (use --delete-emptydir-data to override)",
+            ),
+            (&daemon, a.ignore_daemonsets, "cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore)"),
+            (&unmanaged, a.force, "cannot delete Pods that declare no controller (use --force to override)"),
+        ];
+        for (pods, allowed, why) in refusals {
+            if !pods.is_empty() && !allowed {
+                let names: Vec<&str> = pods.iter().filter_map(|p| p["metadata"]["name"].as_str()).collect();
+                return Err(Failure::Local(format!("{why}: {}", names.join(", "))));
+            }
         }
         let mut evicted = Vec::new();
         for p in pods.iter().filter(|p| owner(p).as_deref() != Some("DaemonSet")) {
