@@ -89,6 +89,14 @@ async fn report_status(client: &Client, config: &NodeConfig) -> Result<(), tonic
     client.update_status("nodes", &node).await.map(|_| ())
 }
 
+/// Whether the stored Node says it is not ready (the node lifecycle controller marked it
+/// `Unknown` while this daemon was silent): then its status is posted again at once.
+async fn marked_not_ready(client: &Client, config: &NodeConfig) -> Result<bool, tonic::Status> {
+    let node = client.get("nodes", "", &config.name).await?;
+    let ready = node["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
+    Ok(ready.is_none_or(|c| c["status"] != "True"))
+}
+
 async fn renew_lease(client: &Client, config: &NodeConfig) -> Result<(), tonic::Status> {
     let now = skiff_proto::time::now_rfc3339();
     let duration = (config.lease_interval.as_secs() * 4).max(10);
@@ -110,9 +118,15 @@ async fn renew_lease(client: &Client, config: &NodeConfig) -> Result<(), tonic::
     }
 }
 
-/// Heartbeats until `stop`: the Lease every `lease_interval`, the status on change or each minute.
+/// How often the daemon checks that the stored Node still says Ready (Kubernetes' kubelet
+/// looks every `nodeStatusUpdateFrequency`, 10 s).
+const READY_CHECK: Duration = Duration::from_secs(10);
+
+/// Heartbeats until `stop`: the Lease every `lease_interval`; the status on change, when the
+/// stored Node no longer says Ready, or each minute.
 pub async fn run(client: Client, config: NodeConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut last_report = Instant::now();
+    let mut last_check = Instant::now();
     let mut last_pressure = pressure(&config);
     let mut first = true;
     loop {
@@ -127,7 +141,12 @@ pub async fn run(client: Client, config: NodeConfig, mut stop: tokio::sync::watc
             tracing::warn!("node {}: renewing the lease: {e}", config.name);
         }
         let now_pressure = pressure(&config);
-        if now_pressure != last_pressure || last_report.elapsed() >= Duration::from_secs(60) {
+        let mut due = now_pressure != last_pressure || last_report.elapsed() >= Duration::from_secs(60);
+        if !due && last_check.elapsed() >= READY_CHECK {
+            last_check = Instant::now();
+            due = marked_not_ready(&client, &config).await.unwrap_or(false);
+        }
+        if due {
             match report_status(&client, &config).await {
                 Ok(()) => {
                     last_report = Instant::now();

@@ -233,12 +233,26 @@ impl Runner {
                 *last_taint = Some(std::time::Instant::now());
             }
             if let Some(changed) = &plan.node {
-                match self.client.update("nodes", changed).await {
-                    Ok(mut stored) => {
-                        if stored["status"]["conditions"] != changed["status"]["conditions"] {
-                            stored["status"] = changed["status"].clone();
-                            self.ignore_races(self.client.update_status("nodes", &stored).await.map(|_| ()))?;
+                // Conditions first, then taints (Kubernetes' order): whoever sees the
+                // unreachable taint already sees the node not ready.
+                let mut base = node.clone();
+                if node["status"]["conditions"] != changed["status"]["conditions"] {
+                    match self.client.update_status("nodes", changed).await {
+                        Ok(stored) => base = stored,
+                        Err(e) => {
+                            self.ignore_races(Err(e))?;
+                            continue;
                         }
+                    }
+                }
+                let write = if base["spec"] != changed["spec"] {
+                    base["spec"] = changed["spec"].clone();
+                    self.client.update("nodes", &base).await.map(|_| ())
+                } else {
+                    Ok(())
+                };
+                match write {
+                    Ok(()) => {
                         // An event when reachability changed (not for a taint's time stamp).
                         let unreachable = marked_unreachable(changed);
                         if unreachable != was_unreachable {

@@ -90,4 +90,26 @@ spec:
             .is_some_and(|t| t.iter().any(|t| t["key"] == "node.kubernetes.io/unreachable"));
         (!tainted).then_some(())
     });
+
+    // phase: a daemon that stalls (SIGSTOP) is marked not ready; when it resumes it says Ready
+    // again on its own — the taint goes and the condition comes back True
+    let daemon = c.nodes().iter().find(|n| n.0 == "node-2").unwrap().1;
+    let pid = nix::unistd::Pid::from_raw(daemon as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let stalled = wait_for(T, "the stalled node-2 marked Ready=Unknown", || {
+        let n = c.get_json("nodes", "node-2")?;
+        (ready_status(&n) == "Unknown").then_some(n)
+    });
+    assert!(stalled["spec"]["taints"].to_string().contains("node.kubernetes.io/unreachable"), "{stalled}");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    wait_for(T, "the resumed node-2 Ready=True without the unreachable taint", || {
+        let n = c.get_json("nodes", "node-2")?;
+        (ready_status(&n) == "True" && !n["spec"]["taints"].to_string().contains("unreachable")).then_some(())
+    });
+}
+
+fn ready_status(node: &Value) -> String {
+    let conditions = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let ready = conditions.iter().find(|c| c["type"] == "Ready");
+    ready.and_then(|c| c["status"].as_str()).unwrap_or_default().to_string()
 }
