@@ -755,22 +755,29 @@ pub fn apply(args: FileArgs, mode: ApplyMode) -> Outcome {
                 return client.update(info.resource, &replacement).await.map(|_| "replaced");
             }
             if create_only || name.is_empty() {
-                client.create(info.resource, &ns, &with_annotation).await.map(|_| "created")
-            } else {
-                match client.get(info.resource, &ns, &name).await {
+                return client.create(info.resource, &ns, &with_annotation).await.map(|_| "created");
+            }
+            // A merge into the live object, as kubectl's patch: a write that lands between
+            // the read and the update (a controller's status, say) is merged into again,
+            // unless the manifest pins a resourceVersion.
+            let pinned = !s(doc, "/metadata/resourceVersion").is_empty();
+            let mut attempt = 0;
+            loop {
+                let live = match client.get(info.resource, &ns, &name).await {
                     Err(e) if e.code() == Code::NotFound => {
-                        client.create(info.resource, &ns, &with_annotation).await.map(|_| "created")
+                        return client.create(info.resource, &ns, &with_annotation).await.map(|_| "created")
                     }
-                    Err(e) => Err(e),
-                    Ok(live) => {
-                        let pointer = format!("/metadata/annotations/{}", LAST_APPLIED.replace('/', "~1"));
-                        if live.pointer(&pointer).and_then(Value::as_str) == Some(applied.as_str()) {
-                            return Ok("unchanged");
-                        }
-                        let mut merged = live.clone();
-                        skiff_api::object::merge_patch(&mut merged, &with_annotation);
-                        client.update(info.resource, &merged).await.map(|_| "configured")
-                    }
+                    other => other?,
+                };
+                let pointer = format!("/metadata/annotations/{}", LAST_APPLIED.replace('/', "~1"));
+                if live.pointer(&pointer).and_then(Value::as_str) == Some(applied.as_str()) {
+                    return Ok("unchanged");
+                }
+                let mut merged = live.clone();
+                skiff_api::object::merge_patch(&mut merged, &with_annotation);
+                match client.update(info.resource, &merged).await {
+                    Err(e) if e.code() == Code::Aborted && !pinned && attempt < 5 => attempt += 1,
+                    other => return other.map(|_| "configured"),
                 }
             }
         });
