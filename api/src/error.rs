@@ -38,15 +38,27 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// A value as Kubernetes shows it in a field error: `30999`, `"10.96.0.1"` — a JSON value's
+/// Debug form (`Number(30999)`, `String("…")`, `Bool(true)`) without its wrapper.
+fn shown(value: &impl fmt::Debug) -> String {
+    let debug = format!("{value:?}");
+    for wrapper in ["Number(", "String(", "Bool("] {
+        if let Some(inner) = debug.strip_prefix(wrapper).and_then(|d| d.strip_suffix(')')) {
+            return inner.to_string();
+        }
+    }
+    debug
+}
+
 impl FieldError {
     pub fn required(path: impl Into<String>, detail: impl Into<String>) -> Self {
         FieldError { path: path.into(), kind: FieldErrorKind::Required, detail: detail.into() }
     }
     pub fn invalid(path: impl Into<String>, value: impl fmt::Debug, detail: impl Into<String>) -> Self {
-        FieldError { path: path.into(), kind: FieldErrorKind::Invalid(format!("{value:?}")), detail: detail.into() }
+        FieldError { path: path.into(), kind: FieldErrorKind::Invalid(shown(&value)), detail: detail.into() }
     }
     pub fn duplicate(path: impl Into<String>, value: impl fmt::Debug) -> Self {
-        FieldError { path: path.into(), kind: FieldErrorKind::Duplicate(format!("{value:?}")), detail: String::new() }
+        FieldError { path: path.into(), kind: FieldErrorKind::Duplicate(shown(&value)), detail: String::new() }
     }
     pub fn not_supported(path: impl Into<String>, value: impl fmt::Debug, supported: &[&str]) -> Self {
         let detail =

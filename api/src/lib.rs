@@ -19,6 +19,7 @@
 //! so nothing is half-applied and a stale write fails with `Aborted` instead of overwriting.
 
 pub mod admission;
+pub mod allocator;
 pub mod auth;
 pub mod defaults;
 pub mod error;
@@ -45,8 +46,10 @@ pub fn start(
     master: Arc<skiff_raft_store::Master>,
     tokens: Option<auth::TokenFile>,
     internal: Vec<(String, auth::User)>,
+    service_range: allocator::ServiceRange,
 ) -> tonic::service::Routes {
-    let api = Arc::new(Api { registry: Registry::new(master), tokens, internal: internal.into_iter().collect() });
+    let registry = Registry { service_range, ..Registry::new(master) };
+    let api = Arc::new(Api { registry, tokens, internal: internal.into_iter().collect() });
     let bootstrap = api.clone();
     tokio::spawn(async move {
         loop {

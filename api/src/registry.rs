@@ -4,6 +4,7 @@
 //! with a conflict instead of overwriting (DESIGN.md rule 3), and nothing is half-applied.
 
 use crate::admission;
+use crate::allocator::{self, Claims, ServiceRange};
 use crate::defaults;
 use crate::error::{ApiError, ApiResult};
 use crate::kinds::{self, KindInfo, KINDS};
@@ -86,6 +87,8 @@ pub struct Registry {
     pub master: Arc<Master>,
     /// How often a watch that allows bookmarks receives one.
     pub bookmark_interval: Duration,
+    /// The range Services' cluster IPs come from.
+    pub service_range: ServiceRange,
 }
 
 fn prefix_end(prefix: &str) -> Vec<u8> {
@@ -153,6 +156,30 @@ fn absent(key: &str) -> Compare {
     }
 }
 
+/// The value of a Service's allocation keys: `namespace/name`.
+fn owner_of(svc: &Value) -> String {
+    format!("{}/{}", object::namespace(svc), object::name(svc))
+}
+
+/// Adds a Service's claims to a transaction: each claimed key absent, then written; each
+/// released key deleted.
+fn claim_ops(claims: &Claims, svc: &Value, compares: &mut Vec<Compare>, ops: &mut Vec<RequestOp>) {
+    for k in &claims.claim {
+        compares.push(absent(k));
+        ops.push(put_op(k, owner_of(svc).into_bytes()));
+    }
+    ops.extend(claims.release.iter().map(|k| delete_op(k)));
+}
+
+/// The ops that delete `obj`'s key and, for a Service, give back its addresses.
+fn delete_ops(info: &KindInfo, key: &str, obj: &Value) -> Vec<RequestOp> {
+    let mut ops = vec![delete_op(key)];
+    if info.kind == "Service" {
+        ops.extend(allocator::held(obj).iter().map(|k| delete_op(k)));
+    }
+    ops
+}
+
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::thread_rng();
@@ -173,7 +200,7 @@ fn uid() -> String {
 
 impl Registry {
     pub fn new(master: Arc<Master>) -> Self {
-        Registry { master, bookmark_interval: Duration::from_secs(5) }
+        Registry { master, bookmark_interval: Duration::from_secs(5), service_range: ServiceRange::default() }
     }
 
     // ---- store access ----------------------------------------------------------------------
@@ -203,12 +230,89 @@ impl Registry {
         expected: i64,
         ops: Vec<RequestOp>,
     ) -> ApiResult<i64> {
-        let (ok, revision, _) = self.txn(vec![mod_is(key, expected)], ops, vec![]).await?;
+        self.guarded_claiming(resource, name, key, expected, None, ops).await
+    }
+
+    /// `guarded`, also claiming (and releasing) a Service's addresses in the same transaction.
+    /// An address the user asked for that someone else holds is refused by name; a picked one
+    /// taken meanwhile is a conflict (the caller's retry picks again).
+    async fn guarded_claiming(
+        &self,
+        resource: &str,
+        name: &str,
+        key: &str,
+        expected: i64,
+        claims: Option<(&Claims, &Value)>,
+        mut ops: Vec<RequestOp>,
+    ) -> ApiResult<i64> {
+        let mut compares = vec![mod_is(key, expected)];
+        if let Some((claims, obj)) = claims {
+            claim_ops(claims, obj, &mut compares, &mut ops);
+        }
+        let (ok, revision, _) = self.txn(compares, ops, vec![]).await?;
         if ok {
             return Ok(revision);
         }
+        if let Some((claims, obj)) = claims {
+            self.refuse_taken(claims, obj).await?;
+        }
         let current = self.read(key).await?.map_or("deleted".to_string(), |kv| kv.mod_revision.to_string());
         Err(ApiError::Conflict { resource: resource.into(), name: name.into(), given: expected.to_string(), current })
+    }
+
+    /// The suffixes of the allocation keys under `prefix` (the addresses taken).
+    async fn allocated(&self, prefix: &str) -> ApiResult<std::collections::BTreeSet<String>> {
+        self.master.read_barrier().await?;
+        let r = self
+            .master
+            .sm
+            .mvcc
+            .range(&RangeRequest {
+                key: prefix.as_bytes().to_vec(),
+                range_end: prefix_end(prefix),
+                keys_only: true,
+                ..Default::default()
+            })
+            .map_err(StoreError::from)?;
+        Ok(r.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned()).collect())
+    }
+
+    /// Fills in a Service's cluster IP and node ports; what that claims and releases.
+    async fn assign_addresses(&self, svc: &mut Value, current: Option<&Value>) -> ApiResult<Claims> {
+        let ips = self.allocated(allocator::IP_PREFIX).await?;
+        let ports = self.allocated(allocator::PORT_PREFIX).await?;
+        allocator::assign(&self.service_range, svc, current, &ips, &ports, rand::random())
+            .map_err(|causes| ApiError::Invalid { kind: "Service".into(), name: object::name(svc).into(), causes })
+    }
+
+    /// After a failed claim: the error naming an address the user asked for that another
+    /// Service holds, if that is why.
+    async fn refuse_taken(&self, claims: &Claims, svc: &Value) -> ApiResult<()> {
+        let me = owner_of(svc);
+        for r in &claims.requested {
+            if let Some(kv) = self.read(&r.key).await? {
+                if kv.value != me.as_bytes() {
+                    let what = if r.field == "spec.clusterIP" { "IP" } else { "port" };
+                    return Err(ApiError::Invalid {
+                        kind: "Service".into(),
+                        name: object::name(svc).into(),
+                        causes: vec![match &r.value {
+                            Value::String(ip) => crate::error::FieldError::invalid(
+                                &r.field,
+                                ip,
+                                format!("provided {what} is already allocated"),
+                            ),
+                            port => crate::error::FieldError::invalid(
+                                &r.field,
+                                port.as_i64().unwrap_or_default(),
+                                format!("provided {what} is already allocated"),
+                            ),
+                        }],
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A linearizable read of one key.
@@ -229,10 +333,18 @@ impl Registry {
         self.prepare_new(info, &mut obj, namespace_hint)?;
         let ns = object::namespace(&obj).to_string();
         let key = kinds::key(info, &ns, object::name(&obj));
-        let bytes = encode_object(&obj)?;
+        let prepared = obj;
         for _ in 0..5 {
+            let mut obj = prepared.clone();
+            let claims = match info.kind {
+                "Service" => Some(self.assign_addresses(&mut obj, None).await?),
+                _ => None,
+            };
             let mut compares = vec![absent(&key)];
-            let mut ops = vec![put_op(&key, bytes.clone())];
+            let mut ops = vec![put_op(&key, encode_object(&obj)?)];
+            if let Some(claims) = &claims {
+                claim_ops(claims, &obj, &mut compares, &mut ops);
+            }
             if info.namespaced {
                 let ns_kv = self.namespace_for_create(&ns).await?;
                 compares.push(mod_is(&kinds::key(kinds::by_resource("namespaces")?, "", &ns), ns_kv.mod_revision));
@@ -251,7 +363,10 @@ impl Registry {
                     name: object::name(&obj).into(),
                 });
             }
-            // The namespace or a quota changed under us: look again.
+            if let Some(claims) = &claims {
+                self.refuse_taken(claims, &obj).await?;
+            }
+            // The namespace, a quota or a picked address changed under us: look again.
         }
         Err(ApiError::Internal(format!("namespace {ns} kept changing while creating {key}")))
     }
@@ -483,18 +598,26 @@ impl Registry {
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
         set_meta(&mut obj, "generation", json!(generation));
         self.finish_object(info, &mut obj)?;
+        let claims = match (info.kind, scope) {
+            ("Service", UpdateScope::Main | UpdateScope::All) => {
+                Some(self.assign_addresses(&mut obj, Some(&current)).await?)
+            }
+            _ => None,
+        };
         if scope != UpdateScope::Status && obj.get("spec") != current.get("spec") {
             set_meta(&mut obj, "generation", json!(generation + 1));
         }
         // An object being deleted goes once its last finalizer is removed.
         let deleting = !object::meta_str(&obj, "deletionTimestamp").is_empty();
         let no_finalizers = obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
-        let ops = if deleting && no_finalizers && !(info.kind == "Pod" && pod_still_running(&obj)) {
-            vec![delete_op(&key)]
+        let (ops, claims) = if deleting && no_finalizers && !(info.kind == "Pod" && pod_still_running(&obj)) {
+            (delete_ops(info, &key, &current), None)
         } else {
-            vec![put_op(&key, encode_object(&obj)?)]
+            (vec![put_op(&key, encode_object(&obj)?)], claims)
         };
-        let revision = self.guarded(&kinds::qualified(info), &name, &key, current_kv.mod_revision, ops).await?;
+        let claims = claims.as_ref().map(|c| (c, &obj));
+        let revision =
+            self.guarded_claiming(&kinds::qualified(info), &name, &key, current_kv.mod_revision, claims, ops).await?;
         set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
         Ok(obj)
     }
@@ -605,7 +728,7 @@ impl Registry {
                 set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
             }
         } else {
-            self.guarded(&kinds::qualified(info), name, &key, kv.mod_revision, vec![delete_op(&key)]).await?;
+            self.guarded(&kinds::qualified(info), name, &key, kv.mod_revision, delete_ops(info, &key, &obj)).await?;
         }
         if policy == "Background" {
             Box::pin(self.delete_dependents(&ns, &uid)).await?;

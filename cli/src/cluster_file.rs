@@ -16,6 +16,9 @@ pub struct ClusterFile {
     /// The CA certificate clients verify the masters with, when the cluster serves TLS.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// The Services' cluster IP range the masters allocate from and the nodes proxy.
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,9 +51,16 @@ pub struct NodeEntry {
     /// Its client config (the masters and the node's own token).
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The Services' cluster IP range (as the cluster's).
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: String,
     /// Extra `skiff node` flags it runs with (`skiff up --node-arg`).
     #[serde(default)]
     pub args: Vec<String>,
+}
+
+pub fn default_service_cidr() -> String {
+    "10.96.0.0/16".into()
 }
 
 fn default_node_ip() -> String {

@@ -69,6 +69,8 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub enum Failure {
     Local(String),
     Server(tonic::Status),
+    /// Already printed (a verb that goes on past a failed object): exit 1 without more.
+    Reported,
 }
 
 impl From<tonic::Status> for Failure {
@@ -81,6 +83,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Local(m) => write!(f, "error: {m}"),
+            Failure::Reported => Ok(()),
             Failure::Server(s) => {
                 let reason = match s.code() {
                     Code::NotFound => "NotFound",
@@ -291,11 +294,25 @@ fn row(info: &KindInfo, o: &Value, wide: bool) -> Vec<String> {
                 })
                 .collect();
             let ip = s(o, "/spec/clusterIP");
+            // As kubectl: an ExternalName's name, a load balancer's ingress (or <pending>).
+            let ingress: Vec<&str> = o
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+                .collect();
+            let external = match s(o, "/spec/type") {
+                "ExternalName" => s(o, "/spec/externalName").to_string(),
+                "LoadBalancer" if ingress.is_empty() => "<pending>".into(),
+                "LoadBalancer" => ingress.join(","),
+                _ => "<none>".into(),
+            };
             vec![
                 name,
                 s(o, "/spec/type").to_string(),
                 if ip.is_empty() { "<none>".into() } else { ip.into() },
-                "<none>".into(),
+                external,
                 if ports.is_empty() { "<none>".into() } else { ports.join(",") },
                 age(o),
             ]
@@ -784,8 +801,8 @@ pub fn apply(args: FileArgs, mode: ApplyMode) -> Outcome {
         match result {
             Ok(what) => println!("{} {what}", display_name(info, doc)),
             Err(e) => {
-                eprintln!("{}", Failure::Server(e.clone()));
-                failed.get_or_insert(Failure::Server(e));
+                eprintln!("{}", Failure::Server(e));
+                failed = Some(Failure::Reported);
             }
         }
     }
@@ -885,8 +902,8 @@ pub fn delete(args: DeleteArgs) -> Outcome {
                 kinds::qualified(info).replace(info.resource, &info.kind.to_lowercase())
             ),
             Err(e) => {
-                eprintln!("{}", Failure::Server(e.clone()));
-                failed.get_or_insert(Failure::Server(e));
+                eprintln!("{}", Failure::Server(e));
+                failed = Some(Failure::Reported);
             }
         }
     }
@@ -915,7 +932,9 @@ pub fn api_resources() -> Outcome {
 /// Runs a verb, printing its failure as kubectl does; the caller exits 1 on `Err`.
 pub fn report(outcome: Outcome) -> anyhow::Result<()> {
     if let Err(f) = outcome {
-        eprintln!("{f}");
+        if !matches!(f, Failure::Reported) {
+            eprintln!("{f}");
+        }
         std::process::exit(1);
     }
     Ok(())

@@ -52,6 +52,9 @@ pub struct MasterArgs {
     /// the API is open, which is only allowed on loopback.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// The CIDR Services' cluster IPs come from (Kubernetes' default 10.96.0.0/16).
+    #[arg(long)]
+    service_cluster_ip_range: Option<String>,
 }
 
 /// A master's configuration file: the store's settings plus the API's `token_file`, in one
@@ -60,6 +63,8 @@ pub struct MasterArgs {
 pub struct MasterFile {
     pub master: MasterConfig,
     pub token_file: Option<PathBuf>,
+    /// The service CIDR (`"service_cluster_ip_range"`; default 10.96.0.0/16).
+    pub service_cluster_ip_range: Option<String>,
     /// Controller settings (`"controllers": {"node_grace_seconds", "pod_eviction_seconds"}`).
     pub controllers: ControllerSettings,
 }
@@ -94,13 +99,17 @@ impl MasterFile {
             Some(c) => serde_json::from_value(c.clone())?,
             None => ControllerSettings::default(),
         };
-        Ok(MasterFile { master: serde_json::from_value(v)?, token_file, controllers })
+        let service_cluster_ip_range = v.get("service_cluster_ip_range").and_then(|t| t.as_str()).map(String::from);
+        Ok(MasterFile { master: serde_json::from_value(v)?, token_file, service_cluster_ip_range, controllers })
     }
 
     pub fn to_json(&self) -> anyhow::Result<String> {
         let mut v = serde_json::to_value(&self.master)?;
         if let Some(t) = &self.token_file {
             v["token_file"] = serde_json::json!(t);
+        }
+        if let Some(r) = &self.service_cluster_ip_range {
+            v["service_cluster_ip_range"] = serde_json::json!(r);
         }
         v["controllers"] = serde_json::to_value(&self.controllers)?;
         Ok(serde_json::to_string_pretty(&v)? + "\n")
@@ -157,7 +166,12 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
         (Some(cert), Some(key), client_ca) => Some(ClientTls { cert, key, client_ca, ca: None }),
         _ => bail!("--client-cert and --client-key go together (--client-ca needs both)"),
     };
-    Ok(MasterFile { master: config, token_file, controllers: ControllerSettings::default() })
+    Ok(MasterFile {
+        master: config,
+        token_file,
+        service_cluster_ip_range: args.service_cluster_ip_range,
+        controllers: ControllerSettings::default(),
+    })
 }
 
 /// A client for the master's own API listener (loopback, over TLS when it serves TLS).
@@ -179,8 +193,13 @@ fn scheduler_client(config: &MasterConfig, token: String) -> anyhow::Result<skif
 }
 
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
-    let MasterFile { master: config, token_file, controllers } = build_config(args)?;
+    let MasterFile { master: config, token_file, service_cluster_ip_range, controllers } = build_config(args)?;
     let tokens = token_file.as_deref().map(skiff_api::auth::TokenFile::open).transpose().map_err(anyhow::Error::msg)?;
+    let service_range = match service_cluster_ip_range {
+        Some(r) => skiff_api::allocator::ServiceRange::parse(&r)
+            .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?,
+        None => Default::default(),
+    };
     let client: SocketAddr =
         config.client_addr.parse().with_context(|| format!("client address {:?}", config.client_addr))?;
     if !client.ip().is_loopback() && config.client_tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
@@ -216,7 +235,8 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         let scheduler_token: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
         let scheduler_user =
             skiff_api::auth::User { name: "system:kube-scheduler".into(), groups: vec!["system:masters".into()] };
-        let routes = skiff_api::start(master.clone(), tokens, vec![(scheduler_token.clone(), scheduler_user)]);
+        let routes =
+            skiff_api::start(master.clone(), tokens, vec![(scheduler_token.clone(), scheduler_user)], service_range);
         let (_stop_scheduler, stop_rx) = tokio::sync::watch::channel(false);
         match scheduler_client(&config, scheduler_token) {
             Ok(client) => {

@@ -31,6 +31,15 @@ pub struct NodeArgs {
     /// The CIDR this node's pod addresses come from.
     #[arg(long, default_value = "10.88.0.0/24")]
     pub pod_cidr: String,
+    /// Every node's pod ranges together: pods reach nothing outside it (and this node's own).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// The Services' cluster IP range, as the masters' --service-cluster-ip-range.
+    #[arg(long, default_value = "10.96.0.0/16")]
+    pub service_cidr: String,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
     /// The node's pod bridge (at most 15 characters; one per node on a machine).
     #[arg(long, default_value = "skiff0")]
     pub bridge: String,
@@ -95,6 +104,9 @@ fn config_of(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
         taints,
         pod_cidr: args.pod_cidr.clone(),
         bridge: args.bridge.clone(),
+        cluster_cidr: args.cluster_cidr.clone(),
+        service_cidr: args.service_cidr.clone(),
+        cluster_domain: args.cluster_domain.clone(),
         lease_interval: Duration::from_secs(args.lease_interval_seconds.max(1)),
         sync_interval: Duration::from_millis(args.sync_interval_ms.max(10)),
         backoff_base: Duration::from_millis(args.backoff_base_ms),

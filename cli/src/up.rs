@@ -52,6 +52,9 @@ pub struct UpArgs {
     /// For a new cluster: per-request deadline in milliseconds.
     #[arg(long)]
     request_timeout_ms: Option<u64>,
+    /// For a new cluster: the range Services' cluster IPs come from (default 10.96.0.0/16).
+    #[arg(long)]
+    service_cidr: Option<String>,
     /// For a new cluster: serve TLS, with a CA and certificates generated into DIR/pki.
     #[arg(long)]
     tls: bool,
@@ -154,6 +157,8 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     if masters == 0 {
         bail!("--masters must be at least 1");
     }
+    let service_cidr = args.service_cidr.clone().unwrap_or_else(crate::cluster_file::default_service_cidr);
+    skiff_api::allocator::ServiceRange::parse(&service_cidr).map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?;
     let ports = free_ports(masters * 2)?;
     let mut members = BTreeMap::new();
     for i in 0..masters {
@@ -204,7 +209,12 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         if let Some(v) = args.pod_eviction_seconds {
             controllers.pod_eviction_seconds = v;
         }
-        let file = MasterFile { master: config, token_file: Some(std::fs::canonicalize(&tokens)?), controllers };
+        let file = MasterFile {
+            master: config,
+            token_file: Some(std::fs::canonicalize(&tokens)?),
+            service_cluster_ip_range: Some(service_cidr.clone()),
+            controllers,
+        };
         std::fs::write(&config_path, file.to_json()?)?;
         entries.push(MasterEntry {
             id,
@@ -229,13 +239,14 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         "currentContext": "local",
     });
     std::fs::write(&client_config, serde_json::to_string_pretty(&client)? + "\n")?;
-    let nodes = new_nodes(dir, args, &node_tokens, &client, 0)?;
+    let nodes = new_nodes(dir, args, &node_tokens, &client, 0, &service_cidr)?;
     Ok(ClusterFile {
         masters: entries,
         nodes,
         client_config: Some(std::fs::canonicalize(client_config)?),
         credentials: Some(std::fs::canonicalize(dir.join("admin.token"))?),
         ca: pki.map(|(ca, _)| ca),
+        service_cidr,
     })
 }
 
@@ -272,6 +283,7 @@ fn new_nodes(
     tokens: &[(String, String)],
     admin_client: &serde_json::Value,
     offset: usize,
+    service_cidr: &str,
 ) -> anyhow::Result<Vec<NodeEntry>> {
     let cidrs = free_pod_cidrs(tokens.len())?;
     // Bridge names unique per cluster, so several clusters' nodes can share a machine.
@@ -299,6 +311,7 @@ fn new_nodes(
             // Each node its own loopback address, so host ports of two nodes never collide.
             node_ip: format!("127.0.0.{}", offset + i + 2),
             pod_cidr: cidr,
+            service_cidr: service_cidr.to_string(),
             config,
             log: home.join("node.log"),
             args: args.node_args.clone(),
@@ -314,6 +327,7 @@ fn spawn_node(entry: &NodeEntry) -> anyhow::Result<u32> {
         ("--pod-cidr", &entry.pod_cidr),
         ("--bridge", &entry.bridge),
         ("--node-ip", &entry.node_ip),
+        ("--service-cidr", &entry.service_cidr),
     ];
     for (flag, value) in flags {
         args.extend([std::ffi::OsStr::new(flag), std::ffi::OsStr::new(value)]);
@@ -455,7 +469,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                 std::io::Write::write_all(&mut f, lines.as_bytes())?;
                 let client_path = existing.client_config.clone().context("cluster.json names no client config")?;
                 let client: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&client_path)?)?;
-                let mut added = new_nodes(&dir, &args, &tokens, &client, have)?;
+                let mut added = new_nodes(&dir, &args, &tokens, &client, have, &existing.service_cidr)?;
                 existing.nodes.append(&mut added);
             }
             existing

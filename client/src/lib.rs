@@ -13,6 +13,7 @@ use serde_json::Value;
 use skiff_proto::api::cron_jobs_client::CronJobsClient;
 use skiff_proto::api::daemon_sets_client::DaemonSetsClient;
 use skiff_proto::api::deployments_client::DeploymentsClient;
+use skiff_proto::api::ingresses_client::IngressesClient;
 use skiff_proto::api::jobs_client::JobsClient;
 use skiff_proto::api::node_metrics_client::NodeMetricsClient;
 use skiff_proto::api::nodes_client::NodesClient;
@@ -22,11 +23,12 @@ use skiff_proto::api::persistent_volumes_client::PersistentVolumesClient;
 use skiff_proto::api::pod_logs_client::PodLogsClient;
 use skiff_proto::api::pods_client::PodsClient;
 use skiff_proto::api::replica_sets_client::ReplicaSetsClient;
+use skiff_proto::api::services_client::ServicesClient;
 use skiff_proto::api::stateful_sets_client::StatefulSetsClient;
 use skiff_proto::api::{
-    Binding, BindingTarget, CronJob, DaemonSet, DeleteRequest, Deployment, Job, Node, ObjectMetaRef, PersistentVolume,
-    PersistentVolumeClaim, Pod, PodLogChunk, PodLogRequest, RawListRequest, RawRequest, RawWatchEvent, RawWatchRequest,
-    ReplicaSet, StatefulSet,
+    Binding, BindingTarget, CronJob, DaemonSet, DeleteRequest, Deployment, Ingress, Job, Node, ObjectMetaRef,
+    PersistentVolume, PersistentVolumeClaim, Pod, PodLogChunk, PodLogRequest, RawListRequest, RawRequest,
+    RawWatchEvent, RawWatchRequest, ReplicaSet, Service, StatefulSet,
 };
 use skiff_proto::etcdserverpb::cluster_client::ClusterClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -478,6 +480,8 @@ impl Client {
             "persistentvolumeclaims" => via!(PersistentVolumeClaim, PersistentVolumeClaimsClient),
             "jobs" => via!(Job, JobsClient),
             "cronjobs" => via!(CronJob, CronJobsClient),
+            "services" => via!(Service, ServicesClient),
+            "ingresses" => via!(Ingress, IngressesClient),
             other => {
                 Err(Status::invalid_argument(format!("status updates of {other} are not supported by this client")))
             }

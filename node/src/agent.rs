@@ -803,6 +803,22 @@ impl Agent {
                 out.push(Mount { destination: format!("/etc/{f}"), source: dir.join("etc").join(f), read_only: false });
             }
         }
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).map_err(|e| format!("{}: {e}", etc.display()))?;
+        let resolv = resolv_conf(spec, ns, &self.network.gateway().to_string(), &self.config.cluster_domain);
+        std::fs::write(etc.join("resolv.conf"), resolv).map_err(|e| format!("resolv.conf: {e}"))?;
+        out.push(Mount { destination: "/etc/resolv.conf".into(), source: etc.join("resolv.conf"), read_only: false });
+        // The service account's directory, as Kubernetes mounts it into every pod.
+        let sa = dir.join("serviceaccount");
+        std::fs::create_dir_all(&sa).map_err(|e| format!("{}: {e}", sa.display()))?;
+        std::fs::write(sa.join("namespace"), ns).map_err(|e| format!("serviceaccount namespace: {e}"))?;
+        let ca = self.client.config.ca.as_deref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
+        std::fs::write(sa.join("ca.crt"), ca).map_err(|e| format!("serviceaccount ca.crt: {e}"))?;
+        out.push(Mount {
+            destination: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+            source: sa,
+            read_only: true,
+        });
         for vm in &c.volume_mounts {
             let v = spec
                 .volumes
@@ -1030,4 +1046,40 @@ fn strip_times(status: &Value) -> Value {
 pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()
+}
+
+/// A pod's `/etc/resolv.conf` by its `dnsPolicy`: ClusterFirst (the default) asks the node's
+/// cluster DNS with Kubernetes' search path and `ndots:5`; Default and host-network pods get
+/// the machine's own; None nothing (`dnsConfig` is not in the API yet).
+pub fn resolv_conf(spec: &skiff_proto::api::PodSpec, ns: &str, nameserver: &str, domain: &str) -> String {
+    let policy = if spec.dns_policy.is_empty() { "ClusterFirst" } else { spec.dns_policy.as_str() };
+    let (mut servers, mut searches, mut options) = (Vec::new(), Vec::new(), Vec::new());
+    let cluster = policy == "ClusterFirst" && !spec.host_network || policy == "ClusterFirstWithHostNet";
+    if cluster {
+        servers.push(nameserver.to_string());
+        searches = vec![format!("{ns}.svc.{domain}"), format!("svc.{domain}"), domain.to_string()];
+        options.push("ndots:5".to_string());
+    } else if policy != "None" {
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        for line in host.lines() {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => servers.extend(words.map(String::from)),
+                Some("search") => searches.extend(words.map(String::from)),
+                Some("options") => options.extend(words.map(String::from)),
+                _ => {}
+            }
+        }
+    }
+    let mut out = String::new();
+    for s in servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !searches.is_empty() {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
 }

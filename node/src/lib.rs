@@ -22,6 +22,7 @@
 
 pub mod agent;
 pub mod bundle;
+pub mod dns;
 pub mod error;
 pub mod heartbeat;
 pub mod hostport;
@@ -29,6 +30,7 @@ pub mod image;
 pub mod instance;
 pub mod logs;
 pub mod probe;
+pub mod proxy;
 pub mod registry;
 pub mod sandbox;
 pub mod shim;
@@ -55,6 +57,12 @@ pub struct NodeConfig {
     pub taints: Vec<Value>,
     pub pod_cidr: String,
     pub bridge: String,
+    /// Every node's pod ranges together; pods reach nothing outside it.
+    pub cluster_cidr: String,
+    /// The Services' cluster IP range (as the masters' `--service-cluster-ip-range`).
+    pub service_cidr: String,
+    /// The DNS domain of the cluster (`cluster.local`).
+    pub cluster_domain: String,
     pub lease_interval: Duration,
     pub sync_interval: Duration,
     pub backoff_base: Duration,
@@ -74,6 +82,19 @@ pub struct NodeConfig {
     pub insecure_registries: Vec<String>,
     /// A directory of static pod manifests (mirrored into the API as `<name>-<node>`).
     pub pod_manifest_path: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    /// What the service proxy needs of this node.
+    pub fn proxy_config(&self) -> proxy::ProxyConfig {
+        proxy::ProxyConfig {
+            bridge: self.bridge.clone(),
+            node_ip: self.node_ip.clone(),
+            cluster_cidr: self.cluster_cidr.clone(),
+            service_cidr: self.service_cidr.clone(),
+            pod_cidr: self.pod_cidr.clone(),
+        }
+    }
 }
 
 /// Parses `--register-with-taints key=value:Effect,key:Effect`.
@@ -123,6 +144,29 @@ pub async fn run(
     }
     tracing::info!("node {} registered", config.name);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let proxy_config = config.proxy_config();
+    // Idempotent, so retried: iptables changes racing another node's on this machine can fail.
+    let mut attempt = 0;
+    while let Err(e) = proxy::install(&proxy_config) {
+        attempt += 1;
+        if attempt == 5 {
+            return Err(e).context("installing the service proxy's rules");
+        }
+        tracing::warn!("node {}: installing the service proxy's rules: {e}; retrying", config.name);
+        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+    }
+    let records = dns::Shared::default();
+    let gateway = sandbox::PodNetwork::parse(&config.bridge, &config.pod_cidr).map_err(anyhow::Error::msg)?.gateway();
+    let dns_addr = std::net::SocketAddr::new(gateway.into(), 53);
+    let dns = tokio::spawn({
+        let (records, domain) = (records.clone(), config.cluster_domain.clone());
+        async move {
+            if let Err(e) = dns::serve(dns_addr, records, domain).await {
+                tracing::error!("cluster DNS on {dns_addr}: {e}");
+            }
+        }
+    });
+    let proxying = tokio::spawn(proxy::run(client.clone(), proxy_config.clone(), records, stop_rx.clone()));
     let beat = tokio::spawn(heartbeat::run(client.clone(), config.clone(), stop_rx.clone()));
     let pods = tokio::spawn(agent.run(stop_rx.clone()));
     let mut server_stop = stop_rx;
@@ -137,7 +181,9 @@ pub async fn run(
     shutdown.await;
     let _ = stop_tx.send(true);
     sampling.abort();
-    let _ = tokio::join!(beat, pods, server);
+    dns.abort();
+    let _ = tokio::join!(beat, pods, server, proxying);
+    proxy::uninstall(&proxy_config);
     Ok(())
 }
 
@@ -205,6 +251,7 @@ pub fn reset(config: &NodeConfig) {
         let _ = std::fs::remove_dir(controller.path().join("skiff").join(&config.name));
     }
     hostport::remove_chain(&config.bridge);
+    proxy::uninstall(&config.proxy_config());
     sandbox::delete_bridge(&config.bridge);
     let _ = nix::mount::umount2(&config.root.join("ns"), nix::mount::MntFlags::MNT_DETACH);
 }

@@ -349,7 +349,17 @@ impl Runner {
         let items = |l: &Value| l["items"].as_array().cloned().unwrap_or_default();
         let (services, endpoints, pods) = (items(&services), items(&endpoints), items(&pods));
         let key = |o: &Value| (o["metadata"]["namespace"].clone(), o["metadata"]["name"].clone());
+        let balanced = services.iter().any(|s| s["spec"]["type"] == "LoadBalancer");
+        let nodes = if balanced { items(&self.client.list("nodes", "", "", "").await?) } else { vec![] };
         for svc in &services {
+            if let Some(status) = crate::endpoints::load_balancer_status(svc, &nodes) {
+                let mut updated = svc.clone();
+                updated["status"] = status;
+                // One service's status never holds up the others' endpoints.
+                if let Err(e) = self.ignore_races(self.client.update_status("services", &updated).await.map(|_| ())) {
+                    tracing::warn!("service {}: load balancer status: {e}", svc["metadata"]["name"]);
+                }
+            }
             if svc["spec"]["selector"].as_object().is_none_or(|s| s.is_empty()) {
                 continue;
             }

@@ -1,0 +1,436 @@
+//! The service proxy: Services and their ready Endpoints programmed into the kernel's nat table
+//! with iptables, as kube-proxy's iptables mode does.
+//!
+//! Every chain this node owns carries its tag (a hash of its bridge's name), so several nodes
+//! on one machine never touch each other's rules: a top chain `SKIFF-SVC-<bridge>` jumped to
+//! from PREROUTING (traffic from this node's pods) and OUTPUT (this machine's own traffic to
+//! the node's address and to 127.0.0.1), a chain per service port (`SKS-<tag>-<hash>`) that
+//! spreads connections at random over a chain per endpoint (`SKE-<tag>-<hash>`, the DNAT).
+//! `sessionAffinity: ClientIP` pins a client with the `recent` match. Service traffic is
+//! marked and masqueraded on the way to a pod, so replies come back through the node (hairpin
+//! included) whichever bridge the endpoint is on.
+//!
+//! Outside the rules: the cluster and service ranges get `unreachable` routes (each node's
+//! bridge route is more specific) and a FORWARD chain per node drops what its pods send
+//! outside the cluster range — no packet for those ranges leaves the machine.
+//!
+//! `rules` is pure: Services and Endpoints in, the ruleset out; `apply` hands it to
+//! `iptables-restore --noflush` in one transaction.
+
+use crate::error::NodeError;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::process::Command;
+
+/// The mark on service traffic that POSTROUTING masquerades.
+pub const MASQ_MARK: &str = "0x4000/0x4000";
+/// How long a ClientIP affinity lasts unless the Service says (Kubernetes' default).
+const AFFINITY_SECONDS: i64 = 10800;
+
+/// What the proxy needs to know about its node.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub bridge: String,
+    pub node_ip: String,
+    /// All nodes' pod ranges together (10.244.0.0/16).
+    pub cluster_cidr: String,
+    pub service_cidr: String,
+    /// This node's own pod range (accepted even when outside `cluster_cidr`).
+    pub pod_cidr: String,
+}
+
+/// How often the proxy looks at Services and Endpoints.
+pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Follows Services and Endpoints until `stop`: the nat rules and the DNS records follow
+/// every change within `SYNC_INTERVAL` (plus the write's own time).
+pub async fn run(
+    client: skiff_client::Client,
+    cfg: ProxyConfig,
+    records: crate::dns::Shared,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut programmed: Option<(Vec<String>, Vec<String>)> = None;
+    loop {
+        let listed = async {
+            let services = client.list("services", "", "", "").await?;
+            let endpoints = client.list("endpoints", "", "", "").await?;
+            Ok::<_, tonic::Status>((services, endpoints))
+        };
+        match listed.await {
+            Ok((services, endpoints)) => {
+                let items = |v: &Value| v["items"].as_array().cloned().unwrap_or_default();
+                let (services, endpoints) = (items(&services), items(&endpoints));
+                let wanted = rules(&cfg, &services, &endpoints);
+                *records.write().expect("records lock") = crate::dns::Records { services, endpoints };
+                if programmed.as_ref() != Some(&wanted) {
+                    match apply(&cfg, &wanted) {
+                        Ok(()) => programmed = Some(wanted),
+                        Err(e) => tracing::warn!("service proxy on {}: {e}", cfg.bridge),
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("service proxy on {}: listing: {}", cfg.bridge, e.message()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
+}
+
+/// This node's tag in chain names.
+pub fn tag(bridge: &str) -> String {
+    format!("{:06x}", fnv(bridge) & 0xffffff)
+}
+
+pub fn top_chain(bridge: &str) -> String {
+    format!("SKIFF-SVC-{bridge}")
+}
+
+fn forward_chain(bridge: &str) -> String {
+    format!("SKIFF-FWD-{bridge}")
+}
+
+/// One service port with the ready endpoints it reaches.
+#[derive(Clone, Debug, PartialEq)]
+struct Target {
+    chain: String,
+    protocol: String,
+    /// (address, port) of ready endpoints, ordered.
+    endpoints: Vec<(String, i64)>,
+    /// Seconds a client stays with its endpoint (`sessionAffinity: ClientIP`).
+    affinity: Option<i64>,
+    /// Destinations (ip, port) that reach this service port.
+    frontends: Vec<(String, i64)>,
+}
+
+fn targets(cfg: &ProxyConfig, services: &[Value], endpoints: &[Value]) -> Vec<Target> {
+    let tag = tag(&cfg.bridge);
+    let mut out = Vec::new();
+    for svc in services {
+        let ty = svc["spec"]["type"].as_str().unwrap_or("ClusterIP");
+        let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap_or_default();
+        if ty == "ExternalName" || cluster_ip.is_empty() || cluster_ip == "None" {
+            continue;
+        }
+        let (ns, name) = (
+            svc["metadata"]["namespace"].as_str().unwrap_or("default"),
+            svc["metadata"]["name"].as_str().unwrap_or_default(),
+        );
+        let ep = endpoints.iter().find(|e| e["metadata"]["namespace"] == ns && e["metadata"]["name"] == name);
+        for port in svc["spec"]["ports"].as_array().into_iter().flatten() {
+            let port_name = port["name"].as_str().unwrap_or_default();
+            let protocol = port["protocol"].as_str().unwrap_or("TCP").to_ascii_lowercase();
+            let mut eps = Vec::new();
+            for subset in ep.and_then(|e| e["subsets"].as_array()).into_iter().flatten() {
+                let Some(target) = subset["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["name"].as_str().unwrap_or_default() == port_name)
+                    .and_then(|p| p["port"].as_i64())
+                else {
+                    continue;
+                };
+                for a in subset["addresses"].as_array().into_iter().flatten() {
+                    if let Some(ip) = a["ip"].as_str() {
+                        eps.push((ip.to_string(), target));
+                    }
+                }
+            }
+            eps.sort();
+            let Some(svc_port) = port["port"].as_i64() else { continue };
+            let mut frontends = vec![(cluster_ip.to_string(), svc_port)];
+            if let Some(np) = port["nodePort"].as_i64().filter(|_| ty != "ClusterIP") {
+                frontends.push((cfg.node_ip.clone(), np));
+                if cfg.node_ip != "127.0.0.1" {
+                    frontends.push(("127.0.0.1".into(), np));
+                }
+            }
+            if ty == "LoadBalancer" {
+                frontends.push((cfg.node_ip.clone(), svc_port));
+            }
+            let id = format!("{ns}/{name}/{port_name}/{protocol}");
+            out.push(Target {
+                chain: format!("SKS-{tag}-{:016x}", fnv(&id)),
+                protocol,
+                endpoints: eps,
+                affinity: (svc["spec"]["sessionAffinity"] == "ClientIP").then(|| {
+                    svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"]
+                        .as_i64()
+                        .unwrap_or(AFFINITY_SECONDS)
+                }),
+                frontends,
+            });
+        }
+    }
+    out
+}
+
+fn endpoint_chain(t: &Target, ip: &str, port: i64) -> String {
+    let tag = &t.chain[4..10];
+    format!("SKE-{tag}-{:016x}", fnv(&format!("{}/{ip}:{port}", t.chain)))
+}
+
+/// The nat-table ruleset: (chains it declares, rules). A service port without ready
+/// endpoints gets no rules: its cluster IP stays unrouted (unreachable), so clients fail at
+/// once rather than wait.
+pub fn rules(cfg: &ProxyConfig, services: &[Value], endpoints: &[Value]) -> (Vec<String>, Vec<String>) {
+    let top = top_chain(&cfg.bridge);
+    let mut chains = vec![top.clone()];
+    let mut rules = Vec::new();
+    for t in targets(cfg, services, endpoints) {
+        if t.endpoints.is_empty() {
+            continue;
+        }
+        chains.push(t.chain.clone());
+        for (ip, port) in &t.frontends {
+            rules.push(format!("-A {top} -d {ip}/32 -p {p} -m {p} --dport {port} -j {c}", p = t.protocol, c = t.chain));
+        }
+        rules.push(format!("-A {} -j MARK --set-xmark {MASQ_MARK}", t.chain));
+        let eps: Vec<(String, &String, &i64)> =
+            t.endpoints.iter().map(|(ip, port)| (endpoint_chain(&t, ip, *port), ip, port)).collect();
+        if let Some(seconds) = t.affinity {
+            for (c, _, _) in &eps {
+                rules.push(format!(
+                    "-A {} -m recent --name {c} --rcheck --seconds {seconds} --reap --rsource -j {c}",
+                    t.chain
+                ));
+            }
+        }
+        let n = eps.len();
+        for (i, (c, ip, port)) in eps.iter().enumerate() {
+            chains.push(c.clone());
+            if i + 1 < n {
+                let probability = 1.0 / (n - i) as f64;
+                rules.push(format!("-A {} -m statistic --mode random --probability {probability:.11} -j {c}", t.chain));
+            } else {
+                rules.push(format!("-A {} -j {c}", t.chain));
+            }
+            if t.affinity.is_some() {
+                rules.push(format!("-A {c} -m recent --name {c} --set --rsource"));
+            }
+            rules.push(format!("-A {c} -p {p} -m {p} -j DNAT --to-destination {ip}:{port}", p = t.protocol));
+        }
+    }
+    (chains, rules)
+}
+
+fn iptables(args: &[&str]) -> Result<String, NodeError> {
+    let out = Command::new("iptables")
+        .args(["-w", "5"])
+        .args(args)
+        .output()
+        .map_err(|e| NodeError::Sandbox(format!("iptables (install the iptables package): {e}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(NodeError::Sandbox(format!("iptables {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+fn ensure(table: &str, chain: &str, rule: &[&str], insert: bool) -> Result<(), NodeError> {
+    let mut check = vec!["-t", table, "-C", chain];
+    check.extend_from_slice(rule);
+    if iptables(&check).is_ok() {
+        return Ok(());
+    }
+    let mut add = vec!["-t", table, if insert { "-I" } else { "-A" }, chain];
+    add.extend_from_slice(rule);
+    iptables(&add).map(|_| ())
+}
+
+fn remove(table: &str, chain: &str, rule: &[&str]) {
+    let mut del = vec!["-t", table, "-D", chain];
+    del.extend_from_slice(rule);
+    while iptables(&del).is_ok() {}
+}
+
+fn ip(args: &[&str]) -> Result<(), NodeError> {
+    let out = Command::new("ip").args(args).output().map_err(|e| NodeError::Sandbox(format!("ip: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NodeError::Sandbox(format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+/// The jumps into this node's chains, the masquerade, forwarding and the ranges' routes.
+pub fn install(cfg: &ProxyConfig) -> Result<(), NodeError> {
+    let top = top_chain(&cfg.bridge);
+    let fwd = forward_chain(&cfg.bridge);
+    if iptables(&["-t", "nat", "-S", &top]).is_err() {
+        iptables(&["-t", "nat", "-N", &top])?;
+    }
+    ensure("nat", "PREROUTING", &["-i", &cfg.bridge, "-j", &top], false)?;
+    ensure("nat", "OUTPUT", &["-j", &top], false)?;
+    ensure("nat", "POSTROUTING", &["-o", &cfg.bridge, "-m", "mark", "--mark", MASQ_MARK, "-j", "MASQUERADE"], false)?;
+    // Pods may talk to the cluster's pods, nothing further.
+    if iptables(&["-t", "filter", "-S", &fwd]).is_err() {
+        iptables(&["-t", "filter", "-N", &fwd])?;
+    }
+    iptables(&["-t", "filter", "-F", &fwd])?;
+    for range in [&cfg.cluster_cidr, &cfg.pod_cidr] {
+        iptables(&["-t", "filter", "-A", &fwd, "-d", range, "-j", "ACCEPT"])?;
+    }
+    iptables(&["-t", "filter", "-A", &fwd, "-j", "DROP"])?;
+    ensure("filter", "FORWARD", &["-i", &cfg.bridge, "-j", &fwd], true)?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(|e| NodeError::Sandbox(format!("enabling IPv4 forwarding: {e}")))?;
+    // Shared by every node on the machine: the same route each time, never removed.
+    for range in [&cfg.cluster_cidr, &cfg.service_cidr] {
+        ip(&["route", "replace", "unreachable", range])?;
+    }
+    Ok(())
+}
+
+/// This node's service and endpoint chains now in the nat table.
+fn owned_chains(bridge: &str) -> Result<BTreeSet<String>, NodeError> {
+    let tag = tag(bridge);
+    let listing = iptables(&["-t", "nat", "-S"])?;
+    Ok(listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("-N "))
+        .filter(|c| c.starts_with(&format!("SKS-{tag}-")) || c.starts_with(&format!("SKE-{tag}-")))
+        .map(String::from)
+        .collect())
+}
+
+/// Replaces this node's nat rules with `ruleset` in one `iptables-restore` transaction,
+/// deleting its chains that are no longer wanted.
+pub fn apply(cfg: &ProxyConfig, ruleset: &(Vec<String>, Vec<String>)) -> Result<(), NodeError> {
+    let (chains, rules) = ruleset;
+    let stale: Vec<String> = owned_chains(&cfg.bridge)?.into_iter().filter(|c| !chains.contains(c)).collect();
+    let mut input = String::from("*nat\n");
+    for c in chains.iter().chain(stale.iter()) {
+        let _ = writeln!(input, ":{c} - [0:0]");
+    }
+    for r in rules {
+        let _ = writeln!(input, "{r}");
+    }
+    for c in &stale {
+        let _ = writeln!(input, "-X {c}");
+    }
+    input.push_str("COMMIT\n");
+    restore(&input)
+}
+
+fn restore(input: &str) -> Result<(), NodeError> {
+    use std::io::Write;
+    let mut child = Command::new("iptables-restore")
+        .args(["--noflush", "-w", "5"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| NodeError::Sandbox(format!("iptables-restore: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| NodeError::Sandbox(format!("iptables-restore: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NodeError::Sandbox(format!("iptables-restore: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+/// Removes everything `install` and `apply` made for this node (at a clean shutdown).
+pub fn uninstall(cfg: &ProxyConfig) {
+    let top = top_chain(&cfg.bridge);
+    let fwd = forward_chain(&cfg.bridge);
+    remove("nat", "PREROUTING", &["-i", &cfg.bridge, "-j", &top]);
+    remove("nat", "OUTPUT", &["-j", &top]);
+    remove("nat", "POSTROUTING", &["-o", &cfg.bridge, "-m", "mark", "--mark", MASQ_MARK, "-j", "MASQUERADE"]);
+    remove("filter", "FORWARD", &["-i", &cfg.bridge, "-j", &fwd]);
+    let _ = apply(cfg, &(vec![top.clone()], vec![]));
+    let _ = iptables(&["-t", "nat", "-X", &top]);
+    let _ = iptables(&["-t", "filter", "-F", &fwd]);
+    let _ = iptables(&["-t", "filter", "-X", &fwd]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg() -> ProxyConfig {
+        ProxyConfig {
+            bridge: "skbr1".into(),
+            node_ip: "127.0.0.5".into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+            service_cidr: "10.96.0.0/16".into(),
+            pod_cidr: "10.244.1.0/24".into(),
+        }
+    }
+
+    fn svc(spec: Value) -> Value {
+        json!({"metadata": {"name": "web", "namespace": "default"}, "spec": spec})
+    }
+
+    fn eps(ready: &[&str], not_ready: &[&str]) -> Value {
+        let a = |ips: &[&str]| ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>();
+        json!({"metadata": {"name": "web", "namespace": "default"},
+               "subsets": [{"addresses": a(ready), "notReadyAddresses": a(not_ready),
+                            "ports": [{"name": "", "port": 8080, "protocol": "TCP"}]}]})
+    }
+
+    #[test]
+    fn a_cluster_ip_spreads_over_ready_endpoints_only() {
+        let s = svc(json!({"type": "ClusterIP", "clusterIP": "10.96.0.9", "ports": [{"port": 80, "protocol": "TCP"}]}));
+        let (chains, rules) = rules(&cfg(), &[s], &[eps(&["10.244.1.2", "10.244.2.3", "10.244.1.4"], &["10.244.1.9"])]);
+        assert_eq!(chains.len(), 1 + 1 + 3, "{chains:?}");
+        let text = rules.join("\n");
+        assert!(text.contains("-A SKIFF-SVC-skbr1 -d 10.96.0.9/32 -p tcp -m tcp --dport 80 -j SKS-"), "{text}");
+        assert!(text.contains("--probability 0.33333333333"), "{text}");
+        assert!(text.contains("--probability 0.50000000000"), "{text}");
+        assert!(!text.contains("10.244.1.9"), "a not-ready endpoint gets no traffic: {text}");
+        assert_eq!(rules.iter().filter(|r| r.contains("DNAT --to-destination")).count(), 3);
+        assert!(!text.contains("127.0.0.5"), "a ClusterIP service is not on the node's address: {text}");
+    }
+
+    #[test]
+    fn node_ports_and_load_balancers_listen_on_the_node_and_affinity_uses_recent() {
+        let s = svc(json!({"type": "LoadBalancer", "clusterIP": "10.96.0.9", "sessionAffinity": "ClientIP",
+                           "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}));
+        let (_, rules) = rules(&cfg(), &[s], &[eps(&["10.244.1.2"], &[])]);
+        let text = rules.join("\n");
+        for front in [
+            "-d 127.0.0.5/32 -p tcp -m tcp --dport 30080",
+            "-d 127.0.0.1/32 -p tcp -m tcp --dport 30080",
+            "-d 127.0.0.5/32 -p tcp -m tcp --dport 80",
+        ] {
+            assert!(text.contains(front), "{front}: {text}");
+        }
+        assert!(text.contains("--rcheck --seconds 10800 --reap --rsource"), "{text}");
+        assert!(text.contains("--set --rsource"), "{text}");
+    }
+
+    #[test]
+    fn headless_external_and_endpointless_services_get_no_rules() {
+        let services = [
+            svc(json!({"clusterIP": "None", "ports": [{"port": 80}]})),
+            svc(json!({"type": "ExternalName", "externalName": "example.org"})),
+            svc(json!({"clusterIP": "10.96.0.9", "ports": [{"port": 80}]})),
+        ];
+        let (chains, rules) = rules(&cfg(), &services, &[eps(&[], &["10.244.1.2"])]);
+        assert_eq!(chains, vec!["SKIFF-SVC-skbr1".to_string()]);
+        assert!(rules.is_empty(), "{rules:?}");
+    }
+
+    #[test]
+    fn chain_names_fit_iptables_and_differ_between_nodes() {
+        let s = svc(json!({"clusterIP": "10.96.0.9", "ports": [{"port": 80}]}));
+        let e = eps(&["10.244.1.2"], &[]);
+        let (a, _) = rules(&cfg(), std::slice::from_ref(&s), std::slice::from_ref(&e));
+        let (b, _) = rules(&ProxyConfig { bridge: "skbr2".into(), ..cfg() }, &[s], &[e]);
+        assert!(a.iter().all(|c| c.len() <= 28), "{a:?}");
+        assert!(a.iter().all(|c| !b.contains(c)), "{a:?} {b:?}");
+    }
+}
