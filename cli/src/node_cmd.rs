@@ -40,6 +40,12 @@ pub struct NodeArgs {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Port of the ingress controller's plain HTTP on the node's address (0: off).
+    #[arg(long, default_value_t = 80)]
+    pub ingress_http_port: u16,
+    /// Port of the ingress controller's HTTPS on the node's address (0: off).
+    #[arg(long, default_value_t = 443)]
+    pub ingress_https_port: u16,
     /// The node's pod bridge (at most 15 characters; one per node on a machine).
     #[arg(long, default_value = "skiff0")]
     pub bridge: String,
@@ -107,6 +113,8 @@ fn config_of(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
         cluster_cidr: args.cluster_cidr.clone(),
         service_cidr: args.service_cidr.clone(),
         cluster_domain: args.cluster_domain.clone(),
+        ingress_http_port: args.ingress_http_port,
+        ingress_https_port: args.ingress_https_port,
         lease_interval: Duration::from_secs(args.lease_interval_seconds.max(1)),
         sync_interval: Duration::from_millis(args.sync_interval_ms.max(10)),
         backoff_base: Duration::from_millis(args.backoff_base_ms),

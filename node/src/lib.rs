@@ -27,6 +27,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod hostport;
 pub mod image;
+pub mod ingress;
 pub mod instance;
 pub mod logs;
 pub mod probe;
@@ -63,6 +64,9 @@ pub struct NodeConfig {
     pub service_cidr: String,
     /// The DNS domain of the cluster (`cluster.local`).
     pub cluster_domain: String,
+    /// Ports of the ingress controller on the node's address (0: not served).
+    pub ingress_http_port: u16,
+    pub ingress_https_port: u16,
     pub lease_interval: Duration,
     pub sync_interval: Duration,
     pub backoff_base: Duration,
@@ -167,6 +171,18 @@ pub async fn run(
         }
     });
     let proxying = tokio::spawn(proxy::run(client.clone(), proxy_config.clone(), records, stop_rx.clone()));
+    let ingress = ingress::Proxy::new(client.clone(), config.name.clone());
+    let following = tokio::spawn(ingress::follow(ingress.clone(), stop_rx.clone()));
+    let serving = tokio::spawn({
+        let ip: std::net::IpAddr = config.node_ip.parse().context("--node-ip")?;
+        let port = |p: u16| (p != 0).then(|| std::net::SocketAddr::new(ip, p));
+        let (http, https) = (port(config.ingress_http_port), port(config.ingress_https_port));
+        async move {
+            if let Err(e) = ingress::serve(ingress, http, https).await {
+                tracing::error!("ingress controller on {http:?}/{https:?}: {e}");
+            }
+        }
+    });
     let beat = tokio::spawn(heartbeat::run(client.clone(), config.clone(), stop_rx.clone()));
     let pods = tokio::spawn(agent.run(stop_rx.clone()));
     let mut server_stop = stop_rx;
@@ -182,7 +198,8 @@ pub async fn run(
     let _ = stop_tx.send(true);
     sampling.abort();
     dns.abort();
-    let _ = tokio::join!(beat, pods, server, proxying);
+    serving.abort();
+    let _ = tokio::join!(beat, pods, server, proxying, following);
     proxy::uninstall(&proxy_config);
     Ok(())
 }

@@ -1,0 +1,186 @@
+//! The built-in ingress controller on a real node: nginx-style regex paths with
+//! `rewrite-target: /$2` to two services, a host rule over HTTPS with a certificate from a TLS
+//! Secret (plain HTTP redirected), a rule to a missing service (503 and an event), and a
+//! change picked up without a restart.
+
+use serde_json::Value;
+use skiff_tests::{wait_for, Cluster};
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_rustls::rustls;
+
+const T: Duration = Duration::from_secs(90);
+
+/// A port nothing on `ip` listens on now.
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// A plain HTTP/1.0 request: (status code, headers, body), or what went wrong.
+fn get(addr: &str, host: &str, path: &str) -> Result<(u16, String, String), String> {
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
+    let mut s =
+        std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).map_err(|e| format!("{addr}: {e}"))?;
+    parse(&out)
+}
+
+fn parse(raw: &[u8]) -> Result<(u16, String, String), String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("not HTTP: {text:?}"))?;
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no status: {head}"))?;
+    Ok((code, head.to_string(), body.trim().to_string()))
+}
+
+/// An HTTPS request with SNI `host`, trusting only `ca_der`.
+fn get_tls(addr: &str, host: &str, path: &str, ca_der: &[u8]) -> Result<(u16, String, String), String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(ca_der.to_vec())).map_err(|e| e.to_string())?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("{addr}: {e}"))?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake with {addr} as {host}: {e}"))?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tls.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        parse(&out)
+    })
+}
+
+fn backend(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: httpd
+        image: busybox:test
+        command: [sh, -c, 'mkdir -p /www && echo {name} > /www/greeting && exec httpd -f -p 8080 -h /www']
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{name: web, port: 80, targetPort: http}}]
+"#
+    )
+}
+
+const INGRESSES: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: rewrite
+  annotations:
+    nginx.ingress.kubernetes.io/use-regex: "true"
+    nginx.ingress.kubernetes.io/rewrite-target: /$2
+spec:
+  rules:
+  - http:
+      paths:
+      - {path: /hello-world-one(/|$)(.*), pathType: ImplementationSpecific, backend: {service: {name: one, port: {number: 80}}}}
+      - {path: /hello-world-two(/|$)(.*), pathType: ImplementationSpecific, backend: {service: {name: two, port: {name: web}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: hosts}
+spec:
+  tls: [{hosts: [secure.test], secretName: secure-tls}]
+  rules:
+  - host: secure.test
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: two, port: {number: 80}}}}]
+  - host: broken.test
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: nope, port: {number: 80}}}}]
+"#;
+
+#[test]
+fn ingress_rewrites_paths_routes_hosts_terminates_tls_and_reports_missing_backends() {
+    let node_ip = "127.0.0.2";
+    let (http, https) = (free_port(node_ip), free_port(node_ip));
+    let c = Cluster::with_nodes(
+        1,
+        1,
+        &[&format!("--node-arg=--ingress-http-port={http}"), &format!("--node-arg=--ingress-https-port={https}")],
+    );
+    let node = c.get_json("nodes", "node-1").unwrap();
+    assert_eq!(node["status"]["addresses"][0]["address"], node_ip, "{node}");
+    let cert = rcgen::generate_simple_self_signed(vec!["secure.test".to_string()]).unwrap();
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    c.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: secure-tls}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(&cert.cert.pem()),
+        b64(&cert.key_pair.serialize_pem())
+    ));
+    c.apply_yaml(&(backend("one") + "---" + &backend("two") + "---" + INGRESSES));
+    let plain = format!("{node_ip}:{http}");
+    let secure = format!("{node_ip}:{https}");
+
+    // Regex paths with the rewrite: each lands on its service with the path rewritten.
+    for (path, want) in [("/hello-world-one/greeting", "one"), ("/hello-world-two/greeting", "two")] {
+        wait_for(T, &format!("GET {path} answered by {want}"), || {
+            let (code, _, body) = get(&plain, "anything.test", path).ok()?;
+            (code == 200 && body == want).then_some(())
+        });
+    }
+    let (code, _, _) = get(&plain, "anything.test", "/elsewhere").unwrap();
+    assert_eq!(code, 404, "no rule matches");
+
+    // The TLS host: HTTPS with the Secret's certificate; plain HTTP redirected.
+    let (code, _, body) =
+        wait_for(T, "HTTPS to secure.test", || get_tls(&secure, "secure.test", "/greeting", cert.cert.der()).ok());
+    assert_eq!((code, body.as_str()), (200, "two"));
+    let (code, head, _) = get(&plain, "secure.test", "/greeting").unwrap();
+    assert_eq!(code, 308, "{head}");
+    assert!(head.to_lowercase().contains("location: https://secure.test/greeting"), "{head}");
+
+    // A missing service: 503, an event on the Ingress, nothing else disturbed.
+    let (code, _, body) = get(&plain, "broken.test", "/").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("service default/nope not found"), "{body}");
+    wait_for(T, "a BackendUnavailable event on ingress hosts", || {
+        let v: Value = serde_json::from_str(&c.ctl_ok(&["get", "events", "-o", "json"])).ok()?;
+        v["items"]
+            .as_array()?
+            .iter()
+            .any(|e| e["involvedObject"]["name"] == "hosts" && e["reason"] == "BackendUnavailable")
+            .then_some(())
+    });
+    assert_eq!(get(&plain, "x.test", "/hello-world-one/greeting").unwrap().2, "one");
+
+    // A change applies without a restart: the broken host now goes to `one`.
+    c.apply_yaml(&INGRESSES.replace("name: nope", "name: one"));
+    wait_for(T, "broken.test answered by one after the edit", || {
+        let (code, _, body) = get(&plain, "broken.test", "/greeting").ok()?;
+        (code == 200 && body == "one").then_some(())
+    });
+}
