@@ -19,7 +19,7 @@
 
 use crate::error::NodeError;
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::process::Command;
 
@@ -40,6 +40,9 @@ pub struct ProxyConfig {
     pub pod_cidr: String,
 }
 
+/// How often the proxy rewrites all its rules rather than what changed.
+const FULL_SYNC: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How often the proxy looks at Services and Endpoints.
 pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -51,8 +54,15 @@ pub async fn run(
     records: crate::dns::Shared,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut programmed: Option<(Vec<String>, Vec<String>)> = None;
+    let mut programmed: Option<Ruleset> = None;
+    let mut last_full = std::time::Instant::now();
     loop {
+        // Now and then everything from the kernel's state, as kube-proxy's sync period: rules
+        // someone else removed come back.
+        if last_full.elapsed() >= FULL_SYNC {
+            programmed = None;
+            last_full = std::time::Instant::now();
+        }
         let listed = async {
             let services = client.list("services", "", "", "").await?;
             let endpoints = client.list("endpoints", "", "", "").await?;
@@ -65,7 +75,7 @@ pub async fn run(
                 let wanted = rules(&cfg, &services, &endpoints);
                 *records.write().expect("records lock") = crate::dns::Records { services, endpoints };
                 if programmed.as_ref() != Some(&wanted) {
-                    match apply(&cfg, &wanted) {
+                    match apply(&cfg, &wanted, programmed.as_ref()) {
                         Ok(()) => programmed = Some(wanted),
                         Err(e) => tracing::warn!("service proxy on {}: {e}", cfg.bridge),
                     }
@@ -178,10 +188,13 @@ fn endpoint_chain(t: &Target, ip: &str, port: i64) -> String {
     format!("SKE-{tag}-{:016x}", fnv(&format!("{}/{ip}:{port}", t.chain)))
 }
 
+/// A nat-table ruleset: (chains it declares, rules).
+pub type Ruleset = (Vec<String>, Vec<String>);
+
 /// The nat-table ruleset: (chains it declares, rules). A service port without ready
 /// endpoints gets no rules: its cluster IP stays unrouted (unreachable), so clients fail at
 /// once rather than wait.
-pub fn rules(cfg: &ProxyConfig, services: &[Value], endpoints: &[Value]) -> (Vec<String>, Vec<String>) {
+pub fn rules(cfg: &ProxyConfig, services: &[Value], endpoints: &[Value]) -> Ruleset {
     let top = top_chain(&cfg.bridge);
     let mut chains = vec![top.clone()];
     let mut rules = Vec::new();
@@ -302,23 +315,55 @@ fn owned_chains(bridge: &str) -> Result<BTreeSet<String>, NodeError> {
         .collect())
 }
 
-/// Replaces this node's nat rules with `ruleset` in one `iptables-restore` transaction,
-/// deleting its chains that are no longer wanted.
-pub fn apply(cfg: &ProxyConfig, ruleset: &(Vec<String>, Vec<String>)) -> Result<(), NodeError> {
+/// A ruleset's rules by chain (every declared chain, empty ones too).
+fn by_chain(ruleset: &Ruleset) -> BTreeMap<&str, Vec<&str>> {
     let (chains, rules) = ruleset;
-    let stale: Vec<String> = owned_chains(&cfg.bridge)?.into_iter().filter(|c| !chains.contains(c)).collect();
+    let mut out: BTreeMap<&str, Vec<&str>> = chains.iter().map(|c| (c.as_str(), Vec::new())).collect();
+    for r in rules {
+        if let Some(chain) = r.strip_prefix("-A ").and_then(|r| r.split(' ').next()) {
+            out.entry(chain).or_default().push(r);
+        }
+    }
+    out
+}
+
+/// The `iptables-restore` input that turns `old` (None: whatever this node has now,
+/// `present`) into `new`: only chains whose rules changed are rewritten (declaring a chain
+/// flushes it) and chains no longer wanted are deleted — so an endpoint change at a thousand
+/// services rewrites a few chains, not thousands.
+fn restore_input(new: &Ruleset, old: Option<&Ruleset>, present: &BTreeSet<String>) -> String {
+    let wanted = by_chain(new);
+    let had = old.map(by_chain);
+    let changed: Vec<(&str, &Vec<&str>)> = wanted
+        .iter()
+        .filter(|(c, rules)| had.as_ref().is_none_or(|h| h.get(*c) != Some(*rules)))
+        .map(|(c, r)| (*c, r))
+        .collect();
+    let stale: Vec<&str> = match &had {
+        Some(h) => h.keys().filter(|c| !wanted.contains_key(*c)).copied().collect(),
+        None => present.iter().map(String::as_str).filter(|c| !wanted.contains_key(c)).collect(),
+    };
     let mut input = String::from("*nat\n");
-    for c in chains.iter().chain(stale.iter()) {
+    for c in changed.iter().map(|(c, _)| *c).chain(stale.iter().copied()) {
         let _ = writeln!(input, ":{c} - [0:0]");
     }
-    for r in rules {
-        let _ = writeln!(input, "{r}");
+    for (_, rules) in &changed {
+        for r in *rules {
+            let _ = writeln!(input, "{r}");
+        }
     }
     for c in &stale {
         let _ = writeln!(input, "-X {c}");
     }
     input.push_str("COMMIT\n");
-    restore(&input)
+    input
+}
+
+/// Programs `ruleset` for this node in one `iptables-restore` transaction, rewriting only
+/// what differs from `old` (the ruleset it programmed last; None: start from the kernel's).
+pub fn apply(cfg: &ProxyConfig, ruleset: &Ruleset, old: Option<&Ruleset>) -> Result<(), NodeError> {
+    let present = if old.is_none() { owned_chains(&cfg.bridge)? } else { BTreeSet::new() };
+    restore(&restore_input(ruleset, old, &present))
 }
 
 fn restore(input: &str) -> Result<(), NodeError> {
@@ -349,7 +394,7 @@ pub fn uninstall(cfg: &ProxyConfig) {
     remove("nat", "OUTPUT", &["-j", &top]);
     remove("nat", "POSTROUTING", &["-o", &cfg.bridge, "-m", "mark", "--mark", MASQ_MARK, "-j", "MASQUERADE"]);
     remove("filter", "FORWARD", &["-i", &cfg.bridge, "-j", &fwd]);
-    let _ = apply(cfg, &(vec![top.clone()], vec![]));
+    let _ = apply(cfg, &(vec![top.clone()], vec![]), None);
     let _ = iptables(&["-t", "nat", "-X", &top]);
     let _ = iptables(&["-t", "filter", "-F", &fwd]);
     let _ = iptables(&["-t", "filter", "-X", &fwd]);
@@ -432,5 +477,26 @@ mod tests {
         let (b, _) = rules(&ProxyConfig { bridge: "skbr2".into(), ..cfg() }, &[s], &[e]);
         assert!(a.iter().all(|c| c.len() <= 28), "{a:?}");
         assert!(a.iter().all(|c| !b.contains(c)), "{a:?} {b:?}");
+    }
+
+    #[test]
+    fn an_endpoint_change_rewrites_only_the_chains_it_touches() {
+        let svc = |name: &str, ip: &str| json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"clusterIP": ip, "ports": [{"port": 80}]}});
+        let ep = |name: &str, ips: &[&str]| {
+            let a: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+            json!({"metadata": {"name": name, "namespace": "default"}, "subsets": [{"addresses": a, "ports": [{"port": 8080}]}]})
+        };
+        let services = [svc("a", "10.96.0.1"), svc("b", "10.96.0.2")];
+        let before = rules(&cfg(), &services, &[ep("a", &["10.244.1.2"]), ep("b", &["10.244.1.3"])]);
+        let after = rules(&cfg(), &services, &[ep("a", &["10.244.1.2"]), ep("b", &["10.244.1.4"])]);
+        let input = restore_input(&after, Some(&before), &BTreeSet::new());
+        assert!(!input.contains("10.244.1.2"), "service a is untouched:\n{input}");
+        assert!(!input.contains(":SKIFF-SVC-skbr1"), "the top chain is untouched:\n{input}");
+        assert!(input.contains("DNAT --to-destination 10.244.1.4:8080"), "{input}");
+        assert_eq!(input.matches("\n-X ").count(), 1, "the old endpoint's chain goes:\n{input}");
+        // From the kernel's state: everything, and its leftovers deleted.
+        let present: BTreeSet<String> = ["SKS-84f3b0-0000000000000000".to_string()].into();
+        let input = restore_input(&after, None, &present);
+        assert!(input.contains(":SKIFF-SVC-skbr1") && input.contains("-X SKS-84f3b0-0000000000000000"), "{input}");
     }
 }
