@@ -42,7 +42,7 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram")
 }
 
-fn build_image(dir: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_image(dir: &Path) -> anyhow::Result<PathBuf> {
     let out = dir.join("layout");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-image");
     let status = Command::new(script).arg(&out).arg("busybox:test").stdout(Stdio::null()).status()?;

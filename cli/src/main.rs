@@ -5,6 +5,7 @@ mod bench;
 mod bench_api;
 mod bench_node;
 mod bench_scheduler;
+mod bench_services;
 mod chaos_cmd;
 mod cluster_file;
 mod config_cmd;
@@ -110,6 +111,9 @@ enum Command {
     /// Benchmark the scheduler and controllers: fake nodes, a burst of pending pods, a big
     /// ReplicaSet (prints a table).
     BenchScheduler(bench_scheduler::BenchSchedulerArgs),
+    /// Benchmark the service data path (ClusterIP, ingress vs direct, with wrk) and the
+    /// service proxy's programming time (prints tables).
+    BenchServices(bench_services::BenchServicesArgs),
     /// Chaos run: kill, pause and partition masters under load and check that nothing
     /// acknowledged was lost (prints a report; needs root).
     Chaos(chaos_cmd::ChaosArgs),
@@ -196,6 +200,7 @@ fn main() -> anyhow::Result<()> {
         Command::BenchApi(args) => bench_api::run(args),
         Command::BenchNode(args) => bench_node::run(args),
         Command::BenchScheduler(args) => bench_scheduler::run(args),
+        Command::BenchServices(args) => bench_services::run(args),
         Command::Chaos(args) => chaos_cmd::run(args),
     }
 }
