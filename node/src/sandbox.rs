@@ -1,6 +1,7 @@
 //! A pod's sandbox: the network, IPC and UTS namespaces its containers share, pinned by bind
 //! mounts on files (as CRI-O's pinns does, so no pause process is needed), with the pod's
-//! hostname, loopback up and one veth leg on the node's bridge carrying the pod IP.
+//! hostname, loopback up and one veth leg on the node's bridge carrying the pod IP (its bridge
+//! port in hairpin mode, so the pod can reach itself through a Service).
 //!
 //! Uses the host's `unshare`, `nsenter` and `ip` (util-linux, iproute2). Every step is
 //! idempotent so a restarted daemon can re-run set-up on an existing sandbox, and teardown
@@ -179,8 +180,15 @@ impl Sandbox {
             gw = net.gateway(),
         );
         batch(Command::new("nsenter").arg(&net_ns).args(["ip", "-batch", "-"]), &in_pod)?;
-        let on_host =
-            format!("link set {veth} master {br}\nlink set {veth} up\n", veth = self.host_veth, br = net.bridge);
+        // Hairpin: a pod reaching itself through a Service comes back out the port it came in
+        // on (bridged, when br_netfilter hands the bridge the DNATed frame), as kubelet's
+        // hairpin-veth mode sets. A neighbour entry left by an earlier pod with this address
+        // would send its traffic to a MAC that is gone: flushed.
+        let on_host = format!(
+            "link set {veth} master {br}\nlink set {veth} type bridge_slave hairpin on\nlink set {veth} up\nneigh flush to {addr} dev {br}\n",
+            veth = self.host_veth,
+            br = net.bridge
+        );
         batch(Command::new("ip").args(["-batch", "-"]), &on_host)?;
         Ok(())
     }

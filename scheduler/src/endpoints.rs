@@ -103,13 +103,8 @@ pub fn desired(svc: &Value, pods: &[Value]) -> Value {
     json!(subsets)
 }
 
-/// The status a LoadBalancer Service should have, if it differs from its own: with no cloud,
-/// every ready node serves the service's ports on its address (as k3s's service load balancer
-/// does), so `status.loadBalancer.ingress` lists the ready nodes' InternalIPs.
-pub fn load_balancer_status(svc: &Value, nodes: &[Value]) -> Option<Value> {
-    if svc["spec"]["type"] != "LoadBalancer" {
-        return None;
-    }
+/// `{"ip": …}` for each ready node's InternalIP, sorted.
+fn ready_node_ips(nodes: &[Value]) -> Vec<Value> {
     let mut ips: Vec<String> = nodes
         .iter()
         .filter(|n| {
@@ -123,10 +118,32 @@ pub fn load_balancer_status(svc: &Value, nodes: &[Value]) -> Option<Value> {
         .collect();
     ips.sort();
     ips.dedup();
-    let ingress: Vec<Value> = ips.into_iter().map(|ip| json!({"ip": ip})).collect();
-    let want = json!({"loadBalancer": {"ingress": ingress}});
-    let have = svc["status"]["loadBalancer"]["ingress"].as_array().cloned().unwrap_or_default();
-    (have != ingress).then_some(want)
+    ips.into_iter().map(|ip| json!({"ip": ip})).collect()
+}
+
+/// `status` with `loadBalancer.ingress` = the ready nodes, if that changes it.
+fn served_by_nodes(obj: &Value, nodes: &[Value]) -> Option<Value> {
+    let ingress = ready_node_ips(nodes);
+    let have = obj["status"]["loadBalancer"]["ingress"].as_array().cloned().unwrap_or_default();
+    (have != ingress).then(|| json!({"loadBalancer": {"ingress": ingress}}))
+}
+
+/// The status a LoadBalancer Service should have, if it differs from its own: with no cloud,
+/// every ready node serves the service's ports on its address (as k3s's service load balancer
+/// does), so `status.loadBalancer.ingress` lists the ready nodes' InternalIPs.
+pub fn load_balancer_status(svc: &Value, nodes: &[Value]) -> Option<Value> {
+    if svc["spec"]["type"] != "LoadBalancer" {
+        return None;
+    }
+    served_by_nodes(svc, nodes)
+}
+
+/// The same for an Ingress the nodes' built-in controller serves (class `skiff`, or none).
+pub fn ingress_status(ing: &Value, nodes: &[Value]) -> Option<Value> {
+    if ing["spec"]["ingressClassName"].as_str().is_some_and(|c| c != "skiff") {
+        return None;
+    }
+    served_by_nodes(ing, nodes)
 }
 
 #[cfg(test)]
@@ -180,5 +197,7 @@ mod tests {
         svc["status"] = status;
         assert_eq!(load_balancer_status(&svc, &nodes), None, "written once");
         assert_eq!(load_balancer_status(&json!({"spec": {"type": "NodePort"}}), &nodes), None);
+        assert!(ingress_status(&json!({"spec": {}}), &nodes).is_some());
+        assert_eq!(ingress_status(&json!({"spec": {"ingressClassName": "nginx"}}), &nodes), None);
     }
 }

@@ -68,6 +68,9 @@ struct RoundState {
 /// The least time between marking two nodes unreachable: Kubernetes' default
 /// `--node-eviction-rate` of 0.1 nodes per second, so a network blip that silences many nodes at
 /// once does not empty them all in the same moment.
+/// How often the Endpoints controller looks (it runs apart from the other controllers).
+pub const ENDPOINTS_INTERVAL: Duration = Duration::from_millis(100);
+
 pub const NODE_TAINT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The component that reports an event about a `object_kind` object for `reason`.
@@ -95,7 +98,27 @@ const BIND_CONCURRENCY: usize = 64;
 const BIND_BATCH: usize = 256;
 
 impl Runner {
-    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) {
+        tokio::join!(self.rounds(stop.clone()), self.endpoint_rounds(stop));
+    }
+
+    /// The Endpoints controller on a short interval of its own: a deleted or unready pod
+    /// leaves its Services' endpoints without waiting for every other controller's pass.
+    async fn endpoint_rounds(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ENDPOINTS_INTERVAL) => {}
+                _ = stop.changed() => return,
+            }
+            if (self.is_leader)() {
+                if let Err(e) = self.endpoints().await {
+                    tracing::debug!("endpoints controller: {e}");
+                }
+            }
+        }
+    }
+
+    async fn rounds(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut state = RoundState::default();
         loop {
             tokio::select! {
@@ -349,8 +372,18 @@ impl Runner {
         let items = |l: &Value| l["items"].as_array().cloned().unwrap_or_default();
         let (services, endpoints, pods) = (items(&services), items(&endpoints), items(&pods));
         let key = |o: &Value| (o["metadata"]["namespace"].clone(), o["metadata"]["name"].clone());
-        let balanced = services.iter().any(|s| s["spec"]["type"] == "LoadBalancer");
+        let ingresses = items(&self.client.list("ingresses", "", "", "").await?);
+        let balanced = !ingresses.is_empty() || services.iter().any(|s| s["spec"]["type"] == "LoadBalancer");
         let nodes = if balanced { items(&self.client.list("nodes", "", "", "").await?) } else { vec![] };
+        for ing in &ingresses {
+            if let Some(status) = crate::endpoints::ingress_status(ing, &nodes) {
+                let mut updated = ing.clone();
+                updated["status"] = status;
+                if let Err(e) = self.ignore_races(self.client.update_status("ingresses", &updated).await.map(|_| ())) {
+                    tracing::warn!("ingress {}: status: {e}", ing["metadata"]["name"]);
+                }
+            }
+        }
         for svc in &services {
             if let Some(status) = crate::endpoints::load_balancer_status(svc, &nodes) {
                 let mut updated = svc.clone();
@@ -687,9 +720,6 @@ impl Runner {
         }
         if let Err(e) = self.collect_garbage(&mut state.missing_nodes).await {
             tracing::debug!("garbage collector: {e}");
-        }
-        if let Err(e) = self.endpoints().await {
-            tracing::debug!("endpoints controller: {e}");
         }
         if let Err(e) = self.cronjobs().await {
             tracing::debug!("cronjob controller: {e}");

@@ -177,6 +177,12 @@ fn ingress_rewrites_paths_routes_hosts_terminates_tls_and_reports_missing_backen
     });
     assert_eq!(get(&plain, "x.test", "/hello-world-one/greeting").unwrap().2, "one");
 
+    // The Ingress says where it is served: the node's address.
+    wait_for(T, "the Ingress's status listing the node", || {
+        let ing = c.get_json("ingresses", "hosts")?;
+        (ing["status"]["loadBalancer"]["ingress"][0]["ip"] == node_ip).then_some(())
+    });
+
     // A change applies without a restart: the broken host now goes to `one`.
     c.apply_yaml(&INGRESSES.replace("name: nope", "name: one"));
     wait_for(T, "broken.test answered by one after the edit", || {

@@ -199,10 +199,37 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: web-sticky}
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: ext}
 spec:
   type: ExternalName
   externalName: db.example.org
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hairpin}
+spec:
+  selector: {app: hairpin}
+  ports: [{port: 80, targetPort: 8080}]
+---
+# A pod that reaches itself through its own service (named apart from it: a pod's own name
+# resolves to itself through /etc/hosts).
+apiVersion: v1
+kind: Pod
+metadata: {name: hairpin-pod, labels: {app: hairpin}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: both
+    image: busybox:test
+    command: [sh, -c, 'mkdir -p /www && echo itself > /www/index.html && httpd -f -p 8080 -h /www & while true; do if r=$(timeout 3 wget -q -O - http://hairpin/ 2>&1); then echo "ok $r"; else echo "fail $r"; fi; sleep 0.5; done']
 "#;
 
 /// The client: waits in an init container until the `late` service resolves, then prints
@@ -230,6 +257,7 @@ spec:
     - |
       echo "HEADLESS $(nslookup -type=a web-headless 2>&1 | tr '\n' ' ')"
       echo "EXT $(nslookup -type=cname ext 2>&1 | tr '\n' ' ')"
+      for i in 1 2 3 4 5 6 7 8; do echo "STICKY $(timeout 3 wget -q -O - http://web-sticky/ 2>&1)"; done
       while true; do
         for n in web web.default web.default.svc.cluster.local {cluster_ip}; do
           if r=$(timeout 3 wget -q -O - http://$n/ 2>&1); then echo "ok $n $r"; else echo "fail $n $r"; fi
@@ -296,6 +324,22 @@ fn pods_reach_a_deployment_through_its_service_by_ip_and_name_and_nodes_serve_no
     }
     let ext = text.lines().find(|l| l.starts_with("EXT")).unwrap_or_default();
     assert!(ext.contains("db.example.org"), "ExternalName answers with its CNAME: {ext}");
+    let sticky: BTreeSet<&str> = text.lines().filter_map(|l| l.strip_prefix("STICKY ")).collect();
+    assert!(
+        sticky.len() == 1 && sticky.iter().all(|s| s.starts_with("web-")),
+        "ClientIP affinity pins one backend: {sticky:?}"
+    );
+    wait_for(T, "the hairpin pod reaching itself through its service", || {
+        c.ctl_ok(&["logs", "hairpin-pod"]).lines().any(|l| l == "ok itself").then_some(())
+    });
+
+    // Addresses of the pod and service ranges that are not on this machine are unreachable
+    // here: nothing for them is ever sent off it.
+    for ip in ["10.244.250.9", "10.96.250.9"] {
+        let out = std::process::Command::new("ip").args(["route", "get", ip]).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("unreachable") || text.contains("No route to host"), "ip route get {ip}: {text}");
+    }
 
     // A backend goes: out of rotation before its replacement is ready, no request fails.
     let before = logs(&c).lines().count();
