@@ -10,9 +10,10 @@
 //! marked and masqueraded on the way to a pod, so replies come back through the node (hairpin
 //! included) whichever bridge the endpoint is on.
 //!
-//! Outside the rules: the cluster and service ranges get `unreachable` routes (each node's
-//! bridge route is more specific) and a FORWARD chain per node drops what its pods send
-//! outside the cluster range — no packet for those ranges leaves the machine.
+//! Outside the rules: the cluster range gets an `unreachable` route (each node's bridge route
+//! is more specific), the service range a route to a bridge with no ports, and a FORWARD chain
+//! per node drops what its pods send outside the cluster range — no packet for those ranges
+//! leaves the machine.
 //!
 //! `rules` is pure: Services and Endpoints in, the ruleset out; `apply` hands it to
 //! `iptables-restore --noflush` in one transaction.
@@ -22,6 +23,9 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::process::Command;
+
+/// A bridge without ports that the service range is routed to (see `install`).
+pub const SERVICE_BRIDGE: &str = "skiffsvc0";
 
 /// The mark on service traffic that POSTROUTING masquerades.
 pub const MASQ_MARK: &str = "0x4000/0x4000";
@@ -192,8 +196,7 @@ fn endpoint_chain(t: &Target, ip: &str, port: i64) -> String {
 pub type Ruleset = (Vec<String>, Vec<String>);
 
 /// The nat-table ruleset: (chains it declares, rules). A service port without ready
-/// endpoints gets no rules: its cluster IP stays unrouted (unreachable), so clients fail at
-/// once rather than wait.
+/// endpoints gets no rules: what is sent to it goes nowhere.
 pub fn rules(cfg: &ProxyConfig, services: &[Value], endpoints: &[Value]) -> Ruleset {
     let top = top_chain(&cfg.bridge);
     let mut chains = vec![top.clone()];
@@ -296,10 +299,17 @@ pub fn install(cfg: &ProxyConfig) -> Result<(), NodeError> {
     ensure("filter", "FORWARD", &["-i", &cfg.bridge, "-j", &fwd], true)?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| NodeError::Sandbox(format!("enabling IPv4 forwarding: {e}")))?;
-    // Shared by every node on the machine: the same route each time, never removed.
-    for range in [&cfg.cluster_cidr, &cfg.service_cidr] {
-        ip(&["route", "replace", "unreachable", range])?;
+    // Shared by every node on the machine, the same each time, never removed: pod addresses
+    // not on one of this machine's bridges are unreachable; the service range goes to a bridge
+    // with no ports (`skiffsvc0`), so the machine's own connections to a cluster IP get a route
+    // and then the nat OUTPUT hook's DNAT, and anything not DNATed goes nowhere.
+    ip(&["route", "replace", "unreachable", &cfg.cluster_cidr])?;
+    if ip(&["link", "show", "dev", SERVICE_BRIDGE]).is_err() {
+        // Another node may create it at the same moment.
+        let _ = ip(&["link", "add", SERVICE_BRIDGE, "type", "bridge"]);
     }
+    ip(&["link", "set", SERVICE_BRIDGE, "up"])?;
+    ip(&["route", "replace", &cfg.service_cidr, "dev", SERVICE_BRIDGE])?;
     Ok(())
 }
 

@@ -333,13 +333,22 @@ fn pods_reach_a_deployment_through_its_service_by_ip_and_name_and_nodes_serve_no
         c.ctl_ok(&["logs", "hairpin-pod"]).lines().any(|l| l == "ok itself").then_some(())
     });
 
-    // Addresses of the pod and service ranges that are not on this machine are unreachable
-    // here: nothing for them is ever sent off it.
-    for ip in ["10.244.250.9", "10.96.250.9"] {
+    // Nothing for the pod and service ranges is sent off the machine: a pod address not on one
+    // of its bridges is unreachable, the service range goes to a bridge without ports.
+    let route = |ip: &str| {
         let out = std::process::Command::new("ip").args(["route", "get", ip]).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains("unreachable") || text.contains("No route to host"), "ip route get {ip}: {text}");
-    }
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let pod_route = route("10.244.250.9");
+    assert!(pod_route.contains("unreachable") || pod_route.contains("No route to host"), "{pod_route}");
+    assert!(route("10.96.250.9").contains("dev skiffsvc0"), "{}", route("10.96.250.9"));
+    let ports = std::fs::read_dir("/sys/class/net/skiffsvc0/brif").unwrap().count();
+    assert_eq!(ports, 0, "the service range's bridge has no ports");
+    // And the machine itself reaches a cluster IP.
+    let body = wait_for(Duration::from_secs(10), "the machine reaching the ClusterIP", || {
+        http_get(&format!("{cluster_ip}:80")).ok()
+    });
+    assert!(body.starts_with("web-"), "{body}");
 
     // A backend goes: out of rotation before its replacement is ready, no request fails.
     let before = logs(&c).lines().count();
