@@ -145,7 +145,21 @@ fn spawn_skiff(args: &[&std::ffi::OsStr], log: &Path, name: &str) -> anyhow::Res
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
-    Ok(child.id())
+    let pid = child.id();
+    CHILDREN.lock().expect("children lock").insert(pid, child);
+    Ok(pid)
+}
+
+/// The processes this `skiff up` started, so one that dies during start-up can say how.
+static CHILDREN: std::sync::Mutex<BTreeMap<u32, std::process::Child>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// How a process this `skiff up` started ended (its exit code or signal), if it did.
+fn exit_of(pid: u32) -> String {
+    let mut children = CHILDREN.lock().expect("children lock");
+    match children.get_mut(&pid).map(|c| c.try_wait()) {
+        Some(Ok(Some(status))) => format!(" ({status})"),
+        _ => String::new(),
+    }
 }
 
 fn spawn_master(entry: &MasterEntry) -> anyhow::Result<u32> {
@@ -426,7 +440,13 @@ fn wait_for_nodes(rt: &tokio::runtime::Runtime, cluster: &ClusterFile, deadline:
         }
         for n in &cluster.nodes {
             if !node_alive(n) {
-                bail!("{} (pid {}) exited during start-up; its log ends:\n{}", n.name, n.pid, tail(&n.log, 20));
+                bail!(
+                    "{} (pid {}) exited during start-up{}; its log ends:\n{}",
+                    n.name,
+                    n.pid,
+                    exit_of(n.pid),
+                    tail(&n.log, 20)
+                );
             }
         }
         if Instant::now() > deadline {
@@ -497,7 +517,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         }
         for m in &cluster.masters {
             if !process_alive(m.pid, &m.config.to_string_lossy()) {
-                bail!("{} (pid {}) exited during start-up; its log ends:\n{}", m.name, m.pid, tail(&m.log, 20));
+                bail!(
+                    "{} (pid {}) exited during start-up{}; its log ends:\n{}",
+                    m.name,
+                    m.pid,
+                    exit_of(m.pid),
+                    tail(&m.log, 20)
+                );
             }
         }
         if Instant::now() > deadline {
