@@ -311,8 +311,9 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
 
 impl Proxy {
     pub fn new(client: skiff_client::Client, node: String) -> Arc<Proxy> {
-        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
         Arc::new(Proxy {
             table: RwLock::new(Arc::new(Table::default())),
             next: AtomicUsize::new(0),
@@ -494,6 +495,7 @@ pub async fn serve(proxy: Arc<Proxy>, http: Option<SocketAddr>, https: Option<So
 async fn accept(proxy: Arc<Proxy>, listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
         let (proxy, tls) = (proxy.clone(), tls.clone());
         tokio::spawn(async move {
             let https = tls.is_some();

@@ -173,7 +173,15 @@ pub async fn run(
     let proxying = tokio::spawn(proxy::run(client.clone(), proxy_config.clone(), records, stop_rx.clone()));
     let ingress = ingress::Proxy::new(client.clone(), config.name.clone());
     let following = tokio::spawn(ingress::follow(ingress.clone(), stop_rx.clone()));
-    let serving = tokio::spawn({
+    // The ingress serves on a runtime of its own: the node's pod work runs commands and reads
+    // files on its runtime's threads, and requests must not wait behind that.
+    let ingress_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ingress")
+        .enable_all()
+        .build()
+        .context("starting the ingress controller's runtime")?;
+    let serving = ingress_rt.spawn({
         let ip: std::net::IpAddr = config.node_ip.parse().context("--node-ip")?;
         let port = |p: u16| (p != 0).then(|| std::net::SocketAddr::new(ip, p));
         let (http, https) = (port(config.ingress_http_port), port(config.ingress_https_port));
@@ -199,6 +207,7 @@ pub async fn run(
     sampling.abort();
     dns.abort();
     serving.abort();
+    ingress_rt.shutdown_background();
     let _ = tokio::join!(beat, pods, server, proxying, following);
     proxy::uninstall(&proxy_config);
     Ok(())
