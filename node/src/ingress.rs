@@ -13,8 +13,9 @@
 //!   `ssl-redirect` (on by default for a host with TLS: plain HTTP gets a 308 to https).
 //! - TLS from the Secrets named in `tls`, chosen by SNI.
 //!
-//! The routing table is rebuilt from the API every `REFRESH` and swapped in whole: changes
-//! apply to the next request, without a restart or a dropped connection. `Table::build` and
+//! The routing table is rebuilt from the API when a watch says something changed (and every
+//! `REFRESH`) and swapped in whole: changes apply to the next request, without a restart or
+//! a dropped connection. `Table::build` and
 //! `Table::route` are pure.
 
 use http_body_util::{BodyExt, Full};
@@ -30,7 +31,8 @@ use std::time::Duration;
 use tokio_rustls::rustls;
 
 pub const CLASS: &str = "skiff";
-const REFRESH: Duration = Duration::from_millis(200);
+/// How often the table is rebuilt without being woken by a watch event.
+const REFRESH: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug, PartialEq)]
 enum PathMatch {
@@ -433,8 +435,11 @@ impl rustls::server::ResolvesServerCert for Proxy {
     }
 }
 
-/// Rebuilds the table from the API every `REFRESH` until `stop`.
+/// Rebuilds the table from the API on every change (and every `REFRESH`) until `stop`.
 pub async fn follow(proxy: Arc<Proxy>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let _watches =
+        crate::wake_on_changes(&proxy.client, &["ingresses", "services", "endpoints", "secrets"], changed.clone());
     loop {
         let listed = async {
             let ingresses = proxy.client.list("ingresses", "", "", "").await?;
@@ -458,6 +463,7 @@ pub async fn follow(proxy: Arc<Proxy>, mut stop: tokio::sync::watch::Receiver<bo
         }
         tokio::select! {
             _ = tokio::time::sleep(REFRESH) => {}
+            _ = changed.notified() => {}
             _ = stop.changed() => return,
         }
     }

@@ -88,6 +88,34 @@ pub struct NodeConfig {
     pub pod_manifest_path: Option<PathBuf>,
 }
 
+/// Watches each of `resources` (every namespace) and wakes `notify` on every event, so a
+/// loop that lists them reacts at once instead of at its next poll; a broken watch is opened
+/// again. The tasks end when the returned set is dropped.
+pub fn wake_on_changes(
+    client: &skiff_client::Client,
+    resources: &[&'static str],
+    notify: std::sync::Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinSet<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for resource in resources {
+        let (client, notify, resource) = (client.clone(), notify.clone(), *resource);
+        tasks.spawn(async move {
+            loop {
+                match client.watch(resource, "", "", "", "").await {
+                    Ok(mut events) => {
+                        while let Ok(Some(_)) = events.message().await {
+                            notify.notify_one();
+                        }
+                    }
+                    Err(e) => tracing::debug!("watching {resource}: {}", e.message()),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+    tasks
+}
+
 impl NodeConfig {
     /// What the service proxy needs of this node.
     pub fn proxy_config(&self) -> proxy::ProxyConfig {

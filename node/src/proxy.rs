@@ -47,11 +47,12 @@ pub struct ProxyConfig {
 /// How often the proxy rewrites all its rules rather than what changed.
 const FULL_SYNC: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// How often the proxy looks at Services and Endpoints.
-pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often the proxy looks at Services and Endpoints without being woken by a watch event.
+pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Follows Services and Endpoints until `stop`: the nat rules and the DNS records follow
-/// every change within `SYNC_INTERVAL` (plus the write's own time).
+/// Follows Services and Endpoints until `stop`: woken by watch events on both (and every
+/// `SYNC_INTERVAL` regardless), it lists them and reprograms what changed — the nat rules and
+/// the DNS records follow a change as soon as it is committed (plus the list and the write).
 pub async fn run(
     client: skiff_client::Client,
     cfg: ProxyConfig,
@@ -60,6 +61,8 @@ pub async fn run(
 ) {
     let mut programmed: Option<Ruleset> = None;
     let mut last_full = std::time::Instant::now();
+    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let _watches = crate::wake_on_changes(&client, &["services", "endpoints"], changed.clone());
     loop {
         // Now and then everything from the kernel's state, as kube-proxy's sync period: rules
         // someone else removed come back.
@@ -89,6 +92,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+            _ = changed.notified() => {}
             _ = stop.changed() => return,
         }
     }
