@@ -17,7 +17,8 @@ pub struct Mapping {
     pub container_port: u16,
 }
 
-fn iptables(args: &[&str]) -> Result<String, NodeError> {
+/// Runs `iptables -w 5 ARGS` (shared with the service proxy).
+pub(crate) fn iptables(args: &[&str]) -> Result<String, NodeError> {
     let out = Command::new("iptables")
         .args(["-w", "5"])
         .args(args)
@@ -30,16 +31,22 @@ fn iptables(args: &[&str]) -> Result<String, NodeError> {
     }
 }
 
-/// `args` appended to `chain` of the nat table unless an identical rule is there.
-fn ensure_rule(chain: &str, rule: &[&str]) -> Result<(), NodeError> {
-    let mut check = vec!["-t", "nat", "-C", chain];
+/// `rule` in `chain` of `table` unless an identical rule is there: appended, or with `insert`
+/// put first (shared with the service proxy).
+pub(crate) fn ensure(table: &str, chain: &str, rule: &[&str], insert: bool) -> Result<(), NodeError> {
+    let mut check = vec!["-t", table, "-C", chain];
     check.extend_from_slice(rule);
     if iptables(&check).is_ok() {
         return Ok(());
     }
-    let mut add = vec!["-t", "nat", "-A", chain];
+    let mut add = vec!["-t", table, if insert { "-I" } else { "-A" }, chain];
     add.extend_from_slice(rule);
     iptables(&add).map(|_| ())
+}
+
+/// `rule` appended to `chain` of the nat table unless an identical rule is there.
+fn ensure_rule(chain: &str, rule: &[&str]) -> Result<(), NodeError> {
+    ensure("nat", chain, rule, false)
 }
 
 pub fn chain(bridge: &str) -> String {

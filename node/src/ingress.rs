@@ -263,27 +263,15 @@ impl Table {
             .find(|p| p["port"] == b.port || (b.port.is_string() && p["name"] == b.port))
             .ok_or_else(|| format!("service {}/{} has no port {}", b.namespace, b.service, b.port))?;
         let name = port["name"].as_str().unwrap_or_default();
-        let mut out = Vec::new();
-        for e in self.endpoints.iter().filter(|e| {
-            e["metadata"]["namespace"] == b.namespace.as_str() && e["metadata"]["name"] == b.service.as_str()
-        }) {
-            for subset in e["subsets"].as_array().into_iter().flatten() {
-                let Some(target) = subset["ports"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|p| p["name"].as_str().unwrap_or_default() == name)
-                    .and_then(|p| p["port"].as_i64())
-                else {
-                    continue;
-                };
-                for a in subset["addresses"].as_array().into_iter().flatten() {
-                    if let Some(ip) = a["ip"].as_str() {
-                        out.push(format!("{ip}:{target}"));
-                    }
-                }
-            }
-        }
+        let mut out: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|e| {
+                e["metadata"]["namespace"] == b.namespace.as_str() && e["metadata"]["name"] == b.service.as_str()
+            })
+            .flat_map(|e| crate::proxy::ready_endpoints(e, name))
+            .map(|(ip, port)| format!("{ip}:{port}"))
+            .collect();
         if out.is_empty() {
             return Err(format!("service {}/{} has no ready endpoints", b.namespace, b.service));
         }

@@ -19,6 +19,7 @@
 //! `iptables-restore --noflush` in one transaction.
 
 use crate::error::NodeError;
+use crate::hostport::{ensure, iptables};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -145,23 +146,7 @@ fn targets(cfg: &ProxyConfig, services: &[Value], endpoints: &[Value]) -> Vec<Ta
         for port in svc["spec"]["ports"].as_array().into_iter().flatten() {
             let port_name = port["name"].as_str().unwrap_or_default();
             let protocol = port["protocol"].as_str().unwrap_or("TCP").to_ascii_lowercase();
-            let mut eps = Vec::new();
-            for subset in ep.and_then(|e| e["subsets"].as_array()).into_iter().flatten() {
-                let Some(target) = subset["ports"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|p| p["name"].as_str().unwrap_or_default() == port_name)
-                    .and_then(|p| p["port"].as_i64())
-                else {
-                    continue;
-                };
-                for a in subset["addresses"].as_array().into_iter().flatten() {
-                    if let Some(ip) = a["ip"].as_str() {
-                        eps.push((ip.to_string(), target));
-                    }
-                }
-            }
+            let mut eps = ep.map(|e| ready_endpoints(e, port_name)).unwrap_or_default();
             eps.sort();
             let Some(svc_port) = port["port"].as_i64() else { continue };
             let mut frontends = vec![(cluster_ip.to_string(), svc_port)];
@@ -186,6 +171,29 @@ fn targets(cfg: &ProxyConfig, services: &[Value], endpoints: &[Value]) -> Vec<Ta
                 }),
                 frontends,
             });
+        }
+    }
+    out
+}
+
+/// The ready addresses of an Endpoints object with the port named `port_name` ("" for an
+/// unnamed port): (ip, port) pairs, in the object's order.
+pub fn ready_endpoints(ep: &Value, port_name: &str) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for subset in ep["subsets"].as_array().into_iter().flatten() {
+        let Some(port) = subset["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"].as_str().unwrap_or_default() == port_name)
+            .and_then(|p| p["port"].as_i64())
+        else {
+            continue;
+        };
+        for a in subset["addresses"].as_array().into_iter().flatten() {
+            if let Some(ip) = a["ip"].as_str() {
+                out.push((ip.to_string(), port));
+            }
         }
     }
     out
@@ -240,30 +248,6 @@ pub fn rules(cfg: &ProxyConfig, services: &[Value], endpoints: &[Value]) -> Rule
         }
     }
     (chains, rules)
-}
-
-fn iptables(args: &[&str]) -> Result<String, NodeError> {
-    let out = Command::new("iptables")
-        .args(["-w", "5"])
-        .args(args)
-        .output()
-        .map_err(|e| NodeError::Sandbox(format!("iptables (install the iptables package): {e}")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(NodeError::Sandbox(format!("iptables {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim())))
-    }
-}
-
-fn ensure(table: &str, chain: &str, rule: &[&str], insert: bool) -> Result<(), NodeError> {
-    let mut check = vec!["-t", table, "-C", chain];
-    check.extend_from_slice(rule);
-    if iptables(&check).is_ok() {
-        return Ok(());
-    }
-    let mut add = vec!["-t", table, if insert { "-I" } else { "-A" }, chain];
-    add.extend_from_slice(rule);
-    iptables(&add).map(|_| ())
 }
 
 fn remove(table: &str, chain: &str, rule: &[&str]) {
@@ -381,23 +365,7 @@ pub fn apply(cfg: &ProxyConfig, ruleset: &Ruleset, old: Option<&Ruleset>) -> Res
 }
 
 fn restore(input: &str) -> Result<(), NodeError> {
-    use std::io::Write;
-    let mut child = Command::new("iptables-restore")
-        .args(["--noflush", "-w", "5"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| NodeError::Sandbox(format!("iptables-restore: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input.as_bytes());
-    }
-    let out = child.wait_with_output().map_err(|e| NodeError::Sandbox(format!("iptables-restore: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NodeError::Sandbox(format!("iptables-restore: {}", String::from_utf8_lossy(&out.stderr).trim())))
-    }
+    crate::sandbox::batch(Command::new("iptables-restore").args(["--noflush", "-w", "5"]), input)
 }
 
 /// Removes everything `install` and `apply` made for this node (at a clean shutdown).

@@ -58,8 +58,8 @@ fn run(cmd: &mut Command) -> Result<String, NodeError> {
     }
 }
 
-/// Runs `cmd` with `input` on its stdin.
-fn batch(cmd: &mut Command, input: &str) -> Result<(), NodeError> {
+/// Runs `cmd` with `input` on its stdin (shared with the service proxy's iptables-restore).
+pub(crate) fn batch(cmd: &mut Command, input: &str) -> Result<(), NodeError> {
     use std::io::Write;
     let mut child = cmd
         .stdin(std::process::Stdio::piped())

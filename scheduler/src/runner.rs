@@ -376,23 +376,10 @@ impl Runner {
         let balanced = !ingresses.is_empty() || services.iter().any(|s| s["spec"]["type"] == "LoadBalancer");
         let nodes = if balanced { items(&self.client.list("nodes", "", "", "").await?) } else { vec![] };
         for ing in &ingresses {
-            if let Some(status) = crate::endpoints::ingress_status(ing, &nodes) {
-                let mut updated = ing.clone();
-                updated["status"] = status;
-                if let Err(e) = self.ignore_races(self.client.update_status("ingresses", &updated).await.map(|_| ())) {
-                    tracing::warn!("ingress {}: status: {e}", ing["metadata"]["name"]);
-                }
-            }
+            self.write_status("ingresses", ing, crate::endpoints::ingress_status(ing, &nodes)).await;
         }
         for svc in &services {
-            if let Some(status) = crate::endpoints::load_balancer_status(svc, &nodes) {
-                let mut updated = svc.clone();
-                updated["status"] = status;
-                // One service's status never holds up the others' endpoints.
-                if let Err(e) = self.ignore_races(self.client.update_status("services", &updated).await.map(|_| ())) {
-                    tracing::warn!("service {}: load balancer status: {e}", svc["metadata"]["name"]);
-                }
-            }
+            self.write_status("services", svc, crate::endpoints::load_balancer_status(svc, &nodes)).await;
             if svc["spec"]["selector"].as_object().is_none_or(|s| s.is_empty()) {
                 continue;
             }
@@ -424,6 +411,16 @@ impl Runner {
             self.ignore_races(self.client.delete("endpoints", ns, name).await.map(|_| ()))?;
         }
         Ok(())
+    }
+
+    /// Writes `status` (if any) as `obj`'s; a failure is logged, never holding up the pass.
+    async fn write_status(&self, resource: &str, obj: &Value, status: Option<Value>) {
+        let Some(status) = status else { return };
+        let mut updated = obj.clone();
+        updated["status"] = status;
+        if let Err(e) = self.ignore_races(self.client.update_status(resource, &updated).await.map(|_| ())) {
+            tracing::warn!("{resource} {}: status: {e}", obj["metadata"]["name"]);
+        }
     }
 
     /// One PersistentVolume binder pass over every claim and volume.

@@ -445,3 +445,24 @@ pub fn bearer(token: &str) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Re
         Ok(req)
     }
 }
+
+/// A plain HTTP/1.0 GET with a Host header: (status code, headers, body), or what went wrong.
+pub fn http_request(addr: &str, host: &str, path: &str) -> Result<(u16, String, String), String> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
+    let mut s =
+        std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).map_err(|e| format!("{addr}: {e}"))?;
+    parse_http(&out)
+}
+
+/// An HTTP response's status code, head and (trimmed) body.
+pub fn parse_http(raw: &[u8]) -> Result<(u16, String, String), String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("not HTTP: {text:?}"))?;
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no status: {head}"))?;
+    Ok((code, head.to_string(), body.trim().to_string()))
+}

@@ -4,8 +4,7 @@
 //! change picked up without a restart.
 
 use serde_json::Value;
-use skiff_tests::{wait_for, Cluster};
-use std::io::{Read, Write};
+use skiff_tests::{http_request as get, parse_http, wait_for, Cluster};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::rustls;
@@ -15,25 +14,6 @@ const T: Duration = Duration::from_secs(90);
 /// A port nothing on `ip` listens on now.
 fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
-
-/// A plain HTTP/1.0 request: (status code, headers, body), or what went wrong.
-fn get(addr: &str, host: &str, path: &str) -> Result<(u16, String, String), String> {
-    let sock: std::net::SocketAddr = addr.parse().unwrap();
-    let mut s =
-        std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).map_err(|e| format!("{addr}: {e}"))?;
-    parse(&out)
-}
-
-fn parse(raw: &[u8]) -> Result<(u16, String, String), String> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("not HTTP: {text:?}"))?;
-    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no status: {head}"))?;
-    Ok((code, head.to_string(), body.trim().to_string()))
 }
 
 /// An HTTPS request with SNI `host`, trusting only `ca_der`.
@@ -59,7 +39,7 @@ fn get_tls(addr: &str, host: &str, path: &str, ca_der: &[u8]) -> Result<(u16, St
             .map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         let _ = tls.read_to_end(&mut out).await;
-        parse(&out)
+        parse_http(&out)
     })
 }
 

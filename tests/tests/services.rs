@@ -6,7 +6,7 @@
 use serde_json::Value;
 use skiff_tests::{wait_for, Cluster};
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -130,20 +130,12 @@ fn addresses_are_allocated_once_kept_released_and_bad_requests_refused() {
     c.apply_yaml("apiVersion: v1\nkind: Service\nmetadata: {name: again}\nspec:\n  type: NodePort\n  clusterIP: 10.96.100.100\n  ports: [{port: 80, nodePort: 30999}]\n");
 }
 
-/// An HTTP GET of `/` on `addr` (host:port): the body, or what went wrong.
+/// An HTTP GET of `/` on `addr` (host:port): the body of a 200, or what went wrong.
 fn http_get(addr: &str) -> Result<String, String> {
-    let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-    let mut s =
-        std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    write!(s, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| format!("{addr}: {e}"))?;
-    let (head, body) = out.split_once("\r\n\r\n").ok_or_else(|| format!("{addr}: no HTTP response: {out:?}"))?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("{addr}: {head}"));
+    match skiff_tests::http_request(addr, addr, "/")? {
+        (200, _, body) => Ok(body),
+        (code, head, _) => Err(format!("{addr}: {code}: {head}")),
     }
-    Ok(body.trim().to_string())
 }
 
 const BACKENDS: &str = r#"
