@@ -940,7 +940,8 @@ impl Registry {
                         None => return,
                     },
                     _ = bookmarks.tick(), if opts.allow_bookmarks => {
-                        let rv = feed.progress.load(std::sync::atomic::Ordering::SeqCst);
+                        // Never ahead of an event still queued: the next tick reports it.
+                        let Some(rv) = feed.settled_progress() else { continue };
                         let object = json!({"apiVersion": kind_info.api_version, "kind": kind_info.kind, "metadata": {"resourceVersion": rv.to_string()}});
                         if tx.send(Ok(WatchEvent { kind: "BOOKMARK", object })).await.is_err() { return }
                     }

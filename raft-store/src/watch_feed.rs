@@ -49,6 +49,19 @@ pub struct FeedHandle {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl FeedHandle {
+    /// The revision this feed's reader may report as progress (a bookmark, a progress
+    /// notification): everything up to it has been received from `rx`. None while events are
+    /// still queued — `progress` counts what the feed pushed into the channel, and a report
+    /// made before the reader sent those on would claim revisions its client has not seen.
+    pub fn settled_progress(&self) -> Option<i64> {
+        // Load first: the feed pushes a revision's events before it advances `progress`, so an
+        // empty channel after the load means every event up to it was received.
+        let progress = self.progress.load(Ordering::SeqCst);
+        self.rx.is_empty().then_some(progress)
+    }
+}
+
 impl Drop for FeedHandle {
     fn drop(&mut self) {
         self.task.abort();

@@ -129,7 +129,14 @@ async fn run_watcher(
     let mut feed = watch_feed::start(master.sm.clone(), spec);
     let response =
         |revision: i64| WatchResponse { header: Some(master.header(revision)), watch_id: id, ..Default::default() };
-    if tx.send(Ok(WatchResponse { created: true, ..response(feed.start_current) })).await.is_err() {
+    // Headers on one stream never go backwards: the created response says what has been
+    // delivered so far (before the start revision), not the store's current revision, when
+    // older events are still to be replayed.
+    let created = match create.start_revision {
+        start if start > 0 => feed.start_current.min(start - 1),
+        _ => feed.start_current,
+    };
+    if tx.send(Ok(WatchResponse { created: true, ..response(created) })).await.is_err() {
         return;
     }
     let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
@@ -146,7 +153,12 @@ async fn run_watcher(
                 },
                 None => return,
             },
-            _ = progress.tick(), if create.progress_notify => response(feed.progress.load(std::sync::atomic::Ordering::SeqCst)),
+            // Only once what is queued has been sent: a progress header never runs ahead of an
+            // event still to come (the next tick reports it).
+            _ = progress.tick(), if create.progress_notify => match feed.settled_progress() {
+                Some(revision) => response(revision),
+                None => continue,
+            },
             _ = tx.closed() => return,
         };
         let last = resp.canceled;
