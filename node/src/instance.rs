@@ -27,8 +27,12 @@ impl Instance {
             InstanceState::Exited(e)
         } else if let Some(s) = shim::read::<Started>(&self.dir.join("started.json")) {
             // A shim that died without writing exit.json (machine reboot, SIGKILL) leaves a
-            // container we can no longer watch: report it as exited with an unknown code.
-            if !Path::new(&format!("/proc/{}", s.pid)).exists() && !self.dir.join("exit.json").exists() {
+            // container we can no longer watch: report it as exited with an unknown code. While
+            // the shim lives it is reaping the process and about to write exit.json (with the
+            // reason, OOMKilled say): the container is still running until then.
+            let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
+            let shim_gone = s.shim_pid == 0 || !alive(s.shim_pid);
+            if !alive(s.pid) && shim_gone && !self.dir.join("exit.json").exists() {
                 return InstanceState::Exited(Exited {
                     exit_code: 137,
                     reason: "Error".into(),

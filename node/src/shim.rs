@@ -36,6 +36,10 @@ pub struct ShimSpec {
 pub struct Started {
     pub pid: i32,
     pub started_at: String,
+    /// The shim's own pid (0 in files written before it was recorded): while the shim lives,
+    /// a container whose process is gone is being reaped, not lost.
+    #[serde(default)]
+    pub shim_pid: i32,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -146,7 +150,10 @@ fn start(dir: &Path, spec: &ShimSpec, log: &Arc<Mutex<LogFile>>) -> Result<(i32,
     }
     let pid = container.pid().map(|p| p.as_raw()).ok_or("the started container has no pid")?;
     let started_at = skiff_proto::time::now_rfc3339();
-    let _ = write_atomic(&dir.join("started.json"), &Started { pid, started_at: started_at.clone() });
+    let _ = write_atomic(
+        &dir.join("started.json"),
+        &Started { pid, started_at: started_at.clone(), shim_pid: std::process::id() as i32 },
+    );
     let copiers = vec![copy_lines(out_r, "stdout", log.clone()), copy_lines(err_r, "stderr", log.clone())];
     Ok((pid, started_at, copiers))
 }
