@@ -153,12 +153,16 @@ fn spawn_skiff(args: &[&std::ffi::OsStr], log: &Path, name: &str) -> anyhow::Res
 /// The processes this `skiff up` started, so one that dies during start-up can say how.
 static CHILDREN: std::sync::Mutex<BTreeMap<u32, std::process::Child>> = std::sync::Mutex::new(BTreeMap::new());
 
-/// How a process this `skiff up` started ended (its exit code or signal), if it did.
-fn exit_of(pid: u32) -> String {
+/// Whether a master or node daemon has exited, and how: for a process this `skiff up` started,
+/// what waiting on it says (its exit code or signal); for one started earlier, that its pid no
+/// longer runs `skiff … needle`. (Reading a child's /proc entries under load is not a reliable
+/// sign of life: CI once saw a running master's taken for dead.)
+fn exited(pid: u32, needle: &str) -> Option<String> {
     let mut children = CHILDREN.lock().expect("children lock");
     match children.get_mut(&pid).map(|c| c.try_wait()) {
-        Some(Ok(Some(status))) => format!(" ({status})"),
-        _ => String::new(),
+        Some(Ok(Some(status))) => Some(format!(" ({status})")),
+        Some(Ok(None)) => None,
+        _ => (!process_alive(pid, needle)).then(String::new),
     }
 }
 
@@ -439,14 +443,8 @@ fn wait_for_nodes(rt: &tokio::runtime::Runtime, cluster: &ClusterFile, deadline:
             return Ok(());
         }
         for n in &cluster.nodes {
-            if !node_alive(n) {
-                bail!(
-                    "{} (pid {}) exited during start-up{}; its log ends:\n{}",
-                    n.name,
-                    n.pid,
-                    exit_of(n.pid),
-                    tail(&n.log, 20)
-                );
+            if let Some(how) = exited(n.pid, &n.root.to_string_lossy()) {
+                bail!("{} (pid {}) exited during start-up{how}; its log ends:\n{}", n.name, n.pid, tail(&n.log, 20));
             }
         }
         if Instant::now() > deadline {
@@ -516,14 +514,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             break leaders[0];
         }
         for m in &cluster.masters {
-            if !process_alive(m.pid, &m.config.to_string_lossy()) {
-                bail!(
-                    "{} (pid {}) exited during start-up{}; its log ends:\n{}",
-                    m.name,
-                    m.pid,
-                    exit_of(m.pid),
-                    tail(&m.log, 20)
-                );
+            if let Some(how) = exited(m.pid, &m.config.to_string_lossy()) {
+                bail!("{} (pid {}) exited during start-up{how}; its log ends:\n{}", m.name, m.pid, tail(&m.log, 20));
             }
         }
         if Instant::now() > deadline {
