@@ -177,8 +177,8 @@ pub async fn serve(addr: SocketAddr, records: Shared, domain: String) -> std::io
                     if conn.read_exact(&mut buf).await.is_err() {
                         return;
                     }
-                    let snapshot = records.read().expect("records lock").clone();
-                    let Some(reply) = answer(&snapshot, &buf, &domain) else { return };
+                    let reply = answer(&records.read().expect("records lock"), &buf, &domain);
+                    let Some(reply) = reply else { return };
                     if conn.write_u16(reply.len() as u16).await.is_err() || conn.write_all(&reply).await.is_err() {
                         return;
                     }

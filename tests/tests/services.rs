@@ -287,7 +287,10 @@ fn pods_reach_a_deployment_through_its_service_by_ip_and_name_and_nodes_serve_no
 
     // The client waits on a service that does not exist yet.
     c.apply_yaml(&client_pod(&cluster_ip));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for(T, "the init container's lookup of `late` to fail (NXDOMAIN)", || {
+        let out = c.ctl(&["logs", "client", "-c", "wait-for-late"]);
+        String::from_utf8_lossy(&out.stdout).contains("NXDOMAIN").then_some(())
+    });
     let client = c.get_json("pods", "client").unwrap();
     assert_eq!(client["status"]["phase"], "Pending", "the init container waits for `late`: {client}");
     c.apply_yaml(
