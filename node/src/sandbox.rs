@@ -105,6 +105,16 @@ pub fn ensure_bridge(net: &PodNetwork) -> Result<(), NodeError> {
     if !ip(&["-4", "addr", "show", "dev", &net.bridge])?.contains(&format!("inet {gw}")) {
         ip(&["addr", "add", &gw, "dev", &net.bridge])?;
     }
+    // A bridge whose address was never set takes the lowest of its ports' addresses, so a new
+    // pod's veth can change the gateway's MAC under every pod's neighbour cache: their packets
+    // to the gateway (DNS, services) are then lost until the entry is revalidated, seconds
+    // later. Pinning the address it has now (type 3: set by userspace) keeps it for good.
+    let sys = Path::new("/sys/class/net").join(&net.bridge);
+    if std::fs::read_to_string(sys.join("addr_assign_type")).map(|t| t.trim() != "3").unwrap_or(true) {
+        let mac = std::fs::read_to_string(sys.join("address"))
+            .map_err(|e| NodeError::Sandbox(format!("reading {}'s address: {e}", net.bridge)))?;
+        ip(&["link", "set", "dev", &net.bridge, "address", mac.trim()])?;
+    }
     ip(&["link", "set", &net.bridge, "up"])?;
     Ok(())
 }
