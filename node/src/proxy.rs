@@ -287,6 +287,10 @@ pub fn install(cfg: &ProxyConfig) -> Result<(), NodeError> {
     ensure("filter", "FORWARD", &["-i", &cfg.bridge, "-j", &fwd], true)?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| NodeError::Sandbox(format!("enabling IPv4 forwarding: {e}")))?;
+    // Node ports on 127.x addresses (the node's own, and 127.0.0.1 as kube-proxy allows):
+    // after DNAT to a pod the loopback source must be routable off `lo` until the masquerade.
+    std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1")
+        .map_err(|e| NodeError::Sandbox(format!("enabling route_localnet: {e}")))?;
     // Shared by every node on the machine, the same each time, never removed: pod addresses
     // not on one of this machine's bridges are unreachable; the service range goes to a bridge
     // with no ports (`skiffsvc0`), so the machine's own connections to a cluster IP get a route
