@@ -9,6 +9,8 @@ pub fn apply(info: &KindInfo, obj: &mut Value) {
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
                 pod_spec(spec);
+                // Pods only, not templates (a template's hash must not change under it).
+                default_at(spec, &["serviceAccountName"], json!("default"));
             }
             default_at(obj, &["status", "phase"], json!("Pending"));
         }

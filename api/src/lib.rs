@@ -27,6 +27,7 @@ pub mod kinds;
 pub mod logs;
 pub mod object;
 pub mod registry;
+pub mod satoken;
 pub mod selector;
 pub mod service;
 pub mod validation;
@@ -49,7 +50,7 @@ pub fn start(
     service_range: allocator::ServiceRange,
 ) -> tonic::service::Routes {
     let registry = Registry { service_range, ..Registry::new(master) };
-    let api = Arc::new(Api { registry, tokens, internal: internal.into_iter().collect() });
+    let api = Arc::new(Api::new(registry, tokens, internal));
     let bootstrap = api.clone();
     tokio::spawn(async move {
         loop {

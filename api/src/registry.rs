@@ -121,6 +121,9 @@ fn encode_object(obj: &Value) -> ApiResult<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Where the service-account token signing key is kept (not an API object).
+const SERVICE_ACCOUNT_KEY: &str = "/registry/skiff/serviceaccount-signing-key";
+
 fn put_op(key: &str, value: Vec<u8>) -> RequestOp {
     RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest { key: key.into(), value, ..Default::default() })),
@@ -315,6 +318,19 @@ impl Registry {
         Ok(())
     }
 
+    /// The key that signs service-account tokens, shared by every master through the store:
+    /// made by whichever master needs it first (guarded by being absent), read by the rest.
+    pub async fn service_account_key(&self) -> ApiResult<Vec<u8>> {
+        if let Some(kv) = self.read(SERVICE_ACCOUNT_KEY).await? {
+            return Ok(kv.value);
+        }
+        let fresh: [u8; 32] = rand::random();
+        self.txn(vec![mod_is(SERVICE_ACCOUNT_KEY, 0)], vec![put_op(SERVICE_ACCOUNT_KEY, fresh.to_vec())], vec![])
+            .await?;
+        let kv = self.read(SERVICE_ACCOUNT_KEY).await?;
+        kv.map(|kv| kv.value).ok_or_else(|| ApiError::Internal("the service-account signing key vanished".into()))
+    }
+
     /// A linearizable read of one key.
     async fn read(&self, key: &str) -> ApiResult<Option<KeyValue>> {
         self.master.read_barrier().await?;
@@ -392,6 +408,21 @@ impl Registry {
             }
         }
         let ns = object::namespace(pod);
+        // Its service account must exist (`default` is made for every namespace, and may lag
+        // a namespace created a moment ago).
+        let account = pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default");
+        if account != "default" {
+            match self.get(kinds::by_resource("serviceaccounts")?, ns, account).await {
+                Ok(_) => {}
+                Err(ApiError::NotFound { .. }) => {
+                    return Err(ApiError::Forbidden(format!(
+                        "pods {:?} is forbidden: error looking up service account {ns}/{account}: serviceaccount {account:?} not found",
+                        object::name(pod)
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let quota_info = kinds::by_resource("resourcequotas")?;
         let quotas = self.list(quota_info, ns, &ListOptions::default()).await?.items;
         if quotas.is_empty() {

@@ -25,17 +25,44 @@ pub struct Api {
     pub tokens: Option<TokenFile>,
     /// Identities of components inside this master process (the scheduler), by token.
     pub internal: std::collections::HashMap<String, User>,
+    /// The service-account token signing key, once read from the store.
+    pub sa_key: tokio::sync::OnceCell<Vec<u8>>,
 }
 
 impl Api {
-    pub fn authenticate(&self, md: &MetadataMap) -> ApiResult<User> {
+    pub fn new(registry: Registry, tokens: Option<TokenFile>, internal: Vec<(String, User)>) -> Api {
+        Api { registry, tokens, internal: internal.into_iter().collect(), sa_key: tokio::sync::OnceCell::new() }
+    }
+
+    pub async fn sa_key(&self) -> ApiResult<&[u8]> {
+        Ok(self.sa_key.get_or_try_init(|| self.registry.service_account_key()).await?.as_slice())
+    }
+
+    /// The caller: a component of this master, a pod's service account (a token the masters
+    /// signed, for a pod that still exists), or a user of the token file.
+    pub async fn authenticate(&self, md: &MetadataMap) -> ApiResult<User> {
         let bearer = md.get("authorization").and_then(|v| v.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
         if let Some(user) = bearer.and_then(|t| self.internal.get(t)) {
             return Ok(user.clone());
         }
-        match &self.tokens {
-            Some(t) => t.authenticate(md),
-            None => Ok(User::anonymous_admin()),
+        let Some(tokens) = &self.tokens else { return Ok(User::anonymous_admin()) };
+        match bearer.map(str::trim).filter(|t| crate::satoken::looks_like_jwt(t)) {
+            Some(token) => self.service_account(token).await,
+            None => tokens.authenticate(md),
+        }
+    }
+
+    async fn service_account(&self, token: &str) -> ApiResult<User> {
+        let refused = |why: &str| ApiError::Unauthenticated(format!("Unauthorized: service-account token {why}"));
+        let claims = crate::satoken::verify(self.sa_key().await?, token).ok_or_else(|| refused("not valid"))?;
+        let pods = kinds::by_resource("pods")?;
+        match self.registry.get(pods, &claims.namespace, &claims.pod_name).await {
+            Ok(pod) if crate::object::meta_str(&pod, "uid") == claims.pod_uid => Ok(claims.user()),
+            Ok(_) | Err(ApiError::NotFound { .. }) => Err(refused(&format!(
+                "was issued for pod {}/{} (uid {}), which no longer exists",
+                claims.namespace, claims.pod_name, claims.pod_uid
+            ))),
+            Err(e) => Err(e),
         }
     }
 
@@ -131,7 +158,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
         name: &str,
         obj: Option<&Value>,
     ) -> ApiResult<()> {
-        let user = self.api.authenticate(md)?;
+        let user = self.api.authenticate(md).await?;
         let ns =
             if self.info.namespaced && ns.is_empty() && !matches!(verb, "list" | "watch") { "default" } else { ns };
         let a = Attributes { verb, info: self.info, subresource: sub, namespace: ns, name };
@@ -398,7 +425,7 @@ impl ObjectsService {
         verb: &str,
         body: bool,
     ) -> ApiResult<(&'static KindInfo, Value)> {
-        let user = self.api.authenticate(req.metadata())?;
+        let user = self.api.authenticate(req.metadata()).await?;
         let r = req.get_ref();
         let info = kinds::by_resource(&r.resource)?;
         let obj = if body { parse_body(&r.json)? } else { Value::Null };
@@ -431,7 +458,7 @@ impl objects_server::Objects for ObjectsService {
         Ok(Response::new(raw(&self.api.registry.get(info, &r.namespace, &r.name).await?)))
     }
     async fn list(&self, req: Request<RawListRequest>) -> Result<Response<RawList>, Status> {
-        let user = self.api.authenticate(req.metadata())?;
+        let user = self.api.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let info = kinds::by_resource(&r.resource)?;
         let a = Attributes { verb: "list", info, subresource: "", namespace: &r.namespace, name: "" };
@@ -469,7 +496,7 @@ impl objects_server::Objects for ObjectsService {
     }
     type WatchStream = EventStream<RawWatchEvent>;
     async fn watch(&self, req: Request<RawWatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let user = self.api.authenticate(req.metadata())?;
+        let user = self.api.authenticate(req.metadata()).await?;
         let r = req.into_inner();
         let info = kinds::by_resource(&r.resource)?;
         let a = Attributes { verb: "watch", info, subresource: "", namespace: &r.namespace, name: "" };
@@ -502,6 +529,10 @@ pub fn routes(api: Arc<Api>) -> tonic::service::Routes {
     skiff_proto::for_each_kind!(add);
     routes.add_service(objects_server::ObjectsServer::new(ObjectsService { api: api.clone() }));
     routes.add_service(pod_logs_server::PodLogsServer::new(crate::logs::PodLogsService { api: api.clone() }));
-    routes.add_service(node_metrics_server::NodeMetricsServer::new(crate::logs::NodeMetricsService { api }));
+    routes
+        .add_service(node_metrics_server::NodeMetricsServer::new(crate::logs::NodeMetricsService { api: api.clone() }));
+    routes.add_service(service_account_tokens_server::ServiceAccountTokensServer::new(crate::satoken::TokenService {
+        api,
+    }));
     routes.routes()
 }

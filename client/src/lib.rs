@@ -359,6 +359,30 @@ impl Client {
         .await
     }
 
+    /// A token for the service account a pod runs as, bound to that pod.
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        pod_name: &str,
+        pod_uid: &str,
+    ) -> Result<String, Status> {
+        let req = skiff_proto::api::ServiceAccountTokenRequest {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+            pod_name: pod_name.into(),
+            pod_uid: pod_uid.into(),
+        };
+        self.with_failover(|channel, auth| {
+            let req = req.clone();
+            async move {
+                use skiff_proto::api::service_account_tokens_client::ServiceAccountTokensClient;
+                Ok(ServiceAccountTokensClient::with_interceptor(channel, auth).create(req).await?.into_inner().token)
+            }
+        })
+        .await
+    }
+
     /// A container's log as a stream of chunks (`follow` keeps it open while the container runs).
     pub async fn logs(&self, req: PodLogRequest) -> Result<tonic::Streaming<PodLogChunk>, Status> {
         self.with_failover(|channel, auth| {

@@ -814,6 +814,22 @@ impl Agent {
         std::fs::write(sa.join("namespace"), ns).map_err(|e| format!("serviceaccount namespace: {e}"))?;
         let ca = self.client.config.ca.as_deref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
         std::fs::write(sa.join("ca.crt"), ca).map_err(|e| format!("serviceaccount ca.crt: {e}"))?;
+        // The token, asked for once per pod: it is bound to the pod and lasts as long as it.
+        // Static pods get none (as in Kubernetes: their mirror is not theirs to act through).
+        let token = sa.join("token");
+        let mirror = pod.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some();
+        if spec.automount_service_account_token != Some(false) && !mirror && !token.exists() {
+            let account = if spec.service_account_name.is_empty() { "default" } else { &spec.service_account_name };
+            let issued = self
+                .client
+                .service_account_token(ns, account, meta(pod, "name"), meta(pod, "uid"))
+                .await
+                .map_err(|s| format!("service account {account:?} token: {}", s.message()))?;
+            let tmp = sa.join(".token.tmp");
+            std::fs::write(&tmp, issued)
+                .and_then(|_| std::fs::rename(&tmp, &token))
+                .map_err(|e| format!("serviceaccount token: {e}"))?;
+        }
         out.push(Mount {
             destination: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
             source: sa,

@@ -14,7 +14,7 @@ use crate::Snapshot;
 use serde_json::{json, Value};
 use skiff_client::Client;
 use skiff_proto::api::{Node, Pod};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tonic::{Code, Status};
 
@@ -311,6 +311,34 @@ impl Runner {
     }
 
     /// One garbage-collector pass: objects of the owned kinds whose owners are all gone.
+    /// Every namespace that is not terminating has a `default` ServiceAccount.
+    async fn service_accounts(&self) -> Result<(), Status> {
+        let namespaces = self.client.list("namespaces", "", "", "").await?;
+        let accounts = self.client.list("serviceaccounts", "", "", "").await?;
+        let has_default: HashSet<&str> = accounts["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["metadata"]["name"] == "default")
+            .filter_map(|a| a["metadata"]["namespace"].as_str())
+            .collect();
+        for ns in namespaces["items"].as_array().into_iter().flatten() {
+            let name = ns["metadata"]["name"].as_str().unwrap_or_default();
+            let terminating = ns["metadata"]["deletionTimestamp"].is_string() || ns["status"]["phase"] == "Terminating";
+            if name.is_empty() || terminating || has_default.contains(name) {
+                continue;
+            }
+            let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "default", "namespace": name}});
+            match self.client.create("serviceaccounts", name, &account).await {
+                Ok(_) => {}
+                Err(e) if matches!(e.code(), Code::AlreadyExists | Code::FailedPrecondition | Code::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     async fn collect_garbage(&self, missing_nodes: &mut HashMap<String, std::time::Instant>) -> Result<(), Status> {
         const OWNERS: [&str; 6] = ["deployments", "replicasets", "daemonsets", "statefulsets", "jobs", "cronjobs"];
         const OWNED: [&str; 4] = ["pods", "replicasets", "jobs", "persistentvolumeclaims"];
@@ -717,6 +745,9 @@ impl Runner {
         }
         if let Err(e) = self.collect_garbage(&mut state.missing_nodes).await {
             tracing::debug!("garbage collector: {e}");
+        }
+        if let Err(e) = self.service_accounts().await {
+            tracing::debug!("service account controller: {e}");
         }
         if let Err(e) = self.cronjobs().await {
             tracing::debug!("cronjob controller: {e}");

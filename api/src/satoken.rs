@@ -1,0 +1,192 @@
+//! Service-account tokens: JWTs (HS256) that name a service account and the pod they were
+//! issued for, signed with a key every master reads from the store. A token authenticates only
+//! while its pod exists with the same uid, as Kubernetes' bound tokens do.
+
+use crate::auth::{Attributes, User};
+use crate::error::ApiError;
+use crate::{kinds, object};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub namespace: String,
+    pub service_account: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+}
+
+impl Claims {
+    pub fn user(&self) -> User {
+        User {
+            name: format!("system:serviceaccount:{}:{}", self.namespace, self.service_account),
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{}", self.namespace),
+                "system:authenticated".into(),
+            ],
+        }
+    }
+}
+
+const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+fn mac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data).as_ref().to_vec()
+}
+
+/// A signed token for `claims`, issued at `now` (seconds since the epoch).
+pub fn issue(key: &[u8], claims: &Claims, now: i64) -> String {
+    let body = json!({
+        "iss": "skiff",
+        "sub": format!("system:serviceaccount:{}:{}", claims.namespace, claims.service_account),
+        "iat": now,
+        "kubernetes.io": {
+            "namespace": claims.namespace,
+            "pod": {"name": claims.pod_name, "uid": claims.pod_uid},
+            "serviceaccount": {"name": claims.service_account},
+        },
+    });
+    let signed = format!("{}.{}", B64.encode(HEADER), B64.encode(body.to_string()));
+    let sig = B64.encode(mac(key, signed.as_bytes()));
+    format!("{signed}.{sig}")
+}
+
+/// Whether a bearer token has a JWT's shape (three base64url parts), i.e. is meant for
+/// [`verify`] rather than the token file.
+pub fn looks_like_jwt(token: &str) -> bool {
+    let parts: Vec<&str> = token.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty())
+}
+
+/// The claims of a token this key signed; `None` for anything else.
+pub fn verify(key: &[u8], token: &str) -> Option<Claims> {
+    let (signed, sig) = token.rsplit_once('.')?;
+    let sig = B64.decode(sig).ok()?;
+    ring::hmac::verify(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), signed.as_bytes(), &sig).ok()?;
+    let (header, body) = signed.split_once('.')?;
+    let header: Value = serde_json::from_slice(&B64.decode(header).ok()?).ok()?;
+    if header["alg"] != "HS256" {
+        return None;
+    }
+    let body: Value = serde_json::from_slice(&B64.decode(body).ok()?).ok()?;
+    let k = &body["kubernetes.io"];
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(String::from);
+    Some(Claims {
+        namespace: text(&k["namespace"])?,
+        service_account: text(&k["serviceaccount"]["name"])?,
+        pod_name: text(&k["pod"]["name"])?,
+        pod_uid: text(&k["pod"]["uid"])?,
+    })
+}
+
+/// `skiff.api.ServiceAccountTokens` on the masters. A node daemon may ask for the tokens of
+/// pods bound to it; anyone else needs `create serviceaccounts/token` in the namespace.
+pub struct TokenService {
+    pub api: std::sync::Arc<crate::service::Api>,
+}
+
+#[tonic::async_trait]
+impl skiff_proto::api::service_account_tokens_server::ServiceAccountTokens for TokenService {
+    async fn create(
+        &self,
+        req: tonic::Request<skiff_proto::api::ServiceAccountTokenRequest>,
+    ) -> Result<tonic::Response<skiff_proto::api::ServiceAccountToken>, tonic::Status> {
+        Ok(tonic::Response::new(self.issue(&req).await?))
+    }
+}
+
+impl TokenService {
+    async fn issue(
+        &self,
+        req: &tonic::Request<skiff_proto::api::ServiceAccountTokenRequest>,
+    ) -> Result<skiff_proto::api::ServiceAccountToken, ApiError> {
+        let user = self.api.authenticate(req.metadata()).await?;
+        let r = req.get_ref();
+        let ns = if r.namespace.is_empty() { "default" } else { r.namespace.as_str() };
+        let pods = kinds::by_resource("pods")?;
+        let pod = self.api.registry.get(pods, ns, &r.pod_name).await?;
+        let uid = object::meta_str(&pod, "uid");
+        if !r.pod_uid.is_empty() && r.pod_uid != uid {
+            return Err(ApiError::BadRequest(format!(
+                "pod {ns}/{}: uid is {uid}, not {} (the pod was replaced)",
+                r.pod_name, r.pod_uid
+            )));
+        }
+        let runs_as = pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default");
+        let account = if r.service_account.is_empty() { runs_as } else { r.service_account.as_str() };
+        if account != runs_as {
+            return Err(ApiError::BadRequest(format!(
+                "pod {ns}/{} runs as service account {runs_as:?}, not {account:?}",
+                r.pod_name
+            )));
+        }
+        let node = user.name.strip_prefix("system:node:").filter(|_| user.groups.iter().any(|g| g == "system:nodes"));
+        match node {
+            Some(node) => {
+                let bound = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+                if bound != node {
+                    return Err(ApiError::Forbidden(format!(
+                        "node {node:?} may ask for tokens of its own pods only; pod {ns}/{} is bound to {bound:?}",
+                        r.pod_name
+                    )));
+                }
+            }
+            None => {
+                let info = kinds::by_resource("serviceaccounts")?;
+                let a = Attributes { verb: "create", info, subresource: "token", namespace: ns, name: account };
+                self.api.authorize(&user, &a, None).await?;
+            }
+        }
+        let claims = Claims {
+            namespace: ns.to_string(),
+            service_account: account.to_string(),
+            pod_name: r.pod_name.clone(),
+            pod_uid: uid.to_string(),
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        Ok(skiff_proto::api::ServiceAccountToken { token: issue(self.api.sa_key().await?, &claims, now) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> Claims {
+        Claims {
+            namespace: "shop".into(),
+            service_account: "default".into(),
+            pod_name: "web-1".into(),
+            pod_uid: "0b6f".into(),
+        }
+    }
+
+    #[test]
+    fn a_token_verifies_with_its_key_only_and_names_the_account() {
+        let token = issue(b"key one", &claims(), 1_700_000_000);
+        assert!(looks_like_jwt(&token));
+        assert_eq!(verify(b"key one", &token), Some(claims()));
+        assert_eq!(verify(b"key two", &token), None);
+        let user = claims().user();
+        assert_eq!(user.name, "system:serviceaccount:shop:default");
+        assert!(user.groups.contains(&"system:serviceaccounts:shop".to_string()));
+    }
+
+    #[test]
+    fn a_tampered_token_is_refused() {
+        let token = issue(b"k", &claims(), 0);
+        let (head, rest) = token.split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let mut other = claims();
+        other.service_account = "admin".into();
+        let forged_body = issue(b"attacker", &other, 0);
+        let forged_body = forged_body.split('.').nth(1).unwrap();
+        assert_eq!(verify(b"k", &format!("{head}.{forged_body}.{sig}")), None);
+        assert_eq!(verify(b"k", "a.b.c"), None);
+        assert_eq!(verify(b"k", "not-a-jwt"), None);
+        assert!(!looks_like_jwt("0123456789abcdef"));
+    }
+}
