@@ -190,7 +190,19 @@ pub async fn run(
     let records = dns::Shared::default();
     let gateway = sandbox::PodNetwork::parse(&config.bridge, &config.pod_cidr).map_err(anyhow::Error::msg)?.gateway();
     let dns_addr = std::net::SocketAddr::new(gateway.into(), 53);
-    let dns = tokio::spawn({
+    let proxying = tokio::spawn(proxy::run(client.clone(), proxy_config.clone(), records.clone(), stop_rx.clone()));
+    let ingress = ingress::Proxy::new(client.clone(), config.name.clone());
+    let following = tokio::spawn(ingress::follow(ingress.clone(), stop_rx.clone()));
+    // Cluster DNS and the ingress serve on a runtime of their own: the node's pod work runs
+    // commands (ip, iptables, mount) and reads files on its runtime's threads, and a lookup or
+    // a request must not wait behind that.
+    let serving_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("serving")
+        .enable_all()
+        .build()
+        .context("starting the DNS and ingress runtime")?;
+    let dns = serving_rt.spawn({
         let (records, domain) = (records.clone(), config.cluster_domain.clone());
         async move {
             if let Err(e) = dns::serve(dns_addr, records, domain).await {
@@ -198,18 +210,7 @@ pub async fn run(
             }
         }
     });
-    let proxying = tokio::spawn(proxy::run(client.clone(), proxy_config.clone(), records, stop_rx.clone()));
-    let ingress = ingress::Proxy::new(client.clone(), config.name.clone());
-    let following = tokio::spawn(ingress::follow(ingress.clone(), stop_rx.clone()));
-    // The ingress serves on a runtime of its own: the node's pod work runs commands and reads
-    // files on its runtime's threads, and requests must not wait behind that.
-    let ingress_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("ingress")
-        .enable_all()
-        .build()
-        .context("starting the ingress controller's runtime")?;
-    let serving = ingress_rt.spawn({
+    let serving = serving_rt.spawn({
         let ip: std::net::IpAddr = config.node_ip.parse().context("--node-ip")?;
         let port = |p: u16| (p != 0).then(|| std::net::SocketAddr::new(ip, p));
         let (http, https) = (port(config.ingress_http_port), port(config.ingress_https_port));
@@ -235,7 +236,7 @@ pub async fn run(
     sampling.abort();
     dns.abort();
     serving.abort();
-    ingress_rt.shutdown_background();
+    serving_rt.shutdown_background();
     let _ = tokio::join!(beat, pods, server, proxying, following);
     proxy::uninstall(&proxy_config);
     Ok(())

@@ -83,9 +83,20 @@ pub async fn run(
                 let wanted = rules(&cfg, &services, &endpoints);
                 *records.write().expect("records lock") = crate::dns::Records { services, endpoints };
                 if programmed.as_ref() != Some(&wanted) {
-                    match apply(&cfg, &wanted, programmed.as_ref()) {
-                        Ok(()) => programmed = Some(wanted),
-                        Err(e) => tracing::warn!("service proxy on {}: {e}", cfg.bridge),
+                    // iptables-restore may wait for the xtables lock: off the runtime's threads.
+                    let (c, old) = (cfg.clone(), programmed.take());
+                    let (old, applied) = tokio::task::spawn_blocking(move || {
+                        let r = apply(&c, &wanted, old.as_ref());
+                        (old, r.map(|()| wanted))
+                    })
+                    .await
+                    .unwrap_or_else(|e| (None, Err(NodeError::Sandbox(format!("applying rules: {e}")))));
+                    match applied {
+                        Ok(wanted) => programmed = Some(wanted),
+                        Err(e) => {
+                            programmed = old;
+                            tracing::warn!("service proxy on {}: {e}", cfg.bridge);
+                        }
                     }
                 }
             }
