@@ -233,12 +233,79 @@ fn workload(v: &mut V, kind: &str, obj: &Value) {
     }
 }
 
+/// `dnsPolicy`, `dnsConfig` and `hostAliases`, with Kubernetes' limits.
+fn dns(v: &mut V, spec: &Value, path: &str) {
+    v.one_of(spec, path, "dnsPolicy", &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"]);
+    let config = spec.get("dnsConfig").unwrap_or(&Value::Null);
+    let strings = |field: &str| -> Vec<String> {
+        config
+            .get(field)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect()
+    };
+    let (servers, searches) = (strings("nameservers"), strings("searches"));
+    let cp = format!("{path}.dnsConfig");
+    if spec.get("dnsPolicy").and_then(Value::as_str) == Some("None") && servers.is_empty() {
+        v.push(FieldError::required(
+            format!("{cp}.nameservers"),
+            "must provide at least one DNS nameserver when dnsPolicy is None",
+        ));
+    }
+    if servers.len() > 3 {
+        v.push(FieldError::invalid(
+            format!("{cp}.nameservers"),
+            servers.join(","),
+            "must not have more than 3 nameservers",
+        ));
+    }
+    for (i, ns) in servers.iter().enumerate() {
+        if ns.parse::<std::net::IpAddr>().is_err() {
+            v.push(FieldError::invalid(format!("{cp}.nameservers[{i}]"), ns.as_str(), "must be a valid IP address"));
+        }
+    }
+    if searches.len() > 32 {
+        v.push(FieldError::invalid(
+            format!("{cp}.searches"),
+            searches.len() as i64,
+            "must not have more than 32 search paths",
+        ));
+    }
+    for (i, s) in searches.iter().enumerate() {
+        if !is_dns1123_subdomain(s.trim_end_matches('.')) {
+            v.push(FieldError::invalid(format!("{cp}.searches[{i}]"), s.as_str(), DNS1123_SUBDOMAIN_MSG));
+        }
+    }
+    for (i, o) in config.get("options").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        if o.get("name").and_then(Value::as_str).unwrap_or_default().is_empty() {
+            v.push(FieldError::required(format!("{cp}.options[{i}].name"), "must not be empty"));
+        }
+    }
+    for (i, a) in spec.get("hostAliases").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let ap = format!("{path}.hostAliases[{i}]");
+        let ip = a.get("ip").and_then(Value::as_str).unwrap_or_default();
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            v.push(FieldError::invalid(format!("{ap}.ip"), ip, "must be a valid IP address"));
+        }
+        for (j, h) in a.get("hostnames").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let h = h.as_str().unwrap_or_default();
+            if !is_dns1123_subdomain(h) {
+                v.push(FieldError::invalid(format!("{ap}.hostnames[{j}]"), h, DNS1123_SUBDOMAIN_MSG));
+            }
+        }
+    }
+}
+
 fn pod_spec(v: &mut V, spec: &Value, path: &str, claim_templates: &[String]) {
     if spec.is_null() {
         v.push(FieldError::required(path, ""));
         return;
     }
     v.one_of(spec, path, "restartPolicy", &["Always", "OnFailure", "Never"]);
+    dns(v, spec, path);
     let mut volumes: BTreeSet<String> = claim_templates.iter().cloned().collect();
     for (i, vol) in spec.get("volumes").and_then(Value::as_array).into_iter().flatten().enumerate() {
         let n = vol.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -399,5 +466,29 @@ mod tests {
         assert!(e.iter().any(|m| m.starts_with("spec.ports[0].nodePort: Forbidden")), "{e:?}");
         assert!(e.iter().any(|m| m.starts_with("spec.ports[0].name: Required value")), "{e:?}");
         assert!(e.iter().any(|m| m.starts_with("spec.ports[1].port: Invalid value: 70000")), "{e:?}");
+    }
+
+    #[test]
+    fn dns_config_and_host_aliases() {
+        let e = errs(
+            "pods",
+            json!({"metadata": {"name": "p"}, "spec": {"restartPolicy": "Always", "dnsPolicy": "None",
+                "dnsConfig": {"searches": ["Not_A_Domain"], "options": [{"value": "2"}]},
+                "hostAliases": [{"ip": "10.0.0.300", "hostnames": ["db.corp"]}],
+                "containers": [{"name": "c", "image": "x"}]}}),
+        );
+        assert!(e.iter().any(|m| m.starts_with("spec.dnsConfig.nameservers: Required value")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m.starts_with("spec.dnsConfig.searches[0]: Invalid value: \"Not_A_Domain\"")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|m| m.starts_with("spec.dnsConfig.options[0].name: Required value")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("spec.hostAliases[0].ip: Invalid value: \"10.0.0.300\"")), "{e:?}");
+        let e = errs(
+            "pods",
+            json!({"metadata": {"name": "p"}, "spec": {"restartPolicy": "Always", "dnsPolicy": "Cluster",
+                "containers": [{"name": "c", "image": "x"}]}}),
+        );
+        assert!(e.iter().any(|m| m.starts_with("spec.dnsPolicy: Unsupported value: \"Cluster\"")), "{e:?}");
     }
 }

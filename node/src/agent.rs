@@ -371,10 +371,11 @@ impl Agent {
         let etc = dir.join("etc");
         std::fs::create_dir_all(&etc)?;
         std::fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
-        std::fs::write(
-            etc.join("hosts"),
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"),
-        )?;
+        let mut hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n");
+        for alias in spec.map(|s| s.host_aliases.as_slice()).unwrap_or_default() {
+            hosts.push_str(&format!("{}\t{}\n", alias.ip, alias.hostnames.join("\t")));
+        }
+        std::fs::write(etc.join("hosts"), hosts)?;
         let pod_json = serde_json::to_value(pod).map_err(|e| NodeError::Sandbox(e.to_string()))?;
         let ports = crate::hostport::mappings(&pod_json, &self.config.node_ip, &ip.to_string());
         crate::hostport::publish(&self.config.bridge, uid, &ports)?;
@@ -1066,7 +1067,7 @@ pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
 
 /// A pod's `/etc/resolv.conf` by its `dnsPolicy`: ClusterFirst (the default) asks the node's
 /// cluster DNS with Kubernetes' search path and `ndots:5`; Default and host-network pods get
-/// the machine's own; None nothing (`dnsConfig` is not in the API yet).
+/// the machine's own; None only what `dnsConfig` gives, which the others merge in.
 pub fn resolv_conf(spec: &skiff_proto::api::PodSpec, ns: &str, nameserver: &str, domain: &str) -> String {
     let policy = if spec.dns_policy.is_empty() { "ClusterFirst" } else { spec.dns_policy.as_str() };
     let (mut servers, mut searches, mut options) = (Vec::new(), Vec::new(), Vec::new());
@@ -1087,8 +1088,32 @@ pub fn resolv_conf(spec: &skiff_proto::api::PodSpec, ns: &str, nameserver: &str,
             }
         }
     }
+    // dnsConfig is merged in as the kubelet does: servers and searches appended without
+    // duplicates, an option replacing one of the same name.
+    if let Some(extra) = &spec.dns_config {
+        for s in &extra.nameservers {
+            if !servers.contains(s) {
+                servers.push(s.clone());
+            }
+        }
+        for s in &extra.searches {
+            if !searches.contains(s) {
+                searches.push(s.clone());
+            }
+        }
+        for o in &extra.options {
+            let option = match &o.value {
+                Some(v) => format!("{}:{v}", o.name),
+                None => o.name.clone(),
+            };
+            match options.iter().position(|have: &String| have.split(':').next() == Some(o.name.as_str())) {
+                Some(i) => options[i] = option,
+                None => options.push(option),
+            }
+        }
+    }
     let mut out = String::new();
-    for s in servers {
+    for s in servers.iter().take(3) {
         out.push_str(&format!("nameserver {s}\n"));
     }
     if !searches.is_empty() {
@@ -1098,4 +1123,41 @@ pub fn resolv_conf(spec: &skiff_proto::api::PodSpec, ns: &str, nameserver: &str,
         out.push_str(&format!("options {}\n", options.join(" ")));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: serde_json::Value) -> skiff_proto::api::PodSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn resolv_conf_follows_the_policy_and_merges_dns_config() {
+        let plain = resolv_conf(&spec(json!({})), "shop", "10.244.3.1", "cluster.local");
+        assert_eq!(
+            plain,
+            "nameserver 10.244.3.1\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+        );
+        let merged = resolv_conf(
+            &spec(json!({"dnsConfig": {"nameservers": ["10.244.3.1", "192.0.2.53"], "searches": ["corp.example"],
+                "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}})),
+            "shop",
+            "10.244.3.1",
+            "cluster.local",
+        );
+        assert_eq!(
+            merged,
+            "nameserver 10.244.3.1\nnameserver 192.0.2.53\n\
+             search shop.svc.cluster.local svc.cluster.local cluster.local corp.example\noptions ndots:2 edns0\n"
+        );
+        let none = resolv_conf(
+            &spec(json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["192.0.2.53"]}})),
+            "shop",
+            "10.244.3.1",
+            "cluster.local",
+        );
+        assert_eq!(none, "nameserver 192.0.2.53\n");
+    }
 }

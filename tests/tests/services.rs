@@ -236,6 +236,8 @@ metadata: {{name: client}}
 spec:
   nodeName: node-2
   terminationGracePeriodSeconds: 0
+  dnsConfig: {{options: [{{name: edns0}}, {{name: ndots, value: "5"}}]}}
+  hostAliases: [{{ip: 192.0.2.7, hostnames: [db.corp, db]}}]
   initContainers:
   - name: wait-for-late
     image: busybox:test
@@ -249,6 +251,8 @@ spec:
     - |
       echo "HEADLESS $(nslookup -type=a web-headless 2>&1 | tr '\n' ' ')"
       echo "EXT $(nslookup -type=cname ext 2>&1 | tr '\n' ' ')"
+      echo "RESOLV $(grep options /etc/resolv.conf)"
+      echo "HOSTS $(grep db.corp /etc/hosts | tr '\t' ' ')"
       for i in 1 2 3 4 5 6 7 8; do echo "STICKY $(timeout 3 wget -q -O - http://web-sticky/ 2>&1)"; done
       while true; do
         for n in web web.default web.default.svc.cluster.local {cluster_ip}; do
@@ -319,6 +323,11 @@ fn pods_reach_a_deployment_through_its_service_by_ip_and_name_and_nodes_serve_no
     }
     let ext = text.lines().find(|l| l.starts_with("EXT")).unwrap_or_default();
     assert!(ext.contains("db.example.org"), "ExternalName answers with its CNAME: {ext}");
+    // dnsConfig merged into resolv.conf; hostAliases in /etc/hosts.
+    let resolv = text.lines().find(|l| l.starts_with("RESOLV")).unwrap_or_default();
+    assert_eq!(resolv, "RESOLV options ndots:5 edns0", "dnsConfig's options merged in");
+    let hosts = text.lines().find(|l| l.starts_with("HOSTS")).unwrap_or_default();
+    assert_eq!(hosts, "HOSTS 192.0.2.7 db.corp db", "hostAliases in /etc/hosts");
     let sticky: BTreeSet<&str> = text.lines().filter_map(|l| l.strip_prefix("STICKY ")).collect();
     assert!(
         sticky.len() == 1 && sticky.iter().all(|s| s.starts_with("web-")),
