@@ -54,9 +54,14 @@ pub fn start(
     let bootstrap = api.clone();
     tokio::spawn(async move {
         loop {
-            match bootstrap.registry.ensure_system_namespaces().await {
+            let made = async {
+                // The namespaces last: tests wait for kube-node-lease to know bootstrap is done.
+                bootstrap.registry.ensure_ingress_class().await?;
+                bootstrap.registry.ensure_system_namespaces().await
+            };
+            match made.await {
                 Ok(()) => return,
-                Err(e) => tracing::debug!("system namespaces not created yet: {e}"),
+                Err(e) => tracing::debug!("system objects not created yet: {e}"),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

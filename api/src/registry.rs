@@ -895,6 +895,19 @@ impl Registry {
         Ok(())
     }
 
+    /// The IngressClass of the built-in ingress controller, marked default, if there is none of
+    /// that name (a class the user changed or replaced is left as it is).
+    pub async fn ensure_ingress_class(&self) -> ApiResult<()> {
+        use skiff_proto::ingress_class::{CONTROLLER, DEFAULT_CLASS, IS_DEFAULT};
+        let class = json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": DEFAULT_CLASS, "annotations": {IS_DEFAULT: "true"}},
+            "spec": {"controller": CONTROLLER}});
+        match self.create(kinds::by_resource("ingressclasses")?, class, "").await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Watches a kind: events after `resourceVersion`, or (empty / "0") the current objects as
     /// ADDED followed by every change. Ends with `Err(Gone)` if the start was compacted.
     pub async fn watch(

@@ -127,6 +127,19 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
             }
         }
         "Service" => service(&mut v, obj),
+        "IngressClass" => {
+            let controller = obj.pointer("/spec/controller").and_then(Value::as_str).unwrap_or_default();
+            match controller.split_once('/') {
+                _ if controller.is_empty() => v.push(FieldError::required("spec.controller", "")),
+                Some((domain, path)) if is_dns1123_subdomain(domain) && !path.is_empty() && controller.len() <= 250 => {
+                }
+                _ => v.push(FieldError::invalid(
+                    "spec.controller",
+                    controller,
+                    "must be a domain-prefixed path (such as \"acme.io/foo\")",
+                )),
+            }
+        }
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
                 for k in obj.get(field).and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k) {

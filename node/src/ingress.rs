@@ -1,6 +1,7 @@
 //! The built-in ingress controller: an HTTP(S) reverse proxy (hyper, rustls) in every node
-//! daemon, on the node's address, for the Ingress objects of its class (`skiff`, also the
-//! default for Ingresses that name no class).
+//! daemon, on the node's address, for the Ingress objects of its classes: those whose
+//! IngressClass names Skiff's controller, and those naming no class while the default class
+//! is Skiff's (see `skiff_proto::ingress_class`; the API creates the default class `skiff`).
 //!
 //! - Rules by host (exact or `*.suffix`), then path: `Exact`, `Prefix` (by path element) and
 //!   `ImplementationSpecific` (a string prefix, as nginx); the longest path wins. An Ingress's
@@ -30,7 +31,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio_rustls::rustls;
 
-pub const CLASS: &str = "skiff";
 /// How often the table is rebuilt without being woken by a watch event.
 const REFRESH: Duration = Duration::from_millis(500);
 
@@ -118,13 +118,15 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 impl Table {
     /// The table for the Ingresses of `class` (and those naming no class), with the Secrets
     /// their TLS sections name and the Services and Endpoints behind them.
-    pub fn build(ingresses: &[Value], secrets: &[Value], services: Vec<Value>, endpoints: Vec<Value>) -> Table {
+    pub fn build(
+        ingresses: &[Value],
+        classes: &[Value],
+        secrets: &[Value],
+        services: Vec<Value>,
+        endpoints: Vec<Value>,
+    ) -> Table {
         let mut t = Table { services, endpoints, ..Table::default() };
-        for ing in ingresses {
-            let class = ing["spec"]["ingressClassName"].as_str().unwrap_or(CLASS);
-            if class != CLASS {
-                continue;
-            }
+        for ing in ingresses.iter().filter(|i| skiff_proto::ingress_class::served(i, classes)) {
             let ns = ing["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
             let id = (ns.clone(), ing["metadata"]["name"].as_str().unwrap_or_default().to_string());
             let rewrite = annotation(ing, "rewrite-target").map(String::from);
@@ -426,18 +428,22 @@ impl rustls::server::ResolvesServerCert for Proxy {
 /// Rebuilds the table from the API on every change (and every `REFRESH`) until `stop`.
 pub async fn follow(proxy: Arc<Proxy>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let changed = Arc::new(tokio::sync::Notify::new());
-    let _watches =
-        crate::wake_on_changes(&proxy.client, &["ingresses", "services", "endpoints", "secrets"], changed.clone());
+    let _watches = crate::wake_on_changes(
+        &proxy.client,
+        &["ingresses", "ingressclasses", "services", "endpoints", "secrets"],
+        changed.clone(),
+    );
     loop {
         let listed = async {
             let ingresses = proxy.client.list("ingresses", "", "", "").await?;
             let items = |v: &Value| v["items"].as_array().cloned().unwrap_or_default();
             let ingresses = items(&ingresses);
+            let classes = items(&proxy.client.list("ingressclasses", "", "", "").await?);
             let wants_tls = ingresses.iter().any(|i| i["spec"]["tls"].is_array());
             let secrets = if wants_tls { items(&proxy.client.list("secrets", "", "", "").await?) } else { vec![] };
             let services = items(&proxy.client.list("services", "", "", "").await?);
             let endpoints = items(&proxy.client.list("endpoints", "", "", "").await?);
-            Ok::<_, tonic::Status>(Table::build(&ingresses, &secrets, services, endpoints))
+            Ok::<_, tonic::Status>(Table::build(&ingresses, &classes, &secrets, services, endpoints))
         };
         match listed.await {
             Ok(table) => {
@@ -544,6 +550,7 @@ mod tests {
                 ])),
             )],
             &[],
+            &[],
             vec![],
             vec![],
         );
@@ -565,6 +572,7 @@ mod tests {
                 ]}),
             )],
             &[],
+            &[],
             vec![],
             vec![],
         );
@@ -578,11 +586,12 @@ mod tests {
     fn tls_hosts_redirect_plain_http_unless_told_not_to_and_other_classes_are_ignored() {
         let tls = json!({"tls": [{"hosts": ["secure.example"], "secretName": "s"}],
                          "rules": [{"host": "secure.example", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": to("web")}]}}]});
-        let t = Table::build(&[ingress(json!({}), tls.clone())], &[], vec![], vec![]);
+        let t = Table::build(&[ingress(json!({}), tls.clone())], &[], &[], vec![], vec![]);
         assert_eq!(t.route("secure.example", "/a", false), Decision::Redirect("https://secure.example/a".into()));
         assert_eq!(proxied(t.route("secure.example", "/a", true)).0, "web");
         let t = Table::build(
             &[ingress(json!({"nginx.ingress.kubernetes.io/ssl-redirect": "false"}), tls)],
+            &[],
             &[],
             vec![],
             vec![],
@@ -590,7 +599,7 @@ mod tests {
         assert_eq!(proxied(t.route("secure.example", "/a", false)).0, "web");
         let mut other = ingress(json!({}), paths(json!([{"path": "/", "pathType": "Prefix", "backend": to("x")}])));
         other["spec"]["ingressClassName"] = json!("nginx");
-        assert_eq!(Table::build(&[other], &[], vec![], vec![]).route("h", "/", false), Decision::NotFound);
+        assert_eq!(Table::build(&[other], &[], &[], vec![], vec![]).route("h", "/", false), Decision::NotFound);
     }
 
     #[test]
@@ -599,7 +608,7 @@ mod tests {
                          "spec": {"ports": [{"name": "http", "port": 80}]}});
         let ep = json!({"metadata": {"name": "web", "namespace": "default"},
                         "subsets": [{"addresses": [{"ip": "10.244.1.2"}], "ports": [{"name": "http", "port": 8080}]}]});
-        let t = Table::build(&[], &[], vec![svc], vec![ep]);
+        let t = Table::build(&[], &[], &[], vec![svc], vec![ep]);
         let b = |port: Value, service: &str| Backend { namespace: "default".into(), service: service.into(), port };
         assert_eq!(t.endpoints_of(&b(json!(80), "web")), Ok(vec!["10.244.1.2:8080".to_string()]));
         assert_eq!(t.endpoints_of(&b(json!("http"), "web")), Ok(vec!["10.244.1.2:8080".to_string()]));

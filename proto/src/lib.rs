@@ -11,6 +11,7 @@
 //! Everything here is generated at build time by protox + tonic-build; no system `protoc` is
 //! needed.
 
+pub mod ingress_class;
 pub mod quantity;
 pub mod serde_util;
 pub mod time;

@@ -138,9 +138,10 @@ pub fn load_balancer_status(svc: &Value, nodes: &[Value]) -> Option<Value> {
     served_by_nodes(svc, nodes)
 }
 
-/// The same for an Ingress the nodes' built-in controller serves (class `skiff`, or none).
-pub fn ingress_status(ing: &Value, nodes: &[Value]) -> Option<Value> {
-    if ing["spec"]["ingressClassName"].as_str().is_some_and(|c| c != "skiff") {
+/// The same for an Ingress the nodes' built-in controller serves (by its class; see
+/// `skiff_proto::ingress_class`).
+pub fn ingress_status(ing: &Value, classes: &[Value], nodes: &[Value]) -> Option<Value> {
+    if !skiff_proto::ingress_class::served(ing, classes) {
         return None;
     }
     served_by_nodes(ing, nodes)
@@ -197,7 +198,9 @@ mod tests {
         svc["status"] = status;
         assert_eq!(load_balancer_status(&svc, &nodes), None, "written once");
         assert_eq!(load_balancer_status(&json!({"spec": {"type": "NodePort"}}), &nodes), None);
-        assert!(ingress_status(&json!({"spec": {}}), &nodes).is_some());
-        assert_eq!(ingress_status(&json!({"spec": {"ingressClassName": "nginx"}}), &nodes), None);
+        let classes = [json!({"metadata": {"name": "skiff"}, "spec": {"controller": "skiff.io/ingress-controller"}})];
+        assert!(ingress_status(&json!({"spec": {}}), &classes, &nodes).is_some());
+        assert!(ingress_status(&json!({"spec": {"ingressClassName": "skiff"}}), &classes, &nodes).is_some());
+        assert_eq!(ingress_status(&json!({"spec": {"ingressClassName": "nginx"}}), &classes, &nodes), None);
     }
 }

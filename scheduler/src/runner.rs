@@ -403,8 +403,10 @@ impl Runner {
         let ingresses = items(&self.client.list("ingresses", "", "", "").await?);
         let balanced = !ingresses.is_empty() || services.iter().any(|s| s["spec"]["type"] == "LoadBalancer");
         let nodes = if balanced { items(&self.client.list("nodes", "", "", "").await?) } else { vec![] };
+        let classes =
+            if ingresses.is_empty() { vec![] } else { items(&self.client.list("ingressclasses", "", "", "").await?) };
         for ing in &ingresses {
-            self.write_status("ingresses", ing, crate::endpoints::ingress_status(ing, &nodes)).await;
+            self.write_status("ingresses", ing, crate::endpoints::ingress_status(ing, &classes, &nodes)).await;
         }
         for svc in &services {
             self.write_status("services", svc, crate::endpoints::load_balancer_status(svc, &nodes)).await;

@@ -163,6 +163,42 @@ fn ingress_rewrites_paths_routes_hosts_terminates_tls_and_reports_missing_backen
         (ing["status"]["loadBalancer"]["ingress"][0]["ip"] == node_ip).then_some(())
     });
 
+    // Classes: the default class is Skiff's; an Ingress naming `nginx` (as manifests in the
+    // wild do) is left alone until an IngressClass `nginx` names Skiff's controller.
+    let class = c.get_json("ingressclasses", "skiff").expect("the default IngressClass");
+    assert_eq!(class["spec"]["controller"], "skiff.io/ingress-controller", "{class}");
+    assert_eq!(class["metadata"]["annotations"]["ingressclass.kubernetes.io/is-default-class"], "true", "{class}");
+    let rule = |host: &str| {
+        format!("rules: [{{host: {host}, http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: one, port: {{number: 80}}}}}}}}]}}}}]")
+    };
+    c.apply_yaml(&format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: by-class}}\nspec:\n  ingressClassName: nginx\n  {}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: marker}}\nspec:\n  {}\n",
+        rule("nginx.test"),
+        rule("marker.test")
+    ));
+    // The marker, written after by-class, is served: the table has seen both.
+    wait_for(T, "marker.test served", || (get(&plain, "marker.test", "/greeting").ok()?.0 == 200).then_some(()));
+    let (code, _, _) = get(&plain, "nginx.test", "/greeting").unwrap();
+    assert_eq!(code, 404, "class nginx has no IngressClass: not Skiff's to serve");
+    c.apply_yaml(
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: nginx}\nspec: {controller: skiff.io/ingress-controller}\n",
+    );
+    wait_for(T, "nginx.test served once class nginx names Skiff's controller", || {
+        let (code, _, body) = get(&plain, "nginx.test", "/greeting").ok()?;
+        (code == 200 && body == "one").then_some(())
+    });
+    let bad = c.dir.path().join("bad-class.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: bad}\nspec: {controller: nope}\n",
+    )
+    .unwrap();
+    let out = c.ctl(&["create", "-f", bad.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("spec.controller"), "{said}");
+    assert!(c.get_json("ingressclasses", "bad").is_none(), "nothing stored");
+
     // A change applies without a restart: the broken host now goes to `one`.
     c.apply_yaml(&INGRESSES.replace("name: nope", "name: one"));
     wait_for(T, "broken.test answered by one after the edit", || {
