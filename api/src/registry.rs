@@ -361,6 +361,16 @@ impl Registry {
             if let Some(claims) = &claims {
                 claim_ops(claims, &obj, &mut compares, &mut ops);
             }
+            if info.kind == "Namespace" {
+                // Its `default` ServiceAccount in the same write: a pod created right after
+                // the namespace finds it (the leader's controller covers older namespaces).
+                let accounts = kinds::by_resource("serviceaccounts")?;
+                let name = object::name(&obj).to_string();
+                let mut account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                    "metadata": {"name": "default", "namespace": name}});
+                self.prepare_new(accounts, &mut account, &name)?;
+                ops.push(put_op(&kinds::key(accounts, &name, "default"), encode_object(&account)?));
+            }
             if info.namespaced {
                 let ns_kv = self.namespace_for_create(&ns).await?;
                 compares.push(mod_is(&kinds::key(kinds::by_resource("namespaces")?, "", &ns), ns_kv.mod_revision));
