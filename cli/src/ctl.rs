@@ -66,6 +66,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 /// How a verb failed: kubectl prints client-side problems as `error: …` and server answers as
 /// `Error from server (Reason): …`; both exit 1.
+#[derive(Debug)]
 pub enum Failure {
     Local(String),
     Server(tonic::Status),
@@ -650,7 +651,7 @@ pub struct FileArgs {
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
     #[command(flatten)]
-    conn: Conn,
+    pub(crate) conn: Conn,
 }
 
 /// Every document of every file, parsed before anything is sent: a malformed file changes
@@ -732,12 +733,28 @@ pub enum ApplyMode {
 }
 
 pub fn apply(args: FileArgs, mode: ApplyMode) -> Outcome {
-    let create_only = mode == ApplyMode::Create;
     let docs = read_manifests(&args.files)?;
+    apply_docs(&args.conn, docs, mode)
+}
+
+/// `kubectl create -f` or `kubectl create <generator> …`.
+pub fn create(args: crate::generate::CreateArgs) -> Outcome {
+    match args.what {
+        Some(what) => {
+            let doc = crate::generate::object(what)?;
+            apply_docs(&args.files.conn, vec![("(generated)".into(), doc)], ApplyMode::Create)
+        }
+        None => apply(args.files, ApplyMode::Create),
+    }
+}
+
+/// Applies parsed documents (`(source, document)`) one by one, reporting each.
+pub fn apply_docs(conn: &Conn, docs: Vec<(String, Value)>, mode: ApplyMode) -> Outcome {
+    let create_only = mode == ApplyMode::Create;
     let infos: Vec<&KindInfo> = docs.iter().map(|(_, d)| info_of(d)).collect::<Result<_, _>>()?;
     let rt = runtime();
     let _enter = rt.enter();
-    let client = args.conn.client()?;
+    let client = conn.client()?;
     let mut failed = None;
     for ((_, doc), info) in docs.iter().zip(infos) {
         let ns = if info.namespaced {
@@ -757,7 +774,7 @@ pub fn apply(args: FileArgs, mode: ApplyMode) -> Outcome {
         if mode == ApplyMode::Apply {
             with_annotation["metadata"]["annotations"][LAST_APPLIED] = Value::String(applied.clone());
         }
-        args.conn.record_into(&mut with_annotation);
+        conn.record_into(&mut with_annotation);
         let result: Result<&str, tonic::Status> = rt.block_on(async {
             if mode == ApplyMode::Replace {
                 let live = client.get(info.resource, &ns, &name).await?;

@@ -12,6 +12,7 @@ mod config_cmd;
 mod ctl;
 mod describe;
 mod edit;
+mod generate;
 mod jsonpath;
 mod master_cmd;
 mod node_cmd;
@@ -54,8 +55,9 @@ enum Command {
     Get(ctl::GetArgs),
     /// Create or update resources from files (kubectl apply).
     Apply(ctl::FileArgs),
-    /// Create resources from files (kubectl create).
-    Create(ctl::FileArgs),
+    /// Create resources from files, or one from a generator: namespace, serviceaccount,
+    /// configmap, secret generic|tls, deployment (kubectl create).
+    Create(generate::CreateArgs),
     /// Replace resources with the files' contents (kubectl replace).
     Replace(ctl::FileArgs),
     /// Edit an object in $EDITOR and apply it on save (kubectl edit).
@@ -168,7 +170,7 @@ fn main() -> anyhow::Result<()> {
         Command::Down(args) => up::down(args),
         Command::Get(args) => ctl::report(ctl::get(args)),
         Command::Apply(args) => ctl::report(ctl::apply(args, ctl::ApplyMode::Apply)),
-        Command::Create(args) => ctl::report(ctl::apply(args, ctl::ApplyMode::Create)),
+        Command::Create(args) => ctl::report(ctl::create(args)),
         Command::Edit(args) => ctl::report(edit::edit(args)),
         Command::Replace(args) => ctl::report(ctl::apply(args, ctl::ApplyMode::Replace)),
         Command::Delete(args) => ctl::report(ctl::delete(args)),

@@ -249,3 +249,71 @@ fn contexts_version_cs_watch_jsonpath_replace_pause_and_completion() {
     });
     assert_eq!(cs.lines().filter(|l| l.contains(" Healthy ")).count(), 2, "{cs}");
 }
+
+/// `skiff create <generator>`, as kubectl's imperative create: namespace, serviceaccount,
+/// configmap, secret generic and tls, deployment — and their refusals, which create nothing.
+#[test]
+fn create_generators_make_what_kubectl_makes() {
+    let c = Cluster::up(1, &[]);
+    let dir = c.dir.path();
+    std::fs::write(dir.join("app.conf"), "level=debug\n").unwrap();
+    let said = c.ctl_ok(&["create", "namespace", "shop"]);
+    assert_eq!(said.trim(), "namespace/shop created");
+    c.ctl_ok(&["create", "serviceaccount", "robot", "-n", "shop"]);
+    let conf = format!("settings={}", dir.join("app.conf").display());
+    c.ctl_ok(&["create", "configmap", "cfg", "-n", "shop", "--from-literal", "mode=prod", "--from-file", &conf]);
+    c.ctl_ok(&["create", "secret", "generic", "db", "-n", "shop", "--from-literal=password=s3cret"]);
+    let cert = rcgen::generate_simple_self_signed(vec!["shop.test".to_string()]).unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), cert.key_pair.serialize_pem()).unwrap();
+    let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    c.ctl_ok(&[
+        "create",
+        "secret",
+        "tls",
+        "web-tls",
+        "-n",
+        "shop",
+        "--cert",
+        crt.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    c.ctl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "shop",
+        "--image",
+        "busybox:test",
+        "--replicas",
+        "2",
+        "--port",
+        "8080",
+    ]);
+
+    let get = |kind: &str, name: &str| -> Value {
+        serde_json::from_str(&c.ctl_ok(&["get", kind, name, "-n", "shop", "-o", "json"])).unwrap()
+    };
+    assert_eq!(get("sa", "robot")["metadata"]["namespace"], "shop");
+    assert_eq!(get("cm", "cfg")["data"], serde_json::json!({"mode": "prod", "settings": "level=debug\n"}));
+    let db = get("secret", "db");
+    assert_eq!((db["type"].as_str(), db["data"]["password"].as_str()), (Some("Opaque"), Some("czNjcmV0")));
+    assert_eq!(get("secret", "web-tls")["type"], "kubernetes.io/tls");
+    let web = get("deployment", "web");
+    assert_eq!(web["spec"]["replicas"], 2);
+    assert_eq!(web["spec"]["template"]["spec"]["containers"][0]["name"], "busybox");
+    assert_eq!(web["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 8080);
+
+    // Refusals: a name taken, a malformed literal, a missing file — nothing made or changed.
+    let out = c.ctl(&["create", "namespace", "shop"]);
+    assert!(!out.status.success() && stderr(&out).contains("AlreadyExists"), "{}", stderr(&out));
+    let out = c.ctl(&["create", "configmap", "bad", "-n", "shop", "--from-literal", "novalue"]);
+    assert!(!out.status.success() && stderr(&out).contains("expected key=value"), "{}", stderr(&out));
+    let out = c.ctl(&["create", "secret", "generic", "gone", "-n", "shop", "--from-file", "/nonexistent/file"]);
+    assert!(!out.status.success() && stderr(&out).contains("/nonexistent/file"), "{}", stderr(&out));
+    for (kind, name) in [("cm", "bad"), ("secret", "gone")] {
+        assert!(!c.ctl(&["get", kind, name, "-n", "shop"]).status.success(), "{kind}/{name} must not exist");
+    }
+}

@@ -1,0 +1,216 @@
+//! `skiff create <generator>`: the objects kubectl's imperative `create` subcommands make
+//! (namespace, serviceaccount, configmap, secret generic|tls, deployment), built here and
+//! created like a manifest.
+
+use crate::ctl::{Failure, FileArgs};
+use base64::Engine;
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct CreateArgs {
+    #[command(subcommand)]
+    pub what: Option<Generator>,
+    #[command(flatten)]
+    pub files: FileArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Generator {
+    /// A namespace.
+    #[command(alias = "ns")]
+    Namespace { name: String },
+    /// A service account.
+    #[command(alias = "sa")]
+    Serviceaccount { name: String },
+    /// A config map from literals and files.
+    #[command(alias = "cm")]
+    Configmap {
+        name: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// A secret: `generic` (literals and files) or `tls` (a certificate and its key).
+    #[command(subcommand)]
+    Secret(SecretKind),
+    /// A deployment running an image.
+    #[command(alias = "deploy")]
+    Deployment {
+        name: String,
+        /// The container image.
+        #[arg(long, required = true)]
+        image: String,
+        #[arg(long, default_value_t = 1)]
+        replicas: i64,
+        /// The container port to declare.
+        #[arg(long)]
+        port: Option<i64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretKind {
+    /// A secret from literals and files.
+    Generic {
+        name: String,
+        #[command(flatten)]
+        data: DataArgs,
+        /// The secret's type.
+        #[arg(long = "type", default_value = "Opaque")]
+        kind: String,
+    },
+    /// A kubernetes.io/tls secret from a PEM certificate and key.
+    Tls {
+        name: String,
+        #[arg(long, required = true)]
+        cert: PathBuf,
+        #[arg(long, required = true)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    /// `key=value` (repeatable).
+    #[arg(long = "from-literal")]
+    literals: Vec<String>,
+    /// `[key=]path`: a file under its name (or `key`), or every file in a directory.
+    #[arg(long = "from-file")]
+    files: Vec<String>,
+}
+
+fn meta(name: &str) -> Value {
+    json!({"name": name})
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| Failure::Local(format!("{}: {e}", path.display())))
+}
+
+/// The key → bytes of `--from-literal` and `--from-file`, refusing a key given twice.
+fn entries(args: &DataArgs) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for lit in &args.literals {
+        let (k, v) = lit
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| Failure::Local(format!("--from-literal {lit:?}: expected key=value")))?;
+        out.push((k.to_string(), v.as_bytes().to_vec()));
+    }
+    for spec in &args.files {
+        let (key, path) = match spec.split_once('=') {
+            Some((k, p)) if !k.is_empty() => (Some(k.to_string()), PathBuf::from(p)),
+            _ => (None, PathBuf::from(spec)),
+        };
+        if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
+                .map_err(|e| Failure::Local(format!("{}: {e}", path.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            for f in files {
+                let name = f.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                out.push((name, read(&f)?));
+            }
+        } else {
+            let name = key.unwrap_or_else(|| path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+            out.push((name, read(&path)?));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, _) in &out {
+        if !seen.insert(k.clone()) {
+            return Err(Failure::Local(format!("cannot add key {k:?}: another key by that name already exists")));
+        }
+    }
+    Ok(out)
+}
+
+fn base64(bytes: &[u8]) -> Value {
+    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// The object a generator describes.
+pub fn object(what: Generator) -> Result<Value, Failure> {
+    Ok(match what {
+        Generator::Namespace { name } => json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(&name)}),
+        Generator::Serviceaccount { name } => {
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(&name)})
+        }
+        Generator::Configmap { name, data } => {
+            let (mut text, mut binary) = (Map::new(), Map::new());
+            for (k, v) in entries(&data)? {
+                match String::from_utf8(v) {
+                    Ok(s) => text.insert(k, Value::String(s)),
+                    Err(e) => binary.insert(k, base64(e.as_bytes())),
+                };
+            }
+            let mut cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(&name), "data": text});
+            if !binary.is_empty() {
+                cm["binaryData"] = Value::Object(binary);
+            }
+            cm
+        }
+        Generator::Secret(SecretKind::Generic { name, data, kind }) => {
+            let data: Map<String, Value> = entries(&data)?.into_iter().map(|(k, v)| (k, base64(&v))).collect();
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta(&name), "type": kind, "data": data})
+        }
+        Generator::Secret(SecretKind::Tls { name, cert, key }) => json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": meta(&name), "type": "kubernetes.io/tls",
+            "data": {"tls.crt": base64(&read(&cert)?), "tls.key": base64(&read(&key)?)}
+        }),
+        Generator::Deployment { name, image, replicas, port } => {
+            // The container is named after the image, as kubectl names it.
+            let base = image.rsplit('/').next().unwrap_or(&image);
+            let base = base.split(['@', ':']).next().unwrap_or(base);
+            let container: String =
+                base.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+            let mut c = json!({"name": container.trim_matches('-'), "image": image});
+            if let Some(p) = port {
+                c["ports"] = json!([{"containerPort": p}]);
+            }
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "labels": {"app": name}},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [c]}}}})
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generators_build_what_kubectl_builds() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("app.conf"), "a=1\n").unwrap();
+        let data = DataArgs {
+            literals: vec!["mode=prod".into()],
+            files: vec![d.path().join("app.conf").display().to_string()],
+        };
+        let cm = object(Generator::Configmap { name: "cfg".into(), data }).unwrap();
+        assert_eq!(cm["data"], json!({"mode": "prod", "app.conf": "a=1\n"}));
+        let data = DataArgs { literals: vec!["password=s3cret".into()], files: vec![] };
+        let s =
+            object(Generator::Secret(SecretKind::Generic { name: "db".into(), data, kind: "Opaque".into() })).unwrap();
+        assert_eq!(s["data"]["password"], "czNjcmV0");
+        let dep = object(Generator::Deployment {
+            name: "web".into(),
+            image: "registry.local:5000/library/nginx:1.25".into(),
+            replicas: 3,
+            port: Some(80),
+        })
+        .unwrap();
+        assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["name"], "nginx");
+        assert_eq!(dep["spec"]["selector"]["matchLabels"]["app"], "web");
+        assert_eq!(dep["spec"]["replicas"], 3);
+        let twice = DataArgs { literals: vec!["k=1".into(), "k=2".into()], files: vec![] };
+        assert!(object(Generator::Configmap { name: "x".into(), data: twice }).is_err(), "a key given twice");
+        let bad = DataArgs { literals: vec!["novalue".into()], files: vec![] };
+        assert!(object(Generator::Configmap { name: "x".into(), data: bad }).is_err());
+    }
+}
