@@ -1,8 +1,8 @@
-//! `skiff create <generator>`: the objects kubectl's imperative `create` subcommands make
-//! (namespace, serviceaccount, configmap, secret generic|tls, deployment), built here and
-//! created like a manifest.
+//! `skiff create <generator>`, `skiff run` and `skiff expose`: the objects kubectl's imperative
+//! commands make (namespace, serviceaccount, configmap, secret generic|tls, deployment; a pod;
+//! a service for an object's pods), built here and created like a manifest.
 
-use crate::ctl::{Failure, FileArgs};
+use crate::ctl::{ApplyMode, Conn, Failure, FileArgs, Outcome};
 use base64::Engine;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
@@ -178,6 +178,144 @@ pub fn object(what: Generator) -> Result<Value, Failure> {
                     "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [c]}}}})
         }
     })
+}
+
+/// `kubectl run`: one pod running an image.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    name: String,
+    #[arg(long, required = true)]
+    image: String,
+    /// The container port to declare.
+    #[arg(long)]
+    port: Option<i64>,
+    /// Labels `k=v,k2=v2` (default: `run=NAME`).
+    #[arg(short = 'l', long)]
+    labels: Option<String>,
+    /// `NAME=value` environment variables (repeatable).
+    #[arg(long)]
+    env: Vec<String>,
+    /// The pod's restart policy.
+    #[arg(long, default_value = "Always", value_parser = ["Always", "OnFailure", "Never"])]
+    restart: String,
+    /// The command to run instead of the image's (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+fn pairs(what: &str, text: &str) -> Result<Map<String, Value>, Failure> {
+    let mut out = Map::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| Failure::Local(format!("{what} {part:?}: expected key=value")))?;
+        out.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    Ok(out)
+}
+
+/// The pod `skiff run` creates.
+fn pod(args: &RunArgs) -> Result<Value, Failure> {
+    let labels = match &args.labels {
+        Some(l) => pairs("--labels", l)?,
+        None => Map::from_iter([("run".to_string(), Value::String(args.name.clone()))]),
+    };
+    let mut c = json!({"name": args.name, "image": args.image});
+    if let Some(p) = args.port {
+        c["ports"] = json!([{"containerPort": p}]);
+    }
+    if !args.env.is_empty() {
+        let mut env = Vec::new();
+        for e in &args.env {
+            let (k, v) = e
+                .split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| Failure::Local(format!("--env {e:?}: expected NAME=value")))?;
+            env.push(json!({"name": k, "value": v}));
+        }
+        c["env"] = Value::Array(env);
+    }
+    if !args.command.is_empty() {
+        c["command"] = json!(args.command);
+    }
+    Ok(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": args.name, "labels": labels},
+        "spec": {"restartPolicy": args.restart, "containers": [c]}}))
+}
+
+pub fn run(args: RunArgs) -> Outcome {
+    let doc = pod(&args)?;
+    crate::ctl::apply_docs(&args.conn, vec![("(run)".into(), doc)], ApplyMode::Create)
+}
+
+/// `kubectl expose`: a Service selecting the pods of a Deployment, ReplicaSet, StatefulSet,
+/// DaemonSet, Pod or Service.
+#[derive(Args, Debug)]
+pub struct ExposeArgs {
+    /// The kind (`deployment`, `rs`, `pod`, …) or `kind/name`.
+    kind: String,
+    name: Option<String>,
+    /// The service's port.
+    #[arg(long, required = true)]
+    port: i64,
+    /// The pods' port, a number or a name (default: the service port).
+    #[arg(long)]
+    target_port: Option<String>,
+    /// ClusterIP, NodePort or LoadBalancer.
+    #[arg(long = "type", default_value = "ClusterIP", value_parser = ["ClusterIP", "NodePort", "LoadBalancer"])]
+    kind_of_service: String,
+    /// The service's name (default: the object's).
+    #[arg(long = "name")]
+    service_name: Option<String>,
+    #[arg(long, default_value = "TCP", value_parser = ["TCP", "UDP", "SCTP"])]
+    protocol: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// The selector of the pods `obj` (of `kind`) stands for.
+fn selector_of(kind: &str, obj: &Value) -> Option<Value> {
+    let s = match kind {
+        "Pod" => obj.pointer("/metadata/labels"),
+        "Service" => obj.pointer("/spec/selector"),
+        _ => obj.pointer("/spec/selector/matchLabels"),
+    };
+    s.filter(|v| v.as_object().is_some_and(|m| !m.is_empty())).cloned()
+}
+
+pub fn expose(args: ExposeArgs) -> Outcome {
+    let (kind, name) = match (args.kind.split_once('/'), &args.name) {
+        (Some((k, n)), None) => (k.to_string(), n.to_string()),
+        (None, Some(n)) => (args.kind.clone(), n.clone()),
+        _ => return Err(Failure::Local("expose needs KIND NAME or KIND/NAME".into())),
+    };
+    let info = skiff_api::kinds::lookup(&kind)
+        .ok_or_else(|| Failure::Local(format!("the server doesn't have a resource type {kind:?}")))?;
+    if !matches!(info.kind, "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Pod" | "Service") {
+        return Err(Failure::Local(format!("cannot expose a {}", info.kind)));
+    }
+    let rt = crate::ctl::runtime();
+    let obj = {
+        let _enter = rt.enter();
+        let client = args.conn.client()?;
+        let ns = if info.namespaced { client.config.namespace.clone() } else { String::new() };
+        rt.block_on(client.get(info.resource, &ns, &name))?
+    };
+    let selector = selector_of(info.kind, &obj).ok_or_else(|| {
+        Failure::Local(format!("couldn't find a selector on {} {name:?}: it has no labels to select by", info.kind))
+    })?;
+    let target: Value = match &args.target_port {
+        Some(t) => t.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(t.clone())),
+        None => Value::from(args.port),
+    };
+    let svc = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": args.service_name.clone().unwrap_or(name)},
+        "spec": {"type": args.kind_of_service, "selector": selector,
+            "ports": [{"port": args.port, "targetPort": target, "protocol": args.protocol}]}});
+    drop(rt);
+    crate::ctl::apply_docs(&args.conn, vec![("(expose)".into(), svc)], ApplyMode::Create)
 }
 
 #[cfg(test)]

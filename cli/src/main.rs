@@ -58,6 +58,11 @@ enum Command {
     /// Create resources from files, or one from a generator: namespace, serviceaccount,
     /// configmap, secret generic|tls, deployment (kubectl create).
     Create(generate::CreateArgs),
+    /// Run an image in a pod (kubectl run).
+    Run(generate::RunArgs),
+    /// Make a Service for the pods of a Deployment, ReplicaSet, StatefulSet, DaemonSet, Pod or
+    /// Service (kubectl expose).
+    Expose(generate::ExposeArgs),
     /// Replace resources with the files' contents (kubectl replace).
     Replace(ctl::FileArgs),
     /// Edit an object in $EDITOR and apply it on save (kubectl edit).
@@ -171,6 +176,8 @@ fn main() -> anyhow::Result<()> {
         Command::Get(args) => ctl::report(ctl::get(args)),
         Command::Apply(args) => ctl::report(ctl::apply(args, ctl::ApplyMode::Apply)),
         Command::Create(args) => ctl::report(ctl::create(args)),
+        Command::Run(args) => ctl::report(generate::run(args)),
+        Command::Expose(args) => ctl::report(generate::expose(args)),
         Command::Edit(args) => ctl::report(edit::edit(args)),
         Command::Replace(args) => ctl::report(ctl::apply(args, ctl::ApplyMode::Replace)),
         Command::Delete(args) => ctl::report(ctl::delete(args)),

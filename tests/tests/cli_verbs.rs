@@ -250,8 +250,9 @@ fn contexts_version_cs_watch_jsonpath_replace_pause_and_completion() {
     assert_eq!(cs.lines().filter(|l| l.contains(" Healthy ")).count(), 2, "{cs}");
 }
 
-/// `skiff create <generator>`, as kubectl's imperative create: namespace, serviceaccount,
-/// configmap, secret generic and tls, deployment — and their refusals, which create nothing.
+/// `skiff create <generator>`, `run` and `expose`, as kubectl's imperative commands: namespace,
+/// serviceaccount, configmap, secret generic and tls, deployment, a pod, a service for a
+/// deployment's pods — and their refusals, which create nothing.
 #[test]
 fn create_generators_make_what_kubectl_makes() {
     let c = Cluster::up(1, &[]);
@@ -305,6 +306,53 @@ fn create_generators_make_what_kubectl_makes() {
     assert_eq!(web["spec"]["replicas"], 2);
     assert_eq!(web["spec"]["template"]["spec"]["containers"][0]["name"], "busybox");
     assert_eq!(web["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 8080);
+
+    // run and expose: a pod, and a Service selecting the Deployment's pods.
+    c.ctl_ok(&[
+        "run",
+        "once",
+        "-n",
+        "shop",
+        "--image",
+        "busybox:test",
+        "--restart",
+        "Never",
+        "--env",
+        "A=1",
+        "--",
+        "sh",
+        "-c",
+        "echo hi",
+    ]);
+    let once = get("pod", "once");
+    assert_eq!(once["metadata"]["labels"]["run"], "once");
+    assert_eq!(once["spec"]["restartPolicy"], "Never");
+    assert_eq!(once["spec"]["containers"][0]["command"], serde_json::json!(["sh", "-c", "echo hi"]));
+    assert_eq!(once["spec"]["containers"][0]["env"][0], serde_json::json!({"name": "A", "value": "1"}));
+    let said = c.ctl_ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "-n",
+        "shop",
+        "--port",
+        "80",
+        "--target-port",
+        "8080",
+        "--type",
+        "NodePort",
+    ]);
+    assert_eq!(said.trim(), "service/web created");
+    let svc = get("service", "web");
+    assert_eq!(svc["spec"]["selector"], serde_json::json!({"app": "web"}));
+    assert_eq!(
+        (svc["spec"]["type"].as_str(), svc["spec"]["ports"][0]["targetPort"].as_i64()),
+        (Some("NodePort"), Some(8080))
+    );
+    let out = c.ctl(&["expose", "configmap/cfg", "-n", "shop", "--port", "80"]);
+    assert!(!out.status.success() && stderr(&out).contains("cannot expose a ConfigMap"), "{}", stderr(&out));
+    let out = c.ctl(&["expose", "deployment", "nope", "-n", "shop", "--port", "80"]);
+    assert!(!out.status.success() && stderr(&out).contains("NotFound"), "{}", stderr(&out));
 
     // Refusals: a name taken, a malformed literal, a missing file — nothing made or changed.
     let out = c.ctl(&["create", "namespace", "shop"]);
