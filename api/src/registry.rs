@@ -321,14 +321,19 @@ impl Registry {
     /// The key that signs service-account tokens, shared by every master through the store:
     /// made by whichever master needs it first (guarded by being absent), read by the rest.
     pub async fn service_account_key(&self) -> ApiResult<Vec<u8>> {
-        if let Some(kv) = self.read(SERVICE_ACCOUNT_KEY).await? {
-            return Ok(kv.value);
+        if let Some(key) = self.existing_service_account_key().await? {
+            return Ok(key);
         }
         let fresh: [u8; 32] = rand::random();
         self.txn(vec![mod_is(SERVICE_ACCOUNT_KEY, 0)], vec![put_op(SERVICE_ACCOUNT_KEY, fresh.to_vec())], vec![])
             .await?;
         let kv = self.read(SERVICE_ACCOUNT_KEY).await?;
         kv.map(|kv| kv.value).ok_or_else(|| ApiError::Internal("the service-account signing key vanished".into()))
+    }
+
+    /// The signing key if one was made (checking a token must not make one).
+    pub async fn existing_service_account_key(&self) -> ApiResult<Option<Vec<u8>>> {
+        Ok(self.read(SERVICE_ACCOUNT_KEY).await?.map(|kv| kv.value))
     }
 
     /// A linearizable read of one key.

@@ -46,18 +46,29 @@ impl Api {
             return Ok(user.clone());
         }
         let Some(tokens) = &self.tokens else { return Ok(User::anonymous_admin()) };
-        match bearer.map(str::trim).filter(|t| crate::satoken::looks_like_jwt(t)) {
-            Some(token) => self.service_account(token).await,
-            None => tokens.authenticate(md),
+        if let Some(token) = bearer.map(str::trim).filter(|t| crate::satoken::looks_like_jwt(t)) {
+            if let Some(user) = self.service_account(token).await? {
+                return Ok(user);
+            }
         }
+        tokens.authenticate(md)
     }
 
-    async fn service_account(&self, token: &str) -> ApiResult<User> {
+    /// The account a token this cluster signed names (None: not such a token); refused if its
+    /// pod is gone.
+    async fn service_account(&self, token: &str) -> ApiResult<Option<User>> {
         let refused = |why: &str| ApiError::Unauthenticated(format!("Unauthorized: service-account token {why}"));
-        let claims = crate::satoken::verify(self.sa_key().await?, token).ok_or_else(|| refused("not valid"))?;
+        let key = match self.sa_key.get() {
+            Some(k) => k.clone(),
+            None => match self.registry.existing_service_account_key().await? {
+                Some(k) => self.sa_key.get_or_init(|| async { k }).await.clone(),
+                None => return Ok(None),
+            },
+        };
+        let Some(claims) = crate::satoken::verify(&key, token) else { return Ok(None) };
         let pods = kinds::by_resource("pods")?;
         match self.registry.get(pods, &claims.namespace, &claims.pod_name).await {
-            Ok(pod) if crate::object::meta_str(&pod, "uid") == claims.pod_uid => Ok(claims.user()),
+            Ok(pod) if crate::object::meta_str(&pod, "uid") == claims.pod_uid => Ok(Some(claims.user())),
             Ok(_) | Err(ApiError::NotFound { .. }) => Err(refused(&format!(
                 "was issued for pod {}/{} (uid {}), which no longer exists",
                 claims.namespace, claims.pod_name, claims.pod_uid
