@@ -251,7 +251,8 @@ impl Agent {
             return Ok(());
         }
         let policy = if spec.restart_policy.is_empty() { "Always" } else { spec.restart_policy.as_str() };
-        let ip = if spec.host_network { None } else { Some(self.ensure_sandbox(&pod, &uid, &dir)?) };
+        let ip =
+            if spec.host_network { None } else { Some(crate::blocking(|| self.ensure_sandbox(&pod, &uid, &dir))?) };
 
         let (base, max) = (self.config.backoff_base, self.config.backoff_max);
         let mut init_obs = Vec::new();
@@ -999,10 +1000,12 @@ impl Agent {
         for i in instance::all_instances(&dir) {
             i.release();
         }
-        crate::hostport::unpublish(&self.config.bridge, &uid);
-        self.sandbox(&uid).destroy();
-        crate::remove_pod_cgroups(&self.config.name, &uid);
-        let _ = std::fs::remove_dir_all(&dir);
+        crate::blocking(|| {
+            crate::hostport::unpublish(&self.config.bridge, &uid);
+            self.sandbox(&uid).destroy();
+            crate::remove_pod_cgroups(&self.config.name, &uid);
+            let _ = std::fs::remove_dir_all(&dir);
+        });
         self.deleting.remove(&uid);
         self.reported.remove(&uid);
         self.saved.remove(&uid);

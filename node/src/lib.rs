@@ -242,6 +242,16 @@ pub async fn run(
     Ok(())
 }
 
+/// Runs blocking work (commands, mounts, file trees) from async code without stalling the
+/// runtime's other tasks: on a multi-thread runtime the worker first hands its queue to the
+/// others (elsewhere, e.g. a unit test's current-thread runtime, it just runs).
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// cgroup directories of a pod (`skiff/<node>/pod<uid>`) under every mounted controller.
 pub fn pod_cgroups(node: &str, uid: &str) -> Vec<PathBuf> {
     let rel = format!("skiff/{node}/pod{uid}");
