@@ -16,8 +16,7 @@
 //!
 //! The routing table is rebuilt from the API when a watch says something changed (and every
 //! `REFRESH`) and swapped in whole: changes apply to the next request, without a restart or
-//! a dropped connection. `Table::build` and
-//! `Table::route` are pure.
+//! a dropped connection. `Table::build` and `Table::route` are pure.
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -116,8 +115,8 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 }
 
 impl Table {
-    /// The table for the Ingresses of `class` (and those naming no class), with the Secrets
-    /// their TLS sections name and the Services and Endpoints behind them.
+    /// The table for the Ingresses Skiff serves given the cluster's IngressClasses (`classes`),
+    /// with the Secrets their TLS sections name and the Services and Endpoints behind them.
     pub fn build(
         ingresses: &[Value],
         classes: &[Value],

@@ -310,7 +310,6 @@ impl Runner {
         Ok(())
     }
 
-    /// One garbage-collector pass: objects of the owned kinds whose owners are all gone.
     /// Every namespace that is not terminating has a `default` ServiceAccount.
     async fn service_accounts(&self) -> Result<(), Status> {
         let namespaces = self.client.list("namespaces", "", "", "").await?;
@@ -339,6 +338,7 @@ impl Runner {
         Ok(())
     }
 
+    /// One garbage-collector pass: objects of the owned kinds whose owners are all gone.
     async fn collect_garbage(&self, missing_nodes: &mut HashMap<String, std::time::Instant>) -> Result<(), Status> {
         const OWNERS: [&str; 6] = ["deployments", "replicasets", "daemonsets", "statefulsets", "jobs", "cronjobs"];
         const OWNED: [&str; 4] = ["pods", "replicasets", "jobs", "persistentvolumeclaims"];
