@@ -291,7 +291,8 @@ fn policy_allows_wildcard(policy: &Policy, user: &User, wanted: &Value) -> bool 
 }
 
 /// Node restriction: a node daemon (`system:node:<name>` in `system:nodes`) may write only its
-/// own Node and Lease and the pods bound to it; it may read everything it needs to run pods.
+/// own Node and Lease and the pods bound to it, and ask for service-account tokens only for
+/// those pods (`object`: the pod); it may read everything it needs to run pods.
 pub fn node_restriction(user: &User, a: &Attributes<'_>, object: Option<&Value>) -> Option<bool> {
     if !user.groups.iter().any(|g| g == "system:nodes") {
         return None;
@@ -308,6 +309,11 @@ pub fn node_restriction(user: &User, a: &Attributes<'_>, object: Option<&Value>)
             p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
                 && (a.verb != "create" || p.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some())
         }),
+        "serviceaccounts" => {
+            a.verb == "create"
+                && a.subresource == "token"
+                && object.is_some_and(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node))
+        }
         _ => false,
     })
 }
@@ -360,6 +366,18 @@ mod tests {
         assert!(check_no_escalation(&p, &jane, &reading, "default").is_ok());
         let deleting = vec![json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]})];
         assert!(check_no_escalation(&p, &jane, &deleting, "default").is_err());
+    }
+
+    #[test]
+    fn a_node_asks_for_tokens_of_its_own_pods_only() {
+        let node = User { name: "system:node:n1".into(), groups: vec!["system:nodes".into()] };
+        let token = Attributes { subresource: "token", ..attrs("create", "serviceaccounts", "default") };
+        let on = |n: &str| json!({"spec": {"nodeName": n}});
+        assert_eq!(node_restriction(&node, &token, Some(&on("n1"))), Some(true));
+        assert_eq!(node_restriction(&node, &token, Some(&on("n2"))), Some(false));
+        assert_eq!(node_restriction(&node, &token, None), Some(false));
+        let plain = attrs("create", "serviceaccounts", "default");
+        assert_eq!(node_restriction(&node, &plain, Some(&on("n1"))), Some(false), "not the account itself");
     }
 
     #[test]
