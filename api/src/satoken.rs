@@ -33,15 +33,15 @@ impl Claims {
 
 const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
-fn mac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data).as_ref().to_vec()
+fn hmac_key(key: &[u8]) -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key)
 }
 
 /// A signed token for `claims`, issued at `now` (seconds since the epoch).
 pub fn issue(key: &[u8], claims: &Claims, now: i64) -> String {
     let body = json!({
         "iss": "skiff",
-        "sub": format!("system:serviceaccount:{}:{}", claims.namespace, claims.service_account),
+        "sub": claims.user().name,
         "iat": now,
         "kubernetes.io": {
             "namespace": claims.namespace,
@@ -50,7 +50,7 @@ pub fn issue(key: &[u8], claims: &Claims, now: i64) -> String {
         },
     });
     let signed = format!("{}.{}", B64.encode(HEADER), B64.encode(body.to_string()));
-    let sig = B64.encode(mac(key, signed.as_bytes()));
+    let sig = B64.encode(ring::hmac::sign(&hmac_key(key), signed.as_bytes()));
     format!("{signed}.{sig}")
 }
 
@@ -65,7 +65,7 @@ pub fn looks_like_jwt(token: &str) -> bool {
 pub fn verify(key: &[u8], token: &str) -> Option<Claims> {
     let (signed, sig) = token.rsplit_once('.')?;
     let sig = B64.decode(sig).ok()?;
-    ring::hmac::verify(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), signed.as_bytes(), &sig).ok()?;
+    ring::hmac::verify(&hmac_key(key), signed.as_bytes(), &sig).ok()?;
     let (header, body) = signed.split_once('.')?;
     let header: Value = serde_json::from_slice(&B64.decode(header).ok()?).ok()?;
     if header["alg"] != "HS256" {

@@ -34,8 +34,18 @@ impl Api {
         Api { registry, tokens, internal: internal.into_iter().collect(), sa_key: tokio::sync::OnceCell::new() }
     }
 
+    /// The signing key, made if no master has made one yet (issuing a token).
     pub async fn sa_key(&self) -> ApiResult<&[u8]> {
         Ok(self.sa_key.get_or_try_init(|| self.registry.service_account_key()).await?.as_slice())
+    }
+
+    /// The signing key if one exists (checking a token must not make one).
+    async fn existing_sa_key(&self) -> ApiResult<Option<&[u8]>> {
+        if self.sa_key.get().is_none() {
+            let Some(key) = self.registry.existing_service_account_key().await? else { return Ok(None) };
+            let _ = self.sa_key.set(key);
+        }
+        Ok(self.sa_key.get().map(Vec::as_slice))
     }
 
     /// The caller: a component of this master, a pod's service account (a token the masters
@@ -58,14 +68,8 @@ impl Api {
     /// pod is gone.
     async fn service_account(&self, token: &str) -> ApiResult<Option<User>> {
         let refused = |why: &str| ApiError::Unauthenticated(format!("Unauthorized: service-account token {why}"));
-        let key = match self.sa_key.get() {
-            Some(k) => k.clone(),
-            None => match self.registry.existing_service_account_key().await? {
-                Some(k) => self.sa_key.get_or_init(|| async { k }).await.clone(),
-                None => return Ok(None),
-            },
-        };
-        let Some(claims) = crate::satoken::verify(&key, token) else { return Ok(None) };
+        let Some(key) = self.existing_sa_key().await? else { return Ok(None) };
+        let Some(claims) = crate::satoken::verify(key, token) else { return Ok(None) };
         let pods = kinds::by_resource("pods")?;
         match self.registry.get(pods, &claims.namespace, &claims.pod_name).await {
             Ok(pod) if crate::object::meta_str(&pod, "uid") == claims.pod_uid => Ok(Some(claims.user())),
