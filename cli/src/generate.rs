@@ -85,6 +85,13 @@ fn meta(name: &str) -> Value {
     json!({"name": name})
 }
 
+/// `key=value` with a non-empty key; else an error naming the flag and the expected shape.
+fn key_value<'a>(flag: &str, text: &'a str, shape: &str) -> Result<(&'a str, &'a str), Failure> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| Failure::Local(format!("{flag} {text:?}: expected {shape}")))
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| Failure::Local(format!("{}: {e}", path.display())))
 }
@@ -93,10 +100,7 @@ fn read(path: &Path) -> Result<Vec<u8>, Failure> {
 fn entries(args: &DataArgs) -> Result<Vec<(String, Vec<u8>)>, Failure> {
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
     for lit in &args.literals {
-        let (k, v) = lit
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| Failure::Local(format!("--from-literal {lit:?}: expected key=value")))?;
+        let (k, v) = key_value("--from-literal", lit, "key=value")?;
         out.push((k.to_string(), v.as_bytes().to_vec()));
     }
     for spec in &args.files {
@@ -208,10 +212,7 @@ pub struct RunArgs {
 fn pairs(what: &str, text: &str) -> Result<Map<String, Value>, Failure> {
     let mut out = Map::new();
     for part in text.split(',').filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| Failure::Local(format!("{what} {part:?}: expected key=value")))?;
+        let (k, v) = key_value(what, part, "key=value")?;
         out.insert(k.to_string(), Value::String(v.to_string()));
     }
     Ok(out)
@@ -230,10 +231,7 @@ fn pod(args: &RunArgs) -> Result<Value, Failure> {
     if !args.env.is_empty() {
         let mut env = Vec::new();
         for e in &args.env {
-            let (k, v) = e
-                .split_once('=')
-                .filter(|(k, _)| !k.is_empty())
-                .ok_or_else(|| Failure::Local(format!("--env {e:?}: expected NAME=value")))?;
+            let (k, v) = key_value("--env", e, "NAME=value")?;
             env.push(json!({"name": k, "value": v}));
         }
         c["env"] = Value::Array(env);
