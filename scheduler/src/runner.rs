@@ -63,15 +63,21 @@ struct RoundState {
     last_taint: Option<std::time::Instant>,
     /// Since when each node that pods are bound to has been missing (the pod GC quarantine).
     missing_nodes: HashMap<String, std::time::Instant>,
+    /// When the service-account controller last looked.
+    accounts_checked: Option<std::time::Instant>,
 }
+
+/// How often the Endpoints controller looks (it runs apart from the other controllers).
+pub const ENDPOINTS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The least time between marking two nodes unreachable: Kubernetes' default
 /// `--node-eviction-rate` of 0.1 nodes per second, so a network blip that silences many nodes at
 /// once does not empty them all in the same moment.
-/// How often the Endpoints controller looks (it runs apart from the other controllers).
-pub const ENDPOINTS_INTERVAL: Duration = Duration::from_millis(100);
-
 pub const NODE_TAINT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often the service-account controller looks: namespaces get their `default` account in
+/// the write that creates them, so it only mends older namespaces and deleted accounts.
+pub const SERVICE_ACCOUNT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The component that reports an event about a `object_kind` object for `reason`.
 fn component(object_kind: &str, reason: &str) -> &'static str {
@@ -748,8 +754,11 @@ impl Runner {
         if let Err(e) = self.collect_garbage(&mut state.missing_nodes).await {
             tracing::debug!("garbage collector: {e}");
         }
-        if let Err(e) = self.service_accounts().await {
-            tracing::debug!("service account controller: {e}");
+        if state.accounts_checked.is_none_or(|t| t.elapsed() >= SERVICE_ACCOUNT_INTERVAL) {
+            state.accounts_checked = Some(std::time::Instant::now());
+            if let Err(e) = self.service_accounts().await {
+                tracing::debug!("service account controller: {e}");
+            }
         }
         if let Err(e) = self.cronjobs().await {
             tracing::debug!("cronjob controller: {e}");
