@@ -343,11 +343,13 @@ fn pods_reach_a_deployment_through_its_service_by_ip_and_name_and_nodes_serve_no
         let out = std::process::Command::new("ip").args(["route", "get", ip]).output().unwrap();
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     };
+    let dev_of = |route: &str| route.split_whitespace().skip_while(|w| *w != "dev").nth(1).map(String::from);
     // (Other clusters on this machine may own some /24s: those go to their own bridges.)
     for x in [0, 77, 250] {
         let pod_route = route(&format!("10.244.{x}.9"));
-        let on_own_bridge = pod_route.split_whitespace().skip_while(|w| *w != "dev").nth(1).is_some_and(|dev| {
-            let out = std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "dev", dev]).output().unwrap();
+        let on_own_bridge = dev_of(&pod_route).is_some_and(|dev| {
+            let out =
+                std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "dev", &dev]).output().unwrap();
             String::from_utf8_lossy(&out.stdout).contains(&format!("inet 10.244.{x}.1/24"))
         });
         assert!(
@@ -368,7 +370,7 @@ fn pods_reach_a_deployment_through_its_service_by_ip_and_name_and_nodes_serve_no
     // under the other pods' neighbour caches (their DNS queries would vanish until revalidated).
     let client_ip = c.get_json("pods", "client").unwrap()["status"]["podIP"].as_str().unwrap().to_string();
     let client_route = route(&client_ip);
-    let bridge = client_route.split_whitespace().skip_while(|w| *w != "dev").nth(1).unwrap();
+    let bridge = dev_of(&client_route).unwrap();
     let assign = std::fs::read_to_string(format!("/sys/class/net/{bridge}/addr_assign_type")).unwrap();
     assert_eq!(assign.trim(), "3", "{bridge}'s address is set, not inherited from its ports");
 
