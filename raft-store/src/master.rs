@@ -83,10 +83,13 @@ mod defaults {
     pub fn heartbeat_ms() -> u64 {
         100
     }
-    /// openraft's leader lease is `election_timeout_max` (2× this): a follower refuses votes
-    /// that long after its last heartbeat, so failover takes about 1–2× this value.
+    /// openraft's leader lease is `election_timeout_max` (2× this): a follower of a live leader
+    /// starts an election only `lease + timeout` (3–4× this) after its last heartbeat, and a
+    /// candidate refused for a shorter log backs off another 4× this. 200 keeps both under
+    /// 2 s (docs/reliability.md); a follower still tolerates 600 ms without heartbeats, six
+    /// times the heartbeat interval.
     pub fn election_min_ms() -> u64 {
-        300
+        200
     }
     pub fn snapshot_logs() -> u64 {
         10_000
