@@ -223,6 +223,13 @@ impl Client {
         Ok(Client { config, channels, auth, current: AtomicUsize::new(0) })
     }
 
+    /// Starts the next call with the next master: for a caller whose own deadline ran out on
+    /// the master that answered last (a paused or cut-off master hangs rather than refuses).
+    pub fn skip_current(&self) {
+        let n = self.channels.len();
+        let _ = self.current.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |i| Some((i + 1) % n));
+    }
+
     /// Runs `f` against masters in turn until one answers, trying each at most twice. `f` gets a
     /// channel and the credentials, and builds whichever service client it needs.
     pub async fn with_failover<T, F, Fut>(&self, f: F) -> Result<T, Status>

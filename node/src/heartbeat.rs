@@ -118,6 +118,23 @@ async fn renew_lease(client: &Client, config: &NodeConfig) -> Result<(), tonic::
     }
 }
 
+/// `call` within `deadline`. A master that hangs (paused, cut off from the leader) must not
+/// hold the heartbeat past the node grace period: past the deadline the next call starts with
+/// another master.
+async fn bounded<T>(
+    client: &Client,
+    deadline: Duration,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(r) => r,
+        Err(_) => {
+            client.skip_current();
+            Err(tonic::Status::deadline_exceeded(format!("no answer within {deadline:?}; trying another master")))
+        }
+    }
+}
+
 /// How often the daemon checks that the stored Node still says Ready (Kubernetes' kubelet
 /// looks every `nodeStatusUpdateFrequency`, 10 s).
 const READY_CHECK: Duration = Duration::from_secs(10);
@@ -129,6 +146,8 @@ pub async fn run(client: Client, config: NodeConfig, mut stop: tokio::sync::watc
     let mut last_check = Instant::now();
     let mut last_pressure = pressure(&config);
     let mut first = true;
+    // Kubernetes' kubelet gives its heartbeat calls the renew interval; at least 2 s here.
+    let deadline = config.lease_interval.clamp(Duration::from_secs(2), Duration::from_secs(10));
     loop {
         // The first renewal right away: a node is watched from its first Lease on.
         if !std::mem::take(&mut first) {
@@ -137,17 +156,17 @@ pub async fn run(client: Client, config: NodeConfig, mut stop: tokio::sync::watc
                 _ = stop.changed() => return,
             }
         }
-        if let Err(e) = renew_lease(&client, &config).await {
+        if let Err(e) = bounded(&client, deadline, renew_lease(&client, &config)).await {
             tracing::warn!("node {}: renewing the lease: {e}", config.name);
         }
         let now_pressure = pressure(&config);
         let mut due = now_pressure != last_pressure || last_report.elapsed() >= Duration::from_secs(60);
         if !due && last_check.elapsed() >= READY_CHECK {
             last_check = Instant::now();
-            due = marked_not_ready(&client, &config).await.unwrap_or(false);
+            due = bounded(&client, deadline, marked_not_ready(&client, &config)).await.unwrap_or(false);
         }
         if due {
-            match report_status(&client, &config).await {
+            match bounded(&client, deadline, report_status(&client, &config)).await {
                 Ok(()) => {
                     last_report = Instant::now();
                     last_pressure = now_pressure;
