@@ -272,27 +272,6 @@ fn random_token() -> String {
     (0..32).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect()
 }
 
-/// A /24 of 10.244.0.0/16 that no interface on this machine uses yet.
-fn free_pod_cidrs(n: usize) -> anyhow::Result<Vec<String>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let out = Command::new("ip").args(["-4", "-o", "addr"]).output().context("running ip (iproute2)")?;
-    let used = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut picked = Vec::new();
-    let start = rand::random::<u8>() as usize;
-    for k in 0..256 {
-        let x = (start + k) % 256;
-        if !used.contains(&format!("10.244.{x}.")) {
-            picked.push(format!("10.244.{x}.0/24"));
-            if picked.len() == n {
-                return Ok(picked);
-            }
-        }
-    }
-    bail!("no free /24 left in 10.244.0.0/16 for {n} node(s)")
-}
-
 /// Directories, credentials, bridges and pod CIDRs of a new cluster's node daemons.
 /// `offset`: how many nodes the cluster has already (their loopback addresses are taken).
 fn new_nodes(
@@ -303,7 +282,7 @@ fn new_nodes(
     offset: usize,
     service_cidr: &str,
 ) -> anyhow::Result<Vec<NodeEntry>> {
-    let cidrs = free_pod_cidrs(tokens.len())?;
+    let cidrs = skiff_node::sandbox::free_pod_cidrs(tokens.len())?;
     // Bridge names unique per cluster, so several clusters' nodes can share a machine.
     let tag: String = (0..5).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
     let mut nodes = Vec::new();

@@ -119,6 +119,26 @@ pub fn ensure_bridge(net: &PodNetwork) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// `n` /24s of 10.244.0.0/16 (the default cluster CIDR) that no interface on this machine uses
+/// yet, from a random start so clusters set up side by side rarely race for the same one.
+pub fn free_pod_cidrs(n: usize) -> Result<Vec<String>, NodeError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let used = ip(&["-4", "-o", "addr"])?;
+    let start = rand::random::<u8>() as usize;
+    let picked: Vec<String> = (0..256)
+        .map(|k| (start + k) % 256)
+        .filter(|x| !used.contains(&format!("10.244.{x}.")))
+        .take(n)
+        .map(|x| format!("10.244.{x}.0/24"))
+        .collect();
+    if picked.len() < n {
+        return Err(NodeError::Sandbox(format!("no free /24 left in 10.244.0.0/16 for {n} node(s)")));
+    }
+    Ok(picked)
+}
+
 /// Removes the node's bridge (at reset).
 pub fn delete_bridge(name: &str) {
     let _ = ip(&["link", "del", name]);
