@@ -3,9 +3,10 @@
 //! whichever master leads must bring every Deployment to its spec with no orphaned or
 //! duplicated pods and no more ReplicaSets than its history limit.
 //!
-//! The clusters here have no node daemons (the masters live in private namespaces), so pods stay
-//! unscheduled: the rollouts use `maxUnavailable: 100%`, which converges without ready pods, and
-//! convergence counts pods rather than Running ones.
+//! Without node daemons (`--nodes 0`) pods stay unscheduled: the rollouts use
+//! `maxUnavailable: 100%`, which converges without ready pods, and convergence counts pods. With
+//! node daemons every pod the current ReplicaSet wants must also be Running and Ready on a node,
+//! and no deleted pod may linger (a node must finish what was evicted from it).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -19,7 +20,8 @@ use tonic::transport::Channel;
 pub const NAMESPACE: &str = "default";
 const HISTORY_LIMIT: u64 = 2;
 
-fn deployment(name: &str, replicas: u64) -> Value {
+/// A Deployment of `replicas` pods that sleep in `image`; rollouts change its `REVISION`.
+fn deployment(name: &str, replicas: u64, image: &str) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": NAMESPACE},
@@ -30,7 +32,12 @@ fn deployment(name: &str, replicas: u64) -> Value {
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "100%", "maxSurge": 1}},
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "c", "image": "busybox:v0"}]}
+                "spec": {
+                    // busybox's sleep as PID 1 ignores SIGTERM: a second's grace, then SIGKILL.
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "c", "image": image, "command": ["sleep", "100000"],
+                                    "env": [{"name": "REVISION", "value": "v0"}]}]
+                }
             }
         }
     })
@@ -69,8 +76,8 @@ async fn list(c: &mut ObjectsClient<Channel>, resource: &str) -> Result<Vec<Valu
     Ok(v["items"].as_array().cloned().unwrap_or_default())
 }
 
-/// Creates the Deployments (retrying until `deadline`); they start at 2 replicas.
-pub async fn setup(channel: Channel, deployments: usize, deadline: Instant) -> anyhow::Result<()> {
+/// Creates the Deployments (retrying until `deadline`); they start at 2 replicas of `image`.
+pub async fn setup(channel: Channel, deployments: usize, image: &str, deadline: Instant) -> anyhow::Result<()> {
     let mut c = ObjectsClient::new(channel);
     for i in 0..deployments {
         loop {
@@ -78,7 +85,7 @@ pub async fn setup(channel: Channel, deployments: usize, deadline: Instant) -> a
                 .create(RawRequest {
                     resource: "deployments".into(),
                     namespace: NAMESPACE.into(),
-                    json: deployment(&name(i), 2).to_string(),
+                    json: deployment(&name(i), 2, image).to_string(),
                     ..Default::default()
                 })
                 .await;
@@ -95,14 +102,21 @@ pub async fn setup(channel: Channel, deployments: usize, deadline: Instant) -> a
     Ok(())
 }
 
-/// Scales, rolls and deletes pods of the Deployments until `stop`, one change every ~200 ms.
-pub async fn run(channel: Channel, deployments: usize, seed: u64, stop: tokio::sync::watch::Receiver<bool>) -> AppsLog {
+/// Scales, rolls and deletes pods of the Deployments until `stop`, one change every `pace`
+/// (drawn from the range, in milliseconds).
+pub async fn run(
+    channel: Channel,
+    deployments: usize,
+    seed: u64,
+    pace: std::ops::Range<u64>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> AppsLog {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xa995);
     let mut c = ObjectsClient::new(channel);
     let mut log = AppsLog::default();
     let mut image = 0u64;
     while !*stop.borrow() {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..300))).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(pace.clone()))).await;
         let d = name(rng.gen_range(0..deployments));
         let action = rng.gen_range(0..3);
         let result = match action {
@@ -121,7 +135,8 @@ pub async fn run(channel: Channel, deployments: usize, seed: u64, stop: tokio::s
                         obj["spec"]["replicas"] = json!(rng.gen_range(0..=4));
                     } else {
                         image += 1;
-                        obj["spec"]["template"]["spec"]["containers"][0]["image"] = json!(format!("busybox:v{image}"));
+                        obj["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] =
+                            json!(format!("v{image}"));
                     }
                     outcome = c
                         .update(RawRequest {
@@ -182,13 +197,27 @@ fn owner_uid(o: &Value) -> Option<&str> {
     o["metadata"]["ownerReferences"].as_array()?.iter().find(|r| r["controller"] == true)?["uid"].as_str()
 }
 
-fn image(o: &Value) -> &Value {
-    &o["spec"]["template"]["spec"]["containers"][0]["image"]
+/// What tells a rollout's templates apart.
+fn revision(o: &Value) -> &Value {
+    &o["spec"]["template"]["spec"]["containers"][0]["env"]
 }
 
-/// What is wrong with the Deployments right now (empty when converged).
-pub fn divergence(deployments: &[Value], replicasets: &[Value], pods: &[Value]) -> Vec<String> {
+fn running_and_ready(p: &Value) -> bool {
+    p["status"]["phase"] == "Running"
+        && p["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+/// What is wrong with the Deployments right now (empty when converged). `running`: node
+/// daemons run the pods, so the current ones must be Running and Ready and deleted ones gone.
+pub fn divergence(deployments: &[Value], replicasets: &[Value], pods: &[Value], running: bool) -> Vec<String> {
     let mut problems = Vec::new();
+    if running {
+        for p in pods.iter().filter(|p| !p["metadata"]["deletionTimestamp"].is_null()) {
+            problems.push(format!("pod {} is still terminating", p["metadata"]["name"]));
+        }
+    }
     let live_pods: Vec<&Value> = pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
     let mut pods_by_owner: BTreeMap<&str, usize> = BTreeMap::new();
     for p in &live_pods {
@@ -215,7 +244,7 @@ pub fn divergence(deployments: &[Value], replicasets: &[Value], pods: &[Value]) 
             ));
         }
         let owned: Vec<&Value> = replicasets.iter().filter(|rs| owner_uid(rs) == Some(uid)).collect();
-        let (current, old): (Vec<&Value>, Vec<&Value>) = owned.iter().partition(|rs| image(rs) == image(d));
+        let (current, old): (Vec<&Value>, Vec<&Value>) = owned.iter().partition(|rs| revision(rs) == revision(d));
         if current.len() != 1 {
             problems.push(format!("deployment {name}: {} ReplicaSets with its template, not 1", current.len()));
         }
@@ -227,6 +256,16 @@ pub fn divergence(deployments: &[Value], replicasets: &[Value], pods: &[Value]) 
                     "deployment {name}: ReplicaSet {rs_name} wants {} and has {pods} pods, the deployment wants {want}",
                     rs["spec"]["replicas"]
                 ));
+            }
+            if running {
+                let uid = &rs["metadata"]["uid"];
+                let mine = live_pods.iter().filter(|p| owner_uid(p).is_some_and(|o| *uid == o));
+                for p in mine.filter(|p| !running_and_ready(p)) {
+                    problems.push(format!(
+                        "deployment {name}: pod {} is {} and not ready (node {})",
+                        p["metadata"]["name"], p["status"]["phase"], p["spec"]["nodeName"]
+                    ));
+                }
             }
         }
         for rs in &old {
@@ -247,7 +286,7 @@ pub fn divergence(deployments: &[Value], replicasets: &[Value], pods: &[Value]) 
 
 /// Polls until the Deployments converge or `within` passes; returns the time it took, or the
 /// problems still seen at the deadline.
-pub async fn converge(channel: Channel, within: Duration) -> Result<Duration, Vec<String>> {
+pub async fn converge(channel: Channel, within: Duration, running: bool) -> Result<Duration, Vec<String>> {
     let started = Instant::now();
     let mut c = ObjectsClient::new(channel);
     let mut last = vec!["nothing read yet".to_string()];
@@ -261,7 +300,7 @@ pub async fn converge(channel: Channel, within: Duration) -> Result<Duration, Ve
         .await;
         match read {
             Ok((d, rs, p)) => {
-                last = divergence(&d, &rs, &p);
+                last = divergence(&d, &rs, &p, running);
                 if last.is_empty() {
                     return Ok(started.elapsed());
                 }
@@ -277,40 +316,67 @@ pub async fn converge(channel: Channel, within: Duration) -> Result<Duration, Ve
 mod tests {
     use super::*;
 
-    fn rs(name: &str, uid: &str, owner: &str, image: &str, replicas: u64) -> Value {
+    fn rs(name: &str, uid: &str, owner: &str, revision: &str, replicas: u64) -> Value {
         json!({"metadata": {"name": name, "uid": uid, "ownerReferences": [{"uid": owner, "controller": true}]},
-               "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"image": image}]}}}})
+               "spec": {"replicas": replicas, "template": {"spec": {"containers": [
+                   {"image": "busybox:test", "env": [{"name": "REVISION", "value": revision}]}]}}}})
     }
     fn pod(name: &str, owner: &str) -> Value {
-        json!({"metadata": {"name": name, "ownerReferences": [{"uid": owner, "controller": true}]}})
+        json!({"metadata": {"name": name, "ownerReferences": [{"uid": owner, "controller": true}]},
+               "spec": {"nodeName": "n1"},
+               "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
     }
 
     #[test]
     fn a_converged_deployment_passes_and_each_kind_of_drift_is_named() {
-        let mut d = deployment("web", 2);
+        let mut d = deployment("web", 2, "busybox:test");
         d["metadata"]["uid"] = json!("d1");
         d["metadata"]["generation"] = json!(3);
         d["status"]["observedGeneration"] = json!(3);
-        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("busybox:v2");
-        let sets = vec![rs("web-new", "r2", "d1", "busybox:v2", 2), rs("web-old", "r1", "d1", "busybox:v1", 0)];
+        d["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = json!("v2");
+        let sets = vec![rs("web-new", "r2", "d1", "v2", 2), rs("web-old", "r1", "d1", "v1", 0)];
         let pods = vec![pod("a", "r2"), pod("b", "r2")];
-        assert!(divergence(&[d.clone()], &sets, &pods).is_empty(), "{:?}", divergence(&[d.clone()], &sets, &pods));
+        for running in [false, true] {
+            let seen = divergence(std::slice::from_ref(&d), &sets, &pods, running);
+            assert!(seen.is_empty(), "{seen:?}");
+        }
 
         let mut dup = pods.clone();
         dup.push(pod("c", "r2"));
-        assert!(divergence(&[d.clone()], &sets, &dup)[0].contains("has 3 pods"));
+        assert!(divergence(&[d.clone()], &sets, &dup, false)[0].contains("has 3 pods"));
         let mut orphan = pods.clone();
         orphan.push(pod("o", "gone"));
-        assert!(divergence(&[d.clone()], &sets, &orphan)[0].contains("orphaned"));
+        assert!(divergence(&[d.clone()], &sets, &orphan, false)[0].contains("orphaned"));
         let mut old_live = sets.clone();
         old_live[1]["spec"]["replicas"] = json!(1);
-        assert!(divergence(&[d.clone()], &old_live, &pods)[0].contains("old ReplicaSet"));
+        assert!(divergence(&[d.clone()], &old_live, &pods, false)[0].contains("old ReplicaSet"));
         let mut many = sets.clone();
-        many.push(rs("web-v0", "r0", "d1", "busybox:v0", 0));
-        many.push(rs("web-vx", "rx", "d1", "busybox:vx", 0));
-        assert!(divergence(&[d.clone()], &many, &pods)[0].contains("limit 2"));
+        many.push(rs("web-v0", "r0", "d1", "v0", 0));
+        many.push(rs("web-vx", "rx", "d1", "vx", 0));
+        assert!(divergence(&[d.clone()], &many, &pods, false)[0].contains("limit 2"));
         let mut stale = d.clone();
         stale["status"]["observedGeneration"] = json!(2);
-        assert!(divergence(&[stale], &sets, &pods)[0].contains("observedGeneration"));
+        assert!(divergence(&[stale], &sets, &pods, false)[0].contains("observedGeneration"));
+    }
+
+    #[test]
+    fn with_nodes_pods_must_run_and_deleted_ones_must_be_gone() {
+        let mut d = deployment("web", 2, "busybox:test");
+        d["metadata"]["uid"] = json!("d1");
+        let sets = vec![rs("web-1", "r1", "d1", "v0", 2)];
+        let mut pending = vec![pod("a", "r1"), pod("b", "r1")];
+        pending[1]["status"] = json!({"phase": "Pending"});
+        assert!(divergence(&[d.clone()], &sets, &pending, false).is_empty(), "without nodes, pods are counted");
+        let seen = divergence(&[d.clone()], &sets, &pending, true);
+        assert!(seen.len() == 1 && seen[0].contains("\"b\" is \"Pending\" and not ready"), "{seen:?}");
+
+        let mut unready = vec![pod("a", "r1"), pod("b", "r1")];
+        unready[0]["status"]["conditions"][0]["status"] = json!("False");
+        assert!(divergence(&[d.clone()], &sets, &unready, true)[0].contains("not ready"));
+
+        let mut lingering = vec![pod("a", "r1"), pod("b", "r1"), pod("gone", "r1")];
+        lingering[2]["metadata"]["deletionTimestamp"] = json!("2026-11-23T00:00:00Z");
+        assert!(divergence(&[d.clone()], &sets, &lingering, false).is_empty(), "a terminating pod is not counted");
+        assert!(divergence(&[d.clone()], &sets, &lingering, true)[0].contains("still terminating"));
     }
 }

@@ -2,6 +2,7 @@
 //! nemesis kills, restarts, pauses and resumes.
 
 use crate::net::{Net, CLIENT_PORT};
+use crate::nodes::Nodes;
 use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -29,10 +30,21 @@ pub struct Master {
     pub paused: bool,
 }
 
+/// What every master of a run is configured with beyond its address.
+#[derive(Debug, Clone)]
+pub struct MasterOptions {
+    /// Deliberately broken masters (reads skip the read-index check), to prove the checker.
+    pub unsafe_local_reads: bool,
+    /// How long a node's Lease may go unrenewed before the leader marks it unreachable.
+    pub node_grace_seconds: u64,
+    /// How long pods stay on an unreachable node before they are evicted.
+    pub pod_eviction_seconds: u64,
+}
+
 impl Master {
     /// Writes this master's configuration file as raft member `id`; `initial` names the founding
     /// members (empty: join a cluster that added it).
-    fn write_config(&self, initial: &BTreeMap<u64, Member>, unsafe_local_reads: bool) -> anyhow::Result<()> {
+    fn write_config(&self, initial: &BTreeMap<u64, Member>, opts: &MasterOptions) -> anyhow::Result<()> {
         let mut config = MasterConfig::new(
             self.id,
             format!("master-{}", self.id),
@@ -41,8 +53,14 @@ impl Master {
             format!("127.0.0.1:{CLIENT_PORT}"),
         );
         config.initial_members = initial.clone();
-        config.unsafe_local_reads = unsafe_local_reads;
-        std::fs::write(&self.config, serde_json::to_string_pretty(&config)?)
+        config.unsafe_local_reads = opts.unsafe_local_reads;
+        // `skiff master --config` reads the controllers' settings beside the store's.
+        let mut file = serde_json::to_value(&config)?;
+        file["controllers"] = serde_json::json!({
+            "node_grace_seconds": opts.node_grace_seconds,
+            "pod_eviction_seconds": opts.pod_eviction_seconds,
+        });
+        std::fs::write(&self.config, serde_json::to_string_pretty(&file)?)
             .with_context(|| format!("writing {}", self.config.display()))
     }
 }
@@ -53,12 +71,14 @@ pub struct ChaosCluster {
     skiff: PathBuf,
     /// One channel per master for the harness's own calls (status, hash, final reads).
     admin: Vec<Channel>,
-    unsafe_local_reads: bool,
+    options: MasterOptions,
+    /// The node daemons, when the run has any ([`start_nodes`](Self::start_nodes)).
+    pub nodes: Nodes,
 }
 
 impl ChaosCluster {
     /// Writes each master's configuration under `dir` and starts them all.
-    pub fn start(skiff: &Path, n: usize, dir: &Path, unsafe_local_reads: bool) -> anyhow::Result<ChaosCluster> {
+    pub fn start(skiff: &Path, n: usize, dir: &Path, options: MasterOptions) -> anyhow::Result<ChaosCluster> {
         let net = Net::create(n)?;
         let members: BTreeMap<u64, Member> = (0..n)
             .map(|i| {
@@ -84,15 +104,21 @@ impl ChaosCluster {
                 child: None,
                 paused: false,
             };
-            master.write_config(&members, unsafe_local_reads)?;
+            master.write_config(&members, &options)?;
             masters.push(master);
         }
         let admin = (0..n).map(|i| net.channel(i, Duration::from_secs(3))).collect();
-        let mut c = ChaosCluster { net, masters, skiff: skiff.to_path_buf(), admin, unsafe_local_reads };
+        let mut c = ChaosCluster { net, masters, skiff: skiff.to_path_buf(), admin, options, nodes: Nodes::default() };
         for i in 0..n {
             c.restart(i)?;
         }
         Ok(c)
+    }
+
+    /// Starts the node daemons; they reach the masters through proxies into their namespaces.
+    pub async fn start_nodes(&mut self, dir: &Path, opts: &crate::nodes::NodeOptions) -> anyhow::Result<()> {
+        self.nodes = Nodes::start(&self.skiff, &self.net, dir, self.net.tag, opts).await?;
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -170,6 +196,36 @@ impl ChaosCluster {
             .map(|r| r.into_inner())
     }
 
+    /// What the API says about node `name` now: its Ready condition and how many of its pods
+    /// are being deleted (evicted), as "Ready=Unknown, 3 pods terminating"; `None` when no
+    /// master answered.
+    pub async fn node_view(&self, name: &str) -> Option<String> {
+        use skiff_proto::api::objects_client::ObjectsClient;
+        use skiff_proto::api::{RawListRequest, RawRequest};
+        for i in (0..self.len()).filter(|&i| self.running(i) && !self.masters[i].paused) {
+            let mut c = ObjectsClient::new(self.admin[i].clone());
+            let node = RawRequest { resource: "nodes".into(), name: name.into(), ..Default::default() };
+            let pods = RawListRequest {
+                resource: "pods".into(),
+                field_selector: format!("spec.nodeName={name}"),
+                ..Default::default()
+            };
+            let (Ok(node), Ok(pods)) = (c.get(node).await, c.list(pods).await) else { continue };
+            let node: serde_json::Value = serde_json::from_str(&node.into_inner().json).ok()?;
+            let pods: serde_json::Value = serde_json::from_str(&pods.into_inner().json).ok()?;
+            let ready = node["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .and_then(|c| c["status"].as_str())
+                .unwrap_or("none")
+                .to_string();
+            let items = pods["items"].as_array().cloned().unwrap_or_default();
+            let terminating = items.iter().filter(|p| !p["metadata"]["deletionTimestamp"].is_null()).count();
+            return Some(format!("Ready={ready}, {terminating} of its {} pods terminating", items.len()));
+        }
+        None
+    }
+
     /// The index of the master that the reachable masters with the highest term call leader.
     pub async fn leader(&self) -> Option<usize> {
         let mut best: Option<(u64, u64)> = None;
@@ -209,7 +265,7 @@ impl ChaosCluster {
             .context("member add returned no member")?;
         self.masters[i].id = added.id;
         // No founding members: it joins the cluster that just added it.
-        self.masters[i].write_config(&BTreeMap::new(), self.unsafe_local_reads)?;
+        self.masters[i].write_config(&BTreeMap::new(), &self.options)?;
         self.restart(i)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {

@@ -21,6 +21,7 @@ pub mod kv;
 pub mod linearizability;
 pub mod nemesis;
 pub mod net;
+pub mod nodes;
 pub mod report;
 pub mod run;
 pub mod watch;

@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     /// SIGKILL, restart after the hold.
     Kill,
@@ -25,19 +25,50 @@ pub enum FaultKind {
     Lossy,
     /// Replace a follower with a fresh member (remove, wipe, add as learner, promote).
     Churn,
+    /// SIGKILL of a node daemon (its containers keep running), restart after the hold.
+    NodeKill,
+    /// SIGSTOP of a node daemon: it stops heartbeating; long holds outlast the node grace
+    /// period and the pod eviction timeout. SIGCONT after the hold.
+    NodePause,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::Lossy,
+        FaultKind::Churn,
+        FaultKind::NodeKill,
+        FaultKind::NodePause,
+    ];
+
+    /// The name `--faults` takes and reports print.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+            FaultKind::Lossy => "lossy",
+            FaultKind::Churn => "churn",
+            FaultKind::NodeKill => "node-kill",
+            FaultKind::NodePause => "node-pause",
+        }
+    }
+
+    /// Whether the fault hits node daemons rather than masters.
+    pub fn on_nodes(self) -> bool {
+        matches!(self, FaultKind::NodeKill | FaultKind::NodePause)
+    }
 }
 
 impl std::str::FromStr for FaultKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "kill" => Ok(FaultKind::Kill),
-            "pause" => Ok(FaultKind::Pause),
-            "partition" => Ok(FaultKind::Partition),
-            "lossy" => Ok(FaultKind::Lossy),
-            "churn" => Ok(FaultKind::Churn),
-            other => Err(format!("unknown fault {other:?}: expected kill, pause, partition, lossy or churn")),
-        }
+        FaultKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown fault {s:?}: expected one of {}", names.join(", "))
+        })
     }
 }
 
@@ -75,6 +106,9 @@ pub enum Action {
     },
     /// Replace the n-th follower with a fresh member.
     Churn(usize),
+    /// Node daemon n (modulo their number).
+    NodeKill(usize),
+    NodePause(usize),
 }
 
 /// One scheduled fault: it starts `at` after the workload starts and is undone `hold` later.
@@ -134,6 +168,9 @@ pub fn plan_with(
             ),
             // The replacement itself takes a few seconds; the hold is the calm after it.
             FaultKind::Churn => (Action::Churn(rng.gen_range(0..masters.max(1))), millis(&mut rng, 3000, 6000)),
+            FaultKind::NodeKill => (Action::NodeKill(rng.gen_range(0..64)), millis(&mut rng, 500, 4000)),
+            // From a blip to well past the grace period plus the eviction timeout.
+            FaultKind::NodePause => (Action::NodePause(rng.gen_range(0..64)), millis(&mut rng, 2000, 16000)),
             FaultKind::Partition => {
                 let mut order: Vec<usize> = (0..masters).collect();
                 order.shuffle(&mut rng);
@@ -238,6 +275,18 @@ pub async fn execute(
                 };
                 (FaultKind::Churn, description, false)
             }
+            Action::NodeKill(k) | Action::NodePause(k) => {
+                anyhow::ensure!(!cluster.nodes.is_empty(), "a node fault was planned for a run without node daemons");
+                let k = k % cluster.nodes.len();
+                let name = cluster.nodes.daemons[k].name.clone();
+                if matches!(p.action, Action::NodeKill(_)) {
+                    cluster.nodes.kill(k);
+                    (FaultKind::NodeKill, format!("kill node daemon {name}"), false)
+                } else {
+                    cluster.nodes.pause(k);
+                    (FaultKind::NodePause, format!("pause node daemon {name} (no heartbeats)"), false)
+                }
+            }
             Action::Partition(shape) => {
                 let (a, b, bridge): (Vec<usize>, Vec<usize>, Option<usize>) = match shape {
                     Shape::IsolateLeader => {
@@ -275,6 +324,13 @@ pub async fn execute(
         let start_us = since(t0);
         tracing::info!(%description, "fault");
         tokio::time::sleep(p.hold).await;
+        let mut description = description;
+        if let Action::NodePause(k) = &p.action {
+            // What the leader made of the silence, seen just before the node wakes up.
+            let name = &cluster.nodes.daemons[k % cluster.nodes.len()].name;
+            let view = cluster.node_view(name).await.unwrap_or_else(|| "no master answered".into());
+            description = format!("{description}; at its end {view}");
+        }
         match &p.action {
             Action::Kill(_) => {
                 for i in 0..n {
@@ -294,6 +350,7 @@ pub async fn execute(
                     cluster.restart(i)?;
                 }
             }
+            Action::NodeKill(_) | Action::NodePause(_) => cluster.nodes.heal()?,
         }
         records.push(FaultRecord {
             kind,
@@ -364,7 +421,7 @@ mod tests {
 
     #[test]
     fn the_seeds_the_test_suite_uses_cover_the_faults_it_promises() {
-        // tests/tests/chaos.rs: seed 5, 45 s, 3 masters; seed 7, 40 s, 5 masters.
+        // tests/tests/chaos.rs: seed 5, 45 s, 3 masters; seed 7, 40 s, 5 masters; seed 22 below.
         let three = plan(5, Duration::from_secs(45), &[FaultKind::Kill, FaultKind::Pause, FaultKind::Partition], 3);
         assert!(three.iter().any(|f| f.action == Action::Kill(Target::Leader)), "{three:?}");
         assert!(three.iter().any(|f| f.action == Action::Pause(Target::Leader)), "{three:?}");
@@ -373,6 +430,24 @@ mod tests {
         assert!(five.iter().any(|f| matches!(f.action, Action::Partition(Shape::Bridge { .. }))), "{five:?}");
         assert!(five.iter().any(|f| f.action == Action::Kill(Target::Leader)), "{five:?}");
         assert!(five.iter().any(|f| matches!(f.action, Action::Lossy { .. })), "{five:?}");
+        // Seed 22, 45 s, 3 masters and node daemons: a leader kill, a partition, a node-daemon
+        // kill, and a node pause long enough (≥ 11 s) for the 5 s grace and 5 s eviction.
+        let kinds = [FaultKind::Kill, FaultKind::Partition, FaultKind::NodeKill, FaultKind::NodePause];
+        let nodes = plan(22, Duration::from_secs(45), &kinds, 3);
+        assert!(nodes.iter().any(|f| f.action == Action::Kill(Target::Leader)), "{nodes:?}");
+        assert!(nodes.iter().any(|f| matches!(f.action, Action::Partition(_))), "{nodes:?}");
+        assert!(nodes.iter().any(|f| matches!(f.action, Action::NodeKill(_))), "{nodes:?}");
+        let long_pause = |f: &Planned| matches!(f.action, Action::NodePause(_)) && f.hold >= Duration::from_secs(11);
+        assert!(nodes.iter().any(long_pause), "{nodes:?}");
+    }
+
+    #[test]
+    fn fault_names_round_trip() {
+        for kind in FaultKind::ALL {
+            assert_eq!(kind.name().parse::<FaultKind>(), Ok(kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
+        }
+        assert!("node-reboot".parse::<FaultKind>().unwrap_err().contains("node-kill"));
     }
 
     #[test]

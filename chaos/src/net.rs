@@ -32,7 +32,8 @@ pub struct Ns {
 
 /// The namespaces, the bridge, and the link faults currently in force.
 pub struct Net {
-    tag: String,
+    /// Tells this run's bridges, namespaces and addresses apart from other runs'.
+    pub tag: u32,
     bridge: String,
     pub members: Vec<Ns>,
     /// (from, to) member indices whose traffic is currently blackholed.
@@ -61,7 +62,7 @@ impl Net {
         if n == 0 || n > 200 {
             bail!("--masters must be between 1 and 200, not {n}");
         }
-        let tag = format!("{}", std::process::id() % 1_000_000);
+        let tag = std::process::id() % 1_000_000;
         let bridge = format!("skcb{tag}");
         let mut net = Net { tag, bridge, members: Vec::new(), cut: BTreeSet::new(), lossy: BTreeSet::new() };
         // From here on, Drop removes whatever was made if a later step fails.
@@ -107,6 +108,35 @@ impl Net {
             .connect_timeout(Duration::from_secs(1))
             .timeout(timeout)
             .connect_with_connector_lazy(connector)
+    }
+
+    /// A port on the host's loopback that forwards every connection to member `i`'s client
+    /// listener (opened inside its namespace), for processes that live outside the namespaces —
+    /// the node daemons. Only the masters' peer links are cut by partitions; a master that is
+    /// killed refuses the forwarded connection, one that is paused leaves it hanging.
+    pub async fn proxy(&self, i: usize) -> anyhow::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a proxy port")?;
+        let addr = listener.local_addr()?;
+        let tx = self.members[i].connect.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let (reply, rx) = tokio::sync::oneshot::channel();
+                    if tx.send((SocketAddr::from(([127, 0, 0, 1], CLIENT_PORT)), reply)).is_err() {
+                        return;
+                    }
+                    let Ok(Ok(stream)) = rx.await else { return };
+                    let outbound = stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream));
+                    if let Ok(mut outbound) = outbound {
+                        let _ = outbound.set_nodelay(true);
+                        let _ = inbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Ok(addr)
     }
 
     /// Cuts traffic between every member of `a` and every member of `b`, both ways.

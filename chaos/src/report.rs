@@ -111,7 +111,7 @@ impl Report {
         let _ = writeln!(s, "operations: {total} ({})", ops.join(", "));
         let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
         for f in &self.faults {
-            *kinds.entry(format!("{:?}", f.kind).to_lowercase()).or_default() += 1;
+            *kinds.entry(f.kind.name().to_string()).or_default() += 1;
         }
         let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(s, "faults: {} ({})", self.faults.len(), kinds.join(", "));

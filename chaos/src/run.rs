@@ -2,7 +2,7 @@
 //! injects its schedule, heal everything, then judge what was recorded.
 
 use crate::apps::{self, AppsLog};
-use crate::cluster::ChaosCluster;
+use crate::cluster::{ChaosCluster, MasterOptions};
 use crate::kv::{self, Acked, ClientLog, PREFIX};
 use crate::linearizability::{self, Event};
 use crate::nemesis::{self, FaultKind};
@@ -39,6 +39,11 @@ pub struct Options {
     pub op_timeout: Duration,
     /// Run deliberately broken masters (reads skip the read-index check) to prove the checker.
     pub unsafe_local_reads: bool,
+    /// Node daemons that run the API workload's pods (`None`: pods stay unscheduled).
+    pub nodes: Option<crate::nodes::NodeOptions>,
+    /// The leader's node grace period and pod eviction timeout, in seconds.
+    pub node_grace_seconds: u64,
+    pub pod_eviction_seconds: u64,
 }
 
 /// Puts `key` through whichever master accepts it first, retrying until `deadline`.
@@ -198,17 +203,38 @@ fn write_json(path: PathBuf, value: &impl serde::Serialize) -> anyhow::Result<()
 /// would not start); a run whose checks fail is an `Ok` report with `passed == false`.
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&opts.artifacts).with_context(|| format!("creating {}", opts.artifacts.display()))?;
+    let with_nodes = opts.nodes.as_ref().is_some_and(|n| n.count > 0);
+    if let Some(kind) = opts.faults.iter().find(|f| f.on_nodes() && !with_nodes) {
+        bail!("the fault {} needs node daemons (--nodes N --image LAYOUT)", kind.name());
+    }
+    if with_nodes && opts.deployments == 0 {
+        bail!("node daemons run the API workload's pods: --nodes needs --deployments of at least 1");
+    }
     let schedule = nemesis::plan_with(opts.seed, opts.duration, &opts.faults, opts.masters, opts.leader_share);
     write_json(opts.artifacts.join("schedule.json"), &schedule)?;
-    let mut cluster = ChaosCluster::start(&opts.skiff, opts.masters, &opts.artifacts, opts.unsafe_local_reads)?;
+    let master_options = MasterOptions {
+        unsafe_local_reads: opts.unsafe_local_reads,
+        node_grace_seconds: opts.node_grace_seconds,
+        pod_eviction_seconds: opts.pod_eviction_seconds,
+    };
+    let mut cluster = ChaosCluster::start(&opts.skiff, opts.masters, &opts.artifacts, master_options)?;
 
     // phase: the cluster is up when a write is acknowledged; the start marker fixes the
     // watchers' start revision.
     let start = put_anywhere(&cluster, &format!("{PREFIX}start"), Instant::now() + Duration::from_secs(60)).await?;
 
+    // With nodes, the workload changes a Deployment every 1–3 s per client rather than every
+    // 0.1–0.3 s: each change starts and stops real containers on a small machine.
+    let mut app_pace = 100..300;
+    let mut image = "busybox:unscheduled".to_string();
+    if let Some(nodes) = opts.nodes.as_ref().filter(|_| with_nodes) {
+        cluster.start_nodes(&opts.artifacts, nodes).await?;
+        image = cluster.nodes.image.clone();
+        app_pace = 1000..3000;
+    }
     if opts.deployments > 0 {
         let channel = cluster.net.channel(0, Duration::from_secs(5));
-        apps::setup(channel, opts.deployments, Instant::now() + Duration::from_secs(60)).await?;
+        apps::setup(channel, opts.deployments, &image, Instant::now() + Duration::from_secs(60)).await?;
     }
 
     // phase: workload and watchers while the nemesis runs its schedule
@@ -226,7 +252,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let app_clients = if opts.deployments > 0 { opts.masters } else { 0 };
     for i in 0..app_clients {
         let channel = cluster.net.channel(i, opts.op_timeout);
-        app_tasks.push(tokio::spawn(apps::run(channel, opts.deployments, opts.seed + i as u64, stop_rx.clone())));
+        let seed = opts.seed + i as u64;
+        app_tasks.push(tokio::spawn(apps::run(channel, opts.deployments, seed, app_pace.clone(), stop_rx.clone())));
     }
     let mut watch_tasks = Vec::new();
     for i in 0..opts.masters {
@@ -249,6 +276,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         cluster.resume(i);
         cluster.restart(i)?;
     }
+    cluster.nodes.heal()?;
     let faults = faults?;
     let _ = stop_tx.send(true);
     let mut logs: Vec<ClientLog> = Vec::new();
@@ -309,13 +337,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     checks.push(hashes_agree(&cluster, end).await);
     if opts.deployments > 0 {
         let channel = cluster.net.channel(leader, Duration::from_secs(5));
-        checks.push(match apps::converge(channel, Duration::from_secs(60)).await {
+        checks.push(match apps::converge(channel, Duration::from_secs(60), with_nodes).await {
             Ok(took) => Check {
                 name: "deployments converge".into(),
                 passed: true,
                 detail: format!(
-                    "{} deployments at their spec {:.1} s after the faults stopped ({} scales, {} rollouts, {} pod deletions, {} calls failed under faults)",
+                    "{} deployments at their spec{} {:.1} s after the faults stopped ({} scales, {} rollouts, {} pod deletions, {} calls failed under faults)",
                     opts.deployments,
+                    if with_nodes { format!(", every pod Running and Ready on {} nodes,", cluster.nodes.len()) } else { String::new() },
                     took.as_secs_f64(),
                     apps_log.scales,
                     apps_log.rollouts,
@@ -330,6 +359,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             },
         });
     }
+    cluster.nodes.stop_all();
     cluster.stop_all();
 
     let failover_ms = report::failovers(&faults, &events);
@@ -337,7 +367,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         masters: opts.masters,
         duration_s: elapsed.as_secs_f64(),
         seed: opts.seed,
-        faults_requested: opts.faults.iter().map(|f| format!("{f:?}").to_lowercase()).collect(),
+        faults_requested: opts.faults.iter().map(|f| f.name().to_string()).collect(),
         operations: recorded,
         faults,
         failover_ms,

@@ -14,7 +14,8 @@ pub struct ChaosArgs {
     /// How long faults are injected (e.g. 60s, 30m).
     #[arg(long, default_value = "60s", value_parser = crate::ctl::parse_duration)]
     duration: std::time::Duration,
-    /// Comma-separated faults: kill, pause, partition, lossy.
+    /// Comma-separated faults: kill, pause, partition, lossy, churn (masters); node-kill,
+    /// node-pause (node daemons, with --nodes).
     #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
     faults: Vec<FaultKind>,
     /// Seed of the fault schedule (default: the clock); the same seed gives the same schedule.
@@ -48,6 +49,23 @@ pub struct ChaosArgs {
     /// check — a deliberately broken build the checkers must catch.
     #[arg(long)]
     unsafe_local_reads: bool,
+    /// Node daemons running the API workload's pods as real containers (0: pods stay
+    /// unscheduled). Needs --image.
+    #[arg(long, default_value_t = 0)]
+    nodes: usize,
+    /// An OCI image layout the nodes import and the pods run (`scripts/build-test-image DIR`).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// How often node daemons renew their Lease.
+    #[arg(long, default_value_t = 1)]
+    node_lease_seconds: u64,
+    /// The leader's node grace period: an unrenewed Lease this old marks the node unreachable
+    /// (Kubernetes: 40 s; short here so a run sees it).
+    #[arg(long, default_value_t = 5)]
+    node_grace_seconds: u64,
+    /// How long pods stay on an unreachable node before they are evicted (Kubernetes: 300 s).
+    #[arg(long, default_value_t = 5)]
+    pod_eviction_seconds: u64,
 }
 
 pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
@@ -60,6 +78,22 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
     });
+    let nodes = match (args.nodes, args.image) {
+        (0, _) => None,
+        (_, None) => bail!("--nodes needs --image: an OCI image layout for the pods (scripts/build-test-image DIR)"),
+        (count, Some(image)) => {
+            if !image.join("index.json").is_file() {
+                bail!("--image {}: not an OCI image layout (no index.json)", image.display());
+            }
+            if args.node_lease_seconds == 0 || args.node_lease_seconds >= args.node_grace_seconds {
+                bail!(
+                    "--node-lease-seconds must be at least 1 and below --node-grace-seconds ({})",
+                    args.node_grace_seconds
+                );
+            }
+            Some(skiff_chaos::nodes::NodeOptions { count, image, lease_interval_seconds: args.node_lease_seconds })
+        }
+    };
     let artifacts = args.artifacts.unwrap_or_else(|| PathBuf::from(format!("skiff-chaos-{seed}")));
     let opts = skiff_chaos::run::Options {
         skiff: std::env::current_exe().context("locating the skiff binary")?,
@@ -75,6 +109,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         leader_share: args.leader_share,
         op_timeout: std::time::Duration::from_millis(args.op_timeout_ms),
         unsafe_local_reads: args.unsafe_local_reads,
+        nodes,
+        node_grace_seconds: args.node_grace_seconds,
+        pod_eviction_seconds: args.pod_eviction_seconds,
     };
     let rt = tokio::runtime::Runtime::new()?;
     // Interrupted, the run is dropped: its masters are killed and its namespaces removed.

@@ -124,3 +124,58 @@ fn replacing_members_under_load_loses_nothing() {
     assert_eq!(check(&report, "hashkv")["passed"], true, "{stdout}");
     assert_eq!(report["passed"], true, "{stdout}");
 }
+
+#[test]
+fn node_daemons_killed_and_silenced_leave_every_deployment_running() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let image = skiff_tests::test_image();
+    // Seed 22's schedule (pinned by the chaos crate's unit tests) kills the leader, partitions
+    // the masters, kills a node daemon and silences one for longer than the grace period plus
+    // the eviction timeout.
+    let (out, report) = chaos(
+        dir.path(),
+        &[
+            "--masters",
+            "3",
+            "--nodes",
+            "2",
+            "--image",
+            image.to_str().unwrap(),
+            "--duration",
+            "45s",
+            "--faults",
+            "kill,partition,node-kill,node-pause",
+            "--seed",
+            "22",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report["passed"], true, "{stdout}");
+    let faults = report["faults"].as_array().unwrap();
+    assert!(faults.iter().any(|f| f["kind"] == "node-kill"), "no node daemon was killed:\n{stdout}");
+    // The leader noticed the silence: the node went unknown and its pods were evicted.
+    let silenced = faults
+        .iter()
+        .filter_map(|f| f["description"].as_str())
+        .find(|d| d.starts_with("pause node daemon") && d.contains("Ready=Unknown") && !d.contains(", 0 of its"));
+    assert!(silenced.is_some(), "no node pause was seen as unreachable with pods evicted:\n{faults:#?}");
+    let converge = check(&report, "deployments converge");
+    assert!(converge["detail"].as_str().unwrap().contains("Running and Ready on 2 nodes"), "{stdout}");
+    // The nodes were reset at the end: no bridge of theirs and no container of theirs is left
+    // (only this test runs chaos with nodes, so any `skcn` bridge would be this run's).
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let bridges: Vec<String> =
+        String::from_utf8_lossy(&links.stdout).lines().filter(|l| l.contains("skcn")).map(String::from).collect();
+    assert!(bridges.is_empty(), "node bridges left behind: {bridges:?}");
+    let root = dir.path().to_str().unwrap().to_string();
+    let shims: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(" shim ") && c.contains(&root))
+        .collect();
+    assert!(shims.is_empty(), "container shims left running: {shims:?}");
+}

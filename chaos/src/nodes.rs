@@ -1,0 +1,190 @@
+//! The node daemons under test: real `skiff node` processes running the API workload's pods as
+//! real containers. They live in the host's network namespace (their pods need its bridge and
+//! routes) and reach the masters through [`Net::proxy`] ports; the nemesis kills and restarts
+//! them, and pauses them past the node grace period so the leader marks them unreachable and
+//! evicts their pods.
+
+use crate::net::Net;
+use anyhow::Context;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// How the node daemons are set up.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub count: usize,
+    /// An OCI image layout imported into every node; the workload's pods run it.
+    pub image: PathBuf,
+    /// How often a node renews its Lease (the masters' grace period is a few of these).
+    pub lease_interval_seconds: u64,
+}
+
+pub struct NodeDaemon {
+    pub name: String,
+    root: PathBuf,
+    bridge: String,
+    node_ip: String,
+    pod_cidr: String,
+    log: PathBuf,
+    child: Option<Child>,
+    pub paused: bool,
+}
+
+/// Every node daemon of a run (none when the run has no nodes).
+#[derive(Default)]
+pub struct Nodes {
+    skiff: PathBuf,
+    /// The client config naming the proxies, one per master.
+    config: PathBuf,
+    lease_interval_seconds: u64,
+    pub daemons: Vec<NodeDaemon>,
+    /// The reference the imported image goes by, for the pods' `image`.
+    pub image: String,
+}
+
+impl Nodes {
+    /// Imports the image into `opts.count` node state directories under `dir` and starts a
+    /// daemon on each. `tag` keeps bridge names and node addresses apart from other runs'.
+    pub async fn start(skiff: &Path, net: &Net, dir: &Path, tag: u32, opts: &NodeOptions) -> anyhow::Result<Nodes> {
+        let mut endpoints = Vec::new();
+        for i in 0..net.members.len() {
+            endpoints.push(net.proxy(i).await?.to_string());
+        }
+        // The API is open (no token file, loopback only), so the nodes need no credentials.
+        let client = serde_json::json!({
+            "clusters": [{"name": "chaos", "endpoints": endpoints}],
+            "contexts": [{"name": "chaos", "cluster": "chaos", "user": "node", "namespace": "default"}],
+            "currentContext": "chaos",
+        });
+        let config = dir.join("nodes-client.json");
+        std::fs::write(&config, serde_json::to_string_pretty(&client)?)?;
+        let cidrs = skiff_node::sandbox::free_pod_cidrs(opts.count)?;
+        let mut nodes = Nodes {
+            skiff: skiff.to_path_buf(),
+            config,
+            lease_interval_seconds: opts.lease_interval_seconds,
+            daemons: Vec::new(),
+            image: String::new(),
+        };
+        for (k, pod_cidr) in cidrs.into_iter().enumerate() {
+            let name = format!("chaos-node-{}", k + 1);
+            let root = dir.join(&name);
+            let store = skiff_node::image::ImageStore::open(root.join("images"))?;
+            let image = store
+                .import_layout(&opts.image, "")
+                .map_err(|e| anyhow::anyhow!("importing {} into {name}: {e}", opts.image.display()))?;
+            nodes.image = image.reference;
+            nodes.daemons.push(NodeDaemon {
+                bridge: format!("skcn{tag}n{}", k + 1),
+                // 127.213.0.0/16: the masters' bridge subnet's second octet, on the host's loopback.
+                node_ip: format!("127.213.{}.{}", tag % 250, k + 2),
+                log: dir.join(format!("{name}.log")),
+                root: std::fs::canonicalize(&root)?,
+                name,
+                pod_cidr,
+                child: None,
+                paused: false,
+            });
+        }
+        for k in 0..nodes.daemons.len() {
+            nodes.restart(k)?;
+        }
+        Ok(nodes)
+    }
+
+    pub fn len(&self) -> usize {
+        self.daemons.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.daemons.is_empty()
+    }
+
+    /// Starts node `k` (again); its containers, left running by a kill, are adopted.
+    pub fn restart(&mut self, k: usize) -> anyhow::Result<()> {
+        let lease = self.lease_interval_seconds.to_string();
+        let n = &mut self.daemons[k];
+        if n.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log)?;
+        let child = Command::new(&self.skiff)
+            .args(["node", "--name", &n.name, "--bridge", &n.bridge, "--node-ip", &n.node_ip])
+            .args(["--pod-cidr", &n.pod_cidr, "--lease-interval-seconds", &lease])
+            .args(["--ingress-http-port", "0", "--ingress-https-port", "0", "--backoff-base-ms", "1000"])
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--root-dir")
+            .arg(&n.root)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting node {}", n.name))?;
+        n.child = Some(child);
+        n.paused = false;
+        Ok(())
+    }
+
+    /// SIGKILL of the daemon alone: its containers keep running under their shims.
+    pub fn kill(&mut self, k: usize) {
+        if let Some(mut child) = self.daemons[k].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.daemons[k].paused = false;
+    }
+
+    /// SIGSTOP: the node stops heartbeating (and stops acting on its pods) until resumed.
+    pub fn pause(&mut self, k: usize) {
+        if let Some(child) = &self.daemons[k].child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP);
+            self.daemons[k].paused = true;
+        }
+    }
+
+    pub fn resume(&mut self, k: usize) {
+        if let Some(child) = &self.daemons[k].child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+        }
+        self.daemons[k].paused = false;
+    }
+
+    /// Resumes paused daemons and restarts killed ones.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        for k in 0..self.len() {
+            self.resume(k);
+            self.restart(k)?;
+        }
+        Ok(())
+    }
+
+    /// Ends every daemon, then stops its containers and removes its sandboxes and bridge.
+    pub fn stop_all(&mut self) {
+        for k in 0..self.len() {
+            self.resume(k);
+            self.kill(k);
+        }
+        for n in std::mem::take(&mut self.daemons) {
+            let reset = Command::new(&self.skiff)
+                .args(["node", "--reset", "--name", &n.name, "--bridge", &n.bridge, "--pod-cidr", &n.pod_cidr])
+                .arg("--root-dir")
+                .arg(&n.root)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !reset.is_ok_and(|s| s.success()) {
+                tracing::warn!("resetting node {} failed; its containers may still run", n.name);
+            }
+        }
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
