@@ -21,6 +21,7 @@
 //! serializable; watch streams are ordered, gap-free and duplicate-free.
 
 pub mod db;
+pub mod election;
 pub mod error;
 pub mod etcd;
 pub mod log_store;

@@ -3,6 +3,7 @@
 //! leader or forwarded to it from a follower, so clients can talk to any master.
 
 use crate::db;
+use crate::election::ElectionWatch;
 use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::network::{self, Network, PeerClients};
@@ -165,6 +166,8 @@ pub struct Master {
     pub cluster_id: u64,
     leases: LeaseClock,
     accepting: AtomicBool,
+    /// This node's own election trigger (see [`crate::election`]).
+    pub election: Arc<ElectionWatch>,
 }
 
 fn raft_config(c: &MasterConfig) -> Result<Config, StoreError> {
@@ -193,10 +196,11 @@ impl Master {
         let sm = StateMachine::open(db.clone(), &config.data_dir.join("snapshots")).map_err(|e| internal(&e))?;
         let shared = sm.shared();
         let peers = PeerClients::default();
+        let election = Arc::new(ElectionWatch::default());
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config(&config)?),
-            Network { clients: peers.clone() },
+            Network { clients: peers.clone(), election: election.clone() },
             LogStore::new(db),
             sm,
         )
@@ -226,6 +230,7 @@ impl Master {
             cluster_id,
             leases: LeaseClock::default(),
             accepting: AtomicBool::new(true),
+            election,
         }))
     }
 
@@ -543,6 +548,44 @@ impl Master {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Starts an election when this follower's leader has been silent as long as openraft's
+    /// own timer waits without its stale smaller-log penalty (see [`crate::election`]).
+    pub async fn run_election_watch(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        // openraft's follower timer: the leader lease (= election_timeout_max) plus an election
+        // timeout of at most election_timeout_max; this fires only when that has passed.
+        let quiet = Duration::from_millis(self.config.election_min_ms * 4);
+        let min = self.config.election_min_ms;
+        // When this node's vote last changed: a campaign openraft's own timer started is given
+        // an election timeout before this one retries it.
+        let mut vote = self.raft.metrics().borrow().vote;
+        let mut vote_since = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = stop.changed() => return,
+            }
+            let now = std::time::Instant::now();
+            // A split vote is retried after an election timeout, drawn afresh each time.
+            let retry = Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), min..2 * min));
+            let waiting_voter = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                if m.vote != vote {
+                    (vote, vote_since) = (m.vote, now);
+                }
+                let campaign_settled = m.state == ServerState::Follower
+                    || (m.state == ServerState::Candidate && now.duration_since(vote_since) >= retry);
+                campaign_settled && m.membership_config.membership().voter_ids().any(|v| v == self.id())
+            };
+            if waiting_voter && self.election.due(now, quiet, retry) {
+                tracing::info!("leader silent for {quiet:?}: starting an election");
+                if let Err(e) = self.raft.trigger().elect().await {
+                    tracing::warn!("starting an election: {e}");
+                }
             }
         }
     }

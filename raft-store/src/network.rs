@@ -3,6 +3,7 @@
 //! Payloads are bincode encodings of openraft's own types. A peer that cannot be reached gets
 //! exponential backoff (100 ms doubling to 2 s) instead of a retry storm.
 
+use crate::election::ElectionWatch;
 use crate::types::{Member, TypeConfig};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -50,13 +51,15 @@ impl PeerClients {
 
 pub struct Network {
     pub clients: PeerClients,
+    /// Told when a vote request of this node is refused for a shorter log.
+    pub election: Arc<ElectionWatch>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerConnection {
-        PeerConnection { target, node: node.clone(), clients: self.clients.clone() }
+        PeerConnection { target, node: node.clone(), clients: self.clients.clone(), election: self.election.clone() }
     }
 }
 
@@ -64,6 +67,7 @@ pub struct PeerConnection {
     target: u64,
     node: Member,
     clients: PeerClients,
+    election: Arc<ElectionWatch>,
 }
 
 type RpcErr<E> = RPCError<u64, Member, E>;
@@ -125,7 +129,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RpcErr<RaftError<u64>>> {
-        self.call("vote", &rpc, &option).await
+        let resp: VoteResponse<u64> = self.call("vote", &rpc, &option).await?;
+        if !resp.vote_granted && resp.last_log_id > rpc.last_log_id {
+            self.election.refused_for_shorter_log();
+        }
+        Ok(resp)
     }
 
     fn backoff(&self) -> Backoff {

@@ -5,7 +5,7 @@ use crate::error::StoreError;
 use crate::master::{ForwardReply, Forwarded, Master};
 use crate::network::{decode, encode};
 use crate::types::TypeConfig;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 use skiff_proto::peer::peer_server::Peer;
 use skiff_proto::peer::{Empty, Payload, ReadIndexReply};
 use std::sync::Arc;
@@ -24,17 +24,31 @@ fn bad_payload(e: bincode::Error) -> Status {
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
-        Ok(Response::new(encode(&self.master.raft.append_entries(rpc).await)))
+        let resp = self.master.raft.append_entries(rpc).await;
+        if resp.as_ref().is_ok_and(|r| !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.master.election.contact();
+        }
+        Ok(Response::new(encode(&resp)))
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc: VoteRequest<u64> = decode(req.get_ref()).map_err(bad_payload)?;
-        Ok(Response::new(encode(&self.master.raft.vote(rpc).await)))
+        let resp = self.master.raft.vote(rpc).await;
+        if resp.as_ref().is_ok_and(|r| r.vote_granted) {
+            self.master.election.contact();
+        }
+        Ok(Response::new(encode(&resp)))
     }
 
     async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
-        Ok(Response::new(encode(&self.master.raft.install_snapshot(rpc).await)))
+        let vote = rpc.vote;
+        let resp = self.master.raft.install_snapshot(rpc).await;
+        // Accepted when the reply carries the sender's vote (a higher one refuses it).
+        if resp.as_ref().is_ok_and(|r| r.vote == vote) {
+            self.master.election.contact();
+        }
+        Ok(Response::new(encode(&resp)))
     }
 
     async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {

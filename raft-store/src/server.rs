@@ -31,6 +31,7 @@ pub async fn serve(
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(master.clone().run_lease_expiry(stop_rx.clone()));
     tokio::spawn(master.clone().announce(stop_rx.clone()));
+    tokio::spawn(master.clone().run_election_watch(stop_rx.clone()));
 
     let peer = Server::builder()
         .add_service(
