@@ -53,22 +53,35 @@ pub struct MasterInfo {
     pub log: PathBuf,
 }
 
-/// The busybox OCI image layout `scripts/build-test-image` makes (ref `busybox:test`),
-/// built once per test binary.
+/// The busybox OCI image layout `scripts/build-test-image` makes (ref `busybox:test`). Built
+/// once per test binary; the build is reproducible, so every binary (and every run) shares the
+/// one directory named by its manifest digest instead of leaving a copy behind each time.
 pub fn test_image() -> PathBuf {
     static IMAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     IMAGE
         .get_or_init(|| {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let out = std::env::temp_dir().join(format!("skiff-test-image-{}", std::process::id()));
+            let tmp = std::env::temp_dir();
+            let built = tmp.join(format!("skiff-test-image-build-{}", std::process::id()));
             let status = Command::new(root.join("scripts/build-test-image"))
-                .arg(&out)
+                .arg(&built)
                 .arg("busybox:test")
                 .stdout(Stdio::null())
                 .status()
                 .expect("run scripts/build-test-image");
             assert!(status.success(), "scripts/build-test-image failed");
-            out
+            let index: Value = serde_json::from_slice(&std::fs::read(built.join("index.json")).expect("index.json"))
+                .expect("index.json is JSON");
+            let digest = index["manifests"][0]["digest"].as_str().expect("a manifest digest").to_string();
+            let hex = digest.trim_start_matches("sha256:");
+            let shared = tmp.join(format!("skiff-test-image-{}", &hex[..16]));
+            // Another binary may have put it there first: then this build is not needed.
+            if !shared.join("index.json").exists() && std::fs::rename(&built, &shared).is_ok() {
+                return shared;
+            }
+            let _ = std::fs::remove_dir_all(&built);
+            assert!(shared.join("index.json").exists(), "{} holds no image layout", shared.display());
+            shared
         })
         .clone()
 }
