@@ -3,9 +3,8 @@
 
 use crate::net::{Net, CLIENT_PORT};
 use crate::nodes::Nodes;
+use crate::process::Process;
 use anyhow::Context;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use skiff_proto::etcdserverpb::cluster_client::ClusterClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use skiff_proto::etcdserverpb::{
@@ -14,7 +13,7 @@ use skiff_proto::etcdserverpb::{
 use skiff_raft_store::{MasterConfig, Member};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -26,8 +25,7 @@ pub struct Master {
     data: PathBuf,
     peer_addr: String,
     log: PathBuf,
-    child: Option<Child>,
-    pub paused: bool,
+    pub process: Process,
 }
 
 /// What every master of a run is configured with beyond its address.
@@ -101,8 +99,7 @@ impl ChaosCluster {
                 data: home.join("data"),
                 peer_addr: m.peer_addr.clone(),
                 log: dir.join(format!("master-{id}.log")),
-                child: None,
-                paused: false,
+                process: Process::default(),
             };
             master.write_config(&members, &options)?;
             masters.push(master);
@@ -117,7 +114,7 @@ impl ChaosCluster {
 
     /// Starts the node daemons; they reach the masters through proxies into their namespaces.
     pub async fn start_nodes(&mut self, dir: &Path, opts: &crate::nodes::NodeOptions) -> anyhow::Result<()> {
-        self.nodes = Nodes::start(&self.skiff, &self.net, dir, self.net.tag, opts).await?;
+        self.nodes = Nodes::start(&self.skiff, &self.net, dir, opts).await?;
         Ok(())
     }
 
@@ -132,52 +129,26 @@ impl ChaosCluster {
     /// Starts master `i` (again) with its data directory as it was left.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         let m = &mut self.masters[i];
-        if m.child.is_some() {
-            return Ok(());
-        }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log)?;
-        let child = Command::new("ip")
-            .args(self.net.exec_prefix(i))
-            .arg(&self.skiff)
-            .arg("master")
-            .arg("--config")
-            .arg(&m.config)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting master {}", m.id))?;
-        m.child = Some(child);
-        m.paused = false;
-        Ok(())
+        let mut cmd = Command::new("ip");
+        cmd.args(self.net.exec_prefix(i)).arg(&self.skiff).arg("master").arg("--config").arg(&m.config);
+        m.process.start(&mut cmd, &m.log, &format!("master {}", m.id))
     }
 
     /// SIGKILL; the master's data directory stays for [`restart`](Self::restart).
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.masters[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.masters[i].paused = false;
+        self.masters[i].process.kill();
     }
 
     pub fn pause(&mut self, i: usize) {
-        if let Some(child) = &self.masters[i].child {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP);
-            self.masters[i].paused = true;
-        }
+        self.masters[i].process.pause();
     }
 
     pub fn resume(&mut self, i: usize) {
-        if let Some(child) = &self.masters[i].child {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
-        }
-        self.masters[i].paused = false;
+        self.masters[i].process.resume();
     }
 
     pub fn running(&self, i: usize) -> bool {
-        self.masters[i].child.is_some()
+        self.masters[i].process.running()
     }
 
     pub fn channel(&self, i: usize) -> Channel {
@@ -185,7 +156,7 @@ impl ChaosCluster {
     }
 
     pub async fn status(&self, i: usize) -> Option<StatusResponse> {
-        if !self.running(i) || self.masters[i].paused {
+        if !self.running(i) || self.masters[i].process.paused {
             return None;
         }
         let mut c = MaintenanceClient::new(self.admin[i].clone());
@@ -197,12 +168,12 @@ impl ChaosCluster {
     }
 
     /// What the API says about node `name` now: its Ready condition and how many of its pods
-    /// are being deleted (evicted), as "Ready=Unknown, 3 pods terminating"; `None` when no
+    /// are being deleted (evicted), as "Ready=Unknown, 3 of its 4 pods terminating"; `None` when no
     /// master answered.
     pub async fn node_view(&self, name: &str) -> Option<String> {
         use skiff_proto::api::objects_client::ObjectsClient;
         use skiff_proto::api::{RawListRequest, RawRequest};
-        for i in (0..self.len()).filter(|&i| self.running(i) && !self.masters[i].paused) {
+        for i in (0..self.len()).filter(|&i| self.running(i) && !self.masters[i].process.paused) {
             let mut c = ObjectsClient::new(self.admin[i].clone());
             let node = RawRequest { resource: "nodes".into(), name: name.into(), ..Default::default() };
             let pods = RawListRequest {
@@ -246,7 +217,7 @@ impl ChaosCluster {
     pub async fn replace_member(&mut self, i: usize) -> anyhow::Result<u64> {
         let old = self.masters[i].id;
         let helper = (0..self.len())
-            .find(|&j| j != i && self.running(j) && !self.masters[j].paused)
+            .find(|&j| j != i && self.running(j) && !self.masters[j].process.paused)
             .context("no other running master to change membership through")?;
         let mut cluster = ClusterClient::new(self.admin[helper].clone());
         cluster

@@ -22,6 +22,7 @@ pub mod linearizability;
 pub mod nemesis;
 pub mod net;
 pub mod nodes;
+pub mod process;
 pub mod report;
 pub mod run;
 pub mod watch;

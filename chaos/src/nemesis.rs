@@ -339,7 +339,7 @@ pub async fn execute(
             }
             Action::Pause(_) => {
                 for i in 0..n {
-                    if cluster.masters[i].paused {
+                    if cluster.masters[i].process.paused {
                         cluster.resume(i);
                     }
                 }

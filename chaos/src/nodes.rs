@@ -5,11 +5,9 @@
 //! evicts their pods.
 
 use crate::net::Net;
-use anyhow::Context;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use crate::process::Process;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 /// How the node daemons are set up.
 #[derive(Debug, Clone)]
@@ -28,8 +26,7 @@ pub struct NodeDaemon {
     node_ip: String,
     pod_cidr: String,
     log: PathBuf,
-    child: Option<Child>,
-    pub paused: bool,
+    process: Process,
 }
 
 /// Every node daemon of a run (none when the run has no nodes).
@@ -46,8 +43,9 @@ pub struct Nodes {
 
 impl Nodes {
     /// Imports the image into `opts.count` node state directories under `dir` and starts a
-    /// daemon on each. `tag` keeps bridge names and node addresses apart from other runs'.
-    pub async fn start(skiff: &Path, net: &Net, dir: &Path, tag: u32, opts: &NodeOptions) -> anyhow::Result<Nodes> {
+    /// daemon on each. The net's tag keeps bridge names and node addresses apart from other runs'.
+    pub async fn start(skiff: &Path, net: &Net, dir: &Path, opts: &NodeOptions) -> anyhow::Result<Nodes> {
+        let tag = net.tag;
         let mut endpoints = Vec::new();
         for i in 0..net.members.len() {
             endpoints.push(net.proxy(i).await?.to_string());
@@ -84,8 +82,7 @@ impl Nodes {
                 root: std::fs::canonicalize(&root)?,
                 name,
                 pod_cidr,
-                child: None,
-                paused: false,
+                process: Process::default(),
             });
         }
         for k in 0..nodes.daemons.len() {
@@ -106,51 +103,29 @@ impl Nodes {
     pub fn restart(&mut self, k: usize) -> anyhow::Result<()> {
         let lease = self.lease_interval_seconds.to_string();
         let n = &mut self.daemons[k];
-        if n.child.is_some() {
-            return Ok(());
-        }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log)?;
-        let child = Command::new(&self.skiff)
-            .args(["node", "--name", &n.name, "--bridge", &n.bridge, "--node-ip", &n.node_ip])
+        let mut cmd = Command::new(&self.skiff);
+        cmd.args(["node", "--name", &n.name, "--bridge", &n.bridge, "--node-ip", &n.node_ip])
             .args(["--pod-cidr", &n.pod_cidr, "--lease-interval-seconds", &lease])
             .args(["--ingress-http-port", "0", "--ingress-https-port", "0", "--backoff-base-ms", "1000"])
             .arg("--config")
             .arg(&self.config)
             .arg("--root-dir")
-            .arg(&n.root)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting node {}", n.name))?;
-        n.child = Some(child);
-        n.paused = false;
-        Ok(())
+            .arg(&n.root);
+        n.process.start(&mut cmd, &n.log, &format!("node {}", n.name))
     }
 
     /// SIGKILL of the daemon alone: its containers keep running under their shims.
     pub fn kill(&mut self, k: usize) {
-        if let Some(mut child) = self.daemons[k].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.daemons[k].paused = false;
+        self.daemons[k].process.kill();
     }
 
     /// SIGSTOP: the node stops heartbeating (and stops acting on its pods) until resumed.
     pub fn pause(&mut self, k: usize) {
-        if let Some(child) = &self.daemons[k].child {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP);
-            self.daemons[k].paused = true;
-        }
+        self.daemons[k].process.pause();
     }
 
     pub fn resume(&mut self, k: usize) {
-        if let Some(child) = &self.daemons[k].child {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
-        }
-        self.daemons[k].paused = false;
+        self.daemons[k].process.resume();
     }
 
     /// Resumes paused daemons and restarts killed ones.
