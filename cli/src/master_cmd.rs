@@ -243,7 +243,7 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                 let leader = master.clone();
                 let runner = skiff_scheduler::runner::Runner {
                     client,
-                    is_leader: Box::new(move || leader.is_leader()),
+                    leader_term: std::sync::Arc::new(move || leader.leader_term()),
                     interval: std::time::Duration::from_millis(500),
                     node_grace: std::time::Duration::from_secs(controllers.node_grace_seconds),
                     pod_eviction_timeout: std::time::Duration::from_secs(controllers.pod_eviction_seconds),

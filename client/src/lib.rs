@@ -144,14 +144,21 @@ impl ClientConfig {
     }
 }
 
-/// Adds the bearer token to every call.
+/// Adds the bearer token to every call, and for a fenced client the leadership term its
+/// writes are fenced to.
 #[derive(Clone)]
-pub struct Auth(Option<MetadataValue<Ascii>>);
+pub struct Auth {
+    token: Option<MetadataValue<Ascii>>,
+    fence: Option<MetadataValue<Ascii>>,
+}
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.token {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Some(v) = &self.fence {
+            req.metadata_mut().insert(skiff_proto::FENCE_HEADER, v.clone());
         }
         Ok(req)
     }
@@ -212,15 +219,23 @@ impl Client {
             }
             channels.push(endpoint.connect_lazy());
         }
-        let auth = Auth(
-            config
-                .token
-                .as_ref()
-                .map(|t| format!("Bearer {t}").parse())
-                .transpose()
-                .map_err(|_| Status::invalid_argument("the token is not ASCII"))?,
-        );
+        let token = config
+            .token
+            .as_ref()
+            .map(|t| format!("Bearer {t}").parse())
+            .transpose()
+            .map_err(|_| Status::invalid_argument("the token is not ASCII"))?;
+        let auth = Auth { token, fence: None };
         Ok(Client { config, channels, auth, current: AtomicUsize::new(0) })
+    }
+
+    /// This client with every write fenced to the leadership of raft term `term` (DESIGN.md
+    /// rule 4): the master refuses the write unless it is the leader of that very term, so a
+    /// controller that lost its leadership mid-round cannot act on what it read before.
+    pub fn fenced(&self, term: u64) -> Client {
+        let mut c = self.clone();
+        c.auth.fence = Some(MetadataValue::from(term));
+        c
     }
 
     /// Starts the next call with the next master: for a caller whose own deadline ran out on

@@ -54,4 +54,8 @@ pub mod api {
 }
 
 /// Encoded `FileDescriptorSet` of every `.proto` in this crate.
+/// The request header that fences a controller's writes to the raft term of its leadership
+/// (DESIGN.md rule 4): sent by `skiff_client::Client::fenced`, honoured by the masters.
+pub const FENCE_HEADER: &str = "skiff-fence-term";
+
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

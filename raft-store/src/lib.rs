@@ -12,6 +12,7 @@
 //! - [`state_machine`]: applying entries; building, streaming and installing snapshots.
 //! - [`watch_hub`]: fan-out of applied events; [`watch_feed`]: one watcher's ordered feed.
 //! - [`network`] / [`peer_service`]: raft and forwarding between masters over gRPC.
+//! - [`fence`]: the `skiff-fence-term` header that fences controllers' writes to a term.
 //! - [`master`]: one master; any-master semantics (forwarding, read index, lease clock).
 //! - [`etcd`]: the etcd v3 services; [`server`]: both listeners.
 //! - [`error`]: the error enum and its gRPC code table.
@@ -24,6 +25,7 @@ pub mod db;
 pub mod election;
 pub mod error;
 pub mod etcd;
+pub mod fence;
 pub mod log_store;
 pub mod master;
 pub mod mvcc;

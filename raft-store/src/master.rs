@@ -5,10 +5,11 @@
 use crate::db;
 use crate::election::ElectionWatch;
 use crate::error::StoreError;
+use crate::fence::Fence;
 use crate::log_store::LogStore;
 use crate::network::{self, Network, PeerClients};
 use crate::state_machine::{SmShared, StateMachine};
-use crate::types::{Member, Op, Raft, Reply, Request, Response};
+use crate::types::{ApplyError, Member, Op, Raft, Reply, Request, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -246,6 +247,14 @@ impl Master {
         self.raft.metrics().borrow().current_term
     }
 
+    /// The term of this master's leadership, while it leads: the fence its controllers' writes
+    /// carry (DESIGN.md rule 4). A leader's term does not change while it leads, so two reads
+    /// that return the same term saw the same leadership.
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    }
+
     /// The leader this master believes in, with its address.
     pub fn leader(&self) -> Option<(u64, Member)> {
         let m = self.raft.metrics().borrow().clone();
@@ -271,9 +280,34 @@ impl Master {
         }
     }
 
-    /// Proposes a state-machine command through raft, from any master.
+    /// Proposes a state-machine command through raft, from any master; within a request fenced
+    /// to a leadership term ([`crate::fence`]), only as [`Master::propose_fenced`].
     pub async fn propose(&self, op: Op) -> Result<Response, StoreError> {
+        match crate::fence::current() {
+            Fence::None => {}
+            Fence::Term(term) => return self.propose_fenced(op, term).await,
+            Fence::Invalid(msg) => return Err(StoreError::InvalidArgument(msg)),
+        }
         match self.execute(Forwarded::Write(Request::new(op))).await? {
+            ForwardReply::Write(r) => Ok(r),
+            other => Err(StoreError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Proposes a controller's write fenced to the leadership of `term` (DESIGN.md rule 4): only
+    /// on this master, only while it leads in `term`, and the state machine refuses the entry
+    /// if it lands in any other term. Never forwarded — a deposed leader's controller acted on
+    /// what it read in its own term, and its write must not reach the next leader.
+    pub async fn propose_fenced(&self, op: Op, term: u64) -> Result<Response, StoreError> {
+        self.check_accepting()?;
+        match self.leader_term() {
+            Some(t) if t == term => {}
+            Some(t) => return Err(StoreError::Apply(ApplyError::Fenced { expected: term, actual: t })),
+            None => return Err(self.not_leader()),
+        }
+        let deadline = Instant::now() + self.config.request_timeout();
+        let req = Request { fence_term: Some(term), op };
+        match self.execute_local(Forwarded::Write(req), deadline).await? {
             ForwardReply::Write(r) => Ok(r),
             other => Err(StoreError::Internal(format!("unexpected reply {other:?}"))),
         }

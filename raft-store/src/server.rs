@@ -57,7 +57,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("descriptor set is valid");
-    let mut builder = Server::builder();
+    // Controllers' writes carry the term they are fenced to in a header (DESIGN.md rule 4).
+    let mut builder = Server::builder().layer(crate::fence::FenceLayer);
     if let Some(tls) = &master.config.client_tls {
         builder = builder.tls_config(client_tls_config(tls)?)?;
     }

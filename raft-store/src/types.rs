@@ -126,7 +126,7 @@ pub enum ApplyError {
     KeyNotFound,
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
-    #[error("fenced: write from leadership term {expected} committed in term {actual}")]
+    #[error("fenced: a controller write of leadership term {expected} reached term {actual}; that leadership is over")]
     Fenced { expected: u64, actual: u64 },
     #[error("{0}")]
     Invalid(String),

@@ -22,10 +22,13 @@ fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
+#[derive(Clone)]
 pub struct Runner {
     pub client: Client,
-    /// Whether this master leads right now (checked every round).
-    pub is_leader: Box<dyn Fn() -> bool + Send + Sync>,
+    /// The raft term of this master's leadership while it leads (checked every round); each
+    /// round's writes are fenced to it (DESIGN.md rule 4), so a round that outlives the
+    /// leadership it read under changes nothing.
+    pub leader_term: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>,
     pub interval: Duration,
     /// How long a node's Lease may go unrenewed before the node counts as unreachable.
     pub node_grace: Duration,
@@ -116,8 +119,8 @@ impl Runner {
                 _ = tokio::time::sleep(ENDPOINTS_INTERVAL) => {}
                 _ = stop.changed() => return,
             }
-            if (self.is_leader)() {
-                if let Err(e) = self.endpoints().await {
+            if let Some(term) = (self.leader_term)() {
+                if let Err(e) = self.fenced(term).endpoints().await {
                     tracing::debug!("endpoints controller: {e}");
                 }
             }
@@ -131,14 +134,19 @@ impl Runner {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = stop.changed() => return,
             }
-            if !(self.is_leader)() {
+            let Some(term) = (self.leader_term)() else {
                 state.reported.clear();
                 continue;
-            }
-            if let Err(e) = self.round(&mut state).await {
+            };
+            if let Err(e) = self.fenced(term).round(&mut state).await {
                 tracing::debug!("scheduling round: {e}");
             }
         }
+    }
+
+    /// This runner for one leadership: every write it makes is fenced to `term`.
+    fn fenced(&self, term: u64) -> Runner {
+        Runner { client: self.client.fenced(term), ..self.clone() }
     }
 
     async fn items<T: serde::de::DeserializeOwned>(&self, resource: &str) -> Result<Vec<(Value, T)>, Status> {

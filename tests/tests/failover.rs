@@ -120,3 +120,88 @@ fn a_member_that_missed_compaction_catches_up_through_a_snapshot() {
     );
     assert_eq!(rt.block_on(get(&c.master(lagging).etcd, "bulk/49", true)).unwrap().map(|v| v.len()), Some(100 + 399));
 }
+
+/// A controller's writes carry the term of the leadership it read under (DESIGN.md rule 4):
+/// the leader of that term takes them; a follower refuses rather than forwards them; the next
+/// leader refuses them; and a fence that is not a term is refused by name. Refused writes
+/// leave nothing behind.
+#[test]
+fn writes_fenced_to_a_leadership_are_refused_once_it_is_over() {
+    use serde_json::json;
+    use skiff_client::{Client, ClientConfig};
+    let mut c = Cluster::up(3, &[]);
+    let all: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
+    let token = c.admin_token();
+    let client_of = |c: &Cluster, id: u64| {
+        Client::new(ClientConfig {
+            endpoints: vec![c.master(id).etcd.clone()],
+            token: Some(token.clone()),
+            ca: None,
+            namespace: "default".into(),
+            timeout: Duration::from_secs(10),
+        })
+        .expect("client")
+    };
+    let cm =
+        |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}});
+    let rt = runtime();
+    // Channels connect lazily, on the runtime that makes them.
+    let _in_runtime = rt.enter();
+    let term_of = |c: &Cluster, id: u64| rt.block_on(status(&c.master(id).etcd)).expect("status").raft_term;
+
+    // phase: the leader takes a write fenced to its own term
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    let term = term_of(&c, leader);
+    rt.block_on(client_of(&c, leader).fenced(term).create("configmaps", "default", &cm("in-term")))
+        .unwrap_or_else(|e| panic!("a write fenced to the leader's own term {term}: {e}"));
+
+    // phase: a follower refuses it instead of forwarding it to the leader
+    let follower = *all.iter().find(|&&id| id != leader).expect("a follower");
+    let e = rt
+        .block_on(client_of(&c, follower).fenced(term).create("configmaps", "default", &cm("via-follower")))
+        .expect_err("a follower took a fenced write");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+
+    // phase: once the leader is dead, its term's writes are refused by the next leader
+    c.kill(leader);
+    let survivors: Vec<u64> = all.iter().copied().filter(|&id| id != leader).collect();
+    let next = c.wait_leader(&survivors, Duration::from_secs(15));
+    let next_term = term_of(&c, next);
+    assert!(next_term > term, "the next leader's term {next_term} is not past {term}");
+    let e = rt
+        .block_on(client_of(&c, next).fenced(term).create("configmaps", "default", &cm("stale-term")))
+        .expect_err("the next leader took a write of the old leadership");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    assert!(e.message().contains(&format!("term {term}")), "{e}");
+    rt.block_on(client_of(&c, next).fenced(next_term).create("configmaps", "default", &cm("next-term")))
+        .unwrap_or_else(|e| panic!("a write fenced to the new leader's term {next_term}: {e}"));
+
+    // phase: a fence that is not a term is refused, naming the header
+    let bad = rt.block_on(async {
+        let channel = skiff_tests::channel(&c.master(next).etcd).await.expect("channel");
+        let mut auth = skiff_tests::bearer(&token);
+        let mut client = skiff_proto::api::objects_client::ObjectsClient::with_interceptor(channel, move |req| {
+            let mut req = auth(req)?;
+            req.metadata_mut().insert(skiff_proto::FENCE_HEADER, "yesterday".parse().expect("ASCII"));
+            Ok(req)
+        });
+        let req = skiff_proto::api::RawRequest {
+            resource: "configmaps".into(),
+            namespace: "default".into(),
+            json: cm("bad-fence").to_string(),
+            ..Default::default()
+        };
+        client.create(req).await
+    });
+    let e = bad.expect_err("a write with a malformed fence was taken");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains(skiff_proto::FENCE_HEADER) && e.message().contains("yesterday"), "{e}");
+
+    // phase: only the two writes that were in term exist
+    c.restart_stopped();
+    for (name, exists) in
+        [("in-term", true), ("via-follower", false), ("stale-term", false), ("next-term", true), ("bad-fence", false)]
+    {
+        assert_eq!(c.get_json("configmaps", name).is_some(), exists, "configmap {name}");
+    }
+}
