@@ -171,8 +171,12 @@ pub fn plan(d: &Value, sets: &[Value], pods: &[Value]) -> Plan {
             if surge == 0 && unavailable == 0 {
                 unavailable = 1;
             }
-            // Up: the new ReplicaSet grows into the surge room.
-            let total = old_active + new_count;
+            // Up: the new ReplicaSet grows into the surge room. A ReplicaSet counts as the
+            // larger of its size and its live pods: a scale-down its controller has not carried
+            // out yet (a leader that died between the two writes) still occupies the room.
+            let occupied = |rs: &Value, size: i64| size.max(pods_of(rs).len() as i64);
+            let total =
+                owned.iter().zip(&counts).map(|(rs, c)| occupied(rs, *c)).sum::<i64>() + occupied(new, new_count);
             if total < desired + surge {
                 new_count = (new_count + desired + surge - total).min(desired);
             }
@@ -362,6 +366,28 @@ mod tests {
         let old_update = p.update.iter().find(|u| u["metadata"]["uid"] == "old-uid").unwrap();
         assert_eq!(old_update["spec"]["replicas"], 3);
         assert!(p.update.iter().all(|u| u["metadata"]["uid"] != "new-uid"));
+    }
+
+    #[test]
+    fn old_pods_a_scale_down_has_not_removed_yet_leave_no_room_to_surge() {
+        let strategy = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+        let old_d = deployment(5, "a", strategy);
+        let mut d = old_d.clone();
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("b");
+        // The old ReplicaSet was cut to 4 but still runs 5 pods; the new one runs its 1.
+        let old = rs_of(&old_d, 4, 1, "old-uid");
+        let mut new = rs_of(&d, 1, 2, "new-uid");
+        new["metadata"]["annotations"][REVISION] = json!("2");
+        let mut all = pods(&old, 5, 5);
+        all.extend(pods(&new, 1, 1));
+        let p = plan(&d, &[old.clone(), new.clone()], &all);
+        assert!(p.update.iter().all(|u| u["metadata"]["uid"] != "new-uid"), "grew into occupied room: {:?}", p.update);
+        // Once the old pod is gone, the room is there.
+        let mut all = pods(&old, 4, 4);
+        all.extend(pods(&new, 1, 1));
+        let p = plan(&d, &[old, new], &all);
+        let grown = p.update.iter().find(|u| u["metadata"]["uid"] == "new-uid").expect("the new ReplicaSet grows");
+        assert_eq!(grown["spec"]["replicas"], 2);
     }
 
     #[test]
