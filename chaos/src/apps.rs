@@ -19,6 +19,10 @@ use tonic::transport::Channel;
 
 pub const NAMESPACE: &str = "default";
 const HISTORY_LIMIT: u64 = 2;
+/// The first Deployment is steady: rolled and its pods deleted, never scaled, so its rollouts
+/// have a fixed bound of live pods ([`crate::rollouts`]) — `STEADY_REPLICAS + MAX_SURGE`.
+pub const STEADY_REPLICAS: u64 = 3;
+pub const MAX_SURGE: u64 = 1;
 
 /// A Deployment of `replicas` pods that sleep in `image`; rollouts change its `REVISION`.
 fn deployment(name: &str, replicas: u64, image: &str) -> Value {
@@ -29,7 +33,7 @@ fn deployment(name: &str, replicas: u64, image: &str) -> Value {
             "replicas": replicas,
             "revisionHistoryLimit": HISTORY_LIMIT,
             "selector": {"matchLabels": {"app": name}},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "100%", "maxSurge": 1}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "100%", "maxSurge": MAX_SURGE}},
             "template": {
                 "metadata": {"labels": {"app": name}},
                 "spec": {
@@ -76,7 +80,8 @@ async fn list(c: &mut ObjectsClient<Channel>, resource: &str) -> Result<Vec<Valu
     Ok(v["items"].as_array().cloned().unwrap_or_default())
 }
 
-/// Creates the Deployments (retrying until `deadline`); they start at 2 replicas of `image`.
+/// Creates the Deployments (retrying until `deadline`); the steady one starts at
+/// [`STEADY_REPLICAS`], the others at 2 replicas of `image`.
 pub async fn setup(channel: Channel, deployments: usize, image: &str, deadline: Instant) -> anyhow::Result<()> {
     let mut c = ObjectsClient::new(channel);
     for i in 0..deployments {
@@ -85,7 +90,7 @@ pub async fn setup(channel: Channel, deployments: usize, image: &str, deadline: 
                 .create(RawRequest {
                     resource: "deployments".into(),
                     namespace: NAMESPACE.into(),
-                    json: deployment(&name(i), 2, image).to_string(),
+                    json: deployment(&name(i), if i == 0 { STEADY_REPLICAS } else { 2 }, image).to_string(),
                     ..Default::default()
                 })
                 .await;
@@ -117,8 +122,13 @@ pub async fn run(
     let mut image = 0u64;
     while !*stop.borrow() {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(pace.clone()))).await;
-        let d = name(rng.gen_range(0..deployments));
-        let action = rng.gen_range(0..3);
+        let which = rng.gen_range(0..deployments);
+        let d = name(which);
+        // The steady Deployment is rolled where another would be scaled.
+        let action = match rng.gen_range(0..3) {
+            0 if which == 0 => 1,
+            a => a,
+        };
         let result = match action {
             0 | 1 => {
                 // Read-modify-write; a conflict means a controller wrote status in between.

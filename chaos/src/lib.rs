@@ -9,6 +9,7 @@
 //! - [`watchers`]: a watcher per master that resumes across reconnects.
 //! - [`apps`]: the API workload (Deployments scaled, rolled, pods deleted) and its convergence
 //!   check.
+//! - [`rollouts`]: the rolling-update surge bound, checked at every revision during the run.
 //! - [`linearizability`], [`watch`]: the checkers, proven able to fail on known-bad histories.
 //! - [`run`]: one experiment end to end; [`report`]: its figures and verdicts.
 //!
@@ -24,6 +25,7 @@ pub mod net;
 pub mod nodes;
 pub mod process;
 pub mod report;
+pub mod rollouts;
 pub mod run;
 pub mod watch;
 pub mod watchers;

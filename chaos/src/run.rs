@@ -7,6 +7,7 @@ use crate::kv::{self, Acked, ClientLog, PREFIX};
 use crate::linearizability::{self, Event};
 use crate::nemesis::{self, FaultKind};
 use crate::report::{self, count_ops, Check, Report};
+use crate::rollouts::{self, SurgeLog};
 use crate::watch::{self, Received};
 use crate::watchers::{self, WatchLog, END_KEY};
 use anyhow::{bail, Context};
@@ -189,6 +190,21 @@ fn watch_checks(logs: &[WatchLog], history: &[Received]) -> Vec<Check> {
         .collect()
 }
 
+fn surge_check(log: &SurgeLog) -> Check {
+    Check {
+        name: "rollout surge".into(),
+        passed: log.violations.is_empty(),
+        detail: if log.violations.is_empty() {
+            format!(
+                "deployment {} never had more than {} live pods (bound {}) over {} pod events, {} watch reconnects",
+                log.deployment, log.most, log.bound, log.events, log.reconnects
+            )
+        } else {
+            format!("{} revisions past the bound; first: {}", log.broken, log.violations.join("; "))
+        },
+    }
+}
+
 /// One JSON object per line.
 fn write_jsonl(path: PathBuf, events: &[Event]) -> anyhow::Result<()> {
     let lines: Vec<String> = events.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
@@ -255,6 +271,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         let seed = opts.seed + i as u64;
         app_tasks.push(tokio::spawn(apps::run(channel, opts.deployments, seed, app_pace.clone(), stop_rx.clone())));
     }
+    // The steady Deployment's surge bound, at every revision, through whichever master answers.
+    let surge_task = (opts.deployments > 0).then(|| {
+        let channels = (0..opts.masters).map(|i| cluster.net.channel(i, Duration::from_secs(24 * 3600))).collect();
+        let bound = (apps::STEADY_REPLICAS + apps::MAX_SURGE) as usize;
+        tokio::spawn(async move { rollouts::watch(channels, apps::NAMESPACE, &apps::name(0), bound, stop_rx).await })
+    });
     let mut watch_tasks = Vec::new();
     for i in 0..opts.masters {
         // Watch streams stay open for the whole run: no per-request deadline.
@@ -291,6 +313,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         apps_log.pod_deletes += l.pod_deletes;
         apps_log.failed += l.failed;
     }
+    let surge = match surge_task {
+        Some(t) => Some(t.await?),
+        None => None,
+    };
     let elapsed = t0.elapsed();
     let end = put_anywhere(&cluster, END_KEY, Instant::now() + Duration::from_secs(60)).await?;
     let leader = cluster.leader().await.unwrap_or(0);
@@ -335,6 +361,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     checks.push(lost_writes_check(&acked, history));
     checks.extend(watch_checks(&watch_logs, history));
     checks.push(hashes_agree(&cluster, end).await);
+    if let Some(surge) = &surge {
+        write_json(opts.artifacts.join("surge.json"), surge)?;
+        checks.push(surge_check(surge));
+    }
     if opts.deployments > 0 {
         let channel = cluster.net.channel(leader, Duration::from_secs(5));
         checks.push(match apps::converge(channel, Duration::from_secs(60), with_nodes).await {

@@ -57,9 +57,19 @@ fn kills_pauses_and_partitions_lose_nothing_acknowledged() {
         report["failover_ms"].as_array().unwrap().iter().any(|f| f.is_u64()),
         "no failover was measured:\n{stdout}"
     );
-    for name in ["linearizability", "revision monotonicity", "acknowledged writes", "hashkv", "deployments converge"] {
+    for name in [
+        "linearizability",
+        "revision monotonicity",
+        "acknowledged writes",
+        "hashkv",
+        "deployments converge",
+        "rollout surge",
+    ] {
         assert_eq!(check(&report, name)["passed"], true, "{name}: {stdout}");
     }
+    // The surge bound was checked on pods that rollouts really came and went through.
+    let surge: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("surge.json")).unwrap()).unwrap();
+    assert!(surge["events"].as_u64().unwrap() >= 10, "too few pod events to judge the surge bound: {surge}");
     assert!(stdout.contains("verdict: PASS"), "{stdout}");
     // The artifacts: the history as recorded, the schedule, the fault timeline and master logs.
     for f in ["history.jsonl", "checked.jsonl", "schedule.json", "faults.json", "master-1.log", "report.txt"] {
@@ -161,6 +171,7 @@ fn node_daemons_killed_and_silenced_leave_every_deployment_running() {
         .filter_map(|f| f["description"].as_str())
         .find(|d| d.starts_with("pause node daemon") && d.contains("Ready=Unknown") && !d.contains(", 0 of its"));
     assert!(silenced.is_some(), "no node pause was seen as unreachable with pods evicted:\n{faults:#?}");
+    assert_eq!(check(&report, "rollout surge")["passed"], true, "{stdout}");
     let converge = check(&report, "deployments converge");
     assert!(converge["detail"].as_str().unwrap().contains("Running and Ready on 2 nodes"), "{stdout}");
     // The nodes were reset at the end: no bridge of theirs and no container of theirs is left
