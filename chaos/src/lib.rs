@@ -3,6 +3,7 @@
 //!
 //! - [`net`]: the run's namespaces and bridge; partitions and lossy links; sockets into a
 //!   namespace for the harness's clients.
+//! - [`delay`]: slow links — packets held in an nfnetlink queue for a fixed time.
 //! - [`cluster`]: `skiff master` processes (kill, restart, pause, resume, who leads).
 //! - [`nemesis`]: the seeded fault schedule and its execution.
 //! - [`kv`]: the register workload (get, put, compare-and-set, delete) through the etcd API.
@@ -18,6 +19,7 @@
 
 pub mod apps;
 pub mod cluster;
+pub mod delay;
 pub mod kv;
 pub mod linearizability;
 pub mod nemesis;

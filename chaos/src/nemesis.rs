@@ -23,6 +23,8 @@ pub enum FaultKind {
     Partition,
     /// Drop a share of one master's outgoing packets.
     Lossy,
+    /// Hold each of one master's outgoing peer packets for a fixed delay.
+    Slow,
     /// Replace a follower with a fresh member (remove, wipe, add as learner, promote).
     Churn,
     /// SIGKILL of a node daemon (its containers keep running), restart after the hold.
@@ -33,11 +35,12 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Lossy,
+        FaultKind::Slow,
         FaultKind::Churn,
         FaultKind::NodeKill,
         FaultKind::NodePause,
@@ -50,6 +53,7 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
             FaultKind::Lossy => "lossy",
+            FaultKind::Slow => "slow",
             FaultKind::Churn => "churn",
             FaultKind::NodeKill => "node-kill",
             FaultKind::NodePause => "node-pause",
@@ -104,6 +108,10 @@ pub enum Action {
         target: Target,
         percent: u32,
     },
+    Slow {
+        target: Target,
+        delay_ms: u64,
+    },
     /// Replace the n-th follower with a fresh member.
     Churn(usize),
     /// Node daemon n (modulo their number).
@@ -133,7 +141,7 @@ fn target(rng: &mut StdRng, masters: usize, leader_share: f64) -> Target {
     }
 }
 
-/// The share of kills, pauses and lossy links aimed at the leader by default; the rest go to a
+/// The share of kills, pauses, lossy and slow links aimed at the leader by default; the rest go to a
 /// follower or to any master.
 pub const LEADER_SHARE: f64 = 0.5;
 
@@ -164,6 +172,11 @@ pub fn plan_with(
             FaultKind::Pause => (Action::Pause(target(&mut rng, masters, leader_share)), millis(&mut rng, 1000, 5000)),
             FaultKind::Lossy => (
                 Action::Lossy { target: target(&mut rng, masters, leader_share), percent: rng.gen_range(10..=40) },
+                millis(&mut rng, 2000, 6000),
+            ),
+            // Up to well past the heartbeat interval (50 ms), short of the election timeout.
+            FaultKind::Slow => (
+                Action::Slow { target: target(&mut rng, masters, leader_share), delay_ms: rng.gen_range(20..=180) },
                 millis(&mut rng, 2000, 6000),
             ),
             // The replacement itself takes a few seconds; the hold is the calm after it.
@@ -264,6 +277,11 @@ pub async fn execute(
                 cluster.net.lossy(i, *percent)?;
                 (FaultKind::Lossy, format!("drop {percent}% of master {}'s packets ({target:?})", ids[i]), false)
             }
+            Action::Slow { target, delay_ms } => {
+                let i = resolve(target, leader, n);
+                cluster.net.slow(i, Duration::from_millis(*delay_ms))?;
+                (FaultKind::Slow, format!("delay master {}'s packets by {delay_ms} ms ({target:?})", ids[i]), false)
+            }
             Action::Churn(k) => {
                 let i = resolve(&Target::Follower(*k), leader, n);
                 let old = cluster.masters[i].id;
@@ -344,7 +362,7 @@ pub async fn execute(
                     }
                 }
             }
-            Action::Partition(_) | Action::Lossy { .. } => cluster.net.heal()?,
+            Action::Partition(_) | Action::Lossy { .. } | Action::Slow { .. } => cluster.net.heal()?,
             Action::Churn(_) => {
                 for i in 0..n {
                     cluster.restart(i)?;
@@ -421,15 +439,18 @@ mod tests {
 
     #[test]
     fn the_seeds_the_test_suite_uses_cover_the_faults_it_promises() {
-        // tests/tests/chaos.rs: seed 5, 45 s, 3 masters; seed 7, 40 s, 5 masters; seed 22 below.
+        // tests/tests/chaos.rs: seed 5, 45 s, 3 masters; seed 7, 40 s, 5 masters (a bridge, a leader
+        // kill, a lossy link and a slow leader); seed 22 below.
         let three = plan(5, Duration::from_secs(45), &[FaultKind::Kill, FaultKind::Pause, FaultKind::Partition], 3);
         assert!(three.iter().any(|f| f.action == Action::Kill(Target::Leader)), "{three:?}");
         assert!(three.iter().any(|f| f.action == Action::Pause(Target::Leader)), "{three:?}");
         assert!(three.iter().any(|f| f.action == Action::Partition(Shape::IsolateLeader)), "{three:?}");
-        let five = plan(7, Duration::from_secs(40), &[FaultKind::Partition, FaultKind::Kill, FaultKind::Lossy], 5);
+        let kinds = [FaultKind::Partition, FaultKind::Kill, FaultKind::Lossy, FaultKind::Slow];
+        let five = plan(7, Duration::from_secs(40), &kinds, 5);
         assert!(five.iter().any(|f| matches!(f.action, Action::Partition(Shape::Bridge { .. }))), "{five:?}");
         assert!(five.iter().any(|f| f.action == Action::Kill(Target::Leader)), "{five:?}");
         assert!(five.iter().any(|f| matches!(f.action, Action::Lossy { .. })), "{five:?}");
+        assert!(five.iter().any(|f| matches!(f.action, Action::Slow { target: Target::Leader, .. })), "{five:?}");
         // Seed 22, 45 s, 3 masters and node daemons: a leader kill, a partition, a node-daemon
         // kill, and a node pause long enough (≥ 11 s) for the 5 s grace and 5 s eviction.
         let kinds = [FaultKind::Kill, FaultKind::Partition, FaultKind::NodeKill, FaultKind::NodePause];

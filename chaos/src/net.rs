@@ -5,10 +5,12 @@
 //!
 //! Faults on links are routes and packet filters inside the namespaces: a partition is a
 //! blackhole route to each peer on the other side (both directions, so established streams stall
-//! as a cut cable would); a lossy link drops a share of the namespace's outgoing packets.
+//! as a cut cable would); a lossy link drops a share of the namespace's outgoing packets; a
+//! slow link holds each of them for a fixed time ([`crate::delay`]).
 
+use crate::delay::Delay;
 use anyhow::{bail, Context};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::mpsc;
@@ -39,6 +41,7 @@ pub struct Net {
     /// (from, to) member indices whose traffic is currently blackholed.
     cut: BTreeSet<(usize, usize)>,
     lossy: BTreeSet<usize>,
+    slow: BTreeMap<usize, Delay>,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -64,7 +67,14 @@ impl Net {
         }
         let tag = std::process::id() % 1_000_000;
         let bridge = format!("skcb{tag}");
-        let mut net = Net { tag, bridge, members: Vec::new(), cut: BTreeSet::new(), lossy: BTreeSet::new() };
+        let mut net = Net {
+            tag,
+            bridge,
+            members: Vec::new(),
+            cut: BTreeSet::new(),
+            lossy: BTreeSet::new(),
+            slow: BTreeMap::new(),
+        };
         // From here on, Drop removes whatever was made if a later step fails.
         ip(&["link", "add", &net.bridge, "type", "bridge"])?;
         ip(&["link", "set", &net.bridge, "up"])?;
@@ -168,14 +178,36 @@ impl Net {
         Ok(())
     }
 
-    /// Removes every partition and lossy link.
+    /// Delays every packet member `i` sends to its peers by `delay` (both directions slow down
+    /// when both ends are slowed; one end slowed is a slow uplink).
+    pub fn slow(&mut self, i: usize, delay: Duration) -> anyhow::Result<()> {
+        if self.slow.contains_key(&i) {
+            return Ok(());
+        }
+        let ns = self.members[i].name.clone();
+        // The queue first, so the rule never sends packets to a queue nobody reads.
+        let held = Delay::start(&ns, 0, delay)?;
+        self.slow.insert(i, held);
+        let rule = ["netns", "exec", &ns, "iptables", "-A", "OUTPUT", "-o", "eth0", "-j", "NFQUEUE"];
+        let mut args: Vec<&str> = rule.to_vec();
+        args.extend(["--queue-num", "0", "--queue-bypass"]);
+        ip(&args)
+    }
+
+    /// Removes every partition, lossy and slow link.
     pub fn heal(&mut self) -> anyhow::Result<()> {
         for (from, to) in std::mem::take(&mut self.cut) {
             let dst = format!("{}/32", self.members[to].ip);
             ip(&["-n", &self.members[from].name, "route", "del", "blackhole", &dst])?;
         }
-        for i in std::mem::take(&mut self.lossy) {
+        let filtered: BTreeSet<usize> =
+            std::mem::take(&mut self.lossy).into_iter().chain(self.slow.keys().copied()).collect();
+        for i in filtered {
             ip(&["netns", "exec", &self.members[i].name, "iptables", "-F", "OUTPUT"])?;
+        }
+        // With the rules gone nothing more is queued: release what is held.
+        for (_, held) in std::mem::take(&mut self.slow) {
+            held.stop();
         }
         Ok(())
     }
@@ -215,4 +247,55 @@ fn spawn_connector(name: &str) -> anyhow::Result<mpsc::Sender<ConnectRequest>> {
     })?;
     ready_rx.recv().context("connector thread")?.with_context(|| format!("entering {path}"))?;
     Ok(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opens a TCP connection from member `from` to `addr` (inside `from`'s namespace) and
+    /// returns how long the handshake took.
+    fn connect_time(net: &Net, from: usize, addr: SocketAddr) -> Duration {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let started = std::time::Instant::now();
+        net.members[from].connect.send((addr, reply)).unwrap();
+        rx.blocking_recv().unwrap().unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        started.elapsed()
+    }
+
+    #[test]
+    fn a_slow_link_holds_packets_for_its_delay_and_heal_restores_it() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root: this test must run there");
+            eprintln!("skipped: needs root for network namespaces");
+            return;
+        }
+        let mut net = Net::create(2).unwrap();
+        // A listener in member 1's namespace.
+        let file = std::fs::File::open(format!("/run/netns/{}", net.members[1].name)).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+            tx.send(l.local_addr().unwrap().port()).unwrap();
+            for s in l.incoming() {
+                drop(s);
+            }
+        });
+        let addr = SocketAddr::from((net.members[1].ip, rx.recv().unwrap()));
+        let fast = connect_time(&net, 0, addr);
+        assert!(fast < Duration::from_millis(100), "an unslowed handshake took {fast:?}");
+
+        // phase: member 0's packets wait 300 ms, so its handshake takes at least that
+        net.slow(0, Duration::from_millis(300)).unwrap();
+        let slowed = connect_time(&net, 0, addr);
+        eprintln!("handshake: {fast:?} fast, {slowed:?} through 300 ms");
+        assert!(slowed >= Duration::from_millis(300), "a handshake through a 300 ms link took {slowed:?}");
+        assert!(slowed < Duration::from_millis(1500), "a handshake through a 300 ms link took {slowed:?}");
+
+        // phase: healed, the link is fast again
+        net.heal().unwrap();
+        let healed = connect_time(&net, 0, addr);
+        assert!(healed < Duration::from_millis(100), "a handshake after heal took {healed:?}");
+    }
 }

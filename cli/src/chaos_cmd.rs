@@ -14,7 +14,7 @@ pub struct ChaosArgs {
     /// How long faults are injected (e.g. 60s, 30m).
     #[arg(long, default_value = "60s", value_parser = crate::ctl::parse_duration)]
     duration: std::time::Duration,
-    /// Comma-separated faults: kill, pause, partition, lossy, churn (masters); node-kill,
+    /// Comma-separated faults: kill, pause, partition, lossy, slow, churn (masters); node-kill,
     /// node-pause (node daemons, with --nodes).
     #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
     faults: Vec<FaultKind>,
@@ -35,7 +35,7 @@ pub struct ChaosArgs {
     /// clients so the history stays checkable.
     #[arg(long, default_value_t = 0)]
     rate: u32,
-    /// Share (0–1) of kills, pauses and lossy links aimed at the leader; the rest hit a follower
+    /// Share (0–1) of kills, pauses, lossy and slow links aimed at the leader; the rest hit a follower
     /// or any master.
     #[arg(long, default_value_t = skiff_chaos::nemesis::LEADER_SHARE)]
     leader_share: f64,

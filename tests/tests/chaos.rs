@@ -96,14 +96,19 @@ fn a_build_that_reads_local_state_is_caught() {
 }
 
 #[test]
-fn five_masters_survive_bridge_partitions_kills_and_lossy_links() {
+fn five_masters_survive_bridge_partitions_kills_lossy_and_slow_links() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let (out, report) =
-        chaos(dir.path(), &["--masters", "5", "--duration", "40s", "--faults", "partition,kill,lossy", "--seed", "7"]);
+    let (out, report) = chaos(
+        dir.path(),
+        &["--masters", "5", "--duration", "40s", "--faults", "partition,kill,lossy,slow", "--seed", "7"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(report["passed"], true, "{stdout}");
+    for kind in ["partition", "kill", "lossy", "slow"] {
+        assert!(report["faults"].as_array().unwrap().iter().any(|f| f["kind"] == kind), "no {kind} fault:\n{stdout}");
+    }
     assert_eq!(
         report["checks"]
             .as_array()
