@@ -187,6 +187,11 @@ impl Clone for Client {
     }
 }
 
+/// How often an idle connection to a master is pinged, and how long a ping may go unanswered
+/// before the connection counts as dead.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Whether a failed call may be tried on another master: the master was unreachable or not
 /// able to serve (no leader, shutting down). Outcome-unknown writes are not retried by the
 /// API itself, and a retried create answers AlreadyExists rather than duplicating.
@@ -213,6 +218,12 @@ impl Client {
             let mut endpoint = Endpoint::from_shared(format!("{scheme}://{e}"))
                 .map_err(|err| Status::invalid_argument(format!("endpoint {e}: {err}")))?
                 .connect_timeout(Duration::from_secs(2))
+                // A master that stops answering (paused, its host gone) without closing the
+                // connection is noticed by its missing PING acks, and the channel reconnects —
+                // to a refusal that failover moves past — instead of waiting on it forever.
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
                 .timeout(config.timeout);
             if let Some(tls) = &tls {
                 endpoint = endpoint.tls_config(tls.clone()).map_err(|err| Status::invalid_argument(err.to_string()))?;
@@ -258,6 +269,12 @@ impl Client {
         for attempt in 0..2 * n {
             let i = (start + attempt) % n;
             match f(self.channels[i].clone(), self.auth.clone()).await {
+                // No answer in time: the outcome is unknown, so the call is not repeated, but
+                // the next one starts with the next master rather than the one that hung.
+                Err(s) if s.code() == Code::DeadlineExceeded || s.code() == Code::Cancelled => {
+                    self.current.store((i + 1) % n, Ordering::Relaxed);
+                    return Err(s);
+                }
                 Err(s) if retryable(&s) => {
                     last = Some(s);
                     if attempt + 1 >= n {

@@ -205,3 +205,39 @@ fn writes_fenced_to_a_leadership_are_refused_once_it_is_over() {
         assert_eq!(c.get_json("configmaps", name).is_some(), exists, "configmap {name}");
     }
 }
+
+/// A client whose master stops answering (SIGSTOP: the connection stays open, nothing comes
+/// back) moves on: the hung call fails at its deadline — its outcome unknown, so it is not
+/// repeated — and the next call goes to another master and answers at once.
+#[test]
+fn a_client_moves_past_a_master_that_stops_answering() {
+    use skiff_client::{Client, ClientConfig};
+    let c = Cluster::up(3, &[]);
+    let all: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    let follower = *all.iter().find(|&&id| id != leader).expect("a follower");
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let client = Client::new(ClientConfig {
+        endpoints: vec![c.master(follower).etcd.clone(), c.master(leader).etcd.clone()],
+        token: Some(c.admin_token()),
+        ca: None,
+        namespace: "default".into(),
+        timeout: Duration::from_secs(2),
+    })
+    .expect("client");
+    rt.block_on(client.list("namespaces", "", "", "")).expect("listing through the follower");
+
+    // phase: the follower hangs; the call that was on it runs out of time
+    c.signal(follower, nix::sys::signal::Signal::SIGSTOP);
+    let e = rt.block_on(client.list("namespaces", "", "", "")).expect_err("a stopped master answered");
+    assert!(matches!(e.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{e}");
+
+    // phase: the next call starts with the other master
+    let started = Instant::now();
+    let listed = rt.block_on(client.list("namespaces", "", "", ""));
+    let took = started.elapsed();
+    c.signal(follower, nix::sys::signal::Signal::SIGCONT);
+    listed.unwrap_or_else(|e| panic!("the call after the hang failed too: {e}"));
+    assert!(took < Duration::from_secs(1), "the call after the hang took {took:?}");
+}
