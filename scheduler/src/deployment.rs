@@ -156,15 +156,21 @@ pub fn plan(d: &Value, sets: &[Value], pods: &[Value]) -> Plan {
     let recreate = d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate");
     let old_active: i64 = counts.iter().sum();
     if let Some(new) = &new_rs {
-        if old_active == 0 {
+        let old_pods_left = owned.iter().any(|rs| !pods_of(rs).is_empty());
+        if old_active == 0 && !old_pods_left {
             // Nothing to roll from: scaling touches only the current ReplicaSet.
-            let old_pods_left = owned.iter().any(|rs| !pods_of(rs).is_empty());
-            if !(recreate && old_pods_left) {
+            new_count = desired;
+        } else if recreate {
+            // Old pods first; the new ReplicaSet waits until they are gone.
+            counts.iter_mut().for_each(|c| *c = 0);
+        } else if paused {
+            if old_active == 0 {
                 new_count = desired;
             }
-        } else if recreate {
-            counts.iter_mut().for_each(|c| *c = 0);
-        } else if !paused {
+        } else {
+            // Old ReplicaSets already cut to zero whose pods are still live (their controller
+            // has not deleted them yet — a leader died between the two writes, say) still
+            // occupy the surge room: the rolling rules below count them.
             let ru = d.pointer("/spec/strategy/rollingUpdate");
             let surge = resolve(ru.and_then(|r| r.get("maxSurge")), "25%", desired, true);
             let mut unavailable = resolve(ru.and_then(|r| r.get("maxUnavailable")), "25%", desired, false);
@@ -388,6 +394,29 @@ mod tests {
         let p = plan(&d, &[old, new], &all);
         let grown = p.update.iter().find(|u| u["metadata"]["uid"] == "new-uid").expect("the new ReplicaSet grows");
         assert_eq!(grown["spec"]["replicas"], 2);
+    }
+
+    #[test]
+    fn old_replicasets_cut_to_zero_with_live_pods_still_bound_the_surge() {
+        // maxUnavailable 100 %: old ReplicaSets go to zero at once, before their pods are gone.
+        let strategy = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": "100%"}});
+        let old_d = deployment(3, "a", strategy);
+        let mut d = old_d.clone();
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("b");
+        let old = rs_of(&old_d, 0, 1, "old-uid");
+        let old_pods = pods(&old, 2, 0);
+        // A new ReplicaSet is made with only the room the 2 live old pods leave (4 - 2).
+        let p = plan(&d, std::slice::from_ref(&old), &old_pods);
+        assert_eq!(p.create.as_ref().expect("a new ReplicaSet")["spec"]["replicas"], 2, "{:?}", p.create);
+        // An existing one at 1 grows to 2, not to the full 3.
+        let new = rs_of(&d, 1, 2, "new-uid");
+        let p = plan(&d, &[old.clone(), new.clone()], &old_pods);
+        let grown = p.update.iter().find(|u| u["metadata"]["uid"] == "new-uid").expect("the new ReplicaSet grows");
+        assert_eq!(grown["spec"]["replicas"], 2);
+        // Once the old pods are gone it takes the full count.
+        let p = plan(&d, &[old, new], &[]);
+        let grown = p.update.iter().find(|u| u["metadata"]["uid"] == "new-uid").expect("the new ReplicaSet grows");
+        assert_eq!(grown["spec"]["replicas"], 3);
     }
 
     #[test]

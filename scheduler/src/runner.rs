@@ -709,23 +709,50 @@ impl Runner {
         Ok(())
     }
 
-    /// One ReplicaSet controller pass over every ReplicaSet.
+    /// One ReplicaSet controller pass over every ReplicaSet. Every ReplicaSet's deletions go
+    /// before any creations, so a rollout's new pods never start while the old pods they
+    /// replace wait for a later ReplicaSet's turn; one ReplicaSet's failure does not hold up
+    /// the others (the first error is returned at the end).
     async fn replicasets(&self) -> Result<(), Status> {
         let sets = self.client.list("replicasets", "", "", "").await?;
         let pods = self.client.list("pods", "", "", "").await?;
         let pods = pods["items"].as_array().cloned().unwrap_or_default();
-        for rs in sets["items"].as_array().into_iter().flatten() {
+        let plans: Vec<(&Value, crate::replicaset::Plan)> = sets["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|rs| {
+                let ns = rs["metadata"]["namespace"].as_str().unwrap_or("default");
+                let mine: Vec<Value> = pods.iter().filter(|p| p["metadata"]["namespace"] == ns).cloned().collect();
+                (rs, crate::replicaset::plan(rs, &mine))
+            })
+            .collect();
+        let mut first_error = None;
+        for (rs, plan) in &plans {
+            let ns = rs["metadata"]["namespace"].as_str().unwrap_or("default");
+            for pod in plan.adopt.iter().chain(&plan.release) {
+                if let Err(e) = self.ignore_races(self.client.update("pods", pod).await.map(|_| ())) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            for pod in &plan.delete {
+                match self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ())) {
+                    Ok(()) => {
+                        let msg = format!("Deleted pod: {pod}");
+                        self.event(rs, "ReplicaSet", "Normal", "SuccessfulDelete", &msg).await;
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        for (rs, plan) in &plans {
             let ns = rs["metadata"]["namespace"].as_str().unwrap_or("default");
             let name = rs["metadata"]["name"].as_str().unwrap_or_default();
-            let mine: Vec<Value> = pods.iter().filter(|p| p["metadata"]["namespace"] == ns).cloned().collect();
-            let plan = crate::replicaset::plan(rs, &mine);
-            for pod in plan.adopt.iter().chain(&plan.release) {
-                self.ignore_races(self.client.update("pods", pod).await.map(|_| ()))?;
-            }
-            self.create_pods(rs, "ReplicaSet", ns, &plan.create).await?;
-            for pod in &plan.delete {
-                self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
-                self.event(rs, "ReplicaSet", "Normal", "SuccessfulDelete", &format!("Deleted pod: {pod}")).await;
+            if let Err(e) = self.create_pods(rs, "ReplicaSet", ns, &plan.create).await {
+                first_error.get_or_insert(e);
+                continue;
             }
             let status = rs.get("status").cloned().unwrap_or(Value::Null);
             let changed =
@@ -735,7 +762,7 @@ impl Runner {
                         status.get(*k).and_then(Value::as_i64).unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0)
                     });
             if changed {
-                let mut updated = rs.clone();
+                let mut updated = (*rs).clone();
                 updated["status"] = plan.status.clone();
                 if let Err(e) = self.ignore_races(self.client.update_status("replicasets", &updated).await.map(|_| ()))
                 {
@@ -743,7 +770,7 @@ impl Runner {
                 }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// A conflict or a vanished object only means the next round will look again.
