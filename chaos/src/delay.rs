@@ -134,10 +134,11 @@ fn parse(buf: &[u8]) -> (Vec<u32>, Vec<i32>) {
     (ids, errors)
 }
 
-/// A running delay on one namespace's queue; [`Delay::stop`] releases what it holds.
+/// A running delay on one namespace's queue; dropping it releases what it holds and unbinds
+/// the queue.
 pub struct Delay {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Delay {
@@ -161,18 +162,11 @@ impl Delay {
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
-                    0
                 }
             }
         })?;
         ready_rx.recv().context("the delay thread ended before binding its queue")??;
         Ok(Delay { stop, thread: Some(thread) })
-    }
-
-    /// Releases every held packet, unbinds the queue and returns how many packets were delayed.
-    pub fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
     }
 }
 
@@ -207,17 +201,14 @@ fn bind(queue: u16) -> anyhow::Result<OwnedFd> {
 }
 
 /// The thread's loop: note arrivals, release what is due, until told to stop.
-fn hold(fd: &OwnedFd, queue: u16, delay: Duration, stop: &AtomicBool) -> u64 {
+fn hold(fd: &OwnedFd, queue: u16, delay: Duration, stop: &AtomicBool) {
     let mut held: VecDeque<(u32, Instant)> = VecDeque::new();
     let mut buf = vec![0u8; 1 << 16];
-    let mut total = 0u64;
-    let mut last_id = None;
     while !stop.load(Ordering::Relaxed) {
         if let Ok(n) = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
             let now = Instant::now();
             for id in parse(&buf[..n]).0 {
                 held.push_back((id, now + delay));
-                total += 1;
             }
         }
         let now = Instant::now();
@@ -227,16 +218,14 @@ fn hold(fd: &OwnedFd, queue: u16, delay: Duration, stop: &AtomicBool) -> u64 {
         }
         if let Some(id) = due {
             let _ = socket::send(fd.as_raw_fd(), &accept_up_to(queue, id), MsgFlags::empty());
-            last_id = Some(id);
         }
     }
     // Release everything still held, then leave the queue.
-    if let Some(id) = held.back().map(|(id, _)| *id).or(last_id) {
-        let _ = socket::send(fd.as_raw_fd(), &accept_up_to(queue, id), MsgFlags::empty());
+    if let Some((id, _)) = held.back() {
+        let _ = socket::send(fd.as_raw_fd(), &accept_up_to(queue, *id), MsgFlags::empty());
     }
     let unbind = message(NFQNL_MSG_CONFIG, 0, 5, queue, &[(NFQA_CFG_CMD, vec![NFQNL_CFG_CMD_UNBIND, 0, 0, 0])]);
     let _ = socket::send(fd.as_raw_fd(), &unbind, MsgFlags::empty());
-    total
 }
 
 #[cfg(test)]

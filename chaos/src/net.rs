@@ -205,10 +205,8 @@ impl Net {
         for i in filtered {
             ip(&["netns", "exec", &self.members[i].name, "iptables", "-F", "OUTPUT"])?;
         }
-        // With the rules gone nothing more is queued: release what is held.
-        for (_, held) in std::mem::take(&mut self.slow) {
-            held.stop();
-        }
+        // With the rules gone nothing more is queued: dropping each delay releases what it holds.
+        self.slow.clear();
         Ok(())
     }
 
