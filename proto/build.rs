@@ -155,6 +155,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let files = [
         "etcd/kv.proto",
+        "etcd/auth.proto",
         "etcd/rpc.proto",
         "skiff/peer.proto",
         "skiff/api/meta.proto",

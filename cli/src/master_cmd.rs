@@ -55,6 +55,11 @@ pub struct MasterArgs {
     /// The CIDR Services' cluster IPs come from (Kubernetes' default 10.96.0.0/16).
     #[arg(long)]
     service_cluster_ip_range: Option<String>,
+    /// For a new cluster: a file holding the password of the store's `root` user. The etcd
+    /// API then has auth on from the cluster's first entry (`etcdctl --user root:…`);
+    /// without it auth starts off, as in etcd, until `etcdctl auth enable`.
+    #[arg(long)]
+    root_password_file: Option<PathBuf>,
 }
 
 /// A master's configuration file: the store's settings plus the API's `token_file`, in one
@@ -161,9 +166,19 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
     if let Some(v) = args.snapshot_logs {
         config.snapshot_logs = v;
     }
+    if let Some(path) = &args.root_password_file {
+        let password = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let password = password.trim();
+        if password.is_empty() {
+            bail!("--root-password-file {}: the file is empty", path.display());
+        }
+        config.root_password_hash = Some(skiff_raft_store::auth::hash_password(password));
+    }
     config.client_tls = match (args.client_cert, args.client_key, args.client_ca) {
         (None, None, None) => None,
-        (Some(cert), Some(key), client_ca) => Some(ClientTls { cert, key, client_ca, ca: None }),
+        (Some(cert), Some(key), client_ca) => {
+            Some(ClientTls { cert, key, client_ca, ca: None, client_cert_optional: false })
+        }
         _ => bail!("--client-cert and --client-key go together (--client-ca needs both)"),
     };
     Ok(MasterFile {

@@ -1,6 +1,6 @@
 //! Skiff's wire schema.
 //!
-//! - [`etcdserverpb`] and [`mvccpb`]: etcd's v3 API, field-for-field, so that `etcdctl` and
+//! - [`etcdserverpb`], [`mvccpb`] and [`authpb`]: etcd's v3 API, field-for-field, so that `etcdctl` and
 //!   etcd client libraries talk to a Skiff master unchanged.
 //! - [`peer`]: master-to-master traffic (raft RPCs, forwarded writes, read index).
 //! - [`api`]: Kubernetes-shaped resources and one gRPC service per kind. The same Rust types
@@ -19,6 +19,11 @@ pub mod time;
 #[allow(clippy::all, missing_docs)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod authpb {
+    tonic::include_proto!("authpb");
 }
 
 #[allow(clippy::all, missing_docs)]

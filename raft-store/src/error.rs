@@ -54,6 +54,7 @@ impl From<StoreError> for Status {
                 ApplyError::LeaseExists { .. } => Code::FailedPrecondition,
                 ApplyError::KeyNotFound | ApplyError::DuplicateKey | ApplyError::Invalid(_) => Code::InvalidArgument,
                 ApplyError::Fenced { .. } => Code::FailedPrecondition,
+                ApplyError::Auth(a) => a.code(),
             },
             StoreError::NoLeader
             | StoreError::Timeout

@@ -6,6 +6,7 @@
 //!
 //! Modules:
 //! - [`types`]: openraft type config, the log's commands and replies.
+//! - [`auth`]: the store's users, roles and key-range permissions (etcd's auth), and tokens.
 //! - [`db`]: the RocksDB instance and its column families (layout documented there).
 //! - [`log_store`]: raft log and vote, fsynced before openraft hears they are written.
 //! - [`mvcc`]: revisions, ranges, transactions, compaction, leases.
@@ -21,6 +22,7 @@
 //! entry applies whole or not at all; reads are linearizable unless the client asks for
 //! serializable; watch streams are ordered, gap-free and duplicate-free.
 
+pub mod auth;
 pub mod db;
 pub mod election;
 pub mod error;

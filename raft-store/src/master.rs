@@ -56,6 +56,11 @@ pub struct MasterConfig {
     /// harness can show that its checker catches the stale reads that follow.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unsafe_local_reads: bool,
+    /// Hash ([`crate::auth::hash_password`]) of the root password a new cluster starts with:
+    /// the store's auth is then on from its first entry, and this master refuses the etcd API
+    /// until that entry has applied. Without it auth starts off, as in etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_password_hash: Option<String>,
 }
 
 /// PEM files for the client listener's TLS.
@@ -70,6 +75,11 @@ pub struct ClientTls {
     /// The CA that signed `cert`, so components inside the master can verify this listener.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// With `client_ca`: a client may also connect without a certificate (and authenticate
+    /// with a token); a certificate it does present must be signed by `client_ca`, and its
+    /// common name is then the store user it authenticates as.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_cert_optional: bool,
 }
 
 mod defaults {
@@ -116,6 +126,7 @@ impl MasterConfig {
             snapshot_logs: defaults::snapshot_logs(),
             client_tls: None,
             unsafe_local_reads: false,
+            root_password_hash: None,
         }
     }
 
@@ -193,6 +204,12 @@ impl Master {
     pub async fn open(config: MasterConfig) -> Result<Arc<Master>, StoreError> {
         let internal = |e: &dyn std::fmt::Display| StoreError::Internal(e.to_string());
         std::fs::create_dir_all(&config.data_dir).map_err(|e| internal(&e))?;
+        // The store holds credentials and every Secret: its owner's alone.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| internal(&e))?;
+        }
         let db = db::open(&config.data_dir.join("db")).map_err(|e| internal(&e))?;
         let sm = StateMachine::open(db.clone(), &config.data_dir.join("snapshots")).map_err(|e| internal(&e))?;
         let shared = sm.shared();
@@ -581,6 +598,26 @@ impl Master {
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Proposes the cluster's first auth state (root user, auth on) until it has applied, when
+    /// this master is configured with a root password. Every such master proposes it; the
+    /// first to commit wins and the rest change nothing.
+    pub async fn bootstrap_auth(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(hash) = self.config.root_password_hash.clone() else { return };
+        let op =
+            Op::Auth(crate::auth::AuthOp::Bootstrap { root_password: hash, token_key: crate::auth::new_token_key() });
+        while !self.sm.auth.current().bootstrapped {
+            if self.leader().is_some() {
+                if let Err(e) = self.propose(op.clone()).await {
+                    tracing::debug!("proposing the store's first auth state: {e}");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = stop.changed() => return,
             }
         }

@@ -27,6 +27,8 @@ pub mod sm_key {
     pub const REVISION: &[u8] = b"revision";
     pub const COMPACTED: &[u8] = b"compacted";
     pub const MAX_MEMBER_ID: &[u8] = b"max_member_id";
+    /// bincode `auth::AuthState`.
+    pub const AUTH: &[u8] = b"auth";
     pub const LEASE_PREFIX: &[u8] = b"lease/";
 }
 

@@ -2,13 +2,14 @@
 //! API, gRPC health and reflection), both on listeners the caller bound.
 
 use crate::etcd::{
-    cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService,
+    auth::AuthService, cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService,
+    watch::WatchService,
 };
 use crate::master::{ClientTls, Master};
 use crate::network::PEER_MAX_MESSAGE;
 use crate::peer_service::PeerService;
 use skiff_proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use skiff_proto::peer::peer_server::PeerServer;
@@ -32,6 +33,7 @@ pub async fn serve(
     tokio::spawn(master.clone().run_lease_expiry(stop_rx.clone()));
     tokio::spawn(master.clone().announce(stop_rx.clone()));
     tokio::spawn(master.clone().run_election_watch(stop_rx.clone()));
+    tokio::spawn(master.clone().bootstrap_auth(stop_rx.clone()));
 
     let peer = Server::builder()
         .add_service(
@@ -72,6 +74,7 @@ pub async fn serve(
         .add_service(LeaseServer::new(LeaseService { master: master.clone() }))
         .add_service(ClusterServer::new(ClusterService { master: master.clone() }))
         .add_service(MaintenanceServer::new(MaintenanceService { master: master.clone() }))
+        .add_service(AuthServer::new(AuthService { master: master.clone() }))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);
@@ -114,7 +117,9 @@ fn client_tls_config(tls: &ClientTls) -> Result<ServerTlsConfig, ServeError> {
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())));
     let config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
     Ok(match &tls.client_ca {
-        Some(ca) => config.client_ca_root(Certificate::from_pem(read(ca)?)).client_auth_optional(false),
+        Some(ca) => {
+            config.client_ca_root(Certificate::from_pem(read(ca)?)).client_auth_optional(tls.client_cert_optional)
+        }
         None => config,
     })
 }

@@ -6,6 +6,7 @@
 //! every state-machine column family, then a `0xFF` end marker. openraft streams the file to
 //! followers in chunks (`snapshot_max_chunk_size`), so no message ever holds the database.
 
+use crate::auth::{AuthState, AuthStore};
 use crate::db::{self, cf, SM_CFS};
 use crate::mvcc::{sm_key, Mvcc, Writer};
 use crate::types::{ApplyError, LogId, Member, Op, Reply, Request, Response, StorageError, TypeConfig};
@@ -27,6 +28,8 @@ const BATCH_BYTES: usize = 4 << 20;
 pub struct SmShared {
     pub mvcc: Mvcc,
     pub hub: WatchHub,
+    /// The store's users and roles as applied here (`sm_key::AUTH` on disk).
+    pub auth: AuthStore,
     snapshot_dir: PathBuf,
     receiving: Mutex<Option<PathBuf>>,
 }
@@ -38,6 +41,17 @@ impl SmShared {
 
     fn current_path(&self) -> PathBuf {
         self.snapshot_dir.join("current.snap")
+    }
+
+    /// Re-reads what is kept in memory from the database (after opening or a snapshot install).
+    fn reload(&self) -> std::io::Result<()> {
+        self.mvcc.reload();
+        let auth = match self.db().get_cf(cf(self.db(), db::CF_SM), sm_key::AUTH).map_err(std::io::Error::other)? {
+            Some(b) => bincode::deserialize(&b).map_err(std::io::Error::other)?,
+            None => AuthState::default(),
+        };
+        self.auth.set(auth);
+        Ok(())
     }
 }
 
@@ -61,14 +75,15 @@ impl StateMachine {
         let shared = Arc::new(SmShared {
             mvcc: Mvcc::open(db.clone()),
             hub: WatchHub::new(4096),
+            auth: AuthStore::default(),
             snapshot_dir: snapshot_dir.to_path_buf(),
             receiving: Mutex::new(None),
         });
         if db.get_cf(cf(&db, db::CF_META), INSTALLING).map_err(std::io::Error::other)?.is_some() {
             tracing::warn!("finishing a snapshot install interrupted by a crash");
             load_snapshot_file(&db, &shared.current_path())?;
-            shared.mvcc.reload();
         }
+        shared.reload()?;
         Ok(StateMachine { shared })
     }
 
@@ -79,6 +94,7 @@ impl StateMachine {
     fn apply_one(&self, entry: &Entry<TypeConfig>) -> Result<Response, StorageError> {
         let mvcc = &self.shared.mvcc;
         let mut w = mvcc.writer();
+        let mut auth = None;
         let result = match &entry.payload {
             EntryPayload::Blank => Ok(Reply::Empty),
             EntryPayload::Membership(m) => {
@@ -89,7 +105,10 @@ impl StateMachine {
                 w.put_meta(sm_key::MEMBERSHIP, &bincode::serialize(&stored).map_err(sm_err)?);
                 Ok(Reply::Empty)
             }
-            EntryPayload::Normal(req) => apply_request(&mut w, req, entry.log_id.leader_id.term),
+            EntryPayload::Normal(req) => {
+                let auth_now = self.shared.auth.current();
+                apply_request(&mut w, req, entry.log_id.leader_id.term, (&auth_now, &mut auth))
+            }
         };
         if result.is_err() {
             // A refused command changes nothing but the applied index.
@@ -99,6 +118,9 @@ impl StateMachine {
         let (batch, revision, compacted, events) = w.finish();
         mvcc.db().write_opt(batch, &WriteOptions::default()).map_err(sm_err)?;
         mvcc.publish_counters(revision, compacted);
+        if let (Some(next), Ok(_)) = (auth, &result) {
+            self.shared.auth.set(next);
+        }
         if !events.is_empty() {
             self.shared.hub.publish(revision, events);
         }
@@ -110,7 +132,14 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApplyError> {
     M::decode(bytes).map_err(|e| ApplyError::Invalid(format!("malformed request: {e}")))
 }
 
-fn apply_request(w: &mut Writer<'_>, req: &Request, term: u64) -> Result<Reply, ApplyError> {
+/// Applies one command. An auth change is staged in `auth.1` (from the state `auth.0`) and
+/// takes effect in memory once the entry's batch is written.
+fn apply_request(
+    w: &mut Writer<'_>,
+    req: &Request,
+    term: u64,
+    auth: (&AuthState, &mut Option<AuthState>),
+) -> Result<Reply, ApplyError> {
     if let Some(expected) = req.fence_term {
         if expected != term {
             return Err(ApplyError::Fenced { expected, actual: term });
@@ -124,6 +153,12 @@ fn apply_request(w: &mut Writer<'_>, req: &Request, term: u64) -> Result<Reply, 
         Op::LeaseGrant { id, ttl } => w.lease_grant(*id, *ttl).map(|_| Reply::LeaseGranted { id: *id, ttl: *ttl }),
         Op::LeaseRevoke { id } => w.lease_revoke(*id).map(|_| Reply::Empty),
         Op::AllocateMemberId => Ok(Reply::MemberId(w.allocate_member_id())),
+        Op::Auth(op) => {
+            let next = auth.0.apply(op)?;
+            w.put_meta(sm_key::AUTH, &bincode::serialize(&next).map_err(|e| ApplyError::Invalid(e.to_string()))?);
+            *auth.1 = Some(next);
+            Ok(Reply::Empty)
+        }
     }
 }
 
@@ -197,8 +232,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let current = shared.current_path();
             std::fs::rename(&staged, &current)?;
             load_snapshot_file(shared.db(), &current)?;
-            shared.mvcc.reload();
-            Ok(())
+            shared.reload()
         })
         .await
         .map_err(|e| snap_err(std::io::Error::other(e)))?

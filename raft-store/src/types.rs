@@ -79,6 +79,8 @@ pub enum Op {
     },
     /// Reserve a never-used member id for a member about to be added.
     AllocateMemberId,
+    /// A change to the store's users, roles and permissions.
+    Auth(crate::auth::AuthOp),
 }
 
 /// A state machine's reply to one log entry.
@@ -130,4 +132,6 @@ pub enum ApplyError {
     Fenced { expected: u64, actual: u64 },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }

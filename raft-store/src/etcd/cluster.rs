@@ -2,7 +2,7 @@
 //! log and never reused; a member is added as a learner (and promoted unless asked to stay
 //! one), and is known by its peer address until it starts and announces its client address.
 
-use super::status;
+use super::{status, Caller};
 use crate::error::StoreError;
 use crate::master::{reply_result, Forwarded, Master};
 use crate::types::{Member as RaftMember, Op, Reply};
@@ -60,6 +60,7 @@ impl ClusterService {
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        Caller::of(&self.master, &req)?.root()?;
         let req = req.into_inner();
         let addr = peer_addr(&req.peer_ur_ls)?;
         if self.members().iter().any(|m| m.peer_ur_ls.iter().any(|u| u.ends_with(&addr))) {
@@ -89,12 +90,14 @@ impl Cluster for ClusterService {
     }
 
     async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+        Caller::of(&self.master, &req)?.root()?;
         let id = req.into_inner().id;
         self.master.execute(Forwarded::RemoveMember { id }).await.map_err(status)?;
         Ok(Response::new(MemberRemoveResponse { header: self.header(), members: self.members() }))
     }
 
     async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+        Caller::of(&self.master, &req)?.root()?;
         let req = req.into_inner();
         let addr = peer_addr(&req.peer_ur_ls)?;
         let m = self.master.raft.metrics().borrow().membership_config.clone();
@@ -119,6 +122,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        Caller::of(&self.master, &req)?.root()?;
         let id = req.into_inner().id;
         self.master.execute(Forwarded::Promote { id }).await.map_err(status)?;
         Ok(Response::new(MemberPromoteResponse { header: self.header(), members: self.members() }))

@@ -1,6 +1,6 @@
 //! `etcdserverpb.KV`: Range, Put, DeleteRange, Txn, Compact.
 
-use super::status;
+use super::{status, Caller};
 use crate::error::StoreError;
 use crate::master::{reply_result, Master};
 use crate::mvcc::validate_txn;
@@ -52,10 +52,12 @@ fn is_read_only(t: &TxnRequest) -> bool {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let caller = Caller::of(&self.master, &req)?;
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
         }
+        caller.read(&req.key, &req.range_end)?;
         if !req.serializable {
             self.master.read_barrier().await.map_err(status)?;
         }
@@ -65,9 +67,14 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = Caller::of(&self.master, &req)?;
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
+        }
+        caller.write(&req.key, &[])?;
+        if req.prev_kv {
+            caller.read(&req.key, &[])?;
         }
         self.check_size(req.encoded_len())?;
         let (revision, mut resp): (i64, PutResponse) = self.write(Op::Put(req.encode_to_vec())).await?;
@@ -76,9 +83,14 @@ impl Kv for KvService {
     }
 
     async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = Caller::of(&self.master, &req)?;
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(empty_key());
+        }
+        caller.write(&req.key, &req.range_end)?;
+        if req.prev_kv {
+            caller.read(&req.key, &req.range_end)?;
         }
         self.check_size(req.encoded_len())?;
         let (revision, mut resp): (i64, DeleteRangeResponse) = self.write(Op::DeleteRange(req.encode_to_vec())).await?;
@@ -87,9 +99,11 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = Caller::of(&self.master, &req)?;
         let req = req.into_inner();
         self.check_size(req.encoded_len())?;
         validate_txn(&req).map_err(status)?;
+        caller.txn(&req)?;
         if is_read_only(&req) {
             self.master.read_barrier().await.map_err(status)?;
             let mvcc = &self.master.sm.mvcc;
@@ -103,7 +117,9 @@ impl Kv for KvService {
         Ok(Response::new(resp))
     }
 
+    /// Root only: compaction takes history away from every user of the store.
     async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        Caller::of(&self.master, &req)?.root()?;
         let req = req.into_inner();
         let (revision, _) =
             reply_result(self.master.propose(Op::Compact { revision: req.revision }).await.map_err(status)?)

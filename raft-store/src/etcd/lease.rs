@@ -1,7 +1,7 @@
 //! `etcdserverpb.Lease`. Grants and revokes go through raft; keep-alives and time-to-live are
 //! answered by the leader, whose clock decides expiry (and proposes the revoke).
 
-use super::status;
+use super::{status, Caller};
 use crate::master::{reply_result, ForwardReply, Forwarded, Master};
 use crate::types::{Op, Reply};
 use futures::Stream;
@@ -38,6 +38,7 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, 
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        Caller::of(&self.master, &req)?;
         let req = req.into_inner();
         if req.ttl > MAX_LEASE_TTL {
             return Err(Status::out_of_range("etcdserver: too large lease TTL"));
@@ -58,7 +59,12 @@ impl Lease for LeaseService {
     }
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let caller = Caller::of(&self.master, &req)?;
         let id = req.into_inner().id;
+        // Revoking deletes the lease's keys: the caller must be allowed to delete each (etcd).
+        for key in self.master.sm.mvcc.lease_keys(id) {
+            caller.write(&key, &[])?;
+        }
         let (revision, _) =
             reply_result(self.master.propose(Op::LeaseRevoke { id }).await.map_err(status)?).map_err(status)?;
         Ok(Response::new(LeaseRevokeResponse { header: Some(self.master.header(revision)) }))
@@ -70,6 +76,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        Caller::of(&self.master, &req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let master = self.master.clone();
@@ -95,6 +102,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        Caller::of(&self.master, &req)?;
         let req = req.into_inner();
         let (ttl, granted) = lease_ttl(&self.master, Forwarded::LeaseTimeToLive { id: req.id }).await?;
         let keys = if req.keys && ttl >= 0 { self.master.sm.mvcc.lease_keys(req.id) } else { Vec::new() };
@@ -107,7 +115,8 @@ impl Lease for LeaseService {
         }))
     }
 
-    async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(&self, req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        Caller::of(&self.master, &req)?;
         self.master.read_barrier().await.map_err(status)?;
         let leases = self.master.sm.mvcc.leases().into_iter().map(|(id, _)| LeaseStatus { id }).collect();
         Ok(Response::new(LeaseLeasesResponse {

@@ -1,7 +1,7 @@
 //! `etcdserverpb.Maintenance`: Status and HashKV (what `etcdctl endpoint status` and
 //! consistency checks use), plus the alarm and defragment calls etcd tools expect.
 
-use super::status;
+use super::{status, Caller};
 use crate::db;
 use crate::error::StoreError;
 use crate::master::Master;
@@ -37,7 +37,8 @@ impl MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        Caller::of(&self.master, &req)?.root()?;
         Ok(Response::new(AlarmResponse { header: self.header(), alarms: Vec::new() }))
     }
 
@@ -58,7 +59,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        Caller::of(&self.master, &req)?.root()?;
         let db = self.master.sm.db().clone();
         tokio::task::spawn_blocking(move || {
             for name in db::SM_CFS {
@@ -70,12 +72,14 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(DefragmentResponse { header: self.header() }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Caller::of(&self.master, &req)?.root()?;
         let (hash, _, rev) = self.master.sm.mvcc.hash_kv(0).map_err(status)?;
         Ok(Response::new(HashResponse { header: Some(self.master.header(rev)), hash }))
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        Caller::of(&self.master, &req)?.root()?;
         let (hash, compact_revision, rev) = self.master.sm.mvcc.hash_kv(req.into_inner().revision).map_err(status)?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.master.header(rev)),
@@ -85,7 +89,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn move_leader(&self, _req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        Caller::of(&self.master, &req)?.root()?;
         Err(status(StoreError::Unimplemented(
             "etcdserver: move-leader is not supported (openraft 0.9 has no leadership transfer)".into(),
         )))

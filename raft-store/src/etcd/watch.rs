@@ -4,7 +4,7 @@
 //! revision that was compacted away gets a canceled response carrying `compact_revision`, as
 //! etcd's does, so clients know to re-list.
 
-use super::status;
+use super::{status, Caller};
 use crate::master::Master;
 use crate::mvcc::KeyRange;
 use crate::watch_feed::{self, Feed, FeedSpec};
@@ -36,6 +36,9 @@ impl Watch for WatchService {
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<WatchStream>, Status> {
         self.master.check_accepting().map_err(status)?;
+        // The stream's metadata names the caller once; each watcher's range is checked as it
+        // is created.
+        let caller = Caller::of(&self.master, &req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<WatchResponse, Status>>(256);
         let master = self.master.clone();
@@ -58,14 +61,20 @@ impl Watch for WatchService {
                             }
                             next_id
                         };
-                        if watchers.contains_key(&id) {
+                        let refused = if watchers.contains_key(&id) {
+                            Some("etcdserver: duplicate watch ID".to_string())
+                        } else {
+                            let (key, end) = watch_range(&create);
+                            caller.read(&key, &end).err().map(|e| e.message().to_string())
+                        };
+                        if let Some(cancel_reason) = refused {
                             let _ = tx
                                 .send(Ok(WatchResponse {
                                     header: Some(master.header(master.sm.mvcc.current_revision())),
                                     watch_id: id,
                                     created: true,
                                     canceled: true,
-                                    cancel_reason: "etcdserver: duplicate watch ID".into(),
+                                    cancel_reason,
                                     ..Default::default()
                                 }))
                                 .await;
@@ -108,17 +117,23 @@ impl Watch for WatchService {
     }
 }
 
+/// The key range a watch covers: etcd reads an empty key and range end as every key.
+fn watch_range(create: &WatchCreateRequest) -> (Vec<u8>, Vec<u8>) {
+    if create.key.is_empty() && create.range_end.is_empty() {
+        (vec![0], vec![0])
+    } else {
+        (create.key.clone(), create.range_end.clone())
+    }
+}
+
 async fn run_watcher(
     master: Arc<Master>,
     id: i64,
     create: WatchCreateRequest,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
 ) {
-    let range = if create.key.is_empty() && create.range_end.is_empty() {
-        KeyRange::new(&[0], &[0])
-    } else {
-        KeyRange::new(&create.key, &create.range_end)
-    };
+    let (key, end) = watch_range(&create);
+    let range = KeyRange::new(&key, &end);
     let spec = FeedSpec {
         range,
         start_revision: create.start_revision,
