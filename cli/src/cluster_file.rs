@@ -13,6 +13,9 @@ pub struct ClusterFile {
     pub client_config: Option<PathBuf>,
     /// The admin bearer token file (user `admin` in `system:masters`).
     pub credentials: Option<PathBuf>,
+    /// The password file of the store's `root` user (etcd auth: `etcdctl --user root:…`).
+    #[serde(default)]
+    pub etcd_root_password: Option<PathBuf>,
     /// The CA certificate clients verify the masters with, when the cluster serves TLS.
     #[serde(default)]
     pub ca: Option<PathBuf>,

@@ -60,9 +60,10 @@ pub struct UpArgs {
     tls: bool,
 }
 
-/// A CA and a server certificate for 127.0.0.1/localhost, as PEM files in `dir`.
+/// A CA, a server certificate for 127.0.0.1/localhost, and a client certificate of the
+/// store's `root` user (`root.crt`, for `etcdctl --cert/--key`), as PEM files in `dir`.
 fn generate_pki(dir: &Path) -> anyhow::Result<(PathBuf, ClientTls)> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
     std::fs::create_dir_all(dir)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -78,15 +79,54 @@ fn generate_pki(dir: &Path) -> anyhow::Result<(PathBuf, ClientTls)> {
         std::fs::write(&path, pem)?;
         Ok(std::fs::canonicalize(path)?)
     };
+    let write_key = |name: &str, pem: String| -> anyhow::Result<PathBuf> {
+        let path = dir.join(name);
+        write_private(&path, pem.as_bytes())?;
+        Ok(std::fs::canonicalize(path)?)
+    };
+    let mut root_params = CertificateParams::new(Vec::<String>::new())?;
+    root_params.distinguished_name.push(DnType::CommonName, skiff_raft_store::auth::ROOT);
+    root_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let root_key = KeyPair::generate()?;
+    let root = root_params.signed_by(&root_key, &ca, &ca_key)?;
     let ca_path = write("ca.crt", ca.pem())?;
-    write("ca.key", ca_key.serialize_pem())?;
+    write_key("ca.key", ca_key.serialize_pem())?;
+    write("root.crt", root.pem())?;
+    write_key("root.key", root_key.serialize_pem())?;
     let tls = ClientTls {
         cert: write("server.crt", server.pem())?,
-        key: write("server.key", server_key.serialize_pem())?,
-        client_ca: None,
+        key: write_key("server.key", server_key.serialize_pem())?,
+        // Certificates are one way to authenticate, tokens the other (etcd's and Kubernetes').
+        client_ca: Some(ca_path.clone()),
         ca: Some(ca_path.clone()),
+        client_cert_optional: true,
     };
     Ok((ca_path, tls))
+}
+
+/// Writes a credential or key: readable by its owner only (0600), whatever the umask, also
+/// when the file existed before.
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents)?;
+    Ok(())
+}
+
+/// Creates a directory only its owner may enter (0700).
+fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -198,13 +238,17 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     for (name, token) in &node_tokens {
         token_lines += &format!("{token},system:node:{name},node-{name},\"system:nodes\"\n");
     }
-    std::fs::write(&tokens, token_lines)?;
-    std::fs::write(dir.join("admin.token"), format!("{admin_token}\n"))?;
+    write_private(&tokens, token_lines.as_bytes())?;
+    write_private(&dir.join("admin.token"), format!("{admin_token}\n").as_bytes())?;
+    // The store's own root user (etcd auth), on from the cluster's first entry.
+    let root_password = random_token();
+    write_private(&dir.join("root.password"), format!("{root_password}\n").as_bytes())?;
+    let root_password_hash = skiff_raft_store::auth::hash_password(&root_password);
     let pki = if args.tls { Some(generate_pki(&dir.join("pki"))?) } else { None };
     let mut entries = Vec::new();
     for (&id, m) in &members {
         let home = dir.join(&m.name);
-        std::fs::create_dir_all(&home)?;
+        create_private_dir(&home)?;
         let data_dir = std::fs::canonicalize(&home)?.join("data");
         let mut config =
             MasterConfig::new(id, m.name.clone(), data_dir.clone(), m.peer_addr.clone(), m.client_addr.clone());
@@ -216,6 +260,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
             config.request_timeout_ms = v;
         }
         config.client_tls = pki.as_ref().map(|(_, tls)| tls.clone());
+        config.root_password_hash = Some(root_password_hash.clone());
         let config_path = std::fs::canonicalize(&home)?.join("config.json");
         let mut controllers = crate::master_cmd::ControllerSettings::default();
         if let Some(v) = args.node_grace_seconds {
@@ -233,7 +278,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
             service_cluster_ip_range: Some(service_cidr.clone()),
             controllers,
         };
-        std::fs::write(&config_path, file.to_json()?)?;
+        write_private(&config_path, file.to_json()?.as_bytes())?;
         entries.push(MasterEntry {
             id,
             name: m.name.clone(),
@@ -256,13 +301,14 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         "contexts": [{"name": "local", "cluster": "local", "user": "admin", "namespace": "default"}],
         "currentContext": "local",
     });
-    std::fs::write(&client_config, serde_json::to_string_pretty(&client)? + "\n")?;
+    write_private(&client_config, (serde_json::to_string_pretty(&client)? + "\n").as_bytes())?;
     let nodes = new_nodes(dir, args, &node_tokens, &client, 0, &service_cidr)?;
     Ok(ClusterFile {
         masters: entries,
         nodes,
         client_config: Some(std::fs::canonicalize(client_config)?),
         credentials: Some(std::fs::canonicalize(dir.join("admin.token"))?),
+        etcd_root_password: Some(std::fs::canonicalize(dir.join("root.password"))?),
         ca: pki.map(|(ca, _)| ca),
         service_cidr,
     })
@@ -294,7 +340,7 @@ fn new_nodes(
         client["users"] = serde_json::json!([{"name": name, "token": token}]);
         client["contexts"][0]["user"] = serde_json::json!(name);
         let config = home.join("client.json");
-        std::fs::write(&config, serde_json::to_string_pretty(&client)? + "\n")?;
+        write_private(&config, (serde_json::to_string_pretty(&client)? + "\n").as_bytes())?;
         let root = home.join("root");
         if let Some(layout) = &args.import_image {
             let store = skiff_node::image::ImageStore::open(root.join("images"))?;
@@ -339,26 +385,30 @@ pub fn node_alive(n: &NodeEntry) -> bool {
     n.pid != 0 && process_alive(n.pid, &n.root.to_string_lossy())
 }
 
+/// A short-deadline channel to one master's client port (TLS when the cluster has a CA).
+async fn master_channel(m: &MasterEntry, ca: Option<&Path>) -> Result<tonic::transport::Channel, String> {
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", m.api)).map_err(|e| e.to_string())?;
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| e.to_string())?;
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    endpoint
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_millis(800))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Per master: its view of the leader, or why it did not answer.
 async fn leader_views(masters: &[MasterEntry], ca: Option<&Path>) -> Vec<Result<u64, String>> {
     let mut out = Vec::new();
     for m in masters {
         let view = async {
-            let scheme = if ca.is_some() { "https" } else { "http" };
-            let mut endpoint =
-                tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", m.api)).map_err(|e| e.to_string())?;
-            if let Some(ca) = ca {
-                let pem = std::fs::read(ca).map_err(|e| e.to_string())?;
-                let tls = tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(pem));
-                endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
-            }
-            let channel = endpoint
-                .connect_timeout(Duration::from_millis(300))
-                .timeout(Duration::from_millis(800))
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
+            let channel = master_channel(m, ca).await?;
             let status =
                 MaintenanceClient::new(channel).status(StatusRequest {}).await.map_err(|e| e.message().to_string())?;
             Ok(status.into_inner().leader)
@@ -372,6 +422,26 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Waits until the store's root user can authenticate (the leader proposes the first auth
+/// state right after its election), so the etcdctl line printed below works at once.
+fn wait_for_store_auth(rt: &tokio::runtime::Runtime, cluster: &ClusterFile, deadline: Instant) -> anyhow::Result<()> {
+    use skiff_proto::etcdserverpb::{auth_client::AuthClient, AuthenticateRequest};
+    let Some(path) = &cluster.etcd_root_password else { return Ok(()) };
+    let password = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let request = AuthenticateRequest { name: "root".into(), password: password.trim().to_string() };
+    loop {
+        let attempt = rt.block_on(async {
+            let channel = master_channel(&cluster.masters[0], cluster.ca.as_deref()).await?;
+            AuthClient::new(channel).authenticate(request.clone()).await.map_err(|e| e.message().to_string())
+        });
+        match attempt {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => bail!("the store's root user cannot authenticate: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }
 
 /// Waits until the API has made the system namespaces (the leader's first act), so a cluster
@@ -438,7 +508,7 @@ fn wait_for_nodes(rt: &tokio::runtime::Runtime, cluster: &ClusterFile, deadline:
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    create_private_dir(&args.dir)?;
     let dir = std::fs::canonicalize(&args.dir)?;
     let mut cluster = match ClusterFile::load(&dir)? {
         Some(mut existing) => {
@@ -511,6 +581,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     };
 
+    wait_for_store_auth(&rt, &cluster, deadline)?;
     wait_for_api(&rt, &cluster, deadline)?;
     if !cluster.nodes.is_empty() {
         for n in &mut cluster.nodes {
@@ -537,7 +608,14 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     let endpoints: Vec<&str> = cluster.masters.iter().map(|m| m.etcd.as_str()).collect();
-    println!("etcdctl:  etcdctl --endpoints={} endpoint status -w table", endpoints.join(","));
+    match &cluster.etcd_root_password {
+        Some(pw) => println!(
+            "etcdctl:  etcdctl --endpoints={} --user root:$(cat {}) endpoint status -w table",
+            endpoints.join(","),
+            pw.display()
+        ),
+        None => println!("etcdctl:  etcdctl --endpoints={} endpoint status -w table", endpoints.join(",")),
+    }
     match &cluster.ca {
         Some(ca) => println!(
             "grpcurl:  grpcurl -cacert {} -H \"authorization: Bearer $(cat {})\" {} list",

@@ -9,11 +9,15 @@
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
+use skiff_proto::etcdserverpb::auth_client::AuthClient;
 use skiff_proto::etcdserverpb::kv_client::KvClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use skiff_proto::etcdserverpb::{HashKvRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse};
+use skiff_proto::etcdserverpb::{
+    AuthenticateRequest, HashKvRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -140,12 +144,14 @@ pub struct Cluster {
     pub masters: Vec<MasterInfo>,
     /// Masters started by the test itself (joined members), killed on drop too.
     pub extra_pids: Vec<u32>,
+    /// A token of the store's root user (etcd auth) and when it was issued.
+    root_token: Mutex<Option<(String, Instant)>>,
 }
 
 impl Cluster {
     pub fn up(masters: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("skiff-test-").tempdir().expect("temp dir");
-        let mut c = Cluster { dir, masters: Vec::new(), extra_pids: Vec::new() };
+        let mut c = Cluster { dir, masters: Vec::new(), extra_pids: Vec::new(), root_token: Mutex::new(None) };
         let n = masters.to_string();
         let d = c.dir.path().to_str().unwrap().to_string();
         let mut args = vec!["up", "--dir", &d, "--masters", &n, "--timeout", "60"];
@@ -284,14 +290,86 @@ impl Cluster {
         })
     }
 
+    /// The real etcdctl as the store's root user.
     pub fn etcdctl(&self, endpoints: &str, args: &[&str]) -> Output {
-        etcdctl(endpoints, args)
+        let user = format!("--user=root:{}", self.root_password());
+        etcdctl(endpoints, &[&[user.as_str()][..], args].concat())
+    }
+
+    /// [`Cluster::etcdctl`] that must succeed; returns stdout.
+    pub fn etcdctl_ok(&self, endpoints: &str, args: &[&str]) -> String {
+        expect_success(endpoints, args, self.etcdctl(endpoints, args))
+    }
+
+    /// The password of the store's `root` user that `skiff up` generated.
+    pub fn root_password(&self) -> String {
+        let v = self.cluster_json();
+        let path = v["etcd_root_password"].as_str().expect("cluster.json names the store's root password");
+        std::fs::read_to_string(path).expect("root password file").trim().to_string()
+    }
+
+    fn cluster_json(&self) -> Value {
+        let text = std::fs::read_to_string(self.dir.path().join("cluster.json")).expect("cluster.json");
+        serde_json::from_str(&text).expect("cluster.json is JSON")
+    }
+
+    /// A token of the store's root user, authenticating through `addr` when the cached one
+    /// is a minute old (tokens live five).
+    pub async fn root_token(&self, addr: &str) -> Result<String, tonic::Status> {
+        let cached = self.root_token.lock().unwrap().clone();
+        if let Some((token, _)) = cached.filter(|(_, at)| at.elapsed() < Duration::from_secs(60)) {
+            return Ok(token);
+        }
+        let ch = channel(addr).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let req = AuthenticateRequest { name: "root".into(), password: self.root_password() };
+        let token = AuthClient::new(ch).authenticate(req).await?.into_inner().token;
+        *self.root_token.lock().unwrap() = Some((token.clone(), Instant::now()));
+        Ok(token)
+    }
+
+    /// `message` as a request of the store's root user (etcd's `token` metadata).
+    pub async fn as_root<T>(&self, addr: &str, message: T) -> Result<tonic::Request<T>, tonic::Status> {
+        let token = self.root_token(addr).await?;
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut().insert("token", token.parse().map_err(|_| tonic::Status::internal("token is not ASCII"))?);
+        Ok(req)
+    }
+
+    /// The store's revision as a linearizable read through `addr` sees it: unlike `status`,
+    /// which reports what that master has applied so far, this includes every acknowledged write.
+    pub async fn revision(&self, addr: &str) -> Result<i64, tonic::Status> {
+        let ch = channel(addr).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let req = self.as_root(addr, RangeRequest { key: b"\0".to_vec(), ..Default::default() }).await?;
+        let r = KvClient::new(ch).range(req).await?;
+        Ok(r.into_inner().header.map_or(0, |h| h.revision))
+    }
+
+    pub async fn put(&self, addr: &str, key: &str, value: &[u8]) -> Result<i64, tonic::Status> {
+        let ch = channel(addr).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let req =
+            self.as_root(addr, PutRequest { key: key.into(), value: value.to_vec(), ..Default::default() }).await?;
+        let r = KvClient::new(ch).put(req).await?;
+        Ok(r.into_inner().header.map_or(0, |h| h.revision))
+    }
+
+    pub async fn get(&self, addr: &str, key: &str, serializable: bool) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let ch = channel(addr).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let req = self.as_root(addr, RangeRequest { key: key.into(), serializable, ..Default::default() }).await?;
+        let r = KvClient::new(ch).range(req).await?;
+        Ok(r.into_inner().kvs.first().map(|kv| kv.value.clone()))
+    }
+
+    /// (hash, hashed revision) of one master's MVCC history at `revision`.
+    pub async fn hash_kv(&self, addr: &str, revision: i64) -> Result<(u32, i64), String> {
+        let ch = channel(addr).await.map_err(|e| e.to_string())?;
+        let req = self.as_root(addr, HashKvRequest { revision }).await.map_err(|e| e.to_string())?;
+        let r = MaintenanceClient::new(ch).hash_kv(req).await.map_err(|e| e.to_string())?.into_inner();
+        Ok((r.hash, r.hash_revision))
     }
 
     /// The admin bearer token `skiff up` wrote (cluster.json `credentials`).
     pub fn admin_token(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("cluster.json")).expect("cluster.json");
-        let v: Value = serde_json::from_str(&text).expect("JSON");
+        let v = self.cluster_json();
         let path = v["credentials"].as_str().expect("cluster.json names the admin credentials");
         std::fs::read_to_string(path).expect("admin token file").trim().to_string()
     }
@@ -348,7 +426,10 @@ pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
 
 /// etcdctl that must succeed; returns stdout.
 pub fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
-    let out = etcdctl(endpoints, args);
+    expect_success(endpoints, args, etcdctl(endpoints, args))
+}
+
+fn expect_success(endpoints: &str, args: &[&str], out: Output) -> String {
     assert!(
         out.status.success(),
         "etcdctl {args:?} against {endpoints} failed: {}\n{}",
@@ -394,34 +475,6 @@ pub async fn status(addr: &str) -> Result<StatusResponse, String> {
     Ok(MaintenanceClient::new(ch).status(StatusRequest {}).await.map_err(|e| e.to_string())?.into_inner())
 }
 
-/// The store's revision as a linearizable read through `addr` sees it: unlike `status`, which
-/// reports what that master has applied so far, this includes every acknowledged write.
-pub async fn revision(addr: &str) -> Result<i64, tonic::Status> {
-    let ch = channel(addr).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let r = KvClient::new(ch).range(RangeRequest { key: b"\0".to_vec(), ..Default::default() }).await?;
-    Ok(r.into_inner().header.map_or(0, |h| h.revision))
-}
-
-pub async fn put(addr: &str, key: &str, value: &[u8]) -> Result<i64, tonic::Status> {
-    let ch = channel(addr).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let r = KvClient::new(ch).put(PutRequest { key: key.into(), value: value.to_vec(), ..Default::default() }).await?;
-    Ok(r.into_inner().header.map_or(0, |h| h.revision))
-}
-
-pub async fn get(addr: &str, key: &str, serializable: bool) -> Result<Option<Vec<u8>>, tonic::Status> {
-    let ch = channel(addr).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let r = KvClient::new(ch).range(RangeRequest { key: key.into(), serializable, ..Default::default() }).await?;
-    Ok(r.into_inner().kvs.first().map(|kv| kv.value.clone()))
-}
-
-/// (hash, hashed revision) of one master's MVCC history at `revision`.
-pub async fn hash_kv(addr: &str, revision: i64) -> Result<(u32, i64), String> {
-    let ch = channel(addr).await.map_err(|e| e.to_string())?;
-    let r = MaintenanceClient::new(ch).hash_kv(HashKvRequest { revision }).await.map_err(|e| e.to_string())?;
-    let r = r.into_inner();
-    Ok((r.hash, r.hash_revision))
-}
-
 /// Waits until every listed master has applied `revision`, then checks they all report the
 /// same HashKV at it; returns the hash.
 pub fn assert_same_hash(cluster: &Cluster, ids: &[u64], revision: i64) -> u32 {
@@ -432,7 +485,7 @@ pub fn assert_same_hash(cluster: &Cluster, ids: &[u64], revision: i64) -> u32 {
         let h = wait_for(Duration::from_secs(30), &format!("master {id} to reach revision {revision}"), || {
             let st = rt.block_on(status(&addr)).ok()?;
             (st.header?.revision >= revision).then_some(())?;
-            rt.block_on(hash_kv(&addr, revision)).ok()
+            rt.block_on(cluster.hash_kv(&addr, revision)).ok()
         });
         seen.push((id, h));
     }
@@ -447,6 +500,15 @@ pub fn resource_of(kind: &str) -> String {
         .find(|k| k.kind == kind)
         .map(|k| k.resource.to_string())
         .unwrap_or_else(|| panic!("unknown kind {kind}"))
+}
+
+/// A gRPC interceptor that sends an etcd auth token (metadata `token`, as etcd clients do).
+pub fn etcd_token(token: &str) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    let value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> = token.parse().expect("ascii token");
+    move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("token", value.clone());
+        Ok(req)
+    }
 }
 
 /// A gRPC interceptor that sends `authorization: Bearer <token>`.

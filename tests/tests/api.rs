@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use skiff_proto::api::objects_client::ObjectsClient;
 use skiff_proto::api::{RawRequest, WatchRequest};
-use skiff_tests::{bearer, channel, revision, runtime, status, wait_for, Cluster};
+use skiff_tests::{bearer, channel, runtime, status, wait_for, Cluster};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -237,7 +237,7 @@ fn bad_input_gets_specific_codes_and_leaves_the_store_unchanged() {
         o.update(RawRequest { resource: "configmaps".into(), json: newer.to_string(), ..Default::default() })
             .await
             .unwrap();
-        let before = revision(&addr).await.unwrap();
+        let before = c.revision(&addr).await.unwrap();
         (rv, before)
     });
     let huge = "x".repeat(3 * 1024 * 1024 + 10);
@@ -299,7 +299,7 @@ fn bad_input_gets_specific_codes_and_leaves_the_store_unchanged() {
         assert_eq!(err.code(), Code::Aborted, "{err:?}");
         assert!(err.message().contains(&format!("resourceVersion {existing_rv}, current")), "{}", err.message());
         // phase: nothing changed
-        let after = revision(&addr).await.unwrap();
+        let after = c.revision(&addr).await.unwrap();
         assert_eq!(after, before, "the store revision moved on bad input");
     });
 }

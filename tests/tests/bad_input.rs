@@ -5,7 +5,7 @@ use skiff_proto::etcdserverpb::kv_client::KvClient;
 use skiff_proto::etcdserverpb::{
     request_op, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use skiff_tests::{etcdctl, etcdctl_ok, get, hash_kv, put, runtime, status, Cluster};
+use skiff_tests::{runtime, status, Cluster};
 use std::time::{Duration, Instant};
 use tonic::Code;
 
@@ -18,10 +18,10 @@ fn bad_requests_get_specific_codes_and_change_nothing() {
     let c = Cluster::up(3, &[]);
     let addr = c.masters[1].etcd.clone();
     let rt = runtime();
-    let before = rt.block_on(put(&addr, "existing", b"v")).unwrap();
+    let before = rt.block_on(c.put(&addr, "existing", b"v")).unwrap();
     // A linearizable read makes this member apply the put before its hash is taken.
-    rt.block_on(get(&addr, "existing", false)).unwrap();
-    let hash_before = rt.block_on(hash_kv(&addr, before)).unwrap();
+    rt.block_on(c.get(&addr, "existing", false)).unwrap();
+    let hash_before = rt.block_on(c.hash_kv(&addr, before)).unwrap();
 
     let big = vec![b'x'; 1536 * 1024 + 1];
     let dup = TxnRequest { success: vec![put_op("d"), put_op("d")], ..Default::default() };
@@ -41,7 +41,9 @@ fn bad_requests_get_specific_codes_and_change_nothing() {
     };
     // (what, result code, a phrase the message must contain)
     let cases: Vec<(&str, Result<(), tonic::Status>, Code, &str)> = rt.block_on(async {
-        let mut kv = KvClient::new(skiff_tests::channel(&addr).await.unwrap()).max_encoding_message_size(8 << 20);
+        let token = skiff_tests::etcd_token(&c.root_token(&addr).await.unwrap());
+        let mut kv = KvClient::with_interceptor(skiff_tests::channel(&addr).await.unwrap(), token)
+            .max_encoding_message_size(8 << 20);
         vec![
             (
                 "value over 1.5 MiB",
@@ -109,7 +111,7 @@ fn bad_requests_get_specific_codes_and_change_nothing() {
     std::fs::write(&file, &big).unwrap();
     let out = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("etcdctl --endpoints={addr} put big < {}", file.display()))
+        .arg(format!("etcdctl --endpoints={addr} --user=root:{} put big < {}", c.root_password(), file.display()))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -118,13 +120,13 @@ fn bad_requests_get_specific_codes_and_change_nothing() {
     // phase: nothing changed, on any member (a linearizable read through a member first makes
     // it apply everything committed so far; Status alone is member-local and may lag)
     for m in &c.masters {
-        assert_eq!(rt.block_on(get(&m.etcd, "existing", false)).unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(rt.block_on(c.get(&m.etcd, "existing", false)).unwrap().as_deref(), Some(&b"v"[..]));
         let st = rt.block_on(status(&m.etcd)).unwrap();
         assert_eq!(st.header.unwrap().revision, before, "{} revision moved", m.name);
-        assert_eq!(rt.block_on(hash_kv(&m.etcd, before)).unwrap(), hash_before, "{} history changed", m.name);
+        assert_eq!(rt.block_on(c.hash_kv(&m.etcd, before)).unwrap(), hash_before, "{} history changed", m.name);
     }
     for key in ["big", "half/1", "half/2", "d", "m0", "l", "nope"] {
-        assert_eq!(rt.block_on(get(&addr, key, false)).unwrap(), None, "{key} must not exist");
+        assert_eq!(rt.block_on(c.get(&addr, key, false)).unwrap(), None, "{key} must not exist");
     }
 }
 
@@ -135,28 +137,31 @@ fn without_quorum_requests_fail_unavailable_in_bounded_time() {
     let leader = c.wait_leader(&all, Duration::from_secs(10));
     let survivor = *all.iter().find(|&&id| id != leader).unwrap();
     let addr = c.master(survivor).etcd.clone();
-    etcdctl_ok(&addr, &["put", "k", "before"]);
+    c.etcdctl_ok(&addr, &["put", "k", "before"]);
+    // Authenticating is itself a linearizable read (as in etcd): take the token while there is
+    // a quorum, so the calls below reach the paths under test.
+    let rt = runtime();
+    rt.block_on(c.root_token(&addr)).expect("a root token");
     for id in all.iter().filter(|&&id| id != survivor) {
         c.kill(*id);
     }
-    let rt = runtime();
 
     // phase: writes and linearizable reads fail with Unavailable, well within a bound
     let started = Instant::now();
-    let err = rt.block_on(put(&addr, "k", b"during")).expect_err("no quorum: the write cannot commit");
+    let err = rt.block_on(c.put(&addr, "k", b"during")).expect_err("no quorum: the write cannot commit");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(6), "write failed only after {:?}", started.elapsed());
     let started = Instant::now();
-    let err = rt.block_on(get(&addr, "k", false)).expect_err("no quorum: no linearizable read");
+    let err = rt.block_on(c.get(&addr, "k", false)).expect_err("no quorum: no linearizable read");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(6), "read failed only after {:?}", started.elapsed());
     // A serializable read is served from the member's own state.
-    assert_eq!(rt.block_on(get(&addr, "k", true)).unwrap().as_deref(), Some(&b"before"[..]));
-    let out = etcdctl(&addr, &["put", "k", "during"]);
+    assert_eq!(rt.block_on(c.get(&addr, "k", true)).unwrap().as_deref(), Some(&b"before"[..]));
+    let out = c.etcdctl(&addr, &["put", "k", "during"]);
     assert!(!out.status.success(), "etcdctl put without quorum must fail");
 
     // phase: quorum back; the refused write was never applied
     c.restart_stopped();
     c.wait_leader(&all, Duration::from_secs(15));
-    assert_eq!(etcdctl_ok(&addr, &["get", "k"]), "k\nbefore\n");
+    assert_eq!(c.etcdctl_ok(&addr, &["get", "k"]), "k\nbefore\n");
 }

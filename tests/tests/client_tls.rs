@@ -2,6 +2,7 @@
 //! refuses to start; with them, etcdctl must present a certificate signed by the client CA.
 
 use skiff_tests::{skiff_bin, wait_for};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -159,7 +160,8 @@ fn skiff_up_tls_serves_both_apis_over_tls_with_its_generated_ca() {
     assert!(!plain.status.success(), "plaintext must not reach a TLS listener");
     let unverified = grpcurl(&[], "skiff.api.Namespaces/Get", r#"{"name":"default"}"#);
     assert!(!unverified.status.success(), "a client that does not trust the CA must fail the handshake");
-    // phase: the etcd API on the same listener
+    // phase: the etcd API on the same listener, where a client certificate signed by the
+    // cluster CA authenticates its common name as a store user (etcd's --client-cert-auth)
     let etcdctl = |args: &[&str]| {
         Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
@@ -168,6 +170,44 @@ fn skiff_up_tls_serves_both_apis_over_tls_with_its_generated_ca() {
             .output()
             .unwrap()
     };
-    assert!(etcdctl(&["put", "tls-key", "v"]).status.success());
-    assert_eq!(String::from_utf8_lossy(&etcdctl(&["get", "tls-key"]).stdout), "tls-key\nv\n");
+    let pki = Path::new(&ca).parent().unwrap().to_path_buf();
+    let (root_crt, root_key) = (pki.join("root.crt"), pki.join("root.key"));
+    let root_cert = [format!("--cert={}", root_crt.display()), format!("--key={}", root_key.display())];
+    let root_cert: Vec<&str> = root_cert.iter().map(String::as_str).collect();
+    let put = etcdctl(&[&root_cert[..], &["put", "tls-key", "v"]].concat());
+    assert!(put.status.success(), "put with the root client certificate: {}", String::from_utf8_lossy(&put.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&etcdctl(&[&root_cert[..], &["get", "tls-key"]].concat()).stdout),
+        "tls-key\nv\n"
+    );
+    let password = format!("--user=root:{}", c.root_password());
+    assert_eq!(String::from_utf8_lossy(&etcdctl(&[&password, "get", "tls-key"]).stdout), "tls-key\nv\n");
+    let anonymous = etcdctl(&["get", "tls-key"]);
+    assert!(!anonymous.status.success(), "TLS alone is no credential");
+    assert!(String::from_utf8_lossy(&anonymous.stderr).contains("user name is empty"), "{anonymous:?}");
+    assert_eq!(std::fs::metadata(&root_key).unwrap().permissions().mode() & 0o777, 0o600, "root.key");
+
+    // phase: a client certificate from another CA does not get through the handshake
+    let other_ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut other_ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_ca = other_ca.self_signed(&other_ca_key).unwrap();
+    let mut forged = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    forged.distinguished_name.push(rcgen::DnType::CommonName, "root");
+    forged.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let forged_key = rcgen::KeyPair::generate().unwrap();
+    let forged = forged.signed_by(&forged_key, &other_ca, &other_ca_key).unwrap();
+    std::fs::write(c.dir.path().join("forged.crt"), forged.pem()).unwrap();
+    std::fs::write(c.dir.path().join("forged.key"), forged_key.serialize_pem()).unwrap();
+    let forged_args = [
+        format!("--cert={}", c.dir.path().join("forged.crt").display()),
+        format!("--key={}", c.dir.path().join("forged.key").display()),
+    ];
+    let out = etcdctl(&[forged_args[0].as_str(), forged_args[1].as_str(), "put", "tls-key", "forged"]);
+    assert!(!out.status.success(), "a root certificate from another CA must be refused");
+    assert_eq!(
+        String::from_utf8_lossy(&etcdctl(&[&password, "get", "tls-key"]).stdout),
+        "tls-key\nv\n",
+        "the refused put changed nothing"
+    );
 }

@@ -1,6 +1,6 @@
 //! The real `etcdctl` (Debian etcd-client 3.4) against a 3-master Skiff cluster.
 
-use skiff_tests::{etcdctl_ok, wait_for, Cluster};
+use skiff_tests::{wait_for, Cluster};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,19 +11,20 @@ fn etcdctl_kv_txn_members_and_status() {
     let (e1, e2, e3) = (c.masters[0].etcd.clone(), c.masters[1].etcd.clone(), c.masters[2].etcd.clone());
 
     // phase: put through each master, read through another
-    assert_eq!(etcdctl_ok(&e1, &["put", "app/a", "1"]).trim(), "OK");
-    assert_eq!(etcdctl_ok(&e2, &["put", "app/b", "2"]).trim(), "OK");
-    assert_eq!(etcdctl_ok(&e3, &["put", "other", "3"]).trim(), "OK");
-    assert_eq!(etcdctl_ok(&e3, &["get", "--prefix", "app/"]), "app/a\n1\napp/b\n2\n");
+    assert_eq!(c.etcdctl_ok(&e1, &["put", "app/a", "1"]).trim(), "OK");
+    assert_eq!(c.etcdctl_ok(&e2, &["put", "app/b", "2"]).trim(), "OK");
+    assert_eq!(c.etcdctl_ok(&e3, &["put", "other", "3"]).trim(), "OK");
+    assert_eq!(c.etcdctl_ok(&e3, &["get", "--prefix", "app/"]), "app/a\n1\napp/b\n2\n");
 
     // phase: delete
-    assert_eq!(etcdctl_ok(&e2, &["del", "app/a"]).trim(), "1");
-    assert_eq!(etcdctl_ok(&e1, &["get", "--prefix", "app/"]), "app/b\n2\n");
+    assert_eq!(c.etcdctl_ok(&e2, &["del", "app/a"]).trim(), "1");
+    assert_eq!(c.etcdctl_ok(&e1, &["get", "--prefix", "app/"]), "app/b\n2\n");
 
     // phase: txn, both branches
     let txn = |endpoint: &str, expect: &str| {
         let mut child = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
+            .arg(format!("--user=root:{}", c.root_password()))
             .args([&format!("--endpoints={endpoint}"), "txn"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -36,14 +37,14 @@ fn etcdctl_kv_txn_members_and_status() {
     };
     assert!(txn(&e1, "2").starts_with("SUCCESS"), "compare on the current value succeeds");
     assert!(txn(&e2, "2").starts_with("FAILURE"), "the same compare now fails");
-    assert_eq!(etcdctl_ok(&e3, &["get", "--prefix", "app/"]), "app/b\nswapped\napp/failed\nyes\n");
+    assert_eq!(c.etcdctl_ok(&e3, &["get", "--prefix", "app/"]), "app/b\nswapped\napp/failed\nyes\n");
 
     // phase: members and endpoint status
-    let members = etcdctl_ok(&e1, &["member", "list"]);
+    let members = c.etcdctl_ok(&e1, &["member", "list"]);
     for m in &c.masters {
         assert!(members.contains(&m.name) && members.contains(&format!("http://{}", m.etcd)), "{members}");
     }
-    let status = etcdctl_ok(&c.endpoints(), &["endpoint", "status"]);
+    let status = c.etcdctl_ok(&c.endpoints(), &["endpoint", "status"]);
     assert_eq!(status.lines().count(), 3, "{status}");
     assert_eq!(status.matches(", true, false,").count(), 1, "exactly one leader:\n{status}");
 }
@@ -54,6 +55,7 @@ fn etcdctl_watch_on_one_master_sees_writes_through_another() {
     let (e1, e2, e3) = (c.masters[0].etcd.clone(), c.masters[1].etcd.clone(), c.masters[2].etcd.clone());
     let mut watch = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
+        .arg(format!("--user=root:{}", c.root_password()))
         .args([&format!("--endpoints={e1}"), "watch", "--prefix", "w/"])
         .stdout(Stdio::piped())
         .spawn()
@@ -70,16 +72,16 @@ fn etcdctl_watch_on_one_master_sees_writes_through_another() {
     // The watch is registered when a write made after it starts is seen.
     let mut lines = Vec::new();
     wait_for(Duration::from_secs(15), "the watch to see a probe write", || {
-        etcdctl_ok(&e2, &["put", "w/probe", "x"]);
+        c.etcdctl_ok(&e2, &["put", "w/probe", "x"]);
         while let Ok(l) = rx.recv_timeout(Duration::from_millis(300)) {
             lines.push(l);
         }
         lines.iter().any(|l| l == "w/probe").then_some(())
     });
-    etcdctl_ok(&e2, &["put", "w/a", "1"]);
-    etcdctl_ok(&e3, &["put", "w/b", "2"]);
-    etcdctl_ok(&e2, &["del", "w/a"]);
-    etcdctl_ok(&e3, &["put", "not-watched", "x"]);
+    c.etcdctl_ok(&e2, &["put", "w/a", "1"]);
+    c.etcdctl_ok(&e3, &["put", "w/b", "2"]);
+    c.etcdctl_ok(&e2, &["del", "w/a"]);
+    c.etcdctl_ok(&e3, &["put", "not-watched", "x"]);
     // etcdctl prints each event as three lines: type, key, value. Under load the loop above may
     // have put the probe more than once before the watch showed it; those events are not ours.
     let ours = |lines: &[String]| -> Vec<String> {
@@ -100,6 +102,7 @@ fn etcdctl_watch_on_one_master_sees_writes_through_another() {
     let events = rt.block_on(async {
         use skiff_proto::etcdserverpb::{watch_client::WatchClient, watch_request, WatchCreateRequest, WatchRequest};
         let ch = skiff_tests::channel(&e3).await.unwrap();
+        let token = skiff_tests::etcd_token(&c.root_token(&e3).await.unwrap());
         let create = WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
                 key: b"w/".to_vec(),
@@ -108,7 +111,8 @@ fn etcdctl_watch_on_one_master_sees_writes_through_another() {
                 ..Default::default()
             })),
         };
-        let mut stream = WatchClient::new(ch).watch(tokio_stream_once(create)).await.unwrap().into_inner();
+        let mut stream =
+            WatchClient::with_interceptor(ch, token).watch(tokio_stream_once(create)).await.unwrap().into_inner();
         let mut keys = Vec::new();
         while keys.iter().filter(|(_, k)| k != "w/probe").count() < 3 {
             let resp = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
@@ -149,35 +153,36 @@ fn etcdctl_leases_expire_keys_and_keep_alive_keeps_them() {
     let (e1, e2, e3) = (c.masters[0].etcd.clone(), c.masters[1].etcd.clone(), c.masters[2].etcd.clone());
 
     // phase: a key on a 3s lease vanishes once the lease expires
-    let granted = etcdctl_ok(&e1, &["lease", "grant", "3"]);
+    let granted = c.etcdctl_ok(&e1, &["lease", "grant", "3"]);
     let id = granted.split_whitespace().nth(1).expect("lease id").to_string();
-    etcdctl_ok(&e2, &["put", "--lease", &id, "ephemeral", "v"]);
-    assert_eq!(etcdctl_ok(&e3, &["get", "ephemeral"]), "ephemeral\nv\n");
-    let ttl = etcdctl_ok(&e3, &["lease", "timetolive", &id, "--keys"]);
+    c.etcdctl_ok(&e2, &["put", "--lease", &id, "ephemeral", "v"]);
+    assert_eq!(c.etcdctl_ok(&e3, &["get", "ephemeral"]), "ephemeral\nv\n");
+    let ttl = c.etcdctl_ok(&e3, &["lease", "timetolive", &id, "--keys"]);
     assert!(ttl.contains("attached keys([ephemeral])"), "{ttl}");
     wait_for(Duration::from_secs(15), "the leased key to expire", || {
-        etcdctl_ok(&e3, &["get", "ephemeral"]).is_empty().then_some(())
+        c.etcdctl_ok(&e3, &["get", "ephemeral"]).is_empty().then_some(())
     });
-    assert!(etcdctl_ok(&e1, &["lease", "timetolive", &id]).contains("already expired"));
+    assert!(c.etcdctl_ok(&e1, &["lease", "timetolive", &id]).contains("already expired"));
 
     // phase: keep-alive through a follower keeps another leased key past its TTL
-    let granted = etcdctl_ok(&e2, &["lease", "grant", "3"]);
+    let granted = c.etcdctl_ok(&e2, &["lease", "grant", "3"]);
     let id = granted.split_whitespace().nth(1).unwrap().to_string();
-    etcdctl_ok(&e1, &["put", "--lease", &id, "kept", "v"]);
+    c.etcdctl_ok(&e1, &["put", "--lease", &id, "kept", "v"]);
     let mut ka = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
+        .arg(format!("--user=root:{}", c.root_password()))
         .args([&format!("--endpoints={e3}"), "lease", "keep-alive", &id])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(7) {
-        assert_eq!(etcdctl_ok(&e1, &["get", "kept"]), "kept\nv\n", "kept alive for {:?}", started.elapsed());
+        assert_eq!(c.etcdctl_ok(&e1, &["get", "kept"]), "kept\nv\n", "kept alive for {:?}", started.elapsed());
         std::thread::sleep(Duration::from_millis(500));
     }
     let _ = ka.kill();
     let _ = ka.wait();
     wait_for(Duration::from_secs(15), "the key to expire once keep-alives stop", || {
-        etcdctl_ok(&e2, &["get", "kept"]).is_empty().then_some(())
+        c.etcdctl_ok(&e2, &["get", "kept"]).is_empty().then_some(())
     });
 }

@@ -1,16 +1,16 @@
 //! Losing masters loses nothing: leader SIGKILL, SIGTERM, restart from the data dir, and
 //! catch-up through a snapshot after the others compacted their logs.
 
-use skiff_tests::{assert_same_hash, get, put, runtime, status, wait_for, Cluster};
+use skiff_tests::{assert_same_hash, runtime, status, wait_for, Cluster};
 use std::time::{Duration, Instant};
 
 /// Writes `key` through any of `addrs`, retrying while no leader is available; returns the
 /// revision. A write is retried only after an Unavailable answer.
-fn put_retrying(addrs: &[String], key: &str, value: &str, timeout: Duration) -> i64 {
+fn put_retrying(c: &Cluster, addrs: &[String], key: &str, value: &str, timeout: Duration) -> i64 {
     let rt = runtime();
     let deadline = Instant::now() + timeout;
     for addr in addrs.iter().cycle() {
-        let last = match rt.block_on(put(addr, key, value.as_bytes())) {
+        let last = match rt.block_on(c.put(addr, key, value.as_bytes())) {
             Ok(rev) => return rev,
             Err(e) if e.code() == tonic::Code::Unavailable => e,
             Err(e) => panic!("put {key} through {addr}: {e}"),
@@ -31,7 +31,7 @@ fn sigkill_of_the_leader_loses_no_acknowledged_write() {
     let mut acked = Vec::new();
     for i in 0..30 {
         let key = format!("before/{i}");
-        put_retrying(&addrs[i % 3..i % 3 + 1], &key, &i.to_string(), Duration::from_secs(10));
+        put_retrying(&c, &addrs[i % 3..i % 3 + 1], &key, &i.to_string(), Duration::from_secs(10));
         acked.push((key, i.to_string()));
     }
 
@@ -45,11 +45,11 @@ fn sigkill_of_the_leader_loses_no_acknowledged_write() {
     assert_ne!(new_leader, leader);
 
     // phase: writes succeed again through the survivors
-    put_retrying(&survivor_addrs, "after/0", "0", Duration::from_secs(15));
+    put_retrying(&c, &survivor_addrs, "after/0", "0", Duration::from_secs(15));
     eprintln!("first write after the kill took {:?}", killed_at.elapsed());
     for i in 1..30 {
         let key = format!("after/{i}");
-        put_retrying(&survivor_addrs[i % 2..i % 2 + 1], &key, &i.to_string(), Duration::from_secs(10));
+        put_retrying(&c, &survivor_addrs[i % 2..i % 2 + 1], &key, &i.to_string(), Duration::from_secs(10));
         acked.push((key, i.to_string()));
     }
 
@@ -57,7 +57,7 @@ fn sigkill_of_the_leader_loses_no_acknowledged_write() {
     let rt = runtime();
     for addr in &survivor_addrs {
         for (k, v) in &acked {
-            let got = rt.block_on(get(addr, k, false)).unwrap_or_else(|e| panic!("get {k} via {addr}: {e}"));
+            let got = rt.block_on(c.get(addr, k, false)).unwrap_or_else(|e| panic!("get {k} via {addr}: {e}"));
             assert_eq!(got.as_deref(), Some(v.as_bytes()), "{k} through {addr}");
         }
     }
@@ -67,7 +67,7 @@ fn sigkill_of_the_leader_loses_no_acknowledged_write() {
     let revision = rt.block_on(status(&survivor_addrs[0])).unwrap().header.unwrap().revision;
     assert_same_hash(&c, &all, revision);
     for (k, v) in &acked {
-        assert_eq!(rt.block_on(get(&c.master(leader).etcd, k, true)).unwrap().as_deref(), Some(v.as_bytes()));
+        assert_eq!(rt.block_on(c.get(&c.master(leader).etcd, k, true)).unwrap().as_deref(), Some(v.as_bytes()));
     }
 }
 
@@ -82,7 +82,7 @@ fn sigterm_stops_a_leader_cleanly_and_the_others_carry_on() {
     let survivors: Vec<u64> = all.iter().copied().filter(|&id| id != leader).collect();
     c.wait_leader(&survivors, Duration::from_secs(10));
     let addrs: Vec<String> = survivors.iter().map(|&id| c.master(id).etcd.clone()).collect();
-    let rev = put_retrying(&addrs, "after-term", "ok", Duration::from_secs(10));
+    let rev = put_retrying(&c, &addrs, "after-term", "ok", Duration::from_secs(10));
     c.restart_stopped();
     assert_same_hash(&c, &all, rev);
 }
@@ -99,15 +99,16 @@ fn a_member_that_missed_compaction_catches_up_through_a_snapshot() {
     // phase: enough writes that the others snapshot and purge the entries it would need
     let mut rev = 0;
     for i in 0..400 {
-        rev = put_retrying(&up, &format!("bulk/{}", i % 50), &"x".repeat(100 + i), Duration::from_secs(10));
+        rev = put_retrying(&c, &up, &format!("bulk/{}", i % 50), &"x".repeat(100 + i), Duration::from_secs(10));
     }
     let rt = runtime();
     rt.block_on(async {
         use skiff_proto::etcdserverpb::{kv_client::KvClient, CompactionRequest};
         let ch = skiff_tests::channel(&up[0]).await.unwrap();
-        KvClient::new(ch).compact(CompactionRequest { revision: rev - 10, physical: true }).await.unwrap();
+        let req = c.as_root(&up[0], CompactionRequest { revision: rev - 10, physical: true }).await.unwrap();
+        KvClient::new(ch).compact(req).await.unwrap();
     });
-    let rev = put_retrying(&up, "last", "1", Duration::from_secs(10));
+    let rev = put_retrying(&c, &up, "last", "1", Duration::from_secs(10));
 
     // phase: restart; it must install a snapshot and end with the same history
     c.restart_stopped();
@@ -118,7 +119,7 @@ fn a_member_that_missed_compaction_catches_up_through_a_snapshot() {
         "the lagging member caught up without a snapshot:\n{}",
         c.log_tail(lagging)
     );
-    assert_eq!(rt.block_on(get(&c.master(lagging).etcd, "bulk/49", true)).unwrap().map(|v| v.len()), Some(100 + 399));
+    assert_eq!(rt.block_on(c.get(&c.master(lagging).etcd, "bulk/49", true)).unwrap().map(|v| v.len()), Some(100 + 399));
 }
 
 /// A controller's writes carry the term of the leadership it read under (DESIGN.md rule 4):

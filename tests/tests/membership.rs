@@ -1,7 +1,7 @@
 //! Adding a fourth master as a learner with the real etcdctl, promoting it, and surviving the
 //! loss of any one of the four.
 
-use skiff_tests::{assert_same_hash, etcdctl_ok, pid_alive, put, runtime, skiff_bin, status, wait_for, Cluster};
+use skiff_tests::{assert_same_hash, pid_alive, runtime, skiff_bin, status, wait_for, Cluster};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,12 +37,12 @@ fn start_joiner(c: &mut Cluster, id: u64, peer: &str, client: &str) -> Joiner {
     Joiner(child)
 }
 
-fn write_somewhere(addrs: &[String], key: &str) -> i64 {
+fn write_somewhere(c: &Cluster, addrs: &[String], key: &str) -> i64 {
     let rt = runtime();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         for a in addrs {
-            if let Ok(rev) = rt.block_on(put(a, key, b"v")) {
+            if let Ok(rev) = rt.block_on(c.put(a, key, b"v")) {
                 return rev;
             }
         }
@@ -55,11 +55,11 @@ fn write_somewhere(addrs: &[String], key: &str) -> i64 {
 fn a_fourth_master_joins_as_learner_is_promoted_and_any_one_may_fail() {
     let mut c = Cluster::up(3, &[]);
     let e1 = c.masters[0].etcd.clone();
-    etcdctl_ok(&e1, &["put", "before-join", "1"]);
+    c.etcdctl_ok(&e1, &["put", "before-join", "1"]);
 
     // phase: member add --learner, then start the new master without an initial cluster
     let (peer, client) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let added = etcdctl_ok(&e1, &["member", "add", "master-4", "--learner", &format!("--peer-urls=http://{peer}")]);
+    let added = c.etcdctl_ok(&e1, &["member", "add", "master-4", "--learner", &format!("--peer-urls=http://{peer}")]);
     let hex_id = added.split_whitespace().nth(1).expect("member id").to_string();
     let id = u64::from_str_radix(&hex_id, 16).unwrap();
     assert!(c.masters.iter().all(|m| m.id != id), "a new id, never one in use: {id}");
@@ -73,15 +73,15 @@ fn a_fourth_master_joins_as_learner_is_promoted_and_any_one_may_fail() {
         (mine.header?.revision == rev && mine.is_learner).then_some(())
     });
     wait_for(Duration::from_secs(20), "member list to show the learner's client URL", || {
-        etcdctl_ok(&e1, &["member", "list"]).contains(&format!("http://{client}")).then_some(())
+        c.etcdctl_ok(&e1, &["member", "list"]).contains(&format!("http://{client}")).then_some(())
     });
 
     // phase: promote
-    etcdctl_ok(&e1, &["member", "promote", &hex_id]);
+    c.etcdctl_ok(&e1, &["member", "promote", &hex_id]);
     wait_for(Duration::from_secs(10), "the new member to be a voter", || {
         (!rt.block_on(status(&client)).ok()?.is_learner).then_some(())
     });
-    let list = etcdctl_ok(&e1, &["member", "list"]);
+    let list = c.etcdctl_ok(&e1, &["member", "list"]);
     assert_eq!(list.lines().count(), 4, "{list}");
     assert!(!list.lines().any(|l| l.ends_with("true")), "nobody is a learner any more:\n{list}");
 
@@ -101,7 +101,7 @@ fn a_fourth_master_joins_as_learner_is_promoted_and_any_one_may_fail() {
             c.kill(victim);
         }
         let others: Vec<String> = ids.iter().filter(|&&i| i != victim).map(|&i| addr_of(i)).collect();
-        let rev = write_somewhere(&others, &format!("without/{victim}"));
+        let rev = write_somewhere(&c, &others, &format!("without/{victim}"));
         if victim == id {
             joiner = start_joiner(&mut c, id, &peer, &client);
         } else {
@@ -111,9 +111,8 @@ fn a_fourth_master_joins_as_learner_is_promoted_and_any_one_may_fail() {
             (rt.block_on(status(&addr_of(victim))).ok()?.header?.revision >= rev).then_some(())
         });
     }
-    let rev = write_somewhere(std::slice::from_ref(&e1), "final");
+    let rev = write_somewhere(&c, std::slice::from_ref(&e1), "final");
     assert_same_hash(&c, &ids[..3], rev);
-    let (h4, _) =
-        wait_for(Duration::from_secs(20), "master-4's hash", || rt.block_on(skiff_tests::hash_kv(&client, rev)).ok());
+    let (h4, _) = wait_for(Duration::from_secs(20), "master-4's hash", || rt.block_on(c.hash_kv(&client, rev)).ok());
     assert_eq!(h4, assert_same_hash(&c, &ids[..1], rev));
 }
