@@ -101,6 +101,61 @@ pub fn check_quota(quota: &Value, existing: &[Value], new_pod: &Value) -> Result
     Ok(json!({"hard": hard, "used": used_after}))
 }
 
+/// Kubernetes' words for what a pod update may change.
+pub const POD_UPDATE_FORBIDDEN: &str = "pod updates may not change fields other than `spec.containers[*].image`,\
+`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing \
+tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
+/// Kubernetes' pod update rules: a pod's spec is fixed once created, but for the container
+/// images, a new or shorter `activeDeadlineSeconds`, added tolerations, and a negative grace
+/// period set to 1. `old` and `new` are the stored and the defaulted incoming pod.
+pub fn pod_update_allowed(old: &Value, new: &Value) -> Result<(), crate::error::FieldError> {
+    use skiff_proto::api::PodSpec;
+    let spec = |pod: &Value| -> Result<PodSpec, crate::error::FieldError> {
+        serde_json::from_value(pod.get("spec").cloned().unwrap_or(json!({})))
+            .map_err(|e| crate::error::FieldError::invalid("spec", "", e.to_string()))
+    };
+    let (old, mut new) = (spec(old)?, spec(new)?);
+    // Mask every change the rules allow; what is left must be no change at all.
+    for (was, now) in [(&old.containers, &mut new.containers), (&old.init_containers, &mut new.init_containers)] {
+        if was.len() == now.len() {
+            for (w, n) in was.iter().zip(now.iter_mut()) {
+                n.image.clone_from(&w.image);
+            }
+        }
+    }
+    if let Some(deadline) = new.active_deadline_seconds {
+        if deadline > 0 && old.active_deadline_seconds.is_none_or(|o| deadline <= o) {
+            new.active_deadline_seconds = old.active_deadline_seconds;
+        }
+    }
+    if old.tolerations.iter().all(|t| new.tolerations.contains(t)) && new.tolerations.len() >= old.tolerations.len() {
+        new.tolerations.clone_from(&old.tolerations);
+    }
+    if old.termination_grace_period_seconds.is_some_and(|g| g < 0) && new.termination_grace_period_seconds == Some(1) {
+        new.termination_grace_period_seconds = old.termination_grace_period_seconds;
+    }
+    if new == old {
+        Ok(())
+    } else {
+        Err(crate::error::FieldError::forbidden("spec", POD_UPDATE_FORBIDDEN))
+    }
+}
+
+/// Whether a pod update is exempt from Pod Security checks (Kubernetes: it changes nothing
+/// but metadata, `activeDeadlineSeconds` and tolerations).
+pub fn pod_security_exempt_update(old: &Value, new: &Value) -> bool {
+    let rest = |pod: &Value| {
+        let mut spec = pod.get("spec").cloned().unwrap_or(Value::Null);
+        if let Some(s) = spec.as_object_mut() {
+            s.remove("activeDeadlineSeconds");
+            s.remove("tolerations");
+        }
+        spec
+    };
+    rest(old) == rest(new)
+}
+
 const BASELINE_CAPABILITIES: &[&str] = &[
     "AUDIT_WRITE",
     "CHOWN",
@@ -181,8 +236,22 @@ pub fn baseline_violations(pod: &Value) -> Vec<String> {
     v
 }
 
+/// Refuses `pod` if it breaks the Pod Security level `namespace` enforces.
+pub fn pod_security(pod: &Value, namespace: &Value) -> Result<(), ApiError> {
+    let Some(level) = enforced_level(namespace) else { return Ok(()) };
+    let violations = baseline_violations(pod);
+    if violations.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "pods {:?} is forbidden: violates PodSecurity \"{level}:latest\": {}",
+        crate::object::name(pod),
+        violations.join(", ")
+    )))
+}
+
 /// The enforced Pod Security level of a namespace object, if any.
-pub fn enforced_level(namespace: &Value) -> Option<&str> {
+fn enforced_level(namespace: &Value) -> Option<&str> {
     namespace
         .pointer("/metadata/labels/pod-security.kubernetes.io~1enforce")
         .and_then(Value::as_str)
@@ -192,6 +261,50 @@ pub fn enforced_level(namespace: &Value) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(spec: Value) -> Value {
+        json!({"metadata": {"name": "p"}, "spec": spec})
+    }
+
+    #[test]
+    fn a_pod_update_may_change_images_deadlines_and_add_tolerations_only() {
+        let c = |image: &str| json!({"name": "c", "image": image});
+        let old = pod(json!({"containers": [c("busybox:1")], "activeDeadlineSeconds": 60,
+            "tolerations": [{"key": "a", "operator": "Exists"}]}));
+        let ok = |new: Value| assert!(pod_update_allowed(&old, &pod(new.clone())).is_ok(), "{new}");
+        let refused = |new: Value| {
+            let err = pod_update_allowed(&old, &pod(new.clone())).expect_err(&new.to_string());
+            assert_eq!(err.path, "spec");
+            assert!(err.to_string().contains("pod updates may not change fields"), "{err}");
+        };
+        let tol = json!([{"key": "a", "operator": "Exists"}]);
+        ok(json!({"containers": [c("busybox:2")], "activeDeadlineSeconds": 60, "tolerations": tol}));
+        ok(json!({"containers": [c("busybox:1")], "activeDeadlineSeconds": 30, "tolerations": tol}));
+        ok(json!({"containers": [c("busybox:1")], "activeDeadlineSeconds": 60,
+            "tolerations": [{"key": "a", "operator": "Exists"}, {"key": "b", "operator": "Exists"}]}));
+        refused(json!({"containers": [c("busybox:1")], "activeDeadlineSeconds": 90, "tolerations": tol}));
+        refused(json!({"containers": [c("busybox:1")], "activeDeadlineSeconds": 60, "tolerations": []}));
+        refused(json!({"containers": [c("busybox:1")], "activeDeadlineSeconds": 60, "tolerations": tol,
+            "hostNetwork": true}));
+        refused(json!({"containers": [{"name": "c", "image": "busybox:1", "securityContext": {"privileged": true}}],
+            "activeDeadlineSeconds": 60, "tolerations": tol}));
+        refused(json!({"containers": [c("busybox:1")], "activeDeadlineSeconds": 60, "tolerations": tol,
+            "nodeName": "elsewhere"}));
+        refused(
+            json!({"containers": [c("busybox:1"), c("busybox:1")], "activeDeadlineSeconds": 60, "tolerations": tol}),
+        );
+    }
+
+    #[test]
+    fn pod_security_skips_updates_of_metadata_deadlines_and_tolerations_only() {
+        let old = pod(json!({"containers": [{"name": "c", "image": "busybox:1"}]}));
+        let mut relabelled = old.clone();
+        relabelled["metadata"]["labels"] = json!({"a": "b"});
+        relabelled["spec"]["tolerations"] = json!([{"key": "a", "operator": "Exists"}]);
+        assert!(pod_security_exempt_update(&old, &relabelled));
+        let reimaged = pod(json!({"containers": [{"name": "c", "image": "busybox:2"}]}));
+        assert!(!pod_security_exempt_update(&old, &reimaged));
+    }
 
     #[test]
     fn quantities_parse_like_kubernetes() {

@@ -291,9 +291,16 @@ fn policy_allows_wildcard(policy: &Policy, user: &User, wanted: &Value) -> bool 
 }
 
 /// Node restriction: a node daemon (`system:node:<name>` in `system:nodes`) may write only its
-/// own Node and Lease and the pods bound to it, and ask for service-account tokens only for
-/// those pods (`object`: the pod); it may read everything it needs to run pods.
-pub fn node_restriction(user: &User, a: &Attributes<'_>, object: Option<&Value>) -> Option<bool> {
+/// own Node and Lease and the pods bound to it — bound to it before the write (`stored`) as
+/// well as after (`object`), so it cannot take another node's pod — and ask for
+/// service-account tokens only for those pods (`object`: the pod); it may read everything it
+/// needs to run pods.
+pub fn node_restriction(
+    user: &User,
+    a: &Attributes<'_>,
+    object: Option<&Value>,
+    stored: Option<&Value>,
+) -> Option<bool> {
     if !user.groups.iter().any(|g| g == "system:nodes") {
         return None;
     }
@@ -305,10 +312,13 @@ pub fn node_restriction(user: &User, a: &Attributes<'_>, object: Option<&Value>)
         "leases" => a.namespace == "kube-node-lease" && a.name == node,
         "events" => a.verb == "create" || a.verb == "patch",
         // Its own pods (and, on create, only mirror pods bound to itself).
-        "pods" => object.is_some_and(|p| {
-            p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
-                && (a.verb != "create" || p.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some())
-        }),
+        "pods" => {
+            let bound = |p: &Value| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node);
+            object.is_some_and(|p| {
+                bound(p)
+                    && (a.verb != "create" || p.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some())
+            }) && stored.is_none_or(bound)
+        }
         "serviceaccounts" => {
             a.verb == "create"
                 && a.subresource == "token"
@@ -373,11 +383,11 @@ mod tests {
         let node = User { name: "system:node:n1".into(), groups: vec!["system:nodes".into()] };
         let token = Attributes { subresource: "token", ..attrs("create", "serviceaccounts", "default") };
         let on = |n: &str| json!({"spec": {"nodeName": n}});
-        assert_eq!(node_restriction(&node, &token, Some(&on("n1"))), Some(true));
-        assert_eq!(node_restriction(&node, &token, Some(&on("n2"))), Some(false));
-        assert_eq!(node_restriction(&node, &token, None), Some(false));
+        assert_eq!(node_restriction(&node, &token, Some(&on("n1")), None), Some(true));
+        assert_eq!(node_restriction(&node, &token, Some(&on("n2")), None), Some(false));
+        assert_eq!(node_restriction(&node, &token, None, None), Some(false));
         let plain = attrs("create", "serviceaccounts", "default");
-        assert_eq!(node_restriction(&node, &plain, Some(&on("n1"))), Some(false), "not the account itself");
+        assert_eq!(node_restriction(&node, &plain, Some(&on("n1")), None), Some(false), "not the account itself");
     }
 
     #[test]

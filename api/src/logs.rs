@@ -59,7 +59,7 @@ impl NodeMetrics for NodeMetricsService {
         let node = req.get_ref().node.clone();
         let nodes = kinds::by_resource("nodes")?;
         let a = Attributes { verb: "get", info: nodes, subresource: "metrics", namespace: "", name: &node };
-        self.api.authorize(&user, &a, None).await?;
+        self.api.authorize(&user, &a, None, None).await?;
         let channel = node_channel(&self.api, &node).await?;
         let usage = NodeMetricsClient::new(channel).usage(forward(req.metadata(), req.get_ref().clone())).await?;
         Ok(Response::new(usage.into_inner()))
@@ -84,7 +84,7 @@ impl PodLogs for PodLogsService {
         }
         let pods = kinds::by_resource("pods")?;
         let a = Attributes { verb: "get", info: pods, subresource: "log", namespace: &r.namespace, name: &r.name };
-        self.api.authorize(&user, &a, None).await?;
+        self.api.authorize(&user, &a, None, None).await?;
         let pod = self.api.registry.get(pods, &r.namespace, &r.name).await?;
         let node_name = pod.pointer("/spec/nodeName").and_then(|v| v.as_str()).unwrap_or_default();
         if node_name.is_empty() {

@@ -412,16 +412,7 @@ impl Registry {
         compares: &mut Vec<Compare>,
         ops: &mut Vec<RequestOp>,
     ) -> ApiResult<()> {
-        if let Some(level) = admission::enforced_level(namespace) {
-            let violations = admission::baseline_violations(pod);
-            if !violations.is_empty() {
-                return Err(ApiError::Forbidden(format!(
-                    "pods {:?} is forbidden: violates PodSecurity \"{level}:latest\": {}",
-                    object::name(pod),
-                    violations.join(", ")
-                )));
-            }
-        }
+        admission::pod_security(pod, namespace)?;
         let ns = object::namespace(pod);
         // Its service account must exist (`default` is made for every namespace, and may lag
         // a namespace created a moment ago).
@@ -452,6 +443,25 @@ impl Registry {
             ops.push(put_op(&key, encode_object(&quota)?));
         }
         Ok(())
+    }
+
+    /// Admission of a pod's update, as of its creation: the spec fields Kubernetes makes
+    /// immutable stay as they are, and a changed spec must meet its namespace's Pod Security
+    /// level (metadata-only updates are exempt, as in Kubernetes, so finalizers and owners of
+    /// a pod that predates the level can still change). Quota needs no second look: what it
+    /// counts is among the immutable fields.
+    async fn admit_pod_update(&self, current: &Value, pod: &Value, ns: &str) -> ApiResult<()> {
+        admission::pod_update_allowed(current, pod).map_err(|cause| ApiError::Invalid {
+            kind: "Pod".into(),
+            name: object::name(pod).into(),
+            causes: vec![cause],
+        })?;
+        if admission::pod_security_exempt_update(current, pod) {
+            return Ok(());
+        }
+        // A terminating namespace still takes updates (finalizers are removed through them).
+        let namespace = self.get(kinds::by_resource("namespaces")?, "", ns).await?;
+        admission::pod_security(pod, &namespace)
     }
 
     /// Metadata, defaults and validation for an object about to be created.
@@ -644,6 +654,9 @@ impl Registry {
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
         set_meta(&mut obj, "generation", json!(generation));
         self.finish_object(info, &mut obj)?;
+        if info.kind == "Pod" && scope == UpdateScope::Main {
+            self.admit_pod_update(&current, &obj, &ns).await?;
+        }
         let claims = match (info.kind, scope) {
             ("Service", UpdateScope::Main | UpdateScope::All) => {
                 Some(self.assign_addresses(&mut obj, Some(&current)).await?)

@@ -127,7 +127,7 @@ impl TokenService {
         // The pod is the object: node restriction lets a node ask only for its own pods' tokens.
         let info = kinds::by_resource("serviceaccounts")?;
         let a = Attributes { verb: "create", info, subresource: "token", namespace: ns, name: account };
-        self.api.authorize(&user, &a, Some(&pod)).await?;
+        self.api.authorize(&user, &a, Some(&pod), None).await?;
         let claims = Claims {
             namespace: ns.to_string(),
             service_account: account.to_string(),

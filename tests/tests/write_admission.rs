@@ -1,0 +1,205 @@
+//! Every write passes authorization and admission whatever its verb: RBAC's no-escalation
+//! rule judges a patch by the object it produces, Pod Security and Kubernetes' pod-spec
+//! immutability hold on update and patch as on create, and a node may not take another node's
+//! pod. Each refusal is checked to have changed nothing. (The real grpcurl, as a user would.)
+
+use serde_json::{json, Value};
+use skiff_tests::{grpcurl_call, wait_api_ready, Cluster};
+
+/// A call that must be refused with `code`, its message containing `phrase`.
+fn refused(result: (bool, String, String), what: &str, code: &str, phrase: &str) {
+    let (ok, out, err) = result;
+    assert!(!ok, "{what} must be refused; it answered {out}");
+    assert!(err.contains(&format!("Code: {code}")) && err.contains(phrase), "{what}: {err}");
+}
+
+fn ok(result: (bool, String, String), what: &str) -> Value {
+    let (ok, out, err) = result;
+    assert!(ok, "{what}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{what}: {e}: {out}"))
+}
+
+#[test]
+fn writes_are_authorized_and_admitted_on_what_they_store_whatever_the_verb() {
+    let c = Cluster::up(3, &[]);
+    let addr = c.masters[1].etcd.clone();
+    let admin = c.admin_token();
+    wait_api_ready(&admin, &addr);
+    let call = |token: &str, method: &str, body: Value| grpcurl_call(token, &addr, method, &body);
+
+    // phase: a user who may patch ClusterRoles cannot patch one into granting what it lacks
+    c.add_user("mallory-token", "mallory", &[]);
+    ok(
+        call(
+            &admin,
+            "skiff.api.ClusterRoles/Create",
+            json!({"metadata": {"name": "role-patcher"},
+        "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["get", "patch"]}]}),
+        ),
+        "role-patcher",
+    );
+    ok(
+        call(&admin, "skiff.api.ClusterRoles/Create", json!({"metadata": {"name": "mallory-extra"}, "rules": []})),
+        "mallory-extra",
+    );
+    for role in ["role-patcher", "mallory-extra"] {
+        ok(
+            call(
+                &admin,
+                "skiff.api.ClusterRoleBindings/Create",
+                json!({"metadata": {"name": role},
+            "subjects": [{"kind": "User", "name": "mallory"}],
+            "roleRef": {"kind": "ClusterRole", "name": role, "apiGroup": "rbac.authorization.k8s.io"}}),
+            ),
+            role,
+        );
+    }
+    let everything = json!({"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]});
+    refused(
+        call(
+            "mallory-token",
+            "skiff.api.ClusterRoles/Patch",
+            json!({"name": "mallory-extra", "patch": everything.to_string()}),
+        ),
+        "granting */*/* by patch",
+        "PermissionDenied",
+        "not currently held",
+    );
+    let stored = ok(call(&admin, "skiff.api.ClusterRoles/Get", json!({"name": "mallory-extra"})), "get");
+    assert!(stored.get("rules").is_none_or(|r| r == &json!([])), "the refused patch changed nothing: {stored}");
+    refused(
+        call("mallory-token", "skiff.api.Secrets/List", json!({"namespace": "kube-system"})),
+        "mallory listing Secrets",
+        "PermissionDenied",
+        "cannot list",
+    );
+    // A patch within what mallory holds goes through: the check is on the result, not a ban.
+    let modest = json!({"rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["get"]}]});
+    ok(
+        call(
+            "mallory-token",
+            "skiff.api.ClusterRoles/Patch",
+            json!({"name": "mallory-extra", "patch": modest.to_string()}),
+        ),
+        "a patch granting only what mallory holds",
+    );
+    // Patching something that does not exist tells a caller without the right nothing.
+    c.add_user("nobody-token", "nobody", &[]);
+    refused(
+        call("nobody-token", "skiff.api.ClusterRoles/Patch", json!({"name": "no-such-role", "patch": "{}"})),
+        "a patch of a missing role by a user without patch rights",
+        "PermissionDenied",
+        "cannot patch",
+    );
+
+    // phase: a pod in a baseline namespace cannot be patched or updated into a privileged one
+    ok(
+        call(
+            &admin,
+            "skiff.api.Namespaces/Create",
+            json!({"metadata": {"name": "secure",
+        "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}}),
+        ),
+        "namespace",
+    );
+    let pod = ok(
+        call(
+            &admin,
+            "skiff.api.Pods/Create",
+            json!({"metadata": {"name": "app", "namespace": "secure"},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}),
+        ),
+        "a baseline pod",
+    );
+    let privileged = json!({"spec": {"hostNetwork": true,
+        "containers": [{"name": "c", "image": "busybox:1.36", "securityContext": {"privileged": true}}]}});
+    let immutable = "pod updates may not change fields other than";
+    refused(
+        call(
+            &admin,
+            "skiff.api.Pods/Patch",
+            json!({"namespace": "secure", "name": "app", "patch": privileged.to_string()}),
+        ),
+        "a privileged pod by patch",
+        "InvalidArgument",
+        immutable,
+    );
+    // Updates without a resourceVersion (the scheduler writes the pod's status meanwhile), so
+    // the refusal is the rule's and not a conflict.
+    let current = || {
+        let mut pod = ok(call(&admin, "skiff.api.Pods/Get", json!({"namespace": "secure", "name": "app"})), "get");
+        pod["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+        pod
+    };
+    let mut updated = current();
+    updated["spec"]["hostNetwork"] = json!(true);
+    refused(call(&admin, "skiff.api.Pods/Update", updated), "hostNetwork by update", "InvalidArgument", immutable);
+    let mut moved = current();
+    moved["spec"]["nodeName"] = json!("elsewhere");
+    refused(call(&admin, "skiff.api.Pods/Update", moved), "nodeName by update", "InvalidArgument", immutable);
+    assert_eq!(current()["spec"], pod["spec"], "refused updates changed nothing");
+    // What Kubernetes lets change does change: the image, and labels.
+    let image =
+        json!({"spec": {"containers": [{"name": "c", "image": "busybox:1.37"}]}, "metadata": {"labels": {"v": "2"}}});
+    let patched = ok(
+        call(&admin, "skiff.api.Pods/Patch", json!({"namespace": "secure", "name": "app", "patch": image.to_string()})),
+        "an image patch",
+    );
+    assert_eq!(patched["spec"]["containers"][0]["image"], "busybox:1.37");
+
+    // phase: a node cannot take another node's pod, by update, status update or patch
+    for node in ["node-a", "node-b"] {
+        ok(call(&admin, "skiff.api.Nodes/Create", json!({"metadata": {"name": node}})), node);
+    }
+    c.add_user("node-a-token", "system:node:node-a", &["system:nodes"]);
+    let theirs = ok(
+        call(
+            &admin,
+            "skiff.api.Pods/Create",
+            json!({"metadata": {"name": "on-b", "namespace": "default"},
+        "spec": {"nodeName": "node-b", "containers": [{"name": "c", "image": "busybox:1.36"}]}}),
+        ),
+        "a pod on node-b",
+    );
+    let mut claimed = ok(call(&admin, "skiff.api.Pods/Get", json!({"namespace": "default", "name": "on-b"})), "get");
+    claimed["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+    claimed["spec"]["nodeName"] = json!("node-a");
+    claimed["status"] = json!({"phase": "Running", "podIP": "10.244.0.66"});
+    let denied = "cannot update resource \"pods";
+    refused(
+        call("node-a-token", "skiff.api.Pods/Update", claimed.clone()),
+        "re-binding by update",
+        "PermissionDenied",
+        denied,
+    );
+    refused(
+        call("node-a-token", "skiff.api.Pods/UpdateStatus", claimed),
+        "another node's pod status",
+        "PermissionDenied",
+        denied,
+    );
+    refused(
+        call(
+            "node-a-token",
+            "skiff.api.Pods/Patch",
+            json!({"namespace": "default", "name": "on-b", "patch": json!({"spec": {"nodeName": "node-a"}}).to_string()}),
+        ),
+        "re-binding by patch",
+        "PermissionDenied",
+        "cannot patch resource \"pods\"",
+    );
+    refused(
+        call(
+            "node-a-token",
+            "skiff.api.ServiceAccountTokens/Create",
+            json!({"namespace": "default", "podName": "on-b"}),
+        ),
+        "a token for another node's pod",
+        "PermissionDenied",
+        "cannot create",
+    );
+    let after = ok(call(&admin, "skiff.api.Pods/Get", json!({"namespace": "default", "name": "on-b"})), "get");
+    assert_eq!(after["spec"]["nodeName"], "node-b");
+    assert_eq!(after["spec"], theirs["spec"], "nothing node-a tried changed the spec");
+    assert_ne!(after["status"]["podIP"], "10.244.0.66", "nor the status: {}", after["status"]);
+}
