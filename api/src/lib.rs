@@ -13,6 +13,7 @@
 //! - [`selector`]: label and field selectors.
 //! - [`service`]: the per-kind gRPC services and the kind-agnostic `Objects` service.
 //! - [`auth`]: bearer-token authentication, RBAC authorization, node restriction, no escalation.
+//! - [`at_rest`]: encryption at rest of Secrets (Kubernetes' EncryptionConfiguration, AES-GCM).
 //! - [`error`]: API errors and their gRPC codes.
 //!
 //! Invariant: every write is one raft transaction guarded by a compare on the revision it read,
@@ -20,6 +21,7 @@
 
 pub mod admission;
 pub mod allocator;
+pub mod at_rest;
 pub mod auth;
 pub mod defaults;
 pub mod error;
@@ -42,14 +44,15 @@ use std::time::Duration;
 /// Starts the API on `master`: returns the routes to mount on its client listener and spawns
 /// the bootstrap of the system namespaces (retried until a leader accepts it). With `tokens`,
 /// every call must carry a bearer token and pass RBAC; `internal` maps tokens of components
-/// inside the master process to their identities.
+/// inside the master process to their identities; `at_rest` encrypts Secrets in the store.
 pub fn start(
     master: Arc<skiff_raft_store::Master>,
     tokens: Option<auth::TokenFile>,
     internal: Vec<(String, auth::User)>,
     service_range: allocator::ServiceRange,
+    at_rest: Option<at_rest::AtRest>,
 ) -> tonic::service::Routes {
-    let registry = Registry { service_range, ..Registry::new(master) };
+    let registry = Registry { service_range, at_rest: at_rest.map(Arc::new), ..Registry::new(master) };
     let api = Arc::new(Api::new(registry, tokens, internal));
     let bootstrap = api.clone();
     tokio::spawn(async move {

@@ -85,6 +85,9 @@ pub enum UpdateScope {
 
 pub struct Registry {
     pub master: Arc<Master>,
+    /// Encryption at rest of Secrets (`--encryption-provider-config`); `None` stores them as
+    /// they are.
+    pub at_rest: Option<Arc<crate::at_rest::AtRest>>,
     /// How often a watch that allows bookmarks receives one.
     pub bookmark_interval: Duration,
     /// The range Services' cluster IPs come from.
@@ -98,8 +101,10 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     end
 }
 
-fn decode_object(kv: &KeyValue) -> ApiResult<Value> {
-    let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+/// A stored object with its resourceVersion, opened first if it is encrypted at rest.
+fn decode_object(at_rest: Option<&crate::at_rest::AtRest>, kv: &KeyValue) -> ApiResult<Value> {
+    let value = crate::at_rest::open(at_rest, &kv.key, &kv.value)?;
+    let mut v: Value = serde_json::from_slice(&value).map_err(|e| {
         ApiError::Internal(format!("stored object {} is not JSON: {e}", String::from_utf8_lossy(&kv.key)))
     })?;
     set_meta(&mut v, "resourceVersion", json!(kv.mod_revision.to_string()));
@@ -122,7 +127,7 @@ fn encode_object(obj: &Value) -> ApiResult<Vec<u8>> {
 }
 
 /// Where the service-account token signing key is kept (not an API object).
-const SERVICE_ACCOUNT_KEY: &str = "/registry/skiff/serviceaccount-signing-key";
+pub(crate) const SERVICE_ACCOUNT_KEY: &str = "/registry/skiff/serviceaccount-signing-key";
 
 fn put_op(key: &str, value: Vec<u8>) -> RequestOp {
     RequestOp {
@@ -203,7 +208,12 @@ fn uid() -> String {
 
 impl Registry {
     pub fn new(master: Arc<Master>) -> Self {
-        Registry { master, bookmark_interval: Duration::from_secs(5), service_range: ServiceRange::default() }
+        Registry {
+            master,
+            at_rest: None,
+            bookmark_interval: Duration::from_secs(5),
+            service_range: ServiceRange::default(),
+        }
     }
 
     // ---- store access ----------------------------------------------------------------------
@@ -325,15 +335,28 @@ impl Registry {
             return Ok(key);
         }
         let fresh: [u8; 32] = rand::random();
-        self.txn(vec![mod_is(SERVICE_ACCOUNT_KEY, 0)], vec![put_op(SERVICE_ACCOUNT_KEY, fresh.to_vec())], vec![])
-            .await?;
-        let kv = self.read(SERVICE_ACCOUNT_KEY).await?;
-        kv.map(|kv| kv.value).ok_or_else(|| ApiError::Internal("the service-account signing key vanished".into()))
+        let sealed = crate::at_rest::seal(self.at_rest.as_deref(), SERVICE_ACCOUNT_KEY.as_bytes(), fresh.to_vec())?;
+        self.txn(vec![mod_is(SERVICE_ACCOUNT_KEY, 0)], vec![put_op(SERVICE_ACCOUNT_KEY, sealed)], vec![]).await?;
+        self.existing_service_account_key()
+            .await?
+            .ok_or_else(|| ApiError::Internal("the service-account signing key vanished".into()))
     }
 
     /// The signing key if one was made (checking a token must not make one).
     pub async fn existing_service_account_key(&self) -> ApiResult<Option<Vec<u8>>> {
-        Ok(self.read(SERVICE_ACCOUNT_KEY).await?.map(|kv| kv.value))
+        let Some(kv) = self.read(SERVICE_ACCOUNT_KEY).await? else { return Ok(None) };
+        Ok(Some(crate::at_rest::open(self.at_rest.as_deref(), &kv.key, &kv.value)?.into_owned()))
+    }
+
+    /// A stored object, opened if it is encrypted at rest.
+    fn decode(&self, kv: &KeyValue) -> ApiResult<Value> {
+        decode_object(self.at_rest.as_deref(), kv)
+    }
+
+    /// The write of `obj` under `key`, sealed if its kind is encrypted at rest.
+    fn put_object(&self, key: &str, obj: &Value) -> ApiResult<RequestOp> {
+        let bytes = crate::at_rest::seal(self.at_rest.as_deref(), key.as_bytes(), encode_object(obj)?)?;
+        Ok(put_op(key, bytes))
     }
 
     /// A linearizable read of one key.
@@ -362,7 +385,7 @@ impl Registry {
                 _ => None,
             };
             let mut compares = vec![absent(&key)];
-            let mut ops = vec![put_op(&key, encode_object(&obj)?)];
+            let mut ops = vec![self.put_object(&key, &obj)?];
             if let Some(claims) = &claims {
                 claim_ops(claims, &obj, &mut compares, &mut ops);
             }
@@ -374,13 +397,13 @@ impl Registry {
                 let mut account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
                     "metadata": {"name": "default", "namespace": name}});
                 self.prepare_new(accounts, &mut account, &name)?;
-                ops.push(put_op(&kinds::key(accounts, &name, "default"), encode_object(&account)?));
+                ops.push(self.put_object(&kinds::key(accounts, &name, "default"), &account)?);
             }
             if info.namespaced {
                 let ns_kv = self.namespace_for_create(&ns).await?;
                 compares.push(mod_is(&kinds::key(kinds::by_resource("namespaces")?, "", &ns), ns_kv.mod_revision));
                 if info.kind == "Pod" {
-                    self.admit_pod(&obj, &decode_object(&ns_kv)?, &mut compares, &mut ops).await?;
+                    self.admit_pod(&obj, &self.decode(&ns_kv)?, &mut compares, &mut ops).await?;
                 }
             }
             let (ok, revision, _) = self.txn(compares, ops, vec![]).await?;
@@ -440,7 +463,7 @@ impl Registry {
             let key = kinds::key(quota_info, ns, object::name(&quota));
             let rv: i64 = object::resource_version(&quota).parse().unwrap_or(0);
             compares.push(mod_is(&key, rv));
-            ops.push(put_op(&key, encode_object(&quota)?));
+            ops.push(self.put_object(&key, &quota)?);
         }
         Ok(())
     }
@@ -533,7 +556,7 @@ impl Registry {
             .read(&kinds::key(ns_info, "", ns))
             .await?
             .ok_or_else(|| ApiError::NotFound { resource: "namespaces".into(), name: ns.into() })?;
-        let obj = decode_object(&kv)?;
+        let obj = self.decode(&kv)?;
         if obj.pointer("/status/phase") == Some(&json!("Terminating"))
             || !object::meta_str(&obj, "deletionTimestamp").is_empty()
         {
@@ -545,7 +568,7 @@ impl Registry {
     pub async fn get(&self, info: &'static KindInfo, ns: &str, name: &str) -> ApiResult<Value> {
         let ns = effective_namespace(info, ns);
         match self.read(&kinds::key(info, &ns, name)).await? {
-            Some(kv) => decode_object(&kv),
+            Some(kv) => self.decode(&kv),
             None => Err(ApiError::NotFound { resource: kinds::qualified(info), name: name.into() }),
         }
     }
@@ -585,7 +608,7 @@ impl Registry {
                     next = Some(kv.key.clone());
                     break;
                 }
-                let obj = decode_object(kv)?;
+                let obj = self.decode(kv)?;
                 if labels.matches(&labels_of(&obj)) && fields.matches(&obj) {
                     items.push(obj);
                 }
@@ -627,7 +650,7 @@ impl Registry {
                 current: current_kv.mod_revision.to_string(),
             });
         }
-        let current = decode_object(&current_kv)?;
+        let current = self.decode(&current_kv)?;
         let has_status = info.subresources.contains("status");
         obj = match scope {
             UpdateScope::Status => {
@@ -672,7 +695,7 @@ impl Registry {
         let (ops, claims) = if deleting && no_finalizers && !(info.kind == "Pod" && pod_still_running(&obj)) {
             (delete_ops(info, &key, &current), None)
         } else {
-            (vec![put_op(&key, encode_object(&obj)?)], claims)
+            (vec![self.put_object(&key, &obj)?], claims)
         };
         let claims = claims.as_ref().map(|c| (c, &obj));
         let revision =
@@ -743,7 +766,7 @@ impl Registry {
                 current: kv.mod_revision.to_string(),
             });
         }
-        let mut obj = decode_object(&kv)?;
+        let mut obj = self.decode(&kv)?;
         let uid = object::meta_str(&obj, "uid").to_string();
         if info.kind == "Namespace" {
             return Box::pin(self.delete_namespace(obj, kv.mod_revision)).await;
@@ -782,7 +805,7 @@ impl Registry {
                 if graceful {
                     set_meta(&mut obj, "deletionGracePeriodSeconds", json!(grace));
                 }
-                let ops = vec![put_op(&key, encode_object(&obj)?)];
+                let ops = vec![self.put_object(&key, &obj)?];
                 let revision = self.guarded(&kinds::qualified(info), name, &key, kv.mod_revision, ops).await?;
                 set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
             }
@@ -891,7 +914,7 @@ impl Registry {
         if ns_obj.pointer("/status/phase") != Some(&json!("Terminating")) {
             ns_obj["status"] = json!({"phase": "Terminating"});
             set_meta(&mut ns_obj, "deletionTimestamp", json!(object::now_rfc3339()));
-            rev = self.guarded("namespaces", &name, &key, rev, vec![put_op(&key, encode_object(&ns_obj)?)]).await?;
+            rev = self.guarded("namespaces", &name, &key, rev, vec![self.put_object(&key, &ns_obj)?]).await?;
         }
         let mut left = 0;
         for info in KINDS.iter().filter(|k| k.namespaced) {
@@ -985,6 +1008,7 @@ impl Registry {
         let mut feed = watch_feed::start(self.master.sm.clone(), spec);
         let interval = self.bookmark_interval;
         let kind_info = info;
+        let at_rest = self.at_rest.clone();
         tokio::spawn(async move {
             for object in initial {
                 if tx.send(Ok(WatchEvent { kind: "ADDED", object })).await.is_err() {
@@ -998,7 +1022,7 @@ impl Registry {
                     msg = feed.rx.recv() => match msg {
                         Some(Feed::Events { events, .. }) => {
                             for ev in events {
-                                match translate(&ev, &labels, &fields) {
+                                match translate(at_rest.as_deref(), &ev, &labels, &fields) {
                                     Ok(Some(e)) => if tx.send(Ok(e)).await.is_err() { return },
                                     Ok(None) => {}
                                     Err(e) => { let _ = tx.send(Err(e)).await; return; }
@@ -1028,12 +1052,13 @@ impl Registry {
 /// Turns a store event into a watch event as seen through the selectors: an object that
 /// starts matching is ADDED, one that stops matching is DELETED.
 fn translate(
+    at_rest: Option<&crate::at_rest::AtRest>,
     ev: &skiff_proto::mvccpb::Event,
     labels: &LabelSelector,
     fields: &FieldSelector,
 ) -> ApiResult<Option<WatchEvent>> {
     let matches = |o: &Value| labels.matches(&labels_of(o)) && fields.matches(o);
-    let prev = ev.prev_kv.as_ref().map(decode_object).transpose()?;
+    let prev = ev.prev_kv.as_ref().map(|kv| decode_object(at_rest, kv)).transpose()?;
     if ev.r#type == EventType::Delete as i32 {
         let Some(mut obj) = prev else { return Ok(None) };
         let rev = ev.kv.as_ref().map_or(0, |kv| kv.mod_revision);
@@ -1041,7 +1066,7 @@ fn translate(
         return Ok(matches(&obj).then_some(WatchEvent { kind: "DELETED", object: obj }));
     }
     let Some(kv) = &ev.kv else { return Ok(None) };
-    let obj = decode_object(kv)?;
+    let obj = decode_object(at_rest, kv)?;
     let now = matches(&obj);
     let before = prev.as_ref().is_some_and(matches);
     let created = kv.create_revision == kv.mod_revision;

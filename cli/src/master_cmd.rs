@@ -60,6 +60,10 @@ pub struct MasterArgs {
     /// without it auth starts off, as in etcd, until `etcdctl auth enable`.
     #[arg(long)]
     root_password_file: Option<PathBuf>,
+    /// Kubernetes' EncryptionConfiguration (aesgcm keys, optionally identity): Secrets are
+    /// encrypted at rest with its first key; every listed key still decrypts (rotation).
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
 }
 
 /// A master's configuration file: the store's settings plus the API's `token_file`, in one
@@ -72,6 +76,8 @@ pub struct MasterFile {
     pub service_cluster_ip_range: Option<String>,
     /// Controller settings (`"controllers": {"node_grace_seconds", "pod_eviction_seconds"}`).
     pub controllers: ControllerSettings,
+    /// Encryption at rest of Secrets (`"encryption_provider_config"`: an EncryptionConfiguration file).
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 /// Settings of the controllers the leader runs.
@@ -105,7 +111,15 @@ impl MasterFile {
             None => ControllerSettings::default(),
         };
         let service_cluster_ip_range = v.get("service_cluster_ip_range").and_then(|t| t.as_str()).map(String::from);
-        Ok(MasterFile { master: serde_json::from_value(v)?, token_file, service_cluster_ip_range, controllers })
+        let encryption_provider_config =
+            v.get("encryption_provider_config").and_then(|t| t.as_str()).map(PathBuf::from);
+        Ok(MasterFile {
+            master: serde_json::from_value(v)?,
+            token_file,
+            service_cluster_ip_range,
+            controllers,
+            encryption_provider_config,
+        })
     }
 
     pub fn to_json(&self) -> anyhow::Result<String> {
@@ -117,6 +131,9 @@ impl MasterFile {
             v["service_cluster_ip_range"] = serde_json::json!(r);
         }
         v["controllers"] = serde_json::to_value(&self.controllers)?;
+        if let Some(p) = &self.encryption_provider_config {
+            v["encryption_provider_config"] = serde_json::json!(p);
+        }
         Ok(serde_json::to_string_pretty(&v)? + "\n")
     }
 }
@@ -186,6 +203,7 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
         token_file,
         service_cluster_ip_range: args.service_cluster_ip_range,
         controllers: ControllerSettings::default(),
+        encryption_provider_config: args.encryption_provider_config,
     })
 }
 
@@ -208,8 +226,14 @@ fn scheduler_client(config: &MasterConfig, token: String) -> anyhow::Result<skif
 }
 
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
-    let MasterFile { master: config, token_file, service_cluster_ip_range, controllers } = build_config(args)?;
+    let MasterFile { master: config, token_file, service_cluster_ip_range, controllers, encryption_provider_config } =
+        build_config(args)?;
     let tokens = token_file.as_deref().map(skiff_api::auth::TokenFile::open).transpose().map_err(anyhow::Error::msg)?;
+    let at_rest = encryption_provider_config
+        .as_deref()
+        .map(skiff_api::at_rest::AtRest::load)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--encryption-provider-config {e}"))?;
     let service_range = match service_cluster_ip_range {
         Some(r) => skiff_api::allocator::ServiceRange::parse(&r)
             .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?,
@@ -250,8 +274,13 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         let scheduler_token: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
         let scheduler_user =
             skiff_api::auth::User { name: "system:kube-scheduler".into(), groups: vec!["system:masters".into()] };
-        let routes =
-            skiff_api::start(master.clone(), tokens, vec![(scheduler_token.clone(), scheduler_user)], service_range);
+        let routes = skiff_api::start(
+            master.clone(),
+            tokens,
+            vec![(scheduler_token.clone(), scheduler_user)],
+            service_range,
+            at_rest,
+        );
         let (_stop_scheduler, stop_rx) = tokio::sync::watch::channel(false);
         match scheduler_client(&config, scheduler_token) {
             Ok(client) => {

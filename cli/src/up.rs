@@ -244,6 +244,10 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     let root_password = random_token();
     write_private(&dir.join("root.password"), format!("{root_password}\n").as_bytes())?;
     let root_password_hash = skiff_raft_store::auth::hash_password(&root_password);
+    // Secrets are encrypted at rest with a key of this cluster's own.
+    let encryption = dir.join("encryption.yaml");
+    write_private(&encryption, skiff_api::at_rest::AtRest::generate().as_bytes())?;
+    let encryption = std::fs::canonicalize(encryption)?;
     let pki = if args.tls { Some(generate_pki(&dir.join("pki"))?) } else { None };
     let mut entries = Vec::new();
     for (&id, m) in &members {
@@ -277,6 +281,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
             token_file: Some(std::fs::canonicalize(&tokens)?),
             service_cluster_ip_range: Some(service_cidr.clone()),
             controllers,
+            encryption_provider_config: Some(encryption.clone()),
         };
         write_private(&config_path, file.to_json()?.as_bytes())?;
         entries.push(MasterEntry {
