@@ -591,7 +591,7 @@ impl Registry {
         let mut next = None;
         loop {
             let page = mvcc
-                .range(&RangeRequest {
+                .range_page(&RangeRequest {
                     key: start.clone(),
                     range_end: end.clone(),
                     revision,

@@ -127,7 +127,21 @@ impl Mvcc {
     // ---- reads -------------------------------------------------------------------------
 
     /// A range read outside any transaction, at one consistent point.
+    /// etcd's Range. With a `limit` and key order, no more than `limit + 1` values are
+    /// decoded; the keys after them are only counted, for `count`.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
+        self.range_bounded(req, true)
+    }
+
+    /// One page of a range for readers that do not use `count` (the API's lists): with a
+    /// `limit` and key order it stops after `limit + 1` keys, so a list read in pages costs
+    /// O(page) per page, not a scan of the rest of the range; `count` is then only what was
+    /// read.
+    pub fn range_page(&self, req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
+        self.range_bounded(req, false)
+    }
+
+    fn range_bounded(&self, req: &RangeRequest, exact_count: bool) -> Result<RangeResponse, ApplyError> {
         let snap = self.db.snapshot();
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&snap);
@@ -148,13 +162,49 @@ impl Mvcc {
                 return Err(ApplyError::Compacted { requested: rev, compacted });
             }
         }
-        let kvs = match at {
-            None => self.scan_current(ro, &range, None),
-            Some(rev) => self.scan_at(ro, &range, rev),
+        let window = Window::of(req, exact_count);
+        let (kvs, count) = match at {
+            None => self.scan_current_window(ro, &range, window),
+            // Counting live keys at an old revision means reading each one's event: bounded
+            // only when no exact count is asked for.
+            Some(rev) => {
+                let kvs = self.scan_at(ro, &range, rev, window.filter(|w| !w.count_rest).map(|w| w.take));
+                let n = kvs.len() as i64;
+                (kvs, n)
+            }
         };
         let mut resp = finish_range(req, kvs);
+        resp.count = count;
         resp.header = Some(header(current));
         Ok(resp)
+    }
+
+    /// The current values of `range`: all of them, or the first `window.take` and (if asked)
+    /// a count of the rest. Returns the values and the number of keys in the range.
+    fn scan_current_window(&self, ro: ReadOptions, range: &KeyRange, window: Option<Window>) -> (Vec<KeyValue>, i64) {
+        let Some(window) = window.filter(|_| !range.single) else {
+            let kvs = self.scan_current(ro, range, None);
+            let n = kvs.len() as i64;
+            return (kvs, n);
+        };
+        let mut out = Vec::with_capacity(window.take.min(1024));
+        let mut count = 0i64;
+        let iter =
+            self.db.iterator_cf_opt(cf(&self.db, db::CF_KV), ro, IteratorMode::From(&range.start, Direction::Forward));
+        for item in iter {
+            let Ok((k, v)) = item else { break };
+            if range.past_end(&k) {
+                break;
+            }
+            if out.len() == window.take && !window.count_rest {
+                break;
+            }
+            count += 1;
+            if out.len() < window.take {
+                out.push(decode_kv(&v));
+            }
+        }
+        (out, count)
     }
 
     fn scan_current(
@@ -199,15 +249,26 @@ impl Mvcc {
     }
 
     /// Keys in `range` as they were at `rev`, from the history column family.
-    fn scan_at(&self, ro: ReadOptions, range: &KeyRange, rev: i64) -> Vec<KeyValue> {
+    /// The values of `range` as they were at `rev`; at most `take` of them when given.
+    fn scan_at(&self, ro: ReadOptions, range: &KeyRange, rev: i64, take: Option<usize>) -> Vec<KeyValue> {
         let mut start = Vec::new();
         db::memcmp_encode(&range.start, &mut start);
         start.truncate(start.len() - 2); // position before the terminator: includes `start` itself
         let iter =
             self.db.iterator_cf_opt(cf(&self.db, db::CF_HIST), ro, IteratorMode::From(&start, Direction::Forward));
-        // For each key, the newest (rev, sub) at or below `rev`.
-        let mut latest: Vec<(Vec<u8>, i64, u32)> = Vec::new();
+        let rev_cf = cf(&self.db, db::CF_REV);
+        let value_of = |r: i64, sub: u32| {
+            let ev = decode_event(&self.db.get_cf(rev_cf, rev_key(r, sub)).ok()??);
+            (ev.r#type == EventType::Put as i32).then_some(ev.kv).flatten()
+        };
+        let mut out = Vec::new();
+        // For the key being read, the newest (rev, sub) at or below `rev`; a key's value is
+        // read once the next key starts, so a bounded scan stops after `take` live keys.
+        let mut latest: Option<(Vec<u8>, i64, u32)> = None;
         for item in iter {
+            if take.is_some_and(|t| out.len() >= t) {
+                return out;
+            }
             let Ok((k, v)) = item else { break };
             let Some((key, rest)) = memcmp_decode(&k) else { continue };
             if key.as_slice() < range.start.as_slice() {
@@ -221,22 +282,24 @@ impl Mvcc {
                 continue;
             }
             let sub = u32::from_be_bytes(v[..4].try_into().unwrap_or([0; 4]));
-            match latest.last_mut() {
+            match &mut latest {
                 Some(last) if last.0 == key => {
                     last.1 = r;
                     last.2 = sub;
                 }
-                _ => latest.push((key, r, sub)),
+                _ => {
+                    if let Some((_, r, sub)) = latest.replace((key, r, sub)) {
+                        out.extend(value_of(r, sub));
+                    }
+                }
             }
         }
-        let rev_cf = cf(&self.db, db::CF_REV);
-        latest
-            .into_iter()
-            .filter_map(|(_, r, sub)| {
-                let ev = decode_event(&self.db.get_cf(rev_cf, rev_key(r, sub)).ok()??);
-                (ev.r#type == EventType::Put as i32).then_some(ev.kv).flatten()
-            })
-            .collect()
+        if let Some((_, r, sub)) = latest {
+            if take.is_none_or(|t| out.len() < t) {
+                out.extend(value_of(r, sub));
+            }
+        }
+        out
     }
 
     /// Events with revisions in `[from, to]`, in order, at most `max` (whole revisions only
@@ -358,6 +421,32 @@ pub fn header(revision: i64) -> skiff_proto::etcdserverpb::ResponseHeader {
 }
 
 /// Filters, counts, sorts and limits a range's key-values as etcd does.
+/// How much of a range to read: the first `take` values (a page and one more, to know there
+/// is more), and whether to count the keys after them. Only for key-ordered ranges without
+/// revision filters, whose first values are the page.
+#[derive(Clone, Copy)]
+struct Window {
+    take: usize,
+    count_rest: bool,
+}
+
+impl Window {
+    fn of(req: &RangeRequest, count_rest: bool) -> Option<Window> {
+        use skiff_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+        let key_order = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key) == SortTarget::Key
+            && matches!(
+                SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None),
+                SortOrder::None | SortOrder::Ascend
+            );
+        let unfiltered = req.min_mod_revision == 0
+            && req.max_mod_revision == 0
+            && req.min_create_revision == 0
+            && req.max_create_revision == 0;
+        (req.limit > 0 && key_order && unfiltered && !req.count_only)
+            .then(|| Window { take: req.limit as usize + 1, count_rest })
+    }
+}
+
 fn finish_range(req: &RangeRequest, all: Vec<KeyValue>) -> RangeResponse {
     use skiff_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
     let count = all.len() as i64;
@@ -448,7 +537,7 @@ impl Writer<'_> {
         } else if req.revision == base {
             self.mvcc.scan_current(ReadOptions::default(), &range, None)
         } else {
-            self.mvcc.scan_at(ReadOptions::default(), &range, req.revision)
+            self.mvcc.scan_at(ReadOptions::default(), &range, req.revision, None)
         };
         Ok(finish_range(req, kvs))
     }

@@ -60,7 +60,10 @@ pub async fn serve(
         .build_v1alpha()
         .expect("descriptor set is valid");
     // Controllers' writes carry the term they are fenced to in a header (DESIGN.md rule 4).
-    let mut builder = Server::builder().layer(crate::fence::FenceLayer);
+    // Streams (watches, keep-alives, calls) one connection may have open at once, as Kubernetes'
+    // API server bounds them (--http2-max-streams-per-connection 1000).
+    let mut builder =
+        Server::builder().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION).layer(crate::fence::FenceLayer);
     if let Some(tls) = &master.config.client_tls {
         builder = builder.tls_config(client_tls_config(tls)?)?;
     }
@@ -123,6 +126,9 @@ fn client_tls_config(tls: &ClientTls) -> Result<ServerTlsConfig, ServeError> {
         None => config,
     })
 }
+
+/// HTTP/2 streams one client connection may have open at once.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -227,3 +227,37 @@ fn prev_kv_finds_the_version_before_a_revision() {
     assert!(m.prev_kv(b"k", 1).is_none());
     assert!(m.prev_kv(b"z", 2).is_none());
 }
+
+#[test]
+fn a_limited_range_reads_a_page_and_counts_the_rest_now_and_at_older_revisions() {
+    let (_d, m) = store();
+    for i in 0..300 {
+        put(&m, &format!("k/{i:03}"), "v");
+    }
+    let old = m.current_revision();
+    // After `old`: a key in the first page is deleted and one is added beyond it.
+    commit(&m, |w| w.delete_range(&DeleteRangeRequest { key: "k/001".into(), ..Default::default() })).unwrap();
+    put(&m, "k/999", "v");
+    let page = |rev: i64, exact: bool| {
+        let req =
+            RangeRequest { key: "k/".into(), range_end: "k0".into(), limit: 5, revision: rev, ..Default::default() };
+        let r = if exact { m.range(&req) } else { m.range_page(&req) }.unwrap();
+        let keys: Vec<String> = r.kvs.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect();
+        (keys, r.more, r.count)
+    };
+    let keys = |ks: &[&str]| -> Vec<String> { ks.iter().map(|k| k.to_string()).collect() };
+    let now = (keys(&["k/000", "k/002", "k/003", "k/004", "k/005"]), true);
+    let then = (keys(&["k/000", "k/001", "k/002", "k/003", "k/004"]), true);
+    let (keys, more, count) = page(0, true);
+    assert_eq!((keys, more, count), (now.0.clone(), now.1, 300), "etcd's count covers the whole range");
+    let (keys, more, count) = page(0, false);
+    assert_eq!((keys, more), now.clone());
+    assert!(count <= 6, "a page read stops after limit + 1 keys, read {count}");
+    let (keys, more, count) = page(old, true);
+    assert_eq!((keys, more, count), (then.0.clone(), then.1, 300), "at the older revision");
+    let (keys, more, _) = page(old, false);
+    assert_eq!((keys, more), then);
+    // Unbounded and sorted ranges are unchanged.
+    let all = m.range(&RangeRequest { key: "k/".into(), range_end: "k0".into(), ..Default::default() }).unwrap();
+    assert_eq!((all.kvs.len(), all.count, all.more), (300, 300, false));
+}

@@ -60,7 +60,10 @@ fn secret_values_are_in_no_file_of_the_store_and_keys_rotate() {
     let config = c.dir.path().join("encryption.yaml");
     let old = std::fs::read_to_string(&config).unwrap();
     let fresh = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
-    let rotated = old.replace("          keys:\n", &format!("          keys:\n            - name: key2\n              secret: {fresh}\n"));
+    let rotated = old.replace(
+        "          keys:\n",
+        &format!("          keys:\n            - name: key2\n              secret: {fresh}\n"),
+    );
     assert_ne!(rotated, old, "the generated configuration has the expected shape");
     std::fs::write(&config, rotated).unwrap();
     for id in [1, 2, 3] {

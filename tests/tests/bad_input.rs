@@ -128,6 +128,38 @@ fn bad_requests_get_specific_codes_and_change_nothing() {
     for key in ["big", "half/1", "half/2", "d", "m0", "l", "nope"] {
         assert_eq!(rt.block_on(c.get(&addr, key, false)).unwrap(), None, "{key} must not exist");
     }
+
+    // phase: one stream holds at most MAX_WATCHERS_PER_STREAM watchers; one more is refused by
+    // name, and the stream goes on serving the ones it has
+    let limit = skiff_raft_store::etcd::watch::MAX_WATCHERS_PER_STREAM;
+    let (created, refusal) = rt.block_on(async {
+        use skiff_proto::etcdserverpb::{watch_client::WatchClient, watch_request, WatchCreateRequest, WatchRequest};
+        let token = skiff_tests::etcd_token(&c.root_token(&addr).await.unwrap());
+        let (tx, rx) = tokio::sync::mpsc::channel(limit + 1);
+        for i in 0..=limit {
+            let create = WatchCreateRequest { key: format!("w/{i}").into_bytes(), ..Default::default() };
+            tx.send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) })
+                .await
+                .unwrap();
+        }
+        let ch = skiff_tests::channel(&addr).await.unwrap();
+        let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut stream = WatchClient::with_interceptor(ch, token).watch(requests).await.unwrap().into_inner();
+        let (mut created, mut refusal) = (0, None);
+        while created + usize::from(refusal.is_some()) < limit + 1 {
+            let resp = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+            if resp.canceled {
+                refusal = Some(resp.cancel_reason);
+            } else if resp.created {
+                created += 1;
+            }
+        }
+        drop(tx);
+        (created, refusal)
+    });
+    assert_eq!(created, limit, "every watcher up to the limit is created");
+    let refusal = refusal.expect("the watcher past the limit is refused");
+    assert!(refusal.contains("too many watchers") && refusal.contains(&limit.to_string()), "{refusal}");
 }
 
 #[test]

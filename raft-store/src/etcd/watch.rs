@@ -24,6 +24,11 @@ use tonic::{Request, Response, Status, Streaming};
 /// How often a watcher that asked for progress notifications gets one while idle.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Watchers one stream may hold at once: each is a task and a feed, so an unbounded number
+/// would let one client exhaust a master. (etcd clients multiplex a process's watches on one
+/// stream; a Kubernetes API server holds a few hundred.)
+pub const MAX_WATCHERS_PER_STREAM: usize = 4096;
+
 pub struct WatchService {
     pub master: Arc<Master>,
 }
@@ -61,8 +66,13 @@ impl Watch for WatchService {
                             }
                             next_id
                         };
+                        watchers.retain(|_, t| !t.is_finished());
                         let refused = if watchers.contains_key(&id) {
                             Some("etcdserver: duplicate watch ID".to_string())
+                        } else if watchers.len() >= MAX_WATCHERS_PER_STREAM {
+                            Some(format!(
+                                "etcdserver: too many watchers on this stream (limit {MAX_WATCHERS_PER_STREAM}); cancel some or open another stream"
+                            ))
                         } else {
                             let (key, end) = watch_range(&create);
                             caller.read(&key, &end).err().map(|e| e.message().to_string())
