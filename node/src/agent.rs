@@ -85,6 +85,7 @@ impl Agent {
         }
         sandbox::prepare_ns_root(&config.root.join("ns"))?;
         sandbox::ensure_bridge(&network)?;
+        crate::hostport::block_localnet()?;
         Ok(Agent {
             client,
             config,

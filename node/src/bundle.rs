@@ -113,13 +113,15 @@ pub fn resources(c: &Container, pids_limit: i64) -> Value {
     res
 }
 
+/// containerd's default capability set, less `CAP_NET_RAW`: raw sockets let a pod forge
+/// packets (ARP and DNS spoofing, the localnet attack) and no ordinary workload needs them;
+/// a pod that does (ping) adds NET_RAW in its securityContext.
 const DEFAULT_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
     "CAP_MKNOD",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
     "CAP_SETFCAP",

@@ -49,6 +49,44 @@ fn ensure_rule(chain: &str, rule: &[&str]) -> Result<(), NodeError> {
     ensure("nat", chain, rule, false)
 }
 
+/// The filter chain that keeps other hosts' and pods' packets off this host's loopback.
+pub const FIREWALL_CHAIN: &str = "SKIFF-FIREWALL";
+
+/// kube-proxy's localnet rule (CVE-2020-8558): with `route_localnet` on — which hostPort and
+/// NodePort on loopback addresses need — a packet to 127.0.0.0/8 from anywhere else (a pod,
+/// a neighbour on the bridge) would be delivered to whatever listens on the host's loopback,
+/// such as a master's ports. Dropped here unless it was DNATed (a published port) or belongs
+/// to a connection already made. One chain for every node daemon on the host; left in place
+/// at reset, as kube-proxy leaves KUBE-FIREWALL.
+pub fn block_localnet() -> Result<(), NodeError> {
+    if iptables(&["-t", "filter", "-S", FIREWALL_CHAIN]).is_err() {
+        // Another node daemon may create it at the same moment.
+        if let Err(e) = iptables(&["-t", "filter", "-N", FIREWALL_CHAIN]) {
+            iptables(&["-t", "filter", "-S", FIREWALL_CHAIN]).map_err(|_| e)?;
+        }
+    }
+    ensure("filter", "INPUT", &["-j", FIREWALL_CHAIN], true)?;
+    let rule = [
+        "!",
+        "-s",
+        "127.0.0.0/8",
+        "-d",
+        "127.0.0.0/8",
+        "-m",
+        "comment",
+        "--comment",
+        "block incoming localnet connections",
+        "-m",
+        "conntrack",
+        "!",
+        "--ctstate",
+        "RELATED,ESTABLISHED,DNAT",
+        "-j",
+        "DROP",
+    ];
+    ensure("filter", FIREWALL_CHAIN, &rule, false)
+}
+
 pub fn chain(bridge: &str) -> String {
     format!("SKIFF-HP-{bridge}")
 }
