@@ -64,6 +64,16 @@ pub struct MasterArgs {
     /// encrypted at rest with its first key; every listed key still decrypts (rotation).
     #[arg(long)]
     encryption_provider_config: Option<PathBuf>,
+    /// This master's peer certificate (CN member-<id>, DNS member-<id>.peer.skiff), with
+    /// --peer-key and --peer-ca: mutual TLS with the other masters. Without them peer traffic
+    /// is plaintext, for experiments only.
+    #[arg(long)]
+    peer_cert: Option<PathBuf>,
+    #[arg(long)]
+    peer_key: Option<PathBuf>,
+    /// The CA that signs every member's peer certificate.
+    #[arg(long)]
+    peer_ca: Option<PathBuf>,
 }
 
 /// A master's configuration file: the store's settings plus the API's `token_file`, in one
@@ -191,6 +201,11 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
         }
         config.root_password_hash = Some(skiff_raft_store::auth::hash_password(password));
     }
+    config.peer_tls = match (args.peer_cert, args.peer_key, args.peer_ca) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(ca)) => Some(skiff_raft_store::peer_tls::PeerTls { cert, key, ca }),
+        _ => bail!("--peer-cert, --peer-key and --peer-ca go together"),
+    };
     config.client_tls = match (args.client_cert, args.client_key, args.client_ca) {
         (None, None, None) => None,
         (Some(cert), Some(key), client_ca) => {

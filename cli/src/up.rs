@@ -129,6 +129,46 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The peer CA (`peer-ca.crt`, `peer-ca.key`) in `dir`, made if it is not there yet.
+fn peer_ca(dir: &Path) -> anyhow::Result<(rcgen::Certificate, rcgen::KeyPair)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    create_private_dir(dir)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, "skiff-peer-ca");
+    let key = KeyPair::generate()?;
+    let ca = params.self_signed(&key)?;
+    std::fs::write(dir.join("peer-ca.crt"), ca.pem())?;
+    write_private(&dir.join("peer-ca.key"), key.serialize_pem().as_bytes())?;
+    Ok((ca, key))
+}
+
+/// Member `id`'s peer certificate and key in `home` (`peer.crt`, `peer.key`), signed by the
+/// peer CA: CN `member-<id>`, DNS `member-<id>.peer.skiff`, for server and client use.
+fn peer_identity(
+    home: &Path,
+    id: u64,
+    ca: &rcgen::Certificate,
+    ca_key: &rcgen::KeyPair,
+    ca_path: &Path,
+) -> anyhow::Result<skiff_raft_store::peer_tls::PeerTls> {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    use skiff_raft_store::peer_tls::{member_common_name, member_name};
+    let mut params = CertificateParams::new(vec![member_name(id)])?;
+    params.distinguished_name.push(DnType::CommonName, member_common_name(id));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, ca, ca_key)?;
+    let (cert_path, key_path) = (home.join("peer.crt"), home.join("peer.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    write_private(&key_path, key.serialize_pem().as_bytes())?;
+    Ok(skiff_raft_store::peer_tls::PeerTls {
+        cert: std::fs::canonicalize(cert_path)?,
+        key: std::fs::canonicalize(key_path)?,
+        ca: std::fs::canonicalize(ca_path)?,
+    })
+}
+
 #[derive(Args, Debug)]
 pub struct DownArgs {
     #[arg(long)]
@@ -249,6 +289,9 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     write_private(&encryption, skiff_api::at_rest::AtRest::generate().as_bytes())?;
     let encryption = std::fs::canonicalize(encryption)?;
     let pki = if args.tls { Some(generate_pki(&dir.join("pki"))?) } else { None };
+    // Masters speak to each other over mutual TLS with identities from a CA of their own.
+    let (peer_ca_cert, peer_ca_key) = peer_ca(&dir.join("pki"))?;
+    let peer_ca_path = dir.join("pki").join("peer-ca.crt");
     let mut entries = Vec::new();
     for (&id, m) in &members {
         let home = dir.join(&m.name);
@@ -265,6 +308,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         }
         config.client_tls = pki.as_ref().map(|(_, tls)| tls.clone());
         config.root_password_hash = Some(root_password_hash.clone());
+        config.peer_tls = Some(peer_identity(&home, id, &peer_ca_cert, &peer_ca_key, &peer_ca_path)?);
         let config_path = std::fs::canonicalize(&home)?.join("config.json");
         let mut controllers = crate::master_cmd::ControllerSettings::default();
         if let Some(v) = args.node_grace_seconds {

@@ -12,7 +12,8 @@
 //! - [`mvcc`]: revisions, ranges, transactions, compaction, leases.
 //! - [`state_machine`]: applying entries; building, streaming and installing snapshots.
 //! - [`watch_hub`]: fan-out of applied events; [`watch_feed`]: one watcher's ordered feed.
-//! - [`network`] / [`peer_service`]: raft and forwarding between masters over gRPC.
+//! - [`network`] / [`peer_service`]: raft and forwarding between masters over gRPC;
+//!   [`peer_tls`]: their mutual TLS and the checks on who a peer is.
 //! - [`fence`]: the `skiff-fence-term` header that fences controllers' writes to a term.
 //! - [`master`]: one master; any-master semantics (forwarding, read index, lease clock).
 //! - [`etcd`]: the etcd v3 services; [`server`]: both listeners.
@@ -33,6 +34,7 @@ pub mod master;
 pub mod mvcc;
 pub mod network;
 pub mod peer_service;
+pub mod peer_tls;
 pub mod server;
 pub mod state_machine;
 pub mod types;

@@ -61,6 +61,10 @@ pub struct MasterConfig {
     /// until that entry has applied. Without it auth starts off, as in etcd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_password_hash: Option<String>,
+    /// Mutual TLS on the peer listener and to other masters ([`crate::peer_tls`]). Without it
+    /// peer traffic is plaintext and unauthenticated: for experiments on one machine only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_tls: Option<crate::peer_tls::PeerTls>,
 }
 
 /// PEM files for the client listener's TLS.
@@ -127,6 +131,7 @@ impl MasterConfig {
             client_tls: None,
             unsafe_local_reads: false,
             root_password_hash: None,
+            peer_tls: None,
         }
     }
 
@@ -198,6 +203,11 @@ fn raft_config(c: &MasterConfig) -> Result<Config, StoreError> {
     config.validate().map_err(|e| StoreError::InvalidArgument(format!("raft config: {e}")))
 }
 
+/// The id of the cluster named `name`, sent with every peer RPC and in response headers.
+fn cluster_id(name: &str) -> u64 {
+    u64::from(crc32fast::hash(name.as_bytes())) << 32 | u64::from(crc32fast::hash(b"skiff-cluster"))
+}
+
 impl Master {
     /// Opens the data dir, starts raft, and bootstraps the cluster if this is a founding
     /// member's first start.
@@ -213,7 +223,10 @@ impl Master {
         let db = db::open(&config.data_dir.join("db")).map_err(|e| internal(&e))?;
         let sm = StateMachine::open(db.clone(), &config.data_dir.join("snapshots")).map_err(|e| internal(&e))?;
         let shared = sm.shared();
-        let peers = PeerClients::default();
+        let cluster_id = cluster_id(&config.cluster_name);
+        let peer_credentials =
+            config.peer_tls.as_ref().map(|t| t.load()).transpose().map_err(StoreError::InvalidArgument)?;
+        let peers = PeerClients::new(peer_credentials, cluster_id);
         let election = Arc::new(ElectionWatch::default());
         let raft = Raft::new(
             config.id,
@@ -238,8 +251,6 @@ impl Master {
                 tracing::info!("bootstrap skipped: {e}");
             }
         }
-        let cluster_id = u64::from(crc32fast::hash(config.cluster_name.as_bytes())) << 32
-            | u64::from(crc32fast::hash(b"skiff-cluster"));
         Ok(Arc::new(Master {
             config,
             raft,
@@ -377,8 +388,8 @@ impl Master {
             // Moved on before anything was sent: safe to retry.
             return Err(StoreError::NoLeader);
         }
-        let mut client = self.peers.get(&leader.peer_addr).map_err(|_| StoreError::NoLeader)?;
-        let mut req = tonic::Request::new(network::encode(op));
+        let mut client = self.peers.get(leader_id, &leader.peer_addr).map_err(|_| StoreError::NoLeader)?;
+        let mut req = self.peers.request(network::encode(op));
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         // A leader that died or was cut off mid-request leaves the outcome unknown either way;
         // saying so when the election moves on (as etcd's "leader changed") lets the client
@@ -498,7 +509,7 @@ impl Master {
                     Err(e) => Err(map_raft_err(e)),
                 },
                 Some((id, node)) => tokio::select! {
-                    r = self.remote_read_index(&node, deadline) => r,
+                    r = self.remote_read_index(id, &node, deadline) => r,
                     // A read changes nothing: ask the next leader instead.
                     _ = self.leader_moved_from(id) => Err(StoreError::NoLeader),
                 },
@@ -522,9 +533,9 @@ impl Master {
         }
     }
 
-    async fn remote_read_index(&self, leader: &Member, deadline: Instant) -> Result<u64, StoreError> {
-        let mut client = self.peers.get(&leader.peer_addr).map_err(|_| StoreError::NoLeader)?;
-        let mut req = tonic::Request::new(skiff_proto::peer::Empty {});
+    async fn remote_read_index(&self, leader_id: u64, leader: &Member, deadline: Instant) -> Result<u64, StoreError> {
+        let mut client = self.peers.get(leader_id, &leader.peer_addr).map_err(|_| StoreError::NoLeader)?;
+        let mut req = self.peers.request(skiff_proto::peer::Empty {});
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         match client.read_index(req).await {
             Ok(r) => Ok(r.into_inner().index),

@@ -4,6 +4,7 @@
 //! exponential backoff (100 ms doubling to 2 s) instead of a retry storm.
 
 use crate::election::ElectionWatch;
+use crate::peer_tls::{PeerCredentials, CLUSTER_ID_HEADER};
 use crate::types::{Member, TypeConfig};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -23,29 +24,49 @@ use tonic::transport::{Channel, Endpoint};
 /// Largest gRPC message between masters: a snapshot chunk or a batch of entries.
 pub const PEER_MAX_MESSAGE: usize = 64 << 20;
 
-/// Lazily connected gRPC channels to peers, keyed by address; shared by raft and forwarding.
-#[derive(Clone, Default)]
+/// Lazily connected gRPC channels to peers, keyed by member and address; shared by raft and
+/// forwarding. With peer credentials every channel is mutual TLS that verifies the member.
+#[derive(Clone)]
 pub struct PeerClients {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<(u64, String), Channel>>>,
+    tls: Option<PeerCredentials>,
+    cluster_id: u64,
 }
 
 impl PeerClients {
-    pub fn get(&self, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+    pub fn new(tls: Option<PeerCredentials>, cluster_id: u64) -> PeerClients {
+        PeerClients { channels: Arc::default(), tls, cluster_id }
+    }
+
+    /// A client for member `id` at `addr`.
+    pub fn get(&self, id: u64, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
         let mut map = self.channels.lock().expect("not poisoned");
-        let channel = match map.get(addr) {
+        let key = (id, addr.to_string());
+        let channel = match map.get(&key) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(format!("http://{addr}"))?
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
                     .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                map.insert(addr.to_string(), c.clone());
+                    .tcp_nodelay(true);
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint.tls_config(tls.client(id))?;
+                }
+                let c = endpoint.connect_lazy();
+                map.insert(key, c.clone());
                 c
             }
         };
         Ok(PeerClient::new(channel)
             .max_decoding_message_size(PEER_MAX_MESSAGE)
             .max_encoding_message_size(PEER_MAX_MESSAGE))
+    }
+
+    /// `message` as a peer request: with this cluster's id, which the receiver checks.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut().insert(CLUSTER_ID_HEADER, self.cluster_id.into());
+        req
     }
 }
 
@@ -87,9 +108,11 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let mut client =
-            self.clients.get(&self.node.peer_addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let mut request = tonic::Request::new(encode(req));
+        let mut client = self
+            .clients
+            .get(self.target, &self.node.peer_addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut request = self.clients.request(encode(req));
         request.set_timeout(option.hard_ttl());
         let reply = match kind {
             "append" => client.append_entries(request).await,

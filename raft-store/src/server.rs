@@ -35,7 +35,12 @@ pub async fn serve(
     tokio::spawn(master.clone().run_election_watch(stop_rx.clone()));
     tokio::spawn(master.clone().bootstrap_auth(stop_rx.clone()));
 
-    let peer = Server::builder()
+    let mut peer = Server::builder();
+    if let Some(tls) = &master.config.peer_tls {
+        let credentials = tls.load().map_err(ServeError::Tls)?;
+        peer = peer.tls_config(credentials.server())?;
+    }
+    let peer = peer
         .add_service(
             PeerServer::new(PeerService { master: master.clone() })
                 .max_decoding_message_size(PEER_MAX_MESSAGE)
@@ -133,7 +138,7 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("client TLS: {0}")]
+    #[error("TLS: {0}")]
     Tls(String),
     #[error("{0}")]
     Listener(String),

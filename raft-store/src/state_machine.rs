@@ -229,6 +229,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if let Err(e) = verify_snapshot_file(&staged) {
+                let _ = std::fs::remove_file(&staged);
+                return Err(e);
+            }
             let current = shared.current_path();
             std::fs::rename(&staged, &current)?;
             load_snapshot_file(shared.db(), &current)?;
@@ -322,9 +326,66 @@ fn read_header(r: &mut impl Read) -> std::io::Result<SnapshotMeta<u64, Member>> 
     }
     let mut len = [0u8; 8];
     r.read_exact(&mut len)?;
-    let mut m = vec![0u8; u64::from_be_bytes(len) as usize];
+    let len = u64::from_be_bytes(len);
+    if len > MAX_META_BYTES {
+        return Err(std::io::Error::other(format!("corrupt snapshot: metadata of {len} bytes")));
+    }
+    let mut m = vec![0u8; len as usize];
     r.read_exact(&mut m)?;
     bincode::deserialize(&m).map_err(std::io::Error::other)
+}
+
+/// Largest snapshot header (membership and log id) and record accepted from a peer's file.
+const MAX_META_BYTES: u64 = 16 << 20;
+const MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// One record of a snapshot file: the index of its column family in `SM_CFS`, key, value.
+type Record = (usize, Vec<u8>, Vec<u8>);
+
+/// The next record of a snapshot file; `None` at the end marker. Lengths are bounded and
+/// column families checked, so a malformed file is an error.
+fn read_record(r: &mut impl Read) -> std::io::Result<Option<Record>> {
+    let mut tag = [0u8; 1];
+    r.read_exact(&mut tag)?;
+    if tag[0] == 0xFF {
+        return Ok(None);
+    }
+    let cf = tag[0] as usize;
+    if cf >= SM_CFS.len() {
+        return Err(std::io::Error::other(format!("corrupt snapshot: column family {cf}")));
+    }
+    let mut read_blob = || -> std::io::Result<Vec<u8>> {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_RECORD_BYTES {
+            return Err(std::io::Error::other(format!("corrupt snapshot: a record of {len} bytes")));
+        }
+        let mut b = vec![0u8; len];
+        r.read_exact(&mut b)?;
+        Ok(b)
+    };
+    Ok(Some((cf, read_blob()?, read_blob()?)))
+}
+
+/// Reads a whole snapshot file before anything is replaced: its header, every record's
+/// bounds, and the encodings the store later decodes without checking (current values and
+/// events). A malformed snapshot from a peer is refused here, never half-installed.
+fn verify_snapshot_file(path: &Path) -> std::io::Result<()> {
+    use prost::Message as _;
+    let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    read_header(&mut r)?;
+    while let Some((cf, key, value)) = read_record(&mut r)? {
+        let ok = match SM_CFS[cf] {
+            db::CF_KV => skiff_proto::mvccpb::KeyValue::decode(value.as_slice()).is_ok(),
+            db::CF_REV => key.len() == 12 && skiff_proto::mvccpb::Event::decode(value.as_slice()).is_ok(),
+            _ => true,
+        };
+        if !ok {
+            return Err(std::io::Error::other(format!("corrupt snapshot: a malformed {} record", SM_CFS[cf])));
+        }
+    }
+    Ok(())
 }
 
 /// Replaces the state-machine column families with a snapshot file's contents. Marked in
@@ -350,23 +411,8 @@ fn load_snapshot_file(db: &DB, path: &Path) -> std::io::Result<()> {
     read_header(&mut r)?;
     let handles: Vec<_> = SM_CFS.iter().map(|n| cf(db, n)).collect();
     let mut batch = WriteBatch::default();
-    loop {
-        let mut tag = [0u8; 1];
-        r.read_exact(&mut tag)?;
-        if tag[0] == 0xFF {
-            break;
-        }
-        let handle =
-            handles.get(tag[0] as usize).ok_or_else(|| std::io::Error::other("corrupt snapshot: bad column family"))?;
-        let mut read_blob = || -> std::io::Result<Vec<u8>> {
-            let mut len = [0u8; 4];
-            r.read_exact(&mut len)?;
-            let mut b = vec![0u8; u32::from_be_bytes(len) as usize];
-            r.read_exact(&mut b)?;
-            Ok(b)
-        };
-        let (k, v) = (read_blob()?, read_blob()?);
-        batch.put_cf(*handle, k, v);
+    while let Some((cf, k, v)) = read_record(&mut r)? {
+        batch.put_cf(handles[cf], k, v);
         if batch.size_in_bytes() > BATCH_BYTES {
             db.write(std::mem::take(&mut batch)).map_err(io)?;
         }
@@ -374,4 +420,37 @@ fn load_snapshot_file(db: &DB, path: &Path) -> std::io::Result<()> {
     db.write(batch).map_err(io)?;
     db.delete_cf_opt(cf(db, db::CF_META), INSTALLING, &synced).map_err(io)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        f
+    }
+
+    fn header() -> Vec<u8> {
+        let meta: SnapshotMeta<u64, Member> = SnapshotMeta::default();
+        let m = bincode::serialize(&meta).unwrap();
+        [MAGIC, &(m.len() as u64).to_be_bytes(), &m].concat()
+    }
+
+    #[test]
+    fn malformed_snapshots_are_errors_that_name_the_fault() {
+        let bad = |bytes: Vec<u8>, phrase: &str| {
+            let err = verify_snapshot_file(file(&bytes).path()).expect_err(phrase);
+            assert!(err.to_string().contains(phrase), "{err} lacks {phrase:?}");
+        };
+        bad(b"NOTASNAP".to_vec(), "fill whole buffer");
+        bad([MAGIC, &u64::MAX.to_be_bytes()].concat(), "metadata of");
+        bad([header(), vec![9]].concat(), "column family 9");
+        bad([header(), vec![0], u32::MAX.to_be_bytes().to_vec()].concat(), "a record of");
+        let junk_kv = [header(), vec![0, 0, 0, 0, 1, b'k', 0, 0, 0, 2, 0xff, 0xff, 0xFF]].concat();
+        bad(junk_kv, "malformed kv record");
+        bad(header(), "fill whole buffer"); // no end marker
+        verify_snapshot_file(file(&[header(), vec![0xFF]].concat()).path()).expect("an empty snapshot is well formed");
+    }
 }

@@ -301,6 +301,62 @@ impl Cluster {
         expect_success(endpoints, args, self.etcdctl(endpoints, args))
     }
 
+    /// `skiff master` flags giving member `id` a peer identity signed by this cluster's peer CA
+    /// (`DIR/pki/peer-ca.*`), made in `dir` with openssl as an operator adding a master would.
+    pub fn peer_flags(&self, id: u64, dir: &Path) -> Vec<String> {
+        let pki = self.dir.path().join("pki");
+        let (key, csr, crt, ext) =
+            (dir.join("peer.key"), dir.join("peer.csr"), dir.join("peer.crt"), dir.join("peer.ext"));
+        std::fs::write(
+            &ext,
+            format!("subjectAltName=DNS:member-{id}.peer.skiff\nextendedKeyUsage=serverAuth,clientAuth\n"),
+        )
+        .expect("write extensions");
+        let s = |p: &Path| p.to_str().expect("UTF-8 path").to_string();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().expect("openssl is installed");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let subject = format!("/CN=member-{id}");
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&csr),
+            "-subj",
+            &subject,
+        ]);
+        let serial = format!("0x{:x}", rand_serial());
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &s(&csr),
+            "-CA",
+            &s(&pki.join("peer-ca.crt")),
+            "-CAkey",
+            &s(&pki.join("peer-ca.key")),
+            "-set_serial",
+            &serial,
+            "-out",
+            &s(&crt),
+            "-days",
+            "2",
+            "-extfile",
+            &s(&ext),
+        ]);
+        ["--peer-cert", &s(&crt), "--peer-key", &s(&key), "--peer-ca", &s(&pki.join("peer-ca.crt"))]
+            .map(String::from)
+            .to_vec()
+    }
+
     /// The password of the store's `root` user that `skiff up` generated.
     pub fn root_password(&self) -> String {
         let v = self.cluster_json();
@@ -387,6 +443,12 @@ impl Cluster {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
+}
+
+/// A certificate serial number nobody else in this process drew.
+fn rand_serial() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 40) ^ rand_suffix().parse::<u64>().unwrap_or(0)
 }
 
 fn rand_suffix() -> String {

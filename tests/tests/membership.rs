@@ -28,6 +28,7 @@ fn start_joiner(c: &mut Cluster, id: u64, peer: &str, client: &str) -> Joiner {
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args(["--peer-addr", peer, "--client-addr", client])
+        .args(c.peer_flags(id, &dir))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)

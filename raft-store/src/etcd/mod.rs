@@ -49,7 +49,9 @@ impl Caller {
         let user = if let Some(token) = req.metadata().get("token") {
             let token = token.to_str().map_err(|_| denied(AuthError::InvalidToken))?;
             auth.check_token(token, SystemTime::now()).map_err(denied)?
-        } else if let Some(cn) = req.peer_certs().and_then(|certs| certs.first().and_then(|c| common_name(c))) {
+        } else if let Some(cn) =
+            req.peer_certs().and_then(|certs| certs.first().and_then(|c| crate::peer_tls::common_name(c)))
+        {
             cn
         } else {
             return Err(denied(AuthError::UserEmpty));
@@ -109,11 +111,4 @@ impl Caller {
         }
         Ok(())
     }
-}
-
-/// The subject common name of a DER certificate (tonic has verified it against the client CA).
-fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
-    Some(cn)
 }
