@@ -1,7 +1,8 @@
 //! `skiff bench`: the store benchmark. Starts a 3-master Skiff cluster and a 3-member etcd
 //! cluster (Debian's `etcd`) on loopback in the same run, drives both with the same gRPC client
 //! code, and prints throughput and latency side by side, then failover times (SIGKILL of the
-//! leader until the next acknowledged write).
+//! leader until the next acknowledged write). With `--tls` both systems serve their client
+//! and peer ports over TLS with certificates from a CA made for the run.
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -41,6 +42,55 @@ pub struct BenchArgs {
     /// Working directory (a fresh temporary one by default).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// TLS on both systems' client and peer ports (etcd: --cert-file and --peer-cert-file with
+    /// peer client-certificate auth; Skiff: --client-cert and its peer mutual TLS).
+    #[arg(long)]
+    tls: bool,
+}
+
+/// Certificates for a TLS run: a CA, a server certificate for 127.0.0.1 (both systems' client
+/// ports and etcd's peers), and each Skiff member's peer certificate.
+pub(crate) struct BenchPki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    skiff_peers: Vec<skiff_raft_store::peer_tls::PeerTls>,
+    ca_pem: Vec<u8>,
+}
+
+impl BenchPki {
+    fn generate(dir: &Path) -> anyhow::Result<BenchPki> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+        use skiff_raft_store::peer_tls::{member_common_name, member_name};
+        std::fs::create_dir_all(dir)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "skiff-bench-ca");
+        let ca_key = KeyPair::generate()?;
+        let ca = ca_params.self_signed(&ca_key)?;
+        let both = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let issue = |name: &str, sans: Vec<String>, cn: String| -> anyhow::Result<(PathBuf, PathBuf)> {
+            let mut params = CertificateParams::new(sans)?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = both.clone();
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &ca, &ca_key)?;
+            let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+            std::fs::write(&c, cert.pem())?;
+            crate::up::write_private(&k, key.serialize_pem().as_bytes())?;
+            Ok((c, k))
+        };
+        let (server_cert, server_key) =
+            issue("server", vec!["127.0.0.1".into(), "localhost".into()], "skiff-bench-server".into())?;
+        let ca_path = dir.join("ca.crt");
+        std::fs::write(&ca_path, ca.pem())?;
+        let mut skiff_peers = Vec::new();
+        for id in 1..=3u64 {
+            let (cert, key) = issue(&format!("peer-{id}"), vec![member_name(id)], member_common_name(id))?;
+            skiff_peers.push(skiff_raft_store::peer_tls::PeerTls { cert, key, ca: ca_path.clone() });
+        }
+        Ok(BenchPki { ca: ca_path, server_cert, server_key, skiff_peers, ca_pem: ca.pem().into_bytes() })
+    }
 }
 
 /// One member process of a benchmarked cluster, restartable with the same arguments.
@@ -79,6 +129,15 @@ impl Proc {
 pub(crate) struct System {
     name: &'static str,
     pub(crate) procs: Vec<Proc>,
+    /// The CA that signed the client port's certificate, when the system serves TLS.
+    ca_pem: Option<Vec<u8>>,
+}
+
+impl System {
+    /// A channel to one of this system's client ports.
+    async fn channel(&self, addr: &str) -> anyhow::Result<Channel> {
+        channel_with(addr, self.ca_pem.as_deref()).await
+    }
 }
 
 impl Drop for System {
@@ -90,6 +149,10 @@ impl Drop for System {
 }
 
 pub(crate) fn skiff_system(dir: &Path) -> anyhow::Result<System> {
+    skiff_system_with(dir, None)
+}
+
+fn skiff_system_with(dir: &Path, pki: Option<&BenchPki>) -> anyhow::Result<System> {
     let ports = crate::up::free_ports(6)?;
     let cluster: Vec<String> =
         (0..3).map(|i| format!("{}=127.0.0.1:{}/127.0.0.1:{}", i + 1, ports[2 * i], ports[2 * i + 1])).collect();
@@ -109,36 +172,67 @@ pub(crate) fn skiff_system(dir: &Path) -> anyhow::Result<System> {
                 format!("127.0.0.1:{}", ports[2 * i + 1]),
                 "--initial-cluster".into(),
                 cluster.join(","),
-            ],
+            ]
+            .into_iter()
+            .chain(pki.into_iter().flat_map(|pki| {
+                let peer = &pki.skiff_peers[i];
+                [
+                    ("--client-cert", &pki.server_cert),
+                    ("--client-key", &pki.server_key),
+                    ("--peer-cert", &peer.cert),
+                    ("--peer-key", &peer.key),
+                    ("--peer-ca", &peer.ca),
+                ]
+                .map(|(flag, path)| [flag.to_string(), path.to_string_lossy().into_owned()])
+                .into_iter()
+                .flatten()
+            }))
+            .collect(),
             log: dir.join(format!("skiff-{}.log", i + 1)),
             child: None,
             endpoint: format!("127.0.0.1:{}", ports[2 * i + 1]),
             member_id: 0,
         })
         .collect();
-    Ok(System { name: "skiff", procs })
+    Ok(System { name: "skiff", procs, ca_pem: pki.map(|p| p.ca_pem.clone()) })
 }
 
-fn etcd_system(dir: &Path, bin: &Path) -> anyhow::Result<System> {
+fn etcd_system(dir: &Path, bin: &Path, pki: Option<&BenchPki>) -> anyhow::Result<System> {
     let ports = crate::up::free_ports(6)?;
-    let cluster: Vec<String> = (0..3).map(|i| format!("e{}=http://127.0.0.1:{}", i + 1, ports[2 * i])).collect();
+    let scheme = if pki.is_some() { "https" } else { "http" };
+    let cluster: Vec<String> = (0..3).map(|i| format!("e{}={scheme}://127.0.0.1:{}", i + 1, ports[2 * i])).collect();
+    let tls: Vec<String> = match pki {
+        None => Vec::new(),
+        Some(p) => vec![
+            format!("--cert-file={}", p.server_cert.display()),
+            format!("--key-file={}", p.server_key.display()),
+            format!("--peer-cert-file={}", p.server_cert.display()),
+            format!("--peer-key-file={}", p.server_key.display()),
+            format!("--peer-trusted-ca-file={}", p.ca.display()),
+            "--peer-client-cert-auth".into(),
+        ],
+    };
     let procs = (0..3)
         .map(|i| {
-            let peer = format!("http://127.0.0.1:{}", ports[2 * i]);
-            let client = format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+            let peer = format!("{scheme}://127.0.0.1:{}", ports[2 * i]);
+            let client = format!("{scheme}://127.0.0.1:{}", ports[2 * i + 1]);
             Proc {
                 program: bin.to_path_buf(),
-                args: vec![
-                    format!("--name=e{}", i + 1),
-                    format!("--data-dir={}", dir.join(format!("etcd-{}", i + 1)).display()),
-                    format!("--listen-peer-urls={peer}"),
-                    format!("--initial-advertise-peer-urls={peer}"),
-                    format!("--listen-client-urls={client}"),
-                    format!("--advertise-client-urls={client}"),
-                    format!("--initial-cluster={}", cluster.join(",")),
-                    "--initial-cluster-state=new".into(),
-                    "--initial-cluster-token=skiff-bench".into(),
-                ],
+                args: [
+                    vec![
+                        format!("--name=e{}", i + 1),
+                        format!("--data-dir={}", dir.join(format!("etcd-{}", i + 1)).display()),
+                        format!("--listen-peer-urls={peer}"),
+                        format!("--initial-advertise-peer-urls={peer}"),
+                        format!("--listen-client-urls={client}"),
+                        format!("--advertise-client-urls={client}"),
+                        format!("--initial-cluster={}", cluster.join(",")),
+                        "--initial-cluster-state=new".into(),
+                        "--initial-cluster-token=skiff-bench".into(),
+                    ],
+                    tls.clone(),
+                ]
+                .concat(),
                 log: dir.join(format!("etcd-{}.log", i + 1)),
                 child: None,
                 endpoint: format!("127.0.0.1:{}", ports[2 * i + 1]),
@@ -146,16 +240,25 @@ fn etcd_system(dir: &Path, bin: &Path) -> anyhow::Result<System> {
             }
         })
         .collect();
-    Ok(System { name: "etcd", procs })
+    Ok(System { name: "etcd", procs, ca_pem: pki.map(|p| p.ca_pem.clone()) })
 }
 
 pub(crate) async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    channel_with(addr, None).await
+}
+
+/// A channel to `addr`: TLS verified against `ca` (PEM) when given, else plaintext.
+async fn channel_with(addr: &str, ca: Option<&[u8]>) -> anyhow::Result<Channel> {
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
+        .tcp_nodelay(true);
+    if let Some(ca) = ca {
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect().await?)
 }
 
 /// Starts the masters of `sys`, waits for a leader and for the API's system namespaces (the
@@ -186,8 +289,9 @@ pub(crate) async fn wait_leader(sys: &mut System, timeout: Duration) -> anyhow::
     let deadline = Instant::now() + timeout;
     loop {
         let mut leaders = Vec::new();
+        let ca = sys.ca_pem.clone();
         for p in sys.procs.iter_mut().filter(|p| p.child.is_some()) {
-            let Ok(ch) = channel(&p.endpoint).await else { break };
+            let Ok(ch) = channel_with(&p.endpoint, ca.as_deref()).await else { break };
             let Ok(st) = MaintenanceClient::new(ch).status(StatusRequest {}).await else { break };
             let st = st.into_inner();
             p.member_id = st.header.map_or(0, |h| h.member_id);
@@ -219,16 +323,17 @@ struct Figures {
 }
 
 async fn drive(
-    endpoints: &[String],
+    sys: &System,
     workload: Workload,
     clients: usize,
     value_size: usize,
     secs: u64,
 ) -> anyhow::Result<Figures> {
     let conns = clients.clamp(1, 16);
+    let endpoints: Vec<&str> = sys.procs.iter().map(|p| p.endpoint.as_str()).collect();
     let mut channels = Vec::new();
     for i in 0..conns {
-        channels.push(channel(&endpoints[i % endpoints.len()]).await?);
+        channels.push(sys.channel(endpoints[i % endpoints.len()]).await?);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let value = vec![b'v'; value_size];
@@ -289,7 +394,7 @@ async fn failover(sys: &mut System, kills: usize) -> anyhow::Result<Vec<Duration
             sys.procs.iter().enumerate().filter(|(i, _)| *i != idx).map(|(_, p)| p.endpoint.clone()).collect();
         let mut clients = Vec::new();
         for s in &survivors {
-            clients.push(KvClient::new(channel(s).await?));
+            clients.push(KvClient::new(sys.channel(s).await?));
         }
         let killed_at = Instant::now();
         sys.procs[idx].kill9();
@@ -336,11 +441,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     std::fs::create_dir_all(&dir)?;
+    let pki = if args.tls { Some(BenchPki::generate(&dir.join("pki"))?) } else { None };
     let mut systems = Vec::new();
     for name in &args.systems {
         systems.push(match name.as_str() {
-            "skiff" => skiff_system(&dir)?,
-            "etcd" => etcd_system(&dir, &args.etcd_bin)?,
+            "skiff" => skiff_system_with(&dir, pki.as_ref())?,
+            "etcd" => etcd_system(&dir, &args.etcd_bin, pki.as_ref())?,
             other => bail!("--systems: unknown system {other:?} (skiff or etcd)"),
         });
     }
@@ -353,10 +459,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             wait_leader(sys, Duration::from_secs(60)).await?;
         }
         println!(
-            "machine: {} cores, value {} B, {} s per cell; clients spread over all 3 members",
+            "machine: {} cores, value {} B, {} s per cell; clients spread over all 3 members; {}",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             args.value_size,
-            args.seconds
+            args.seconds,
+            if args.tls { "TLS on client and peer ports" } else { "plaintext" }
         );
         println!(
             "{:<22} {:>7} {:>6} {:>10} {:>9} {:>9} {:>7}",
@@ -365,8 +472,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         for workload in [Workload::Put, Workload::RangeLinearizable, Workload::RangeSerializable] {
             for &clients in &args.clients {
                 for sys in &systems {
-                    let endpoints: Vec<String> = sys.procs.iter().map(|p| p.endpoint.clone()).collect();
-                    let f = drive(&endpoints, workload, clients, args.value_size, args.seconds).await?;
+                    let f = drive(sys, workload, clients, args.value_size, args.seconds).await?;
                     let name = match workload {
                         Workload::Put => format!("put {}B", args.value_size),
                         Workload::RangeLinearizable => "get (linearizable)".into(),
