@@ -124,24 +124,45 @@ impl Api {
         if !policy.allows(user, a) {
             return Err(crate::auth::forbidden(user, a));
         }
-        // No escalation through RBAC objects: grant only what you hold.
+        // No escalation through RBAC objects: grant only what you hold — unless, as in
+        // Kubernetes, you hold `escalate` on the role, or `bind` on the role a binding names.
         if let Some(obj) = object.filter(|_| matches!(a.verb, "create" | "update" | "patch")) {
             let ns = crate::object::namespace(obj);
             match a.info.kind {
                 "Role" | "ClusterRole" => {
-                    let rules: Vec<Value> = obj.get("rules").and_then(Value::as_array).cloned().unwrap_or_default();
-                    check_no_escalation(&policy, user, &rules, ns)?;
+                    let escalate = Attributes { verb: "escalate", subresource: "", ..*a };
+                    if !policy.allows(user, &escalate) {
+                        let rules: Vec<Value> = obj.get("rules").and_then(Value::as_array).cloned().unwrap_or_default();
+                        check_no_escalation(&policy, user, &rules, ns)?;
+                    }
                 }
                 "RoleBinding" | "ClusterRoleBinding" => {
                     let binding_ns = (a.info.kind == "RoleBinding").then_some(ns);
-                    let rules = policy.rules_of(obj.get("roleRef").unwrap_or(&Value::Null), binding_ns);
-                    check_no_escalation(&policy, user, &rules, ns)?;
+                    let role_ref = obj.get("roleRef").unwrap_or(&Value::Null);
+                    if !may_bind(&policy, user, role_ref, binding_ns)? {
+                        let rules = policy.rules_of(role_ref, binding_ns);
+                        check_no_escalation(&policy, user, &rules, ns)?;
+                    }
                 }
                 _ => {}
             }
         }
         Ok(())
     }
+}
+
+/// Whether `user` holds Kubernetes' `bind` verb on the role `role_ref` names (a Role in the
+/// binding's namespace, or a ClusterRole).
+fn may_bind(policy: &Policy, user: &User, role_ref: &Value, binding_ns: Option<&str>) -> ApiResult<bool> {
+    let resource = match role_ref.get("kind").and_then(Value::as_str) {
+        Some("Role") => "roles",
+        Some("ClusterRole") => "clusterroles",
+        _ => return Ok(false),
+    };
+    let name = role_ref.get("name").and_then(Value::as_str).unwrap_or_default();
+    let info = kinds::by_resource(resource)?;
+    let bind = Attributes { verb: "bind", info, subresource: "", namespace: binding_ns.unwrap_or(""), name };
+    Ok(policy.allows(user, &bind))
 }
 
 /// One kind's service over the shared [`Api`].

@@ -92,6 +92,73 @@ fn writes_are_authorized_and_admitted_on_what_they_store_whatever_the_verb() {
         "cannot patch",
     );
 
+    // phase: Kubernetes' `bind` and `escalate` verbs: holding `bind` on a role lets a user bind
+    // it without holding its rules; holding `escalate` lets a user write rules beyond its own
+    ok(
+        call(
+            &admin,
+            "skiff.api.ClusterRoles/Create",
+            json!({"metadata": {"name": "secret-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]}),
+        ),
+        "secret-reader",
+    );
+    let grant = |name: &str, user: &str, rules: Value| {
+        ok(call(&admin, "skiff.api.ClusterRoles/Create", json!({"metadata": {"name": name}, "rules": rules})), name);
+        ok(
+            call(
+                &admin,
+                "skiff.api.ClusterRoleBindings/Create",
+                json!({"metadata": {"name": name},
+            "subjects": [{"kind": "User", "name": user}],
+            "roleRef": {"kind": "ClusterRole", "name": name, "apiGroup": "rbac.authorization.k8s.io"}}),
+            ),
+            name,
+        );
+    };
+    let rbac = "rbac.authorization.k8s.io";
+    grant(
+        "binder",
+        "binder",
+        json!([{"apiGroups": [rbac], "resources": ["rolebindings"], "verbs": ["create"]},
+        {"apiGroups": [rbac], "resources": ["clusterroles"], "verbs": ["bind"], "resourceNames": ["secret-reader"]}]),
+    );
+    grant("creator", "creator", json!([{"apiGroups": [rbac], "resources": ["rolebindings"], "verbs": ["create"]}]));
+    grant(
+        "escalator",
+        "escalator",
+        json!([{"apiGroups": [rbac], "resources": ["clusterroles"], "verbs": ["create", "escalate"]}]),
+    );
+    grant(
+        "role-creator",
+        "role-creator",
+        json!([{"apiGroups": [rbac], "resources": ["clusterroles"], "verbs": ["create"]}]),
+    );
+    for user in ["binder", "creator", "escalator", "role-creator"] {
+        c.add_user(&format!("{user}-token"), user, &[]);
+    }
+    let binding = |name: &str| {
+        json!({"metadata": {"name": name, "namespace": "default"},
+        "subjects": [{"kind": "User", "name": "friend"}],
+        "roleRef": {"kind": "ClusterRole", "name": "secret-reader", "apiGroup": rbac}})
+    };
+    refused(
+        call("creator-token", "skiff.api.RoleBindings/Create", binding("by-creator")),
+        "binding a role one does not hold, without bind",
+        "PermissionDenied",
+        "not currently held",
+    );
+    ok(call("binder-token", "skiff.api.RoleBindings/Create", binding("by-binder")), "a binding by a user with bind");
+    let reader = json!({"metadata": {"name": "escalated"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]});
+    refused(
+        call("role-creator-token", "skiff.api.ClusterRoles/Create", reader.clone()),
+        "a role beyond one's own, without escalate",
+        "PermissionDenied",
+        "not currently held",
+    );
+    ok(call("escalator-token", "skiff.api.ClusterRoles/Create", reader), "a role beyond one's own, with escalate");
+
     // phase: a pod in a baseline namespace cannot be patched or updated into a privileged one
     ok(
         call(
