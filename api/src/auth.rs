@@ -290,6 +290,14 @@ fn policy_allows_wildcard(policy: &Policy, user: &User, wanted: &Value) -> bool 
     })
 }
 
+/// The node a node daemon's identity names (`system:node:<name>` in `system:nodes`).
+pub fn node_name(user: &User) -> Option<&str> {
+    if !user.groups.iter().any(|g| g == "system:nodes") {
+        return None;
+    }
+    user.name.strip_prefix("system:node:")
+}
+
 /// Node restriction: a node daemon (`system:node:<name>` in `system:nodes`) may write only its
 /// own Node and Lease and the pods bound to it — bound to it before the write (`stored`) as
 /// well as after (`object`), so it cannot take another node's pod — and ask for
@@ -301,10 +309,7 @@ pub fn node_restriction(
     object: Option<&Value>,
     stored: Option<&Value>,
 ) -> Option<bool> {
-    if !user.groups.iter().any(|g| g == "system:nodes") {
-        return None;
-    }
-    let node = user.name.strip_prefix("system:node:")?;
+    let node = node_name(user)?;
     let read = matches!(a.verb, "get" | "list" | "watch");
     Some(match a.info.resource {
         _ if read => true,

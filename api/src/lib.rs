@@ -14,6 +14,7 @@
 //! - [`service`]: the per-kind gRPC services and the kind-agnostic `Objects` service.
 //! - [`auth`]: bearer-token authentication, RBAC authorization, node restriction, no escalation.
 //! - [`at_rest`]: encryption at rest of Secrets (Kubernetes' EncryptionConfiguration, AES-GCM).
+//! - [`node_authz`]: the Node authorizer's read side (a node reads only what its pods use).
 //! - [`error`]: API errors and their gRPC codes.
 //!
 //! Invariant: every write is one raft transaction guarded by a compare on the revision it read,
@@ -27,6 +28,7 @@ pub mod defaults;
 pub mod error;
 pub mod kinds;
 pub mod logs;
+pub mod node_authz;
 pub mod object;
 pub mod registry;
 pub mod satoken;

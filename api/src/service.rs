@@ -94,6 +94,49 @@ impl Api {
         })
     }
 
+    /// Whether a pod bound to `node` uses object `ns/name` of `resource` (one of
+    /// [`crate::node_authz::GUARDED`]); Secrets also when an Ingress names them for TLS.
+    async fn node_uses(&self, node: &str, resource: &str, ns: &str, name: &str) -> ApiResult<bool> {
+        use crate::node_authz::{ingress_tls_uses, References};
+        let all = |resource: &'static str, field_selector: String| async move {
+            let opts = ListOptions { field_selector, ..Default::default() };
+            self.registry.list(kinds::by_resource(resource)?, "", &opts).await
+        };
+        let pods: Vec<Pod> = all("pods", format!("spec.nodeName={node}"))
+            .await?
+            .items
+            .into_iter()
+            .map(from_json)
+            .collect::<ApiResult<_>>()?;
+        let refs = References::of(&pods);
+        let key = (ns.to_string(), name.to_string());
+        Ok(match resource {
+            "secrets" if refs.secrets.contains(&key) => true,
+            "secrets" => {
+                let ingresses: Vec<Ingress> = all("ingresses", String::new())
+                    .await?
+                    .items
+                    .into_iter()
+                    .map(from_json)
+                    .collect::<ApiResult<_>>()?;
+                ingress_tls_uses(&ingresses, ns, name)
+            }
+            "configmaps" => refs.configmaps.contains(&key),
+            "persistentvolumeclaims" => refs.claims.contains(&key),
+            "persistentvolumes" => {
+                let claims = kinds::by_resource("persistentvolumeclaims")?;
+                let mut bound = false;
+                for (claim_ns, claim) in &refs.claims {
+                    if let Some(pvc) = self.stored(claims, claim_ns, claim).await? {
+                        bound |= pvc.pointer("/spec/volumeName").and_then(Value::as_str) == Some(name);
+                    }
+                }
+                bound
+            }
+            _ => false,
+        })
+    }
+
     /// The stored object, or `None` when there is none; any other failure is an error (an
     /// authorization decided on "no object" after a failed read would be decided wrongly).
     pub async fn stored(&self, info: &'static KindInfo, ns: &str, name: &str) -> ApiResult<Option<Value>> {
@@ -116,6 +159,12 @@ impl Api {
     ) -> ApiResult<()> {
         if user.is_superuser() {
             return Ok(());
+        }
+        if let Some(node) = crate::auth::node_name(user) {
+            if crate::node_authz::GUARDED.contains(&a.info.resource) && matches!(a.verb, "get" | "list" | "watch") {
+                let allowed = a.verb == "get" && self.node_uses(node, a.info.resource, a.namespace, a.name).await?;
+                return if allowed { Ok(()) } else { Err(crate::auth::forbidden(user, a)) };
+            }
         }
         if let Some(allowed) = crate::auth::node_restriction(user, a, object, stored) {
             return if allowed { Ok(()) } else { Err(crate::auth::forbidden(user, a)) };

@@ -429,7 +429,7 @@ pub async fn follow(proxy: Arc<Proxy>, mut stop: tokio::sync::watch::Receiver<bo
     let changed = Arc::new(tokio::sync::Notify::new());
     let _watches = crate::wake_on_changes(
         &proxy.client,
-        &["ingresses", "ingressclasses", "services", "endpoints", "secrets"],
+        &["ingresses", "ingressclasses", "services", "endpoints"],
         changed.clone(),
     );
     loop {
@@ -438,8 +438,16 @@ pub async fn follow(proxy: Arc<Proxy>, mut stop: tokio::sync::watch::Receiver<bo
             let items = |v: &Value| v["items"].as_array().cloned().unwrap_or_default();
             let ingresses = items(&ingresses);
             let classes = items(&proxy.client.list("ingressclasses", "", "", "").await?);
-            let wants_tls = ingresses.iter().any(|i| i["spec"]["tls"].is_array());
-            let secrets = if wants_tls { items(&proxy.client.list("secrets", "", "", "").await?) } else { vec![] };
+            // Only the Secrets Ingresses name for TLS, one by one: a node may read no others
+            // (the Node authorizer), and a Secret's change shows at the next refresh.
+            let mut secrets = Vec::new();
+            for (ns, name) in tls_secrets(&ingresses) {
+                match proxy.client.get("secrets", &ns, &name).await {
+                    Ok(secret) => secrets.push(secret),
+                    Err(e) if e.code() == tonic::Code::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
             let services = items(&proxy.client.list("services", "", "", "").await?);
             let endpoints = items(&proxy.client.list("endpoints", "", "", "").await?);
             Ok::<_, tonic::Status>(Table::build(&ingresses, &classes, &secrets, services, endpoints))
@@ -460,6 +468,19 @@ pub async fn follow(proxy: Arc<Proxy>, mut stop: tokio::sync::watch::Receiver<bo
             _ = stop.changed() => return,
         }
     }
+}
+
+/// (namespace, name) of every Secret the Ingresses name for TLS.
+fn tls_secrets(ingresses: &[Value]) -> std::collections::BTreeSet<(String, String)> {
+    ingresses
+        .iter()
+        .flat_map(|i| {
+            let ns = i["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+            i["spec"]["tls"].as_array().into_iter().flatten().filter_map(move |t| {
+                Some((ns.clone(), t["secretName"].as_str().filter(|s| !s.is_empty())?.to_string()))
+            })
+        })
+        .collect()
 }
 
 fn certs_changed(proxy: &Proxy, table: &Table) -> bool {

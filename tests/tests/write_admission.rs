@@ -265,6 +265,77 @@ fn writes_are_authorized_and_admitted_on_what_they_store_whatever_the_verb() {
         "PermissionDenied",
         "cannot create",
     );
+    // phase: a node reads only the Secrets and ConfigMaps its own pods use (and Secrets that
+    // Ingresses name for TLS: nodes run the ingress controller), and lists neither
+    for (kind, name) in [
+        ("Secrets", "for-a"),
+        ("Secrets", "for-b"),
+        ("Secrets", "site-cert"),
+        ("ConfigMaps", "conf-a"),
+        ("ConfigMaps", "conf-other"),
+    ] {
+        ok(
+            call(
+                &admin,
+                &format!("skiff.api.{kind}/Create"),
+                json!({"metadata": {"name": name, "namespace": "default"}}),
+            ),
+            name,
+        );
+    }
+    ok(
+        call(
+            &admin,
+            "skiff.api.Pods/Create",
+            json!({"metadata": {"name": "uses-on-a", "namespace": "default"},
+        "spec": {"nodeName": "node-a", "volumes": [{"name": "s", "secret": {"secretName": "for-a"}}],
+            "containers": [{"name": "c", "image": "busybox:1.36",
+                "env": [{"name": "C", "valueFrom": {"configMapKeyRef": {"name": "conf-a", "key": "k"}}}]}]}}),
+        ),
+        "pod on a",
+    );
+    ok(
+        call(
+            &admin,
+            "skiff.api.Pods/Create",
+            json!({"metadata": {"name": "uses-on-b", "namespace": "default"},
+        "spec": {"nodeName": "node-b", "volumes": [{"name": "s", "secret": {"secretName": "for-b"}}],
+            "containers": [{"name": "c", "image": "busybox:1.36"}]}}),
+        ),
+        "pod on b",
+    );
+    ok(
+        call(
+            &admin,
+            "skiff.api.Ingresses/Create",
+            json!({"metadata": {"name": "site", "namespace": "default"},
+        "spec": {"tls": [{"hosts": ["site.test"], "secretName": "site-cert"}],
+            "rules": [{"host": "site.test", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}),
+        ),
+        "ingress",
+    );
+    let node_get = |kind: &str, name: &str| {
+        call("node-a-token", &format!("skiff.api.{kind}/Get"), json!({"namespace": "default", "name": name}))
+    };
+    ok(node_get("Secrets", "for-a"), "node-a reading its pod's Secret");
+    ok(node_get("ConfigMaps", "conf-a"), "node-a reading its pod's ConfigMap");
+    ok(node_get("Secrets", "site-cert"), "node-a reading an Ingress's TLS Secret");
+    refused(node_get("Secrets", "for-b"), "node-a reading node-b's pod's Secret", "PermissionDenied", "cannot get");
+    refused(
+        node_get("ConfigMaps", "conf-other"),
+        "node-a reading an unused ConfigMap",
+        "PermissionDenied",
+        "cannot get",
+    );
+    refused(
+        call("node-a-token", "skiff.api.Secrets/List", json!({"namespace": "default"})),
+        "node-a listing Secrets",
+        "PermissionDenied",
+        "cannot list",
+    );
+    ok(call("node-a-token", "skiff.api.Services/List", json!({"namespace": "default"})), "other kinds stay readable");
+
     let after = ok(call(&admin, "skiff.api.Pods/Get", json!({"namespace": "default", "name": "on-b"})), "get");
     assert_eq!(after["spec"]["nodeName"], "node-b");
     assert_eq!(after["spec"], theirs["spec"], "nothing node-a tried changed the spec");
