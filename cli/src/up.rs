@@ -55,9 +55,11 @@ pub struct UpArgs {
     /// For a new cluster: the range Services' cluster IPs come from (default 10.96.0.0/16).
     #[arg(long)]
     service_cidr: Option<String>,
-    /// For a new cluster: serve TLS, with a CA and certificates generated into DIR/pki.
+    /// For a new cluster: serve the client port (Skiff API and etcd API) in plaintext, for
+    /// experiments only. By default it is TLS, with a CA and certificates generated into
+    /// DIR/pki that the written client configuration trusts.
     #[arg(long)]
-    tls: bool,
+    insecure: bool,
 }
 
 /// A CA, a server certificate for 127.0.0.1/localhost, and a client certificate of the
@@ -288,7 +290,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     let encryption = dir.join("encryption.yaml");
     write_private(&encryption, skiff_api::at_rest::AtRest::generate().as_bytes())?;
     let encryption = std::fs::canonicalize(encryption)?;
-    let pki = if args.tls { Some(generate_pki(&dir.join("pki"))?) } else { None };
+    let pki = if args.insecure { None } else { Some(generate_pki(&dir.join("pki"))?) };
     // Masters speak to each other over mutual TLS with identities from a CA of their own.
     let (peer_ca_cert, peer_ca_key) = peer_ca(&dir.join("pki"))?;
     let peer_ca_path = dir.join("pki").join("peer-ca.crt");
@@ -657,14 +659,15 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     let endpoints: Vec<&str> = cluster.masters.iter().map(|m| m.etcd.as_str()).collect();
-    match &cluster.etcd_root_password {
-        Some(pw) => println!(
-            "etcdctl:  etcdctl --endpoints={} --user root:$(cat {}) endpoint status -w table",
-            endpoints.join(","),
-            pw.display()
-        ),
-        None => println!("etcdctl:  etcdctl --endpoints={} endpoint status -w table", endpoints.join(",")),
-    }
+    let scheme = if cluster.ca.is_some() { "https://" } else { "" };
+    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{scheme}{e}")).collect();
+    let cacert = cluster.ca.as_ref().map(|ca| format!(" --cacert {}", ca.display())).unwrap_or_default();
+    let user = cluster.etcd_root_password.as_ref().map(|pw| format!(" --user root:$(cat {})", pw.display()));
+    println!(
+        "etcdctl:  etcdctl --endpoints={}{cacert}{} endpoint status -w table",
+        endpoints.join(","),
+        user.unwrap_or_default()
+    );
     match &cluster.ca {
         Some(ca) => println!(
             "grpcurl:  grpcurl -cacert {} -H \"authorization: Bearer $(cat {})\" {} list",

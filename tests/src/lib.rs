@@ -227,10 +227,15 @@ impl Cluster {
         self.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
     }
 
-    /// Re-reads `cluster.json`.
+    /// Re-reads `cluster.json` (and registers its CA for the masters' addresses).
     pub fn reload(&mut self) {
         let text = std::fs::read_to_string(self.dir.path().join("cluster.json")).expect("cluster.json");
         let v: Value = serde_json::from_str(&text).expect("cluster.json is JSON");
+        if let Some(ca) = v["ca"].as_str() {
+            for m in v["masters"].as_array().into_iter().flatten() {
+                register_ca(m["etcd"].as_str().unwrap_or_default(), Path::new(ca));
+            }
+        }
         self.masters = v["masters"]
             .as_array()
             .expect("masters array")
@@ -423,6 +428,11 @@ impl Cluster {
         Ok((r.hash, r.hash_revision))
     }
 
+    /// The CA the cluster's client ports are served with (None for `--insecure`).
+    pub fn ca(&self) -> Option<PathBuf> {
+        self.cluster_json()["ca"].as_str().map(PathBuf::from)
+    }
+
     /// The admin bearer token `skiff up` wrote (cluster.json `credentials`).
     pub fn admin_token(&self) -> String {
         let v = self.cluster_json();
@@ -474,16 +484,32 @@ impl Drop for Cluster {
     }
 }
 
-/// Runs the real etcdctl (v3 API) against `endpoints`.
+/// Runs the real etcdctl (v3 API) against `endpoints` (over their cluster's TLS).
 pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
-    Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
+    etcdctl_command(endpoints)
         .arg("--command-timeout=10s")
         .args(args)
         .stdin(Stdio::null())
         .output()
         .expect("etcdctl is installed (Debian etcd-client; scripts/setup installs it)")
+}
+
+/// The real etcdctl (v3 API) set up for `endpoints` (comma-separated host:port): https and
+/// `--cacert` when they are a TLS test cluster's.
+pub fn etcdctl_command(endpoints: &str) -> Command {
+    let first = endpoints.split(',').next().unwrap_or_default();
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3");
+    match ca_of(first) {
+        Some(ca) => {
+            let https: Vec<String> = endpoints.split(',').map(|e| format!("https://{e}")).collect();
+            cmd.arg(format!("--endpoints={}", https.join(","))).arg(format!("--cacert={}", ca.display()));
+        }
+        None => {
+            cmd.arg(format!("--endpoints={endpoints}"));
+        }
+    }
+    cmd
 }
 
 /// etcdctl that must succeed; returns stdout.
@@ -524,12 +550,33 @@ pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
+/// The CA each test cluster's client ports are served with, by address: `skiff up` serves
+/// TLS by default, and the helpers below (channels, etcdctl, grpcurl) trust the CA of the
+/// cluster an address belongs to.
+static CAS: Mutex<Option<std::collections::HashMap<String, PathBuf>>> = Mutex::new(None);
+
+fn register_ca(addr: &str, ca: &Path) {
+    CAS.lock().unwrap().get_or_insert_with(Default::default).insert(addr.to_string(), ca.to_path_buf());
+}
+
+/// The CA that `addr`'s certificate is signed by, when it is a TLS test cluster's.
+pub fn ca_of(addr: &str) -> Option<PathBuf> {
+    let addr = addr.trim_start_matches("https://").trim_start_matches("http://");
+    CAS.lock().unwrap().as_ref()?.get(addr).cloned()
+}
+
+/// A channel to a master's client port: TLS verified against its cluster's CA, or plaintext
+/// for a master started without TLS.
 pub async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(15))
-        .connect()
-        .await
+    let endpoint = match ca_of(addr) {
+        Some(ca) => {
+            let pem = std::fs::read(&ca).expect("cluster CA");
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+                .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)))?
+        }
+        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?,
+    };
+    endpoint.connect_timeout(Duration::from_millis(500)).timeout(Duration::from_secs(15)).connect().await
 }
 
 pub async fn status(addr: &str) -> Result<StatusResponse, String> {
@@ -612,10 +659,19 @@ fn auth_header(token: &str) -> Vec<String> {
     }
 }
 
-/// The real grpcurl (plaintext) against `addr` with a bearer token (none if empty).
+/// How grpcurl reaches `addr`: its cluster's CA, or plaintext.
+pub fn grpcurl_transport(addr: &str) -> Vec<String> {
+    match ca_of(addr) {
+        Some(ca) => vec!["-cacert".into(), ca.to_string_lossy().into_owned()],
+        None => vec!["-plaintext".into()],
+    }
+}
+
+/// The real grpcurl against `addr` (over its cluster's TLS) with a bearer token (none if empty).
 pub fn grpcurl(token: &str, addr: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "20"])
+        .args(grpcurl_transport(addr))
+        .args(["-max-time", "20"])
         .args(auth_header(token))
         .arg(addr)
         .args(args)
@@ -631,7 +687,8 @@ pub fn grpcurl(token: &str, addr: &str, args: &[&str]) -> (bool, String, String)
 /// grpcurl calling `method` with `body`: (succeeded, stdout, stderr).
 pub fn grpcurl_call(token: &str, addr: &str, method: &str, body: &Value) -> (bool, String, String) {
     let out = Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "20"])
+        .args(grpcurl_transport(addr))
+        .args(["-max-time", "20"])
         .args(auth_header(token))
         .args(["-d", &body.to_string(), addr, method])
         .output()

@@ -111,7 +111,12 @@ fn bad_requests_get_specific_codes_and_change_nothing() {
     std::fs::write(&file, &big).unwrap();
     let out = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("etcdctl --endpoints={addr} --user=root:{} put big < {}", c.root_password(), file.display()))
+        .arg(format!(
+            "etcdctl --endpoints=https://{addr} --cacert={} --user=root:{} put big < {}",
+            c.ca().expect("a TLS cluster").display(),
+            c.root_password(),
+            file.display()
+        ))
         .output()
         .unwrap();
     assert!(!out.status.success());

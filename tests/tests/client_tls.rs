@@ -137,8 +137,8 @@ fn off_loopback_the_etcd_api_requires_client_certificates() {
 }
 
 #[test]
-fn skiff_up_tls_serves_both_apis_over_tls_with_its_generated_ca() {
-    let c = skiff_tests::Cluster::up(3, &["--tls"]);
+fn skiff_up_serves_both_apis_over_tls_by_default_with_its_generated_ca() {
+    let c = skiff_tests::Cluster::up(3, &[]);
     let text = std::fs::read_to_string(c.dir.path().join("cluster.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let ca = v["ca"].as_str().expect("cluster.json names the CA").to_string();

@@ -2,7 +2,7 @@
 
 use skiff_tests::{wait_for, Cluster};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 #[test]
@@ -22,10 +22,9 @@ fn etcdctl_kv_txn_members_and_status() {
 
     // phase: txn, both branches
     let txn = |endpoint: &str, expect: &str| {
-        let mut child = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
+        let mut child = skiff_tests::etcdctl_command(&endpoint)
             .arg(format!("--user=root:{}", c.root_password()))
-            .args([&format!("--endpoints={endpoint}"), "txn"])
+            .args(["txn"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -53,10 +52,9 @@ fn etcdctl_kv_txn_members_and_status() {
 fn etcdctl_watch_on_one_master_sees_writes_through_another() {
     let c = Cluster::up(3, &[]);
     let (e1, e2, e3) = (c.masters[0].etcd.clone(), c.masters[1].etcd.clone(), c.masters[2].etcd.clone());
-    let mut watch = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
+    let mut watch = skiff_tests::etcdctl_command(&e1)
         .arg(format!("--user=root:{}", c.root_password()))
-        .args([&format!("--endpoints={e1}"), "watch", "--prefix", "w/"])
+        .args(["watch", "--prefix", "w/"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -168,10 +166,9 @@ fn etcdctl_leases_expire_keys_and_keep_alive_keeps_them() {
     let granted = c.etcdctl_ok(&e2, &["lease", "grant", "3"]);
     let id = granted.split_whitespace().nth(1).unwrap().to_string();
     c.etcdctl_ok(&e1, &["put", "--lease", &id, "kept", "v"]);
-    let mut ka = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
+    let mut ka = skiff_tests::etcdctl_command(&e3)
         .arg(format!("--user=root:{}", c.root_password()))
-        .args([&format!("--endpoints={e3}"), "lease", "keep-alive", &id])
+        .args(["lease", "keep-alive", &id])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -137,7 +137,7 @@ fn writes_fenced_to_a_leadership_are_refused_once_it_is_over() {
         Client::new(ClientConfig {
             endpoints: vec![c.master(id).etcd.clone()],
             token: Some(token.clone()),
-            ca: None,
+            ca: c.ca(),
             namespace: "default".into(),
             timeout: Duration::from_secs(10),
         })
@@ -222,7 +222,7 @@ fn a_client_moves_past_a_master_that_stops_answering() {
     let client = Client::new(ClientConfig {
         endpoints: vec![c.master(follower).etcd.clone(), c.master(leader).etcd.clone()],
         token: Some(c.admin_token()),
-        ca: None,
+        ca: c.ca(),
         namespace: "default".into(),
         timeout: Duration::from_secs(2),
     })

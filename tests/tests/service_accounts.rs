@@ -26,10 +26,11 @@ fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// grpcurl (plaintext: test clusters listen on loopback) with `token`.
+/// grpcurl (over the cluster's TLS) with `token`.
 fn grpcurl(c: &Cluster, token: &str, method: &str, body: &Value) -> (bool, String) {
     let out = Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "20", "-H", &format!("authorization: Bearer {token}")])
+        .args(skiff_tests::grpcurl_transport(&c.master(1).api))
+        .args(["-max-time", "20", "-H", &format!("authorization: Bearer {token}")])
         .args(["-d", &body.to_string(), &c.master(1).api, method])
         .output()
         .expect("grpcurl is installed (scripts/setup)");
