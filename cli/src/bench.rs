@@ -60,14 +60,10 @@ pub(crate) struct BenchPki {
 
 impl BenchPki {
     fn generate(dir: &Path) -> anyhow::Result<BenchPki> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
         use skiff_raft_store::peer_tls::{member_common_name, member_name};
         std::fs::create_dir_all(dir)?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "skiff-bench-ca");
-        let ca_key = KeyPair::generate()?;
-        let ca = ca_params.self_signed(&ca_key)?;
+        let (ca, ca_key) = crate::up::new_ca("skiff-bench-ca")?;
         let both = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let issue = |name: &str, sans: Vec<String>, cn: String| -> anyhow::Result<(PathBuf, PathBuf)> {
             let mut params = CertificateParams::new(sans)?;

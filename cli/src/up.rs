@@ -65,13 +65,9 @@ pub struct UpArgs {
 /// A CA, a server certificate for 127.0.0.1/localhost, and a client certificate of the
 /// store's `root` user (`root.crt`, for `etcdctl --cert/--key`), as PEM files in `dir`.
 fn generate_pki(dir: &Path) -> anyhow::Result<(PathBuf, ClientTls)> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
     std::fs::create_dir_all(dir)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "skiff-ca");
-    let ca_key = KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
+    let (ca, ca_key) = new_ca("skiff-ca")?;
     let mut server_params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
     server_params.distinguished_name.push(DnType::CommonName, "skiff-master");
     let server_key = KeyPair::generate()?;
@@ -131,15 +127,21 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The peer CA (`peer-ca.crt`, `peer-ca.key`) in `dir`, made if it is not there yet.
-fn peer_ca(dir: &Path) -> anyhow::Result<(rcgen::Certificate, rcgen::KeyPair)> {
+/// A new self-signed CA named `cn`, and its key.
+pub(crate) fn new_ca(cn: &str) -> anyhow::Result<(rcgen::Certificate, rcgen::KeyPair)> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    create_private_dir(dir)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "skiff-peer-ca");
+    params.distinguished_name.push(DnType::CommonName, cn);
     let key = KeyPair::generate()?;
     let ca = params.self_signed(&key)?;
+    Ok((ca, key))
+}
+
+/// A new peer CA (`peer-ca.crt`, `peer-ca.key`) in `dir`.
+fn peer_ca(dir: &Path) -> anyhow::Result<(rcgen::Certificate, rcgen::KeyPair)> {
+    create_private_dir(dir)?;
+    let (ca, key) = new_ca("skiff-peer-ca")?;
     std::fs::write(dir.join("peer-ca.crt"), ca.pem())?;
     write_private(&dir.join("peer-ca.key"), key.serialize_pem().as_bytes())?;
     Ok((ca, key))

@@ -182,12 +182,20 @@ impl Mvcc {
     /// The current values of `range`: all of them, or the first `window.take` and (if asked)
     /// a count of the rest. Returns the values and the number of keys in the range.
     fn scan_current_window(&self, ro: ReadOptions, range: &KeyRange, window: Option<Window>) -> (Vec<KeyValue>, i64) {
-        let Some(window) = window.filter(|_| !range.single) else {
-            let kvs = self.scan_current(ro, range, None);
-            let n = kvs.len() as i64;
-            return (kvs, n);
-        };
-        let mut out = Vec::with_capacity(window.take.min(1024));
+        match window.filter(|_| !range.single) {
+            Some(w) => self.scan_keys(ro, range, w.take, w.count_rest),
+            None => {
+                let kvs = self.scan_current(ro, range, None);
+                let n = kvs.len() as i64;
+                (kvs, n)
+            }
+        }
+    }
+
+    /// The first `take` current values of a (multi-key) range, and the number of keys read:
+    /// all of the range's when `count_rest`, else no more than `take`.
+    fn scan_keys(&self, ro: ReadOptions, range: &KeyRange, take: usize, count_rest: bool) -> (Vec<KeyValue>, i64) {
+        let mut out = Vec::with_capacity(take.min(1024));
         let mut count = 0i64;
         let iter =
             self.db.iterator_cf_opt(cf(&self.db, db::CF_KV), ro, IteratorMode::From(&range.start, Direction::Forward));
@@ -196,11 +204,11 @@ impl Mvcc {
             if range.past_end(&k) {
                 break;
             }
-            if out.len() == window.take && !window.count_rest {
+            if out.len() == take && !count_rest {
                 break;
             }
             count += 1;
-            if out.len() < window.take {
+            if out.len() < take {
                 out.push(decode_kv(&v));
             }
         }
@@ -213,7 +221,6 @@ impl Mvcc {
         range: &KeyRange,
         overlay: Option<&BTreeMap<Vec<u8>, Option<KeyValue>>>,
     ) -> Vec<KeyValue> {
-        let mut out = Vec::new();
         if range.single {
             let v = match overlay.and_then(|o| o.get(&range.start)) {
                 Some(staged) => staged.clone(),
@@ -221,18 +228,9 @@ impl Mvcc {
                     self.db.get_cf_opt(cf(&self.db, db::CF_KV), &range.start, &ro).ok().flatten().map(|b| decode_kv(&b))
                 }
             };
-            out.extend(v);
-            return out;
+            return v.into_iter().collect();
         }
-        let iter =
-            self.db.iterator_cf_opt(cf(&self.db, db::CF_KV), ro, IteratorMode::From(&range.start, Direction::Forward));
-        for item in iter {
-            let Ok((k, v)) = item else { break };
-            if range.past_end(&k) {
-                break;
-            }
-            out.push(decode_kv(&v));
-        }
+        let (out, _) = self.scan_keys(ro, range, usize::MAX, false);
         if let Some(overlay) = overlay {
             if !overlay.is_empty() {
                 let mut merged: BTreeMap<Vec<u8>, KeyValue> = out.into_iter().map(|kv| (kv.key.clone(), kv)).collect();

@@ -571,8 +571,9 @@ pub async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     let endpoint = match ca_of(addr) {
         Some(ca) => {
             let pem = std::fs::read(&ca).expect("cluster CA");
-            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
-                .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)))?
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?.tls_config(
+                tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )?
         }
         None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?,
     };

@@ -22,7 +22,7 @@ fn etcdctl_kv_txn_members_and_status() {
 
     // phase: txn, both branches
     let txn = |endpoint: &str, expect: &str| {
-        let mut child = skiff_tests::etcdctl_command(&endpoint)
+        let mut child = skiff_tests::etcdctl_command(endpoint)
             .arg(format!("--user=root:{}", c.root_password()))
             .args(["txn"])
             .stdin(Stdio::piped())
