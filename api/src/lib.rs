@@ -46,16 +46,18 @@ use std::time::Duration;
 /// Starts the API on `master`: returns the routes to mount on its client listener and spawns
 /// the bootstrap of the system namespaces (retried until a leader accepts it). With `tokens`,
 /// every call must carry a bearer token and pass RBAC; `internal` maps tokens of components
-/// inside the master process to their identities; `at_rest` encrypts Secrets in the store.
+/// inside the master process to their identities; `at_rest` encrypts Secrets in the store;
+/// `node_client` is the TLS for dialing node servers.
 pub fn start(
     master: Arc<skiff_raft_store::Master>,
     tokens: Option<auth::TokenFile>,
     internal: Vec<(String, auth::User)>,
     service_range: allocator::ServiceRange,
     at_rest: Option<at_rest::AtRest>,
+    node_client: Option<tonic::transport::ClientTlsConfig>,
 ) -> tonic::service::Routes {
     let registry = Registry { service_range, at_rest: at_rest.map(Arc::new), ..Registry::new(master) };
-    let api = Arc::new(Api::new(registry, tokens, internal));
+    let api = Arc::new(Api { node_client, ..Api::new(registry, tokens, internal) });
     let bootstrap = api.clone();
     tokio::spawn(async move {
         loop {

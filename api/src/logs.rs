@@ -1,6 +1,10 @@
-//! `skiff.api.PodLogs` and `skiff.api.NodeMetrics` on the masters: authorizes `get pods/log`, finds the node running the
-//! pod, and relays the node daemon's log stream (forwarding the caller's credentials, which the
-//! node checks back against the API).
+//! `skiff.api.PodLogs` and `skiff.api.NodeMetrics` on the masters: authorizes `get pods/log`,
+//! finds the node running the pod, and relays the node daemon's log stream. The master dials
+//! the node over TLS, verifies the node's serving certificate against the cluster CA (for the
+//! address the Node's status names) and presents its own client certificate: a user's token
+//! never leaves the masters, so a Node status pointing elsewhere collects nothing. Only an
+//! `--insecure` cluster relays in plaintext, forwarding the caller's token for the node to
+//! check.
 
 use crate::auth::Attributes;
 use crate::error::ApiError;
@@ -31,17 +35,24 @@ async fn node_channel(api: &Api, node_name: &str) -> Result<tonic::transport::Ch
     if port == 0 || address.is_empty() {
         return Err(Status::unavailable(format!("node {node_name} does not publish an endpoint")));
     }
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}:{port}"))
+    let scheme = if api.node_client.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}:{port}"))
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .connect_timeout(Duration::from_secs(3));
-    endpoint.connect().await.map_err(|e| Status::unavailable(format!("node {node_name} at {address}:{port}: {e}")))
+    if let Some(tls) = &api.node_client {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    endpoint.connect().await.map_err(|e| Status::unavailable(format!("node {node_name} at {address}:{port}: {e:?}")))
 }
 
-/// Copies the caller's credentials onto a request relayed to a node.
-fn forward<T>(from: &tonic::metadata::MetadataMap, body: T) -> Request<T> {
+/// A request relayed to a node: over TLS it carries nothing of the caller's (the node knows
+/// the master by its certificate); only an `--insecure` cluster forwards the caller's token.
+fn forward<T>(api: &Api, from: &tonic::metadata::MetadataMap, body: T) -> Request<T> {
     let mut req = Request::new(body);
-    if let Some(auth) = from.get("authorization") {
-        req.metadata_mut().insert("authorization", auth.clone());
+    if api.node_client.is_none() {
+        if let Some(auth) = from.get("authorization") {
+            req.metadata_mut().insert("authorization", auth.clone());
+        }
     }
     req
 }
@@ -61,7 +72,8 @@ impl NodeMetrics for NodeMetricsService {
         let a = Attributes { verb: "get", info: nodes, subresource: "metrics", namespace: "", name: &node };
         self.api.authorize(&user, &a, None, None).await?;
         let channel = node_channel(&self.api, &node).await?;
-        let usage = NodeMetricsClient::new(channel).usage(forward(req.metadata(), req.get_ref().clone())).await?;
+        let usage =
+            NodeMetricsClient::new(channel).usage(forward(&self.api, req.metadata(), req.get_ref().clone())).await?;
         Ok(Response::new(usage.into_inner()))
     }
 }
@@ -91,7 +103,7 @@ impl PodLogs for PodLogsService {
             return Err(Status::failed_precondition(format!("pod \"{}\" is not scheduled to a node yet", r.name)));
         }
         let channel = node_channel(&self.api, node_name).await?;
-        let forwarded = forward(req.metadata(), r);
+        let forwarded = forward(&self.api, req.metadata(), r);
         let stream = PodLogsClient::new(channel).get(forwarded).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }

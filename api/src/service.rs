@@ -27,11 +27,21 @@ pub struct Api {
     pub internal: std::collections::HashMap<String, User>,
     /// The service-account token signing key, once read from the store.
     pub sa_key: tokio::sync::OnceCell<Vec<u8>>,
+    /// TLS for dialing node servers (logs, metrics): the cluster CA their serving certificates
+    /// come from, and this master's client certificate. `None` only in `--insecure` clusters,
+    /// whose node servers take the caller's forwarded token instead.
+    pub node_client: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Api {
     pub fn new(registry: Registry, tokens: Option<TokenFile>, internal: Vec<(String, User)>) -> Api {
-        Api { registry, tokens, internal: internal.into_iter().collect(), sa_key: tokio::sync::OnceCell::new() }
+        Api {
+            registry,
+            tokens,
+            internal: internal.into_iter().collect(),
+            sa_key: tokio::sync::OnceCell::new(),
+            node_client: None,
+        }
     }
 
     /// The signing key, made if no master has made one yet (issuing a token).

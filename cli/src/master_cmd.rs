@@ -74,6 +74,15 @@ pub struct MasterArgs {
     /// The CA that signs every member's peer certificate.
     #[arg(long)]
     peer_ca: Option<PathBuf>,
+    /// This master's client certificate for node servers (logs, metrics), with
+    /// --kubelet-client-key and --kubelet-certificate-authority (the CA of the nodes' serving
+    /// certificates). Without them masters reach nodes in plaintext, forwarding tokens.
+    #[arg(long)]
+    kubelet_client_certificate: Option<PathBuf>,
+    #[arg(long)]
+    kubelet_client_key: Option<PathBuf>,
+    #[arg(long)]
+    kubelet_certificate_authority: Option<PathBuf>,
 }
 
 /// A master's configuration file: the store's settings plus the API's `token_file`, in one
@@ -88,6 +97,26 @@ pub struct MasterFile {
     pub controllers: ControllerSettings,
     /// Encryption at rest of Secrets (`"encryption_provider_config"`: an EncryptionConfiguration file).
     pub encryption_provider_config: Option<PathBuf>,
+    /// TLS for dialing node servers (`"kubelet_client"`).
+    pub kubelet_client: Option<KubeletClient>,
+}
+
+/// This master's client certificate for node servers and the CA their serving certificates
+/// come from (Kubernetes' --kubelet-client-certificate/-key, --kubelet-certificate-authority).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct KubeletClient {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl KubeletClient {
+    fn tls(&self) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("kubelet client TLS: {}", p.display()));
+        Ok(tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)?))
+            .identity(tonic::transport::Identity::from_pem(read(&self.cert)?, read(&self.key)?)))
+    }
 }
 
 /// Settings of the controllers the leader runs.
@@ -123,7 +152,9 @@ impl MasterFile {
         let service_cluster_ip_range = v.get("service_cluster_ip_range").and_then(|t| t.as_str()).map(String::from);
         let encryption_provider_config =
             v.get("encryption_provider_config").and_then(|t| t.as_str()).map(PathBuf::from);
+        let kubelet_client = v.get("kubelet_client").map(|k| serde_json::from_value(k.clone())).transpose()?;
         Ok(MasterFile {
+            kubelet_client,
             master: serde_json::from_value(v)?,
             token_file,
             service_cluster_ip_range,
@@ -143,6 +174,9 @@ impl MasterFile {
         v["controllers"] = serde_json::to_value(&self.controllers)?;
         if let Some(p) = &self.encryption_provider_config {
             v["encryption_provider_config"] = serde_json::json!(p);
+        }
+        if let Some(k) = &self.kubelet_client {
+            v["kubelet_client"] = serde_json::to_value(k)?;
         }
         Ok(serde_json::to_string_pretty(&v)? + "\n")
     }
@@ -219,6 +253,17 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
         service_cluster_ip_range: args.service_cluster_ip_range,
         controllers: ControllerSettings::default(),
         encryption_provider_config: args.encryption_provider_config,
+        kubelet_client: match (
+            args.kubelet_client_certificate,
+            args.kubelet_client_key,
+            args.kubelet_certificate_authority,
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(KubeletClient { cert, key, ca }),
+            _ => bail!(
+                "--kubelet-client-certificate, --kubelet-client-key and --kubelet-certificate-authority go together"
+            ),
+        },
     })
 }
 
@@ -241,8 +286,15 @@ fn scheduler_client(config: &MasterConfig, token: String) -> anyhow::Result<skif
 }
 
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
-    let MasterFile { master: config, token_file, service_cluster_ip_range, controllers, encryption_provider_config } =
-        build_config(args)?;
+    let MasterFile {
+        master: config,
+        token_file,
+        service_cluster_ip_range,
+        controllers,
+        encryption_provider_config,
+        kubelet_client,
+    } = build_config(args)?;
+    let node_client = kubelet_client.as_ref().map(KubeletClient::tls).transpose()?;
     let tokens = token_file.as_deref().map(skiff_api::auth::TokenFile::open).transpose().map_err(anyhow::Error::msg)?;
     let at_rest = encryption_provider_config
         .as_deref()
@@ -295,6 +347,7 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
             vec![(scheduler_token.clone(), scheduler_user)],
             service_range,
             at_rest,
+            node_client,
         );
         let (_stop_scheduler, stop_rx) = tokio::sync::watch::channel(false);
         match scheduler_client(&config, scheduler_token) {

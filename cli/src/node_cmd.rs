@@ -82,6 +82,16 @@ pub struct NodeArgs {
     /// A directory of static pod manifests: run without the scheduler, mirrored into the API.
     #[arg(long)]
     pub pod_manifest_path: Option<PathBuf>,
+    /// The node server's certificate (kubelet's flag): with --tls-private-key-file and
+    /// --client-ca-file it serves logs and metrics over TLS to the masters' client
+    /// certificate only. Without them it is plaintext and checks forwarded tokens.
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long)]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// The CA whose client certificates the node server accepts (the cluster CA).
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
     /// Stop every container this node runs, remove its sandboxes and bridge, and exit.
     #[arg(long)]
     pub reset: bool,
@@ -129,6 +139,13 @@ fn config_of(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
         log_port: 0,
         insecure_registries: args.insecure_registries.clone(),
         pod_manifest_path: args.pod_manifest_path.clone(),
+        server_tls: match (&args.tls_cert_file, &args.tls_private_key_file, &args.client_ca_file) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => {
+                Some(skiff_node::ServerTls { cert: cert.clone(), key: key.clone(), client_ca: ca.clone() })
+            }
+            _ => anyhow::bail!("--tls-cert-file, --tls-private-key-file and --client-ca-file go together"),
+        },
     })
 }
 

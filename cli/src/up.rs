@@ -129,13 +129,48 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 
 /// A new self-signed CA named `cn`, and its key.
 pub(crate) fn new_ca(cn: &str) -> anyhow::Result<(rcgen::Certificate, rcgen::KeyPair)> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let key = rcgen::KeyPair::generate()?;
+    Ok((ca_with_key(cn, &key)?, key))
+}
+
+/// The CA certificate named `cn` over `key`: made anew from the same name and key, it signs
+/// certificates that verify against the CA certificate written when the key was made.
+fn ca_with_key(cn: &str, key: &rcgen::KeyPair) -> anyhow::Result<rcgen::Certificate> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa};
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, cn);
-    let key = KeyPair::generate()?;
-    let ca = params.self_signed(&key)?;
-    Ok((ca, key))
+    Ok(params.self_signed(key)?)
+}
+
+/// The cluster CA of the cluster in `dir` (from `pki/ca.key`), if it serves TLS.
+fn cluster_ca(dir: &Path) -> anyhow::Result<Option<(rcgen::Certificate, rcgen::KeyPair)>> {
+    let path = dir.join("pki").join("ca.key");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&path)?)?;
+    Ok(Some((ca_with_key("skiff-ca", &key)?, key)))
+}
+
+/// A certificate `cn` for `sans` and `usage`, signed by `ca`, written as `<base>.crt` and
+/// `<base>.key` (0600); returns the two paths.
+fn issue(
+    ca: &(rcgen::Certificate, rcgen::KeyPair),
+    base: &Path,
+    cn: &str,
+    sans: Vec<String>,
+    usage: rcgen::ExtendedKeyUsagePurpose,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let mut params = rcgen::CertificateParams::new(sans)?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params.extended_key_usages = vec![usage];
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca.0, &ca.1)?;
+    let (crt, pem_key) = (base.with_extension("crt"), base.with_extension("key"));
+    std::fs::write(&crt, cert.pem())?;
+    write_private(&pem_key, key.serialize_pem().as_bytes())?;
+    Ok((std::fs::canonicalize(crt)?, std::fs::canonicalize(pem_key)?))
 }
 
 /// A new peer CA (`peer-ca.crt`, `peer-ca.key`) in `dir`.
@@ -293,6 +328,16 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     write_private(&encryption, skiff_api::at_rest::AtRest::generate().as_bytes())?;
     let encryption = std::fs::canonicalize(encryption)?;
     let pki = if args.insecure { None } else { Some(generate_pki(&dir.join("pki"))?) };
+    // Masters dial node servers (logs, metrics) with a client certificate of their own.
+    let kubelet_client = match cluster_ca(dir)? {
+        Some(ca) => {
+            let base = dir.join("pki").join("kubelet-client");
+            let usage = rcgen::ExtendedKeyUsagePurpose::ClientAuth;
+            let (cert, key) = issue(&ca, &base, skiff_node::logs::MASTER_CLIENT_CN, Vec::new(), usage)?;
+            Some(crate::master_cmd::KubeletClient { cert, key, ca: std::fs::canonicalize(dir.join("pki/ca.crt"))? })
+        }
+        None => None,
+    };
     // Masters speak to each other over mutual TLS with identities from a CA of their own.
     let (peer_ca_cert, peer_ca_key) = peer_ca(&dir.join("pki"))?;
     let peer_ca_path = dir.join("pki").join("peer-ca.crt");
@@ -330,6 +375,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
             service_cluster_ip_range: Some(service_cidr.clone()),
             controllers,
             encryption_provider_config: Some(encryption.clone()),
+            kubelet_client: kubelet_client.clone(),
         };
         write_private(&config_path, file.to_json()?.as_bytes())?;
         entries.push(MasterEntry {
@@ -382,6 +428,7 @@ fn new_nodes(
     service_cidr: &str,
 ) -> anyhow::Result<Vec<NodeEntry>> {
     let cidrs = skiff_node::sandbox::free_pod_cidrs(tokens.len())?;
+    let ca = cluster_ca(dir)?;
     // Bridge names unique per cluster, so several clusters' nodes can share a machine.
     let tag: String = (0..5).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
     let mut nodes = Vec::new();
@@ -399,18 +446,33 @@ fn new_nodes(
             let store = skiff_node::image::ImageStore::open(root.join("images"))?;
             store.import_layout(layout, "").map_err(|e| anyhow::anyhow!("importing {}: {e}", layout.display()))?;
         }
+        // Each node its own loopback address, so host ports of two nodes never collide.
+        let node_ip = format!("127.0.0.{}", offset + i + 2);
+        let mut node_args = args.node_args.clone();
+        if let Some(ca) = &ca {
+            // Its server (logs, metrics) speaks TLS with a certificate for its address and
+            // answers only the masters' client certificate.
+            let usage = rcgen::ExtendedKeyUsagePurpose::ServerAuth;
+            let (cert, key) =
+                issue(ca, &home.join("serving"), &format!("system:node:{name}"), vec![node_ip.clone()], usage)?;
+            let ca_path = std::fs::canonicalize(dir.join("pki/ca.crt"))?;
+            for (flag, path) in
+                [("--tls-cert-file", cert), ("--tls-private-key-file", key), ("--client-ca-file", ca_path)]
+            {
+                node_args.extend([flag.to_string(), path.to_string_lossy().into_owned()]);
+            }
+        }
         nodes.push(NodeEntry {
             name: name.clone(),
             pid: 0,
             root,
             bridge: format!("sk{tag}n{}", i + 1),
-            // Each node its own loopback address, so host ports of two nodes never collide.
-            node_ip: format!("127.0.0.{}", offset + i + 2),
+            node_ip,
             pod_cidr: cidr,
             service_cidr: service_cidr.to_string(),
             config,
             log: home.join("node.log"),
-            args: args.node_args.clone(),
+            args: node_args,
         });
     }
     Ok(nodes)

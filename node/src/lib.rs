@@ -86,6 +86,18 @@ pub struct NodeConfig {
     pub insecure_registries: Vec<String>,
     /// A directory of static pod manifests (mirrored into the API as `<name>-<node>`).
     pub pod_manifest_path: Option<PathBuf>,
+    /// TLS of the node's server (logs, metrics): its serving certificate and the CA whose
+    /// client certificates it accepts (the masters'). Without it the server is plaintext and
+    /// checks callers' forwarded tokens — for `--insecure` clusters only.
+    pub server_tls: Option<ServerTls>,
+}
+
+/// PEM files of the node server's TLS.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 /// Watches each of `resources` (every namespace) and wakes `notify` on every event, so a
@@ -159,8 +171,12 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the log server to {}", config.listen))?;
     config.log_port = listener.local_addr()?.port();
-    let logs = logs::LogServer { root: config.root.clone(), masters: client.config.clone() };
-    let sampler = stats::Sampler::new(config.root.clone(), config.name.clone(), client.config.clone());
+    let callers = match &config.server_tls {
+        Some(_) => logs::Callers::Masters,
+        None => logs::Callers::Delegated(client.config.clone()),
+    };
+    let logs = logs::LogServer { root: config.root.clone(), callers: callers.clone() };
+    let sampler = stats::Sampler::new(config.root.clone(), config.name.clone(), callers);
     let sampling = tokio::spawn(sampler.clone().run(Duration::from_secs(5)));
     let agent = agent::Agent::new(client.clone(), config.clone()).context("setting up the node")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -223,8 +239,15 @@ pub async fn run(
     let beat = tokio::spawn(heartbeat::run(client.clone(), config.clone(), stop_rx.clone()));
     let pods = tokio::spawn(agent.run(stop_rx.clone()));
     let mut server_stop = stop_rx;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.server_tls {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("node server TLS: {}", p.display()));
+        let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+        let ca = tonic::transport::Certificate::from_pem(read(&tls.client_ca)?);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity).client_ca_root(ca))?;
+    }
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(skiff_proto::api::pod_logs_server::PodLogsServer::new(logs))
             .add_service(skiff_proto::api::node_metrics_server::NodeMetricsServer::new(sampler.clone()))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {

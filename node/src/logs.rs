@@ -1,6 +1,9 @@
 //! The node's log server: `skiff.api.PodLogs` over its container log files, which masters
-//! proxy `skiff logs` to. Authorization is delegated to the masters (as the kubelet's webhook
-//! mode does): the caller's bearer token must be allowed to `get` the pod through the API.
+//! proxy `skiff logs` to. Who may call it is [`Callers`]: with TLS (every `skiff up` cluster)
+//! only the masters, by their kubelet-client certificate; the masters have authorized the
+//! user already, and no user's token ever reaches a node. Without TLS (an `--insecure`
+//! cluster) authorization is delegated, as the kubelet's webhook mode does: the caller's
+//! forwarded bearer token must be allowed to `get` the object through the API.
 //!
 //! Files are the shims' CRI-format logs, `<time> stdout|stderr F <line>`, one per container
 //! run (`--previous` is the run before the latest), rotated once to `container.log.1`.
@@ -18,8 +21,50 @@ use tonic::{Request, Response, Status};
 
 pub struct LogServer {
     pub root: PathBuf,
-    /// A client of the masters, for its endpoints and CA; requests carry the caller's token.
-    pub masters: skiff_client::ClientConfig,
+    pub callers: Callers,
+}
+
+/// The common name of the masters' client certificate for node servers (Kubernetes' API
+/// server presents one to kubelets).
+pub const MASTER_CLIENT_CN: &str = "system:kube-apiserver";
+
+/// Who the node's server answers.
+#[derive(Clone)]
+pub enum Callers {
+    /// The server speaks TLS and requires a client certificate from the cluster CA: only the
+    /// masters' (CN [`MASTER_CLIENT_CN`]) is answered.
+    Masters,
+    /// Plaintext (an `--insecure` cluster): the caller's forwarded token, checked against the
+    /// masters' API (their endpoints and CA from this client configuration).
+    Delegated(skiff_client::ClientConfig),
+}
+
+impl Callers {
+    /// Authorizes a request to read `resource` `ns/name`.
+    pub async fn authorize<T>(&self, req: &Request<T>, resource: &str, ns: &str, name: &str) -> Result<(), Status> {
+        match self {
+            Callers::Masters => {
+                let cn = req
+                    .peer_certs()
+                    .and_then(|certs| certs.first().and_then(|c| common_name(c)))
+                    .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+                if cn != MASTER_CLIENT_CN {
+                    return Err(Status::permission_denied(format!(
+                        "{cn:?} may not call this node; only the masters ({MASTER_CLIENT_CN})"
+                    )));
+                }
+                Ok(())
+            }
+            Callers::Delegated(masters) => authorize_delegated(masters, req.metadata(), resource, ns, name).await,
+        }
+    }
+}
+
+/// The subject common name of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
 }
 
 /// One CRI log line: (time, stream, text).
@@ -66,7 +111,7 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<PodLogChunk, Status>> + Send
 
 /// Delegated authorization: the caller's bearer token must be allowed to `get` the object
 /// through the masters' API.
-pub async fn authorize_delegated(
+async fn authorize_delegated(
     masters: &skiff_client::ClientConfig,
     md: &tonic::metadata::MetadataMap,
     resource: &str,
@@ -87,7 +132,7 @@ pub async fn authorize_delegated(
 impl LogServer {
     async fn authorize(&self, req: &Request<PodLogRequest>) -> Result<(), Status> {
         let r = req.get_ref();
-        authorize_delegated(&self.masters, req.metadata(), "pods", &r.namespace, &r.name).await
+        self.callers.authorize(req, "pods", &r.namespace, &r.name).await
     }
 
     /// The log file of the run a request names.

@@ -24,8 +24,8 @@ pub struct Sampler {
     root: PathBuf,
     node: String,
     latest: Arc<Mutex<NodeUsage>>,
-    /// For delegated authorization of callers (`get` on this Node).
-    masters: skiff_client::ClientConfig,
+    /// Who may read the figures (`get` on this Node).
+    callers: crate::logs::Callers,
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -55,8 +55,8 @@ fn meminfo(field: &str) -> u64 {
 }
 
 impl Sampler {
-    pub fn new(root: PathBuf, node: String, masters: skiff_client::ClientConfig) -> Sampler {
-        Sampler { root, node, latest: Arc::default(), masters }
+    pub fn new(root: PathBuf, node: String, callers: crate::logs::Callers) -> Sampler {
+        Sampler { root, node, latest: Arc::default(), callers }
     }
 
     fn pods(&self) -> Vec<(String, String, String)> {
@@ -134,7 +134,7 @@ fn procfs_ticks() -> f64 {
 #[tonic::async_trait]
 impl NodeMetrics for Sampler {
     async fn usage(&self, req: Request<NodeUsageRequest>) -> Result<Response<NodeUsage>, Status> {
-        crate::logs::authorize_delegated(&self.masters, req.metadata(), "nodes", "", &self.node).await?;
+        self.callers.authorize(&req, "nodes", "", &self.node).await?;
         let latest = self.latest.lock().map(|l| l.clone()).unwrap_or_default();
         if latest.timestamp.is_empty() {
             return Err(Status::unavailable(format!("node {}: metrics not available yet", self.node)));
