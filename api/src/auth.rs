@@ -44,6 +44,18 @@ pub struct User {
     pub groups: Vec<String>,
 }
 
+/// The user a verified client certificate names: CN the name, each O a group (plus
+/// `system:authenticated`), as Kubernetes' x509 client-certificate authenticator.
+pub fn certificate_user(der: &[u8]) -> Option<User> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let mut groups: Vec<String> =
+        subject.iter_organization().filter_map(|o| o.as_str().ok().map(String::from)).collect();
+    groups.push("system:authenticated".into());
+    Some(User { name, groups })
+}
+
 impl User {
     pub fn anonymous_admin() -> User {
         User { name: "system:admin".into(), groups: vec!["system:masters".into()] }

@@ -66,7 +66,7 @@ pub struct NodeMetricsService {
 #[tonic::async_trait]
 impl NodeMetrics for NodeMetricsService {
     async fn usage(&self, req: Request<NodeUsageRequest>) -> Result<Response<NodeUsage>, Status> {
-        let user = self.api.authenticate(req.metadata()).await?;
+        let user = self.api.authenticate(&req).await?;
         let node = req.get_ref().node.clone();
         let nodes = kinds::by_resource("nodes")?;
         let a = Attributes { verb: "get", info: nodes, subresource: "metrics", namespace: "", name: &node };
@@ -89,7 +89,7 @@ impl PodLogs for PodLogsService {
     type GetStream = ChunkStream;
 
     async fn get(&self, req: Request<PodLogRequest>) -> Result<Response<ChunkStream>, Status> {
-        let user = self.api.authenticate(req.metadata()).await?;
+        let user = self.api.authenticate(&req).await?;
         let mut r = req.get_ref().clone();
         if r.namespace.is_empty() {
             r.namespace = "default".into();

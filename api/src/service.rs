@@ -15,7 +15,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 /// The API server's shared state.
@@ -59,9 +58,19 @@ impl Api {
     }
 
     /// The caller: a component of this master, a pod's service account (a token the masters
-    /// signed, for a pod that still exists), or a user of the token file.
-    pub async fn authenticate(&self, md: &MetadataMap) -> ApiResult<User> {
+    /// signed, for a pod that still exists), a user of the token file, or — without a bearer
+    /// token — the user a verified client certificate names (CN the user, O its groups, as
+    /// Kubernetes' x509 authenticator).
+    pub async fn authenticate<T>(&self, req: &Request<T>) -> ApiResult<User> {
+        let md = req.metadata();
         let bearer = md.get("authorization").and_then(|v| v.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
+        if bearer.is_none() {
+            if let Some(user) =
+                req.peer_certs().and_then(|certs| certs.first().and_then(|c| crate::auth::certificate_user(c)))
+            {
+                return Ok(user);
+            }
+        }
         if let Some(user) = bearer.and_then(|t| self.internal.get(t)) {
             return Ok(user.clone());
         }
@@ -264,9 +273,9 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
     /// Authenticates the caller and authorizes `verb` on this kind (`obj` and `stored` as
     /// [`Api::authorize`] takes them).
     #[allow(clippy::too_many_arguments)]
-    async fn allow(
+    async fn allow<R>(
         &self,
-        md: &MetadataMap,
+        req: &Request<R>,
         verb: &str,
         sub: &str,
         ns: &str,
@@ -274,7 +283,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
         obj: Option<&Value>,
         stored: Option<&Value>,
     ) -> ApiResult<()> {
-        let user = self.api.authenticate(md).await?;
+        let user = self.api.authenticate(req).await?;
         let ns =
             if self.info.namespaced && ns.is_empty() && !matches!(verb, "list" | "watch") { "default" } else { ns };
         let a = Attributes { verb, info: self.info, subresource: sub, namespace: ns, name };
@@ -284,18 +293,18 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
     async fn create(&self, req: Request<T>) -> ApiResult<T> {
         let obj = to_json(req.get_ref())?;
         let name = crate::object::name(&obj);
-        self.allow(req.metadata(), "create", "", ns_of(self.info, &obj, ""), name, Some(&obj), None).await?;
+        self.allow(&req, "create", "", ns_of(self.info, &obj, ""), name, Some(&obj), None).await?;
         from_json(self.api.registry.create(self.info, obj, "").await?)
     }
 
     async fn get(&self, req: Request<GetRequest>) -> ApiResult<T> {
         let r = req.get_ref();
-        self.allow(req.metadata(), "get", "", &r.namespace, &r.name, None, None).await?;
+        self.allow(&req, "get", "", &r.namespace, &r.name, None, None).await?;
         from_json(self.api.registry.get(self.info, &r.namespace, &r.name).await?)
     }
 
     async fn list<L: DeserializeOwned>(&self, req: Request<ListRequest>) -> ApiResult<L> {
-        self.allow(req.metadata(), "list", "", &req.get_ref().namespace, "", None, None).await?;
+        self.allow(&req, "list", "", &req.get_ref().namespace, "", None, None).await?;
         let req = req.into_inner();
         let opts = ListOptions {
             label_selector: req.label_selector,
@@ -317,7 +326,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
         let sub = if scope == UpdateScope::Status { "status" } else { "" };
         let (ns, name) = (ns_of(self.info, &obj, ""), crate::object::name(&obj));
         let stored = self.api.stored(self.info, ns, name).await?;
-        self.allow(req.metadata(), "update", sub, ns, name, Some(&obj), stored.as_ref()).await?;
+        self.allow(&req, "update", sub, ns, name, Some(&obj), stored.as_ref()).await?;
         from_json(self.api.registry.update(self.info, obj, scope).await?)
     }
 
@@ -327,18 +336,18 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
             serde_json::from_str(&r.patch).map_err(|e| ApiError::BadRequest(format!("patch is not JSON: {e}")))?;
         // Authorized on the object as it will be stored (RBAC escalation, node restriction),
         // on each attempt; the patch as `Registry::patch` applies it.
-        let (md, ns, name) = (req.metadata(), r.namespace.as_str(), r.name.as_str());
+        let (ns, name) = (r.namespace.as_str(), r.name.as_str());
         let pinned = patch.pointer("/metadata/resourceVersion").is_some();
         let mut attempts = 0;
         loop {
             let Some(stored) = self.api.stored(self.info, ns, name).await? else {
                 // Missing: say so only to a caller who may patch such objects at all.
-                self.allow(md, "patch", "", ns, name, None, None).await?;
+                self.allow(&req, "patch", "", ns, name, None, None).await?;
                 return Err(ApiError::NotFound { resource: kinds::qualified(self.info), name: name.into() });
             };
             let mut patched = stored.clone();
             crate::object::merge_patch(&mut patched, &patch);
-            self.allow(md, "patch", "", ns, name, Some(&patched), Some(&stored)).await?;
+            self.allow(&req, "patch", "", ns, name, Some(&patched), Some(&stored)).await?;
             match self.api.registry.update(self.info, patched, UpdateScope::Main).await {
                 Err(ApiError::Conflict { .. }) if !pinned && attempts < 5 => attempts += 1,
                 other => return from_json(other?),
@@ -349,7 +358,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
     async fn delete(&self, req: Request<DeleteRequest>) -> ApiResult<T> {
         let r = req.get_ref();
         let current = self.api.stored(self.info, &r.namespace, &r.name).await?;
-        self.allow(req.metadata(), "delete", "", &r.namespace, &r.name, current.as_ref(), None).await?;
+        self.allow(&req, "delete", "", &r.namespace, &r.name, current.as_ref(), None).await?;
         let req = req.into_inner();
         let opts = DeleteOptions {
             grace_period_seconds: req.grace_period_seconds,
@@ -363,7 +372,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
         &self,
         req: Request<WatchRequest>,
     ) -> ApiResult<EventStream<E>> {
-        self.allow(req.metadata(), "watch", "", &req.get_ref().namespace, "", None, None).await?;
+        self.allow(&req, "watch", "", &req.get_ref().namespace, "", None, None).await?;
         let req = req.into_inner();
         let opts = WatchOptions {
             label_selector: req.label_selector,
@@ -380,14 +389,14 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
 
     async fn get_scale(&self, req: Request<GetRequest>) -> ApiResult<Scale> {
         let r = req.get_ref();
-        self.allow(req.metadata(), "get", "scale", &r.namespace, &r.name, None, None).await?;
+        self.allow(&req, "get", "scale", &r.namespace, &r.name, None, None).await?;
         let obj = self.api.registry.get(self.info, &r.namespace, &r.name).await?;
         Ok(scale_of(&obj))
     }
 
     async fn update_scale(&self, req: Request<Scale>) -> ApiResult<Scale> {
         let meta = req.get_ref().metadata.clone().unwrap_or_default();
-        self.allow(req.metadata(), "update", "scale", &meta.namespace, &meta.name, None, None).await?;
+        self.allow(&req, "update", "scale", &meta.namespace, &meta.name, None, None).await?;
         let replicas = req.get_ref().spec.as_ref().map_or(0, |s| s.replicas);
         if replicas < 0 {
             return Err(ApiError::Invalid {
@@ -411,13 +420,13 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
     async fn bind(&self, req: Request<Binding>) -> ApiResult<T> {
         let meta = req.get_ref().metadata.clone().unwrap_or_default();
         let target = req.get_ref().target.clone().unwrap_or_default();
-        self.allow(req.metadata(), "create", "binding", &meta.namespace, &meta.name, None, None).await?;
+        self.allow(&req, "create", "binding", &meta.namespace, &meta.name, None, None).await?;
         from_json(self.api.registry.bind(&meta.namespace, &meta.name, &target.name, &meta.resource_version).await?)
     }
 
     async fn evict(&self, req: Request<Eviction>) -> ApiResult<T> {
         let meta = req.get_ref().metadata.clone().unwrap_or_default();
-        self.allow(req.metadata(), "create", "eviction", &meta.namespace, &meta.name, None, None).await?;
+        self.allow(&req, "create", "eviction", &meta.namespace, &meta.name, None, None).await?;
         let opts = DeleteOptions { grace_period_seconds: req.get_ref().grace_period_seconds, ..Default::default() };
         from_json(self.api.registry.delete(self.info, &meta.namespace, &meta.name, &opts).await?)
     }
@@ -558,7 +567,7 @@ impl ObjectsService {
         verb: &str,
         body: bool,
     ) -> ApiResult<(&'static KindInfo, Value)> {
-        let user = self.api.authenticate(req.metadata()).await?;
+        let user = self.api.authenticate(&req).await?;
         let r = req.get_ref();
         let info = kinds::by_resource(&r.resource)?;
         let obj = if body { parse_body(&r.json)? } else { Value::Null };
@@ -592,7 +601,7 @@ impl objects_server::Objects for ObjectsService {
         Ok(Response::new(raw(&self.api.registry.get(info, &r.namespace, &r.name).await?)))
     }
     async fn list(&self, req: Request<RawListRequest>) -> Result<Response<RawList>, Status> {
-        let user = self.api.authenticate(req.metadata()).await?;
+        let user = self.api.authenticate(&req).await?;
         let r = req.into_inner();
         let info = kinds::by_resource(&r.resource)?;
         let a = Attributes { verb: "list", info, subresource: "", namespace: &r.namespace, name: "" };
@@ -630,7 +639,7 @@ impl objects_server::Objects for ObjectsService {
     }
     type WatchStream = EventStream<RawWatchEvent>;
     async fn watch(&self, req: Request<RawWatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let user = self.api.authenticate(req.metadata()).await?;
+        let user = self.api.authenticate(&req).await?;
         let r = req.into_inner();
         let info = kinds::by_resource(&r.resource)?;
         let a = Attributes { verb: "watch", info, subresource: "", namespace: &r.namespace, name: "" };

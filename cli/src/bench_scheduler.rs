@@ -113,6 +113,7 @@ pub fn run(args: BenchSchedulerArgs) -> anyhow::Result<()> {
             endpoints,
             token: None,
             ca: None,
+            client_cert: None,
             namespace: "default".into(),
             timeout: Duration::from_secs(30),
         };

@@ -279,6 +279,7 @@ fn scheduler_client(config: &MasterConfig, token: String) -> anyhow::Result<skif
         endpoints: vec![local.to_string()],
         token: Some(token),
         ca,
+        client_cert: None,
         namespace: "default".into(),
         timeout: std::time::Duration::from_secs(10),
     };

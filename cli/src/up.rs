@@ -62,8 +62,9 @@ pub struct UpArgs {
     insecure: bool,
 }
 
-/// A CA, a server certificate for 127.0.0.1/localhost, and a client certificate of the
-/// store's `root` user (`root.crt`, for `etcdctl --cert/--key`), as PEM files in `dir`.
+/// A CA, a server certificate for 127.0.0.1/localhost, a client certificate of the store's
+/// `root` user (`root.crt`, for `etcdctl --cert/--key`) and one of the API's `admin`
+/// (`admin.crt`, group system:masters), as PEM files in `dir`.
 fn generate_pki(dir: &Path) -> anyhow::Result<(PathBuf, ClientTls)> {
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
     std::fs::create_dir_all(dir)?;
@@ -91,6 +92,15 @@ fn generate_pki(dir: &Path) -> anyhow::Result<(PathBuf, ClientTls)> {
     write_key("ca.key", ca_key.serialize_pem())?;
     write("root.crt", root.pem())?;
     write_key("root.key", root_key.serialize_pem())?;
+    // The Skiff API's administrator by certificate (CN the user, O its group), as the
+    // kubernetes-admin certificate of a kubeadm cluster.
+    let mut admin_params = CertificateParams::new(Vec::<String>::new())?;
+    admin_params.distinguished_name.push(DnType::CommonName, "admin");
+    admin_params.distinguished_name.push(DnType::OrganizationName, "system:masters");
+    admin_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let admin_key = KeyPair::generate()?;
+    write("admin.crt", admin_params.signed_by(&admin_key, &ca, &ca_key)?.pem())?;
+    write_key("admin.key", admin_key.serialize_pem())?;
     let tls = ClientTls {
         cert: write("server.crt", server.pem())?,
         key: write_key("server.key", server_key.serialize_pem())?,

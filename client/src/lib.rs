@@ -3,7 +3,7 @@
 //! `Unavailable`, with a deadline per request so nothing hangs.
 //!
 //! Config file (JSON, like a kubeconfig):
-//! `{"clusters":[{"name","endpoints":[..]}],"users":[{"name","token"}],
+//! `{"clusters":[{"name","endpoints":[..]}],"users":[{"name","token"|"clientCertificate"+"clientKey"}],
 //!   "contexts":[{"name","cluster","user","namespace"}],"currentContext":"..","ca":".."}`
 //!
 //! Informers (list + watch + cache) come with the controllers.
@@ -56,10 +56,16 @@ struct FileCluster {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct FileUser {
     name: String,
     #[serde(default)]
     token: String,
+    /// A client certificate and key (PEM) instead of a token: CN the user, O its groups.
+    #[serde(default)]
+    client_certificate: Option<PathBuf>,
+    #[serde(default)]
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +97,8 @@ pub struct ClientConfig {
     pub endpoints: Vec<String>,
     pub token: Option<String>,
     pub ca: Option<PathBuf>,
+    /// A client certificate and its key (PEM) presented over TLS, for users without a token.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     pub namespace: String,
     pub timeout: Duration,
 }
@@ -129,15 +137,18 @@ impl ClientConfig {
             None => file.clusters.first(),
         }
         .ok_or_else(|| invalid("no cluster for the current context".into()))?;
-        let token = context
-            .as_ref()
-            .and_then(|c| file.users.iter().find(|u| u.name == c.user))
-            .map(|u| u.token.clone())
-            .filter(|t| !t.is_empty());
+        let user = context.as_ref().and_then(|c| file.users.iter().find(|u| u.name == c.user));
+        let token = user.map(|u| u.token.clone()).filter(|t| !t.is_empty());
+        let client_cert = match user.map(|u| (&u.client_certificate, &u.client_key)) {
+            Some((Some(cert), Some(key))) => Some((cert.clone(), key.clone())),
+            Some((None, None)) | None => None,
+            Some(_) => return Err(invalid("a user's clientCertificate and clientKey go together".into())),
+        };
         Ok(ClientConfig {
             endpoints: cluster.endpoints.clone(),
             token,
             ca: file.ca.clone(),
+            client_cert,
             namespace: context.map(|c| c.namespace).filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into()),
             timeout: Duration::from_secs(30),
         })
@@ -204,11 +215,19 @@ impl Client {
         if config.endpoints.is_empty() {
             return Err(Status::invalid_argument("the client config names no endpoints"));
         }
+        let read = |what: &str, p: &Path| {
+            std::fs::read(p).map_err(|e| Status::invalid_argument(format!("{what} {}: {e}", p.display())))
+        };
         let tls = match &config.ca {
             Some(ca) => {
-                let pem =
-                    std::fs::read(ca).map_err(|e| Status::invalid_argument(format!("CA {}: {e}", ca.display())))?;
-                Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("CA", ca)?));
+                if let Some((cert, key)) = &config.client_cert {
+                    tls = tls.identity(tonic::transport::Identity::from_pem(
+                        read("client certificate", cert)?,
+                        read("client key", key)?,
+                    ));
+                }
+                Some(tls)
             }
             None => None,
         };

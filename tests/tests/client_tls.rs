@@ -187,6 +187,41 @@ fn skiff_up_serves_both_apis_over_tls_by_default_with_its_generated_ca() {
     assert!(String::from_utf8_lossy(&anonymous.stderr).contains("user name is empty"), "{anonymous:?}");
     assert_eq!(std::fs::metadata(&root_key).unwrap().permissions().mode() & 0o777, 0o600, "root.key");
 
+    // phase: on the Skiff API a client certificate authenticates too (CN the user, O its
+    // groups): the admin certificate without any token, from grpcurl and from the skiff CLI
+    let cert_args = |name: &str| {
+        [
+            format!("-cert={}", pki.join(format!("{name}.crt")).display()),
+            format!("-key={}", pki.join(format!("{name}.key")).display()),
+        ]
+    };
+    let by_cert = |name: &str, method: &str| {
+        Command::new("grpcurl")
+            .args(["-cacert", &ca, "-max-time", "10"])
+            .args(cert_args(name))
+            .args(["-d", r#"{"name":"default"}"#, &addr, method])
+            .output()
+            .unwrap()
+    };
+    let admin_by_cert = by_cert("admin", "skiff.api.Namespaces/Get");
+    assert!(admin_by_cert.status.success(), "admin by certificate: {}", String::from_utf8_lossy(&admin_by_cert.stderr));
+    let root_on_api = by_cert("root", "skiff.api.Namespaces/Get");
+    assert!(!root_on_api.status.success(), "root has no RBAC binding on the Skiff API");
+    assert!(
+        String::from_utf8_lossy(&root_on_api.stderr).contains(r#"User "root" cannot get"#),
+        "the certificate's CN is the user: {}",
+        String::from_utf8_lossy(&root_on_api.stderr)
+    );
+    let cert_config = c.dir.path().join("client-cert.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.dir.path().join("client.json")).unwrap()).unwrap();
+    config["users"] = serde_json::json!([{"name": "admin", "clientCertificate": pki.join("admin.crt"), "clientKey": pki.join("admin.key")}]);
+    std::fs::write(&cert_config, config.to_string()).unwrap();
+    let out =
+        Command::new(skiff_bin()).env("SKIFF_CONFIG", &cert_config).args(["get", "ns", "default"]).output().unwrap();
+    assert!(out.status.success(), "skiff with a client certificate: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("default"));
+
     // phase: a client certificate from another CA does not get through the handshake
     let other_ca_key = rcgen::KeyPair::generate().unwrap();
     let mut other_ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

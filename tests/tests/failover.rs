@@ -138,6 +138,7 @@ fn writes_fenced_to_a_leadership_are_refused_once_it_is_over() {
             endpoints: vec![c.master(id).etcd.clone()],
             token: Some(token.clone()),
             ca: c.ca(),
+            client_cert: None,
             namespace: "default".into(),
             timeout: Duration::from_secs(10),
         })
@@ -223,6 +224,7 @@ fn a_client_moves_past_a_master_that_stops_answering() {
         endpoints: vec![c.master(follower).etcd.clone(), c.master(leader).etcd.clone()],
         token: Some(c.admin_token()),
         ca: c.ca(),
+        client_cert: None,
         namespace: "default".into(),
         timeout: Duration::from_secs(2),
     })
