@@ -104,7 +104,7 @@ impl TokenService {
         &self,
         req: &tonic::Request<skiff_proto::api::ServiceAccountTokenRequest>,
     ) -> Result<skiff_proto::api::ServiceAccountToken, ApiError> {
-        let user = self.api.authenticate(&req).await?;
+        let user = self.api.authenticate(req).await?;
         let r = req.get_ref();
         let ns = if r.namespace.is_empty() { "default" } else { r.namespace.as_str() };
         let pods = kinds::by_resource("pods")?;

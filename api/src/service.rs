@@ -567,7 +567,7 @@ impl ObjectsService {
         verb: &str,
         body: bool,
     ) -> ApiResult<(&'static KindInfo, Value)> {
-        let user = self.api.authenticate(&req).await?;
+        let user = self.api.authenticate(req).await?;
         let r = req.get_ref();
         let info = kinds::by_resource(&r.resource)?;
         let obj = if body { parse_body(&r.json)? } else { Value::Null };
