@@ -338,7 +338,6 @@ impl Cluster {
             "-subj",
             &subject,
         ]);
-        let serial = format!("0x{:x}", rand_serial());
         openssl(&[
             "x509",
             "-req",
@@ -348,8 +347,6 @@ impl Cluster {
             &s(&pki.join("peer-ca.crt")),
             "-CAkey",
             &s(&pki.join("peer-ca.key")),
-            "-set_serial",
-            &serial,
             "-out",
             &s(&crt),
             "-days",
@@ -453,12 +450,6 @@ impl Cluster {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
-}
-
-/// A certificate serial number nobody else in this process drew.
-fn rand_serial() -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ (u64::from(std::process::id()) << 40) ^ rand_suffix().parse::<u64>().unwrap_or(0)
 }
 
 fn rand_suffix() -> String {
