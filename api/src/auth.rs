@@ -46,14 +46,10 @@ pub struct User {
 
 /// The user a verified client certificate names: CN the name, each O a group (plus
 /// `system:authenticated`), as Kubernetes' x509 client-certificate authenticator.
-pub fn certificate_user(der: &[u8]) -> Option<User> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
-    let mut groups: Vec<String> =
-        subject.iter_organization().filter_map(|o| o.as_str().ok().map(String::from)).collect();
+pub fn certificate_user(subject: skiff_proto::cert::Subject) -> User {
+    let mut groups = subject.organizations;
     groups.push("system:authenticated".into());
-    Some(User { name, groups })
+    User { name: subject.common_name, groups }
 }
 
 impl User {

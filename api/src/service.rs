@@ -65,10 +65,8 @@ impl Api {
         let md = req.metadata();
         let bearer = md.get("authorization").and_then(|v| v.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
         if bearer.is_none() {
-            if let Some(user) =
-                req.peer_certs().and_then(|certs| certs.first().and_then(|c| crate::auth::certificate_user(c)))
-            {
-                return Ok(user);
+            if let Some(subject) = skiff_proto::cert::client_subject(req) {
+                return Ok(crate::auth::certificate_user(subject));
             }
         }
         if let Some(user) = bearer.and_then(|t| self.internal.get(t)) {

@@ -44,9 +44,8 @@ impl Callers {
     pub async fn authorize<T>(&self, req: &Request<T>, resource: &str, ns: &str, name: &str) -> Result<(), Status> {
         match self {
             Callers::Masters => {
-                let cn = req
-                    .peer_certs()
-                    .and_then(|certs| certs.first().and_then(|c| common_name(c)))
+                let cn = skiff_proto::cert::client_subject(req)
+                    .map(|s| s.common_name)
                     .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
                 if cn != MASTER_CLIENT_CN {
                     return Err(Status::permission_denied(format!(
@@ -58,13 +57,6 @@ impl Callers {
             Callers::Delegated(masters) => authorize_delegated(masters, req.metadata(), resource, ns, name).await,
         }
     }
-}
-
-/// The subject common name of a DER certificate.
-fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
-    Some(cn)
 }
 
 /// One CRI log line: (time, stream, text).

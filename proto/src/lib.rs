@@ -6,11 +6,13 @@
 //! - [`api`]: Kubernetes-shaped resources and one gRPC service per kind. The same Rust types
 //!   read and write Kubernetes JSON/YAML through serde (field names from the proto JSON names,
 //!   defaults omitted, unknown fields refused), so gRPC JSON (grpcurl) and manifests agree.
+//! - [`cert`]: who a verified client certificate names (CN, O), for every TLS listener.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 //!
 //! Everything here is generated at build time by protox + tonic-build; no system `protoc` is
 //! needed.
 
+pub mod cert;
 pub mod ingress_class;
 pub mod quantity;
 pub mod serde_util;

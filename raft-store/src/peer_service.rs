@@ -35,9 +35,7 @@ impl PeerService {
         if self.master.config.peer_tls.is_none() {
             return Ok(());
         }
-        let member = req
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| member_of(c)))
+        let member = member_of(req)
             .ok_or_else(|| Status::unauthenticated("peer certificate names no member (CN member-<id>)"))?;
         let metrics = self.master.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();

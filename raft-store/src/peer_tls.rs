@@ -37,16 +37,9 @@ pub fn member_common_name(id: u64) -> String {
     format!("member-{id}")
 }
 
-/// The subject common name of a DER certificate.
-pub fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
-    Some(cn)
-}
-
-/// The member a (verified) peer certificate names.
-pub fn member_of(der: &[u8]) -> Option<u64> {
-    common_name(der)?.strip_prefix("member-")?.parse().ok()
+/// The member the (verified) client certificate of a peer request names.
+pub fn member_of<T>(req: &tonic::Request<T>) -> Option<u64> {
+    skiff_proto::cert::client_subject(req)?.common_name.strip_prefix("member-")?.parse().ok()
 }
 
 /// The loaded identity and CA, kept for dialing peers.

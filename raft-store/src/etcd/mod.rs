@@ -49,10 +49,8 @@ impl Caller {
         let user = if let Some(token) = req.metadata().get("token") {
             let token = token.to_str().map_err(|_| denied(AuthError::InvalidToken))?;
             auth.check_token(token, SystemTime::now()).map_err(denied)?
-        } else if let Some(cn) =
-            req.peer_certs().and_then(|certs| certs.first().and_then(|c| crate::peer_tls::common_name(c)))
-        {
-            cn
+        } else if let Some(subject) = skiff_proto::cert::client_subject(req) {
+            subject.common_name
         } else {
             return Err(denied(AuthError::UserEmpty));
         };
