@@ -66,44 +66,21 @@ pub struct UpArgs {
 /// `root` user (`root.crt`, for `etcdctl --cert/--key`) and one of the API's `admin`
 /// (`admin.crt`, group system:masters), as PEM files in `dir`.
 fn generate_pki(dir: &Path) -> anyhow::Result<(PathBuf, ClientTls)> {
-    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    use skiff_proto::pki::{Ca, Subject, Usage};
     std::fs::create_dir_all(dir)?;
-    let (ca, ca_key) = new_ca("skiff-ca")?;
-    let mut server_params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-    server_params.distinguished_name.push(DnType::CommonName, "skiff-master");
-    let server_key = KeyPair::generate()?;
-    let server = server_params.signed_by(&server_key, &ca, &ca_key)?;
-    let write = |name: &str, pem: String| -> anyhow::Result<PathBuf> {
-        let path = dir.join(name);
-        std::fs::write(&path, pem)?;
-        Ok(std::fs::canonicalize(path)?)
-    };
-    let write_key = |name: &str, pem: String| -> anyhow::Result<PathBuf> {
-        let path = dir.join(name);
-        write_private(&path, pem.as_bytes())?;
-        Ok(std::fs::canonicalize(path)?)
-    };
-    let mut root_params = CertificateParams::new(Vec::<String>::new())?;
-    root_params.distinguished_name.push(DnType::CommonName, skiff_raft_store::auth::ROOT);
-    root_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let root_key = KeyPair::generate()?;
-    let root = root_params.signed_by(&root_key, &ca, &ca_key)?;
-    let ca_path = write("ca.crt", ca.pem())?;
-    write_key("ca.key", ca_key.serialize_pem())?;
-    write("root.crt", root.pem())?;
-    write_key("root.key", root_key.serialize_pem())?;
+    let ca = Ca::create(&dir.join("ca"), CLUSTER_CA)?;
+    let server = Subject { common_name: "skiff-master", sans: &["127.0.0.1", "localhost"], ..Default::default() };
+    let server = ca.issue(&dir.join("server"), &server, &[Usage::ServerAuth])?;
+    let root = Subject { common_name: skiff_raft_store::auth::ROOT, ..Default::default() };
+    ca.issue(&dir.join("root"), &root, &[Usage::ClientAuth])?;
     // The Skiff API's administrator by certificate (CN the user, O its group), as the
     // kubernetes-admin certificate of a kubeadm cluster.
-    let mut admin_params = CertificateParams::new(Vec::<String>::new())?;
-    admin_params.distinguished_name.push(DnType::CommonName, "admin");
-    admin_params.distinguished_name.push(DnType::OrganizationName, "system:masters");
-    admin_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let admin_key = KeyPair::generate()?;
-    write("admin.crt", admin_params.signed_by(&admin_key, &ca, &ca_key)?.pem())?;
-    write_key("admin.key", admin_key.serialize_pem())?;
+    let admin = Subject { common_name: "admin", organization: Some("system:masters"), ..Default::default() };
+    ca.issue(&dir.join("admin"), &admin, &[Usage::ClientAuth])?;
+    let ca_path = std::fs::canonicalize(dir.join("ca.crt"))?;
     let tls = ClientTls {
-        cert: write("server.crt", server.pem())?,
-        key: write_key("server.key", server_key.serialize_pem())?,
+        cert: server.cert,
+        key: server.key,
         // Certificates are one way to authenticate, tokens the other (etcd's and Kubernetes').
         client_ca: Some(ca_path.clone()),
         ca: Some(ca_path.clone()),
@@ -112,110 +89,35 @@ fn generate_pki(dir: &Path) -> anyhow::Result<(PathBuf, ClientTls)> {
     Ok((ca_path, tls))
 }
 
-/// Writes a credential or key: readable by its owner only (0600), whatever the umask, also
-/// when the file existed before.
-pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(contents)?;
-    Ok(())
-}
+/// The common name of the cluster CA `skiff up` makes.
+const CLUSTER_CA: &str = "skiff-ca";
 
-/// Creates a directory only its owner may enter (0700).
-fn create_private_dir(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
-    Ok(())
-}
-
-/// A new self-signed CA named `cn`, and its key.
-pub(crate) fn new_ca(cn: &str) -> anyhow::Result<(rcgen::Certificate, rcgen::KeyPair)> {
-    let key = rcgen::KeyPair::generate()?;
-    Ok((ca_with_key(cn, &key)?, key))
-}
-
-/// The CA certificate named `cn` over `key`: made anew from the same name and key, it signs
-/// certificates that verify against the CA certificate written when the key was made.
-fn ca_with_key(cn: &str, key: &rcgen::KeyPair) -> anyhow::Result<rcgen::Certificate> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa};
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, cn);
-    Ok(params.self_signed(key)?)
-}
+pub(crate) use skiff_proto::pki::{create_private_dir, write_private};
 
 /// The cluster CA of the cluster in `dir` (from `pki/ca.key`), if it serves TLS.
-fn cluster_ca(dir: &Path) -> anyhow::Result<Option<(rcgen::Certificate, rcgen::KeyPair)>> {
+fn cluster_ca(dir: &Path) -> anyhow::Result<Option<skiff_proto::pki::Ca>> {
     let path = dir.join("pki").join("ca.key");
     if !path.exists() {
         return Ok(None);
     }
-    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&path)?)?;
-    Ok(Some((ca_with_key("skiff-ca", &key)?, key)))
-}
-
-/// A certificate `cn` for `sans` and `usage`, signed by `ca`, written as `<base>.crt` and
-/// `<base>.key` (0600); returns the two paths.
-fn issue(
-    ca: &(rcgen::Certificate, rcgen::KeyPair),
-    base: &Path,
-    cn: &str,
-    sans: Vec<String>,
-    usage: rcgen::ExtendedKeyUsagePurpose,
-) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let mut params = rcgen::CertificateParams::new(sans)?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    params.extended_key_usages = vec![usage];
-    let key = rcgen::KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca.0, &ca.1)?;
-    let (crt, pem_key) = (base.with_extension("crt"), base.with_extension("key"));
-    std::fs::write(&crt, cert.pem())?;
-    write_private(&pem_key, key.serialize_pem().as_bytes())?;
-    Ok((std::fs::canonicalize(crt)?, std::fs::canonicalize(pem_key)?))
-}
-
-/// A new peer CA (`peer-ca.crt`, `peer-ca.key`) in `dir`.
-fn peer_ca(dir: &Path) -> anyhow::Result<(rcgen::Certificate, rcgen::KeyPair)> {
-    create_private_dir(dir)?;
-    let (ca, key) = new_ca("skiff-peer-ca")?;
-    std::fs::write(dir.join("peer-ca.crt"), ca.pem())?;
-    write_private(&dir.join("peer-ca.key"), key.serialize_pem().as_bytes())?;
-    Ok((ca, key))
+    Ok(Some(skiff_proto::pki::Ca::load(&path, CLUSTER_CA)?))
 }
 
 /// Member `id`'s peer certificate and key in `home` (`peer.crt`, `peer.key`), signed by the
-/// peer CA: CN `member-<id>`, DNS `member-<id>.peer.skiff`, for server and client use.
-fn peer_identity(
+/// peer CA (whose certificate is `ca_path`): CN `member-<id>`, DNS `member-<id>.peer.skiff`,
+/// for server and client use.
+pub(crate) fn peer_identity(
     home: &Path,
     id: u64,
-    ca: &rcgen::Certificate,
-    ca_key: &rcgen::KeyPair,
+    ca: &skiff_proto::pki::Ca,
     ca_path: &Path,
 ) -> anyhow::Result<skiff_raft_store::peer_tls::PeerTls> {
-    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    use skiff_proto::pki::{Subject, Usage};
     use skiff_raft_store::peer_tls::{member_common_name, member_name};
-    let mut params = CertificateParams::new(vec![member_name(id)])?;
-    params.distinguished_name.push(DnType::CommonName, member_common_name(id));
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, ca, ca_key)?;
-    let (cert_path, key_path) = (home.join("peer.crt"), home.join("peer.key"));
-    std::fs::write(&cert_path, cert.pem())?;
-    write_private(&key_path, key.serialize_pem().as_bytes())?;
-    Ok(skiff_raft_store::peer_tls::PeerTls {
-        cert: std::fs::canonicalize(cert_path)?,
-        key: std::fs::canonicalize(key_path)?,
-        ca: std::fs::canonicalize(ca_path)?,
-    })
+    let (cn, dns) = (member_common_name(id), member_name(id));
+    let subject = Subject { common_name: &cn, sans: &[&dns], ..Default::default() };
+    let issued = ca.issue(&home.join("peer"), &subject, &[Usage::ServerAuth, Usage::ClientAuth])?;
+    Ok(skiff_raft_store::peer_tls::PeerTls { cert: issued.cert, key: issued.key, ca: std::fs::canonicalize(ca_path)? })
 }
 
 #[derive(Args, Debug)]
@@ -342,15 +244,18 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     let kubelet_client = match cluster_ca(dir)? {
         Some(ca) => {
             let base = dir.join("pki").join("kubelet-client");
-            let usage = rcgen::ExtendedKeyUsagePurpose::ClientAuth;
-            let (cert, key) = issue(&ca, &base, skiff_node::logs::MASTER_CLIENT_CN, Vec::new(), usage)?;
-            Some(crate::master_cmd::KubeletClient { cert, key, ca: std::fs::canonicalize(dir.join("pki/ca.crt"))? })
+            let subject =
+                skiff_proto::pki::Subject { common_name: skiff_node::logs::MASTER_CLIENT_CN, ..Default::default() };
+            let issued = ca.issue(&base, &subject, &[skiff_proto::pki::Usage::ClientAuth])?;
+            let ca = std::fs::canonicalize(dir.join("pki/ca.crt"))?;
+            Some(crate::master_cmd::KubeletClient { cert: issued.cert, key: issued.key, ca })
         }
         None => None,
     };
     // Masters speak to each other over mutual TLS with identities from a CA of their own.
-    let (peer_ca_cert, peer_ca_key) = peer_ca(&dir.join("pki"))?;
+    create_private_dir(&dir.join("pki"))?;
     let peer_ca_path = dir.join("pki").join("peer-ca.crt");
+    let peer_ca = skiff_proto::pki::Ca::create(&peer_ca_path, "skiff-peer-ca")?;
     let mut entries = Vec::new();
     for (&id, m) in &members {
         let home = dir.join(&m.name);
@@ -367,7 +272,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         }
         config.client_tls = pki.as_ref().map(|(_, tls)| tls.clone());
         config.root_password_hash = Some(root_password_hash.clone());
-        config.peer_tls = Some(peer_identity(&home, id, &peer_ca_cert, &peer_ca_key, &peer_ca_path)?);
+        config.peer_tls = Some(peer_identity(&home, id, &peer_ca, &peer_ca_path)?);
         let config_path = std::fs::canonicalize(&home)?.join("config.json");
         let mut controllers = crate::master_cmd::ControllerSettings::default();
         if let Some(v) = args.node_grace_seconds {
@@ -462,13 +367,15 @@ fn new_nodes(
         if let Some(ca) = &ca {
             // Its server (logs, metrics) speaks TLS with a certificate for its address and
             // answers only the masters' client certificate.
-            let usage = rcgen::ExtendedKeyUsagePurpose::ServerAuth;
-            let (cert, key) =
-                issue(ca, &home.join("serving"), &format!("system:node:{name}"), vec![node_ip.clone()], usage)?;
+            let cn = format!("system:node:{name}");
+            let subject = skiff_proto::pki::Subject { common_name: &cn, sans: &[&node_ip], ..Default::default() };
+            let issued = ca.issue(&home.join("serving"), &subject, &[skiff_proto::pki::Usage::ServerAuth])?;
             let ca_path = std::fs::canonicalize(dir.join("pki/ca.crt"))?;
-            for (flag, path) in
-                [("--tls-cert-file", cert), ("--tls-private-key-file", key), ("--client-ca-file", ca_path)]
-            {
+            for (flag, path) in [
+                ("--tls-cert-file", issued.cert),
+                ("--tls-private-key-file", issued.key),
+                ("--client-ca-file", ca_path),
+            ] {
                 node_args.extend([flag.to_string(), path.to_string_lossy().into_owned()]);
             }
         }

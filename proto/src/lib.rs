@@ -14,6 +14,7 @@
 
 pub mod cert;
 pub mod ingress_class;
+pub mod pki;
 pub mod quantity;
 pub mod serde_util;
 pub mod time;
