@@ -3,7 +3,9 @@
 //!
 //! Token file: one user per line, `token,user,uid,"group1,group2"` (Kubernetes' static token
 //! file format); `#` starts a comment. Members of `system:masters` are allowed everything.
-//! Without a token file the API is open (only allowed when the listener is on loopback).
+//! Without a token file and without a client CA the API is open (only allowed when the
+//! listener is on loopback, for `--insecure` experiments); with a client CA but no token file,
+//! only certificates authenticate.
 
 use crate::error::{ApiError, ApiResult};
 use crate::kinds::{self, KindInfo};
@@ -14,7 +16,8 @@ use std::path::Path;
 /// A token file, re-read whenever it changes on disk (adding a user needs no restart).
 #[derive(Debug)]
 pub struct TokenFile {
-    path: std::path::PathBuf,
+    /// `None`: no tokens at all (a master whose users authenticate by certificate only).
+    path: Option<std::path::PathBuf>,
     cached: std::sync::RwLock<(Option<std::time::SystemTime>, Tokens)>,
 }
 
@@ -22,15 +25,22 @@ impl TokenFile {
     pub fn open(path: &Path) -> Result<TokenFile, String> {
         let tokens = Tokens::load(path)?;
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        Ok(TokenFile { path: path.to_path_buf(), cached: std::sync::RwLock::new((mtime, tokens)) })
+        Ok(TokenFile { path: Some(path.to_path_buf()), cached: std::sync::RwLock::new((mtime, tokens)) })
+    }
+
+    /// No tokens: every bearer token is refused (users authenticate by client certificate).
+    pub fn none() -> TokenFile {
+        TokenFile { path: None, cached: std::sync::RwLock::new((None, Tokens::default())) }
     }
 
     pub fn authenticate(&self, metadata: &tonic::metadata::MetadataMap) -> ApiResult<User> {
-        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-        if mtime != self.cached.read().expect("not poisoned").0 {
-            match Tokens::load(&self.path) {
-                Ok(t) => *self.cached.write().expect("not poisoned") = (mtime, t),
-                Err(e) => tracing::warn!("keeping the previous tokens: {e}"),
+        if let Some(path) = &self.path {
+            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if mtime != self.cached.read().expect("not poisoned").0 {
+                match Tokens::load(path) {
+                    Ok(t) => *self.cached.write().expect("not poisoned") = (mtime, t),
+                    Err(e) => tracing::warn!("keeping the previous tokens: {e}"),
+                }
             }
         }
         self.cached.read().expect("not poisoned").1.authenticate(metadata)

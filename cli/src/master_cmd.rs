@@ -267,25 +267,6 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
     })
 }
 
-/// A client for the master's own API listener (loopback, over TLS when it serves TLS).
-fn scheduler_client(config: &MasterConfig, token: String) -> anyhow::Result<skiff_client::Client> {
-    let addr: SocketAddr = config.client_addr.parse()?;
-    let local = if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { addr };
-    let ca = match &config.client_tls {
-        None => None,
-        Some(tls) => Some(tls.ca.clone().context("the listener serves TLS but its config names no `ca` to verify it")?),
-    };
-    let cfg = skiff_client::ClientConfig {
-        endpoints: vec![local.to_string()],
-        token: Some(token),
-        ca,
-        client_cert: None,
-        namespace: "default".into(),
-        timeout: std::time::Duration::from_secs(10),
-    };
-    skiff_client::Client::new(cfg).map_err(|s| anyhow::anyhow!("{}", s.message()))
-}
-
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
     let MasterFile {
         master: config,
@@ -296,7 +277,14 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         kubelet_client,
     } = build_config(args)?;
     let node_client = kubelet_client.as_ref().map(KubeletClient::tls).transpose()?;
-    let tokens = token_file.as_deref().map(skiff_api::auth::TokenFile::open).transpose().map_err(anyhow::Error::msg)?;
+    let tokens = match &token_file {
+        Some(path) => Some(skiff_api::auth::TokenFile::open(path).map_err(anyhow::Error::msg)?),
+        // A listener that takes client certificates is never open to callers without one.
+        None if config.client_tls.as_ref().is_some_and(|t| t.client_ca.is_some()) => {
+            Some(skiff_api::auth::TokenFile::none())
+        }
+        None => None,
+    };
     let at_rest = encryption_provider_config
         .as_deref()
         .map(skiff_api::at_rest::AtRest::load)
@@ -351,7 +339,11 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
             node_client,
         );
         let (_stop_scheduler, stop_rx) = tokio::sync::watch::channel(false);
-        match scheduler_client(&config, scheduler_token) {
+        // It reaches the API over in-process connections: no certificate or CA to hold, and
+        // nothing a listener that requires client certificates would refuse.
+        let (local_listener, local) = skiff_raft_store::local::pair();
+        let timeout = std::time::Duration::from_secs(10);
+        match skiff_client::Client::over_channel("in-process", local.channel(), &scheduler_token, timeout) {
             Ok(client) => {
                 let leader = master.clone();
                 let runner = skiff_scheduler::runner::Runner {
@@ -364,9 +356,12 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                 };
                 tokio::spawn(runner.run(stop_rx));
             }
-            Err(e) => tracing::warn!("scheduler not started: {e}"),
+            Err(e) => tracing::warn!("scheduler not started: {}", e.message()),
         }
-        if !skiff_raft_store::serve(master.clone(), peer_listener, client_listener, Some(routes), shutdown).await? {
+        let local = Some(local_listener);
+        if !skiff_raft_store::serve(master.clone(), peer_listener, client_listener, local, Some(routes), shutdown)
+            .await?
+        {
             bail!("master {} stopped because its raft core failed (see the log above)", config.id);
         }
         anyhow::Ok(())

@@ -259,6 +259,23 @@ impl Client {
         Ok(Client { config, channels, auth, current: AtomicUsize::new(0) })
     }
 
+    /// A client over one `channel` already made (a master's in-process connections), calling
+    /// with `token`; `name` stands for its endpoint in messages.
+    pub fn over_channel(name: &str, channel: Channel, token: &str, timeout: Duration) -> Result<Client, Status> {
+        let config = ClientConfig {
+            endpoints: vec![name.to_string()],
+            token: Some(token.to_string()),
+            ca: None,
+            client_cert: None,
+            namespace: "default".into(),
+            timeout,
+        };
+        let token =
+            format!("Bearer {token}").parse().map_err(|_| Status::invalid_argument("the token is not ASCII"))?;
+        let auth = Auth { token: Some(token), fence: None };
+        Ok(Client { config, channels: vec![channel], auth, current: AtomicUsize::new(0) })
+    }
+
     /// This client with every write fenced to the leadership of raft term `term` (DESIGN.md
     /// rule 4): the master refuses the write unless it is the leader of that very term, so a
     /// controller that lost its leadership mid-round cannot act on what it read before.

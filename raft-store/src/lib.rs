@@ -29,6 +29,7 @@ pub mod election;
 pub mod error;
 pub mod etcd;
 pub mod fence;
+pub mod local;
 pub mod log_store;
 pub mod master;
 pub mod mvcc;

@@ -194,7 +194,7 @@ fn raft_config(c: &MasterConfig) -> Result<Config, StoreError> {
         election_timeout_min: c.election_min_ms,
         election_timeout_max: c.election_min_ms * 2,
         install_snapshot_timeout: 10_000,
-        snapshot_max_chunk_size: 4 << 20,
+        snapshot_max_chunk_size: crate::network::SNAPSHOT_CHUNK as u64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_logs),
         max_in_snapshot_log_to_keep: 1000.min(c.snapshot_logs),
         max_payload_entries: 512,
@@ -226,7 +226,7 @@ impl Master {
         let cluster_id = cluster_id(&config.cluster_name);
         let peer_credentials =
             config.peer_tls.as_ref().map(|t| t.load()).transpose().map_err(StoreError::InvalidArgument)?;
-        let peers = PeerClients::new(peer_credentials, cluster_id);
+        let peers = PeerClients::new(peer_credentials, cluster_id, config.max_request_bytes);
         let election = Arc::new(ElectionWatch::default());
         let raft = Raft::new(
             config.id,

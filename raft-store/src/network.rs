@@ -6,7 +6,9 @@
 use crate::election::ElectionWatch;
 use crate::peer_tls::{PeerCredentials, CLUSTER_ID_HEADER};
 use crate::types::{Member, TypeConfig};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -21,8 +23,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
-/// Largest gRPC message between masters: a snapshot chunk or a batch of entries.
-pub const PEER_MAX_MESSAGE: usize = 64 << 20;
+/// The bytes of one install-snapshot chunk, and the most bytes of entries one append carries:
+/// a batch larger than this is split ([`PayloadTooLarge`] asks openraft for fewer entries).
+pub const SNAPSHOT_CHUNK: usize = 4 << 20;
+
+/// Largest gRPC message between masters, either way: a snapshot chunk, or an append batch —
+/// at most [`SNAPSHOT_CHUNK`] bytes of entries, or one entry, which holds one request of at
+/// most `max_request_bytes` (twice that for its framing) — with room for the headers.
+pub fn peer_max_message(max_request_bytes: usize) -> usize {
+    SNAPSHOT_CHUNK.max(2 * max_request_bytes) + (1 << 20)
+}
+
+/// How many of an append's `entries` to send when the whole request is `bytes` long: `None`
+/// if it fits [`SNAPSHOT_CHUNK`] (or is a single entry, which always goes alone).
+fn fewer_entries(entries: usize, bytes: u64) -> Option<u64> {
+    let budget = SNAPSHOT_CHUNK as u64;
+    (bytes > budget && entries > 1).then(|| (entries as u64 * budget / bytes).clamp(1, entries as u64 - 1))
+}
 
 /// Lazily connected gRPC channels to peers, keyed by member and address; shared by raft and
 /// forwarding. With peer credentials every channel is mutual TLS that verifies the member.
@@ -31,11 +48,13 @@ pub struct PeerClients {
     channels: Arc<Mutex<HashMap<(u64, String), Channel>>>,
     tls: Option<PeerCredentials>,
     cluster_id: u64,
+    /// [`peer_max_message`] of this cluster's request limit.
+    max_message: usize,
 }
 
 impl PeerClients {
-    pub fn new(tls: Option<PeerCredentials>, cluster_id: u64) -> PeerClients {
-        PeerClients { channels: Arc::default(), tls, cluster_id }
+    pub fn new(tls: Option<PeerCredentials>, cluster_id: u64, max_request_bytes: usize) -> PeerClients {
+        PeerClients { channels: Arc::default(), tls, cluster_id, max_message: peer_max_message(max_request_bytes) }
     }
 
     /// A client for member `id` at `addr`.
@@ -58,8 +77,8 @@ impl PeerClients {
             }
         };
         Ok(PeerClient::new(channel)
-            .max_decoding_message_size(PEER_MAX_MESSAGE)
-            .max_encoding_message_size(PEER_MAX_MESSAGE))
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message))
     }
 
     /// `message` as a peer request: with this cluster's id, which the receiver checks.
@@ -136,6 +155,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr<RaftError<u64>>> {
+        let bytes = bincode::serialized_size(&rpc).unwrap_or(u64::MAX);
+        if let Some(n) = fewer_entries(rpc.entries.len(), bytes) {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n)));
+        }
         self.call("append", &rpc, &option).await
     }
 
@@ -161,5 +184,26 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 
     fn backoff(&self) -> Backoff {
         Backoff::new((0..).map(|i: u32| Duration::from_millis(100u64 << i.min(4)).min(Duration::from_secs(2))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_batches_over_a_snapshot_chunk_are_split_but_one_entry_always_goes() {
+        let chunk = SNAPSHOT_CHUNK as u64;
+        assert_eq!(fewer_entries(512, chunk), None, "a batch that fits goes whole");
+        assert_eq!(fewer_entries(1, 10 * chunk), None, "a single entry cannot be split");
+        // 100 entries of 1 MiB: four fit a 4 MiB chunk.
+        assert_eq!(fewer_entries(100, 100 << 20), Some(4));
+        // Two huge entries: one at a time.
+        assert_eq!(fewer_entries(2, 3 * chunk), Some(1));
+        // Just over: one fewer at least.
+        assert_eq!(fewer_entries(10, chunk + 1), Some(9));
+        // Every message the split leaves fits the transport's cap.
+        assert!(peer_max_message(1536 * 1024) >= SNAPSHOT_CHUNK + (1 << 20));
+        assert!(peer_max_message(8 << 20) >= 2 * (8 << 20));
     }
 }

@@ -6,7 +6,7 @@ use crate::etcd::{
     watch::WatchService,
 };
 use crate::master::{ClientTls, Master};
-use crate::network::PEER_MAX_MESSAGE;
+use crate::network::peer_max_message;
 use crate::peer_service::PeerService;
 use skiff_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
@@ -19,12 +19,14 @@ use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Serves `master` until `shutdown` resolves (or its raft core fails), then stops taking
-/// requests and stops raft. `extra` services (the Skiff API) share the client listener.
+/// requests and stops raft. `extra` services (the Skiff API) share the client listener; the
+/// same services answer on `local`, the in-process connections of the master's own components.
 /// Returns `Ok(false)` when it stopped because raft failed.
 pub async fn serve(
     master: Arc<Master>,
     peer_listener: TcpListener,
     client_listener: TcpListener,
+    local: Option<crate::local::LocalListener>,
     extra: Option<tonic::service::Routes>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<bool, ServeError> {
@@ -40,11 +42,12 @@ pub async fn serve(
         let credentials = tls.load().map_err(ServeError::Tls)?;
         peer = peer.tls_config(credentials.server())?;
     }
+    let peer_max = peer_max_message(master.config.max_request_bytes);
     let peer = peer
         .add_service(
             PeerServer::new(PeerService { master: master.clone() })
-                .max_decoding_message_size(PEER_MAX_MESSAGE)
-                .max_encoding_message_size(PEER_MAX_MESSAGE),
+                .max_decoding_message_size(peer_max)
+                .max_encoding_message_size(peer_max),
         )
         .serve_with_incoming_shutdown(incoming(peer_listener)?, wait_stop(stop_rx.clone()));
 
@@ -67,16 +70,8 @@ pub async fn serve(
     // Controllers' writes carry the term they are fenced to in a header (DESIGN.md rule 4).
     // Streams (watches, keep-alives, calls) one connection may have open at once, as Kubernetes'
     // API server bounds them (--http2-max-streams-per-connection 1000).
-    let mut builder =
-        Server::builder().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION).layer(crate::fence::FenceLayer);
-    if let Some(tls) = &master.config.client_tls {
-        builder = builder.tls_config(client_tls_config(tls)?)?;
-    }
-    let mut router = match extra {
-        Some(routes) => builder.add_routes(routes),
-        None => builder.add_routes(tonic::service::Routes::default()),
-    };
-    router = router
+    let routes = extra
+        .unwrap_or_default()
         .add_service(KvServer::new(KvService { master: master.clone() }).max_decoding_message_size(max_msg))
         .add_service(WatchServer::new(WatchService { master: master.clone() }))
         .add_service(LeaseServer::new(LeaseService { master: master.clone() }))
@@ -86,7 +81,26 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);
-    let client = router.serve_with_incoming_shutdown(incoming(client_listener)?, wait_stop(stop_rx));
+    // Controllers' writes carry the term they are fenced to in a header (DESIGN.md rule 4).
+    // Streams (watches, keep-alives, calls) one connection may have open at once, as Kubernetes'
+    // API server bounds them (--http2-max-streams-per-connection 1000).
+    let builder =
+        || Server::builder().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION).layer(crate::fence::FenceLayer);
+    let mut network = builder();
+    if let Some(tls) = &master.config.client_tls {
+        network = network.tls_config(client_tls_config(tls)?)?;
+    }
+    let client = network
+        .add_routes(routes.clone())
+        .serve_with_incoming_shutdown(incoming(client_listener)?, wait_stop(stop_rx.clone()));
+    let local = async {
+        match local {
+            Some(local) => {
+                builder().add_routes(routes).serve_with_incoming_shutdown(local.incoming(), wait_stop(stop_rx)).await
+            }
+            None => Ok(()),
+        }
+    };
 
     let stopper = {
         let master = master.clone();
@@ -115,9 +129,10 @@ pub async fn serve(
             let _ = stop_tx.send(true);
         }
     };
-    let (peer_result, client_result, ()) = tokio::join!(peer, client, stopper);
+    let (peer_result, client_result, local_result, ()) = tokio::join!(peer, client, local, stopper);
     peer_result?;
     client_result?;
+    local_result?;
     Ok(!failed.load(std::sync::atomic::Ordering::SeqCst))
 }
 

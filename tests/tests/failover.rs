@@ -122,6 +122,35 @@ fn a_member_that_missed_compaction_catches_up_through_a_snapshot() {
     assert_eq!(rt.block_on(c.get(&c.master(lagging).etcd, "bulk/49", true)).unwrap().map(|v| v.len()), Some(100 + 399));
 }
 
+/// A follower that missed more entries than one peer message may carry catches up by appends
+/// split to the message budget (a snapshot chunk's worth each), not by a batch the transport
+/// refuses: 24 one-MiB values pile up while it is stopped, then it must reach the same hash.
+#[test]
+fn a_follower_behind_by_many_large_entries_catches_up_in_bounded_messages() {
+    use nix::sys::signal::Signal;
+    let c = Cluster::up(3, &[]);
+    let all: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
+    let leader = c.wait_leader(&all, Duration::from_secs(10));
+    let lagging = *all.iter().find(|&&id| id != leader).unwrap();
+    let up: Vec<String> = all.iter().filter(|&&id| id != lagging).map(|&id| c.master(id).etcd.clone()).collect();
+    c.signal(lagging, Signal::SIGSTOP);
+    let mut rev = 0;
+    for i in 0..24 {
+        rev = put_retrying(&c, &up, &format!("big/{i}"), &"x".repeat(1 << 20), Duration::from_secs(20));
+    }
+    c.signal(lagging, Signal::SIGCONT);
+    assert_same_hash(&c, &all, rev);
+    let log = std::fs::read_to_string(&c.master(lagging).log).unwrap();
+    assert!(
+        !log.contains("installed snapshot"),
+        "it caught up through a snapshot, not appends:\n{}",
+        c.log_tail(lagging)
+    );
+    let rt = runtime();
+    let got = rt.block_on(c.get(&c.master(lagging).etcd, "big/23", true)).unwrap();
+    assert_eq!(got.map(|v| v.len()), Some(1 << 20));
+}
+
 /// A controller's writes carry the term of the leadership it read under (DESIGN.md rule 4):
 /// the leader of that term takes them; a follower refuses rather than forwards them; the next
 /// leader refuses them; and a fence that is not a term is refused by name. Refused writes
