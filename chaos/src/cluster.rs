@@ -3,6 +3,7 @@
 
 use crate::net::{Net, CLIENT_PORT};
 use crate::nodes::Nodes;
+use crate::pki::ChaosPki;
 use crate::process::Process;
 use anyhow::Context;
 use skiff_proto::etcdserverpb::cluster_client::ClusterClient;
@@ -42,7 +43,12 @@ pub struct MasterOptions {
 impl Master {
     /// Writes this master's configuration file as raft member `id`; `initial` names the founding
     /// members (empty: join a cluster that added it).
-    fn write_config(&self, initial: &BTreeMap<u64, Member>, opts: &MasterOptions) -> anyhow::Result<()> {
+    fn write_config(
+        &self,
+        initial: &BTreeMap<u64, Member>,
+        opts: &MasterOptions,
+        pki: &ChaosPki,
+    ) -> anyhow::Result<()> {
         let mut config = MasterConfig::new(
             self.id,
             format!("master-{}", self.id),
@@ -52,13 +58,22 @@ impl Master {
         );
         config.initial_members = initial.clone();
         config.unsafe_local_reads = opts.unsafe_local_reads;
-        // `skiff master --config` reads the controllers' settings beside the store's.
+        config.client_tls = Some(pki.client_listener());
+        config.root_password_hash = Some(pki.root_password_hash.clone());
+        let home = self.config.parent().context("a master's config lives in its directory")?;
+        config.peer_tls = Some(pki.peer_identity(home, self.id)?);
+        // `skiff master --config` reads the controllers' and the API's settings beside the store's.
         let mut file = serde_json::to_value(&config)?;
         file["controllers"] = serde_json::json!({
             "node_grace_seconds": opts.node_grace_seconds,
             "pod_eviction_seconds": opts.pod_eviction_seconds,
         });
-        std::fs::write(&self.config, serde_json::to_string_pretty(&file)?)
+        file["kubelet_client"] = serde_json::json!({
+            "cert": pki.kubelet_client.cert,
+            "key": pki.kubelet_client.key,
+            "ca": pki.ca,
+        });
+        skiff_proto::pki::write_private(&self.config, serde_json::to_string_pretty(&file)?.as_bytes())
             .with_context(|| format!("writing {}", self.config.display()))
     }
 }
@@ -70,6 +85,8 @@ pub struct ChaosCluster {
     /// One channel per master for the harness's own calls (status, hash, final reads).
     admin: Vec<Channel>,
     options: MasterOptions,
+    /// The run's CAs and credentials.
+    pub pki: ChaosPki,
     /// The node daemons, when the run has any ([`start_nodes`](Self::start_nodes)).
     pub nodes: Nodes,
 }
@@ -77,7 +94,9 @@ pub struct ChaosCluster {
 impl ChaosCluster {
     /// Writes each master's configuration under `dir` and starts them all.
     pub fn start(skiff: &Path, n: usize, dir: &Path, options: MasterOptions) -> anyhow::Result<ChaosCluster> {
-        let net = Net::create(n)?;
+        let mut net = Net::create(n)?;
+        let pki = ChaosPki::create(dir)?;
+        net.use_tls(pki.harness_tls()?)?;
         let members: BTreeMap<u64, Member> = (0..n)
             .map(|i| {
                 let id = i as u64 + 1;
@@ -92,7 +111,7 @@ impl ChaosCluster {
         let mut masters = Vec::new();
         for (id, m) in &members {
             let home = dir.join(format!("master-{id}"));
-            std::fs::create_dir_all(&home)?;
+            skiff_proto::pki::create_private_dir(&home)?;
             let master = Master {
                 id: *id,
                 config: home.join("master.json"),
@@ -101,11 +120,12 @@ impl ChaosCluster {
                 log: dir.join(format!("master-{id}.log")),
                 process: Process::default(),
             };
-            master.write_config(&members, &options)?;
+            master.write_config(&members, &options, &pki)?;
             masters.push(master);
         }
         let admin = (0..n).map(|i| net.channel(i, Duration::from_secs(3))).collect();
-        let mut c = ChaosCluster { net, masters, skiff: skiff.to_path_buf(), admin, options, nodes: Nodes::default() };
+        let mut c =
+            ChaosCluster { net, masters, skiff: skiff.to_path_buf(), admin, options, pki, nodes: Nodes::default() };
         for i in 0..n {
             c.restart(i)?;
         }
@@ -114,7 +134,7 @@ impl ChaosCluster {
 
     /// Starts the node daemons; they reach the masters through proxies into their namespaces.
     pub async fn start_nodes(&mut self, dir: &Path, opts: &crate::nodes::NodeOptions) -> anyhow::Result<()> {
-        self.nodes = Nodes::start(&self.skiff, &self.net, dir, opts).await?;
+        self.nodes = Nodes::start(&self.skiff, &self.net, &self.pki, dir, opts).await?;
         Ok(())
     }
 
@@ -236,7 +256,7 @@ impl ChaosCluster {
             .context("member add returned no member")?;
         self.masters[i].id = added.id;
         // No founding members: it joins the cluster that just added it.
-        self.masters[i].write_config(&BTreeMap::new(), &self.options)?;
+        self.masters[i].write_config(&BTreeMap::new(), &self.options, &self.pki)?;
         self.restart(i)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {

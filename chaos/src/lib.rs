@@ -5,6 +5,8 @@
 //!   namespace for the harness's clients.
 //! - [`delay`]: slow links — packets held in an nfnetlink queue for a fixed time.
 //! - [`cluster`]: `skiff master` processes (kill, restart, pause, resume, who leads).
+//! - [`pki`]: the run's CAs and certificates: masters, members, nodes and the harness all
+//!   authenticate over TLS, with the store's auth on, as in a `skiff up` cluster.
 //! - [`nemesis`]: the seeded fault schedule and its execution.
 //! - [`kv`]: the register workload (get, put, compare-and-set, delete) through the etcd API.
 //! - [`watchers`]: a watcher per master that resumes across reconnects.
@@ -25,6 +27,7 @@ pub mod linearizability;
 pub mod nemesis;
 pub mod net;
 pub mod nodes;
+pub mod pki;
 pub mod process;
 pub mod report;
 pub mod rollouts;

@@ -42,6 +42,9 @@ pub struct Net {
     cut: BTreeSet<(usize, usize)>,
     lossy: BTreeSet<usize>,
     slow: BTreeMap<usize, Delay>,
+    /// What [`channel`](Self::channel)s dial: a client listener, over TLS after
+    /// [`use_tls`](Self::use_tls).
+    endpoint: Endpoint,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -74,6 +77,7 @@ impl Net {
             cut: BTreeSet::new(),
             lossy: BTreeSet::new(),
             slow: BTreeMap::new(),
+            endpoint: Endpoint::from_static("http://127.0.0.1:2379"),
         };
         // From here on, Drop removes whatever was made if a later step fails.
         ip(&["link", "add", &net.bridge, "type", "bridge"])?;
@@ -98,9 +102,21 @@ impl Net {
         format!("{}:{PEER_PORT}", self.members[i].ip)
     }
 
+    /// Channels from here on speak TLS to the client listeners with `tls` (its CA and identity).
+    pub fn use_tls(&mut self, tls: tonic::transport::ClientTlsConfig) -> anyhow::Result<()> {
+        self.endpoint = Endpoint::from_static("https://127.0.0.1:2379").tls_config(tls)?;
+        Ok(())
+    }
+
     /// A lazily connecting gRPC channel to member `i`'s client listener, opened inside its
-    /// namespace; every request gives up after `timeout`.
+    /// namespace (over TLS after [`use_tls`](Self::use_tls)); every request gives up after `timeout`.
     pub fn channel(&self, i: usize, timeout: Duration) -> Channel {
+        self.channel_to(i, self.endpoint.clone().timeout(timeout))
+    }
+
+    /// A lazily connecting channel to member `i`'s client listener dialed as `endpoint` says
+    /// (its scheme, TLS and deadlines), opened inside the member's namespace.
+    pub fn channel_to(&self, i: usize, endpoint: Endpoint) -> Channel {
         let tx = self.members[i].connect.clone();
         let connector = tower::service_fn(move |_: Uri| {
             let tx = tx.clone();
@@ -114,10 +130,7 @@ impl Net {
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::TcpStream::from_std(stream)?))
             }
         });
-        Endpoint::from_static("http://127.0.0.1:2379")
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(timeout)
-            .connect_with_connector_lazy(connector)
+        endpoint.connect_timeout(Duration::from_secs(1)).connect_with_connector_lazy(connector)
     }
 
     /// A port on the host's loopback that forwards every connection to member `i`'s client

@@ -5,7 +5,9 @@
 //! evicts their pods.
 
 use crate::net::Net;
+use crate::pki::ChaosPki;
 use crate::process::Process;
+use skiff_proto::pki::Issued;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -25,6 +27,11 @@ pub struct NodeDaemon {
     bridge: String,
     node_ip: String,
     pod_cidr: String,
+    /// Its client configuration: the masters (through the proxies), its certificate, the CA.
+    config: PathBuf,
+    /// Its server's certificate, and the CA whose client certificates (the masters') it takes.
+    serving: Issued,
+    ca: PathBuf,
     log: PathBuf,
     process: Process,
 }
@@ -33,8 +40,6 @@ pub struct NodeDaemon {
 #[derive(Default)]
 pub struct Nodes {
     skiff: PathBuf,
-    /// The client config naming the proxies, one per master.
-    config: PathBuf,
     lease_interval_seconds: u64,
     pub daemons: Vec<NodeDaemon>,
     /// The reference the imported image goes by, for the pods' `image`.
@@ -44,24 +49,21 @@ pub struct Nodes {
 impl Nodes {
     /// Imports the image into `opts.count` node state directories under `dir` and starts a
     /// daemon on each. The net's tag keeps bridge names and node addresses apart from other runs'.
-    pub async fn start(skiff: &Path, net: &Net, dir: &Path, opts: &NodeOptions) -> anyhow::Result<Nodes> {
+    pub async fn start(
+        skiff: &Path,
+        net: &Net,
+        pki: &ChaosPki,
+        dir: &Path,
+        opts: &NodeOptions,
+    ) -> anyhow::Result<Nodes> {
         let tag = net.tag;
         let mut endpoints = Vec::new();
         for i in 0..net.members.len() {
             endpoints.push(net.proxy(i).await?.to_string());
         }
-        // The API is open (no token file, loopback only), so the nodes need no credentials.
-        let client = serde_json::json!({
-            "clusters": [{"name": "chaos", "endpoints": endpoints}],
-            "contexts": [{"name": "chaos", "cluster": "chaos", "user": "node", "namespace": "default"}],
-            "currentContext": "chaos",
-        });
-        let config = dir.join("nodes-client.json");
-        std::fs::write(&config, serde_json::to_string_pretty(&client)?)?;
         let cidrs = skiff_node::sandbox::free_pod_cidrs(opts.count)?;
         let mut nodes = Nodes {
             skiff: skiff.to_path_buf(),
-            config,
             lease_interval_seconds: opts.lease_interval_seconds,
             daemons: Vec::new(),
             image: String::new(),
@@ -74,10 +76,28 @@ impl Nodes {
                 .import_layout(&opts.image, "")
                 .map_err(|e| anyhow::anyhow!("importing {} into {name}: {e}", opts.image.display()))?;
             nodes.image = image.reference;
+            // 127.213.0.0/16: the masters' bridge subnet's second octet, on the host's loopback.
+            let node_ip = format!("127.213.{}.{}", tag % 250, k + 2);
+            // Each node authenticates with a certificate of its own (the Node authorizer's
+            // `system:node:<name>`) and serves its logs and metrics over TLS to the masters only.
+            let home = dir.join(format!("{name}-pki"));
+            skiff_proto::pki::create_private_dir(&home)?;
+            let (identity, serving) = pki.node_identity(&home, &name, &node_ip)?;
+            let client = serde_json::json!({
+                "clusters": [{"name": "chaos", "endpoints": endpoints}],
+                "users": [{"name": name, "clientCertificate": identity.cert, "clientKey": identity.key}],
+                "ca": pki.ca,
+                "contexts": [{"name": "chaos", "cluster": "chaos", "user": name, "namespace": "default"}],
+                "currentContext": "chaos",
+            });
+            let config = home.join("client.json");
+            skiff_proto::pki::write_private(&config, serde_json::to_string_pretty(&client)?.as_bytes())?;
             nodes.daemons.push(NodeDaemon {
                 bridge: format!("skcn{tag}n{}", k + 1),
-                // 127.213.0.0/16: the masters' bridge subnet's second octet, on the host's loopback.
-                node_ip: format!("127.213.{}.{}", tag % 250, k + 2),
+                node_ip,
+                config,
+                serving,
+                ca: pki.ca.clone(),
                 log: dir.join(format!("{name}.log")),
                 root: std::fs::canonicalize(&root)?,
                 name,
@@ -108,7 +128,13 @@ impl Nodes {
             .args(["--pod-cidr", &n.pod_cidr, "--lease-interval-seconds", &lease])
             .args(["--ingress-http-port", "0", "--ingress-https-port", "0", "--backoff-base-ms", "1000"])
             .arg("--config")
-            .arg(&self.config)
+            .arg(&n.config)
+            .arg("--tls-cert-file")
+            .arg(&n.serving.cert)
+            .arg("--tls-private-key-file")
+            .arg(&n.serving.key)
+            .arg("--client-ca-file")
+            .arg(&n.ca)
             .arg("--root-dir")
             .arg(&n.root);
         n.process.start(&mut cmd, &n.log, &format!("node {}", n.name))

@@ -110,6 +110,46 @@ async fn hashes_agree(cluster: &ChaosCluster, revision: i64) -> Check {
     Check { name: "hashkv".into(), passed: false, detail: format!("masters disagree at revision {revision}: {seen:?}") }
 }
 
+/// Proves the run's masters were not open: a caller that verifies the server but presents no
+/// credentials is refused by the store (etcd's "user name is empty") and by the API.
+async fn credentials_required(cluster: &ChaosCluster, i: usize) -> Check {
+    use skiff_proto::api::objects_client::ObjectsClient;
+    use skiff_proto::api::RawListRequest;
+    use skiff_proto::etcdserverpb::RangeRequest;
+    let name = "credentials required".to_string();
+    let endpoint = match cluster.pki.anonymous_endpoint() {
+        Ok(e) => e.timeout(Duration::from_secs(5)),
+        Err(e) => return Check { name, passed: false, detail: format!("no anonymous client: {e:#}") },
+    };
+    let channel = cluster.net.channel_to(i, endpoint);
+    let range = RangeRequest { key: PREFIX.into(), range_end: b"\0".to_vec(), ..Default::default() };
+    let store = KvClient::new(channel.clone()).range(range).await;
+    let list = RawListRequest { resource: "secrets".into(), ..Default::default() };
+    let api = ObjectsClient::new(channel).list(list).await;
+    fn refused<T>(r: &Result<T, tonic::Status>, code: tonic::Code) -> Result<String, String> {
+        match r {
+            Err(s) if s.code() == code => Ok(s.message().to_string()),
+            Err(s) => Err(format!("{:?} {}", s.code(), s.message())),
+            Ok(_) => Err("answered".to_string()),
+        }
+    }
+    match (refused(&store, tonic::Code::InvalidArgument), refused(&api, tonic::Code::Unauthenticated)) {
+        (Ok(store), Ok(api)) => Check {
+            name,
+            passed: true,
+            detail: format!(
+                "without credentials master {} refused the store ({store}) and the API ({api})",
+                cluster.masters[i].id
+            ),
+        },
+        (store, api) => Check {
+            name,
+            passed: false,
+            detail: format!("master {} without credentials: store {store:?}, API {api:?}", cluster.masters[i].id),
+        },
+    }
+}
+
 fn linearizability_check(events: &[Event]) -> Check {
     let keys: HashSet<&str> = events.iter().map(|e| e.key.as_str()).collect();
     match linearizability::check(events) {
@@ -361,6 +401,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     checks.push(lost_writes_check(&acked, history));
     checks.extend(watch_checks(&watch_logs, history));
     checks.push(hashes_agree(&cluster, end).await);
+    checks.push(credentials_required(&cluster, leader).await);
     if let Some(surge) = &surge {
         write_json(opts.artifacts.join("surge.json"), surge)?;
         checks.push(surge_check(surge));
