@@ -56,36 +56,49 @@ pub(crate) struct BenchPki {
     server_key: PathBuf,
     skiff_peers: Vec<skiff_raft_store::peer_tls::PeerTls>,
     ca_pem: Vec<u8>,
+    /// The API benchmarks' identity: CN `admin`, O `system:masters`.
+    admin: skiff_proto::pki::Issued,
+    /// The store's root password (0600), which turns the store's auth on.
+    root_password: PathBuf,
 }
 
 impl BenchPki {
     fn generate(dir: &Path) -> anyhow::Result<BenchPki> {
-        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        use skiff_proto::pki::{Ca, Subject, Usage};
         use skiff_raft_store::peer_tls::{member_common_name, member_name};
         std::fs::create_dir_all(dir)?;
-        let (ca, ca_key) = crate::up::new_ca("skiff-bench-ca")?;
-        let both = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let issue = |name: &str, sans: Vec<String>, cn: String| -> anyhow::Result<(PathBuf, PathBuf)> {
-            let mut params = CertificateParams::new(sans)?;
-            params.distinguished_name.push(DnType::CommonName, cn);
-            params.extended_key_usages = both.clone();
-            let key = KeyPair::generate()?;
-            let cert = params.signed_by(&key, &ca, &ca_key)?;
-            let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
-            std::fs::write(&c, cert.pem())?;
-            crate::up::write_private(&k, key.serialize_pem().as_bytes())?;
-            Ok((c, k))
-        };
-        let (server_cert, server_key) =
-            issue("server", vec!["127.0.0.1".into(), "localhost".into()], "skiff-bench-server".into())?;
         let ca_path = dir.join("ca.crt");
-        std::fs::write(&ca_path, ca.pem())?;
+        let ca = Ca::create(&ca_path, "skiff-bench-ca")?;
+        let both = [Usage::ServerAuth, Usage::ClientAuth];
+        let server =
+            Subject { common_name: "skiff-bench-server", sans: &["127.0.0.1", "localhost"], ..Default::default() };
+        let server = ca.issue(&dir.join("server"), &server, &both)?;
+        let (server_cert, server_key) = (server.cert, server.key);
         let mut skiff_peers = Vec::new();
         for id in 1..=3u64 {
-            let (cert, key) = issue(&format!("peer-{id}"), vec![member_name(id)], member_common_name(id))?;
-            skiff_peers.push(skiff_raft_store::peer_tls::PeerTls { cert, key, ca: ca_path.clone() });
+            let (cn, dns) = (member_common_name(id), member_name(id));
+            let peer = Subject { common_name: &cn, sans: &[&dns], ..Default::default() };
+            let issued = ca.issue(&dir.join(format!("peer-{id}")), &peer, &both)?;
+            skiff_peers.push(skiff_raft_store::peer_tls::PeerTls {
+                cert: issued.cert,
+                key: issued.key,
+                ca: ca_path.clone(),
+            });
         }
-        Ok(BenchPki { ca: ca_path, server_cert, server_key, skiff_peers, ca_pem: ca.pem().into_bytes() })
+        let admin = Subject { common_name: "admin", organization: Some("system:masters"), ..Default::default() };
+        let admin = ca.issue(&dir.join("admin"), &admin, &[Usage::ClientAuth])?;
+        let root_password = dir.join("root.password");
+        let password: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
+        crate::up::write_private(&root_password, password.as_bytes())?;
+        Ok(BenchPki {
+            ca: ca_path,
+            server_cert,
+            server_key,
+            skiff_peers,
+            ca_pem: ca.pem().into_bytes(),
+            admin,
+            root_password,
+        })
     }
 }
 
@@ -125,14 +138,43 @@ impl Proc {
 pub(crate) struct System {
     name: &'static str,
     pub(crate) procs: Vec<Proc>,
-    /// The CA that signed the client port's certificate, when the system serves TLS.
-    ca_pem: Option<Vec<u8>>,
+    /// How clients reach its client ports.
+    pub(crate) dial: Dial,
+    /// The API benchmarks' client configuration files: CA, certificate, key.
+    pub(crate) admin: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl System {
     /// A channel to one of this system's client ports.
     async fn channel(&self, addr: &str) -> anyhow::Result<Channel> {
-        channel_with(addr, self.ca_pem.as_deref()).await
+        self.dial.channel(addr).await
+    }
+}
+
+/// How to reach a system's client ports: plaintext, or TLS verified against a CA (PEM) and
+/// presenting a client certificate when there is one.
+#[derive(Clone, Default)]
+pub(crate) struct Dial {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Dial {
+    pub(crate) async fn channel(&self, addr: &str) -> anyhow::Result<Channel> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(10))
+            .tcp_nodelay(true);
+        if let Some(ca) = &self.ca {
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            if let Some((cert, key)) = &self.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        Ok(endpoint.connect().await?)
     }
 }
 
@@ -144,11 +186,21 @@ impl Drop for System {
     }
 }
 
+/// Three masters as `skiff up` runs them, for the API benchmarks: TLS on every port, the
+/// store's auth on, and clients authenticated by certificate (the benchmark as `admin`).
 pub(crate) fn skiff_system(dir: &Path) -> anyhow::Result<System> {
-    skiff_system_with(dir, None)
+    let pki = BenchPki::generate(&dir.join("pki"))?;
+    let mut sys = skiff_system_with(dir, Some(&pki), true)?;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    sys.dial.identity = Some((read(&pki.admin.cert)?, read(&pki.admin.key)?));
+    sys.admin = Some((pki.ca.clone(), pki.admin.cert.clone(), pki.admin.key.clone()));
+    Ok(sys)
 }
 
-fn skiff_system_with(dir: &Path, pki: Option<&BenchPki>) -> anyhow::Result<System> {
+/// Three Skiff masters in `dir`; with `pki`, TLS on their client and peer ports, and with
+/// `client_auth` also client certificates required and the store's auth on (the store
+/// benchmark runs without, as etcd does there).
+fn skiff_system_with(dir: &Path, pki: Option<&BenchPki>, client_auth: bool) -> anyhow::Result<System> {
     let ports = crate::up::free_ports(6)?;
     let cluster: Vec<String> =
         (0..3).map(|i| format!("{}=127.0.0.1:{}/127.0.0.1:{}", i + 1, ports[2 * i], ports[2 * i + 1])).collect();
@@ -183,6 +235,12 @@ fn skiff_system_with(dir: &Path, pki: Option<&BenchPki>) -> anyhow::Result<Syste
                 .into_iter()
                 .flatten()
             }))
+            .chain(pki.filter(|_| client_auth).into_iter().flat_map(|pki| {
+                [("--client-ca", &pki.ca), ("--root-password-file", &pki.root_password)]
+                    .map(|(flag, path)| [flag.to_string(), path.to_string_lossy().into_owned()])
+                    .into_iter()
+                    .flatten()
+            }))
             .collect(),
             log: dir.join(format!("skiff-{}.log", i + 1)),
             child: None,
@@ -190,7 +248,8 @@ fn skiff_system_with(dir: &Path, pki: Option<&BenchPki>) -> anyhow::Result<Syste
             member_id: 0,
         })
         .collect();
-    Ok(System { name: "skiff", procs, ca_pem: pki.map(|p| p.ca_pem.clone()) })
+    let dial = Dial { ca: pki.map(|p| p.ca_pem.clone()), identity: None };
+    Ok(System { name: "skiff", procs, dial, admin: None })
 }
 
 fn etcd_system(dir: &Path, bin: &Path, pki: Option<&BenchPki>) -> anyhow::Result<System> {
@@ -236,25 +295,8 @@ fn etcd_system(dir: &Path, bin: &Path, pki: Option<&BenchPki>) -> anyhow::Result
             }
         })
         .collect();
-    Ok(System { name: "etcd", procs, ca_pem: pki.map(|p| p.ca_pem.clone()) })
-}
-
-pub(crate) async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    channel_with(addr, None).await
-}
-
-/// A channel to `addr`: TLS verified against `ca` (PEM) when given, else plaintext.
-async fn channel_with(addr: &str, ca: Option<&[u8]>) -> anyhow::Result<Channel> {
-    let scheme = if ca.is_some() { "https" } else { "http" };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(10))
-        .tcp_nodelay(true);
-    if let Some(ca) = ca {
-        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca));
-        endpoint = endpoint.tls_config(tls)?;
-    }
-    Ok(endpoint.connect().await?)
+    let dial = Dial { ca: pki.map(|p| p.ca_pem.clone()), identity: None };
+    Ok(System { name: "etcd", procs, dial, admin: None })
 }
 
 /// Starts the masters of `sys`, waits for a leader and for the API's system namespaces (the
@@ -268,7 +310,7 @@ pub(crate) async fn start_api_cluster(sys: &mut System) -> anyhow::Result<Vec<St
     let endpoints: Vec<String> = sys.procs.iter().map(|p| p.endpoint.clone()).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut ns = NamespacesClient::new(channel(&endpoints[0]).await?);
+        let mut ns = NamespacesClient::new(sys.channel(&endpoints[0]).await?);
         let req = skiff_proto::api::GetRequest { name: "default".into(), ..Default::default() };
         if ns.get(req).await.is_ok() {
             return Ok(endpoints);
@@ -285,9 +327,9 @@ pub(crate) async fn wait_leader(sys: &mut System, timeout: Duration) -> anyhow::
     let deadline = Instant::now() + timeout;
     loop {
         let mut leaders = Vec::new();
-        let ca = sys.ca_pem.clone();
+        let dial = sys.dial.clone();
         for p in sys.procs.iter_mut().filter(|p| p.child.is_some()) {
-            let Ok(ch) = channel_with(&p.endpoint, ca.as_deref()).await else { break };
+            let Ok(ch) = dial.channel(&p.endpoint).await else { break };
             let Ok(st) = MaintenanceClient::new(ch).status(StatusRequest {}).await else { break };
             let st = st.into_inner();
             p.member_id = st.header.map_or(0, |h| h.member_id);
@@ -441,7 +483,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut systems = Vec::new();
     for name in &args.systems {
         systems.push(match name.as_str() {
-            "skiff" => skiff_system_with(&dir, pki.as_ref())?,
+            "skiff" => skiff_system_with(&dir, pki.as_ref(), false)?,
             "etcd" => etcd_system(&dir, &args.etcd_bin, pki.as_ref())?,
             other => bail!("--systems: unknown system {other:?} (skiff or etcd)"),
         });

@@ -3,7 +3,7 @@
 //! watchers receiving 1,000 changes. No Kubernetes API server can be installed here to run
 //! beside it, so the figures are read against Kubernetes' published SLOs.
 
-use crate::bench::{channel, skiff_system, start_api_cluster};
+use crate::bench::{skiff_system, start_api_cluster, Dial};
 use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -64,6 +64,7 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 /// Creates pods from `clients` tasks for `secs` (or until `total` pods exist); returns the
 /// latency histogram, the count created and the elapsed seconds.
 async fn create_pods(
+    dial: &Dial,
     endpoints: &[String],
     namespace: &str,
     clients: usize,
@@ -75,7 +76,7 @@ async fn create_pods(
     let made = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let mut client = PodsClient::new(channel(&endpoints[c % endpoints.len()]).await?);
+        let mut client = PodsClient::new(dial.channel(&endpoints[c % endpoints.len()]).await?);
         let (stop, made, tag, ns) = (stop.clone(), made.clone(), tag.to_string(), namespace.to_string());
         tasks.push(tokio::spawn(async move {
             let mut h = hist();
@@ -109,20 +110,21 @@ pub fn run(args: BenchApiArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("skiff-bench-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut sys = skiff_system(&dir)?;
+    let dial = sys.dial.clone();
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
         let endpoints = start_api_cluster(&mut sys).await?;
         println!("machine: {} cores; 3 masters on loopback; clients spread over all masters", std::thread::available_parallelism().map_or(0, |n| n.get()));
         println!("{:<34} {:>10} {:>9} {:>9}", "measurement", "rate /s", "p50 ms", "p99 ms");
         for &c in &args.clients {
-            let (h, n, secs) = create_pods(&endpoints, "default", c, Some(args.seconds), None, &format!("c{c}")).await?;
+            let (h, n, secs) = create_pods(&dial, &endpoints, "default", c, Some(args.seconds), None, &format!("c{c}")).await?;
             println!("{:<34} {:>10.0} {:>9.2} {:>9.2}", format!("pod create, {c} client(s)"), n as f64 / secs, ms(&h, 0.5), ms(&h, 0.99));
         }
         // Latency at a fixed offered load: one create issued every 1/rate s, whatever the replies.
         {
             let mut clients = Vec::new();
             for e in &endpoints {
-                clients.push(PodsClient::new(channel(e).await?));
+                clients.push(PodsClient::new(dial.channel(e).await?));
             }
             let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -157,13 +159,13 @@ pub fn run(args: BenchApiArgs) -> anyhow::Result<()> {
             }
         }
         // The list runs over exactly `list_pods` pods in a namespace of their own.
-        let mut ns = NamespacesClient::new(channel(&endpoints[0]).await?);
+        let mut ns = NamespacesClient::new(dial.channel(&endpoints[0]).await?);
         ns.create(Namespace { metadata: Some(ObjectMeta { name: "list".into(), ..Default::default() }), ..Default::default() }).await?;
-        create_pods(&endpoints, "list", 64, None, Some(args.list_pods), "fill").await?;
+        create_pods(&dial, &endpoints, "list", 64, None, Some(args.list_pods), "fill").await?;
         let mut h = hist();
         let mut items = 0;
         for i in 0..args.lists {
-            let mut pods = PodsClient::new(channel(&endpoints[i % endpoints.len()]).await?).max_decoding_message_size(512 << 20);
+            let mut pods = PodsClient::new(dial.channel(&endpoints[i % endpoints.len()]).await?).max_decoding_message_size(512 << 20);
             let t0 = Instant::now();
             let list = pods.list(ListRequest { namespace: "list".into(), ..Default::default() }).await?.into_inner();
             h.record(t0.elapsed().as_micros() as u64)?;
@@ -172,7 +174,7 @@ pub fn run(args: BenchApiArgs) -> anyhow::Result<()> {
         println!("{:<34} {:>10} {:>9.2} {:>9.2}", format!("list {items} pods (linearizable)"), "", ms(&h, 0.5), ms(&h, 0.99));
         // The same pods read in pages of 500 (limit + continue, as kubectl and informers do):
         // each page should cost the same, whatever is left of the range after it.
-        let mut pods = PodsClient::new(channel(&endpoints[0]).await?).max_decoding_message_size(512 << 20);
+        let mut pods = PodsClient::new(dial.channel(&endpoints[0]).await?).max_decoding_message_size(512 << 20);
         let (mut pages, mut read) = (Vec::<Duration>::new(), 0);
         let mut token = String::new();
         let walk = Instant::now();
@@ -202,13 +204,13 @@ pub fn run(args: BenchApiArgs) -> anyhow::Result<()> {
         );
 
         // Watch fan-out: `watchers` streams on one namespace, then `changes` creates.
-        let mut ns = NamespacesClient::new(channel(&endpoints[0]).await?);
+        let mut ns = NamespacesClient::new(dial.channel(&endpoints[0]).await?);
         ns.create(Namespace { metadata: Some(ObjectMeta { name: "fanout".into(), ..Default::default() }), ..Default::default() }).await?;
         let sent: Arc<Vec<OnceLock<Instant>>> = Arc::new((0..args.changes).map(|_| OnceLock::new()).collect());
         let ready = Arc::new(AtomicUsize::new(0));
         let mut channels = Vec::new();
         for i in 0..48 {
-            channels.push(channel(&endpoints[i % endpoints.len()]).await?);
+            channels.push(dial.channel(&endpoints[i % endpoints.len()]).await?);
         }
         let mut watchers = Vec::new();
         for w in 0..args.watchers {
@@ -236,7 +238,7 @@ pub fn run(args: BenchApiArgs) -> anyhow::Result<()> {
         while ready.load(Ordering::SeqCst) < args.watchers {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut writer = ConfigMapsClient::new(channel(&endpoints[0]).await?);
+        let mut writer = ConfigMapsClient::new(dial.channel(&endpoints[0]).await?);
         let t0 = Instant::now();
         for i in 0..args.changes {
             sent[i].set(Instant::now()).ok();

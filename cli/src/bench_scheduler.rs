@@ -109,11 +109,12 @@ pub fn run(args: BenchSchedulerArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
         let endpoints = start_api_cluster(&mut sys).await?;
+        let (ca, cert, key) = sys.admin.clone().context("the API benchmark's cluster has an admin identity")?;
         let config = ClientConfig {
             endpoints,
             token: None,
-            ca: None,
-            client_cert: None,
+            ca: Some(ca),
+            client_cert: Some((cert, key)),
             namespace: "default".into(),
             timeout: Duration::from_secs(30),
         };
