@@ -40,9 +40,13 @@ fn etcdctl_kv_txn_members_and_status() {
 
     // phase: members and endpoint status
     let members = c.etcdctl_ok(&e1, &["member", "list"]);
+    let scheme = if c.ca().is_some() { "https" } else { "http" };
     for m in &c.masters {
-        assert!(members.contains(&m.name) && members.contains(&format!("http://{}", m.etcd)), "{members}");
+        assert!(members.contains(&m.name) && members.contains(&format!("{scheme}://{}", m.etcd)), "{members}");
     }
+    // The member list's URLs are dialable as listed: --cluster reaches every member through them.
+    let listed = c.etcdctl_ok(&e1, &["endpoint", "status", "--cluster"]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
     let status = c.etcdctl_ok(&c.endpoints(), &["endpoint", "status"]);
     assert_eq!(status.lines().count(), 3, "{status}");
     assert_eq!(status.matches(", true, false,").count(), 1, "exactly one leader:\n{status}");

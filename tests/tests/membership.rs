@@ -74,7 +74,8 @@ fn a_fourth_master_joins_as_learner_is_promoted_and_any_one_may_fail() {
         (mine.header?.revision == rev && mine.is_learner).then_some(())
     });
     wait_for(Duration::from_secs(20), "member list to show the learner's client URL", || {
-        c.etcdctl_ok(&e1, &["member", "list"]).contains(&format!("http://{client}")).then_some(())
+        let scheme = if c.ca().is_some() { "https" } else { "http" };
+        c.etcdctl_ok(&e1, &["member", "list"]).contains(&format!("{scheme}://{client}")).then_some(())
     });
 
     // phase: promote

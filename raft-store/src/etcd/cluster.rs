@@ -18,11 +18,14 @@ pub struct ClusterService {
     pub master: Arc<Master>,
 }
 
-fn url(addr: &str) -> Vec<String> {
+/// `addr` as a URL: `https` when that port speaks TLS. Every master of a cluster is set up
+/// alike (`skiff up`, the chaos harness), so this master's own settings say.
+fn url(addr: &str, tls: bool) -> Vec<String> {
+    let scheme = if tls { "https" } else { "http" };
     if addr.is_empty() {
         Vec::new()
     } else {
-        vec![format!("http://{addr}")]
+        vec![format!("{scheme}://{addr}")]
     }
 }
 
@@ -37,6 +40,10 @@ fn peer_addr(urls: &[String]) -> Result<String, Status> {
 }
 
 impl ClusterService {
+    fn peer_tls(&self) -> bool {
+        self.master.config.peer_tls.is_some()
+    }
+
     fn members(&self) -> Vec<Member> {
         let m = self.master.raft.metrics().borrow().membership_config.clone();
         let voters: Vec<u64> = m.voter_ids().collect();
@@ -45,8 +52,8 @@ impl ClusterService {
             .map(|(id, n)| Member {
                 id: *id,
                 name: n.name.clone(),
-                peer_ur_ls: url(&n.peer_addr),
-                client_ur_ls: url(&n.client_addr),
+                peer_ur_ls: url(&n.peer_addr, self.peer_tls()),
+                client_ur_ls: url(&n.client_addr, self.master.config.client_tls.is_some()),
                 is_learner: !voters.contains(id),
             })
             .collect()
@@ -81,7 +88,7 @@ impl Cluster for ClusterService {
             member: Some(Member {
                 id,
                 name: String::new(),
-                peer_ur_ls: url(&member.peer_addr),
+                peer_ur_ls: url(&member.peer_addr, self.peer_tls()),
                 client_ur_ls: Vec::new(),
                 is_learner: req.is_learner,
             }),
