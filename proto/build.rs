@@ -122,6 +122,17 @@ fn kinds_rs() -> String {
         .unwrap();
     }
     r.push_str("    };\n}\n\n");
+    r.push_str(
+        "/// Calls `$m!(Kind, KindList, KindWatchEvent, client_module, ServiceClient, \"resource\")` for\n\
+         /// every kind: what typed clients (informers) need.\n#[macro_export]\nmacro_rules! for_each_kind_client {\n    ($m:ident) => {\n",
+    );
+    for (kind, resource, ..) in KINDS {
+        let svc = service_name(kind);
+        let module = snake(&svc) + "_client";
+        writeln!(r, "        $m!({kind}, {kind}List, {kind}WatchEvent, {module}, {svc}Client, \"{resource}\");")
+            .unwrap();
+    }
+    r.push_str("    };\n}\n\n");
     // normalize_json: JSON through the typed schema and back (canonical form, unknown fields refused).
     r.push_str(
         "/// Reads `v` as `kind`'s typed schema and writes it back: the canonical JSON form, with an\n\

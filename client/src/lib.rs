@@ -6,7 +6,11 @@
 //! `{"clusters":[{"name","endpoints":[..]}],"users":[{"name","token"|"clientCertificate"+"clientKey"}],
 //!   "contexts":[{"name","cluster","user","namespace"}],"currentContext":"..","ca":".."}`
 //!
-//! Informers (list + watch + cache) come with the controllers.
+//! [`informer`]: typed caches fed by list + watch; [`queue`]: the keyed work queue controllers
+//! run from.
+
+pub mod informer;
+pub mod queue;
 
 use serde::Deserialize;
 use serde_json::Value;

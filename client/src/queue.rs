@@ -1,0 +1,252 @@
+//! A keyed work queue for level-triggered controllers, as client-go's rate-limited workqueue:
+//!
+//! - a key added while it waits is not added twice (events coalesce);
+//! - a key is handed to at most one worker at a time: added while a worker has it, it waits
+//!   until that worker is [`done`](WorkQueue::done) and is then handed out once more;
+//! - a key whose reconcile failed comes back after a per-key back-off that doubles with each
+//!   failure ([`retry`](WorkQueue::retry)), until [`forget`](WorkQueue::forget) resets it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The first retry's delay; each further failure doubles it, up to [`MAX_BACKOFF`].
+pub const BASE_BACKOFF: Duration = Duration::from_millis(10);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+struct State<T> {
+    ready: VecDeque<T>,
+    /// Keys in `ready`.
+    waiting: HashSet<T>,
+    /// Keys a worker has now.
+    active: HashSet<T>,
+    /// Active keys added again: handed out once more when done.
+    again: HashSet<T>,
+    failures: HashMap<T, u32>,
+    closed: bool,
+}
+
+/// Clones share the queue.
+pub struct WorkQueue<T> {
+    state: Arc<Mutex<State<T>>>,
+    wake: Arc<Notify>,
+}
+
+impl<T> Clone for WorkQueue<T> {
+    fn clone(&self) -> Self {
+        WorkQueue { state: self.state.clone(), wake: self.wake.clone() }
+    }
+}
+
+impl<T: Clone + Eq + Hash + Send + 'static> Default for WorkQueue<T> {
+    fn default() -> Self {
+        WorkQueue::new()
+    }
+}
+
+impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
+    pub fn new() -> WorkQueue<T> {
+        let state = State {
+            ready: VecDeque::new(),
+            waiting: HashSet::new(),
+            active: HashSet::new(),
+            again: HashSet::new(),
+            failures: HashMap::new(),
+            closed: false,
+        };
+        WorkQueue { state: Arc::new(Mutex::new(state)), wake: Arc::new(Notify::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
+        self.state.lock().expect("not poisoned")
+    }
+
+    /// Queues `key` (coalesced with a queued one; deferred while a worker has it).
+    pub fn add(&self, key: T) {
+        let mut s = self.lock();
+        if s.closed || s.waiting.contains(&key) {
+            return;
+        }
+        if s.active.contains(&key) {
+            s.again.insert(key);
+            return;
+        }
+        s.waiting.insert(key.clone());
+        s.ready.push_back(key);
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Queues `key` after `delay`.
+    pub fn add_after(&self, key: T, delay: Duration) {
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.add(key);
+        });
+    }
+
+    /// The next key, waiting for one; `None` once the queue is closed. The caller owns the key
+    /// until it calls [`done`](Self::done).
+    pub async fn next(&self) -> Option<T> {
+        loop {
+            // Registered before looking, so an add between the look and the wait is not lost.
+            let woken = self.wake.notified();
+            {
+                let mut s = self.lock();
+                if s.closed {
+                    return None;
+                }
+                if let Some(key) = s.ready.pop_front() {
+                    s.waiting.remove(&key);
+                    s.active.insert(key.clone());
+                    let more = !s.ready.is_empty();
+                    drop(s);
+                    if more {
+                        // Another worker may take the rest.
+                        self.wake.notify_one();
+                    }
+                    return Some(key);
+                }
+            }
+            woken.await;
+        }
+    }
+
+    /// The worker is finished with `key`; if it was added meanwhile it is queued again.
+    pub fn done(&self, key: &T) {
+        let mut s = self.lock();
+        s.active.remove(key);
+        if s.again.remove(key) {
+            drop(s);
+            self.add(key.clone());
+        }
+    }
+
+    /// `key` failed: queue it again after its back-off (which doubles per failure); returns
+    /// the delay. Call [`done`](Self::done) as well.
+    pub fn retry(&self, key: T) -> Duration {
+        let delay = {
+            let mut s = self.lock();
+            let n = s.failures.entry(key.clone()).or_insert(0);
+            let delay = BASE_BACKOFF.saturating_mul(1u32 << (*n).min(20)).min(MAX_BACKOFF);
+            *n += 1;
+            delay
+        };
+        self.add_after(key, delay);
+        delay
+    }
+
+    /// `key` succeeded: its next failure starts the back-off afresh.
+    pub fn forget(&self, key: &T) {
+        self.lock().failures.remove(key);
+    }
+
+    /// Keys waiting to be handed out.
+    pub fn len(&self) -> usize {
+        self.lock().ready.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ends the queue: [`next`](Self::next) returns `None` from now on.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `next` hands out within `within` (paused time advances as the runtime idles).
+    async fn next_within(q: &WorkQueue<&'static str>, within: Duration) -> Option<&'static str> {
+        tokio::time::timeout(within, q.next()).await.ok().flatten()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_adds_of_a_waiting_key_coalesce() {
+        let q = WorkQueue::new();
+        for _ in 0..5 {
+            q.add("a");
+        }
+        q.add("b");
+        assert_eq!(q.len(), 2);
+        assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some("a"));
+        assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some("b"));
+        assert_eq!(next_within(&q, Duration::from_secs(60)).await, None, "a was handed out once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_is_never_handed_to_two_workers_at_once() {
+        let q = WorkQueue::new();
+        q.add("a");
+        let first = next_within(&q, Duration::from_secs(1)).await;
+        assert_eq!(first, Some("a"));
+        // Changes arrive while the first worker reconciles "a".
+        q.add("a");
+        q.add("a");
+        q.add("b");
+        let second = tokio::spawn({
+            let q = q.clone();
+            async move { (next_within(&q, Duration::from_secs(1)).await, next_within(&q, Duration::from_secs(60)).await) }
+        });
+        let (b, blocked) = second.await.unwrap();
+        assert_eq!(b, Some("b"), "other keys go on");
+        assert_eq!(blocked, None, "a second worker got a key the first still has");
+        // Done: the adds made meanwhile hand "a" out once more, once.
+        q.done(&"a");
+        assert_eq!(next_within(&q, Duration::from_secs(1)).await, Some("a"));
+        q.done(&"a");
+        assert_eq!(next_within(&q, Duration::from_secs(60)).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_doubling_and_forget_starts_afresh() {
+        let q = WorkQueue::new();
+        let t0 = tokio::time::Instant::now();
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            q.add("a");
+            let k = q.next().await.unwrap();
+            delays.push(q.retry(k));
+            q.done(&k);
+            let before = tokio::time::Instant::now();
+            assert_eq!(next_within(&q, delays.last().unwrap().saturating_sub(Duration::from_millis(1))).await, None);
+            let back = next_within(&q, Duration::from_secs(60)).await;
+            assert_eq!(back, Some("a"), "the failed key comes back");
+            assert!(before.elapsed() >= *delays.last().unwrap(), "it came back before its back-off");
+            q.done(&"a");
+        }
+        assert_eq!(delays, [10, 20, 40, 80].map(Duration::from_millis));
+        assert!(t0.elapsed() >= Duration::from_millis(150));
+        q.forget(&"a");
+        q.add("a");
+        let k = q.next().await.unwrap();
+        assert_eq!(q.retry(k), BASE_BACKOFF);
+        q.done(&k);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_ends_every_waiting_worker() {
+        let q: WorkQueue<&'static str> = WorkQueue::new();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                tokio::spawn({
+                    let q = q.clone();
+                    async move { q.next().await }
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        q.close();
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), None);
+        }
+    }
+}
