@@ -184,7 +184,9 @@ pub fn assign(
             taken.insert(n.to_string());
         }
     }
-    for (i, p) in svc["spec"]["ports"].as_array_mut().into_iter().flatten().enumerate() {
+    // Through a pointer: indexing a service without ports mutably would store `ports: null`,
+    // which the typed schema refuses (typed Get/List/Watch of its namespace then failed).
+    for (i, p) in svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut).into_iter().flatten().enumerate() {
         if !node_ports {
             continue;
         }
@@ -280,6 +282,11 @@ mod tests {
         let mut s = svc(json!({"type": "ExternalName", "externalName": "example.org"}));
         assert!(assign(&r, &mut s, None, &none(), &none(), 0).unwrap().claim.is_empty());
         assert!(s["spec"]["clusterIP"].is_null());
+        let spec = s["spec"].as_object().unwrap();
+        assert!(!spec.contains_key("ports"), "no ports field is made up: {s}");
+        // It still fits the typed schema, so typed lists of its namespace work.
+        let typed: skiff_proto::api::Service = serde_json::from_value(s.clone()).expect("fits the typed schema");
+        assert_eq!(typed.spec.unwrap().external_name, "example.org");
     }
 
     #[test]
