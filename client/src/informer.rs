@@ -550,10 +550,19 @@ pub async fn run<K: Resource>(
                     }
                     Some(Err(e)) if too_old(&e) => continue 'list,
                     Some(Err(e)) => {
+                        // Resumed after a back-off: an error that repeats (an object the
+                        // server cannot encode) must not become a busy loop.
                         tracing::debug!("watch of {} ended: {}", K::RESOURCE, e.message());
+                        failures += 1;
                         break;
                     }
                     None => break,
+                }
+            }
+            if failures > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(retry_delay(failures)) => {}
+                    _ = stop.changed() => return,
                 }
             }
         }
@@ -715,6 +724,27 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("{what} did not happen");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_that_keeps_failing_is_retried_after_a_back_off_not_at_once() {
+        let (w1, r1) = mpsc::channel(8);
+        let (_w2, r2) = mpsc::channel(8);
+        let fake = Arc::new(Fake {
+            lists: Mutex::new(vec![Ok((vec![], "1".into()))]),
+            watches: Mutex::new(vec![r2, r1]),
+            asked: Mutex::new(Vec::new()),
+        });
+        let store: Store<Pod> = Store::new();
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(run(store.clone(), fake.clone(), stop));
+        until("the first watch", || fake.asked.lock().unwrap().len() == 2).await;
+        w1.send(Err(Status::internal("stored object does not fit its schema"))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(fake.asked.lock().unwrap().len(), 2, "re-watched within 150 ms of a failure");
+        until("the re-watch after the back-off", || fake.asked.lock().unwrap().len() == 3).await;
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
