@@ -354,6 +354,15 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     pod_eviction_timeout: std::time::Duration::from_secs(controllers.pod_eviction_seconds),
                     cron_clock: skiff_scheduler::runner::CronClock::new(controllers.cron_clock_speed),
                 };
+                // Informers run on every master, so a new leader starts with warm caches.
+                let caches = skiff_scheduler::endpoints_controller::Caches::start(&runner.client, &stop_rx);
+                let endpoints = skiff_scheduler::endpoints_controller::run(
+                    runner.client.clone(),
+                    caches,
+                    runner.leader_term.clone(),
+                    stop_rx.clone(),
+                );
+                tokio::spawn(endpoints);
                 tokio::spawn(runner.run(stop_rx));
             }
             Err(e) => tracing::warn!("scheduler not started: {}", e.message()),

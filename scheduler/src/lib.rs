@@ -20,6 +20,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod endpoints_controller;
 pub mod gc;
 pub mod job;
 pub mod nodelifecycle;

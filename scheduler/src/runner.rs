@@ -6,7 +6,8 @@
 //! everything from the API, so a lost round or a new leader changes nothing in the outcome,
 //! and a pod is retried whenever nodes, labels, taints or other pods change.
 //!
-//! Rounds poll (every `interval`); informers with watches come with the controllers.
+//! Rounds poll (every `interval`); the Endpoints controller already runs from informers
+//! ([`crate::endpoints_controller`]), the others move over next (issue 15).
 
 use crate::nodelifecycle::marked_unreachable;
 use crate::placement::needs_scheduling;
@@ -70,9 +71,6 @@ struct RoundState {
     accounts_checked: Option<std::time::Instant>,
 }
 
-/// How often the Endpoints controller looks (it runs apart from the other controllers).
-pub const ENDPOINTS_INTERVAL: Duration = Duration::from_millis(100);
-
 /// The least time between marking two nodes unreachable: Kubernetes' default
 /// `--node-eviction-rate` of 0.1 nodes per second, so a network blip that silences many nodes at
 /// once does not empty them all in the same moment.
@@ -108,23 +106,7 @@ const BIND_BATCH: usize = 256;
 
 impl Runner {
     pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) {
-        tokio::join!(self.rounds(stop.clone()), self.endpoint_rounds(stop));
-    }
-
-    /// The Endpoints controller on a short interval of its own: a deleted or unready pod
-    /// leaves its Services' endpoints without waiting for every other controller's pass.
-    async fn endpoint_rounds(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(ENDPOINTS_INTERVAL) => {}
-                _ = stop.changed() => return,
-            }
-            if let Some(term) = (self.leader_term)() {
-                if let Err(e) = self.fenced(term).endpoints().await {
-                    tracing::debug!("endpoints controller: {e}");
-                }
-            }
-        }
+        self.rounds(stop).await
     }
 
     async fn rounds(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -406,53 +388,24 @@ impl Runner {
         Ok(())
     }
 
-    /// One Endpoints controller pass over every Service (and Endpoints left by deleted ones).
-    async fn endpoints(&self) -> Result<(), Status> {
-        let services = self.client.list("services", "", "", "").await?;
-        let endpoints = self.client.list("endpoints", "", "", "").await?;
-        let pods = self.client.list("pods", "", "", "").await?;
+    /// The status of LoadBalancer Services and Ingresses: the addresses of the nodes that
+    /// serve them. (Endpoints are [`crate::endpoints_controller`]'s, run from informers.)
+    async fn load_balancers(&self) -> Result<(), Status> {
         let items = |l: &Value| l["items"].as_array().cloned().unwrap_or_default();
-        let (services, endpoints, pods) = (items(&services), items(&endpoints), items(&pods));
-        let key = |o: &Value| (o["metadata"]["namespace"].clone(), o["metadata"]["name"].clone());
+        let services = items(&self.client.list("services", "", "", "").await?);
         let ingresses = items(&self.client.list("ingresses", "", "", "").await?);
-        let balanced = !ingresses.is_empty() || services.iter().any(|s| s["spec"]["type"] == "LoadBalancer");
-        let nodes = if balanced { items(&self.client.list("nodes", "", "", "").await?) } else { vec![] };
+        let balanced: Vec<&Value> = services.iter().filter(|s| s["spec"]["type"] == "LoadBalancer").collect();
+        if ingresses.is_empty() && balanced.is_empty() {
+            return Ok(());
+        }
+        let nodes = items(&self.client.list("nodes", "", "", "").await?);
         let classes =
             if ingresses.is_empty() { vec![] } else { items(&self.client.list("ingressclasses", "", "", "").await?) };
         for ing in &ingresses {
             self.write_status("ingresses", ing, crate::endpoints::ingress_status(ing, &classes, &nodes)).await;
         }
-        for svc in &services {
+        for svc in balanced {
             self.write_status("services", svc, crate::endpoints::load_balancer_status(svc, &nodes)).await;
-            if svc["spec"]["selector"].as_object().is_none_or(|s| s.is_empty()) {
-                continue;
-            }
-            let ns = svc["metadata"]["namespace"].as_str().unwrap_or("default");
-            let mine: Vec<Value> = pods.iter().filter(|p| p["metadata"]["namespace"] == ns).cloned().collect();
-            let subsets = crate::endpoints::desired(svc, &mine);
-            match endpoints.iter().find(|e| key(e) == key(svc)) {
-                Some(current)
-                    if current["subsets"].as_array().cloned().unwrap_or_default()
-                        == subsets.as_array().cloned().unwrap_or_default() => {}
-                Some(current) => {
-                    let mut updated = current.clone();
-                    updated["subsets"] = subsets;
-                    self.ignore_races(self.client.update("endpoints", &updated).await.map(|_| ()))?;
-                }
-                None => {
-                    let mut obj = json!({"apiVersion": "v1", "kind": "Endpoints",
-                        "metadata": {"name": svc["metadata"]["name"], "namespace": ns}, "subsets": subsets});
-                    if svc["metadata"]["labels"].is_object() {
-                        obj["metadata"]["labels"] = svc["metadata"]["labels"].clone();
-                    }
-                    self.ignore_races(self.client.create("endpoints", ns, &obj).await.map(|_| ()))?;
-                }
-            }
-        }
-        for ep in endpoints.iter().filter(|e| !services.iter().any(|s| key(s) == key(e))) {
-            let ns = ep["metadata"]["namespace"].as_str().unwrap_or("default");
-            let name = ep["metadata"]["name"].as_str().unwrap_or_default();
-            self.ignore_races(self.client.delete("endpoints", ns, name).await.map(|_| ()))?;
         }
         Ok(())
     }
@@ -797,6 +750,9 @@ impl Runner {
         }
         if let Err(e) = self.cronjobs().await {
             tracing::debug!("cronjob controller: {e}");
+        }
+        if let Err(e) = self.load_balancers().await {
+            tracing::debug!("load balancer status: {e}");
         }
         if let Err(e) = self.jobs().await {
             tracing::debug!("job controller: {e}");
