@@ -672,10 +672,12 @@ impl Master {
         }
     }
 
-    /// Stops taking client requests, then stops raft. Peers elect a new leader once this
-    /// member's heartbeats stop (openraft 0.9 has no leadership-transfer call).
+    /// Stops taking client requests and ends the watches it serves, then stops raft. Peers
+    /// elect a new leader once this member's heartbeats stop (openraft 0.9 has no
+    /// leadership-transfer call).
     pub async fn shutdown(&self) {
         self.accepting.store(false, Ordering::SeqCst);
+        self.sm.hub.close();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }

@@ -31,6 +31,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<bool, ServeError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_grace = stop_rx.clone();
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(master.clone().run_lease_expiry(stop_rx.clone()));
     tokio::spawn(master.clone().announce(stop_rx.clone()));
@@ -129,12 +130,34 @@ pub async fn serve(
             let _ = stop_tx.send(true);
         }
     };
-    let (peer_result, client_result, local_result, ()) = tokio::join!(peer, client, local, stopper);
-    peer_result?;
-    client_result?;
-    local_result?;
+    // Streams a client keeps open (lease keep-alives, a log follow) would hold a graceful
+    // shutdown forever: after a grace period the connections are dropped.
+    let servers = async { tokio::join!(peer, client, local) };
+    let grace = async {
+        wait_stop(stop_rx_grace).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let ((), results) = tokio::join!(stopper, async {
+        tokio::select! {
+            results = servers => Some(results),
+            () = grace => None,
+        }
+    });
+    match results {
+        Some((peer_result, client_result, local_result)) => {
+            peer_result?;
+            client_result?;
+            local_result?;
+        }
+        None => {
+            tracing::warn!(id = master.id(), "connections still open {SHUTDOWN_GRACE:?} after shutdown; dropping them")
+        }
+    }
     Ok(!failed.load(std::sync::atomic::Ordering::SeqCst))
 }
+
+/// How long open streams may take to finish once a master is shutting down.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn client_tls_config(tls: &ClientTls) -> Result<ServerTlsConfig, ServeError> {
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())));

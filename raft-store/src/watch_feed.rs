@@ -161,13 +161,27 @@ impl Follower {
 /// Starts a feed of `spec`'s events on this master.
 pub fn start(sm: Arc<SmShared>, spec: FeedSpec) -> FeedHandle {
     // Subscribe before reading the current revision: anything newer arrives on `rx`.
-    let mut live = sm.hub.subscribe();
+    let live = sm.hub.subscribe();
     let current = sm.mvcc.current_revision();
     let start = if spec.start_revision > 0 { spec.start_revision } else { current + 1 };
     let (tx, rx) = mpsc::channel(64);
     let progress = Arc::new(AtomicI64::new(start - 1));
-    let mut f = Follower { sm: sm.clone(), spec, tx, sent: start - 1, progress: progress.clone() };
+    let f = Follower { sm: sm.clone(), spec, tx, sent: start - 1, progress: progress.clone() };
+    let closed = sm.hub.closed();
     let task = tokio::spawn(async move {
+        tokio::select! {
+            () = f.follow(current, live) => {}
+            () = closed => {}
+        }
+    });
+    FeedHandle { rx, start_current: current, progress, task }
+}
+
+impl Follower {
+    /// Replays from the database, then follows the hub until the receiver leaves or the
+    /// requested history is compacted away.
+    async fn follow(mut self, current: i64, mut live: broadcast::Receiver<Arc<RevisionEvents>>) {
+        let f = &mut self;
         let mut result = f.replay(current).await;
         while result.is_ok() {
             result = match live.recv().await {
@@ -183,6 +197,5 @@ pub fn start(sm: Arc<SmShared>, spec: FeedSpec) -> FeedHandle {
         if let Err(Stop::Compacted(compacted)) = result {
             let _ = f.tx.send(Feed::Compacted { compacted }).await;
         }
-    });
-    FeedHandle { rx, start_current: current, progress, task }
+    }
 }

@@ -19,11 +19,28 @@ pub struct RevisionEvents {
 
 pub struct WatchHub {
     tx: broadcast::Sender<Arc<RevisionEvents>>,
+    /// Set once the master is shutting down: every feed then ends, so the streams that carry
+    /// them finish and a graceful shutdown is not held open by watchers that never leave.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl WatchHub {
     pub fn new(capacity: usize) -> Self {
-        WatchHub { tx: broadcast::channel(capacity).0 }
+        WatchHub { tx: broadcast::channel(capacity).0, closing: tokio::sync::watch::channel(false).0 }
+    }
+
+    /// Ends every feed, now and from now on.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`close`](Self::close) has been called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            // The sender lives as long as the hub; if it is gone, so is everything to watch.
+            let _ = rx.wait_for(|closing| *closing).await;
+        }
     }
 
     pub fn publish(&self, revision: i64, events: Vec<Event>) {

@@ -47,13 +47,20 @@ impl Watch for WatchService {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<WatchResponse, Status>>(256);
         let master = self.master.clone();
+        let closing = master.sm.hub.closed();
         tokio::spawn(async move {
             let mut watchers: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
             let mut next_id: i64 = 0;
+            tokio::pin!(closing);
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
                     _ = tx.closed() => break,
+                    () = &mut closing => {
+                        // As etcd does when it stops: the client reconnects to another member.
+                        let _ = tx.send(Err(Status::unavailable("etcdserver: server stopped"))).await;
+                        break;
+                    }
                 };
                 let Ok(Some(msg)) = msg else { break };
                 match msg.request_union {
