@@ -77,8 +77,23 @@ fn sigterm_stops_a_leader_cleanly_and_the_others_carry_on() {
     let all: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
     let leader = c.wait_leader(&all, Duration::from_secs(10));
     let pid = c.master(leader).pid;
+    // An open watch (and the controllers' own informer watches) must not hold the exit.
+    let mut watcher = skiff_tests::etcdctl_command(&c.master(leader).etcd)
+        .arg(format!("--user=root:{}", c.root_password()))
+        .args(["watch", "held-open"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("etcdctl");
+    wait_for(Duration::from_secs(10), "the watch to be open on the leader", || {
+        let out = std::process::Command::new("ss").args(["-Htn", "state", "established"]).output().ok()?;
+        let port = c.master(leader).etcd.rsplit(':').next()?.to_string();
+        String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")).then_some(())
+    });
     c.signal(leader, nix::sys::signal::Signal::SIGTERM);
     wait_for(Duration::from_secs(10), "the leader to exit on SIGTERM", || (!skiff_tests::pid_alive(pid)).then_some(()));
+    let _ = watcher.kill();
+    let _ = watcher.wait();
     let survivors: Vec<u64> = all.iter().copied().filter(|&id| id != leader).collect();
     c.wait_leader(&survivors, Duration::from_secs(10));
     let addrs: Vec<String> = survivors.iter().map(|&id| c.master(id).etcd.clone()).collect();
