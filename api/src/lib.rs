@@ -28,6 +28,7 @@ pub mod defaults;
 pub mod error;
 pub mod kinds;
 pub mod logs;
+pub mod metrics;
 pub mod node_authz;
 pub mod object;
 pub mod registry;

@@ -55,7 +55,13 @@ pub struct WatchOptions {
     pub field_selector: String,
     pub resource_version: String,
     pub allow_bookmarks: bool,
+    /// Bookmarks this often, and only when the revision moved on since what was last sent;
+    /// `None`: the registry's interval, unconditionally.
+    pub bookmark_interval: Option<Duration>,
 }
+
+/// The shortest bookmark interval a watcher may ask for.
+pub const MIN_BOOKMARK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// One watch event: `ADDED`, `MODIFIED`, `DELETED` or `BOOKMARK`, with the object.
 #[derive(Debug, Clone)]
@@ -92,6 +98,7 @@ pub struct Registry {
     pub bookmark_interval: Duration,
     /// The range Services' cluster IPs come from.
     pub service_range: ServiceRange,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn prefix_end(prefix: &str) -> Vec<u8> {
@@ -213,6 +220,7 @@ impl Registry {
             at_rest: None,
             bookmark_interval: Duration::from_secs(5),
             service_range: ServiceRange::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -577,6 +585,9 @@ impl Registry {
         let labels = LabelSelector::parse(&opts.label_selector)?;
         let fields = FieldSelector::parse(&opts.field_selector)?;
         let prefix = kinds::prefix(info, if info.namespaced { ns } else { "" });
+        if opts.continue_token.is_empty() {
+            self.metrics.listed(info.resource, &opts.label_selector, &opts.field_selector);
+        }
         let (mut start, revision) = if opts.continue_token.is_empty() {
             self.master.read_barrier().await?;
             (prefix.as_bytes().to_vec(), 0)
@@ -1006,7 +1017,10 @@ impl Registry {
             no_delete: false,
         };
         let mut feed = watch_feed::start(self.master.sm.clone(), spec);
-        let interval = self.bookmark_interval;
+        let (interval, only_progress) = match opts.bookmark_interval {
+            Some(asked) => (asked.max(MIN_BOOKMARK_INTERVAL), true),
+            None => (self.bookmark_interval, false),
+        };
         let kind_info = info;
         let at_rest = self.at_rest.clone();
         tokio::spawn(async move {
@@ -1016,11 +1030,15 @@ impl Registry {
                 }
             }
             let mut bookmarks = tokio::time::interval(interval);
+            bookmarks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             bookmarks.tick().await;
+            // The newest revision the watcher has been told of, by an event or a bookmark.
+            let mut told = start_revision - 1;
             loop {
                 tokio::select! {
                     msg = feed.rx.recv() => match msg {
-                        Some(Feed::Events { events, .. }) => {
+                        Some(Feed::Events { events, revision }) => {
+                            told = told.max(revision);
                             for ev in events {
                                 match translate(at_rest.as_deref(), &ev, &labels, &fields) {
                                     Ok(Some(e)) => if tx.send(Ok(e)).await.is_err() { return },
@@ -1038,6 +1056,10 @@ impl Registry {
                     _ = bookmarks.tick(), if opts.allow_bookmarks => {
                         // Never ahead of an event still queued: the next tick reports it.
                         let Some(rv) = feed.settled_progress() else { continue };
+                        if only_progress && rv <= told {
+                            continue;
+                        }
+                        told = told.max(rv);
                         let object = json!({"apiVersion": kind_info.api_version, "kind": kind_info.kind, "metadata": {"resourceVersion": rv.to_string()}});
                         if tx.send(Ok(WatchEvent { kind: "BOOKMARK", object })).await.is_err() { return }
                     }

@@ -377,6 +377,8 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
             field_selector: req.field_selector,
             resource_version: req.resource_version,
             allow_bookmarks: req.allow_watch_bookmarks,
+            bookmark_interval: (req.bookmark_interval_ms > 0)
+                .then(|| std::time::Duration::from_millis(u64::from(req.bookmark_interval_ms))),
         };
         let rx = self.api.registry.watch(self.info, &req.namespace, opts).await?;
         Ok(Box::pin(ReceiverStream::new(rx).map(|item| {
@@ -647,6 +649,7 @@ impl objects_server::Objects for ObjectsService {
             field_selector: r.field_selector,
             resource_version: r.resource_version,
             allow_bookmarks: false,
+            bookmark_interval: None,
         };
         let rx = self.api.registry.watch(info, &r.namespace, opts).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| {
@@ -672,6 +675,9 @@ pub fn routes(api: Arc<Api>) -> tonic::service::Routes {
     routes.add_service(pod_logs_server::PodLogsServer::new(crate::logs::PodLogsService { api: api.clone() }));
     routes
         .add_service(node_metrics_server::NodeMetricsServer::new(crate::logs::NodeMetricsService { api: api.clone() }));
+    routes.add_service(skiff_proto::api::api_metrics_server::ApiMetricsServer::new(crate::metrics::MetricsService {
+        api: api.clone(),
+    }));
     routes.add_service(service_account_tokens_server::ServiceAccountTokensServer::new(crate::satoken::TokenService {
         api,
     }));

@@ -317,13 +317,16 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding client listener {}", config.client_addr))?;
         let master = skiff_raft_store::Master::open(config.clone()).await?;
         tracing::info!(id = config.id, peer = %config.peer_addr, client = %config.client_addr, "master serving");
-        let shutdown = async {
+        // Controllers stop first, so their watches leave before the servers wait for streams.
+        let (stop_scheduler, stop_rx) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
+            stop_scheduler.send_replace(true);
         };
         // The scheduler runs in every master and acts only while this one leads; it reaches the
         // API like any client, with an identity only this process knows.
@@ -338,7 +341,6 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
             at_rest,
             node_client,
         );
-        let (_stop_scheduler, stop_rx) = tokio::sync::watch::channel(false);
         // It reaches the API over in-process connections: no certificate or CA to hold, and
         // nothing a listener that requires client certificates would refuse.
         let (local_listener, local) = skiff_raft_store::local::pair();
@@ -346,6 +348,14 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         match skiff_client::Client::over_channel("in-process", local.channel(), &scheduler_token, timeout) {
             Ok(client) => {
                 let leader = master.clone();
+                // Informers run on every master, so a new leader starts with warm caches; one
+                // per kind, shared by every controller here.
+                let informers = skiff_scheduler::informers::Informers::start(&client, &stop_rx);
+                let store = master.clone();
+                let lister = skiff_scheduler::informers::Lister::new(
+                    &informers,
+                    std::sync::Arc::new(move || store.sm.mvcc.current_revision()),
+                );
                 let runner = skiff_scheduler::runner::Runner {
                     client,
                     leader_term: std::sync::Arc::new(move || leader.leader_term()),
@@ -353,12 +363,11 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     node_grace: std::time::Duration::from_secs(controllers.node_grace_seconds),
                     pod_eviction_timeout: std::time::Duration::from_secs(controllers.pod_eviction_seconds),
                     cron_clock: skiff_scheduler::runner::CronClock::new(controllers.cron_clock_speed),
+                    lister: std::sync::Arc::new(lister),
                 };
-                // Informers run on every master, so a new leader starts with warm caches.
-                let caches = skiff_scheduler::endpoints_controller::Caches::start(&runner.client, &stop_rx);
                 let endpoints = skiff_scheduler::endpoints_controller::run(
                     runner.client.clone(),
-                    caches,
+                    skiff_scheduler::endpoints_controller::Caches::of(&informers),
                     runner.leader_term.clone(),
                     stop_rx.clone(),
                 );

@@ -206,10 +206,13 @@ struct State<K> {
     indexes: HashMap<&'static str, Index<K>>,
     resource_version: String,
     synced: bool,
+    /// Counts changes to the objects (not bookmarks), for readers that keep derived views.
+    generation: u64,
 }
 
 impl<K: Resource> State<K> {
     fn insert(&mut self, key: ObjectKey, obj: Arc<K>) -> Option<Arc<K>> {
+        self.generation += 1;
         let old = self.objects.insert(key.clone(), obj.clone());
         for index in self.indexes.values_mut() {
             if let Some(old) = &old {
@@ -222,6 +225,7 @@ impl<K: Resource> State<K> {
 
     fn remove(&mut self, key: &ObjectKey) -> Option<Arc<K>> {
         let old = self.objects.remove(key)?;
+        self.generation += 1;
         for index in self.indexes.values_mut() {
             index.unfile(key, &old);
         }
@@ -233,11 +237,13 @@ impl<K: Resource> State<K> {
 pub struct Store<K> {
     state: Arc<RwLock<State<K>>>,
     changes: broadcast::Sender<Change<K>>,
+    /// The resourceVersion as a number, for [`Store::caught_up`].
+    revision: Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 impl<K> Clone for Store<K> {
     fn clone(&self) -> Self {
-        Store { state: self.state.clone(), changes: self.changes.clone() }
+        Store { state: self.state.clone(), changes: self.changes.clone(), revision: self.revision.clone() }
     }
 }
 
@@ -255,10 +261,12 @@ impl<K: Resource> Store<K> {
         });
         let mut indexes = HashMap::new();
         indexes.insert(OWNER_INDEX, Index { of: owners, entries: HashMap::new() });
-        let state = State { objects: BTreeMap::new(), indexes, resource_version: String::new(), synced: false };
+        let state =
+            State { objects: BTreeMap::new(), indexes, resource_version: String::new(), synced: false, generation: 0 };
         // Subscribers that fall this far behind are told (Lagged) and resync from the store.
         let (changes, _) = broadcast::channel(4096);
-        Store { state: Arc::new(RwLock::new(state)), changes }
+        let revision = Arc::new(tokio::sync::watch::channel(0).0);
+        Store { state: Arc::new(RwLock::new(state)), changes, revision }
     }
 
     /// This store with another index, `name`, filing each object under `of(object)`.
@@ -323,6 +331,45 @@ impl<K: Resource> Store<K> {
         self.read().resource_version.clone()
     }
 
+    /// The store revision the cache is current to: every change up to it is applied (0
+    /// before the first list).
+    pub fn revision(&self) -> i64 {
+        *self.revision.borrow()
+    }
+
+    /// Waits until the cache is current to at least `revision`. A cache learns that it is
+    /// current from events and bookmarks; without either (no change to this kind, bookmarks
+    /// not asked for often) this waits for the next one.
+    pub async fn caught_up(&self, revision: i64) {
+        let mut rx = self.revision.subscribe();
+        // The sender lives as long as the store.
+        let _ = rx.wait_for(|r| *r >= revision).await;
+    }
+
+    /// Records `rv` as the version the cache is current to.
+    fn set_version(&self, state: &mut State<K>, rv: String) {
+        if let Ok(n) = rv.parse::<i64>() {
+            self.revision.send_if_modified(|r| {
+                let newer = n > *r;
+                *r = (*r).max(n);
+                newer
+            });
+        }
+        state.resource_version = rv;
+    }
+
+    /// A number that grows with every change to the objects (bookmarks leave it alone): two
+    /// reads with the same generation saw the same objects.
+    pub fn generation(&self) -> u64 {
+        self.read().generation
+    }
+
+    /// Every object, with the generation they are as of.
+    pub fn list_with_generation(&self) -> (Vec<Arc<K>>, u64) {
+        let state = self.read();
+        (state.objects.values().cloned().collect(), state.generation)
+    }
+
     /// Whether a whole list has been loaded.
     pub fn is_synced(&self) -> bool {
         self.read().synced
@@ -368,7 +415,7 @@ impl<K: Resource> Store<K> {
                     changes.push(Change::Applied { old, new });
                 }
             }
-            state.resource_version = resource_version;
+            self.set_version(&mut state, resource_version);
             state.synced = true;
         }
         for c in changes {
@@ -382,7 +429,7 @@ impl<K: Resource> Store<K> {
             let mut state = self.state.write().expect("not poisoned");
             match event {
                 WatchEvent::Bookmark(rv) => {
-                    state.resource_version = rv;
+                    self.set_version(&mut state, rv);
                     None
                 }
                 WatchEvent::Added(obj) | WatchEvent::Modified(obj) => {
@@ -390,14 +437,14 @@ impl<K: Resource> Store<K> {
                     let (key, rv) = (ObjectKey::of(meta), meta.resource_version.clone());
                     let new = Arc::new(obj);
                     let old = state.insert(key, new.clone());
-                    state.resource_version = rv;
+                    self.set_version(&mut state, rv);
                     Some(Change::Applied { old, new })
                 }
                 WatchEvent::Deleted(obj) => {
                     let Some(meta) = obj.meta() else { return };
                     let (key, rv) = (ObjectKey::of(meta), meta.resource_version.clone());
                     state.remove(&key);
-                    state.resource_version = rv;
+                    self.set_version(&mut state, rv);
                     Some(Change::Deleted(Arc::new(obj)))
                 }
             }
@@ -427,11 +474,26 @@ pub struct ApiSource {
     pub namespace: String,
     pub label_selector: String,
     pub field_selector: String,
+    /// Ask for a bookmark this often whenever the store moved on without an event for this
+    /// watch (Skiff's own), so [`Store::caught_up`] answers promptly; `None`: the server's.
+    pub bookmark_interval: Option<Duration>,
 }
 
 impl ApiSource {
     pub fn new(client: Client) -> ApiSource {
-        ApiSource { client, namespace: String::new(), label_selector: String::new(), field_selector: String::new() }
+        ApiSource {
+            client,
+            namespace: String::new(),
+            label_selector: String::new(),
+            field_selector: String::new(),
+            bookmark_interval: None,
+        }
+    }
+
+    /// Bookmarks every `interval` while the store moves on (at least 10 ms apart).
+    pub fn bookmarks_every(mut self, interval: Duration) -> ApiSource {
+        self.bookmark_interval = Some(interval);
+        self
     }
 
     pub fn fields(mut self, selector: &str) -> ApiSource {
@@ -473,6 +535,9 @@ impl<K: Resource> ListWatch<K> for ApiSource {
             field_selector: self.field_selector.clone(),
             resource_version: resource_version.to_string(),
             allow_watch_bookmarks: true,
+            bookmark_interval_ms: self
+                .bookmark_interval
+                .map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
         };
         // The stream outlives the call: no per-request deadline on it.
         K::watch(&self.client, req)

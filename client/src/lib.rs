@@ -516,6 +516,16 @@ impl Client {
         out
     }
 
+    /// The API server's metrics in Prometheus' text format, from the master that answers.
+    pub async fn api_metrics(&self) -> Result<String, Status> {
+        use skiff_proto::api::api_metrics_client::ApiMetricsClient;
+        self.with_failover(|channel, auth| async move {
+            let req = skiff_proto::api::ApiMetricsRequest {};
+            Ok(ApiMetricsClient::with_interceptor(channel, auth).get(req).await?.into_inner().text)
+        })
+        .await
+    }
+
     /// The store's members (id, name, addresses), from whichever master answers.
     pub async fn members(&self) -> Result<Vec<skiff_proto::etcdserverpb::Member>, Status> {
         self.with_failover(|channel, auth| async move {

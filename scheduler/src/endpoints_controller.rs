@@ -10,7 +10,7 @@
 
 use crate::endpoints::desired;
 use serde_json::{json, Value};
-use skiff_client::informer::{self, ApiSource, Change, ObjectKey, Resource, Store};
+use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_client::Client;
 use skiff_proto::api::{Endpoints, Pod, Service};
@@ -32,13 +32,13 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Starts an informer per kind through `client`, until `stop`.
-    pub fn start(client: &Client, stop: &tokio::sync::watch::Receiver<bool>) -> Caches {
-        let caches = Caches::default();
-        tokio::spawn(informer::run(caches.services.clone(), ApiSource::new(client.clone()), stop.clone()));
-        tokio::spawn(informer::run(caches.endpoints.clone(), ApiSource::new(client.clone()), stop.clone()));
-        tokio::spawn(informer::run(caches.pods.clone(), ApiSource::new(client.clone()), stop.clone()));
-        caches
+    /// The controller's view of the process's shared informers.
+    pub fn of(informers: &crate::informers::Informers) -> Caches {
+        Caches {
+            services: informers.services.clone(),
+            endpoints: informers.endpoints.clone(),
+            pods: informers.pods.clone(),
+        }
     }
 
     async fn synced(&self) {

@@ -22,6 +22,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod endpoints_controller;
 pub mod gc;
+pub mod informers;
 pub mod job;
 pub mod nodelifecycle;
 pub mod placement;

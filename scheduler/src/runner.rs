@@ -1,13 +1,15 @@
-//! The leader's I/O shell: while this master is the raft leader, each round lists nodes, pods
-//! and ReplicaSets through the API; runs the ReplicaSet controller ([`crate::replicaset::plan`])
-//! and executes its plan; then places every unscheduled pod with [`crate::schedule`] and binds
-//! it through the binding subresource; a pod that fits nowhere gets `PodScheduled=False` with
-//! Kubernetes' message and a `FailedScheduling` event. Level-triggered: a round recomputes
-//! everything from the API, so a lost round or a new leader changes nothing in the outcome,
-//! and a pod is retried whenever nodes, labels, taints or other pods change.
+//! The leader's I/O shell: while this master is the raft leader, each round reads the
+//! master's informer caches ([`crate::informers`]), runs every controller's plan and executes
+//! it, then places every unscheduled pod with [`crate::schedule`] and binds it through the
+//! binding subresource; a pod that fits nowhere gets `PodScheduled=False` with Kubernetes'
+//! message and a `FailedScheduling` event. Level-triggered: a round recomputes everything from
+//! caches current to the store's revision at its start, so a lost round or a new leader
+//! changes nothing in the outcome, and a pod is retried whenever nodes, labels, taints or
+//! other pods change.
 //!
-//! Rounds poll (every `interval`); the Endpoints controller already runs from informers
-//! ([`crate::endpoints_controller`]), the others move over next (issue 15).
+//! A round runs when a cached kind changes, and at least every `interval` for the controllers
+//! that act on time. It issues no list: the caches are fed by one watch per kind. Keyed
+//! reconcilers per object (as [`crate::endpoints_controller`] is) are the next step (issue 15).
 
 use crate::nodelifecycle::marked_unreachable;
 use crate::placement::needs_scheduling;
@@ -18,6 +20,11 @@ use skiff_proto::api::{Node, Pod};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tonic::{Code, Status};
+
+/// An object's resourceVersion as a number (0 if it has none).
+fn revision_of(obj: &Value) -> i64 {
+    obj["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok()).unwrap_or(0)
+}
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
@@ -37,6 +44,8 @@ pub struct Runner {
     pub pod_eviction_timeout: Duration,
     /// The CronJob controller's clock.
     pub cron_clock: CronClock,
+    /// What the rounds read: the master's informers.
+    pub lister: std::sync::Arc<crate::informers::Lister>,
 }
 
 /// The time the CronJob controller schedules by: real time, or (testing only) real time sped up
@@ -109,10 +118,14 @@ impl Runner {
         self.rounds(stop).await
     }
 
+    /// A round whenever a cached kind changed, and at least every `interval` (the
+    /// controllers that act on time: leases, cron schedules, deadlines).
     async fn rounds(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut state = RoundState::default();
+        let changes = self.lister.changes();
         loop {
             tokio::select! {
+                () = changes.next() => {}
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = stop.changed() => return,
             }
@@ -120,6 +133,11 @@ impl Runner {
                 state.reported.clear();
                 continue;
             };
+            // Everything written before the round, this leader's own writes included.
+            if let Err(e) = self.lister.current().await {
+                tracing::debug!("scheduling round: {}", e.message());
+                continue;
+            }
             if let Err(e) = self.fenced(term).round(&mut state).await {
                 tracing::debug!("scheduling round: {e}");
             }
@@ -131,8 +149,8 @@ impl Runner {
         Runner { client: self.client.fenced(term), ..self.clone() }
     }
 
-    async fn items<T: serde::de::DeserializeOwned>(&self, resource: &str) -> Result<Vec<(Value, T)>, Status> {
-        let list = self.client.list(resource, "", "", "").await?;
+    fn items<T: serde::de::DeserializeOwned>(&self, resource: &str) -> Result<Vec<(Value, T)>, Status> {
+        let list = self.lister.list(resource, "")?;
         Ok(list["items"]
             .as_array()
             .cloned()
@@ -144,9 +162,9 @@ impl Runner {
 
     /// One Deployment controller pass over every Deployment.
     async fn deployments(&self) -> Result<(), Status> {
-        let deployments = self.client.list("deployments", "", "", "").await?;
-        let sets = self.client.list("replicasets", "", "", "").await?;
-        let pods = self.client.list("pods", "", "", "").await?;
+        let deployments = self.lister.list("deployments", "")?;
+        let sets = self.lister.list("replicasets", "")?;
+        let pods = self.lister.list("pods", "")?;
         let in_ns = |list: &Value, ns: &str| -> Vec<Value> {
             list["items"]
                 .as_array()
@@ -233,9 +251,9 @@ impl Runner {
 
     /// One node lifecycle pass over every node.
     async fn node_lifecycle(&self, last_taint: &mut Option<std::time::Instant>) -> Result<(), Status> {
-        let nodes = self.client.list("nodes", "", "", "").await?;
-        let leases = self.client.list("leases", "kube-node-lease", "", "").await?;
-        let pods = self.client.list("pods", "", "", "").await?;
+        let nodes = self.lister.list("nodes", "")?;
+        let leases = self.lister.list("leases", crate::informers::NODE_LEASE_NAMESPACE)?;
+        let pods = self.lister.list("pods", "")?;
         let pods = pods["items"].as_array().cloned().unwrap_or_default();
         let now = now_secs();
         for node in nodes["items"].as_array().into_iter().flatten() {
@@ -308,8 +326,8 @@ impl Runner {
 
     /// Every namespace that is not terminating has a `default` ServiceAccount.
     async fn service_accounts(&self) -> Result<(), Status> {
-        let namespaces = self.client.list("namespaces", "", "", "").await?;
-        let accounts = self.client.list("serviceaccounts", "", "", "").await?;
+        let namespaces = self.lister.list("namespaces", "")?;
+        let accounts = self.lister.list("serviceaccounts", "")?;
         let has_default: HashSet<&str> = accounts["items"]
             .as_array()
             .into_iter()
@@ -339,16 +357,17 @@ impl Runner {
         const OWNERS: [&str; 6] = ["deployments", "replicasets", "daemonsets", "statefulsets", "jobs", "cronjobs"];
         const OWNED: [&str; 4] = ["pods", "replicasets", "jobs", "persistentvolumeclaims"];
         let mut existing = std::collections::HashSet::new();
-        let mut lists: HashMap<&str, Value> = HashMap::new();
-        // Dependents first, then owners: an owner always exists before its dependents, so one
-        // created between the two lists is seen, never taken for gone.
-        for r in OWNED.iter().chain(OWNERS.iter()) {
-            if !lists.contains_key(r) {
-                lists.insert(r, self.client.list(r, "", "", "").await?);
-            }
+        let mut lists: HashMap<&str, crate::informers::Listed> = HashMap::new();
+        // Dependents first, then owners, each cache read after the revision it is current to:
+        // an owner always exists before its dependents, so a dependent at or below the
+        // owners' caches' revision has its owners in them, never taken for gone. Newer
+        // dependents wait for a later round.
+        for r in OWNED {
+            lists.insert(r, self.lister.list(r, "")?);
         }
+        let owners_at = OWNERS.iter().map(|r| self.lister.revision(r)).min().unwrap_or(0);
         for r in OWNERS {
-            for o in lists[r]["items"].as_array().into_iter().flatten() {
+            for o in self.lister.list(r, "")?["items"].as_array().into_iter().flatten() {
                 if let Some(uid) = o["metadata"]["uid"].as_str() {
                     existing.insert(uid.to_string());
                 }
@@ -357,6 +376,7 @@ impl Runner {
         let objects: Vec<(&str, Value)> = OWNED
             .iter()
             .flat_map(|r| lists[r]["items"].as_array().cloned().unwrap_or_default().into_iter().map(move |o| (*r, o)))
+            .filter(|(_, o)| revision_of(o) <= owners_at)
             .collect();
         let kinds = ["Deployment", "ReplicaSet", "DaemonSet", "StatefulSet", "Job", "CronJob"];
         for (resource, ns, name) in crate::gc::dangling(&objects, &existing, &kinds) {
@@ -364,15 +384,23 @@ impl Runner {
             self.ignore_races(self.client.delete(&resource, &ns, &name).await.map(|_| ()))?;
         }
         // Pods bound to a node that was deleted: force-deleted, no kubelet will ever stop them.
-        // Nodes are listed after the pods, so a node registered in between is not taken for gone.
-        let nodes = self.client.list("nodes", "", "", "").await?;
+        // Only pods at or below the nodes' cache's revision count, so a node registered before
+        // its pods were bound is always seen.
+        let nodes_at = self.lister.revision("nodes");
+        let nodes = self.lister.list("nodes", "")?;
         let names: std::collections::HashSet<String> = nodes["items"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
             .collect();
-        let pods = lists["pods"]["items"].as_array().cloned().unwrap_or_default();
+        let pods: Vec<Value> = lists["pods"]["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| revision_of(p) <= nodes_at)
+            .cloned()
+            .collect();
         // As Kubernetes' pod GC, a node must have been missing for a quarantine period first
         // (a pod may be bound to a node that is about to register).
         let now = std::time::Instant::now();
@@ -392,15 +420,14 @@ impl Runner {
     /// serve them. (Endpoints are [`crate::endpoints_controller`]'s, run from informers.)
     async fn load_balancers(&self) -> Result<(), Status> {
         let items = |l: &Value| l["items"].as_array().cloned().unwrap_or_default();
-        let services = items(&self.client.list("services", "", "", "").await?);
-        let ingresses = items(&self.client.list("ingresses", "", "", "").await?);
+        let services = items(&*self.lister.list("services", "")?);
+        let ingresses = items(&*self.lister.list("ingresses", "")?);
         let balanced: Vec<&Value> = services.iter().filter(|s| s["spec"]["type"] == "LoadBalancer").collect();
         if ingresses.is_empty() && balanced.is_empty() {
             return Ok(());
         }
-        let nodes = items(&self.client.list("nodes", "", "", "").await?);
-        let classes =
-            if ingresses.is_empty() { vec![] } else { items(&self.client.list("ingressclasses", "", "", "").await?) };
+        let nodes = items(&*self.lister.list("nodes", "")?);
+        let classes = if ingresses.is_empty() { vec![] } else { items(&*self.lister.list("ingressclasses", "")?) };
         for ing in &ingresses {
             self.write_status("ingresses", ing, crate::endpoints::ingress_status(ing, &classes, &nodes)).await;
         }
@@ -422,8 +449,8 @@ impl Runner {
 
     /// One PersistentVolume binder pass over every claim and volume.
     async fn bind_volumes(&self) -> Result<(), Status> {
-        let claims = self.client.list("persistentvolumeclaims", "", "", "").await?;
-        let volumes = self.client.list("persistentvolumes", "", "", "").await?;
+        let claims = self.lister.list("persistentvolumeclaims", "")?;
+        let volumes = self.lister.list("persistentvolumes", "")?;
         let items = |l: &Value| l["items"].as_array().cloned().unwrap_or_default();
         let plan = crate::volumebinder::plan(&items(&claims), &items(&volumes));
         // Volume first: a claim is bound only to a volume that records it.
@@ -464,9 +491,9 @@ impl Runner {
 
     /// One StatefulSet controller pass over every StatefulSet.
     async fn statefulsets(&self) -> Result<(), Status> {
-        let sets = self.client.list("statefulsets", "", "", "").await?;
-        let pods = self.client.list("pods", "", "", "").await?;
-        let claims = self.client.list("persistentvolumeclaims", "", "", "").await?;
+        let sets = self.lister.list("statefulsets", "")?;
+        let pods = self.lister.list("pods", "")?;
+        let claims = self.lister.list("persistentvolumeclaims", "")?;
         let in_ns = |list: &Value, ns: &str| -> Vec<Value> {
             list["items"]
                 .as_array()
@@ -529,8 +556,8 @@ impl Runner {
 
     /// One Job controller pass over every Job.
     async fn jobs(&self) -> Result<(), Status> {
-        let jobs = self.client.list("jobs", "", "", "").await?;
-        let pods = self.client.list("pods", "", "", "").await?;
+        let jobs = self.lister.list("jobs", "")?;
+        let pods = self.lister.list("pods", "")?;
         let now = now_secs();
         for job in jobs["items"].as_array().into_iter().flatten() {
             if job.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
@@ -576,8 +603,8 @@ impl Runner {
 
     /// One CronJob controller pass over every CronJob.
     async fn cronjobs(&self) -> Result<(), Status> {
-        let cronjobs = self.client.list("cronjobs", "", "", "").await?;
-        let jobs = self.client.list("jobs", "", "", "").await?;
+        let cronjobs = self.lister.list("cronjobs", "")?;
+        let jobs = self.lister.list("jobs", "")?;
         let now = self.cron_clock.now();
         for cj in cronjobs["items"].as_array().into_iter().flatten() {
             let ns = cj["metadata"]["namespace"].as_str().unwrap_or("default");
@@ -624,8 +651,8 @@ impl Runner {
 
     /// One DaemonSet controller pass over every DaemonSet.
     async fn daemonsets(&self, nodes: &[Node]) -> Result<(), Status> {
-        let sets = self.client.list("daemonsets", "", "", "").await?;
-        let pods = self.client.list("pods", "", "", "").await?;
+        let sets = self.lister.list("daemonsets", "")?;
+        let pods = self.lister.list("pods", "")?;
         for ds in sets["items"].as_array().into_iter().flatten() {
             if ds.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
                 continue;
@@ -667,8 +694,8 @@ impl Runner {
     /// replace wait for a later ReplicaSet's turn; one ReplicaSet's failure does not hold up
     /// the others (the first error is returned at the end).
     async fn replicasets(&self) -> Result<(), Status> {
-        let sets = self.client.list("replicasets", "", "", "").await?;
-        let pods = self.client.list("pods", "", "", "").await?;
+        let sets = self.lister.list("replicasets", "")?;
+        let pods = self.lister.list("pods", "")?;
         let pods = pods["items"].as_array().cloned().unwrap_or_default();
         let plans: Vec<(&Value, crate::replicaset::Plan)> = sets["items"]
             .as_array()
@@ -769,11 +796,11 @@ impl Runner {
         if let Err(e) = self.replicasets().await {
             tracing::debug!("replicaset controller: {e}");
         }
-        let nodes: Vec<Node> = self.items::<Node>("nodes").await?.into_iter().map(|(_, n)| n).collect();
+        let nodes: Vec<Node> = self.items::<Node>("nodes")?.into_iter().map(|(_, n)| n).collect();
         if let Err(e) = self.daemonsets(&nodes).await {
             tracing::debug!("daemonset controller: {e}");
         }
-        let pods = self.items::<Pod>("pods").await?;
+        let pods = self.items::<Pod>("pods")?;
         let typed: Vec<Pod> = pods.iter().map(|(_, p)| p.clone()).collect();
         let mut snapshot = Snapshot::new(&nodes, &typed);
         // Placement is sequential on the snapshot (each decision assumes the ones before); the
