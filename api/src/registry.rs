@@ -60,6 +60,9 @@ pub struct WatchOptions {
     pub bookmark_interval: Option<Duration>,
 }
 
+/// Kubernetes' finalizer on an owner whose delete orphans its dependents.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
 /// The shortest bookmark interval a watcher may ask for.
 pub const MIN_BOOKMARK_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -791,13 +794,37 @@ impl Registry {
                 )))
             }
         };
+        let mut revision = kv.mod_revision;
         if policy == "Orphan" {
+            // As Kubernetes does: the owner is marked as being deleted first, so its controller
+            // neither re-adopts the dependents released next nor replaces them.
+            // Kubernetes' `orphan` finalizer holds it meanwhile (a write that finds a deleted
+            // object without finalizers removes it); a delete cut short is finished by
+            // deleting again.
+            let mut finalizers =
+                obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+            if object::meta_str(&obj, "deletionTimestamp").is_empty() || !finalizers.contains(&json!(ORPHAN_FINALIZER))
+            {
+                if object::meta_str(&obj, "deletionTimestamp").is_empty() {
+                    set_meta(&mut obj, "deletionTimestamp", json!(object::now_rfc3339()));
+                }
+                if !finalizers.contains(&json!(ORPHAN_FINALIZER)) {
+                    finalizers.push(json!(ORPHAN_FINALIZER));
+                }
+                set_meta(&mut obj, "finalizers", Value::Array(finalizers));
+                let ops = vec![self.put_object(&key, &obj)?];
+                revision = self.guarded(&kinds::qualified(info), name, &key, revision, ops).await?;
+            }
             self.orphan_dependents(&ns, &uid).await?;
         }
         if policy == "Foreground" {
             Box::pin(self.delete_dependents(&ns, &uid)).await?;
         }
-        let finalizers = obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        // The orphan finalizer is this delete's own: done once the dependents are released.
+        let finalizers = obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| f.iter().any(|f| policy != "Orphan" || f != ORPHAN_FINALIZER));
         let graceful = info.kind == "Pod"
             && opts.grace_period_seconds != Some(0)
             && pod_still_running(&obj)
@@ -817,11 +844,11 @@ impl Registry {
                     set_meta(&mut obj, "deletionGracePeriodSeconds", json!(grace));
                 }
                 let ops = vec![self.put_object(&key, &obj)?];
-                let revision = self.guarded(&kinds::qualified(info), name, &key, kv.mod_revision, ops).await?;
+                let revision = self.guarded(&kinds::qualified(info), name, &key, revision, ops).await?;
                 set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
             }
         } else {
-            self.guarded(&kinds::qualified(info), name, &key, kv.mod_revision, delete_ops(info, &key, &obj)).await?;
+            self.guarded(&kinds::qualified(info), name, &key, revision, delete_ops(info, &key, &obj)).await?;
         }
         if policy == "Background" {
             Box::pin(self.delete_dependents(&ns, &uid)).await?;

@@ -114,7 +114,10 @@ pub fn plan(rs: &Value, pods: &[Value]) -> Plan {
     let mut active: Vec<&Value> = owned.iter().copied().filter(|p| !terminating(p)).collect();
     let adopted = p.adopt.len();
     let have = active.len() + adopted;
-    if have < want {
+    // A ReplicaSet being deleted keeps its replicas as they are (Kubernetes manages replicas
+    // only while there is no deletionTimestamp): an orphaning delete releases them.
+    let deleting = rs.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+    if !deleting && have < want {
         let template = rs.pointer("/spec/template").cloned().unwrap_or(Value::Null);
         for _ in 0..want - have {
             let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": template.get("metadata").cloned().unwrap_or(json!({})), "spec": template["spec"]});
@@ -126,7 +129,7 @@ pub fn plan(rs: &Value, pods: &[Value]) -> Plan {
             }
             p.create.push(pod);
         }
-    } else if active.len() > want {
+    } else if !deleting && active.len() > want {
         // Kubernetes' order: unscheduled, then pending, then not ready, then newest first.
         active.sort_by_key(|pod| {
             let unscheduled = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty();
@@ -178,6 +181,19 @@ mod tests {
         assert_eq!(p.create[0]["metadata"]["ownerReferences"][0]["uid"], "rs-uid");
         assert_eq!(p.create[0]["metadata"]["labels"]["app"], "web");
         assert_eq!(p.status["replicas"], 1);
+    }
+
+    #[test]
+    fn a_replicaset_being_deleted_neither_adopts_nor_replaces_nor_removes_pods() {
+        let mut deleting = rs(3);
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        let pods = [pod("web-a", None, "web", "n1"), pod("web-b", Some("rs-uid"), "web", "n1")];
+        let p = plan(&deleting, &pods);
+        assert!(p.adopt.is_empty() && p.create.is_empty() && p.delete.is_empty(), "{p:?}");
+        deleting["spec"]["replicas"] = json!(1);
+        let p = plan(&deleting, &[pods[1].clone(), pod("web-c", Some("rs-uid"), "web", "n1")]);
+        assert!(p.delete.is_empty(), "{p:?}");
+        assert_eq!(p.status["replicas"], 2, "its status still counts what it owns");
     }
 
     #[test]
