@@ -34,6 +34,10 @@ pub(crate) fn iptables(args: &[&str]) -> Result<String, NodeError> {
 /// `rule` in `chain` of `table` unless an identical rule is there: appended, or with `insert`
 /// put first (shared with the service proxy).
 pub(crate) fn ensure(table: &str, chain: &str, rule: &[&str], insert: bool) -> Result<(), NodeError> {
+    // Check-then-add is one step across every node daemon on the host (several share one
+    // host in tests and `skiff up`): without the lock two daemons both found the rule missing
+    // and both added it, and host-wide rules piled up in copies.
+    let _lock = host_lock();
     let mut check = vec!["-t", table, "-C", chain];
     check.extend_from_slice(rule);
     if iptables(&check).is_ok() {
@@ -43,6 +47,18 @@ pub(crate) fn ensure(table: &str, chain: &str, rule: &[&str], insert: bool) -> R
     add.extend_from_slice(rule);
     iptables(&add).map(|_| ())
 }
+
+/// An exclusive lock shared by the node daemons of this host, held until dropped; `None` if
+/// the lock file cannot be opened (then the add may race, as before).
+fn host_lock() -> Option<std::fs::File> {
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(HOST_LOCK).ok()?;
+    file.lock().ok()?;
+    Some(file)
+}
+
+/// The lock file of [`host_lock`] (iptables' own `-w` lock covers one call, not a check and an
+/// add).
+const HOST_LOCK: &str = "/run/skiff-iptables.lock";
 
 /// `rule` appended to `chain` of the nat table unless an identical rule is there.
 fn ensure_rule(chain: &str, rule: &[&str]) -> Result<(), NodeError> {

@@ -173,6 +173,8 @@ spec:
         delete.extend(rule.iter().map(String::as_str));
         let _lifted = RuleLifted(rule.clone());
         run(&[&["iptables"][..], &delete].concat());
+        // Copies left on this host by earlier runs (before node daemons added it under a lock).
+        while Command::new("iptables").args(&delete).stderr(std::process::Stdio::null()).status().unwrap().success() {}
         assert!(
             attacker.connects("127.0.0.1", master_port),
             "without the rule the namespace must reach the master on 127.0.0.1 (else this test proves nothing)"
