@@ -56,10 +56,17 @@ fn a_scale_up_is_acted_on_at_once_and_nothing_lists_pods_while_idle() {
         // phase: scale 1 -> 3, timed from the acknowledgement to the pods' ADDED events
         let rv = listed["metadata"]["resourceVersion"].as_str().expect("a list's resourceVersion");
         let mut watch = client.watch("pods", "default", "app=web", "", rv).await.unwrap();
-        let mut current = client.get("replicasets", "default", "web").await.unwrap();
-        current["spec"]["replicas"] = 3.into();
-        client.update("replicasets", &current).await.unwrap();
-        let acked = Instant::now();
+        // Read-modify-write as a user's client does it: the controller writes the status
+        // meanwhile, so a conflict means read again.
+        let acked = loop {
+            let mut current = client.get("replicasets", "default", "web").await.unwrap();
+            current["spec"]["replicas"] = 3.into();
+            match client.update("replicasets", &current).await {
+                Ok(_) => break Instant::now(),
+                Err(e) if e.code() == tonic::Code::Aborted => continue,
+                Err(e) => panic!("scaling the ReplicaSet: {e}"),
+            }
+        };
         let mut added = Vec::new();
         while added.len() < 2 {
             let event = tokio::time::timeout(Duration::from_secs(10), watch.message())
