@@ -803,12 +803,13 @@ impl Registry {
             // deleting again.
             let mut finalizers =
                 obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
-            if object::meta_str(&obj, "deletionTimestamp").is_empty() || !finalizers.contains(&json!(ORPHAN_FINALIZER))
-            {
-                if object::meta_str(&obj, "deletionTimestamp").is_empty() {
+            let marked = !object::meta_str(&obj, "deletionTimestamp").is_empty();
+            let held = finalizers.contains(&json!(ORPHAN_FINALIZER));
+            if !marked || !held {
+                if !marked {
                     set_meta(&mut obj, "deletionTimestamp", json!(object::now_rfc3339()));
                 }
-                if !finalizers.contains(&json!(ORPHAN_FINALIZER)) {
+                if !held {
                     finalizers.push(json!(ORPHAN_FINALIZER));
                 }
                 set_meta(&mut obj, "finalizers", Value::Array(finalizers));
