@@ -346,6 +346,28 @@ pub(crate) async fn wait_leader(sys: &mut System, timeout: Duration) -> anyhow::
     }
 }
 
+/// The share of one core the current leader's process used over `window` (user + system
+/// time from `/proc/PID/stat`), with the leader's member id.
+pub(crate) async fn leader_cpu(sys: &mut System, window: Duration) -> anyhow::Result<(u64, f64)> {
+    let leader = wait_leader(sys, Duration::from_secs(30)).await?;
+    let pid = sys
+        .procs
+        .iter()
+        .find(|p| p.member_id == leader)
+        .and_then(|p| p.child.as_ref())
+        .map(|c| c.id())
+        .context("the leader is one of ours")?;
+    let process = procfs::process::Process::new(pid as i32)?;
+    let ticks = |p: &procfs::process::Process| -> anyhow::Result<u64> {
+        let stat = p.stat()?;
+        Ok(stat.utime + stat.stime)
+    };
+    let (start, t0) = (ticks(&process)?, Instant::now());
+    tokio::time::sleep(window).await;
+    let used = (ticks(&process)? - start) as f64 / procfs::ticks_per_second() as f64;
+    Ok((leader, used / t0.elapsed().as_secs_f64() * 100.0))
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Workload {
     Put,

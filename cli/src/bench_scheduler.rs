@@ -31,6 +31,13 @@ pub struct BenchSchedulerArgs {
     /// Give up waiting for binds after this many seconds.
     #[arg(long, default_value_t = 1800)]
     timeout: u64,
+    /// Pods created before any node that no node will ever select: the leader's CPU is
+    /// measured with them pending and no nodes, and they stay pending through the run.
+    #[arg(long, default_value_t = 3000)]
+    pending: usize,
+    /// Seconds over which the leader's CPU at rest is measured (0 skips it).
+    #[arg(long, default_value_t = 30)]
+    idle_seconds: u64,
 }
 
 fn node(i: usize) -> Value {
@@ -102,6 +109,50 @@ fn pod_in_default(i: usize) -> Value {
     pod("default", i)
 }
 
+fn never_scheduled(i: usize) -> Value {
+    let mut p = pod("bench-pending", i);
+    p["spec"]["nodeSelector"] = json!({"bench": "no-such-node"});
+    p
+}
+
+/// Prints the leader's CPU at rest over `seconds`.
+async fn idle_cpu(sys: &mut crate::bench::System, what: &str, seconds: u64) -> anyhow::Result<()> {
+    if seconds == 0 {
+        return Ok(());
+    }
+    let (leader, percent) = crate::bench::leader_cpu(sys, Duration::from_secs(seconds)).await?;
+    println!(
+        "{:<44} {percent:>9.1} % of a core (member {leader}, over {seconds} s)",
+        format!("leader CPU at rest: {what}")
+    );
+    Ok(())
+}
+
+/// Waits until `n` pods of `namespace` have `PodScheduled=False`.
+async fn wait_unschedulable(client: &Client, namespace: &str, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let list = client.list("pods", namespace, "", "").await?;
+        let reported = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["type"] == "PodScheduled" && c["status"] == "False"))
+            })
+            .count();
+        if reported >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {reported} of {n} pending pods reported unschedulable within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 pub fn run(args: BenchSchedulerArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("skiff-bench-scheduler-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -125,6 +176,20 @@ pub fn run(args: BenchSchedulerArgs) -> anyhow::Result<()> {
             args.nodes,
             args.pods
         );
+
+        // phase: pods no node will select, and no nodes: the leader at rest
+        if args.pending > 0 {
+            client.create("namespaces", "", &json!({"metadata": {"name": "bench-pending"}})).await?;
+            let t = Instant::now();
+            create_all(&client, "pods", "bench-pending", args.pending, args.clients, never_scheduled, false).await?;
+            wait_unschedulable(&client, "bench-pending", args.pending, Duration::from_secs(args.timeout)).await?;
+            println!(
+                "{:<44} {:>9.1} s",
+                format!("{} pods created and reported unschedulable", args.pending),
+                t.elapsed().as_secs_f64()
+            );
+            idle_cpu(&mut sys, &format!("{} pending pods, no nodes", args.pending), args.idle_seconds).await?;
+        }
 
         // phase: register the nodes
         let t = Instant::now();
@@ -214,25 +279,52 @@ pub fn run(args: BenchSchedulerArgs) -> anyhow::Result<()> {
             });
             let t = Instant::now();
             client.create("replicasets", "bench-rs", &rs).await?;
-            let mut added = 0;
+            let (mut added, mut bound) = (0, std::collections::HashSet::new());
+            let mut all_added = None;
             let deadline = Instant::now() + Duration::from_secs(args.timeout);
-            while added < args.rs_pods {
+            while bound.len() < args.rs_pods {
                 let ev = tokio::time::timeout_at(deadline.into(), stream.message()).await.map_err(|_| {
-                    anyhow::anyhow!("only {added} of {} ReplicaSet pods within {} s", args.rs_pods, args.timeout)
+                    anyhow::anyhow!(
+                        "only {added} of {} ReplicaSet pods created and {} bound within {} s",
+                        args.rs_pods,
+                        bound.len(),
+                        args.timeout
+                    )
                 })??;
-                match ev {
-                    Some(ev) if ev.r#type == "ADDED" => added += 1,
-                    Some(_) => {}
-                    None => bail!("the watch ended after {added} pods"),
+                let Some(ev) = ev else { bail!("the watch ended after {added} pods") };
+                if ev.r#type == "ADDED" {
+                    added += 1;
+                    if added == args.rs_pods {
+                        all_added = Some(t.elapsed());
+                    }
+                }
+                let Ok(obj) = serde_json::from_str::<Value>(&ev.json) else { continue };
+                if obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+                    bound.insert(obj["metadata"]["name"].as_str().unwrap_or_default().to_string());
                 }
             }
+            let created = all_added.unwrap_or_else(|| t.elapsed());
             println!(
                 "{:<44} {:>9.1} s  ({:.0} pods/s)",
                 format!("ReplicaSet of {} replicas: pods created", args.rs_pods),
-                t.elapsed().as_secs_f64(),
-                args.rs_pods as f64 / t.elapsed().as_secs_f64()
+                created.as_secs_f64(),
+                args.rs_pods as f64 / created.as_secs_f64()
+            );
+            println!(
+                "{:<44} {:>9.1} s",
+                format!("ReplicaSet of {} replicas: all bound", args.rs_pods),
+                t.elapsed().as_secs_f64()
             );
         }
+
+        // phase: everything placed, nothing changing
+        let placed = args.pods + args.rs_pods;
+        idle_cpu(
+            &mut sys,
+            &format!("{placed} pods on {} nodes, {} pending", args.nodes, args.pending),
+            args.idle_seconds,
+        )
+        .await?;
         Ok(())
     });
     drop(sys);

@@ -372,6 +372,13 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     stop_rx.clone(),
                 );
                 tokio::spawn(endpoints);
+                let scheduler = skiff_scheduler::scheduling::Scheduler {
+                    client: runner.client.clone(),
+                    pods: informers.pods.clone(),
+                    nodes: informers.nodes.clone(),
+                    leader_term: runner.leader_term.clone(),
+                };
+                tokio::spawn(scheduler.run(stop_rx.clone()));
                 tokio::spawn(runner.run(stop_rx));
             }
             Err(e) => tracing::warn!("scheduler not started: {}", e.message()),

@@ -5,8 +5,10 @@
 //! filters the nodes (readiness, cordon, resources, nodeSelector, required node affinity,
 //! taints, host ports) and scores the rest (least allocated, balanced, preferred affinity,
 //! PreferNoSchedule taints, spreading an owner's pods). A pod that fits nowhere gets a
-//! [`placement::FitError`] worded as Kubernetes words it. [`runner::Runner`] is the I/O shell:
-//! on the raft leader only, it places unscheduled pods through the API's binding subresource.
+//! [`placement::FitError`] worded as Kubernetes words it. [`scheduling`] is the scheduler's I/O
+//! shell: a queue of unscheduled pods and a node cache fed by informers; on the raft leader
+//! only, it assumes each decision and binds through the API's binding subresource.
+//! [`runner::Runner`] runs the other controllers' plans on the leader.
 //! Controllers, each a pure plan the runner executes: [`deployment`] (a ReplicaSet per
 //! template revision, RollingUpdate and Recreate, history), [`replicaset`] (replica counts,
 //! adoption), [`volumebinder`] (claims to volumes), [`statefulset`] (ordered, stable pods with a claim per ordinal), [`daemonset`] (a pod per matching node, rolled one node at a time), [`job`]
@@ -28,6 +30,7 @@ pub mod nodelifecycle;
 pub mod placement;
 pub mod replicaset;
 pub mod runner;
+pub mod scheduling;
 pub mod snapshot;
 pub mod statefulset;
 pub mod volumebinder;

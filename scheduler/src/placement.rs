@@ -1,7 +1,7 @@
 //! Filter → score → pick, for one pod against a [`Snapshot`]. Pure: no I/O, no clock.
 
-use crate::snapshot::{host_ports, owner_uid, pod_requests, NodeInfo, Snapshot};
-use skiff_proto::api::{NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration};
+use crate::snapshot::{NodeInfo, Snapshot, Usage};
+use skiff_proto::api::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -52,10 +52,10 @@ fn requirement_matches(req: &NodeSelectorRequirement, labels: &BTreeMap<String, 
 
 fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
     let labels = node.labels();
-    let fields = BTreeMap::from([("metadata.name".to_string(), node.name().to_string())]);
+    let fields = || BTreeMap::from([("metadata.name".to_string(), node.name().to_string())]);
     (!term.match_expressions.is_empty() || !term.match_fields.is_empty())
-        && term.match_expressions.iter().all(|r| requirement_matches(r, &labels))
-        && term.match_fields.iter().all(|r| requirement_matches(r, &fields))
+        && term.match_expressions.iter().all(|r| requirement_matches(r, labels))
+        && (term.match_fields.is_empty() || term.match_fields.iter().all(|r| requirement_matches(r, &fields())))
 }
 
 fn tolerates(t: &Toleration, taint: &Taint) -> bool {
@@ -65,8 +65,7 @@ fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     effect_ok && key_ok && value_ok
 }
 
-fn untolerated<'a>(pod: &Pod, node: &'a NodeInfo, effects: &[&str]) -> Vec<&'a Taint> {
-    let tolerations = pod.spec.as_ref().map(|s| s.tolerations.as_slice()).unwrap_or_default();
+fn untolerated<'a>(tolerations: &[Toleration], node: &'a NodeInfo, effects: &[&str]) -> Vec<&'a Taint> {
     node.node
         .spec
         .as_ref()
@@ -77,27 +76,55 @@ fn untolerated<'a>(pod: &Pod, node: &'a NodeInfo, effects: &[&str]) -> Vec<&'a T
         .collect()
 }
 
+/// What a pod asks of a node, worked out once per decision rather than once per node.
+pub struct Demand<'a> {
+    spec: &'a PodSpec,
+    usage: Usage,
+}
+
+static NO_SPEC: std::sync::LazyLock<PodSpec> = std::sync::LazyLock::new(PodSpec::default);
+
+impl<'a> Demand<'a> {
+    pub fn of(pod: &'a Pod) -> Demand<'a> {
+        Demand { spec: pod.spec.as_ref().unwrap_or(&NO_SPEC), usage: Usage::of(pod) }
+    }
+
+    fn required_affinity(&self) -> Option<&'a NodeSelector> {
+        self.spec
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref())
+    }
+
+    /// nodeSelector and required node affinity.
+    fn selects(&self, node: &NodeInfo) -> bool {
+        let labels = node.labels();
+        self.spec.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.required_affinity().is_none_or(|sel| sel.node_selector_terms.iter().any(|t| term_matches(t, node)))
+    }
+
+    fn untolerated<'n>(&self, node: &'n NodeInfo, effects: &[&str]) -> Vec<&'n Taint> {
+        untolerated(&self.spec.tolerations, node, effects)
+    }
+}
+
 /// Whether a DaemonSet's pod belongs on `node`, as Kubernetes' DaemonSet controller decides
 /// it: nodeSelector, required node affinity and NoSchedule/NoExecute taints; not readiness,
 /// cordoning or free resources (daemons run on every matching node).
 pub fn daemon_fits(pod: &Pod, node: &NodeInfo) -> bool {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let labels = node.labels();
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
-    untolerated(pod, node, &["NoSchedule", "NoExecute"]).is_empty()
-        && spec.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-        && required.is_none_or(|sel| sel.node_selector_terms.iter().any(|t| term_matches(t, node)))
+    let demand = Demand::of(pod);
+    demand.untolerated(node, &["NoSchedule", "NoExecute"]).is_empty() && demand.selects(node)
 }
 
 /// Why `pod` cannot go to `node` (empty: it fits). As in Kubernetes, filters run in plugin
 /// order — readiness, NodeUnschedulable, TaintToleration, NodeAffinity, NodePorts,
 /// NodeResourcesFit — and a node reports the first that fails (resources may name several).
 pub fn filter(pod: &Pod, node: &NodeInfo) -> Vec<String> {
-    let spec = pod.spec.clone().unwrap_or_default();
+    filter_demand(&Demand::of(pod), node)
+}
+
+fn filter_demand(demand: &Demand<'_>, node: &NodeInfo) -> Vec<String> {
     let ready = node
         .node
         .status
@@ -110,25 +137,17 @@ pub fn filter(pod: &Pod, node: &NodeInfo) -> Vec<String> {
     if node.node.spec.as_ref().is_some_and(|s| s.unschedulable) {
         return vec!["node(s) were unschedulable".into()];
     }
-    if let Some(taint) = untolerated(pod, node, &["NoSchedule", "NoExecute"]).first() {
+    if let Some(taint) = demand.untolerated(node, &["NoSchedule", "NoExecute"]).first() {
         return vec![format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value)];
     }
-    let labels = node.labels();
-    let selector_ok = spec.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v));
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
-    let affinity_ok = required.is_none_or(|sel| sel.node_selector_terms.iter().any(|t| term_matches(t, node)));
-    if !selector_ok || !affinity_ok {
+    if !demand.selects(node) {
         return vec!["node(s) didn't match Pod's node affinity/selector".into()];
     }
-    if !host_ports(pod).is_disjoint(&node.host_ports) {
+    if demand.usage.host_ports.iter().any(|p| node.host_ports.contains_key(p)) {
         return vec!["node(s) didn't have free ports for the requested pod ports".into()];
     }
     let mut reasons = Vec::new();
-    let want = pod_requests(pod);
+    let want = demand.usage.requests;
     if node.allocatable.pods > 0 && node.requested.pods + want.pods > node.allocatable.pods {
         reasons.push("Too many pods".into());
     }
@@ -145,16 +164,20 @@ pub fn filter(pod: &Pod, node: &NodeInfo) -> Vec<String> {
 /// memory after placing the pod (0–100 each), preferred node affinity weights, minus 10 per
 /// untolerated PreferNoSchedule taint and per pod of the same owner already there.
 pub fn score(pod: &Pod, node: &NodeInfo) -> i64 {
-    let want = pod_requests(pod);
+    score_demand(&Demand::of(pod), node)
+}
+
+fn score_demand(demand: &Demand<'_>, node: &NodeInfo) -> i64 {
+    let want = demand.usage.requests;
     let frac = |used: i128, alloc: i128| if alloc <= 0 { 1.0 } else { (used as f64 / alloc as f64).min(1.0) };
     let cpu = frac(node.requested.cpu + want.cpu, node.allocatable.cpu);
     let mem = frac(node.requested.memory + want.memory, node.allocatable.memory);
     let least_allocated = ((1.0 - cpu) + (1.0 - mem)) / 2.0 * 100.0;
     let balanced = (1.0 - (cpu - mem).abs()) * 100.0;
-    let preferred: i64 = pod
+    let preferred: i64 = demand
         .spec
+        .affinity
         .as_ref()
-        .and_then(|s| s.affinity.as_ref())
         .and_then(|a| a.node_affinity.as_ref())
         .map(|na| {
             na.preferred_during_scheduling_ignored_during_execution
@@ -164,8 +187,8 @@ pub fn score(pod: &Pod, node: &NodeInfo) -> i64 {
                 .sum()
         })
         .unwrap_or(0);
-    let prefer_no = untolerated(pod, node, &["PreferNoSchedule"]).len() as i64;
-    let same_owner = owner_uid(pod).and_then(|u| node.owners.get(&u).copied()).unwrap_or(0) as i64;
+    let prefer_no = demand.untolerated(node, &["PreferNoSchedule"]).len() as i64;
+    let same_owner = demand.usage.owner.as_ref().and_then(|u| node.owners.get(u).copied()).unwrap_or(0) as i64;
     least_allocated as i64 + balanced as i64 + preferred - 10 * prefer_no - 10 * same_owner
 }
 
@@ -191,15 +214,16 @@ pub fn feasible_to_find(nodes: usize) -> usize {
 pub fn schedule_from(pod: &Pod, snapshot: &Snapshot, start: usize) -> Result<(String, usize), FitError> {
     let n = snapshot.nodes.len();
     let want = feasible_to_find(n);
+    let demand = Demand::of(pod);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(i64, &str)> = None;
     let (mut found, mut examined) = (0, 0);
     for k in 0..n {
         let node = &snapshot.nodes[(start + k) % n];
         examined = k + 1;
-        let why = filter(pod, node);
+        let why = filter_demand(&demand, node);
         if why.is_empty() {
-            let s = score(pod, node);
+            let s = score_demand(&demand, node);
             if best.is_none_or(|(b, name)| s > b || (s == b && node.name() < name)) {
                 best = Some((s, node.name()));
             }

@@ -1,22 +1,17 @@
-//! The leader's I/O shell: while this master is the raft leader, each round reads the
-//! master's informer caches ([`crate::informers`]), runs every controller's plan and executes
-//! it, then places every unscheduled pod with [`crate::schedule`] and binds it through the
-//! binding subresource; a pod that fits nowhere gets `PodScheduled=False` with Kubernetes'
-//! message and a `FailedScheduling` event. Level-triggered: a round recomputes everything from
+//! The leader's I/O shell for the controllers not yet keyed: while this master is the raft
+//! leader, each round reads the master's informer caches ([`crate::informers`]), runs every
+//! controller's plan and executes it. Level-triggered: a round recomputes everything from
 //! caches current to the store's revision at its start, so a lost round or a new leader
-//! changes nothing in the outcome, and a pod is retried whenever nodes, labels, taints or
-//! other pods change.
+//! changes nothing in the outcome. Pods are placed by [`crate::scheduling`], not here.
 //!
 //! A round runs when a cached kind changes, and at least every `interval` for the controllers
 //! that act on time. It issues no list: the caches are fed by one watch per kind. Keyed
 //! reconcilers per object (as [`crate::endpoints_controller`] is) are the next step (issue 15).
 
 use crate::nodelifecycle::marked_unreachable;
-use crate::placement::needs_scheduling;
-use crate::Snapshot;
 use serde_json::{json, Value};
 use skiff_client::Client;
-use skiff_proto::api::{Node, Pod};
+use skiff_proto::api::Node;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -69,9 +64,6 @@ impl CronClock {
 /// What the leader's rounds remember from one to the next.
 #[derive(Default)]
 struct RoundState {
-    /// Last FailedScheduling message per pod uid, so events are not repeated every round
-    /// (forgotten when leadership is lost).
-    reported: HashMap<String, String>,
     /// When a node was last marked unreachable (the node eviction rate).
     last_taint: Option<std::time::Instant>,
     /// Since when each node that pods are bound to has been missing (the pod GC quarantine).
@@ -107,11 +99,8 @@ fn component(object_kind: &str, reason: &str) -> &'static str {
 /// pod GC quarantine).
 const POD_GC_QUARANTINE: Duration = Duration::from_secs(40);
 
-/// Binds the scheduler has in flight at once.
-const BIND_CONCURRENCY: usize = 64;
-
-/// Placed pods bound before the scheduler places more in the same round.
-const BIND_BATCH: usize = 256;
+/// Pod creates a controller has in flight at once.
+const CREATE_CONCURRENCY: usize = 64;
 
 impl Runner {
     pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) {
@@ -129,10 +118,7 @@ impl Runner {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = stop.changed() => return,
             }
-            let Some(term) = (self.leader_term)() else {
-                state.reported.clear();
-                continue;
-            };
+            let Some(term) = (self.leader_term)() else { continue };
             // Everything written before the round, this leader's own writes included.
             if let Err(e) = self.lister.current().await {
                 tracing::debug!("scheduling round: {}", e.message());
@@ -762,7 +748,6 @@ impl Runner {
     }
 
     async fn round(&self, state: &mut RoundState) -> Result<(), Status> {
-        let reported = &mut state.reported;
         if let Err(e) = self.node_lifecycle(&mut state.last_taint).await {
             tracing::debug!("node lifecycle controller: {e}");
         }
@@ -800,95 +785,11 @@ impl Runner {
         if let Err(e) = self.daemonsets(&nodes).await {
             tracing::debug!("daemonset controller: {e}");
         }
-        let pods = self.items::<Pod>("pods")?;
-        let typed: Vec<Pod> = pods.iter().map(|(_, p)| p.clone()).collect();
-        let mut snapshot = Snapshot::new(&nodes, &typed);
-        // Placement is sequential on the snapshot (each decision assumes the ones before); the
-        // binds and their events go out concurrently, a bounded number at a time.
-        let mut placed: Vec<(&Value, String, String, String)> = Vec::new();
-        let mut start = 0;
-        for (raw, pod) in &pods {
-            let meta = pod.metadata.clone().unwrap_or_default();
-            let scheduler = pod.spec.as_ref().map_or("", |s| s.scheduler_name.as_str());
-            if !needs_scheduling(pod)
-                || !meta.deletion_timestamp.is_empty()
-                || !matches!(scheduler, "" | "default-scheduler")
-            {
-                continue;
-            }
-            match crate::placement::schedule_from(pod, &snapshot, start) {
-                Ok((node, next)) => {
-                    start = next;
-                    snapshot.assume(pod, &node);
-                    reported.remove(&meta.uid);
-                    placed.push((raw, meta.namespace.clone(), meta.name.clone(), node));
-                    // Bound as we go, so a large backlog starts binding before it is all placed.
-                    if placed.len() >= BIND_BATCH {
-                        self.bind_all(&placed).await?;
-                        placed.clear();
-                    }
-                }
-                Err(fit) => {
-                    let msg = fit.to_string();
-                    if reported.get(&meta.uid) == Some(&msg) {
-                        continue;
-                    }
-                    let mut updated = raw.clone();
-                    let mut conditions: Vec<Value> = updated["status"]["conditions"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|c| c["type"] != "PodScheduled")
-                        .collect();
-                    conditions.push(json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                        "message": msg, "lastTransitionTime": skiff_proto::time::now_rfc3339()}));
-                    updated["status"]["conditions"] = Value::Array(conditions);
-                    match self.client.update_status("pods", &updated).await.map(|_| ()) {
-                        Ok(()) => {
-                            self.event(raw, "Pod", "Warning", "FailedScheduling", &msg).await;
-                            reported.insert(meta.uid.clone(), msg);
-                        }
-                        Err(e) if matches!(e.code(), Code::Aborted | Code::NotFound) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-        }
-        self.bind_all(&placed).await
-    }
-
-    /// Binds placed pods (and records their Scheduled events), [`BIND_CONCURRENCY`] at a time.
-    async fn bind_all(&self, placed: &[(&Value, String, String, String)]) -> Result<(), Status> {
-        for chunk in placed.chunks(BIND_CONCURRENCY) {
-            let mut binds = tokio::task::JoinSet::new();
-            for (raw, ns, name, node) in chunk {
-                let (client, raw, ns, name, node) =
-                    (self.client.clone(), (*raw).clone(), ns.clone(), name.clone(), node.clone());
-                binds.spawn(async move {
-                    match client.bind(&ns, &name, &node).await {
-                        Ok(()) => {
-                            let msg = format!("Successfully assigned {ns}/{name} to {node}");
-                            client.event(&raw, "Pod", component("Pod", "Scheduled"), "Normal", "Scheduled", &msg).await;
-                            Ok(())
-                        }
-                        // Bound meanwhile (or deleted): the next round sees it.
-                        Err(e) if matches!(e.code(), Code::Aborted | Code::NotFound) => Ok(()),
-                        Err(e) => Err(e),
-                    }
-                });
-            }
-            while let Some(r) = binds.join_next().await {
-                if let Ok(Err(e)) = r {
-                    return Err(e);
-                }
-            }
-        }
         Ok(())
     }
 
     /// Creates a controller's pods as Kubernetes does: in batches that double from 1 (capped at
-    /// [`BIND_CONCURRENCY`] in flight), so a refused template fails once, not a thousand times,
+    /// [`CREATE_CONCURRENCY`] in flight), so a refused template fails once, not a thousand times,
     /// and a big scale-up is not one request at a time. Stops at the first error.
     async fn create_pods(&self, owner: &Value, owner_kind: &str, ns: &str, pods: &[Value]) -> Result<(), Status> {
         let mut batch = 1;
@@ -918,7 +819,7 @@ impl Runner {
             if let Some(e) = failed {
                 return Err(e);
             }
-            batch = (batch * 2).min(BIND_CONCURRENCY);
+            batch = (batch * 2).min(CREATE_CONCURRENCY);
         }
         Ok(())
     }

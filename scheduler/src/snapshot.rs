@@ -14,7 +14,7 @@ pub struct Resources {
 
 /// What a pod asks for: the larger of its app containers' sum and its largest init container.
 pub fn pod_requests(pod: &Pod) -> Resources {
-    let spec = pod.spec.clone().unwrap_or_default();
+    let Some(spec) = pod.spec.as_ref() else { return Resources { pods: 1000, ..Resources::default() } };
     let get = |c: &skiff_proto::api::Container, r: &str| {
         c.resources.as_ref().and_then(|res| res.requests.get(r)).and_then(|q| parse_quantity(q)).unwrap_or(0)
     };
@@ -25,9 +25,9 @@ pub fn pod_requests(pod: &Pod) -> Resources {
 
 /// (protocol, port) pairs a pod wants on its node.
 pub fn host_ports(pod: &Pod) -> BTreeSet<(String, i32)> {
-    let spec = pod.spec.clone().unwrap_or_default();
-    spec.containers
+    pod.spec
         .iter()
+        .flat_map(|s| s.containers.iter())
         .flat_map(|c| c.ports.iter())
         .filter_map(|p| {
             p.host_port
@@ -42,83 +42,135 @@ pub fn owner_uid(pod: &Pod) -> Option<String> {
     pod.metadata.as_ref()?.owner_references.first().map(|o| o.uid.clone())
 }
 
+/// What a pod placed on a node takes from it: counted when the pod is bound (or assumed),
+/// given back when it goes or ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub requests: Resources,
+    pub host_ports: BTreeSet<(String, i32)>,
+    pub owner: Option<String>,
+}
+
+impl Usage {
+    pub fn of(pod: &Pod) -> Usage {
+        Usage { requests: pod_requests(pod), host_ports: host_ports(pod), owner: owner_uid(pod) }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     pub node: Node,
     pub allocatable: Resources,
     pub requested: Resources,
-    pub host_ports: BTreeSet<(String, i32)>,
+    /// Host ports in use, with how many pods hold each (a pod placed by `spec.nodeName` can
+    /// share one).
+    pub host_ports: BTreeMap<(String, i32), usize>,
     /// Pods per owner uid already on the node.
     pub owners: BTreeMap<String, usize>,
 }
 
 impl NodeInfo {
+    /// A node with nothing placed on it yet.
+    pub fn of(node: Node) -> NodeInfo {
+        let allocatable = {
+            let alloc = node.status.as_ref().map(|s| &s.allocatable);
+            let q = |k: &str| alloc.and_then(|a| a.get(k)).and_then(|v| parse_quantity(v)).unwrap_or(0);
+            Resources { cpu: q("cpu"), memory: q("memory"), pods: q("pods") }
+        };
+        NodeInfo {
+            node,
+            allocatable,
+            requested: Resources::default(),
+            host_ports: BTreeMap::new(),
+            owners: BTreeMap::new(),
+        }
+    }
+
     pub fn name(&self) -> &str {
         self.node.metadata.as_ref().map_or("", |m| m.name.as_str())
     }
 
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        self.node.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default()
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        self.node.metadata.as_ref().map_or(&NONE, |m| &m.labels)
+    }
+
+    /// Counts a pod's usage on this node.
+    pub fn add(&mut self, usage: &Usage) {
+        self.requested.cpu += usage.requests.cpu;
+        self.requested.memory += usage.requests.memory;
+        self.requested.pods += usage.requests.pods;
+        for port in &usage.host_ports {
+            *self.host_ports.entry(port.clone()).or_default() += 1;
+        }
+        if let Some(uid) = &usage.owner {
+            *self.owners.entry(uid.clone()).or_default() += 1;
+        }
+    }
+
+    /// Gives back what [`NodeInfo::add`] counted.
+    pub fn remove(&mut self, usage: &Usage) {
+        self.requested.cpu -= usage.requests.cpu;
+        self.requested.memory -= usage.requests.memory;
+        self.requested.pods -= usage.requests.pods;
+        fn release<K: Ord + Clone>(counts: &mut BTreeMap<K, usize>, key: &K) {
+            if let Some(n) = counts.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(key);
+                }
+            }
+        }
+        for port in &usage.host_ports {
+            release(&mut self.host_ports, port);
+        }
+        if let Some(uid) = &usage.owner {
+            release(&mut self.owners, uid);
+        }
     }
 }
 
+/// Every node, sorted by name, with what is placed on it.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub nodes: Vec<NodeInfo>,
 }
 
-fn is_terminal(pod: &Pod) -> bool {
+/// Whether a pod has ended (it uses nothing any more).
+pub fn is_terminal(pod: &Pod) -> bool {
     matches!(pod.status.as_ref().map(|s| s.phase.as_str()), Some("Succeeded" | "Failed"))
+}
+
+/// The node a pod's usage counts on: its `spec.nodeName`, unless it has ended.
+pub fn placed_on(pod: &Pod) -> Option<&str> {
+    let node = pod.spec.as_ref().map_or("", |s| s.node_name.as_str());
+    (!node.is_empty() && !is_terminal(pod)).then_some(node)
 }
 
 impl Snapshot {
     /// Nodes with the usage of the pods bound to them (terminal pods use nothing).
     pub fn new(nodes: &[Node], pods: &[Pod]) -> Snapshot {
-        let mut infos: Vec<NodeInfo> = nodes
-            .iter()
-            .map(|n| {
-                let alloc = n.status.as_ref().map(|s| s.allocatable.clone()).unwrap_or_default();
-                let q = |k: &str| alloc.get(k).and_then(|v| parse_quantity(v)).unwrap_or(0);
-                NodeInfo {
-                    node: n.clone(),
-                    allocatable: Resources { cpu: q("cpu"), memory: q("memory"), pods: q("pods") },
-                    requested: Resources::default(),
-                    host_ports: BTreeSet::new(),
-                    owners: BTreeMap::new(),
-                }
-            })
-            .collect();
-        for pod in pods.iter().filter(|p| !is_terminal(p)) {
-            let bound = pod.spec.as_ref().map_or("", |s| s.node_name.as_str());
-            if let Some(info) = infos.iter_mut().find(|i| i.name() == bound && !bound.is_empty()) {
-                let r = pod_requests(pod);
-                info.requested.cpu += r.cpu;
-                info.requested.memory += r.memory;
-                info.requested.pods += r.pods;
-                info.host_ports.extend(host_ports(pod));
-                if let Some(uid) = owner_uid(pod) {
-                    *info.owners.entry(uid).or_default() += 1;
-                }
+        let mut infos: Vec<NodeInfo> = nodes.iter().map(|n| NodeInfo::of(n.clone())).collect();
+        infos.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut snapshot = Snapshot { nodes: infos };
+        for pod in pods {
+            if let Some(node) = placed_on(pod) {
+                snapshot.assume(pod, node);
             }
         }
-        infos.sort_by(|a, b| a.name().cmp(b.name()));
-        Snapshot { nodes: infos }
+        snapshot
     }
-}
 
-impl Snapshot {
-    /// Counts `pod` on `node` right away, so the next decision of the same round sees it
-    /// (the scheduler's "assume" step, before the watch reports the binding).
+    /// The position of `node` in [`Snapshot::nodes`].
+    pub fn position(&self, node: &str) -> Option<usize> {
+        self.nodes.binary_search_by(|i| i.name().cmp(node)).ok()
+    }
+
+    /// Counts `pod` on `node` right away, so the next decision sees it (the scheduler's
+    /// "assume" step, before the watch reports the binding).
     pub fn assume(&mut self, pod: &Pod, node: &str) {
-        if let Some(info) = self.nodes.iter_mut().find(|i| i.name() == node) {
-            let r = pod_requests(pod);
-            info.requested.cpu += r.cpu;
-            info.requested.memory += r.memory;
-            info.requested.pods += r.pods;
-            info.host_ports.extend(host_ports(pod));
-            if let Some(uid) = owner_uid(pod) {
-                *info.owners.entry(uid).or_default() += 1;
-            }
+        if let Some(i) = self.position(node) {
+            self.nodes[i].add(&Usage::of(pod));
         }
     }
 }

@@ -81,20 +81,31 @@ fn the_leader_schedules_reports_unschedulable_pods_and_retries_on_change() {
         let cond = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "PodScheduled")?.clone();
         (cond["status"] == "False" && cond["reason"] == "Unschedulable" && cond["message"] == want_sorted).then_some(())
     });
-    let events = rt.block_on(async {
-        let mut o = ObjectsClient::with_interceptor(channel(&addrs[0]).await.unwrap(), bearer(&t));
-        let l = o
-            .list(RawListRequest { resource: "events".into(), namespace: "default".into(), ..Default::default() })
-            .await
-            .unwrap();
-        serde_json::from_str::<Value>(&l.into_inner().json).unwrap()
+    let list_events = || {
+        rt.block_on(async {
+            let mut o = ObjectsClient::with_interceptor(channel(&addrs[0]).await.unwrap(), bearer(&t));
+            let l = o
+                .list(RawListRequest { resource: "events".into(), namespace: "default".into(), ..Default::default() })
+                .await
+                .unwrap();
+            serde_json::from_str::<Value>(&l.into_inner().json).unwrap()
+        })
+    };
+    let failed_of = |events: &Value| -> Vec<Value> {
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == "FailedScheduling" && e["involvedObject"]["name"] == "ssd")
+            .cloned()
+            .collect()
+    };
+    // The event follows the condition: wait for it, then make sure there is only the one.
+    wait_for(Duration::from_secs(20), "a FailedScheduling event for pod ssd", || {
+        (!failed_of(&list_events()).is_empty()).then_some(())
     });
-    let failed: Vec<&Value> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["reason"] == "FailedScheduling" && e["involvedObject"]["name"] == "ssd")
-        .collect();
+    let events = list_events();
+    let failed = failed_of(&events);
     assert_eq!(failed.len(), 1, "one FailedScheduling event, not one per round: {events}");
     assert_eq!(failed[0]["message"], want_sorted);
     assert!(events["items"]
