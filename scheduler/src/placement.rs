@@ -2,6 +2,7 @@
 
 use crate::snapshot::{NodeInfo, Snapshot, Usage};
 use skiff_proto::api::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -121,10 +122,16 @@ pub fn daemon_fits(pod: &Pod, node: &NodeInfo) -> bool {
 /// order — readiness, NodeUnschedulable, TaintToleration, NodeAffinity, NodePorts,
 /// NodeResourcesFit — and a node reports the first that fails (resources may name several).
 pub fn filter(pod: &Pod, node: &NodeInfo) -> Vec<String> {
-    filter_demand(&Demand::of(pod), node)
+    filter_demand(&Demand::of(pod), node).into_iter().map(Cow::into_owned).collect()
 }
 
-fn filter_demand(demand: &Demand<'_>, node: &NodeInfo) -> Vec<String> {
+/// Whether `pod` passes every filter on `node` ([`filter`] is empty).
+pub fn fits(pod: &Pod, node: &NodeInfo) -> bool {
+    filter_demand(&Demand::of(pod), node).is_empty()
+}
+
+/// [`filter`] without an allocation for the common reasons (it runs for every node examined).
+fn filter_demand(demand: &Demand<'_>, node: &NodeInfo) -> Vec<Cow<'static, str>> {
     let ready = node
         .node
         .status
@@ -132,30 +139,30 @@ fn filter_demand(demand: &Demand<'_>, node: &NodeInfo) -> Vec<String> {
         .and_then(|s| s.conditions.iter().find(|c| c.r#type == "Ready"))
         .is_some_and(|c| c.status == "True");
     if !ready {
-        return vec!["node(s) were not ready".to_string()];
+        return vec![Cow::Borrowed("node(s) were not ready")];
     }
     if node.node.spec.as_ref().is_some_and(|s| s.unschedulable) {
-        return vec!["node(s) were unschedulable".into()];
+        return vec![Cow::Borrowed("node(s) were unschedulable")];
     }
     if let Some(taint) = demand.untolerated(node, &["NoSchedule", "NoExecute"]).first() {
-        return vec![format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value)];
+        return vec![Cow::Owned(format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value))];
     }
     if !demand.selects(node) {
-        return vec!["node(s) didn't match Pod's node affinity/selector".into()];
+        return vec![Cow::Borrowed("node(s) didn't match Pod's node affinity/selector")];
     }
     if demand.usage.host_ports.iter().any(|p| node.host_ports.contains_key(p)) {
-        return vec!["node(s) didn't have free ports for the requested pod ports".into()];
+        return vec![Cow::Borrowed("node(s) didn't have free ports for the requested pod ports")];
     }
     let mut reasons = Vec::new();
     let want = demand.usage.requests;
     if node.allocatable.pods > 0 && node.requested.pods + want.pods > node.allocatable.pods {
-        reasons.push("Too many pods".into());
+        reasons.push(Cow::Borrowed("Too many pods"));
     }
     if want.cpu > 0 && want.cpu > node.allocatable.cpu - node.requested.cpu {
-        reasons.push("Insufficient cpu".into());
+        reasons.push(Cow::Borrowed("Insufficient cpu"));
     }
     if want.memory > 0 && want.memory > node.allocatable.memory - node.requested.memory {
-        reasons.push("Insufficient memory".into());
+        reasons.push(Cow::Borrowed("Insufficient memory"));
     }
     reasons
 }
@@ -233,7 +240,12 @@ pub fn schedule_from(pod: &Pod, snapshot: &Snapshot, start: usize) -> Result<(St
             }
         } else {
             for r in why {
-                *reasons.entry(r).or_default() += 1;
+                match reasons.get_mut(r.as_ref()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        reasons.insert(r.into_owned(), 1);
+                    }
+                }
             }
         }
     }
