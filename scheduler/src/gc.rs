@@ -15,7 +15,7 @@ use std::collections::HashSet;
 /// `existing`. Objects without owners, or with an owner of a kind not in `kinds` (whose uids
 /// `existing` cannot know), are never touched.
 pub fn dangling(
-    objects: &[(&str, Value)],
+    objects: &[(&str, &Value)],
     existing: &HashSet<String>,
     kinds: &[&str],
 ) -> Vec<(String, String, String)> {
@@ -57,14 +57,18 @@ mod tests {
             obj("unknown-owner-kind", json!([{"kind": "ConfigMap", "uid": "cm-1"}])),
             obj("free", Value::Null),
         ];
+        let objects: Vec<(&str, &Value)> = objects.iter().map(|(r, o)| (*r, o)).collect();
         let got = dangling(&objects, &existing, &["ReplicaSet"]);
         assert_eq!(got, [("pods".to_string(), "default".to_string(), "orphaned".to_string())]);
     }
 }
 
 /// (namespace, name, node) of pods bound to a node absent from `nodes`.
-pub fn orphaned_pods(pods: &[Value], nodes: &HashSet<String>) -> Vec<(String, String, String)> {
-    pods.iter()
+pub fn orphaned_pods<'a>(
+    pods: impl IntoIterator<Item = &'a Value>,
+    nodes: &HashSet<String>,
+) -> Vec<(String, String, String)> {
+    pods.into_iter()
         .filter(|p| {
             let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
             !node.is_empty() && !nodes.contains(node)

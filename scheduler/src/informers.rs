@@ -11,7 +11,7 @@
 //! per reader.
 
 use serde_json::Value;
-use skiff_client::informer::{self, ApiSource, Resource, Store};
+use skiff_client::informer::{self, ApiSource, ObjectKey, Resource, Store};
 use skiff_client::Client;
 use skiff_proto::api::{
     CronJob, DaemonSet, Deployment, Endpoints, Ingress, IngressClass, Job, Lease, Namespace, Node, PersistentVolume,
@@ -55,7 +55,7 @@ macro_rules! informers {
                 let mut views = HashMap::new();
                 $(
                     let cache: Arc<dyn Cached> = Arc::new(self.$field.clone());
-                    views.insert(<$kind as Resource>::RESOURCE, View { cache, triggers: $triggers, memo: Mutex::default() });
+                    views.insert(<$kind as Resource>::RESOURCE, View { cache, triggers: $triggers, built: Mutex::default() });
                 )*
                 views
             }
@@ -88,11 +88,15 @@ informers! {
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// JSON of each object by key, with the resourceVersion it was made from.
+type Memo = HashMap<ObjectKey, (String, Arc<Value>)>;
+
 /// A cache seen without its type: its objects as JSON.
 trait Cached: Send + Sync {
     fn generation(&self) -> u64;
-    /// Every object as JSON, with the generation they are as of.
-    fn items(&self) -> (Vec<Value>, u64);
+    /// Every object as JSON, with the generation they are as of; an object whose
+    /// resourceVersion is the one in `previous` reuses that JSON.
+    fn items(&self, previous: &Memo) -> (Memo, Vec<Arc<Value>>, u64);
     fn revision(&self) -> i64;
     fn is_synced(&self) -> bool;
     fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()>;
@@ -105,11 +109,26 @@ impl<K: Resource + serde::Serialize> Cached for Store<K> {
         Store::generation(self)
     }
 
-    fn items(&self) -> (Vec<Value>, u64) {
+    fn items(&self, previous: &Memo) -> (Memo, Vec<Arc<Value>>, u64) {
         let (objects, generation) = self.list_with_generation();
-        // The proto types write the same JSON the API stores (writes are normalized through
-        // them), so nothing is lost on the way.
-        (objects.iter().filter_map(|o| serde_json::to_value(&**o).ok()).collect(), generation)
+        let mut memo = Memo::with_capacity(objects.len());
+        let mut items = Vec::with_capacity(objects.len());
+        for o in &objects {
+            let Some(meta) = o.meta() else { continue };
+            let key = ObjectKey::of(meta);
+            // The proto types write the same JSON the API stores (writes are normalized
+            // through them), so nothing is lost on the way.
+            let json = match previous.get(&key) {
+                Some((rv, json)) if *rv == meta.resource_version => json.clone(),
+                _ => match serde_json::to_value(&**o) {
+                    Ok(v) => Arc::new(v),
+                    Err(_) => continue,
+                },
+            };
+            items.push(json.clone());
+            memo.insert(key, (meta.resource_version.clone(), json));
+        }
+        (memo, items, generation)
     }
 
     fn revision(&self) -> i64 {
@@ -137,29 +156,41 @@ impl<K: Resource + serde::Serialize> Cached for Store<K> {
     }
 }
 
+/// The last list built of a kind: at which generation, and each object's JSON.
+struct Built {
+    generation: u64,
+    list: Listed,
+    memo: Memo,
+}
+
 struct View {
     cache: Arc<dyn Cached>,
     /// Whether a change of this kind calls for a round.
     triggers: bool,
-    /// The last list built, and the generation it was built at.
-    memo: Mutex<Option<(u64, Arc<Value>)>>,
+    built: Mutex<Option<Built>>,
 }
 
-/// A list read from a cache: `{"items": [...]}`, shared until the kind changes.
+/// A list read from a cache, each object as JSON; shared until the kind changes, and an
+/// object's JSON until it changes.
 #[derive(Clone)]
-pub struct Listed(Arc<Value>);
+pub struct Listed(Arc<Vec<Arc<Value>>>);
 
-impl std::ops::Deref for Listed {
-    type Target = Value;
-    fn deref(&self) -> &Value {
-        &self.0
+impl Listed {
+    pub fn iter(&self) -> impl Iterator<Item = &Value> {
+        self.0.iter().map(|o| &**o)
     }
-}
 
-impl std::ops::Index<&str> for Listed {
-    type Output = Value;
-    fn index(&self, key: &str) -> &Value {
-        &self.0[key]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Copies of the objects, for plans that take owned JSON.
+    pub fn to_vec(&self) -> Vec<Value> {
+        self.iter().cloned().collect()
     }
 }
 
@@ -209,28 +240,23 @@ impl Lister {
             .get(resource)
             .ok_or_else(|| Status::internal(format!("no cache of {resource} in the controllers' informers")))?;
         let all = {
-            let mut memo = view.memo.lock().expect("not poisoned");
-            match &*memo {
-                Some((generation, list)) if *generation == view.cache.generation() => list.clone(),
+            let mut built = view.built.lock().expect("not poisoned");
+            match &*built {
+                Some(b) if b.generation == view.cache.generation() => b.list.clone(),
                 _ => {
-                    let (items, generation) = view.cache.items();
-                    let list = Arc::new(serde_json::json!({ "items": items }));
-                    *memo = Some((generation, list.clone()));
+                    let previous = built.take().map(|b| b.memo).unwrap_or_default();
+                    let (memo, items, generation) = view.cache.items(&previous);
+                    let list = Listed(Arc::new(items));
+                    *built = Some(Built { generation, list: list.clone(), memo });
                     list
                 }
             }
         };
         if namespace.is_empty() {
-            return Ok(Listed(all));
+            return Ok(all);
         }
-        let items: Vec<Value> = all["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|o| o["metadata"]["namespace"] == namespace)
-            .cloned()
-            .collect();
-        Ok(Listed(Arc::new(serde_json::json!({ "items": items }))))
+        let items = all.0.iter().filter(|o| o["metadata"]["namespace"] == namespace).cloned().collect();
+        Ok(Listed(Arc::new(items)))
     }
 
     /// The revision `resource`'s cache is current to (0 for a kind not cached).
@@ -331,7 +357,7 @@ mod tests {
         assert!(!waiting.is_finished(), "pods are only current to 5");
         informers.pods.apply(informer::WatchEvent::Bookmark("7".into()));
         waiting.await.unwrap().unwrap();
-        assert_eq!(lister.list("pods", "").unwrap()["items"][0]["metadata"]["name"], "web-1");
+        assert_eq!(lister.list("pods", "").unwrap().iter().next().unwrap()["metadata"]["name"], "web-1");
     }
 
     #[tokio::test(start_paused = true)]
@@ -352,10 +378,14 @@ mod tests {
         assert!(Arc::ptr_eq(&first.0, &lister.list("pods", "").unwrap().0), "a bookmark changes no object");
         informers.pods.apply(informer::WatchEvent::Added(pod("a", "p3", "10")));
         let after = lister.list("pods", "").unwrap();
-        assert_eq!(after["items"].as_array().unwrap().len(), 3);
+        assert_eq!(after.len(), 3);
+        let unchanged = |name: &str| {
+            let find = |l: &Listed| l.0.iter().find(|o| o["metadata"]["name"] == name).unwrap().clone();
+            Arc::ptr_eq(&find(&first), &find(&after))
+        };
+        assert!(unchanged("p1") && unchanged("p2"), "unchanged objects keep their JSON");
         let in_a = lister.list("pods", "a").unwrap();
-        let names: Vec<&str> =
-            in_a["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = in_a.iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["p1", "p3"]);
         assert!(lister.list("secrets", "").is_err(), "no cache of secrets");
     }

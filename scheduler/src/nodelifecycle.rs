@@ -46,10 +46,10 @@ fn tolerated_for(pod: &Value, taint: &Value, default: Duration) -> Option<Durati
     }
 }
 
-pub fn plan(
+pub fn plan<'a>(
     node: &Value,
     lease: Option<&Value>,
-    pods: &[Value],
+    pods: impl IntoIterator<Item = &'a Value>,
     now: i64,
     grace: Duration,
     eviction: Duration,
@@ -79,8 +79,8 @@ pub fn plan(
         n["spec"]["taints"] = json!(current);
         p.node = Some(n);
     }
-    let node = p.node.clone().unwrap_or_else(|| node.clone());
-    let node = &node;
+    let stamped = p.node.clone();
+    let node = stamped.as_ref().unwrap_or(node);
     let tainted = current.iter().any(|t| t["key"] == UNREACHABLE && t["effect"] == "NoExecute");
     let t = skiff_proto::time::rfc3339(now);
     if stale && !tainted {
@@ -113,7 +113,9 @@ pub fn plan(
         None => current.clone(),
     };
     let name = node["metadata"]["name"].as_str().unwrap_or_default();
-    for pod in pods.iter().filter(|p| p["spec"]["nodeName"] == name && p["metadata"]["deletionTimestamp"].is_null()) {
+    for pod in
+        pods.into_iter().filter(|p| p["spec"]["nodeName"] == name && p["metadata"]["deletionTimestamp"].is_null())
+    {
         let due = carried.iter().filter(|t| t["effect"] == "NoExecute").any(|taint| {
             let since = taint["timeAdded"].as_str().and_then(skiff_proto::time::parse_rfc3339).unwrap_or(now);
             let default = if taint["key"] == UNREACHABLE { eviction } else { Duration::ZERO };

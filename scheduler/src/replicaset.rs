@@ -79,7 +79,7 @@ pub fn owner_ref(rs: &Value) -> Value {
 }
 
 /// What to do for `rs` given every pod of its namespace.
-pub fn plan(rs: &Value, pods: &[Value]) -> Plan {
+pub fn plan<'a>(rs: &Value, pods: impl IntoIterator<Item = &'a Value>) -> Plan {
     let uid = rs.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
     let selector = rs.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
     let want = rs.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0) as usize;

@@ -8,6 +8,7 @@
 //! that act on time. It issues no list: the caches are fed by one watch per kind. Keyed
 //! reconcilers per object (as [`crate::endpoints_controller`] is) are the next step (issue 15).
 
+use crate::informers::Listed;
 use crate::nodelifecycle::marked_unreachable;
 use serde_json::{json, Value};
 use skiff_client::Client;
@@ -70,6 +71,23 @@ struct RoundState {
     missing_nodes: HashMap<String, std::time::Instant>,
     /// When the service-account controller last looked.
     accounts_checked: Option<std::time::Instant>,
+    /// When every controller last ran (none yet under this leadership).
+    last_full: Option<std::time::Instant>,
+    /// Whether a controller failed in the last round (the next one runs them all).
+    failed: bool,
+}
+
+/// How often every controller runs even when nothing changed: a safety net, not how changes
+/// are noticed.
+pub const RESYNC: Duration = Duration::from_secs(10);
+
+/// A list's items by namespace, borrowed.
+fn by_namespace(list: &Listed) -> HashMap<&str, Vec<&Value>> {
+    let mut out: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for o in list.iter() {
+        out.entry(o["metadata"]["namespace"].as_str().unwrap_or("default")).or_default().push(o);
+    }
+    out
 }
 
 /// The least time between marking two nodes unreachable: Kubernetes' default
@@ -107,26 +125,32 @@ impl Runner {
         self.rounds(stop).await
     }
 
-    /// A round whenever a cached kind changed, and at least every `interval` (the
-    /// controllers that act on time: leases, cron schedules, deadlines).
+    /// A round whenever a cached kind changed, and at least every `interval` for the
+    /// controllers that act on time (leases, cron schedules, deadlines, the pod GC quarantine).
     async fn rounds(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut state = RoundState::default();
         let changes = self.lister.changes();
         loop {
-            tokio::select! {
-                () = changes.next() => {}
-                _ = tokio::time::sleep(self.interval) => {}
+            let changed = tokio::select! {
+                () = changes.next() => true,
+                _ = tokio::time::sleep(self.interval) => false,
                 _ = stop.changed() => return,
-            }
-            let Some(term) = (self.leader_term)() else { continue };
+            };
+            let Some(term) = (self.leader_term)() else {
+                state.last_full = None;
+                continue;
+            };
             // Everything written before the round, this leader's own writes included.
             if let Err(e) = self.lister.current().await {
-                tracing::debug!("scheduling round: {}", e.message());
+                tracing::debug!("controller round: {}", e.message());
+                state.failed = true;
                 continue;
             }
-            if let Err(e) = self.fenced(term).round(&mut state).await {
-                tracing::debug!("scheduling round: {e}");
+            let full = changed || state.failed || state.last_full.is_none_or(|t| t.elapsed() >= RESYNC);
+            if full {
+                state.last_full = Some(std::time::Instant::now());
             }
+            self.fenced(term).round(&mut state, full).await;
         }
     }
 
@@ -137,13 +161,7 @@ impl Runner {
 
     fn items<T: serde::de::DeserializeOwned>(&self, resource: &str) -> Result<Vec<(Value, T)>, Status> {
         let list = self.lister.list(resource, "")?;
-        Ok(list["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|v| serde_json::from_value(v.clone()).ok().map(|t| (v, t)))
-            .collect())
+        Ok(list.iter().filter_map(|v| serde_json::from_value(v.clone()).ok().map(|t| (v.clone(), t))).collect())
     }
 
     /// One Deployment controller pass over every Deployment.
@@ -151,16 +169,10 @@ impl Runner {
         let deployments = self.lister.list("deployments", "")?;
         let sets = self.lister.list("replicasets", "")?;
         let pods = self.lister.list("pods", "")?;
-        let in_ns = |list: &Value, ns: &str| -> Vec<Value> {
-            list["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|o| o["metadata"]["namespace"] == ns)
-                .cloned()
-                .collect()
+        let in_ns = |list: &Listed, ns: &str| -> Vec<Value> {
+            list.iter().filter(|o| o["metadata"]["namespace"] == ns).cloned().collect()
         };
-        for d in deployments["items"].as_array().into_iter().flatten() {
+        for d in deployments.iter() {
             if d.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
                 continue;
             }
@@ -239,13 +251,28 @@ impl Runner {
     async fn node_lifecycle(&self, last_taint: &mut Option<std::time::Instant>) -> Result<(), Status> {
         let nodes = self.lister.list("nodes", "")?;
         let leases = self.lister.list("leases", crate::informers::NODE_LEASE_NAMESPACE)?;
+        let leases: HashMap<&str, &Value> =
+            leases.iter().filter_map(|l| l["metadata"]["name"].as_str().map(|n| (n, l))).collect();
         let pods = self.lister.list("pods", "")?;
-        let pods = pods["items"].as_array().cloned().unwrap_or_default();
+        let mut on_node: HashMap<&str, Vec<&Value>> = HashMap::new();
+        for pod in pods.iter() {
+            if let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                on_node.entry(node).or_default().push(pod);
+            }
+        }
         let now = now_secs();
-        for node in nodes["items"].as_array().into_iter().flatten() {
+        for node in nodes.iter() {
             let name = node["metadata"]["name"].as_str().unwrap_or_default();
-            let lease = leases["items"].as_array().into_iter().flatten().find(|l| l["metadata"]["name"] == name);
-            let plan = crate::nodelifecycle::plan(node, lease, &pods, now, self.node_grace, self.pod_eviction_timeout);
+            let lease = leases.get(name).copied();
+            let pods = on_node.get(name).map(Vec::as_slice).unwrap_or_default();
+            let plan = crate::nodelifecycle::plan(
+                node,
+                lease,
+                pods.iter().copied(),
+                now,
+                self.node_grace,
+                self.pod_eviction_timeout,
+            );
             let was_unreachable = marked_unreachable(node);
             let becomes_unreachable = plan.node.as_ref().is_some_and(|n| marked_unreachable(n) && !was_unreachable);
             if becomes_unreachable {
@@ -314,14 +341,12 @@ impl Runner {
     async fn service_accounts(&self) -> Result<(), Status> {
         let namespaces = self.lister.list("namespaces", "")?;
         let accounts = self.lister.list("serviceaccounts", "")?;
-        let has_default: HashSet<&str> = accounts["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let has_default: HashSet<&str> = accounts
+            .iter()
             .filter(|a| a["metadata"]["name"] == "default")
             .filter_map(|a| a["metadata"]["namespace"].as_str())
             .collect();
-        for ns in namespaces["items"].as_array().into_iter().flatten() {
+        for ns in namespaces.iter() {
             let name = ns["metadata"]["name"].as_str().unwrap_or_default();
             let terminating = ns["metadata"]["deletionTimestamp"].is_string() || ns["status"]["phase"] == "Terminating";
             if name.is_empty() || terminating || has_default.contains(name) {
@@ -343,7 +368,7 @@ impl Runner {
         const OWNERS: [&str; 6] = ["deployments", "replicasets", "daemonsets", "statefulsets", "jobs", "cronjobs"];
         const OWNED: [&str; 4] = ["pods", "replicasets", "jobs", "persistentvolumeclaims"];
         let mut existing = std::collections::HashSet::new();
-        let mut lists: HashMap<&str, crate::informers::Listed> = HashMap::new();
+        let mut lists: HashMap<&str, Listed> = HashMap::new();
         // Dependents first, then owners, each cache read after the revision it is current to:
         // an owner always exists before its dependents, so a dependent at or below the
         // owners' caches' revision has its owners in them, never taken for gone. Newer
@@ -353,15 +378,15 @@ impl Runner {
         }
         let owners_at = OWNERS.iter().map(|r| self.lister.revision(r)).min().unwrap_or(0);
         for r in OWNERS {
-            for o in self.lister.list(r, "")?["items"].as_array().into_iter().flatten() {
+            for o in self.lister.list(r, "")?.iter() {
                 if let Some(uid) = o["metadata"]["uid"].as_str() {
                     existing.insert(uid.to_string());
                 }
             }
         }
-        let objects: Vec<(&str, Value)> = OWNED
+        let objects: Vec<(&str, &Value)> = OWNED
             .iter()
-            .flat_map(|r| lists[r]["items"].as_array().cloned().unwrap_or_default().into_iter().map(move |o| (*r, o)))
+            .flat_map(|r| lists[r].iter().map(move |o| (*r, o)))
             .filter(|(_, o)| revision_of(o) <= owners_at)
             .collect();
         let kinds = ["Deployment", "ReplicaSet", "DaemonSet", "StatefulSet", "Job", "CronJob"];
@@ -374,24 +399,14 @@ impl Runner {
         // its pods were bound is always seen.
         let nodes_at = self.lister.revision("nodes");
         let nodes = self.lister.list("nodes", "")?;
-        let names: std::collections::HashSet<String> = nodes["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
-            .collect();
-        let pods: Vec<Value> = lists["pods"]["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| revision_of(p) <= nodes_at)
-            .cloned()
-            .collect();
+        let names: std::collections::HashSet<String> =
+            nodes.iter().filter_map(|n| n["metadata"]["name"].as_str().map(String::from)).collect();
+        let pods = lists["pods"].iter().filter(|p| revision_of(p) <= nodes_at);
         // As Kubernetes' pod GC, a node must have been missing for a quarantine period first
         // (a pod may be bound to a node that is about to register).
         let now = std::time::Instant::now();
         missing_nodes.retain(|n, _| !names.contains(n));
-        for (ns, name, node) in crate::gc::orphaned_pods(&pods, &names) {
+        for (ns, name, node) in crate::gc::orphaned_pods(pods, &names) {
             let since = *missing_nodes.entry(node.clone()).or_insert(now);
             if now.duration_since(since) < POD_GC_QUARANTINE {
                 continue;
@@ -405,15 +420,15 @@ impl Runner {
     /// The status of LoadBalancer Services and Ingresses: the addresses of the nodes that
     /// serve them. (Endpoints are [`crate::endpoints_controller`]'s, run from informers.)
     async fn load_balancers(&self) -> Result<(), Status> {
-        let items = |l: &Value| l["items"].as_array().cloned().unwrap_or_default();
-        let services = items(&*self.lister.list("services", "")?);
-        let ingresses = items(&*self.lister.list("ingresses", "")?);
+        let items = |l: Listed| l.to_vec();
+        let services = items(self.lister.list("services", "")?);
+        let ingresses = items(self.lister.list("ingresses", "")?);
         let balanced: Vec<&Value> = services.iter().filter(|s| s["spec"]["type"] == "LoadBalancer").collect();
         if ingresses.is_empty() && balanced.is_empty() {
             return Ok(());
         }
-        let nodes = items(&*self.lister.list("nodes", "")?);
-        let classes = if ingresses.is_empty() { vec![] } else { items(&*self.lister.list("ingressclasses", "")?) };
+        let nodes = items(self.lister.list("nodes", "")?);
+        let classes = if ingresses.is_empty() { vec![] } else { items(self.lister.list("ingressclasses", "")?) };
         for ing in &ingresses {
             self.write_status("ingresses", ing, crate::endpoints::ingress_status(ing, &classes, &nodes)).await;
         }
@@ -437,8 +452,7 @@ impl Runner {
     async fn bind_volumes(&self) -> Result<(), Status> {
         let claims = self.lister.list("persistentvolumeclaims", "")?;
         let volumes = self.lister.list("persistentvolumes", "")?;
-        let items = |l: &Value| l["items"].as_array().cloned().unwrap_or_default();
-        let plan = crate::volumebinder::plan(&items(&claims), &items(&volumes));
+        let plan = crate::volumebinder::plan(&claims.to_vec(), &volumes.to_vec());
         // Volume first: a claim is bound only to a volume that records it.
         for pv in &plan.volumes {
             self.ignore_races(self.client.update("persistentvolumes", pv).await.map(|_| ()))?;
@@ -480,16 +494,10 @@ impl Runner {
         let sets = self.lister.list("statefulsets", "")?;
         let pods = self.lister.list("pods", "")?;
         let claims = self.lister.list("persistentvolumeclaims", "")?;
-        let in_ns = |list: &Value, ns: &str| -> Vec<Value> {
-            list["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|o| o["metadata"]["namespace"] == ns)
-                .cloned()
-                .collect()
+        let in_ns = |list: &Listed, ns: &str| -> Vec<Value> {
+            list.iter().filter(|o| o["metadata"]["namespace"] == ns).cloned().collect()
         };
-        for sts in sets["items"].as_array().into_iter().flatten() {
+        for sts in sets.iter() {
             if sts.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
                 continue;
             }
@@ -545,18 +553,12 @@ impl Runner {
         let jobs = self.lister.list("jobs", "")?;
         let pods = self.lister.list("pods", "")?;
         let now = now_secs();
-        for job in jobs["items"].as_array().into_iter().flatten() {
+        for job in jobs.iter() {
             if job.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
                 continue;
             }
             let ns = job["metadata"]["namespace"].as_str().unwrap_or("default");
-            let mine: Vec<Value> = pods["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|p| p["metadata"]["namespace"] == ns)
-                .cloned()
-                .collect();
+            let mine: Vec<Value> = pods.iter().filter(|p| p["metadata"]["namespace"] == ns).cloned().collect();
             let plan = crate::job::plan(job, &mine, now);
             self.create_pods(job, "Job", ns, &plan.create).await?;
             for pod in &plan.delete {
@@ -592,15 +594,9 @@ impl Runner {
         let cronjobs = self.lister.list("cronjobs", "")?;
         let jobs = self.lister.list("jobs", "")?;
         let now = self.cron_clock.now();
-        for cj in cronjobs["items"].as_array().into_iter().flatten() {
+        for cj in cronjobs.iter() {
             let ns = cj["metadata"]["namespace"].as_str().unwrap_or("default");
-            let mine: Vec<Value> = jobs["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|j| j["metadata"]["namespace"] == ns)
-                .cloned()
-                .collect();
+            let mine: Vec<Value> = jobs.iter().filter(|j| j["metadata"]["namespace"] == ns).cloned().collect();
             let plan = match crate::cronjob::plan(cj, &mine, now) {
                 Ok(p) => p,
                 Err(e) => {
@@ -636,21 +632,20 @@ impl Runner {
     }
 
     /// One DaemonSet controller pass over every DaemonSet.
-    async fn daemonsets(&self, nodes: &[Node]) -> Result<(), Status> {
+    async fn daemonsets(&self) -> Result<(), Status> {
         let sets = self.lister.list("daemonsets", "")?;
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let nodes: Vec<Node> = self.items::<Node>("nodes")?.into_iter().map(|(_, n)| n).collect();
+        let nodes = nodes.as_slice();
         let pods = self.lister.list("pods", "")?;
-        for ds in sets["items"].as_array().into_iter().flatten() {
+        for ds in sets.iter() {
             if ds.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
                 continue;
             }
             let ns = ds["metadata"]["namespace"].as_str().unwrap_or("default");
-            let mine: Vec<Value> = pods["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|p| p["metadata"]["namespace"] == ns)
-                .cloned()
-                .collect();
+            let mine: Vec<Value> = pods.iter().filter(|p| p["metadata"]["namespace"] == ns).cloned().collect();
             let plan = crate::daemonset::plan(ds, nodes, &mine);
             self.create_pods(ds, "DaemonSet", ns, &plan.create).await?;
             for pod in &plan.delete {
@@ -681,16 +676,16 @@ impl Runner {
     /// the others (the first error is returned at the end).
     async fn replicasets(&self) -> Result<(), Status> {
         let sets = self.lister.list("replicasets", "")?;
+        if sets.is_empty() {
+            return Ok(());
+        }
         let pods = self.lister.list("pods", "")?;
-        let pods = pods["items"].as_array().cloned().unwrap_or_default();
-        let plans: Vec<(&Value, crate::replicaset::Plan)> = sets["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let in_namespace = by_namespace(&pods);
+        let plans: Vec<(&Value, crate::replicaset::Plan)> = sets
+            .iter()
             .map(|rs| {
                 let ns = rs["metadata"]["namespace"].as_str().unwrap_or("default");
-                let mine: Vec<Value> = pods.iter().filter(|p| p["metadata"]["namespace"] == ns).cloned().collect();
-                (rs, crate::replicaset::plan(rs, &mine))
+                (rs, crate::replicaset::plan(rs, in_namespace.get(ns).into_iter().flatten().copied()))
             })
             .collect();
         let mut first_error = None;
@@ -747,45 +742,36 @@ impl Runner {
         }
     }
 
-    async fn round(&self, state: &mut RoundState) -> Result<(), Status> {
-        if let Err(e) = self.node_lifecycle(&mut state.last_taint).await {
-            tracing::debug!("node lifecycle controller: {e}");
-        }
-        if let Err(e) = self.collect_garbage(&mut state.missing_nodes).await {
-            tracing::debug!("garbage collector: {e}");
+    /// One round: the controllers that act on time every round; the rest only when `full`
+    /// (something changed, an earlier round failed, or [`RESYNC`] passed).
+    async fn round(&self, state: &mut RoundState, full: bool) {
+        let mut failed = false;
+        let mut note = |what: &str, r: Result<(), Status>| {
+            if let Err(e) = r {
+                tracing::debug!("{what}: {e}");
+                failed = true;
+            }
+        };
+        note("node lifecycle controller", self.node_lifecycle(&mut state.last_taint).await);
+        // Pods on a deleted node are collected after a quarantine: a timer while one is missing.
+        if full || !state.missing_nodes.is_empty() {
+            note("garbage collector", self.collect_garbage(&mut state.missing_nodes).await);
         }
         if state.accounts_checked.is_none_or(|t| t.elapsed() >= SERVICE_ACCOUNT_INTERVAL) {
             state.accounts_checked = Some(std::time::Instant::now());
-            if let Err(e) = self.service_accounts().await {
-                tracing::debug!("service account controller: {e}");
-            }
+            note("service account controller", self.service_accounts().await);
         }
-        if let Err(e) = self.cronjobs().await {
-            tracing::debug!("cronjob controller: {e}");
+        note("cronjob controller", self.cronjobs().await);
+        note("job controller", self.jobs().await);
+        if full {
+            note("load balancer status", self.load_balancers().await);
+            note("volume binder", self.bind_volumes().await);
+            note("statefulset controller", self.statefulsets().await);
+            note("deployment controller", self.deployments().await);
+            note("replicaset controller", self.replicasets().await);
+            note("daemonset controller", self.daemonsets().await);
         }
-        if let Err(e) = self.load_balancers().await {
-            tracing::debug!("load balancer status: {e}");
-        }
-        if let Err(e) = self.jobs().await {
-            tracing::debug!("job controller: {e}");
-        }
-        if let Err(e) = self.bind_volumes().await {
-            tracing::debug!("volume binder: {e}");
-        }
-        if let Err(e) = self.statefulsets().await {
-            tracing::debug!("statefulset controller: {e}");
-        }
-        if let Err(e) = self.deployments().await {
-            tracing::debug!("deployment controller: {e}");
-        }
-        if let Err(e) = self.replicasets().await {
-            tracing::debug!("replicaset controller: {e}");
-        }
-        let nodes: Vec<Node> = self.items::<Node>("nodes")?.into_iter().map(|(_, n)| n).collect();
-        if let Err(e) = self.daemonsets(&nodes).await {
-            tracing::debug!("daemonset controller: {e}");
-        }
-        Ok(())
+        state.failed = failed;
     }
 
     /// Creates a controller's pods as Kubernetes does: in batches that double from 1 (capped at

@@ -1,12 +1,13 @@
 //! The scheduler on the raft leader, against registered (fake) nodes: placement, the
 //! Unschedulable condition and event in Kubernetes' words, retry when a node gains the missing
-//! label, and scheduling carrying on after the leader is SIGKILLed.
+//! label, and scheduling carrying on after the leader is SIGKILLed — its successor's first bind
+//! within a second of its election.
 
 use serde_json::{json, Value};
 use skiff_proto::api::objects_client::ObjectsClient;
 use skiff_proto::api::{RawListRequest, RawRequest};
 use skiff_tests::{bearer, channel, runtime, wait_for, Cluster};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn the_leader_schedules_reports_unschedulable_pods_and_retries_on_change() {
@@ -120,11 +121,48 @@ fn the_leader_schedules_reports_unschedulable_pods_and_retries_on_change() {
     call(&addrs[0], "update", "nodes", n2, "").unwrap();
     assert_eq!(wait_for(Duration::from_secs(20), "pod ssd to be bound after the label", || node_of("ssd")), "n2");
 
-    // phase: the leader dies; the next leader's scheduler carries on
+    // phase: a pod waits for a label no node has; the leader has seen it
+    call(&addrs[0], "create", "pods", pod("zoned", json!({"nodeSelector": {"zone": "b"}})), "").unwrap();
+    wait_for(Duration::from_secs(20), "PodScheduled=False on pod zoned", || {
+        let p = call(&addrs[0], "get", "pods", json!({}), "zoned").ok()?;
+        let cond = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "PodScheduled")?.clone();
+        (cond["status"] == "False").then_some(())
+    });
+
+    // phase: the leader dies; the label goes on through a survivor as soon as a new leader is
+    // elected, and the new leader's scheduler binds the waiting pod within a second of its
+    // election (its informers are warm: nothing is listed first)
     let all: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
     let leader = c.wait_leader(&all, Duration::from_secs(10));
     c.kill(leader);
-    let survivor = c.masters.iter().find(|m| m.id != leader).unwrap().etcd.clone();
+    let survivors: Vec<u64> = all.iter().copied().filter(|&id| id != leader).collect();
+    let survivor = c.master(survivors[0]).etcd.clone();
+    // The election is polled every 10 ms and the bind every 100 ms: the figure errs long.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let elected = loop {
+        let leaders: Vec<u64> = survivors
+            .iter()
+            .map(|id| rt.block_on(skiff_tests::status(&c.master(*id).etcd)).map_or(0, |s| s.leader))
+            .collect();
+        if leaders[0] != 0 && leaders[0] != leader && leaders.iter().all(|l| *l == leaders[0]) {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "no new leader among {survivors:?} within 15 s (they say {leaders:?})");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    wait_for(Duration::from_secs(10), "label zone=b on node n1 through a survivor", || {
+        let mut n1 = call(&survivor, "get", "nodes", json!({}), "n1").ok()?;
+        n1["metadata"]["labels"]["zone"] = json!("b");
+        call(&survivor, "update", "nodes", n1, "").ok()
+    });
+    let labelled = elected.elapsed();
+    let bound = wait_for(Duration::from_secs(10), "pod zoned bound by the new leader", || {
+        let p = call(&survivor, "get", "pods", json!({}), "zoned").ok()?;
+        p["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()).map(|n| (n.to_string(), elected.elapsed()))
+    });
+    eprintln!("after the election: label written in {labelled:?}, pod bound to {} in {:?}", bound.0, bound.1);
+    assert_eq!(bound.0, "n1");
+    assert!(bound.1 <= Duration::from_secs(1), "the new leader's first bind came {:?} after its election", bound.1);
     wait_for(Duration::from_secs(30), "a create through a survivor", || {
         call(&survivor, "create", "pods", pod("after", json!({})), "")
             .ok()
