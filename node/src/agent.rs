@@ -1,8 +1,9 @@
-//! The pod loop: every `sync_interval` it lists the pods bound to this node and, for each,
+//! The pod loop: on every change to the pods bound to this node (a field-selected informer),
+//! and every `sync_interval` as a resync, it goes over them as cached and, for each,
 //! moves the machine one step toward the spec (sandbox, volumes, init containers in order,
 //! app containers, restarts after back-off), then reports the status it observes. Pods that
 //! are being deleted get SIGTERM, SIGKILL after their grace period, then cleanup and the final
-//! delete. Level-triggered: every decision is recomputed from the API and the instance
+//! delete. Level-triggered: every decision is recomputed from the cache and the instance
 //! directories, so a missed round or a daemon restart changes nothing in the outcome.
 
 use crate::bundle::{self, Mount, PodContext};
@@ -15,6 +16,7 @@ use crate::status::{self, Observed, Step};
 use crate::NodeConfig;
 use serde_json::{json, Value};
 use sha2::Digest;
+use skiff_client::informer::{self, ApiSource, Store};
 use skiff_client::Client;
 use skiff_proto::api::{Container, Pod};
 use std::collections::{HashMap, HashSet};
@@ -115,24 +117,34 @@ impl Agent {
 
     /// Runs rounds until `stop`.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        // A watch on this node's pods wakes the loop at once; the interval is the resync.
-        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-        let watcher = tokio::spawn(watch_pods(self.client.clone(), self.config.name.clone(), wake.clone()));
+        // The pods bound here, from one list and then one watch (field-selected to this node):
+        // a change wakes the loop at once, and rounds read the cache, never the API.
+        let pods: Store<Pod> = Store::new();
+        let source = ApiSource::new(self.client.clone()).fields(&format!("spec.nodeName={}", self.config.name));
+        let informer = tokio::spawn(informer::run(pods.clone(), source, stop.clone()));
+        let mut changes = pods.subscribe();
+        tokio::select! {
+            () = pods.synced() => {}
+            _ = stop.changed() => {
+                informer.abort();
+                return;
+            }
+        }
         loop {
-            if let Err(e) = self.round().await {
+            if let Err(e) = self.round(&pods).await {
                 tracing::warn!("node {}: sync: {e}", self.config.name);
             }
             // While a container is being created or an image pulled, look again soon: the
-            // shim reports through files, not through the API.
+            // shim reports through files, not through the API. The interval is the resync.
             let busy = self.busy();
             let pause = if busy { Duration::from_millis(10) } else { self.config.sync_interval };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = wake.notified() => {}
+                _ = changes.recv() => {}
                 _ = stop.changed() => break,
             }
         }
-        watcher.abort();
+        informer.abort();
     }
 
     /// Whether some container run is starting or some image pull is under way.
@@ -145,10 +157,10 @@ impl Agent {
         pulling || !self.starting.is_empty()
     }
 
-    /// One pass over every pod bound here and every pod directory left on disk.
-    pub async fn round(&mut self) -> Result<(), NodeError> {
-        let list = self.client.list("pods", "", "", &format!("spec.nodeName={}", self.config.name)).await?;
-        let pods = list["items"].as_array().cloned().unwrap_or_default();
+    /// One pass over every pod bound here (as the informer's cache has them) and every pod
+    /// directory left on disk.
+    pub async fn round(&mut self, cache: &Store<Pod>) -> Result<(), NodeError> {
+        let pods: Vec<Value> = cache.list().iter().filter_map(|p| serde_json::to_value(&**p).ok()).collect();
         let mut live = HashSet::new();
         for pod in &pods {
             let uid = meta(pod, "uid").to_string();
@@ -1021,29 +1033,6 @@ impl Agent {
             }
         }
         Ok(())
-    }
-}
-
-/// Follows the pods bound to `node` and wakes the pod loop on every change; reconnects (after
-/// a pause) when the watch breaks, e.g. while masters fail over.
-async fn watch_pods(client: Client, node: String, wake: std::sync::Arc<tokio::sync::Notify>) {
-    use skiff_proto::api::pods_client::PodsClient;
-    use skiff_proto::api::WatchRequest;
-    loop {
-        let req = WatchRequest { field_selector: format!("spec.nodeName={node}"), ..Default::default() };
-        let stream = client
-            .with_failover(|channel, auth| {
-                let req = req.clone();
-                async move { Ok(PodsClient::with_interceptor(channel, auth).watch(req).await?.into_inner()) }
-            })
-            .await;
-        if let Ok(mut stream) = stream {
-            wake.notify_one();
-            while let Ok(Some(_)) = stream.message().await {
-                wake.notify_one();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

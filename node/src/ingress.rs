@@ -14,9 +14,10 @@
 //!   `ssl-redirect` (on by default for a host with TLS: plain HTTP gets a 308 to https).
 //! - TLS from the Secrets named in `tls`, chosen by SNI.
 //!
-//! The routing table is rebuilt from the API when a watch says something changed (and every
-//! `REFRESH`) and swapped in whole: changes apply to the next request, without a restart or
-//! a dropped connection. `Table::build` and `Table::route` are pure.
+//! The routing table is rebuilt from the node's informer caches ([`crate::informers`]) when one
+//! of the kinds it reads changes (and every `REFRESH`, which re-reads the TLS Secrets) and
+//! swapped in whole: changes apply to the next request, without a restart or a dropped
+//! connection. `Table::build` and `Table::route` are pure.
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -30,8 +31,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio_rustls::rustls;
 
-/// How often the table is rebuilt without being woken by a watch event.
-const REFRESH: Duration = Duration::from_millis(500);
+/// How often the table is rebuilt without being woken by a change: the TLS Secrets are read
+/// then (a node may not watch Secrets).
+const REFRESH: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq)]
 enum PathMatch {
@@ -424,20 +426,31 @@ impl rustls::server::ResolvesServerCert for Proxy {
     }
 }
 
-/// Rebuilds the table from the API on every change (and every `REFRESH`) until `stop`.
-pub async fn follow(proxy: Arc<Proxy>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Rebuilds the table from the node's caches on every change to the kinds it reads (and every
+/// `REFRESH`, when the TLS Secrets it names are read again) until `stop`.
+pub async fn follow(proxy: Arc<Proxy>, caches: crate::informers::Caches, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use crate::informers::{values, wake_on_changes};
     let changed = Arc::new(tokio::sync::Notify::new());
-    let _watches = crate::wake_on_changes(
-        &proxy.client,
-        &["ingresses", "ingressclasses", "services", "endpoints"],
-        changed.clone(),
-    );
+    let watches = [
+        wake_on_changes(&caches.ingresses, changed.clone()),
+        wake_on_changes(&caches.ingress_classes, changed.clone()),
+        wake_on_changes(&caches.services, changed.clone()),
+        wake_on_changes(&caches.endpoints, changed.clone()),
+    ];
+    let synced = async {
+        caches.ingresses.synced().await;
+        caches.ingress_classes.synced().await;
+        caches.services.synced().await;
+        caches.endpoints.synced().await;
+    };
+    tokio::select! {
+        () = synced => {}
+        _ = stop.changed() => return,
+    }
     loop {
         let listed = async {
-            let ingresses = proxy.client.list("ingresses", "", "", "").await?;
-            let items = |v: &Value| v["items"].as_array().cloned().unwrap_or_default();
-            let ingresses = items(&ingresses);
-            let classes = items(&proxy.client.list("ingressclasses", "", "", "").await?);
+            let ingresses = values(&caches.ingresses);
+            let classes = values(&caches.ingress_classes);
             // Only the Secrets Ingresses name for TLS, one by one: a node may read no others
             // (the Node authorizer), and a Secret's change shows at the next refresh.
             let mut secrets = Vec::new();
@@ -448,8 +461,7 @@ pub async fn follow(proxy: Arc<Proxy>, mut stop: tokio::sync::watch::Receiver<bo
                     Err(e) => return Err(e),
                 }
             }
-            let services = items(&proxy.client.list("services", "", "", "").await?);
-            let endpoints = items(&proxy.client.list("endpoints", "", "", "").await?);
+            let (services, endpoints) = (values(&caches.services), values(&caches.endpoints));
             Ok::<_, tonic::Status>(Table::build(&ingresses, &classes, &secrets, services, endpoints))
         };
         match listed.await {
@@ -465,9 +477,10 @@ pub async fn follow(proxy: Arc<Proxy>, mut stop: tokio::sync::watch::Receiver<bo
         tokio::select! {
             _ = tokio::time::sleep(REFRESH) => {}
             _ = changed.notified() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
     }
+    watches.iter().for_each(|w| w.abort());
 }
 
 /// (namespace, name) of every Secret the Ingresses name for TLS.

@@ -15,7 +15,9 @@
 //! - [`sandbox`]: the pod's shared network/IPC/UTS namespaces and its veth on the node bridge;
 //! - [`hostport`]: `hostPort` as iptables DNAT rules in a chain of the node's own;
 //! - [`stats`]: cgroup-based usage of the node and its pods (`skiff top`);
-//! - [`heartbeat`]: Node registration, Lease renewal, node conditions.
+//! - [`heartbeat`]: Node registration, Lease renewal, node conditions;
+//! - [`informers`]: the caches of Services, Endpoints, Ingresses and IngressClasses the proxy,
+//!   the DNS and the ingress read (the pod loop has its own, of the pods bound here).
 //!
 //! Invariant: the daemon changes the cluster only through the API, and only its own Node, its
 //! Lease, and the pods bound to it.
@@ -27,6 +29,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod hostport;
 pub mod image;
+pub mod informers;
 pub mod ingress;
 pub mod instance;
 pub mod logs;
@@ -98,34 +101,6 @@ pub struct ServerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
-}
-
-/// Watches each of `resources` (every namespace) and wakes `notify` on every event, so a
-/// loop that lists them reacts at once instead of at its next poll; a broken watch is opened
-/// again. The tasks end when the returned set is dropped.
-pub fn wake_on_changes(
-    client: &skiff_client::Client,
-    resources: &[&'static str],
-    notify: std::sync::Arc<tokio::sync::Notify>,
-) -> tokio::task::JoinSet<()> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for resource in resources {
-        let (client, notify, resource) = (client.clone(), notify.clone(), *resource);
-        tasks.spawn(async move {
-            loop {
-                match client.watch(resource, "", "", "", "").await {
-                    Ok(mut events) => {
-                        while let Ok(Some(_)) = events.message().await {
-                            notify.notify_one();
-                        }
-                    }
-                    Err(e) => tracing::debug!("watching {resource}: {}", e.message()),
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-    }
-    tasks
 }
 
 impl NodeConfig {
@@ -206,9 +181,11 @@ pub async fn run(
     let records = dns::Shared::default();
     let gateway = sandbox::PodNetwork::parse(&config.bridge, &config.pod_cidr).map_err(anyhow::Error::msg)?.gateway();
     let dns_addr = std::net::SocketAddr::new(gateway.into(), 53);
-    let proxying = tokio::spawn(proxy::run(client.clone(), proxy_config.clone(), records.clone(), stop_rx.clone()));
+    // One informer per kind for the proxy, the DNS records and the ingress.
+    let caches = informers::Caches::start(&client, &stop_rx);
+    let proxying = tokio::spawn(proxy::run(caches.clone(), proxy_config.clone(), records.clone(), stop_rx.clone()));
     let ingress = ingress::Proxy::new(client.clone(), config.name.clone());
-    let following = tokio::spawn(ingress::follow(ingress.clone(), stop_rx.clone()));
+    let following = tokio::spawn(ingress::follow(ingress.clone(), caches, stop_rx.clone()));
     // Cluster DNS and the ingress serve on a runtime of their own: the node's pod work runs
     // commands (ip, iptables, mount) and reads files on its runtime's threads, and a lookup or
     // a request must not wait behind that.

@@ -48,14 +48,15 @@ pub struct ProxyConfig {
 /// How often the proxy rewrites all its rules rather than what changed.
 const FULL_SYNC: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// How often the proxy looks at Services and Endpoints without being woken by a watch event.
-pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often the proxy re-reads its caches without being woken by a change (a safety net; the
+/// kernel's own state is re-read every [`FULL_SYNC`]).
+pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Follows Services and Endpoints until `stop`: woken by watch events on both (and every
-/// `SYNC_INTERVAL` regardless), it lists them and reprograms what changed — the nat rules and
-/// the DNS records follow a change as soon as it is committed (plus the list and the write).
+/// Follows Services and Endpoints until `stop`: on every change to either (and every
+/// `SYNC_INTERVAL` regardless) it reads them from the node's caches and reprograms what
+/// changed — the nat rules and the DNS records follow a change as soon as the watch brings it.
 pub async fn run(
-    client: skiff_client::Client,
+    caches: crate::informers::Caches,
     cfg: ProxyConfig,
     records: crate::dns::Shared,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -63,7 +64,15 @@ pub async fn run(
     let mut programmed: Option<Ruleset> = None;
     let mut last_full = std::time::Instant::now();
     let changed = std::sync::Arc::new(tokio::sync::Notify::new());
-    let _watches = crate::wake_on_changes(&client, &["services", "endpoints"], changed.clone());
+    let watches = [
+        crate::informers::wake_on_changes(&caches.services, changed.clone()),
+        crate::informers::wake_on_changes(&caches.endpoints, changed.clone()),
+    ];
+    // Nothing is programmed from caches not yet listed (that would remove every rule).
+    tokio::select! {
+        () = async { caches.services.synced().await; caches.endpoints.synced().await } => {}
+        _ = stop.changed() => return,
+    }
     loop {
         // Now and then everything from the kernel's state, as kube-proxy's sync period: rules
         // someone else removed come back.
@@ -71,43 +80,34 @@ pub async fn run(
             programmed = None;
             last_full = std::time::Instant::now();
         }
-        let listed = async {
-            let services = client.list("services", "", "", "").await?;
-            let endpoints = client.list("endpoints", "", "", "").await?;
-            Ok::<_, tonic::Status>((services, endpoints))
-        };
-        match listed.await {
-            Ok((services, endpoints)) => {
-                let items = |v: &Value| v["items"].as_array().cloned().unwrap_or_default();
-                let (services, endpoints) = (items(&services), items(&endpoints));
-                let wanted = rules(&cfg, &services, &endpoints);
-                *records.write().expect("records lock") = crate::dns::Records { services, endpoints };
-                if programmed.as_ref() != Some(&wanted) {
-                    // iptables-restore may wait for the xtables lock: off the runtime's threads.
-                    let (c, old) = (cfg.clone(), programmed.take());
-                    let (old, applied) = tokio::task::spawn_blocking(move || {
-                        let r = apply(&c, &wanted, old.as_ref());
-                        (old, r.map(|()| wanted))
-                    })
-                    .await
-                    .unwrap_or_else(|e| (None, Err(NodeError::Sandbox(format!("applying rules: {e}")))));
-                    match applied {
-                        Ok(wanted) => programmed = Some(wanted),
-                        Err(e) => {
-                            programmed = old;
-                            tracing::warn!("service proxy on {}: {e}", cfg.bridge);
-                        }
-                    }
+        let services = crate::informers::values(&caches.services);
+        let endpoints = crate::informers::values(&caches.endpoints);
+        let wanted = rules(&cfg, &services, &endpoints);
+        *records.write().expect("records lock") = crate::dns::Records { services, endpoints };
+        if programmed.as_ref() != Some(&wanted) {
+            // iptables-restore may wait for the xtables lock: off the runtime's threads.
+            let (c, old) = (cfg.clone(), programmed.take());
+            let (old, applied) = tokio::task::spawn_blocking(move || {
+                let r = apply(&c, &wanted, old.as_ref());
+                (old, r.map(|()| wanted))
+            })
+            .await
+            .unwrap_or_else(|e| (None, Err(NodeError::Sandbox(format!("applying rules: {e}")))));
+            match applied {
+                Ok(wanted) => programmed = Some(wanted),
+                Err(e) => {
+                    programmed = old;
+                    tracing::warn!("service proxy on {}: {e}", cfg.bridge);
                 }
             }
-            Err(e) => tracing::debug!("service proxy on {}: listing: {}", cfg.bridge, e.message()),
         }
         tokio::select! {
             _ = tokio::time::sleep(SYNC_INTERVAL) => {}
             _ = changed.notified() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
     }
+    watches.iter().for_each(|w| w.abort());
 }
 
 fn fnv(text: &str) -> u64 {

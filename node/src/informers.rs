@@ -1,0 +1,57 @@
+//! The daemon's caches of cluster-wide kinds: one informer per kind, shared by the service
+//! proxy, the cluster DNS and the ingress controller. They learn of changes from one list and
+//! then one watch per kind, never from periodic lists; readers get the objects as JSON (the
+//! proxy's and the ingress's tables are built from JSON) and a wake-up when any kind they
+//! read changed.
+
+use serde_json::Value;
+use skiff_client::informer::{self, ApiSource, Resource, Store};
+use skiff_client::Client;
+use skiff_proto::api::{Endpoints, Ingress, IngressClass, Service};
+use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Notify;
+
+/// The caches. Clones share them.
+#[derive(Clone, Default)]
+pub struct Caches {
+    pub services: Store<Service>,
+    pub endpoints: Store<Endpoints>,
+    pub ingresses: Store<Ingress>,
+    pub ingress_classes: Store<IngressClass>,
+}
+
+impl Caches {
+    /// Starts an informer per kind through `client`, until `stop`.
+    pub fn start(client: &Client, stop: &tokio::sync::watch::Receiver<bool>) -> Caches {
+        let caches = Caches::default();
+        let source = || ApiSource::new(client.clone());
+        tokio::spawn(informer::run(caches.services.clone(), source(), stop.clone()));
+        tokio::spawn(informer::run(caches.endpoints.clone(), source(), stop.clone()));
+        tokio::spawn(informer::run(caches.ingresses.clone(), source(), stop.clone()));
+        tokio::spawn(informer::run(caches.ingress_classes.clone(), source(), stop.clone()));
+        caches
+    }
+}
+
+/// Every cached object of a kind, as JSON.
+pub fn values<K: Resource + serde::Serialize>(store: &Store<K>) -> Vec<Value> {
+    store.list().iter().filter_map(|o| serde_json::to_value(&**o).ok()).collect()
+}
+
+/// Wakes `notify` on every change to `store` (and once it has been listed); the task ends
+/// with the store.
+pub fn wake_on_changes<K: Resource>(store: &Store<K>, notify: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut changes = store.subscribe();
+        store.synced().await;
+        notify.notify_one();
+        loop {
+            match changes.recv().await {
+                Ok(_) | Err(RecvError::Lagged(_)) => notify.notify_one(),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
+}
