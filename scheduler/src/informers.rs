@@ -184,8 +184,17 @@ impl Listed {
         self.0.len()
     }
 
+    pub fn get(&self, i: usize) -> Option<&Value> {
+        self.0.get(i).map(|o| &**o)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Whether both are the same list (the kind has not changed between them).
+    pub fn same(&self, other: &Listed) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// Copies of the objects, for plans that take owned JSON.

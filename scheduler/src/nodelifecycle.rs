@@ -67,6 +67,12 @@ pub fn plan<'a>(
         .and_then(skiff_proto::time::parse_rfc3339);
     // (A node with neither — registered by hand, not by a node daemon — is never stale.)
     let stale = renewed.is_some_and(|renewed| now - renewed > grace.as_secs() as i64);
+    // The common case, every node at every tick: heard from in time, not marked unreachable, no
+    // NoExecute taint to stamp or to evict by. Nothing to do, and nothing to look at.
+    let no_execute = node["spec"]["taints"].as_array().is_some_and(|t| t.iter().any(|t| t["effect"] == "NoExecute"));
+    if !stale && !no_execute && !marked_unreachable(node) {
+        return p;
+    }
     let mut current = taints(node);
     // A NoExecute taint counts from when it was added; one added by hand gets the time now, as
     // the Kubernetes API stamps `timeAdded`.

@@ -71,15 +71,19 @@ struct RoundState {
     missing_nodes: HashMap<String, std::time::Instant>,
     /// When the service-account controller last looked.
     accounts_checked: Option<std::time::Instant>,
+    /// The pods' positions in their list by node, and the list they index.
+    pods_by_node: Option<(Listed, HashMap<String, Vec<usize>>)>,
     /// When every controller last ran (none yet under this leadership).
     last_full: Option<std::time::Instant>,
+    /// Until when the next full round waits (as long as the last one took).
+    rest_until: Option<tokio::time::Instant>,
     /// Whether a controller failed in the last round (the next one runs them all).
     failed: bool,
 }
 
 /// How often every controller runs even when nothing changed: a safety net, not how changes
-/// are noticed.
-pub const RESYNC: Duration = Duration::from_secs(10);
+/// are noticed (a full round over 40,000 pods costs about half a second of a core).
+pub const RESYNC: Duration = Duration::from_secs(60);
 
 /// A list's items by namespace, borrowed.
 fn by_namespace(list: &Listed) -> HashMap<&str, Vec<&Value>> {
@@ -148,9 +152,19 @@ impl Runner {
             }
             let full = changed || state.failed || state.last_full.is_none_or(|t| t.elapsed() >= RESYNC);
             if full {
+                // Rounds over many objects are not cheap: back to back, they would take a whole
+                // core from the API and the scheduler while objects keep changing. A full round
+                // waits after the last one for as long as that one took (at most half a core).
+                if let Some(rest) = state.rest_until.filter(|t| *t > tokio::time::Instant::now()) {
+                    tokio::time::sleep_until(rest).await;
+                }
                 state.last_full = Some(std::time::Instant::now());
             }
+            let started = tokio::time::Instant::now();
             self.fenced(term).round(&mut state, full).await;
+            if full {
+                state.rest_until = Some(tokio::time::Instant::now() + started.elapsed());
+            }
         }
     }
 
@@ -248,27 +262,36 @@ impl Runner {
     }
 
     /// One node lifecycle pass over every node.
-    async fn node_lifecycle(&self, last_taint: &mut Option<std::time::Instant>) -> Result<(), Status> {
+    async fn node_lifecycle(
+        &self,
+        last_taint: &mut Option<std::time::Instant>,
+        by_node: &mut Option<(Listed, HashMap<String, Vec<usize>>)>,
+    ) -> Result<(), Status> {
         let nodes = self.lister.list("nodes", "")?;
         let leases = self.lister.list("leases", crate::informers::NODE_LEASE_NAMESPACE)?;
         let leases: HashMap<&str, &Value> =
             leases.iter().filter_map(|l| l["metadata"]["name"].as_str().map(|n| (n, l))).collect();
         let pods = self.lister.list("pods", "")?;
-        let mut on_node: HashMap<&str, Vec<&Value>> = HashMap::new();
-        for pod in pods.iter() {
-            if let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-                on_node.entry(node).or_default().push(pod);
+        // Pods by node, rebuilt only when pods changed (this runs every tick).
+        if !by_node.as_ref().is_some_and(|(listed, _)| listed.same(&pods)) {
+            let mut index: HashMap<String, Vec<usize>> = HashMap::new();
+            for (i, pod) in pods.iter().enumerate() {
+                if let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                    index.entry(node.to_string()).or_default().push(i);
+                }
             }
+            *by_node = Some((pods.clone(), index));
         }
+        let on_node = by_node.as_ref().map(|(_, index)| index);
         let now = now_secs();
         for node in nodes.iter() {
             let name = node["metadata"]["name"].as_str().unwrap_or_default();
             let lease = leases.get(name).copied();
-            let pods = on_node.get(name).map(Vec::as_slice).unwrap_or_default();
+            let mine = on_node.and_then(|i| i.get(name)).map(Vec::as_slice).unwrap_or_default();
             let plan = crate::nodelifecycle::plan(
                 node,
                 lease,
-                pods.iter().copied(),
+                mine.iter().filter_map(|&i| pods.get(i)),
                 now,
                 self.node_grace,
                 self.pod_eviction_timeout,
@@ -752,7 +775,7 @@ impl Runner {
                 failed = true;
             }
         };
-        note("node lifecycle controller", self.node_lifecycle(&mut state.last_taint).await);
+        note("node lifecycle controller", self.node_lifecycle(&mut state.last_taint, &mut state.pods_by_node).await);
         // Pods on a deleted node are collected after a quarantine: a timer while one is missing.
         if full || !state.missing_nodes.is_empty() {
             note("garbage collector", self.collect_garbage(&mut state.missing_nodes).await);
