@@ -450,10 +450,16 @@ async fn leader_views(masters: &[MasterEntry], ca: Option<&Path>) -> Vec<Result<
     out
 }
 
+/// The end of a process's log: from its last `Error:` line when it has one (a backtrace after
+/// it would push the reason out of the last lines), else the last `lines`.
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let start = match all.iter().rposition(|l| l.starts_with("Error:")) {
+        Some(error) => error,
+        None => all.len().saturating_sub(lines),
+    };
+    all[start..(start + lines).min(all.len())].join("\n")
 }
 
 /// Waits until the store's root user can authenticate (the leader proposes the first auth
