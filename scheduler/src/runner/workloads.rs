@@ -1,0 +1,335 @@
+//! The workload controllers' passes: Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs
+//! and CronJobs, each a pure plan (in its own module of this crate) carried out through the
+//! fenced client.
+
+use super::*;
+
+impl Runner {
+    /// One Deployment controller pass over every Deployment.
+    pub(super) async fn deployments(&self) -> Result<(), Status> {
+        let deployments = self.lister.list("deployments", "")?;
+        let sets = self.lister.list("replicasets", "")?;
+        let pods = self.lister.list("pods", "")?;
+        let in_ns = |list: &Listed, ns: &str| -> Vec<Value> {
+            list.iter().filter(|o| o["metadata"]["namespace"] == ns).cloned().collect()
+        };
+        for d in deployments.iter() {
+            if d.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                continue;
+            }
+            let ns = d["metadata"]["namespace"].as_str().unwrap_or("default");
+            let name = d["metadata"]["name"].as_str().unwrap_or_default();
+            let plan = crate::deployment::plan(d, &in_ns(&sets, ns), &in_ns(&pods, ns));
+            if let Some(rs) = &plan.create {
+                match self.client.create("replicasets", ns, rs).await {
+                    Ok(created) => {
+                        let msg = format!(
+                            "Scaled up replica set {} to {}",
+                            created["metadata"]["name"].as_str().unwrap_or_default(),
+                            rs["spec"]["replicas"]
+                        );
+                        self.event(d, "Deployment", "Normal", "ScalingReplicaSet", &msg).await;
+                    }
+                    Err(e) => self.ignore_races(Err(e))?,
+                }
+            }
+            for rs in &plan.update {
+                let before = crate::deployment::replicas_of(rs);
+                if self.ignore_races(self.client.update("replicasets", rs).await.map(|_| ())).is_ok() {
+                    let msg = format!(
+                        "Scaled replica set {} to {before}",
+                        rs["metadata"]["name"].as_str().unwrap_or_default()
+                    );
+                    self.event(d, "Deployment", "Normal", "ScalingReplicaSet", &msg).await;
+                }
+            }
+            for rs in &plan.delete {
+                self.ignore_races(self.client.delete("replicasets", ns, rs).await.map(|_| ()))?;
+            }
+            // The Deployment's own revision annotation, then its status.
+            let mut current = d.clone();
+            if !plan.revision.is_empty()
+                && current["metadata"]["annotations"][crate::deployment::REVISION].as_str() != Some(&plan.revision)
+            {
+                current["metadata"]["annotations"][crate::deployment::REVISION] = json!(plan.revision);
+                match self.client.update("deployments", &current).await {
+                    Ok(updated) => current = updated,
+                    Err(e) => {
+                        self.ignore_races(Err(e))?;
+                        continue;
+                    }
+                }
+            }
+            let status = current.get("status").cloned().unwrap_or(Value::Null);
+            let keys = [
+                "replicas",
+                "updatedReplicas",
+                "readyReplicas",
+                "availableReplicas",
+                "unavailableReplicas",
+                "observedGeneration",
+            ];
+            let changed =
+                keys.iter().any(|k| status[*k].as_i64().unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0))
+                    || status["conditions"]
+                        .as_array()
+                        .map(|c| c.iter().map(|c| (c["type"].clone(), c["reason"].clone())).collect::<Vec<_>>())
+                        != plan.status["conditions"]
+                            .as_array()
+                            .map(|c| c.iter().map(|c| (c["type"].clone(), c["reason"].clone())).collect::<Vec<_>>());
+            if changed {
+                current["status"] = plan.status.clone();
+                if let Err(e) = self.ignore_races(self.client.update_status("deployments", &current).await.map(|_| ()))
+                {
+                    tracing::debug!("deployment {ns}/{name} status: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One StatefulSet controller pass over every StatefulSet.
+    pub(super) async fn statefulsets(&self) -> Result<(), Status> {
+        let sets = self.lister.list("statefulsets", "")?;
+        let pods = self.lister.list("pods", "")?;
+        let claims = self.lister.list("persistentvolumeclaims", "")?;
+        let in_ns = |list: &Listed, ns: &str| -> Vec<Value> {
+            list.iter().filter(|o| o["metadata"]["namespace"] == ns).cloned().collect()
+        };
+        for sts in sets.iter() {
+            if sts.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                continue;
+            }
+            let ns = sts["metadata"]["namespace"].as_str().unwrap_or("default");
+            let plan = crate::statefulset::plan(sts, &in_ns(&pods, ns), &in_ns(&claims, ns));
+            for claim in &plan.create_claims {
+                self.ignore_races(self.client.create("persistentvolumeclaims", ns, claim).await.map(|_| ()))?;
+            }
+            for pod in &plan.create {
+                let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+                if self.ignore_races(self.client.create("pods", ns, pod).await.map(|_| ())).is_ok() {
+                    let msg = format!(
+                        "create Pod {name} in StatefulSet {} successful",
+                        sts["metadata"]["name"].as_str().unwrap_or_default()
+                    );
+                    self.event(sts, "StatefulSet", "Normal", "SuccessfulCreate", &msg).await;
+                }
+            }
+            for pod in &plan.delete {
+                self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
+                let msg = format!(
+                    "delete Pod {pod} in StatefulSet {} successful",
+                    sts["metadata"]["name"].as_str().unwrap_or_default()
+                );
+                self.event(sts, "StatefulSet", "Normal", "SuccessfulDelete", &msg).await;
+            }
+            let old = sts.get("status").cloned().unwrap_or(Value::Null);
+            let changed = [
+                "replicas",
+                "readyReplicas",
+                "currentReplicas",
+                "updatedReplicas",
+                "availableReplicas",
+                "observedGeneration",
+            ]
+            .iter()
+            .any(|k| old[*k].as_i64().unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0))
+                || old["updateRevision"] != plan.status["updateRevision"];
+            if changed {
+                let mut updated = sts.clone();
+                updated["status"] = plan.status.clone();
+                if let Err(e) = self.ignore_races(self.client.update_status("statefulsets", &updated).await.map(|_| ()))
+                {
+                    tracing::debug!("statefulset {ns} status: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One Job controller pass over every Job.
+    pub(super) async fn jobs(&self) -> Result<(), Status> {
+        let jobs = self.lister.list("jobs", "")?;
+        let pods = self.lister.list("pods", "")?;
+        let now = now_secs();
+        for job in jobs.iter() {
+            if job.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                continue;
+            }
+            let ns = job["metadata"]["namespace"].as_str().unwrap_or("default");
+            let mine: Vec<Value> = pods.iter().filter(|p| p["metadata"]["namespace"] == ns).cloned().collect();
+            let plan = crate::job::plan(job, &mine, now);
+            self.create_pods(job, "Job", ns, &plan.create).await?;
+            for pod in &plan.delete {
+                self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
+            }
+            let old = job.get("status").cloned().unwrap_or(Value::Null);
+            let newly_done = crate::job::finished(job).is_none()
+                && plan.status["conditions"].as_array().is_some_and(|c| !c.is_empty());
+            let counts = ["active", "succeeded", "failed"];
+            if newly_done
+                || counts.iter().any(|k| old[*k].as_i64().unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0))
+                || old["startTime"].is_null()
+            {
+                let mut updated = job.clone();
+                updated["status"] = plan.status.clone();
+                if let Err(e) = self.ignore_races(self.client.update_status("jobs", &updated).await.map(|_| ())) {
+                    tracing::debug!("job {ns} status: {e}");
+                }
+                if newly_done {
+                    let (kind, reason) = match crate::job::finished(&updated) {
+                        Some("Complete") => ("Normal", "Completed"),
+                        _ => ("Warning", "BackoffLimitExceeded"),
+                    };
+                    self.event(job, "Job", kind, reason, &format!("Job {reason}")).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One CronJob controller pass over every CronJob.
+    pub(super) async fn cronjobs(&self) -> Result<(), Status> {
+        let cronjobs = self.lister.list("cronjobs", "")?;
+        let jobs = self.lister.list("jobs", "")?;
+        let now = self.cron_clock.now();
+        for cj in cronjobs.iter() {
+            let ns = cj["metadata"]["namespace"].as_str().unwrap_or("default");
+            let mine: Vec<Value> = jobs.iter().filter(|j| j["metadata"]["namespace"] == ns).cloned().collect();
+            let plan = match crate::cronjob::plan(cj, &mine, now) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!("cronjob {ns}: {e}");
+                    continue;
+                }
+            };
+            for job in &plan.delete {
+                self.ignore_races(self.client.delete("jobs", ns, job).await.map(|_| ()))?;
+            }
+            if let Some(job) = &plan.create {
+                match self.client.create("jobs", ns, job).await {
+                    Ok(created) => {
+                        let msg = format!("Created job {}", created["metadata"]["name"].as_str().unwrap_or_default());
+                        self.event(cj, "CronJob", "Normal", "SuccessfulCreate", &msg).await;
+                    }
+                    Err(e) => self.ignore_races(Err(e))?,
+                }
+            }
+            let old = cj.get("status").cloned().unwrap_or(Value::Null);
+            if old["lastScheduleTime"] != plan.status["lastScheduleTime"]
+                || old["active"].as_array().map_or(0, |a| a.len())
+                    != plan.status["active"].as_array().map_or(0, |a| a.len())
+            {
+                let mut updated = cj.clone();
+                updated["status"] = plan.status.clone();
+                if let Err(e) = self.ignore_races(self.client.update_status("cronjobs", &updated).await.map(|_| ())) {
+                    tracing::debug!("cronjob {ns} status: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One DaemonSet controller pass over every DaemonSet.
+    pub(super) async fn daemonsets(&self) -> Result<(), Status> {
+        let sets = self.lister.list("daemonsets", "")?;
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let nodes: Vec<Node> = self.items::<Node>("nodes")?.into_iter().map(|(_, n)| n).collect();
+        let nodes = nodes.as_slice();
+        let pods = self.lister.list("pods", "")?;
+        for ds in sets.iter() {
+            if ds.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                continue;
+            }
+            let ns = ds["metadata"]["namespace"].as_str().unwrap_or("default");
+            let mine: Vec<Value> = pods.iter().filter(|p| p["metadata"]["namespace"] == ns).cloned().collect();
+            let plan = crate::daemonset::plan(ds, nodes, &mine);
+            self.create_pods(ds, "DaemonSet", ns, &plan.create).await?;
+            for pod in &plan.delete {
+                self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
+                self.event(ds, "DaemonSet", "Normal", "SuccessfulDelete", &format!("Deleted pod: {pod}")).await;
+            }
+            let status = ds.get("status").cloned().unwrap_or(Value::Null);
+            let changed = plan
+                .status
+                .as_object()
+                .into_iter()
+                .flatten()
+                .any(|(k, v)| status[k].as_i64().unwrap_or(0) != v.as_i64().unwrap_or(0));
+            if changed {
+                let mut updated = ds.clone();
+                updated["status"] = plan.status.clone();
+                if let Err(e) = self.ignore_races(self.client.update_status("daemonsets", &updated).await.map(|_| ())) {
+                    tracing::debug!("daemonset {ns} status: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One ReplicaSet controller pass over every ReplicaSet. Every ReplicaSet's deletions go
+    /// before any creations, so a rollout's new pods never start while the old pods they
+    /// replace wait for a later ReplicaSet's turn; one ReplicaSet's failure does not hold up
+    /// the others (the first error is returned at the end).
+    pub(super) async fn replicasets(&self) -> Result<(), Status> {
+        let sets = self.lister.list("replicasets", "")?;
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let pods = self.lister.list("pods", "")?;
+        let in_namespace = by_namespace(&pods);
+        let plans: Vec<(&Value, crate::replicaset::Plan)> = sets
+            .iter()
+            .map(|rs| {
+                let ns = rs["metadata"]["namespace"].as_str().unwrap_or("default");
+                (rs, crate::replicaset::plan(rs, in_namespace.get(ns).into_iter().flatten().copied()))
+            })
+            .collect();
+        let mut first_error = None;
+        for (rs, plan) in &plans {
+            let ns = rs["metadata"]["namespace"].as_str().unwrap_or("default");
+            for pod in plan.adopt.iter().chain(&plan.release) {
+                if let Err(e) = self.ignore_races(self.client.update("pods", pod).await.map(|_| ())) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            for pod in &plan.delete {
+                match self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ())) {
+                    Ok(()) => {
+                        let msg = format!("Deleted pod: {pod}");
+                        self.event(rs, "ReplicaSet", "Normal", "SuccessfulDelete", &msg).await;
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        for (rs, plan) in &plans {
+            let ns = rs["metadata"]["namespace"].as_str().unwrap_or("default");
+            let name = rs["metadata"]["name"].as_str().unwrap_or_default();
+            if let Err(e) = self.create_pods(rs, "ReplicaSet", ns, &plan.create).await {
+                first_error.get_or_insert(e);
+                continue;
+            }
+            let status = rs.get("status").cloned().unwrap_or(Value::Null);
+            let changed =
+                ["replicas", "readyReplicas", "availableReplicas", "fullyLabeledReplicas", "observedGeneration"]
+                    .iter()
+                    .any(|k| {
+                        status.get(*k).and_then(Value::as_i64).unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0)
+                    });
+            if changed {
+                let mut updated = (*rs).clone();
+                updated["status"] = plan.status.clone();
+                if let Err(e) = self.ignore_races(self.client.update_status("replicasets", &updated).await.map(|_| ()))
+                {
+                    tracing::debug!("replicaset {ns}/{name} status: {e}");
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
