@@ -1,0 +1,253 @@
+//! What a pod's containers see besides their image: environment from ConfigMaps, Secrets and
+//! the downward API, volume mounts (emptyDir, hostPath, claims, projected ConfigMaps and
+//! Secrets, kept current while the pod runs).
+
+use super::*;
+
+impl Agent {
+    /// Container env: literal values, ConfigMap and Secret keys, and the downward API fields.
+    pub(super) async fn resolve_env(
+        &self,
+        pod: &Value,
+        c: &Container,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<Vec<(String, String)>, String> {
+        let ns = meta(pod, "namespace");
+        let mut out = Vec::new();
+        for e in &c.env {
+            let Some(from) = &e.value_from else {
+                out.push((e.name.clone(), e.value.clone()));
+                continue;
+            };
+            let value = if let Some(r) = &from.config_map_key_ref {
+                self.key_of("configmaps", ns, &r.name, &r.key, r.optional.unwrap_or(false), false).await?
+            } else if let Some(r) = &from.secret_key_ref {
+                self.key_of("secrets", ns, &r.name, &r.key, r.optional.unwrap_or(false), true).await?
+            } else if let Some(f) = &from.field_ref {
+                match f.field_path.as_str() {
+                    "metadata.name" => Some(meta(pod, "name").to_string()),
+                    "metadata.namespace" => Some(ns.to_string()),
+                    "metadata.uid" => Some(meta(pod, "uid").to_string()),
+                    "spec.nodeName" => Some(self.config.name.clone()),
+                    "spec.serviceAccountName" => pod["spec"]["serviceAccountName"].as_str().map(String::from),
+                    "status.hostIP" => Some(self.config.node_ip.clone()),
+                    "status.podIP" => Some(ip.map_or_else(|| self.config.node_ip.clone(), |a| a.to_string())),
+                    p => {
+                        let path =
+                            p.strip_prefix("metadata.labels['").or_else(|| p.strip_prefix("metadata.annotations['"));
+                        match path.and_then(|k| k.strip_suffix("']")) {
+                            Some(k) if p.starts_with("metadata.labels") => {
+                                pod["metadata"]["labels"][k].as_str().map(String::from)
+                            }
+                            Some(k) => pod["metadata"]["annotations"][k].as_str().map(String::from),
+                            None => return Err(format!("env {}: fieldRef {p:?} is not supported", e.name)),
+                        }
+                    }
+                }
+            } else {
+                None
+            };
+            if let Some(v) = value {
+                out.push((e.name.clone(), v));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn key_of(
+        &self,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        key: &str,
+        optional: bool,
+        base64: bool,
+    ) -> Result<Option<String>, String> {
+        let kind = if base64 { "secret" } else { "configmap" };
+        let obj = match self.client.get(resource, ns, name).await {
+            Ok(o) => o,
+            Err(s) if s.code() == tonic::Code::NotFound && optional => return Ok(None),
+            Err(s) if s.code() == tonic::Code::NotFound => return Err(format!("{kind} \"{name}\" not found")),
+            Err(s) => return Err(format!("{kind} \"{name}\": {}", s.message())),
+        };
+        let value = obj["data"][key].as_str().map(String::from);
+        let value = match (value, base64) {
+            (Some(v), true) => Some(
+                String::from_utf8_lossy(
+                    &decode_base64(&v).ok_or(format!("secret \"{name}\": key {key} is not base64"))?,
+                )
+                .into_owned(),
+            ),
+            (v, _) => v,
+        };
+        match value {
+            Some(v) => Ok(Some(v)),
+            None if optional => Ok(None),
+            None => Err(format!("couldn't find key {key} in {kind} {ns}/{name}")),
+        }
+    }
+
+    /// Bind mounts for the container's volumeMounts plus the pod's /etc/hosts and /etc/hostname.
+    pub(super) async fn mounts(
+        &self,
+        pod: &Value,
+        spec: &skiff_proto::api::PodSpec,
+        c: &Container,
+        dir: &Path,
+    ) -> Result<Vec<Mount>, String> {
+        let ns = meta(pod, "namespace");
+        let mut out = Vec::new();
+        if !spec.host_network {
+            for f in ["hosts", "hostname"] {
+                out.push(Mount { destination: format!("/etc/{f}"), source: dir.join("etc").join(f), read_only: false });
+            }
+        }
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).map_err(|e| format!("{}: {e}", etc.display()))?;
+        let resolv = resolv_conf(spec, ns, &self.network.gateway().to_string(), &self.config.cluster_domain);
+        std::fs::write(etc.join("resolv.conf"), resolv).map_err(|e| format!("resolv.conf: {e}"))?;
+        out.push(Mount { destination: "/etc/resolv.conf".into(), source: etc.join("resolv.conf"), read_only: false });
+        // The service account's directory, as Kubernetes mounts it into every pod.
+        let sa = dir.join("serviceaccount");
+        std::fs::create_dir_all(&sa).map_err(|e| format!("{}: {e}", sa.display()))?;
+        std::fs::write(sa.join("namespace"), ns).map_err(|e| format!("serviceaccount namespace: {e}"))?;
+        let ca = self.client.config.ca.as_deref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
+        std::fs::write(sa.join("ca.crt"), ca).map_err(|e| format!("serviceaccount ca.crt: {e}"))?;
+        // The token, asked for once per pod: it is bound to the pod and lasts as long as it.
+        // Static pods get none (as in Kubernetes: their mirror is not theirs to act through).
+        let token = sa.join("token");
+        let mirror = pod.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some();
+        if spec.automount_service_account_token != Some(false) && !mirror && !token.exists() {
+            let account = if spec.service_account_name.is_empty() { "default" } else { &spec.service_account_name };
+            let issued = self
+                .client
+                .service_account_token(ns, account, meta(pod, "name"), meta(pod, "uid"))
+                .await
+                .map_err(|s| format!("service account {account:?} token: {}", s.message()))?;
+            let tmp = sa.join(".token.tmp");
+            std::fs::write(&tmp, issued)
+                .and_then(|_| std::fs::rename(&tmp, &token))
+                .map_err(|e| format!("serviceaccount token: {e}"))?;
+        }
+        out.push(Mount {
+            destination: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+            source: sa,
+            read_only: true,
+        });
+        for vm in &c.volume_mounts {
+            let v = spec
+                .volumes
+                .iter()
+                .find(|v| v.name == vm.name)
+                .ok_or_else(|| format!("volumeMount {:?}: no volume of that name in the pod", vm.name))?;
+            let source = if v.empty_dir.is_some() {
+                let d = dir.join("volumes").join(&v.name);
+                std::fs::create_dir_all(&d).map_err(|e| format!("emptyDir {}: {e}", v.name))?;
+                d
+            } else if let Some(h) = &v.host_path {
+                let p = PathBuf::from(&h.path);
+                if matches!(h.r#type.as_str(), "DirectoryOrCreate") {
+                    std::fs::create_dir_all(&p).map_err(|e| format!("hostPath {}: {e}", h.path))?;
+                } else if !p.exists() && !h.r#type.is_empty() {
+                    return Err(format!("hostPath {}: does not exist (type {})", h.path, h.r#type));
+                }
+                p
+            } else if let Some(cm) = &v.config_map {
+                self.project(dir, &v.name, "configmaps", ns, &cm.name, cm.optional.unwrap_or(false), false).await?
+            } else if let Some(s) = &v.secret {
+                self.project(dir, &v.name, "secrets", ns, &s.secret_name, s.optional.unwrap_or(false), true).await?
+            } else if let Some(claim) = &v.persistent_volume_claim {
+                self.claim_path(ns, &claim.claim_name).await?
+            } else {
+                return Err(format!("volume {:?}: this volume type is not supported yet", v.name));
+            };
+            let source = if vm.sub_path.is_empty() { source } else { source.join(&vm.sub_path) };
+            out.push(Mount { destination: vm.mount_path.clone(), source, read_only: vm.read_only });
+        }
+        Ok(out)
+    }
+
+    /// The host directory behind a bound PersistentVolumeClaim (a hostPath PersistentVolume).
+    pub(super) async fn claim_path(&self, ns: &str, claim: &str) -> Result<PathBuf, String> {
+        let pvc = self
+            .client
+            .get("persistentvolumeclaims", ns, claim)
+            .await
+            .map_err(|s| format!("persistentvolumeclaim \"{claim}\": {}", s.message()))?;
+        let volume = pvc["spec"]["volumeName"].as_str().unwrap_or_default();
+        if volume.is_empty() {
+            return Err(format!("persistentvolumeclaim \"{claim}\" is not bound to a volume"));
+        }
+        let pv = self
+            .client
+            .get("persistentvolumes", "", volume)
+            .await
+            .map_err(|s| format!("persistentvolume \"{volume}\": {}", s.message()))?;
+        if let Some(path) = pv["spec"]["hostPath"]["path"].as_str() {
+            std::fs::create_dir_all(path).map_err(|e| format!("persistentvolume \"{volume}\": {path}: {e}"))?;
+            return Ok(PathBuf::from(path));
+        }
+        if pv["spec"]["nfs"].is_object() {
+            return Err(format!("persistentvolume \"{volume}\": nfs volumes are not supported on this node yet"));
+        }
+        Err(format!("persistentvolume \"{volume}\" has no hostPath"))
+    }
+
+    /// Re-projects a running pod's ConfigMap and Secret volumes (every 5 s), so files follow
+    /// their objects as the kubelet's do.
+    pub(super) async fn refresh_projections(&mut self, pod_json: &Value, spec: &skiff_proto::api::PodSpec, dir: &Path) {
+        let uid = meta(pod_json, "uid").to_string();
+        if self.projected.get(&uid).is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            return;
+        }
+        self.projected.insert(uid, Instant::now());
+        let ns = meta(pod_json, "namespace");
+        for v in &spec.volumes {
+            let r = if let Some(cm) = &v.config_map {
+                self.project(dir, &v.name, "configmaps", ns, &cm.name, true, false).await
+            } else if let Some(s) = &v.secret {
+                self.project(dir, &v.name, "secrets", ns, &s.secret_name, true, true).await
+            } else {
+                continue;
+            };
+            if let Err(e) = r {
+                tracing::debug!("pod {}: refreshing volume {}: {e}", meta(pod_json, "name"), v.name);
+            }
+        }
+    }
+
+    /// Writes a ConfigMap's or Secret's keys as files under the pod's volume directory.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn project(
+        &self,
+        dir: &Path,
+        volume: &str,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        optional: bool,
+        base64: bool,
+    ) -> Result<PathBuf, String> {
+        let d = dir.join("volumes").join(volume);
+        std::fs::create_dir_all(&d).map_err(|e| format!("volume {volume}: {e}"))?;
+        let obj = match self.client.get(resource, ns, name).await {
+            Ok(o) => o,
+            Err(s) if s.code() == tonic::Code::NotFound && optional => return Ok(d),
+            Err(s) => return Err(format!("volume {volume}: {resource} \"{name}\": {}", s.message())),
+        };
+        for (k, v) in obj["data"].as_object().into_iter().flatten() {
+            let text = v.as_str().unwrap_or_default();
+            let bytes = if base64 { decode_base64(text).unwrap_or_default() } else { text.as_bytes().to_vec() };
+            let target = d.join(k);
+            if std::fs::read(&target).is_ok_and(|old| old == bytes) {
+                continue;
+            }
+            // Replace atomically: a reader sees the old file or the new one, never half.
+            let tmp = d.join(format!(".{k}.tmp"));
+            std::fs::write(&tmp, bytes)
+                .and_then(|_| std::fs::rename(&tmp, &target))
+                .map_err(|e| format!("volume {volume}: {k}: {e}"))?;
+        }
+        Ok(d)
+    }
+}
