@@ -380,6 +380,20 @@ impl<K: Resource> Store<K> {
         self.changes.subscribe()
     }
 
+    /// Calls `changed` at every change from now on (and when changes were missed), for readers
+    /// that only need to know that something changed; the task ends with the store.
+    pub fn on_changes(&self, changed: impl Fn() + Send + 'static) -> tokio::task::JoinHandle<()> {
+        let mut changes = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => changed(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
     /// Waits until a whole list has been loaded.
     pub async fn synced(&self) {
         let mut changes = self.subscribe();

@@ -9,7 +9,6 @@ use skiff_client::informer::{self, ApiSource, Resource, Store};
 use skiff_client::Client;
 use skiff_proto::api::{Endpoints, Ingress, IngressClass, Service};
 use std::sync::Arc;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 
 /// The caches. Clones share them.
@@ -39,19 +38,8 @@ pub fn values<K: Resource + serde::Serialize>(store: &Store<K>) -> Vec<Value> {
     store.list().iter().filter_map(|o| serde_json::to_value(&**o).ok()).collect()
 }
 
-/// Wakes `notify` on every change to `store` (and once it has been listed); the task ends
-/// with the store.
-pub fn wake_on_changes<K: Resource>(store: &Store<K>, notify: Arc<Notify>) -> tokio::task::JoinHandle<()> {
-    let store = store.clone();
-    tokio::spawn(async move {
-        let mut changes = store.subscribe();
-        store.synced().await;
-        notify.notify_one();
-        loop {
-            match changes.recv().await {
-                Ok(_) | Err(RecvError::Lagged(_)) => notify.notify_one(),
-                Err(RecvError::Closed) => return,
-            }
-        }
-    })
+/// Wakes `notify` on every change to `store` (see `Store::on_changes`).
+pub fn wake_on_changes<K: Resource>(store: &Store<K>, notify: &Arc<Notify>) -> tokio::task::JoinHandle<()> {
+    let notify = notify.clone();
+    store.on_changes(move || notify.notify_one())
 }

@@ -432,10 +432,10 @@ pub async fn follow(proxy: Arc<Proxy>, caches: crate::informers::Caches, mut sto
     use crate::informers::{values, wake_on_changes};
     let changed = Arc::new(tokio::sync::Notify::new());
     let watches = [
-        wake_on_changes(&caches.ingresses, changed.clone()),
-        wake_on_changes(&caches.ingress_classes, changed.clone()),
-        wake_on_changes(&caches.services, changed.clone()),
-        wake_on_changes(&caches.endpoints, changed.clone()),
+        wake_on_changes(&caches.ingresses, &changed),
+        wake_on_changes(&caches.ingress_classes, &changed),
+        wake_on_changes(&caches.services, &changed),
+        wake_on_changes(&caches.endpoints, &changed),
     ];
     let synced = async {
         caches.ingresses.synced().await;

@@ -65,8 +65,8 @@ pub async fn run(
     let mut last_full = std::time::Instant::now();
     let changed = std::sync::Arc::new(tokio::sync::Notify::new());
     let watches = [
-        crate::informers::wake_on_changes(&caches.services, changed.clone()),
-        crate::informers::wake_on_changes(&caches.endpoints, changed.clone()),
+        crate::informers::wake_on_changes(&caches.services, &changed),
+        crate::informers::wake_on_changes(&caches.endpoints, &changed),
     ];
     // Nothing is programmed from caches not yet listed (that would remove every rule).
     tokio::select! {

@@ -144,15 +144,7 @@ impl<K: Resource + serde::Serialize> Cached for Store<K> {
     }
 
     fn forward_changes(&self, dirty: Arc<Dirty>) -> tokio::task::JoinHandle<()> {
-        let mut changes = self.subscribe();
-        tokio::spawn(async move {
-            loop {
-                match changes.recv().await {
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => dirty.mark(),
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        })
+        self.on_changes(move || dirty.mark())
     }
 }
 
