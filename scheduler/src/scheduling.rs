@@ -189,30 +189,20 @@ impl SchedulingState {
 
     /// A pod was added or modified (`new`) or deleted (`new` is `None`).
     pub fn on_pod(&mut self, old: Option<&Pod>, new: Option<&Pod>, key: &ObjectKey) {
-        let Some(pod) = new else {
+        let placed = new.and_then(|pod| placed_on(pod).map(|node| (node.to_string(), Usage::of(pod))));
+        let Some(pod) = new.filter(|_| placed.is_none()) else {
+            // Deleted, or seen bound: no longer anyone's to schedule.
             self.assumed.remove(key);
             self.forget(key);
-            if let Some(freed) = self.cache.account(key, None) {
-                self.wake_for(&freed, Instant::now());
-            }
+            self.count(key, placed);
             return;
         };
-        if let Some(node) = placed_on(pod) {
-            self.assumed.remove(key);
-            self.forget(key);
-            if let Some(freed) = self.cache.account(key, Some((node.to_string(), Usage::of(pod)))) {
-                self.wake_for(&freed, Instant::now());
-            }
-            return;
-        }
         if self.assumed.contains(key) {
             // Its bind is in flight: it stays counted where it was placed.
             return;
         }
-        if let Some(freed) = self.cache.account(key, None) {
-            // Bound and now ended: its room is free.
-            self.wake_for(&freed, Instant::now());
-        }
+        // (Bound before and now ended: its room is free.)
+        self.count(key, None);
         if !wants_scheduler(pod) {
             self.forget(key);
         } else if self.unschedulable.contains_key(key) {
@@ -224,6 +214,14 @@ impl SchedulingState {
             }
         } else {
             self.enqueue(key.clone());
+        }
+    }
+
+    /// Counts `key` as `placement` in the node cache; room it frees on a node wakes the
+    /// unschedulable pods that node could now take.
+    fn count(&mut self, key: &ObjectKey, placement: Option<(String, Usage)>) {
+        if let Some(freed) = self.cache.account(key, placement) {
+            self.wake_for(&freed, Instant::now());
         }
     }
 

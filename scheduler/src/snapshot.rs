@@ -130,7 +130,8 @@ impl NodeInfo {
     }
 }
 
-/// Every node, sorted by name, with what is placed on it.
+/// Every node with what is placed on it: sorted by name when built by [`Snapshot::new`]; the
+/// scheduler's node cache keeps its own order and index.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub nodes: Vec<NodeInfo>,
@@ -152,25 +153,13 @@ impl Snapshot {
     pub fn new(nodes: &[Node], pods: &[Pod]) -> Snapshot {
         let mut infos: Vec<NodeInfo> = nodes.iter().map(|n| NodeInfo::of(n.clone())).collect();
         infos.sort_by(|a, b| a.name().cmp(b.name()));
-        let mut snapshot = Snapshot { nodes: infos };
         for pod in pods {
             if let Some(node) = placed_on(pod) {
-                snapshot.assume(pod, node);
+                if let Ok(i) = infos.binary_search_by(|i| i.name().cmp(node)) {
+                    infos[i].add(&Usage::of(pod));
+                }
             }
         }
-        snapshot
-    }
-
-    /// The position of `node` in [`Snapshot::nodes`].
-    pub fn position(&self, node: &str) -> Option<usize> {
-        self.nodes.binary_search_by(|i| i.name().cmp(node)).ok()
-    }
-
-    /// Counts `pod` on `node` right away, so the next decision sees it (the scheduler's
-    /// "assume" step, before the watch reports the binding).
-    pub fn assume(&mut self, pod: &Pod, node: &str) {
-        if let Some(i) = self.position(node) {
-            self.nodes[i].add(&Usage::of(pod));
-        }
+        Snapshot { nodes: infos }
     }
 }

@@ -180,9 +180,9 @@ impl Runner {
         Runner { client: self.client.fenced(term), ..self.clone() }
     }
 
-    fn items<T: serde::de::DeserializeOwned>(&self, resource: &str) -> Result<Vec<(Value, T)>, Status> {
-        let list = self.lister.list(resource, "")?;
-        Ok(list.iter().filter_map(|v| serde_json::from_value(v.clone()).ok().map(|t| (v.clone(), t))).collect())
+    /// Every cached object of `resource` as `T` (objects that do not decode are left out).
+    fn typed<T: serde::de::DeserializeOwned>(&self, resource: &str) -> Result<Vec<T>, Status> {
+        Ok(self.lister.list(resource, "")?.iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect())
     }
 
     /// A conflict or a vanished object only means the next round will look again.

@@ -236,7 +236,7 @@ impl Runner {
         if sets.is_empty() {
             return Ok(());
         }
-        let nodes: Vec<Node> = self.items::<Node>("nodes")?.into_iter().map(|(_, n)| n).collect();
+        let nodes: Vec<Node> = self.typed("nodes")?;
         let nodes = nodes.as_slice();
         let pods = self.lister.list("pods", "")?;
         for ds in sets.iter() {
