@@ -372,6 +372,21 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     stop_rx.clone(),
                 );
                 tokio::spawn(endpoints);
+                let store = master.clone();
+                let context = skiff_scheduler::controller::Context {
+                    client: runner.client.clone(),
+                    leader_term: runner.leader_term.clone(),
+                    store_revision: std::sync::Arc::new(move || store.sm.mvcc.current_revision()),
+                };
+                let replica_sets = skiff_scheduler::replicaset::ReplicaSets {
+                    sets: informers.replica_sets.clone(),
+                    pods: informers.pods.clone(),
+                };
+                tokio::spawn(skiff_scheduler::controller::run(
+                    std::sync::Arc::new(replica_sets),
+                    context,
+                    stop_rx.clone(),
+                ));
                 let scheduler = skiff_scheduler::scheduling::Scheduler {
                     client: runner.client.clone(),
                     pods: informers.pods.clone(),

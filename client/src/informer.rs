@@ -15,7 +15,7 @@ use crate::Client;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use skiff_proto::api::{ListRequest, ObjectMeta, WatchRequest};
+use skiff_proto::api::{DeleteRequest, ListRequest, ObjectMeta, WatchRequest};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -31,6 +31,12 @@ pub trait Resource: Clone + std::fmt::Debug + Send + Sync + 'static {
     fn list_page(client: &Client, req: ListRequest) -> BoxFuture<'_, Result<Page<Self>, Status>>;
     /// Changes after `req.resource_version`.
     fn watch(client: &Client, req: WatchRequest) -> BoxFuture<'_, Result<Events<Self>, Status>>;
+    /// Stores a new object; returns it as stored.
+    fn create(client: &Client, obj: Self) -> BoxFuture<'_, Result<Self, Status>>;
+    /// Replaces an object, guarded by its resourceVersion; returns it as stored.
+    fn update(client: &Client, obj: Self) -> BoxFuture<'_, Result<Self, Status>>;
+    /// Deletes an object; returns it as it was (or as it is while it terminates).
+    fn delete(client: &Client, req: DeleteRequest) -> BoxFuture<'_, Result<Self, Status>>;
 }
 
 /// One page of a list.
@@ -117,6 +123,42 @@ macro_rules! resource {
                     });
                     Ok(events.boxed())
                 })
+            }
+
+            fn create(client: &Client, obj: Self) -> BoxFuture<'_, Result<Self, Status>> {
+                Box::pin(client.with_failover(move |channel, auth| {
+                    let obj = obj.clone();
+                    async move {
+                        Ok(skiff_proto::api::$module::$client::with_interceptor(channel, auth)
+                            .create(obj)
+                            .await?
+                            .into_inner())
+                    }
+                }))
+            }
+
+            fn update(client: &Client, obj: Self) -> BoxFuture<'_, Result<Self, Status>> {
+                Box::pin(client.with_failover(move |channel, auth| {
+                    let obj = obj.clone();
+                    async move {
+                        Ok(skiff_proto::api::$module::$client::with_interceptor(channel, auth)
+                            .update(obj)
+                            .await?
+                            .into_inner())
+                    }
+                }))
+            }
+
+            fn delete(client: &Client, req: DeleteRequest) -> BoxFuture<'_, Result<Self, Status>> {
+                Box::pin(client.with_failover(move |channel, auth| {
+                    let req = req.clone();
+                    async move {
+                        Ok(skiff_proto::api::$module::$client::with_interceptor(channel, auth)
+                            .delete(req)
+                            .await?
+                            .into_inner())
+                    }
+                }))
             }
         }
     };

@@ -9,6 +9,7 @@
 //! [`informer`]: typed caches fed by list + watch; [`queue`]: the keyed work queue controllers
 //! run from.
 
+pub mod api;
 pub mod informer;
 pub mod queue;
 

@@ -4,7 +4,7 @@
 //! epoch of the scheduled time>` as Kubernetes names them, so a retried round never makes two.
 
 use crate::job::finished;
-use crate::replicaset::controller_uid;
+use crate::objects::json::controller_uid;
 use serde_json::{json, Value};
 
 /// One cron field: the values it allows.

@@ -8,8 +8,8 @@
 //! the status out.
 
 use crate::deployment::template_hash;
+use crate::objects::json::{controller_uid, ready, terminating};
 use crate::placement::daemon_fits;
-use crate::replicaset::{controller_uid, ready, terminating};
 use crate::snapshot::NodeInfo;
 use serde_json::{json, Value};
 use skiff_proto::api::{Node, Pod};

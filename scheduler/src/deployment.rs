@@ -11,8 +11,8 @@
 //! `deployment.kubernetes.io/revision` annotation, and rolling back means putting an old
 //! template back — its ReplicaSet becomes the newest revision again.
 
-use crate::replicaset::selector_matches;
-use crate::replicaset::{controller_uid, ready, terminating};
+use crate::objects::json::selector_matches;
+use crate::objects::json::{controller_uid, ready, terminating};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 

@@ -42,6 +42,8 @@ macro_rules! informers {
             /// Starts an informer per kind through `client`, until `stop`.
             pub fn start(client: &Client, stop: &tokio::sync::watch::Receiver<bool>) -> Informers {
                 let informers = Informers::default();
+                // The ReplicaSet controller's: the pods it may adopt.
+                crate::replicaset::index_orphans(informers.pods.clone());
                 $(
                     let mut source = ApiSource::new(client.clone()).bookmarks_every(BOOKMARK_INTERVAL);
                     source.namespace = $namespace.to_string();

@@ -5,7 +5,7 @@
 //! `plan` is pure: the Job, its namespace's pods and the time in; pods to create and delete
 //! and the status out.
 
-use crate::replicaset::controller_uid;
+use crate::objects::json::controller_uid;
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -18,6 +18,7 @@
 //! [`nodelifecycle`] (silent nodes tainted
 //! unreachable, their pods evicted after their toleration). The others are not built yet (see the "Scheduler and controllers" issue).
 
+pub mod controller;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -27,6 +28,7 @@ pub mod gc;
 pub mod informers;
 pub mod job;
 pub mod nodelifecycle;
+pub mod objects;
 pub mod placement;
 pub mod replicaset;
 pub mod runner;

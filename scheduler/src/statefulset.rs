@@ -8,7 +8,7 @@
 //! delete and the status out.
 
 use crate::deployment::template_hash;
-use crate::replicaset::controller_uid;
+use crate::objects::json::controller_uid;
 use serde_json::{json, Value};
 
 pub const REVISION_LABEL: &str = "controller-revision-hash";

@@ -6,10 +6,11 @@
 //!
 //! A round runs when a cached kind changes, and at least every `interval` for the controllers
 //! that act on time. It issues no list: the caches are fed by one watch per kind. Keyed
-//! reconcilers per object (as [`crate::endpoints_controller`] is) are the next step (issue 15).
+//! reconcilers per object ([`crate::controller`]; ReplicaSets and Endpoints so far) replace them
+//! one controller at a time (issue 15).
 //!
 //! This module holds the loop, the round and what the passes share; the passes themselves are
-//! in `workloads` (Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs, CronJobs) and
+//! in `workloads` (Deployments, StatefulSets, DaemonSets, Jobs, CronJobs) and
 //! `cluster` (node lifecycle, garbage collection, service accounts, volumes, load balancers).
 
 mod cluster;
@@ -91,15 +92,6 @@ struct RoundState {
 /// How often every controller runs even when nothing changed: a safety net, not how changes
 /// are noticed (a full round over 40,000 pods costs about half a second of a core).
 pub const RESYNC: Duration = Duration::from_secs(60);
-
-/// A list's items by namespace, borrowed.
-fn by_namespace(list: &Listed) -> HashMap<&str, Vec<&Value>> {
-    let mut out: HashMap<&str, Vec<&Value>> = HashMap::new();
-    for o in list.iter() {
-        out.entry(o["metadata"]["namespace"].as_str().unwrap_or("default")).or_default().push(o);
-    }
-    out
-}
 
 /// The least time between marking two nodes unreachable: Kubernetes' default
 /// `--node-eviction-rate` of 0.1 nodes per second, so a network blip that silences many nodes at
@@ -219,7 +211,6 @@ impl Runner {
             note("volume binder", self.bind_volumes().await);
             note("statefulset controller", self.statefulsets().await);
             note("deployment controller", self.deployments().await);
-            note("replicaset controller", self.replicasets().await);
             note("daemonset controller", self.daemonsets().await);
         }
         state.failed = failed;

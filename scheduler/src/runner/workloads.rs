@@ -1,4 +1,4 @@
-//! The workload controllers' passes: Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs
+//! The workload controllers' passes not yet keyed: Deployments, StatefulSets, DaemonSets, Jobs
 //! and CronJobs, each a pure plan (in its own module of this crate) carried out through the
 //! fenced client.
 
@@ -267,69 +267,5 @@ impl Runner {
             }
         }
         Ok(())
-    }
-
-    /// One ReplicaSet controller pass over every ReplicaSet. Every ReplicaSet's deletions go
-    /// before any creations, so a rollout's new pods never start while the old pods they
-    /// replace wait for a later ReplicaSet's turn; one ReplicaSet's failure does not hold up
-    /// the others (the first error is returned at the end).
-    pub(super) async fn replicasets(&self) -> Result<(), Status> {
-        let sets = self.lister.list("replicasets", "")?;
-        if sets.is_empty() {
-            return Ok(());
-        }
-        let pods = self.lister.list("pods", "")?;
-        let in_namespace = by_namespace(&pods);
-        let plans: Vec<(&Value, crate::replicaset::Plan)> = sets
-            .iter()
-            .map(|rs| {
-                let ns = rs["metadata"]["namespace"].as_str().unwrap_or("default");
-                (rs, crate::replicaset::plan(rs, in_namespace.get(ns).into_iter().flatten().copied()))
-            })
-            .collect();
-        let mut first_error = None;
-        for (rs, plan) in &plans {
-            let ns = rs["metadata"]["namespace"].as_str().unwrap_or("default");
-            for pod in plan.adopt.iter().chain(&plan.release) {
-                if let Err(e) = self.ignore_races(self.client.update("pods", pod).await.map(|_| ())) {
-                    first_error.get_or_insert(e);
-                }
-            }
-            for pod in &plan.delete {
-                match self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ())) {
-                    Ok(()) => {
-                        let msg = format!("Deleted pod: {pod}");
-                        self.event(rs, "ReplicaSet", "Normal", "SuccessfulDelete", &msg).await;
-                    }
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-        }
-        for (rs, plan) in &plans {
-            let ns = rs["metadata"]["namespace"].as_str().unwrap_or("default");
-            let name = rs["metadata"]["name"].as_str().unwrap_or_default();
-            if let Err(e) = self.create_pods(rs, "ReplicaSet", ns, &plan.create).await {
-                first_error.get_or_insert(e);
-                continue;
-            }
-            let status = rs.get("status").cloned().unwrap_or(Value::Null);
-            let changed =
-                ["replicas", "readyReplicas", "availableReplicas", "fullyLabeledReplicas", "observedGeneration"]
-                    .iter()
-                    .any(|k| {
-                        status.get(*k).and_then(Value::as_i64).unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0)
-                    });
-            if changed {
-                let mut updated = (*rs).clone();
-                updated["status"] = plan.status.clone();
-                if let Err(e) = self.ignore_races(self.client.update_status("replicasets", &updated).await.map(|_| ()))
-                {
-                    tracing::debug!("replicaset {ns}/{name} status: {e}");
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 }

@@ -1,0 +1,447 @@
+//! A small controller runtime: keyed, level-triggered reconcilers over the master's informer
+//! caches, as client-go's controllers and kube-runtime's `Controller` are.
+//!
+//! - **Triggers** map a cache's changes to keys: an object's own events, and an owned object's
+//!   events to its controller's key ([`on_changes`]).
+//! - **A keyed queue** ([`WorkQueue`]) coalesces repeated events, hands a key to one worker
+//!   at a time, and backs a failed key off.
+//! - **`reconcile(key)`** ([`Reconciler::reconcile`]) is pure: from the caches it returns the
+//!   [`Command`]s that move the key's objects toward their spec.
+//! - **One executor** ([`execute`]) carries them out through the client fenced to this
+//!   leadership's term (DESIGN.md rule 4), creates in batches that double from one.
+//!
+//! Informers run on every master, so a new leader starts with warm caches; reconciles run only
+//! while this master leads. Before reconciling a key the runtime waits until the caches are
+//! current to the last write made for that key (client-go's "expectations": a cache that lags
+//! our own creates must not make us create twice) and, after taking leadership, to the store's
+//! revision at that moment (what the last leader wrote). Every key is queued on taking
+//! leadership and every [`RESYNC`], a safety net rather than how changes are noticed.
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use skiff_client::api::Api;
+use skiff_client::informer::{Change, ObjectKey, Resource, Store};
+use skiff_client::queue::WorkQueue;
+use skiff_client::Client;
+use skiff_proto::api::{Deployment, Event, EventSource, ObjectMeta, ObjectReference, Pod, ReplicaSet};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Code, Status};
+
+/// How often every key is queued even without a change.
+pub const RESYNC: Duration = Duration::from_secs(60);
+
+/// Reconciles run at once (of different keys).
+pub const WORKERS: usize = 8;
+
+/// Creates in flight at once for one reconcile.
+pub const CREATE_CONCURRENCY: usize = 64;
+
+/// How long a reconcile waits for the caches to reach a revision before it is retried.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An object a command writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Pod(Pod),
+    ReplicaSet(ReplicaSet),
+    Deployment(Deployment),
+}
+
+impl Object {
+    fn meta(&self) -> Option<&ObjectMeta> {
+        match self {
+            Object::Pod(o) => o.meta(),
+            Object::ReplicaSet(o) => o.meta(),
+            Object::Deployment(o) => o.meta(),
+        }
+    }
+
+    /// The name it was stored under (for a create with `generateName`, the generated one).
+    fn name(&self) -> &str {
+        self.meta().map_or("", |m| m.name.as_str())
+    }
+}
+
+/// An Event to record about the object a controller acts for, once its command succeeded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub regarding: ObjectReference,
+    /// Normal or Warning.
+    pub r#type: &'static str,
+    pub reason: &'static str,
+    /// `{name}` is replaced by the name of the object the command wrote.
+    pub message: String,
+}
+
+impl Note {
+    /// A Normal event about `obj`, a `kind` object of `api_version`.
+    pub fn normal(kind: &str, api_version: &str, meta: &ObjectMeta, reason: &'static str, message: String) -> Note {
+        let regarding = ObjectReference {
+            kind: kind.into(),
+            api_version: api_version.into(),
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+            uid: meta.uid.clone(),
+            ..Default::default()
+        };
+        Note { regarding, r#type: "Normal", reason, message }
+    }
+}
+
+/// A write a reconcile asks for. The executor carries them out in order (consecutive creates
+/// together); the first failure that is not a lost race stops it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Create {
+        object: Object,
+        note: Option<Note>,
+    },
+    /// Replace the object (metadata and spec), guarded by its resourceVersion.
+    Update {
+        object: Object,
+        note: Option<Note>,
+    },
+    /// Replace the object's status, guarded by its resourceVersion.
+    UpdateStatus(Object),
+    Delete {
+        resource: &'static str,
+        key: ObjectKey,
+        note: Option<Note>,
+    },
+}
+
+/// What a controller is: the caches it reads, the keys they hold, and a pure reconcile.
+pub trait Reconciler: Send + Sync + 'static {
+    /// For logs: "replicaset controller".
+    const NAME: &'static str;
+    /// Every key the controller owns.
+    fn every_key(&self) -> Vec<ObjectKey>;
+    /// Starts the tasks that queue keys on the caches' changes ([`on_changes`]).
+    fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>>;
+    /// Waits until every cache it reads has been listed.
+    fn synced(&self) -> BoxFuture<'_, ()>;
+    /// Waits until every cache it reads is current to `revision`.
+    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()>;
+    /// What to write for `key`, from the caches alone.
+    fn reconcile(&self, key: &ObjectKey) -> Vec<Command>;
+}
+
+/// Waits until `store` is listed (a [`Reconciler::synced`] part).
+pub fn synced<K: Resource>(store: &Store<K>) -> BoxFuture<'_, ()> {
+    Box::pin(store.synced())
+}
+
+/// Queues the keys `keys` maps each change of `store` to, until the store is dropped; when
+/// changes were missed (a slow reader), every key of `all`.
+pub fn on_changes<K: Resource, R: Reconciler>(
+    store: &Store<K>,
+    queue: &WorkQueue<ObjectKey>,
+    reconciler: &Arc<R>,
+    keys: impl Fn(&R, &Change<K>) -> Vec<ObjectKey> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let mut changes = store.subscribe();
+    let (queue, reconciler) = (queue.clone(), reconciler.clone());
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(change) => keys(&reconciler, &change).into_iter().for_each(|k| queue.add(k)),
+                Err(RecvError::Lagged(_)) => reconciler.every_key().into_iter().for_each(|k| queue.add(k)),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+/// The key of a change's object (its own events).
+pub fn own_key<K: Resource>(change: &Change<K>) -> Vec<ObjectKey> {
+    let obj = match change {
+        Change::Applied { new, .. } => new,
+        Change::Deleted(old) => old,
+    };
+    obj.meta().map(ObjectKey::of).into_iter().collect()
+}
+
+/// The objects before and after a change (one or both).
+pub fn before_and_after<K>(change: &Change<K>) -> Vec<&K> {
+    match change {
+        Change::Applied { old, new } => old.iter().map(|o| &**o).chain([&**new]).collect(),
+        Change::Deleted(old) => vec![&**old],
+    }
+}
+
+/// How a reconciler reaches the cluster.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    /// The raft term while this master leads.
+    pub leader_term: Arc<dyn Fn() -> Option<u64> + Send + Sync>,
+    /// The store's revision now (on the leader, every acknowledged write is at or below it).
+    pub store_revision: Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+/// Runs `reconciler` until `stop`: triggers always (so the queue is current), reconciles only
+/// while this master leads.
+pub async fn run<R: Reconciler>(reconciler: Arc<R>, ctx: Context, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let queue: WorkQueue<ObjectKey> = WorkQueue::new();
+    let triggers = reconciler.triggers(&queue);
+    // The revision every cache must reach before any reconcile: the store's when this
+    // leadership began. And per key, the revision after the last writes made for it.
+    let floor = Arc::new(Floor::default());
+    let written: Arc<Mutex<HashMap<ObjectKey, i64>>> = Arc::default();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (queue, reconciler, ctx) = (queue.clone(), reconciler.clone(), ctx.clone());
+            let (floor, written) = (floor.clone(), written.clone());
+            tokio::spawn(async move {
+                while let Some(key) = queue.next().await {
+                    if let Some(term) = (ctx.leader_term)() {
+                        let after = written.lock().expect("not poisoned").get(&key).copied().unwrap_or(0);
+                        let need = floor.of(term, &ctx).max(after);
+                        match reconcile_one(&*reconciler, &ctx, term, &key, need).await {
+                            Ok(wrote) => {
+                                queue.forget(&key);
+                                let mut written = written.lock().expect("not poisoned");
+                                if wrote {
+                                    written.insert(key.clone(), (ctx.store_revision)());
+                                } else {
+                                    written.remove(&key);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!("{} {key}: {}", R::NAME, e.message());
+                                written.lock().expect("not poisoned").insert(key.clone(), (ctx.store_revision)());
+                                queue.retry(key.clone());
+                            }
+                        }
+                    }
+                    queue.done(&key);
+                }
+            })
+        })
+        .collect();
+    tokio::select! {
+        () = reconciler.synced() => {}
+        _ = stop.changed() => {}
+    }
+    let mut led = false;
+    let mut look = tokio::time::interval(Duration::from_millis(100));
+    let mut last_full = tokio::time::Instant::now();
+    while !*stop.borrow() {
+        tokio::select! {
+            // Leadership is looked at often (cheap); every key is queued when it is taken.
+            _ = look.tick() => {
+                let term = (ctx.leader_term)();
+                let leads = term.is_some();
+                if let Some(term) = term {
+                    floor.of(term, &ctx);
+                }
+                if (leads && !led) || last_full.elapsed() >= RESYNC {
+                    last_full = tokio::time::Instant::now();
+                    reconciler.every_key().into_iter().for_each(|k| queue.add(k));
+                }
+                led = leads;
+            }
+            _ = stop.changed() => {}
+        }
+    }
+    queue.close();
+    triggers.iter().for_each(|t| t.abort());
+    for w in workers {
+        let _ = w.await;
+    }
+}
+
+/// The store's revision when a leadership began: what the last leader wrote, which the caches
+/// must hold before this one acts.
+#[derive(Default)]
+struct Floor(Mutex<(u64, i64)>);
+
+impl Floor {
+    /// The floor of `term`'s leadership, taken the first time it is asked for.
+    fn of(&self, term: u64, ctx: &Context) -> i64 {
+        let mut floor = self.0.lock().expect("not poisoned");
+        if floor.0 != term {
+            *floor = (term, (ctx.store_revision)());
+        }
+        floor.1
+    }
+}
+
+/// Reconciles `key` once the caches reach `revision`; whether it wrote anything.
+async fn reconcile_one<R: Reconciler>(
+    reconciler: &R,
+    ctx: &Context,
+    term: u64,
+    key: &ObjectKey,
+    revision: i64,
+) -> Result<bool, Status> {
+    tokio::time::timeout(CATCH_UP_TIMEOUT, reconciler.caught_up(revision))
+        .await
+        .map_err(|_| Status::unavailable(format!("caches not current to revision {revision}")))?;
+    let commands = reconciler.reconcile(key);
+    if commands.is_empty() {
+        return Ok(false);
+    }
+    execute(&ctx.client.fenced(term), commands).await?;
+    Ok(true)
+}
+
+/// A write that lost a race with another (a stale cache, a concurrent delete) is not an error:
+/// the write that won arrives as an event and queues the key again.
+fn lost_race(e: &Status) -> bool {
+    matches!(e.code(), Code::Aborted | Code::NotFound | Code::AlreadyExists)
+}
+
+/// Carries out `commands` in order through `client`; consecutive creates go in batches that
+/// double from one (capped at [`CREATE_CONCURRENCY`] in flight), as Kubernetes' controllers
+/// do, so a template the API refuses fails once, not a thousand times. Stops at the first
+/// failure that is not a lost race.
+pub async fn execute(client: &Client, commands: Vec<Command>) -> Result<(), Status> {
+    let mut commands = commands.into_iter().peekable();
+    while let Some(command) = commands.next() {
+        match command {
+            Command::Create { object, note } => {
+                let mut creates = vec![(object, note)];
+                while let Some(Command::Create { .. }) = commands.peek() {
+                    if let Some(Command::Create { object, note }) = commands.next() {
+                        creates.push((object, note));
+                    }
+                }
+                create_all(client, creates).await?;
+            }
+            Command::Update { object, note } => {
+                if let Some(written) = ignore_races(update(client, object).await)? {
+                    record(client, note, &written).await;
+                }
+            }
+            Command::UpdateStatus(object) => {
+                ignore_races(update_status(client, object).await)?;
+            }
+            Command::Delete { resource, key, note } => {
+                if ignore_races(client.delete(resource, &key.namespace, &key.name).await)?.is_some() {
+                    if let Some(note) = note {
+                        let message = note.message.replace("{name}", &key.name);
+                        event(client, Note { message, ..note }).await;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ignore_races<T>(r: Result<T, Status>) -> Result<Option<T>, Status> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if lost_race(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn create_all(client: &Client, creates: Vec<(Object, Option<Note>)>) -> Result<(), Status> {
+    let mut batch = 1;
+    let mut rest = creates.into_iter();
+    loop {
+        let now: Vec<_> = rest.by_ref().take(batch).collect();
+        if now.is_empty() {
+            return Ok(());
+        }
+        let mut running = tokio::task::JoinSet::new();
+        for (object, note) in now {
+            let client = client.clone();
+            running.spawn(async move {
+                if let Some(written) = ignore_races(create(&client, object).await)? {
+                    record(&client, note, &written).await;
+                }
+                Ok::<(), Status>(())
+            });
+        }
+        let mut failed = None;
+        while let Some(r) = running.join_next().await {
+            let r = r.unwrap_or_else(|e| Err(Status::internal(e.to_string())));
+            if let Err(e) = r {
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        batch = (batch * 2).min(CREATE_CONCURRENCY);
+    }
+}
+
+async fn create(client: &Client, object: Object) -> Result<Object, Status> {
+    let client = client.clone();
+    Ok(match object {
+        Object::Pod(o) => Object::Pod(Api::new(client).create(&o).await?),
+        Object::ReplicaSet(o) => Object::ReplicaSet(Api::new(client).create(&o).await?),
+        Object::Deployment(o) => Object::Deployment(Api::new(client).create(&o).await?),
+    })
+}
+
+async fn update(client: &Client, object: Object) -> Result<Object, Status> {
+    let client = client.clone();
+    Ok(match object {
+        Object::Pod(o) => Object::Pod(Api::new(client).update(&o).await?),
+        Object::ReplicaSet(o) => Object::ReplicaSet(Api::new(client).update(&o).await?),
+        Object::Deployment(o) => Object::Deployment(Api::new(client).update(&o).await?),
+    })
+}
+
+/// The status subresource (the client's, which takes the kind's JSON).
+async fn update_status(client: &Client, object: Object) -> Result<(), Status> {
+    fn json<T: Serialize>(o: &T) -> Result<serde_json::Value, Status> {
+        serde_json::to_value(o).map_err(|e| Status::internal(e.to_string()))
+    }
+    let (resource, value) = match &object {
+        Object::Pod(o) => (Pod::RESOURCE, json(o)?),
+        Object::ReplicaSet(o) => (ReplicaSet::RESOURCE, json(o)?),
+        Object::Deployment(o) => (Deployment::RESOURCE, json(o)?),
+    };
+    client.update_status(resource, &value).await.map(|_| ())
+}
+
+async fn record(client: &Client, note: Option<Note>, written: &Object) {
+    if let Some(note) = note {
+        let message = note.message.replace("{name}", written.name());
+        event(client, Note { message, ..note }).await;
+    }
+}
+
+/// Records an Event; failures are logged, never fatal (events are best-effort, as in
+/// Kubernetes).
+async fn event(client: &Client, note: Note) {
+    let component = component(&note.regarding.kind);
+    let now = skiff_proto::time::now_rfc3339();
+    let event = Event {
+        metadata: Some(ObjectMeta {
+            generate_name: format!("{}.", note.regarding.name),
+            namespace: note.regarding.namespace.clone(),
+            ..Default::default()
+        }),
+        reason: note.reason.into(),
+        message: note.message,
+        source: Some(EventSource { component: component.into(), ..Default::default() }),
+        reporting_component: component.into(),
+        first_timestamp: now.clone(),
+        last_timestamp: now,
+        count: 1,
+        r#type: note.r#type.into(),
+        involved_object: Some(note.regarding),
+        ..Default::default()
+    };
+    if let Err(e) = Api::<Event>::new(client.clone()).create(&event).await {
+        tracing::debug!("event {}: {}", event.reason, e.message());
+    }
+}
+
+/// The component that reports events about a `kind` object.
+fn component(kind: &str) -> &'static str {
+    match kind {
+        "Deployment" => "deployment-controller",
+        _ => "replicaset-controller",
+    }
+}

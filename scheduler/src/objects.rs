@@ -1,0 +1,132 @@
+//! What the controllers ask of any object: does a selector match it, who controls it, is a pod
+//! still a replica, is it ready — on the proto types, with the JSON forms ([`json`]) for the
+//! controllers that still plan over JSON.
+
+use skiff_proto::api::{LabelSelector, ObjectMeta, OwnerReference, Pod};
+use std::collections::BTreeMap;
+
+/// `matchLabels` and `matchExpressions` as Kubernetes evaluates them (an empty selector
+/// matches everything).
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    selector.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        && selector.match_expressions.iter().all(|e| {
+            let has = |v: &String| e.values.contains(v);
+            match e.operator.as_str() {
+                "In" => labels.get(&e.key).is_some_and(has),
+                "NotIn" => labels.get(&e.key).is_none_or(|v| !has(v)),
+                "Exists" => labels.contains_key(&e.key),
+                "DoesNotExist" => !labels.contains_key(&e.key),
+                _ => false,
+            }
+        })
+}
+
+/// The owner reference with `controller: true`.
+pub fn controller_ref(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references.iter().find(|r| r.controller == Some(true))
+}
+
+/// Marked for deletion.
+pub fn deleting(meta: &ObjectMeta) -> bool {
+    !meta.deletion_timestamp.is_empty()
+}
+
+/// Being deleted, or finished (Succeeded / Failed): no longer counts as a replica.
+pub fn terminating(pod: &Pod) -> bool {
+    pod.metadata.as_ref().is_some_and(deleting) || crate::snapshot::is_terminal(pod)
+}
+
+/// The pod's Ready condition is True.
+pub fn ready(pod: &Pod) -> bool {
+    pod.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"))
+}
+
+/// The pod's phase ("" before the node reports one).
+pub fn phase(pod: &Pod) -> &str {
+    pod.status.as_ref().map_or("", |s| s.phase.as_str())
+}
+
+/// The node the pod is bound to ("" while unscheduled).
+pub fn node_name(pod: &Pod) -> &str {
+    pod.spec.as_ref().map_or("", |s| s.node_name.as_str())
+}
+
+/// The same questions of objects as JSON, for the controllers that have not moved to the proto
+/// types yet (they go with the last of them).
+pub mod json {
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+
+    /// `matchLabels` and `matchExpressions` as Kubernetes evaluates them.
+    pub fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+        let eq = selector
+            .get("matchLabels")
+            .and_then(Value::as_object)
+            .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str()));
+        let exprs = selector.get("matchExpressions").and_then(Value::as_array).into_iter().flatten().all(|e| {
+            let key = e["key"].as_str().unwrap_or_default();
+            let values: Vec<&str> =
+                e["values"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            match e["operator"].as_str().unwrap_or_default() {
+                "In" => labels.get(key).is_some_and(|v| values.contains(&v.as_str())),
+                "NotIn" => labels.get(key).is_none_or(|v| !values.contains(&v.as_str())),
+                "Exists" => labels.contains_key(key),
+                "DoesNotExist" => !labels.contains_key(key),
+                _ => false,
+            }
+        });
+        eq && exprs
+    }
+
+    /// The uid of the object's controlling owner (the ownerReference with `controller: true`).
+    pub fn controller_uid(obj: &Value) -> Option<&str> {
+        obj.pointer("/metadata/ownerReferences")?
+            .as_array()?
+            .iter()
+            .find(|r| r.get("controller") == Some(&Value::Bool(true)))
+            .and_then(|r| r.get("uid").and_then(Value::as_str))
+    }
+
+    /// Being deleted, or finished (Succeeded / Failed): no longer counts as a replica.
+    pub fn terminating(pod: &Value) -> bool {
+        pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
+            || matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+    }
+
+    /// The pod's Ready condition is True.
+    pub fn ready(pod: &Value) -> bool {
+        pod.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_proto::api::LabelSelectorRequirement;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn selectors_match_as_kubernetes_evaluates_them() {
+        let req = |key: &str, op: &str, values: &[&str]| LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        let sel = LabelSelector {
+            match_labels: labels(&[("app", "web")]),
+            match_expressions: vec![req("tier", "In", &["a", "b"]), req("canary", "DoesNotExist", &[])],
+        };
+        assert!(selector_matches(&sel, &labels(&[("app", "web"), ("tier", "a")])));
+        assert!(!selector_matches(&sel, &labels(&[("app", "web"), ("tier", "c")])));
+        assert!(!selector_matches(&sel, &labels(&[("app", "web"), ("tier", "a"), ("canary", "1")])));
+        assert!(!selector_matches(&sel, &labels(&[("tier", "a")])));
+        let odd = LabelSelector { match_expressions: vec![req("x", "Near", &[])], ..Default::default() };
+        assert!(!selector_matches(&odd, &labels(&[("x", "1")])), "an unknown operator matches nothing");
+        assert!(selector_matches(&LabelSelector::default(), &labels(&[])));
+    }
+}
