@@ -384,6 +384,16 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                 };
                 tokio::spawn(skiff_scheduler::controller::run(
                     std::sync::Arc::new(replica_sets),
+                    context.clone(),
+                    stop_rx.clone(),
+                ));
+                let deployments = skiff_scheduler::deployment::Deployments {
+                    deployments: informers.deployments.clone(),
+                    sets: informers.replica_sets.clone(),
+                    pods: informers.pods.clone(),
+                };
+                tokio::spawn(skiff_scheduler::controller::run(
+                    std::sync::Arc::new(deployments),
                     context,
                     stop_rx.clone(),
                 ));

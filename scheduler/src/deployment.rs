@@ -11,10 +11,16 @@
 //! `deployment.kubernetes.io/revision` annotation, and rolling back means putting an old
 //! template back — its ReplicaSet becomes the newest revision again.
 
+use crate::controller::{self, before_and_after, own_key, Command, Note, Object, Reconciler};
 use crate::objects::json::selector_matches;
 use crate::objects::json::{controller_uid, ready, terminating};
+use futures::future::BoxFuture;
 use serde_json::{json, Value};
+use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
+use skiff_client::queue::WorkQueue;
+use skiff_proto::api::{Deployment, ObjectMeta, Pod, ReplicaSet};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
@@ -67,11 +73,6 @@ pub fn resolve(v: Option<&Value>, default: &str, desired: i64, round_up: bool) -
 
 fn revision(rs: &Value) -> i64 {
     rs["metadata"]["annotations"][REVISION].as_str().and_then(|r| r.parse().ok()).unwrap_or(0)
-}
-
-/// A ReplicaSet's `spec.replicas`.
-pub fn replicas_of(rs: &Value) -> i64 {
-    replicas(rs)
 }
 
 fn replicas(rs: &Value) -> i64 {
@@ -287,6 +288,153 @@ pub fn plan(d: &Value, sets: &[Value], pods: &[Value]) -> Plan {
     p
 }
 
+/// The Deployment controller over the master's caches: a Deployment's key is queued by its own
+/// changes, its ReplicaSets' and their pods'. Its plan still reads JSON: the reconcile converts
+/// at that boundary (the Deployment, its own ReplicaSets and their pods without their specs)
+/// and turns the plan back into typed commands.
+pub struct Deployments {
+    pub deployments: Store<Deployment>,
+    pub sets: Store<ReplicaSet>,
+    pub pods: Store<Pod>,
+}
+
+fn to_json<T: serde::Serialize>(obj: &T) -> Value {
+    serde_json::to_value(obj).unwrap_or(Value::Null)
+}
+
+impl Deployments {
+    /// The Deployment that controls the ReplicaSet at `rs`, if any.
+    fn deployment_of_set(&self, rs: &ReplicaSet) -> Option<ObjectKey> {
+        rs.metadata.as_ref().and_then(|m| controller_of(m, "Deployment"))
+    }
+
+    /// The Deployment that controls `pod` through its ReplicaSet.
+    fn deployment_of_pod(&self, pod: &Pod) -> Option<ObjectKey> {
+        let rs = controller_of(pod.metadata.as_ref()?, "ReplicaSet")?;
+        self.deployment_of_set(&*self.sets.get(&rs)?)
+    }
+
+    fn commands(&self, d: &Deployment, meta: &ObjectMeta) -> Vec<Command> {
+        let sets = self.sets.owned_by(&meta.uid);
+        let pods: Vec<Value> = sets
+            .iter()
+            .filter_map(|rs| rs.meta())
+            .flat_map(|m| self.pods.owned_by(&m.uid))
+            .map(|p| to_json(&Pod { spec: None, ..(*p).clone() }))
+            .collect();
+        let sets: Vec<Value> = sets.iter().map(|rs| to_json(&**rs)).collect();
+        let d_json = to_json(d);
+        let plan = plan(&d_json, &sets, &pods);
+        let typed = |v: &Value| serde_json::from_value::<ReplicaSet>(v.clone());
+        let note = |message: String| Some(Note::normal("Deployment", "apps/v1", meta, "ScalingReplicaSet", message));
+        let mut commands = Vec::new();
+        if let Some(rs) = &plan.create {
+            match typed(rs) {
+                Ok(rs_typed) => {
+                    let message = format!("Scaled up replica set {{name}} to {}", replicas(rs));
+                    commands.push(Command::Create { object: Object::ReplicaSet(rs_typed), note: note(message) });
+                }
+                Err(e) => tracing::warn!("deployment {}/{}: new replica set: {e}", meta.namespace, meta.name),
+            }
+        }
+        for rs in &plan.update {
+            if let Ok(rs_typed) = typed(rs) {
+                let name = rs["metadata"]["name"].as_str().unwrap_or_default();
+                let message = format!("Scaled replica set {name} to {}", replicas(rs));
+                commands.push(Command::Update { object: Object::ReplicaSet(rs_typed), note: note(message) });
+            }
+        }
+        for name in &plan.delete {
+            commands.push(Command::Delete {
+                resource: ReplicaSet::RESOURCE,
+                key: ObjectKey::new(&meta.namespace, name),
+                note: None,
+            });
+        }
+        // The Deployment's own revision annotation; its status follows in the reconcile its
+        // update queues (the status write needs the resourceVersion the update makes).
+        if !plan.revision.is_empty() && meta.annotations.get(REVISION) != Some(&plan.revision) {
+            let mut updated = d.clone();
+            if let Some(m) = updated.metadata.as_mut() {
+                m.annotations.insert(REVISION.into(), plan.revision.clone());
+            }
+            commands.push(Command::Update { object: Object::Deployment(updated), note: None });
+            return commands;
+        }
+        let status = &d_json["status"];
+        let conditions = |s: &Value| {
+            s["conditions"]
+                .as_array()
+                .map(|c| c.iter().map(|c| (c["type"].clone(), c["reason"].clone())).collect::<Vec<_>>())
+        };
+        let keys = [
+            "replicas",
+            "updatedReplicas",
+            "readyReplicas",
+            "availableReplicas",
+            "unavailableReplicas",
+            "observedGeneration",
+        ];
+        let changed = keys.iter().any(|k| status[*k].as_i64().unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0))
+            || conditions(status) != conditions(&plan.status);
+        if changed {
+            match serde_json::from_value(plan.status.clone()) {
+                Ok(status) => {
+                    let mut updated = d.clone();
+                    updated.status = Some(status);
+                    commands.push(Command::UpdateStatus(Object::Deployment(updated)));
+                }
+                Err(e) => tracing::warn!("deployment {}/{}: status: {e}", meta.namespace, meta.name),
+            }
+        }
+        commands
+    }
+}
+
+impl Reconciler for Deployments {
+    const NAME: &'static str = "deployment controller";
+
+    fn every_key(&self) -> Vec<ObjectKey> {
+        self.deployments.list().iter().filter_map(|d| d.meta().map(ObjectKey::of)).collect()
+    }
+
+    fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            controller::on_changes(&self.deployments, queue, self, |_, c| own_key(c)),
+            controller::on_changes(&self.sets, queue, self, |me: &Self, c: &Change<ReplicaSet>| {
+                before_and_after(c).into_iter().filter_map(|rs| me.deployment_of_set(rs)).collect()
+            }),
+            controller::on_changes(&self.pods, queue, self, |me: &Self, c: &Change<Pod>| {
+                before_and_after(c).into_iter().filter_map(|p| me.deployment_of_pod(p)).collect()
+            }),
+        ]
+    }
+
+    fn synced(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            self.deployments.synced().await;
+            self.sets.synced().await;
+            self.pods.synced().await;
+        })
+    }
+
+    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.deployments.caught_up(revision).await;
+            self.sets.caught_up(revision).await;
+            self.pods.caught_up(revision).await;
+        })
+    }
+
+    fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {
+        let Some(d) = self.deployments.get(key) else { return Vec::new() };
+        match d.metadata.as_ref() {
+            Some(meta) if !crate::objects::deleting(meta) => self.commands(&d, meta),
+            _ => Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,5 +619,61 @@ mod tests {
         assert_eq!(p.update.len(), 1);
         assert_eq!(p.update[0]["spec"]["replicas"], 5);
         assert_eq!(p.update[0]["metadata"]["annotations"][REVISION], "1");
+    }
+
+    fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn with_rv<T: serde::de::DeserializeOwned>(mut v: Value, rv: &str) -> T {
+        v["metadata"]["resourceVersion"] = json!(rv);
+        typed(v)
+    }
+
+    #[test]
+    fn reconcile_creates_the_first_replicaset_and_records_its_revision_then_the_status() {
+        let c = Deployments { deployments: Store::new(), sets: Store::new(), pods: Store::new() };
+        let key = ObjectKey::new("default", "web");
+        let d = deployment(2, "a", json!({}));
+        c.deployments.replace(vec![with_rv(d.clone(), "1")], "1".into());
+        let commands = c.reconcile(&key);
+        let [Command::Create { object: Object::ReplicaSet(rs), note: Some(note) }, Command::Update { object: Object::Deployment(updated), .. }] =
+            commands.as_slice()
+        else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(rs.spec.as_ref().unwrap().replicas, Some(2));
+        assert_eq!((note.reason, note.message.as_str()), ("ScalingReplicaSet", "Scaled up replica set {name} to 2"));
+        assert_eq!(updated.metadata.as_ref().unwrap().annotations[REVISION], "1", "no status before the revision");
+        c.sets.replace(vec![with_rv(rs_of(&d, 2, 1, "rs-uid"), "2")], "2".into());
+
+        // Then the status, once; then nothing.
+        let mut annotated = d.clone();
+        annotated["metadata"]["annotations"][REVISION] = json!("1");
+        c.deployments.replace(vec![with_rv(annotated.clone(), "3")], "3".into());
+        let commands = c.reconcile(&key);
+        let [Command::UpdateStatus(Object::Deployment(updated))] = commands.as_slice() else { panic!("{commands:?}") };
+        let mut settled = to_json(updated);
+        settled["metadata"]["resourceVersion"] = json!("4");
+        c.deployments.replace(vec![typed(settled)], "4".into());
+        assert_eq!(c.reconcile(&key), []);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_change_queues_the_deployment_that_owns_its_replicaset() {
+        let c = Arc::new(Deployments { deployments: Store::new(), sets: Store::new(), pods: Store::new() });
+        let d = deployment(1, "a", json!({}));
+        let rs = rs_of(&d, 1, 1, "rs-uid");
+        c.sets.replace(vec![with_rv(rs.clone(), "1")], "1".into());
+        let queue = WorkQueue::new();
+        let triggers = c.triggers(&queue);
+        let mut pod = pods(&rs, 1, 1).remove(0);
+        pod["metadata"]["namespace"] = json!("default");
+        pod["metadata"]["ownerReferences"][0]["kind"] = json!("ReplicaSet");
+        pod["metadata"]["ownerReferences"][0]["name"] = rs["metadata"]["name"].clone();
+        c.pods.apply(skiff_client::informer::WatchEvent::Added(with_rv(pod, "2")));
+        let key = tokio::time::timeout(std::time::Duration::from_secs(1), queue.next()).await.ok().flatten();
+        assert_eq!(key, Some(ObjectKey::new("default", "web")));
+        triggers.iter().for_each(|t| t.abort());
     }
 }

@@ -6,11 +6,12 @@
 //!
 //! A round runs when a cached kind changes, and at least every `interval` for the controllers
 //! that act on time. It issues no list: the caches are fed by one watch per kind. Keyed
-//! reconcilers per object ([`crate::controller`]; ReplicaSets and Endpoints so far) replace them
+//! reconcilers per object ([`crate::controller`]; Deployments, ReplicaSets and
+//! Endpoints so far) replace them
 //! one controller at a time (issue 15).
 //!
 //! This module holds the loop, the round and what the passes share; the passes themselves are
-//! in `workloads` (Deployments, StatefulSets, DaemonSets, Jobs, CronJobs) and
+//! in `workloads` (StatefulSets, DaemonSets, Jobs, CronJobs) and
 //! `cluster` (node lifecycle, garbage collection, service accounts, volumes, load balancers).
 
 mod cluster;
@@ -210,7 +211,6 @@ impl Runner {
             note("load balancer status", self.load_balancers().await);
             note("volume binder", self.bind_volumes().await);
             note("statefulset controller", self.statefulsets().await);
-            note("deployment controller", self.deployments().await);
             note("daemonset controller", self.daemonsets().await);
         }
         state.failed = failed;

@@ -1,93 +1,10 @@
-//! The workload controllers' passes not yet keyed: Deployments, StatefulSets, DaemonSets, Jobs
+//! The workload controllers' passes not yet keyed: StatefulSets, DaemonSets, Jobs
 //! and CronJobs, each a pure plan (in its own module of this crate) carried out through the
 //! fenced client.
 
 use super::*;
 
 impl Runner {
-    /// One Deployment controller pass over every Deployment.
-    pub(super) async fn deployments(&self) -> Result<(), Status> {
-        let deployments = self.lister.list("deployments", "")?;
-        let sets = self.lister.list("replicasets", "")?;
-        let pods = self.lister.list("pods", "")?;
-        let in_ns = |list: &Listed, ns: &str| -> Vec<Value> {
-            list.iter().filter(|o| o["metadata"]["namespace"] == ns).cloned().collect()
-        };
-        for d in deployments.iter() {
-            if d.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
-                continue;
-            }
-            let ns = d["metadata"]["namespace"].as_str().unwrap_or("default");
-            let name = d["metadata"]["name"].as_str().unwrap_or_default();
-            let plan = crate::deployment::plan(d, &in_ns(&sets, ns), &in_ns(&pods, ns));
-            if let Some(rs) = &plan.create {
-                match self.client.create("replicasets", ns, rs).await {
-                    Ok(created) => {
-                        let msg = format!(
-                            "Scaled up replica set {} to {}",
-                            created["metadata"]["name"].as_str().unwrap_or_default(),
-                            rs["spec"]["replicas"]
-                        );
-                        self.event(d, "Deployment", "Normal", "ScalingReplicaSet", &msg).await;
-                    }
-                    Err(e) => self.ignore_races(Err(e))?,
-                }
-            }
-            for rs in &plan.update {
-                let before = crate::deployment::replicas_of(rs);
-                if self.ignore_races(self.client.update("replicasets", rs).await.map(|_| ())).is_ok() {
-                    let msg = format!(
-                        "Scaled replica set {} to {before}",
-                        rs["metadata"]["name"].as_str().unwrap_or_default()
-                    );
-                    self.event(d, "Deployment", "Normal", "ScalingReplicaSet", &msg).await;
-                }
-            }
-            for rs in &plan.delete {
-                self.ignore_races(self.client.delete("replicasets", ns, rs).await.map(|_| ()))?;
-            }
-            // The Deployment's own revision annotation, then its status.
-            let mut current = d.clone();
-            if !plan.revision.is_empty()
-                && current["metadata"]["annotations"][crate::deployment::REVISION].as_str() != Some(&plan.revision)
-            {
-                current["metadata"]["annotations"][crate::deployment::REVISION] = json!(plan.revision);
-                match self.client.update("deployments", &current).await {
-                    Ok(updated) => current = updated,
-                    Err(e) => {
-                        self.ignore_races(Err(e))?;
-                        continue;
-                    }
-                }
-            }
-            let status = current.get("status").cloned().unwrap_or(Value::Null);
-            let keys = [
-                "replicas",
-                "updatedReplicas",
-                "readyReplicas",
-                "availableReplicas",
-                "unavailableReplicas",
-                "observedGeneration",
-            ];
-            let changed =
-                keys.iter().any(|k| status[*k].as_i64().unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0))
-                    || status["conditions"]
-                        .as_array()
-                        .map(|c| c.iter().map(|c| (c["type"].clone(), c["reason"].clone())).collect::<Vec<_>>())
-                        != plan.status["conditions"]
-                            .as_array()
-                            .map(|c| c.iter().map(|c| (c["type"].clone(), c["reason"].clone())).collect::<Vec<_>>());
-            if changed {
-                current["status"] = plan.status.clone();
-                if let Err(e) = self.ignore_races(self.client.update_status("deployments", &current).await.map(|_| ()))
-                {
-                    tracing::debug!("deployment {ns}/{name} status: {e}");
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// One StatefulSet controller pass over every StatefulSet.
     pub(super) async fn statefulsets(&self) -> Result<(), Status> {
         let sets = self.lister.list("statefulsets", "")?;
