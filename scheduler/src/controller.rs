@@ -445,3 +445,78 @@ fn component(kind: &str) -> &'static str {
         _ => "replicaset-controller",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+    /// Reconciles by recording: which keys, and which revisions it was asked to reach first.
+    #[derive(Default)]
+    struct Recorder {
+        keys: Vec<ObjectKey>,
+        reconciled: Mutex<Vec<ObjectKey>>,
+        waited_for: Mutex<Vec<i64>>,
+    }
+
+    impl Reconciler for Recorder {
+        const NAME: &'static str = "recorder";
+
+        fn every_key(&self) -> Vec<ObjectKey> {
+            self.keys.clone()
+        }
+
+        fn triggers(self: &Arc<Self>, _: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {
+            Vec::new()
+        }
+
+        fn synced(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+
+        fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
+            self.waited_for.lock().unwrap().push(revision);
+            Box::pin(async {})
+        }
+
+        fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {
+            self.reconciled.lock().unwrap().push(key.clone());
+            Vec::new()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconciles_only_while_leading_every_key_once_on_taking_over_after_the_caches_hold_the_last_leaders_writes()
+    {
+        let keys = vec![ObjectKey::new("a", "one"), ObjectKey::new("b", "two")];
+        let recorder = Arc::new(Recorder { keys: keys.clone(), ..Default::default() });
+        let (term, revision) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicI64::new(7)));
+        // Never called: these reconciles write nothing.
+        let channel = tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let ctx = Context {
+            client: Client::over_channel("unused", channel, "t", Duration::from_secs(1)).unwrap(),
+            leader_term: {
+                let term = term.clone();
+                Arc::new(move || Some(term.load(Ordering::SeqCst)).filter(|t| *t > 0))
+            },
+            store_revision: {
+                let revision = revision.clone();
+                Arc::new(move || revision.load(Ordering::SeqCst))
+            },
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(run(recorder.clone(), ctx, stopped));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(recorder.reconciled.lock().unwrap().is_empty(), "a follower reconciles nothing");
+
+        revision.store(42, Ordering::SeqCst);
+        term.store(3, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut reconciled = recorder.reconciled.lock().unwrap().clone();
+        reconciled.sort();
+        assert_eq!(reconciled, keys, "every key once on taking leadership");
+        assert_eq!(*recorder.waited_for.lock().unwrap(), [42, 42], "the store's revision when it took over");
+        stop.send_replace(true);
+        running.await.unwrap();
+    }
+}
