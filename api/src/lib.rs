@@ -58,7 +58,9 @@ pub fn start(
     node_client: Option<tonic::transport::ClientTlsConfig>,
 ) -> tonic::service::Routes {
     let registry = Registry { service_range, at_rest: at_rest.map(Arc::new), ..Registry::new(master) };
-    let api = Arc::new(Api { node_client, ..Api::new(registry, tokens, internal) });
+    let mut api = Api::new(registry, tokens, internal);
+    api.node_client = node_client;
+    let api = Arc::new(api);
     let bootstrap = api.clone();
     tokio::spawn(async move {
         loop {

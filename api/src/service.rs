@@ -30,11 +30,47 @@ pub struct Api {
     /// come from, and this master's client certificate. `None` only in `--insecure` clusters,
     /// whose node servers take the caller's forwarded token instead.
     pub node_client: Option<tonic::transport::ClientTlsConfig>,
+    /// The RBAC policy as last read, rebuilt only when an RBAC object has changed.
+    policy: PolicyCache,
+}
+
+/// The kinds RBAC decisions are made from.
+const RBAC: [&str; 4] = ["roles", "clusterroles", "rolebindings", "clusterrolebindings"];
+
+/// The RBAC policy, read once per change of an RBAC object rather than listed four times per
+/// request. Stamped with the sum of the store's change counters under the four kinds'
+/// prefixes, which the apply path bumps before a write counts as applied: after a read
+/// barrier, an unchanged stamp means the policy is current, so a role granted (or taken
+/// away) a moment ago through any master holds for the next request.
+struct PolicyCache {
+    changes: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    built: std::sync::Mutex<Option<(u64, Arc<Policy>)>>,
+}
+
+impl PolicyCache {
+    fn new(registry: &Registry) -> PolicyCache {
+        let changes = RBAC
+            .iter()
+            .filter_map(|r| kinds::by_resource(r).ok())
+            .map(|info| registry.master.sm.hub.changes_under(kinds::prefix(info, "").as_bytes()))
+            .collect();
+        PolicyCache { changes, built: std::sync::Mutex::default() }
+    }
+
+    fn stamp(&self) -> u64 {
+        self.changes.iter().map(|c| c.load(std::sync::atomic::Ordering::Acquire)).sum()
+    }
+
+    fn current(&self, stamp: u64) -> Option<Arc<Policy>> {
+        let built = self.built.lock().expect("not poisoned");
+        built.as_ref().filter(|(s, _)| *s == stamp).map(|(_, p)| p.clone())
+    }
 }
 
 impl Api {
     pub fn new(registry: Registry, tokens: Option<TokenFile>, internal: Vec<(String, User)>) -> Api {
         Api {
+            policy: PolicyCache::new(&registry),
             registry,
             tokens,
             internal: internal.into_iter().collect(),
@@ -98,17 +134,27 @@ impl Api {
         }
     }
 
-    async fn policy(&self) -> ApiResult<Policy> {
+    /// The RBAC objects as of now (a read barrier first), from the cache while none changed.
+    async fn policy(&self) -> ApiResult<Arc<Policy>> {
+        self.registry.master.read_barrier().await?;
+        let stamp = self.policy.stamp();
+        if let Some(policy) = self.policy.current(stamp) {
+            return Ok(policy);
+        }
         let list = |r: &'static str| async move {
             let info = kinds::by_resource(r)?;
             Ok::<_, ApiError>(self.registry.list(info, "", &ListOptions::default()).await?.items)
         };
-        Ok(Policy {
-            roles: list("roles").await?,
-            cluster_roles: list("clusterroles").await?,
-            role_bindings: list("rolebindings").await?,
-            cluster_role_bindings: list("clusterrolebindings").await?,
-        })
+        let [roles, cluster_roles, role_bindings, cluster_role_bindings] = RBAC;
+        let policy = Arc::new(Policy {
+            roles: list(roles).await?,
+            cluster_roles: list(cluster_roles).await?,
+            role_bindings: list(role_bindings).await?,
+            cluster_role_bindings: list(cluster_role_bindings).await?,
+        });
+        // Stamped with the count from before the lists: a change meanwhile rebuilds it again.
+        *self.policy.built.lock().expect("not poisoned") = Some((stamp, policy.clone()));
+        Ok(policy)
     }
 
     /// Whether a pod bound to `node` uses object `ns/name` of `resource` (one of

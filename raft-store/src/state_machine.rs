@@ -241,6 +241,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| snap_err(std::io::Error::other(e)))?
         .map_err(snap_err)?;
+        self.shared.hub.everything_changed();
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The control plane watches instead of polling (issue 15), measured on a running cluster of
 //! three masters: a scale-up is acted on as soon as it is acknowledged, and while nothing
 //! changes no master lists pods — counted by the API servers' own list counter, which the test
-//! first shows does count.
+//! first shows does count. Authorization reads RBAC objects once per change, not per request.
 
 use skiff_client::{Client, ClientConfig};
 use skiff_tests::{runtime, Cluster};
@@ -105,5 +105,52 @@ fn a_scale_up_is_acted_on_at_once_and_nothing_lists_pods_while_idle() {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let after = pod_lists(&masters, "pods").await;
         assert_eq!(after, counted, "pods were listed {} times in 10 s of idleness", after - counted);
+
+        // phase: authorization reads the RBAC objects once per change, not four lists a request,
+        // and a grant or a revocation holds for the very next request
+        c.add_user("reader-token", "reader", &[]);
+        let reader = Client::new(ClientConfig {
+            endpoints: vec![c.masters[0].api.clone()],
+            token: Some("reader-token".into()),
+            client_cert: None,
+            ..config.clone()
+        })
+        .unwrap();
+        let role = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "pod-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]});
+        client.create("clusterroles", "", &role).await.unwrap();
+        let binding = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "reader-pod-reader"},
+            "subjects": [{"kind": "User", "name": "reader"}],
+            "roleRef": {"kind": "ClusterRole", "name": "pod-reader", "apiGroup": "rbac.authorization.k8s.io"}});
+        client.create("clusterrolebindings", "", &binding).await.unwrap();
+        // Only while the masters re-read the token file is the reader unknown; never forbidden.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match reader.list("pods", "default", "", "").await {
+                Ok(_) => break,
+                Err(e) if e.code() == tonic::Code::Unauthenticated && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("the reader, granted pod-reader a moment ago: {e}"),
+            }
+        }
+        let before = pod_lists(&masters, "clusterrolebindings").await;
+        for _ in 0..20 {
+            reader.list("pods", "default", "", "").await.expect("the reader lists pods");
+        }
+        let after = pod_lists(&masters, "clusterrolebindings").await;
+        assert_eq!(
+            after,
+            before,
+            "20 requests of a user bound by RBAC listed ClusterRoleBindings {} times",
+            after - before
+        );
+        client.delete("clusterrolebindings", "", "reader-pod-reader").await.unwrap();
+        match reader.list("pods", "default", "", "").await {
+            Err(e) if e.code() == tonic::Code::PermissionDenied => {}
+            other => panic!("the request after the binding's deletion: {other:?}"),
+        }
     });
 }
