@@ -8,7 +8,10 @@
 //! [`placement::FitError`] worded as Kubernetes words it. [`scheduling`] is the scheduler's I/O
 //! shell: a queue of unscheduled pods and a node cache fed by informers; on the raft leader
 //! only, it assumes each decision and binds through the API's binding subresource.
-//! [`runner::Runner`] runs the other controllers' plans on the leader.
+//! [`controller`] is the runtime of the keyed controllers (triggers, a keyed queue, a pure
+//! `reconcile(key)` returning commands, one fenced executor): [`replicaset`], [`deployment`]
+//! and [`endpoints_controller`] so far. [`runner::Runner`] runs the other controllers' plans
+//! on the leader in rounds.
 //! Controllers, each a pure plan the runner executes: [`deployment`] (a ReplicaSet per
 //! template revision, RollingUpdate and Recreate, history), [`replicaset`] (replica counts,
 //! adoption), [`volumebinder`] (claims to volumes), [`statefulset`] (ordered, stable pods with a claim per ordinal), [`daemonset`] (a pod per matching node, rolled one node at a time), [`job`]
