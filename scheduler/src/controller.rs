@@ -180,6 +180,46 @@ pub struct Context {
     pub leader_term: Arc<dyn Fn() -> Option<u64> + Send + Sync>,
     /// The store's revision now (on the leader, every acknowledged write is at or below it).
     pub store_revision: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// Shared by every controller of the process.
+    pub events: Arc<EventFilter>,
+}
+
+/// Kubernetes' event spam filter (client-go's `EventSourceObjectSpamFilter`): each object
+/// may have a burst of [`EVENT_BURST`] events recorded about it, then one per
+/// [`EVENT_REFILL`]. A 10,000-pod scale-up records 25 `SuccessfulCreate` events, not 10,000
+/// writes as large as the pods.
+#[derive(Default)]
+pub struct EventFilter {
+    buckets: Mutex<HashMap<String, (f64, tokio::time::Instant)>>,
+}
+
+pub const EVENT_BURST: f64 = 25.0;
+pub const EVENT_REFILL: Duration = Duration::from_secs(300);
+
+impl EventFilter {
+    /// Whether an event about `regarding` may be recorded now (taking a token if so).
+    pub fn allow(&self, regarding: &ObjectReference) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = |tokens: f64, since: tokio::time::Instant| {
+            (tokens + now.duration_since(since).as_secs_f64() / EVENT_REFILL.as_secs_f64()).min(EVENT_BURST)
+        };
+        let mut buckets = self.buckets.lock().expect("not poisoned");
+        if buckets.len() >= 10_000 {
+            // Objects whose bucket has filled again are as good as new: forget them.
+            buckets.retain(|_, (tokens, since)| refill(*tokens, *since) < EVENT_BURST);
+        }
+        let key = format!("{}/{}/{}/{}", regarding.kind, regarding.namespace, regarding.name, regarding.uid);
+        let (tokens, since) = buckets.entry(key).or_insert((EVENT_BURST, now));
+        let available = refill(*tokens, *since);
+        *since = now;
+        if available >= 1.0 {
+            *tokens = available - 1.0;
+            true
+        } else {
+            *tokens = available;
+            false
+        }
+    }
 }
 
 /// Runs `reconciler` until `stop`: triggers always (so the queue is current), reconciles only
@@ -285,7 +325,7 @@ async fn reconcile_one<R: Reconciler>(
     if commands.is_empty() {
         return Ok(false);
     }
-    execute(&ctx.client.fenced(term), commands).await?;
+    execute(&ctx.client.fenced(term), &ctx.events, commands).await?;
     Ok(true)
 }
 
@@ -299,7 +339,7 @@ fn lost_race(e: &Status) -> bool {
 /// double from one (capped at [`CREATE_CONCURRENCY`] in flight), as Kubernetes' controllers
 /// do, so a template the API refuses fails once, not a thousand times. Stops at the first
 /// failure that is not a lost race.
-pub async fn execute(client: &Client, commands: Vec<Command>) -> Result<(), Status> {
+pub async fn execute(client: &Client, events: &Arc<EventFilter>, commands: Vec<Command>) -> Result<(), Status> {
     let mut commands = commands.into_iter().peekable();
     while let Some(command) = commands.next() {
         match command {
@@ -310,11 +350,11 @@ pub async fn execute(client: &Client, commands: Vec<Command>) -> Result<(), Stat
                         creates.push((object, note));
                     }
                 }
-                create_all(client, creates).await?;
+                create_all(client, events, creates).await?;
             }
             Command::Update { object, note } => {
                 if let Some(written) = ignore_races(update(client, object).await)? {
-                    record(client, note, &written).await;
+                    record(client, events, note, &written).await;
                 }
             }
             Command::UpdateStatus(object) => {
@@ -322,7 +362,7 @@ pub async fn execute(client: &Client, commands: Vec<Command>) -> Result<(), Stat
             }
             Command::Delete { resource, key, note } => {
                 if ignore_races(client.delete(resource, &key.namespace, &key.name).await)?.is_some() {
-                    if let Some(note) = note {
+                    if let Some(note) = note.filter(|n| events.allow(&n.regarding)) {
                         let message = note.message.replace("{name}", &key.name);
                         event(client, Note { message, ..note }).await;
                     }
@@ -341,7 +381,11 @@ fn ignore_races<T>(r: Result<T, Status>) -> Result<Option<T>, Status> {
     }
 }
 
-async fn create_all(client: &Client, creates: Vec<(Object, Option<Note>)>) -> Result<(), Status> {
+async fn create_all(
+    client: &Client,
+    events: &Arc<EventFilter>,
+    creates: Vec<(Object, Option<Note>)>,
+) -> Result<(), Status> {
     let mut batch = 1;
     let mut rest = creates.into_iter();
     loop {
@@ -351,10 +395,10 @@ async fn create_all(client: &Client, creates: Vec<(Object, Option<Note>)>) -> Re
         }
         let mut running = tokio::task::JoinSet::new();
         for (object, note) in now {
-            let client = client.clone();
+            let (client, events) = (client.clone(), events.clone());
             running.spawn(async move {
                 if let Some(written) = ignore_races(create(&client, object).await)? {
-                    record(&client, note, &written).await;
+                    record(&client, &events, note, &written).await;
                 }
                 Ok::<(), Status>(())
             });
@@ -404,8 +448,8 @@ async fn update_status(client: &Client, object: Object) -> Result<(), Status> {
     client.update_status(resource, &value).await.map(|_| ())
 }
 
-async fn record(client: &Client, note: Option<Note>, written: &Object) {
-    if let Some(note) = note {
+async fn record(client: &Client, events: &EventFilter, note: Option<Note>, written: &Object) {
+    if let Some(note) = note.filter(|n| events.allow(&n.regarding)) {
         let message = note.message.replace("{name}", written.name());
         event(client, Note { message, ..note }).await;
     }
@@ -503,6 +547,7 @@ mod tests {
                 let revision = revision.clone();
                 Arc::new(move || revision.load(Ordering::SeqCst))
             },
+            events: Arc::default(),
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(run(recorder.clone(), ctx, stopped));
@@ -518,5 +563,16 @@ mod tests {
         assert_eq!(*recorder.waited_for.lock().unwrap(), [42, 42], "the store's revision when it took over");
         stop.send_replace(true);
         running.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_about_one_object_come_in_a_burst_then_one_per_refill() {
+        let filter = EventFilter::default();
+        let rs = |name: &str| ObjectReference { kind: "ReplicaSet".into(), name: name.into(), ..Default::default() };
+        let allowed = (0..100).filter(|_| filter.allow(&rs("big"))).count();
+        assert_eq!(allowed, EVENT_BURST as usize, "a burst, then nothing");
+        assert!(filter.allow(&rs("other")), "another object has its own bucket");
+        tokio::time::advance(EVENT_REFILL).await;
+        assert!(filter.allow(&rs("big")) && !filter.allow(&rs("big")), "one more per refill period");
     }
 }
