@@ -378,6 +378,7 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     leader_term: runner.leader_term.clone(),
                     store_revision: std::sync::Arc::new(move || store.sm.mvcc.current_revision()),
                     events: std::sync::Arc::default(),
+                    families: std::sync::Arc::default(),
                 };
                 let replica_sets = skiff_scheduler::replicaset::ReplicaSets {
                     sets: informers.replica_sets.clone(),

@@ -12,10 +12,11 @@
 //!
 //! Informers run on every master, so a new leader starts with warm caches; reconciles run only
 //! while this master leads. Before reconciling a key the runtime waits until the caches are
-//! current to the last write made for that key (client-go's "expectations": a cache that lags
-//! our own creates must not make us create twice) and, after taking leadership, to the store's
-//! revision at that moment (what the last leader wrote). Every key is queued on taking
-//! leadership and every [`RESYNC`], a safety net rather than how changes are noticed.
+//! current to the store's revision at that moment (Kubernetes' consistent read from cache): a
+//! cache that lags our own creates, or the last leader's, must not make us create twice. A
+//! family of objects (a Deployment and its ReplicaSets) is reconciled by one controller at a
+//! time ([`Families`]). Every key is queued on taking leadership and every [`RESYNC`], a
+//! safety net rather than how changes are noticed.
 
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -121,6 +122,11 @@ pub trait Reconciler: Send + Sync + 'static {
     fn every_key(&self) -> Vec<ObjectKey>;
     /// Starts the tasks that queue keys on the caches' changes ([`on_changes`]).
     fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>>;
+    /// The family `key` belongs to: reconciles of one family, by any controller, run one at a
+    /// time ([`Families`]).
+    fn family(&self, key: &ObjectKey) -> ObjectKey {
+        key.clone()
+    }
     /// Waits until every cache it reads has been listed.
     fn synced(&self) -> BoxFuture<'_, ()>;
     /// Waits until every cache it reads is current to `revision`.
@@ -182,6 +188,27 @@ pub struct Context {
     pub store_revision: Arc<dyn Fn() -> i64 + Send + Sync>,
     /// Shared by every controller of the process.
     pub events: Arc<EventFilter>,
+    /// Shared by every controller of the process.
+    pub families: Arc<Families>,
+}
+
+/// A lock per family of objects that controllers act on together (a Deployment and its
+/// ReplicaSets): two controllers reconciling one family concurrently could each act on a
+/// view without the other's writes — a ReplicaSet replacing a pod from a size its
+/// Deployment has just cut while the Deployment grows the new ReplicaSet into that room —
+/// and break a rollout's surge bound, which the rounds kept by running one controller after
+/// the other.
+#[derive(Default)]
+pub struct Families(Mutex<HashMap<ObjectKey, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Families {
+    fn of(&self, family: ObjectKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().expect("not poisoned");
+        if locks.len() >= 10_000 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(family).or_default().clone()
+    }
 }
 
 /// Kubernetes' event spam filter (client-go's `EventSourceObjectSpamFilter`): each object
@@ -227,32 +254,21 @@ impl EventFilter {
 pub async fn run<R: Reconciler>(reconciler: Arc<R>, ctx: Context, mut stop: tokio::sync::watch::Receiver<bool>) {
     let queue: WorkQueue<ObjectKey> = WorkQueue::new();
     let triggers = reconciler.triggers(&queue);
-    // The revision every cache must reach before any reconcile: the store's when this
-    // leadership began. And per key, the revision after the last writes made for it.
-    let floor = Arc::new(Floor::default());
-    let written: Arc<Mutex<HashMap<ObjectKey, i64>>> = Arc::default();
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
             let (queue, reconciler, ctx) = (queue.clone(), reconciler.clone(), ctx.clone());
-            let (floor, written) = (floor.clone(), written.clone());
             tokio::spawn(async move {
                 while let Some(key) = queue.next().await {
                     if let Some(term) = (ctx.leader_term)() {
-                        let after = written.lock().expect("not poisoned").get(&key).copied().unwrap_or(0);
-                        let need = floor.of(term, &ctx).max(after);
-                        match reconcile_one(&*reconciler, &ctx, term, &key, need).await {
-                            Ok(wrote) => {
-                                queue.forget(&key);
-                                let mut written = written.lock().expect("not poisoned");
-                                if wrote {
-                                    written.insert(key.clone(), (ctx.store_revision)());
-                                } else {
-                                    written.remove(&key);
-                                }
-                            }
+                        // One reconcile of a family at a time, each from caches current to the
+                        // store when it starts: what one writes, the next one sees.
+                        let family = ctx.families.of(reconciler.family(&key));
+                        let _turn = family.lock().await;
+                        let now = (ctx.store_revision)();
+                        match reconcile_one(&*reconciler, &ctx, term, &key, now).await {
+                            Ok(()) => queue.forget(&key),
                             Err(e) => {
                                 tracing::debug!("{} {key}: {}", R::NAME, e.message());
-                                written.lock().expect("not poisoned").insert(key.clone(), (ctx.store_revision)());
                                 queue.retry(key.clone());
                             }
                         }
@@ -273,11 +289,7 @@ pub async fn run<R: Reconciler>(reconciler: Arc<R>, ctx: Context, mut stop: toki
         tokio::select! {
             // Leadership is looked at often (cheap); every key is queued when it is taken.
             _ = look.tick() => {
-                let term = (ctx.leader_term)();
-                let leads = term.is_some();
-                if let Some(term) = term {
-                    floor.of(term, &ctx);
-                }
+                let leads = (ctx.leader_term)().is_some();
                 if (leads && !led) || last_full.elapsed() >= RESYNC {
                     last_full = tokio::time::Instant::now();
                     reconciler.every_key().into_iter().for_each(|k| queue.add(k));
@@ -294,22 +306,6 @@ pub async fn run<R: Reconciler>(reconciler: Arc<R>, ctx: Context, mut stop: toki
     }
 }
 
-/// The store's revision when a leadership began: what the last leader wrote, which the caches
-/// must hold before this one acts.
-#[derive(Default)]
-struct Floor(Mutex<(u64, i64)>);
-
-impl Floor {
-    /// The floor of `term`'s leadership, taken the first time it is asked for.
-    fn of(&self, term: u64, ctx: &Context) -> i64 {
-        let mut floor = self.0.lock().expect("not poisoned");
-        if floor.0 != term {
-            *floor = (term, (ctx.store_revision)());
-        }
-        floor.1
-    }
-}
-
 /// Reconciles `key` once the caches reach `revision`; whether it wrote anything.
 async fn reconcile_one<R: Reconciler>(
     reconciler: &R,
@@ -317,16 +313,15 @@ async fn reconcile_one<R: Reconciler>(
     term: u64,
     key: &ObjectKey,
     revision: i64,
-) -> Result<bool, Status> {
+) -> Result<(), Status> {
     tokio::time::timeout(CATCH_UP_TIMEOUT, reconciler.caught_up(revision))
         .await
         .map_err(|_| Status::unavailable(format!("caches not current to revision {revision}")))?;
     let commands = reconciler.reconcile(key);
     if commands.is_empty() {
-        return Ok(false);
+        return Ok(());
     }
-    execute(&ctx.client.fenced(term), &ctx.events, commands).await?;
-    Ok(true)
+    execute(&ctx.client.fenced(term), &ctx.events, commands).await
 }
 
 /// A write that lost a race with another (a stale cache, a concurrent delete) is not an error:
@@ -548,6 +543,7 @@ mod tests {
                 Arc::new(move || revision.load(Ordering::SeqCst))
             },
             events: Arc::default(),
+            families: Arc::default(),
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(run(recorder.clone(), ctx, stopped));

@@ -10,7 +10,7 @@
 use crate::controller::{self, before_and_after, own_key, Command, Note, Object, Reconciler};
 use crate::objects::{controller_ref, deleting, node_name, phase, ready, selector_matches, terminating};
 use futures::future::BoxFuture;
-use skiff_client::informer::{Change, ObjectKey, Resource, Store};
+use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{ObjectMeta, OwnerReference, Pod, ReplicaSet, ReplicaSetStatus};
 use std::sync::Arc;
@@ -180,6 +180,12 @@ impl Reconciler for ReplicaSets {
                 before_and_after(c).into_iter().flat_map(|p| me.sets_of(p)).collect()
             }),
         ]
+    }
+
+    /// A ReplicaSet of a Deployment is of its Deployment's family.
+    fn family(&self, key: &ObjectKey) -> ObjectKey {
+        let owner = self.sets.get(key).and_then(|rs| rs.metadata.as_ref().and_then(|m| controller_of(m, "Deployment")));
+        owner.unwrap_or_else(|| key.clone())
     }
 
     fn synced(&self) -> BoxFuture<'_, ()> {
