@@ -352,10 +352,9 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                 // per kind, shared by every controller here.
                 let informers = skiff_scheduler::informers::Informers::start(&client, &stop_rx);
                 let store = master.clone();
-                let lister = skiff_scheduler::informers::Lister::new(
-                    &informers,
-                    std::sync::Arc::new(move || store.sm.mvcc.current_revision()),
-                );
+                let store_revision: std::sync::Arc<dyn Fn() -> i64 + Send + Sync> =
+                    std::sync::Arc::new(move || store.sm.mvcc.current_revision());
+                let lister = skiff_scheduler::informers::Lister::new(&informers, store_revision.clone());
                 let runner = skiff_scheduler::runner::Runner {
                     client,
                     leader_term: std::sync::Arc::new(move || leader.leader_term()),
@@ -372,11 +371,10 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     stop_rx.clone(),
                 );
                 tokio::spawn(endpoints);
-                let store = master.clone();
                 let context = skiff_scheduler::controller::Context {
                     client: runner.client.clone(),
                     leader_term: runner.leader_term.clone(),
-                    store_revision: std::sync::Arc::new(move || store.sm.mvcc.current_revision()),
+                    store_revision,
                     events: std::sync::Arc::default(),
                     families: std::sync::Arc::default(),
                 };

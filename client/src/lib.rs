@@ -552,18 +552,50 @@ impl Client {
     /// Records an Event about `obj` (a `kind` object) from `component`; failures are logged,
     /// never fatal: events are best-effort, as in Kubernetes.
     pub async fn event(&self, obj: &Value, kind: &str, component: &str, event_type: &str, reason: &str, message: &str) {
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let regarding = skiff_proto::api::ObjectReference {
+            kind: kind.into(),
+            api_version: text(&obj["apiVersion"]),
+            namespace: obj["metadata"]["namespace"].as_str().unwrap_or("default").into(),
+            name: text(&obj["metadata"]["name"]),
+            uid: text(&obj["metadata"]["uid"]),
+            ..Default::default()
+        };
+        self.record_event(regarding, component, event_type, reason, message).await;
+    }
+
+    /// Records an Event about `regarding` from `component` (Normal or Warning `event_type`);
+    /// failures are logged, never fatal.
+    pub async fn record_event(
+        &self,
+        regarding: skiff_proto::api::ObjectReference,
+        component: &str,
+        event_type: &str,
+        reason: &str,
+        message: &str,
+    ) {
+        use skiff_proto::api::{Event, EventSource, ObjectMeta};
         let now = skiff_proto::time::now_rfc3339();
-        let event = serde_json::json!({
-            "metadata": {"generateName": format!("{name}."), "namespace": ns},
-            "involvedObject": {"kind": kind, "apiVersion": obj["apiVersion"], "namespace": ns, "name": name, "uid": obj["metadata"]["uid"]},
-            "reason": reason, "message": message, "type": event_type,
-            "source": {"component": component}, "reportingComponent": component,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        });
-        if let Err(e) = self.create("events", ns, &event).await {
-            tracing::debug!("event for {kind} {ns}/{name}: {e}");
+        let event = Event {
+            metadata: Some(ObjectMeta {
+                generate_name: format!("{}.", regarding.name),
+                namespace: regarding.namespace.clone(),
+                ..Default::default()
+            }),
+            reason: reason.into(),
+            message: message.into(),
+            source: Some(EventSource { component: component.into(), ..Default::default() }),
+            reporting_component: component.into(),
+            first_timestamp: now.clone(),
+            last_timestamp: now,
+            count: 1,
+            r#type: event_type.into(),
+            involved_object: Some(regarding),
+            ..Default::default()
+        };
+        if let Err(e) = api::Api::<Event>::new(self.clone()).create(&event).await {
+            let regarding = event.involved_object.unwrap_or_default();
+            tracing::debug!("event for {} {}/{}: {e}", regarding.kind, regarding.namespace, regarding.name);
         }
     }
 

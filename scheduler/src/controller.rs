@@ -24,7 +24,7 @@ use skiff_client::api::Api;
 use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_client::Client;
-use skiff_proto::api::{Deployment, Event, EventSource, ObjectMeta, ObjectReference, Pod, ReplicaSet};
+use skiff_proto::api::{Deployment, ObjectMeta, ObjectReference, Pod, ReplicaSet};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -135,13 +135,8 @@ pub trait Reconciler: Send + Sync + 'static {
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command>;
 }
 
-/// Waits until `store` is listed (a [`Reconciler::synced`] part).
-pub fn synced<K: Resource>(store: &Store<K>) -> BoxFuture<'_, ()> {
-    Box::pin(store.synced())
-}
-
 /// Queues the keys `keys` maps each change of `store` to, until the store is dropped; when
-/// changes were missed (a slow reader), every key of `all`.
+/// changes were missed (a slow reader), every key the reconciler owns.
 pub fn on_changes<K: Resource, R: Reconciler>(
     store: &Store<K>,
     queue: &WorkQueue<ObjectKey>,
@@ -306,7 +301,7 @@ pub async fn run<R: Reconciler>(reconciler: Arc<R>, ctx: Context, mut stop: toki
     }
 }
 
-/// Reconciles `key` once the caches reach `revision`; whether it wrote anything.
+/// Reconciles `key` once the caches reach `revision`.
 async fn reconcile_one<R: Reconciler>(
     reconciler: &R,
     ctx: &Context,
@@ -317,11 +312,7 @@ async fn reconcile_one<R: Reconciler>(
     tokio::time::timeout(CATCH_UP_TIMEOUT, reconciler.caught_up(revision))
         .await
         .map_err(|_| Status::unavailable(format!("caches not current to revision {revision}")))?;
-    let commands = reconciler.reconcile(key);
-    if commands.is_empty() {
-        return Ok(());
-    }
-    execute(&ctx.client.fenced(term), &ctx.events, commands).await
+    execute(&ctx.client.fenced(term), &ctx.events, reconciler.reconcile(key)).await
 }
 
 /// A write that lost a race with another (a stale cache, a concurrent delete) is not an error:
@@ -349,7 +340,7 @@ pub async fn execute(client: &Client, events: &Arc<EventFilter>, commands: Vec<C
             }
             Command::Update { object, note } => {
                 if let Some(written) = ignore_races(update(client, object).await)? {
-                    record(client, events, note, &written).await;
+                    record(client, events, note, written.name()).await;
                 }
             }
             Command::UpdateStatus(object) => {
@@ -357,10 +348,7 @@ pub async fn execute(client: &Client, events: &Arc<EventFilter>, commands: Vec<C
             }
             Command::Delete { resource, key, note } => {
                 if ignore_races(client.delete(resource, &key.namespace, &key.name).await)?.is_some() {
-                    if let Some(note) = note.filter(|n| events.allow(&n.regarding)) {
-                        let message = note.message.replace("{name}", &key.name);
-                        event(client, Note { message, ..note }).await;
-                    }
+                    record(client, events, note, &key.name).await;
                 }
             }
         }
@@ -368,7 +356,8 @@ pub async fn execute(client: &Client, events: &Arc<EventFilter>, commands: Vec<C
     Ok(())
 }
 
-fn ignore_races<T>(r: Result<T, Status>) -> Result<Option<T>, Status> {
+/// The value, `None` for a lost race ([`lost_race`]), or the error.
+pub(crate) fn ignore_races<T>(r: Result<T, Status>) -> Result<Option<T>, Status> {
     match r {
         Ok(v) => Ok(Some(v)),
         Err(e) if lost_race(&e) => Ok(None),
@@ -393,7 +382,7 @@ async fn create_all(
             let (client, events) = (client.clone(), events.clone());
             running.spawn(async move {
                 if let Some(written) = ignore_races(create(&client, object).await)? {
-                    record(&client, &events, note, &written).await;
+                    record(&client, &events, note, written.name()).await;
                 }
                 Ok::<(), Status>(())
             });
@@ -443,37 +432,12 @@ async fn update_status(client: &Client, object: Object) -> Result<(), Status> {
     client.update_status(resource, &value).await.map(|_| ())
 }
 
-async fn record(client: &Client, events: &EventFilter, note: Option<Note>, written: &Object) {
+/// Records `note` about the object named `name` the command wrote, if the filter allows.
+async fn record(client: &Client, events: &EventFilter, note: Option<Note>, name: &str) {
     if let Some(note) = note.filter(|n| events.allow(&n.regarding)) {
-        let message = note.message.replace("{name}", written.name());
-        event(client, Note { message, ..note }).await;
-    }
-}
-
-/// Records an Event; failures are logged, never fatal (events are best-effort, as in
-/// Kubernetes).
-async fn event(client: &Client, note: Note) {
-    let component = component(&note.regarding.kind);
-    let now = skiff_proto::time::now_rfc3339();
-    let event = Event {
-        metadata: Some(ObjectMeta {
-            generate_name: format!("{}.", note.regarding.name),
-            namespace: note.regarding.namespace.clone(),
-            ..Default::default()
-        }),
-        reason: note.reason.into(),
-        message: note.message,
-        source: Some(EventSource { component: component.into(), ..Default::default() }),
-        reporting_component: component.into(),
-        first_timestamp: now.clone(),
-        last_timestamp: now,
-        count: 1,
-        r#type: note.r#type.into(),
-        involved_object: Some(note.regarding),
-        ..Default::default()
-    };
-    if let Err(e) = Api::<Event>::new(client.clone()).create(&event).await {
-        tracing::debug!("event {}: {}", event.reason, e.message());
+        let message = note.message.replace("{name}", name);
+        let component = component(&note.regarding.kind);
+        client.record_event(note.regarding, component, note.r#type, note.reason, &message).await;
     }
 }
 

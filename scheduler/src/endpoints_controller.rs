@@ -8,6 +8,7 @@
 //! fenced client. The informers run on every master, so a new leader starts with warm caches;
 //! on taking leadership (and every [`RESYNC`] as a safety net) every key is queued once.
 
+use crate::controller::{ignore_races, own_key};
 use crate::endpoints::desired;
 use serde_json::{json, Value};
 use skiff_client::informer::{Change, ObjectKey, Resource, Store};
@@ -18,7 +19,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
-use tonic::{Code, Status};
+use tonic::Status;
 
 /// How often every key is queued even without a change.
 pub const RESYNC: Duration = Duration::from_secs(60);
@@ -73,17 +74,6 @@ fn value<T: serde::Serialize>(obj: &T) -> Value {
     serde_json::to_value(obj).unwrap_or(Value::Null)
 }
 
-/// Queues the keys `change` of a Service or Endpoints touches.
-fn own_key<K: Resource>(queue: &WorkQueue<ObjectKey>, change: &Change<K>) {
-    let obj = match change {
-        Change::Applied { new, .. } => new,
-        Change::Deleted(old) => old,
-    };
-    if let Some(meta) = obj.meta() {
-        queue.add(ObjectKey::of(meta));
-    }
-}
-
 /// Runs the controller until `stop`: triggers always (so the queue is current), reconciles
 /// only while `leader_term` names a term, each write fenced to it.
 pub async fn run(
@@ -119,12 +109,12 @@ pub async fn run(
     loop {
         tokio::select! {
             c = services.recv() => match c {
-                Ok(c) => own_key(&queue, &c),
+                Ok(c) => own_key(&c).into_iter().for_each(|k| queue.add(k)),
                 Err(RecvError::Lagged(_)) => caches.every_key().into_iter().for_each(|k| queue.add(k)),
                 Err(RecvError::Closed) => break,
             },
             c = endpoints.recv() => match c {
-                Ok(c) => own_key(&queue, &c),
+                Ok(c) => own_key(&c).into_iter().for_each(|k| queue.add(k)),
                 Err(RecvError::Lagged(_)) => caches.every_key().into_iter().for_each(|k| queue.add(k)),
                 Err(RecvError::Closed) => break,
             },
@@ -159,7 +149,7 @@ async fn reconcile(client: &Client, caches: &Caches, key: &ObjectKey) -> Result<
     let Some(svc) = caches.services.get(key) else {
         // Endpoints left by a deleted Service.
         if current.is_some() {
-            ignore_races(client.delete("endpoints", &key.namespace, &key.name).await.map(|_| ()))?;
+            ignore_races(client.delete("endpoints", &key.namespace, &key.name).await)?;
         }
         return Ok(());
     };
@@ -178,7 +168,7 @@ async fn reconcile(client: &Client, caches: &Caches, key: &ObjectKey) -> Result<
         }
         Some(mut updated) => {
             updated["subsets"] = subsets;
-            ignore_races(client.update("endpoints", &updated).await.map(|_| ()))
+            ignore_races(client.update("endpoints", &updated).await).map(|_| ())
         }
         None => {
             let mut obj = json!({"apiVersion": "v1", "kind": "Endpoints",
@@ -186,17 +176,8 @@ async fn reconcile(client: &Client, caches: &Caches, key: &ObjectKey) -> Result<
             if svc["metadata"]["labels"].is_object() {
                 obj["metadata"]["labels"] = svc["metadata"]["labels"].clone();
             }
-            ignore_races(client.create("endpoints", &key.namespace, &obj).await.map(|_| ()))
+            ignore_races(client.create("endpoints", &key.namespace, &obj).await).map(|_| ())
         }
-    }
-}
-
-/// A write that lost a race with another (a stale cache, a concurrent delete) is not an error:
-/// the write that won arrives as an event and queues the key again.
-fn ignore_races(r: Result<(), Status>) -> Result<(), Status> {
-    match r {
-        Err(e) if matches!(e.code(), Code::Aborted | Code::NotFound | Code::AlreadyExists) => Ok(()),
-        other => other,
     }
 }
 
