@@ -49,7 +49,11 @@ fn counts(pod: &Value) -> bool {
 
 /// Checks `new_pod` against `quota` given the namespace's existing pods. Returns the quota's
 /// new `status` (hard and used, including the new pod) to write in the same transaction.
-pub fn check_quota(quota: &Value, existing: &[Value], new_pod: &Value) -> Result<Value, ApiError> {
+pub fn check_quota<'a>(
+    quota: &Value,
+    existing: impl IntoIterator<Item = &'a Value>,
+    new_pod: &Value,
+) -> Result<Value, ApiError> {
     let hard: BTreeMap<String, String> = quota
         .pointer("/spec/hard")
         .and_then(Value::as_object)
@@ -57,7 +61,7 @@ pub fn check_quota(quota: &Value, existing: &[Value], new_pod: &Value) -> Result
         .unwrap_or_default();
     let requested = pod_usage(new_pod);
     let mut used: BTreeMap<String, i128> = BTreeMap::new();
-    for pod in existing.iter().filter(|p| counts(p)) {
+    for pod in existing.into_iter().filter(|p| counts(p)) {
         for (k, v) in pod_usage(pod) {
             *used.entry(k).or_default() += v;
         }

@@ -27,6 +27,7 @@ pub mod auth;
 pub mod defaults;
 pub mod error;
 pub mod kinds;
+pub mod list_cache;
 pub mod logs;
 pub mod metrics;
 pub mod node_authz;

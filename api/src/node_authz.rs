@@ -23,7 +23,7 @@ pub struct References {
 
 impl References {
     /// The references of `pods` (the pods bound to the node).
-    pub fn of(pods: &[Pod]) -> References {
+    pub fn of<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> References {
         let mut r = References::default();
         for pod in pods {
             let ns = pod.metadata.as_ref().map(|m| m.namespace.clone()).unwrap_or_default();
@@ -55,8 +55,8 @@ impl References {
 }
 
 /// Whether some Ingress in `namespace` names Secret `name` for TLS.
-pub fn ingress_tls_uses(ingresses: &[Ingress], namespace: &str, name: &str) -> bool {
-    ingresses.iter().any(|i| {
+pub fn ingress_tls_uses<'a>(ingresses: impl IntoIterator<Item = &'a Ingress>, namespace: &str, name: &str) -> bool {
+    ingresses.into_iter().any(|i| {
         i.metadata.as_ref().is_some_and(|m| m.namespace == namespace)
             && i.spec.iter().flat_map(|s| &s.tls).any(|t| t.secret_name == name)
     })

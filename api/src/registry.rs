@@ -8,6 +8,7 @@ use crate::allocator::{self, Claims, ServiceRange};
 use crate::defaults;
 use crate::error::{ApiError, ApiResult};
 use crate::kinds::{self, KindInfo, KINDS};
+use crate::list_cache::{ListCaches, Stored};
 use crate::object::{self, meta_mut, set_meta};
 use crate::selector::{labels_of, FieldSelector, LabelSelector};
 use crate::validation;
@@ -76,7 +77,7 @@ pub struct WatchEvent {
 /// A page of a list.
 #[derive(Debug)]
 pub struct ListPage {
-    pub items: Vec<Value>,
+    pub items: Vec<Arc<Stored>>,
     pub resource_version: i64,
     pub continue_token: String,
 }
@@ -102,17 +103,31 @@ pub struct Registry {
     /// The range Services' cluster IPs come from.
     pub service_range: ServiceRange,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Every listed kind's objects in memory, current to the store ([`ListCaches`]).
+    pub lists: Arc<ListCaches>,
 }
 
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
+impl ListPage {
+    /// The items as JSON objects, copied out of the cache.
+    pub fn into_values(self) -> Vec<Value> {
+        self.items.into_iter().map(|s| s.object.clone()).collect()
+    }
+
+    /// The items as `T`, converted once per stored version of each.
+    pub fn typed<T: serde::de::DeserializeOwned + Send + Sync + 'static>(&self) -> ApiResult<Vec<Arc<T>>> {
+        self.items.iter().map(|s| s.typed::<T>()).collect()
+    }
+}
+
+pub(crate) fn prefix_end(prefix: impl AsRef<[u8]>) -> Vec<u8> {
+    let mut end = prefix.as_ref().to_vec();
     let last = end.len() - 1;
     end[last] += 1;
     end
 }
 
 /// A stored object with its resourceVersion, opened first if it is encrypted at rest.
-fn decode_object(at_rest: Option<&crate::at_rest::AtRest>, kv: &KeyValue) -> ApiResult<Value> {
+pub(crate) fn decode_object(at_rest: Option<&crate::at_rest::AtRest>, kv: &KeyValue) -> ApiResult<Value> {
     let value = crate::at_rest::open(at_rest, &kv.key, &kv.value)?;
     let mut v: Value = serde_json::from_slice(&value).map_err(|e| {
         ApiError::Internal(format!("stored object {} is not JSON: {e}", String::from_utf8_lossy(&kv.key)))
@@ -224,6 +239,7 @@ impl Registry {
             bookmark_interval: Duration::from_secs(5),
             service_range: ServiceRange::default(),
             metrics: Arc::default(),
+            lists: Arc::default(),
         }
     }
 
@@ -464,13 +480,13 @@ impl Registry {
             }
         }
         let quota_info = kinds::by_resource("resourcequotas")?;
-        let quotas = self.list(quota_info, ns, &ListOptions::default()).await?.items;
+        let quotas = self.list(quota_info, ns, &ListOptions::default()).await?.into_values();
         if quotas.is_empty() {
             return Ok(());
         }
         let pods = self.list(kinds::by_resource("pods")?, ns, &ListOptions::default()).await?.items;
         for mut quota in quotas {
-            quota["status"] = admission::check_quota(&quota, &pods, pod)?;
+            quota["status"] = admission::check_quota(&quota, pods.iter().map(|p| &p.object), pod)?;
             let key = kinds::key(quota_info, ns, object::name(&quota));
             let rv: i64 = object::resource_version(&quota).parse().unwrap_or(0);
             compares.push(mod_is(&key, rv));
@@ -591,16 +607,26 @@ impl Registry {
         if opts.continue_token.is_empty() {
             self.metrics.listed(info.resource, &opts.label_selector, &opts.field_selector);
         }
+        let want = if opts.limit > 0 { opts.limit as usize } else { usize::MAX };
+        let mvcc = &self.master.sm.mvcc;
         let (mut start, revision) = if opts.continue_token.is_empty() {
             self.master.read_barrier().await?;
-            (prefix.as_bytes().to_vec(), 0)
+            // Every write acknowledged before the list is applied here by now: a cache at
+            // this revision shows them all.
+            let revision = mvcc.current_revision();
+            let kind_prefix = kinds::prefix(info, "");
+            let sm = &self.master.sm;
+            let at_rest = self.at_rest.as_ref();
+            let cached = self.lists.list(sm, at_rest, &kind_prefix, &prefix, revision, &labels, &fields, want).await;
+            if let Some(page) = cached {
+                let continue_token = page.next.map(|k| encode_continue(page.revision, &k)).unwrap_or_default();
+                return Ok(ListPage { items: page.items, resource_version: page.revision, continue_token });
+            }
+            (prefix.as_bytes().to_vec(), revision)
         } else {
             decode_continue(&opts.continue_token, &prefix)?
         };
         let end = prefix_end(&prefix);
-        let mvcc = &self.master.sm.mvcc;
-        let revision = if revision == 0 { mvcc.current_revision() } else { revision };
-        let want = if opts.limit > 0 { opts.limit as usize } else { usize::MAX };
         let mut items = Vec::new();
         let mut next = None;
         loop {
@@ -622,9 +648,9 @@ impl Registry {
                     next = Some(kv.key.clone());
                     break;
                 }
-                let obj = self.decode(kv)?;
-                if labels.matches(&labels_of(&obj)) && fields.matches(&obj) {
-                    items.push(obj);
+                let stored = Stored::new(self.decode(kv)?);
+                if stored.matches(&labels, &fields) {
+                    items.push(Arc::new(stored));
                 }
             }
             if next.is_some() || !more {
@@ -901,7 +927,7 @@ impl Registry {
         let mut out = Vec::new();
         for info in KINDS.iter() {
             let page = self.list(info, if info.namespaced { ns } else { "" }, &ListOptions::default()).await?;
-            for obj in page.items {
+            for obj in page.into_values() {
                 let owned = obj
                     .pointer("/metadata/ownerReferences")
                     .and_then(Value::as_array)
@@ -957,7 +983,7 @@ impl Registry {
         }
         let mut left = 0;
         for info in KINDS.iter().filter(|k| k.namespaced) {
-            for obj in self.list(info, &name, &ListOptions::default()).await?.items {
+            for obj in self.list(info, &name, &ListOptions::default()).await?.into_values() {
                 let opts = DeleteOptions { grace_period_seconds: Some(0), ..Default::default() };
                 match self.delete(info, &name, object::name(&obj), &opts).await {
                     Ok(o) if !object::meta_str(&o, "deletionTimestamp").is_empty() => left += 1,
@@ -1024,8 +1050,9 @@ impl Registry {
                         },
                     )
                     .await?;
-                initial = page.items;
-                page.resource_version + 1
+                let revision = page.resource_version;
+                initial = page.into_values();
+                revision + 1
             }
             rv => {
                 let rv: i64 =

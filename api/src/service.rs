@@ -143,7 +143,7 @@ impl Api {
         }
         let list = |r: &'static str| async move {
             let info = kinds::by_resource(r)?;
-            Ok::<_, ApiError>(self.registry.list(info, "", &ListOptions::default()).await?.items)
+            Ok::<_, ApiError>(self.registry.list(info, "", &ListOptions::default()).await?.into_values())
         };
         let [roles, cluster_roles, role_bindings, cluster_role_bindings] = RBAC;
         let policy = Arc::new(Policy {
@@ -165,24 +165,14 @@ impl Api {
             let opts = ListOptions { field_selector, ..Default::default() };
             self.registry.list(kinds::by_resource(resource)?, "", &opts).await
         };
-        let pods: Vec<Pod> = all("pods", format!("spec.nodeName={node}"))
-            .await?
-            .items
-            .into_iter()
-            .map(from_json)
-            .collect::<ApiResult<_>>()?;
-        let refs = References::of(&pods);
+        let pods = all("pods", format!("spec.nodeName={node}")).await?.typed::<Pod>()?;
+        let refs = References::of(pods.iter().map(|p| &**p));
         let key = (ns.to_string(), name.to_string());
         Ok(match resource {
             "secrets" if refs.secrets.contains(&key) => true,
             "secrets" => {
-                let ingresses: Vec<Ingress> = all("ingresses", String::new())
-                    .await?
-                    .items
-                    .into_iter()
-                    .map(from_json)
-                    .collect::<ApiResult<_>>()?;
-                ingress_tls_uses(&ingresses, ns, name)
+                let ingresses = all("ingresses", String::new()).await?.typed::<Ingress>()?;
+                ingress_tls_uses(ingresses.iter().map(|i| &**i), ns, name)
             }
             "configmaps" => refs.configmaps.contains(&key),
             "persistentvolumeclaims" => refs.claims.contains(&key),
@@ -313,7 +303,7 @@ fn ns_of<'a>(info: &KindInfo, obj: &'a Value, fallback: &'a str) -> &'a str {
     }
 }
 
-impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
+impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> KindService<T> {
     /// Authenticates the caller and authorizes `verb` on this kind (`obj` and `stored` as
     /// [`Api::authorize`] takes them).
     #[allow(clippy::too_many_arguments)]
@@ -347,7 +337,8 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
         from_json(self.api.registry.get(self.info, &r.namespace, &r.name).await?)
     }
 
-    async fn list<L: DeserializeOwned>(&self, req: Request<ListRequest>) -> ApiResult<L> {
+    /// A list's items (each converted from JSON once per stored version) and its metadata.
+    async fn list(&self, req: Request<ListRequest>) -> ApiResult<(Vec<T>, ListMeta)> {
         self.allow(&req, "list", "", &req.get_ref().namespace, "", None, None).await?;
         let req = req.into_inner();
         let opts = ListOptions {
@@ -357,12 +348,13 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> KindService<T> {
             continue_token: req.r#continue,
         };
         let page = self.api.registry.list(self.info, &req.namespace, &opts).await?;
-        from_json(json!({
-            "apiVersion": self.info.api_version,
-            "kind": format!("{}List", self.info.kind),
-            "metadata": {"resourceVersion": page.resource_version.to_string(), "continue": page.continue_token},
-            "items": page.items,
-        }))
+        let items = page.typed::<T>()?.iter().map(|t| T::clone(t)).collect();
+        let metadata = ListMeta {
+            resource_version: page.resource_version.to_string(),
+            r#continue: page.continue_token,
+            remaining_item_count: None,
+        };
+        Ok((items, metadata))
     }
 
     async fn update(&self, req: Request<T>, scope: UpdateScope) -> ApiResult<T> {
@@ -568,7 +560,13 @@ macro_rules! kind_service {
                 Ok(Response::new(KindService::get(self, req).await?))
             }
             async fn list(&self, req: Request<ListRequest>) -> Result<Response<$list>, Status> {
-                Ok(Response::new(KindService::list(self, req).await?))
+                let (items, metadata) = KindService::list(self, req).await?;
+                Ok(Response::new($list {
+                    api_version: self.info.api_version.into(),
+                    kind: format!("{}List", self.info.kind),
+                    metadata: Some(metadata),
+                    items,
+                }))
             }
             async fn update(&self, req: Request<$kind>) -> Result<Response<$kind>, Status> {
                 Ok(Response::new(KindService::update(self, req, UpdateScope::Main).await?))
@@ -659,13 +657,23 @@ impl objects_server::Objects for ObjectsService {
             continue_token: r.r#continue,
         };
         let page = self.api.registry.list(info, &r.namespace, &opts).await?;
-        let list = json!({
-            "apiVersion": info.api_version,
-            "kind": format!("{}List", info.kind),
-            "metadata": {"resourceVersion": page.resource_version.to_string(), "continue": page.continue_token},
-            "items": page.items,
-        });
-        Ok(Response::new(RawList { json: list.to_string() }))
+        /// A list written straight from the cached objects, not copied into a list first.
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body<'a> {
+            api_version: &'a str,
+            kind: String,
+            metadata: Value,
+            items: Vec<&'a Value>,
+        }
+        let body = Body {
+            api_version: info.api_version,
+            kind: format!("{}List", info.kind),
+            metadata: json!({"resourceVersion": page.resource_version.to_string(), "continue": page.continue_token}),
+            items: page.items.iter().map(|s| &s.object).collect(),
+        };
+        let json = serde_json::to_string(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Response::new(RawList { json }))
     }
     async fn update(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
         let (info, obj) = self.prepare(&req, "update", true).await?;
@@ -710,6 +718,8 @@ pub fn routes(api: Arc<Api>) -> tonic::service::Routes {
     let mut routes = tonic::service::RoutesBuilder::default();
     macro_rules! add {
         ($kind:ident, $list:ident, $event:ident, $module:ident, $svc:ident, $server:ident, $resource:literal, status: $status:ident, scale: $scale:ident, binding: $binding:ident) => {
+            let info = kinds::by_resource($resource).expect("generated services name registered kinds");
+            api.registry.lists.convert_with(&kinds::prefix(info, ""), crate::list_cache::convert::<$kind>);
             routes.add_service(
                 $module::$server::new(KindService::<$kind>::new(api.clone(), $resource))
                     .max_decoding_message_size(crate::registry::MAX_OBJECT_BYTES * 2),

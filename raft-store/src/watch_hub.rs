@@ -26,6 +26,9 @@ pub struct WatchHub {
     /// Counters of changes under key prefixes, for caches that must see every applied change
     /// before the next read ([`WatchHub::changes_under`]).
     counted: Mutex<Vec<(Vec<u8>, Arc<AtomicU64>)>>,
+    /// Counts snapshots installed: the keyspace was replaced without events, so a cache fed by
+    /// the events must be rebuilt ([`WatchHub::installs`]).
+    installs: tokio::sync::watch::Sender<u64>,
 }
 
 impl WatchHub {
@@ -34,6 +37,7 @@ impl WatchHub {
             tx: broadcast::channel(capacity).0,
             closing: tokio::sync::watch::channel(false).0,
             counted: Mutex::default(),
+            installs: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -70,6 +74,13 @@ impl WatchHub {
         for (_, c) in self.counted.lock().expect("not poisoned").iter() {
             c.fetch_add(1, Ordering::AcqRel);
         }
+        self.installs.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever the whole keyspace was replaced (a snapshot was installed): what a
+    /// cache built from the published events knows is then void.
+    pub fn installs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installs.subscribe()
     }
 
     pub fn publish(&self, revision: i64, events: Vec<Event>) {
