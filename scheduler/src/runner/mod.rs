@@ -80,6 +80,8 @@ struct RoundState {
     missing_nodes: HashMap<String, std::time::Instant>,
     /// When the service-account controller last looked.
     accounts_checked: Option<std::time::Instant>,
+    /// When the node lifecycle controller last looked at every node.
+    nodes_checked: Option<std::time::Instant>,
     /// The pods' positions in their list by node, and the list they index.
     pods_by_node: Option<(Listed, HashMap<String, Vec<usize>>)>,
     /// When every controller last ran (none yet under this leadership).
@@ -98,6 +100,11 @@ pub const RESYNC: Duration = Duration::from_secs(60);
 /// `--node-eviction-rate` of 0.1 nodes per second, so a network blip that silences many nodes at
 /// once does not empty them all in the same moment.
 pub const NODE_TAINT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The longest time between two looks of the node lifecycle controller at every node while
+/// nothing changes: Kubernetes' `--node-monitor-period`. With a short grace period (tests) it
+/// looks every eighth of the grace period, as Kubernetes' defaults do (5 s of 40 s).
+pub const NODE_MONITOR_PERIOD: Duration = Duration::from_secs(5);
 
 /// How often the service-account controller looks: namespaces get their `default` account in
 /// the write that creates them, so it only mends older namespaces and deleted accounts.
@@ -196,7 +203,14 @@ impl Runner {
                 failed = true;
             }
         };
-        note("node lifecycle controller", self.node_lifecycle(&mut state.last_taint, &mut state.pods_by_node).await);
+        // Leases are renewed all the time and trigger no round: whether one went stale is a
+        // matter of time, looked at every node-monitor period (and whenever anything changed).
+        let monitor_period = (self.node_grace / 8).clamp(self.interval, NODE_MONITOR_PERIOD);
+        if full || state.nodes_checked.is_none_or(|t| t.elapsed() >= monitor_period) {
+            state.nodes_checked = Some(std::time::Instant::now());
+            let r = self.node_lifecycle(&mut state.last_taint, &mut state.pods_by_node).await;
+            note("node lifecycle controller", r);
+        }
         // Pods on a deleted node are collected after a quarantine: a timer while one is missing.
         if full || !state.missing_nodes.is_empty() {
             note("garbage collector", self.collect_garbage(&mut state.missing_nodes).await);
