@@ -18,7 +18,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::selector::{labels_of, FieldSelector, LabelSelector};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use skiff_proto::etcdserverpb::RangeRequest;
 use skiff_proto::mvccpb::{event::EventType, Event, KeyValue};
 use skiff_raft_store::state_machine::SmShared;
 use std::any::Any;
@@ -80,10 +79,7 @@ impl Stored {
         if let Some(Ok(t)) = self.typed.get().map(|t| t.clone().downcast::<T>()) {
             return Ok(t);
         }
-        let t = Arc::new(
-            T::deserialize(&self.object)
-                .map_err(|e| ApiError::Internal(format!("stored object does not fit its schema: {e}")))?,
-        );
+        let t = Arc::new(to_typed::<T>(&self.object)?);
         // Another list may have converted it meanwhile: either copy is the same object.
         let _ = self.typed.set(t.clone());
         Ok(t)
@@ -337,32 +333,13 @@ impl Follower {
 
 /// Every object under `prefix` at one revision.
 fn read_all(sm: &SmShared, decoder: &Decoder, prefix: &[u8]) -> ApiResult<Contents> {
-    let mvcc = &sm.mvcc;
-    let revision = mvcc.current_revision();
-    let end = crate::registry::prefix_end(prefix);
-    let mut start = prefix.to_vec();
+    let revision = sm.mvcc.current_revision();
     let mut objects = BTreeMap::new();
-    loop {
-        let page = mvcc
-            .range_page(&RangeRequest {
-                key: start.clone(),
-                range_end: end.clone(),
-                revision,
-                limit: 500,
-                ..Default::default()
-            })
-            .map_err(|e| ApiError::Store(e.into()))?;
-        for kv in &page.kvs {
-            objects.insert(kv.key.clone(), Arc::new(decoder.decode(kv)?));
-        }
-        match page.kvs.last() {
-            Some(kv) if page.more => {
-                start = kv.key.clone();
-                start.push(0);
-            }
-            _ => return Ok(Contents { objects, revision }),
-        }
-    }
+    crate::registry::scan(&sm.mvcc, prefix.to_vec(), crate::registry::prefix_end(prefix), revision, |kv| {
+        objects.insert(kv.key.clone(), Arc::new(decoder.decode(kv)?));
+        Ok(true)
+    })?;
+    Ok(Contents { objects, revision })
 }
 
 #[cfg(test)]
@@ -387,9 +364,9 @@ mod tests {
             Store { sm, _dir: dir }
         }
 
-        /// Applies one revision as the state machine does; `publish: false` leaves it out of
-        /// the broadcast, as if a slow follower had lost it from the ring.
-        fn apply(&self, put: &[(&str, &str)], delete: &[&str], publish: bool) -> i64 {
+        /// Applies one revision as the state machine does, up to publishing its events, which
+        /// are returned; [`Store::apply`] publishes them too.
+        fn write(&self, put: &[(&str, &str)], delete: &[&str]) -> (i64, Vec<Event>) {
             let mvcc = &self.sm.mvcc;
             let mut w = mvcc.writer();
             for (name, label) in put {
@@ -404,6 +381,13 @@ mod tests {
             let (batch, revision, compacted, events) = w.finish();
             mvcc.db().write(batch).unwrap();
             mvcc.publish_counters(revision, compacted);
+            (revision, events)
+        }
+
+        /// [`Store::write`], then publishes unless `publish` is false — as if a slow follower
+        /// had lost the revision from the ring.
+        fn apply(&self, put: &[(&str, &str)], delete: &[&str], publish: bool) -> i64 {
+            let (revision, events) = self.write(put, delete);
             if publish {
                 self.sm.hub.publish(revision, events);
             }
@@ -472,13 +456,7 @@ mod tests {
         let caches = ListCaches::default();
         store.list(&caches, "", usize::MAX).await;
         // Applied to the store but not yet published: the list must not answer without it.
-        let mvcc = &store.sm.mvcc;
-        let mut w = mvcc.writer();
-        let b = serde_json::to_vec(&json!({"metadata": {"name": "b", "namespace": "ns"}})).unwrap();
-        w.put(&PutRequest { key: format!("{PODS}ns/b").into_bytes(), value: b, ..Default::default() }).unwrap();
-        let (batch, revision, compacted, events) = w.finish();
-        mvcc.db().write(batch).unwrap();
-        mvcc.publish_counters(revision, compacted);
+        let (revision, events) = store.write(&[("b", "x")], &[]);
         let listing = store.list(&caches, "", usize::MAX);
         tokio::pin!(listing);
         assert!(

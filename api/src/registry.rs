@@ -126,6 +126,43 @@ pub(crate) fn prefix_end(prefix: impl AsRef<[u8]>) -> Vec<u8> {
     end
 }
 
+/// Visits the keys in `[start, end)` as they were at `revision`, in key order and in pages of
+/// 500 (each page a consistent read), until `visit` says stop (`false`).
+pub(crate) fn scan(
+    mvcc: &skiff_raft_store::mvcc::Mvcc,
+    mut start: Vec<u8>,
+    end: Vec<u8>,
+    revision: i64,
+    mut visit: impl FnMut(&KeyValue) -> ApiResult<bool>,
+) -> ApiResult<()> {
+    loop {
+        let page = mvcc
+            .range_page(&RangeRequest {
+                key: start,
+                range_end: end.clone(),
+                revision,
+                limit: 500,
+                ..Default::default()
+            })
+            .map_err(|e| match e {
+                ApplyError::Compacted { requested, compacted } => ApiError::Gone { requested, compacted },
+                other => ApiError::Store(other.into()),
+            })?;
+        for kv in &page.kvs {
+            if !visit(kv)? {
+                return Ok(());
+            }
+        }
+        match page.kvs.last() {
+            Some(kv) if page.more => {
+                start = kv.key.clone();
+                start.push(0);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// A stored object with its resourceVersion, opened first if it is encrypted at rest.
 pub(crate) fn decode_object(at_rest: Option<&crate::at_rest::AtRest>, kv: &KeyValue) -> ApiResult<Value> {
     let value = crate::at_rest::open(at_rest, &kv.key, &kv.value)?;
@@ -609,7 +646,7 @@ impl Registry {
         }
         let want = if opts.limit > 0 { opts.limit as usize } else { usize::MAX };
         let mvcc = &self.master.sm.mvcc;
-        let (mut start, revision) = if opts.continue_token.is_empty() {
+        let (start, revision) = if opts.continue_token.is_empty() {
             self.master.read_barrier().await?;
             // Every write acknowledged before the list is applied here by now: a cache at
             // this revision shows them all.
@@ -626,40 +663,19 @@ impl Registry {
         } else {
             decode_continue(&opts.continue_token, &prefix)?
         };
-        let end = prefix_end(&prefix);
         let mut items = Vec::new();
         let mut next = None;
-        loop {
-            let page = mvcc
-                .range_page(&RangeRequest {
-                    key: start.clone(),
-                    range_end: end.clone(),
-                    revision,
-                    limit: 500,
-                    ..Default::default()
-                })
-                .map_err(|e| match e {
-                    ApplyError::Compacted { requested, compacted } => ApiError::Gone { requested, compacted },
-                    other => ApiError::Store(other.into()),
-                })?;
-            let more = page.more;
-            for kv in &page.kvs {
-                if items.len() == want {
-                    next = Some(kv.key.clone());
-                    break;
-                }
-                let stored = Stored::new(self.decode(kv)?);
-                if stored.matches(&labels, &fields) {
-                    items.push(Arc::new(stored));
-                }
+        scan(mvcc, start, prefix_end(&prefix), revision, |kv| {
+            if items.len() == want {
+                next = Some(kv.key.clone());
+                return Ok(false);
             }
-            if next.is_some() || !more {
-                break;
+            let stored = Stored::decode(self.at_rest.as_deref(), kv)?;
+            if stored.matches(&labels, &fields) {
+                items.push(Arc::new(stored));
             }
-            let mut after = page.kvs.last().map(|kv| kv.key.clone()).unwrap_or_default();
-            after.push(0);
-            start = after;
-        }
+            Ok(true)
+        })?;
         let continue_token = next.map(|k| encode_continue(revision, &k)).unwrap_or_default();
         Ok(ListPage { items, resource_version: revision, continue_token })
     }

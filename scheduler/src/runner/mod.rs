@@ -205,7 +205,7 @@ impl Runner {
         };
         // Leases are renewed all the time and trigger no round: whether one went stale is a
         // matter of time, looked at every node-monitor period (and whenever anything changed).
-        let monitor_period = (self.node_grace / 8).clamp(self.interval, NODE_MONITOR_PERIOD);
+        let monitor_period = (self.node_grace / 8).min(NODE_MONITOR_PERIOD).max(self.interval);
         if full || state.nodes_checked.is_none_or(|t| t.elapsed() >= monitor_period) {
             state.nodes_checked = Some(std::time::Instant::now());
             let r = self.node_lifecycle(&mut state.last_taint, &mut state.pods_by_node).await;
