@@ -361,7 +361,6 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     interval: std::time::Duration::from_millis(500),
                     node_grace: std::time::Duration::from_secs(controllers.node_grace_seconds),
                     pod_eviction_timeout: std::time::Duration::from_secs(controllers.pod_eviction_seconds),
-                    cron_clock: skiff_scheduler::runner::CronClock::new(controllers.cron_clock_speed),
                     lister: std::sync::Arc::new(lister),
                 };
                 let endpoints = skiff_scheduler::endpoints_controller::run(
@@ -394,6 +393,22 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                 };
                 tokio::spawn(skiff_scheduler::controller::run(
                     std::sync::Arc::new(deployments),
+                    context.clone(),
+                    stop_rx.clone(),
+                ));
+                let jobs = skiff_scheduler::job::Jobs { jobs: informers.jobs.clone(), pods: informers.pods.clone() };
+                tokio::spawn(skiff_scheduler::controller::run(
+                    std::sync::Arc::new(jobs),
+                    context.clone(),
+                    stop_rx.clone(),
+                ));
+                let cron_jobs = skiff_scheduler::cronjob::CronJobs {
+                    cron_jobs: informers.cron_jobs.clone(),
+                    jobs: informers.jobs.clone(),
+                    clock: skiff_scheduler::cronjob::CronClock::new(controllers.cron_clock_speed),
+                };
+                tokio::spawn(skiff_scheduler::controller::run(
+                    std::sync::Arc::new(cron_jobs),
                     context,
                     stop_rx.clone(),
                 ));

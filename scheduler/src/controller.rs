@@ -19,12 +19,14 @@
 //! safety net rather than how changes are noticed.
 
 use futures::future::BoxFuture;
-use serde::Serialize;
 use skiff_client::api::Api;
 use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_client::Client;
-use skiff_proto::api::{Deployment, ObjectMeta, ObjectReference, Pod, ReplicaSet};
+use skiff_proto::api::{
+    CronJob, DaemonSet, Deployment, Job, ObjectMeta, ObjectReference, PersistentVolumeClaim, Pod, ReplicaSet,
+    StatefulSet,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,23 +45,51 @@ pub const CREATE_CONCURRENCY: usize = 64;
 /// How long a reconcile waits for the caches to reach a revision before it is retried.
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An object a command writes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Object {
-    Pod(Pod),
-    ReplicaSet(ReplicaSet),
-    Deployment(Deployment),
+macro_rules! objects {
+    ($($kind:ident),* $(,)?) => {
+        /// An object a command writes. (Kinds differ in size; each is moved once, to be
+        /// sent.)
+        #[derive(Debug, Clone, PartialEq)]
+        #[allow(clippy::large_enum_variant)]
+        pub enum Object {
+            $($kind($kind),)*
+        }
+
+        impl Object {
+            fn meta(&self) -> Option<&ObjectMeta> {
+                match self {
+                    $(Object::$kind(o) => o.meta(),)*
+                }
+            }
+
+            /// The object as the JSON the status subresource takes, and its resource.
+            fn json(&self) -> Result<(&'static str, serde_json::Value), Status> {
+                let json = match self {
+                    $(Object::$kind(o) => serde_json::to_value(o).map(|v| ($kind::RESOURCE, v)),)*
+                };
+                json.map_err(|e| Status::internal(e.to_string()))
+            }
+        }
+
+        async fn create(client: &Client, object: Object) -> Result<Object, Status> {
+            let client = client.clone();
+            Ok(match object {
+                $(Object::$kind(o) => Object::$kind(Api::new(client).create(&o).await?),)*
+            })
+        }
+
+        async fn update(client: &Client, object: Object) -> Result<Object, Status> {
+            let client = client.clone();
+            Ok(match object {
+                $(Object::$kind(o) => Object::$kind(Api::new(client).update(&o).await?),)*
+            })
+        }
+    };
 }
 
-impl Object {
-    fn meta(&self) -> Option<&ObjectMeta> {
-        match self {
-            Object::Pod(o) => o.meta(),
-            Object::ReplicaSet(o) => o.meta(),
-            Object::Deployment(o) => o.meta(),
-        }
-    }
+objects!(Pod, ReplicaSet, Deployment, Job, CronJob, StatefulSet, DaemonSet, PersistentVolumeClaim);
 
+impl Object {
     /// The name it was stored under (for a create with `generateName`, the generated one).
     fn name(&self) -> &str {
         self.meta().map_or("", |m| m.name.as_str())
@@ -78,8 +108,24 @@ pub struct Note {
 }
 
 impl Note {
-    /// A Normal event about `obj`, a `kind` object of `api_version`.
+    /// A Normal event about `meta`'s object, a `kind` of `api_version`.
     pub fn normal(kind: &str, api_version: &str, meta: &ObjectMeta, reason: &'static str, message: String) -> Note {
+        Note::new(kind, api_version, meta, "Normal", reason, message)
+    }
+
+    /// A Warning event about `meta`'s object, a `kind` of `api_version`.
+    pub fn warning(kind: &str, api_version: &str, meta: &ObjectMeta, reason: &'static str, message: String) -> Note {
+        Note::new(kind, api_version, meta, "Warning", reason, message)
+    }
+
+    fn new(
+        kind: &str,
+        api_version: &str,
+        meta: &ObjectMeta,
+        r#type: &'static str,
+        reason: &'static str,
+        message: String,
+    ) -> Note {
         let regarding = ObjectReference {
             kind: kind.into(),
             api_version: api_version.into(),
@@ -88,7 +134,7 @@ impl Note {
             uid: meta.uid.clone(),
             ..Default::default()
         };
-        Note { regarding, r#type: "Normal", reason, message }
+        Note { regarding, r#type, reason, message }
     }
 }
 
@@ -106,7 +152,10 @@ pub enum Command {
         note: Option<Note>,
     },
     /// Replace the object's status, guarded by its resourceVersion.
-    UpdateStatus(Object),
+    UpdateStatus {
+        object: Object,
+        note: Option<Note>,
+    },
     Delete {
         resource: &'static str,
         key: ObjectKey,
@@ -133,6 +182,11 @@ pub trait Reconciler: Send + Sync + 'static {
     fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()>;
     /// What to write for `key`, from the caches alone.
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command>;
+    /// When `key` must be looked at again though nothing changed (a deadline, a schedule):
+    /// asked after each reconcile of it that succeeded.
+    fn requeue_after(&self, _key: &ObjectKey) -> Option<Duration> {
+        None
+    }
 }
 
 /// Queues the keys `keys` maps each change of `store` to, until the store is dropped; when
@@ -261,7 +315,12 @@ pub async fn run<R: Reconciler>(reconciler: Arc<R>, ctx: Context, mut stop: toki
                         let _turn = family.lock().await;
                         let now = (ctx.store_revision)();
                         match reconcile_one(&*reconciler, &ctx, term, &key, now).await {
-                            Ok(()) => queue.forget(&key),
+                            Ok(()) => {
+                                queue.forget(&key);
+                                if let Some(after) = reconciler.requeue_after(&key) {
+                                    queue.add_after(key.clone(), after);
+                                }
+                            }
                             Err(e) => {
                                 tracing::debug!("{} {key}: {}", R::NAME, e.message());
                                 queue.retry(key.clone());
@@ -343,8 +402,11 @@ pub async fn execute(client: &Client, events: &Arc<EventFilter>, commands: Vec<C
                     record(client, events, note, written.name()).await;
                 }
             }
-            Command::UpdateStatus(object) => {
-                ignore_races(update_status(client, object).await)?;
+            Command::UpdateStatus { object, note } => {
+                let name = object.name().to_string();
+                if ignore_races(update_status(client, object).await)?.is_some() {
+                    record(client, events, note, &name).await;
+                }
             }
             Command::Delete { resource, key, note } => {
                 if ignore_races(client.delete(resource, &key.namespace, &key.name).await)?.is_some() {
@@ -401,34 +463,9 @@ async fn create_all(
     }
 }
 
-async fn create(client: &Client, object: Object) -> Result<Object, Status> {
-    let client = client.clone();
-    Ok(match object {
-        Object::Pod(o) => Object::Pod(Api::new(client).create(&o).await?),
-        Object::ReplicaSet(o) => Object::ReplicaSet(Api::new(client).create(&o).await?),
-        Object::Deployment(o) => Object::Deployment(Api::new(client).create(&o).await?),
-    })
-}
-
-async fn update(client: &Client, object: Object) -> Result<Object, Status> {
-    let client = client.clone();
-    Ok(match object {
-        Object::Pod(o) => Object::Pod(Api::new(client).update(&o).await?),
-        Object::ReplicaSet(o) => Object::ReplicaSet(Api::new(client).update(&o).await?),
-        Object::Deployment(o) => Object::Deployment(Api::new(client).update(&o).await?),
-    })
-}
-
 /// The status subresource (the client's, which takes the kind's JSON).
 async fn update_status(client: &Client, object: Object) -> Result<(), Status> {
-    fn json<T: Serialize>(o: &T) -> Result<serde_json::Value, Status> {
-        serde_json::to_value(o).map_err(|e| Status::internal(e.to_string()))
-    }
-    let (resource, value) = match &object {
-        Object::Pod(o) => (Pod::RESOURCE, json(o)?),
-        Object::ReplicaSet(o) => (ReplicaSet::RESOURCE, json(o)?),
-        Object::Deployment(o) => (Deployment::RESOURCE, json(o)?),
-    };
+    let (resource, value) = object.json()?;
     client.update_status(resource, &value).await.map(|_| ())
 }
 
@@ -445,6 +482,10 @@ async fn record(client: &Client, events: &EventFilter, note: Option<Note>, name:
 fn component(kind: &str) -> &'static str {
     match kind {
         "Deployment" => "deployment-controller",
+        "Job" => "job-controller",
+        "CronJob" => "cronjob-controller",
+        "StatefulSet" => "statefulset-controller",
+        "DaemonSet" => "daemonset-controller",
         _ => "replicaset-controller",
     }
 }
@@ -460,6 +501,7 @@ mod tests {
         keys: Vec<ObjectKey>,
         reconciled: Mutex<Vec<ObjectKey>>,
         waited_for: Mutex<Vec<i64>>,
+        requeue: Option<Duration>,
     }
 
     impl Reconciler for Recorder {
@@ -486,6 +528,22 @@ mod tests {
             self.reconciled.lock().unwrap().push(key.clone());
             Vec::new()
         }
+
+        fn requeue_after(&self, _: &ObjectKey) -> Option<Duration> {
+            self.requeue
+        }
+    }
+
+    /// A context for reconciles that write nothing, leading at `term` (0: not leading).
+    fn context(term: Arc<AtomicU64>, revision: Arc<AtomicI64>) -> Context {
+        let channel = tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        Context {
+            client: Client::over_channel("unused", channel, "t", Duration::from_secs(1)).unwrap(),
+            leader_term: Arc::new(move || Some(term.load(Ordering::SeqCst)).filter(|t| *t > 0)),
+            store_revision: Arc::new(move || revision.load(Ordering::SeqCst)),
+            events: Arc::default(),
+            families: Arc::default(),
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -494,21 +552,7 @@ mod tests {
         let keys = vec![ObjectKey::new("a", "one"), ObjectKey::new("b", "two")];
         let recorder = Arc::new(Recorder { keys: keys.clone(), ..Default::default() });
         let (term, revision) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicI64::new(7)));
-        // Never called: these reconciles write nothing.
-        let channel = tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy();
-        let ctx = Context {
-            client: Client::over_channel("unused", channel, "t", Duration::from_secs(1)).unwrap(),
-            leader_term: {
-                let term = term.clone();
-                Arc::new(move || Some(term.load(Ordering::SeqCst)).filter(|t| *t > 0))
-            },
-            store_revision: {
-                let revision = revision.clone();
-                Arc::new(move || revision.load(Ordering::SeqCst))
-            },
-            events: Arc::default(),
-            families: Arc::default(),
-        };
+        let ctx = context(term.clone(), revision.clone());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(run(recorder.clone(), ctx, stopped));
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -521,6 +565,25 @@ mod tests {
         reconciled.sort();
         assert_eq!(reconciled, keys, "every key once on taking leadership");
         assert_eq!(*recorder.waited_for.lock().unwrap(), [42, 42], "the store's revision when it took over");
+        stop.send_replace(true);
+        running.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_that_asks_to_be_looked_at_again_is_reconciled_when_its_time_comes_and_not_before() {
+        let key = ObjectKey::new("a", "cron");
+        let after = Duration::from_secs(20);
+        let recorder = Arc::new(Recorder { keys: vec![key.clone()], requeue: Some(after), ..Default::default() });
+        let ctx = context(Arc::new(AtomicU64::new(1)), Arc::new(AtomicI64::new(1)));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(run(recorder.clone(), ctx, stopped));
+        let count = || recorder.reconciled.lock().unwrap().len();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(count(), 1, "once on taking leadership");
+        tokio::time::sleep(after - Duration::from_secs(2)).await;
+        assert_eq!(count(), 1, "nothing changed and its time has not come");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(count(), 2, "again when its time came (before the {RESYNC:?} resync)");
         stop.send_replace(true);
         running.await.unwrap();
     }

@@ -382,7 +382,7 @@ impl Deployments {
                 Ok(status) => {
                     let mut updated = d.clone();
                     updated.status = Some(status);
-                    commands.push(Command::UpdateStatus(Object::Deployment(updated)));
+                    commands.push(Command::UpdateStatus { object: Object::Deployment(updated), note: None });
                 }
                 Err(e) => tracing::warn!("deployment {}/{}: status: {e}", meta.namespace, meta.name),
             }
@@ -652,7 +652,9 @@ mod tests {
         annotated["metadata"]["annotations"][REVISION] = json!("1");
         c.deployments.replace(vec![with_rv(annotated.clone(), "3")], "3".into());
         let commands = c.reconcile(&key);
-        let [Command::UpdateStatus(Object::Deployment(updated))] = commands.as_slice() else { panic!("{commands:?}") };
+        let [Command::UpdateStatus { object: Object::Deployment(updated), .. }] = commands.as_slice() else {
+            panic!("{commands:?}")
+        };
         let mut settled = to_json(updated);
         settled["metadata"]["resourceVersion"] = json!("4");
         c.deployments.replace(vec![typed(settled)], "4".into());

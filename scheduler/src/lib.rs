@@ -9,8 +9,8 @@
 //! shell: a queue of unscheduled pods and a node cache fed by informers; on the raft leader
 //! only, it assumes each decision and binds through the API's binding subresource.
 //! [`controller`] is the runtime of the keyed controllers (triggers, a keyed queue, a pure
-//! `reconcile(key)` returning commands, one fenced executor): [`replicaset`], [`deployment`]
-//! and [`endpoints_controller`] so far. [`runner::Runner`] runs the other controllers' plans
+//! `reconcile(key)` returning commands, one fenced executor): [`replicaset`], [`deployment`],
+//! [`job`], [`cronjob`] and [`endpoints_controller`] so far. [`runner::Runner`] runs the other controllers' plans
 //! on the leader in rounds.
 //! Controllers, each a pure plan the runner executes: [`deployment`] (a ReplicaSet per
 //! template revision, RollingUpdate and Recreate, history), [`replicaset`] (replica counts,

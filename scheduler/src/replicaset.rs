@@ -226,7 +226,7 @@ impl Reconciler for ReplicaSets {
         if rs.status.as_ref() != Some(&plan.status) {
             let mut updated = (*rs).clone();
             updated.status = Some(plan.status);
-            commands.push(Command::UpdateStatus(Object::ReplicaSet(updated)));
+            commands.push(Command::UpdateStatus { object: Object::ReplicaSet(updated), note: None });
         }
         commands
     }
@@ -383,14 +383,16 @@ mod tests {
             .map(|c| match c {
                 Command::Create { .. } => "create",
                 Command::Update { .. } => "update",
-                Command::UpdateStatus(_) => "status",
+                Command::UpdateStatus { .. } => "status",
                 Command::Delete { .. } => "delete",
             })
             .collect();
         assert_eq!(kinds, ["update", "create", "status"], "{commands:?}");
         let Command::Create { note: Some(note), .. } = &commands[1] else { panic!("{commands:?}") };
         assert_eq!((note.reason, note.message.as_str()), ("SuccessfulCreate", "Created pod: {name}"));
-        let Command::UpdateStatus(Object::ReplicaSet(updated)) = &commands[2] else { panic!("{commands:?}") };
+        let Command::UpdateStatus { object: Object::ReplicaSet(updated), .. } = &commands[2] else {
+            panic!("{commands:?}")
+        };
         let status = updated.status.as_ref().unwrap();
         assert_eq!((status.replicas, status.ready_replicas, status.observed_generation), (1, 1, 2));
 

@@ -5,9 +5,9 @@
 //! changes nothing in the outcome. Pods are placed by [`crate::scheduling`], not here.
 //!
 //! A round runs when a cached kind changes, and at least every `interval` for the controllers
-//! that act on time. It issues no list: the caches are fed by one watch per kind. Keyed
-//! reconcilers per object ([`crate::controller`]; Deployments, ReplicaSets and
-//! Endpoints so far) replace them
+//! that act on time (node lifecycle, the pod GC quarantine). It issues no list: the caches are fed by one watch per kind. Keyed
+//! reconcilers per object ([`crate::controller`]; Deployments, ReplicaSets, Jobs,
+//! CronJobs and Endpoints so far) replace them
 //! one controller at a time (issue 15).
 //!
 //! This module holds the loop, the round and what the passes share; the passes themselves are
@@ -47,28 +47,8 @@ pub struct Runner {
     pub node_grace: Duration,
     /// How long pods without a toleration stay on an unreachable node.
     pub pod_eviction_timeout: Duration,
-    /// The CronJob controller's clock.
-    pub cron_clock: CronClock,
     /// What the rounds read: the master's informers.
     pub lister: std::sync::Arc<crate::informers::Lister>,
-}
-
-/// The time the CronJob controller schedules by: real time, or (testing only) real time sped up
-/// `speed` times from when the clock was made, so tests see minute schedules fire in seconds.
-#[derive(Debug, Clone, Copy)]
-pub struct CronClock {
-    start: i64,
-    speed: i64,
-}
-
-impl CronClock {
-    pub fn new(speed: u32) -> CronClock {
-        CronClock { start: now_secs(), speed: i64::from(speed.max(1)) }
-    }
-
-    pub fn now(&self) -> i64 {
-        self.start + (now_secs() - self.start) * self.speed
-    }
 }
 
 /// What the leader's rounds remember from one to the next.
@@ -118,8 +98,6 @@ fn component(object_kind: &str, reason: &str) -> &'static str {
         ("Deployment", _) => "deployment-controller",
         ("DaemonSet", _) => "daemonset-controller",
         ("StatefulSet", _) => "statefulset-controller",
-        ("Job", _) => "job-controller",
-        ("CronJob", _) => "cronjob-controller",
         _ => "replicaset-controller",
     }
 }
@@ -219,8 +197,6 @@ impl Runner {
             state.accounts_checked = Some(std::time::Instant::now());
             note("service account controller", self.service_accounts().await);
         }
-        note("cronjob controller", self.cronjobs().await);
-        note("job controller", self.jobs().await);
         if full {
             note("load balancer status", self.load_balancers().await);
             note("volume binder", self.bind_volumes().await);

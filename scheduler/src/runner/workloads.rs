@@ -1,5 +1,4 @@
-//! The workload controllers' passes not yet keyed: StatefulSets, DaemonSets, Jobs
-//! and CronJobs, each a pure plan (in its own module of this crate) carried out through the
+//! The workload controllers' passes not yet keyed: StatefulSets and DaemonSets, each a pure plan (in its own module of this crate) carried out through the
 //! fenced client.
 
 use super::*;
@@ -58,89 +57,6 @@ impl Runner {
                 if let Err(e) = self.ignore_races(self.client.update_status("statefulsets", &updated).await.map(|_| ()))
                 {
                     tracing::debug!("statefulset {ns} status: {e}");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// One Job controller pass over every Job.
-    pub(super) async fn jobs(&self) -> Result<(), Status> {
-        let jobs = self.lister.list("jobs", "")?;
-        let pods = self.lister.list("pods", "")?;
-        let now = now_secs();
-        for job in jobs.iter() {
-            if job.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
-                continue;
-            }
-            let ns = job["metadata"]["namespace"].as_str().unwrap_or("default");
-            let mine: Vec<Value> = pods.iter().filter(|p| p["metadata"]["namespace"] == ns).cloned().collect();
-            let plan = crate::job::plan(job, &mine, now);
-            self.create_pods(job, "Job", ns, &plan.create).await?;
-            for pod in &plan.delete {
-                self.ignore_races(self.client.delete("pods", ns, pod).await.map(|_| ()))?;
-            }
-            let old = job.get("status").cloned().unwrap_or(Value::Null);
-            let newly_done = crate::job::finished(job).is_none()
-                && plan.status["conditions"].as_array().is_some_and(|c| !c.is_empty());
-            let counts = ["active", "succeeded", "failed"];
-            if newly_done
-                || counts.iter().any(|k| old[*k].as_i64().unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0))
-                || old["startTime"].is_null()
-            {
-                let mut updated = job.clone();
-                updated["status"] = plan.status.clone();
-                if let Err(e) = self.ignore_races(self.client.update_status("jobs", &updated).await.map(|_| ())) {
-                    tracing::debug!("job {ns} status: {e}");
-                }
-                if newly_done {
-                    let (kind, reason) = match crate::job::finished(&updated) {
-                        Some("Complete") => ("Normal", "Completed"),
-                        _ => ("Warning", "BackoffLimitExceeded"),
-                    };
-                    self.event(job, "Job", kind, reason, &format!("Job {reason}")).await;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// One CronJob controller pass over every CronJob.
-    pub(super) async fn cronjobs(&self) -> Result<(), Status> {
-        let cronjobs = self.lister.list("cronjobs", "")?;
-        let jobs = self.lister.list("jobs", "")?;
-        let now = self.cron_clock.now();
-        for cj in cronjobs.iter() {
-            let ns = cj["metadata"]["namespace"].as_str().unwrap_or("default");
-            let mine: Vec<Value> = jobs.iter().filter(|j| j["metadata"]["namespace"] == ns).cloned().collect();
-            let plan = match crate::cronjob::plan(cj, &mine, now) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!("cronjob {ns}: {e}");
-                    continue;
-                }
-            };
-            for job in &plan.delete {
-                self.ignore_races(self.client.delete("jobs", ns, job).await.map(|_| ()))?;
-            }
-            if let Some(job) = &plan.create {
-                match self.client.create("jobs", ns, job).await {
-                    Ok(created) => {
-                        let msg = format!("Created job {}", created["metadata"]["name"].as_str().unwrap_or_default());
-                        self.event(cj, "CronJob", "Normal", "SuccessfulCreate", &msg).await;
-                    }
-                    Err(e) => self.ignore_races(Err(e))?,
-                }
-            }
-            let old = cj.get("status").cloned().unwrap_or(Value::Null);
-            if old["lastScheduleTime"] != plan.status["lastScheduleTime"]
-                || old["active"].as_array().map_or(0, |a| a.len())
-                    != plan.status["active"].as_array().map_or(0, |a| a.len())
-            {
-                let mut updated = cj.clone();
-                updated["status"] = plan.status.clone();
-                if let Err(e) = self.ignore_races(self.client.update_status("cronjobs", &updated).await.map(|_| ())) {
-                    tracing::debug!("cronjob {ns} status: {e}");
                 }
             }
         }
