@@ -402,6 +402,26 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     context.clone(),
                     stop_rx.clone(),
                 ));
+                let stateful_sets = skiff_scheduler::statefulset::StatefulSets {
+                    sets: informers.stateful_sets.clone(),
+                    pods: informers.pods.clone(),
+                    claims: informers.claims.clone(),
+                };
+                tokio::spawn(skiff_scheduler::controller::run(
+                    std::sync::Arc::new(stateful_sets),
+                    context.clone(),
+                    stop_rx.clone(),
+                ));
+                let daemon_sets = skiff_scheduler::daemonset::DaemonSets {
+                    sets: informers.daemon_sets.clone(),
+                    nodes: informers.nodes.clone(),
+                    pods: informers.pods.clone(),
+                };
+                tokio::spawn(skiff_scheduler::controller::run(
+                    std::sync::Arc::new(daemon_sets),
+                    context.clone(),
+                    stop_rx.clone(),
+                ));
                 let cron_jobs = skiff_scheduler::cronjob::CronJobs {
                     cron_jobs: informers.cron_jobs.clone(),
                     jobs: informers.jobs.clone(),

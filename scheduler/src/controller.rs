@@ -380,17 +380,22 @@ fn lost_race(e: &Status) -> bool {
     matches!(e.code(), Code::Aborted | Code::NotFound | Code::AlreadyExists)
 }
 
-/// Carries out `commands` in order through `client`; consecutive creates go in batches that
-/// double from one (capped at [`CREATE_CONCURRENCY`] in flight), as Kubernetes' controllers
-/// do, so a template the API refuses fails once, not a thousand times. Stops at the first
-/// failure that is not a lost race.
+/// Carries out `commands` in order through `client`; consecutive creates of one kind go in
+/// batches that double from one (capped at [`CREATE_CONCURRENCY`] in flight), as Kubernetes'
+/// controllers do, so a template the API refuses fails once, not a thousand times. Stops at
+/// the first failure that is not a lost race.
 pub async fn execute(client: &Client, events: &Arc<EventFilter>, commands: Vec<Command>) -> Result<(), Status> {
     let mut commands = commands.into_iter().peekable();
     while let Some(command) = commands.next() {
         match command {
             Command::Create { object, note } => {
+                // Creates of one kind together: a StatefulSet's claims exist before its pods.
+                let kind = std::mem::discriminant(&object);
                 let mut creates = vec![(object, note)];
-                while let Some(Command::Create { .. }) = commands.peek() {
+                while let Some(Command::Create { object, .. }) = commands.peek() {
+                    if std::mem::discriminant(object) != kind {
+                        break;
+                    }
                     if let Some(Command::Create { object, note }) = commands.next() {
                         creates.push((object, note));
                     }

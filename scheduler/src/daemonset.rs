@@ -4,52 +4,90 @@
 //! (RollingUpdate with maxUnavailable 1: a pod of the old template is deleted only while every
 //! other daemon pod is ready).
 //!
-//! `plan` is pure: DaemonSet, nodes and the namespace's pods in, pods to create and delete and
-//! the status out.
+//! [`plan`] is pure: the DaemonSet, the nodes and its pods in, pods to create and delete and
+//! the status out. [`DaemonSets`] is the keyed controller: a DaemonSet's key is queued by its
+//! own changes, its pods', and a node's that could change where it runs.
 
+use crate::controller::{self, before_and_after, own_key, Command, Note, Object, Reconciler};
 use crate::deployment::template_hash;
-use crate::objects::json::{controller_uid, ready, terminating};
+use crate::objects::{controller_ref, deleting, node_name, ready, terminating};
 use crate::placement::daemon_fits;
 use crate::snapshot::NodeInfo;
-use serde_json::{json, Value};
-use skiff_proto::api::{Node, Pod};
+use futures::future::BoxFuture;
+use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
+use skiff_client::queue::WorkQueue;
+use skiff_proto::api::{DaemonSet, DaemonSetStatus, Node, ObjectMeta, OwnerReference, Pod};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub const HASH_LABEL: &str = "controller-revision-hash";
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
-    pub create: Vec<Value>,
+    pub create: Vec<Pod>,
     /// Pod names to delete.
     pub delete: Vec<String>,
-    pub status: Value,
+    pub status: DaemonSetStatus,
 }
 
-fn name(v: &Value) -> String {
-    v["metadata"]["name"].as_str().unwrap_or_default().to_string()
+fn name_of(pod: &Pod) -> String {
+    pod.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
 }
 
-pub fn plan(ds: &Value, nodes: &[Node], pods: &[Value]) -> Plan {
-    let uid = ds["metadata"]["uid"].as_str().unwrap_or_default();
-    let template = ds.pointer("/spec/template").cloned().unwrap_or(json!({}));
-    let hash = template_hash(&template);
-    let as_pod: Pod = serde_json::from_value(json!({"spec": template["spec"]})).unwrap_or_default();
+fn hash_of(pod: &Pod) -> Option<&str> {
+    pod.metadata.as_ref()?.labels.get(HASH_LABEL).map(String::as_str)
+}
+
+/// The hash of a DaemonSet's pod template (the pods' [`HASH_LABEL`]).
+pub fn revision(ds: &DaemonSet) -> String {
+    let template = ds.spec.as_ref().and_then(|s| s.template.as_ref());
+    template_hash(&template.map_or(serde_json::json!({}), |t| serde_json::to_value(t).unwrap_or_default()))
+}
+
+/// The daemon pod for `node`, from the template.
+fn pod_for(ds: &DaemonSet, meta: &ObjectMeta, hash: &str, node: &str) -> Pod {
+    let template = ds.spec.as_ref().and_then(|s| s.template.clone()).unwrap_or_default();
+    let mut pod_meta = template.metadata.unwrap_or_default();
+    pod_meta.name.clear();
+    pod_meta.generate_name = format!("{}-", meta.name);
+    pod_meta.namespace = meta.namespace.clone();
+    pod_meta.labels.insert(HASH_LABEL.into(), hash.into());
+    pod_meta.owner_references = vec![OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "DaemonSet".into(),
+        name: meta.name.clone(),
+        uid: meta.uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }];
+    let mut spec = template.spec.unwrap_or_default();
+    spec.node_name = node.into();
+    Pod { api_version: "v1".into(), kind: "Pod".into(), metadata: Some(pod_meta), spec: Some(spec), status: None }
+}
+
+/// What to do for `ds` given the nodes and the pods it controls (others are left out).
+pub fn plan<'a>(ds: &DaemonSet, nodes: &[Arc<Node>], pods: impl IntoIterator<Item = &'a Pod>) -> Plan {
+    let meta = ds.metadata.clone().unwrap_or_default();
+    let spec = ds.spec.clone().unwrap_or_default();
+    let hash = revision(ds);
+    let as_pod = Pod { spec: spec.template.as_ref().and_then(|t| t.spec.clone()), ..Default::default() };
     let mut p = Plan::default();
-    let mut by_node: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
     let mut stopping = 0;
-    for pod in pods.iter().filter(|p| controller_uid(p) == Some(uid)) {
+    let mine =
+        pods.into_iter().filter(|p| p.metadata.as_ref().and_then(controller_ref).is_some_and(|r| r.uid == meta.uid));
+    for pod in mine {
         if terminating(pod) {
             stopping += 1;
             continue;
         }
-        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default().to_string();
-        by_node.entry(node).or_default().push(pod);
+        by_node.entry(node_name(pod).to_string()).or_default().push(pod);
     }
     let eligible: Vec<String> = nodes
         .iter()
         .filter(|n| {
             let info = NodeInfo {
-                node: (*n).clone(),
+                node: (***n).clone(),
                 allocatable: Default::default(),
                 requested: Default::default(),
                 host_ports: Default::default(),
@@ -63,80 +101,159 @@ pub fn plan(ds: &Value, nodes: &[Node], pods: &[Value]) -> Plan {
     let mut misscheduled = 0;
     for (node, list) in &by_node {
         if !eligible.contains(node) {
-            misscheduled += list.len();
-            p.delete.extend(list.iter().map(|p| name(p)));
+            misscheduled += list.len() as i32;
+            p.delete.extend(list.iter().map(|p| name_of(p)));
         } else if list.len() > 1 {
-            let mut extra: Vec<&&Value> = list.iter().collect();
-            extra.sort_by_key(|p| (p["metadata"]["labels"][HASH_LABEL] == hash.as_str(), ready(p)));
-            p.delete.extend(extra[..extra.len() - 1].iter().map(|p| name(p)));
+            let mut extra = list.clone();
+            extra.sort_by_key(|p| (hash_of(p) == Some(hash.as_str()), ready(p)));
+            p.delete.extend(extra[..extra.len() - 1].iter().map(|p| name_of(p)));
         }
     }
-    let ds_name = ds["metadata"]["name"].as_str().unwrap_or("ds");
     for node in &eligible {
         if by_node.get(node).is_none_or(|l| l.is_empty()) {
-            let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": template.get("metadata").cloned().unwrap_or(json!({})), "spec": template["spec"]});
-            pod["metadata"]["generateName"] = json!(format!("{ds_name}-"));
-            pod["metadata"]["namespace"] = ds["metadata"]["namespace"].clone();
-            pod["metadata"]["labels"][HASH_LABEL] = json!(hash);
-            pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": ds_name,
-                "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
-            pod["spec"]["nodeName"] = json!(node);
-            if let Some(m) = pod["metadata"].as_object_mut() {
-                m.remove("name");
-            }
-            p.create.push(pod);
+            p.create.push(pod_for(ds, &meta, &hash, node));
         }
     }
     // Rolling update, one node at a time: only while nothing else is down or on its way out.
-    let current: Vec<&Value> =
-        eligible.iter().filter_map(|n| by_node.get(n).and_then(|l| l.first().copied())).collect();
-    let outdated: Vec<&&Value> =
-        current.iter().filter(|p| p["metadata"]["labels"][HASH_LABEL] != hash.as_str()).collect();
+    let current: Vec<&Pod> = eligible.iter().filter_map(|n| by_node.get(n).and_then(|l| l.first().copied())).collect();
     let all_ready = current.len() == eligible.len() && current.iter().all(|p| ready(p));
-    let on_demand = ds.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("OnDelete");
-    if !on_demand && all_ready && stopping == 0 && p.delete.is_empty() {
-        if let Some(pod) = outdated.first() {
-            p.delete.push(name(pod));
+    let on_delete = spec.update_strategy.as_ref().is_some_and(|s| s.r#type == "OnDelete");
+    if !on_delete && all_ready && stopping == 0 && p.delete.is_empty() {
+        if let Some(pod) = current.iter().find(|p| hash_of(p) != Some(hash.as_str())) {
+            p.delete.push(name_of(pod));
         }
     }
-    let updated = current.iter().filter(|p| p["metadata"]["labels"][HASH_LABEL] == hash.as_str()).count();
-    let ready_n = current.iter().filter(|p| ready(p)).count();
-    p.status = json!({
-        "desiredNumberScheduled": eligible.len(),
-        "currentNumberScheduled": current.len(),
-        "numberMisscheduled": misscheduled,
-        "numberReady": ready_n,
-        "numberAvailable": ready_n,
-        "numberUnavailable": eligible.len().saturating_sub(ready_n),
-        "updatedNumberScheduled": updated,
-        "observedGeneration": ds.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
-    });
+    let updated = current.iter().filter(|p| hash_of(p) == Some(hash.as_str())).count() as i32;
+    let ready_n = current.iter().filter(|p| ready(p)).count() as i32;
+    let desired = eligible.len() as i32;
+    p.status = DaemonSetStatus {
+        desired_number_scheduled: desired,
+        current_number_scheduled: current.len() as i32,
+        number_misscheduled: misscheduled,
+        number_ready: ready_n,
+        number_available: ready_n,
+        number_unavailable: (desired - ready_n).max(0),
+        updated_number_scheduled: updated,
+        observed_generation: meta.generation.max(1),
+        conditions: ds.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default(),
+    };
     p
+}
+
+/// The DaemonSet controller over the master's caches.
+pub struct DaemonSets {
+    pub sets: Store<DaemonSet>,
+    pub nodes: Store<Node>,
+    pub pods: Store<Pod>,
+}
+
+/// Whether a node change can change which DaemonSets belong on it: a node added or removed,
+/// or its labels or spec (taints) changed — not its status.
+fn placement_changed(change: &Change<Node>) -> bool {
+    match change {
+        Change::Applied { old: Some(old), new } => {
+            old.spec != new.spec || old.metadata.as_ref().map(|m| &m.labels) != new.metadata.as_ref().map(|m| &m.labels)
+        }
+        _ => true,
+    }
+}
+
+impl Reconciler for DaemonSets {
+    const NAME: &'static str = "daemonset controller";
+
+    fn every_key(&self) -> Vec<ObjectKey> {
+        self.sets.list().iter().filter_map(|s| s.meta().map(ObjectKey::of)).collect()
+    }
+
+    fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            controller::on_changes(&self.sets, queue, self, |_, c| own_key(c)),
+            controller::on_changes(&self.pods, queue, self, |_, c: &Change<Pod>| {
+                before_and_after(c)
+                    .into_iter()
+                    .filter_map(|p| controller_of(p.metadata.as_ref()?, "DaemonSet"))
+                    .collect()
+            }),
+            controller::on_changes(&self.nodes, queue, self, |me: &Self, c: &Change<Node>| {
+                if placement_changed(c) {
+                    me.every_key()
+                } else {
+                    Vec::new()
+                }
+            }),
+        ]
+    }
+
+    fn synced(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            self.sets.synced().await;
+            self.nodes.synced().await;
+            self.pods.synced().await;
+        })
+    }
+
+    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.sets.caught_up(revision).await;
+            self.nodes.caught_up(revision).await;
+            self.pods.caught_up(revision).await;
+        })
+    }
+
+    fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {
+        let Some(ds) = self.sets.get(key) else { return Vec::new() };
+        let Some(meta) = ds.metadata.as_ref().filter(|m| !deleting(m)) else { return Vec::new() };
+        let pods = self.pods.owned_by(&meta.uid);
+        let plan = plan(&ds, &self.nodes.list(), pods.iter().map(|p| &**p));
+        let note = |reason, message: &str| Some(Note::normal("DaemonSet", "apps/v1", meta, reason, message.into()));
+        let mut commands: Vec<Command> = plan
+            .create
+            .into_iter()
+            .map(|pod| Command::Create {
+                object: Object::Pod(pod),
+                note: note("SuccessfulCreate", "Created pod: {name}"),
+            })
+            .collect();
+        commands.extend(plan.delete.into_iter().map(|name| Command::Delete {
+            resource: Pod::RESOURCE,
+            key: ObjectKey::new(&meta.namespace, &name),
+            note: note("SuccessfulDelete", "Deleted pod: {name}"),
+        }));
+        if ds.status.as_ref() != Some(&plan.status) {
+            let mut updated = (*ds).clone();
+            updated.status = Some(plan.status);
+            commands.push(Command::UpdateStatus { object: Object::DaemonSet(updated), note: None });
+        }
+        commands
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
-    fn node(name: &str, labels: Value, taints: Value) -> Node {
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}}))
-            .unwrap()
+    fn node(name: &str, labels: Value, taints: Value) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}}))
+                .unwrap(),
+        )
     }
 
-    fn ds(selector: Value, image: &str) -> Value {
-        json!({"metadata": {"name": "agent", "namespace": "kube-system", "uid": "ds-uid"},
+    fn ds(selector: Value, image: &str) -> DaemonSet {
+        serde_json::from_value(json!({"metadata": {"name": "agent", "namespace": "kube-system", "uid": "ds-uid"},
                "spec": {"selector": {"matchLabels": {"app": "agent"}},
                         "template": {"metadata": {"labels": {"app": "agent"}},
-                                     "spec": {"nodeSelector": selector, "containers": [{"name": "c", "image": image}]}}}})
+                                     "spec": {"nodeSelector": selector, "containers": [{"name": "c", "image": image}]}}}}))
+        .unwrap()
     }
 
-    fn pod_on(d: &Value, node: &str, n: usize, is_ready: bool) -> Value {
-        let hash = template_hash(&d["spec"]["template"]);
-        json!({"metadata": {"name": format!("agent-{n}"), "labels": {"app": "agent", HASH_LABEL: hash},
+    fn pod_on(d: &DaemonSet, node: &str, n: usize, is_ready: bool) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": format!("agent-{n}"), "labels": {"app": "agent", HASH_LABEL: revision(d)},
                             "ownerReferences": [{"uid": "ds-uid", "controller": true}]},
                "spec": {"nodeName": node},
-               "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if is_ready { "True" } else { "False" }}]}})
+               "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if is_ready { "True" } else { "False" }}]}}))
+        .unwrap()
     }
 
     #[test]
@@ -147,10 +264,10 @@ mod tests {
             node("c", json!({"disk": "ssd"}), json!([{"key": "gpu", "value": "yes", "effect": "NoSchedule"}])),
         ];
         let p = plan(&ds(json!({"disk": "ssd"}), "x"), &nodes, &[]);
-        let targets: Vec<&str> = p.create.iter().map(|p| p["spec"]["nodeName"].as_str().unwrap()).collect();
+        let targets: Vec<&str> = p.create.iter().map(node_name).collect();
         assert_eq!(targets, ["a"], "b does not match, c's taint is not tolerated");
-        assert_eq!(p.status["desiredNumberScheduled"], 1);
-        assert_eq!(p.create[0]["metadata"]["generateName"], "agent-");
+        assert_eq!(p.status.desired_number_scheduled, 1);
+        assert_eq!(p.create[0].metadata.as_ref().unwrap().generate_name, "agent-");
     }
 
     #[test]
@@ -161,7 +278,7 @@ mod tests {
         let p = plan(&d, &nodes, &pods);
         assert_eq!(p.delete, ["agent-1"]);
         assert_eq!(p.create.len(), 1);
-        assert_eq!(p.create[0]["spec"]["nodeName"], "new");
+        assert_eq!(node_name(&p.create[0]), "new");
     }
 
     #[test]
@@ -174,6 +291,19 @@ mod tests {
         // While a replacement is not ready, nothing else goes.
         let p = plan(&new, &nodes, &[pod_on(&new, "a", 2, false), pod_on(&old, "b", 1, true)]);
         assert!(p.delete.is_empty(), "{:?}", p.delete);
-        assert_eq!(p.status["updatedNumberScheduled"], 1);
+        assert_eq!(p.status.updated_number_scheduled, 1);
+    }
+
+    #[test]
+    fn only_a_node_change_that_can_move_daemons_queues_them() {
+        let n = node("a", json!({"disk": "ssd"}), json!([]));
+        let mut heartbeat = (*n).clone();
+        heartbeat.status = Some(Default::default());
+        let applied = |new: Node| Change::Applied { old: Some(n.clone()), new: Arc::new(new) };
+        assert!(!placement_changed(&applied(heartbeat)), "a status change moves nothing");
+        let mut relabelled = (*n).clone();
+        relabelled.metadata.as_mut().unwrap().labels.insert("disk".into(), "hdd".into());
+        assert!(placement_changed(&applied(relabelled)));
+        assert!(placement_changed(&Change::Deleted(n.clone())));
     }
 }

@@ -9,17 +9,16 @@
 //! shell: a queue of unscheduled pods and a node cache fed by informers; on the raft leader
 //! only, it assumes each decision and binds through the API's binding subresource.
 //! [`controller`] is the runtime of the keyed controllers (triggers, a keyed queue, a pure
-//! `reconcile(key)` returning commands, one fenced executor): [`replicaset`], [`deployment`],
-//! [`job`], [`cronjob`] and [`endpoints_controller`] so far. [`runner::Runner`] runs the other controllers' plans
-//! on the leader in rounds.
-//! Controllers, each a pure plan the runner executes: [`deployment`] (a ReplicaSet per
-//! template revision, RollingUpdate and Recreate, history), [`replicaset`] (replica counts,
-//! adoption), [`volumebinder`] (claims to volumes), [`statefulset`] (ordered, stable pods with a claim per ordinal), [`daemonset`] (a pod per matching node, rolled one node at a time), [`job`]
-//! (completions, parallelism, backoff limit, deadline) and [`cronjob`] (cron schedules,
-//! concurrency policy, history limits), and [`endpoints`] (a Service's ready and not-ready pod
-//! addresses with target ports resolved), [`gc`] (objects whose owners are all gone), and
-//! [`nodelifecycle`] (silent nodes tainted
-//! unreachable, their pods evicted after their toleration). The others are not built yet (see the "Scheduler and controllers" issue).
+//! `reconcile(key)` returning commands, one fenced executor); each controller's pure plan lives
+//! beside it: [`deployment`] (a ReplicaSet per template revision, RollingUpdate and Recreate,
+//! history), [`replicaset`] (replica counts, adoption), [`statefulset`] (ordered, stable pods
+//! with a claim per ordinal), [`daemonset`] (a pod per matching node, rolled one node at a
+//! time), [`job`] (completions, parallelism, backoff limit, deadline), [`cronjob`] (cron
+//! schedules, concurrency policy, history limits) and [`endpoints_controller`] (a Service's
+//! ready and not-ready pod addresses, [`endpoints`]). [`runner::Runner`] runs the cluster
+//! controllers not keyed yet on the leader in rounds: [`volumebinder`] (claims to volumes),
+//! [`gc`] (objects whose owners are all gone) and [`nodelifecycle`] (silent nodes tainted
+//! unreachable, their pods evicted after their toleration).
 
 pub mod controller;
 pub mod cronjob;

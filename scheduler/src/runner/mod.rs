@@ -5,23 +5,20 @@
 //! changes nothing in the outcome. Pods are placed by [`crate::scheduling`], not here.
 //!
 //! A round runs when a cached kind changes, and at least every `interval` for the controllers
-//! that act on time (node lifecycle, the pod GC quarantine). It issues no list: the caches are fed by one watch per kind. Keyed
-//! reconcilers per object ([`crate::controller`]; Deployments, ReplicaSets, Jobs,
-//! CronJobs and Endpoints so far) replace them
-//! one controller at a time (issue 15).
+//! that act on time (node lifecycle, the pod GC quarantine). It issues no list: the caches are
+//! fed by one watch per kind. Keyed reconcilers per object ([`crate::controller`]: the
+//! workload controllers and Endpoints) replace them one controller at a time (issue 15).
 //!
 //! This module holds the loop, the round and what the passes share; the passes themselves are
-//! in `workloads` (StatefulSets, DaemonSets, Jobs, CronJobs) and
-//! `cluster` (node lifecycle, garbage collection, service accounts, volumes, load balancers).
+//! in `cluster` (node lifecycle, garbage collection, service accounts, volumes, load
+//! balancers).
 
 mod cluster;
-mod workloads;
 
 use crate::informers::Listed;
 use crate::nodelifecycle::marked_unreachable;
 use serde_json::{json, Value};
 use skiff_client::Client;
-use skiff_proto::api::Node;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -90,24 +87,9 @@ pub const NODE_MONITOR_PERIOD: Duration = Duration::from_secs(5);
 /// the write that creates them, so it only mends older namespaces and deleted accounts.
 pub const SERVICE_ACCOUNT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The component that reports an event about a `object_kind` object for `reason`.
-fn component(object_kind: &str, reason: &str) -> &'static str {
-    match (object_kind, reason) {
-        ("Pod", "TaintManagerEviction") | ("Node", _) => "node-controller",
-        ("Pod", _) => "default-scheduler",
-        ("Deployment", _) => "deployment-controller",
-        ("DaemonSet", _) => "daemonset-controller",
-        ("StatefulSet", _) => "statefulset-controller",
-        _ => "replicaset-controller",
-    }
-}
-
 /// How long a node must have been missing before the pods bound to it are collected (Kubernetes'
 /// pod GC quarantine).
 const POD_GC_QUARANTINE: Duration = Duration::from_secs(40);
-
-/// Pod creates a controller has in flight at once.
-const CREATE_CONCURRENCY: usize = 64;
 
 impl Runner {
     pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) {
@@ -158,11 +140,6 @@ impl Runner {
         Runner { client: self.client.fenced(term), ..self.clone() }
     }
 
-    /// Every cached object of `resource` as `T` (objects that do not decode are left out).
-    fn typed<T: serde::de::DeserializeOwned>(&self, resource: &str) -> Result<Vec<T>, Status> {
-        Ok(self.lister.list(resource, "")?.iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect())
-    }
-
     /// A conflict or a vanished object only means the next round will look again.
     fn ignore_races(&self, r: Result<(), Status>) -> Result<(), Status> {
         match r {
@@ -200,50 +177,13 @@ impl Runner {
         if full {
             note("load balancer status", self.load_balancers().await);
             note("volume binder", self.bind_volumes().await);
-            note("statefulset controller", self.statefulsets().await);
-            note("daemonset controller", self.daemonsets().await);
         }
         state.failed = failed;
     }
 
-    /// Creates a controller's pods as Kubernetes does: in batches that double from 1 (capped at
-    /// [`CREATE_CONCURRENCY`] in flight), so a refused template fails once, not a thousand times,
-    /// and a big scale-up is not one request at a time. Stops at the first error.
-    async fn create_pods(&self, owner: &Value, owner_kind: &str, ns: &str, pods: &[Value]) -> Result<(), Status> {
-        let mut batch = 1;
-        let mut rest = pods;
-        while !rest.is_empty() {
-            let (now, later) = rest.split_at(batch.min(rest.len()));
-            rest = later;
-            let mut creates = tokio::task::JoinSet::new();
-            for pod in now {
-                let (client, pod, ns, owner) = (self.client.clone(), pod.clone(), ns.to_string(), owner.clone());
-                let (kind, component) = (owner_kind.to_string(), component(owner_kind, "SuccessfulCreate"));
-                creates.spawn(async move {
-                    let created = client.create("pods", &ns, &pod).await?;
-                    let msg = format!("Created pod: {}", created["metadata"]["name"].as_str().unwrap_or_default());
-                    client.event(&owner, &kind, component, "Normal", "SuccessfulCreate", &msg).await;
-                    Ok::<(), Status>(())
-                });
-            }
-            let mut failed = None;
-            while let Some(r) = creates.join_next().await {
-                match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => failed = failed.or(Some(e)),
-                    Err(e) => failed = failed.or(Some(Status::internal(e.to_string()))),
-                }
-            }
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            batch = (batch * 2).min(CREATE_CONCURRENCY);
-        }
-        Ok(())
-    }
-
     /// Records an Event about an object; failures are logged, not fatal.
     async fn event(&self, obj: &Value, object_kind: &str, kind: &str, reason: &str, message: &str) {
-        self.client.event(obj, object_kind, component(object_kind, reason), kind, reason, message).await;
+        // Only the node lifecycle controller records events here (about nodes and evictions).
+        self.client.event(obj, object_kind, "node-controller", kind, reason, message).await;
     }
 }
