@@ -354,92 +354,35 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                 let store = master.clone();
                 let store_revision: std::sync::Arc<dyn Fn() -> i64 + Send + Sync> =
                     std::sync::Arc::new(move || store.sm.mvcc.current_revision());
-                let lister = skiff_scheduler::informers::Lister::new(&informers, store_revision.clone());
-                let runner = skiff_scheduler::runner::Runner {
-                    client,
-                    leader_term: std::sync::Arc::new(move || leader.leader_term()),
-                    interval: std::time::Duration::from_millis(500),
-                    node_grace: std::time::Duration::from_secs(controllers.node_grace_seconds),
-                    pod_eviction_timeout: std::time::Duration::from_secs(controllers.pod_eviction_seconds),
-                    lister: std::sync::Arc::new(lister),
-                };
+                let leader_term: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync> =
+                    std::sync::Arc::new(move || leader.leader_term());
                 let endpoints = skiff_scheduler::endpoints_controller::run(
-                    runner.client.clone(),
+                    client.clone(),
                     skiff_scheduler::endpoints_controller::Caches::of(&informers),
-                    runner.leader_term.clone(),
+                    leader_term.clone(),
                     stop_rx.clone(),
                 );
                 tokio::spawn(endpoints);
                 let context = skiff_scheduler::controller::Context {
-                    client: runner.client.clone(),
-                    leader_term: runner.leader_term.clone(),
+                    client: client.clone(),
+                    leader_term: leader_term.clone(),
                     store_revision,
                     events: std::sync::Arc::default(),
                     families: std::sync::Arc::default(),
                 };
-                let replica_sets = skiff_scheduler::replicaset::ReplicaSets {
-                    sets: informers.replica_sets.clone(),
-                    pods: informers.pods.clone(),
+                let settings = skiff_scheduler::controllers::Settings {
+                    node_grace: std::time::Duration::from_secs(controllers.node_grace_seconds),
+                    pod_eviction: std::time::Duration::from_secs(controllers.pod_eviction_seconds),
+                    cron_clock_speed: controllers.cron_clock_speed,
                 };
-                tokio::spawn(skiff_scheduler::controller::run(
-                    std::sync::Arc::new(replica_sets),
-                    context.clone(),
-                    stop_rx.clone(),
-                ));
-                let deployments = skiff_scheduler::deployment::Deployments {
-                    deployments: informers.deployments.clone(),
-                    sets: informers.replica_sets.clone(),
-                    pods: informers.pods.clone(),
-                };
-                tokio::spawn(skiff_scheduler::controller::run(
-                    std::sync::Arc::new(deployments),
-                    context.clone(),
-                    stop_rx.clone(),
-                ));
-                let jobs = skiff_scheduler::job::Jobs { jobs: informers.jobs.clone(), pods: informers.pods.clone() };
-                tokio::spawn(skiff_scheduler::controller::run(
-                    std::sync::Arc::new(jobs),
-                    context.clone(),
-                    stop_rx.clone(),
-                ));
-                let stateful_sets = skiff_scheduler::statefulset::StatefulSets {
-                    sets: informers.stateful_sets.clone(),
-                    pods: informers.pods.clone(),
-                    claims: informers.claims.clone(),
-                };
-                tokio::spawn(skiff_scheduler::controller::run(
-                    std::sync::Arc::new(stateful_sets),
-                    context.clone(),
-                    stop_rx.clone(),
-                ));
-                let daemon_sets = skiff_scheduler::daemonset::DaemonSets {
-                    sets: informers.daemon_sets.clone(),
-                    nodes: informers.nodes.clone(),
-                    pods: informers.pods.clone(),
-                };
-                tokio::spawn(skiff_scheduler::controller::run(
-                    std::sync::Arc::new(daemon_sets),
-                    context.clone(),
-                    stop_rx.clone(),
-                ));
-                let cron_jobs = skiff_scheduler::cronjob::CronJobs {
-                    cron_jobs: informers.cron_jobs.clone(),
-                    jobs: informers.jobs.clone(),
-                    clock: skiff_scheduler::cronjob::CronClock::new(controllers.cron_clock_speed),
-                };
-                tokio::spawn(skiff_scheduler::controller::run(
-                    std::sync::Arc::new(cron_jobs),
-                    context,
-                    stop_rx.clone(),
-                ));
+                skiff_scheduler::controllers::start(&informers, &context, settings, &stop_rx);
                 let scheduler = skiff_scheduler::scheduling::Scheduler {
-                    client: runner.client.clone(),
+                    client,
                     pods: informers.pods.clone(),
                     nodes: informers.nodes.clone(),
-                    leader_term: runner.leader_term.clone(),
+                    leader_term,
                 };
-                tokio::spawn(scheduler.run(stop_rx.clone()));
-                tokio::spawn(runner.run(stop_rx));
+                tokio::spawn(scheduler.run(stop_rx));
             }
             Err(e) => tracing::warn!("scheduler not started: {}", e.message()),
         }

@@ -32,6 +32,25 @@ pub fn served(ing: &Value, classes: &[Value]) -> bool {
     }
 }
 
+/// [`served`] on the proto types.
+pub fn serves<'a>(ing: &crate::api::Ingress, classes: impl IntoIterator<Item = &'a crate::api::IngressClass>) -> bool {
+    let ours = |c: &crate::api::IngressClass| c.spec.as_ref().is_some_and(|s| s.controller == CONTROLLER);
+    let meta = |c: &'a crate::api::IngressClass| c.metadata.as_ref();
+    let named = ing.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()).or_else(|| {
+        ing.metadata.as_ref().and_then(|m| m.annotations.get("kubernetes.io/ingress.class")).map(String::as_str)
+    });
+    match named.filter(|c| !c.is_empty()) {
+        Some(name) => classes.into_iter().any(|c| meta(c).is_some_and(|m| m.name == name) && ours(c)),
+        None => {
+            let defaults: Vec<&crate::api::IngressClass> = classes
+                .into_iter()
+                .filter(|c| meta(c).is_some_and(|m| m.annotations.get(IS_DEFAULT).is_some_and(|v| v == "true")))
+                .collect();
+            defaults.is_empty() || defaults.iter().any(|c| ours(c))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +79,25 @@ mod tests {
         let foreign_default = vec![class("skiff", CONTROLLER, false), class("other", "x.io/y", true)];
         assert!(!served(&json!({"spec": {}}), &foreign_default), "another controller is the default");
         assert!(served(&json!({"spec": {}}), &[]), "no classes at all: Skiff is the only controller");
+    }
+
+    #[test]
+    fn the_typed_decision_is_the_same() {
+        let named = |n: &str| json!({"spec": {"ingressClassName": n}});
+        let legacy = json!({"metadata": {"annotations": {"kubernetes.io/ingress.class": "other"}}, "spec": {}});
+        let ingresses = [named("skiff"), named("nginx"), named("other"), named("missing"), json!({"spec": {}}), legacy];
+        let class_sets = [
+            vec![class("skiff", CONTROLLER, true), class("nginx", CONTROLLER, false), class("other", "x.io/y", false)],
+            vec![class("skiff", CONTROLLER, false), class("other", "x.io/y", true)],
+            vec![],
+        ];
+        for classes in &class_sets {
+            let typed: Vec<crate::api::IngressClass> =
+                classes.iter().map(|c| serde_json::from_value(c.clone()).unwrap()).collect();
+            for ing in &ingresses {
+                let typed_ing: crate::api::Ingress = serde_json::from_value(ing.clone()).unwrap();
+                assert_eq!(serves(&typed_ing, &typed), served(ing, classes), "{ing} with {classes:?}");
+            }
+        }
     }
 }

@@ -24,8 +24,8 @@ use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_client::Client;
 use skiff_proto::api::{
-    CronJob, DaemonSet, Deployment, Job, ObjectMeta, ObjectReference, PersistentVolumeClaim, Pod, ReplicaSet,
-    StatefulSet,
+    CronJob, DaemonSet, Deployment, Ingress, Job, Node, ObjectMeta, ObjectReference, PersistentVolume,
+    PersistentVolumeClaim, Pod, ReplicaSet, Service, ServiceAccount, StatefulSet,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -87,7 +87,21 @@ macro_rules! objects {
     };
 }
 
-objects!(Pod, ReplicaSet, Deployment, Job, CronJob, StatefulSet, DaemonSet, PersistentVolumeClaim);
+objects!(
+    Pod,
+    ReplicaSet,
+    Deployment,
+    Job,
+    CronJob,
+    StatefulSet,
+    DaemonSet,
+    PersistentVolumeClaim,
+    PersistentVolume,
+    ServiceAccount,
+    Service,
+    Ingress,
+    Node,
+);
 
 impl Object {
     /// The name it was stored under (for a create with `generateName`, the generated one).
@@ -161,6 +175,8 @@ pub enum Command {
         key: ObjectKey,
         note: Option<Note>,
     },
+    /// Delete a pod with no grace period: no node is left to stop it.
+    DeletePodNow(ObjectKey),
 }
 
 /// What a controller is: the caches it reads, the keys they hold, and a pure reconcile.
@@ -413,6 +429,9 @@ pub async fn execute(client: &Client, events: &Arc<EventFilter>, commands: Vec<C
                     record(client, events, note, &name).await;
                 }
             }
+            Command::DeletePodNow(key) => {
+                ignore_races(client.delete_pod(&key.namespace, &key.name, Some(0)).await)?;
+            }
             Command::Delete { resource, key, note } => {
                 if ignore_races(client.delete(resource, &key.namespace, &key.name).await)?.is_some() {
                     record(client, events, note, &key.name).await;
@@ -491,6 +510,7 @@ fn component(kind: &str) -> &'static str {
         "CronJob" => "cronjob-controller",
         "StatefulSet" => "statefulset-controller",
         "DaemonSet" => "daemonset-controller",
+        "Node" | "Pod" => "node-controller",
         _ => "replicaset-controller",
     }
 }

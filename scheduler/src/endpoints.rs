@@ -103,50 +103,6 @@ pub fn desired(svc: &Value, pods: &[Value]) -> Value {
     json!(subsets)
 }
 
-/// `{"ip": …}` for each ready node's InternalIP, sorted.
-fn ready_node_ips(nodes: &[Value]) -> Vec<Value> {
-    let mut ips: Vec<String> = nodes
-        .iter()
-        .filter(|n| {
-            n["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-        })
-        .flat_map(|n| n["status"]["addresses"].as_array().cloned().unwrap_or_default())
-        .filter(|a| a["type"] == "InternalIP")
-        .filter_map(|a| a["address"].as_str().map(String::from))
-        .collect();
-    ips.sort();
-    ips.dedup();
-    ips.into_iter().map(|ip| json!({"ip": ip})).collect()
-}
-
-/// `status` with `loadBalancer.ingress` = the ready nodes, if that changes it.
-fn served_by_nodes(obj: &Value, nodes: &[Value]) -> Option<Value> {
-    let ingress = ready_node_ips(nodes);
-    let have = obj["status"]["loadBalancer"]["ingress"].as_array().cloned().unwrap_or_default();
-    (have != ingress).then(|| json!({"loadBalancer": {"ingress": ingress}}))
-}
-
-/// The status a LoadBalancer Service should have, if it differs from its own: with no cloud,
-/// every ready node serves the service's ports on its address (as k3s's service load balancer
-/// does), so `status.loadBalancer.ingress` lists the ready nodes' InternalIPs.
-pub fn load_balancer_status(svc: &Value, nodes: &[Value]) -> Option<Value> {
-    if svc["spec"]["type"] != "LoadBalancer" {
-        return None;
-    }
-    served_by_nodes(svc, nodes)
-}
-
-/// The same for an Ingress the nodes' built-in controller serves (by its class; see
-/// `skiff_proto::ingress_class`).
-pub fn ingress_status(ing: &Value, classes: &[Value], nodes: &[Value]) -> Option<Value> {
-    if !skiff_proto::ingress_class::served(ing, classes) {
-        return None;
-    }
-    served_by_nodes(ing, nodes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,24 +139,5 @@ mod tests {
     #[test]
     fn services_without_a_selector_are_left_alone() {
         assert_eq!(desired(&json!({"spec": {"ports": [{"port": 80}]}}), &[]), json!([]));
-    }
-
-    #[test]
-    fn a_load_balancer_lists_the_ready_nodes_addresses() {
-        let node = |ip: &str, ready: &str| {
-            json!({"status": {"conditions": [{"type": "Ready", "status": ready}],
-                              "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": "n"}]}})
-        };
-        let nodes = [node("127.0.0.3", "True"), node("127.0.0.2", "True"), node("127.0.0.4", "Unknown")];
-        let mut svc = json!({"spec": {"type": "LoadBalancer"}});
-        let status = load_balancer_status(&svc, &nodes).unwrap();
-        assert_eq!(status, json!({"loadBalancer": {"ingress": [{"ip": "127.0.0.2"}, {"ip": "127.0.0.3"}]}}));
-        svc["status"] = status;
-        assert_eq!(load_balancer_status(&svc, &nodes), None, "written once");
-        assert_eq!(load_balancer_status(&json!({"spec": {"type": "NodePort"}}), &nodes), None);
-        let classes = [json!({"metadata": {"name": "skiff"}, "spec": {"controller": "skiff.io/ingress-controller"}})];
-        assert!(ingress_status(&json!({"spec": {}}), &classes, &nodes).is_some());
-        assert!(ingress_status(&json!({"spec": {"ingressClassName": "skiff"}}), &classes, &nodes).is_some());
-        assert_eq!(ingress_status(&json!({"spec": {"ingressClassName": "nginx"}}), &classes, &nodes), None);
     }
 }

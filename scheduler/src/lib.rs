@@ -9,18 +9,20 @@
 //! shell: a queue of unscheduled pods and a node cache fed by informers; on the raft leader
 //! only, it assumes each decision and binds through the API's binding subresource.
 //! [`controller`] is the runtime of the keyed controllers (triggers, a keyed queue, a pure
-//! `reconcile(key)` returning commands, one fenced executor); each controller's pure plan lives
-//! beside it: [`deployment`] (a ReplicaSet per template revision, RollingUpdate and Recreate,
-//! history), [`replicaset`] (replica counts, adoption), [`statefulset`] (ordered, stable pods
-//! with a claim per ordinal), [`daemonset`] (a pod per matching node, rolled one node at a
-//! time), [`job`] (completions, parallelism, backoff limit, deadline), [`cronjob`] (cron
-//! schedules, concurrency policy, history limits) and [`endpoints_controller`] (a Service's
-//! ready and not-ready pod addresses, [`endpoints`]). [`runner::Runner`] runs the cluster
-//! controllers not keyed yet on the leader in rounds: [`volumebinder`] (claims to volumes),
-//! [`gc`] (objects whose owners are all gone) and [`nodelifecycle`] (silent nodes tainted
-//! unreachable, their pods evicted after their toleration).
+//! `reconcile(key)` returning commands, one fenced executor); [`controllers`] starts them all.
+//! Each controller's pure plan lives beside it: [`deployment`] (a ReplicaSet per template
+//! revision, RollingUpdate and Recreate, history), [`replicaset`] (replica counts, adoption),
+//! [`statefulset`] (ordered, stable pods with a claim per ordinal), [`daemonset`] (a pod per
+//! matching node, rolled one node at a time), [`job`] (completions, parallelism, backoff limit,
+//! deadline), [`cronjob`] (cron schedules, concurrency policy, history limits),
+//! [`endpoints_controller`] (a Service's ready and not-ready pod addresses, [`endpoints`]),
+//! [`nodelifecycle`] (silent nodes tainted unreachable, their pods evicted after their
+//! toleration), [`gc`] (objects whose owners are all gone, pods whose node is gone),
+//! [`volumebinder`] (claims to volumes), [`serviceaccounts`] (a `default` account per
+//! namespace) and [`loadbalancers`] (the status of LoadBalancer Services and Ingresses).
 
 pub mod controller;
+pub mod controllers;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -29,12 +31,13 @@ pub mod endpoints_controller;
 pub mod gc;
 pub mod informers;
 pub mod job;
+pub mod loadbalancers;
 pub mod nodelifecycle;
 pub mod objects;
 pub mod placement;
 pub mod replicaset;
-pub mod runner;
 pub mod scheduling;
+pub mod serviceaccounts;
 pub mod snapshot;
 pub mod statefulset;
 pub mod volumebinder;

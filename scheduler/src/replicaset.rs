@@ -384,7 +384,7 @@ mod tests {
                 Command::Create { .. } => "create",
                 Command::Update { .. } => "update",
                 Command::UpdateStatus { .. } => "status",
-                Command::Delete { .. } => "delete",
+                Command::Delete { .. } | Command::DeletePodNow(_) => "delete",
             })
             .collect();
         assert_eq!(kinds, ["update", "create", "status"], "{commands:?}");

@@ -4,143 +4,265 @@
 //! `pvc.spec.volumeName`, phases Bound). A claim with no match stays Pending until one appears;
 //! a volume whose claim is gone becomes Released.
 //!
-//! `plan` is pure: claims and volumes in, the objects to write out.
+//! [`plan`] is pure: claims and volumes in, the writes out. A binding takes several looks,
+//! each from the caches the last one's writes changed: the volume records the claim first,
+//! then the claim names the volume (so a claim is only ever bound to a volume that records
+//! it), then the phases. [`VolumeBinder`] reconciles every claim and volume under one key,
+//! queued by any change of either: two claims must never be given one volume.
 
-use serde_json::{json, Value};
+use crate::controller::{self, Command, Object, Reconciler};
+use crate::objects::deleting;
+use futures::future::BoxFuture;
+use skiff_client::informer::{ObjectKey, Store};
+use skiff_client::queue::WorkQueue;
+use skiff_proto::api::{
+    ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimStatus, PersistentVolumeStatus,
+};
 use skiff_proto::quantity::parse_quantity;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
-    /// Volumes with a new claimRef (spec) to write.
-    pub volumes: Vec<Value>,
-    /// Claims with a new volumeName (spec) to write.
-    pub claims: Vec<Value>,
-    /// Volume statuses to set: (volume name, phase).
-    pub volume_phases: Vec<(String, String)>,
-    /// Claim statuses to set: (namespace, name, volume) → Bound.
-    pub bound_claims: Vec<(String, String, String)>,
+    /// Volumes with a new claimRef (spec).
+    pub volumes: Vec<PersistentVolume>,
+    /// Claims with a new volumeName (spec).
+    pub claims: Vec<PersistentVolumeClaim>,
+    /// Volumes with a new phase (status).
+    pub volume_statuses: Vec<PersistentVolume>,
+    /// Claims now Bound (status).
+    pub claim_statuses: Vec<PersistentVolumeClaim>,
 }
 
-fn modes(v: &Value) -> Vec<String> {
-    v.as_array().into_iter().flatten().filter_map(|m| m.as_str().map(String::from)).collect()
+fn size(quantities: &std::collections::BTreeMap<String, String>) -> i128 {
+    quantities.get("storage").and_then(|q| parse_quantity(q)).unwrap_or(0)
 }
 
-fn fits(claim: &Value, pv: &Value) -> bool {
-    let class = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let want_class = class(&claim["spec"]["storageClassName"]);
-    let want_modes = modes(&claim["spec"]["accessModes"]);
-    let have_modes = modes(&pv["spec"]["accessModes"]);
-    let want = claim["spec"]["resources"]["requests"]["storage"].as_str().and_then(parse_quantity).unwrap_or(0);
-    let have = pv["spec"]["capacity"]["storage"].as_str().and_then(parse_quantity).unwrap_or(0);
-    class(&pv["spec"]["storageClassName"]) == want_class
-        && want_modes.iter().all(|m| have_modes.contains(m))
-        && have >= want
+fn fits(claim: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
+    let (want, have) = (claim.spec.clone().unwrap_or_default(), pv.spec.clone().unwrap_or_default());
+    let want_size = want.resources.as_ref().map_or(0, |r| size(&r.requests));
+    want.storage_class_name.unwrap_or_default() == have.storage_class_name
+        && want.access_modes.iter().all(|m| have.access_modes.contains(m))
+        && size(&have.capacity) >= want_size
 }
 
-fn claim_ref(claim: &Value) -> Value {
-    json!({"kind": "PersistentVolumeClaim", "apiVersion": "v1", "namespace": claim["metadata"]["namespace"],
-           "name": claim["metadata"]["name"], "uid": claim["metadata"]["uid"]})
+fn name(pv: &PersistentVolume) -> &str {
+    pv.metadata.as_ref().map_or("", |m| m.name.as_str())
 }
 
-pub fn plan(claims: &[Value], volumes: &[Value]) -> Plan {
+fn claim_ref(pv: &PersistentVolume) -> Option<&ObjectReference> {
+    pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
+}
+
+/// Whether `pv` records `claim`.
+fn refers(pv: &PersistentVolume, claim: &PersistentVolumeClaim) -> bool {
+    let meta = claim.metadata.clone().unwrap_or_default();
+    claim_ref(pv).is_some_and(|r| r.name == meta.name && r.namespace == meta.namespace)
+}
+
+fn phase(pv: &PersistentVolume) -> &str {
+    pv.status.as_ref().map_or("", |s| s.phase.as_str())
+}
+
+fn with_phase(pv: &PersistentVolume, phase: &str) -> PersistentVolume {
+    PersistentVolume {
+        status: Some(PersistentVolumeStatus { phase: phase.into(), ..Default::default() }),
+        ..pv.clone()
+    }
+}
+
+pub fn plan(claims: &[&PersistentVolumeClaim], volumes: &[&PersistentVolume]) -> Plan {
     let mut p = Plan::default();
-    let mut taken: Vec<String> = Vec::new();
-    let refers = |pv: &Value, c: &Value| {
-        pv["spec"]["claimRef"]["name"] == c["metadata"]["name"]
-            && pv["spec"]["claimRef"]["namespace"] == c["metadata"]["namespace"]
-    };
-    for c in claims.iter().filter(|c| c["metadata"]["deletionTimestamp"].is_null()) {
-        let ns = c["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
-        let name = c["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let named = c["spec"]["volumeName"].as_str().filter(|v| !v.is_empty());
+    let mut taken: Vec<&str> = Vec::new();
+    for &c in claims.iter().filter(|c| !c.metadata.as_ref().is_some_and(deleting)) {
+        let meta = c.metadata.clone().unwrap_or_default();
+        let named = c.spec.as_ref().map(|s| s.volume_name.as_str()).filter(|v| !v.is_empty());
         let pv = match named {
-            Some(v) => volumes.iter().find(|pv| pv["metadata"]["name"] == v),
+            Some(v) => volumes.iter().copied().find(|pv| name(pv) == v),
             None => {
                 // Already claimed for this claim (a half-done binding), else the smallest fit.
-                volumes.iter().find(|pv| refers(pv, c)).or_else(|| {
-                    let mut free: Vec<&Value> = volumes
+                volumes.iter().copied().find(|pv| refers(pv, c)).or_else(|| {
+                    let mut free: Vec<&PersistentVolume> = volumes
                         .iter()
-                        .filter(|pv| {
-                            pv["spec"]["claimRef"].is_null()
-                                && !taken.contains(&pv["metadata"]["name"].as_str().unwrap_or_default().to_string())
-                        })
-                        .filter(|pv| fits(c, pv))
+                        .copied()
+                        .filter(|pv| claim_ref(pv).is_none() && !taken.contains(&name(pv)) && fits(c, pv))
                         .collect();
-                    free.sort_by_key(|pv| {
-                        pv["spec"]["capacity"]["storage"].as_str().and_then(parse_quantity).unwrap_or(0)
-                    });
+                    free.sort_by_key(|pv| pv.spec.as_ref().map_or(0, |s| size(&s.capacity)));
                     free.first().copied()
                 })
             }
         };
         let Some(pv) = pv else { continue };
-        let pv_name = pv["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        if !pv["spec"]["claimRef"].is_null() && !refers(pv, c) {
+        taken.push(name(pv));
+        if claim_ref(pv).is_none() {
+            let mut v = pv.clone();
+            v.spec.get_or_insert_with(Default::default).claim_ref = Some(ObjectReference {
+                kind: "PersistentVolumeClaim".into(),
+                api_version: "v1".into(),
+                namespace: meta.namespace.clone(),
+                name: meta.name.clone(),
+                uid: meta.uid.clone(),
+                ..Default::default()
+            });
+            p.volumes.push(v);
+            continue;
+        }
+        if !refers(pv, c) {
             continue; // named a volume bound to another claim: stays Pending
         }
-        taken.push(pv_name.clone());
-        if pv["spec"]["claimRef"].is_null() {
-            let mut v = pv.clone();
-            v["spec"]["claimRef"] = claim_ref(c);
-            p.volumes.push(v);
-        }
-        if pv["status"]["phase"] != "Bound" {
-            p.volume_phases.push((pv_name.clone(), "Bound".into()));
+        if phase(pv) != "Bound" {
+            p.volume_statuses.push(with_phase(pv, "Bound"));
         }
         if named.is_none() {
             let mut claim = c.clone();
-            claim["spec"]["volumeName"] = json!(pv_name);
+            claim.spec.get_or_insert_with(Default::default).volume_name = name(pv).into();
             p.claims.push(claim);
-        }
-        if c["status"]["phase"] != "Bound" {
-            p.bound_claims.push((ns, name, pv_name));
+        } else if c.status.as_ref().is_none_or(|s| s.phase != "Bound") {
+            let spec = pv.spec.clone().unwrap_or_default();
+            let status = PersistentVolumeClaimStatus {
+                phase: "Bound".into(),
+                access_modes: spec.access_modes,
+                capacity: spec.capacity,
+            };
+            p.claim_statuses.push(PersistentVolumeClaim { status: Some(status), ..c.clone() });
         }
     }
-    for pv in volumes {
-        let bound_to_gone = !pv["spec"]["claimRef"].is_null() && !claims.iter().any(|c| refers(pv, c));
-        if bound_to_gone && pv["status"]["phase"] != "Released" {
-            p.volume_phases.push((pv["metadata"]["name"].as_str().unwrap_or_default().to_string(), "Released".into()));
-        } else if pv["spec"]["claimRef"].is_null() && pv["status"]["phase"] != "Available" {
-            p.volume_phases.push((pv["metadata"]["name"].as_str().unwrap_or_default().to_string(), "Available".into()));
+    for &pv in volumes.iter().filter(|pv| !taken.contains(&name(pv))) {
+        let bound_to_gone = claim_ref(pv).is_some() && !claims.iter().any(|c| refers(pv, c));
+        if bound_to_gone && phase(pv) != "Released" {
+            p.volume_statuses.push(with_phase(pv, "Released"));
+        } else if claim_ref(pv).is_none() && phase(pv) != "Available" {
+            p.volume_statuses.push(with_phase(pv, "Available"));
         }
     }
     p
 }
 
+/// The binder over the master's caches, under one key ([`VolumeBinder::KEY`]).
+pub struct VolumeBinder {
+    pub claims: Store<PersistentVolumeClaim>,
+    pub volumes: Store<PersistentVolume>,
+}
+
+impl VolumeBinder {
+    fn key() -> ObjectKey {
+        ObjectKey::new("", "persistent-volume-binder")
+    }
+}
+
+impl Reconciler for VolumeBinder {
+    const NAME: &'static str = "volume binder";
+
+    fn every_key(&self) -> Vec<ObjectKey> {
+        vec![VolumeBinder::key()]
+    }
+
+    fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            controller::on_changes(&self.claims, queue, self, |_, _| vec![VolumeBinder::key()]),
+            controller::on_changes(&self.volumes, queue, self, |_, _| vec![VolumeBinder::key()]),
+        ]
+    }
+
+    fn synced(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            self.claims.synced().await;
+            self.volumes.synced().await;
+        })
+    }
+
+    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.claims.caught_up(revision).await;
+            self.volumes.caught_up(revision).await;
+        })
+    }
+
+    fn reconcile(&self, _: &ObjectKey) -> Vec<Command> {
+        let (claims, volumes) = (self.claims.list(), self.volumes.list());
+        let claims: Vec<&PersistentVolumeClaim> = claims.iter().map(|c| &**c).collect();
+        let volumes: Vec<&PersistentVolume> = volumes.iter().map(|v| &**v).collect();
+        let plan = plan(&claims, &volumes);
+        let update = |object| Command::Update { object, note: None };
+        let status = |object| Command::UpdateStatus { object, note: None };
+        (plan.volumes.into_iter().map(|v| update(Object::PersistentVolume(v))))
+            .chain(plan.claims.into_iter().map(|c| update(Object::PersistentVolumeClaim(c))))
+            .chain(plan.volume_statuses.into_iter().map(|v| status(Object::PersistentVolume(v))))
+            .chain(plan.claim_statuses.into_iter().map(|c| status(Object::PersistentVolumeClaim(c))))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn pv(name: &str, size: &str) -> Value {
-        json!({"metadata": {"name": name}, "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"]}, "status": {"phase": "Available"}})
+    fn pv(name: &str, size: &str) -> PersistentVolume {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"]}, "status": {"phase": "Available"}})).unwrap()
     }
 
-    fn pvc(name: &str, size: &str) -> Value {
-        json!({"metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid")},
-               "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}})
+    fn pvc(name: &str, size: &str) -> PersistentVolumeClaim {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid")},
+               "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}}))
+        .unwrap()
+    }
+
+    /// Plans and applies the plan's writes until nothing changes; the final claims and volumes.
+    fn settle(
+        mut claims: Vec<PersistentVolumeClaim>,
+        mut volumes: Vec<PersistentVolume>,
+    ) -> (Vec<PersistentVolumeClaim>, Vec<PersistentVolume>) {
+        for _ in 0..10 {
+            let p = plan(&claims.iter().collect::<Vec<_>>(), &volumes.iter().collect::<Vec<_>>());
+            if p == Plan::default() {
+                return (claims, volumes);
+            }
+            for written in p.volumes.into_iter().chain(p.volume_statuses) {
+                let at = volumes.iter().position(|v| name(v) == name(&written)).unwrap();
+                volumes[at] = written;
+            }
+            for written in p.claims.into_iter().chain(p.claim_statuses) {
+                let key = |c: &PersistentVolumeClaim| c.metadata.as_ref().unwrap().name.clone();
+                let at = claims.iter().position(|c| key(c) == key(&written)).unwrap();
+                claims[at] = written;
+            }
+        }
+        panic!("the binder does not settle");
     }
 
     #[test]
-    fn a_claim_binds_to_the_smallest_volume_that_fits() {
-        let p = plan(&[pvc("c", "2Gi")], &[pv("big", "10Gi"), pv("small", "1Gi"), pv("right", "5Gi")]);
-        assert_eq!(p.claims[0]["spec"]["volumeName"], "right");
-        assert_eq!(p.volumes[0]["spec"]["claimRef"]["name"], "c");
-        assert_eq!(p.bound_claims, [("default".into(), "c".into(), "right".into())]);
+    fn a_claim_binds_to_the_smallest_volume_that_fits_volume_first() {
+        let (c, big, small, right) = (pvc("c", "2Gi"), pv("big", "10Gi"), pv("small", "1Gi"), pv("right", "5Gi"));
+        let p = plan(&[&c], &[&big, &small, &right]);
+        assert_eq!(p.volumes.len(), 1);
+        assert_eq!(claim_ref(&p.volumes[0]).unwrap().name, "c");
+        assert!(p.claims.is_empty(), "the claim names the volume once the volume records it");
+        let (claims, volumes) = settle(vec![c], vec![big, small, right]);
+        assert_eq!(claims[0].spec.as_ref().unwrap().volume_name, "right");
+        assert_eq!(claims[0].status.as_ref().unwrap().phase, "Bound");
+        assert_eq!(claims[0].status.as_ref().unwrap().capacity["storage"], "5Gi");
+        let phases: Vec<&str> = volumes.iter().map(phase).collect();
+        assert_eq!(phases, ["Available", "Available", "Bound"]);
     }
 
     #[test]
     fn claims_without_a_match_wait_and_two_claims_never_share_a_volume() {
-        let p = plan(&[pvc("a", "1Gi"), pvc("b", "1Gi")], &[pv("only", "1Gi")]);
-        assert_eq!(p.claims.len(), 1);
-        let p = plan(&[pvc("huge", "100Gi")], &[pv("only", "1Gi")]);
-        assert!(p.claims.is_empty() && p.bound_claims.is_empty());
+        let (claims, volumes) = settle(vec![pvc("a", "1Gi"), pvc("b", "1Gi")], vec![pv("only", "1Gi")]);
+        let bound: Vec<&str> =
+            claims.iter().map(|c| c.spec.as_ref().unwrap().volume_name.as_str()).filter(|v| !v.is_empty()).collect();
+        assert_eq!(bound, ["only"]);
+        assert_eq!(phase(&volumes[0]), "Bound");
+        let p = plan(&[&pvc("huge", "100Gi")], &[&pv("only", "1Gi")]);
+        assert_eq!(p, Plan::default());
     }
 
     #[test]
     fn a_volume_whose_claim_is_gone_is_released() {
         let mut v = pv("v", "1Gi");
-        v["spec"]["claimRef"] = json!({"namespace": "default", "name": "gone"});
-        v["status"]["phase"] = json!("Bound");
-        assert_eq!(plan(&[], &[v]).volume_phases, [("v".to_string(), "Released".to_string())]);
+        v.spec.as_mut().unwrap().claim_ref =
+            Some(ObjectReference { namespace: "default".into(), name: "gone".into(), ..Default::default() });
+        v.status.as_mut().unwrap().phase = "Bound".into();
+        let p = plan(&[], &[&v]);
+        assert_eq!(p.volume_statuses.iter().map(phase).collect::<Vec<_>>(), ["Released"]);
     }
 }

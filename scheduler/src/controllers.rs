@@ -1,0 +1,101 @@
+//! Every controller of a master, started over its shared informers: each runs on every master
+//! (so its queue is current) and reconciles only while this master leads.
+
+use crate::controller::{run, Context, Reconciler};
+use crate::informers::Informers;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The controllers' settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How long a node's Lease may go unrenewed before the node counts as unreachable.
+    pub node_grace: Duration,
+    /// How long pods without a toleration stay on an unreachable node.
+    pub pod_eviction: Duration,
+    /// How many times faster than real time the CronJob controller's clock runs (tests).
+    pub cron_clock_speed: u32,
+}
+
+/// Starts every controller until `stop`.
+pub fn start(informers: &Informers, ctx: &Context, settings: Settings, stop: &tokio::sync::watch::Receiver<bool>) {
+    fn spawn<R: Reconciler>(r: R, ctx: &Context, stop: &tokio::sync::watch::Receiver<bool>) {
+        tokio::spawn(run(Arc::new(r), ctx.clone(), stop.clone()));
+    }
+    let i = informers;
+    let owners = crate::gc::Owners {
+        deployments: i.deployments.clone(),
+        replica_sets: i.replica_sets.clone(),
+        daemon_sets: i.daemon_sets.clone(),
+        stateful_sets: i.stateful_sets.clone(),
+        jobs: i.jobs.clone(),
+        cron_jobs: i.cron_jobs.clone(),
+    };
+    spawn(crate::replicaset::ReplicaSets { sets: i.replica_sets.clone(), pods: i.pods.clone() }, ctx, stop);
+    spawn(
+        crate::deployment::Deployments {
+            deployments: i.deployments.clone(),
+            sets: i.replica_sets.clone(),
+            pods: i.pods.clone(),
+        },
+        ctx,
+        stop,
+    );
+    spawn(
+        crate::statefulset::StatefulSets {
+            sets: i.stateful_sets.clone(),
+            pods: i.pods.clone(),
+            claims: i.claims.clone(),
+        },
+        ctx,
+        stop,
+    );
+    spawn(
+        crate::daemonset::DaemonSets { sets: i.daemon_sets.clone(), nodes: i.nodes.clone(), pods: i.pods.clone() },
+        ctx,
+        stop,
+    );
+    spawn(crate::job::Jobs { jobs: i.jobs.clone(), pods: i.pods.clone() }, ctx, stop);
+    let clock = crate::cronjob::CronClock::new(settings.cron_clock_speed);
+    spawn(crate::cronjob::CronJobs { cron_jobs: i.cron_jobs.clone(), jobs: i.jobs.clone(), clock }, ctx, stop);
+    spawn(
+        crate::nodelifecycle::NodeLifecycle {
+            nodes: i.nodes.clone(),
+            leases: i.leases.clone(),
+            pods: i.pods.clone(),
+            grace: settings.node_grace,
+            eviction: settings.pod_eviction,
+            last_taint: Default::default(),
+        },
+        ctx,
+        stop,
+    );
+    spawn(crate::gc::Collector { dependents: i.pods.clone(), owners: owners.clone() }, ctx, stop);
+    spawn(crate::gc::Collector { dependents: i.replica_sets.clone(), owners: owners.clone() }, ctx, stop);
+    spawn(crate::gc::Collector { dependents: i.jobs.clone(), owners: owners.clone() }, ctx, stop);
+    spawn(crate::gc::Collector { dependents: i.claims.clone(), owners }, ctx, stop);
+    spawn(crate::gc::PodGc { pods: i.pods.clone(), nodes: i.nodes.clone(), missing: Default::default() }, ctx, stop);
+    spawn(
+        crate::serviceaccounts::ServiceAccounts {
+            namespaces: i.namespaces.clone(),
+            accounts: i.service_accounts.clone(),
+        },
+        ctx,
+        stop,
+    );
+    spawn(crate::volumebinder::VolumeBinder { claims: i.claims.clone(), volumes: i.volumes.clone() }, ctx, stop);
+    spawn(
+        crate::loadbalancers::ServiceLoadBalancers { services: i.services.clone(), nodes: i.nodes.clone() },
+        ctx,
+        stop,
+    );
+    spawn(
+        crate::loadbalancers::IngressStatuses {
+            ingresses: i.ingresses.clone(),
+            classes: i.ingress_classes.clone(),
+            nodes: i.nodes.clone(),
+        },
+        ctx,
+        stop,
+    );
+}
