@@ -356,13 +356,6 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     std::sync::Arc::new(move || store.sm.mvcc.current_revision());
                 let leader_term: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync> =
                     std::sync::Arc::new(move || leader.leader_term());
-                let endpoints = skiff_scheduler::endpoints_controller::run(
-                    client.clone(),
-                    skiff_scheduler::endpoints_controller::Caches::of(&informers),
-                    leader_term.clone(),
-                    stop_rx.clone(),
-                );
-                tokio::spawn(endpoints);
                 let context = skiff_scheduler::controller::Context {
                     client: client.clone(),
                     leader_term: leader_term.clone(),

@@ -24,7 +24,7 @@ use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_client::Client;
 use skiff_proto::api::{
-    CronJob, DaemonSet, Deployment, Ingress, Job, Node, ObjectMeta, ObjectReference, PersistentVolume,
+    CronJob, DaemonSet, Deployment, Endpoints, Ingress, Job, Node, ObjectMeta, ObjectReference, PersistentVolume,
     PersistentVolumeClaim, Pod, ReplicaSet, Service, ServiceAccount, StatefulSet,
 };
 use std::collections::HashMap;
@@ -101,6 +101,7 @@ objects!(
     Service,
     Ingress,
     Node,
+    Endpoints,
 );
 
 impl Object {

@@ -31,6 +31,15 @@ pub fn start(informers: &Informers, ctx: &Context, settings: Settings, stop: &to
         jobs: i.jobs.clone(),
         cron_jobs: i.cron_jobs.clone(),
     };
+    spawn(
+        crate::endpoints::EndpointsController {
+            services: i.services.clone(),
+            endpoints: i.endpoints.clone(),
+            pods: i.pods.clone(),
+        },
+        ctx,
+        stop,
+    );
     spawn(crate::replicaset::ReplicaSets { sets: i.replica_sets.clone(), pods: i.pods.clone() }, ctx, stop);
     spawn(
         crate::deployment::Deployments {

@@ -1,10 +1,10 @@
 //! The Deployment controller: one ReplicaSet per pod-template revision, rolled between with
 //! RollingUpdate (maxSurge / maxUnavailable, readiness-gated) or Recreate.
 //!
-//! `plan` is pure (DESIGN.md rule 6): from the Deployment, its namespace's ReplicaSets and
-//! pods it returns the ReplicaSet to create, the replica counts to set, the old ReplicaSets to
-//! delete past `revisionHistoryLimit`, and the status. Each round takes one step; the next
-//! round sees the pods that step made, so readiness paces the rollout.
+//! `plan` is pure (DESIGN.md rule 6): from the Deployment, its ReplicaSets and their pods it
+//! returns the ReplicaSet to create, the replica counts to set, the old ReplicaSets to delete
+//! past `revisionHistoryLimit`, and the status. Each reconcile takes one step; the next sees
+//! the pods that step made, so readiness paces the rollout.
 //!
 //! As Kubernetes: ReplicaSets are named `<deployment>-<pod-template-hash>` and carry the hash
 //! as a label (also in their selector), revisions live in the
@@ -12,14 +12,16 @@
 //! template back — its ReplicaSet becomes the newest revision again.
 
 use crate::controller::{self, before_and_after, own_key, Command, Note, Object, Reconciler};
-use crate::objects::json::selector_matches;
-use crate::objects::json::{controller_uid, ready, terminating};
+use crate::objects::{controller_ref, ready, selector_matches, terminating};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
-use skiff_proto::api::{Deployment, ObjectMeta, Pod, ReplicaSet};
-use std::collections::BTreeMap;
+use skiff_proto::api::{
+    Condition, Deployment, DeploymentStatus, ObjectMeta, OwnerReference, Pod, PodTemplateSpec, ReplicaSet,
+    ReplicaSetSpec,
+};
+use skiff_proto::serde_util::IntOrString;
 use std::sync::Arc;
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -29,14 +31,14 @@ pub const HASH_LABEL: &str = "pod-template-hash";
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     /// A ReplicaSet to create for the current template.
-    pub create: Option<Value>,
+    pub create: Option<ReplicaSet>,
     /// ReplicaSets to update (spec.replicas and annotations changed), as full objects.
-    pub update: Vec<Value>,
+    pub update: Vec<ReplicaSet>,
     /// Old ReplicaSets (names) beyond revisionHistoryLimit, scaled to zero and without pods.
     pub delete: Vec<String>,
     /// The revision the Deployment's own annotation should carry.
     pub revision: String,
-    pub status: Value,
+    pub status: DeploymentStatus,
 }
 
 /// Kubernetes' pod-template hash: FNV-1a (32 bit) of the template, in its safe alphabet.
@@ -56,14 +58,19 @@ pub fn template_hash(template: &Value) -> String {
     out
 }
 
+/// [`template_hash`] of a typed template, as its JSON (what pods made before carry).
+pub fn hash_of_template(template: Option<&PodTemplateSpec>) -> String {
+    template_hash(&template.map_or(json!({}), |t| serde_json::to_value(t).unwrap_or_default()))
+}
+
 /// `maxSurge` / `maxUnavailable`: an int, or a percentage of `desired` (surge rounds up,
 /// unavailable rounds down, as Kubernetes does).
-pub fn resolve(v: Option<&Value>, default: &str, desired: i64, round_up: bool) -> i64 {
-    let v = v.cloned().unwrap_or(json!(default));
-    if let Some(n) = v.as_i64() {
-        return n.max(0);
-    }
-    let s = v.as_str().unwrap_or(default);
+pub fn resolve(v: Option<IntOrString>, default: &str, desired: i64, round_up: bool) -> i64 {
+    let s = match v {
+        Some(IntOrString::Int(n)) => return n.max(0),
+        Some(IntOrString::Str(s)) => s,
+        None => default.to_string(),
+    };
     match s.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()) {
         Some(p) if round_up => (desired * p + 99) / 100,
         Some(p) => desired * p / 100,
@@ -71,55 +78,103 @@ pub fn resolve(v: Option<&Value>, default: &str, desired: i64, round_up: bool) -
     }
 }
 
-fn revision(rs: &Value) -> i64 {
-    rs["metadata"]["annotations"][REVISION].as_str().and_then(|r| r.parse().ok()).unwrap_or(0)
+fn meta(rs: &ReplicaSet) -> &ObjectMeta {
+    static NONE: std::sync::OnceLock<ObjectMeta> = std::sync::OnceLock::new();
+    rs.metadata.as_ref().unwrap_or_else(|| NONE.get_or_init(ObjectMeta::default))
 }
 
-fn replicas(rs: &Value) -> i64 {
-    rs.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)
+fn revision(rs: &ReplicaSet) -> i64 {
+    meta(rs).annotations.get(REVISION).and_then(|r| r.parse().ok()).unwrap_or(0)
 }
 
-fn labels(v: &Value) -> BTreeMap<String, String> {
-    v.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
-        .unwrap_or_default()
+fn replicas(rs: &ReplicaSet) -> i64 {
+    rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) as i64
 }
 
-/// What to do for deployment `d`, given its namespace's ReplicaSets and pods.
-pub fn plan(d: &Value, sets: &[Value], pods: &[Value]) -> Plan {
-    let uid = d["metadata"]["uid"].as_str().unwrap_or_default();
-    let name = d["metadata"]["name"].as_str().unwrap_or_default();
-    let desired = d.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0);
-    let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
-    let hash = template_hash(&template);
-    let mut owned: Vec<Value> = sets.iter().filter(|rs| controller_uid(rs) == Some(uid)).cloned().collect();
+fn set_replicas(rs: &mut ReplicaSet, n: i64) {
+    rs.spec.get_or_insert_with(Default::default).replicas = Some(n as i32);
+}
+
+fn controlled_by(obj: Option<&ObjectMeta>, uid: &str) -> bool {
+    obj.and_then(controller_ref).is_some_and(|r| r.uid == uid)
+}
+
+/// The ReplicaSet a Deployment makes for its current template.
+fn new_replica_set(d: &Deployment, meta: &ObjectMeta, hash: &str, max_revision: i64) -> ReplicaSet {
+    let spec = d.spec.clone().unwrap_or_default();
+    let mut template = spec.template.unwrap_or_default();
+    template.metadata.get_or_insert_with(Default::default).labels.insert(HASH_LABEL.into(), hash.into());
+    let mut selector = spec.selector.unwrap_or_default();
+    selector.match_labels.insert(HASH_LABEL.into(), hash.into());
+    let mut annotations = std::collections::BTreeMap::from([(REVISION.to_string(), (max_revision + 1).to_string())]);
+    if let Some(cause) = meta.annotations.get(CHANGE_CAUSE) {
+        annotations.insert(CHANGE_CAUSE.into(), cause.clone());
+    }
+    ReplicaSet {
+        api_version: "apps/v1".into(),
+        kind: "ReplicaSet".into(),
+        metadata: Some(ObjectMeta {
+            name: format!("{}-{hash}", meta.name),
+            namespace: meta.namespace.clone(),
+            labels: template.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default(),
+            annotations,
+            owner_references: vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: meta.name.clone(),
+                uid: meta.uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }],
+            ..Default::default()
+        }),
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(0),
+            selector: Some(selector),
+            template: Some(template),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// What to do for deployment `d`, given its ReplicaSets and their pods (others are left out).
+pub fn plan(d: &Deployment, sets: &[&ReplicaSet], pods: &[&Pod]) -> Plan {
+    let d_meta = d.metadata.clone().unwrap_or_default();
+    let spec = d.spec.clone().unwrap_or_default();
+    let uid = d_meta.uid.as_str();
+    let desired = spec.replicas.unwrap_or(1).max(0) as i64;
+    let hash = hash_of_template(spec.template.as_ref());
+    let mut owned: Vec<ReplicaSet> =
+        sets.iter().filter(|rs| controlled_by(rs.metadata.as_ref(), uid)).map(|rs| (*rs).clone()).collect();
     owned.sort_by_key(revision);
-    let pods_of = |rs: &Value| -> Vec<&Value> {
-        let rs_uid = rs["metadata"]["uid"].as_str().unwrap_or_default();
-        pods.iter().filter(|p| !terminating(p) && controller_uid(p) == Some(rs_uid)).collect()
+    let pods_of = |rs: &ReplicaSet| -> Vec<&Pod> {
+        let rs_uid = meta(rs).uid.as_str();
+        pods.iter().copied().filter(|p| !terminating(p) && controlled_by(p.metadata.as_ref(), rs_uid)).collect()
     };
     let max_revision = owned.iter().map(revision).max().unwrap_or(0);
     let mut p = Plan::default();
 
     // The ReplicaSet of the current template, made or found; an old one brought back (a
     // rollback) becomes the newest revision.
-    let current = owned.iter().position(|rs| labels(rs).get(HASH_LABEL) == Some(&hash));
-    let paused = d.pointer("/spec/paused").and_then(Value::as_bool).unwrap_or(false);
+    let current = owned.iter().position(|rs| meta(rs).labels.get(HASH_LABEL) == Some(&hash));
+    let paused = spec.paused;
     let mut new_rs = match current {
         Some(i) => {
             let mut rs = owned.remove(i);
             let mut changed = false;
-            if revision(&rs) < max_revision {
-                rs["metadata"]["annotations"][REVISION] = json!((max_revision + 1).to_string());
+            let annotations = &mut rs.metadata.get_or_insert_with(Default::default).annotations;
+            if annotations.get(REVISION).and_then(|r| r.parse::<i64>().ok()).unwrap_or(0) < max_revision {
+                annotations.insert(REVISION.into(), (max_revision + 1).to_string());
                 changed = true;
             }
             // As Kubernetes: the current ReplicaSet carries the Deployment's latest change cause
             // (an `edit --record` or `scale --record` that changed no template still shows).
-            let cause = &d["metadata"]["annotations"][CHANGE_CAUSE];
-            if cause.is_string() && rs["metadata"]["annotations"][CHANGE_CAUSE] != *cause {
-                rs["metadata"]["annotations"][CHANGE_CAUSE] = cause.clone();
-                changed = true;
+            if let Some(cause) = d_meta.annotations.get(CHANGE_CAUSE) {
+                if annotations.get(CHANGE_CAUSE) != Some(cause) {
+                    annotations.insert(CHANGE_CAUSE.into(), cause.clone());
+                    changed = true;
+                }
             }
             if changed {
                 p.update.push(rs.clone());
@@ -127,34 +182,19 @@ pub fn plan(d: &Value, sets: &[Value], pods: &[Value]) -> Plan {
             Some(rs)
         }
         None if paused => None,
-        None => {
-            let mut t = template.clone();
-            t["metadata"]["labels"][HASH_LABEL] = json!(hash);
-            let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));
-            selector["matchLabels"][HASH_LABEL] = json!(hash);
-            let mut annotations = json!({ REVISION: (max_revision + 1).to_string() });
-            if let Some(cause) = d["metadata"]["annotations"][CHANGE_CAUSE].as_str() {
-                annotations[CHANGE_CAUSE] = json!(cause);
-            }
-            Some(json!({
-                "apiVersion": "apps/v1", "kind": "ReplicaSet",
-                "metadata": {
-                    "name": format!("{name}-{hash}"), "namespace": d["metadata"]["namespace"],
-                    "labels": t["metadata"]["labels"], "annotations": annotations,
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": uid,
-                                         "controller": true, "blockOwnerDeletion": true}],
-                },
-                "spec": {"replicas": 0, "selector": selector, "template": t},
-            }))
-        }
+        None => Some(new_replica_set(d, &d_meta, &hash, max_revision)),
     };
     let is_new = current.is_none() && new_rs.is_some();
 
     // Replica counts.
     let mut counts: Vec<i64> = owned.iter().map(replicas).collect();
-    let ready_of = |rs: &Value| pods_of(rs).iter().filter(|p| ready(p)).count() as i64;
+    let ready_of = |rs: &ReplicaSet| pods_of(rs).iter().filter(|p| ready(p)).count() as i64;
     let mut new_count = new_rs.as_ref().map_or(0, replicas);
-    let recreate = d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate");
+    let strategy = spec.strategy.clone().unwrap_or_default();
+    let recreate = strategy.r#type == "Recreate";
+    let rolling = strategy.rolling_update.unwrap_or_default();
+    let max_surge = IntOrString::from_value(&rolling.max_surge);
+    let max_unavailable = IntOrString::from_value(&rolling.max_unavailable);
     let old_active: i64 = counts.iter().sum();
     if let Some(new) = &new_rs {
         let old_pods_left = owned.iter().any(|rs| !pods_of(rs).is_empty());
@@ -172,16 +212,15 @@ pub fn plan(d: &Value, sets: &[Value], pods: &[Value]) -> Plan {
             // Old ReplicaSets already cut to zero whose pods are still live (their controller
             // has not deleted them yet — a leader died between the two writes, say) still
             // occupy the surge room: the rolling rules below count them.
-            let ru = d.pointer("/spec/strategy/rollingUpdate");
-            let surge = resolve(ru.and_then(|r| r.get("maxSurge")), "25%", desired, true);
-            let mut unavailable = resolve(ru.and_then(|r| r.get("maxUnavailable")), "25%", desired, false);
+            let surge = resolve(max_surge, "25%", desired, true);
+            let mut unavailable = resolve(max_unavailable.clone(), "25%", desired, false);
             if surge == 0 && unavailable == 0 {
                 unavailable = 1;
             }
             // Up: the new ReplicaSet grows into the surge room. A ReplicaSet counts as the
             // larger of its size and its live pods: a scale-down its controller has not carried
             // out yet (a leader that died between the two writes) still occupies the room.
-            let occupied = |rs: &Value, size: i64| size.max(pods_of(rs).len() as i64);
+            let occupied = |rs: &ReplicaSet, size: i64| size.max(pods_of(rs).len() as i64);
             let total =
                 owned.iter().zip(&counts).map(|(rs, c)| occupied(rs, *c)).sum::<i64>() + occupied(new, new_count);
             if total < desired + surge {
@@ -212,94 +251,114 @@ pub fn plan(d: &Value, sets: &[Value], pods: &[Value]) -> Plan {
     for (i, rs) in owned.iter().enumerate() {
         if counts[i] != replicas(rs) {
             let mut updated = rs.clone();
-            updated["spec"]["replicas"] = json!(counts[i]);
+            set_replicas(&mut updated, counts[i]);
             p.update.push(updated);
         }
     }
     if let Some(new) = new_rs.as_mut() {
         if is_new {
-            new["spec"]["replicas"] = json!(new_count);
+            set_replicas(new, new_count);
             p.create = Some(new.clone());
         } else if new_count != replicas(new) {
-            new["spec"]["replicas"] = json!(new_count);
-            match p.update.iter_mut().find(|u| u["metadata"]["name"] == new["metadata"]["name"]) {
+            set_replicas(new, new_count);
+            match p.update.iter_mut().find(|u| meta(u).name == meta(new).name) {
                 Some(u) => *u = new.clone(),
                 None => p.update.push(new.clone()),
             }
         }
-        p.revision = new["metadata"]["annotations"][REVISION].as_str().unwrap_or_default().to_string();
+        p.revision = meta(new).annotations.get(REVISION).cloned().unwrap_or_default();
     }
 
     // History: old ReplicaSets at zero with no pods, beyond the limit, oldest first.
-    let limit = d.pointer("/spec/revisionHistoryLimit").and_then(Value::as_i64).unwrap_or(10).max(0) as usize;
-    let idle: Vec<&Value> = owned
+    let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
+    let idle: Vec<&ReplicaSet> = owned
         .iter()
         .enumerate()
         .filter(|(i, rs)| counts[*i] == 0 && pods_of(rs).is_empty())
         .map(|(_, rs)| rs)
         .collect();
     if idle.len() > limit {
-        p.delete = idle[..idle.len() - limit]
-            .iter()
-            .map(|rs| rs["metadata"]["name"].as_str().unwrap_or_default().into())
-            .collect();
+        p.delete = idle[..idle.len() - limit].iter().map(|rs| meta(rs).name.clone()).collect();
     }
 
     // Status from the pods.
-    let selector = d.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
-    let mine: Vec<&Value> = pods
+    let selector = spec.selector.clone().unwrap_or_default();
+    let mine: Vec<&Pod> = pods
         .iter()
-        .filter(|p| !terminating(p) && selector_matches(&selector, &labels(p)))
+        .copied()
+        .filter(|p| !terminating(p) && p.metadata.as_ref().is_some_and(|m| selector_matches(&selector, &m.labels)))
         .filter(|p| {
-            let owner = controller_uid(p).unwrap_or_default();
-            owned.iter().chain(new_rs.iter()).any(|rs| rs["metadata"]["uid"] == owner)
+            let owner = p.metadata.as_ref().and_then(controller_ref).map_or("", |r| r.uid.as_str());
+            owned.iter().chain(new_rs.iter()).any(|rs| meta(rs).uid == owner)
         })
         .collect();
     let updated = new_rs.as_ref().filter(|_| !is_new).map_or(0, |rs| pods_of(rs).len() as i64);
     let ready_n = mine.iter().filter(|p| ready(p)).count() as i64;
-    let ru = d.pointer("/spec/strategy/rollingUpdate");
-    let max_unavailable =
-        if recreate { desired } else { resolve(ru.and_then(|r| r.get("maxUnavailable")), "25%", desired, false) };
+    let max_unavailable = if recreate { desired } else { resolve(max_unavailable, "25%", desired, false) };
     let available_ok = ready_n >= desired - max_unavailable;
     let complete = updated == desired && ready_n == desired && mine.len() as i64 == desired;
     let now = skiff_proto::time::now_rfc3339();
-    let cond = |kind: &str, ok: bool, reason: &str, message: String| {
-        json!({"type": kind, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message,
-               "lastUpdateTime": now, "lastTransitionTime": now})
+    let cond = |kind: &str, ok: bool, reason: &str, message: String| Condition {
+        r#type: kind.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        last_update_time: now.clone(),
+        last_transition_time: now.clone(),
+        ..Default::default()
     };
-    let new_name = new_rs.as_ref().and_then(|rs| rs["metadata"]["name"].as_str()).unwrap_or_default().to_string();
-    p.status = json!({
-        "observedGeneration": d.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
-        "replicas": mine.len(),
-        "updatedReplicas": updated,
-        "readyReplicas": ready_n,
-        "availableReplicas": ready_n,
-        "unavailableReplicas": (desired - ready_n).max(0),
-        "conditions": [
-            cond("Available", available_ok,
-                 if available_ok { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
-                 if available_ok { "Deployment has minimum availability.".into() } else { "Deployment does not have minimum availability.".into() }),
-            cond("Progressing", true,
-                 if complete { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
-                 if complete { format!("ReplicaSet \"{new_name}\" has successfully progressed.") }
-                 else { format!("ReplicaSet \"{new_name}\" is progressing.") }),
+    let new_name = new_rs.as_ref().map(|rs| meta(rs).name.clone()).unwrap_or_default();
+    let (available_reason, available_message) = if available_ok {
+        ("MinimumReplicasAvailable", "Deployment has minimum availability.")
+    } else {
+        ("MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
+    };
+    let (progress_reason, progress_message) = if complete {
+        ("NewReplicaSetAvailable", format!("ReplicaSet \"{new_name}\" has successfully progressed."))
+    } else {
+        ("ReplicaSetUpdated", format!("ReplicaSet \"{new_name}\" is progressing."))
+    };
+    p.status = DeploymentStatus {
+        observed_generation: d_meta.generation.max(1),
+        replicas: mine.len() as i32,
+        updated_replicas: updated as i32,
+        ready_replicas: ready_n as i32,
+        available_replicas: ready_n as i32,
+        unavailable_replicas: (desired - ready_n).max(0) as i32,
+        conditions: vec![
+            cond("Available", available_ok, available_reason, available_message.into()),
+            cond("Progressing", true, progress_reason, progress_message),
         ],
-    });
+        collision_count: d.status.as_ref().and_then(|s| s.collision_count),
+    };
     p
 }
 
+/// Whether `new` says something `old` does not: a count, or a condition's type or reason
+/// (not the times it carries, which are always now).
+fn status_changed(old: Option<&DeploymentStatus>, new: &DeploymentStatus) -> bool {
+    let Some(old) = old else { return true };
+    let counts = |s: &DeploymentStatus| {
+        (
+            s.replicas,
+            s.updated_replicas,
+            s.ready_replicas,
+            s.available_replicas,
+            s.unavailable_replicas,
+            s.observed_generation,
+        )
+    };
+    let conditions =
+        |s: &DeploymentStatus| s.conditions.iter().map(|c| (c.r#type.clone(), c.reason.clone())).collect::<Vec<_>>();
+    counts(old) != counts(new) || conditions(old) != conditions(new)
+}
+
 /// The Deployment controller over the master's caches: a Deployment's key is queued by its own
-/// changes, its ReplicaSets' and their pods'. Its plan still reads JSON: the reconcile converts
-/// at that boundary (the Deployment, its own ReplicaSets and their pods without their specs)
-/// and turns the plan back into typed commands.
+/// changes, its ReplicaSets' and their pods'.
 pub struct Deployments {
     pub deployments: Store<Deployment>,
     pub sets: Store<ReplicaSet>,
     pub pods: Store<Pod>,
-}
-
-fn to_json<T: serde::Serialize>(obj: &T) -> Value {
-    serde_json::to_value(obj).unwrap_or(Value::Null)
 }
 
 impl Deployments {
@@ -316,33 +375,20 @@ impl Deployments {
 
     fn commands(&self, d: &Deployment, meta: &ObjectMeta) -> Vec<Command> {
         let sets = self.sets.owned_by(&meta.uid);
-        let pods: Vec<Value> = sets
-            .iter()
-            .filter_map(|rs| rs.meta())
-            .flat_map(|m| self.pods.owned_by(&m.uid))
-            .map(|p| to_json(&Pod { spec: None, ..(*p).clone() }))
-            .collect();
-        let sets: Vec<Value> = sets.iter().map(|rs| to_json(&**rs)).collect();
-        let d_json = to_json(d);
-        let plan = plan(&d_json, &sets, &pods);
-        let typed = |v: &Value| serde_json::from_value::<ReplicaSet>(v.clone());
+        let pods: Vec<Arc<Pod>> =
+            sets.iter().filter_map(|rs| rs.meta()).flat_map(|m| self.pods.owned_by(&m.uid)).collect();
+        let sets: Vec<&ReplicaSet> = sets.iter().map(|rs| &**rs).collect();
+        let pods: Vec<&Pod> = pods.iter().map(|p| &**p).collect();
+        let plan = plan(d, &sets, &pods);
         let note = |message: String| Some(Note::normal("Deployment", "apps/v1", meta, "ScalingReplicaSet", message));
         let mut commands = Vec::new();
-        if let Some(rs) = &plan.create {
-            match typed(rs) {
-                Ok(rs_typed) => {
-                    let message = format!("Scaled up replica set {{name}} to {}", replicas(rs));
-                    commands.push(Command::Create { object: Object::ReplicaSet(rs_typed), note: note(message) });
-                }
-                Err(e) => tracing::warn!("deployment {}/{}: new replica set: {e}", meta.namespace, meta.name),
-            }
+        if let Some(rs) = plan.create {
+            let message = format!("Scaled up replica set {{name}} to {}", replicas(&rs));
+            commands.push(Command::Create { object: Object::ReplicaSet(rs), note: note(message) });
         }
-        for rs in &plan.update {
-            if let Ok(rs_typed) = typed(rs) {
-                let name = rs["metadata"]["name"].as_str().unwrap_or_default();
-                let message = format!("Scaled replica set {name} to {}", replicas(rs));
-                commands.push(Command::Update { object: Object::ReplicaSet(rs_typed), note: note(message) });
-            }
+        for rs in plan.update {
+            let message = format!("Scaled replica set {} to {}", self::meta(&rs).name, replicas(&rs));
+            commands.push(Command::Update { object: Object::ReplicaSet(rs), note: note(message) });
         }
         for name in &plan.delete {
             commands.push(Command::Delete {
@@ -361,31 +407,10 @@ impl Deployments {
             commands.push(Command::Update { object: Object::Deployment(updated), note: None });
             return commands;
         }
-        let status = &d_json["status"];
-        let conditions = |s: &Value| {
-            s["conditions"]
-                .as_array()
-                .map(|c| c.iter().map(|c| (c["type"].clone(), c["reason"].clone())).collect::<Vec<_>>())
-        };
-        let keys = [
-            "replicas",
-            "updatedReplicas",
-            "readyReplicas",
-            "availableReplicas",
-            "unavailableReplicas",
-            "observedGeneration",
-        ];
-        let changed = keys.iter().any(|k| status[*k].as_i64().unwrap_or(0) != plan.status[*k].as_i64().unwrap_or(0))
-            || conditions(status) != conditions(&plan.status);
-        if changed {
-            match serde_json::from_value(plan.status.clone()) {
-                Ok(status) => {
-                    let mut updated = d.clone();
-                    updated.status = Some(status);
-                    commands.push(Command::UpdateStatus { object: Object::Deployment(updated), note: None });
-                }
-                Err(e) => tracing::warn!("deployment {}/{}: status: {e}", meta.namespace, meta.name),
-            }
+        if status_changed(d.status.as_ref(), &plan.status) {
+            let mut updated = d.clone();
+            updated.status = Some(plan.status);
+            commands.push(Command::UpdateStatus { object: Object::Deployment(updated), note: None });
         }
         commands
     }
@@ -439,6 +464,31 @@ impl Reconciler for Deployments {
 mod tests {
     use super::*;
 
+    fn to_json<T: serde::Serialize>(obj: &T) -> Value {
+        serde_json::to_value(obj).unwrap()
+    }
+
+    /// The plan, as JSON: what the tests below read.
+    struct PlanJson {
+        create: Option<Value>,
+        update: Vec<Value>,
+        delete: Vec<String>,
+        revision: String,
+    }
+
+    /// [`super::plan`] over JSON fixtures.
+    fn plan(d: &Value, sets: &[Value], pods: &[Value]) -> PlanJson {
+        let sets: Vec<ReplicaSet> = sets.iter().map(|s| typed(s.clone())).collect();
+        let pods: Vec<Pod> = pods.iter().map(|p| typed(p.clone())).collect();
+        let p = super::plan(&typed(d.clone()), &sets.iter().collect::<Vec<_>>(), &pods.iter().collect::<Vec<_>>());
+        PlanJson {
+            create: p.create.as_ref().map(to_json),
+            update: p.update.iter().map(to_json).collect(),
+            delete: p.delete,
+            revision: p.revision,
+        }
+    }
+
     fn deployment(replicas: i64, image: &str, strategy: Value) -> Value {
         json!({"metadata": {"name": "web", "namespace": "default", "uid": "d-uid", "generation": 1},
                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}}, "strategy": strategy,
@@ -476,8 +526,8 @@ mod tests {
     fn surge_and_unavailable_resolve_like_kubernetes() {
         assert_eq!(resolve(None, "25%", 10, true), 3);
         assert_eq!(resolve(None, "25%", 10, false), 2);
-        assert_eq!(resolve(Some(&json!(2)), "25%", 10, true), 2);
-        assert_eq!(resolve(Some(&json!("50%")), "25%", 3, true), 2);
+        assert_eq!(resolve(Some(IntOrString::Int(2)), "25%", 10, true), 2);
+        assert_eq!(resolve(Some(IntOrString::Str("50%".into())), "25%", 3, true), 2);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! [`statefulset`] (ordered, stable pods with a claim per ordinal), [`daemonset`] (a pod per
 //! matching node, rolled one node at a time), [`job`] (completions, parallelism, backoff limit,
 //! deadline), [`cronjob`] (cron schedules, concurrency policy, history limits),
-//! [`endpoints_controller`] (a Service's ready and not-ready pod addresses, [`endpoints`]),
+//! [`endpoints`] (a Service's ready and not-ready pod addresses),
 //! [`nodelifecycle`] (silent nodes tainted unreachable, their pods evicted after their
 //! toleration), [`gc`] (objects whose owners are all gone, pods whose node is gone),
 //! [`volumebinder`] (claims to volumes), [`serviceaccounts`] (a `default` account per
@@ -27,7 +27,6 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
-pub mod endpoints_controller;
 pub mod gc;
 pub mod informers;
 pub mod job;

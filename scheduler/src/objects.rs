@@ -1,6 +1,5 @@
 //! What the controllers ask of any object: does a selector match it, who controls it, is a pod
-//! still a replica, is it ready — on the proto types, with the JSON forms ([`json`]) for the
-//! controllers that still plan over JSON.
+//! still a replica, is it ready — on the proto types.
 
 use skiff_proto::api::{LabelSelector, ObjectMeta, OwnerReference, Pod};
 use std::collections::BTreeMap;
@@ -49,56 +48,6 @@ pub fn phase(pod: &Pod) -> &str {
 /// The node the pod is bound to ("" while unscheduled).
 pub fn node_name(pod: &Pod) -> &str {
     pod.spec.as_ref().map_or("", |s| s.node_name.as_str())
-}
-
-/// The same questions of objects as JSON, for the controllers that have not moved to the proto
-/// types yet (they go with the last of them).
-pub mod json {
-    use serde_json::Value;
-    use std::collections::BTreeMap;
-
-    /// `matchLabels` and `matchExpressions` as Kubernetes evaluates them.
-    pub fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
-        let eq = selector
-            .get("matchLabels")
-            .and_then(Value::as_object)
-            .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str()));
-        let exprs = selector.get("matchExpressions").and_then(Value::as_array).into_iter().flatten().all(|e| {
-            let key = e["key"].as_str().unwrap_or_default();
-            let values: Vec<&str> =
-                e["values"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-            match e["operator"].as_str().unwrap_or_default() {
-                "In" => labels.get(key).is_some_and(|v| values.contains(&v.as_str())),
-                "NotIn" => labels.get(key).is_none_or(|v| !values.contains(&v.as_str())),
-                "Exists" => labels.contains_key(key),
-                "DoesNotExist" => !labels.contains_key(key),
-                _ => false,
-            }
-        });
-        eq && exprs
-    }
-
-    /// The uid of the object's controlling owner (the ownerReference with `controller: true`).
-    pub fn controller_uid(obj: &Value) -> Option<&str> {
-        obj.pointer("/metadata/ownerReferences")?
-            .as_array()?
-            .iter()
-            .find(|r| r.get("controller") == Some(&Value::Bool(true)))
-            .and_then(|r| r.get("uid").and_then(Value::as_str))
-    }
-
-    /// Being deleted, or finished (Succeeded / Failed): no longer counts as a replica.
-    pub fn terminating(pod: &Value) -> bool {
-        pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
-            || matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
-    }
-
-    /// The pod's Ready condition is True.
-    pub fn ready(pod: &Value) -> bool {
-        pod.pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-    }
 }
 
 #[cfg(test)]
