@@ -2,6 +2,17 @@
 //! under `/registry/<resource>/[<namespace>/]<name>`; their `resourceVersion` is the key's mod
 //! revision. Every write is one raft transaction guarded by a compare, so a stale update fails
 //! with a conflict instead of overwriting (DESIGN.md rule 3), and nothing is half-applied.
+//!
+//! This module holds creates, gets, updates, patches and binds; `list`, `watch`, `delete`
+//! and `addresses` (a Service's cluster IP and node ports) hold the rest.
+
+mod addresses;
+mod delete;
+mod list;
+mod watch;
+
+use addresses::claim_ops;
+pub(crate) use list::scan;
 
 use crate::admission;
 use crate::allocator::{self, Claims, ServiceRange};
@@ -126,43 +137,6 @@ pub(crate) fn prefix_end(prefix: impl AsRef<[u8]>) -> Vec<u8> {
     end
 }
 
-/// Visits the keys in `[start, end)` as they were at `revision`, in key order and in pages of
-/// 500 (each page a consistent read), until `visit` says stop (`false`).
-pub(crate) fn scan(
-    mvcc: &skiff_raft_store::mvcc::Mvcc,
-    mut start: Vec<u8>,
-    end: Vec<u8>,
-    revision: i64,
-    mut visit: impl FnMut(&KeyValue) -> ApiResult<bool>,
-) -> ApiResult<()> {
-    loop {
-        let page = mvcc
-            .range_page(&RangeRequest {
-                key: start,
-                range_end: end.clone(),
-                revision,
-                limit: 500,
-                ..Default::default()
-            })
-            .map_err(|e| match e {
-                ApplyError::Compacted { requested, compacted } => ApiError::Gone { requested, compacted },
-                other => ApiError::Store(other.into()),
-            })?;
-        for kv in &page.kvs {
-            if !visit(kv)? {
-                return Ok(());
-            }
-        }
-        match page.kvs.last() {
-            Some(kv) if page.more => {
-                start = kv.key.clone();
-                start.push(0);
-            }
-            _ => return Ok(()),
-        }
-    }
-}
-
 /// A stored object with its resourceVersion, opened first if it is encrypted at rest.
 pub(crate) fn decode_object(at_rest: Option<&crate::at_rest::AtRest>, kv: &KeyValue) -> ApiResult<Value> {
     let value = crate::at_rest::open(at_rest, &kv.key, &kv.value)?;
@@ -224,21 +198,6 @@ fn absent(key: &str) -> Compare {
         target_union: Some(compare::TargetUnion::CreateRevision(0)),
         ..Default::default()
     }
-}
-
-/// The value of a Service's allocation keys: `namespace/name`.
-fn owner_of(svc: &Value) -> String {
-    format!("{}/{}", object::namespace(svc), object::name(svc))
-}
-
-/// Adds a Service's claims to a transaction: each claimed key absent, then written; each
-/// released key deleted.
-fn claim_ops(claims: &Claims, svc: &Value, compares: &mut Vec<Compare>, ops: &mut Vec<RequestOp>) {
-    for k in &claims.claim {
-        compares.push(absent(k));
-        ops.push(put_op(k, owner_of(svc).into_bytes()));
-    }
-    ops.extend(claims.release.iter().map(|k| delete_op(k)));
 }
 
 /// The ops that delete `obj`'s key and, for a Service, give back its addresses.
@@ -308,88 +267,6 @@ impl Registry {
         ops: Vec<RequestOp>,
     ) -> ApiResult<i64> {
         self.guarded_claiming(resource, name, key, expected, None, ops).await
-    }
-
-    /// `guarded`, also claiming (and releasing) a Service's addresses in the same transaction.
-    /// An address the user asked for that someone else holds is refused by name; a picked one
-    /// taken meanwhile is a conflict (the caller's retry picks again).
-    async fn guarded_claiming(
-        &self,
-        resource: &str,
-        name: &str,
-        key: &str,
-        expected: i64,
-        claims: Option<(&Claims, &Value)>,
-        mut ops: Vec<RequestOp>,
-    ) -> ApiResult<i64> {
-        let mut compares = vec![mod_is(key, expected)];
-        if let Some((claims, obj)) = claims {
-            claim_ops(claims, obj, &mut compares, &mut ops);
-        }
-        let (ok, revision, _) = self.txn(compares, ops, vec![]).await?;
-        if ok {
-            return Ok(revision);
-        }
-        if let Some((claims, obj)) = claims {
-            self.refuse_taken(claims, obj).await?;
-        }
-        let current = self.read(key).await?.map_or("deleted".to_string(), |kv| kv.mod_revision.to_string());
-        Err(ApiError::Conflict { resource: resource.into(), name: name.into(), given: expected.to_string(), current })
-    }
-
-    /// The suffixes of the allocation keys under `prefix` (the addresses taken).
-    async fn allocated(&self, prefix: &str) -> ApiResult<std::collections::BTreeSet<String>> {
-        self.master.read_barrier().await?;
-        let r = self
-            .master
-            .sm
-            .mvcc
-            .range(&RangeRequest {
-                key: prefix.as_bytes().to_vec(),
-                range_end: prefix_end(prefix),
-                keys_only: true,
-                ..Default::default()
-            })
-            .map_err(StoreError::from)?;
-        Ok(r.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned()).collect())
-    }
-
-    /// Fills in a Service's cluster IP and node ports; what that claims and releases.
-    async fn assign_addresses(&self, svc: &mut Value, current: Option<&Value>) -> ApiResult<Claims> {
-        let ips = self.allocated(allocator::IP_PREFIX).await?;
-        let ports = self.allocated(allocator::PORT_PREFIX).await?;
-        allocator::assign(&self.service_range, svc, current, &ips, &ports, rand::random())
-            .map_err(|causes| ApiError::Invalid { kind: "Service".into(), name: object::name(svc).into(), causes })
-    }
-
-    /// After a failed claim: the error naming an address the user asked for that another
-    /// Service holds, if that is why.
-    async fn refuse_taken(&self, claims: &Claims, svc: &Value) -> ApiResult<()> {
-        let me = owner_of(svc);
-        for r in &claims.requested {
-            if let Some(kv) = self.read(&r.key).await? {
-                if kv.value != me.as_bytes() {
-                    let what = if r.field == "spec.clusterIP" { "IP" } else { "port" };
-                    return Err(ApiError::Invalid {
-                        kind: "Service".into(),
-                        name: object::name(svc).into(),
-                        causes: vec![match &r.value {
-                            Value::String(ip) => crate::error::FieldError::invalid(
-                                &r.field,
-                                ip,
-                                format!("provided {what} is already allocated"),
-                            ),
-                            port => crate::error::FieldError::invalid(
-                                &r.field,
-                                port.as_i64().unwrap_or_default(),
-                                format!("provided {what} is already allocated"),
-                            ),
-                        }],
-                    });
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The key that signs service-account tokens, shared by every master through the store:
@@ -637,49 +514,6 @@ impl Registry {
         }
     }
 
-    pub async fn list(&self, info: &'static KindInfo, ns: &str, opts: &ListOptions) -> ApiResult<ListPage> {
-        let labels = LabelSelector::parse(&opts.label_selector)?;
-        let fields = FieldSelector::parse(&opts.field_selector)?;
-        let prefix = kinds::prefix(info, if info.namespaced { ns } else { "" });
-        if opts.continue_token.is_empty() {
-            self.metrics.listed(info.resource, &opts.label_selector, &opts.field_selector);
-        }
-        let want = if opts.limit > 0 { opts.limit as usize } else { usize::MAX };
-        let mvcc = &self.master.sm.mvcc;
-        let (start, revision) = if opts.continue_token.is_empty() {
-            self.master.read_barrier().await?;
-            // Every write acknowledged before the list is applied here by now: a cache at
-            // this revision shows them all.
-            let revision = mvcc.current_revision();
-            let kind_prefix = kinds::prefix(info, "");
-            let sm = &self.master.sm;
-            let at_rest = self.at_rest.as_ref();
-            let cached = self.lists.list(sm, at_rest, &kind_prefix, &prefix, revision, &labels, &fields, want).await;
-            if let Some(page) = cached {
-                let continue_token = page.next.map(|k| encode_continue(page.revision, &k)).unwrap_or_default();
-                return Ok(ListPage { items: page.items, resource_version: page.revision, continue_token });
-            }
-            (prefix.as_bytes().to_vec(), revision)
-        } else {
-            decode_continue(&opts.continue_token, &prefix)?
-        };
-        let mut items = Vec::new();
-        let mut next = None;
-        scan(mvcc, start, prefix_end(&prefix), revision, |kv| {
-            if items.len() == want {
-                next = Some(kv.key.clone());
-                return Ok(false);
-            }
-            let stored = Stored::decode(self.at_rest.as_deref(), kv)?;
-            if stored.matches(&labels, &fields) {
-                items.push(Arc::new(stored));
-            }
-            Ok(true)
-        })?;
-        let continue_token = next.map(|k| encode_continue(revision, &k)).unwrap_or_default();
-        Ok(ListPage { items, resource_version: revision, continue_token })
-    }
-
     /// Replaces an object (or its status). A non-empty `resourceVersion` must be current.
     pub async fn update(&self, info: &'static KindInfo, mut obj: Value, scope: UpdateScope) -> ApiResult<Value> {
         check_type(info, &obj)?;
@@ -782,123 +616,6 @@ impl Registry {
         }
     }
 
-    /// Deletes (or marks for deletion) an object. Without a resourceVersion precondition a
-    /// concurrent update (a status write, say) is not the caller's conflict: it retries, as
-    /// Kubernetes' delete does. Every step before the guarded write is idempotent.
-    pub async fn delete(
-        &self,
-        info: &'static KindInfo,
-        ns: &str,
-        name: &str,
-        opts: &DeleteOptions,
-    ) -> ApiResult<Value> {
-        let mut attempt = 0;
-        loop {
-            match self.delete_once(info, ns, name, opts).await {
-                Err(ApiError::Conflict { .. }) if opts.resource_version.is_empty() && attempt < 5 => attempt += 1,
-                other => return other,
-            }
-        }
-    }
-
-    async fn delete_once(
-        &self,
-        info: &'static KindInfo,
-        ns: &str,
-        name: &str,
-        opts: &DeleteOptions,
-    ) -> ApiResult<Value> {
-        let ns = effective_namespace(info, ns);
-        let key = kinds::key(info, &ns, name);
-        let kv = self
-            .read(&key)
-            .await?
-            .ok_or_else(|| ApiError::NotFound { resource: kinds::qualified(info), name: name.into() })?;
-        if !opts.resource_version.is_empty() && opts.resource_version != kv.mod_revision.to_string() {
-            return Err(ApiError::Conflict {
-                resource: kinds::qualified(info),
-                name: name.into(),
-                given: opts.resource_version.clone(),
-                current: kv.mod_revision.to_string(),
-            });
-        }
-        let mut obj = self.decode(&kv)?;
-        let uid = object::meta_str(&obj, "uid").to_string();
-        if info.kind == "Namespace" {
-            return Box::pin(self.delete_namespace(obj, kv.mod_revision)).await;
-        }
-        let policy = match opts.propagation_policy.as_str() {
-            "" | "Background" => "Background",
-            p @ ("Foreground" | "Orphan") => p,
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "propagationPolicy {other:?} is not supported (Background, Foreground or Orphan)"
-                )))
-            }
-        };
-        let mut revision = kv.mod_revision;
-        if policy == "Orphan" {
-            // As Kubernetes does: the owner is marked as being deleted first, so its controller
-            // neither re-adopts the dependents released next nor replaces them.
-            // Kubernetes' `orphan` finalizer holds it meanwhile (a write that finds a deleted
-            // object without finalizers removes it); a delete cut short is finished by
-            // deleting again.
-            let mut finalizers =
-                obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
-            let marked = !object::meta_str(&obj, "deletionTimestamp").is_empty();
-            let held = finalizers.contains(&json!(ORPHAN_FINALIZER));
-            if !marked || !held {
-                if !marked {
-                    set_meta(&mut obj, "deletionTimestamp", json!(object::now_rfc3339()));
-                }
-                if !held {
-                    finalizers.push(json!(ORPHAN_FINALIZER));
-                }
-                set_meta(&mut obj, "finalizers", Value::Array(finalizers));
-                let ops = vec![self.put_object(&key, &obj)?];
-                revision = self.guarded(&kinds::qualified(info), name, &key, revision, ops).await?;
-            }
-            self.orphan_dependents(&ns, &uid).await?;
-        }
-        if policy == "Foreground" {
-            Box::pin(self.delete_dependents(&ns, &uid)).await?;
-        }
-        // The orphan finalizer is this delete's own: done once the dependents are released.
-        let finalizers = obj
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| f.iter().any(|f| policy != "Orphan" || f != ORPHAN_FINALIZER));
-        let graceful = info.kind == "Pod"
-            && opts.grace_period_seconds != Some(0)
-            && pod_still_running(&obj)
-            && !obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty();
-        if finalizers || graceful {
-            // Mark for deletion; finalizers' owners (or the node, for a pod) finish it.
-            if object::meta_str(&obj, "deletionTimestamp").is_empty() {
-                let grace = opts
-                    .grace_period_seconds
-                    .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
-                    .unwrap_or(30);
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                set_meta(&mut obj, "deletionTimestamp", json!(object::rfc3339(now + if graceful { grace } else { 0 })));
-                if graceful {
-                    set_meta(&mut obj, "deletionGracePeriodSeconds", json!(grace));
-                }
-                let ops = vec![self.put_object(&key, &obj)?];
-                let revision = self.guarded(&kinds::qualified(info), name, &key, revision, ops).await?;
-                set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
-            }
-        } else {
-            self.guarded(&kinds::qualified(info), name, &key, revision, delete_ops(info, &key, &obj)).await?;
-        }
-        if policy == "Background" {
-            Box::pin(self.delete_dependents(&ns, &uid)).await?;
-        }
-        Ok(obj)
-    }
-
     /// The binding subresource: assigns an unscheduled pod to `node` and marks it scheduled.
     /// A pod already bound elsewhere is a conflict; `resource_version`, if given, must be current.
     pub async fn bind(&self, ns: &str, name: &str, node: &str, resource_version: &str) -> ApiResult<Value> {
@@ -938,83 +655,6 @@ impl Registry {
         Err(ApiError::BindConflict(format!("pod {name} kept changing while being bound")))
     }
 
-    /// Objects in `ns` (and cluster-scoped ones) whose ownerReferences name `uid`.
-    async fn dependents(&self, ns: &str, uid: &str) -> ApiResult<Vec<(&'static KindInfo, Value)>> {
-        let mut out = Vec::new();
-        for info in KINDS.iter() {
-            let page = self.list(info, if info.namespaced { ns } else { "" }, &ListOptions::default()).await?;
-            for obj in page.into_values() {
-                let owned = obj
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)));
-                if owned {
-                    out.push((info, obj));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    async fn delete_dependents(&self, ns: &str, uid: &str) -> ApiResult<()> {
-        for (info, obj) in self.dependents(ns, uid).await? {
-            let opts = DeleteOptions { propagation_policy: "Background".into(), ..Default::default() };
-            match self.delete(info, object::namespace(&obj), object::name(&obj), &opts).await {
-                Ok(_) | Err(ApiError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    async fn orphan_dependents(&self, ns: &str, uid: &str) -> ApiResult<()> {
-        for (info, obj) in self.dependents(ns, uid).await? {
-            let refs: Vec<Value> = obj
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .map(|r| r.iter().filter(|r| r.get("uid").and_then(Value::as_str) != Some(uid)).cloned().collect())
-                .unwrap_or_default();
-            let patch = json!({"metadata": {"ownerReferences": if refs.is_empty() { Value::Null } else { Value::Array(refs) }}});
-            self.patch(info, object::namespace(&obj), object::name(&obj), &patch, UpdateScope::Main).await?;
-        }
-        Ok(())
-    }
-
-    /// Marks the namespace Terminating, deletes everything in it, then the namespace itself
-    /// (unless something in it waits on a finalizer; then it stays Terminating).
-    async fn delete_namespace(&self, mut ns_obj: Value, mod_revision: i64) -> ApiResult<Value> {
-        let ns_info = kinds::by_resource("namespaces")?;
-        let name = object::name(&ns_obj).to_string();
-        if SYSTEM_NAMESPACES.contains(&name.as_str()) {
-            return Err(ApiError::Forbidden(format!(
-                "namespace {name:?} is a system namespace and may not be deleted"
-            )));
-        }
-        let key = kinds::key(ns_info, "", &name);
-        let mut rev = mod_revision;
-        if ns_obj.pointer("/status/phase") != Some(&json!("Terminating")) {
-            ns_obj["status"] = json!({"phase": "Terminating"});
-            set_meta(&mut ns_obj, "deletionTimestamp", json!(object::now_rfc3339()));
-            rev = self.guarded("namespaces", &name, &key, rev, vec![self.put_object(&key, &ns_obj)?]).await?;
-        }
-        let mut left = 0;
-        for info in KINDS.iter().filter(|k| k.namespaced) {
-            for obj in self.list(info, &name, &ListOptions::default()).await?.into_values() {
-                let opts = DeleteOptions { grace_period_seconds: Some(0), ..Default::default() };
-                match self.delete(info, &name, object::name(&obj), &opts).await {
-                    Ok(o) if !object::meta_str(&o, "deletionTimestamp").is_empty() => left += 1,
-                    Ok(_) | Err(ApiError::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        if left == 0 {
-            self.guarded("namespaces", &name, &key, rev, vec![delete_op(&key)]).await?;
-        }
-        set_meta(&mut ns_obj, "resourceVersion", json!(rev.to_string()));
-        Ok(ns_obj)
-    }
-
     /// Creates the system namespaces if they are missing (idempotent; any master may run it).
     pub async fn ensure_system_namespaces(&self) -> ApiResult<()> {
         let info = kinds::by_resource("namespaces")?;
@@ -1039,137 +679,6 @@ impl Registry {
             Err(e) => Err(e),
         }
     }
-
-    /// Watches a kind: events after `resourceVersion`, or (empty / "0") the current objects as
-    /// ADDED followed by every change. Ends with `Err(Gone)` if the start was compacted.
-    pub async fn watch(
-        &self,
-        info: &'static KindInfo,
-        ns: &str,
-        opts: WatchOptions,
-    ) -> ApiResult<mpsc::Receiver<ApiResult<WatchEvent>>> {
-        let labels = LabelSelector::parse(&opts.label_selector)?;
-        let fields = FieldSelector::parse(&opts.field_selector)?;
-        let prefix = kinds::prefix(info, if info.namespaced { ns } else { "" });
-        let (tx, rx) = mpsc::channel(256);
-        let mut initial = Vec::new();
-        let start_revision = match opts.resource_version.as_str() {
-            "" | "0" => {
-                let page = self
-                    .list(
-                        info,
-                        ns,
-                        &ListOptions {
-                            label_selector: opts.label_selector.clone(),
-                            field_selector: opts.field_selector.clone(),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                let revision = page.resource_version;
-                initial = page.into_values();
-                revision + 1
-            }
-            rv => {
-                let rv: i64 =
-                    rv.parse().map_err(|_| ApiError::BadRequest(format!("resourceVersion {rv:?} is not a number")))?;
-                let compacted = self.master.sm.mvcc.compact_revision();
-                if rv < compacted {
-                    return Err(ApiError::Gone { requested: rv, compacted });
-                }
-                rv + 1
-            }
-        };
-        let spec = FeedSpec {
-            range: KeyRange::new(prefix.as_bytes(), &prefix_end(&prefix)),
-            start_revision,
-            prev_kv: true,
-            no_put: false,
-            no_delete: false,
-        };
-        let mut feed = watch_feed::start(self.master.sm.clone(), spec);
-        let (interval, only_progress) = match opts.bookmark_interval {
-            Some(asked) => (asked.max(MIN_BOOKMARK_INTERVAL), true),
-            None => (self.bookmark_interval, false),
-        };
-        let kind_info = info;
-        let at_rest = self.at_rest.clone();
-        tokio::spawn(async move {
-            for object in initial {
-                if tx.send(Ok(WatchEvent { kind: "ADDED", object })).await.is_err() {
-                    return;
-                }
-            }
-            let mut bookmarks = tokio::time::interval(interval);
-            bookmarks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            bookmarks.tick().await;
-            // The newest revision the watcher has been told of, by an event or a bookmark.
-            let mut told = start_revision - 1;
-            loop {
-                tokio::select! {
-                    msg = feed.rx.recv() => match msg {
-                        Some(Feed::Events { events, revision }) => {
-                            told = told.max(revision);
-                            for ev in events {
-                                match translate(at_rest.as_deref(), &ev, &labels, &fields) {
-                                    Ok(Some(e)) => if tx.send(Ok(e)).await.is_err() { return },
-                                    Ok(None) => {}
-                                    Err(e) => { let _ = tx.send(Err(e)).await; return; }
-                                }
-                            }
-                        }
-                        Some(Feed::Compacted { compacted }) => {
-                            let _ = tx.send(Err(ApiError::Gone { requested: start_revision - 1, compacted })).await;
-                            return;
-                        }
-                        None => return,
-                    },
-                    _ = bookmarks.tick(), if opts.allow_bookmarks => {
-                        // Never ahead of an event still queued: the next tick reports it.
-                        let Some(rv) = feed.settled_progress() else { continue };
-                        if only_progress && rv <= told {
-                            continue;
-                        }
-                        told = told.max(rv);
-                        let object = json!({"apiVersion": kind_info.api_version, "kind": kind_info.kind, "metadata": {"resourceVersion": rv.to_string()}});
-                        if tx.send(Ok(WatchEvent { kind: "BOOKMARK", object })).await.is_err() { return }
-                    }
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        Ok(rx)
-    }
-}
-
-/// Turns a store event into a watch event as seen through the selectors: an object that
-/// starts matching is ADDED, one that stops matching is DELETED.
-fn translate(
-    at_rest: Option<&crate::at_rest::AtRest>,
-    ev: &skiff_proto::mvccpb::Event,
-    labels: &LabelSelector,
-    fields: &FieldSelector,
-) -> ApiResult<Option<WatchEvent>> {
-    let matches = |o: &Value| labels.matches(&labels_of(o)) && fields.matches(o);
-    let prev = ev.prev_kv.as_ref().map(|kv| decode_object(at_rest, kv)).transpose()?;
-    if ev.r#type == EventType::Delete as i32 {
-        let Some(mut obj) = prev else { return Ok(None) };
-        let rev = ev.kv.as_ref().map_or(0, |kv| kv.mod_revision);
-        set_meta(&mut obj, "resourceVersion", json!(rev.to_string()));
-        return Ok(matches(&obj).then_some(WatchEvent { kind: "DELETED", object: obj }));
-    }
-    let Some(kv) = &ev.kv else { return Ok(None) };
-    let obj = decode_object(at_rest, kv)?;
-    let now = matches(&obj);
-    let before = prev.as_ref().is_some_and(matches);
-    let created = kv.create_revision == kv.mod_revision;
-    Ok(match (before, now) {
-        (false, true) => Some(WatchEvent { kind: "ADDED", object: obj }),
-        (true, true) if created => Some(WatchEvent { kind: "ADDED", object: obj }),
-        (true, true) => Some(WatchEvent { kind: "MODIFIED", object: obj }),
-        (true, false) => Some(WatchEvent { kind: "DELETED", object: obj }),
-        (false, false) => None,
-    })
 }
 
 fn pod_still_running(pod: &Value) -> bool {
@@ -1199,23 +708,4 @@ fn check_type(info: &KindInfo, obj: &Value) -> ApiResult<()> {
         )));
     }
     Ok(())
-}
-
-fn encode_continue(revision: i64, next_key: &[u8]) -> String {
-    let token = json!({"rv": revision, "start": base64::engine::general_purpose::STANDARD.encode(next_key)});
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
-}
-
-fn decode_continue(token: &str, prefix: &str) -> ApiResult<(Vec<u8>, i64)> {
-    let bad = || ApiError::BadRequest("continue token is not valid; list again without it".into());
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    let rev = v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
-    let start = base64::engine::general_purpose::STANDARD
-        .decode(v.get("start").and_then(Value::as_str).ok_or_else(bad)?)
-        .map_err(|_| bad())?;
-    if !start.starts_with(prefix.as_bytes()) {
-        return Err(bad());
-    }
-    Ok((start, rev))
 }
