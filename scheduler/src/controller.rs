@@ -193,16 +193,46 @@ pub trait Reconciler: Send + Sync + 'static {
     fn family(&self, key: &ObjectKey) -> ObjectKey {
         key.clone()
     }
+    /// Every cache it reads.
+    fn caches(&self) -> Vec<&dyn Cache>;
     /// Waits until every cache it reads has been listed.
-    fn synced(&self) -> BoxFuture<'_, ()>;
+    fn synced(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for cache in self.caches() {
+                cache.synced().await;
+            }
+        })
+    }
     /// Waits until every cache it reads is current to `revision`.
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()>;
+    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for cache in self.caches() {
+                cache.caught_up(revision).await;
+            }
+        })
+    }
     /// What to write for `key`, from the caches alone.
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command>;
     /// When `key` must be looked at again though nothing changed (a deadline, a schedule):
     /// asked after each reconcile of it that succeeded.
     fn requeue_after(&self, _key: &ObjectKey) -> Option<Duration> {
         None
+    }
+}
+
+/// A cache a reconciler reads, whatever its kind.
+pub trait Cache: Send + Sync {
+    fn synced(&self) -> BoxFuture<'_, ()>;
+    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()>;
+}
+
+impl<K: Resource> Cache for Store<K> {
+    fn synced(&self) -> BoxFuture<'_, ()> {
+        Box::pin(Store::synced(self))
+    }
+
+    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
+        Box::pin(Store::caught_up(self, revision))
     }
 }
 
@@ -541,8 +571,8 @@ mod tests {
             Vec::new()
         }
 
-        fn synced(&self) -> BoxFuture<'_, ()> {
-            Box::pin(async {})
+        fn caches(&self) -> Vec<&dyn Cache> {
+            Vec::new()
         }
 
         fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {

@@ -8,10 +8,9 @@
 //! controller: a CronJob's key is queued by its own changes, by its Jobs', and at its next
 //! scheduled time.
 
-use crate::controller::{self, before_and_after, own_key, Command, Note, Object, Reconciler};
+use crate::controller::{self, before_and_after, own_key, Cache, Command, Note, Object, Reconciler};
 use crate::job::finished;
 use crate::objects::{controller_ref, deleting};
-use futures::future::BoxFuture;
 use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{CronJob, CronJobStatus, Job, ObjectMeta, ObjectReference, OwnerReference};
@@ -294,18 +293,8 @@ impl Reconciler for CronJobs {
         ]
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.cron_jobs.synced().await;
-            self.jobs.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.cron_jobs.caught_up(revision).await;
-            self.jobs.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.cron_jobs, &self.jobs]
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {

@@ -8,12 +8,11 @@
 //! the status out. [`DaemonSets`] is the keyed controller: a DaemonSet's key is queued by its
 //! own changes, its pods', and a node's that could change where it runs.
 
-use crate::controller::{self, before_and_after, own_key, Command, Note, Object, Reconciler};
+use crate::controller::{self, before_and_after, own_key, Cache, Command, Note, Object, Reconciler};
 use crate::deployment::template_hash;
 use crate::objects::{controller_ref, deleting, node_name, ready, terminating};
 use crate::placement::daemon_fits;
 use crate::snapshot::NodeInfo;
-use futures::future::BoxFuture;
 use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{DaemonSet, DaemonSetStatus, Node, ObjectMeta, OwnerReference, Pod};
@@ -184,20 +183,8 @@ impl Reconciler for DaemonSets {
         ]
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.sets.synced().await;
-            self.nodes.synced().await;
-            self.pods.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.sets.caught_up(revision).await;
-            self.nodes.caught_up(revision).await;
-            self.pods.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.sets, &self.nodes, &self.pods]
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {

@@ -11,9 +11,8 @@
 //! `deployment.kubernetes.io/revision` annotation, and rolling back means putting an old
 //! template back — its ReplicaSet becomes the newest revision again.
 
-use crate::controller::{self, before_and_after, own_key, Command, Note, Object, Reconciler};
+use crate::controller::{self, before_and_after, own_key, Cache, Command, Note, Object, Reconciler};
 use crate::objects::{controller_ref, ready, selector_matches, terminating};
-use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
@@ -435,20 +434,8 @@ impl Reconciler for Deployments {
         ]
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.deployments.synced().await;
-            self.sets.synced().await;
-            self.pods.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.deployments.caught_up(revision).await;
-            self.sets.caught_up(revision).await;
-            self.pods.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.deployments, &self.sets, &self.pods]
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {

@@ -9,9 +9,8 @@
 //! and a pod's change queues every Service of its namespace whose selector matches the pod
 //! before or after the change. Endpoints left by a deleted Service are deleted.
 
-use crate::controller::{self, before_and_after, own_key, Command, Object, Reconciler};
+use crate::controller::{self, before_and_after, own_key, Cache, Command, Object, Reconciler};
 use crate::objects::{deleting, node_name, phase, ready};
-use futures::future::BoxFuture;
 use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{
@@ -147,20 +146,8 @@ impl Reconciler for EndpointsController {
         ]
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.services.synced().await;
-            self.endpoints.synced().await;
-            self.pods.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.services.caught_up(revision).await;
-            self.endpoints.caught_up(revision).await;
-            self.pods.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.services, &self.endpoints, &self.pods]
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {

@@ -11,10 +11,9 @@
 //! deletion of its node queues it, and so does a change of a pod bound to a node that is not
 //! there.
 
-use crate::controller::{self, before_and_after, Command, Reconciler};
+use crate::controller::{self, before_and_after, Cache, Command, Reconciler};
 use crate::nodelifecycle::BY_NODE;
 use crate::objects::{deleting, node_name};
-use futures::future::BoxFuture;
 use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{
@@ -158,22 +157,10 @@ impl<K: Resource> Reconciler for Collector<K> {
         triggers
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.dependents.synced().await;
-            for synced in each_owner!(&self.owners, |s| Box::pin(s.synced()) as BoxFuture<'_, ()>) {
-                synced.await;
-            }
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.dependents.caught_up(revision).await;
-            for caught_up in each_owner!(&self.owners, |s| Box::pin(s.caught_up(revision)) as BoxFuture<'_, ()>) {
-                caught_up.await;
-            }
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        let mut caches: Vec<&dyn Cache> = vec![&self.dependents];
+        caches.extend(each_owner!(&self.owners, |s| s as &dyn Cache));
+        caches
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {
@@ -256,18 +243,8 @@ impl Reconciler for PodGc {
         ]
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.pods.synced().await;
-            self.nodes.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.pods.caught_up(revision).await;
-            self.nodes.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.pods, &self.nodes]
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {

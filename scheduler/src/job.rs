@@ -6,9 +6,8 @@
 //! status out. [`Jobs`] is the keyed controller: a Job's key is queued by its own changes, by
 //! its pods', and when its active deadline comes.
 
-use crate::controller::{self, before_and_after, own_key, Command, Note, Object, Reconciler};
+use crate::controller::{self, before_and_after, own_key, Cache, Command, Note, Object, Reconciler};
 use crate::objects::{controller_ref, deleting, phase, ready};
-use futures::future::BoxFuture;
 use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{Condition, Job, JobStatus, ObjectMeta, OwnerReference, Pod};
@@ -166,18 +165,8 @@ impl Reconciler for Jobs {
         ]
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.jobs.synced().await;
-            self.pods.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.jobs.caught_up(revision).await;
-            self.pods.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.jobs, &self.pods]
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {

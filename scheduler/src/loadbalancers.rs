@@ -4,8 +4,7 @@
 //! Service or Ingress: its own changes queue it, and a node change that alters the ready
 //! addresses queues them all.
 
-use crate::controller::{self, own_key, Command, Object, Reconciler};
-use futures::future::BoxFuture;
+use crate::controller::{self, own_key, Cache, Command, Object, Reconciler};
 use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{
@@ -41,6 +40,26 @@ fn addresses_changed(change: &Change<Node>) -> bool {
     }
 }
 
+/// Queues every key `me` owns when a node change alters the ready addresses.
+fn on_address_changes<R: Reconciler>(
+    nodes: &Store<Node>,
+    queue: &WorkQueue<ObjectKey>,
+    me: &Arc<R>,
+) -> tokio::task::JoinHandle<()> {
+    controller::on_changes(
+        nodes,
+        queue,
+        me,
+        |me: &R, c: &Change<Node>| {
+            if addresses_changed(c) {
+                me.every_key()
+            } else {
+                Vec::new()
+            }
+        },
+    )
+}
+
 fn is_load_balancer(svc: &Service) -> bool {
     svc.spec.as_ref().is_some_and(|s| s.r#type == "LoadBalancer")
 }
@@ -62,28 +81,12 @@ impl Reconciler for ServiceLoadBalancers {
     fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {
         vec![
             controller::on_changes(&self.services, queue, self, |_, c| own_key(c)),
-            controller::on_changes(&self.nodes, queue, self, |me: &Self, c: &Change<Node>| {
-                if addresses_changed(c) {
-                    me.every_key()
-                } else {
-                    Vec::new()
-                }
-            }),
+            on_address_changes(&self.nodes, queue, self),
         ]
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.services.synced().await;
-            self.nodes.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.services.caught_up(revision).await;
-            self.nodes.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.services, &self.nodes]
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {
@@ -115,30 +118,12 @@ impl Reconciler for IngressStatuses {
         vec![
             controller::on_changes(&self.ingresses, queue, self, |_, c| own_key(c)),
             controller::on_changes(&self.classes, queue, self, |me: &Self, _| me.every_key()),
-            controller::on_changes(&self.nodes, queue, self, |me: &Self, c: &Change<Node>| {
-                if addresses_changed(c) {
-                    me.every_key()
-                } else {
-                    Vec::new()
-                }
-            }),
+            on_address_changes(&self.nodes, queue, self),
         ]
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.ingresses.synced().await;
-            self.classes.synced().await;
-            self.nodes.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.ingresses.caught_up(revision).await;
-            self.classes.caught_up(revision).await;
-            self.nodes.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.ingresses, &self.classes, &self.nodes]
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {

@@ -9,9 +9,8 @@
 //! key is queued by its own changes, by its Lease's while it is marked unreachable, by its
 //! pods' while it has a NoExecute taint, and when its Lease or a toleration runs out.
 
-use crate::controller::{self, before_and_after, own_key, Command, Note, Object, Reconciler};
+use crate::controller::{self, before_and_after, own_key, Cache, Command, Note, Object, Reconciler};
 use crate::objects::{deleting, node_name};
-use futures::future::BoxFuture;
 use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{Lease, Node, Pod, Taint};
@@ -239,20 +238,8 @@ impl Reconciler for NodeLifecycle {
         ]
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.nodes.synced().await;
-            self.leases.synced().await;
-            self.pods.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.nodes.caught_up(revision).await;
-            self.leases.caught_up(revision).await;
-            self.pods.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.nodes, &self.leases, &self.pods]
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {

@@ -7,9 +7,8 @@
 //! [`Reconciler::reconcile`] turns the plan into commands — level-triggered, so a missed
 //! event, a restarted leader or a lost watch changes nothing in the outcome.
 
-use crate::controller::{self, before_and_after, own_key, Command, Note, Object, Reconciler};
+use crate::controller::{self, before_and_after, own_key, Cache, Command, Note, Object, Reconciler};
 use crate::objects::{controller_ref, deleting, node_name, phase, ready, selector_matches, terminating};
-use futures::future::BoxFuture;
 use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{ObjectMeta, OwnerReference, Pod, ReplicaSet, ReplicaSetStatus};
@@ -188,18 +187,8 @@ impl Reconciler for ReplicaSets {
         owner.unwrap_or_else(|| key.clone())
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.sets.synced().await;
-            self.pods.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.sets.caught_up(revision).await;
-            self.pods.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.sets, &self.pods]
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {

@@ -3,9 +3,8 @@
 //! namespaces and a deleted account. Keyed by namespace: a namespace's own changes and
 //! changes to its `default` account queue it.
 
-use crate::controller::{self, before_and_after, Command, Object, Reconciler};
+use crate::controller::{self, before_and_after, Cache, Command, Object, Reconciler};
 use crate::objects::deleting;
-use futures::future::BoxFuture;
 use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{Namespace, ObjectMeta, ServiceAccount};
@@ -53,18 +52,8 @@ impl Reconciler for ServiceAccounts {
         ]
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.namespaces.synced().await;
-            self.accounts.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.namespaces.caught_up(revision).await;
-            self.accounts.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.namespaces, &self.accounts]
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {

@@ -8,10 +8,9 @@
 //! and delete and the status out. [`StatefulSets`] is the keyed controller: a StatefulSet's
 //! key is queued by its own changes and its pods'.
 
-use crate::controller::{self, before_and_after, own_key, Command, Note, Object, Reconciler};
+use crate::controller::{self, before_and_after, own_key, Cache, Command, Note, Object, Reconciler};
 use crate::deployment::template_hash;
 use crate::objects::{controller_ref, deleting, phase};
-use futures::future::BoxFuture;
 use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{
@@ -222,20 +221,8 @@ impl Reconciler for StatefulSets {
         ]
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.sets.synced().await;
-            self.pods.synced().await;
-            self.claims.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.sets.caught_up(revision).await;
-            self.pods.caught_up(revision).await;
-            self.claims.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.sets, &self.pods, &self.claims]
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {

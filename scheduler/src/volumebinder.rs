@@ -10,9 +10,8 @@
 //! it), then the phases. [`VolumeBinder`] reconciles every claim and volume under one key,
 //! queued by any change of either: two claims must never be given one volume.
 
-use crate::controller::{self, Command, Object, Reconciler};
+use crate::controller::{self, Cache, Command, Object, Reconciler};
 use crate::objects::deleting;
-use futures::future::BoxFuture;
 use skiff_client::informer::{ObjectKey, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{
@@ -163,18 +162,8 @@ impl Reconciler for VolumeBinder {
         ]
     }
 
-    fn synced(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            self.claims.synced().await;
-            self.volumes.synced().await;
-        })
-    }
-
-    fn caught_up(&self, revision: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.claims.caught_up(revision).await;
-            self.volumes.caught_up(revision).await;
-        })
+    fn caches(&self) -> Vec<&dyn Cache> {
+        vec![&self.claims, &self.volumes]
     }
 
     fn reconcile(&self, _: &ObjectKey) -> Vec<Command> {
