@@ -235,8 +235,9 @@ fn a_replicaset_keeps_its_replicas_and_the_scheduler_binds_them() {
         let rs = list("replicasets").into_iter().next()?;
         (rs["status"]["replicas"] == 3).then_some(())
     });
-    // Steady state: nothing new appears over three controller rounds (500 ms each). A negative
-    // check needs a span of time; the bound is the rounds it covers, not a race being waited out.
+    // Steady state: nothing new appears while the replicas' own status and bind events queue
+    // the ReplicaSet again (each reconciled within milliseconds). A negative check needs a span
+    // of time; the bound is the reconciles it covers, not a race being waited out.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(active().len(), 3, "no duplicate replicas");
 
