@@ -25,6 +25,8 @@ struct State<T> {
     /// Active keys added again: handed out once more when done.
     again: HashSet<T>,
     failures: HashMap<T, u32>,
+    /// When each key with a timer armed is due (one timer per key: the earliest).
+    timers: HashMap<T, tokio::time::Instant>,
     closed: bool,
 }
 
@@ -54,6 +56,7 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
             active: HashSet::new(),
             again: HashSet::new(),
             failures: HashMap::new(),
+            timers: HashMap::new(),
             closed: false,
         };
         WorkQueue { state: Arc::new(Mutex::new(state)), wake: Arc::new(Notify::new()) }
@@ -79,12 +82,36 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
         self.wake.notify_one();
     }
 
-    /// Queues `key` after `delay`.
+    /// Queues `key` after `delay`. A key already due sooner keeps its earlier time; one due
+    /// later is brought forward (client-go's delaying queue): one timer per key counts, however
+    /// often it is asked for.
     pub fn add_after(&self, key: T, delay: Duration) {
+        if delay.is_zero() {
+            return self.add(key);
+        }
+        let at = tokio::time::Instant::now() + delay;
+        {
+            let mut s = self.lock();
+            if s.closed || s.timers.get(&key).is_some_and(|due| *due <= at) {
+                return;
+            }
+            s.timers.insert(key.clone(), at);
+        }
         let queue = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            queue.add(key);
+            tokio::time::sleep_until(at).await;
+            let due = {
+                let mut s = queue.lock();
+                // Superseded by an earlier timer (which fired, or will) if not ours.
+                let ours = s.timers.get(&key) == Some(&at);
+                if ours {
+                    s.timers.remove(&key);
+                }
+                ours
+            };
+            if due {
+                queue.add(key);
+            }
         });
     }
 
@@ -230,6 +257,20 @@ mod tests {
         let k = q.next().await.unwrap();
         assert_eq!(q.retry(k), BASE_BACKOFF);
         q.done(&k);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_key_keeps_its_earliest_time_and_comes_once() {
+        let q = WorkQueue::new();
+        q.add_after("a", Duration::from_secs(10));
+        q.add_after("a", Duration::from_secs(30));
+        q.add_after("a", Duration::from_secs(5));
+        assert_eq!(q.lock().timers.len(), 1, "one timer per key");
+        assert_eq!(next_within(&q, Duration::from_secs(4)).await, None, "not before its earliest time");
+        assert_eq!(next_within(&q, Duration::from_secs(2)).await, Some("a"), "at its earliest time");
+        q.done(&"a");
+        assert_eq!(next_within(&q, Duration::from_secs(60)).await, None, "the later timers add nothing");
+        assert!(q.lock().timers.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
