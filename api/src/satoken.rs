@@ -134,7 +134,7 @@ impl TokenService {
             pod_name: r.pod_name.clone(),
             pod_uid: uid.to_string(),
         };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let now = skiff_proto::time::now_secs();
         Ok(skiff_proto::api::ServiceAccountToken { token: issue(self.api.sa_key().await?, &claims, now) })
     }
 }

@@ -332,6 +332,11 @@ impl<K: Resource> Store<K> {
         self.read().objects.get(key).cloned()
     }
 
+    /// Every object's key, in order.
+    pub fn keys(&self) -> Vec<ObjectKey> {
+        self.read().objects.keys().cloned().collect()
+    }
+
     /// Every object, in key order.
     pub fn list(&self) -> Vec<Arc<K>> {
         self.read().objects.values().cloned().collect()

@@ -185,7 +185,7 @@ impl PodLogs for LogServer {
         for f in &files {
             text += &tokio::fs::read_to_string(f).await.unwrap_or_default();
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let now = skiff_proto::time::now_secs();
         let first: Vec<String> = select(&text, r.tail_lines, r.since_seconds, now, r.timestamps);
         let mut initial = first.join("\n");
         if !first.is_empty() {

@@ -1,10 +1,14 @@
 //! Timestamps as Kubernetes writes them (RFC 3339, whole seconds, UTC), shared by the API,
 //! the scheduler and the CLI.
 
+/// Seconds since the epoch, now.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Now, as Kubernetes writes timestamps (RFC 3339, seconds, UTC).
 pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    rfc3339(secs as i64)
+    rfc3339(now_secs())
 }
 
 /// Now with nanoseconds (`…T16:45:00.123456789Z`), as container log lines are stamped.

@@ -20,7 +20,7 @@
 
 use futures::future::BoxFuture;
 use skiff_client::api::Api;
-use skiff_client::informer::{Change, ObjectKey, Resource, Store};
+use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_client::Client;
 use skiff_proto::api::{
@@ -264,6 +264,14 @@ pub fn own_key<K: Resource>(change: &Change<K>) -> Vec<ObjectKey> {
         Change::Deleted(old) => old,
     };
     obj.meta().map(ObjectKey::of).into_iter().collect()
+}
+
+/// The keys of the `kind` objects that control a change's object, before and after it.
+pub fn controllers_of<K: Resource>(change: &Change<K>, kind: &str) -> Vec<ObjectKey> {
+    let mut keys: Vec<ObjectKey> =
+        before_and_after(change).into_iter().filter_map(|o| controller_of(o.meta()?, kind)).collect();
+    keys.dedup();
+    keys
 }
 
 /// The objects before and after a change (one or both).

@@ -8,12 +8,13 @@
 //! controller: a CronJob's key is queued by its own changes, by its Jobs', and at its next
 //! scheduled time.
 
-use crate::controller::{self, before_and_after, own_key, Cache, Command, Note, Object, Reconciler};
+use crate::controller::{self, own_key, Cache, Command, Note, Object, Reconciler};
 use crate::job::finished;
 use crate::objects::{controller_ref, deleting};
-use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
+use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{CronJob, CronJobStatus, Job, ObjectMeta, ObjectReference, OwnerReference};
+use skiff_proto::time::now_secs;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -250,10 +251,6 @@ pub struct CronClock {
     speed: i64,
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
 impl CronClock {
     pub fn new(speed: u32) -> CronClock {
         CronClock { start: now_secs(), speed: i64::from(speed.max(1)) }
@@ -281,14 +278,14 @@ impl Reconciler for CronJobs {
     const NAME: &'static str = "cronjob controller";
 
     fn every_key(&self) -> Vec<ObjectKey> {
-        self.cron_jobs.list().iter().filter_map(|c| c.meta().map(ObjectKey::of)).collect()
+        self.cron_jobs.keys()
     }
 
     fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {
         vec![
             controller::on_changes(&self.cron_jobs, queue, self, |_, c| own_key(c)),
             controller::on_changes(&self.jobs, queue, self, |_, c: &Change<Job>| {
-                before_and_after(c).into_iter().filter_map(|j| controller_of(j.metadata.as_ref()?, "CronJob")).collect()
+                controller::controllers_of(c, "CronJob")
             }),
         ]
     }

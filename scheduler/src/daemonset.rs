@@ -8,12 +8,12 @@
 //! the status out. [`DaemonSets`] is the keyed controller: a DaemonSet's key is queued by its
 //! own changes, its pods', and a node's that could change where it runs.
 
-use crate::controller::{self, before_and_after, own_key, Cache, Command, Note, Object, Reconciler};
+use crate::controller::{self, own_key, Cache, Command, Note, Object, Reconciler};
 use crate::deployment::template_hash;
 use crate::objects::{controller_ref, deleting, node_name, ready, terminating};
 use crate::placement::daemon_fits;
 use crate::snapshot::NodeInfo;
-use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
+use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{DaemonSet, DaemonSetStatus, Node, ObjectMeta, OwnerReference, Pod};
 use std::collections::BTreeMap;
@@ -161,17 +161,14 @@ impl Reconciler for DaemonSets {
     const NAME: &'static str = "daemonset controller";
 
     fn every_key(&self) -> Vec<ObjectKey> {
-        self.sets.list().iter().filter_map(|s| s.meta().map(ObjectKey::of)).collect()
+        self.sets.keys()
     }
 
     fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {
         vec![
             controller::on_changes(&self.sets, queue, self, |_, c| own_key(c)),
             controller::on_changes(&self.pods, queue, self, |_, c: &Change<Pod>| {
-                before_and_after(c)
-                    .into_iter()
-                    .filter_map(|p| controller_of(p.metadata.as_ref()?, "DaemonSet"))
-                    .collect()
+                controller::controllers_of(c, "DaemonSet")
             }),
             controller::on_changes(&self.nodes, queue, self, |me: &Self, c: &Change<Node>| {
                 if placement_changed(c) {

@@ -419,7 +419,7 @@ impl Reconciler for Deployments {
     const NAME: &'static str = "deployment controller";
 
     fn every_key(&self) -> Vec<ObjectKey> {
-        self.deployments.list().iter().filter_map(|d| d.meta().map(ObjectKey::of)).collect()
+        self.deployments.keys()
     }
 
     fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {

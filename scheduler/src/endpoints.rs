@@ -125,9 +125,8 @@ impl Reconciler for EndpointsController {
     const NAME: &'static str = "endpoints controller";
 
     fn every_key(&self) -> Vec<ObjectKey> {
-        let mut keys: Vec<ObjectKey> =
-            self.services.list().iter().filter_map(|s| s.meta().map(ObjectKey::of)).collect();
-        keys.extend(self.endpoints.list().iter().filter_map(|e| e.meta().map(ObjectKey::of)));
+        let mut keys = self.services.keys();
+        keys.extend(self.endpoints.keys());
         keys.sort();
         keys.dedup();
         keys

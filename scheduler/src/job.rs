@@ -6,11 +6,12 @@
 //! status out. [`Jobs`] is the keyed controller: a Job's key is queued by its own changes, by
 //! its pods', and when its active deadline comes.
 
-use crate::controller::{self, before_and_after, own_key, Cache, Command, Note, Object, Reconciler};
+use crate::controller::{self, own_key, Cache, Command, Note, Object, Reconciler};
 use crate::objects::{controller_ref, deleting, phase, ready};
-use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
+use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{Condition, Job, JobStatus, ObjectMeta, OwnerReference, Pod};
+use skiff_proto::time::now_secs;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,23 +146,17 @@ pub struct Jobs {
     pub pods: Store<Pod>,
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
 impl Reconciler for Jobs {
     const NAME: &'static str = "job controller";
 
     fn every_key(&self) -> Vec<ObjectKey> {
-        self.jobs.list().iter().filter_map(|j| j.meta().map(ObjectKey::of)).collect()
+        self.jobs.keys()
     }
 
     fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {
         vec![
             controller::on_changes(&self.jobs, queue, self, |_, c| own_key(c)),
-            controller::on_changes(&self.pods, queue, self, |_, c: &Change<Pod>| {
-                before_and_after(c).into_iter().filter_map(|p| controller_of(p.metadata.as_ref()?, "Job")).collect()
-            }),
+            controller::on_changes(&self.pods, queue, self, |_, c: &Change<Pod>| controller::controllers_of(c, "Job")),
         ]
     }
 

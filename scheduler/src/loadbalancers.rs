@@ -111,7 +111,7 @@ impl Reconciler for IngressStatuses {
     const NAME: &'static str = "ingress status";
 
     fn every_key(&self) -> Vec<ObjectKey> {
-        self.ingresses.list().iter().filter_map(|i| i.meta().map(ObjectKey::of)).collect()
+        self.ingresses.keys()
     }
 
     fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {

@@ -14,6 +14,7 @@ use crate::objects::{deleting, node_name};
 use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{Lease, Node, Pod, Taint};
+use skiff_proto::time::now_secs;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -184,10 +185,6 @@ pub fn index_by_node(pods: Store<Pod>) -> Store<Pod> {
     })
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
 impl NodeLifecycle {
     fn plan(&self, node: &Node, now: i64) -> Plan {
         let name = node.metadata.as_ref().map_or("", |m| m.name.as_str());
@@ -212,7 +209,7 @@ impl Reconciler for NodeLifecycle {
     const NAME: &'static str = "node lifecycle controller";
 
     fn every_key(&self) -> Vec<ObjectKey> {
-        self.nodes.list().iter().filter_map(|n| n.meta().map(ObjectKey::of)).collect()
+        self.nodes.keys()
     }
 
     fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {

@@ -169,7 +169,7 @@ impl Reconciler for ReplicaSets {
     const NAME: &'static str = "replicaset controller";
 
     fn every_key(&self) -> Vec<ObjectKey> {
-        self.sets.list().iter().filter_map(|rs| rs.meta().map(ObjectKey::of)).collect()
+        self.sets.keys()
     }
 
     fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {

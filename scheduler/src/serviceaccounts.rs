@@ -35,7 +35,7 @@ impl Reconciler for ServiceAccounts {
     const NAME: &'static str = "service account controller";
 
     fn every_key(&self) -> Vec<ObjectKey> {
-        self.namespaces.list().iter().filter_map(|n| n.meta().map(ObjectKey::of)).collect()
+        self.namespaces.keys()
     }
 
     fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {

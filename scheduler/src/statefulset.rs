@@ -8,10 +8,10 @@
 //! and delete and the status out. [`StatefulSets`] is the keyed controller: a StatefulSet's
 //! key is queued by its own changes and its pods'.
 
-use crate::controller::{self, before_and_after, own_key, Cache, Command, Note, Object, Reconciler};
+use crate::controller::{self, own_key, Cache, Command, Note, Object, Reconciler};
 use crate::deployment::template_hash;
 use crate::objects::{controller_ref, deleting, phase};
-use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
+use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{
     ObjectMeta, OwnerReference, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, StatefulSet,
@@ -206,17 +206,14 @@ impl Reconciler for StatefulSets {
     const NAME: &'static str = "statefulset controller";
 
     fn every_key(&self) -> Vec<ObjectKey> {
-        self.sets.list().iter().filter_map(|s| s.meta().map(ObjectKey::of)).collect()
+        self.sets.keys()
     }
 
     fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {
         vec![
             controller::on_changes(&self.sets, queue, self, |_, c| own_key(c)),
             controller::on_changes(&self.pods, queue, self, |_, c: &Change<Pod>| {
-                before_and_after(c)
-                    .into_iter()
-                    .filter_map(|p| controller_of(p.metadata.as_ref()?, "StatefulSet"))
-                    .collect()
+                controller::controllers_of(c, "StatefulSet")
             }),
         ]
     }

@@ -36,7 +36,7 @@ pub(crate) fn since(obj: &Value, pointer: &str) -> String {
         return "<unknown>".into();
     };
     let Some(then) = skiff_proto::time::parse_rfc3339(ts) else { return "<unknown>".into() };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let now = skiff_proto::time::now_secs();
     match (now - then).max(0) {
         s if s < 120 => format!("{s}s"),
         s if s < 3 * 3600 => format!("{}m", s / 60),

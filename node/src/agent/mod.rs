@@ -76,7 +76,7 @@ fn meta<'a>(pod: &'a Value, field: &str) -> &'a str {
 }
 
 fn secs_since(ts: &str) -> Duration {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let now = skiff_proto::time::now_secs();
     Duration::from_secs(skiff_proto::time::parse_rfc3339(ts).map_or(u64::MAX / 2, |t| (now - t).max(0) as u64))
 }
 
