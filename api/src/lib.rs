@@ -25,6 +25,7 @@ pub mod allocator;
 pub mod at_rest;
 pub mod auth;
 pub mod defaults;
+pub mod encoded_list;
 pub mod error;
 pub mod kinds;
 pub mod list_cache;

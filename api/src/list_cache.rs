@@ -10,17 +10,19 @@
 //! log; a history compacted away, or a snapshot installed under it, makes it fill again.
 //!
 //! Each object is kept as its JSON [`Value`] (what selectors, the JSON service and the
-//! registry's own walks read) and, once a typed service has listed it, as its typed form too,
-//! so a second list of an unchanged object converts nothing.
+//! registry's own walks read) and as its protobuf encoding, made once as it is applied, which
+//! a typed list sends as it is: listing an unchanged object converts and copies nothing but
+//! its bytes into the response.
 
 use crate::at_rest::AtRest;
 use crate::error::{ApiError, ApiResult};
 use crate::selector::{labels_of, FieldSelector, LabelSelector};
+use prost::bytes::Bytes;
+use prost::Message;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use skiff_proto::mvccpb::{event::EventType, Event, KeyValue};
 use skiff_raft_store::state_machine::SmShared;
-use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -33,14 +35,14 @@ const WAIT: Duration = Duration::from_secs(3);
 /// Revisions read from the revision log per step when catching up.
 const CATCH_UP_BATCH: usize = 1000;
 
-/// Converts a kind's JSON to its typed form; the typed services register one per kind
-/// ([`ListCaches::convert_with`]) so that objects are converted once, as they are applied,
-/// not by the first list that wants them.
-pub type Convert = fn(&Value) -> ApiResult<Arc<dyn Any + Send + Sync>>;
+/// Encodes a kind's JSON as its protobuf message; the typed services register one per kind
+/// ([`ListCaches::convert_with`]) so that objects are encoded once, as they are applied, not
+/// by the first list that wants them.
+pub type Convert = fn(&Value) -> ApiResult<Bytes>;
 
 /// The [`Convert`] of kind `T`.
-pub fn convert<T: DeserializeOwned + Send + Sync + 'static>(object: &Value) -> ApiResult<Arc<dyn Any + Send + Sync>> {
-    Ok(Arc::new(to_typed::<T>(object)?))
+pub fn encode<T: DeserializeOwned + Message>(object: &Value) -> ApiResult<Bytes> {
+    Ok(to_typed::<T>(object)?.encode_to_vec().into())
 }
 
 fn to_typed<T: DeserializeOwned>(object: &Value) -> ApiResult<T> {
@@ -51,7 +53,8 @@ fn to_typed<T: DeserializeOwned>(object: &Value) -> ApiResult<T> {
 pub struct Stored {
     pub object: Value,
     labels: BTreeMap<String, String>,
-    typed: OnceLock<Arc<dyn Any + Send + Sync>>,
+    /// The object as its kind's protobuf message (a `Stored` is always of one kind).
+    encoded: OnceLock<Bytes>,
 }
 
 impl std::fmt::Debug for Stored {
@@ -62,7 +65,7 @@ impl std::fmt::Debug for Stored {
 
 impl Stored {
     pub fn new(object: Value) -> Stored {
-        Stored { labels: labels_of(&object), object, typed: OnceLock::new() }
+        Stored { labels: labels_of(&object), object, encoded: OnceLock::new() }
     }
 
     /// A stored key-value, opened if it is encrypted at rest.
@@ -74,15 +77,22 @@ impl Stored {
         labels.matches(&self.labels) && fields.matches(&self.object)
     }
 
-    /// The object as `T`, converted from its JSON the first time and shared after.
-    pub fn typed<T: DeserializeOwned + Send + Sync + 'static>(&self) -> ApiResult<Arc<T>> {
-        if let Some(Ok(t)) = self.typed.get().map(|t| t.clone().downcast::<T>()) {
-            return Ok(t);
+    /// The object as the protobuf message `T` (its kind's), encoded from its JSON the first
+    /// time and shared after.
+    pub fn encoded<T: DeserializeOwned + Message>(&self) -> ApiResult<Bytes> {
+        if let Some(bytes) = self.encoded.get() {
+            return Ok(bytes.clone());
         }
-        let t = Arc::new(to_typed::<T>(&self.object)?);
-        // Another list may have converted it meanwhile: either copy is the same object.
-        let _ = self.typed.set(t.clone());
-        Ok(t)
+        let bytes = encode::<T>(&self.object)?;
+        // Another list may have encoded it meanwhile: either copy is the same object.
+        let _ = self.encoded.set(bytes.clone());
+        Ok(bytes)
+    }
+
+    /// The object as `T` (its kind's message), decoded from its encoding.
+    pub fn typed<T: DeserializeOwned + Message + Default>(&self) -> ApiResult<T> {
+        T::decode(self.encoded::<T>()?)
+            .map_err(|e| ApiError::Internal(format!("cached object does not decode as its kind: {e}")))
     }
 }
 
@@ -98,8 +108,8 @@ impl Decoder {
         let stored = Stored::decode(self.at_rest.as_deref(), kv)?;
         if let Some(convert) = self.convert {
             match convert(&stored.object) {
-                Ok(typed) => {
-                    let _ = stored.typed.set(typed);
+                Ok(bytes) => {
+                    let _ = stored.encoded.set(bytes);
                 }
                 // Served as JSON still; a typed list of it fails with this error then.
                 Err(e) => tracing::warn!(key = %String::from_utf8_lossy(&kv.key), error = %e, "stored object"),
@@ -481,33 +491,33 @@ mod tests {
         assert_eq!((names(&page), page.revision), (vec!["b".to_string()], installed));
     }
 
-    #[derive(serde::Deserialize)]
-    struct Named {
-        metadata: serde_json::Map<String, Value>,
-    }
+    use skiff_proto::api::ConfigMap;
 
     #[tokio::test]
     async fn a_registered_kind_is_converted_as_it_is_applied() {
         let store = Store::open();
         store.apply(&[("a", "x")], &[], true);
         let caches = ListCaches::default();
-        caches.convert_with(PODS, convert::<Named>);
+        caches.convert_with(PODS, encode::<ConfigMap>);
         store.list(&caches, "", usize::MAX).await;
         store.apply(&[("b", "x")], &[], true);
         let page = store.list(&caches, "", usize::MAX).await;
         assert_eq!(names(&page), ["a", "b"]);
         for stored in &page.items {
-            let typed = stored.typed.get().expect("converted when filled or applied").clone();
-            assert_eq!(typed.downcast::<Named>().unwrap().metadata["name"], stored.object["metadata"]["name"]);
+            let bytes = stored.encoded.get().expect("encoded when filled or applied");
+            let typed = ConfigMap::decode(bytes.clone()).unwrap();
+            assert_eq!(typed.metadata.unwrap().name, stored.object["metadata"]["name"]);
         }
     }
 
     #[test]
-    fn the_typed_form_is_converted_once() {
-        let stored = Stored::new(json!({"metadata": {"name": "a"}}));
-        let first = stored.typed::<Named>().unwrap();
-        assert!(Arc::ptr_eq(&first, &stored.typed::<Named>().unwrap()));
-        assert_eq!(first.metadata["name"], "a");
-        assert!(Stored::new(json!({"metadata": 3})).typed::<Named>().is_err(), "a misfit is an error, not a default");
+    fn the_encoding_is_made_once() {
+        let stored = Stored::new(json!({"metadata": {"name": "a"}, "data": {"k": "v"}}));
+        let first = stored.encoded::<ConfigMap>().unwrap();
+        assert_eq!(first.as_ptr(), stored.encoded::<ConfigMap>().unwrap().as_ptr(), "shared, not re-encoded");
+        let typed = stored.typed::<ConfigMap>().unwrap();
+        assert_eq!((typed.metadata.unwrap().name.as_str(), typed.data["k"].as_str()), ("a", "v"));
+        let misfit = Stored::new(json!({"metadata": 3}));
+        assert!(misfit.encoded::<ConfigMap>().is_err(), "a misfit is an error, not a default");
     }
 }

@@ -3,9 +3,11 @@
 //! [`Registry`] → JSON → typed message; errors map through `ApiError`'s table.
 
 use crate::auth::{check_no_escalation, Attributes, Policy, TokenFile, User};
+use crate::encoded_list::{EncodedList, ListRoute};
 use crate::error::{ApiError, ApiResult};
 use crate::kinds::{self, KindInfo};
 use crate::registry::{DeleteOptions, ListOptions, Registry, UpdateScope, WatchOptions};
+use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -166,13 +168,13 @@ impl Api {
             self.registry.list(kinds::by_resource(resource)?, "", &opts).await
         };
         let pods = all("pods", format!("spec.nodeName={node}")).await?.typed::<Pod>()?;
-        let refs = References::of(pods.iter().map(|p| &**p));
+        let refs = References::of(pods.iter());
         let key = (ns.to_string(), name.to_string());
         Ok(match resource {
             "secrets" if refs.secrets.contains(&key) => true,
             "secrets" => {
                 let ingresses = all("ingresses", String::new()).await?.typed::<Ingress>()?;
-                ingress_tls_uses(ingresses.iter().map(|i| &**i), ns, name)
+                ingress_tls_uses(ingresses.iter(), ns, name)
             }
             "configmaps" => refs.configmaps.contains(&key),
             "persistentvolumeclaims" => refs.claims.contains(&key),
@@ -303,7 +305,7 @@ fn ns_of<'a>(info: &KindInfo, obj: &'a Value, fallback: &'a str) -> &'a str {
     }
 }
 
-impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> KindService<T> {
+impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync + 'static> KindService<T> {
     /// Authenticates the caller and authorizes `verb` on this kind (`obj` and `stored` as
     /// [`Api::authorize`] takes them).
     #[allow(clippy::too_many_arguments)]
@@ -337,8 +339,9 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> KindServic
         from_json(self.api.registry.get(self.info, &r.namespace, &r.name).await?)
     }
 
-    /// A list's items (each converted from JSON once per stored version) and its metadata.
-    async fn list(&self, req: Request<ListRequest>) -> ApiResult<(Vec<T>, ListMeta)> {
+    /// A list, its items as they are encoded in the list cache (each encoded once per stored
+    /// version).
+    pub(crate) async fn list(&self, req: Request<ListRequest>) -> ApiResult<EncodedList> {
         self.allow(&req, "list", "", &req.get_ref().namespace, "", None, None).await?;
         let req = req.into_inner();
         let opts = ListOptions {
@@ -348,13 +351,18 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> KindServic
             continue_token: req.r#continue,
         };
         let page = self.api.registry.list(self.info, &req.namespace, &opts).await?;
-        let items = page.typed::<T>()?.iter().map(|t| T::clone(t)).collect();
+        let items = page.encoded::<T>()?;
         let metadata = ListMeta {
             resource_version: page.resource_version.to_string(),
             r#continue: page.continue_token,
             remaining_item_count: None,
         };
-        Ok((items, metadata))
+        Ok(EncodedList {
+            api_version: self.info.api_version.into(),
+            kind: format!("{}List", self.info.kind),
+            metadata: Some(metadata),
+            items,
+        })
     }
 
     async fn update(&self, req: Request<T>, scope: UpdateScope) -> ApiResult<T> {
@@ -559,14 +567,12 @@ macro_rules! kind_service {
             async fn get(&self, req: Request<GetRequest>) -> Result<Response<$kind>, Status> {
                 Ok(Response::new(KindService::get(self, req).await?))
             }
+            /// Served by [`ListRoute`] in front of this service, which sends the encoded list
+            /// as it is; here the same list is decoded into the generated type.
             async fn list(&self, req: Request<ListRequest>) -> Result<Response<$list>, Status> {
-                let (items, metadata) = KindService::list(self, req).await?;
-                Ok(Response::new($list {
-                    api_version: self.info.api_version.into(),
-                    kind: format!("{}List", self.info.kind),
-                    metadata: Some(metadata),
-                    items,
-                }))
+                let encoded = KindService::list(self, req).await?.encode_to_vec();
+                let list = $list::decode(encoded.as_slice()).map_err(|e| Status::internal(e.to_string()))?;
+                Ok(Response::new(list))
             }
             async fn update(&self, req: Request<$kind>) -> Result<Response<$kind>, Status> {
                 Ok(Response::new(KindService::update(self, req, UpdateScope::Main).await?))
@@ -719,11 +725,11 @@ pub fn routes(api: Arc<Api>) -> tonic::service::Routes {
     macro_rules! add {
         ($kind:ident, $list:ident, $event:ident, $module:ident, $svc:ident, $server:ident, $resource:literal, status: $status:ident, scale: $scale:ident, binding: $binding:ident) => {
             let info = kinds::by_resource($resource).expect("generated services name registered kinds");
-            api.registry.lists.convert_with(&kinds::prefix(info, ""), crate::list_cache::convert::<$kind>);
-            routes.add_service(
-                $module::$server::new(KindService::<$kind>::new(api.clone(), $resource))
-                    .max_decoding_message_size(crate::registry::MAX_OBJECT_BYTES * 2),
-            );
+            api.registry.lists.convert_with(&kinds::prefix(info, ""), crate::list_cache::encode::<$kind>);
+            let service = Arc::new(KindService::<$kind>::new(api.clone(), $resource));
+            let server = $module::$server::from_arc(service.clone())
+                .max_decoding_message_size(crate::registry::MAX_OBJECT_BYTES * 2);
+            routes.add_service(ListRoute::new(server, service));
         };
     }
     skiff_proto::for_each_kind!(add);

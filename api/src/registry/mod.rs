@@ -124,9 +124,14 @@ impl ListPage {
         self.items.into_iter().map(|s| s.object.clone()).collect()
     }
 
-    /// The items as `T`, converted once per stored version of each.
-    pub fn typed<T: serde::de::DeserializeOwned + Send + Sync + 'static>(&self) -> ApiResult<Vec<Arc<T>>> {
+    /// The items as `T` (their kind's message).
+    pub fn typed<T: serde::de::DeserializeOwned + prost::Message + Default>(&self) -> ApiResult<Vec<T>> {
         self.items.iter().map(|s| s.typed::<T>()).collect()
+    }
+
+    /// The items as their kind's protobuf encoding `T`, made once per stored version of each.
+    pub fn encoded<T: serde::de::DeserializeOwned + prost::Message>(&self) -> ApiResult<Vec<prost::bytes::Bytes>> {
+        self.items.iter().map(|s| s.encoded::<T>()).collect()
     }
 }
 
