@@ -14,12 +14,15 @@
 //!   check.
 //! - [`rollouts`]: the rolling-update surge bound, checked at every revision during the run.
 //! - [`linearizability`], [`watch`]: the checkers, proven able to fail on known-bad histories.
+//! - [`checks`]: the checkers' verdicts, each failing below the run's floors (a check that saw
+//!   nothing does not pass).
 //! - [`run`]: one experiment end to end; [`report`]: its figures and verdicts.
 //!
 //! Invariant: nothing leaves the machine — the masters' peer links are veths on a bridge with no
 //! address in the host namespace, and their client listeners are their namespaces' loopbacks.
 
 pub mod apps;
+pub mod checks;
 pub mod cluster;
 pub mod delay;
 pub mod kv;

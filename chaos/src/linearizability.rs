@@ -113,14 +113,14 @@ impl Done {
     }
 }
 
-/// Whether one key's events, sorted by invocation and starting from an absent value, have a
+/// Whether one key's events, sorted by invocation and starting from `initial`, have a
 /// linearization.
-fn check_key(events: &[Event]) -> Result<(), Stuck> {
+fn check_key(events: &[Event], initial: &Value) -> Result<(), Stuck> {
     let known = events.iter().filter(|e| e.outcome != Outcome::Unknown).count();
     let mut seen: HashSet<(Done, Value)> = HashSet::new();
     // Depth-first search; each frame: what is linearized, the value, how many known ops done.
-    let mut stack: Vec<(Done, Value, usize)> = vec![(Done { below: 0, extra: Vec::new() }, None, 0)];
-    let mut stuck = Stuck { placed: 0, state: None, blocked: Vec::new(), exhausted: false };
+    let mut stack: Vec<(Done, Value, usize)> = vec![(Done { below: 0, extra: Vec::new() }, initial.clone(), 0)];
+    let mut stuck = Stuck { placed: 0, state: initial.clone(), blocked: Vec::new(), exhausted: false };
     // Indices held in remembered states' `extra`, against STORED_BUDGET.
     let mut stored = 0usize;
     while let Some((done, state, known_done)) = stack.pop() {
@@ -189,8 +189,14 @@ pub struct Violation {
 /// Key histories up to this long are minimised (each step re-runs the search).
 const MINIMISE_UP_TO: usize = 200;
 
-/// Checks a whole history; `Err` names each violating key with a failing sub-history.
+/// Checks a whole history whose keys all start absent; `Err` names each violating key with a
+/// failing sub-history.
 pub fn check(history: &[Event]) -> Result<(), Vec<Violation>> {
+    check_from(history, &BTreeMap::new())
+}
+
+/// [`check`] with each key starting at its value in `initial` (absent if not there).
+pub fn check_from(history: &[Event], initial: &BTreeMap<String, Value>) -> Result<(), Vec<Violation>> {
     let mut by_key: BTreeMap<String, Vec<Event>> = BTreeMap::new();
     for e in history {
         let mut e = e.clone();
@@ -202,7 +208,8 @@ pub fn check(history: &[Event]) -> Result<(), Vec<Violation>> {
     let mut violations = Vec::new();
     for (key, mut events) in by_key {
         events.sort_by_key(|e| e.invoke);
-        let stuck = match check_key(&events) {
+        let start = initial.get(&key).cloned().unwrap_or(None);
+        let stuck = match check_key(&events, &start) {
             Ok(()) => continue,
             Err(s) => s,
         };
@@ -220,7 +227,7 @@ pub fn check(history: &[Event]) -> Result<(), Vec<Violation>> {
         while i < events.len() {
             let mut fewer = events.clone();
             fewer.remove(i);
-            if check_key(&fewer).is_err() {
+            if check_key(&fewer, &start).is_err() {
                 events = fewer;
             } else {
                 i += 1;
@@ -275,6 +282,17 @@ mod tests {
             fewer.remove(i);
             assert!(check(&fewer).is_ok(), "and dropping any event makes it pass: {fewer:?}");
         }
+    }
+
+    /// A key that held a previous run's value: `Cas { expected: None }` failing is correct
+    /// when the key starts present, and wrong when it starts absent.
+    #[test]
+    fn keys_start_at_their_initial_value() {
+        let cas = Op::Cas { expected: None, new: "a".into() };
+        let h = [ev(1, cas, Outcome::Swapped(false), 0, 1), ev(2, Op::Get, read(Some("old")), 2, 3)];
+        assert!(check(&h).is_err(), "from absent, the failed swap and the read are impossible");
+        let initial = BTreeMap::from([("k".to_string(), Some("old".to_string()))]);
+        assert!(check_from(&h, &initial).is_ok());
     }
 
     #[test]

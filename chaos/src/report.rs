@@ -35,6 +35,8 @@ pub struct Report {
     /// the run ended).
     pub failover_ms: Vec<Option<u64>>,
     pub checks: Vec<Check>,
+    /// What the run had to have done for its checks to pass.
+    pub floors: crate::checks::Floors,
     pub passed: bool,
     pub artifacts: String,
 }

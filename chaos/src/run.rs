@@ -2,18 +2,18 @@
 //! injects its schedule, heal everything, then judge what was recorded.
 
 use crate::apps::{self, AppsLog};
+use crate::checks::{self, Floors};
 use crate::cluster::{ChaosCluster, MasterOptions};
 use crate::kv::{self, Acked, ClientLog, PREFIX};
 use crate::linearizability::{self, Event};
 use crate::nemesis::{self, FaultKind};
 use crate::report::{self, count_ops, Check, Report};
-use crate::rollouts::{self, SurgeLog};
-use crate::watch::{self, Received};
+use crate::rollouts;
 use crate::watchers::{self, WatchLog, END_KEY};
 use anyhow::{bail, Context};
 use skiff_proto::etcdserverpb::kv_client::KvClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use skiff_proto::etcdserverpb::{HashKvRequest, PutRequest};
+use skiff_proto::etcdserverpb::{HashKvRequest, PutRequest, RangeRequest};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -45,6 +45,8 @@ pub struct Options {
     /// The leader's node grace period and pod eviction timeout, in seconds.
     pub node_grace_seconds: u64,
     pub pod_eviction_seconds: u64,
+    /// The least the run must have done for its checks to pass.
+    pub floors: Floors,
 }
 
 /// Puts `key` through whichever master accepts it first, retrying until `deadline`.
@@ -61,6 +63,41 @@ async fn put_anywhere(cluster: &ChaosCluster, key: &str, deadline: Instant) -> a
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!("no master accepted a write of {key}: {last}")
+}
+
+/// Each workload key's value at `revision` (the run's start), read through whichever master
+/// answers: the linearizability search starts every key there instead of assuming it absent.
+async fn values_at(
+    cluster: &ChaosCluster,
+    keys: &[String],
+    revision: i64,
+    deadline: Instant,
+) -> anyhow::Result<BTreeMap<String, linearizability::Value>> {
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let mut values = BTreeMap::new();
+        let mut failed = false;
+        for (i, key) in keys.iter().enumerate() {
+            let mut kv = KvClient::new(cluster.channel(i % cluster.len()));
+            let range = RangeRequest { key: key.clone().into_bytes(), revision, ..Default::default() };
+            match kv.range(range).await {
+                Ok(r) => {
+                    let value = r.into_inner().kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+                    values.insert(key.clone(), value);
+                }
+                Err(e) => {
+                    last = format!("{key}: {}", e.message());
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if !failed {
+            return Ok(values);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("could not read the workload's keys at revision {revision}: {last}")
 }
 
 /// The committed history of the workload's range from `start` to the end marker, read by a
@@ -150,101 +187,6 @@ async fn credentials_required(cluster: &ChaosCluster, i: usize) -> Check {
     }
 }
 
-fn linearizability_check(events: &[Event]) -> Check {
-    let keys: HashSet<&str> = events.iter().map(|e| e.key.as_str()).collect();
-    match linearizability::check(events) {
-        Ok(()) => Check {
-            name: "linearizability".into(),
-            passed: true,
-            detail: format!("{} operations on {} keys have a linearization", events.len(), keys.len()),
-        },
-        Err(violations) => {
-            let mut detail = format!("{} of {} keys have no linearization", violations.len(), keys.len());
-            for v in violations.iter().take(3) {
-                if v.undecided {
-                    detail.push_str(&format!("\n    key {}: undecided, the search exceeded its state budget", v.key));
-                    continue;
-                }
-                match &v.state_before {
-                    None => detail.push_str(&format!("\n    key {} — minimal failing sub-history:", v.key)),
-                    Some(state) => detail.push_str(&format!(
-                        "\n    key {} — after the longest linearizable prefix the value is {state:?}, and none of these can go next:",
-                        v.key
-                    )),
-                }
-                for e in &v.minimal {
-                    let complete = if e.complete == u64::MAX { "never".into() } else { format!("{} µs", e.complete) };
-                    detail.push_str(&format!(
-                        "\n      client {} {:?} → {:?}  [{} µs .. {complete}]",
-                        e.client, e.op, e.outcome, e.invoke
-                    ));
-                }
-            }
-            Check { name: "linearizability".into(), passed: false, detail }
-        }
-    }
-}
-
-fn lost_writes_check(acked: &[Acked], history: &[Received]) -> Check {
-    let committed: HashSet<(i64, &str)> = history.iter().map(|r| (r.revision, r.key.as_str())).collect();
-    let lost: Vec<&Acked> = acked.iter().filter(|a| !committed.contains(&(a.revision, a.key.as_str()))).collect();
-    Check {
-        name: "acknowledged writes".into(),
-        passed: lost.is_empty(),
-        detail: if lost.is_empty() {
-            format!("all {} acknowledged writes are in the committed history", acked.len())
-        } else {
-            format!(
-                "{} acknowledged writes are missing from the history, first: {:?}",
-                lost.len(),
-                &lost[..lost.len().min(5)]
-            )
-        },
-    }
-}
-
-fn watch_checks(logs: &[WatchLog], history: &[Received]) -> Vec<Check> {
-    logs.iter()
-        .map(|w| {
-            let name = format!("watch on master {}", w.master);
-            let mut problems: Vec<String> = w.bookmark_regressions.clone();
-            if !w.finished {
-                problems.push(format!(
-                    "never received the end marker (last revision {:?})",
-                    w.received.last().map(|r| r.revision)
-                ));
-            }
-            if let Err(v) = watch::check(&w.received, history) {
-                problems.extend(v.iter().take(5).map(|v| format!("{v:?}")));
-            }
-            Check {
-                name,
-                passed: problems.is_empty(),
-                detail: if problems.is_empty() {
-                    format!("{} events in order, no gap or duplicate, {} reconnects", w.received.len(), w.reconnects)
-                } else {
-                    problems.join("; ")
-                },
-            }
-        })
-        .collect()
-}
-
-fn surge_check(log: &SurgeLog) -> Check {
-    Check {
-        name: "rollout surge".into(),
-        passed: log.violations.is_empty(),
-        detail: if log.violations.is_empty() {
-            format!(
-                "deployment {} never had more than {} live pods (bound {}) over {} pod events, {} watch reconnects",
-                log.deployment, log.most, log.bound, log.events, log.reconnects
-            )
-        } else {
-            format!("{} revisions past the bound; first: {}", log.broken, log.violations.join("; "))
-        },
-    }
-}
-
 /// One JSON object per line.
 fn write_jsonl(path: PathBuf, events: &[Event]) -> anyhow::Result<()> {
     let lines: Vec<String> = events.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
@@ -258,6 +200,16 @@ fn write_json(path: PathBuf, value: &impl serde::Serialize) -> anyhow::Result<()
 /// Runs the whole experiment. `Err` means the harness itself could not run (no root, a master
 /// would not start); a run whose checks fail is an `Ok` report with `passed == false`.
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
+    // A previous run's directory holds its masters' data: started on it, they would resume that
+    // store and append to its logs, and its keys' values would meet a checker that assumes a
+    // fresh start.
+    let occupied = std::fs::read_dir(&opts.artifacts).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if occupied {
+        bail!(
+            "{} is not empty (a previous run's data and logs?); remove it or pass --artifacts with a new directory",
+            opts.artifacts.display()
+        );
+    }
     std::fs::create_dir_all(&opts.artifacts).with_context(|| format!("creating {}", opts.artifacts.display()))?;
     let with_nodes = opts.nodes.as_ref().is_some_and(|n| n.count > 0);
     if let Some(kind) = opts.faults.iter().find(|f| f.on_nodes() && !with_nodes) {
@@ -278,6 +230,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     // phase: the cluster is up when a write is acknowledged; the start marker fixes the
     // watchers' start revision.
     let start = put_anywhere(&cluster, &format!("{PREFIX}start"), Instant::now() + Duration::from_secs(60)).await?;
+    let keys: Vec<String> = (0..opts.keys).map(kv::key).collect();
+    let initial = values_at(&cluster, &keys, start, Instant::now() + Duration::from_secs(60)).await?;
 
     // With nodes, the workload changes a Deployment every 1–3 s per client rather than every
     // 0.1–0.3 s: each change starts and stops real containers on a small machine.
@@ -378,47 +332,48 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut events: Vec<Event> = logs.iter().flat_map(|l| l.events.iter().cloned()).collect();
     let revisions: Vec<i64> = logs.iter().flat_map(|l| l.revisions.iter().copied()).collect();
     let recorded = count_ops(&events);
+    let recorded_events = events.clone();
     // Written before judging, so a check that fails hard still leaves the history behind.
     write_jsonl(opts.artifacts.join("history.jsonl"), &events)?;
     let (settled, dropped) = kv::settle_unknowns(&mut events, &revisions, history, &committed_log.values);
     events.sort_by_key(|e| e.invoke);
     let acked: Vec<Acked> = logs.iter().flat_map(|l| l.acked.iter().cloned()).collect();
     let mut checks = Vec::new();
-    let (mut lin, events) = tokio::task::spawn_blocking(move || (linearizability_check(&events), events)).await?;
+    let floors = &opts.floors;
+    let ops_per_key = floors.ops_per_key;
+    let (mut lin, events) =
+        tokio::task::spawn_blocking(move || (checks::linearizability(&events, &initial, &keys, ops_per_key), events))
+            .await?;
     lin.detail +=
         &format!(" (of the unknown writes, the committed history shows {settled} happened and {dropped} did not)");
     checks.push(lin);
+    // Judged on the writes as recorded, before the committed history settled any.
+    checks.push(checks::unknown_writes(&recorded_events, floors.max_unknown_share));
     let regressions: Vec<&String> = logs.iter().flat_map(|l| &l.revision_regressions).collect();
-    checks.push(Check {
-        name: "revision monotonicity".into(),
-        passed: regressions.is_empty(),
-        detail: if regressions.is_empty() {
-            "every client saw revisions only grow".into()
-        } else {
-            format!("{} regressions, first: {}", regressions.len(), regressions[0])
-        },
-    });
-    checks.push(lost_writes_check(&acked, history));
-    checks.extend(watch_checks(&watch_logs, history));
+    let replies = revisions.iter().filter(|r| **r > 0).count();
+    checks.push(checks::revision_monotonicity(&regressions, replies, floors.acked_writes));
+    checks.push(checks::acknowledged_writes(&acked, history, floors.acked_writes));
+    checks.extend(checks::watches(&watch_logs, history, floors.watch_events));
     checks.push(hashes_agree(&cluster, end).await);
     checks.push(credentials_required(&cluster, leader).await);
     if let Some(surge) = &surge {
         write_json(opts.artifacts.join("surge.json"), surge)?;
-        checks.push(surge_check(surge));
+        checks.push(checks::surge(surge, floors.pod_events));
     }
     if opts.deployments > 0 {
         let channel = cluster.net.channel(leader, Duration::from_secs(5));
         checks.push(match apps::converge(channel, Duration::from_secs(60), with_nodes).await {
             Ok(took) => Check {
                 name: "deployments converge".into(),
-                passed: true,
+                passed: apps_log.rollouts >= floors.rollouts,
                 detail: format!(
-                    "{} deployments at their spec{} {:.1} s after the faults stopped ({} scales, {} rollouts, {} pod deletions, {} calls failed under faults)",
+                    "{} deployments at their spec{} {:.1} s after the faults stopped ({} scales, {} rollouts against a floor of {}, {} pod deletions, {} calls failed under faults)",
                     opts.deployments,
                     if with_nodes { format!(", every pod Running and Ready on {} nodes,", cluster.nodes.len()) } else { String::new() },
                     took.as_secs_f64(),
                     apps_log.scales,
                     apps_log.rollouts,
+                    floors.rollouts,
                     apps_log.pod_deletes,
                     apps_log.failed
                 ),
@@ -444,6 +399,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         failover_ms,
         passed: checks.iter().all(|c| c.passed),
         checks,
+        floors: opts.floors.clone(),
         artifacts: opts.artifacts.display().to_string(),
     };
     // As checked (unknown writes settled); history.jsonl above is as the clients recorded it.

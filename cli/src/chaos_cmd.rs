@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
+use skiff_chaos::checks::Floors;
 use skiff_chaos::nemesis::FaultKind;
 use std::path::PathBuf;
 
@@ -28,7 +29,8 @@ pub struct ChaosArgs {
     /// Keys the register workload uses.
     #[arg(long, default_value_t = 6)]
     keys: usize,
-    /// Workload clients per master.
+    /// Register workload clients per master (0: none — the floors then fail the run, which is
+    /// how to see that they would).
     #[arg(long, default_value_t = 2)]
     clients_per_master: usize,
     /// Operations per second per client (0: as fast as replies come). Long soaks pace the
@@ -66,11 +68,32 @@ pub struct ChaosArgs {
     /// How long pods stay on an unreachable node before they are evicted (Kubernetes: 300 s).
     #[arg(long, default_value_t = 5)]
     pod_eviction_seconds: u64,
+    /// Floor: completed operations on every workload key, or the linearizability check fails.
+    #[arg(long, default_value_t = Floors::default().ops_per_key)]
+    min_ops_per_key: u64,
+    /// Floor: writes acknowledged (and replies carrying a revision).
+    #[arg(long, default_value_t = Floors::default().acked_writes)]
+    min_acked_writes: u64,
+    /// Floor: events each master's watcher received.
+    #[arg(long, default_value_t = Floors::default().watch_events)]
+    min_watch_events: u64,
+    /// Floor: pod events the rollout surge check replayed (with --deployments).
+    #[arg(long, default_value_t = Floors::default().pod_events)]
+    min_pod_events: u64,
+    /// Floor: rollouts the API workload started (with --deployments).
+    #[arg(long, default_value_t = Floors::default().rollouts)]
+    min_rollouts: u64,
+    /// The largest share (0–1) of writes that may end without a reply.
+    #[arg(long, default_value_t = Floors::default().max_unknown_share)]
+    max_unknown_share: f64,
 }
 
 pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
-    if args.keys == 0 || args.clients_per_master == 0 {
-        bail!("--keys and --clients-per-master must be at least 1");
+    if args.keys == 0 {
+        bail!("--keys must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&args.max_unknown_share) {
+        bail!("--max-unknown-share must be between 0 and 1, not {}", args.max_unknown_share);
     }
     if !(0.0..=1.0).contains(&args.leader_share) {
         bail!("--leader-share must be between 0 and 1, not {}", args.leader_share);
@@ -112,6 +135,14 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         nodes,
         node_grace_seconds: args.node_grace_seconds,
         pod_eviction_seconds: args.pod_eviction_seconds,
+        floors: Floors {
+            ops_per_key: args.min_ops_per_key,
+            acked_writes: args.min_acked_writes,
+            watch_events: args.min_watch_events,
+            pod_events: args.min_pod_events,
+            rollouts: args.min_rollouts,
+            max_unknown_share: args.max_unknown_share,
+        },
     };
     let rt = tokio::runtime::Runtime::new()?;
     // Interrupted, the run is dropped: its masters are killed and its namespaces removed.

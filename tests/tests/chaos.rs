@@ -29,6 +29,40 @@ fn chaos(dir: &std::path::Path, args: &[&str]) -> (Output, Value) {
     (out, serde_json::from_str(&report).expect("report.json is JSON"))
 }
 
+/// The floors a run of about `seconds` of faults must clear (passed as flags, so each test says
+/// what it counts on): the checks fail below them, and the report echoes them back.
+fn floors(seconds: u64) -> Vec<String> {
+    let n = |per_second: u64| (per_second * seconds).to_string();
+    [
+        ("--min-ops-per-key", n(2)),
+        ("--min-acked-writes", n(5)),
+        ("--min-watch-events", n(5)),
+        ("--min-pod-events", "10".into()),
+        ("--min-rollouts", "1".into()),
+        ("--max-unknown-share", "0.25".into()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value])
+    .collect()
+}
+
+/// `floors(seconds)` as the report's `floors` object shows them.
+fn assert_floors(report: &Value, seconds: u64, stdout: &str) {
+    let f = &report["floors"];
+    assert_eq!(
+        (f["ops_per_key"].as_u64(), f["acked_writes"].as_u64(), f["watch_events"].as_u64()),
+        (Some(2 * seconds), Some(5 * seconds), Some(5 * seconds)),
+        "the run did not take the test's floors: {stdout}"
+    );
+    for name in ["linearizability", "acknowledged writes", "unknown writes", "revision monotonicity"] {
+        assert_eq!(check(report, name)["passed"], true, "{name} below its floor or failed: {stdout}");
+    }
+}
+
+fn with_floors<'a>(args: &[&'a str], floors: &'a [String]) -> Vec<&'a str> {
+    args.iter().copied().chain(floors.iter().map(String::as_str)).collect()
+}
+
 fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["checks"]
         .as_array()
@@ -42,11 +76,13 @@ fn kills_pauses_and_partitions_lose_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     // Seed 5's schedule for 45 s on 3 masters kills, pauses and isolates the leader (the
     // chaos crate's unit tests pin that down).
-    let (out, report) =
-        chaos(dir.path(), &["--masters", "3", "--duration", "45s", "--faults", "kill,pause,partition", "--seed", "5"]);
+    let floors = floors(45);
+    let args = ["--masters", "3", "--duration", "45s", "--faults", "kill,pause,partition", "--seed", "5"];
+    let (out, report) = chaos(dir.path(), &with_floors(&args, &floors));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(report["passed"], true, "{stdout}");
+    assert_floors(&report, 45, &stdout);
     for kind in ["kill", "pause", "partition"] {
         let n = report["faults"].as_array().unwrap().iter().filter(|f| f["kind"] == kind).count();
         assert!(n >= 1, "no {kind} fault was injected:\n{stdout}");
@@ -98,17 +134,57 @@ fn a_build_that_reads_local_state_is_caught() {
     assert!(stdout.contains("verdict: FAIL"), "{stdout}");
 }
 
+/// With the workloads off every checker has nothing to judge, and says so rather than passing.
+#[test]
+fn a_run_without_its_workload_fails_its_floors() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let floors = floors(5);
+    let args = ["--masters", "3", "--duration", "5s", "--faults", "pause", "--seed", "5"];
+    let off = ["--clients-per-master", "0", "--deployments", "0"];
+    let (out, report) = chaos(dir.path(), &with_floors(&[&args[..], &off[..]].concat(), &floors));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "an empty run passed:\n{stdout}");
+    assert_eq!(report["passed"], false);
+    for name in
+        ["linearizability", "acknowledged writes", "unknown writes", "revision monotonicity", "watch on master 1"]
+    {
+        let c = check(&report, name);
+        assert_eq!(c["passed"], false, "{name} passed on nothing: {stdout}");
+    }
+    let lin = check(&report, "linearizability")["detail"].as_str().unwrap().to_string();
+    assert!(lin.contains("too little to judge") && lin.contains("chaos/k0 (0)"), "{lin}");
+    assert!(stdout.contains("verdict: FAIL"), "{stdout}");
+}
+
+/// A directory that holds a run is refused: its masters would resume that run's store.
+#[test]
+fn a_used_artifacts_directory_is_refused() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("report.json"), "{}").unwrap();
+    let out = Command::new(skiff_bin())
+        .args(["chaos", "--duration", "5s", "--artifacts"])
+        .arg(dir.path())
+        .output()
+        .expect("run skiff chaos");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on a used directory");
+    assert!(stderr.contains("is not empty"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("report.json")).unwrap(), "{}", "the old run was touched");
+}
+
 #[test]
 fn five_masters_survive_bridge_partitions_kills_lossy_and_slow_links() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let (out, report) = chaos(
-        dir.path(),
-        &["--masters", "5", "--duration", "40s", "--faults", "partition,kill,lossy,slow", "--seed", "7"],
-    );
+    let floors = floors(40);
+    let args = ["--masters", "5", "--duration", "40s", "--faults", "partition,kill,lossy,slow", "--seed", "7"];
+    let (out, report) = chaos(dir.path(), &with_floors(&args, &floors));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(report["passed"], true, "{stdout}");
+    assert_floors(&report, 40, &stdout);
     for kind in ["partition", "kill", "lossy", "slow"] {
         assert!(report["faults"].as_array().unwrap().iter().any(|f| f["kind"] == kind), "no {kind} fault:\n{stdout}");
     }
@@ -127,9 +203,12 @@ fn five_masters_survive_bridge_partitions_kills_lossy_and_slow_links() {
 fn replacing_members_under_load_loses_nothing() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let (out, report) = chaos(dir.path(), &["--masters", "3", "--duration", "25s", "--faults", "churn", "--seed", "4"]);
+    let floors = floors(25);
+    let args = ["--masters", "3", "--duration", "25s", "--faults", "churn", "--seed", "4"];
+    let (out, report) = chaos(dir.path(), &with_floors(&args, &floors));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_floors(&report, 25, &stdout);
     let replaced = report["faults"]
         .as_array()
         .unwrap()
@@ -151,26 +230,26 @@ fn node_daemons_killed_and_silenced_leave_every_deployment_running() {
     // Seed 22's schedule (pinned by the chaos crate's unit tests) kills the leader, partitions
     // the masters, kills a node daemon and silences one for longer than the grace period plus
     // the eviction timeout.
-    let (out, report) = chaos(
-        dir.path(),
-        &[
-            "--masters",
-            "3",
-            "--nodes",
-            "2",
-            "--image",
-            image.to_str().unwrap(),
-            "--duration",
-            "45s",
-            "--faults",
-            "kill,partition,node-kill,node-pause",
-            "--seed",
-            "22",
-        ],
-    );
+    let floors = floors(45);
+    let args = [
+        "--masters",
+        "3",
+        "--nodes",
+        "2",
+        "--image",
+        image.to_str().unwrap(),
+        "--duration",
+        "45s",
+        "--faults",
+        "kill,partition,node-kill,node-pause",
+        "--seed",
+        "22",
+    ];
+    let (out, report) = chaos(dir.path(), &with_floors(&args, &floors));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(report["passed"], true, "{stdout}");
+    assert_floors(&report, 45, &stdout);
     let faults = report["faults"].as_array().unwrap();
     assert!(faults.iter().any(|f| f["kind"] == "node-kill"), "no node daemon was killed:\n{stdout}");
     // The leader noticed the silence: the node went unknown and its pods were evicted.
