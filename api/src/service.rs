@@ -6,7 +6,7 @@ use crate::auth::{check_no_escalation, Attributes, Policy, TokenFile, User};
 use crate::encoded_list::{EncodedList, ListRoute};
 use crate::error::{ApiError, ApiResult};
 use crate::kinds::{self, KindInfo};
-use crate::registry::{DeleteOptions, ListOptions, Registry, UpdateScope, WatchOptions};
+use crate::registry::{CreateId, DeleteOptions, ListOptions, Registry, UpdateScope, WatchOptions};
 use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -318,19 +318,21 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
         name: &str,
         obj: Option<&Value>,
         stored: Option<&Value>,
-    ) -> ApiResult<()> {
+    ) -> ApiResult<User> {
         let user = self.api.authenticate(req).await?;
         let ns =
             if self.info.namespaced && ns.is_empty() && !matches!(verb, "list" | "watch") { "default" } else { ns };
         let a = Attributes { verb, info: self.info, subresource: sub, namespace: ns, name };
-        self.api.authorize(&user, &a, obj, stored).await
+        self.api.authorize(&user, &a, obj, stored).await?;
+        Ok(user)
     }
 
     async fn create(&self, req: Request<T>) -> ApiResult<T> {
         let obj = to_json(req.get_ref())?;
         let name = crate::object::name(&obj);
-        self.allow(&req, "create", "", ns_of(self.info, &obj, ""), name, Some(&obj), None).await?;
-        from_json(self.api.registry.create(self.info, obj, "").await?)
+        let user = self.allow(&req, "create", "", ns_of(self.info, &obj, ""), name, Some(&obj), None).await?;
+        let id = CreateId::of_request(req.metadata(), &user.name)?;
+        from_json(self.api.registry.create_as(self.info, obj, "", id.as_ref()).await?)
     }
 
     async fn get(&self, req: Request<GetRequest>) -> ApiResult<T> {
@@ -616,7 +618,7 @@ impl ObjectsService {
         req: &Request<RawRequest>,
         verb: &str,
         body: bool,
-    ) -> ApiResult<(&'static KindInfo, Value)> {
+    ) -> ApiResult<(&'static KindInfo, Value, User)> {
         let user = self.api.authenticate(req).await?;
         let r = req.get_ref();
         let info = kinds::by_resource(&r.resource)?;
@@ -634,19 +636,20 @@ impl ObjectsService {
         let a = Attributes { verb, info, subresource: "", namespace: ns, name };
         let stored = if verb == "update" { self.api.stored(info, ns, name).await? } else { None };
         self.api.authorize(&user, &a, body.then_some(&obj), stored.as_ref()).await?;
-        Ok((info, obj))
+        Ok((info, obj, user))
     }
 }
 
 #[tonic::async_trait]
 impl objects_server::Objects for ObjectsService {
     async fn create(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let (info, obj) = self.prepare(&req, "create", true).await?;
-        let obj = self.api.registry.create(info, obj, &req.get_ref().namespace).await?;
+        let (info, obj, user) = self.prepare(&req, "create", true).await?;
+        let id = CreateId::of_request(req.metadata(), &user.name)?;
+        let obj = self.api.registry.create_as(info, obj, &req.get_ref().namespace, id.as_ref()).await?;
         Ok(Response::new(raw(&obj)))
     }
     async fn get(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let (info, _) = self.prepare(&req, "get", false).await?;
+        let (info, _, _) = self.prepare(&req, "get", false).await?;
         let r = req.get_ref();
         Ok(Response::new(raw(&self.api.registry.get(info, &r.namespace, &r.name).await?)))
     }
@@ -682,12 +685,12 @@ impl objects_server::Objects for ObjectsService {
         Ok(Response::new(RawList { json }))
     }
     async fn update(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let (info, obj) = self.prepare(&req, "update", true).await?;
+        let (info, obj, _) = self.prepare(&req, "update", true).await?;
         let obj = self.api.registry.update(info, obj, UpdateScope::Main).await?;
         Ok(Response::new(raw(&obj)))
     }
     async fn delete(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let (info, _) = self.prepare(&req, "delete", false).await?;
+        let (info, _, _) = self.prepare(&req, "delete", false).await?;
         let r = req.get_ref();
         let opts = DeleteOptions {
             grace_period_seconds: r.grace_period_seconds,

@@ -126,15 +126,20 @@ macro_rules! resource {
             }
 
             fn create(client: &Client, obj: Self) -> BoxFuture<'_, Result<Self, Status>> {
-                Box::pin(client.with_failover(move |channel, auth| {
-                    let obj = obj.clone();
-                    async move {
-                        Ok(skiff_proto::api::$module::$client::with_interceptor(channel, auth)
-                            .create(obj)
-                            .await?
-                            .into_inner())
-                    }
-                }))
+                Box::pin(async move {
+                    client
+                        .for_one_create()
+                        .with_failover(move |channel, auth| {
+                            let obj = obj.clone();
+                            async move {
+                                Ok(skiff_proto::api::$module::$client::with_interceptor(channel, auth)
+                                    .create(obj)
+                                    .await?
+                                    .into_inner())
+                            }
+                        })
+                        .await
+                })
             }
 
             fn update(client: &Client, obj: Self) -> BoxFuture<'_, Result<Self, Status>> {

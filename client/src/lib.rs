@@ -160,12 +160,13 @@ impl ClientConfig {
     }
 }
 
-/// Adds the bearer token to every call, and for a fenced client the leadership term its
-/// writes are fenced to.
+/// Adds the bearer token to every call, for a fenced client the leadership term its writes
+/// are fenced to, and for one create the request id its retries share.
 #[derive(Clone)]
 pub struct Auth {
     token: Option<MetadataValue<Ascii>>,
     fence: Option<MetadataValue<Ascii>>,
+    request_id: Option<MetadataValue<Ascii>>,
 }
 
 impl tonic::service::Interceptor for Auth {
@@ -175,6 +176,9 @@ impl tonic::service::Interceptor for Auth {
         }
         if let Some(v) = &self.fence {
             req.metadata_mut().insert(skiff_proto::FENCE_HEADER, v.clone());
+        }
+        if let Some(v) = &self.request_id {
+            req.metadata_mut().insert(skiff_proto::REQUEST_ID_HEADER, v.clone());
         }
         Ok(req)
     }
@@ -208,9 +212,18 @@ impl Clone for Client {
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Whether the masters said a failed write may have been applied (timed out, interrupted, the
+/// leader changed under it) rather than certainly not (no leader, not the leader): the
+/// `skiff-outcome` status metadata, not the message.
+pub fn outcome_unknown(s: &Status) -> bool {
+    s.metadata().get(skiff_proto::OUTCOME_HEADER).is_some_and(|v| v == skiff_proto::OUTCOME_UNKNOWN)
+}
+
 /// Whether a failed call may be tried on another master: the master was unreachable or not
-/// able to serve (no leader, shutting down). Outcome-unknown writes are not retried by the
-/// API itself, and a retried create answers AlreadyExists rather than duplicating.
+/// able to serve (no leader, shutting down), or the outcome is unknown. Retrying an unknown
+/// outcome is safe for reads, for creates (each carries a request id, see
+/// [`Client::for_one_create`]) and for writes guarded by a resourceVersion (a replay of an
+/// applied one is a conflict, not a second change).
 fn retryable(s: &Status) -> bool {
     s.code() == Code::Unavailable || (s.code() == Code::Unknown && s.message().contains("transport"))
 }
@@ -260,7 +273,7 @@ impl Client {
             .map(|t| format!("Bearer {t}").parse())
             .transpose()
             .map_err(|_| Status::invalid_argument("the token is not ASCII"))?;
-        let auth = Auth { token, fence: None };
+        let auth = Auth { token, fence: None, request_id: None };
         Ok(Client { config, channels, auth, current: AtomicUsize::new(0) })
     }
 
@@ -277,7 +290,7 @@ impl Client {
         };
         let token =
             format!("Bearer {token}").parse().map_err(|_| Status::invalid_argument("the token is not ASCII"))?;
-        let auth = Auth { token: Some(token), fence: None };
+        let auth = Auth { token: Some(token), fence: None, request_id: None };
         Ok(Client { config, channels: vec![channel], auth, current: AtomicUsize::new(0) })
     }
 
@@ -287,6 +300,16 @@ impl Client {
     pub fn fenced(&self, term: u64) -> Client {
         let mut c = self.clone();
         c.auth.fence = Some(MetadataValue::from(term));
+        c
+    }
+
+    /// This client for one create: its calls carry a fresh request id, the same on every
+    /// attempt, so a retry after a reply was lost gets the object the first attempt made rather
+    /// than a second object (`generateName`) or AlreadyExists.
+    pub fn for_one_create(&self) -> Client {
+        let mut c = self.clone();
+        let id = format!("{:032x}", rand::random::<u128>());
+        c.auth.request_id = Some(MetadataValue::try_from(id).expect("hex is ASCII"));
         c
     }
 
@@ -361,7 +384,7 @@ impl Client {
 
     pub async fn create(&self, resource: &str, namespace: &str, obj: &Value) -> Result<Value, Status> {
         let req = Self::raw(resource, namespace, "", Some(obj));
-        self.json(req, |mut c, r| async move { Ok(c.create(r).await?.into_inner().json) }).await
+        self.for_one_create().json(req, |mut c, r| async move { Ok(c.create(r).await?.into_inner().json) }).await
     }
 
     pub async fn get(&self, resource: &str, namespace: &str, name: &str) -> Result<Value, Status> {

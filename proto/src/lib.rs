@@ -66,4 +66,18 @@ pub mod api {
 /// (DESIGN.md rule 4): sent by `skiff_client::Client::fenced`, honoured by the masters.
 pub const FENCE_HEADER: &str = "skiff-fence-term";
 
+/// The request header naming one create across its client's retries (8–128 characters of
+/// `[A-Za-z0-9._-]`): the masters answer a retry whose first attempt was committed with the
+/// object it made, instead of making a second one or refusing it as AlreadyExists.
+pub const REQUEST_ID_HEADER: &str = "skiff-request-id";
+
+/// The status metadata key that says, on an `Unavailable` error, whether the request was
+/// certainly not applied ([`OUTCOME_NOT_APPLIED`]: no leader, not the leader, shutting down) or
+/// may have been ([`OUTCOME_UNKNOWN`]: timed out, interrupted, the leader changed mid-request).
+/// etcd answers both with the same code; a Skiff client decides from this whether a write that
+/// is not idempotent may be tried again.
+pub const OUTCOME_HEADER: &str = "skiff-outcome";
+pub const OUTCOME_NOT_APPLIED: &str = "not-applied";
+pub const OUTCOME_UNKNOWN: &str = "unknown";
+
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

@@ -5,6 +5,7 @@
 
 use crate::types::ApplyError;
 use serde::{Deserialize, Serialize};
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -69,6 +70,42 @@ impl From<StoreError> for Status {
             StoreError::Unimplemented(_) => Code::Unimplemented,
             StoreError::Internal(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        let outcome = match &e {
+            StoreError::NoLeader | StoreError::NotLeader { .. } | StoreError::Stopped => {
+                Some(skiff_proto::OUTCOME_NOT_APPLIED)
+            }
+            StoreError::Timeout | StoreError::Interrupted(_) | StoreError::LeaderChanged => {
+                Some(skiff_proto::OUTCOME_UNKNOWN)
+            }
+            _ => None,
+        };
+        let mut status = Status::new(code, e.to_string());
+        if let Some(outcome) = outcome {
+            status.metadata_mut().insert(skiff_proto::OUTCOME_HEADER, MetadataValue::from_static(outcome));
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(e: StoreError) -> (Code, Option<String>) {
+        let s = Status::from(e);
+        (s.code(), s.metadata().get(skiff_proto::OUTCOME_HEADER).map(|v| v.to_str().unwrap().to_string()))
+    }
+
+    #[test]
+    fn unavailable_says_whether_the_write_may_have_been_applied() {
+        let not_applied = Some(skiff_proto::OUTCOME_NOT_APPLIED.to_string());
+        let unknown = Some(skiff_proto::OUTCOME_UNKNOWN.to_string());
+        assert_eq!(outcome(StoreError::NoLeader), (Code::Unavailable, not_applied.clone()));
+        assert_eq!(outcome(StoreError::NotLeader { leader: Some(2) }), (Code::Unavailable, not_applied.clone()));
+        assert_eq!(outcome(StoreError::Stopped), (Code::Unavailable, not_applied));
+        assert_eq!(outcome(StoreError::Timeout), (Code::Unavailable, unknown.clone()));
+        assert_eq!(outcome(StoreError::LeaderChanged), (Code::Unavailable, unknown.clone()));
+        assert_eq!(outcome(StoreError::Interrupted("reset".into())), (Code::Unavailable, unknown));
+        assert_eq!(outcome(StoreError::Internal("x".into())), (Code::Internal, None));
     }
 }

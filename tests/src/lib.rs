@@ -150,13 +150,26 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn up(masters: usize, extra: &[&str]) -> Cluster {
+        Cluster::up_with_env(masters, extra, &[])
+    }
+
+    /// [`Cluster::up`] with `env` set for `skiff up` and so for the masters it starts (testing
+    /// switches such as `SKIFF_TESTING_LOSE_CREATE_REPLIES`).
+    pub fn up_with_env(masters: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("skiff-test-").tempdir().expect("temp dir");
         let mut c = Cluster { dir, masters: Vec::new(), extra_pids: Vec::new(), root_token: Mutex::new(None) };
         let n = masters.to_string();
         let d = c.dir.path().to_str().unwrap().to_string();
         let mut args = vec!["up", "--dir", &d, "--masters", &n, "--timeout", "60"];
         args.extend_from_slice(extra);
-        skiff(&args);
+        let out = Command::new(skiff_bin()).args(&args).envs(env.iter().copied()).output().expect("run skiff up");
+        assert!(
+            out.status.success(),
+            "skiff {args:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         c.reload();
         c
     }

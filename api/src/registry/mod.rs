@@ -7,11 +7,13 @@
 //! and `addresses` (a Service's cluster IP and node ports) hold the rest.
 
 mod addresses;
+mod create_id;
 mod delete;
 mod list;
 mod watch;
 
 use addresses::claim_ops;
+pub use create_id::CreateId;
 pub(crate) use list::scan;
 
 use crate::admission;
@@ -25,7 +27,6 @@ use crate::selector::{labels_of, FieldSelector, LabelSelector};
 use crate::validation;
 use base64::Engine;
 use prost::Message;
-use rand::Rng;
 use serde_json::{json, Value};
 use skiff_proto::etcdserverpb::{
     compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
@@ -215,13 +216,20 @@ fn delete_ops(info: &KindInfo, key: &str, obj: &Value) -> Vec<RequestOp> {
 }
 
 fn random_suffix() -> String {
+    suffix_from(&rand::random::<[u8; 5]>())
+}
+
+/// Kubernetes' `generateName` suffix: five characters (no vowels, no look-alikes), one per byte.
+fn suffix_from(bytes: &[u8]) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut rng = rand::thread_rng();
-    (0..5).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+    bytes.iter().take(5).map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
 }
 
 fn uid() -> String {
-    let b: [u8; 16] = rand::random();
+    uid_from(rand::random())
+}
+
+fn uid_from(b: [u8; 16]) -> String {
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
         u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
@@ -319,8 +327,20 @@ impl Registry {
 
     // ---- verbs -----------------------------------------------------------------------------
 
-    pub async fn create(&self, info: &'static KindInfo, mut obj: Value, namespace_hint: &str) -> ApiResult<Value> {
-        self.prepare_new(info, &mut obj, namespace_hint)?;
+    pub async fn create(&self, info: &'static KindInfo, obj: Value, namespace_hint: &str) -> ApiResult<Value> {
+        self.create_as(info, obj, namespace_hint, None).await
+    }
+
+    /// [`Registry::create`] of a create its client may retry ([`CreateId`]): an attempt that
+    /// finds the object an earlier attempt made answers with it.
+    pub async fn create_as(
+        &self,
+        info: &'static KindInfo,
+        mut obj: Value,
+        namespace_hint: &str,
+        id: Option<&CreateId>,
+    ) -> ApiResult<Value> {
+        self.prepare_new(info, &mut obj, namespace_hint, id)?;
         let ns = object::namespace(&obj).to_string();
         let key = kinds::key(info, &ns, object::name(&obj));
         let prepared = obj;
@@ -342,7 +362,7 @@ impl Registry {
                 let name = object::name(&obj).to_string();
                 let mut account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
                     "metadata": {"name": "default", "namespace": name}});
-                self.prepare_new(accounts, &mut account, &name)?;
+                self.prepare_new(accounts, &mut account, &name, None)?;
                 ops.push(self.put_object(&kinds::key(accounts, &name, "default"), &account)?);
             }
             if info.namespaced {
@@ -354,10 +374,20 @@ impl Registry {
             }
             let (ok, revision, _) = self.txn(compares, ops, vec![]).await?;
             if ok {
+                if create_id::lose_this_reply(&ns, &key) {
+                    return Err(ApiError::Store(StoreError::Interrupted(
+                        "testing: the reply to a committed create was lost".into(),
+                    )));
+                }
                 set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
                 return Ok(obj);
             }
-            if self.read(&key).await?.is_some() {
+            if let Some(kv) = self.read(&key).await? {
+                let existing = self.decode(&kv)?;
+                if id.is_some_and(|id| object::meta_str(&existing, "uid") == id.uid()) {
+                    // This create's earlier attempt made it; its reply was lost.
+                    return Ok(existing);
+                }
                 return Err(ApiError::AlreadyExists {
                     resource: kinds::qualified(info),
                     name: object::name(&obj).into(),
@@ -434,7 +464,13 @@ impl Registry {
     }
 
     /// Metadata, defaults and validation for an object about to be created.
-    fn prepare_new(&self, info: &'static KindInfo, obj: &mut Value, namespace_hint: &str) -> ApiResult<()> {
+    fn prepare_new(
+        &self,
+        info: &'static KindInfo,
+        obj: &mut Value,
+        namespace_hint: &str,
+        id: Option<&CreateId>,
+    ) -> ApiResult<()> {
         if !obj.is_object() {
             return Err(ApiError::BadRequest(format!("a {} must be a JSON object", info.kind)));
         }
@@ -464,10 +500,11 @@ impl Registry {
         if object::name(obj).is_empty() {
             let generate = object::meta_str(obj, "generateName").to_string();
             if !generate.is_empty() {
-                set_meta(obj, "name", json!(format!("{generate}{}", random_suffix())));
+                let suffix = id.map_or_else(random_suffix, CreateId::suffix);
+                set_meta(obj, "name", json!(format!("{generate}{suffix}")));
             }
         }
-        set_meta(obj, "uid", json!(uid()));
+        set_meta(obj, "uid", json!(id.map_or_else(uid, CreateId::uid)));
         set_meta(obj, "creationTimestamp", json!(object::now_rfc3339()));
         set_meta(obj, "generation", json!(1));
         set_meta(obj, "deletionTimestamp", Value::Null);

@@ -133,7 +133,9 @@ pub fn apply_docs(conn: &Conn, docs: Vec<(String, Value)>, mode: ApplyMode) -> O
             with_annotation["metadata"]["annotations"][LAST_APPLIED] = Value::String(applied.clone());
         }
         conn.record_into(&mut with_annotation);
-        let result: Result<&str, tonic::Status> = rt.block_on(async {
+        // What happened, and the object as stored when it was created (a `generateName` gets its
+        // name there).
+        let result: Result<(&str, Option<Value>), tonic::Status> = rt.block_on(async {
             if mode == ApplyMode::Replace {
                 let live = client.get(info.resource, &ns, &name).await?;
                 let mut replacement = with_annotation.clone();
@@ -144,10 +146,10 @@ pub fn apply_docs(conn: &Conn, docs: Vec<(String, Value)>, mode: ApplyMode) -> O
                 if replacement["metadata"]["namespace"].is_null() && info.namespaced {
                     replacement["metadata"]["namespace"] = Value::String(ns.clone());
                 }
-                return client.update(info.resource, &replacement).await.map(|_| "replaced");
+                return client.update(info.resource, &replacement).await.map(|_| ("replaced", None));
             }
             if create_only || name.is_empty() {
-                return client.create(info.resource, &ns, &with_annotation).await.map(|_| "created");
+                return client.create(info.resource, &ns, &with_annotation).await.map(|o| ("created", Some(o)));
             }
             // A merge into the live object, as kubectl's patch: a write that lands between
             // the read and the update (a controller's status, say) is merged into again,
@@ -157,24 +159,24 @@ pub fn apply_docs(conn: &Conn, docs: Vec<(String, Value)>, mode: ApplyMode) -> O
             loop {
                 let live = match client.get(info.resource, &ns, &name).await {
                     Err(e) if e.code() == Code::NotFound => {
-                        return client.create(info.resource, &ns, &with_annotation).await.map(|_| "created")
+                        return client.create(info.resource, &ns, &with_annotation).await.map(|o| ("created", Some(o)))
                     }
                     other => other?,
                 };
                 let pointer = format!("/metadata/annotations/{}", LAST_APPLIED.replace('/', "~1"));
                 if live.pointer(&pointer).and_then(Value::as_str) == Some(applied.as_str()) {
-                    return Ok("unchanged");
+                    return Ok(("unchanged", None));
                 }
                 let mut merged = live.clone();
                 skiff_api::object::merge_patch(&mut merged, &with_annotation);
                 match client.update(info.resource, &merged).await {
                     Err(e) if e.code() == Code::Aborted && !pinned && attempt < 5 => attempt += 1,
-                    other => return other.map(|_| "configured"),
+                    other => return other.map(|_| ("configured", None)),
                 }
             }
         });
         match result {
-            Ok(what) => println!("{} {what}", display_name(info, doc)),
+            Ok((what, stored)) => println!("{} {what}", display_name(info, stored.as_ref().unwrap_or(doc))),
             Err(e) => {
                 eprintln!("{}", Failure::Server(e));
                 failed = Some(Failure::Reported);
