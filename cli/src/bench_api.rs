@@ -164,14 +164,27 @@ pub fn run(args: BenchApiArgs) -> anyhow::Result<()> {
         create_pods(&dial, &endpoints, "list", 64, None, Some(args.list_pods), "fill").await?;
         let mut h = hist();
         let mut items = 0;
-        for i in 0..args.lists {
+        // A list is a read: one refused as Unavailable (a leader change, "etcdserver: leader
+        // changed") is safe to try again on the next master; it is counted, not fatal.
+        let mut unavailable = Vec::new();
+        let mut i = 0;
+        while h.len() < args.lists as u64 {
             let mut pods = PodsClient::new(dial.channel(&endpoints[i % endpoints.len()]).await?).max_decoding_message_size(512 << 20);
+            i += 1;
             let t0 = Instant::now();
-            let list = pods.list(ListRequest { namespace: "list".into(), ..Default::default() }).await?.into_inner();
-            h.record(t0.elapsed().as_micros() as u64)?;
-            items = list.items.len();
+            match pods.list(ListRequest { namespace: "list".into(), ..Default::default() }).await {
+                Ok(list) => {
+                    h.record(t0.elapsed().as_micros() as u64)?;
+                    items = list.into_inner().items.len();
+                }
+                Err(e) if e.code() == tonic::Code::Unavailable && unavailable.len() < 20 => unavailable.push(e.message().to_string()),
+                Err(e) => return Err(e.into()),
+            }
         }
         println!("{:<34} {:>10} {:>9.2} {:>9.2}", format!("list {items} pods (linearizable)"), "", ms(&h, 0.5), ms(&h, 0.99));
+        if !unavailable.is_empty() {
+            println!("  ({} lists refused as unavailable and tried again; first: {})", unavailable.len(), unavailable[0]);
+        }
         // The same pods read in pages of 500 (limit + continue, as kubectl and informers do):
         // each page should cost the same, whatever is left of the range after it.
         let mut pods = PodsClient::new(dial.channel(&endpoints[0]).await?).max_decoding_message_size(512 << 20);
