@@ -38,6 +38,9 @@ pub struct MasterOptions {
     pub node_grace_seconds: u64,
     /// How long pods stay on an unreachable node before they are evicted.
     pub pod_eviction_seconds: u64,
+    /// Testing only: the first master's watch feeds drop every Nth event — a deliberately
+    /// broken watch path, to prove the read-path oracle catches it.
+    pub drop_watch_events: Option<u64>,
 }
 
 impl Master {
@@ -151,6 +154,9 @@ impl ChaosCluster {
         let m = &mut self.masters[i];
         let mut cmd = Command::new("ip");
         cmd.args(self.net.exec_prefix(i)).arg(&self.skiff).arg("master").arg("--config").arg(&m.config);
+        if let Some(n) = self.options.drop_watch_events.filter(|_| i == 0) {
+            cmd.env("SKIFF_TESTING_DROP_WATCH_EVENTS", n.to_string());
+        }
         m.process.start(&mut cmd, &m.log, &format!("master {}", m.id))
     }
 

@@ -14,6 +14,8 @@
 //!   check.
 //! - [`rollouts`]: the rolling-update surge bound, checked at every revision during the run.
 //! - [`linearizability`], [`watch`]: the checkers, proven able to fail on known-bad histories.
+//! - [`oracle`]: the committed history rebuilt by reading every revision on every master —
+//!   the read path judging the watch path.
 //! - [`checks`]: the checkers' verdicts, each failing below the run's floors (a check that saw
 //!   nothing does not pass).
 //! - [`run`]: one experiment end to end; [`report`]: its figures and verdicts.
@@ -30,6 +32,7 @@ pub mod linearizability;
 pub mod nemesis;
 pub mod net;
 pub mod nodes;
+pub mod oracle;
 pub mod pki;
 pub mod process;
 pub mod report;

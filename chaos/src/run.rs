@@ -7,9 +7,10 @@ use crate::cluster::{ChaosCluster, MasterOptions};
 use crate::kv::{self, Acked, ClientLog, PREFIX};
 use crate::linearizability::{self, Event};
 use crate::nemesis::{self, FaultKind};
+use crate::oracle;
 use crate::report::{self, count_ops, Check, Report};
 use crate::rollouts;
-use crate::watchers::{self, WatchLog, END_KEY};
+use crate::watchers::{self, END_KEY};
 use anyhow::{bail, Context};
 use skiff_proto::etcdserverpb::kv_client::KvClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -40,6 +41,8 @@ pub struct Options {
     pub op_timeout: Duration,
     /// Run deliberately broken masters (reads skip the read-index check) to prove the checker.
     pub unsafe_local_reads: bool,
+    /// Testing only: the first master's watches drop every Nth event, to prove the oracle.
+    pub drop_watch_events: Option<u64>,
     /// Node daemons that run the API workload's pods (`None`: pods stay unscheduled).
     pub nodes: Option<crate::nodes::NodeOptions>,
     /// The leader's node grace period and pod eviction timeout, in seconds.
@@ -98,22 +101,6 @@ async fn values_at(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!("could not read the workload's keys at revision {revision}: {last}")
-}
-
-/// The committed history of the workload's range from `start` to the end marker, read by a
-/// fresh watch on master `i` after the faults stopped.
-async fn committed(cluster: &ChaosCluster, i: usize, start: i64) -> anyhow::Result<WatchLog> {
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let log = tokio::time::timeout(
-        Duration::from_secs(300),
-        watchers::watcher(cluster.masters[i].id, cluster.channel(i), PREFIX, start, rx),
-    )
-    .await
-    .context("reading the committed history took over 300 s")?;
-    if !log.finished {
-        bail!("the committed history from master {} never reached the end marker", cluster.masters[i].id);
-    }
-    Ok(log)
 }
 
 /// Waits until every master answers HashKV at `revision` with the same hash.
@@ -222,6 +209,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     write_json(opts.artifacts.join("schedule.json"), &schedule)?;
     let master_options = MasterOptions {
         unsafe_local_reads: opts.unsafe_local_reads,
+        drop_watch_events: opts.drop_watch_events,
         node_grace_seconds: opts.node_grace_seconds,
         pod_eviction_seconds: opts.pod_eviction_seconds,
     };
@@ -314,8 +302,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let elapsed = t0.elapsed();
     let end = put_anywhere(&cluster, END_KEY, Instant::now() + Duration::from_secs(60)).await?;
     let leader = cluster.leader().await.unwrap_or(0);
-    let committed_log = committed(&cluster, leader, start).await?;
-    let history = &committed_log.received;
+    // The committed history through the read path, on every master, by fresh clients.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let histories = futures::future::try_join_all((0..cluster.len()).map(|i| {
+        let channel = cluster.net.channel(i, Duration::from_secs(10));
+        oracle::read_history(cluster.masters[i].id, channel, PREFIX, start, end, deadline)
+    }))
+    .await?;
+    let history = &histories[leader].events;
     // Every watcher must reach the end marker; after 30 s the stragglers are told to stop and
     // are judged on what they have.
     let giver = tokio::spawn(async move {
@@ -335,10 +329,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let recorded_events = events.clone();
     // Written before judging, so a check that fails hard still leaves the history behind.
     write_jsonl(opts.artifacts.join("history.jsonl"), &events)?;
-    let (settled, dropped) = kv::settle_unknowns(&mut events, &revisions, history, &committed_log.values);
+    let (settled, dropped) = kv::settle_unknowns(&mut events, &revisions, history, &histories[leader].values);
     events.sort_by_key(|e| e.invoke);
     let acked: Vec<Acked> = logs.iter().flat_map(|l| l.acked.iter().cloned()).collect();
-    let mut checks = Vec::new();
+    let mut checks = vec![oracle::agreement(&histories)];
     let floors = &opts.floors;
     let ops_per_key = floors.ops_per_key;
     let (mut lin, events) =

@@ -33,8 +33,9 @@ pub enum WatchViolation {
     },
 }
 
-/// Compares what a watcher received with the committed events of its range at or after its
-/// start revision (both as (revision, key), the committed list in order).
+/// Compares what a watcher received with the committed events of its range from its start
+/// revision to the run's end marker (both as (revision, key), the committed list in order):
+/// every committed event must have been received, once, in order.
 pub fn check(received: &[Received], committed: &[Received]) -> Result<(), Vec<WatchViolation>> {
     let mut v = Vec::new();
     for w in received.windows(2) {
@@ -45,9 +46,10 @@ pub fn check(received: &[Received], committed: &[Received]) -> Result<(), Vec<Wa
             v.push(WatchViolation::Duplicate { revision: w[1].revision, key: w[1].key.clone() });
         }
     }
-    let last = received.last().map_or(i64::MIN, |r| r.revision);
+    // The whole committed range, not just up to the watcher's last event: a watcher that
+    // stopped early has missed the rest.
     let got: HashSet<&Received> = received.iter().collect();
-    for c in committed.iter().filter(|c| c.revision <= last) {
+    for c in committed {
         if !got.contains(c) {
             v.push(WatchViolation::Missing { revision: c.revision, key: c.key.clone() });
         }
@@ -74,9 +76,14 @@ mod tests {
     }
 
     #[test]
-    fn an_exact_prefix_of_the_history_passes() {
+    fn the_whole_history_passes_and_a_prefix_of_it_does_not() {
         let committed = [r(5, "a"), r(6, "b"), r(7, "a")];
-        assert!(check(&committed[..2], &committed).is_ok());
+        assert!(check(&committed, &committed).is_ok());
+        assert_eq!(
+            check(&committed[..2], &committed).unwrap_err(),
+            [WatchViolation::Missing { revision: 7, key: "a".into() }],
+            "a watcher that stopped early missed the rest"
+        );
     }
 
     #[test]
@@ -91,11 +98,11 @@ mod tests {
             WatchViolation::Missing { revision: 6, .. }
         ));
         assert!(matches!(
-            check(&[r(5, "a"), r(5, "a"), r(6, "b")], &committed).unwrap_err()[0],
+            check(&[r(5, "a"), r(5, "a"), r(6, "b"), r(7, "a")], &committed).unwrap_err()[0],
             WatchViolation::Duplicate { .. }
         ));
         assert!(matches!(
-            check(&[r(5, "a"), r(9, "z")], &committed).unwrap_err().last().unwrap(),
+            check(&[r(5, "a"), r(6, "b"), r(7, "a"), r(9, "z")], &committed).unwrap_err().last().unwrap(),
             WatchViolation::Phantom { .. }
         ));
     }

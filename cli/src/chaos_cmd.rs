@@ -51,6 +51,10 @@ pub struct ChaosArgs {
     /// check — a deliberately broken build the checkers must catch.
     #[arg(long)]
     unsafe_local_reads: bool,
+    /// Testing only: master 1's watches drop every Nth event they would deliver — a
+    /// deliberately broken watch path the read-path oracle must catch.
+    #[arg(long, hide = true)]
+    testing_drop_watch_events: Option<u64>,
     /// Node daemons running the API workload's pods as real containers (0: pods stay
     /// unscheduled). Needs --image.
     #[arg(long, default_value_t = 0)]
@@ -132,6 +136,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         leader_share: args.leader_share,
         op_timeout: std::time::Duration::from_millis(args.op_timeout_ms),
         unsafe_local_reads: args.unsafe_local_reads,
+        drop_watch_events: args.testing_drop_watch_events,
         nodes,
         node_grace_seconds: args.node_grace_seconds,
         pod_eviction_seconds: args.pod_eviction_seconds,

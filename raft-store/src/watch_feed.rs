@@ -11,8 +11,8 @@ use crate::mvcc::KeyRange;
 use crate::state_machine::SmShared;
 use crate::watch_hub::RevisionEvents;
 use skiff_proto::mvccpb::{event::EventType, Event};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{broadcast, mpsc};
 
 /// Events per message when replaying history.
@@ -95,7 +95,11 @@ impl Follower {
         self.progress.store(rev, Ordering::SeqCst);
     }
 
-    async fn send(&self, revision: i64, events: Vec<Event>) -> Result<(), Stop> {
+    async fn send(&self, revision: i64, mut events: Vec<Event>) -> Result<(), Stop> {
+        testing_drop(&mut events);
+        if events.is_empty() {
+            return Ok(());
+        }
         self.tx.send(Feed::Events { revision, events }).await.map_err(|_| Stop::Gone)
     }
 
@@ -156,6 +160,20 @@ impl Follower {
         self.advance(rev.revision);
         Ok(())
     }
+}
+
+/// Testing only: `SKIFF_TESTING_DROP_WATCH_EVENTS=N` in a master's environment makes its
+/// feeds drop every Nth event they would deliver — a deliberately broken watch path, which the
+/// chaos harness's read-path oracle must catch.
+fn testing_drop(events: &mut Vec<Event>) {
+    static EVERY: OnceLock<Option<(u64, AtomicU64)>> = OnceLock::new();
+    let every = EVERY.get_or_init(|| {
+        let n: u64 = std::env::var("SKIFF_TESTING_DROP_WATCH_EVENTS").ok()?.parse().ok().filter(|n| *n > 0)?;
+        tracing::warn!(n, "testing: watch feeds drop every Nth event");
+        Some((n, AtomicU64::new(0)))
+    });
+    let Some((n, count)) = every else { return };
+    events.retain(|_| (count.fetch_add(1, Ordering::Relaxed) + 1) % n != 0);
 }
 
 /// Starts a feed of `spec`'s events on this master.

@@ -54,7 +54,13 @@ fn assert_floors(report: &Value, seconds: u64, stdout: &str) {
         (Some(2 * seconds), Some(5 * seconds), Some(5 * seconds)),
         "the run did not take the test's floors: {stdout}"
     );
-    for name in ["linearizability", "acknowledged writes", "unknown writes", "revision monotonicity"] {
+    for name in [
+        "linearizability",
+        "acknowledged writes",
+        "unknown writes",
+        "revision monotonicity",
+        "committed history (reads)",
+    ] {
         assert_eq!(check(report, name)["passed"], true, "{name} below its floor or failed: {stdout}");
     }
 }
@@ -132,6 +138,27 @@ fn a_build_that_reads_local_state_is_caught() {
     // The report pins the violation to operations, not just a verdict.
     assert!(lin["detail"].as_str().unwrap().contains("Get → Read("), "{stdout}");
     assert!(stdout.contains("verdict: FAIL"), "{stdout}");
+}
+
+/// Master 1's watches drop one event in 100 (a testing switch): the watcher on it is judged
+/// against the history read back revision by revision, not against another watch, and fails.
+#[test]
+fn a_build_whose_watch_drops_events_is_caught() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--masters", "3", "--duration", "15s", "--faults", "pause", "--seed", "5"];
+    let (out, report) = chaos(dir.path(), &[&args[..], &["--testing-drop-watch-events", "100"]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "the broken watch passed:\n{stdout}");
+    let broken = check(&report, "watch on master 1");
+    assert_eq!(broken["passed"], false, "{stdout}");
+    assert!(broken["detail"].as_str().unwrap().contains("Missing"), "{stdout}");
+    // The read path is not broken: the masters agree on what was committed, and the watchers
+    // on the sound masters received all of it.
+    assert_eq!(check(&report, "committed history (reads)")["passed"], true, "{stdout}");
+    for name in ["watch on master 2", "watch on master 3", "acknowledged writes"] {
+        assert_eq!(check(&report, name)["passed"], true, "{name}: {stdout}");
+    }
 }
 
 /// With the workloads off every checker has nothing to judge, and says so rather than passing.
