@@ -354,11 +354,13 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                 let store = master.clone();
                 let store_revision: std::sync::Arc<dyn Fn() -> i64 + Send + Sync> =
                     std::sync::Arc::new(move || store.sm.mvcc.current_revision());
+                let leadership = leader.leadership();
+                let held = leadership.clone();
                 let leader_term: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync> =
-                    std::sync::Arc::new(move || leader.leader_term());
+                    std::sync::Arc::new(move || *held.borrow());
                 let context = skiff_scheduler::controller::Context {
                     client: client.clone(),
-                    leader_term: leader_term.clone(),
+                    leadership,
                     store_revision,
                     events: std::sync::Arc::default(),
                     families: std::sync::Arc::default(),

@@ -283,6 +283,21 @@ impl Master {
         (m.state == ServerState::Leader).then_some(m.current_term)
     }
 
+    /// [`Master::leader_term`] as it changes: a receiver that wakes when this master takes or
+    /// loses the leadership, so that what acts on it learns at once instead of polling.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        let mut metrics = self.raft.metrics();
+        let term = |m: &openraft::RaftMetrics<u64, Member>| (m.state == ServerState::Leader).then_some(m.current_term);
+        let (tx, rx) = tokio::sync::watch::channel(term(&metrics.borrow_and_update()));
+        tokio::spawn(async move {
+            while metrics.changed().await.is_ok() && !tx.is_closed() {
+                let now = term(&metrics.borrow_and_update());
+                tx.send_if_modified(|held| std::mem::replace(held, now) != now);
+            }
+        });
+        rx
+    }
+
     /// The leader this master believes in, with its address.
     pub fn leader(&self) -> Option<(u64, Member)> {
         let m = self.raft.metrics().borrow().clone();

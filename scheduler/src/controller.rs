@@ -286,8 +286,9 @@ pub fn before_and_after<K>(change: &Change<K>) -> Vec<&K> {
 #[derive(Clone)]
 pub struct Context {
     pub client: Client,
-    /// The raft term while this master leads.
-    pub leader_term: Arc<dyn Fn() -> Option<u64> + Send + Sync>,
+    /// The raft term while this master leads, `None` while it does not; changes wake the
+    /// controllers.
+    pub leadership: tokio::sync::watch::Receiver<Option<u64>>,
     /// The store's revision now (on the leader, every acknowledged write is at or below it).
     pub store_revision: Arc<dyn Fn() -> i64 + Send + Sync>,
     /// Shared by every controller of the process.
@@ -363,7 +364,8 @@ pub async fn run<R: Reconciler>(reconciler: Arc<R>, ctx: Context, mut stop: toki
             let (queue, reconciler, ctx) = (queue.clone(), reconciler.clone(), ctx.clone());
             tokio::spawn(async move {
                 while let Some(key) = queue.next().await {
-                    if let Some(term) = (ctx.leader_term)() {
+                    let term = *ctx.leadership.borrow();
+                    if let Some(term) = term {
                         // One reconcile of a family at a time, each from caches current to the
                         // store when it starts: what one writes, the next one sees.
                         let family = ctx.families.of(reconciler.family(&key));
@@ -391,20 +393,26 @@ pub async fn run<R: Reconciler>(reconciler: Arc<R>, ctx: Context, mut stop: toki
         () = reconciler.synced() => {}
         _ = stop.changed() => {}
     }
+    // Every key is queued when the leadership is taken, and every RESYNC as a safety net.
+    let mut leadership = ctx.leadership.clone();
     let mut led = false;
-    let mut look = tokio::time::interval(Duration::from_millis(100));
-    let mut last_full = tokio::time::Instant::now();
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.reset();
     while !*stop.borrow() {
+        let leads = leadership.borrow_and_update().is_some();
+        if leads && !led {
+            resync.reset();
+            reconciler.every_key().into_iter().for_each(|k| queue.add(k));
+        }
+        led = leads;
         tokio::select! {
-            // Leadership is looked at often (cheap); every key is queued when it is taken.
-            _ = look.tick() => {
-                let leads = (ctx.leader_term)().is_some();
-                if (leads && !led) || last_full.elapsed() >= RESYNC {
-                    last_full = tokio::time::Instant::now();
-                    reconciler.every_key().into_iter().for_each(|k| queue.add(k));
+            changed = leadership.changed() => {
+                if changed.is_err() {
+                    break;
                 }
-                led = leads;
             }
+            _ = resync.tick() => reconciler.every_key().into_iter().for_each(|k| queue.add(k)),
             _ = stop.changed() => {}
         }
     }
@@ -557,7 +565,7 @@ fn component(kind: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicI64, Ordering};
 
     /// Reconciles by recording: which keys, and which revisions it was asked to reach first.
     #[derive(Default)]
@@ -598,12 +606,12 @@ mod tests {
         }
     }
 
-    /// A context for reconciles that write nothing, leading at `term` (0: not leading).
-    fn context(term: Arc<AtomicU64>, revision: Arc<AtomicI64>) -> Context {
+    /// A context for reconciles that write nothing, leading as `leadership` says.
+    fn context(leadership: tokio::sync::watch::Receiver<Option<u64>>, revision: Arc<AtomicI64>) -> Context {
         let channel = tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy();
         Context {
             client: Client::over_channel("unused", channel, "t", Duration::from_secs(1)).unwrap(),
-            leader_term: Arc::new(move || Some(term.load(Ordering::SeqCst)).filter(|t| *t > 0)),
+            leadership,
             store_revision: Arc::new(move || revision.load(Ordering::SeqCst)),
             events: Arc::default(),
             families: Arc::default(),
@@ -615,15 +623,16 @@ mod tests {
     {
         let keys = vec![ObjectKey::new("a", "one"), ObjectKey::new("b", "two")];
         let recorder = Arc::new(Recorder { keys: keys.clone(), ..Default::default() });
-        let (term, revision) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicI64::new(7)));
-        let ctx = context(term.clone(), revision.clone());
+        let (term, leadership) = tokio::sync::watch::channel(None);
+        let revision = Arc::new(AtomicI64::new(7));
+        let ctx = context(leadership, revision.clone());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(run(recorder.clone(), ctx, stopped));
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(recorder.reconciled.lock().unwrap().is_empty(), "a follower reconciles nothing");
 
         revision.store(42, Ordering::SeqCst);
-        term.store(3, Ordering::SeqCst);
+        term.send_replace(Some(3));
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut reconciled = recorder.reconciled.lock().unwrap().clone();
         reconciled.sort();
@@ -638,7 +647,8 @@ mod tests {
         let key = ObjectKey::new("a", "cron");
         let after = Duration::from_secs(20);
         let recorder = Arc::new(Recorder { keys: vec![key.clone()], requeue: Some(after), ..Default::default() });
-        let ctx = context(Arc::new(AtomicU64::new(1)), Arc::new(AtomicI64::new(1)));
+        let (_term, leadership) = tokio::sync::watch::channel(Some(1));
+        let ctx = context(leadership, Arc::new(AtomicI64::new(1)));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(run(recorder.clone(), ctx, stopped));
         let count = || recorder.reconciled.lock().unwrap().len();
