@@ -33,7 +33,12 @@ pub fn skiff_bin() -> PathBuf {
 
 /// Runs `skiff ARGS`, panicking with its output if it fails.
 pub fn skiff(args: &[&str]) -> String {
-    let out = Command::new(skiff_bin()).args(args).output().expect("run skiff");
+    skiff_with_env(args, &[])
+}
+
+/// [`skiff`] with `env` added to its environment.
+pub fn skiff_with_env(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(skiff_bin()).args(args).envs(env.iter().copied()).output().expect("run skiff");
     assert!(
         out.status.success(),
         "skiff {args:?} failed ({}):\n{}\n{}",
@@ -162,14 +167,7 @@ impl Cluster {
         let d = c.dir.path().to_str().unwrap().to_string();
         let mut args = vec!["up", "--dir", &d, "--masters", &n, "--timeout", "60"];
         args.extend_from_slice(extra);
-        let out = Command::new(skiff_bin()).args(&args).envs(env.iter().copied()).output().expect("run skiff up");
-        assert!(
-            out.status.success(),
-            "skiff {args:?} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        skiff_with_env(&args, env);
         c.reload();
         c
     }
