@@ -33,13 +33,15 @@ pub fn parse_quantity(q: &str) -> Option<i128> {
     let neg = int.starts_with('-');
     let digits = format!("{}{}", int.trim_start_matches(['-', '+']), frac);
     let mut value: i128 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
-    let mut scale = exp10 + 3 - frac.len() as i32;
+    let mut scale = exp10.checked_add(3)?.checked_sub(i32::try_from(frac.len()).ok()?)?;
     while scale > 0 {
         value = value.checked_mul(10)?;
         scale -= 1;
     }
-    while scale < 0 {
-        value = (value + 9) / 10; // round up, as Kubernetes does
+    // Rounding up, as Kubernetes does; once the value is 0 or 1 more steps leave it there, so
+    // `1e-2000000000` takes a few steps rather than two billion (found by fuzzing).
+    while scale < 0 && value > 1 {
+        value = (value + 9) / 10;
         scale += 1;
     }
     value = value.checked_mul(1i128 << pow2)?;
@@ -63,5 +65,22 @@ pub fn format_quantity(milli: i128, resource: &str) -> String {
         v.to_string()
     } else {
         format!("{milli}m")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regressions found by `scripts/fuzz quantity`: a huge negative exponent took one step
+    /// per power of ten (seconds of CPU per quantity), and a huge positive one overflowed.
+    #[test]
+    fn extreme_exponents_end_at_once() {
+        assert_eq!(parse_quantity("1e-2147483648"), Some(1), "rounded up, as Kubernetes does");
+        assert_eq!(parse_quantity("5e-2147483000"), Some(1));
+        assert_eq!(parse_quantity("0e-2000000000"), Some(0));
+        assert_eq!(parse_quantity("1e2147483647"), None, "the scale would overflow");
+        assert_eq!(parse_quantity("1500e-3"), Some(1500));
+        assert_eq!(parse_quantity("1.5"), Some(1500));
     }
 }
