@@ -326,7 +326,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut events: Vec<Event> = logs.iter().flat_map(|l| l.events.iter().cloned()).collect();
     let revisions: Vec<i64> = logs.iter().flat_map(|l| l.revisions.iter().copied()).collect();
     let recorded = count_ops(&events);
-    let recorded_events = events.clone();
+    // Judged on the writes as recorded, before the committed history settles any.
+    let unknown = checks::unknown_writes(&events, opts.floors.max_unknown_share);
     // Written before judging, so a check that fails hard still leaves the history behind.
     write_jsonl(opts.artifacts.join("history.jsonl"), &events)?;
     let (settled, dropped) = kv::settle_unknowns(&mut events, &revisions, history, &histories[leader].values);
@@ -341,8 +342,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     lin.detail +=
         &format!(" (of the unknown writes, the committed history shows {settled} happened and {dropped} did not)");
     checks.push(lin);
-    // Judged on the writes as recorded, before the committed history settled any.
-    checks.push(checks::unknown_writes(&recorded_events, floors.max_unknown_share));
+    checks.push(unknown);
     let regressions: Vec<&String> = logs.iter().flat_map(|l| &l.revision_regressions).collect();
     let replies = revisions.iter().filter(|r| **r > 0).count();
     checks.push(checks::revision_monotonicity(&regressions, replies, floors.acked_writes));

@@ -383,10 +383,12 @@ impl Registry {
                 return Ok(obj);
             }
             if let Some(kv) = self.read(&key).await? {
-                let existing = self.decode(&kv)?;
-                if id.is_some_and(|id| object::meta_str(&existing, "uid") == id.uid()) {
-                    // This create's earlier attempt made it; its reply was lost.
-                    return Ok(existing);
+                if let Some(id) = id {
+                    let existing = self.decode(&kv)?;
+                    if object::meta_str(&existing, "uid") == id.uid() {
+                        // This create's earlier attempt made it; its reply was lost.
+                        return Ok(existing);
+                    }
                 }
                 return Err(ApiError::AlreadyExists {
                     resource: kinds::qualified(info),
