@@ -40,6 +40,13 @@ pub struct MasterArgs {
     /// Applied entries between snapshots.
     #[arg(long)]
     snapshot_logs: Option<u64>,
+    /// Store size past which this master raises etcd's NOSPACE alarm (default 8 GiB).
+    #[arg(long)]
+    quota_backend_bytes: Option<u64>,
+    /// Free space the data directory's filesystem must keep before this master raises the
+    /// NOSPACE alarm (default 128 MiB).
+    #[arg(long)]
+    disk_reserve_bytes: Option<u64>,
     /// PEM certificate of the client listener (with --client-key; add --client-ca for mutual TLS).
     #[arg(long)]
     client_cert: Option<PathBuf>,
@@ -227,6 +234,12 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
     if let Some(v) = args.snapshot_logs {
         config.snapshot_logs = v;
     }
+    if let Some(v) = args.quota_backend_bytes {
+        config.quota_backend_bytes = v;
+    }
+    if let Some(v) = args.disk_reserve_bytes {
+        config.disk_reserve_bytes = v;
+    }
     if let Some(path) = &args.root_password_file {
         let password = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let password = password.trim();
@@ -276,6 +289,7 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         encryption_provider_config,
         kubelet_client,
     } = build_config(args)?;
+    let _failpoints = skiff_raft_store::arm_failpoints().map_err(anyhow::Error::msg)?;
     let node_client = kubelet_client.as_ref().map(KubeletClient::tls).transpose()?;
     let tokens = match &token_file {
         Some(path) => Some(skiff_api::auth::TokenFile::open(path).map_err(anyhow::Error::msg)?),

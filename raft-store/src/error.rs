@@ -55,6 +55,7 @@ impl From<StoreError> for Status {
                 ApplyError::LeaseExists { .. } => Code::FailedPrecondition,
                 ApplyError::KeyNotFound | ApplyError::DuplicateKey | ApplyError::Invalid(_) => Code::InvalidArgument,
                 ApplyError::Fenced { .. } => Code::FailedPrecondition,
+                ApplyError::NoSpace => Code::ResourceExhausted,
                 ApplyError::Auth(a) => a.code(),
             },
             StoreError::NoLeader

@@ -6,6 +6,7 @@
 //!
 //! Modules:
 //! - [`types`]: openraft type config, the log's commands and replies.
+//! - [`alarm`]: etcd's alarms; `NOSPACE` caps the store while a master is short of disk.
 //! - [`auth`]: the store's users, roles and key-range permissions (etcd's auth), and tokens.
 //! - [`db`]: the RocksDB instance and its column families (layout documented there).
 //! - [`log_store`]: raft log and vote, fsynced before openraft hears they are written.
@@ -23,6 +24,7 @@
 //! entry applies whole or not at all; reads are linearizable unless the client asks for
 //! serializable; watch streams are ordered, gap-free and duplicate-free.
 
+pub mod alarm;
 pub mod auth;
 pub mod db;
 pub mod election;
@@ -46,3 +48,19 @@ pub use error::StoreError;
 pub use master::{Master, MasterConfig};
 pub use server::serve;
 pub use types::Member;
+
+/// Testing only: arms the failpoints the `FAILPOINTS` environment variable names (see
+/// [`log_store`]); keep the returned guard for the life of the process. A build without the
+/// `failpoints` feature refuses the variable rather than run as if the faults were injected.
+pub fn arm_failpoints() -> Result<Option<fail::FailScenario<'static>>, String> {
+    if std::env::var_os("FAILPOINTS").is_none() {
+        return Ok(None);
+    }
+    if !fail::has_failpoints() {
+        return Err("FAILPOINTS is set, but this skiff was built without failpoints \
+                    (cargo build --features skiff-cli/failpoints, as scripts/test does)"
+            .into());
+    }
+    tracing::warn!("testing failpoints armed: {}", std::env::var("FAILPOINTS").unwrap_or_default());
+    Ok(Some(fail::FailScenario::setup()))
+}

@@ -58,6 +58,18 @@ impl LogStore {
     }
 }
 
+/// Testing only (the `failpoints` feature, off in every other build): `FAILPOINTS=
+/// raft-log-fsync=N*off->return` in a master's environment fails its log appends after the
+/// first N as a failing fsync would. openraft then stops this member's raft (a storage error is
+/// fatal), the master exits, and it recovers from what is durable when restarted — an fsync
+/// that failed is never retried as if the data were safe.
+fn injected_fsync_failure() -> Option<std::io::Error> {
+    fail::fail_point!("raft-log-fsync", |_| Some(std::io::Error::other(
+        "fsync of the raft log failed: input/output error (failpoint raft-log-fsync)"
+    )));
+    None
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
@@ -132,7 +144,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             batch.put_cf(log, e.log_id.index.to_be_bytes(), bincode::serialize(&e).map_err(write_err)?);
         }
-        let result = self.db.write_opt(batch, &synced()).map_err(std::io::Error::other);
+        let result = match injected_fsync_failure() {
+            // What a failed fsync leaves: the write may sit in the page cache, unconfirmed.
+            Some(e) => self.db.write(batch).map_err(std::io::Error::other).and(Err(e)),
+            None => self.db.write_opt(batch, &synced()).map_err(std::io::Error::other),
+        };
         let failed = result.as_ref().err().map(|e| std::io::Error::other(e.to_string()));
         callback.log_io_completed(result);
         match failed {

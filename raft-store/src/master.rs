@@ -13,6 +13,7 @@ use crate::types::{ApplyError, Member, Op, Raft, Reply, Request, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
+use skiff_proto::etcdserverpb::AlarmType;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +49,14 @@ pub struct MasterConfig {
     /// Build a snapshot (and let the log be purged) after this many applied entries.
     #[serde(default = "defaults::snapshot_logs")]
     pub snapshot_logs: u64,
+    /// Largest store (RocksDB files and memtables) before this master raises the `NOSPACE`
+    /// alarm ([`crate::alarm`]); etcd's `--quota-backend-bytes`.
+    #[serde(default = "defaults::quota_backend_bytes")]
+    pub quota_backend_bytes: u64,
+    /// Free space the data directory's filesystem must keep; below it this master raises the
+    /// `NOSPACE` alarm while there is still room to log the refused writes and the disarm.
+    #[serde(default = "defaults::disk_reserve_bytes")]
+    pub disk_reserve_bytes: u64,
     /// TLS for the client listener. Off loopback it is mandatory, with client certificates.
     #[serde(default)]
     pub client_tls: Option<ClientTls>,
@@ -110,6 +119,13 @@ mod defaults {
     pub fn snapshot_logs() -> u64 {
         10_000
     }
+    /// 8 GiB: etcd's suggested largest quota (its default is 2 GiB; Skiff keeps more history).
+    pub fn quota_backend_bytes() -> u64 {
+        8 << 30
+    }
+    pub fn disk_reserve_bytes() -> u64 {
+        128 << 20
+    }
 }
 
 impl MasterConfig {
@@ -128,6 +144,8 @@ impl MasterConfig {
             heartbeat_ms: defaults::heartbeat_ms(),
             election_min_ms: defaults::election_min_ms(),
             snapshot_logs: defaults::snapshot_logs(),
+            quota_backend_bytes: defaults::quota_backend_bytes(),
+            disk_reserve_bytes: defaults::disk_reserve_bytes(),
             client_tls: None,
             unsafe_local_reads: false,
             root_password_hash: None,
@@ -326,6 +344,11 @@ impl Master {
     /// Proposes a state-machine command through raft, from any master; within a request fenced
     /// to a leadership term ([`crate::fence`]), only as [`Master::propose_fenced`].
     pub async fn propose(&self, op: Op) -> Result<Response, StoreError> {
+        // Refused here as the state machine would refuse it, without a log entry to hold it
+        // (the state machine's check is the one every master agrees on).
+        if self.sm.alarms.nospace() && crate::alarm::grows_store(&op) {
+            return Err(StoreError::Apply(ApplyError::NoSpace));
+        }
         match crate::fence::current() {
             Fence::None => {}
             Fence::Term(term) => return self.propose_fenced(op, term).await,
@@ -649,6 +672,65 @@ impl Master {
         }
     }
 
+    /// The store's size on disk and in memtables, as etcd's `dbSize` reports it.
+    pub fn db_size(&self) -> u64 {
+        let db = self.sm.db();
+        let prop = |name: &str, p: &str| db.property_int_value_cf(db::cf(db, name), p).ok().flatten().unwrap_or(0);
+        [db::CF_LOG, db::CF_META, db::CF_KV, db::CF_REV, db::CF_HIST, db::CF_LKEY, db::CF_SM]
+            .iter()
+            .map(|n| prop(n, "rocksdb.total-sst-files-size") + prop(n, "rocksdb.cur-size-all-mem-tables"))
+            .sum()
+    }
+
+    /// Why this master is out of space, if it is: the data directory's filesystem has less
+    /// free than the reserve, or the store is past its quota.
+    fn short_of_space(&self) -> Option<String> {
+        let reserve = self.config.disk_reserve_bytes;
+        match nix::sys::statvfs::statvfs(&self.config.data_dir) {
+            Ok(fs) => {
+                let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+                if free < reserve {
+                    return Some(format!(
+                        "{free} bytes free on {}'s filesystem, below the reserve of {reserve}",
+                        self.config.data_dir.display()
+                    ));
+                }
+            }
+            Err(e) => tracing::warn!("reading free space of {}: {e}", self.config.data_dir.display()),
+        }
+        let (size, quota) = (self.db_size(), self.config.quota_backend_bytes);
+        (size > quota).then(|| format!("the store holds {size} bytes, past its quota of {quota}"))
+    }
+
+    /// Raises this member's `NOSPACE` alarm while it is short of space ([`crate::alarm`]).
+    /// Free space has no event to wait on, so it is read every [`DISK_CHECK_PERIOD`] (one
+    /// `statvfs` and a few RocksDB properties). Never clears the alarm: as in etcd, an operator
+    /// makes room and disarms it, and if space is still short it is raised again.
+    pub async fn run_disk_monitor(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut warned = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(DISK_CHECK_PERIOD) => {}
+                _ = stop.changed() => return,
+            }
+            let Some(why) = self.short_of_space() else {
+                warned = false;
+                continue;
+            };
+            if self.sm.alarms.current().has(self.id(), AlarmType::Nospace) {
+                continue;
+            }
+            if !warned {
+                tracing::error!(id = self.id(), "out of space: {why}; raising the NOSPACE alarm");
+                warned = true;
+            }
+            let op = Op::Alarm { activate: true, member: self.id(), alarm: AlarmType::Nospace as i32 };
+            if let Err(e) = self.propose(op).await {
+                tracing::warn!(id = self.id(), "raising the NOSPACE alarm: {e}");
+            }
+        }
+    }
+
     /// Starts an election when this follower's leader has been silent as long as openraft's
     /// own timer waits without its stale smaller-log penalty (see [`crate::election`]).
     pub async fn run_election_watch(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -698,6 +780,9 @@ impl Master {
         }
     }
 }
+
+/// How often each master reads its free space ([`Master::run_disk_monitor`]).
+pub const DISK_CHECK_PERIOD: Duration = Duration::from_millis(500);
 
 /// Whether a failed call certainly never reached the server (the connection was refused or
 /// could not be made), which is the only case where retrying a write cannot apply it twice.

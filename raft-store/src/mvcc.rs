@@ -29,6 +29,8 @@ pub mod sm_key {
     pub const MAX_MEMBER_ID: &[u8] = b"max_member_id";
     /// bincode `auth::AuthState`.
     pub const AUTH: &[u8] = b"auth";
+    /// bincode `alarm::Alarms`.
+    pub const ALARMS: &[u8] = b"alarms";
     pub const LEASE_PREFIX: &[u8] = b"lease/";
 }
 

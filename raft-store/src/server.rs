@@ -37,6 +37,7 @@ pub async fn serve(
     tokio::spawn(master.clone().announce(stop_rx.clone()));
     tokio::spawn(master.clone().run_election_watch(stop_rx.clone()));
     tokio::spawn(master.clone().bootstrap_auth(stop_rx.clone()));
+    tokio::spawn(master.clone().run_disk_monitor(stop_rx.clone()));
 
     let mut peer = Server::builder();
     if let Some(tls) = &master.config.peer_tls {

@@ -6,6 +6,7 @@
 //! every state-machine column family, then a `0xFF` end marker. openraft streams the file to
 //! followers in chunks (`snapshot_max_chunk_size`), so no message ever holds the database.
 
+use crate::alarm::{AlarmStore, Alarms};
 use crate::auth::{AuthState, AuthStore};
 use crate::db::{self, cf, SM_CFS};
 use crate::mvcc::{sm_key, Mvcc, Writer};
@@ -30,6 +31,8 @@ pub struct SmShared {
     pub hub: WatchHub,
     /// The store's users and roles as applied here (`sm_key::AUTH` on disk).
     pub auth: AuthStore,
+    /// The alarms as applied here (`sm_key::ALARMS` on disk).
+    pub alarms: AlarmStore,
     snapshot_dir: PathBuf,
     receiving: Mutex<Option<PathBuf>>,
 }
@@ -51,6 +54,11 @@ impl SmShared {
             None => AuthState::default(),
         };
         self.auth.set(auth);
+        let alarms = match self.db().get_cf(cf(self.db(), db::CF_SM), sm_key::ALARMS).map_err(std::io::Error::other)? {
+            Some(b) => bincode::deserialize(&b).map_err(std::io::Error::other)?,
+            None => Alarms::default(),
+        };
+        self.alarms.set(alarms);
         Ok(())
     }
 }
@@ -76,6 +84,7 @@ impl StateMachine {
             mvcc: Mvcc::open(db.clone()),
             hub: WatchHub::new(4096),
             auth: AuthStore::default(),
+            alarms: AlarmStore::default(),
             snapshot_dir: snapshot_dir.to_path_buf(),
             receiving: Mutex::new(None),
         });
@@ -94,7 +103,7 @@ impl StateMachine {
     fn apply_one(&self, entry: &Entry<TypeConfig>) -> Result<Response, StorageError> {
         let mvcc = &self.shared.mvcc;
         let mut w = mvcc.writer();
-        let mut auth = None;
+        let mut staged = Staged::default();
         let result = match &entry.payload {
             EntryPayload::Blank => Ok(Reply::Empty),
             EntryPayload::Membership(m) => {
@@ -106,8 +115,8 @@ impl StateMachine {
                 Ok(Reply::Empty)
             }
             EntryPayload::Normal(req) => {
-                let auth_now = self.shared.auth.current();
-                apply_request(&mut w, req, entry.log_id.leader_id.term, (&auth_now, &mut auth))
+                let now = Now { auth: self.shared.auth.current(), alarms: self.shared.alarms.current() };
+                apply_request(&mut w, req, entry.log_id.leader_id.term, &now, &mut staged)
             }
         };
         if result.is_err() {
@@ -118,8 +127,13 @@ impl StateMachine {
         let (batch, revision, compacted, events) = w.finish();
         mvcc.db().write_opt(batch, &WriteOptions::default()).map_err(sm_err)?;
         mvcc.publish_counters(revision, compacted);
-        if let (Some(next), Ok(_)) = (auth, &result) {
-            self.shared.auth.set(next);
+        if result.is_ok() {
+            if let Some(next) = staged.auth {
+                self.shared.auth.set(next);
+            }
+            if let Some(next) = staged.alarms {
+                self.shared.alarms.set(next);
+            }
         }
         if !events.is_empty() {
             self.shared.hub.publish(revision, events);
@@ -132,32 +146,63 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApplyError> {
     M::decode(bytes).map_err(|e| ApplyError::Invalid(format!("malformed request: {e}")))
 }
 
-/// Applies one command. An auth change is staged in `auth.1` (from the state `auth.0`) and
-/// takes effect in memory once the entry's batch is written.
+/// The in-memory state an entry applies against.
+struct Now {
+    auth: Arc<AuthState>,
+    alarms: Arc<Alarms>,
+}
+
+/// In-memory state an entry changes, set once the entry's batch is written.
+#[derive(Default)]
+struct Staged {
+    auth: Option<AuthState>,
+    alarms: Option<Alarms>,
+}
+
+fn encode_meta<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ApplyError> {
+    bincode::serialize(v).map_err(|e| ApplyError::Invalid(e.to_string()))
+}
+
+/// Applies one command against `now`; what it changes in memory is staged in `staged`.
 fn apply_request(
     w: &mut Writer<'_>,
     req: &Request,
     term: u64,
-    auth: (&AuthState, &mut Option<AuthState>),
+    now: &Now,
+    staged: &mut Staged,
 ) -> Result<Reply, ApplyError> {
     if let Some(expected) = req.fence_term {
         if expected != term {
             return Err(ApplyError::Fenced { expected, actual: term });
         }
     }
+    let capped = now.alarms.nospace();
     match &req.op {
+        Op::Put(_) | Op::LeaseGrant { .. } if capped => Err(ApplyError::NoSpace),
         Op::Put(b) => Ok(Reply::Encoded(w.put(&decode::<PutRequest>(b)?)?.encode_to_vec())),
         Op::DeleteRange(b) => Ok(Reply::Encoded(w.delete_range(&decode::<DeleteRangeRequest>(b)?)?.encode_to_vec())),
-        Op::Txn(b) => Ok(Reply::Encoded(w.txn(&decode::<TxnRequest>(b)?)?.encode_to_vec())),
+        Op::Txn(b) => {
+            let txn = decode::<TxnRequest>(b)?;
+            if capped && crate::alarm::txn_puts(&txn) {
+                return Err(ApplyError::NoSpace);
+            }
+            Ok(Reply::Encoded(w.txn(&txn)?.encode_to_vec()))
+        }
         Op::Compact { revision } => w.compact(*revision).map(|_| Reply::Empty),
         Op::LeaseGrant { id, ttl } => w.lease_grant(*id, *ttl).map(|_| Reply::LeaseGranted { id: *id, ttl: *ttl }),
         Op::LeaseRevoke { id } => w.lease_revoke(*id).map(|_| Reply::Empty),
         Op::AllocateMemberId => Ok(Reply::MemberId(w.allocate_member_id())),
         Op::Auth(op) => {
-            let next = auth.0.apply(op)?;
-            w.put_meta(sm_key::AUTH, &bincode::serialize(&next).map_err(|e| ApplyError::Invalid(e.to_string()))?);
-            *auth.1 = Some(next);
+            let next = now.auth.apply(op)?;
+            w.put_meta(sm_key::AUTH, &encode_meta(&next)?);
+            staged.auth = Some(next);
             Ok(Reply::Empty)
+        }
+        Op::Alarm { activate, member, alarm } => {
+            let (next, changed) = now.alarms.apply(*activate, *member, *alarm)?;
+            w.put_meta(sm_key::ALARMS, &encode_meta(&next)?);
+            staged.alarms = Some(next);
+            Ok(Reply::Alarm(changed.map(|a| (a.member_id, a.alarm))))
         }
     }
 }

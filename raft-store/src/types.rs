@@ -84,6 +84,12 @@ pub enum Op {
     AllocateMemberId,
     /// A change to the store's users, roles and permissions.
     Auth(crate::auth::AuthOp),
+    /// Raise or clear a member's alarm ([`crate::alarm`]); `alarm` is etcd's `AlarmType`.
+    Alarm {
+        activate: bool,
+        member: u64,
+        alarm: i32,
+    },
 }
 
 /// A state machine's reply to one log entry.
@@ -113,6 +119,8 @@ pub enum Reply {
         ttl: i64,
     },
     MemberId(u64),
+    /// The alarm an `Op::Alarm` raised or cleared: (member, type); none if nothing changed.
+    Alarm(Option<(u64, i32)>),
 }
 
 /// Why the state machine refused a command. Deterministic: every replica refuses the same
@@ -135,6 +143,9 @@ pub enum ApplyError {
     Fenced { expected: u64, actual: u64 },
     #[error("{0}")]
     Invalid(String),
+    /// A `NOSPACE` alarm is active ([`crate::alarm`]): nothing that grows the store applies.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
 }

@@ -2,13 +2,15 @@
 //! consistency checks use), plus the alarm and defragment calls etcd tools expect.
 
 use super::{status, Caller};
-use crate::db;
 use crate::error::StoreError;
-use crate::master::Master;
+use crate::master::{reply_result, Master};
+use crate::types::{Op, Reply};
+use crate::{alarm, db};
+use skiff_proto::etcdserverpb::alarm_request::AlarmAction;
 use skiff_proto::etcdserverpb::maintenance_server::Maintenance;
 use skiff_proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, HashRequest,
-    HashResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
 };
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -21,15 +23,6 @@ pub struct MaintenanceService {
 }
 
 impl MaintenanceService {
-    fn db_size(&self) -> i64 {
-        let db = self.master.sm.db();
-        let prop = |name: &str, p: &str| db.property_int_value_cf(db::cf(db, name), p).ok().flatten().unwrap_or(0);
-        [db::CF_LOG, db::CF_META, db::CF_KV, db::CF_REV, db::CF_HIST, db::CF_LKEY, db::CF_SM]
-            .iter()
-            .map(|n| prop(n, "rocksdb.total-sst-files-size") + prop(n, "rocksdb.cur-size-all-mem-tables"))
-            .sum::<u64>() as i64
-    }
-
     fn header(&self) -> Option<skiff_proto::etcdserverpb::ResponseHeader> {
         Some(self.master.header(self.master.sm.mvcc.current_revision()))
     }
@@ -37,14 +30,36 @@ impl MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// etcd's alarm calls: GET lists (all, or one type), ACTIVATE and DEACTIVATE go through
+    /// the log and answer with the alarm they changed (`etcdctl alarm disarm` lists, then
+    /// deactivates each).
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         Caller::of(&self.master, &req)?.root()?;
-        Ok(Response::new(AlarmResponse { header: self.header(), alarms: Vec::new() }))
+        let req = req.into_inner();
+        let activate = match req.action() {
+            AlarmAction::Get => {
+                let alarms = self.master.sm.alarms.current().list(req.alarm());
+                return Ok(Response::new(AlarmResponse { header: self.header(), alarms }));
+            }
+            AlarmAction::Activate => true,
+            AlarmAction::Deactivate => false,
+        };
+        let op = Op::Alarm { activate, member: req.member_id, alarm: req.alarm };
+        let (rev, reply) = reply_result(self.master.propose(op).await.map_err(status)?).map_err(status)?;
+        let Reply::Alarm(changed) = reply else {
+            return Err(status(StoreError::Internal(format!("unexpected reply {reply:?}"))));
+        };
+        let alarms = changed.into_iter().map(|(member_id, alarm)| AlarmMember { member_id, alarm }).collect();
+        Ok(Response::new(AlarmResponse { header: Some(self.master.header(rev)), alarms }))
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let m = self.master.raft.metrics().borrow().clone();
-        let size = self.db_size();
+        let size = self.master.db_size() as i64;
+        // As etcd: each active alarm, in the text form `etcdctl endpoint status` prints.
+        let errors = (self.master.sm.alarms.current().list(AlarmType::None).iter())
+            .map(|a| format!("memberID:{} alarm:{}", a.member_id, alarm::name(a.alarm)))
+            .collect();
         Ok(Response::new(StatusResponse {
             header: self.header(),
             version: ETCD_API_VERSION.into(),
@@ -53,7 +68,7 @@ impl Maintenance for MaintenanceService {
             raft_index: m.last_log_index.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
-            errors: Vec::new(),
+            errors,
             db_size_in_use: size,
             is_learner: !m.membership_config.voter_ids().any(|v| v == self.master.id()),
         }))
