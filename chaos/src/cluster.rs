@@ -5,11 +5,13 @@ use crate::net::{Net, CLIENT_PORT};
 use crate::nodes::Nodes;
 use crate::pki::ChaosPki;
 use crate::process::Process;
-use anyhow::Context;
+use anyhow::{bail, Context};
+use skiff_proto::etcdserverpb::alarm_request::AlarmAction;
 use skiff_proto::etcdserverpb::cluster_client::ClusterClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use skiff_proto::etcdserverpb::{
-    MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, StatusRequest, StatusResponse,
+    AlarmMember, AlarmRequest, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, StatusRequest,
+    StatusResponse,
 };
 use skiff_raft_store::{MasterConfig, Member};
 use std::collections::BTreeMap;
@@ -41,6 +43,14 @@ pub struct MasterOptions {
     /// Testing only: the first master's watch feeds drop every Nth event — a deliberately
     /// broken watch path, to prove the read-path oracle catches it.
     pub drop_watch_events: Option<u64>,
+    /// Each master's data directory on a tmpfs of this many bytes, so the `disk-full` fault
+    /// can fill it.
+    pub disk_bytes: Option<u64>,
+}
+
+/// The reserve of free space a master keeps on a run's tmpfs (its NOSPACE threshold).
+pub fn disk_reserve(disk_bytes: u64) -> u64 {
+    disk_bytes / 5
 }
 
 impl Master {
@@ -61,6 +71,9 @@ impl Master {
         );
         config.initial_members = initial.clone();
         config.unsafe_local_reads = opts.unsafe_local_reads;
+        if let Some(bytes) = opts.disk_bytes {
+            config.disk_reserve_bytes = disk_reserve(bytes);
+        }
         config.client_tls = Some(pki.client_listener());
         config.root_password_hash = Some(pki.root_password_hash.clone());
         let home = self.config.parent().context("a master's config lives in its directory")?;
@@ -92,6 +105,9 @@ pub struct ChaosCluster {
     pub pki: ChaosPki,
     /// The node daemons, when the run has any ([`start_nodes`](Self::start_nodes)).
     pub nodes: Nodes,
+    /// The masters' tmpfs data directories, when the run has disk faults (unmounted on drop,
+    /// after the masters are stopped).
+    disks: Vec<crate::disk::Tmpfs>,
 }
 
 impl ChaosCluster {
@@ -112,6 +128,7 @@ impl ChaosCluster {
             })
             .collect();
         let mut masters = Vec::new();
+        let mut disks = Vec::new();
         for (id, m) in &members {
             let home = dir.join(format!("master-{id}"));
             skiff_proto::pki::create_private_dir(&home)?;
@@ -124,11 +141,23 @@ impl ChaosCluster {
                 process: Process::default(),
             };
             master.write_config(&members, &options, &pki)?;
+            if let Some(bytes) = options.disk_bytes {
+                std::fs::create_dir_all(&master.data)?;
+                disks.push(crate::disk::Tmpfs::mount(&master.data, bytes)?);
+            }
             masters.push(master);
         }
         let admin = (0..n).map(|i| net.channel(i, Duration::from_secs(3))).collect();
-        let mut c =
-            ChaosCluster { net, masters, skiff: skiff.to_path_buf(), admin, options, pki, nodes: Nodes::default() };
+        let mut c = ChaosCluster {
+            net,
+            masters,
+            skiff: skiff.to_path_buf(),
+            admin,
+            options,
+            pki,
+            nodes: Nodes::default(),
+            disks,
+        };
         for i in 0..n {
             c.restart(i)?;
         }
@@ -158,6 +187,90 @@ impl ChaosCluster {
             cmd.env("SKIFF_TESTING_DROP_WATCH_EVENTS", n.to_string());
         }
         m.process.start(&mut cmd, &m.log, &format!("master {}", m.id))
+    }
+
+    /// Whether master `i` ended by itself (a full disk, a crash); reaps it if so.
+    pub fn reap(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.masters[i].process.reap()
+    }
+
+    /// Fills master `i`'s data directory below its NOSPACE reserve, or to the last byte.
+    pub fn fill_disk(&mut self, i: usize, last_byte: bool) -> anyhow::Result<()> {
+        let (Some(bytes), Some(disk)) = (self.options.disk_bytes, self.disks.get(i)) else {
+            bail!("a disk fault in a run without tmpfs data directories");
+        };
+        let leave = if last_byte { 0 } else { disk_reserve(bytes) / 2 };
+        crate::disk::fill(disk.path(), leave)
+    }
+
+    /// Asks master `i` to defragment (compact) its store; errors are the fault's business.
+    pub async fn defragment(&self, i: usize) {
+        let mut c = MaintenanceClient::new(self.admin[i].clone());
+        let req = skiff_proto::etcdserverpb::DefragmentRequest {};
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.defragment(req)).await;
+    }
+
+    /// Gives back what [`fill_disk`](Self::fill_disk) took (nothing when no disk faults).
+    pub fn free_disk(&mut self, i: usize) -> anyhow::Result<()> {
+        self.disks.get(i).map_or(Ok(()), |disk| crate::disk::free(disk.path()))
+    }
+
+    /// The active alarms as the first answering master lists them ("no alarm" when none).
+    pub async fn alarms(&self) -> anyhow::Result<String> {
+        let list = self.list_alarms().await?;
+        if list.is_empty() {
+            return Ok("no alarm".into());
+        }
+        let names: Vec<String> =
+            list.iter().map(|a| format!("member {} {}", a.member_id, skiff_raft_store::alarm::name(a.alarm))).collect();
+        Ok(format!("alarm {}", names.join(", ")))
+    }
+
+    async fn list_alarms(&self) -> anyhow::Result<Vec<AlarmMember>> {
+        let mut last = String::from("no master running");
+        for i in (0..self.len()).filter(|&i| self.running(i) && !self.masters[i].process.paused) {
+            let mut c = MaintenanceClient::new(self.admin[i].clone());
+            match c.alarm(AlarmRequest::default()).await {
+                Ok(r) => return Ok(r.into_inner().alarms),
+                Err(e) => last = format!("master {}: {}", self.masters[i].id, e.message()),
+            }
+        }
+        bail!("listing alarms: {last}")
+    }
+
+    /// Disarms every alarm, as `etcdctl alarm disarm`, until none is raised for a second
+    /// (a master's disk check in flight when its space came back can raise it once more).
+    pub async fn disarm(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut quiet_since: Option<std::time::Instant> = None;
+        loop {
+            let alarms = match self.list_alarms().await {
+                Ok(a) => a,
+                Err(e) if std::time::Instant::now() > deadline => return Err(e),
+                Err(_) => Vec::new(),
+            };
+            if alarms.is_empty() {
+                let since = *quiet_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= Duration::from_secs(1) {
+                    return Ok(());
+                }
+            } else {
+                quiet_since = None;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("alarms still raised after 30 s: {}", self.alarms().await.unwrap_or_default());
+            }
+            for a in alarms {
+                for i in (0..self.len()).filter(|&i| self.running(i) && !self.masters[i].process.paused) {
+                    let req =
+                        AlarmRequest { action: AlarmAction::Deactivate as i32, member_id: a.member_id, alarm: a.alarm };
+                    if MaintenanceClient::new(self.admin[i].clone()).alarm(req).await.is_ok() {
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// SIGKILL; the master's data directory stays for [`restart`](Self::restart).

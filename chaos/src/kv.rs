@@ -42,6 +42,8 @@ pub struct ClientLog {
     pub acked: Vec<Acked>,
     /// Replies whose header revision was lower than one this client had already seen.
     pub revision_regressions: Vec<String>,
+    /// Writes refused with "database space exceeded": certainly not applied.
+    pub refused_for_space: u64,
 }
 
 fn text(v: &[u8]) -> String {
@@ -164,6 +166,12 @@ pub async fn client(
                 }
                 log.events.push(Event { client: id, key: k, op, outcome, invoke, complete });
                 log.revisions.push(revision);
+            }
+            // The store refused to grow (NOSPACE, a `disk-full` fault): certainly not applied,
+            // so, like a failed read, not part of the history.
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                log.refused_for_space += 1;
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(50..150))).await;
             }
             Err(_) => {
                 if op != Op::Get {

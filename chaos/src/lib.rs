@@ -3,6 +3,7 @@
 //!
 //! - [`net`]: the run's namespaces and bridge; partitions and lossy links; sockets into a
 //!   namespace for the harness's clients.
+//! - [`disk`]: a tmpfs under a master's data directory and a filler that takes its space.
 //! - [`delay`]: slow links — packets held in an nfnetlink queue for a fixed time.
 //! - [`cluster`]: `skiff master` processes (kill, restart, pause, resume, who leads).
 //! - [`pki`]: the run's CAs and certificates: masters, members, nodes and the harness all
@@ -27,6 +28,7 @@ pub mod apps;
 pub mod checks;
 pub mod cluster;
 pub mod delay;
+pub mod disk;
 pub mod kv;
 pub mod linearizability;
 pub mod nemesis;

@@ -32,10 +32,14 @@ pub enum FaultKind {
     /// SIGSTOP of a node daemon: it stops heartbeating; long holds outlast the node grace
     /// period and the pod eviction timeout. SIGCONT after the hold.
     NodePause,
+    /// Fill one master's data directory (a tmpfs the run mounts for each) below its reserve,
+    /// or to the last byte and defragment it; free it, restart the master if it stopped, and disarm the NOSPACE
+    /// alarm after the hold.
+    DiskFull,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
@@ -44,6 +48,7 @@ impl FaultKind {
         FaultKind::Churn,
         FaultKind::NodeKill,
         FaultKind::NodePause,
+        FaultKind::DiskFull,
     ];
 
     /// The name `--faults` takes and reports print.
@@ -57,6 +62,7 @@ impl FaultKind {
             FaultKind::Churn => "churn",
             FaultKind::NodeKill => "node-kill",
             FaultKind::NodePause => "node-pause",
+            FaultKind::DiskFull => "disk-full",
         }
     }
 
@@ -117,6 +123,11 @@ pub enum Action {
     /// Node daemon n (modulo their number).
     NodeKill(usize),
     NodePause(usize),
+    /// Fill the target's data directory: below its reserve, or (`last_byte`) completely.
+    DiskFull {
+        target: Target,
+        last_byte: bool,
+    },
 }
 
 /// One scheduled fault: it starts `at` after the workload starts and is undone `hold` later.
@@ -184,6 +195,10 @@ pub fn plan_with(
             FaultKind::NodeKill => (Action::NodeKill(rng.gen_range(0..64)), millis(&mut rng, 500, 4000)),
             // From a blip to well past the grace period plus the eviction timeout.
             FaultKind::NodePause => (Action::NodePause(rng.gen_range(0..64)), millis(&mut rng, 2000, 16000)),
+            FaultKind::DiskFull => (
+                Action::DiskFull { target: target(&mut rng, masters, leader_share), last_byte: rng.gen_bool(0.5) },
+                millis(&mut rng, 2000, 6000),
+            ),
             FaultKind::Partition => {
                 let mut order: Vec<usize> = (0..masters).collect();
                 order.shuffle(&mut rng);
@@ -305,6 +320,18 @@ pub async fn execute(
                     (FaultKind::NodePause, format!("pause node daemon {name} (no heartbeats)"), false)
                 }
             }
+            Action::DiskFull { target, last_byte } => {
+                let i = resolve(target, leader, n);
+                cluster.fill_disk(i, *last_byte)?;
+                if *last_byte {
+                    // What an operator runs to reclaim space; RocksDB must write a new file for
+                    // it, which a full disk refuses (the master may stop, as in
+                    // tests/tests/disk_faults.rs). Its answer does not matter.
+                    cluster.defragment(i).await;
+                }
+                let how = if *last_byte { "to the last byte, then defragment it" } else { "below its reserve" };
+                (FaultKind::DiskFull, format!("fill master {}'s disk {how} ({target:?})", ids[i]), false)
+            }
             Action::Partition(shape) => {
                 let (a, b, bridge): (Vec<usize>, Vec<usize>, Option<usize>) = match shape {
                     Shape::IsolateLeader => {
@@ -349,6 +376,16 @@ pub async fn execute(
             let view = cluster.node_view(name).await.unwrap_or_else(|| "no master answered".into());
             description = format!("{description}; at its end {view}");
         }
+        if let Action::DiskFull { target, .. } = &p.action {
+            // What the cluster made of it: the alarm raised, and whether the master stopped.
+            let i = resolve(target, leader, n);
+            let alarms = cluster.alarms().await.unwrap_or_else(|e| format!("alarms unknown: {e}"));
+            let state = match cluster.reap(i) {
+                Some(status) => format!("stopped ({status})"),
+                None => "running".into(),
+            };
+            description = format!("{description}; at its end {alarms}, master {} {state}", ids[i]);
+        }
         match &p.action {
             Action::Kill(_) => {
                 for i in 0..n {
@@ -369,6 +406,13 @@ pub async fn execute(
                 }
             }
             Action::NodeKill(_) | Action::NodePause(_) => cluster.nodes.heal()?,
+            Action::DiskFull { .. } => {
+                for i in 0..n {
+                    cluster.free_disk(i)?;
+                    cluster.restart(i)?;
+                }
+                cluster.disarm().await?;
+            }
         }
         records.push(FaultRecord {
             kind,
@@ -439,12 +483,18 @@ mod tests {
 
     #[test]
     fn the_seeds_the_test_suite_uses_cover_the_faults_it_promises() {
-        // tests/tests/chaos.rs: seed 5, 45 s, 3 masters; seed 7, 40 s, 5 masters (a bridge, a leader
-        // kill, a lossy link and a slow leader); seed 22 below.
-        let three = plan(5, Duration::from_secs(45), &[FaultKind::Kill, FaultKind::Pause, FaultKind::Partition], 3);
+        // tests/tests/chaos.rs: seed 120, 45 s, 3 masters (a leader kill, pause and isolation, and
+        // disks filled both ways); seed 7, 40 s, 5 masters (a bridge, a leader kill, a lossy link
+        // and a slow leader); seed 22 below.
+        let kinds = [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::DiskFull];
+        let three = plan(120, Duration::from_secs(45), &kinds, 3);
         assert!(three.iter().any(|f| f.action == Action::Kill(Target::Leader)), "{three:?}");
         assert!(three.iter().any(|f| f.action == Action::Pause(Target::Leader)), "{three:?}");
         assert!(three.iter().any(|f| f.action == Action::Partition(Shape::IsolateLeader)), "{three:?}");
+        for last_byte in [false, true] {
+            let filled = |f: &Planned| matches!(f.action, Action::DiskFull { last_byte: l, .. } if l == last_byte);
+            assert!(three.iter().any(filled), "no disk filled with last_byte {last_byte}: {three:?}");
+        }
         let kinds = [FaultKind::Partition, FaultKind::Kill, FaultKind::Lossy, FaultKind::Slow];
         let five = plan(7, Duration::from_secs(40), &kinds, 5);
         assert!(five.iter().any(|f| matches!(f.action, Action::Partition(Shape::Bridge { .. }))), "{five:?}");

@@ -19,6 +19,14 @@ impl Process {
         self.child.is_some()
     }
 
+    /// Whether the process ended by itself; if so it is reaped and its exit status returned.
+    pub fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        self.paused = false;
+        Some(status)
+    }
+
     /// Runs `cmd` (with the harness's RUST_LOG, default info) unless it is running already;
     /// `what` names it in errors.
     pub fn start(&mut self, cmd: &mut Command, log: &Path, what: &str) -> anyhow::Result<()> {

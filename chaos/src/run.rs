@@ -52,6 +52,10 @@ pub struct Options {
     pub floors: Floors,
 }
 
+/// Each master's tmpfs in a run with disk faults: room for RocksDB's preallocated log files
+/// (about 70 MiB each) and a run's data, with a fifth of it the NOSPACE reserve.
+const DISK_BYTES: u64 = 320 << 20;
+
 /// Puts `key` through whichever master accepts it first, retrying until `deadline`.
 async fn put_anywhere(cluster: &ChaosCluster, key: &str, deadline: Instant) -> anyhow::Result<i64> {
     let mut last = String::new();
@@ -210,6 +214,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let master_options = MasterOptions {
         unsafe_local_reads: opts.unsafe_local_reads,
         drop_watch_events: opts.drop_watch_events,
+        disk_bytes: opts.faults.contains(&FaultKind::DiskFull).then_some(DISK_BYTES),
         node_grace_seconds: opts.node_grace_seconds,
         pod_eviction_seconds: opts.pod_eviction_seconds,
     };
@@ -342,6 +347,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     lin.detail +=
         &format!(" (of the unknown writes, the committed history shows {settled} happened and {dropped} did not)");
     checks.push(lin);
+    let mut unknown = unknown;
+    let refused: u64 = logs.iter().map(|l| l.refused_for_space).sum();
+    if refused > 0 {
+        unknown.detail +=
+            &format!("; {refused} writes refused with \"database space exceeded\" (not applied, not in the history)");
+    }
     checks.push(unknown);
     let regressions: Vec<&String> = logs.iter().flat_map(|l| &l.revision_regressions).collect();
     let replies = revisions.iter().filter(|r| **r > 0).count();

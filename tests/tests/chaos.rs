@@ -77,22 +77,34 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
 }
 
 #[test]
-fn kills_pauses_and_partitions_lose_nothing_acknowledged() {
+fn kills_pauses_partitions_and_full_disks_lose_nothing_acknowledged() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    // Seed 5's schedule for 45 s on 3 masters kills, pauses and isolates the leader (the
-    // chaos crate's unit tests pin that down).
+    // Seed 120's schedule for 45 s on 3 masters kills, pauses and isolates the leader, and
+    // fills a master's disk below its reserve and to the last byte (the chaos crate's unit
+    // tests pin that down).
     let floors = floors(45);
-    let args = ["--masters", "3", "--duration", "45s", "--faults", "kill,pause,partition", "--seed", "5"];
+    let faults = "kill,pause,partition,disk-full";
+    let args = ["--masters", "3", "--duration", "45s", "--faults", faults, "--seed", "120"];
     let (out, report) = chaos(dir.path(), &with_floors(&args, &floors));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(report["passed"], true, "{stdout}");
     assert_floors(&report, 45, &stdout);
-    for kind in ["kill", "pause", "partition"] {
+    for kind in ["kill", "pause", "partition", "disk-full"] {
         let n = report["faults"].as_array().unwrap().iter().filter(|f| f["kind"] == kind).count();
         assert!(n >= 1, "no {kind} fault was injected:\n{stdout}");
     }
+    // A disk below its reserve raised the NOSPACE alarm (and writes were refused for it); one
+    // filled to the last byte stopped its master, which came back on its own log.
+    let disks: Vec<&str> = (report["faults"].as_array().unwrap().iter())
+        .filter(|f| f["kind"] == "disk-full")
+        .map(|f| f["description"].as_str().unwrap())
+        .collect();
+    assert!(disks.iter().any(|d| d.contains("NOSPACE, master")), "no NOSPACE alarm was raised: {disks:#?}");
+    assert!(disks.iter().any(|d| d.contains("stopped")), "no full disk stopped its master: {disks:#?}");
+    let refused = check(&report, "unknown writes")["detail"].as_str().unwrap().to_string();
+    assert!(refused.contains("database space exceeded"), "no write was refused for space: {refused}");
     let ok: u64 = report["operations"].as_object().unwrap().values().map(|c| c["ok"].as_u64().unwrap()).sum();
     assert!(ok > 1000, "only {ok} operations completed:\n{stdout}");
     assert!(

@@ -5,70 +5,25 @@
 //! log it cannot trust, and after space is freed (and the alarm disarmed) it catches up with
 //! nothing acknowledged lost — checked with the real etcdctl and by comparing HashKV.
 
-use nix::sys::statvfs::statvfs;
+use skiff_chaos::disk::{self, Tmpfs};
 use skiff_tests::*;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-
-/// A tmpfs of `size` mounted over `dir`, lazily unmounted when dropped (the master holding
-/// its files is killed after, with the cluster).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        run("mount", &["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs", dir.to_str().unwrap()]);
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn free_bytes(dir: &Path) -> u64 {
-    let fs = statvfs(dir).expect("statvfs");
-    fs.blocks_available() * fs.fragment_size()
-}
-
-/// Writes `file` until `dir`'s filesystem has at most `leave` bytes free (0: until it is full).
-fn fill(dir: &Path, file: &Path, leave: u64) {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(file).expect("filler");
-    let chunk = vec![0x5a_u8; 1 << 20];
-    loop {
-        let free = free_bytes(dir);
-        if free <= leave {
-            return;
-        }
-        let n = ((free - leave) as usize).min(chunk.len());
-        match f.write_all(&chunk[..n]).and_then(|_| f.sync_data()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc_enospc()) => return,
-            Err(e) => panic!("filling {}: {e}", file.display()),
-        }
-    }
-}
-
-fn libc_enospc() -> i32 {
-    nix::errno::Errno::ENOSPC as i32
-}
-
 /// Moves master `id`'s (stopped) data directory onto a tmpfs of `size` and sets its reserve.
-fn data_on_tmpfs(c: &Cluster, id: u64, size: &str, reserve: u64) -> Tmpfs {
+fn data_on_tmpfs(c: &Cluster, id: u64, bytes: u64, reserve: u64) -> Tmpfs {
     let m = c.master(id);
     let data = PathBuf::from(&m.data_dir);
     let before = data.with_extension("before");
     std::fs::rename(&data, &before).expect("move data aside");
     std::fs::create_dir(&data).expect("mount point");
-    let mount = Tmpfs::mount(&data, size);
+    let mount = Tmpfs::mount(&data, bytes).expect("tmpfs");
     run("cp", &["-a", &format!("{}/.", before.display()), data.to_str().unwrap()]);
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&m.config).expect("master config")).expect("config is JSON");
@@ -97,14 +52,13 @@ fn a_master_out_of_disk_raises_nospace_stops_and_catches_up() {
     }
     c.kill(3);
     let reserve = 48 << 20;
-    let _tmpfs = data_on_tmpfs(&c, 3, "256m", reserve);
+    let _tmpfs = data_on_tmpfs(&c, 3, 256 << 20, reserve);
     c.restart_stopped();
     c.wait_leader(&[1, 2, 3], Duration::from_secs(30));
     let data = PathBuf::from(&c.master(3).data_dir);
-    let filler = data.join("filler");
 
     // Below the reserve, with room left: the alarm is raised and the cluster refuses growth.
-    fill(&data, &filler, reserve / 2);
+    disk::fill(&data, reserve / 2).unwrap();
     wait_for(Duration::from_secs(20), "master 3's NOSPACE alarm", || {
         alarms(&c, &one).contains("memberID:3 alarm:NOSPACE").then_some(())
     });
@@ -124,7 +78,7 @@ fn a_master_out_of_disk_raises_nospace_stops_and_catches_up() {
     assert!(!out.status.success() && stderr.contains("database space exceeded"), "apply under NOSPACE: {stderr}");
 
     // Space freed and the alarm disarmed: writes go through again, and stay allowed.
-    std::fs::remove_file(&filler).unwrap();
+    disk::free(&data).unwrap();
     c.etcdctl_ok(&one, &["alarm", "disarm"]);
     c.etcdctl_ok(&one, &["put", "/disk/after-disarm", "v"]);
     std::thread::sleep(Duration::from_millis(1500)); // three disk checks: nothing re-raises it
@@ -136,7 +90,7 @@ fn a_master_out_of_disk_raises_nospace_stops_and_catches_up() {
     // preallocated for its log — until something must write a new file: a defragment (what an
     // operator runs to reclaim space) flushes and compacts, RocksDB fails with ENOSPC, and the
     // next log entry (a delete, which NOSPACE allows) cannot be written. Master 3 stops.
-    fill(&data, &filler, 0);
+    disk::fill(&data, 0).unwrap();
     wait_for(Duration::from_secs(20), "master 3's NOSPACE alarm on a full disk", || {
         alarms(&c, &one).contains("memberID:3 alarm:NOSPACE").then_some(())
     });
@@ -158,7 +112,7 @@ fn a_master_out_of_disk_raises_nospace_stops_and_catches_up() {
     assert!(log.contains("0 bytes free on"), "master 3 stopped without saying why:\n{}", c.log_tail(3));
 
     // Room again: it restarts on its own log, catches up, and nothing acknowledged is lost.
-    std::fs::remove_file(&filler).unwrap();
+    disk::free(&data).unwrap();
     c.restart_stopped();
     c.wait_leader(&[1, 2, 3], Duration::from_secs(30));
     c.etcdctl_ok(&one, &["alarm", "disarm"]);
