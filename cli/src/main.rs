@@ -13,7 +13,6 @@ mod ctl;
 mod describe;
 mod edit;
 mod generate;
-mod jsonpath;
 mod master_cmd;
 mod node_cmd;
 mod rollout;

@@ -7,10 +7,11 @@
 //!   "contexts":[{"name","cluster","user","namespace"}],"currentContext":"..","ca":".."}`
 //!
 //! [`informer`]: typed caches fed by list + watch; [`queue`]: the keyed work queue controllers
-//! run from.
+//! run from; [`jsonpath`]: kubectl's `-o jsonpath=` templates.
 
 pub mod api;
 pub mod informer;
+pub mod jsonpath;
 pub mod queue;
 
 use serde::Deserialize;

@@ -418,8 +418,12 @@ fn read_record(r: &mut impl Read) -> std::io::Result<Option<Record>> {
 /// bounds, and the encodings the store later decodes without checking (current values and
 /// events). A malformed snapshot from a peer is refused here, never half-installed.
 fn verify_snapshot_file(path: &Path) -> std::io::Result<()> {
+    verify_snapshot(BufReader::with_capacity(1 << 20, std::fs::File::open(path)?))
+}
+
+/// [`verify_snapshot_file`] over any reader (the fuzz target `snapshots` feeds it bytes).
+pub fn verify_snapshot(mut r: impl Read) -> std::io::Result<()> {
     use prost::Message as _;
-    let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
     read_header(&mut r)?;
     while let Some((cf, key, value)) = read_record(&mut r)? {
         let ok = match SM_CFS[cf] {

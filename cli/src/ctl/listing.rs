@@ -454,7 +454,7 @@ pub(super) fn print_doc(output: &str, doc: &Value) -> Outcome {
         let template = template.trim_matches('\'');
         print!(
             "{}",
-            crate::jsonpath::render_template(template, doc)
+            skiff_client::jsonpath::render_template(template, doc)
                 .map_err(|e| Failure::Local(format!("error executing jsonpath {template:?}: {e}")))?
         );
     } else if output == "yaml" {
