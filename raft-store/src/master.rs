@@ -441,7 +441,8 @@ impl Master {
                 .map_err(|e| StoreError::Internal(format!("bad forward reply: {e}")))?,
             // Never sent: safe to retry once a leader is known again.
             Err(s) if never_sent(&s) => Err(StoreError::NoLeader),
-            Err(s) if s.code() == tonic::Code::DeadlineExceeded || s.code() == tonic::Code::Cancelled => {
+            Err(s) if network::timed_out(&s) => {
+                self.peers.reset(leader_id, &leader.peer_addr);
                 Err(StoreError::Timeout)
             }
             Err(s) => Err(StoreError::Interrupted(format!("forwarding to leader {}: {s}", leader.name))),
@@ -577,8 +578,12 @@ impl Master {
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         match client.read_index(req).await {
             Ok(r) => Ok(r.into_inner().index),
-            Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(StoreError::Timeout),
-            Err(_) => Err(StoreError::NoLeader),
+            Err(s) => {
+                if network::timed_out(&s) {
+                    self.peers.reset(leader_id, &leader.peer_addr);
+                }
+                Err(if s.code() == tonic::Code::DeadlineExceeded { StoreError::Timeout } else { StoreError::NoLeader })
+            }
         }
     }
 

@@ -81,6 +81,18 @@ impl PeerClients {
             .max_encoding_message_size(self.max_message))
     }
 
+    /// Forgets the connection to member `id` at `addr`, so the next call dials a new one.
+    ///
+    /// Called when a call to it timed out. A connection can stay open while its peer no longer
+    /// serves it: seen in the 2026-12-06 soak, after SIGSTOP pauses, h2 refused streams on a
+    /// connection ("remotely-reset pending-accept streams reached limit") while the TCP
+    /// connection lived on unread, and every vote over it timed out — no leader for 28
+    /// minutes, though a fresh connection to the same port completed its handshake. tonic
+    /// reconnects a connection that fails, not one that hangs.
+    pub fn reset(&self, id: u64, addr: &str) {
+        self.channels.lock().expect("not poisoned").remove(&(id, addr.to_string()));
+    }
+
     /// `message` as a peer request: with this cluster's id, which the receiver checks.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
@@ -112,6 +124,12 @@ pub struct PeerConnection {
 
 type RpcErr<E> = RPCError<u64, Member, E>;
 
+/// Whether a call ended at its deadline (tonic says `Cancelled: Timeout expired` for a
+/// request timeout, `DeadlineExceeded` for a server-side one).
+pub fn timed_out(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
+}
+
 pub fn encode<T: Serialize>(v: &T) -> Payload {
     Payload { data: bincode::serialize(v).expect("raft messages serialize") }
 }
@@ -138,6 +156,9 @@ impl PeerConnection {
             "vote" => client.vote(request).await,
             _ => client.install_snapshot(request).await,
         };
+        if reply.as_ref().is_err_and(timed_out) {
+            self.clients.reset(self.target, &self.node.peer_addr);
+        }
         let reply = reply.map_err(|status| match status.code() {
             tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
                 RPCError::Unreachable(Unreachable::new(&status))
@@ -205,5 +226,28 @@ mod tests {
         // Every message the split leaves fits the transport's cap.
         assert!(peer_max_message(1536 * 1024) >= SNAPSHOT_CHUNK + (1 << 20));
         assert!(peer_max_message(8 << 20) >= 2 * (8 << 20));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_hangs_times_out_and_its_connection_is_dropped() {
+        // Accepts connections and never answers: what a wedged peer connection looks like.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let peers = PeerClients::new(None, 7, 1 << 20);
+        let mut client = peers.get(2, &addr).unwrap();
+        let mut req = peers.request(Payload { data: vec![] });
+        req.set_timeout(Duration::from_millis(200));
+        let status = client.vote(req).await.expect_err("a peer that never answers");
+        assert!(timed_out(&status), "{status:?}");
+        assert_eq!(peers.channels.lock().unwrap().len(), 1);
+        peers.reset(2, &addr);
+        assert!(peers.channels.lock().unwrap().is_empty(), "the hung connection is forgotten");
+        held.abort();
     }
 }
