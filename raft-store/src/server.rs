@@ -39,7 +39,12 @@ pub async fn serve(
     tokio::spawn(master.clone().bootstrap_auth(stop_rx.clone()));
     tokio::spawn(master.clone().run_disk_monitor(stop_rx.clone()));
 
-    let mut peer = Server::builder();
+    // h2's rapid-reset guard closes a connection once more than 20 streams were cancelled
+    // before the server accepted them — what a master stopped for a few seconds (SIGSTOP, a
+    // long pause) sees on resuming, with every heartbeat sent meanwhile timed out by its peer.
+    // On the peer listener only authenticated members open streams; the 2026-12-06 soak lost
+    // its leader for good to connections this guard left unserved (docs/reliability.md).
+    let mut peer = Server::builder().http2_max_pending_accept_reset_streams(Some(PEER_PENDING_ACCEPT_RESETS));
     if let Some(tls) = &master.config.peer_tls {
         let credentials = tls.load().map_err(ServeError::Tls)?;
         peer = peer.tls_config(credentials.server())?;
@@ -156,6 +161,9 @@ pub async fn serve(
     }
     Ok(!failed.load(std::sync::atomic::Ordering::SeqCst))
 }
+
+/// Streams a member may cancel before the peer listener accepted them (h2's default is 20).
+pub const PEER_PENDING_ACCEPT_RESETS: usize = 10_000;
 
 /// How long open streams may take to finish once a master is shutting down.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
