@@ -228,7 +228,7 @@ impl ChaosCluster {
 
     async fn list_alarms(&self) -> anyhow::Result<Vec<AlarmMember>> {
         let mut last = String::from("no master running");
-        for i in (0..self.len()).filter(|&i| self.running(i) && !self.masters[i].process.paused) {
+        for i in self.answering() {
             let mut c = MaintenanceClient::new(self.admin[i].clone());
             match c.alarm(AlarmRequest::default()).await {
                 Ok(r) => return Ok(r.into_inner().alarms),
@@ -261,7 +261,7 @@ impl ChaosCluster {
                 bail!("alarms still raised after 30 s: {}", self.alarms().await.unwrap_or_default());
             }
             for a in alarms {
-                for i in (0..self.len()).filter(|&i| self.running(i) && !self.masters[i].process.paused) {
+                for i in self.answering() {
                     let req =
                         AlarmRequest { action: AlarmAction::Deactivate as i32, member_id: a.member_id, alarm: a.alarm };
                     if MaintenanceClient::new(self.admin[i].clone()).alarm(req).await.is_ok() {
@@ -290,12 +290,17 @@ impl ChaosCluster {
         self.masters[i].process.running()
     }
 
+    /// The masters that can answer now: running and not stopped by SIGSTOP.
+    fn answering(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len()).filter(|&i| self.running(i) && !self.masters[i].process.paused)
+    }
+
     pub fn channel(&self, i: usize) -> Channel {
         self.admin[i].clone()
     }
 
     pub async fn status(&self, i: usize) -> Option<StatusResponse> {
-        if !self.running(i) || self.masters[i].process.paused {
+        if !self.answering().any(|a| a == i) {
             return None;
         }
         let mut c = MaintenanceClient::new(self.admin[i].clone());
@@ -312,7 +317,7 @@ impl ChaosCluster {
     pub async fn node_view(&self, name: &str) -> Option<String> {
         use skiff_proto::api::objects_client::ObjectsClient;
         use skiff_proto::api::{RawListRequest, RawRequest};
-        for i in (0..self.len()).filter(|&i| self.running(i) && !self.masters[i].process.paused) {
+        for i in self.answering() {
             let mut c = ObjectsClient::new(self.admin[i].clone());
             let node = RawRequest { resource: "nodes".into(), name: name.into(), ..Default::default() };
             let pods = RawListRequest {

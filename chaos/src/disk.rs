@@ -1,7 +1,7 @@
 //! Disk faults: a size-limited tmpfs under a master's data directory, and a filler file that
 //! takes its free space away (used by the `disk-full` fault and by tests/tests/disk_faults.rs).
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,14 +13,8 @@ pub struct Tmpfs(PathBuf);
 impl Tmpfs {
     /// Mounts a tmpfs of `bytes` over `dir` (which must exist; what it held is hidden).
     pub fn mount(dir: &Path, bytes: u64) -> anyhow::Result<Tmpfs> {
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .context("running mount")?;
-        if !out.status.success() {
-            bail!("mounting a tmpfs on {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
-        }
+        let path = dir.to_str().with_context(|| format!("{} is not UTF-8", dir.display()))?;
+        crate::net::run("mount", &["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700"), "tmpfs", path])?;
         Ok(Tmpfs(dir.to_path_buf()))
     }
 

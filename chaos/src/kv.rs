@@ -167,14 +167,12 @@ pub async fn client(
                 log.events.push(Event { client: id, key: k, op, outcome, invoke, complete });
                 log.revisions.push(revision);
             }
-            // The store refused to grow (NOSPACE, a `disk-full` fault): certainly not applied,
-            // so, like a failed read, not part of the history.
-            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
-                log.refused_for_space += 1;
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(50..150))).await;
-            }
-            Err(_) => {
-                if op != Op::Get {
+            Err(e) => {
+                if e.code() == tonic::Code::ResourceExhausted {
+                    // The store refused to grow (NOSPACE, a `disk-full` fault): certainly not
+                    // applied, so, like a failed read, not part of the history.
+                    log.refused_for_space += 1;
+                } else if op != Op::Get {
                     log.events.push(Event { client: id, key: k, op, outcome: Outcome::Unknown, invoke, complete });
                     log.revisions.push(0);
                 }

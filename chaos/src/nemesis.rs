@@ -33,8 +33,8 @@ pub enum FaultKind {
     /// period and the pod eviction timeout. SIGCONT after the hold.
     NodePause,
     /// Fill one master's data directory (a tmpfs the run mounts for each) below its reserve,
-    /// or to the last byte and defragment it; free it, restart the master if it stopped, and disarm the NOSPACE
-    /// alarm after the hold.
+    /// or to the last byte and defragment it; after the hold free it, restart the master if it
+    /// stopped, and disarm the NOSPACE alarm.
     DiskFull,
 }
 

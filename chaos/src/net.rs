@@ -51,7 +51,8 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     run("ip", args)
 }
 
-fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+/// Runs `cmd` and fails with its stderr unless it succeeds.
+pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
     if !out.status.success() {
         bail!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());

@@ -332,7 +332,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let revisions: Vec<i64> = logs.iter().flat_map(|l| l.revisions.iter().copied()).collect();
     let recorded = count_ops(&events);
     // Judged on the writes as recorded, before the committed history settles any.
-    let unknown = checks::unknown_writes(&events, opts.floors.max_unknown_share);
+    let mut unknown = checks::unknown_writes(&events, opts.floors.max_unknown_share);
     // Written before judging, so a check that fails hard still leaves the history behind.
     write_jsonl(opts.artifacts.join("history.jsonl"), &events)?;
     let (settled, dropped) = kv::settle_unknowns(&mut events, &revisions, history, &histories[leader].values);
@@ -347,7 +347,6 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     lin.detail +=
         &format!(" (of the unknown writes, the committed history shows {settled} happened and {dropped} did not)");
     checks.push(lin);
-    let mut unknown = unknown;
     let refused: u64 = logs.iter().map(|l| l.refused_for_space).sum();
     if refused > 0 {
         unknown.detail +=

@@ -718,13 +718,16 @@ impl Master {
                 _ = tokio::time::sleep(DISK_CHECK_PERIOD) => {}
                 _ = stop.changed() => return,
             }
+            // Raised already: nothing to do until it is disarmed (then, if space is still
+            // short, it is raised again and said again).
+            if self.sm.alarms.current().has(self.id(), AlarmType::Nospace) {
+                warned = false;
+                continue;
+            }
             let Some(why) = self.short_of_space() else {
                 warned = false;
                 continue;
             };
-            if self.sm.alarms.current().has(self.id(), AlarmType::Nospace) {
-                continue;
-            }
             if !warned {
                 tracing::error!(id = self.id(), "out of space: {why}; raising the NOSPACE alarm");
                 warned = true;

@@ -49,16 +49,8 @@ impl SmShared {
     /// Re-reads what is kept in memory from the database (after opening or a snapshot install).
     fn reload(&self) -> std::io::Result<()> {
         self.mvcc.reload();
-        let auth = match self.db().get_cf(cf(self.db(), db::CF_SM), sm_key::AUTH).map_err(std::io::Error::other)? {
-            Some(b) => bincode::deserialize(&b).map_err(std::io::Error::other)?,
-            None => AuthState::default(),
-        };
-        self.auth.set(auth);
-        let alarms = match self.db().get_cf(cf(self.db(), db::CF_SM), sm_key::ALARMS).map_err(std::io::Error::other)? {
-            Some(b) => bincode::deserialize(&b).map_err(std::io::Error::other)?,
-            None => Alarms::default(),
-        };
-        self.alarms.set(alarms);
+        self.auth.set(sm_meta::<AuthState>(self.db(), sm_key::AUTH)?);
+        self.alarms.set(sm_meta::<Alarms>(self.db(), sm_key::ALARMS)?);
         Ok(())
     }
 }
@@ -207,17 +199,16 @@ fn apply_request(
     }
 }
 
+/// A bincode value of the `sm` column family; its default when absent.
+fn sm_meta<T: serde::de::DeserializeOwned + Default>(db: &DB, key: &[u8]) -> std::io::Result<T> {
+    match db.get_cf(cf(db, db::CF_SM), key).map_err(std::io::Error::other)? {
+        Some(b) => bincode::deserialize(&b).map_err(std::io::Error::other),
+        None => Ok(T::default()),
+    }
+}
+
 fn read_applied(db: &DB) -> Result<(Option<LogId>, StoredMembership<u64, Member>), StorageError> {
-    let sm = cf(db, db::CF_SM);
-    let applied = match db.get_cf(sm, sm_key::APPLIED).map_err(sm_err)? {
-        Some(b) => bincode::deserialize(&b).map_err(sm_err)?,
-        None => None,
-    };
-    let membership = match db.get_cf(sm, sm_key::MEMBERSHIP).map_err(sm_err)? {
-        Some(b) => bincode::deserialize(&b).map_err(sm_err)?,
-        None => StoredMembership::default(),
-    };
-    Ok((applied, membership))
+    Ok((sm_meta(db, sm_key::APPLIED).map_err(sm_err)?, sm_meta(db, sm_key::MEMBERSHIP).map_err(sm_err)?))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
