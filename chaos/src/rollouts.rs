@@ -118,7 +118,14 @@ pub async fn watch(
             resource_version: resume.clone(),
             ..Default::default()
         };
-        let mut stream = match ObjectsClient::new(channel).watch(req).await {
+        // Opening is raced with `stop` too: a leaderless master may never answer the call.
+        let mut stopped = stop.clone();
+        let mut client = ObjectsClient::new(channel);
+        let opened = tokio::select! {
+            r = client.watch(req) => r,
+            _ = stopped.changed() => break,
+        };
+        let mut stream = match opened {
             Ok(s) => s.into_inner(),
             // Unreachable or leaderless masters: try the next one from the same revision.
             Err(s)

@@ -288,24 +288,42 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     cluster.nodes.heal()?;
     let faults = faults?;
     let _ = stop_tx.send(true);
-    let mut logs: Vec<ClientLog> = Vec::new();
-    for c in clients {
-        logs.push(c.await?);
-    }
+    // Every task ends within a few request deadlines of the stop (an API client makes up to six
+    // calls a step); one that does not is a harness bug, reported rather than waited on.
+    let ended_by = Instant::now() + opts.op_timeout * 8 + Duration::from_secs(30);
+    let logs: Vec<ClientLog> = join_by(clients, ended_by, "kv client").await?;
     let mut apps_log = AppsLog::default();
-    for t in app_tasks {
-        let l = t.await?;
+    for l in join_by(app_tasks, ended_by, "API client").await? {
         apps_log.scales += l.scales;
         apps_log.rollouts += l.rollouts;
         apps_log.pod_deletes += l.pod_deletes;
         apps_log.failed += l.failed;
     }
-    let surge = match surge_task {
-        Some(t) => Some(t.await?),
-        None => None,
-    };
+    let surge = join_by(surge_task.into_iter().collect(), ended_by, "surge watcher").await?.pop();
     let elapsed = t0.elapsed();
-    let end = put_anywhere(&cluster, END_KEY, Instant::now() + Duration::from_secs(60)).await?;
+    let end = match put_anywhere(&cluster, END_KEY, Instant::now() + Duration::from_secs(RECOVERY_SECONDS)).await {
+        Ok(end) => end,
+        // The faults are healed and every master runs: a cluster that takes no write now has
+        // lost its liveness, which is a verdict, not a harness error.
+        Err(e) => {
+            for t in watch_tasks {
+                t.abort();
+            }
+            let mut events: Vec<Event> = logs.iter().flat_map(|l| l.events.iter().cloned()).collect();
+            events.sort_by_key(|e| e.invoke);
+            write_jsonl(opts.artifacts.join("history.jsonl"), &events)?;
+            let check = Check {
+                name: "cluster recovers".into(),
+                passed: false,
+                detail: format!(
+                    "{RECOVERY_SECONDS} s after the faults were healed and every master restarted, no master took a write: {e:#}"
+                ),
+            };
+            cluster.nodes.stop_all();
+            cluster.stop_all();
+            return finish(opts, elapsed, count_ops(&events), &events, faults, vec![check]);
+        }
+    };
     let leader = cluster.leader().await.unwrap_or(0);
     // The committed history through the read path, on every master, by fresh clients.
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -321,10 +339,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_secs(30)).await;
         let _ = give_up_tx.send(true);
     });
-    let mut watch_logs = Vec::new();
-    for t in watch_tasks {
-        watch_logs.push(t.await?);
-    }
+    let watch_logs = join_by(watch_tasks, Instant::now() + Duration::from_secs(60), "watcher").await?;
     giver.abort();
 
     // phase: judge
@@ -391,25 +406,86 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     }
     cluster.nodes.stop_all();
     cluster.stop_all();
+    // As checked (unknown writes settled); history.jsonl above is as the clients recorded it.
+    write_jsonl(opts.artifacts.join("checked.jsonl"), &events)?;
+    finish(opts, elapsed, recorded, &events, faults, checks)
+}
 
-    let failover_ms = report::failovers(&faults, &events);
+/// How long the healed cluster has to take the end marker before the run fails for liveness.
+const RECOVERY_SECONDS: u64 = 60;
+
+/// The report on `checks`, written beside the run's other artifacts.
+fn finish(
+    opts: &Options,
+    elapsed: Duration,
+    operations: BTreeMap<String, report::OpCounts>,
+    events: &[Event],
+    faults: Vec<nemesis::FaultRecord>,
+    checks: Vec<Check>,
+) -> anyhow::Result<Report> {
     let report = Report {
         masters: opts.masters,
         duration_s: elapsed.as_secs_f64(),
         seed: opts.seed,
         faults_requested: opts.faults.iter().map(|f| f.name().to_string()).collect(),
-        operations: recorded,
+        operations,
+        failover_ms: report::failovers(&faults, events),
         faults,
-        failover_ms,
         passed: checks.iter().all(|c| c.passed),
         checks,
         floors: opts.floors.clone(),
         artifacts: opts.artifacts.display().to_string(),
     };
-    // As checked (unknown writes settled); history.jsonl above is as the clients recorded it.
-    write_jsonl(opts.artifacts.join("checked.jsonl"), &events)?;
     write_json(opts.artifacts.join("faults.json"), &report.faults)?;
     write_json(opts.artifacts.join("report.json"), &report)?;
     std::fs::write(opts.artifacts.join("report.txt"), report.render())?;
     Ok(report)
+}
+
+/// Awaits `tasks` in turn until `deadline`; a task still running then is a harness bug: every
+/// task left is aborted and the error names the first.
+async fn join_by<T>(tasks: Vec<tokio::task::JoinHandle<T>>, deadline: Instant, what: &str) -> anyhow::Result<Vec<T>> {
+    let n = tasks.len();
+    let mut done = Vec::with_capacity(n);
+    let mut tasks = tasks.into_iter().enumerate();
+    while let Some((i, mut t)) = tasks.next() {
+        match tokio::time::timeout_at(deadline.into(), &mut t).await {
+            Ok(r) => done.push(r?),
+            Err(_) => {
+                t.abort();
+                tasks.for_each(|(_, t)| t.abort());
+                bail!("{what} {} of {n} was still running at its deadline after the faults stopped", i + 1);
+            }
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_past_its_deadline_fails_the_join_by_name_and_is_aborted() {
+        let quick = tokio::spawn(async { 1 });
+        let (_keep, never) = tokio::sync::oneshot::channel::<()>();
+        let stuck = tokio::spawn(async move {
+            let _ = never.await;
+            2
+        });
+        let abort = stuck.abort_handle();
+        let err = join_by(vec![quick, stuck], Instant::now() + Duration::from_millis(200), "kv client")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kv client 2 of 2 was still running"), "{err}");
+        // Aborting is asynchronous: poll for it with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !abort.is_finished() {
+            assert!(Instant::now() < deadline, "the stuck task was not aborted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let done = join_by(vec![tokio::spawn(async { 3 })], Instant::now() + Duration::from_secs(5), "watcher").await;
+        assert_eq!(done.unwrap(), vec![3]);
+    }
 }

@@ -66,7 +66,13 @@ pub async fn watcher(
             continue;
         }
         let mut client = WatchClient::new(channel.clone());
-        let mut stream = match client.watch(ReceiverStream::new(rx)).await {
+        // Opening is raced with `give_up` too: a leaderless master may never answer the call.
+        let mut give_up_changed = give_up.clone();
+        let opened = tokio::select! {
+            r = client.watch(ReceiverStream::new(rx)) => r,
+            _ = give_up_changed.changed() => break,
+        };
+        let mut stream = match opened {
             Ok(s) => s.into_inner(),
             Err(_) => continue,
         };
