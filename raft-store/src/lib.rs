@@ -49,6 +49,19 @@ pub use master::{Master, MasterConfig};
 pub use server::serve;
 pub use types::Member;
 
+/// Runs synchronous store work (a RocksDB scan) from async code without holding up the
+/// runtime's other tasks — raft's heartbeats and votes above all: on a multi-thread runtime
+/// the worker first hands its queue to another thread (tokio's `block_in_place`); elsewhere
+/// (a unit test's current-thread runtime, a plain thread) it just runs. Without it, two long
+/// scans on this 2-core machine's two workers starved raft until the masters lost their
+/// leader (the 2026-12-06 soak).
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Testing only: arms the failpoints the `FAILPOINTS` environment variable names (see
 /// [`log_store`]); keep the returned guard for the life of the process. A build without the
 /// `failpoints` feature refuses the variable rather than run as if the faults were injected.

@@ -248,56 +248,49 @@ impl Mvcc {
         out
     }
 
-    /// Keys in `range` as they were at `rev`, from the history column family.
-    /// The values of `range` as they were at `rev`; at most `take` of them when given.
+    /// The values of `range` as they were at `rev`, from the history column family; at most
+    /// `take` of them when given. Each key costs two seeks — to its newest entry at or below
+    /// `rev`, then past its entries — however many versions it has: a read at an old
+    /// revision of a key written a hundred thousand times reads one of them, not all.
     fn scan_at(&self, ro: ReadOptions, range: &KeyRange, rev: i64, take: Option<usize>) -> Vec<KeyValue> {
-        let mut start = Vec::new();
-        db::memcmp_encode(&range.start, &mut start);
-        start.truncate(start.len() - 2); // position before the terminator: includes `start` itself
-        let iter =
-            self.db.iterator_cf_opt(cf(&self.db, db::CF_HIST), ro, IteratorMode::From(&start, Direction::Forward));
+        let mut first = Vec::new();
+        db::memcmp_encode(&range.start, &mut first);
+        first.truncate(first.len() - 2); // position before the terminator: includes `start` itself
+        let mut it = self.db.raw_iterator_cf_opt(cf(&self.db, db::CF_HIST), ro);
         let rev_cf = cf(&self.db, db::CF_REV);
         let value_of = |r: i64, sub: u32| {
             let ev = decode_event(&self.db.get_cf(rev_cf, rev_key(r, sub)).ok()??);
             (ev.r#type == EventType::Put as i32).then_some(ev.kv).flatten()
         };
         let mut out = Vec::new();
-        // For the key being read, the newest (rev, sub) at or below `rev`; a key's value is
-        // read once the next key starts, so a bounded scan stops after `take` live keys.
-        let mut latest: Option<(Vec<u8>, i64, u32)> = None;
-        for item in iter {
-            if take.is_some_and(|t| out.len() >= t) {
-                return out;
-            }
-            let Ok((k, v)) = item else { break };
-            let Some((key, rest)) = memcmp_decode(&k) else { continue };
-            if key.as_slice() < range.start.as_slice() {
-                continue;
-            }
+        it.seek(&first);
+        while it.valid() && take.is_none_or(|t| out.len() < t) {
+            let Some((key, _)) = it.key().and_then(memcmp_decode) else { break };
             if range.past_end(&key) {
                 break;
             }
-            let r = u64::from_be_bytes(rest[..8].try_into().unwrap_or([0; 8])) as i64;
-            if r > rev {
-                continue;
-            }
-            let sub = u32::from_be_bytes(v[..4].try_into().unwrap_or([0; 4]));
-            match &mut latest {
-                Some(last) if last.0 == key => {
-                    last.1 = r;
-                    last.2 = sub;
-                }
-                _ => {
-                    if let Some((_, r, sub)) = latest.replace((key, r, sub)) {
-                        out.extend(value_of(r, sub));
+            // This key's entries are `prefix ++ revision`: the prefix ends in the terminator,
+            // so no other key's entries start with it.
+            let mut prefix = Vec::with_capacity(key.len() + 10);
+            db::memcmp_encode(&key, &mut prefix);
+            if key.as_slice() >= range.start.as_slice() {
+                let mut at = prefix.clone();
+                at.extend_from_slice(&(rev as u64).to_be_bytes());
+                it.seek_for_prev(&at);
+                let newest = match (it.key(), it.value()) {
+                    (Some(k), Some(v)) if k.len() == prefix.len() + 8 && k.starts_with(&prefix) && v.len() >= 4 => {
+                        let r = u64::from_be_bytes(k[prefix.len()..].try_into().unwrap_or([0; 8])) as i64;
+                        Some((r, u32::from_be_bytes(v[..4].try_into().unwrap_or([0; 4]))))
                     }
+                    _ => None,
+                };
+                if let Some((r, sub)) = newest {
+                    out.extend(value_of(r, sub));
                 }
             }
-        }
-        if let Some((_, r, sub)) = latest {
-            if take.is_none_or(|t| out.len() < t) {
-                out.extend(value_of(r, sub));
-            }
+            // Past every entry of this key (revisions are below 2^63).
+            prefix.extend_from_slice(&[0xFF; 8]);
+            it.seek(&prefix);
         }
         out
     }

@@ -261,3 +261,56 @@ fn a_limited_range_reads_a_page_and_counts_the_rest_now_and_at_older_revisions()
     let all = m.range(&RangeRequest { key: "k/".into(), range_end: "k0".into(), ..Default::default() }).unwrap();
     assert_eq!((all.kvs.len(), all.count, all.more), (300, 300, false));
 }
+
+#[test]
+fn a_range_at_every_old_revision_matches_a_model_of_the_history() {
+    use std::collections::BTreeMap;
+    let (_d, m) = store();
+    // Keys with a zero byte and a common prefix, written many times, deleted and put again.
+    let keys = ["a", "a\0b", "ab", "b", "c"];
+    let mut model: Vec<BTreeMap<&str, String>> = vec![BTreeMap::new()]; // state after each revision
+    let mut seed = 7u64;
+    for step in 0..300 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let key = keys[(seed >> 33) as usize % keys.len()];
+        let mut next = model.last().unwrap().clone();
+        if (seed >> 40).is_multiple_of(5) && next.contains_key(key) {
+            commit(&m, |w| w.delete_range(&DeleteRangeRequest { key: key.into(), ..Default::default() })).unwrap();
+            next.remove(key);
+        } else {
+            let value = format!("v{step}");
+            put(&m, key, &value);
+            next.insert(key, value);
+        }
+        model.push(next);
+    }
+    let current = model.len() as i64 - 1;
+    for rev in 1..=current {
+        for (start, end) in [("a", "c"), ("a", "\0"), ("", "\0"), ("a\0", "b"), ("b", "")] {
+            let req = RangeRequest { key: start.into(), range_end: end.into(), revision: rev, ..Default::default() };
+            let got: Vec<(String, String)> = m
+                .range(&req)
+                .unwrap()
+                .kvs
+                .iter()
+                .map(|kv| (String::from_utf8(kv.key.clone()).unwrap(), String::from_utf8(kv.value.clone()).unwrap()))
+                .collect();
+            let in_range = |k: &str| match end {
+                "" => k == start,
+                "\0" => k >= start,
+                e => k >= start && k < e,
+            };
+            let want: Vec<(String, String)> = model[rev as usize]
+                .iter()
+                .filter(|(k, _)| in_range(k))
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            assert_eq!(got, want, "range [{start:?}, {end:?}) at revision {rev}");
+        }
+        // A bounded read stops after its limit, in key order.
+        let req =
+            RangeRequest { key: "\0".into(), range_end: "\0".into(), revision: rev, limit: 2, ..Default::default() };
+        let got = m.range(&req).unwrap().kvs.len();
+        assert_eq!(got, model[rev as usize].len().min(2), "limit 2 at revision {rev}");
+    }
+}

@@ -58,18 +58,11 @@ pub(crate) fn scan(
     mut visit: impl FnMut(&KeyValue) -> ApiResult<bool>,
 ) -> ApiResult<()> {
     loop {
-        let page = mvcc
-            .range_page(&RangeRequest {
-                key: start,
-                range_end: end.clone(),
-                revision,
-                limit: 500,
-                ..Default::default()
-            })
-            .map_err(|e| match e {
-                ApplyError::Compacted { requested, compacted } => ApiError::Gone { requested, compacted },
-                other => ApiError::Store(other.into()),
-            })?;
+        let req = RangeRequest { key: start, range_end: end.clone(), revision, limit: 500, ..Default::default() };
+        let page = skiff_raft_store::blocking(|| mvcc.range_page(&req)).map_err(|e| match e {
+            ApplyError::Compacted { requested, compacted } => ApiError::Gone { requested, compacted },
+            other => ApiError::Store(other.into()),
+        })?;
         for kv in &page.kvs {
             if !visit(kv)? {
                 return Ok(());

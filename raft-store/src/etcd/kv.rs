@@ -61,7 +61,10 @@ impl Kv for KvService {
         if !req.serializable {
             self.master.read_barrier().await.map_err(status)?;
         }
-        let mut resp = self.master.sm.mvcc.range(&req).map_err(status)?;
+        let mvcc = &self.master.sm.mvcc;
+        // A point read of a current value is one lookup; anything else may scan.
+        let point = req.range_end.is_empty() && req.revision <= 0;
+        let mut resp = if point { mvcc.range(&req) } else { crate::blocking(|| mvcc.range(&req)) }.map_err(status)?;
         resp.header = Some(self.master.header(resp.header.map_or(0, |h| h.revision)));
         Ok(Response::new(resp))
     }
@@ -107,8 +110,7 @@ impl Kv for KvService {
         if is_read_only(&req) {
             self.master.read_barrier().await.map_err(status)?;
             let mvcc = &self.master.sm.mvcc;
-            let mut w = mvcc.writer();
-            let mut resp = w.txn(&req).map_err(status)?;
+            let mut resp = crate::blocking(|| mvcc.writer().txn(&req)).map_err(status)?;
             resp.header = Some(self.master.header(mvcc.current_revision()));
             return Ok(Response::new(resp));
         }
