@@ -39,6 +39,7 @@ const KINDS: &[(&str, &str, &str, bool, &str, &str)] = &[
     ("ClusterRole", "clusterroles", "rbac.authorization.k8s.io/v1", false, "", ""),
     ("RoleBinding", "rolebindings", "rbac.authorization.k8s.io/v1", true, "", ""),
     ("ClusterRoleBinding", "clusterrolebindings", "rbac.authorization.k8s.io/v1", false, "", ""),
+    ("CertificateSigningRequest", "certificatesigningrequests", "certificates.k8s.io/v1", false, "csr", "status"),
 ];
 
 fn service_name(kind: &str) -> String {
@@ -56,6 +57,7 @@ fn services_proto() -> String {
          syntax = \"proto3\";\npackage skiff.api;\n\n\
          import \"skiff/api/meta.proto\";\nimport \"skiff/api/core.proto\";\nimport \"skiff/api/apps.proto\";\n\
          import \"skiff/api/batch.proto\";\nimport \"skiff/api/networking.proto\";\nimport \"skiff/api/rbac.proto\";\n\
+         import \"skiff/api/certificates.proto\";\n\
          import \"skiff/api/requests.proto\";\n\n",
     );
     for (kind, _, _, _, _, subresources) in KINDS {
@@ -175,6 +177,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skiff/api/batch.proto",
         "skiff/api/networking.proto",
         "skiff/api/rbac.proto",
+        "skiff/api/certificates.proto",
         "skiff/api/requests.proto",
         "skiff/api/logs.proto",
         "skiff/api/services.proto",

@@ -106,6 +106,57 @@ pub fn check_quota<'a>(
 }
 
 /// Kubernetes' words for what a pod update may change.
+/// A CertificateSigningRequest says who asked for it as the API saw the caller, whatever the
+/// caller wrote there (Kubernetes sets `spec.username`, `uid` and `groups` the same way): the
+/// approver decides on it.
+pub fn stamp_requester(info: &crate::kinds::KindInfo, obj: &mut Value, user: &crate::auth::User) {
+    if info.kind != "CertificateSigningRequest" || !obj.is_object() {
+        return;
+    }
+    if !obj.get("spec").is_some_and(Value::is_object) {
+        obj["spec"] = json!({});
+    }
+    obj["spec"]["username"] = json!(user.name);
+    obj["spec"]["groups"] = json!(user.groups);
+    obj["spec"]["uid"] = json!("");
+}
+
+/// A CertificateSigningRequest's spec never changes after it is made (what was approved is
+/// what gets signed).
+pub fn csr_update_allowed(old: &Value, new: &Value) -> Result<(), crate::error::FieldError> {
+    if old.get("spec") == new.get("spec") {
+        Ok(())
+    } else {
+        Err(crate::error::FieldError::forbidden("spec", "field is immutable"))
+    }
+}
+
+/// Kubernetes' words for a Node update that moves its pod range.
+pub const NODE_CIDR_FORBIDDEN: &str = "node updates may not change podCIDR except from \"\" to valid";
+
+/// A Node's pod range is set once (by its node daemon or the node IPAM controller), never
+/// changed: pods and routes on every machine use it.
+pub fn node_update_allowed(old: &Value, new: &Value) -> Result<(), crate::error::FieldError> {
+    let cidrs = |node: &Value| -> Vec<String> {
+        let spec = node.get("spec");
+        let list: Vec<String> = spec
+            .and_then(|s| s.get("podCIDRs"))
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+            .unwrap_or_default();
+        match spec.and_then(|s| s.get("podCIDR")).and_then(Value::as_str) {
+            Some(one) if list.is_empty() && !one.is_empty() => vec![one.to_string()],
+            _ => list,
+        }
+    };
+    let (was, now) = (cidrs(old), cidrs(new));
+    if was.is_empty() || was == now {
+        Ok(())
+    } else {
+        Err(crate::error::FieldError::forbidden("spec.podCIDRs", NODE_CIDR_FORBIDDEN))
+    }
+}
+
 pub const POD_UPDATE_FORBIDDEN: &str = "pod updates may not change fields other than `spec.containers[*].image`,\
 `spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing \
 tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";

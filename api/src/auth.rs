@@ -342,6 +342,8 @@ pub fn node_restriction(
                     && (a.verb != "create" || p.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some())
             }) && stored.is_none_or(bound)
         }
+        // Its serving certificate, asked for in its own name (the API stamps the requester).
+        "certificatesigningrequests" => a.verb == "create" && a.subresource.is_empty(),
         "serviceaccounts" => {
             a.verb == "create"
                 && a.subresource == "token"

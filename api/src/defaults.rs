@@ -58,6 +58,16 @@ pub fn apply(info: &KindInfo, obj: &mut Value) {
         "Namespace" => {
             default_at(obj, &["status", "phase"], json!("Active"));
         }
+        "Node" => {
+            // podCIDR and podCIDRs say the same: either one fills in the other.
+            let one = obj.pointer("/spec/podCIDR").and_then(Value::as_str).unwrap_or_default().to_string();
+            let first = obj.pointer("/spec/podCIDRs/0").and_then(Value::as_str).map(String::from);
+            match first {
+                None if !one.is_empty() => obj["spec"]["podCIDRs"] = json!([one]),
+                Some(first) if one.is_empty() => obj["spec"]["podCIDR"] = json!(first),
+                _ => {}
+            }
+        }
         "Secret" => {
             default_at(obj, &["type"], json!("Opaque"));
         }

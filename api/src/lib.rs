@@ -13,6 +13,8 @@
 //! - [`selector`]: label and field selectors.
 //! - [`service`]: the per-kind gRPC services and the kind-agnostic `Objects` service.
 //! - [`auth`]: bearer-token authentication, RBAC authorization, node restriction, no escalation.
+//! - [`bootstrap`]: bootstrap tokens (Secrets in kube-system) that joining machines authenticate with.
+//! - [`cluster_info`]: the public CA and master list a joining machine starts from.
 //! - [`at_rest`]: encryption at rest of Secrets (Kubernetes' EncryptionConfiguration, AES-GCM).
 //! - [`node_authz`]: the Node authorizer's read side (a node reads only what its pods use).
 //! - [`error`]: API errors and their gRPC codes.
@@ -24,6 +26,8 @@ pub mod admission;
 pub mod allocator;
 pub mod at_rest;
 pub mod auth;
+pub mod bootstrap;
+pub mod cluster_info;
 pub mod defaults;
 pub mod encoded_list;
 pub mod error;

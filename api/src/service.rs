@@ -111,12 +111,28 @@ impl Api {
             return Ok(user.clone());
         }
         let Some(tokens) = &self.tokens else { return Ok(User::anonymous_admin()) };
+        if let Some((id, secret)) = bearer.map(str::trim).and_then(crate::bootstrap::parse_token) {
+            return self.bootstrapper(id, secret).await;
+        }
         if let Some(token) = bearer.map(str::trim).filter(|t| crate::satoken::looks_like_jwt(t)) {
             if let Some(user) = self.service_account(token).await? {
                 return Ok(user);
             }
         }
         tokens.authenticate(md)
+    }
+
+    /// The machine a bootstrap token names, as its Secret in kube-system says now.
+    async fn bootstrapper(&self, id: &str, secret: &str) -> ApiResult<User> {
+        let refused = |why: String| ApiError::Unauthenticated(format!("Unauthorized: {why}"));
+        let secrets = kinds::by_resource("secrets")?;
+        let name = crate::bootstrap::secret_name(id);
+        let stored = match self.registry.get(secrets, crate::bootstrap::NAMESPACE, &name).await {
+            Ok(s) => s,
+            Err(ApiError::NotFound { .. }) => return Err(refused(format!("no bootstrap token {id}"))),
+            Err(e) => return Err(e),
+        };
+        crate::bootstrap::user_of(&stored, id, secret, skiff_proto::time::now_secs()).map_err(refused)
     }
 
     /// The account a token this cluster signed names (None: not such a token); refused if its
@@ -220,6 +236,14 @@ impl Api {
                 let allowed = a.verb == "get" && self.node_uses(node, a.info.resource, a.namespace, a.name).await?;
                 return if allowed { Ok(()) } else { Err(crate::auth::forbidden(user, a)) };
             }
+        }
+        // A joining machine may ask for its certificates and follow its requests, nothing else
+        // (Kubernetes' system:node-bootstrapper role).
+        if crate::bootstrap::is_bootstrapper(user) {
+            let allowed = a.info.resource == "certificatesigningrequests"
+                && a.subresource.is_empty()
+                && matches!(a.verb, "create" | "get" | "list" | "watch");
+            return if allowed { Ok(()) } else { Err(crate::auth::forbidden(user, a)) };
         }
         if let Some(allowed) = crate::auth::node_restriction(user, a, object, stored) {
             return if allowed { Ok(()) } else { Err(crate::auth::forbidden(user, a)) };
@@ -332,6 +356,8 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
         let name = crate::object::name(&obj);
         let user = self.allow(&req, "create", "", ns_of(self.info, &obj, ""), name, Some(&obj), None).await?;
         let id = CreateId::of_request(req.metadata(), &user.name)?;
+        let mut obj = obj;
+        crate::admission::stamp_requester(self.info, &mut obj, &user);
         from_json(self.api.registry.create_as(self.info, obj, "", id.as_ref()).await?)
     }
 
@@ -643,8 +669,9 @@ impl ObjectsService {
 #[tonic::async_trait]
 impl objects_server::Objects for ObjectsService {
     async fn create(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let (info, obj, user) = self.prepare(&req, "create", true).await?;
+        let (info, mut obj, user) = self.prepare(&req, "create", true).await?;
         let id = CreateId::of_request(req.metadata(), &user.name)?;
+        crate::admission::stamp_requester(info, &mut obj, &user);
         let obj = self.api.registry.create_as(info, obj, &req.get_ref().namespace, id.as_ref()).await?;
         Ok(Response::new(raw(&obj)))
     }
@@ -743,6 +770,9 @@ pub fn routes(api: Arc<Api>) -> tonic::service::Routes {
     routes.add_service(skiff_proto::api::api_metrics_server::ApiMetricsServer::new(crate::metrics::MetricsService {
         api: api.clone(),
     }));
+    routes.add_service(skiff_proto::api::cluster_info_server::ClusterInfoServer::new(
+        crate::cluster_info::ClusterInfoService { master: api.registry.master.clone() },
+    ));
     routes.add_service(service_account_tokens_server::ServiceAccountTokensServer::new(crate::satoken::TokenService {
         api,
     }));

@@ -140,6 +140,8 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
                 )),
             }
         }
+        "Node" => node(&mut v, obj),
+        "CertificateSigningRequest" => csr(&mut v, obj),
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
                 for k in obj.get(field).and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k) {
@@ -159,6 +161,111 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
         _ => {}
     }
     v.errs
+}
+
+/// Key usages a CertificateSigningRequest may ask for (certificates.k8s.io/v1).
+const CSR_USAGES: &[&str] = &[
+    "signing",
+    "digital signature",
+    "content commitment",
+    "key encipherment",
+    "key agreement",
+    "data encipherment",
+    "cert sign",
+    "crl sign",
+    "encipher only",
+    "decipher only",
+    "any",
+    "server auth",
+    "client auth",
+    "code signing",
+    "email protection",
+    "s/mime",
+    "ipsec end system",
+    "ipsec tunnel",
+    "ipsec user",
+    "timestamping",
+    "ocsp signing",
+    "microsoft sgc",
+    "netscape sgc",
+];
+
+/// A CertificateSigningRequest: a PEM request whose signature verifies, a signer named as a
+/// domain-prefixed path, known usages.
+fn csr(v: &mut V, obj: &Value) {
+    use base64::Engine;
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    match spec.get("request").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+        None => v.push(FieldError::required("spec.request", "a PEM CERTIFICATE REQUEST, base64-encoded")),
+        Some(encoded) => {
+            let checked = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| format!("not base64: {e}"))
+                .and_then(|pem| skiff_proto::cert::parse_request(&pem));
+            if let Err(e) = checked {
+                v.push(FieldError::invalid("spec.request", "<request>", e));
+            }
+        }
+    }
+    let signer = spec.get("signerName").and_then(Value::as_str).unwrap_or_default();
+    match signer.split_once('/') {
+        _ if signer.is_empty() => v.push(FieldError::required("spec.signerName", "")),
+        Some((domain, path)) if is_dns1123_subdomain(domain) && !path.is_empty() => {}
+        _ => v.push(FieldError::invalid(
+            "spec.signerName",
+            signer,
+            "must be a fully qualified domain and path of the form 'example.com/signer-name'",
+        )),
+    }
+    for (i, u) in spec.get("usages").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let u = u.as_str().unwrap_or_default();
+        if !CSR_USAGES.contains(&u) {
+            v.push(FieldError::not_supported(format!("spec.usages[{i}]"), u, CSR_USAGES));
+        }
+    }
+    if spec.get("expirationSeconds").and_then(Value::as_i64).is_some_and(|s| s < 600) {
+        v.push(FieldError::invalid(
+            "spec.expirationSeconds",
+            spec["expirationSeconds"].clone(),
+            "may not specify a duration less than 600 seconds (10 minutes)",
+        ));
+    }
+}
+
+/// A Node's pod ranges: CIDRs, at most one per address family, `podCIDR` the first of them.
+fn node(v: &mut V, obj: &Value) {
+    let cidrs: Vec<&str> = obj
+        .pointer("/spec/podCIDRs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut families = Vec::new();
+    for (i, c) in cidrs.iter().enumerate() {
+        match c.parse::<ipnet::IpNet>() {
+            Ok(net) => {
+                let family = matches!(net, ipnet::IpNet::V4(_));
+                if families.contains(&family) {
+                    v.push(FieldError::invalid(
+                        format!("spec.podCIDRs[{i}]"),
+                        c,
+                        "may specify no more than one CIDR for each IP family",
+                    ));
+                }
+                families.push(family);
+            }
+            Err(_) => v.push(FieldError::invalid(
+                format!("spec.podCIDRs[{i}]"),
+                c,
+                "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+            )),
+        }
+    }
+    let one = obj.pointer("/spec/podCIDR").and_then(Value::as_str).unwrap_or_default();
+    if !one.is_empty() && cidrs.first().is_some_and(|first| *first != one) {
+        v.push(FieldError::invalid("spec.podCIDR", one, "must match the first element of spec.podCIDRs"));
+    }
 }
 
 fn job_restart(v: &mut V, spec: &Value, path: &str) {

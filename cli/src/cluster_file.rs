@@ -22,6 +22,10 @@ pub struct ClusterFile {
     /// The Services' cluster IP range the masters allocate from and the nodes proxy.
     #[serde(default = "default_service_cidr")]
     pub service_cidr: String,
+    /// The range the masters allocate nodes' pod ranges from (`skiff up --cluster-cidr`);
+    /// `None`: `skiff up` picked each node's range.
+    #[serde(default)]
+    pub cluster_cidr: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +51,7 @@ pub struct NodeEntry {
     /// The node's state directory (images, pods, logs).
     pub root: PathBuf,
     pub bridge: String,
+    /// Its pod range as `skiff up` picked it; empty when the masters allocate it.
     pub pod_cidr: String,
     /// The node's address (a loopback address of its own on one machine).
     #[serde(default = "default_node_ip")]

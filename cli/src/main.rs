@@ -6,6 +6,7 @@ mod bench_api;
 mod bench_node;
 mod bench_scheduler;
 mod bench_services;
+mod certificate_cmd;
 mod chaos_cmd;
 mod cluster_file;
 mod config_cmd;
@@ -13,9 +14,11 @@ mod ctl;
 mod describe;
 mod edit;
 mod generate;
+mod join_cmd;
 mod master_cmd;
 mod node_cmd;
 mod rollout;
+mod token_cmd;
 mod top;
 mod up;
 mod verbs;
@@ -40,6 +43,9 @@ enum Command {
     Master(master_cmd::MasterArgs),
     /// Run the node daemon: register this machine and run the pods bound to it.
     Node(node_cmd::NodeArgs),
+    /// Join a cluster as a node with a bootstrap token (kubeadm join): get certificates from
+    /// the control plane, then run the node daemon.
+    Join(join_cmd::JoinArgs),
     /// The node daemon's per-container helper (not for direct use).
     #[command(hide = true)]
     Shim { dir: std::path::PathBuf },
@@ -101,6 +107,12 @@ enum Command {
     /// The client config's contexts (kubectl config).
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Bootstrap tokens that new machines join with (kubeadm token).
+    #[command(subcommand)]
+    Token(token_cmd::TokenCommand),
+    /// Approve or deny certificate signing requests (kubectl certificate).
+    #[command(subcommand)]
+    Certificate(certificate_cmd::CertificateCommand),
     /// Add, change (--overwrite) or remove (`key-`) labels (kubectl label).
     Label(ctl::MetaArgs),
     /// Add, change (--overwrite) or remove (`key-`) annotations (kubectl annotate).
@@ -167,6 +179,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Master(args) => master_cmd::run(args),
         Command::Node(args) => node_cmd::run(args),
+        Command::Join(args) => join_cmd::run(args),
         Command::Shim { dir } => node_cmd::shim(&dir),
         Command::Image(ImageCommand::Import(args)) => node_cmd::image_import(args),
         Command::Image(ImageCommand::Push(args)) => node_cmd::image_push(args),
@@ -191,6 +204,8 @@ fn main() -> anyhow::Result<()> {
         Command::Taint(args) => ctl::report(verbs::taint(args)),
         Command::ApiResources => ctl::report(ctl::api_resources()),
         Command::Config(cmd) => ctl::report(config_cmd::run(cmd)),
+        Command::Token(cmd) => ctl::report(token_cmd::run(cmd)),
+        Command::Certificate(cmd) => ctl::report(certificate_cmd::run(cmd)),
         Command::Version(args) => ctl::report(ctl::version(args)),
         Command::Completion { shell } => {
             use clap::CommandFactory;

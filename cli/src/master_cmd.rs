@@ -90,6 +90,22 @@ pub struct MasterArgs {
     kubelet_client_key: Option<PathBuf>,
     #[arg(long)]
     kubelet_certificate_authority: Option<PathBuf>,
+    /// Whether the node IPAM controller gives each Node without one a pod range of
+    /// --cluster-cidr (default true; Nodes registered with --pod-cidr keep theirs).
+    #[arg(long)]
+    allocate_node_cidrs: Option<bool>,
+    /// The range every node's pod range comes from (default 10.244.0.0/16).
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// The prefix length of each node's pod range (default 24).
+    #[arg(long)]
+    node_cidr_mask_size: Option<u8>,
+    /// The cluster CA's certificate and key, with which the certificate controller signs
+    /// joining machines' certificate requests (without them nothing is signed).
+    #[arg(long)]
+    cluster_signing_cert_file: Option<PathBuf>,
+    #[arg(long)]
+    cluster_signing_key_file: Option<PathBuf>,
 }
 
 /// A master's configuration file: the store's settings plus the API's `token_file`, in one
@@ -136,15 +152,81 @@ pub struct ControllerSettings {
     /// Testing only: the CronJob controller's clock runs this many times as fast as real time.
     #[serde(default = "one")]
     pub cron_clock_speed: u32,
+    /// Node IPAM (kube-controller-manager's --allocate-node-cidrs).
+    #[serde(default = "yes")]
+    pub allocate_node_cidrs: bool,
+    #[serde(default = "default_cluster_cidr")]
+    pub cluster_cidr: String,
+    #[serde(default = "default_node_cidr_mask_size")]
+    pub node_cidr_mask_size: u8,
+    /// The CA the certificate controller signs with (`None`: it does not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_signing: Option<ClusterSigning>,
+}
+
+/// kube-controller-manager's --cluster-signing-cert-file, --cluster-signing-key-file and
+/// --cluster-signing-duration.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ClusterSigning {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How long issued certificates are valid (Kubernetes: a year).
+    #[serde(default = "a_year")]
+    pub duration_seconds: u64,
+}
+
+fn a_year() -> u64 {
+    365 * 24 * 3600
 }
 
 fn one() -> u32 {
     1
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn default_cluster_cidr() -> String {
+    "10.244.0.0/16".into()
+}
+
+fn default_node_cidr_mask_size() -> u8 {
+    24
+}
+
 impl Default for ControllerSettings {
     fn default() -> Self {
-        ControllerSettings { node_grace_seconds: 40, pod_eviction_seconds: 300, cron_clock_speed: 1 }
+        ControllerSettings {
+            node_grace_seconds: 40,
+            pod_eviction_seconds: 300,
+            cron_clock_speed: 1,
+            allocate_node_cidrs: true,
+            cluster_cidr: default_cluster_cidr(),
+            node_cidr_mask_size: default_node_cidr_mask_size(),
+            cluster_signing: None,
+        }
+    }
+}
+
+impl ControllerSettings {
+    /// The node IPAM controller's ranges, checked (`None`: allocation is off).
+    pub fn pod_ranges(&self) -> anyhow::Result<Option<skiff_scheduler::nodeipam::Ranges>> {
+        if !self.allocate_node_cidrs {
+            return Ok(None);
+        }
+        skiff_scheduler::nodeipam::Ranges::new(&self.cluster_cidr, self.node_cidr_mask_size)
+            .map(Some)
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// The certificate controller's signer, its CA read now (`None`: no signing CA given).
+    pub fn signer(&self) -> anyhow::Result<Option<std::sync::Arc<skiff_scheduler::certificates::Signer>>> {
+        let Some(s) = &self.cluster_signing else { return Ok(None) };
+        let ca = skiff_proto::pki::Ca::from_files(&s.cert, &s.key)
+            .with_context(|| format!("the cluster signing CA {} / {}", s.cert.display(), s.key.display()))?;
+        let duration = std::time::Duration::from_secs(s.duration_seconds.max(600));
+        Ok(Some(std::sync::Arc::new(skiff_scheduler::certificates::Signer { ca, duration })))
     }
 }
 
@@ -264,7 +346,25 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
         master: config,
         token_file,
         service_cluster_ip_range: args.service_cluster_ip_range,
-        controllers: ControllerSettings::default(),
+        controllers: {
+            let mut c = ControllerSettings::default();
+            if let Some(v) = args.allocate_node_cidrs {
+                c.allocate_node_cidrs = v;
+            }
+            if let Some(v) = args.cluster_cidr {
+                c.cluster_cidr = v;
+            }
+            if let Some(v) = args.node_cidr_mask_size {
+                c.node_cidr_mask_size = v;
+            }
+            c.cluster_signing = match (args.cluster_signing_cert_file, args.cluster_signing_key_file) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => Some(ClusterSigning { cert, key, duration_seconds: a_year() }),
+                _ => bail!("--cluster-signing-cert-file and --cluster-signing-key-file go together"),
+            };
+            c.pod_ranges()?;
+            c
+        },
         encryption_provider_config: args.encryption_provider_config,
         kubelet_client: match (
             args.kubelet_client_certificate,
@@ -289,6 +389,8 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         encryption_provider_config,
         kubelet_client,
     } = build_config(args)?;
+    let pod_ranges = controllers.pod_ranges()?;
+    let signer = controllers.signer()?;
     let _failpoints = skiff_raft_store::arm_failpoints().map_err(anyhow::Error::msg)?;
     let node_client = kubelet_client.as_ref().map(KubeletClient::tls).transpose()?;
     let tokens = match &token_file {
@@ -383,6 +485,8 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     node_grace: std::time::Duration::from_secs(controllers.node_grace_seconds),
                     pod_eviction: std::time::Duration::from_secs(controllers.pod_eviction_seconds),
                     cron_clock_speed: controllers.cron_clock_speed,
+                    pod_ranges,
+                    signer,
                 };
                 skiff_scheduler::controllers::start(&informers, &context, settings, &stop_rx);
                 let scheduler = skiff_scheduler::scheduling::Scheduler {

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub const DEFAULT_NODE_IP: &str = "127.0.0.1";
+
 #[derive(Args, Debug, Clone)]
 pub struct NodeArgs {
     /// Node name (default: the host name).
@@ -19,8 +21,9 @@ pub struct NodeArgs {
     /// State directory: images, pods, logs (default /var/lib/skiff/node/<name>).
     #[arg(long)]
     pub root_dir: Option<PathBuf>,
-    /// The node's address (its InternalIP and the pods' hostIP).
-    #[arg(long, default_value = "127.0.0.1")]
+    /// The node's address (its InternalIP and the pods' hostIP). `skiff join` takes the
+    /// address it reaches the server from when this is left at its default.
+    #[arg(long, default_value = DEFAULT_NODE_IP)]
     pub node_ip: String,
     /// Extra labels, `key=value,…`.
     #[arg(long, default_value = "")]
@@ -28,8 +31,9 @@ pub struct NodeArgs {
     /// Taints to register with, `key=value:Effect,…`.
     #[arg(long, default_value = "")]
     pub register_with_taints: String,
-    /// The CIDR this node's pod addresses come from.
-    #[arg(long, default_value = "10.88.0.0/24")]
+    /// The CIDR this node's pod addresses come from. Default: the range the masters' node
+    /// IPAM controller allocates to the Node (the daemon waits for it).
+    #[arg(long, default_value = "")]
     pub pod_cidr: String,
     /// Every node's pod ranges together: pods reach nothing outside it (and this node's own).
     #[arg(long, default_value = "10.244.0.0/16")]
@@ -97,11 +101,11 @@ pub struct NodeArgs {
     pub reset: bool,
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "node".into())
 }
 
-fn config_of(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
+pub fn config_of(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
     let name = args.name.clone().unwrap_or_else(hostname);
     let mut labels = BTreeMap::new();
     for kv in args.node_labels.split(',').map(str::trim).filter(|s| !s.is_empty()) {

@@ -55,6 +55,12 @@ pub struct UpArgs {
     /// For a new cluster: the range Services' cluster IPs come from (default 10.96.0.0/16).
     #[arg(long)]
     service_cidr: Option<String>,
+    /// For a new cluster: the range the masters' node IPAM controller gives each node its pod
+    /// range from, a /24 each (as `skiff master --cluster-cidr`). Without it `skiff up` picks
+    /// each node a /24 of 10.244.0.0/16 that no interface on this machine uses yet, so that
+    /// clusters side by side on one machine never share a range.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
     /// For a new cluster: serve the client port (Skiff API and etcd API) in plaintext, for
     /// experiments only. By default it is TLS, with a CA and certificates generated into
     /// DIR/pki that the written client configuration trusts.
@@ -284,6 +290,19 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         if let Some(v) = args.pod_eviction_seconds {
             controllers.pod_eviction_seconds = v;
         }
+        if let Some(v) = &args.cluster_cidr {
+            controllers.cluster_cidr = v.clone();
+            controllers.pod_ranges()?;
+        }
+        // Machines that join sign their certificate requests with the cluster CA.
+        if pki.is_some() {
+            let pki_dir = std::fs::canonicalize(dir.join("pki"))?;
+            controllers.cluster_signing = Some(crate::master_cmd::ClusterSigning {
+                cert: pki_dir.join("ca.crt"),
+                key: pki_dir.join("ca.key"),
+                duration_seconds: 365 * 24 * 3600,
+            });
+        }
         let file = MasterFile {
             master: config,
             token_file: Some(std::fs::canonicalize(&tokens)?),
@@ -316,7 +335,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         "currentContext": "local",
     });
     write_private(&client_config, (serde_json::to_string_pretty(&client)? + "\n").as_bytes())?;
-    let nodes = new_nodes(dir, args, &node_tokens, &client, 0, &service_cidr)?;
+    let nodes = new_nodes(dir, args, &node_tokens, &client, 0, &service_cidr, args.cluster_cidr.as_deref())?;
     Ok(ClusterFile {
         masters: entries,
         nodes,
@@ -325,6 +344,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         etcd_root_password: Some(std::fs::canonicalize(dir.join("root.password"))?),
         ca: pki.map(|(ca, _)| ca),
         service_cidr,
+        cluster_cidr: args.cluster_cidr.clone(),
     })
 }
 
@@ -334,6 +354,8 @@ fn random_token() -> String {
 
 /// Directories, credentials, bridges and pod CIDRs of a new cluster's node daemons.
 /// `offset`: how many nodes the cluster has already (their loopback addresses are taken).
+/// With `cluster_cidr` the masters allocate the nodes' pod ranges; without, they are picked
+/// here.
 fn new_nodes(
     dir: &Path,
     args: &UpArgs,
@@ -341,8 +363,12 @@ fn new_nodes(
     admin_client: &serde_json::Value,
     offset: usize,
     service_cidr: &str,
+    cluster_cidr: Option<&str>,
 ) -> anyhow::Result<Vec<NodeEntry>> {
-    let cidrs = skiff_node::sandbox::free_pod_cidrs(tokens.len())?;
+    let cidrs = match cluster_cidr {
+        Some(_) => vec![String::new(); tokens.len()],
+        None => skiff_node::sandbox::free_pod_cidrs(tokens.len())?,
+    };
     let ca = cluster_ca(dir)?;
     // Bridge names unique per cluster, so several clusters' nodes can share a machine.
     let tag: String = (0..5).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect();
@@ -364,6 +390,9 @@ fn new_nodes(
         // Each node its own loopback address, so host ports of two nodes never collide.
         let node_ip = format!("127.0.0.{}", offset + i + 2);
         let mut node_args = args.node_args.clone();
+        if let Some(c) = cluster_cidr {
+            node_args.extend(["--cluster-cidr".to_string(), c.to_string()]);
+        }
         if let Some(ca) = &ca {
             // Its server (logs, metrics) speaks TLS with a certificate for its address and
             // answers only the masters' client certificate.
@@ -399,13 +428,16 @@ fn spawn_node(entry: &NodeEntry) -> anyhow::Result<u32> {
     let mut args: Vec<&std::ffi::OsStr> = vec!["node".as_ref(), "--config".as_ref(), entry.config.as_os_str()];
     let flags = [
         ("--name", entry.name.as_str()),
-        ("--pod-cidr", &entry.pod_cidr),
         ("--bridge", &entry.bridge),
         ("--node-ip", &entry.node_ip),
         ("--service-cidr", &entry.service_cidr),
     ];
     for (flag, value) in flags {
         args.extend([std::ffi::OsStr::new(flag), std::ffi::OsStr::new(value)]);
+    }
+    // Without one the node waits for the range the masters allocate it.
+    if !entry.pod_cidr.is_empty() {
+        args.extend([std::ffi::OsStr::new("--pod-cidr"), std::ffi::OsStr::new(&entry.pod_cidr)]);
     }
     args.extend([std::ffi::OsStr::new("--root-dir"), entry.root.as_os_str()]);
     args.extend(entry.args.iter().map(std::ffi::OsStr::new));
@@ -574,7 +606,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                 std::io::Write::write_all(&mut f, lines.as_bytes())?;
                 let client_path = existing.client_config.clone().context("cluster.json names no client config")?;
                 let client: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&client_path)?)?;
-                let mut added = new_nodes(&dir, &args, &tokens, &client, have, &existing.service_cidr)?;
+                let cluster_cidr = existing.cluster_cidr.as_deref();
+                let mut added = new_nodes(&dir, &args, &tokens, &client, have, &existing.service_cidr, cluster_cidr)?;
                 existing.nodes.append(&mut added);
             }
             existing
@@ -640,7 +673,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             "  {:<10} pid {:<7} pods {}  bridge {}  root {}",
             n.name,
             n.pid,
-            n.pod_cidr,
+            if n.pod_cidr.is_empty() { "from the masters" } else { &n.pod_cidr },
             n.bridge,
             n.root.display()
         );

@@ -16,11 +16,13 @@ pub mod queue;
 
 use serde::Deserialize;
 use serde_json::Value;
+use skiff_proto::api::certificate_signing_requests_client::CertificateSigningRequestsClient;
 use skiff_proto::api::cron_jobs_client::CronJobsClient;
 use skiff_proto::api::daemon_sets_client::DaemonSetsClient;
 use skiff_proto::api::deployments_client::DeploymentsClient;
 use skiff_proto::api::ingresses_client::IngressesClient;
 use skiff_proto::api::jobs_client::JobsClient;
+use skiff_proto::api::namespaces_client::NamespacesClient;
 use skiff_proto::api::node_metrics_client::NodeMetricsClient;
 use skiff_proto::api::nodes_client::NodesClient;
 use skiff_proto::api::objects_client::ObjectsClient;
@@ -29,6 +31,7 @@ use skiff_proto::api::persistent_volumes_client::PersistentVolumesClient;
 use skiff_proto::api::pod_logs_client::PodLogsClient;
 use skiff_proto::api::pods_client::PodsClient;
 use skiff_proto::api::replica_sets_client::ReplicaSetsClient;
+use skiff_proto::api::resource_quotas_client::ResourceQuotasClient;
 use skiff_proto::api::services_client::ServicesClient;
 use skiff_proto::api::stateful_sets_client::StatefulSetsClient;
 use skiff_proto::api::{
@@ -36,6 +39,7 @@ use skiff_proto::api::{
     PersistentVolume, PersistentVolumeClaim, Pod, PodLogChunk, PodLogRequest, RawListRequest, RawRequest,
     RawWatchEvent, RawWatchRequest, ReplicaSet, Service, StatefulSet,
 };
+use skiff_proto::api::{CertificateSigningRequest, Namespace, ResourceQuota};
 use skiff_proto::etcdserverpb::cluster_client::ClusterClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use skiff_proto::etcdserverpb::{MemberListRequest, StatusRequest, StatusResponse};
@@ -652,6 +656,9 @@ impl Client {
             "cronjobs" => via!(CronJob, CronJobsClient),
             "services" => via!(Service, ServicesClient),
             "ingresses" => via!(Ingress, IngressesClient),
+            "certificatesigningrequests" => via!(CertificateSigningRequest, CertificateSigningRequestsClient),
+            "namespaces" => via!(Namespace, NamespacesClient),
+            "resourcequotas" => via!(ResourceQuota, ResourceQuotasClient),
             other => {
                 Err(Status::invalid_argument(format!("status updates of {other} are not supported by this client")))
             }

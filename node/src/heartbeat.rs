@@ -30,13 +30,20 @@ fn pressure(config: &NodeConfig) -> (bool, bool) {
     (memory, disk)
 }
 
-fn conditions(memory: bool, disk: bool, now: &str) -> Value {
+/// Why a node without its pod range is not ready (the kubelet's "network not ready").
+pub const NO_POD_RANGE: &str = "network not ready: no pod range yet (the masters' node IPAM controller allocates it)";
+
+fn conditions(ready: bool, memory: bool, disk: bool, now: &str) -> Value {
     let c = |kind: &str, status: bool, reason: &str, message: &str| {
         json!({"type": kind, "status": if status { "True" } else { "False" }, "reason": reason,
                "message": message, "lastHeartbeatTime": now, "lastTransitionTime": now})
     };
     json!([
-        c("Ready", true, "NodeReady", "skiff node daemon is posting ready status"),
+        if ready {
+            c("Ready", true, "NodeReady", "skiff node daemon is posting ready status")
+        } else {
+            c("Ready", false, "KubeletNotReady", NO_POD_RANGE)
+        },
         c("MemoryPressure", memory, if memory { "NodeHasInsufficientMemory" } else { "NodeHasSufficientMemory" }, ""),
         c("DiskPressure", disk, if disk { "NodeHasDiskPressure" } else { "NodeHasNoDiskPressure" }, ""),
     ])
@@ -58,10 +65,15 @@ pub fn node_object(config: &NodeConfig) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": config.name, "labels": labels},
-        "spec": {"podCIDR": config.pod_cidr, "podCIDRs": [config.pod_cidr], "taints": config.taints},
+        // Without --pod-cidr the node IPAM controller hands the Node its range.
+        "spec": if config.pod_cidr.is_empty() {
+            json!({"taints": config.taints})
+        } else {
+            json!({"podCIDR": config.pod_cidr, "podCIDRs": [config.pod_cidr], "taints": config.taints})
+        },
         "status": {
             "capacity": cap, "allocatable": cap,
-            "conditions": conditions(memory, disk, &now),
+            "conditions": conditions(!config.pod_cidr.is_empty(), memory, disk, &now),
             "addresses": [{"type": "InternalIP", "address": config.node_ip}, {"type": "Hostname", "address": config.name}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": config.log_port}},
             "nodeInfo": {"operatingSystem": "linux", "architecture": std::env::consts::ARCH,
@@ -81,6 +93,59 @@ pub async fn register(client: &Client, config: &NodeConfig) -> Result<(), tonic:
     }
     // Status is its own subresource: create ignores it.
     report_status(client, config).await
+}
+
+/// How often a daemon still waiting for its pod range says so.
+const RANGE_WAIT_NOTICE: Duration = Duration::from_secs(30);
+
+/// The pod range of the registered Node: `--pod-cidr` when given (a Node registered earlier
+/// with another range is an error), else the one the node IPAM controller writes into it,
+/// waited for on a watch of this Node.
+pub async fn pod_range(client: &Client, config: &NodeConfig) -> anyhow::Result<String> {
+    use skiff_client::informer::{self, ApiSource, ObjectKey, Store};
+    use skiff_proto::api::Node;
+    let store: Store<Node> = Store::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut changes = store.subscribe();
+    let source = ApiSource::new(client.clone()).fields(&format!("metadata.name={}", config.name));
+    let feeding = tokio::spawn(informer::run(store.clone(), source, stop_rx));
+    let key = ObjectKey::new("", &config.name);
+    let waited = Instant::now();
+    let mut noticed = Instant::now();
+    let range = loop {
+        let held = store.get(&key).and_then(|n| n.spec.as_ref().map(|s| s.pod_cidr.clone())).unwrap_or_default();
+        if !held.is_empty() {
+            break Ok(held);
+        }
+        if !config.pod_cidr.is_empty() && store.is_synced() && store.get(&key).is_some() {
+            break Ok(config.pod_cidr.clone());
+        }
+        if noticed.elapsed() >= RANGE_WAIT_NOTICE {
+            noticed = Instant::now();
+            tracing::warn!(
+                "node {}: still waiting for a pod range after {} s (do the masters allocate them? \
+                 --allocate-node-cidrs, --cluster-cidr; or give this node --pod-cidr)",
+                config.name,
+                waited.elapsed().as_secs()
+            );
+        }
+        let next = tokio::time::timeout(RANGE_WAIT_NOTICE, changes.recv()).await;
+        if let Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) = next {
+            break Err(anyhow::anyhow!("node {}: the Node cache closed", config.name));
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = feeding.await;
+    let range = range?;
+    if !config.pod_cidr.is_empty() && range != config.pod_cidr {
+        anyhow::bail!(
+            "node {} is registered with the pod range {range}, not --pod-cidr {} (a Node's range never changes; \
+             delete the Node or drop the flag)",
+            config.name,
+            config.pod_cidr
+        );
+    }
+    Ok(range)
 }
 
 async fn report_status(client: &Client, config: &NodeConfig) -> Result<(), tonic::Status> {

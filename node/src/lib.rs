@@ -153,7 +153,6 @@ pub async fn run(
     let logs = logs::LogServer { root: config.root.clone(), callers: callers.clone() };
     let sampler = stats::Sampler::new(config.root.clone(), config.name.clone(), callers);
     let sampling = tokio::spawn(sampler.clone().run(Duration::from_secs(5)));
-    let agent = agent::Agent::new(client.clone(), config.clone()).context("setting up the node")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         match heartbeat::register(&client, &config).await {
@@ -166,6 +165,16 @@ pub async fn run(
         }
     }
     tracing::info!("node {} registered", config.name);
+    if config.pod_cidr.is_empty() {
+        // Registered not ready until then (as the kubelet before its network is).
+        tracing::info!("node {}: waiting for the masters to allocate its pod range", config.name);
+        config.pod_cidr = heartbeat::pod_range(&client, &config).await?;
+        heartbeat::register(&client, &config).await.context("reporting the node ready")?;
+    } else {
+        heartbeat::pod_range(&client, &config).await?;
+    }
+    tracing::info!("node {}: pod range {}", config.name, config.pod_cidr);
+    let agent = agent::Agent::new(client.clone(), config.clone()).context("setting up the node")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let proxy_config = config.proxy_config();
     // Idempotent, so retried: iptables changes racing another node's on this machine can fail.

@@ -2,11 +2,12 @@
 //! files with keys readable by their owner only. One maker for `skiff up`, the chaos harness
 //! and the benchmarks, so every cluster Skiff starts has the same shape of PKI.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa};
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub use rcgen::ExtendedKeyUsagePurpose as Usage;
+pub use rcgen::KeyPair;
 
 fn other(e: rcgen::Error) -> io::Error {
     io::Error::other(format!("making a certificate: {e}"))
@@ -62,6 +63,19 @@ impl Ca {
         Ok(ca)
     }
 
+    /// The CA of the PEM files `cert` and `key` (kube-controller-manager's
+    /// `--cluster-signing-cert-file` and `--cluster-signing-key-file`): what it signs names
+    /// the certificate's subject as its issuer.
+    pub fn from_files(cert: &Path, key: &Path) -> io::Result<Ca> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", p.display())))
+        };
+        let key = KeyPair::from_pem(&read(key)?).map_err(other)?;
+        let params = CertificateParams::from_ca_cert_pem(&read(cert)?).map_err(other)?;
+        let cert = params.self_signed(&key).map_err(other)?;
+        Ok(Ca { cert, key })
+    }
+
     /// The CA named `cn` whose key is the PEM file `key`.
     pub fn load(key: &Path, cn: &str) -> io::Result<Ca> {
         let pem = std::fs::read_to_string(key)?;
@@ -91,6 +105,35 @@ impl Ca {
         write_private(&pem_key, key.serialize_pem().as_bytes())?;
         Ok(Issued { cert: std::fs::canonicalize(crt)?, key: std::fs::canonicalize(pem_key)? })
     }
+}
+
+impl Ca {
+    /// Signs the PEM certificate signing request `pem` (its signature checked): the subject and
+    /// alternative names it asks for, for `usages`, valid from five minutes ago (clocks differ)
+    /// for `valid_for`, never a CA. What the request should name is the caller's to check
+    /// ([`crate::cert::parse_request`]).
+    pub fn sign_request(&self, pem: &str, usages: &[Usage], valid_for: std::time::Duration) -> io::Result<String> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(pem).map_err(other)?;
+        let now = time::OffsetDateTime::now_utc();
+        csr.params.not_before = now - time::Duration::minutes(5);
+        csr.params.not_after = now + valid_for;
+        csr.params.is_ca = IsCa::ExplicitNoCa;
+        csr.params.extended_key_usages = usages.to_vec();
+        csr.params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+        Ok(csr.signed_by(&self.cert, &self.key).map_err(other)?.pem())
+    }
+}
+
+/// A PEM certificate signing request for `common_name` (and `organization`, read as the
+/// group) with alternative names `sans` (IP addresses or DNS names), signed with `key`.
+pub fn request(key: &KeyPair, common_name: &str, organization: Option<&str>, sans: &[&str]) -> io::Result<String> {
+    let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+    let mut params = CertificateParams::new(sans).map_err(other)?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    if let Some(o) = organization {
+        params.distinguished_name.push(DnType::OrganizationName, o);
+    }
+    params.serialize_request(key).map_err(other)?.pem().map_err(other)
 }
 
 /// Writes a credential or key: readable by its owner only (0600), whatever the umask, also
@@ -144,6 +187,35 @@ mod tests {
         let ca_cert = written.parse_x509().unwrap();
         bob.parse_x509().unwrap().verify_signature(Some(ca_cert.public_key())).expect("signed by the written CA");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_signed_request_keeps_its_names_and_verifies_against_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::create(&dir.path().join("ca"), "test-ca").unwrap();
+        let key = KeyPair::generate().unwrap();
+        let pem = request(&key, "system:node:n1", Some("system:nodes"), &["10.0.0.5"]).unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let signed = ca.sign_request(&pem, &[Usage::ServerAuth], day).unwrap();
+        let (_, cert) = x509_parser::pem::parse_x509_pem(signed.as_bytes()).unwrap();
+        let cert = cert.parse_x509().unwrap();
+        let (_, ca_pem) = x509_parser::pem::parse_x509_pem(&std::fs::read(dir.path().join("ca.crt")).unwrap()).unwrap();
+        cert.verify_signature(Some(ca_pem.parse_x509().unwrap().public_key())).expect("signed by the CA");
+        assert_eq!(crate::cert::subject(&der_of(signed.as_bytes())).unwrap().common_name, "system:node:n1");
+        assert_eq!(cert.public_key().raw, key.public_key_der(), "the requester's key");
+        let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert_eq!(lifetime, 86_400 + 300, "a day from five minutes ago");
+        assert!(!cert.is_ca());
+        assert!(ca.sign_request("junk", &[], day).is_err());
+        // The same CA read back from its files signs what the written certificate verifies.
+        let loaded = Ca::from_files(&dir.path().join("ca.crt"), &dir.path().join("ca.key")).unwrap();
+        let again = loaded.sign_request(&pem, &[Usage::ServerAuth], day).unwrap();
+        let (_, again) = x509_parser::pem::parse_x509_pem(again.as_bytes()).unwrap();
+        again
+            .parse_x509()
+            .unwrap()
+            .verify_signature(Some(ca_pem.parse_x509().unwrap().public_key()))
+            .expect("verifies");
     }
 
     fn der_of(pem: &[u8]) -> Vec<u8> {

@@ -324,6 +324,18 @@ impl Master {
         Some((id, node))
     }
 
+    /// The client URLs of the voting members, as the membership names them now.
+    pub fn client_urls(&self) -> Vec<String> {
+        let scheme = if self.config.client_tls.is_some() { "https" } else { "http" };
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: Vec<u64> = m.voter_ids().collect();
+        m.membership()
+            .nodes()
+            .filter(|(id, n)| voters.contains(id) && !n.client_addr.is_empty())
+            .map(|(_, n)| format!("{scheme}://{}", n.client_addr))
+            .collect()
+    }
+
     pub fn header(&self, revision: i64) -> skiff_proto::etcdserverpb::ResponseHeader {
         skiff_proto::etcdserverpb::ResponseHeader {
             cluster_id: self.cluster_id,

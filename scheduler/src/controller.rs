@@ -24,8 +24,8 @@ use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_client::Client;
 use skiff_proto::api::{
-    CronJob, DaemonSet, Deployment, Endpoints, Ingress, Job, Node, ObjectMeta, ObjectReference, PersistentVolume,
-    PersistentVolumeClaim, Pod, ReplicaSet, Service, ServiceAccount, StatefulSet,
+    CertificateSigningRequest, CronJob, DaemonSet, Deployment, Endpoints, Ingress, Job, Node, ObjectMeta,
+    ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, ReplicaSet, Service, ServiceAccount, StatefulSet,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -102,6 +102,7 @@ objects!(
     Ingress,
     Node,
     Endpoints,
+    CertificateSigningRequest,
 );
 
 impl Object {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The controllers' settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Settings {
     /// How long a node's Lease may go unrenewed before the node counts as unreachable.
     pub node_grace: Duration,
@@ -15,6 +15,11 @@ pub struct Settings {
     pub pod_eviction: Duration,
     /// How many times faster than real time the CronJob controller's clock runs (tests).
     pub cron_clock_speed: u32,
+    /// The node IPAM controller's ranges (`None`: Nodes get no pod range from the masters).
+    pub pod_ranges: Option<crate::nodeipam::Ranges>,
+    /// The cluster CA the certificate controller signs machines' requests with (`None`: it
+    /// does not run, and joining machines wait).
+    pub signer: Option<Arc<crate::certificates::Signer>>,
 }
 
 /// Starts every controller until `stop`.
@@ -84,6 +89,20 @@ pub fn start(informers: &Informers, ctx: &Context, settings: Settings, stop: &to
     spawn(crate::gc::Collector { dependents: i.jobs.clone(), owners: owners.clone() }, ctx, stop);
     spawn(crate::gc::Collector { dependents: i.claims.clone(), owners }, ctx, stop);
     spawn(crate::gc::PodGc { pods: i.pods.clone(), nodes: i.nodes.clone(), missing: Default::default() }, ctx, stop);
+    if let Some(signer) = settings.signer {
+        spawn(
+            crate::certificates::Certificates {
+                requests: i.certificate_requests.clone(),
+                nodes: i.nodes.clone(),
+                signer,
+            },
+            ctx,
+            stop,
+        );
+    }
+    if let Some(ranges) = settings.pod_ranges {
+        spawn(crate::nodeipam::NodeIpam { nodes: i.nodes.clone(), ranges }, ctx, stop);
+    }
     spawn(
         crate::serviceaccounts::ServiceAccounts {
             namespaces: i.namespaces.clone(),

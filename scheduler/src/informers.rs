@@ -7,8 +7,8 @@
 use skiff_client::informer::{self, ApiSource, Store};
 use skiff_client::Client;
 use skiff_proto::api::{
-    CronJob, DaemonSet, Deployment, Endpoints, Ingress, IngressClass, Job, Lease, Namespace, Node, PersistentVolume,
-    PersistentVolumeClaim, Pod, ReplicaSet, Service, ServiceAccount, StatefulSet,
+    CertificateSigningRequest, CronJob, DaemonSet, Deployment, Endpoints, Ingress, IngressClass, Job, Lease, Namespace,
+    Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicaSet, Service, ServiceAccount, StatefulSet,
 };
 use std::time::Duration;
 
@@ -61,4 +61,5 @@ informers! {
     endpoints: Endpoints, "";
     ingresses: Ingress, "";
     ingress_classes: IngressClass, "";
+    certificate_requests: CertificateSigningRequest, "";
 }

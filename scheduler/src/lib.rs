@@ -17,10 +17,12 @@
 //! deadline), [`cronjob`] (cron schedules, concurrency policy, history limits),
 //! [`endpoints`] (a Service's ready and not-ready pod addresses),
 //! [`nodelifecycle`] (silent nodes tainted unreachable, their pods evicted after their
-//! toleration), [`gc`] (objects whose owners are all gone, pods whose node is gone),
+//! toleration), [`nodeipam`] (a pod range per Node), [`certificates`] (machines' certificate
+//! requests approved and signed), [`gc`] (objects whose owners are all gone, pods whose node is gone),
 //! [`volumebinder`] (claims to volumes), [`serviceaccounts`] (a `default` account per
 //! namespace) and [`loadbalancers`] (the status of LoadBalancer Services and Ingresses).
 
+pub mod certificates;
 pub mod controller;
 pub mod controllers;
 pub mod cronjob;
@@ -31,6 +33,7 @@ pub mod gc;
 pub mod informers;
 pub mod job;
 pub mod loadbalancers;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod objects;
 pub mod placement;

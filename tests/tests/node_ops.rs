@@ -194,3 +194,68 @@ spec:
     let bad = c.ctl(&["delete", "pods", "--all", "--cascade=sideways"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid --cascade"));
 }
+
+#[test]
+fn the_masters_hand_each_node_a_pod_range_and_free_it_with_the_node() {
+    // 10.245/16: no other test's nodes on this machine use it (theirs are in 10.244/16).
+    let c = Cluster::with_nodes(1, 1, &["--cluster-cidr", "10.245.0.0/16"]);
+    let cidr = |name: &str| -> Option<(String, Value)> {
+        let node = c.get_json("nodes", name)?;
+        let one = node["spec"]["podCIDR"].as_str().unwrap_or_default().to_string();
+        (!one.is_empty()).then(|| (one, node["spec"]["podCIDRs"].clone()))
+    };
+
+    // phase: the node daemon started without --pod-cidr runs pods in the range it was given
+    let (range, ranges) = wait_for(T, "node-1's pod range", || cidr("node-1"));
+    assert_eq!((range.as_str(), ranges), ("10.245.0.0/24", serde_json::json!(["10.245.0.0/24"])));
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ranged}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+"#,
+    );
+    let ip = wait_for(T, "pod ranged Running with an address", || {
+        let pod = c.get_json("pods", "ranged")?;
+        (pod["status"]["phase"] == "Running").then(|| pod["status"]["podIP"].as_str().unwrap_or_default().to_string())
+    });
+    assert!(ip.starts_with("10.245.0."), "pod address {ip} is outside node-1's range {range}");
+
+    // phase: Nodes registered later get the lowest free range; one that brings its own keeps it
+    let node = |name: &str, cidr: &str| {
+        let spec = if cidr.is_empty() { String::new() } else { format!("spec: {{podCIDR: {cidr}}}\n") };
+        format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n{spec}")
+    };
+    c.apply_yaml(&node("spare-a", "10.245.2.0/24"));
+    c.apply_yaml(&node("spare-b", ""));
+    assert_eq!(wait_for(T, "spare-b's range", || cidr("spare-b")).0, "10.245.1.0/24");
+    c.apply_yaml(&node("spare-c", ""));
+    assert_eq!(wait_for(T, "spare-c's range", || cidr("spare-c")).0, "10.245.3.0/24");
+    assert_eq!(cidr("spare-a").unwrap().0, "10.245.2.0/24", "a Node's own range stays");
+
+    // phase: a deleted Node's range goes to the next Node
+    c.ctl_ok(&["delete", "node", "spare-b"]);
+    c.apply_yaml(&node("spare-d", ""));
+    assert_eq!(wait_for(T, "spare-d's range", || cidr("spare-d")).0, "10.245.1.0/24");
+
+    // phase: a range never changes, and a bad one is refused by name
+    let file = c.dir.path().join("moved-node.yaml");
+    let both = "apiVersion: v1\nkind: Node\nmetadata: {name: spare-a}\nspec: {podCIDR: 10.245.9.0/24, podCIDRs: [10.245.9.0/24]}\n";
+    std::fs::write(&file, both).unwrap();
+    let moved = c.ctl(&["apply", "-f", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&moved.stderr);
+    assert!(!moved.status.success() && err.contains("node updates may not change podCIDR"), "{err}");
+    assert_eq!(cidr("spare-a").unwrap().0, "10.245.2.0/24");
+    let file = c.dir.path().join("bad-node.yaml");
+    std::fs::write(&file, node("spare-e", "10.245.300.0/24")).unwrap();
+    let bad = c.ctl(&["apply", "-f", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("spec.podCIDRs[0]") && err.contains("10.245.300.0/24"), "{err}");
+    assert!(c.get_json("nodes", "spare-e").is_none(), "a refused Node is not stored");
+    for n in ["spare-a", "spare-c", "spare-d"] {
+        c.ctl_ok(&["delete", "node", n]);
+    }
+}

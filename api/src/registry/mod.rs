@@ -614,6 +614,16 @@ impl Registry {
         if info.kind == "Pod" && scope == UpdateScope::Main {
             self.admit_pod_update(&current, &obj, &ns).await?;
         }
+        let immutable = match info.kind {
+            "Node" if scope != UpdateScope::Status => admission::node_update_allowed(&current, &obj),
+            "CertificateSigningRequest" => admission::csr_update_allowed(&current, &obj),
+            _ => Ok(()),
+        };
+        immutable.map_err(|cause| ApiError::Invalid {
+            kind: info.kind.into(),
+            name: name.clone(),
+            causes: vec![cause],
+        })?;
         let claims = match (info.kind, scope) {
             ("Service", UpdateScope::Main | UpdateScope::All) => {
                 Some(self.assign_addresses(&mut obj, Some(&current)).await?)

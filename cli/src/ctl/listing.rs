@@ -36,8 +36,12 @@ pub(crate) fn since(obj: &Value, pointer: &str) -> String {
         return "<unknown>".into();
     };
     let Some(then) = skiff_proto::time::parse_rfc3339(ts) else { return "<unknown>".into() };
-    let now = skiff_proto::time::now_secs();
-    match (now - then).max(0) {
+    short_duration(skiff_proto::time::now_secs() - then)
+}
+
+/// kubectl's short form of `seconds` (`45s`, `12m`, `5h`, `3d`).
+pub(crate) fn short_duration(seconds: i64) -> String {
+    match seconds.max(0) {
         s if s < 120 => format!("{s}s"),
         s if s < 3 * 3600 => format!("{}m", s / 60),
         s if s < 2 * 86400 => format!("{}h", s / 3600),

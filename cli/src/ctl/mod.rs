@@ -5,7 +5,7 @@
 //! are in `listing` (get), `manifests` (apply, create, delete), `pod_logs`, `metadata` (label,
 //! annotate, scale) and `status` (componentstatuses, version).
 
-mod listing;
+pub(crate) mod listing;
 mod manifests;
 mod metadata;
 mod pod_logs;
@@ -57,6 +57,11 @@ impl Conn {
             }
             obj["metadata"]["annotations"][CHANGE_CAUSE] = Value::String(line);
         }
+    }
+
+    /// The client config these flags name.
+    pub(crate) fn config(&self) -> Result<ClientConfig, skiff_client::ConfigError> {
+        ClientConfig::discover(self.config.as_deref())
     }
 
     pub(crate) fn client(&self) -> Result<Client, Failure> {

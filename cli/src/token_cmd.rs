@@ -1,0 +1,182 @@
+//! `skiff token create | list | delete`: bootstrap tokens a new machine joins with, kept as
+//! kubeadm keeps them (Secrets `bootstrap-token-<id>` in kube-system, [`skiff_api::bootstrap`]).
+
+use crate::ctl::{print_table, runtime, Conn, Failure, Outcome};
+use base64::Engine;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use skiff_api::bootstrap::{self, NAMESPACE, SECRET_PREFIX, SECRET_TYPE};
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a token and print it (`id.secret`).
+    Create(CreateArgs),
+    /// The tokens, their expiry and use.
+    List(ListArgs),
+    /// Delete tokens (by `id.secret` or by id).
+    Delete(DeleteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// How long the token authenticates (`0`: until deleted), e.g. 30m, 24h.
+    #[arg(long, default_value = "24h")]
+    ttl: String,
+    /// What the token is for, shown by `token list`.
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Extra groups the joining machine is in, each under `system:bootstrappers:`.
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    /// Print the whole `skiff join` command for a node (server, token, CA hash).
+    #[arg(long)]
+    print_join_command: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    #[arg(required = true)]
+    tokens: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+fn random_part(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len).map(|_| ALPHABET[rand::random::<usize>() % ALPHABET.len()] as char).collect()
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The token's Secret, as kubeadm writes it.
+fn secret(id: &str, secret: &str, expires: Option<i64>, description: &str, groups: &[String]) -> Value {
+    let mut data = json!({
+        "token-id": b64(id),
+        "token-secret": b64(secret),
+        "usage-bootstrap-authentication": b64("true"),
+        "usage-bootstrap-signing": b64("true"),
+    });
+    if let Some(at) = expires {
+        data["expiration"] = json!(b64(&skiff_proto::time::rfc3339(at)));
+    }
+    if !description.is_empty() {
+        data["description"] = json!(b64(description));
+    }
+    if !groups.is_empty() {
+        data["auth-extra-groups"] = json!(b64(&groups.join(",")));
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": SECRET_TYPE,
+        "metadata": {"name": bootstrap::secret_name(id), "namespace": NAMESPACE},
+        "data": data,
+    })
+}
+
+/// The `skiff join` command for this client config's cluster.
+fn join_command(conn: &Conn, token: &str) -> Result<String, Failure> {
+    let config = conn.config().map_err(|e| Failure::Local(e.to_string()))?;
+    let ca = config.ca.ok_or_else(|| {
+        Failure::Local("--print-join-command: the cluster serves no TLS (its client config names no CA)".into())
+    })?;
+    let pem = std::fs::read(&ca).map_err(|e| Failure::Local(format!("{}: {e}", ca.display())))?;
+    let hash = skiff_proto::cert::ca_cert_hash(&pem).map_err(|e| Failure::Local(format!("{}: {e}", ca.display())))?;
+    let server = config.endpoints.first().ok_or_else(|| Failure::Local("the client config names no master".into()))?;
+    let server = if server.contains("://") { server.clone() } else { format!("https://{server}") };
+    Ok(format!("skiff join --server {server} --token {token} --ca-cert-hash {hash}"))
+}
+
+pub fn run(cmd: TokenCommand) -> Outcome {
+    let rt = runtime();
+    let _enter = rt.enter();
+    match cmd {
+        TokenCommand::Create(args) => {
+            let ttl = crate::ctl::parse_duration(&args.ttl).map_err(|e| Failure::Local(format!("--ttl: {e}")))?;
+            if let Some(g) = args.groups.iter().find(|g| !g.starts_with("system:bootstrappers:")) {
+                return Err(Failure::Local(format!("--groups: {g:?} is not under system:bootstrappers:")));
+            }
+            let (id, part) = (random_part(6), random_part(16));
+            let token = format!("{id}.{part}");
+            // Work out the join command before writing: a token nobody can use is not made.
+            let join = args.print_join_command.then(|| join_command(&args.conn, &token)).transpose()?;
+            let expires = (!ttl.is_zero()).then(|| skiff_proto::time::now_secs() + ttl.as_secs() as i64);
+            let client = args.conn.client()?;
+            let obj = secret(&id, &part, expires, &args.description, &args.groups);
+            rt.block_on(client.create("secrets", NAMESPACE, &obj))?;
+            println!("{}", join.unwrap_or(token));
+            Ok(())
+        }
+        TokenCommand::List(args) => {
+            let client = args.conn.client()?;
+            let list = rt.block_on(client.list("secrets", NAMESPACE, "", "type=bootstrap.kubernetes.io/token"))?;
+            let now = skiff_proto::time::now_secs();
+            let mut rows =
+                vec![["TOKEN", "TTL", "EXPIRES", "USAGES", "DESCRIPTION", "EXTRA GROUPS"].map(String::from).to_vec()];
+            for s in list["items"].as_array().into_iter().flatten() {
+                let name = s["metadata"]["name"].as_str().unwrap_or_default();
+                let Some(id) = name.strip_prefix(SECRET_PREFIX) else { continue };
+                let field = |f: &str| bootstrap::field(s, f).unwrap_or_default();
+                let expiration = field("expiration");
+                let ttl = match skiff_proto::time::parse_rfc3339(&expiration) {
+                    _ if expiration.is_empty() => "<forever>".to_string(),
+                    Some(at) if at > now => crate::ctl::listing::short_duration(at - now),
+                    Some(_) => "<expired>".to_string(),
+                    None => "<invalid>".to_string(),
+                };
+                let usages: Vec<&str> = ["authentication", "signing"]
+                    .into_iter()
+                    .filter(|u| field(&format!("usage-bootstrap-{u}")) == "true")
+                    .collect();
+                rows.push(vec![
+                    // As kubeadm: the secret half is shown, since whoever may list Secrets in
+                    // kube-system may read them anyway.
+                    format!("{id}.{}", field("token-secret")),
+                    ttl,
+                    if expiration.is_empty() { "<never>".into() } else { expiration },
+                    usages.join(","),
+                    field("description"),
+                    field("auth-extra-groups"),
+                ]);
+            }
+            print_table(&rows);
+            Ok(())
+        }
+        TokenCommand::Delete(args) => {
+            let client = args.conn.client()?;
+            for t in &args.tokens {
+                let id = t.split_once('.').map_or(t.as_str(), |(id, _)| id);
+                rt.block_on(client.delete("secrets", NAMESPACE, &bootstrap::secret_name(id)))?;
+                println!("bootstrap token \"{id}\" deleted");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_created_token_authenticates_as_its_bootstrapper_until_it_expires() {
+        let (id, part) = (random_part(6), random_part(16));
+        assert!(bootstrap::parse_token(&format!("{id}.{part}")).is_some(), "{id}.{part}");
+        let now = skiff_proto::time::now_secs();
+        let groups = vec!["system:bootstrappers:edge".to_string()];
+        let s = secret(&id, &part, Some(now + 60), "for edge nodes", &groups);
+        let user = bootstrap::user_of(&s, &id, &part, now).unwrap();
+        assert_eq!(user.name, format!("system:bootstrap:{id}"));
+        assert!(user.groups.contains(&"system:bootstrappers:edge".to_string()));
+        assert!(bootstrap::user_of(&s, &id, &part, now + 61).unwrap_err().contains("expired"));
+        assert_eq!(bootstrap::field(&s, "description").as_deref(), Some("for edge nodes"));
+    }
+}
