@@ -148,10 +148,21 @@ pub async fn pod_range(client: &Client, config: &NodeConfig) -> anyhow::Result<S
     Ok(range)
 }
 
+/// How many times a status report re-reads the Node when another writer (the node IPAM or
+/// lifecycle controller) changed it in between; the kubelet's `nodeStatusUpdateRetry`.
+const STATUS_UPDATE_TRIES: usize = 5;
+
 async fn report_status(client: &Client, config: &NodeConfig) -> Result<(), tonic::Status> {
-    let mut node = client.get("nodes", "", &config.name).await?;
-    node["status"] = node_object(config)["status"].clone();
-    client.update_status("nodes", &node).await.map(|_| ())
+    let status = node_object(config)["status"].clone();
+    let mut tries = 1;
+    loop {
+        let mut node = client.get("nodes", "", &config.name).await?;
+        node["status"] = status.clone();
+        match client.update_status("nodes", &node).await {
+            Err(s) if s.code() == Code::Aborted && tries < STATUS_UPDATE_TRIES => tries += 1,
+            done => return done.map(|_| ()),
+        }
+    }
 }
 
 /// Whether the stored Node says it is not ready (the node lifecycle controller marked it

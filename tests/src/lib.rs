@@ -548,6 +548,23 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// As [`wait_for`], and on timeout the panic also shows what `seen` reports (a log, a state).
+pub fn wait_for_showing<T>(
+    timeout: Duration,
+    what: &str,
+    seen: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; saw:\n{}", seen());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }

@@ -1,6 +1,6 @@
 //! Adding machines to a cluster (issue 17): bootstrap tokens as kubeadm keeps them.
 
-use skiff_tests::{skiff_bin, wait_for, Cluster};
+use skiff_tests::{skiff_bin, wait_for, wait_for_showing, Cluster};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -168,7 +168,8 @@ fn a_machine_joins_with_a_token_gets_its_certificates_and_runs_pods() {
         .unwrap();
     let _joined = Joined { child, name: "joined".into(), bridge, root: root.clone() };
     let joined_log = || std::fs::read_to_string(c.dir.path().join("joined.log")).unwrap_or_default();
-    let range = wait_for(Duration::from_secs(90), "node joined Ready with a pod range", || {
+    let seen = || format!("node: {:?}\nlog:\n{}", c.get_json("nodes", "joined"), joined_log());
+    let range = wait_for_showing(Duration::from_secs(90), "node joined Ready with a pod range", seen, || {
         let node = c.get_json("nodes", "joined")?;
         let ready =
             node["status"]["conditions"].as_array()?.iter().any(|k| k["type"] == "Ready" && k["status"] == "True");
