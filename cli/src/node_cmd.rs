@@ -38,6 +38,11 @@ pub struct NodeArgs {
     /// Every node's pod ranges together: pods reach nothing outside it (and this node's own).
     #[arg(long, default_value = "10.244.0.0/16")]
     pub cluster_cidr: String,
+    /// How this node's pods reach pods on other machines: `vxlan` (an overlay, any network
+    /// between the machines) or `host-gw` (routes via the other nodes' addresses, for machines
+    /// on one L2 segment). Nodes on loopback addresses set up neither.
+    #[arg(long, default_value = "vxlan")]
+    pub pod_network: skiff_node::podnet::Backend,
     /// The Services' cluster IP range, as the masters' --service-cluster-ip-range.
     #[arg(long, default_value = "10.96.0.0/16")]
     pub service_cidr: String,
@@ -125,6 +130,8 @@ pub fn config_of(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
         pod_cidr: args.pod_cidr.clone(),
         bridge: args.bridge.clone(),
         cluster_cidr: args.cluster_cidr.clone(),
+        pod_network: args.pod_network,
+        pod_mtu: None,
         service_cidr: args.service_cidr.clone(),
         cluster_domain: args.cluster_domain.clone(),
         ingress_http_port: args.ingress_http_port,

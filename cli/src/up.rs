@@ -66,16 +66,26 @@ pub struct UpArgs {
     /// DIR/pki that the written client configuration trusts.
     #[arg(long)]
     insecure: bool,
+    /// For a new cluster whose machines are several: the address of this machine that its
+    /// master listens on and the other machines reach it at (kubeadm init's
+    /// --apiserver-advertise-address), with etcd's ports, 2379 for clients and 2380 for peers.
+    /// The cluster starts with this one master; nodes (and masters) on other machines join it
+    /// with `skiff join` and a token (`skiff token create --print-join-command`).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
 }
 
-/// A CA, a server certificate for 127.0.0.1/localhost, a client certificate of the store's
+/// A CA, a server certificate for 127.0.0.1/localhost (and the advertised address), a client certificate of the store's
 /// `root` user (`root.crt`, for `etcdctl --cert/--key`) and one of the API's `admin`
 /// (`admin.crt`, group system:masters), as PEM files in `dir`.
-fn generate_pki(dir: &Path) -> anyhow::Result<(PathBuf, ClientTls)> {
+fn generate_pki(dir: &Path, advertise: Option<std::net::IpAddr>) -> anyhow::Result<(PathBuf, ClientTls)> {
     use skiff_proto::pki::{Ca, Subject, Usage};
     std::fs::create_dir_all(dir)?;
     let ca = Ca::create(&dir.join("ca"), CLUSTER_CA)?;
-    let server = Subject { common_name: "skiff-master", sans: &["127.0.0.1", "localhost"], ..Default::default() };
+    let advertise = advertise.map(|a| a.to_string());
+    let mut sans = vec!["127.0.0.1", "localhost"];
+    sans.extend(advertise.as_deref());
+    let server = Subject { common_name: "skiff-master", sans: &sans, ..Default::default() };
     let server = ca.issue(&dir.join("server"), &server, &[Usage::ServerAuth])?;
     let root = Subject { common_name: skiff_raft_store::auth::ROOT, ..Default::default() };
     ca.issue(&dir.join("root"), &root, &[Usage::ClientAuth])?;
@@ -214,7 +224,14 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     }
     let service_cidr = args.service_cidr.clone().unwrap_or_else(crate::cluster_file::default_service_cidr);
     skiff_api::allocator::ServiceRange::parse(&service_cidr).map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?;
-    let ports = free_ports(masters * 2)?;
+    let (host, ports) = match args.advertise_address {
+        Some(_) if masters != 1 => bail!(
+            "--advertise-address starts a cluster on several machines with one master (not --masters {masters}); \
+             masters on the other machines join it"
+        ),
+        Some(addr) => (addr, vec![2380, 2379]),
+        None => (std::net::IpAddr::from([127, 0, 0, 1]), free_ports(masters * 2)?),
+    };
     let mut members = BTreeMap::new();
     for i in 0..masters {
         let id = i as u64 + 1;
@@ -222,8 +239,8 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
             id,
             Member {
                 name: format!("master-{id}"),
-                peer_addr: format!("127.0.0.1:{}", ports[2 * i]),
-                client_addr: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                peer_addr: std::net::SocketAddr::new(host, ports[2 * i]).to_string(),
+                client_addr: std::net::SocketAddr::new(host, ports[2 * i + 1]).to_string(),
             },
         );
     }
@@ -245,7 +262,10 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     let encryption = dir.join("encryption.yaml");
     write_private(&encryption, skiff_api::at_rest::AtRest::generate().as_bytes())?;
     let encryption = std::fs::canonicalize(encryption)?;
-    let pki = if args.insecure { None } else { Some(generate_pki(&dir.join("pki"))?) };
+    if args.insecure && args.advertise_address.is_some() {
+        bail!("--insecure and --advertise-address: a cluster other machines reach is never served in plaintext");
+    }
+    let pki = if args.insecure { None } else { Some(generate_pki(&dir.join("pki"), args.advertise_address)?) };
     // Masters dial node servers (logs, metrics) with a client certificate of their own.
     let kubelet_client = match cluster_ca(dir)? {
         Some(ca) => {
@@ -703,6 +723,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("cluster:  {}", ClusterFile::path(&dir).display());
     println!("stop:     skiff down --dir {}", dir.display());
+    if cluster.masters.iter().any(|m| !m.api.starts_with("127.")) {
+        let config = cluster.client_config.as_ref().map(|c| format!(" --config {}", c.display())).unwrap_or_default();
+        println!(
+            "join:     skiff{config} token create --print-join-command   (then run what it prints on each machine)"
+        );
+    }
     Ok(())
 }
 

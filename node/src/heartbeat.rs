@@ -4,6 +4,7 @@
 use crate::NodeConfig;
 use serde_json::{json, Value};
 use skiff_client::Client;
+use skiff_proto::api::Node;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
@@ -103,7 +104,6 @@ const RANGE_WAIT_NOTICE: Duration = Duration::from_secs(30);
 /// waited for on a watch of this Node.
 pub async fn pod_range(client: &Client, config: &NodeConfig) -> anyhow::Result<String> {
     use skiff_client::informer::{self, ApiSource, ObjectKey, Store};
-    use skiff_proto::api::Node;
     let store: Store<Node> = Store::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut changes = store.subscribe();
@@ -148,21 +148,54 @@ pub async fn pod_range(client: &Client, config: &NodeConfig) -> anyhow::Result<S
     Ok(range)
 }
 
-/// How many times a status report re-reads the Node when another writer (the node IPAM or
-/// lifecycle controller) changed it in between; the kubelet's `nodeStatusUpdateRetry`.
-const STATUS_UPDATE_TRIES: usize = 5;
+/// How many times a write of this node's Node re-reads it when another writer (the node IPAM
+/// or lifecycle controller) changed it in between; the kubelet's `nodeStatusUpdateRetry`.
+const NODE_UPDATE_TRIES: usize = 5;
 
-async fn report_status(client: &Client, config: &NodeConfig) -> Result<(), tonic::Status> {
-    let status = node_object(config)["status"].clone();
+/// Reads this node's Node, lets `change` edit it, and writes it back (its status when
+/// `status`), again from a fresh read when another writer got in between.
+async fn write_node(
+    client: &Client,
+    name: &str,
+    status: bool,
+    mut change: impl FnMut(&mut Node) -> bool,
+) -> Result<(), tonic::Status> {
     let mut tries = 1;
     loop {
-        let mut node = client.get("nodes", "", &config.name).await?;
-        node["status"] = status.clone();
-        match client.update_status("nodes", &node).await {
-            Err(s) if s.code() == Code::Aborted && tries < STATUS_UPDATE_TRIES => tries += 1,
+        let stored = client.get("nodes", "", name).await?;
+        let mut node: Node =
+            serde_json::from_value(stored).map_err(|e| tonic::Status::internal(format!("node {name}: {e}")))?;
+        if !change(&mut node) {
+            return Ok(());
+        }
+        let node = serde_json::to_value(&node).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let written =
+            if status { client.update_status("nodes", &node).await } else { client.update("nodes", &node).await };
+        match written {
+            Err(s) if s.code() == Code::Aborted && tries < NODE_UPDATE_TRIES => tries += 1,
             done => return done.map(|_| ()),
         }
     }
+}
+
+/// Edits this node's Node object (its metadata or spec) with `change`, which says whether it
+/// changed anything; retried from a fresh read on a conflict.
+pub async fn update_node(
+    client: &Client,
+    name: &str,
+    change: impl FnMut(&mut Node) -> bool,
+) -> Result<(), tonic::Status> {
+    write_node(client, name, false, change).await
+}
+
+async fn report_status(client: &Client, config: &NodeConfig) -> Result<(), tonic::Status> {
+    let status: skiff_proto::api::NodeStatus = serde_json::from_value(node_object(config)["status"].clone())
+        .map_err(|e| tonic::Status::internal(format!("node {}: status: {e}", config.name)))?;
+    write_node(client, &config.name, true, |node| {
+        node.status = Some(status.clone());
+        true
+    })
+    .await
 }
 
 /// Whether the stored Node says it is not ready (the node lifecycle controller marked it

@@ -16,8 +16,10 @@
 //! - [`hostport`]: `hostPort` as iptables DNAT rules in a chain of the node's own;
 //! - [`stats`]: cgroup-based usage of the node and its pods (`skiff top`);
 //! - [`heartbeat`]: Node registration, Lease renewal, node conditions;
-//! - [`informers`]: the caches of Services, Endpoints, Ingresses and IngressClasses the proxy,
-//!   the DNS and the ingress read (the pod loop has its own, of the pods bound here).
+//! - [`informers`]: the caches of Services, Endpoints, Ingresses, IngressClasses and Nodes the
+//!   proxy, the DNS, the ingress and the pod network read (the pod loop has its own, of the
+//!   pods bound here);
+//! - [`podnet`]: routes to the pod ranges of other machines (VXLAN or host-gw).
 //!
 //! Invariant: the daemon changes the cluster only through the API, and only its own Node, its
 //! Lease, and the pods bound to it.
@@ -33,6 +35,7 @@ pub mod informers;
 pub mod ingress;
 pub mod instance;
 pub mod logs;
+pub mod podnet;
 pub mod probe;
 pub mod proxy;
 pub mod registry;
@@ -63,6 +66,10 @@ pub struct NodeConfig {
     pub bridge: String,
     /// Every node's pod ranges together; pods reach nothing outside it.
     pub cluster_cidr: String,
+    /// How pods reach pods on other machines.
+    pub pod_network: podnet::Backend,
+    /// The MTU of pods' interfaces, when the pod network sets one (set at start).
+    pub pod_mtu: Option<u32>,
     /// The Services' cluster IP range (as the masters' `--service-cluster-ip-range`).
     pub service_cidr: String,
     /// The DNS domain of the cluster (`cluster.local`).
@@ -174,6 +181,14 @@ pub async fn run(
         heartbeat::pod_range(&client, &config).await?;
     }
     tracing::info!("node {}: pod range {}", config.name, config.pod_cidr);
+    let pod_network = podnet::set_up(config.pod_network, &config.node_ip, &config.pod_cidr)
+        .with_context(|| format!("setting up the {} pod network", config.pod_network.name()))?;
+    if let Some(setup) = &pod_network {
+        config.pod_mtu = Some(setup.mtu);
+        podnet::publish(&client, &config.name, config.pod_network, setup)
+            .await
+            .context("publishing the node's pod network")?;
+    }
     let agent = agent::Agent::new(client.clone(), config.clone()).context("setting up the node")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let proxy_config = config.proxy_config();
@@ -194,6 +209,9 @@ pub async fn run(
     let caches = informers::Caches::start(&client, &stop_rx);
     let proxying = tokio::spawn(proxy::run(caches.clone(), proxy_config.clone(), records.clone(), stop_rx.clone()));
     let ingress = ingress::Proxy::new(client.clone(), config.name.clone());
+    let routing = pod_network.is_some().then(|| {
+        tokio::spawn(podnet::run(caches.nodes.clone(), config.pod_network, config.name.clone(), stop_rx.clone()))
+    });
     let following = tokio::spawn(ingress::follow(ingress.clone(), caches, stop_rx.clone()));
     // Cluster DNS and the ingress serve on a runtime of their own: the node's pod work runs
     // commands (ip, iptables, mount) and reads files on its runtime's threads, and a lookup or
@@ -247,6 +265,9 @@ pub async fn run(
     serving.abort();
     serving_rt.shutdown_background();
     let _ = tokio::join!(beat, pods, server, proxying, following);
+    if let Some(routing) = routing {
+        let _ = routing.await;
+    }
     proxy::uninstall(&proxy_config);
     Ok(())
 }

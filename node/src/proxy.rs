@@ -3,17 +3,18 @@
 //!
 //! Every chain this node owns carries its tag (a hash of its bridge's name), so several nodes
 //! on one machine never touch each other's rules: a top chain `SKIFF-SVC-<bridge>` jumped to
-//! from PREROUTING (traffic from this node's pods) and OUTPUT (this machine's own traffic to
-//! the node's address and to 127.0.0.1), a chain per service port (`SKS-<tag>-<hash>`) that
+//! from PREROUTING (traffic from this node's pods and from other machines) and OUTPUT (this
+//! machine's own traffic to the node's address and to 127.0.0.1), a chain per service port (`SKS-<tag>-<hash>`) that
 //! spreads connections at random over a chain per endpoint (`SKE-<tag>-<hash>`, the DNAT).
 //! `sessionAffinity: ClientIP` pins a client with the `recent` match. Service traffic is
 //! marked and masqueraded on the way to a pod, so replies come back through the node (hairpin
-//! included) whichever bridge the endpoint is on.
+//! included) whichever bridge or machine the endpoint is on.
 //!
-//! Outside the rules: the cluster range gets an `unreachable` route (each node's bridge route
-//! is more specific), the service range a route to a bridge with no ports, and a FORWARD chain
-//! per node drops what its pods send outside the cluster range — no packet for those ranges
-//! leaves the machine.
+//! Outside the rules: the cluster range gets an `unreachable` route (each node's bridge route,
+//! and the pod network's routes to other machines' ranges ([`crate::podnet`]), are more
+//! specific), the service range a route to a bridge with no ports, and a FORWARD chain per node
+//! drops what its pods send outside the cluster range (replies excepted) — no packet for an
+//! unknown pod range or a cluster IP leaves the machine.
 //!
 //! `rules` is pure: Services and Endpoints in, the ruleset out; `apply` hands it to
 //! `iptables-restore --noflush` in one transaction.
@@ -121,6 +122,11 @@ pub fn tag(bridge: &str) -> String {
 
 pub fn top_chain(bridge: &str) -> String {
     format!("SKIFF-SVC-{bridge}")
+}
+
+/// The node's masquerade of service traffic, tagged (`comment`) with its bridge.
+fn masquerade_rule(comment: &str) -> [&str; 10] {
+    ["-m", "mark", "--mark", MASQ_MARK, "-m", "comment", "--comment", comment, "-j", "MASQUERADE"]
 }
 
 fn forward_chain(bridge: &str) -> String {
@@ -283,14 +289,20 @@ pub fn install(cfg: &ProxyConfig) -> Result<(), NodeError> {
     if iptables(&["-t", "nat", "-S", &top]).is_err() {
         iptables(&["-t", "nat", "-N", &top])?;
     }
-    ensure("nat", "PREROUTING", &["-i", &cfg.bridge, "-j", &top], false)?;
+    // From every interface: this node's pods, other machines (a NodePort), other nodes' pods.
+    ensure("nat", "PREROUTING", &["-j", &top], false)?;
     ensure("nat", "OUTPUT", &["-j", &top], false)?;
-    ensure("nat", "POSTROUTING", &["-o", &cfg.bridge, "-m", "mark", "--mark", MASQ_MARK, "-j", "MASQUERADE"], false)?;
+    // Whichever way it leaves (to a pod here, or over the pod network to another machine's),
+    // so replies come back through this node. One rule per node, told apart by its comment,
+    // so a node's uninstall leaves the others'.
+    ensure("nat", "POSTROUTING", &masquerade_rule(&format!("skiff-{}", cfg.bridge)), false)?;
     // Pods may talk to the cluster's pods, nothing further.
     if iptables(&["-t", "filter", "-S", &fwd]).is_err() {
         iptables(&["-t", "filter", "-N", &fwd])?;
     }
     iptables(&["-t", "filter", "-F", &fwd])?;
+    // Replies (a NodePort's client may be anywhere).
+    iptables(&["-t", "filter", "-A", &fwd, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"])?;
     for range in [&cfg.cluster_cidr, &cfg.pod_cidr] {
         iptables(&["-t", "filter", "-A", &fwd, "-d", range, "-j", "ACCEPT"])?;
     }
@@ -387,8 +399,11 @@ fn restore(input: &str) -> Result<(), NodeError> {
 pub fn uninstall(cfg: &ProxyConfig) {
     let top = top_chain(&cfg.bridge);
     let fwd = forward_chain(&cfg.bridge);
-    remove("nat", "PREROUTING", &["-i", &cfg.bridge, "-j", &top]);
+    remove("nat", "PREROUTING", &["-j", &top]);
     remove("nat", "OUTPUT", &["-j", &top]);
+    remove("nat", "POSTROUTING", &masquerade_rule(&format!("skiff-{}", cfg.bridge)));
+    // The forms of earlier versions.
+    remove("nat", "PREROUTING", &["-i", &cfg.bridge, "-j", &top]);
     remove("nat", "POSTROUTING", &["-o", &cfg.bridge, "-m", "mark", "--mark", MASQ_MARK, "-j", "MASQUERADE"]);
     remove("filter", "FORWARD", &["-i", &cfg.bridge, "-j", &fwd]);
     let _ = apply(cfg, &(vec![top.clone()], vec![]), None);

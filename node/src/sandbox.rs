@@ -18,6 +18,8 @@ pub struct PodNetwork {
     pub bridge: String,
     pub network: Ipv4Addr,
     pub prefix: u8,
+    /// The pods' interface MTU when the pod network needs one (VXLAN's is the link's less 50).
+    pub mtu: Option<u32>,
 }
 
 impl PodNetwork {
@@ -34,7 +36,7 @@ impl PodNetwork {
         if bridge.is_empty() || bridge.len() > 15 {
             return Err(format!("bridge name {bridge:?}: must be 1 to 15 characters"));
         }
-        Ok(PodNetwork { bridge: bridge.into(), network: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+        Ok(PodNetwork { bridge: bridge.into(), network: Ipv4Addr::from(u32::from(addr) & mask), prefix, mtu: None })
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
@@ -82,6 +84,25 @@ fn ip(args: &[&str]) -> Result<String, NodeError> {
     run(Command::new("ip").args(args))
 }
 
+#[derive(serde::Deserialize)]
+struct LinkJson {
+    address: Option<String>,
+}
+
+/// The MAC address of link `dev` in this network namespace, `None` if there is no such link.
+pub fn link_mac(dev: &str) -> Result<Option<String>, NodeError> {
+    let out = Command::new("ip")
+        .args(["-j", "link", "show", "dev", dev])
+        .output()
+        .map_err(|e| NodeError::Sandbox(format!("ip link show {dev}: {e}")))?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let links: Vec<LinkJson> =
+        serde_json::from_slice(&out.stdout).map_err(|e| NodeError::Sandbox(format!("ip link show {dev}: {e}")))?;
+    Ok(links.into_iter().next().and_then(|l| l.address))
+}
+
 /// Makes `dir` a private mount point, so bind mounts of namespace files under it neither
 /// propagate to other mount namespaces nor keep namespaces alive there.
 pub fn prepare_ns_root(dir: &Path) -> Result<(), NodeError> {
@@ -108,13 +129,10 @@ pub fn ensure_bridge(net: &PodNetwork) -> Result<(), NodeError> {
     // A bridge whose address was never set takes the lowest of its ports' addresses, so a new
     // pod's veth can change the gateway's MAC under every pod's neighbour cache: their packets
     // to the gateway (DNS, services) are then lost until the entry is revalidated, seconds
-    // later. Pinning the address it has now (type 3: set by userspace) keeps it for good.
-    let sys = Path::new("/sys/class/net").join(&net.bridge);
-    if std::fs::read_to_string(sys.join("addr_assign_type")).map(|t| t.trim() != "3").unwrap_or(true) {
-        let mac = std::fs::read_to_string(sys.join("address"))
-            .map_err(|e| NodeError::Sandbox(format!("reading {}'s address: {e}", net.bridge)))?;
-        ip(&["link", "set", "dev", &net.bridge, "address", mac.trim()])?;
-    }
+    // later. Setting the address it has now (which marks it set by userspace) keeps it for good.
+    // Read over netlink, not /sys: sysfs shows the network namespace it was mounted in.
+    let mac = link_mac(&net.bridge)?.ok_or_else(|| NodeError::Sandbox(format!("bridge {} vanished", net.bridge)))?;
+    ip(&["link", "set", "dev", &net.bridge, "address", &mac])?;
     ip(&["link", "set", &net.bridge, "up"])?;
     Ok(())
 }
@@ -203,8 +221,9 @@ impl Sandbox {
         let _ = run(Command::new("nsenter").arg(&net_ns).args(["ip", "link", "del", "eth0"]));
         let _ = ip(&["link", "del", &self.host_veth]);
         // Two processes (`ip -batch`), not one per step: this is on every pod's start path.
+        let mtu = net.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
         let in_pod = format!(
-            "link add eth0 type veth peer name {veth} netns {me}\naddr add {cidr} dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
+            "link add eth0{mtu} type veth peer name {veth}{mtu} netns {me}\naddr add {cidr} dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
             veth = self.host_veth,
             me = std::process::id(),
             gw = net.gateway(),

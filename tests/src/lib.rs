@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+pub mod machines;
+
 pub fn skiff_bin() -> PathBuf {
     if let Ok(p) = std::env::var("SKIFF_BIN") {
         return PathBuf::from(p);
@@ -67,32 +69,40 @@ pub struct MasterInfo {
 /// one directory named by its manifest digest instead of leaving a copy behind each time.
 pub fn test_image() -> PathBuf {
     static IMAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    IMAGE
-        .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let tmp = std::env::temp_dir();
-            let built = tmp.join(format!("skiff-test-image-build-{}", std::process::id()));
-            let status = Command::new(root.join("scripts/build-test-image"))
-                .arg(&built)
-                .arg("busybox:test")
-                .stdout(Stdio::null())
-                .status()
-                .expect("run scripts/build-test-image");
-            assert!(status.success(), "scripts/build-test-image failed");
-            let index: Value = serde_json::from_slice(&std::fs::read(built.join("index.json")).expect("index.json"))
-                .expect("index.json is JSON");
-            let digest = index["manifests"][0]["digest"].as_str().expect("a manifest digest").to_string();
-            let hex = digest.trim_start_matches("sha256:");
-            let shared = tmp.join(format!("skiff-test-image-{}", &hex[..16]));
-            // Another binary may have put it there first: then this build is not needed.
-            if !shared.join("index.json").exists() && std::fs::rename(&built, &shared).is_ok() {
-                return shared;
-            }
-            let _ = std::fs::remove_dir_all(&built);
-            assert!(shared.join("index.json").exists(), "{} holds no image layout", shared.display());
-            shared
-        })
-        .clone()
+    IMAGE.get_or_init(|| build_image("busybox:test", &[])).clone()
+}
+
+/// `busybox:test` with socat, iperf3 and sockperf from the host (UDP, throughput and latency
+/// between pods), as `tools:test`.
+pub fn tools_image() -> PathBuf {
+    static IMAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| build_image("tools:test", &["/usr/bin/socat", "/usr/bin/iperf3", "/usr/bin/sockperf"])).clone()
+}
+
+fn build_image(reference: &str, programs: &[&str]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tmp = std::env::temp_dir();
+    let built = tmp.join(format!("skiff-test-image-build-{}-{}", std::process::id(), rand_suffix()));
+    let status = Command::new(root.join("scripts/build-test-image"))
+        .arg(&built)
+        .arg(reference)
+        .args(programs)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run scripts/build-test-image");
+    assert!(status.success(), "scripts/build-test-image {reference} {programs:?} failed");
+    let index: Value = serde_json::from_slice(&std::fs::read(built.join("index.json")).expect("index.json"))
+        .expect("index.json is JSON");
+    let digest = index["manifests"][0]["digest"].as_str().expect("a manifest digest").to_string();
+    let hex = digest.trim_start_matches("sha256:");
+    let shared = tmp.join(format!("skiff-test-image-{}", &hex[..16]));
+    // Another binary may have put it there first: then this build is not needed.
+    if !shared.join("index.json").exists() && std::fs::rename(&built, &shared).is_ok() {
+        return shared;
+    }
+    let _ = std::fs::remove_dir_all(&built);
+    assert!(shared.join("index.json").exists(), "{} holds no image layout", shared.display());
+    shared
 }
 
 /// Debian's `docker-registry` (the CNCF distribution registry) on a free loopback port, with
@@ -169,6 +179,17 @@ impl Cluster {
         args.extend_from_slice(extra);
         skiff_with_env(&args, env);
         c.reload();
+        c
+    }
+
+    /// The cluster `skiff up` made in `dir` by other means (on another machine of a
+    /// [`machines::Lan`]): killed when dropped, as one this harness started. When `skiff up`
+    /// failed before writing cluster.json, dropping it still stops whatever `up` started.
+    pub fn adopt_or_clean_up(dir: TempDir) -> Cluster {
+        let mut c = Cluster { dir, masters: Vec::new(), extra_pids: Vec::new(), root_token: Mutex::new(None) };
+        if c.dir.path().join("cluster.json").exists() {
+            c.reload();
+        }
         c
     }
 
@@ -563,6 +584,17 @@ pub fn wait_for_showing<T>(
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; saw:\n{}", seen());
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The server, token and CA hash of a `skiff join …` line (`skiff token create
+/// --print-join-command`).
+pub fn join_flags(line: &str) -> (String, String, String) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |flag: &str| {
+        let i = words.iter().position(|w| *w == flag).unwrap_or_else(|| panic!("no {flag} in {line:?}"));
+        words[i + 1].to_string()
+    };
+    (after("--server"), after("--token"), after("--ca-cert-hash"))
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {

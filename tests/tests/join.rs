@@ -1,6 +1,6 @@
 //! Adding machines to a cluster (issue 17): bootstrap tokens as kubeadm keeps them.
 
-use skiff_tests::{skiff_bin, wait_for, wait_for_showing, Cluster};
+use skiff_tests::{join_flags, skiff_bin, wait_for, wait_for_showing, Cluster};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -110,13 +110,6 @@ impl Drop for Joined {
             .args(["node", "--reset", "--name", &self.name, "--bridge", &self.bridge, "--root-dir", &root])
             .output();
     }
-}
-
-/// The server, token and CA hash of a `skiff join …` line.
-fn join_flags(line: &str) -> (String, String, String) {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let after = |flag: &str| words.iter().position(|w| *w == flag).map(|i| words[i + 1].to_string()).unwrap();
-    (after("--server"), after("--token"), after("--ca-cert-hash"))
 }
 
 #[test]

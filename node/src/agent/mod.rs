@@ -84,7 +84,8 @@ impl Agent {
     pub fn new(client: Client, config: NodeConfig) -> Result<Agent, NodeError> {
         let images = ImageStore::open(config.root.join("images"))?;
         let puller = std::sync::Arc::new(crate::registry::Puller::new(config.insecure_registries.clone())?);
-        let network = PodNetwork::parse(&config.bridge, &config.pod_cidr).map_err(NodeError::Sandbox)?;
+        let mut network = PodNetwork::parse(&config.bridge, &config.pod_cidr).map_err(NodeError::Sandbox)?;
+        network.mtu = config.pod_mtu;
         for d in ["pods", "state"] {
             std::fs::create_dir_all(config.root.join(d))?;
         }

@@ -1,0 +1,226 @@
+//! "Machines" for tests of clusters that span several: each is a network namespace the test
+//! creates, with its own address on a bridge the test creates and nothing on loopback. The
+//! test's own namespace has an address on that bridge too: it is the operator's workstation,
+//! the client outside the cluster.
+//!
+//! Processes enter a machine with `nsenter --net` only (not `ip netns exec`, which also gives
+//! them a mount namespace with a /sys of their own, hiding the cgroup mounts a node daemon
+//! needs): a machine shares the test's file system, as the node daemons of `skiff up` do.
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Tells the LANs of tests running at once apart (with the process id).
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// One machine: its namespace and address.
+pub struct Machine {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    /// Its veth's end on the bridge, in the test's namespace (down: the machine is unplugged).
+    cable: String,
+}
+
+/// A bridge, the test's address on it, and the machines plugged into it.
+pub struct Lan {
+    bridge: String,
+    /// The test's own address on the bridge (`.1`).
+    pub host_ip: Ipv4Addr,
+    pub machines: Vec<Machine>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip (iproute2) is installed");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+impl Lan {
+    /// `n` machines on a fresh /24 of 10.214.0.0/16: the test is `.1`, machine `i` is `.(i+2)`.
+    pub fn create(n: usize) -> Lan {
+        crate::require_root();
+        let k = (std::process::id() + NEXT.fetch_add(1, Ordering::SeqCst)) % 250;
+        let tag = format!("{}{}", std::process::id() % 10_000, NEXT.load(Ordering::SeqCst));
+        let mut lan =
+            Lan { bridge: format!("skl{tag}"), host_ip: Ipv4Addr::new(10, 214, k as u8, 1), machines: vec![] };
+        // From here on Drop removes whatever was made if a step fails.
+        ip(&["link", "add", &lan.bridge, "type", "bridge"]);
+        ip(&["addr", "add", &format!("{}/24", lan.host_ip), "dev", &lan.bridge]);
+        ip(&["link", "set", &lan.bridge, "up"]);
+        for i in 0..n {
+            let m = Machine {
+                ns: format!("skm{tag}-{i}"),
+                ip: Ipv4Addr::new(10, 214, k as u8, (i + 2) as u8),
+                cable: format!("skm{tag}c{i}"),
+            };
+            ip(&["netns", "add", &m.ns]);
+            lan.machines.push(m);
+            let m = lan.machines.last().expect("just pushed");
+            ip(&["link", "add", &m.cable, "type", "veth", "peer", "name", "eth0", "netns", &m.ns]);
+            ip(&["link", "set", &m.cable, "master", &lan.bridge, "up"]);
+            ip(&["-n", &m.ns, "addr", "add", &format!("{}/24", m.ip), "dev", "eth0"]);
+            ip(&["-n", &m.ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &m.ns, "link", "set", "lo", "up"]);
+        }
+        lan
+    }
+
+    /// A command that runs `program` on machine `i`.
+    pub fn command(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.machines[i].ns)).arg("--").arg(program);
+        c
+    }
+
+    /// Runs `program args…` on machine `i`; its output.
+    pub fn run(&self, i: usize, program: &str, args: &[&str]) -> std::process::Output {
+        self.command(i, program).args(args).output().expect("nsenter (util-linux) is installed")
+    }
+
+    /// Every process in machine `i`'s namespace.
+    pub fn pids(&self, i: usize) -> Vec<i32> {
+        let out = Command::new("ip").args(["netns", "pids", &self.machines[i].ns]).output().expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    }
+
+    /// Machine `i` dies: every process in it is killed and its cable is pulled.
+    pub fn kill_machine(&self, i: usize) {
+        ip(&["link", "set", &self.machines[i].cable, "down"]);
+        for pid in self.pids(i) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for i in 0..self.machines.len() {
+            for pid in self.pids(i) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        for m in &self.machines {
+            let _ = Command::new("ip").args(["link", "del", &m.cable]).output();
+            let _ = Command::new("ip").args(["netns", "del", &m.ns]).output();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+    }
+}
+
+/// A node daemon joined on one machine; stopped, and its containers and bridge removed, when
+/// dropped.
+pub struct NodeMachine {
+    ns: String,
+    /// Its machine's index on the LAN.
+    pub index: usize,
+    pub name: String,
+    pub root: std::path::PathBuf,
+    pub log: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Drop for NodeMachine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg("--")
+            .arg(crate::skiff_bin())
+            .args(["node", "--reset", "--name", &self.name])
+            .arg("--root-dir")
+            .arg(&self.root)
+            .output();
+    }
+}
+
+/// A cluster on a LAN: machine 0 runs the master (`skiff up --advertise-address`, as an
+/// operator starts the first machine), every other machine joins as a node with `skiff join`
+/// and a token from `skiff token create --print-join-command`. Fields drop in order: the
+/// nodes, the master, then the LAN.
+pub struct LanCluster {
+    pub nodes: Vec<NodeMachine>,
+    pub cluster: crate::Cluster,
+    pub lan: Lan,
+}
+
+impl LanCluster {
+    /// `nodes` node machines (`machine-1`…) with `image` imported as `reference`; `up` and
+    /// `join` are extra flags for `skiff up` and each `skiff join`.
+    pub fn start(nodes: usize, up: &[&str], join: &[&str], image: &std::path::Path, reference: &str) -> LanCluster {
+        let lan = Lan::create(nodes + 1);
+        let dir = tempfile::Builder::new().prefix("skiff-machines-").tempdir().expect("temp dir");
+        let master_ip = lan.machines[0].ip.to_string();
+        let out = lan
+            .command(0, crate::skiff_bin())
+            .arg("up")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--masters", "1", "--advertise-address", &master_ip, "--timeout", "60"])
+            .args(up)
+            .output()
+            .expect("run skiff up");
+        let cluster = crate::Cluster::adopt_or_clean_up(dir);
+        assert!(out.status.success(), "skiff up: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(cluster.masters[0].api, format!("{master_ip}:2379"), "the master listens on its machine's address");
+        let line = cluster.ctl_ok(&["token", "create", "--print-join-command"]);
+        let (server, token, hash) = crate::join_flags(&line);
+        assert_eq!(server, format!("https://{master_ip}:2379"), "{line}");
+        let mut lc = LanCluster { nodes: Vec::new(), cluster, lan };
+        for i in 1..=nodes {
+            let name = format!("machine-{i}");
+            let root = lc.cluster.dir.path().join(&name);
+            let (image, root_s) = (image.to_str().expect("utf-8 path"), root.to_str().expect("utf-8 path"));
+            lc.cluster.ctl_ok(&["image", "import", image, "--tag", reference, "--root-dir", root_s]);
+            let log = lc.cluster.dir.path().join(format!("{name}.log"));
+            let file = std::fs::File::create(&log).expect("node log");
+            let child = lc
+                .lan
+                .command(i, crate::skiff_bin())
+                .args(["join", "--server", &server, "--token", &token, "--ca-cert-hash", &hash])
+                .args(["--name", &name, "--node-ip", &lc.lan.machines[i].ip.to_string(), "--root-dir", root_s])
+                .args(join)
+                .stdout(file.try_clone().expect("node log"))
+                .stderr(file)
+                .spawn()
+                .expect("run skiff join");
+            lc.nodes.push(NodeMachine { ns: lc.lan.machines[i].ns.clone(), index: i, name, root, log, child });
+        }
+        lc
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn node_logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {}\n{}", n.name, std::fs::read_to_string(&n.log).unwrap_or_default()))
+            .collect()
+    }
+
+    /// Waits until every node is Ready with a pod range (and, unless `host_gw`, its VXLAN
+    /// device's MAC published); node name → pod range.
+    pub fn wait_ready(&self, timeout: std::time::Duration, vtep: bool) -> std::collections::BTreeMap<String, String> {
+        crate::wait_for_showing(
+            timeout,
+            "every machine Ready with a pod range",
+            || self.node_logs(),
+            || {
+                let mut ranges = std::collections::BTreeMap::new();
+                for n in &self.nodes {
+                    let node = self.cluster.get_json("nodes", &n.name)?;
+                    let ready = node["status"]["conditions"]
+                        .as_array()?
+                        .iter()
+                        .any(|k| k["type"] == "Ready" && k["status"] == "True");
+                    let range = node["spec"]["podCIDR"].as_str().unwrap_or_default().to_string();
+                    let mac = node["metadata"]["annotations"]["skiff.io/vtep-mac"].as_str().unwrap_or_default();
+                    (ready && !range.is_empty() && (!vtep || !mac.is_empty())).then_some(())?;
+                    ranges.insert(n.name.clone(), range);
+                }
+                Some(ranges)
+            },
+        )
+    }
+}
