@@ -48,18 +48,26 @@ pub fn run(cmd: TopCommand) -> Outcome {
             .flatten()
             .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
             .collect();
+        let names: Vec<String> =
+            names.into_iter().filter(|n| pods || args.name.as_deref().is_none_or(|a| a == n)).collect();
+        // A node that cannot be read (its machine down) is a warning, not the end of the
+        // table: as kubectl, its row shows <unknown>.
         let mut usage = Vec::new();
+        let mut unknown = Vec::new();
         for n in &names {
             match client.node_usage(n).await {
                 Ok(u) => usage.push(u),
-                Err(e) if pods => eprintln!("warning: node {n}: {}", e.message()),
-                Err(e) => return Err(Failure::Server(e)),
+                Err(e) if names.len() == 1 && !pods => return Err(Failure::Server(e)),
+                Err(e) => {
+                    eprintln!("warning: node {n}: {}", e.message());
+                    unknown.push(n.clone());
+                }
             }
         }
         if !pods {
             let mut rows =
                 vec![vec!["NAME".into(), "CPU(cores)".into(), "CPU%".into(), "MEMORY(bytes)".into(), "MEMORY%".into()]];
-            for u in usage.iter().filter(|u| args.name.as_deref().is_none_or(|n| n == u.node)) {
+            for u in &usage {
                 let pct = |a: i64, b: i64| format!("{}%", if b > 0 { a * 100 / b } else { 0 });
                 rows.push(vec![
                     u.node.clone(),
@@ -68,6 +76,11 @@ pub fn run(cmd: TopCommand) -> Outcome {
                     mem(u.memory_bytes),
                     pct(u.memory_bytes, u.memory_capacity_bytes),
                 ]);
+            }
+            for n in unknown {
+                let mut row = vec!["<unknown>".to_string(); 5];
+                row[0] = n;
+                rows.push(row);
             }
             print_table(&rows);
             return Ok(());

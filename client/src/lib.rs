@@ -45,6 +45,7 @@ use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use skiff_proto::etcdserverpb::{MemberListRequest, StatusRequest, StatusResponse};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -191,25 +192,16 @@ impl tonic::service::Interceptor for Auth {
 
 pub type Objects = ObjectsClient<InterceptedService<Channel, Auth>>;
 
-/// A client over every master of a cluster.
+/// A client over every master of a cluster. A clone shares the connections (tonic channels
+/// are handles) and which master answered last, so what one call learns about a dead master
+/// spares the others (a create's own clone included).
+#[derive(Clone)]
 pub struct Client {
     pub config: ClientConfig,
     channels: Vec<Channel>,
     auth: Auth,
     /// The endpoint that answered last; failover moves on from it.
-    current: AtomicUsize,
-}
-
-/// A clone shares the connections (tonic channels are handles) and starts from the same master.
-impl Clone for Client {
-    fn clone(&self) -> Client {
-        Client {
-            config: self.config.clone(),
-            channels: self.channels.clone(),
-            auth: self.auth.clone(),
-            current: AtomicUsize::new(self.current.load(Ordering::Relaxed)),
-        }
-    }
+    current: Arc<AtomicUsize>,
 }
 
 /// How often an idle connection to a master is pinged, and how long a ping may go unanswered
@@ -279,7 +271,7 @@ impl Client {
             .transpose()
             .map_err(|_| Status::invalid_argument("the token is not ASCII"))?;
         let auth = Auth { token, fence: None, request_id: None };
-        Ok(Client { config, channels, auth, current: AtomicUsize::new(0) })
+        Ok(Client { config, channels, auth, current: Arc::new(AtomicUsize::new(0)) })
     }
 
     /// A client over one `channel` already made (a master's in-process connections), calling
@@ -296,7 +288,7 @@ impl Client {
         let token =
             format!("Bearer {token}").parse().map_err(|_| Status::invalid_argument("the token is not ASCII"))?;
         let auth = Auth { token: Some(token), fence: None, request_id: None };
-        Ok(Client { config, channels: vec![channel], auth, current: AtomicUsize::new(0) })
+        Ok(Client { config, channels: vec![channel], auth, current: Arc::new(AtomicUsize::new(0)) })
     }
 
     /// This client with every write fenced to the leadership of raft term `term` (DESIGN.md
@@ -316,6 +308,11 @@ impl Client {
         let id = format!("{:032x}", rand::random::<u128>());
         c.auth.request_id = Some(MetadataValue::try_from(id).expect("hex is ASCII"));
         c
+    }
+
+    /// The endpoint the next call starts with: the master that answered last.
+    pub fn current_endpoint(&self) -> &str {
+        &self.config.endpoints[self.current.load(Ordering::Relaxed) % self.config.endpoints.len()]
     }
 
     /// Starts the next call with the next master: for a caller whose own deadline ran out on
