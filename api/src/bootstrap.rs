@@ -81,6 +81,40 @@ pub fn is_bootstrapper(user: &User) -> bool {
     user.name.starts_with(USER_PREFIX) && user.groups.iter().any(|g| g == GROUP)
 }
 
+/// The prefix of the Secret in kube-system holding the control plane's keys, sealed with a
+/// certificate key, for machines that join as masters with token `<id>` (kubeadm's
+/// `kubeadm-certs`, one per token here).
+pub const CERTS_PREFIX: &str = "skiff-certs-";
+
+/// The Secret a master joining with token `id` reads its sealed keys from.
+pub fn certs_secret_name(id: &str) -> String {
+    format!("{CERTS_PREFIX}{id}")
+}
+
+/// What a bootstrapping machine may do: ask for certificates and follow its requests
+/// (Kubernetes' system:node-bootstrapper role), and read the sealed control-plane keys uploaded
+/// for its own token — none other's.
+pub fn bootstrapper_may(
+    user: &User,
+    verb: &str,
+    resource: &str,
+    subresource: &str,
+    namespace: &str,
+    name: &str,
+) -> bool {
+    if !subresource.is_empty() {
+        return false;
+    }
+    match resource {
+        "certificatesigningrequests" => matches!(verb, "create" | "get" | "list" | "watch"),
+        "secrets" => {
+            let id = user.name.strip_prefix(USER_PREFIX).unwrap_or_default();
+            verb == "get" && namespace == NAMESPACE && !id.is_empty() && name == certs_secret_name(id)
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +136,19 @@ mod tests {
             data["auth-extra-groups"] = json!(b64(extra));
         }
         json!({"type": SECRET_TYPE, "metadata": {"name": "bootstrap-token-abc123"}, "data": data})
+    }
+
+    #[test]
+    fn a_bootstrapper_reads_only_the_keys_sealed_for_its_own_token() {
+        let user = User { name: "system:bootstrap:abc123".into(), groups: vec![GROUP.into()] };
+        assert!(bootstrapper_may(&user, "get", "secrets", "", NAMESPACE, "skiff-certs-abc123"));
+        assert!(!bootstrapper_may(&user, "get", "secrets", "", NAMESPACE, "skiff-certs-zzz999"));
+        assert!(!bootstrapper_may(&user, "list", "secrets", "", NAMESPACE, ""));
+        assert!(!bootstrapper_may(&user, "get", "secrets", "", "default", "skiff-certs-abc123"));
+        assert!(!bootstrapper_may(&user, "get", "secrets", "", NAMESPACE, "bootstrap-token-abc123"));
+        assert!(bootstrapper_may(&user, "create", "certificatesigningrequests", "", "", ""));
+        assert!(!bootstrapper_may(&user, "update", "certificatesigningrequests", "approval", "", "x"));
+        assert!(!bootstrapper_may(&user, "get", "pods", "", "default", "x"));
     }
 
     #[test]

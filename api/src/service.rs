@@ -237,12 +237,11 @@ impl Api {
                 return if allowed { Ok(()) } else { Err(crate::auth::forbidden(user, a)) };
             }
         }
-        // A joining machine may ask for its certificates and follow its requests, nothing else
-        // (Kubernetes' system:node-bootstrapper role).
+        // A joining machine may ask for its certificates, and a joining master read its sealed
+        // keys; nothing else.
         if crate::bootstrap::is_bootstrapper(user) {
-            let allowed = a.info.resource == "certificatesigningrequests"
-                && a.subresource.is_empty()
-                && matches!(a.verb, "create" | "get" | "list" | "watch");
+            let allowed =
+                crate::bootstrap::bootstrapper_may(user, a.verb, a.info.resource, a.subresource, a.namespace, a.name);
             return if allowed { Ok(()) } else { Err(crate::auth::forbidden(user, a)) };
         }
         if let Some(allowed) = crate::auth::node_restriction(user, a, object, stored) {

@@ -36,9 +36,26 @@ pub struct JoinArgs {
     /// --print-join-command`): the only thing trusted before the cluster is.
     #[arg(long)]
     ca_cert_hash: String,
-    /// How long to wait for each certificate to be issued.
+    /// How long to wait for each certificate to be issued (and, for a master, to be promoted).
     #[arg(long, default_value = "5m")]
     timeout: String,
+    /// Join as a master (kubeadm join --control-plane): a raft learner of the store, promoted
+    /// once it has caught up, with the control plane's keys from `--certificate-key`. Node
+    /// flags other than --name are not used.
+    #[arg(long)]
+    control_plane: bool,
+    /// With --control-plane: the key the control plane's keys were sealed with (printed by
+    /// `skiff token create --control-plane`).
+    #[arg(long, requires = "control_plane")]
+    certificate_key: Option<String>,
+    /// With --control-plane: this machine's address the master listens on and the others
+    /// reach it at, with etcd's ports 2379 and 2380 (default: the address that routes to
+    /// --server).
+    #[arg(long, requires = "control_plane")]
+    advertise_address: Option<std::net::IpAddr>,
+    /// With --control-plane: the master's directory (config.json, pki/, data/, client.json).
+    #[arg(long, requires = "control_plane", default_value = "/var/lib/skiff/master")]
+    dir: PathBuf,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -84,7 +101,7 @@ impl rustls::client::danger::ServerCertVerifier for TrustNothingYet {
 }
 
 /// `host:port` of an `https://host:port` URL.
-fn authority(url: &str) -> anyhow::Result<String> {
+pub(crate) fn authority(url: &str) -> anyhow::Result<String> {
     let rest = url
         .strip_prefix("https://")
         .with_context(|| format!("--server {url:?}: expected https://HOST:PORT (masters serve TLS)"))?;
@@ -96,7 +113,7 @@ fn authority(url: &str) -> anyhow::Result<String> {
 }
 
 /// The cluster's `ClusterInfo`, read over TLS that checks nothing; its CA must hash to `pin`.
-async fn discover(server: &str, pin: &str) -> anyhow::Result<(String, Vec<String>)> {
+pub(crate) async fn discover(server: &str, pin: &str) -> anyhow::Result<(String, Vec<String>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
@@ -219,14 +236,24 @@ fn write_client_config(
 }
 
 /// The local address this machine reaches `server` from (no packet is sent).
-fn local_address_towards(server: &str) -> anyhow::Result<String> {
+pub(crate) fn local_address_towards(server: &str) -> anyhow::Result<String> {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
     socket.connect(server).with_context(|| format!("finding a route to {server}"))?;
     Ok(socket.local_addr()?.ip().to_string())
 }
 
 pub fn run(args: JoinArgs) -> anyhow::Result<()> {
-    let JoinArgs { server, token, ca_cert_hash, timeout, mut node } = args;
+    let JoinArgs {
+        server,
+        token,
+        ca_cert_hash,
+        timeout,
+        control_plane,
+        certificate_key,
+        advertise_address,
+        dir,
+        mut node,
+    } = args;
     if node.config.is_some() {
         bail!("skiff join writes the node's client config itself: drop --config");
     }
@@ -238,6 +265,20 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
     }
     let timeout = crate::ctl::parse_duration(&timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
     let name = node.name.clone().unwrap_or_else(crate::node_cmd::hostname);
+    if control_plane {
+        let certificate_key = certificate_key.context("--control-plane needs --certificate-key")?;
+        let joining = crate::control_plane::Joining {
+            server,
+            token,
+            ca_cert_hash,
+            certificate_key,
+            name,
+            advertise: advertise_address,
+            dir,
+            timeout,
+        };
+        return crate::control_plane::run(joining);
+    }
     node.name = Some(name.clone());
     let addr = authority(&server)?;
     if node.node_ip == crate::node_cmd::DEFAULT_NODE_IP {

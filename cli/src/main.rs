@@ -10,6 +10,7 @@ mod certificate_cmd;
 mod chaos_cmd;
 mod cluster_file;
 mod config_cmd;
+mod control_plane;
 mod ctl;
 mod describe;
 mod edit;
@@ -43,8 +44,9 @@ enum Command {
     Master(master_cmd::MasterArgs),
     /// Run the node daemon: register this machine and run the pods bound to it.
     Node(node_cmd::NodeArgs),
-    /// Join a cluster as a node with a bootstrap token (kubeadm join): get certificates from
-    /// the control plane, then run the node daemon.
+    /// Join a cluster with a bootstrap token (kubeadm join): as a node, get certificates from
+    /// the control plane and run the node daemon; with --control-plane, run a master that the
+    /// store adds as a learner and promotes.
     Join(join_cmd::JoinArgs),
     /// The node daemon's per-container helper (not for direct use).
     #[command(hide = true)]

@@ -380,7 +380,17 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
     })
 }
 
+/// Runs the master configured by the file at `path` (`skiff master --config PATH`).
+pub fn run_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serve(MasterFile::parse(&text).with_context(|| format!("parsing {}", path.display()))?)
+}
+
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
+    serve(build_config(args)?)
+}
+
+fn serve(file: MasterFile) -> anyhow::Result<()> {
     let MasterFile {
         master: config,
         token_file,
@@ -388,7 +398,7 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         controllers,
         encryption_provider_config,
         kubelet_client,
-    } = build_config(args)?;
+    } = file;
     let pod_ranges = controllers.pod_ranges()?;
     let signer = controllers.signer()?;
     let _failpoints = skiff_raft_store::arm_failpoints().map_err(anyhow::Error::msg)?;

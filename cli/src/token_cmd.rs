@@ -1,6 +1,7 @@
 //! `skiff token create | list | delete`: bootstrap tokens a new machine joins with, kept as
 //! kubeadm keeps them (Secrets `bootstrap-token-<id>` in kube-system, [`skiff_api::bootstrap`]).
 
+use crate::control_plane;
 use crate::ctl::{print_table, runtime, Conn, Failure, Outcome};
 use base64::Engine;
 use clap::{Args, Subcommand};
@@ -19,9 +20,10 @@ pub enum TokenCommand {
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
-    /// How long the token authenticates (`0`: until deleted), e.g. 30m, 24h.
-    #[arg(long, default_value = "24h")]
-    ttl: String,
+    /// How long the token authenticates (`0`: until deleted), e.g. 30m, 24h (default 24h, and
+    /// 2h with --control-plane, as kubeadm keeps its uploaded certificates).
+    #[arg(long)]
+    ttl: Option<String>,
     /// What the token is for, shown by `token list`.
     #[arg(long, default_value = "")]
     description: String,
@@ -31,6 +33,15 @@ pub struct CreateArgs {
     /// Print the whole `skiff join` command for a node (server, token, CA hash).
     #[arg(long)]
     print_join_command: bool,
+    /// The token is for a master (kubeadm's --upload-certs): the control plane's keys, read
+    /// from --master-config, are sealed with a fresh certificate key into a Secret only this
+    /// token may read, and the join command printed carries `--control-plane --certificate-key`.
+    #[arg(long, requires = "master_config")]
+    control_plane: bool,
+    /// With --control-plane: a master's configuration file on this machine (`DIR/master-1/
+    /// config.json` of `skiff up`, `DIR/config.json` of a joined master).
+    #[arg(long, requires = "control_plane")]
+    master_config: Option<std::path::PathBuf>,
     #[command(flatten)]
     conn: Conn,
 }
@@ -82,16 +93,16 @@ fn secret(id: &str, secret: &str, expires: Option<i64>, description: &str, group
     })
 }
 
-/// The `skiff join` command for this client config's cluster.
-fn join_command(conn: &Conn, token: &str) -> Result<String, Failure> {
+/// The `skiff join` command for this client config's cluster, through `server` (the master
+/// that just answered).
+fn join_command(conn: &Conn, server: &str, token: &str) -> Result<String, Failure> {
     let config = conn.config().map_err(|e| Failure::Local(e.to_string()))?;
     let ca = config.ca.ok_or_else(|| {
         Failure::Local("--print-join-command: the cluster serves no TLS (its client config names no CA)".into())
     })?;
     let pem = std::fs::read(&ca).map_err(|e| Failure::Local(format!("{}: {e}", ca.display())))?;
     let hash = skiff_proto::cert::ca_cert_hash(&pem).map_err(|e| Failure::Local(format!("{}: {e}", ca.display())))?;
-    let server = config.endpoints.first().ok_or_else(|| Failure::Local("the client config names no master".into()))?;
-    let server = if server.contains("://") { server.clone() } else { format!("https://{server}") };
+    let server = if server.contains("://") { server.to_string() } else { format!("https://{server}") };
     Ok(format!("skiff join --server {server} --token {token} --ca-cert-hash {hash}"))
 }
 
@@ -100,19 +111,52 @@ pub fn run(cmd: TokenCommand) -> Outcome {
     let _enter = rt.enter();
     match cmd {
         TokenCommand::Create(args) => {
-            let ttl = crate::ctl::parse_duration(&args.ttl).map_err(|e| Failure::Local(format!("--ttl: {e}")))?;
+            let ttl = args.ttl.as_deref().unwrap_or(if args.control_plane { "2h" } else { "24h" });
+            let ttl = crate::ctl::parse_duration(ttl).map_err(|e| Failure::Local(format!("--ttl: {e}")))?;
             if let Some(g) = args.groups.iter().find(|g| !g.starts_with("system:bootstrappers:")) {
                 return Err(Failure::Local(format!("--groups: {g:?} is not under system:bootstrappers:")));
             }
             let (id, part) = (random_part(6), random_part(16));
             let token = format!("{id}.{part}");
-            // Work out the join command before writing: a token nobody can use is not made.
-            let join = args.print_join_command.then(|| join_command(&args.conn, &token)).transpose()?;
+            // Check the join command can be made before writing: a token nobody can use is not
+            // made. It names the master that took the token, one known to answer.
+            if args.print_join_command {
+                join_command(&args.conn, "", &token)?;
+            }
             let expires = (!ttl.is_zero()).then(|| skiff_proto::time::now_secs() + ttl.as_secs() as i64);
             let client = args.conn.client()?;
+            // The sealed keys first: a token is never usable before they are there.
+            let keys = match &args.master_config {
+                Some(path) => {
+                    let bundle = control_plane::bundle_of(path).map_err(|e| Failure::Local(format!("{e:#}")))?;
+                    let key = control_plane::new_certificate_key();
+                    let raw = control_plane::parse_certificate_key(&key).map_err(|e| Failure::Local(e.to_string()))?;
+                    let sealed = control_plane::seal(&raw, &bootstrap::certs_secret_name(&id), &bundle)
+                        .map_err(|e| Failure::Local(e.to_string()))?;
+                    rt.block_on(client.create("secrets", NAMESPACE, &control_plane::secret(&id, &sealed)))?;
+                    Some(key)
+                }
+                None => None,
+            };
             let obj = secret(&id, &part, expires, &args.description, &args.groups);
-            rt.block_on(client.create("secrets", NAMESPACE, &obj))?;
-            println!("{}", join.unwrap_or(token));
+            if let Err(e) = rt.block_on(client.create("secrets", NAMESPACE, &obj)) {
+                if keys.is_some() {
+                    let _ = rt.block_on(client.delete("secrets", NAMESPACE, &bootstrap::certs_secret_name(&id)));
+                }
+                return Err(e.into());
+            }
+            let mut join = args
+                .print_join_command
+                .then(|| join_command(&args.conn, client.current_endpoint(), &token))
+                .transpose()?;
+            if let (Some(line), Some(key)) = (&mut join, &keys) {
+                line.push_str(&format!(" --control-plane --certificate-key {key}"));
+            }
+            match (join, keys) {
+                (Some(line), _) => println!("{line}"),
+                (None, Some(key)) => println!("{token}\ncertificate key: {key}"),
+                (None, None) => println!("{token}"),
+            }
             Ok(())
         }
         TokenCommand::List(args) => {
@@ -155,6 +199,12 @@ pub fn run(cmd: TokenCommand) -> Outcome {
             for t in &args.tokens {
                 let id = t.split_once('.').map_or(t.as_str(), |(id, _)| id);
                 rt.block_on(client.delete("secrets", NAMESPACE, &bootstrap::secret_name(id)))?;
+                // The control plane's keys sealed for it go with it.
+                match rt.block_on(client.delete("secrets", NAMESPACE, &bootstrap::certs_secret_name(id))) {
+                    Ok(_) => {}
+                    Err(s) if s.code() == tonic::Code::NotFound => {}
+                    Err(s) => return Err(s.into()),
+                }
                 println!("bootstrap token \"{id}\" deleted");
             }
             Ok(())

@@ -725,9 +725,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("stop:     skiff down --dir {}", dir.display());
     if cluster.masters.iter().any(|m| !m.api.starts_with("127.")) {
         let config = cluster.client_config.as_ref().map(|c| format!(" --config {}", c.display())).unwrap_or_default();
-        println!(
-            "join:     skiff{config} token create --print-join-command   (then run what it prints on each machine)"
-        );
+        let master = cluster.masters[0].config.display();
+        println!("join:     skiff token create --print-join-command{config}   (then run what it prints on each node machine)");
+        println!("masters:  skiff token create --print-join-command --control-plane --master-config {master}{config}");
     }
     Ok(())
 }

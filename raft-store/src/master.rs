@@ -174,6 +174,12 @@ pub enum Forwarded {
     LeaseTimeToLive { id: i64 },
 }
 
+/// Whether a learner whose log matches the leader's up to `matched` is close enough to the
+/// leader's `last` index to be promoted: etcd's rule, 90 % of the leader's progress.
+fn learner_in_sync(matched: Option<u64>, last: u64) -> bool {
+    matched.is_some_and(|m| m.saturating_mul(10) >= last.saturating_mul(9))
+}
+
 /// The reply to a [`Forwarded`] operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardReply {
@@ -494,6 +500,18 @@ impl Master {
                 }
                 if m.voter_ids().any(|v| v == id) {
                     return Err(StoreError::FailedPrecondition("etcdserver: can only promote a learner member".into()));
+                }
+                // As etcd: a learner far behind would count toward quorum before it can vote
+                // usefully, so it is promoted only once it holds most of the leader's log.
+                let (matched, last) = {
+                    let metrics = self.raft.metrics().borrow().clone();
+                    let matched = metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
+                    (matched.map(|l| l.index), metrics.last_log_index.unwrap_or(0))
+                };
+                if !learner_in_sync(matched, last) {
+                    return Err(StoreError::FailedPrecondition(
+                        "etcdserver: can only promote a learner member which is in sync with leader".into(),
+                    ));
                 }
                 self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
                 Ok(ForwardReply::Done)
@@ -837,5 +855,20 @@ fn map_raft_err<E: std::fmt::Display>(e: RaftError<u64, E>) -> StoreError {
                 StoreError::FailedPrecondition(msg)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::learner_in_sync;
+
+    #[test]
+    fn a_learner_is_promoted_only_once_it_holds_most_of_the_leaders_log() {
+        assert!(!learner_in_sync(None, 0), "a learner the leader has not reached yet");
+        assert!(!learner_in_sync(Some(10), 1000));
+        assert!(!learner_in_sync(Some(899), 1000));
+        assert!(learner_in_sync(Some(900), 1000));
+        assert!(learner_in_sync(Some(1000), 1000));
+        assert!(learner_in_sync(Some(0), 0));
     }
 }

@@ -124,7 +124,9 @@ fn main() {
     let mut base = None;
     for backend in ["vxlan", "host-gw"] {
         let m = LanCluster::start(
+            1,
             2,
+            0,
             &["--cluster-cidr", "10.248.0.0/16"],
             &["--cluster-cidr", "10.248.0.0/16", "--pod-network", backend],
             &image,

@@ -606,7 +606,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// cluster an address belongs to.
 static CAS: Mutex<Option<std::collections::HashMap<String, PathBuf>>> = Mutex::new(None);
 
-fn register_ca(addr: &str, ca: &Path) {
+pub fn register_ca(addr: &str, ca: &Path) {
     CAS.lock().unwrap().get_or_insert_with(Default::default).insert(addr.to_string(), ca.to_path_buf());
 }
 

@@ -136,21 +136,50 @@ impl Drop for NodeMachine {
     }
 }
 
-/// A cluster on a LAN: machine 0 runs the master (`skiff up --advertise-address`, as an
-/// operator starts the first machine), every other machine joins as a node with `skiff join`
-/// and a token from `skiff token create --print-join-command`. Fields drop in order: the
-/// nodes, the master, then the LAN.
+/// A master that joined on one machine (`skiff join --control-plane`); stopped when dropped.
+pub struct MasterMachine {
+    /// Its machine's index on the LAN.
+    pub index: usize,
+    pub name: String,
+    /// Its directory (config.json, pki/, data/, client.json).
+    pub dir: std::path::PathBuf,
+    pub log: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Drop for MasterMachine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A cluster on a LAN: machine 0 runs the first master (`skiff up --advertise-address`, as an
+/// operator starts the first machine), the next machines join as masters with `skiff join
+/// --control-plane`, then the node machines join with `skiff join` and a token from `skiff
+/// token create --print-join-command`; spare machines stay empty. Fields drop in order: the
+/// nodes, the masters, then the LAN.
 pub struct LanCluster {
     pub nodes: Vec<NodeMachine>,
+    pub masters: Vec<MasterMachine>,
     pub cluster: crate::Cluster,
     pub lan: Lan,
 }
 
 impl LanCluster {
-    /// `nodes` node machines (`machine-1`…) with `image` imported as `reference`; `up` and
-    /// `join` are extra flags for `skiff up` and each `skiff join`.
-    pub fn start(nodes: usize, up: &[&str], join: &[&str], image: &std::path::Path, reference: &str) -> LanCluster {
-        let lan = Lan::create(nodes + 1);
+    /// `masters` master machines, `nodes` node machines (`machine-1`…) with `image` imported
+    /// as `reference`, and `spare` empty machines; `up` and `join` are extra flags for `skiff
+    /// up` and each node's `skiff join`. The test's client config names every master.
+    pub fn start(
+        masters: usize,
+        nodes: usize,
+        spare: usize,
+        up: &[&str],
+        join: &[&str],
+        image: &std::path::Path,
+        reference: &str,
+    ) -> LanCluster {
+        let lan = Lan::create(masters + nodes + spare);
         let dir = tempfile::Builder::new().prefix("skiff-machines-").tempdir().expect("temp dir");
         let master_ip = lan.machines[0].ip.to_string();
         let out = lan
@@ -165,12 +194,17 @@ impl LanCluster {
         let cluster = crate::Cluster::adopt_or_clean_up(dir);
         assert!(out.status.success(), "skiff up: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(cluster.masters[0].api, format!("{master_ip}:2379"), "the master listens on its machine's address");
-        let line = cluster.ctl_ok(&["token", "create", "--print-join-command"]);
+        let mut lc = LanCluster { nodes: Vec::new(), masters: Vec::new(), cluster, lan };
+        for i in 1..masters {
+            let config = lc.cluster.dir.path().join("master-1/config.json");
+            lc.join_master(0, &config, i);
+        }
+        let line = lc.cluster.ctl_ok(&["token", "create", "--print-join-command"]);
         let (server, token, hash) = crate::join_flags(&line);
         assert_eq!(server, format!("https://{master_ip}:2379"), "{line}");
-        let mut lc = LanCluster { nodes: Vec::new(), cluster, lan };
-        for i in 1..=nodes {
-            let name = format!("machine-{i}");
+        for k in 1..=nodes {
+            let i = masters + k - 1;
+            let name = format!("machine-{k}");
             let root = lc.cluster.dir.path().join(&name);
             let (image, root_s) = (image.to_str().expect("utf-8 path"), root.to_str().expect("utf-8 path"));
             lc.cluster.ctl_ok(&["image", "import", image, "--tag", reference, "--root-dir", root_s]);
@@ -189,6 +223,77 @@ impl LanCluster {
             lc.nodes.push(NodeMachine { ns: lc.lan.machines[i].ns.clone(), index: i, name, root, log, child });
         }
         lc
+    }
+
+    /// Machine `i` joins as a master with a control-plane token made on machine `from` from
+    /// the master configuration `config` there; waits until it is a voting member, and adds
+    /// it to the test's client config.
+    pub fn join_master(&mut self, from: usize, config: &std::path::Path, i: usize) {
+        let client = self.cluster.dir.path().join("client.json");
+        let out = self
+            .lan
+            .command(from, crate::skiff_bin())
+            .env("SKIFF_CONFIG", &client)
+            .args(["token", "create", "--print-join-command", "--control-plane", "--master-config"])
+            .arg(config)
+            .output()
+            .expect("run skiff token create");
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "skiff token create --control-plane: {}", String::from_utf8_lossy(&out.stderr));
+        let (server, token, hash) = crate::join_flags(&line);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let key =
+            words.iter().position(|w| *w == "--certificate-key").map(|p| words[p + 1]).expect("a certificate key");
+        assert!(words.contains(&"--control-plane"), "{line}");
+        let name = format!("master-machine-{i}");
+        let dir = self.cluster.dir.path().join(&name);
+        let log = self.cluster.dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("master log");
+        let child = self
+            .lan
+            .command(i, crate::skiff_bin())
+            .args(["join", "--control-plane", "--server", &server, "--token", &token, "--ca-cert-hash", &hash])
+            .args(["--certificate-key", key, "--name", &name, "--dir"])
+            .arg(&dir)
+            .stdout(file.try_clone().expect("master log"))
+            .stderr(file)
+            .spawn()
+            .expect("run skiff join --control-plane");
+        let addr = format!("{}:2379", self.lan.machines[i].ip);
+        crate::register_ca(&addr, &self.cluster.dir.path().join("pki/ca.crt"));
+        self.masters.push(MasterMachine { index: i, name: name.clone(), dir, log: log.clone(), child });
+        crate::wait_for_showing(
+            std::time::Duration::from_secs(90),
+            &format!("{name} a voting member"),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+            || self.voters().contains(&name).then_some(()),
+        );
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&client).expect("client.json")).expect("client.json is JSON");
+        v["clusters"][0]["endpoints"].as_array_mut().expect("endpoints").push(addr.into());
+        std::fs::write(&client, serde_json::to_string_pretty(&v).expect("JSON")).expect("client.json");
+    }
+
+    /// The addresses of every master that runs, for etcdctl.
+    pub fn endpoints(&self) -> String {
+        let client = std::fs::read_to_string(self.cluster.dir.path().join("client.json")).expect("client.json");
+        let v: serde_json::Value = serde_json::from_str(&client).expect("client.json is JSON");
+        let all = v["clusters"][0]["endpoints"].as_array().expect("endpoints");
+        all.iter().filter_map(|e| e.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The names of the store's voting members, as `etcdctl member list` reports them from
+    /// whichever master answers.
+    pub fn voters(&self) -> Vec<String> {
+        let out = self.cluster.etcdctl(&self.endpoints(), &["member", "list", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["isLearner"] != true)
+            .filter_map(|m| m["name"].as_str().map(String::from))
+            .collect()
     }
 
     /// Every node's log, for failure messages.

@@ -91,6 +91,55 @@ fn bootstrap_tokens_authenticate_joining_machines_until_they_expire_or_are_delet
     let bad = c.ctl(&["token", "create", "--ttl", "soon"]);
     assert!(stderr(&bad).contains("--ttl"), "{}", stderr(&bad));
     assert_eq!(c.ctl_ok(&["token", "list"]).lines().count(), before, "a refused create made a token");
+
+    // phase: a control-plane token seals the masters' keys where only it may read them; a
+    // wrong certificate key or a node's token joins nothing
+    let config = c.dir.path().join("master-1/config.json");
+    let line = c.ctl_ok(&[
+        "token",
+        "create",
+        "--print-join-command",
+        "--control-plane",
+        "--master-config",
+        config.to_str().unwrap(),
+    ]);
+    let (server, cp_token, hash) = join_flags(&line);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let key = words[words.iter().position(|w| *w == "--certificate-key").expect(&line) + 1].to_string();
+    let cp_id = cp_token.split_once('.').unwrap().0.to_string();
+    let keys = format!("skiff-certs-{cp_id}");
+    let node_token = c.ctl_ok(&["token", "create"]).trim().to_string();
+    let out = as_token(&c, &node_token, &["get", "secret", &keys, "-n", "kube-system"]);
+    assert!(stderr(&out).contains("cannot get"), "another token reads the keys: {}", stderr(&out));
+    let out = as_token(&c, &cp_token, &["get", "secret", &keys, "-n", "kube-system", "-o", "json"]);
+    assert!(out.status.success(), "its own token reads them: {}", stderr(&out));
+    let stored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    use base64::Engine;
+    let sealed = base64::engine::general_purpose::STANDARD.decode(stored["data"]["bundle"].as_str().unwrap()).unwrap();
+    assert!(sealed.len() > 1000 && !String::from_utf8_lossy(&sealed).contains("PRIVATE KEY"), "the keys are sealed");
+    let members = || c.etcdctl_ok(&c.endpoints(), &["member", "list"]).lines().count();
+    assert_eq!(members(), 1);
+    let join_master = |token: &str, key: &str| {
+        Command::new(skiff_bin())
+            .args(["join", "--control-plane", "--server", &server, "--token", token, "--ca-cert-hash", &hash])
+            .args(["--certificate-key", key, "--advertise-address", "127.0.0.1", "--timeout", "20s", "--dir"])
+            .arg(c.dir.path().join(format!("refused-{}", key.len())))
+            .output()
+            .unwrap()
+    };
+    let out = join_master(&cp_token, &"0f".repeat(32));
+    assert!(stderr(&out).contains("--certificate-key does not open it"), "{}", stderr(&out));
+    let out = join_master(&node_token, &key);
+    assert!(stderr(&out).contains("reading the control plane's keys"), "{}", stderr(&out));
+    let out = join_master(&cp_token, "abc");
+    assert!(stderr(&out).contains("--certificate-key: expected 64 hex digits"), "{}", stderr(&out));
+    assert_eq!(members(), 1, "a refused master was added to the store");
+    // Deleting the token deletes the keys sealed for it.
+    c.ctl_ok(&["token", "delete", &cp_token]);
+    let out = c.ctl(&["get", "secret", &keys, "-n", "kube-system"]);
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    let bad = c.ctl(&["token", "create", "--control-plane"]);
+    assert!(stderr(&bad).contains("--master-config"), "{}", stderr(&bad));
 }
 
 /// A joined node daemon: killed, and its containers and bridge removed, when dropped.

@@ -1,12 +1,14 @@
 //! A cluster across machines — network namespaces with their own addresses on a bridge the
 //! test makes, nothing on loopback: a master machine started with `skiff up
-//! --advertise-address`, three node machines joined with `skiff join` and a token, their pod
-//! ranges from the masters' node IPAM, and the VXLAN pod network between them. The test's own
-//! namespace is the workstation outside the cluster: the CLI and the NodePort clients run there.
+//! --advertise-address`, two more masters joined with `skiff join --control-plane`, three node
+//! machines joined with `skiff join` and a token, their pod ranges from the masters' node IPAM,
+//! and the VXLAN pod network between them. The test's own namespace is the workstation outside
+//! the cluster: the CLI and the NodePort clients run there.
 
 use skiff_tests::machines::LanCluster;
 use skiff_tests::{wait_for, wait_for_showing};
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(90);
@@ -24,8 +26,10 @@ fn pods_on_different_machines_reach_each_other_and_services_answer_on_every_mach
     // phase: the first machine starts the cluster on its own address; three machines join
     // with a token, and the masters give each a pod range
     let (grace, eviction) = (NODE_GRACE.as_secs().to_string(), EVICTION.as_secs().to_string());
-    let m = LanCluster::start(
+    let mut m = LanCluster::start(
         3,
+        3,
+        1,
         &["--cluster-cidr", CLUSTER_CIDR, "--node-grace-seconds", &grace, "--pod-eviction-seconds", &eviction],
         &["--cluster-cidr", CLUSTER_CIDR, "--backoff-base-ms", "1000", "--lease-interval-seconds", "2"],
         &skiff_tests::tools_image(),
@@ -180,7 +184,7 @@ done"#,
         echo.iter().find(|(_, (node, _))| *node == dead.name).map(|(pod, (_, ip))| (pod.clone(), ip.clone())).unwrap();
     lan.kill_machine(dead.index);
     let killed = std::time::Instant::now();
-    let addr = format!("{}:{NODE_PORT}", lan.machines[1].ip);
+    let addr = format!("{}:{NODE_PORT}", lan.machines[nodes[0].index].ip);
     let (mut answers, mut failures, mut failures_after_drop) = (0, 0, Vec::new());
     let mut dropped: Option<std::time::Instant> = None;
     let what = "the dead machine's pod replaced and out of the endpoints";
@@ -222,4 +226,66 @@ done"#,
         "requests failed after the dead pod left the endpoints: {failures_after_drop:?}"
     );
     eprintln!("machine 3 replaced after {took:?}: {answers} answers, {failures} requests sent to the dead pod");
+
+    // phase: the first master's machine dies — the one the cluster was started on and every
+    // machine joined through. The other two carry on: writes go through, the nodes stay Ready.
+    let first = m.voters();
+    assert_eq!(first.len(), 3, "three voting masters: {first:?}");
+    m.lan.kill_machine(0);
+    let c = &m.cluster;
+    wait_for(T, "a write through the remaining masters", || {
+        let out = c.ctl(&["create", "configmap", "after-master-loss", "--from-literal=k=v"]);
+        (out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists")).then_some(())
+    });
+    let members = m.cluster.etcdctl_ok(&m.endpoints(), &["member", "list", "-w", "json"]);
+    let members: serde_json::Value = serde_json::from_str(&members).unwrap();
+    let dead = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "master-1")
+        .and_then(|x| x["ID"].as_u64())
+        .unwrap_or_else(|| panic!("no master-1 in {members}"));
+    // phase: the operator removes the dead member and a spare machine joins in its place, with
+    // the keys uploaded from a master that joined (machine 1): three voters again
+    m.cluster.etcdctl_ok(&m.endpoints(), &["member", "remove", &format!("{dead:x}")]);
+    let (from, config) = (m.masters[0].index, m.masters[0].dir.join("config.json"));
+    let spare = m.lan.machines.len() - 1;
+    m.join_master(from, &config, spare);
+    let voters = m.voters();
+    assert_eq!(voters.len(), 3, "{voters:?}");
+    assert!(!voters.contains(&"master-1".to_string()), "{voters:?}");
+    // The replacement serves the API itself: its own admin config, with only its address.
+    let replacement = m.masters.last().unwrap();
+    let own = replacement.dir.join("client.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&own).unwrap()).unwrap();
+    v["clusters"][0]["endpoints"] = serde_json::json!([format!("{}:2379", m.lan.machines[spare].ip)]);
+    std::fs::write(&own, v.to_string()).unwrap();
+    let out = Command::new(skiff_tests::skiff_bin())
+        .args(["get", "configmap", "after-master-loss", "--config"])
+        .arg(&own)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the replacement master answers: {}", String::from_utf8_lossy(&out.stderr));
+    let nodes = &m.nodes;
+    wait_for(T, "the live machines Ready through the remaining masters", || {
+        nodes[..2]
+            .iter()
+            .all(|n| {
+                let node = m.cluster.get_json("nodes", &n.name);
+                node.and_then(|node| {
+                    node["status"]["conditions"]
+                        .as_array()
+                        .map(|cs| cs.iter().any(|k| k["type"] == "Ready" && k["status"] == "True"))
+                }) == Some(true)
+            })
+            .then_some(())
+    });
+    // The live machines' usage through the remaining masters; the dead one is <unknown>.
+    let table = m.cluster.ctl_ok(&["top", "nodes"]);
+    let row = |name: &str| table.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_default();
+    for n in &nodes[..2] {
+        assert!(row(&n.name).ends_with('%'), "{} in skiff top through the remaining masters:\n{table}", n.name);
+    }
+    assert!(row(&nodes[2].name).contains("<unknown>"), "{table}");
 }
