@@ -267,6 +267,23 @@ spec:
         String::from_utf8_lossy(&out.stdout).contains("hello from the joined node").then_some(())
     });
     c.ctl_ok(&["delete", "pod", "on-joined"]);
+
+    // phase: the joined machine's certificate speaks for its own node only: registering
+    // another node with it, or reading a Secret its pods do not use, is refused
+    let as_joined = |args: &[&str]| {
+        Command::new(skiff_bin()).env("SKIFF_CONFIG", root.join("client.json")).args(args).output().unwrap()
+    };
+    let impostor = c.dir.path().join("impostor.yaml");
+    std::fs::write(&impostor, "apiVersion: v1\nkind: Node\nmetadata: {name: impostor}\n").unwrap();
+    let out = as_joined(&["apply", "-f", impostor.to_str().unwrap()]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("User \"system:node:joined\" cannot create resource \"nodes\""),
+        "a node registered another with its certificate: {}",
+        stderr(&out)
+    );
+    assert!(c.get_json("nodes", "impostor").is_none(), "impostor registered");
+    let out = as_joined(&["get", "secret", "anything", "-n", "kube-system"]);
+    assert!(stderr(&out).contains("Forbidden"), "{}", stderr(&out));
 }
 
 #[test]
