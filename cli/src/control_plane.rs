@@ -23,10 +23,10 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use skiff_api::bootstrap;
-use skiff_client::{Client, ClientConfig};
+use skiff_client::Client;
 use skiff_proto::etcdserverpb::cluster_client::ClusterClient;
 use skiff_proto::etcdserverpb::{MemberAddRequest, MemberListRequest, MemberPromoteRequest};
-use skiff_proto::pki::{write_private, Ca, Subject, Usage};
+use skiff_proto::pki::{write_private, Ca};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -155,15 +155,8 @@ pub struct Joining {
 
 /// A client of the masters `endpoints` as the store's root user (by certificate).
 fn root_client(endpoints: &[String], pki: &Path) -> anyhow::Result<Client> {
-    Client::new(ClientConfig {
-        endpoints: endpoints.to_vec(),
-        token: None,
-        ca: Some(pki.join(CA_CERT)),
-        client_cert: Some((pki.join("root.crt"), pki.join("root.key"))),
-        namespace: "default".into(),
-        timeout: Duration::from_secs(30),
-    })
-    .map_err(|s| anyhow::anyhow!("{}", s.message()))
+    let root = (pki.join("root.crt"), pki.join("root.key"));
+    crate::join_cmd::pinned_client(endpoints, &pki.join(CA_CERT), None, Some(root))
 }
 
 /// Opens the sealed keys, writes this master's credentials into `j.dir`, adds it to the store
@@ -175,15 +168,7 @@ async fn prepare(j: &Joining, key: &[u8; 32], config_path: &Path) -> anyhow::Res
     let pki = j.dir.join("pki");
     skiff_proto::pki::create_private_dir(&pki)?;
     std::fs::write(pki.join(CA_CERT), &ca_pem)?;
-    let bootstrap = Client::new(ClientConfig {
-        endpoints: servers.clone(),
-        token: Some(j.token.clone()),
-        ca: Some(pki.join(CA_CERT)),
-        client_cert: None,
-        namespace: "default".into(),
-        timeout: Duration::from_secs(30),
-    })
-    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let bootstrap = crate::join_cmd::pinned_client(&servers, &pki.join(CA_CERT), Some(j.token.clone()), None)?;
     let name = bootstrap::certs_secret_name(id);
     let stored = bootstrap.get("secrets", bootstrap::NAMESPACE, &name).await.map_err(|s| {
         anyhow::anyhow!(
@@ -205,29 +190,16 @@ async fn prepare(j: &Joining, key: &[u8; 32], config_path: &Path) -> anyhow::Res
         let path = if file.ends_with(".crt") || file.ends_with(".key") { pki.join(file) } else { j.dir.join(file) };
         write_private(&path, text.as_bytes())?;
     }
-    let pki = std::fs::canonicalize(&pki)?;
-    let ca = Ca::from_files(&pki.join(CA_CERT), &pki.join(CA_KEY))?;
+    let (dir, pki) = (std::fs::canonicalize(&j.dir)?, std::fs::canonicalize(&pki)?);
     let (ca_cert, ca_key) = (pki.join(CA_CERT), pki.join(CA_KEY));
+    let ca = Ca::from_files(&ca_cert, &ca_key)?;
     let advertise = match j.advertise {
         Some(a) => a,
         None => crate::join_cmd::local_address_towards(&crate::join_cmd::authority(&j.server)?)?.parse()?,
     };
-    let address = advertise.to_string();
-    // Its own identities, from the cluster CA: the client listener's, the store's root (to
-    // change the membership, and for `etcdctl` on this machine), an administrator's, and the
-    // one it reaches node servers with.
-    let sans = [address.as_str(), "127.0.0.1", "localhost"];
-    let server = ca.issue(
-        &pki.join("server"),
-        &Subject { common_name: "skiff-master", sans: &sans, ..Default::default() },
-        &[Usage::ServerAuth],
-    )?;
-    let root = Subject { common_name: skiff_raft_store::auth::ROOT, ..Default::default() };
-    ca.issue(&pki.join("root"), &root, &[Usage::ClientAuth])?;
-    let admin = Subject { common_name: "admin", organization: Some("system:masters"), ..Default::default() };
-    let admin = ca.issue(&pki.join("admin"), &admin, &[Usage::ClientAuth])?;
-    let kubelet = Subject { common_name: skiff_node::logs::MASTER_CLIENT_CN, ..Default::default() };
-    let kubelet = ca.issue(&pki.join("kubelet-client"), &kubelet, &[Usage::ClientAuth])?;
+    // Its own identities from the cluster CA, as `skiff up` makes a master's (the root one
+    // changes the membership below).
+    let ids = crate::up::issue_master_identities(&ca, &pki, Some(&advertise.to_string()))?;
     // A learner first: it counts toward no quorum until it has caught up.
     let peer_addr = std::net::SocketAddr::new(advertise, PEER_PORT).to_string();
     let client_addr = std::net::SocketAddr::new(advertise, CLIENT_PORT).to_string();
@@ -253,19 +225,18 @@ async fn prepare(j: &Joining, key: &[u8; 32], config_path: &Path) -> anyhow::Res
     // Its peer identity names the member id it was just given.
     let peer_ca = Ca::from_files(&pki.join(PEER_CA_CERT), &pki.join(PEER_CA_KEY))?;
     let peer = crate::up::peer_identity(&pki, added.id, &peer_ca, &pki.join(PEER_CA_CERT))?;
-    let data_dir = std::fs::canonicalize(&j.dir)?.join("data");
     let mut master = source.master.clone();
     master.id = added.id;
     master.name = j.name.clone();
-    master.data_dir = data_dir;
+    master.data_dir = dir.join("data");
     master.peer_addr = peer_addr;
     master.client_addr = client_addr.clone();
     // No founding members: it joins the cluster that just added it.
     master.initial_members = BTreeMap::new();
     master.root_password_hash = None;
     master.client_tls = Some(skiff_raft_store::master::ClientTls {
-        cert: server.cert,
-        key: server.key,
+        cert: ids.server.cert,
+        key: ids.server.key,
         client_ca: Some(ca_cert.clone()),
         ca: Some(ca_cert.clone()),
         client_cert_optional: true,
@@ -274,7 +245,6 @@ async fn prepare(j: &Joining, key: &[u8; 32], config_path: &Path) -> anyhow::Res
     let mut controllers = source.controllers.clone();
     let duration_seconds = controllers.cluster_signing.as_ref().map_or(365 * 24 * 3600, |s| s.duration_seconds);
     controllers.cluster_signing = Some(ClusterSigning { cert: ca_cert.clone(), key: ca_key, duration_seconds });
-    let dir = std::fs::canonicalize(&j.dir)?;
     let shared = |f: &str| bundle.files.contains_key(f).then(|| dir.join(f));
     let file = MasterFile {
         master,
@@ -282,19 +252,17 @@ async fn prepare(j: &Joining, key: &[u8; 32], config_path: &Path) -> anyhow::Res
         service_cluster_ip_range: source.service_cluster_ip_range.clone(),
         controllers,
         encryption_provider_config: shared(ENCRYPTION),
-        kubelet_client: Some(KubeletClient { cert: kubelet.cert, key: kubelet.key, ca: ca_cert.clone() }),
+        kubelet_client: Some(KubeletClient {
+            cert: ids.kubelet_client.cert,
+            key: ids.kubelet_client.key,
+            ca: ca_cert.clone(),
+        }),
     };
     // An administrator's client config naming every master, this one too.
     let mut endpoints = servers.clone();
     endpoints.push(client_addr);
-    let client = serde_json::json!({
-        "clusters": [{"name": "cluster", "endpoints": endpoints}],
-        "users": [{"name": "admin", "clientCertificate": admin.cert, "clientKey": admin.key}],
-        "ca": ca_cert,
-        "contexts": [{"name": "admin", "cluster": "cluster", "user": "admin", "namespace": "default"}],
-        "currentContext": "admin",
-    });
-    write_private(&dir.join("client.json"), (serde_json::to_string_pretty(&client)? + "\n").as_bytes())?;
+    let admin = (ids.admin.cert.as_path(), ids.admin.key.as_path());
+    crate::join_cmd::write_client_config(&dir.join("client.json"), &endpoints, &ca_cert, admin, "admin", "admin")?;
     // Written last: its presence means the join got this far.
     write_private(config_path, file.to_json()?.as_bytes())?;
     Ok(())

@@ -215,24 +215,44 @@ async fn certificate(
     result
 }
 
-/// The client config this node runs with: every master, the cluster CA, its certificate.
-fn write_client_config(
+/// A client config naming every master, the cluster CA and a certificate: the one a joined
+/// node runs with (context `node`), and a joined master's administrator config (`admin`).
+pub(crate) fn write_client_config(
     path: &Path,
     servers: &[String],
     ca: &Path,
-    cert: &Path,
-    key: &Path,
-    name: &str,
+    (cert, key): (&Path, &Path),
+    user: &str,
+    context: &str,
 ) -> anyhow::Result<()> {
     let config = serde_json::json!({
         "clusters": [{"name": "cluster", "endpoints": servers}],
-        "users": [{"name": name, "clientCertificate": cert, "clientKey": key}],
+        "users": [{"name": user, "clientCertificate": cert, "clientKey": key}],
         "ca": ca,
-        "contexts": [{"name": "node", "cluster": "cluster", "user": name, "namespace": "default"}],
-        "currentContext": "node",
+        "contexts": [{"name": context, "cluster": "cluster", "user": user, "namespace": "default"}],
+        "currentContext": context,
     });
     skiff_proto::pki::write_private(path, (serde_json::to_string_pretty(&config)? + "\n").as_bytes())?;
     Ok(())
+}
+
+/// A client of the masters `servers`, verified against the pinned cluster CA `ca`, calling
+/// with a bootstrap `token` or a `client_cert` (certificate, key).
+pub(crate) fn pinned_client(
+    servers: &[String],
+    ca: &Path,
+    token: Option<String>,
+    client_cert: Option<(PathBuf, PathBuf)>,
+) -> anyhow::Result<Client> {
+    Client::new(ClientConfig {
+        endpoints: servers.to_vec(),
+        token,
+        ca: Some(ca.to_path_buf()),
+        client_cert,
+        namespace: "default".into(),
+        timeout: Duration::from_secs(30),
+    })
+    .map_err(|s| anyhow::anyhow!("{}", s.message()))
 }
 
 /// The local address this machine reaches `server` from (no packet is sent).
@@ -300,22 +320,11 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
             let (ca_pem, servers) = discover(&server, &ca_cert_hash).await?;
             std::fs::write(&ca, &ca_pem)?;
             eprintln!("join: the cluster CA matches {ca_cert_hash}; masters {}", servers.join(", "));
-            let verified = |token: Option<String>, client_cert: Option<(PathBuf, PathBuf)>| {
-                Client::new(ClientConfig {
-                    endpoints: servers.clone(),
-                    token,
-                    ca: Some(ca.clone()),
-                    client_cert,
-                    namespace: "default".into(),
-                    timeout: Duration::from_secs(30),
-                })
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))
-            };
             // The client certificate, asked for with the token.
             let cn = format!("system:node:{name}");
             let key = skiff_proto::pki::KeyPair::generate().map_err(|e| anyhow::anyhow!("making a key: {e}"))?;
             let pem = skiff_proto::pki::request(&key, &cn, Some("system:nodes"), &[])?;
-            let bootstrap = verified(Some(token.clone()), None)?;
+            let bootstrap = pinned_client(&servers, &ca, Some(token.clone()), None)?;
             let usages = ["digital signature", "key encipherment", "client auth"];
             let cert =
                 certificate(&bootstrap, skiff_scheduler::certificates::KUBELET_CLIENT, &usages, &pem, timeout).await?;
@@ -323,7 +332,7 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
             std::fs::write(&client_cert, &cert)?;
             eprintln!("join: client certificate for {cn} issued");
             // Registered in its own name, then its serving certificate for its own addresses.
-            let own = verified(None, Some((client_cert.clone(), client_key.clone())))?;
+            let own = pinned_client(&servers, &ca, None, Some((client_cert.clone(), client_key.clone())))?;
             let config = crate::node_cmd::config_of(&node)?;
             skiff_node::heartbeat::register(&own, &config)
                 .await
@@ -336,7 +345,7 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
             skiff_proto::pki::write_private(&serving_key, key.serialize_pem().as_bytes())?;
             std::fs::write(&serving_cert, &cert)?;
             eprintln!("join: serving certificate for {} issued", node.node_ip);
-            write_client_config(&config_path, &servers, &ca, &client_cert, &client_key, &cn)
+            write_client_config(&config_path, &servers, &ca, (&client_cert, &client_key), &cn, "node")
         })?;
     }
     drop(rt);

@@ -93,17 +93,20 @@ fn secret(id: &str, secret: &str, expires: Option<i64>, description: &str, group
     })
 }
 
-/// The `skiff join` command for this client config's cluster, through `server` (the master
-/// that just answered).
-fn join_command(conn: &Conn, server: &str, token: &str) -> Result<String, Failure> {
+/// The hash a join command pins this client config's cluster CA by.
+fn ca_cert_hash(conn: &Conn) -> Result<String, Failure> {
     let config = conn.config().map_err(|e| Failure::Local(e.to_string()))?;
     let ca = config.ca.ok_or_else(|| {
         Failure::Local("--print-join-command: the cluster serves no TLS (its client config names no CA)".into())
     })?;
     let pem = std::fs::read(&ca).map_err(|e| Failure::Local(format!("{}: {e}", ca.display())))?;
-    let hash = skiff_proto::cert::ca_cert_hash(&pem).map_err(|e| Failure::Local(format!("{}: {e}", ca.display())))?;
+    skiff_proto::cert::ca_cert_hash(&pem).map_err(|e| Failure::Local(format!("{}: {e}", ca.display())))
+}
+
+/// The `skiff join` command through `server` (the master that just answered).
+fn join_command(server: &str, token: &str, hash: &str) -> String {
     let server = if server.contains("://") { server.to_string() } else { format!("https://{server}") };
-    Ok(format!("skiff join --server {server} --token {token} --ca-cert-hash {hash}"))
+    format!("skiff join --server {server} --token {token} --ca-cert-hash {hash}")
 }
 
 pub fn run(cmd: TokenCommand) -> Outcome {
@@ -118,11 +121,8 @@ pub fn run(cmd: TokenCommand) -> Outcome {
             }
             let (id, part) = (random_part(6), random_part(16));
             let token = format!("{id}.{part}");
-            // Check the join command can be made before writing: a token nobody can use is not
-            // made. It names the master that took the token, one known to answer.
-            if args.print_join_command {
-                join_command(&args.conn, "", &token)?;
-            }
+            // The CA hash before writing: a token nobody can use is not made.
+            let hash = args.print_join_command.then(|| ca_cert_hash(&args.conn)).transpose()?;
             let expires = (!ttl.is_zero()).then(|| skiff_proto::time::now_secs() + ttl.as_secs() as i64);
             let client = args.conn.client()?;
             // The sealed keys first: a token is never usable before they are there.
@@ -145,10 +145,8 @@ pub fn run(cmd: TokenCommand) -> Outcome {
                 }
                 return Err(e.into());
             }
-            let mut join = args
-                .print_join_command
-                .then(|| join_command(&args.conn, client.current_endpoint(), &token))
-                .transpose()?;
+            // It names the master that took the token, one known to answer.
+            let mut join = hash.map(|hash| join_command(client.current_endpoint(), &token, &hash));
             if let (Some(line), Some(key)) = (&mut join, &keys) {
                 line.push_str(&format!(" --control-plane --certificate-key {key}"));
             }

@@ -75,34 +75,63 @@ pub struct UpArgs {
     advertise_address: Option<std::net::IpAddr>,
 }
 
-/// A CA, a server certificate for 127.0.0.1/localhost (and the advertised address), a client certificate of the store's
-/// `root` user (`root.crt`, for `etcdctl --cert/--key`) and one of the API's `admin`
-/// (`admin.crt`, group system:masters), as PEM files in `dir`.
-fn generate_pki(dir: &Path, advertise: Option<std::net::IpAddr>) -> anyhow::Result<(PathBuf, ClientTls)> {
-    use skiff_proto::pki::{Ca, Subject, Usage};
-    std::fs::create_dir_all(dir)?;
-    let ca = Ca::create(&dir.join("ca"), CLUSTER_CA)?;
-    let advertise = advertise.map(|a| a.to_string());
+/// What a master presents, issued by the cluster CA into `pki`: its client listener's server
+/// certificate (`server.*`, for 127.0.0.1, localhost and `address`), the store's `root` user
+/// (`root.*`, for `etcdctl --cert/--key` and membership changes), the API's administrator
+/// (`admin.*`, group system:masters, as kubeadm's admin.conf) and the masters' client identity
+/// towards node servers (`kubelet-client.*`). `skiff up` and `skiff join --control-plane` both
+/// make a master's identities here.
+pub(crate) struct MasterIdentities {
+    pub server: skiff_proto::pki::Issued,
+    pub admin: skiff_proto::pki::Issued,
+    pub kubelet_client: skiff_proto::pki::Issued,
+}
+
+pub(crate) fn issue_master_identities(
+    ca: &skiff_proto::pki::Ca,
+    pki: &Path,
+    address: Option<&str>,
+) -> anyhow::Result<MasterIdentities> {
+    use skiff_proto::pki::{Subject, Usage};
     let mut sans = vec!["127.0.0.1", "localhost"];
-    sans.extend(advertise.as_deref());
+    sans.extend(address);
     let server = Subject { common_name: "skiff-master", sans: &sans, ..Default::default() };
-    let server = ca.issue(&dir.join("server"), &server, &[Usage::ServerAuth])?;
+    let server = ca.issue(&pki.join("server"), &server, &[Usage::ServerAuth])?;
     let root = Subject { common_name: skiff_raft_store::auth::ROOT, ..Default::default() };
-    ca.issue(&dir.join("root"), &root, &[Usage::ClientAuth])?;
-    // The Skiff API's administrator by certificate (CN the user, O its group), as the
-    // kubernetes-admin certificate of a kubeadm cluster.
+    ca.issue(&pki.join("root"), &root, &[Usage::ClientAuth])?;
     let admin = Subject { common_name: "admin", organization: Some("system:masters"), ..Default::default() };
-    ca.issue(&dir.join("admin"), &admin, &[Usage::ClientAuth])?;
+    let admin = ca.issue(&pki.join("admin"), &admin, &[Usage::ClientAuth])?;
+    let kubelet = Subject { common_name: skiff_node::logs::MASTER_CLIENT_CN, ..Default::default() };
+    let kubelet_client = ca.issue(&pki.join("kubelet-client"), &kubelet, &[Usage::ClientAuth])?;
+    Ok(MasterIdentities { server, admin, kubelet_client })
+}
+
+/// A new cluster CA in `dir` and the masters' identities from it
+/// ([`issue_master_identities`]); the CA's path, the client listener's TLS and the masters'
+/// client identity towards node servers.
+fn generate_pki(
+    dir: &Path,
+    advertise: Option<std::net::IpAddr>,
+) -> anyhow::Result<(PathBuf, ClientTls, crate::master_cmd::KubeletClient)> {
+    std::fs::create_dir_all(dir)?;
+    let ca = skiff_proto::pki::Ca::create(&dir.join("ca"), CLUSTER_CA)?;
+    let advertise = advertise.map(|a| a.to_string());
+    let ids = issue_master_identities(&ca, dir, advertise.as_deref())?;
     let ca_path = std::fs::canonicalize(dir.join("ca.crt"))?;
     let tls = ClientTls {
-        cert: server.cert,
-        key: server.key,
+        cert: ids.server.cert,
+        key: ids.server.key,
         // Certificates are one way to authenticate, tokens the other (etcd's and Kubernetes').
         client_ca: Some(ca_path.clone()),
         ca: Some(ca_path.clone()),
         client_cert_optional: true,
     };
-    Ok((ca_path, tls))
+    let kubelet = crate::master_cmd::KubeletClient {
+        cert: ids.kubelet_client.cert,
+        key: ids.kubelet_client.key,
+        ca: ca_path.clone(),
+    };
+    Ok((ca_path, tls, kubelet))
 }
 
 /// The common name of the cluster CA `skiff up` makes.
@@ -267,17 +296,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     }
     let pki = if args.insecure { None } else { Some(generate_pki(&dir.join("pki"), args.advertise_address)?) };
     // Masters dial node servers (logs, metrics) with a client certificate of their own.
-    let kubelet_client = match cluster_ca(dir)? {
-        Some(ca) => {
-            let base = dir.join("pki").join("kubelet-client");
-            let subject =
-                skiff_proto::pki::Subject { common_name: skiff_node::logs::MASTER_CLIENT_CN, ..Default::default() };
-            let issued = ca.issue(&base, &subject, &[skiff_proto::pki::Usage::ClientAuth])?;
-            let ca = std::fs::canonicalize(dir.join("pki/ca.crt"))?;
-            Some(crate::master_cmd::KubeletClient { cert: issued.cert, key: issued.key, ca })
-        }
-        None => None,
-    };
+    let kubelet_client = pki.as_ref().map(|(_, _, kubelet)| kubelet.clone());
     // Masters speak to each other over mutual TLS with identities from a CA of their own.
     create_private_dir(&dir.join("pki"))?;
     let peer_ca_path = dir.join("pki").join("peer-ca.crt");
@@ -296,7 +315,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         if let Some(v) = args.request_timeout_ms {
             config.request_timeout_ms = v;
         }
-        config.client_tls = pki.as_ref().map(|(_, tls)| tls.clone());
+        config.client_tls = pki.as_ref().map(|(_, tls, _)| tls.clone());
         config.root_password_hash = Some(root_password_hash.clone());
         config.peer_tls = Some(peer_identity(&home, id, &peer_ca, &peer_ca_path)?);
         let config_path = std::fs::canonicalize(&home)?.join("config.json");
@@ -350,7 +369,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     let client = serde_json::json!({
         "clusters": [{"name": "local", "endpoints": endpoints}],
         "users": [{"name": "admin", "token": admin_token}],
-        "ca": pki.as_ref().map(|(ca, _)| ca.clone()),
+        "ca": pki.as_ref().map(|(ca, _, _)| ca.clone()),
         "contexts": [{"name": "local", "cluster": "local", "user": "admin", "namespace": "default"}],
         "currentContext": "local",
     });
@@ -362,7 +381,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         client_config: Some(std::fs::canonicalize(client_config)?),
         credentials: Some(std::fs::canonicalize(dir.join("admin.token"))?),
         etcd_root_password: Some(std::fs::canonicalize(dir.join("root.password"))?),
-        ca: pki.map(|(ca, _)| ca),
+        ca: pki.map(|(ca, _, _)| ca),
         service_cidr,
         cluster_cidr: args.cluster_cidr.clone(),
     })
