@@ -93,6 +93,7 @@ impl Net {
             ip(&["-n", &name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
             ip(&["-n", &name, "link", "set", "eth0", "up"])?;
             ip(&["-n", &name, "link", "set", "lo", "up"])?;
+            wait_plugged_in(&name, &host, Duration::from_secs(10))?;
             let connect = spawn_connector(&name)?;
             net.members.push(Ns { name, ip: addr, connect });
         }
@@ -236,6 +237,37 @@ impl Drop for Net {
             let _ = ip(&["netns", "del", &m.name]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// Waits until the veth pair `host` (a port of a bridge, in this namespace) ↔ `eth0` (in
+/// namespace `ns`) carries frames: both ends operationally up and the bridge port forwarding.
+/// `ip link set up` returns before the kernel's link watcher has run; until it has, the device
+/// still has its no-op queue and the bridge port is disabled, so the first packets (an ARP
+/// request, a SYN) are dropped and the first connection waits out a retransmit.
+pub fn wait_plugged_in(ns: &str, host: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let host_state = std::fs::read_to_string(format!("/sys/class/net/{host}/operstate"))
+            .with_context(|| format!("reading {host}'s operstate"))?;
+        let port_state = std::fs::read_to_string(format!("/sys/class/net/{host}/brport/state"))
+            .with_context(|| format!("reading {host}'s bridge port state"))?;
+        let out = Command::new("ip").args(["-n", ns, "-o", "link", "show", "dev", "eth0"]).output()?;
+        let inside = String::from_utf8_lossy(&out.stdout);
+        // Bridge port state 3 is BR_STATE_FORWARDING.
+        if host_state.trim() == "up" && port_state.trim() == "3" && inside.contains(" state UP ") {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "{host} ↔ {ns}/eth0 not carrying frames after {timeout:?}: {host} is {}, its bridge \
+                 port state {} (3 is forwarding), eth0: {}",
+                host_state.trim(),
+                port_state.trim(),
+                inside.trim()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -63,6 +63,8 @@ impl Lan {
             ip(&["-n", &m.ns, "addr", "add", &format!("{}/24", m.ip), "dev", "eth0"]);
             ip(&["-n", &m.ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &m.ns, "link", "set", "lo", "up"]);
+            skiff_chaos::net::wait_plugged_in(&m.ns, &m.cable, std::time::Duration::from_secs(10))
+                .expect("a machine's cable carries frames");
         }
         lan
     }
