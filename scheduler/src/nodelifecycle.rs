@@ -193,8 +193,8 @@ impl NodeLifecycle {
         plan(node, lease.as_deref(), pods.iter().map(|p| &**p), now, self.grace, self.eviction)
     }
 
-    /// Whether a node change may mark a node unreachable now (one per [`NODE_TAINT_INTERVAL`]);
-    /// takes the turn if so.
+    /// Whether a node may be tainted unreachable now (one per [`NODE_TAINT_INTERVAL`]); takes
+    /// the turn if so.
     fn may_mark(&self) -> bool {
         let mut last = self.last_taint.lock().expect("not poisoned");
         if last.is_some_and(|t| t.elapsed() < NODE_TAINT_INTERVAL) {
@@ -202,6 +202,12 @@ impl NodeLifecycle {
         }
         *last = Some(Instant::now());
         true
+    }
+
+    /// How long until the next node may be tainted unreachable.
+    fn until_turn(&self) -> Duration {
+        let last = self.last_taint.lock().expect("not poisoned");
+        last.map_or(Duration::ZERO, |t| NODE_TAINT_INTERVAL.saturating_sub(t.elapsed()))
     }
 }
 
@@ -246,8 +252,11 @@ impl Reconciler for NodeLifecycle {
         let was = marked_unreachable(&node);
         let becomes = plan.taints.as_ref().is_some_and(marked_unreachable);
         if becomes && !was && !self.may_mark() {
-            tracing::info!(node = meta.name, "node unreachable; marking it waits for the node eviction rate");
-            return Vec::new();
+            // As Kubernetes' node lifecycle controller: the node's conditions say what is known at
+            // once (Ready=Unknown); only the taint that evicts its pods waits for its turn.
+            tracing::info!(node = meta.name, "node unreachable; tainting it waits for the node eviction rate");
+            let status = plan.conditions.map(|n| Command::UpdateStatus { object: Object::Node(n), note: None });
+            return status.into_iter().collect();
         }
         let mut commands = Vec::new();
         // Conditions first, then taints (Kubernetes' order): whoever sees the unreachable taint
@@ -282,7 +291,7 @@ impl Reconciler for NodeLifecycle {
         let now = now_secs();
         let plan = self.plan(&node, now);
         if plan.taints.as_ref().is_some_and(marked_unreachable) && !marked_unreachable(&node) {
-            return Some(NODE_TAINT_INTERVAL);
+            return Some(self.until_turn().max(Duration::from_millis(100)));
         }
         plan.look_again_at.map(|at| Duration::from_secs((at - now).max(1) as u64))
     }
@@ -345,6 +354,49 @@ mod tests {
         let mut beating = node();
         beating.status.as_mut().unwrap().conditions[0].last_heartbeat_time = skiff_proto::time::rfc3339(1000);
         assert!(plan(&beating, None, &[], 1041, G, E).taints.is_some(), "the Ready heartbeat counts without a lease");
+    }
+
+    #[test]
+    fn a_node_held_back_by_the_eviction_rate_is_marked_unknown_at_once_and_tainted_at_its_turn() {
+        let (nodes, leases) = (Store::<Node>::new(), Store::<Lease>::new());
+        let stale = skiff_proto::time::rfc3339(now_secs() - 60);
+        let mut silent = Vec::new();
+        for name in ["n1", "n2"] {
+            let mut n = node();
+            n.metadata.as_mut().unwrap().name = name.into();
+            silent.push(n);
+            let mut l: Lease = typed(json!({"spec": {"renewTime": stale}}));
+            l.metadata = Some(typed(json!({"name": name, "namespace": LEASE_NAMESPACE})));
+            leases.apply(skiff_client::informer::WatchEvent::Added(l));
+        }
+        nodes.replace(silent, String::new());
+        let c = NodeLifecycle {
+            nodes,
+            leases,
+            pods: index_by_node(Store::new()),
+            grace: Duration::from_secs(5),
+            eviction: E,
+            last_taint: Mutex::new(None),
+        };
+        let kinds = |cmds: &[Command]| {
+            cmds.iter()
+                .map(|c| match c {
+                    Command::UpdateStatus { .. } => "status",
+                    Command::Update { .. } => "taint",
+                    _ => "other",
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(&c.reconcile(&ObjectKey::new("", "n1"))), ["status", "taint"]);
+        // The second silent node within the interval: Ready=Unknown now, the taint later.
+        let held = c.reconcile(&ObjectKey::new("", "n2"));
+        assert_eq!(kinds(&held), ["status"]);
+        let Command::UpdateStatus { object: Object::Node(n), .. } = &held[0] else { unreachable!() };
+        assert_eq!(n.status.as_ref().unwrap().conditions[0].status, "Unknown");
+        // Looked at again when its turn comes, not a whole interval from now.
+        *c.last_taint.lock().unwrap() = Some(Instant::now() - Duration::from_secs(7));
+        let again = c.requeue_after(&ObjectKey::new("", "n2")).unwrap();
+        assert!(again <= Duration::from_secs(3) && again >= Duration::from_secs(2), "{again:?}");
     }
 
     #[test]
