@@ -1,7 +1,7 @@
 //! The masters under test: real `skiff master` processes, one per namespace of [`Net`], that the
 //! nemesis kills, restarts, pauses and resumes.
 
-use crate::net::{Net, CLIENT_PORT};
+use crate::net::Net;
 use crate::nodes::Nodes;
 use crate::pki::ChaosPki;
 use crate::process::Process;
@@ -27,6 +27,8 @@ pub struct Master {
     /// The raft data directory (wiped when the member is replaced).
     data: PathBuf,
     peer_addr: String,
+    /// Its client listener, on its bridge address (node machines reach it there).
+    client_addr: String,
     log: PathBuf,
     pub process: Process,
 }
@@ -67,7 +69,7 @@ impl Master {
             format!("master-{}", self.id),
             self.data.clone(),
             self.peer_addr.clone(),
-            format!("127.0.0.1:{CLIENT_PORT}"),
+            self.client_addr.clone(),
         );
         config.initial_members = initial.clone();
         config.unsafe_local_reads = opts.unsafe_local_reads;
@@ -114,7 +116,8 @@ impl ChaosCluster {
     /// Writes each master's configuration under `dir` and starts them all.
     pub fn start(skiff: &Path, n: usize, dir: &Path, options: MasterOptions) -> anyhow::Result<ChaosCluster> {
         let mut net = Net::create(n)?;
-        let pki = ChaosPki::create(dir)?;
+        let ips: Vec<String> = net.members.iter().map(|m| m.ip.to_string()).collect();
+        let pki = ChaosPki::create(dir, &ips)?;
         net.use_tls(pki.harness_tls()?)?;
         let members: BTreeMap<u64, Member> = (0..n)
             .map(|i| {
@@ -122,7 +125,7 @@ impl ChaosCluster {
                 let m = Member {
                     name: format!("master-{id}"),
                     peer_addr: net.peer_addr(i),
-                    client_addr: format!("127.0.0.1:{CLIENT_PORT}"),
+                    client_addr: net.client_addr(i).to_string(),
                 };
                 (id, m)
             })
@@ -137,6 +140,7 @@ impl ChaosCluster {
                 config: home.join("master.json"),
                 data: home.join("data"),
                 peer_addr: m.peer_addr.clone(),
+                client_addr: m.client_addr.clone(),
                 log: dir.join(format!("master-{id}.log")),
                 process: Process::default(),
             };
@@ -164,9 +168,9 @@ impl ChaosCluster {
         Ok(c)
     }
 
-    /// Starts the node daemons; they reach the masters through proxies into their namespaces.
-    pub async fn start_nodes(&mut self, dir: &Path, opts: &crate::nodes::NodeOptions) -> anyhow::Result<()> {
-        self.nodes = Nodes::start(&self.skiff, &self.net, &self.pki, dir, opts).await?;
+    /// Starts the node daemons, each on a machine of its own on the masters' bridge.
+    pub fn start_nodes(&mut self, dir: &Path, opts: &crate::nodes::NodeOptions) -> anyhow::Result<()> {
+        self.nodes = Nodes::start(&self.skiff, &self.net, &self.pki, dir, opts)?;
         Ok(())
     }
 
@@ -405,6 +409,8 @@ impl ChaosCluster {
 
 impl Drop for ChaosCluster {
     fn drop(&mut self) {
+        // The nodes first: their reset runs on their machines, which outlive the masters' net.
+        self.nodes.stop_all();
         self.stop_all();
     }
 }

@@ -32,6 +32,10 @@ pub enum FaultKind {
     /// SIGSTOP of a node daemon: it stops heartbeating; long holds outlast the node grace
     /// period and the pod eviction timeout. SIGCONT after the hold.
     NodePause,
+    /// A node machine is lost: its cable pulled and every process on it killed, containers
+    /// included (a power cut). After the hold it boots again: cable back, daemon started on the
+    /// state its disk kept.
+    MachineLoss,
     /// Fill one master's data directory (a tmpfs the run mounts for each) below its reserve,
     /// or to the last byte and defragment it; after the hold free it, restart the master if it
     /// stopped, and disarm the NOSPACE alarm.
@@ -39,7 +43,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
@@ -48,6 +52,7 @@ impl FaultKind {
         FaultKind::Churn,
         FaultKind::NodeKill,
         FaultKind::NodePause,
+        FaultKind::MachineLoss,
         FaultKind::DiskFull,
     ];
 
@@ -62,13 +67,14 @@ impl FaultKind {
             FaultKind::Churn => "churn",
             FaultKind::NodeKill => "node-kill",
             FaultKind::NodePause => "node-pause",
+            FaultKind::MachineLoss => "machine-loss",
             FaultKind::DiskFull => "disk-full",
         }
     }
 
     /// Whether the fault hits node daemons rather than masters.
     pub fn on_nodes(self) -> bool {
-        matches!(self, FaultKind::NodeKill | FaultKind::NodePause)
+        matches!(self, FaultKind::NodeKill | FaultKind::NodePause | FaultKind::MachineLoss)
     }
 }
 
@@ -123,6 +129,8 @@ pub enum Action {
     /// Node daemon n (modulo their number).
     NodeKill(usize),
     NodePause(usize),
+    /// Node machine n (modulo their number).
+    MachineLoss(usize),
     /// Fill the target's data directory: below its reserve, or (`last_byte`) completely.
     DiskFull {
         target: Target,
@@ -195,6 +203,8 @@ pub fn plan_with(
             FaultKind::NodeKill => (Action::NodeKill(rng.gen_range(0..64)), millis(&mut rng, 500, 4000)),
             // From a blip to well past the grace period plus the eviction timeout.
             FaultKind::NodePause => (Action::NodePause(rng.gen_range(0..64)), millis(&mut rng, 2000, 16000)),
+            // From a reboot the masters hardly notice to one that outlasts the eviction.
+            FaultKind::MachineLoss => (Action::MachineLoss(rng.gen_range(0..64)), millis(&mut rng, 2000, 16000)),
             FaultKind::DiskFull => (
                 Action::DiskFull { target: target(&mut rng, masters, leader_share), last_byte: rng.gen_bool(0.5) },
                 millis(&mut rng, 2000, 6000),
@@ -320,6 +330,20 @@ pub async fn execute(
                     (FaultKind::NodePause, format!("pause node daemon {name} (no heartbeats)"), false)
                 }
             }
+            Action::MachineLoss(k) => {
+                anyhow::ensure!(
+                    !cluster.nodes.is_empty(),
+                    "a machine loss was planned for a run without node machines"
+                );
+                let k = k % cluster.nodes.len();
+                let name = cluster.nodes.daemons[k].name.clone();
+                let killed = cluster.nodes.lose_machine(k)?;
+                (
+                    FaultKind::MachineLoss,
+                    format!("lose {name}'s machine (cable pulled, {killed} processes killed)"),
+                    false,
+                )
+            }
             Action::DiskFull { target, last_byte } => {
                 let i = resolve(target, leader, n);
                 cluster.fill_disk(i, *last_byte)?;
@@ -370,7 +394,7 @@ pub async fn execute(
         tracing::info!(%description, "fault");
         tokio::time::sleep(p.hold).await;
         let mut description = description;
-        if let Action::NodePause(k) = &p.action {
+        if let Action::NodePause(k) | Action::MachineLoss(k) = &p.action {
             // What the leader made of the silence, seen just before the node wakes up.
             let name = &cluster.nodes.daemons[k % cluster.nodes.len()].name;
             let view = cluster.node_view(name).await.unwrap_or_else(|| "no master answered".into());
@@ -405,7 +429,7 @@ pub async fn execute(
                     cluster.restart(i)?;
                 }
             }
-            Action::NodeKill(_) | Action::NodePause(_) => cluster.nodes.heal()?,
+            Action::NodeKill(_) | Action::NodePause(_) | Action::MachineLoss(_) => cluster.nodes.heal()?,
             Action::DiskFull { .. } => {
                 for i in 0..n {
                     cluster.free_disk(i)?;
@@ -510,6 +534,20 @@ mod tests {
         assert!(nodes.iter().any(|f| matches!(f.action, Action::NodeKill(_))), "{nodes:?}");
         let long_pause = |f: &Planned| matches!(f.action, Action::NodePause(_)) && f.hold >= Duration::from_secs(11);
         assert!(nodes.iter().any(long_pause), "{nodes:?}");
+        // Seed 277, 55 s, with node machines: all of seed 22's, plus a machine lost briefly (its
+        // pods restarted where they were) and one lost past the grace period and the eviction.
+        let kinds =
+            [FaultKind::Kill, FaultKind::Partition, FaultKind::NodeKill, FaultKind::NodePause, FaultKind::MachineLoss];
+        let machines = plan(277, Duration::from_secs(55), &kinds, 3);
+        assert!(machines.iter().any(|f| f.action == Action::Kill(Target::Leader)), "{machines:?}");
+        assert!(machines.iter().any(|f| matches!(f.action, Action::Partition(_))), "{machines:?}");
+        assert!(machines.iter().any(|f| matches!(f.action, Action::NodeKill(_))), "{machines:?}");
+        assert!(machines.iter().any(long_pause), "{machines:?}");
+        let lost = |f: &Planned, long: bool| {
+            matches!(f.action, Action::MachineLoss(_)) && (f.hold >= Duration::from_secs(11)) == long
+        };
+        assert!(machines.iter().any(|f| lost(f, true)), "no long machine loss: {machines:?}");
+        assert!(machines.iter().any(|f| lost(f, false)), "no short machine loss: {machines:?}");
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The harness's private network: one network namespace per master, each with a veth link to a
-//! bridge that exists only for this run. Nothing is routed off the machine: the bridge has no
-//! address in the host's namespace, and each master's client listener is its own namespace's
-//! loopback, reached through [`Net::channel`] (a socket opened inside that namespace).
+//! bridge that exists only for this run, and one per node machine ([`Machine`]) on the same
+//! bridge. Nothing is routed off the machine: the bridge has no address in the host's namespace,
+//! and the harness reaches each master's client listener (on its bridge address) through
+//! [`Net::channel`], a socket opened inside that master's namespace.
 //!
 //! Faults on links are routes and packet filters inside the namespaces: a partition is a
 //! blackhole route to each peer on the other side (both directions, so established streams stall
 //! as a cut cable would); a lossy link drops a share of the namespace's outgoing packets; a
-//! slow link holds each of them for a fixed time ([`crate::delay`]).
+//! slow link holds each of them for a fixed time ([`crate::delay`]). A machine is lost by pulling
+//! its cable ([`Machine::unplug`]).
 
 use crate::delay::Delay;
 use anyhow::{bail, Context};
@@ -17,7 +19,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// The port every master's client listener uses on its namespace's loopback.
+/// The port every master's client listener uses on its bridge address.
 pub const CLIENT_PORT: u16 = 2379;
 /// The port every master's peer listener uses on its veth address.
 pub const PEER_PORT: u16 = 2380;
@@ -87,13 +89,7 @@ impl Net {
             let name = format!("skc{}-{i}", net.tag);
             let host = format!("skc{}h{i}", net.tag);
             let addr = Ipv4Addr::new(10, 213, 0, (i + 2) as u8);
-            ip(&["netns", "add", &name])?;
-            ip(&["link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &name])?;
-            ip(&["link", "set", &host, "master", &net.bridge, "up"])?;
-            ip(&["-n", &name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-            ip(&["-n", &name, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &name, "link", "set", "lo", "up"])?;
-            wait_plugged_in(&name, &host, Duration::from_secs(10))?;
+            plug_in(&net.bridge, &name, &host, addr)?;
             let connect = spawn_connector(&name)?;
             net.members.push(Ns { name, ip: addr, connect });
         }
@@ -102,6 +98,26 @@ impl Net {
 
     pub fn peer_addr(&self, i: usize) -> String {
         format!("{}:{PEER_PORT}", self.members[i].ip)
+    }
+
+    /// Member `i`'s client listener: its bridge address, so node machines reach it too.
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from((self.members[i].ip, CLIENT_PORT))
+    }
+
+    /// Node machine `k` (at most [`MAX_MACHINES`]): a namespace `skc<tag>-n<k>` plugged into
+    /// the bridge at 10.213.0.(210+k).
+    pub fn add_machine(&self, k: usize) -> anyhow::Result<Machine> {
+        if k >= MAX_MACHINES {
+            bail!("at most {MAX_MACHINES} node machines, not {}", k + 1);
+        }
+        let name = format!("skc{}-n{k}", self.tag);
+        let cable = format!("skc{}c{k}", self.tag);
+        let ip = Ipv4Addr::new(10, 213, 0, (210 + k) as u8);
+        // The machine cleans up after itself from here on, if a later step fails too.
+        let machine = Machine { name, ip, cable };
+        plug_in(&self.bridge, &machine.name, &machine.cable, ip)?;
+        Ok(machine)
     }
 
     /// Channels from here on speak TLS to the client listeners with `tls` (its CA and identity).
@@ -120,11 +136,12 @@ impl Net {
     /// (its scheme, TLS and deadlines), opened inside the member's namespace.
     pub fn channel_to(&self, i: usize, endpoint: Endpoint) -> Channel {
         let tx = self.members[i].connect.clone();
+        let listener = self.client_addr(i);
         let connector = tower::service_fn(move |_: Uri| {
             let tx = tx.clone();
             async move {
                 let (reply, rx) = tokio::sync::oneshot::channel();
-                tx.send((SocketAddr::from(([127, 0, 0, 1], CLIENT_PORT)), reply))
+                tx.send((listener, reply))
                     .map_err(|_| std::io::Error::other("the namespace's connector thread is gone"))?;
                 let stream = rx.await.map_err(|_| std::io::Error::other("the connector dropped the request"))??;
                 stream.set_nonblocking(true)?;
@@ -133,35 +150,6 @@ impl Net {
             }
         });
         endpoint.connect_timeout(Duration::from_secs(1)).connect_with_connector_lazy(connector)
-    }
-
-    /// A port on the host's loopback that forwards every connection to member `i`'s client
-    /// listener (opened inside its namespace), for processes that live outside the namespaces —
-    /// the node daemons. Only the masters' peer links are cut by partitions; a master that is
-    /// killed refuses the forwarded connection, one that is paused leaves it hanging.
-    pub async fn proxy(&self, i: usize) -> anyhow::Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a proxy port")?;
-        let addr = listener.local_addr()?;
-        let tx = self.members[i].connect.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let (reply, rx) = tokio::sync::oneshot::channel();
-                    if tx.send((SocketAddr::from(([127, 0, 0, 1], CLIENT_PORT)), reply)).is_err() {
-                        return;
-                    }
-                    let Ok(Ok(stream)) = rx.await else { return };
-                    let outbound = stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream));
-                    if let Ok(mut outbound) = outbound {
-                        let _ = outbound.set_nodelay(true);
-                        let _ = inbound.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Ok(addr)
     }
 
     /// Cuts traffic between every member of `a` and every member of `b`, both ways.
@@ -237,6 +225,70 @@ impl Drop for Net {
             let _ = ip(&["netns", "del", &m.name]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// Creates namespace `ns` with `eth0` at `addr`/24, its other end `host` a port of `bridge`,
+/// and waits until the link carries frames.
+fn plug_in(bridge: &str, ns: &str, host: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+    ip(&["netns", "add", ns])?;
+    ip(&["link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+    ip(&["link", "set", host, "master", bridge, "up"])?;
+    ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+    ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    wait_plugged_in(ns, host, Duration::from_secs(10))
+}
+
+/// How many node machines a run may have (their addresses follow the masters' up to .249).
+pub const MAX_MACHINES: usize = 40;
+
+/// A node host: a network namespace with its own address on the run's bridge. Processes run
+/// in it through [`command`](Self::command); it is lost by [`unplug`](Self::unplug) plus
+/// killing what runs in it, and comes back by [`plug`](Self::plug). Dropping it kills what is
+/// left in it and removes it.
+pub struct Machine {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// Its veth's end on the bridge, in the harness's namespace.
+    cable: String,
+}
+
+impl Machine {
+    /// A command that runs `program` in this machine's network namespace (the host's mounts,
+    /// so the node daemon's overlays and bind mounts are where its cleanup looks for them).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        c
+    }
+
+    /// Every process in this machine's network namespace.
+    pub fn pids(&self) -> Vec<i32> {
+        let out = Command::new("ip").args(["netns", "pids", &self.name]).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The cable is pulled: nothing reaches the machine and nothing leaves it.
+    pub fn unplug(&self) -> anyhow::Result<()> {
+        ip(&["link", "set", &self.cable, "down"])
+    }
+
+    /// The cable is back, and carries frames when this returns.
+    pub fn plug(&self) -> anyhow::Result<()> {
+        ip(&["link", "set", &self.cable, "up"])?;
+        wait_plugged_in(&self.name, &self.cable, Duration::from_secs(10))
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = ip(&["link", "del", &self.cable]);
+        let _ = ip(&["netns", "del", &self.name]);
     }
 }
 

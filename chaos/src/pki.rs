@@ -17,7 +17,8 @@ pub struct ChaosPki {
     pub ca: PathBuf,
     peer: Ca,
     peer_ca: PathBuf,
-    /// The masters' client listener: 127.0.0.1 (inside each namespace, and the proxies').
+    /// The masters' client listener: their bridge addresses (and 127.0.0.1, the name the
+    /// harness's channels verify, whichever namespace they are opened in).
     server: Issued,
     /// The harness's identity: CN `root` (the store's root user), O `system:masters` (the API's
     /// administrators), so one channel serves both APIs.
@@ -29,13 +30,16 @@ pub struct ChaosPki {
 }
 
 impl ChaosPki {
-    /// Makes every credential of a run under `dir/pki` (0700; keys 0600).
-    pub fn create(dir: &Path) -> anyhow::Result<ChaosPki> {
+    /// Makes every credential of a run under `dir/pki` (0700; keys 0600); `ips` are the
+    /// masters' bridge addresses.
+    pub fn create(dir: &Path, ips: &[String]) -> anyhow::Result<ChaosPki> {
         let dir = dir.join("pki");
         create_private_dir(&dir)?;
         let cluster = Ca::create(&dir.join("ca"), "skiff-chaos-ca")?;
         let peer = Ca::create(&dir.join("peer-ca"), "skiff-chaos-peer-ca")?;
-        let server = Subject { common_name: "skiff-master", sans: &["127.0.0.1", "localhost"], ..Default::default() };
+        let mut sans: Vec<&str> = vec!["127.0.0.1", "localhost"];
+        sans.extend(ips.iter().map(String::as_str));
+        let server = Subject { common_name: "skiff-master", sans: &sans, ..Default::default() };
         let server = cluster.issue(&dir.join("server"), &server, &[Usage::ServerAuth])?;
         let harness = Subject {
             common_name: skiff_raft_store::auth::ROOT,

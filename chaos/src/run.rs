@@ -231,7 +231,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut app_pace = 100..300;
     let mut image = "busybox:unscheduled".to_string();
     if let Some(nodes) = opts.nodes.as_ref().filter(|_| with_nodes) {
-        cluster.start_nodes(&opts.artifacts, nodes).await?;
+        cluster.start_nodes(&opts.artifacts, nodes)?;
         image = cluster.nodes.image.clone();
         app_pace = 1000..3000;
     }

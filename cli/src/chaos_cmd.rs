@@ -16,7 +16,7 @@ pub struct ChaosArgs {
     #[arg(long, default_value = "60s", value_parser = crate::ctl::parse_duration)]
     duration: std::time::Duration,
     /// Comma-separated faults: kill, pause, partition, lossy, slow, churn (masters); node-kill,
-    /// node-pause (node daemons, with --nodes).
+    /// node-pause, machine-loss (node daemons, with --nodes).
     #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
     faults: Vec<FaultKind>,
     /// Seed of the fault schedule (default: the clock); the same seed gives the same schedule.
@@ -109,6 +109,12 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         (0, _) => None,
         (_, None) => bail!("--nodes needs --image: an OCI image layout for the pods (scripts/build-test-image DIR)"),
         (count, Some(image)) => {
+            if count > skiff_chaos::net::MAX_MACHINES {
+                bail!(
+                    "--nodes {count}: each node runs on a machine of its own, at most {}",
+                    skiff_chaos::net::MAX_MACHINES
+                );
+            }
             if !image.join("index.json").is_file() {
                 bail!("--image {}: not an OCI image layout (no index.json)", image.display());
             }

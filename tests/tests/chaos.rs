@@ -262,14 +262,17 @@ fn replacing_members_under_load_loses_nothing() {
 }
 
 #[test]
-fn node_daemons_killed_and_silenced_leave_every_deployment_running() {
+fn node_daemons_killed_silenced_and_machines_lost_leave_every_deployment_running() {
+    const SEED: &str = "277";
+    const SECONDS: u64 = 55;
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let image = skiff_tests::test_image();
-    // Seed 22's schedule (pinned by the chaos crate's unit tests) kills the leader, partitions
-    // the masters, kills a node daemon and silences one for longer than the grace period plus
-    // the eviction timeout.
-    let floors = floors(45);
+    // Seed 277's schedule (pinned by the chaos crate's unit tests) kills the leader, partitions
+    // the masters, kills a node daemon, silences one for longer than the grace period plus the
+    // eviction timeout, and loses a node machine briefly and once for as long.
+    let floors = floors(SECONDS);
+    let seconds = format!("{SECONDS}s");
     let args = [
         "--masters",
         "3",
@@ -278,34 +281,51 @@ fn node_daemons_killed_and_silenced_leave_every_deployment_running() {
         "--image",
         image.to_str().unwrap(),
         "--duration",
-        "45s",
+        &seconds,
         "--faults",
-        "kill,partition,node-kill,node-pause",
+        "kill,partition,node-kill,node-pause,machine-loss",
         "--seed",
-        "22",
+        SEED,
     ];
     let (out, report) = chaos(dir.path(), &with_floors(&args, &floors));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(report["passed"], true, "{stdout}");
-    assert_floors(&report, 45, &stdout);
+    assert_floors(&report, SECONDS, &stdout);
     let faults = report["faults"].as_array().unwrap();
     assert!(faults.iter().any(|f| f["kind"] == "node-kill"), "no node daemon was killed:\n{stdout}");
-    // The leader noticed the silence: the node went unknown and its pods were evicted.
-    let silenced = faults
-        .iter()
-        .filter_map(|f| f["description"].as_str())
-        .find(|d| d.starts_with("pause node daemon") && d.contains("Ready=Unknown") && !d.contains(", 0 of its"));
-    assert!(silenced.is_some(), "no node pause was seen as unreachable with pods evicted:\n{faults:#?}");
+    // The leader noticed the silence and the lost machine: the node went unknown and its pods
+    // were evicted.
+    let seen_unreachable = |prefix: &str| {
+        faults
+            .iter()
+            .filter_map(|f| f["description"].as_str())
+            .any(|d| d.starts_with(prefix) && d.contains("Ready=Unknown") && !d.contains(", 0 of its"))
+    };
+    assert!(
+        seen_unreachable("pause node daemon"),
+        "no node pause was seen as unreachable with pods evicted:\n{faults:#?}"
+    );
+    assert!(
+        seen_unreachable("lose chaos-node-"),
+        "no lost machine was seen as unreachable with pods evicted:\n{faults:#?}"
+    );
+    // A lost machine's containers died with it (a daemon kill leaves them running).
+    let lost = faults.iter().filter_map(|f| f["description"].as_str()).find(|d| d.starts_with("lose chaos-node-"));
+    assert!(lost.is_some_and(|d| !d.contains("(cable pulled, 0 processes")), "{faults:#?}");
     assert_eq!(check(&report, "rollout surge")["passed"], true, "{stdout}");
     let converge = check(&report, "deployments converge");
     assert!(converge["detail"].as_str().unwrap().contains("Running and Ready on 2 nodes"), "{stdout}");
-    // The nodes were reset at the end: no bridge of theirs and no container of theirs is left
-    // (only this test runs chaos with nodes, so any `skcn` bridge would be this run's).
-    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
-    let bridges: Vec<String> =
-        String::from_utf8_lossy(&links.stdout).lines().filter(|l| l.contains("skcn")).map(String::from).collect();
-    assert!(bridges.is_empty(), "node bridges left behind: {bridges:?}");
+    // The nodes were reset at the end and their machines removed: no namespace of theirs and no
+    // container of theirs is left (only this test runs chaos with nodes, so any node machine
+    // namespace, `skc<tag>-n<k>`, would be this run's).
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let machines: Vec<String> = String::from_utf8_lossy(&netns.stdout)
+        .lines()
+        .filter(|l| l.starts_with("skc") && l.split_whitespace().next().is_some_and(|n| n.contains("-n")))
+        .map(String::from)
+        .collect();
+    assert!(machines.is_empty(), "node machines left behind: {machines:?}");
     let root = dir.path().to_str().unwrap().to_string();
     let shims: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
