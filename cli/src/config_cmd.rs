@@ -33,6 +33,11 @@ pub enum ConfigCommand {
         #[command(flatten)]
         conf: ConfigArgs,
     },
+    /// Add the cluster's masters to the current context's cluster endpoints: asks a master
+    /// it names for the voting members' client addresses (as etcd's clientv3 `Sync`), so
+    /// masters that joined since the config was written are named, and failover reaches them.
+    /// Endpoints already listed stay (a master that left the cluster is removed by hand).
+    SyncEndpoints(ConfigArgs),
     /// Print the config (tokens redacted unless --raw).
     View {
         #[arg(long)]
@@ -56,9 +61,10 @@ fn load(path: &Path) -> Result<Value, Failure> {
 
 fn save(path: &Path, v: &Value) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(v).map_err(|e| Failure::Local(e.to_string()))? + "\n";
-    // Written whole and renamed, so a reader never sees half a file.
+    // Written whole and renamed, so a reader never sees half a file; owner-only, as the tokens
+    // and key paths in it are.
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text)
+    skiff_proto::pki::write_private(&tmp, text.as_bytes())
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| Failure::Local(format!("{}: {e}", path.display())))
 }
@@ -157,6 +163,28 @@ pub fn run(cmd: ConfigCommand) -> Outcome {
             v["contexts"] = json!(all);
             save(&path, &v)?;
             println!("Context \"{name}\" {}.", if existed { "modified" } else { "created" });
+        }
+        ConfigCommand::SyncEndpoints(conf) => {
+            let path = resolve(&conf)?;
+            let config = ClientConfig::load(&path).map_err(|e| Failure::Local(e.to_string()))?;
+            let rt = tokio::runtime::Runtime::new().map_err(|e| Failure::Local(e.to_string()))?;
+            // Channels connect lazily on the runtime they were made in.
+            let client = rt.block_on(async { skiff_client::Client::new(config) })?;
+            rt.block_on(client.sync_endpoints())?;
+            let endpoints = client.endpoints();
+            let mut v = load(&path)?;
+            let current = v["currentContext"].as_str().unwrap_or_default().to_string();
+            let cluster = contexts(&v)
+                .iter()
+                .find(|c| c["name"] == json!(current))
+                .and_then(|c| c["cluster"].as_str().map(String::from))
+                .ok_or_else(|| Failure::Local(format!("{}: no cluster for the current context", path.display())))?;
+            let clusters = v["clusters"].as_array_mut().into_iter().flatten();
+            for c in clusters.filter(|c| c["name"] == json!(cluster)) {
+                c["endpoints"] = json!(endpoints);
+            }
+            save(&path, &v)?;
+            println!("Cluster \"{cluster}\" endpoints: {}.", endpoints.join(", "));
         }
         ConfigCommand::View { raw, conf } => {
             let mut v = load(&resolve(&conf)?)?;

@@ -146,7 +146,7 @@ pub fn run(cmd: TokenCommand) -> Outcome {
                 return Err(e.into());
             }
             // It names the master that took the token, one known to answer.
-            let mut join = hash.map(|hash| join_command(client.current_endpoint(), &token, &hash));
+            let mut join = hash.map(|hash| join_command(&client.current_endpoint(), &token, &hash));
             if let (Some(line), Some(key)) = (&mut join, &keys) {
                 line.push_str(&format!(" --control-plane --certificate-key {key}"));
             }

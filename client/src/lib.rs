@@ -17,6 +17,7 @@ pub mod queue;
 use serde::Deserialize;
 use serde_json::Value;
 use skiff_proto::api::certificate_signing_requests_client::CertificateSigningRequestsClient;
+use skiff_proto::api::cluster_info_client::ClusterInfoClient;
 use skiff_proto::api::cron_jobs_client::CronJobsClient;
 use skiff_proto::api::daemon_sets_client::DaemonSetsClient;
 use skiff_proto::api::deployments_client::DeploymentsClient;
@@ -193,15 +194,53 @@ impl tonic::service::Interceptor for Auth {
 pub type Objects = ObjectsClient<InterceptedService<Channel, Auth>>;
 
 /// A client over every master of a cluster. A clone shares the connections (tonic channels
-/// are handles) and which master answered last, so what one call learns about a dead master
-/// spares the others (a create's own clone included).
+/// are handles), which master answered last, so what one call learns about a dead master
+/// spares the others (a create's own clone included), and the masters
+/// [`sync_endpoints`](Client::sync_endpoints) learned.
 #[derive(Clone)]
 pub struct Client {
+    /// As configured: `config.endpoints` are the masters named in the config file.
     pub config: ClientConfig,
-    channels: Vec<Channel>,
+    masters: Arc<std::sync::RwLock<Masters>>,
+    /// Makes channels to masters learned later (`None`: a client over one in-process channel).
+    connector: Option<Arc<Connector>>,
     auth: Auth,
     /// The endpoint that answered last; failover moves on from it.
     current: Arc<AtomicUsize>,
+}
+
+/// The masters a client fails over across: the configured ones, then those it learned.
+#[derive(Clone)]
+struct Masters {
+    endpoints: Vec<String>,
+    channels: Vec<Channel>,
+}
+
+/// How a client connects to a master: its TLS and per-request deadline.
+struct Connector {
+    tls: Option<ClientTlsConfig>,
+    timeout: Duration,
+}
+
+impl Connector {
+    /// A lazily connecting channel to master `e` (`host:port`).
+    fn channel(&self, e: &str) -> Result<Channel, Status> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{e}"))
+            .map_err(|err| Status::invalid_argument(format!("endpoint {e}: {err}")))?
+            .connect_timeout(Duration::from_secs(2))
+            // A master that stops answering (paused, its host gone) without closing the
+            // connection is noticed by its missing PING acks, and the channel reconnects — to
+            // a refusal that failover moves past — instead of waiting on it forever.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .timeout(self.timeout);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|err| Status::invalid_argument(err.to_string()))?;
+        }
+        Ok(endpoint.connect_lazy())
+    }
 }
 
 /// How often an idle connection to a master is pinged, and how long a ping may go unanswered
@@ -246,24 +285,9 @@ impl Client {
             }
             None => None,
         };
-        let mut channels = Vec::new();
-        for e in &config.endpoints {
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{e}"))
-                .map_err(|err| Status::invalid_argument(format!("endpoint {e}: {err}")))?
-                .connect_timeout(Duration::from_secs(2))
-                // A master that stops answering (paused, its host gone) without closing the
-                // connection is noticed by its missing PING acks, and the channel reconnects —
-                // to a refusal that failover moves past — instead of waiting on it forever.
-                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-                .keep_alive_while_idle(true)
-                .timeout(config.timeout);
-            if let Some(tls) = &tls {
-                endpoint = endpoint.tls_config(tls.clone()).map_err(|err| Status::invalid_argument(err.to_string()))?;
-            }
-            channels.push(endpoint.connect_lazy());
-        }
+        let connector = Connector { tls, timeout: config.timeout };
+        let channels = config.endpoints.iter().map(|e| connector.channel(e)).collect::<Result<Vec<_>, _>>()?;
+        let masters = Masters { endpoints: config.endpoints.clone(), channels };
         let token = config
             .token
             .as_ref()
@@ -271,7 +295,13 @@ impl Client {
             .transpose()
             .map_err(|_| Status::invalid_argument("the token is not ASCII"))?;
         let auth = Auth { token, fence: None, request_id: None };
-        Ok(Client { config, channels, auth, current: Arc::new(AtomicUsize::new(0)) })
+        Ok(Client {
+            config,
+            masters: Arc::new(std::sync::RwLock::new(masters)),
+            connector: Some(Arc::new(connector)),
+            auth,
+            current: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
     /// A client over one `channel` already made (a master's in-process connections), calling
@@ -288,7 +318,14 @@ impl Client {
         let token =
             format!("Bearer {token}").parse().map_err(|_| Status::invalid_argument("the token is not ASCII"))?;
         let auth = Auth { token: Some(token), fence: None, request_id: None };
-        Ok(Client { config, channels: vec![channel], auth, current: Arc::new(AtomicUsize::new(0)) })
+        let masters = Masters { endpoints: config.endpoints.clone(), channels: vec![channel] };
+        Ok(Client {
+            config,
+            masters: Arc::new(std::sync::RwLock::new(masters)),
+            connector: None,
+            auth,
+            current: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
     /// This client with every write fenced to the leadership of raft term `term` (DESIGN.md
@@ -310,15 +347,67 @@ impl Client {
         c
     }
 
+    /// The masters calls fail over across now: the configured ones and those learned since.
+    fn masters(&self) -> Masters {
+        self.masters.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every master this client knows: the configured ones, then those
+    /// [`sync_endpoints`](Self::sync_endpoints) learned.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.masters().endpoints
+    }
+
     /// The endpoint the next call starts with: the master that answered last.
-    pub fn current_endpoint(&self) -> &str {
-        &self.config.endpoints[self.current.load(Ordering::Relaxed) % self.config.endpoints.len()]
+    pub fn current_endpoint(&self) -> String {
+        let m = self.masters();
+        m.endpoints[self.current.load(Ordering::Relaxed) % m.endpoints.len()].clone()
+    }
+
+    /// Learns the cluster's masters, as etcd's clientv3 `Sync` does: asks whichever master
+    /// answers for the voting members' client addresses (the public `ClusterInfo`), and fails
+    /// over across the configured masters plus those from then on — so a long-running client
+    /// (a node daemon) keeps reaching the cluster after every master it was configured with
+    /// has been replaced. Masters learned earlier that have left the membership are dropped;
+    /// the configured ones always stay. Returns whether the set changed.
+    pub async fn sync_endpoints(&self) -> Result<bool, Status> {
+        let Some(connector) = &self.connector else { return Ok(false) };
+        let servers = self
+            .with_failover(|channel, auth| async move {
+                let req = skiff_proto::api::ClusterInfoRequest {};
+                Ok(ClusterInfoClient::with_interceptor(channel, auth).get(req).await?.into_inner().servers)
+            })
+            .await?;
+        let mut wanted = self.config.endpoints.clone();
+        for s in servers {
+            let addr = s.split_once("://").map_or(s.as_str(), |(_, a)| a).trim_end_matches('/').to_string();
+            if !addr.is_empty() && !wanted.contains(&addr) {
+                wanted.push(addr);
+            }
+        }
+        let mut masters = self.masters.write().unwrap_or_else(|e| e.into_inner());
+        if masters.endpoints == wanted {
+            return Ok(false);
+        }
+        let mut channels = Vec::with_capacity(wanted.len());
+        for e in &wanted {
+            match masters.endpoints.iter().position(|known| known == e) {
+                Some(i) => channels.push(masters.channels[i].clone()),
+                None => channels.push(connector.channel(e)?),
+            }
+        }
+        // The next call still starts with the master that answered last.
+        let current = masters.endpoints.get(self.current.load(Ordering::Relaxed) % masters.endpoints.len()).cloned();
+        let start = current.and_then(|c| wanted.iter().position(|e| *e == c)).unwrap_or(0);
+        *masters = Masters { endpoints: wanted, channels };
+        self.current.store(start, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Starts the next call with the next master: for a caller whose own deadline ran out on
     /// the master that answered last (a paused or cut-off master hangs rather than refuses).
     pub fn skip_current(&self) {
-        let n = self.channels.len();
+        let n = self.masters().channels.len();
         let _ = self.current.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |i| Some((i + 1) % n));
     }
 
@@ -329,12 +418,13 @@ impl Client {
         F: Fn(Channel, Auth) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let n = self.channels.len();
+        let channels = self.masters().channels;
+        let n = channels.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last = None;
         for attempt in 0..2 * n {
             let i = (start + attempt) % n;
-            match f(self.channels[i].clone(), self.auth.clone()).await {
+            match f(channels[i].clone(), self.auth.clone()).await {
                 // No answer in time: the outcome is unknown, so the call is not repeated, but
                 // the next one starts with the next master rather than the one that hung.
                 Err(s) if s.code() == Code::DeadlineExceeded || s.code() == Code::Cancelled => {
@@ -527,11 +617,12 @@ impl Client {
         .await
     }
 
-    /// Every configured master's own report (role, term, leader, applied index), or why it did
+    /// Every known master's own report (role, term, leader, applied index), or why it did
     /// not answer — one call per master, no failover: the point is to see each of them.
     pub async fn master_statuses(&self) -> Vec<(String, Result<StatusResponse, Status>)> {
         let mut out = Vec::new();
-        for (endpoint, channel) in self.config.endpoints.iter().zip(&self.channels) {
+        let masters = self.masters();
+        for (endpoint, channel) in masters.endpoints.iter().zip(&masters.channels) {
             let mut m = MaintenanceClient::with_interceptor(channel.clone(), self.auth.clone());
             let r = tokio::time::timeout(Duration::from_secs(3), m.status(StatusRequest {}))
                 .await

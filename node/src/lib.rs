@@ -241,6 +241,7 @@ pub async fn run(
         }
     });
     let beat = tokio::spawn(heartbeat::run(client.clone(), config.clone(), stop_rx.clone()));
+    let syncing = tokio::spawn(sync_masters(client.clone(), config.name.clone(), MASTER_SYNC_INTERVAL));
     let pods = tokio::spawn(agent.run(stop_rx.clone()));
     let mut server_stop = stop_rx;
     let mut builder = tonic::transport::Server::builder();
@@ -261,6 +262,7 @@ pub async fn run(
     shutdown.await;
     let _ = stop_tx.send(true);
     sampling.abort();
+    syncing.abort();
     dns.abort();
     serving.abort();
     serving_rt.shutdown_background();
@@ -270,6 +272,24 @@ pub async fn run(
     }
     proxy::uninstall(&proxy_config);
     Ok(())
+}
+
+/// How often a node daemon asks the masters who the masters are.
+pub const MASTER_SYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Keeps the client's masters in step with the cluster's membership (at once, then every
+/// `interval`): a node configured with masters that are all replaced one by one over its life
+/// still reaches the cluster through the ones that joined since.
+async fn sync_masters(client: skiff_client::Client, node: String, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        match client.sync_endpoints().await {
+            Ok(true) => tracing::info!("node {node}: masters now {}", client.endpoints().join(", ")),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("node {node}: asking the masters for the masters: {}", e.message()),
+        }
+    }
 }
 
 /// Runs blocking work (commands, mounts, file trees) from async code without stalling the

@@ -270,10 +270,15 @@ impl LanCluster {
             || std::fs::read_to_string(&log).unwrap_or_default(),
             || self.voters().contains(&name).then_some(()),
         );
-        let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&client).expect("client.json")).expect("client.json is JSON");
-        v["clusters"][0]["endpoints"].as_array_mut().expect("endpoints").push(addr.into());
-        std::fs::write(&client, serde_json::to_string_pretty(&v).expect("JSON")).expect("client.json");
+        // The workstation's config learns the new master from the cluster, as the README says.
+        let out = Command::new(crate::skiff_bin())
+            .args(["config", "sync-endpoints", "--config"])
+            .arg(&client)
+            .output()
+            .expect("run skiff config sync-endpoints");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "skiff config sync-endpoints: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(said.contains(&addr) && self.endpoints().split(',').any(|e| e == addr), "{name} at {addr}: {said}");
     }
 
     /// The addresses of every master that runs, for etcdctl.

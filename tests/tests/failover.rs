@@ -288,3 +288,43 @@ fn a_client_moves_past_a_master_that_stops_answering() {
     listed.unwrap_or_else(|e| panic!("the call after the hang failed too: {e}"));
     assert!(took < Duration::from_secs(1), "the call after the hang took {took:?}");
 }
+
+/// A client configured with one master learns the others from the cluster (etcd clientv3's
+/// `Sync`), and keeps working when the one it was configured with is gone; one that did not
+/// sync has nowhere else to go.
+#[test]
+fn a_client_learns_the_masters_and_outlives_the_one_it_was_configured_with() {
+    use skiff_client::{Client, ClientConfig};
+    let c = Cluster::up(3, &[]);
+    let all: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
+    c.wait_leader(&all, Duration::from_secs(10));
+    let first = all[0];
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let config = ClientConfig {
+        endpoints: vec![c.master(first).etcd.clone()],
+        token: Some(c.admin_token()),
+        ca: c.ca(),
+        client_cert: None,
+        namespace: "default".into(),
+        timeout: Duration::from_secs(2),
+    };
+    let synced = Client::new(config.clone()).expect("client");
+    let unsynced = Client::new(config).expect("client");
+    assert_eq!(synced.endpoints(), [c.master(first).etcd.clone()]);
+    assert!(rt.block_on(synced.sync_endpoints()).expect("sync"), "the first sync learned nothing");
+    let mut learned = synced.endpoints();
+    learned.sort();
+    let mut masters: Vec<String> = c.masters.iter().map(|m| m.etcd.clone()).collect();
+    masters.sort();
+    assert_eq!(learned, masters, "the masters as the client learned them");
+    assert!(!rt.block_on(synced.sync_endpoints()).expect("sync"), "a second sync changed the set");
+
+    // phase: the configured master is gone
+    c.kill(first);
+    let e = rt.block_on(unsynced.list("namespaces", "", "", "")).expect_err("a dead master answered");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    wait_for(Duration::from_secs(15), "a list through the learned masters", || {
+        rt.block_on(synced.list("namespaces", "", "", "")).ok()
+    });
+}
