@@ -111,13 +111,8 @@ impl Net {
         if k >= MAX_MACHINES {
             bail!("at most {MAX_MACHINES} node machines, not {}", k + 1);
         }
-        let name = format!("skc{}-n{k}", self.tag);
-        let cable = format!("skc{}c{k}", self.tag);
         let ip = Ipv4Addr::new(10, 213, 0, (210 + k) as u8);
-        // The machine cleans up after itself from here on, if a later step fails too.
-        let machine = Machine { name, ip, cable };
-        plug_in(&self.bridge, &machine.name, &machine.cable, ip)?;
-        Ok(machine)
+        Machine::plug_in(&self.bridge, format!("skc{}-n{k}", self.tag), format!("skc{}c{k}", self.tag), ip)
     }
 
     /// Channels from here on speak TLS to the client listeners with `tls` (its CA and identity).
@@ -243,10 +238,11 @@ fn plug_in(bridge: &str, ns: &str, host: &str, addr: Ipv4Addr) -> anyhow::Result
 /// How many node machines a run may have (their addresses follow the masters' up to .249).
 pub const MAX_MACHINES: usize = 40;
 
-/// A node host: a network namespace with its own address on the run's bridge. Processes run
-/// in it through [`command`](Self::command); it is lost by [`unplug`](Self::unplug) plus
-/// killing what runs in it, and comes back by [`plug`](Self::plug). Dropping it kills what is
-/// left in it and removes it.
+/// A machine: a network namespace with its own address on a bridge (a chaos run's node hosts,
+/// the machines of `tests/src/machines.rs`). Processes run in it through
+/// [`command`](Self::command); it is lost by [`unplug`](Self::unplug) plus killing what runs in
+/// it, and comes back by [`plug`](Self::plug). Dropping it kills what is left in it and removes
+/// it.
 pub struct Machine {
     pub name: String,
     pub ip: Ipv4Addr,
@@ -255,6 +251,14 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// Namespace `name` plugged into `bridge` by the veth `cable`, at `ip`/24, carrying frames.
+    pub fn plug_in(bridge: &str, name: String, cable: String, ip: Ipv4Addr) -> anyhow::Result<Machine> {
+        // The machine cleans up after itself from here on, if a later step fails too.
+        let machine = Machine { name, ip, cable };
+        plug_in(bridge, &machine.name, &machine.cable, ip)?;
+        Ok(machine)
+    }
+
     /// A command that runs `program` in this machine's network namespace (the host's mounts,
     /// so the node daemon's overlays and bind mounts are where its cleanup looks for them).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {

@@ -9,20 +9,13 @@
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use skiff_chaos::net::Machine;
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Tells the LANs of tests running at once apart (with the process id).
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// One machine: its namespace and address.
-pub struct Machine {
-    pub ns: String,
-    pub ip: Ipv4Addr,
-    /// Its veth's end on the bridge, in the test's namespace (down: the machine is unplugged).
-    cable: String,
-}
 
 /// A bridge, the test's address on it, and the machines plugged into it.
 pub struct Lan {
@@ -50,30 +43,17 @@ impl Lan {
         ip(&["addr", "add", &format!("{}/24", lan.host_ip), "dev", &lan.bridge]);
         ip(&["link", "set", &lan.bridge, "up"]);
         for i in 0..n {
-            let m = Machine {
-                ns: format!("skm{tag}-{i}"),
-                ip: Ipv4Addr::new(10, 214, k as u8, (i + 2) as u8),
-                cable: format!("skm{tag}c{i}"),
-            };
-            ip(&["netns", "add", &m.ns]);
-            lan.machines.push(m);
-            let m = lan.machines.last().expect("just pushed");
-            ip(&["link", "add", &m.cable, "type", "veth", "peer", "name", "eth0", "netns", &m.ns]);
-            ip(&["link", "set", &m.cable, "master", &lan.bridge, "up"]);
-            ip(&["-n", &m.ns, "addr", "add", &format!("{}/24", m.ip), "dev", "eth0"]);
-            ip(&["-n", &m.ns, "link", "set", "eth0", "up"]);
-            ip(&["-n", &m.ns, "link", "set", "lo", "up"]);
-            skiff_chaos::net::wait_plugged_in(&m.ns, &m.cable, std::time::Duration::from_secs(10))
-                .expect("a machine's cable carries frames");
+            let ip = Ipv4Addr::new(10, 214, k as u8, (i + 2) as u8);
+            let machine = Machine::plug_in(&lan.bridge, format!("skm{tag}-{i}"), format!("skm{tag}c{i}"), ip)
+                .expect("a machine plugged into the LAN");
+            lan.machines.push(machine);
         }
         lan
     }
 
     /// A command that runs `program` on machine `i`.
     pub fn command(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.machines[i].ns)).arg("--").arg(program);
-        c
+        self.machines[i].command(program)
     }
 
     /// Runs `program args…` on machine `i`; its output.
@@ -81,16 +61,10 @@ impl Lan {
         self.command(i, program).args(args).output().expect("nsenter (util-linux) is installed")
     }
 
-    /// Every process in machine `i`'s namespace.
-    pub fn pids(&self, i: usize) -> Vec<i32> {
-        let out = Command::new("ip").args(["netns", "pids", &self.machines[i].ns]).output().expect("ip netns pids");
-        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
-    }
-
-    /// Machine `i` dies: every process in it is killed and its cable is pulled.
+    /// Machine `i` dies: its cable is pulled and every process in it is killed.
     pub fn kill_machine(&self, i: usize) {
-        ip(&["link", "set", &self.machines[i].cable, "down"]);
-        for pid in self.pids(i) {
+        self.machines[i].unplug().expect("pulling a machine's cable");
+        for pid in self.machines[i].pids() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
@@ -98,15 +72,8 @@ impl Lan {
 
 impl Drop for Lan {
     fn drop(&mut self) {
-        for i in 0..self.machines.len() {
-            for pid in self.pids(i) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-        for m in &self.machines {
-            let _ = Command::new("ip").args(["link", "del", &m.cable]).output();
-            let _ = Command::new("ip").args(["netns", "del", &m.ns]).output();
-        }
+        // Each machine kills what runs in it and removes itself; then the bridge goes.
+        self.machines.clear();
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
     }
 }
@@ -222,7 +189,7 @@ impl LanCluster {
                 .stderr(file)
                 .spawn()
                 .expect("run skiff join");
-            lc.nodes.push(NodeMachine { ns: lc.lan.machines[i].ns.clone(), index: i, name, root, log, child });
+            lc.nodes.push(NodeMachine { ns: lc.lan.machines[i].name.clone(), index: i, name, root, log, child });
         }
         lc
     }
