@@ -201,7 +201,8 @@ pub type Objects = ObjectsClient<InterceptedService<Channel, Auth>>;
 pub struct Client {
     /// As configured: `config.endpoints` are the masters named in the config file.
     pub config: ClientConfig,
-    masters: Arc<std::sync::RwLock<Masters>>,
+    /// Swapped whole by a sync; a call takes the snapshot it started with.
+    masters: Arc<std::sync::RwLock<Arc<Masters>>>,
     /// Makes channels to masters learned later (`None`: a client over one in-process channel).
     connector: Option<Arc<Connector>>,
     auth: Auth,
@@ -210,7 +211,6 @@ pub struct Client {
 }
 
 /// The masters a client fails over across: the configured ones, then those it learned.
-#[derive(Clone)]
 struct Masters {
     endpoints: Vec<String>,
     channels: Vec<Channel>,
@@ -297,7 +297,7 @@ impl Client {
         let auth = Auth { token, fence: None, request_id: None };
         Ok(Client {
             config,
-            masters: Arc::new(std::sync::RwLock::new(masters)),
+            masters: Arc::new(std::sync::RwLock::new(Arc::new(masters))),
             connector: Some(Arc::new(connector)),
             auth,
             current: Arc::new(AtomicUsize::new(0)),
@@ -321,7 +321,7 @@ impl Client {
         let masters = Masters { endpoints: config.endpoints.clone(), channels: vec![channel] };
         Ok(Client {
             config,
-            masters: Arc::new(std::sync::RwLock::new(masters)),
+            masters: Arc::new(std::sync::RwLock::new(Arc::new(masters))),
             connector: None,
             auth,
             current: Arc::new(AtomicUsize::new(0)),
@@ -348,14 +348,14 @@ impl Client {
     }
 
     /// The masters calls fail over across now: the configured ones and those learned since.
-    fn masters(&self) -> Masters {
-        self.masters.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn masters(&self) -> Arc<Masters> {
+        Arc::clone(&self.masters.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Every master this client knows: the configured ones, then those
     /// [`sync_endpoints`](Self::sync_endpoints) learned.
     pub fn endpoints(&self) -> Vec<String> {
-        self.masters().endpoints
+        self.masters().endpoints.clone()
     }
 
     /// The endpoint the next call starts with: the master that answered last.
@@ -399,7 +399,7 @@ impl Client {
         // The next call still starts with the master that answered last.
         let current = masters.endpoints.get(self.current.load(Ordering::Relaxed) % masters.endpoints.len()).cloned();
         let start = current.and_then(|c| wanted.iter().position(|e| *e == c)).unwrap_or(0);
-        *masters = Masters { endpoints: wanted, channels };
+        *masters = Arc::new(Masters { endpoints: wanted, channels });
         self.current.store(start, Ordering::Relaxed);
         Ok(true)
     }
@@ -418,7 +418,8 @@ impl Client {
         F: Fn(Channel, Auth) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let channels = self.masters().channels;
+        let masters = self.masters();
+        let channels = &masters.channels;
         let n = channels.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last = None;
