@@ -201,7 +201,7 @@ pub(crate) fn skiff_system(dir: &Path) -> anyhow::Result<System> {
 /// `client_auth` also client certificates required and the store's auth on (the store
 /// benchmark runs without, as etcd does there).
 fn skiff_system_with(dir: &Path, pki: Option<&BenchPki>, client_auth: bool) -> anyhow::Result<System> {
-    let ports = crate::up::free_ports(6)?;
+    let ports = skiff_chaos::net::free_loopback_ports(6)?;
     let cluster: Vec<String> =
         (0..3).map(|i| format!("{}=127.0.0.1:{}/127.0.0.1:{}", i + 1, ports[2 * i], ports[2 * i + 1])).collect();
     let exe = std::env::current_exe()?;
@@ -253,7 +253,7 @@ fn skiff_system_with(dir: &Path, pki: Option<&BenchPki>, client_auth: bool) -> a
 }
 
 fn etcd_system(dir: &Path, bin: &Path, pki: Option<&BenchPki>) -> anyhow::Result<System> {
-    let ports = crate::up::free_ports(6)?;
+    let ports = skiff_chaos::net::free_loopback_ports(6)?;
     let scheme = if pki.is_some() { "https" } else { "http" };
     let cluster: Vec<String> = (0..3).map(|i| format!("e{}={scheme}://127.0.0.1:{}", i + 1, ports[2 * i])).collect();
     let tls: Vec<String> = match pki {

@@ -235,7 +235,7 @@ spec:
 fn data_path(args: &BenchServicesArgs, work: &Path, layout: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir = work.join("cluster");
-    let port = crate::up::free_ports(1)?[0];
+    let port = skiff_chaos::net::free_loopback_ports(1)?[0];
     let up = Command::new(&exe)
         .args(["up", "--masters", "1", "--nodes", "2", "--dir"])
         .arg(&dir)

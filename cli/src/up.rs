@@ -178,37 +178,6 @@ pub struct DownArgs {
     purge: bool,
 }
 
-/// `n` distinct free loopback ports for listeners that separate processes will bind later.
-///
-/// Chosen below the kernel's ephemeral range: a port from `bind(:0)` is free only until the
-/// listener closes, and then any outgoing connection on the machine may take it as its source
-/// port before the master binds it (seen under parallel tests). Ports below that range are never
-/// handed out implicitly, so only another explicit bind can race us.
-pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    use rand::Rng;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    // Hold every listener until all are chosen so no port is handed out twice.
-    let mut held: Vec<std::net::TcpListener> = Vec::new();
-    let mut rng = rand::thread_rng();
-    if ephemeral_low > 12_000 {
-        for _ in 0..n * 200 {
-            if held.len() == n {
-                break;
-            }
-            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", rng.gen_range(10_000..ephemeral_low))) {
-                held.push(l);
-            }
-        }
-    }
-    while held.len() < n {
-        held.push(std::net::TcpListener::bind("127.0.0.1:0")?);
-    }
-    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
-
 /// Starts `skiff ARGS` in its own process group, its output appended to `log`; returns its pid.
 fn spawn_skiff(args: &[&std::ffi::OsStr], log: &Path, name: &str) -> anyhow::Result<u32> {
     let exe = std::env::current_exe().context("locating the skiff binary")?;
@@ -259,7 +228,7 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
              masters on the other machines join it"
         ),
         Some(addr) => (addr, vec![2380, 2379]),
-        None => (std::net::IpAddr::from([127, 0, 0, 1]), free_ports(masters * 2)?),
+        None => (std::net::IpAddr::from([127, 0, 0, 1]), skiff_chaos::net::free_loopback_ports(masters * 2)?),
     };
     let mut members = BTreeMap::new();
     for i in 0..masters {

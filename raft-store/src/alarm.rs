@@ -97,6 +97,7 @@ pub fn grows_store(op: &Op) -> bool {
         Op::Put(_) | Op::LeaseGrant { .. } => true,
         // A transaction that does not decode is refused as malformed when applied.
         Op::Txn(b) => TxnRequest::decode(b.as_slice()).is_ok_and(|t| txn_puts(&t)),
+        Op::Batch(reqs) => reqs.iter().any(|r| grows_store(&r.op)),
         _ => false,
     }
 }

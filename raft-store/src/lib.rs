@@ -31,6 +31,7 @@ pub mod election;
 pub mod error;
 pub mod etcd;
 pub mod fence;
+pub mod group_commit;
 pub mod local;
 pub mod log_store;
 pub mod master;

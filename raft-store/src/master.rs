@@ -6,11 +6,12 @@ use crate::db;
 use crate::election::ElectionWatch;
 use crate::error::StoreError;
 use crate::fence::Fence;
+use crate::group_commit::GroupCommit;
 use crate::log_store::LogStore;
 use crate::network::{self, Network, PeerClients};
 use crate::state_machine::{SmShared, StateMachine};
 use crate::types::{ApplyError, Member, Op, Raft, Reply, Request, Response};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use skiff_proto::etcdserverpb::AlarmType;
@@ -183,7 +184,8 @@ fn learner_in_sync(matched: Option<u64>, last: u64) -> bool {
 /// The reply to a [`Forwarded`] operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardReply {
-    Write(Response),
+    /// A write's reply and the index of the log entry that carried it.
+    Write(Response, u64),
     Done,
     /// Remaining and granted TTL in seconds; remaining -1 when the lease does not exist.
     LeaseTtl {
@@ -205,6 +207,8 @@ pub struct Master {
     pub sm: Arc<SmShared>,
     pub peers: PeerClients,
     pub cluster_id: u64,
+    /// Where this master's writes queue while it leads ([`crate::group_commit`]).
+    writes: GroupCommit,
     leases: LeaseClock,
     accepting: AtomicBool,
     /// This node's own election trigger (see [`crate::election`]).
@@ -275,8 +279,10 @@ impl Master {
                 tracing::info!("bootstrap skipped: {e}");
             }
         }
+        let writes = GroupCommit::start(raft.clone(), config.max_request_bytes, config.request_timeout());
         Ok(Arc::new(Master {
             config,
+            writes,
             raft,
             sm: shared,
             peers,
@@ -372,9 +378,25 @@ impl Master {
             Fence::Term(term) => return self.propose_fenced(op, term).await,
             Fence::Invalid(msg) => return Err(StoreError::InvalidArgument(msg)),
         }
+        let deadline = Instant::now() + self.config.request_timeout();
         match self.execute(Forwarded::Write(Request::new(op))).await? {
-            ForwardReply::Write(r) => Ok(r),
+            ForwardReply::Write(r, index) => {
+                self.wait_applied(index, deadline).await;
+                Ok(r)
+            }
             other => Err(StoreError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Waits until this master has applied the log up to `index`, so that a client reads its
+    /// own acknowledged write here, as etcd answers a write only once the member it was sent
+    /// to has applied it. At `deadline` the write is acknowledged anyway — it is committed,
+    /// and calling it failed would invite a retry that applies it twice.
+    async fn wait_applied(&self, index: u64, deadline: Instant) {
+        let mut applied = self.sm.applied();
+        let caught_up = applied.wait_for(|&at| at >= index);
+        if tokio::time::timeout_at(deadline, caught_up).await.is_err() {
+            tracing::warn!(index, "acknowledging a write this master has not applied yet: it is behind the leader");
         }
     }
 
@@ -392,7 +414,7 @@ impl Master {
         let deadline = Instant::now() + self.config.request_timeout();
         let req = Request { fence_term: Some(term), op };
         match self.execute_local(Forwarded::Write(req), deadline).await? {
-            ForwardReply::Write(r) => Ok(r),
+            ForwardReply::Write(r, _) => Ok(r),
             other => Err(StoreError::Internal(format!("unexpected reply {other:?}"))),
         }
     }
@@ -481,11 +503,7 @@ impl Master {
 
     async fn execute_leader(&self, op: Forwarded) -> Result<ForwardReply, StoreError> {
         match op {
-            Forwarded::Write(req) => match self.raft.client_write(req).await {
-                Ok(r) => Ok(ForwardReply::Write(r.data)),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(self.not_leader()),
-                Err(e) => Err(map_raft_err(e)),
-            },
+            Forwarded::Write(req) => self.writes.write(req).await.map(|(r, index)| ForwardReply::Write(r, index)),
             Forwarded::AddMember { id, member, learner } => {
                 self.raft.add_learner(id, member, false).await.map_err(map_raft_err)?;
                 if !learner {
@@ -844,7 +862,7 @@ pub fn reply_result(r: Response) -> Result<(i64, Reply), StoreError> {
     }
 }
 
-fn map_raft_err<E: std::fmt::Display>(e: RaftError<u64, E>) -> StoreError {
+pub(crate) fn map_raft_err<E: std::fmt::Display>(e: RaftError<u64, E>) -> StoreError {
     match e {
         RaftError::Fatal(_) => StoreError::Stopped,
         RaftError::APIError(e) => {

@@ -16,13 +16,16 @@ use skiff_proto::etcdserverpb::{
     RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
 use skiff_proto::mvccpb::{event::EventType, Event, KeyValue};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 /// Keys of the `sm` column family.
 pub mod sm_key {
     pub const APPLIED: &[u8] = b"applied";
+    /// bincode `(LogId, u32)`: how many requests of a batch entry are applied, while the
+    /// entry is part-way (each request is its own write; `APPLIED` moves with the last).
+    pub const APPLIED_PART: &[u8] = b"applied_part";
     pub const MEMBERSHIP: &[u8] = b"membership";
     pub const REVISION: &[u8] = b"revision";
     pub const COMPACTED: &[u8] = b"compacted";
@@ -499,6 +502,14 @@ pub struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// The header of a response inside a transaction, as etcd fills it: only the revision, the
+    /// store's as the transaction has left it so far (its own revision once it has written).
+    /// The API layer replaces a top-level response's header with the full one.
+    fn inner_header(&self) -> Option<skiff_proto::etcdserverpb::ResponseHeader> {
+        let revision = if self.events.is_empty() { self.rev - 1 } else { self.rev };
+        Some(skiff_proto::etcdserverpb::ResponseHeader { revision, ..Default::default() })
+    }
+
     fn get(&self, key: &[u8]) -> Option<KeyValue> {
         match self.overlay.get(key) {
             Some(staged) => staged.clone(),
@@ -532,7 +543,7 @@ impl Writer<'_> {
         } else {
             self.mvcc.scan_at(ReadOptions::default(), &range, req.revision, None)
         };
-        Ok(finish_range(req, kvs))
+        Ok(RangeResponse { header: self.inner_header(), ..finish_range(req, kvs) })
     }
 
     fn attach(&mut self, lease: i64, key: &[u8]) {
@@ -581,7 +592,7 @@ impl Writer<'_> {
         }
         self.overlay.insert(req.key.clone(), Some(kv.clone()));
         self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: prev.clone() });
-        Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
+        Ok(PutResponse { header: self.inner_header(), prev_kv: if req.prev_kv { prev } else { None } })
     }
 
     pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, ApplyError> {
@@ -602,7 +613,11 @@ impl Writer<'_> {
                 prev_kv: Some(prev.clone()),
             });
         }
-        Ok(DeleteRangeResponse { header: None, deleted, prev_kvs: if req.prev_kv { doomed } else { Vec::new() } })
+        Ok(DeleteRangeResponse {
+            header: self.inner_header(),
+            deleted,
+            prev_kvs: if req.prev_kv { doomed } else { Vec::new() },
+        })
     }
 
     fn compare(&self, c: &Compare) -> bool {
@@ -661,7 +676,7 @@ impl Writer<'_> {
             };
             responses.push(ResponseOp { response: Some(response) });
         }
-        Ok(TxnResponse { header: None, succeeded, responses })
+        Ok(TxnResponse { header: self.inner_header(), succeeded, responses })
     }
 
     pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<(), ApplyError> {
@@ -775,33 +790,54 @@ impl Writer<'_> {
     }
 }
 
-/// Checks etcd's request-level rules for a transaction before it is proposed: operation count
-/// and no key written twice.
+/// Checks etcd's request-level rules for a transaction before it is proposed: operation count,
+/// and no key written twice in one branch — put twice, or put where a delete of the same
+/// branch (at its level or an enclosing one) covers it (etcd's `checkIntervals`).
 pub fn validate_txn(req: &TxnRequest) -> Result<(), ApplyError> {
-    fn ops(list: &[RequestOp], puts: &mut Vec<Vec<u8>>, count: &mut usize) -> Result<(), ApplyError> {
+    fn count(list: &[RequestOp]) -> usize {
+        list.iter()
+            .map(|op| match &op.request {
+                Some(request_op::Request::RequestTxn(t)) => 1 + count(&t.success) + count(&t.failure),
+                _ => 1,
+            })
+            .sum()
+    }
+    /// The keys one branch puts and the ranges it deletes, nested transactions included.
+    fn written(list: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<KeyRange>), ApplyError> {
+        let mut dels: Vec<KeyRange> = list
+            .iter()
+            .filter_map(|op| match &op.request {
+                Some(request_op::Request::RequestDeleteRange(d)) => Some(KeyRange::new(&d.key, &d.range_end)),
+                _ => None,
+            })
+            .collect();
+        let deleted = |dels: &[KeyRange], key: &[u8]| dels.iter().any(|r| r.contains(key));
+        let mut puts = BTreeSet::new();
         for op in list {
-            *count += 1;
-            match &op.request {
-                Some(request_op::Request::RequestPut(p)) => {
-                    if puts.contains(&p.key) {
-                        return Err(ApplyError::DuplicateKey);
-                    }
-                    puts.push(p.key.clone());
+            if let Some(request_op::Request::RequestTxn(t)) = &op.request {
+                let (then_puts, then_dels) = written(&t.success)?;
+                let (else_puts, else_dels) = written(&t.failure)?;
+                // Only one of a nested transaction's branches runs: they may write the same key.
+                if then_puts.iter().chain(&else_puts).any(|k| puts.contains(k) || deleted(&dels, k)) {
+                    return Err(ApplyError::DuplicateKey);
                 }
-                Some(request_op::Request::RequestTxn(t)) => {
-                    ops(&t.success, &mut puts.clone(), count)?;
-                    ops(&t.failure, &mut puts.clone(), count)?;
-                }
-                _ => {}
+                puts.extend(then_puts.into_iter().chain(else_puts));
+                dels.extend(then_dels.into_iter().chain(else_dels));
             }
         }
-        Ok(())
+        for op in list {
+            if let Some(request_op::Request::RequestPut(p)) = &op.request {
+                if deleted(&dels, &p.key) || !puts.insert(p.key.clone()) {
+                    return Err(ApplyError::DuplicateKey);
+                }
+            }
+        }
+        Ok((puts, dels))
     }
-    let (mut count_s, mut count_f) = (req.compare.len(), 0);
-    ops(&req.success, &mut Vec::new(), &mut count_s)?;
-    ops(&req.failure, &mut Vec::new(), &mut count_f)?;
-    if count_s.max(count_f) > MAX_TXN_OPS {
+    if (req.compare.len() + count(&req.success)).max(count(&req.failure)) > MAX_TXN_OPS {
         return Err(ApplyError::Invalid("etcdserver: too many operations in txn request".into()));
     }
+    written(&req.success)?;
+    written(&req.failure)?;
     Ok(())
 }

@@ -17,7 +17,7 @@ use openraft::{Entry, EntryPayload, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
 use prost::Message;
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use skiff_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, TxnRequest};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +33,9 @@ pub struct SmShared {
     pub auth: AuthStore,
     /// The alarms as applied here (`sm_key::ALARMS` on disk).
     pub alarms: AlarmStore,
+    /// The index of the last log entry applied here, for writers waiting to read their own
+    /// write on this member ([`SmShared::applied`]).
+    applied: tokio::sync::watch::Sender<u64>,
     snapshot_dir: PathBuf,
     receiving: Mutex<Option<PathBuf>>,
 }
@@ -46,9 +49,20 @@ impl SmShared {
         self.snapshot_dir.join("current.snap")
     }
 
+    /// The index of the last log entry applied here, as it moves.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn note_applied(&self, index: u64) {
+        self.applied.send_if_modified(|held| std::mem::replace(held, index) != index);
+    }
+
     /// Re-reads what is kept in memory from the database (after opening or a snapshot install).
     fn reload(&self) -> std::io::Result<()> {
         self.mvcc.reload();
+        let (applied, _) = read_applied(self.db()).map_err(std::io::Error::other)?;
+        self.note_applied(applied.map_or(0, |l| l.index));
         self.auth.set(sm_meta::<AuthState>(self.db(), sm_key::AUTH)?);
         self.alarms.set(sm_meta::<Alarms>(self.db(), sm_key::ALARMS)?);
         Ok(())
@@ -77,6 +91,7 @@ impl StateMachine {
             hub: WatchHub::new(4096),
             auth: AuthStore::default(),
             alarms: AlarmStore::default(),
+            applied: tokio::sync::watch::channel(0).0,
             snapshot_dir: snapshot_dir.to_path_buf(),
             receiving: Mutex::new(None),
         });
@@ -93,29 +108,77 @@ impl StateMachine {
     }
 
     fn apply_one(&self, entry: &Entry<TypeConfig>) -> Result<Response, StorageError> {
-        let mvcc = &self.shared.mvcc;
-        let mut w = mvcc.writer();
-        let mut staged = Staged::default();
-        let result = match &entry.payload {
-            EntryPayload::Blank => Ok(Reply::Empty),
+        let term = entry.log_id.leader_id.term;
+        match &entry.payload {
+            EntryPayload::Blank => {
+                self.commit(self.shared.mvcc.writer(), Ok(Reply::Empty), Staged::default(), Step::Entry(entry.log_id))
+            }
             EntryPayload::Membership(m) => {
+                let mut w = self.shared.mvcc.writer();
                 for id in m.nodes().map(|(id, _)| *id) {
                     w.note_member_id(id);
                 }
                 let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                 w.put_meta(sm_key::MEMBERSHIP, &bincode::serialize(&stored).map_err(sm_err)?);
-                Ok(Reply::Empty)
+                self.commit(w, Ok(Reply::Empty), Staged::default(), Step::Entry(entry.log_id))
             }
-            EntryPayload::Normal(req) => {
-                let now = Now { auth: self.shared.auth.current(), alarms: self.shared.alarms.current() };
-                apply_request(&mut w, req, entry.log_id.leader_id.term, &now, &mut staged)
-            }
+            EntryPayload::Normal(Request { op: Op::Batch(reqs), .. }) => self.apply_batch(entry.log_id, reqs),
+            EntryPayload::Normal(req) => self.apply_normal(req, term, Step::Entry(entry.log_id)),
+        }
+    }
+
+    /// Applies a batch entry's requests, each in a write of its own that records how far the
+    /// entry got; a crash part-way resumes after the last one written (its replies went to a
+    /// leader that no longer waits for them).
+    fn apply_batch(&self, log_id: LogId, reqs: &[Request]) -> Result<Response, StorageError> {
+        let done = match sm_meta::<Option<(LogId, u32)>>(self.shared.db(), sm_key::APPLIED_PART).map_err(sm_err)? {
+            Some((part, n)) if part == log_id => n as usize,
+            _ => 0,
         };
+        let mut replies = Vec::with_capacity(reqs.len());
+        for (i, req) in reqs.iter().enumerate().skip(done) {
+            let step = if i + 1 == reqs.len() { Step::Entry(log_id) } else { Step::Part(log_id, i as u32 + 1) };
+            replies.push(if matches!(req.op, Op::Batch(_)) {
+                let result = Err(ApplyError::Invalid("a batch inside a batch".into()));
+                self.commit(self.shared.mvcc.writer(), result, Staged::default(), step)?
+            } else {
+                self.apply_normal(req, log_id.leader_id.term, step)?
+            });
+        }
+        if reqs.is_empty() {
+            self.commit(self.shared.mvcc.writer(), Ok(Reply::Empty), Staged::default(), Step::Entry(log_id))?;
+        }
+        Ok(Response { revision: self.shared.mvcc.current_revision(), result: Ok(Reply::Batch(replies)) })
+    }
+
+    fn apply_normal(&self, req: &Request, term: u64, step: Step) -> Result<Response, StorageError> {
+        let mut w = self.shared.mvcc.writer();
+        let mut staged = Staged::default();
+        let now = Now { auth: self.shared.auth.current(), alarms: self.shared.alarms.current() };
+        let result = apply_request(&mut w, req, term, &now, &mut staged);
+        self.commit(w, result, staged, step)
+    }
+
+    /// Writes what one command staged (nothing but the progress if it was refused) with how
+    /// far the log has applied, then publishes it to readers and watchers.
+    fn commit<'a>(
+        &'a self,
+        mut w: Writer<'a>,
+        result: Result<Reply, ApplyError>,
+        staged: Staged,
+        step: Step,
+    ) -> Result<Response, StorageError> {
+        let mvcc = &self.shared.mvcc;
         if result.is_err() {
             // A refused command changes nothing but the applied index.
             w = mvcc.writer();
         }
-        w.put_meta(sm_key::APPLIED, &bincode::serialize(&Some(entry.log_id)).map_err(sm_err)?);
+        match step {
+            Step::Entry(log_id) => w.put_meta(sm_key::APPLIED, &bincode::serialize(&Some(log_id)).map_err(sm_err)?),
+            Step::Part(log_id, n) => {
+                w.put_meta(sm_key::APPLIED_PART, &bincode::serialize(&Some((log_id, n))).map_err(sm_err)?)
+            }
+        }
         let (batch, revision, compacted, events) = w.finish();
         mvcc.db().write_opt(batch, &WriteOptions::default()).map_err(sm_err)?;
         mvcc.publish_counters(revision, compacted);
@@ -130,8 +193,19 @@ impl StateMachine {
         if !events.is_empty() {
             self.shared.hub.publish(revision, events);
         }
+        if let Step::Entry(log_id) = step {
+            self.shared.note_applied(log_id.index);
+        }
         Ok(Response { revision, result })
     }
+}
+
+/// How far a write takes the applied log: a whole entry, or the first `n` requests of a batch
+/// entry.
+#[derive(Clone, Copy)]
+enum Step {
+    Entry(LogId),
+    Part(LogId, u32),
 }
 
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ApplyError> {
@@ -190,6 +264,7 @@ fn apply_request(
             staged.auth = Some(next);
             Ok(Reply::Empty)
         }
+        Op::Batch(_) => Err(ApplyError::Invalid("a batch is applied request by request".into())),
         Op::Alarm { activate, member, alarm } => {
             let (next, changed) = now.alarms.apply(*activate, *member, *alarm)?;
             w.put_meta(sm_key::ALARMS, &encode_meta(&next)?);
@@ -311,6 +386,37 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 fn write_snapshot_file(shared: &SmShared) -> std::io::Result<SnapshotMeta<u64, Member>> {
+    let tmp = shared.snapshot_dir.join(format!("building-{:016x}.snap", rand::random::<u64>()));
+    let (meta, _) = write_snapshot_to(shared, &tmp)?;
+    std::fs::rename(&tmp, shared.current_path())?;
+    Ok(meta)
+}
+
+impl SmShared {
+    /// A snapshot file of this member's store as it is now, for a backup (etcd's
+    /// `Maintenance.Snapshot`); raft's own snapshot is left alone. Zeros after the end marker
+    /// pad it to a multiple of [`BACKUP_ALIGN`] bytes: `etcdctl snapshot save` takes a file
+    /// for a whole bbolt database only when it is, with the 32-byte SHA-256 after it. Returns
+    /// the open file — already unlinked, so nothing is left behind whatever becomes of the
+    /// caller — and the store revision it holds.
+    pub fn export_snapshot(&self) -> std::io::Result<(std::fs::File, i64)> {
+        let path = self.snapshot_dir.join(format!("exporting-{:016x}.snap", rand::random::<u64>()));
+        let exported = write_snapshot_to(self, &path).and_then(|(_, rev)| {
+            let mut file = std::fs::OpenOptions::new().read(true).append(true).open(&path)?;
+            let len = file.metadata()?.len();
+            let padding = (BACKUP_ALIGN - len % BACKUP_ALIGN) % BACKUP_ALIGN;
+            file.write_all(&vec![0u8; padding as usize])?;
+            file.rewind()?;
+            Ok((file, rev))
+        });
+        let _ = std::fs::remove_file(&path);
+        exported
+    }
+}
+
+/// Writes a snapshot of the store's state now to `path` (synced); returns its metadata and
+/// the store revision it holds.
+fn write_snapshot_to(shared: &SmShared, path: &Path) -> std::io::Result<(SnapshotMeta<u64, Member>, i64)> {
     let db = shared.db();
     let snap = db.snapshot();
     let get = |k: &[u8]| snap.get_cf(cf(db, db::CF_SM), k).map_err(std::io::Error::other);
@@ -326,9 +432,12 @@ fn write_snapshot_file(shared: &SmShared) -> std::io::Result<SnapshotMeta<u64, M
         Some(l) => format!("{}-{}-{:08x}", l.leader_id.term, l.index, rand::random::<u32>()),
         None => format!("0-0-{:08x}", rand::random::<u32>()),
     };
+    let revision = match get(sm_key::REVISION)? {
+        Some(b) => i64::from_be_bytes(b.as_slice().try_into().map_err(std::io::Error::other)?),
+        None => 0,
+    };
     let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-    let tmp = shared.snapshot_dir.join(format!("building-{}.snap", meta.snapshot_id));
-    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     out.write_all(MAGIC)?;
     let m = bincode::serialize(&meta).map_err(std::io::Error::other)?;
     out.write_all(&(m.len() as u64).to_be_bytes())?;
@@ -346,8 +455,7 @@ fn write_snapshot_file(shared: &SmShared) -> std::io::Result<SnapshotMeta<u64, M
     out.write_all(&[0xFF])?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, shared.current_path())?;
-    Ok(meta)
+    Ok((meta, revision))
 }
 
 fn read_snapshot_meta(path: &Path) -> std::io::Result<SnapshotMeta<u64, Member>> {
@@ -409,14 +517,33 @@ fn read_record(r: &mut impl Read) -> std::io::Result<Option<Record>> {
 /// bounds, and the encodings the store later decodes without checking (current values and
 /// events). A malformed snapshot from a peer is refused here, never half-installed.
 fn verify_snapshot_file(path: &Path) -> std::io::Result<()> {
-    verify_snapshot(BufReader::with_capacity(1 << 20, std::fs::File::open(path)?))
+    verify_snapshot(BufReader::with_capacity(1 << 20, std::fs::File::open(path)?)).map(|_| ())
+}
+
+/// What a well-formed snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    /// The store revision it was taken at.
+    pub revision: i64,
+    /// Keys with a current value.
+    pub keys: u64,
 }
 
 /// [`verify_snapshot_file`] over any reader (the fuzz target `snapshots` feeds it bytes).
-pub fn verify_snapshot(mut r: impl Read) -> std::io::Result<()> {
+pub fn verify_snapshot(mut r: impl Read) -> std::io::Result<SnapshotSummary> {
     use prost::Message as _;
     read_header(&mut r)?;
+    let mut summary = SnapshotSummary { revision: 0, keys: 0 };
     while let Some((cf, key, value)) = read_record(&mut r)? {
+        match SM_CFS[cf] {
+            db::CF_KV => summary.keys += 1,
+            db::CF_SM if key == sm_key::REVISION => {
+                let bytes =
+                    value.as_slice().try_into().map_err(|_| std::io::Error::other("corrupt snapshot: revision"));
+                summary.revision = i64::from_be_bytes(bytes?);
+            }
+            _ => {}
+        }
         let ok = match SM_CFS[cf] {
             db::CF_KV => skiff_proto::mvccpb::KeyValue::decode(value.as_slice()).is_ok(),
             db::CF_REV => key.len() == 12 && skiff_proto::mvccpb::Event::decode(value.as_slice()).is_ok(),
@@ -426,7 +553,37 @@ pub fn verify_snapshot(mut r: impl Read) -> std::io::Result<()> {
             return Err(std::io::Error::other(format!("corrupt snapshot: a malformed {} record", SM_CFS[cf])));
         }
     }
-    Ok(())
+    Ok(summary)
+}
+
+/// The size a backup's snapshot is padded to a multiple of (a disk sector, as etcd's pages).
+pub const BACKUP_ALIGN: u64 = 512;
+
+/// A backup as `Maintenance.Snapshot` streams it (and `etcdctl snapshot save` writes it): a
+/// snapshot file and the SHA-256 of it as the last 32 bytes. Checks both; what `skiff snapshot
+/// status` prints.
+pub fn verify_backup(path: &Path) -> std::io::Result<(SnapshotSummary, [u8; 32])> {
+    use sha2::{Digest, Sha256};
+    let len = std::fs::metadata(path)?.len();
+    let Some(body) = len.checked_sub(32).filter(|b| b % BACKUP_ALIGN == 0) else {
+        return Err(std::io::Error::other(format!(
+            "{len} bytes: not a snapshot and its SHA-256 (a multiple of {BACKUP_ALIGN} bytes and 32); it may be cut short"
+        )));
+    };
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    std::io::copy(&mut (&mut file).take(body), &mut hash)?;
+    let mut trailer = [0u8; 32];
+    file.read_exact(&mut trailer)?;
+    let digest: [u8; 32] = hash.finalize().into();
+    if digest != trailer {
+        return Err(std::io::Error::other(
+            "its SHA-256 does not match the one it ends with: the file is corrupt or cut short",
+        ));
+    }
+    let file = std::fs::File::open(path)?;
+    let summary = verify_snapshot(BufReader::with_capacity(1 << 20, file).take(body))?;
+    Ok((summary, digest))
 }
 
 /// Replaces the state-machine column families with a snapshot file's contents. Marked in
@@ -493,5 +650,70 @@ mod tests {
         bad(junk_kv, "malformed kv record");
         bad(header(), "fill whole buffer"); // no end marker
         verify_snapshot_file(file(&[header(), vec![0xFF]].concat()).path()).expect("an empty snapshot is well formed");
+    }
+
+    fn put(key: &str, value: &str) -> Request {
+        let p = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
+        Request::new(Op::Put(p.encode_to_vec()))
+    }
+
+    fn entry(index: u64, req: Request) -> Entry<TypeConfig> {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), index),
+            payload: EntryPayload::Normal(req),
+        }
+    }
+
+    fn kv(sm: &StateMachine, key: &str) -> Option<skiff_proto::mvccpb::KeyValue> {
+        let req = skiff_proto::etcdserverpb::RangeRequest { key: key.into(), ..Default::default() };
+        sm.shared.mvcc.range(&req).unwrap().kvs.pop()
+    }
+
+    #[test]
+    fn a_batch_entry_applies_each_request_as_an_entry_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(db::open(&dir.path().join("db")).unwrap(), &dir.path().join("snap")).unwrap();
+        let mut watch = sm.shared.hub.subscribe();
+        let fenced = Request { fence_term: Some(2), op: put("c", "fenced").op };
+        let batch = vec![put("a", "1"), fenced, put("b", "2"), put("a", "3")];
+        let r = sm.apply_one(&entry(7, Request::new(Op::Batch(batch)))).unwrap();
+        let Ok(Reply::Batch(each)) = r.result else { panic!("a batch reply: {r:?}") };
+        let revisions: Vec<i64> = each.iter().map(|r| r.revision).collect();
+        assert_eq!(revisions, [1, 1, 2, 3], "each write its own revision; the refused one none");
+        assert!(matches!(each[1].result, Err(ApplyError::Fenced { expected: 2, actual: 3 })), "{:?}", each[1]);
+        assert_eq!(kv(&sm, "a").map(|kv| (kv.version, kv.mod_revision, kv.value)), Some((2, 3, b"3".to_vec())));
+        assert!(kv(&sm, "c").is_none(), "the fenced write changed nothing");
+        assert_eq!(*sm.shared.applied().borrow(), 7);
+        let mut published = Vec::new();
+        while let Ok(r) = watch.try_recv() {
+            published.push(r.revision);
+        }
+        assert_eq!(published, [1, 2, 3], "watchers see one revision per write");
+        let nested = Request::new(Op::Batch(vec![Request::new(Op::Batch(vec![put("d", "4")]))]));
+        let r = sm.apply_one(&entry(8, nested)).unwrap();
+        let Ok(Reply::Batch(each)) = r.result else { panic!("a batch reply: {r:?}") };
+        assert!(matches!(&each[0].result, Err(ApplyError::Invalid(m)) if m.contains("inside a batch")), "{each:?}");
+        assert!(kv(&sm, "d").is_none());
+    }
+
+    #[test]
+    fn a_batch_entry_cut_short_by_a_crash_resumes_after_its_last_written_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || StateMachine::open(db::open(&dir.path().join("db")).unwrap(), &dir.path().join("snap")).unwrap();
+        let batch = vec![put("a", "1"), put("a", "2"), put("b", "3")];
+        let e = entry(5, Request::new(Op::Batch(batch.clone())));
+        {
+            // What a crash after the batch's second write leaves.
+            let sm = open();
+            for (i, req) in batch[..2].iter().enumerate() {
+                sm.apply_normal(req, 3, Step::Part(e.log_id, i as u32 + 1)).unwrap();
+            }
+            assert_eq!(read_applied(sm.shared.db()).unwrap().0, None, "the entry is not applied yet");
+        }
+        let sm = open();
+        sm.apply_one(&e).unwrap();
+        assert_eq!(kv(&sm, "a").map(|kv| (kv.version, kv.value)), Some((2, b"2".to_vec())), "nothing applied twice");
+        assert_eq!(kv(&sm, "b").map(|kv| kv.mod_revision), Some(3));
+        assert_eq!(read_applied(sm.shared.db()).unwrap().0, Some(e.log_id));
     }
 }

@@ -90,6 +90,22 @@ pub enum Op {
         member: u64,
         alarm: i32,
     },
+    /// Writes that queued on the leader while earlier ones were committing, proposed as one
+    /// entry (group commit, [`crate::group_commit`]). Each applies as if it were an entry of
+    /// its own — its own revision, fence check and refusal — and replies in
+    /// [`Reply::Batch`], in order. Never nested.
+    Batch(Vec<Request>),
+}
+
+impl Op {
+    /// Roughly the bytes this op takes in a log entry.
+    pub fn size(&self) -> usize {
+        match self {
+            Op::Put(b) | Op::DeleteRange(b) | Op::Txn(b) => b.len(),
+            Op::Batch(reqs) => reqs.iter().map(|r| r.op.size()).sum(),
+            _ => 64,
+        }
+    }
 }
 
 /// A state machine's reply to one log entry.
@@ -121,6 +137,8 @@ pub enum Reply {
     MemberId(u64),
     /// The alarm an `Op::Alarm` raised or cleared: (member, type); none if nothing changed.
     Alarm(Option<(u64, i32)>),
+    /// An `Op::Batch`'s replies, one per request in order.
+    Batch(Vec<Response>),
 }
 
 /// Why the state machine refused a command. Deterministic: every replica refuses the same

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+pub mod etcd;
 pub mod machines;
 
 pub fn skiff_bin() -> PathBuf {

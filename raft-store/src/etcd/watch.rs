@@ -65,13 +65,16 @@ impl Watch for WatchService {
                 let Ok(Some(msg)) = msg else { break };
                 match msg.request_union {
                     Some(RequestUnion::CreateRequest(create)) => {
+                        // As etcd: ids the stream assigns only grow, so a late response to a
+                        // cancelled watch is never taken for a newer one's.
                         let id = if create.watch_id != 0 {
                             create.watch_id
                         } else {
                             while watchers.contains_key(&next_id) {
                                 next_id += 1;
                             }
-                            next_id
+                            next_id += 1;
+                            next_id - 1
                         };
                         watchers.retain(|_, t| !t.is_finished());
                         let refused = if watchers.contains_key(&id) {
