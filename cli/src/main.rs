@@ -19,6 +19,7 @@ mod join_cmd;
 mod master_cmd;
 mod node_cmd;
 mod rollout;
+mod snapshot_cmd;
 mod token_cmd;
 mod top;
 mod up;
@@ -115,6 +116,9 @@ enum Command {
     /// Approve or deny certificate signing requests (kubectl certificate).
     #[command(subcommand)]
     Certificate(certificate_cmd::CertificateCommand),
+    /// Store backups: check one `etcdctl snapshot save` took (etcdctl snapshot status).
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCommand),
     /// Add, change (--overwrite) or remove (`key-`) labels (kubectl label).
     Label(ctl::MetaArgs),
     /// Add, change (--overwrite) or remove (`key-`) annotations (kubectl annotate).
@@ -208,6 +212,7 @@ fn main() -> anyhow::Result<()> {
         Command::Config(cmd) => ctl::report(config_cmd::run(cmd)),
         Command::Token(cmd) => ctl::report(token_cmd::run(cmd)),
         Command::Certificate(cmd) => ctl::report(certificate_cmd::run(cmd)),
+        Command::Snapshot(cmd) => ctl::report(snapshot_cmd::run(cmd)),
         Command::Version(args) => ctl::report(ctl::version(args)),
         Command::Completion { shell } => {
             use clap::CommandFactory;

@@ -50,6 +50,43 @@ fn etcdctl_kv_txn_members_and_status() {
     let status = c.etcdctl_ok(&c.endpoints(), &["endpoint", "status"]);
     assert_eq!(status.lines().count(), 3, "{status}");
     assert_eq!(status.matches(", true, false,").count(), 1, "exactly one leader:\n{status}");
+
+    // phase: a backup with `etcdctl snapshot save` from a follower, checked by `skiff snapshot
+    // status`; a file cut short or changed is refused by name
+    for i in 0..200 {
+        c.etcdctl_ok(&e1, &["put", &format!("backup/{i:03}"), &"x".repeat(100)]);
+    }
+    let revision = skiff_tests::runtime().block_on(c.revision(&e1)).expect("revision");
+    let file = c.dir.path().join("backup.db");
+    let follower =
+        c.masters.iter().find(|m| !status.lines().any(|l| l.contains(&m.etcd) && l.contains(", true, false,")));
+    let follower = &follower.expect("a follower").etcd;
+    skiff_tests::wait_for(Duration::from_secs(10), "the follower to apply every put", || {
+        (skiff_tests::runtime().block_on(skiff_tests::status(follower)).ok()?.header?.revision >= revision)
+            .then_some(())
+    });
+    let saved = c.etcdctl_ok(follower, &["snapshot", "save", file.to_str().unwrap()]);
+    assert!(saved.contains("Snapshot saved at"), "{saved}");
+    let out = skiff_tests::skiff(&["snapshot", "status", "-w", "json", file.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["revision"].as_i64(), Some(revision), "{v}");
+    // The 200 backups, app/b, app/failed and other, and whatever the control plane keeps.
+    assert!(v["totalKey"].as_u64().is_some_and(|n| n >= 203), "{v}");
+    let bytes = std::fs::read(&file).unwrap();
+    let cut = c.dir.path().join("cut.db");
+    std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 1;
+    let changed = c.dir.path().join("changed.db");
+    std::fs::write(&changed, &flipped).unwrap();
+    for (bad, why) in [(&cut, "cut short"), (&changed, "SHA-256 does not match")] {
+        let out = std::process::Command::new(skiff_tests::skiff_bin())
+            .args(["snapshot", "status", bad.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{}: {err}", bad.display());
+    }
 }
 
 #[test]

@@ -1,19 +1,29 @@
 //! `etcdserverpb.Maintenance`: Status and HashKV (what `etcdctl endpoint status` and
-//! consistency checks use), plus the alarm and defragment calls etcd tools expect.
+//! consistency checks use), plus the alarm, defragment and snapshot calls etcd tools expect.
 
 use super::{status, Caller};
 use crate::error::StoreError;
 use crate::master::{reply_result, Master};
 use crate::types::{Op, Reply};
 use crate::{alarm, db};
+use sha2::{Digest, Sha256};
 use skiff_proto::etcdserverpb::alarm_request::AlarmAction;
 use skiff_proto::etcdserverpb::maintenance_server::Maintenance;
 use skiff_proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse, HashKvRequest,
-    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
 };
+use std::io::Read;
+use std::pin::Pin;
 use std::sync::Arc;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+/// Bytes of snapshot per message, as etcd sends them.
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
 /// The etcd API version Skiff speaks; etcd clients read it from `Status`.
 pub const ETCD_API_VERSION: &str = "3.4.0";
@@ -102,6 +112,47 @@ impl Maintenance for MaintenanceService {
             compact_revision,
             hash_revision: rev,
         }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    /// Root only: this member's whole store as one consistent snapshot (Skiff's snapshot file,
+    /// the format raft sends to followers), then the SHA-256 of those bytes as the last 32, as
+    /// etcd appends one to its bbolt file — `etcdctl snapshot save` writes it all to a file,
+    /// and `skiff snapshot status` checks it.
+    async fn snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        Caller::of(&self.master, &req)?.root()?;
+        let sm = self.master.sm.clone();
+        let (file, revision) = crate::blocking(move || sm.export_snapshot())
+            .map_err(|e| status(StoreError::Internal(format!("snapshot: {e}"))))?;
+        let size = file.metadata().map_err(|e| Status::internal(e.to_string()))?.len();
+        let header = self.master.header(revision);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut reader = std::io::BufReader::new(file);
+            let mut hash = Sha256::new();
+            let mut remaining = size + 32;
+            let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+            while remaining > 32 {
+                let want = SNAPSHOT_CHUNK.min((remaining - 32) as usize);
+                let blob = match reader.read_exact(&mut buf[..want]) {
+                    Ok(()) => buf[..want].to_vec(),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::internal(format!("reading the snapshot: {e}"))));
+                        return;
+                    }
+                };
+                hash.update(&blob);
+                remaining -= want as u64;
+                let msg = SnapshotResponse { header: Some(header), remaining_bytes: remaining, blob };
+                if tx.blocking_send(Ok(msg)).is_err() {
+                    return; // the client went away
+                }
+            }
+            let digest = hash.finalize().to_vec();
+            let _ = tx.blocking_send(Ok(SnapshotResponse { header: Some(header), remaining_bytes: 0, blob: digest }));
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
