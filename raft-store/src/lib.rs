@@ -39,6 +39,7 @@ pub mod mvcc;
 pub mod network;
 pub mod peer_service;
 pub mod peer_tls;
+pub mod read_index;
 pub mod server;
 pub mod state_machine;
 pub mod types;

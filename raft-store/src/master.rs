@@ -9,6 +9,7 @@ use crate::fence::Fence;
 use crate::group_commit::GroupCommit;
 use crate::log_store::LogStore;
 use crate::network::{self, Network, PeerClients};
+use crate::read_index::ReadIndex;
 use crate::state_machine::{SmShared, StateMachine};
 use crate::types::{ApplyError, Member, Op, Raft, Reply, Request, Response};
 use openraft::error::RaftError;
@@ -209,6 +210,9 @@ pub struct Master {
     pub cluster_id: u64,
     /// Where this master's writes queue while it leads ([`crate::group_commit`]).
     writes: GroupCommit,
+    /// Where linearizable reads wait for a shared leadership check while it leads
+    /// ([`crate::read_index`]).
+    pub reads: ReadIndex,
     leases: LeaseClock,
     accepting: AtomicBool,
     /// This node's own election trigger (see [`crate::election`]).
@@ -280,9 +284,11 @@ impl Master {
             }
         }
         let writes = GroupCommit::start(raft.clone(), config.max_request_bytes, config.request_timeout());
+        let reads = ReadIndex::start(raft.clone(), config.request_timeout());
         Ok(Arc::new(Master {
             config,
             writes,
+            reads,
             raft,
             sm: shared,
             peers,
@@ -590,11 +596,7 @@ impl Master {
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
             let index = match self.leader() {
-                Some((id, _)) if id == self.id() => match self.raft.get_read_log_id().await {
-                    Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
-                    Err(RaftError::APIError(_)) => Err(StoreError::NoLeader),
-                    Err(e) => Err(map_raft_err(e)),
-                },
+                Some((id, _)) if id == self.id() => self.reads.index().await,
                 Some((id, node)) => tokio::select! {
                     r = self.remote_read_index(id, &node, deadline) => r,
                     // A read changes nothing: ask the next leader instead.

@@ -94,8 +94,8 @@ impl Peer for PeerService {
 
     async fn read_index(&self, req: Request<Empty>) -> Result<Response<ReadIndexReply>, Status> {
         self.admit(&req)?;
-        match self.master.raft.get_read_log_id().await {
-            Ok((read, _)) => Ok(Response::new(ReadIndexReply { index: read.map_or(0, |l| l.index) })),
+        match self.master.reads.index().await {
+            Ok(index) => Ok(Response::new(ReadIndexReply { index })),
             Err(e) => Err(Status::unavailable(format!("not leader: {e}"))),
         }
     }
