@@ -271,6 +271,16 @@ impl MasterFile {
     }
 }
 
+/// The hash of the store's `root` password held in the file at `path` (--root-password-file).
+pub fn root_password_hash(path: &std::path::Path) -> anyhow::Result<String> {
+    let password = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let password = password.trim();
+    if password.is_empty() {
+        bail!("--root-password-file {}: the file is empty", path.display());
+    }
+    Ok(skiff_raft_store::auth::hash_password(password))
+}
+
 pub fn parse_initial_cluster(s: &str) -> anyhow::Result<BTreeMap<u64, Member>> {
     let mut out = BTreeMap::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
@@ -323,12 +333,7 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
         config.disk_reserve_bytes = v;
     }
     if let Some(path) = &args.root_password_file {
-        let password = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let password = password.trim();
-        if password.is_empty() {
-            bail!("--root-password-file {}: the file is empty", path.display());
-        }
-        config.root_password_hash = Some(skiff_raft_store::auth::hash_password(password));
+        config.root_password_hash = Some(root_password_hash(path)?);
     }
     config.peer_tls = match (args.peer_cert, args.peer_key, args.peer_ca) {
         (None, None, None) => None,

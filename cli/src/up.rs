@@ -73,6 +73,19 @@ pub struct UpArgs {
     /// with `skiff join` and a token (`skiff token create --print-join-command`).
     #[arg(long)]
     advertise_address: Option<std::net::IpAddr>,
+    /// Restore the store from a snapshot file (`etcdctl snapshot save`, `skiff snapshot
+    /// status` checks one) before the masters start: every master's data directory is built
+    /// afresh from it (an existing one is kept beside it as `data.before-restore-<time>`), so
+    /// the cluster comes back with the snapshot's keys, objects and revision (k3s'
+    /// --cluster-reset-restore-path). The masters must be stopped (`skiff down`). Into a new
+    /// directory, give the old cluster's --encryption-provider-config too.
+    #[arg(long)]
+    restore: Option<PathBuf>,
+    /// For a new cluster: the EncryptionConfiguration Secrets are encrypted at rest with
+    /// (Kubernetes' format), instead of a new key — the old cluster's `encryption.yaml` when
+    /// restoring its snapshot into a new directory, or its Secrets stay sealed.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
 }
 
 /// What a master presents, issued by the cluster CA into `pki`: its client listener's server
@@ -258,7 +271,19 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     let root_password_hash = skiff_raft_store::auth::hash_password(&root_password);
     // Secrets are encrypted at rest with a key of this cluster's own.
     let encryption = dir.join("encryption.yaml");
-    write_private(&encryption, skiff_api::at_rest::AtRest::generate().as_bytes())?;
+    let encryption_config = match &args.encryption_provider_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            skiff_api::at_rest::AtRest::load(path).map_err(|e| anyhow::anyhow!("--encryption-provider-config {e}"))?;
+            text
+        }
+        None if args.restore.is_some() => bail!(
+            "--restore into a new directory needs the old cluster's --encryption-provider-config \
+             (its encryption.yaml): the snapshot's Secrets and service-account key are sealed with its key"
+        ),
+        None => skiff_api::at_rest::AtRest::generate(),
+    };
+    write_private(&encryption, encryption_config.as_bytes())?;
     let encryption = std::fs::canonicalize(encryption)?;
     if args.insecure && args.advertise_address.is_some() {
         bail!("--insecure and --advertise-address: a cluster other machines reach is never served in plaintext");
@@ -622,6 +647,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         }
         None => new_cluster(&dir, &args)?,
     };
+    if let Some(backup) = &args.restore {
+        restore_masters(&cluster, backup)?;
+    }
     for m in &mut cluster.masters {
         let needle = m.config.to_string_lossy().to_string();
         if m.pid != 0 && process_alive(m.pid, &needle) {
@@ -717,6 +745,42 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         println!("join:     skiff token create --print-join-command{config}   (then run what it prints on each node machine)");
         println!("masters:  skiff token create --print-join-command --control-plane --master-config {master}{config}");
     }
+    Ok(())
+}
+
+/// Builds every (stopped) master's data directory afresh from the snapshot file `backup`,
+/// keeping an existing one beside it; the store's root user takes the cluster's root password.
+fn restore_masters(cluster: &ClusterFile, backup: &Path) -> anyhow::Result<()> {
+    if let Some(m) = cluster.masters.iter().find(|m| m.pid != 0 && process_alive(m.pid, &m.config.to_string_lossy())) {
+        bail!("--restore: {} (pid {}) is running; stop the cluster first (skiff down --dir …)", m.name, m.pid);
+    }
+    // Checked whole before any data directory is touched.
+    let (summary, _) = skiff_raft_store::state_machine::verify_backup(backup)
+        .map_err(|e| anyhow::anyhow!("--restore {}: {e}", backup.display()))?;
+    let members: BTreeMap<u64, Member> = cluster
+        .masters
+        .iter()
+        .map(|m| (m.id, Member { name: m.name.clone(), peer_addr: m.peer.clone(), client_addr: m.etcd.clone() }))
+        .collect();
+    let root = cluster.etcd_root_password.as_deref().map(crate::master_cmd::root_password_hash).transpose()?;
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    for m in &cluster.masters {
+        if m.data_dir.exists() {
+            let aside = m.data_dir.with_file_name(format!("data.before-restore-{stamp}"));
+            std::fs::rename(&m.data_dir, &aside)
+                .with_context(|| format!("moving {} aside to {}", m.data_dir.display(), aside.display()))?;
+            eprintln!("{}: the data directory before the restore is kept in {}", m.name, aside.display());
+        }
+        skiff_raft_store::restore::restore_backup(backup, &m.data_dir, &members, root.as_deref())
+            .with_context(|| format!("restoring {} into {}", backup.display(), m.data_dir.display()))?;
+    }
+    eprintln!(
+        "restored {} keys at revision {} from {} into {} masters",
+        summary.keys,
+        summary.revision,
+        backup.display(),
+        cluster.masters.len()
+    );
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 //! - [`log_store`]: raft log and vote, fsynced before openraft hears they are written.
 //! - [`mvcc`]: revisions, ranges, transactions, compaction, leases.
 //! - [`state_machine`]: applying entries; building, streaming and installing snapshots.
+//! - [`restore`]: a new cluster's data directory from a backup.
 //! - [`watch_hub`]: fan-out of applied events; [`watch_feed`]: one watcher's ordered feed.
 //! - [`network`] / [`peer_service`]: raft and forwarding between masters over gRPC;
 //!   [`peer_tls`]: their mutual TLS and the checks on who a peer is.
@@ -40,6 +41,7 @@ pub mod network;
 pub mod peer_service;
 pub mod peer_tls;
 pub mod read_index;
+pub mod restore;
 pub mod server;
 pub mod state_machine;
 pub mod types;

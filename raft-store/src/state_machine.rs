@@ -463,7 +463,7 @@ fn read_snapshot_meta(path: &Path) -> std::io::Result<SnapshotMeta<u64, Member>>
     read_header(&mut r)
 }
 
-fn read_header(r: &mut impl Read) -> std::io::Result<SnapshotMeta<u64, Member>> {
+pub(crate) fn read_header(r: &mut impl Read) -> std::io::Result<SnapshotMeta<u64, Member>> {
     let mut magic = [0u8; MAGIC.len()];
     r.read_exact(&mut magic)?;
     if magic != MAGIC {
@@ -489,7 +489,7 @@ type Record = (usize, Vec<u8>, Vec<u8>);
 
 /// The next record of a snapshot file; `None` at the end marker. Lengths are bounded and
 /// column families checked, so a malformed file is an error.
-fn read_record(r: &mut impl Read) -> std::io::Result<Option<Record>> {
+pub(crate) fn read_record(r: &mut impl Read) -> std::io::Result<Option<Record>> {
     let mut tag = [0u8; 1];
     r.read_exact(&mut tag)?;
     if tag[0] == 0xFF {

@@ -154,6 +154,16 @@ pub fn require_root() {
     );
 }
 
+/// A master started by a test ([`Cluster::start_joiner`]); killed and reaped when dropped.
+pub struct Joiner(pub std::process::Child);
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A cluster started with `skiff up` in a temporary directory; killed when dropped.
 pub struct Cluster {
     pub dir: TempDir,
@@ -260,8 +270,10 @@ impl Cluster {
         self.ctl_ok(&["apply", "-f", file.to_str().unwrap()]);
     }
 
-    /// Re-reads `cluster.json` (and registers its CA for the masters' addresses).
+    /// Re-reads `cluster.json` (and registers its CA for the masters' addresses); forgets the
+    /// root token, which a restored store no longer takes.
     pub fn reload(&mut self) {
+        *self.root_token.get_mut().expect("root token lock") = None;
         let text = std::fs::read_to_string(self.dir.path().join("cluster.json")).expect("cluster.json");
         let v: Value = serde_json::from_str(&text).expect("cluster.json is JSON");
         if let Some(ca) = v["ca"].as_str() {
@@ -390,6 +402,27 @@ impl Cluster {
         ["--peer-cert", &s(&crt), "--peer-key", &s(&key), "--peer-ca", &s(&pki.join("peer-ca.crt"))]
             .map(String::from)
             .to_vec()
+    }
+
+    /// Starts `skiff master` as member `id` joining this cluster (added with `etcdctl member
+    /// add` first) named `name`, its home in the cluster directory.
+    pub fn start_joiner(&mut self, id: u64, name: &str, peer: &str, client: &str) -> Joiner {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("master.log")).unwrap();
+        let child = Command::new(skiff_bin())
+            .args(["master", "--id", &id.to_string(), "--name", name])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--peer-addr", peer, "--client-addr", client])
+            .args(self.peer_flags(id, &dir))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.extra_pids.push(child.id());
+        Joiner(child)
     }
 
     /// The password of the store's `root` user that `skiff up` generated.
@@ -556,6 +589,13 @@ pub fn pid_alive(pid: u32) -> bool {
         Ok(stat) => !matches!(stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()), Some('Z' | 'X')),
         Err(_) => false,
     }
+}
+
+/// Whether an object's `status.conditions` has `Ready` = `True` (a pod's, a node's).
+pub fn ready(obj: &Value) -> bool {
+    obj["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 /// Polls `f` until it returns `Some`, or panics after `timeout` naming what it waited for.

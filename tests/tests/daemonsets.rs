@@ -40,9 +40,7 @@ fn agents(c: &Cluster) -> Vec<(String, String, bool)> {
         .flatten()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| {
-            let ready = p["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            let ready = skiff_tests::ready(p);
             (
                 p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(),
                 p["spec"]["containers"][0]["env"][0]["value"].as_str().unwrap_or_default().to_string(),

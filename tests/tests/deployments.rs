@@ -43,11 +43,7 @@ fn ready_pods(c: &Cluster, version: &str) -> usize {
         .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .filter(|p| p["spec"]["containers"][0]["env"][0]["value"] == version)
-        .filter(|p| {
-            p["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-        })
+        .filter(|p| skiff_tests::ready(p))
         .count()
 }
 
@@ -131,14 +127,7 @@ fn pod_counts(c: &Cluster) -> (usize, usize) {
         .into_iter()
         .filter(|p| p["metadata"]["labels"]["app"] == "web" && p["metadata"]["deletionTimestamp"].is_null())
         .collect();
-    let ready = pods
-        .iter()
-        .filter(|p| {
-            p["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-        })
-        .count();
+    let ready = pods.iter().filter(|p| skiff_tests::ready(p)).count();
     (pods.len(), ready)
 }
 

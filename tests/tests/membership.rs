@@ -1,42 +1,8 @@
 //! Adding a fourth master as a learner with the real etcdctl, promoting it, and surviving the
 //! loss of any one of the four.
 
-use skiff_tests::{assert_same_hash, pid_alive, runtime, skiff_bin, status, wait_for, Cluster};
-use std::process::{Child, Command, Stdio};
+use skiff_tests::{assert_same_hash, pid_alive, runtime, status, wait_for, Cluster};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A master started by the test; killed and reaped when dropped.
-struct Joiner(Child);
-
-impl Drop for Joiner {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_joiner(c: &mut Cluster, id: u64, peer: &str, client: &str) -> Joiner {
-    let dir = c.dir.path().join("master-4");
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("master.log")).unwrap();
-    let child = Command::new(skiff_bin())
-        .args(["master", "--id", &id.to_string(), "--name", "master-4"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--peer-addr", peer, "--client-addr", client])
-        .args(c.peer_flags(id, &dir))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    c.extra_pids.push(child.id());
-    Joiner(child)
-}
 
 fn write_somewhere(c: &Cluster, addrs: &[String], key: &str) -> i64 {
     let rt = runtime();
@@ -59,12 +25,13 @@ fn a_fourth_master_joins_as_learner_is_promoted_and_any_one_may_fail() {
     c.etcdctl_ok(&e1, &["put", "before-join", "1"]);
 
     // phase: member add --learner, then start the new master without an initial cluster
-    let (peer, client) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let ports = skiff_chaos::net::free_loopback_ports(2).unwrap();
+    let (peer, client) = (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]));
     let added = c.etcdctl_ok(&e1, &["member", "add", "master-4", "--learner", &format!("--peer-urls=http://{peer}")]);
     let hex_id = added.split_whitespace().nth(1).expect("member id").to_string();
     let id = u64::from_str_radix(&hex_id, 16).unwrap();
     assert!(c.masters.iter().all(|m| m.id != id), "a new id, never one in use: {id}");
-    let mut joiner = start_joiner(&mut c, id, &peer, &client);
+    let mut joiner = c.start_joiner(id, "master-4", &peer, &client);
 
     // The learner catches up and announces its client address.
     let rt = runtime();
@@ -105,7 +72,7 @@ fn a_fourth_master_joins_as_learner_is_promoted_and_any_one_may_fail() {
         let others: Vec<String> = ids.iter().filter(|&&i| i != victim).map(|&i| addr_of(i)).collect();
         let rev = write_somewhere(&c, &others, &format!("without/{victim}"));
         if victim == id {
-            joiner = start_joiner(&mut c, id, &peer, &client);
+            joiner = c.start_joiner(id, "master-4", &peer, &client);
         } else {
             c.restart_stopped();
         }

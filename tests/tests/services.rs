@@ -270,10 +270,7 @@ fn pods(c: &Cluster, selector: &str) -> Vec<Value> {
 }
 
 fn ready(p: &Value) -> bool {
-    p["metadata"]["deletionTimestamp"].is_null()
-        && p["status"]["conditions"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    p["metadata"]["deletionTimestamp"].is_null() && skiff_tests::ready(p)
 }
 
 #[test]
