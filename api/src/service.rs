@@ -228,6 +228,11 @@ impl Api {
         object: Option<&Value>,
         stored: Option<&Value>,
     ) -> ApiResult<()> {
+        // What this call acts on, for its `apiserver_request_total` labels.
+        match a.subresource {
+            "" => skiff_proto::metrics::note_target(a.info.resource),
+            sub => skiff_proto::metrics::note_target(&format!("{}/{sub}", a.info.resource)),
+        }
         if user.is_superuser() {
             return Ok(());
         }
@@ -773,7 +778,18 @@ pub fn routes(api: Arc<Api>) -> tonic::service::Routes {
         crate::cluster_info::ClusterInfoService { master: api.registry.master.clone() },
     ));
     routes.add_service(service_account_tokens_server::ServiceAccountTokensServer::new(crate::satoken::TokenService {
-        api,
+        api: api.clone(),
     }));
-    routes.routes()
+    let metrics = api.registry.metrics.clone();
+    let observer: skiff_proto::metrics::Observer =
+        Arc::new(move |path, target, code, took| metrics.request(path, target, code, took));
+    let router = routes
+        .routes()
+        .into_axum_router()
+        .route(
+            "/metrics",
+            axum::routing::get(move |req: http::Request<axum::body::Body>| crate::metrics::serve(api, req)),
+        )
+        .layer(skiff_proto::metrics::ObserveLayer(observer));
+    tonic::service::Routes::from(router)
 }

@@ -495,6 +495,7 @@ fn serve(file: MasterFile) -> anyhow::Result<()> {
                     store_revision,
                     events: std::sync::Arc::default(),
                     families: std::sync::Arc::default(),
+                    queues: skiff_client::queue::QueueMetrics::register(&master.metrics),
                 };
                 let settings = skiff_scheduler::controllers::Settings {
                     node_grace: std::time::Duration::from_secs(controllers.node_grace_seconds),
@@ -509,6 +510,7 @@ fn serve(file: MasterFile) -> anyhow::Result<()> {
                     pods: informers.pods.clone(),
                     nodes: informers.nodes.clone(),
                     leader_term,
+                    metrics: skiff_scheduler::scheduling::SchedulerMetrics::register(&master.metrics),
                 };
                 tokio::spawn(scheduler.run(stop_rx));
             }

@@ -5,7 +5,17 @@
 //!   until that worker is [`done`](WorkQueue::done) and is then handed out once more;
 //! - a key whose reconcile failed comes back after a per-key back-off that doubles with each
 //!   failure ([`retry`](WorkQueue::retry)), until [`forget`](WorkQueue::forget) resets it.
+//!
+//! A queue made [`with_metrics`](WorkQueue::with_metrics) reports client-go's workqueue
+//! metrics under its name: `workqueue_depth`, `workqueue_adds_total`,
+//! `workqueue_retries_total`, `workqueue_queue_duration_seconds` (from a key's add to a worker
+//! taking it).
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -16,8 +26,57 @@ use tokio::sync::Notify;
 pub const BASE_BACKOFF: Duration = Duration::from_millis(10);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueName {
+    name: String,
+}
+
+/// client-go's workqueue metrics, one family each, labelled by queue name; registered once
+/// per process and shared by its queues.
+pub struct QueueMetrics {
+    depth: Family<QueueName, Gauge>,
+    adds: Family<QueueName, Counter>,
+    retries: Family<QueueName, Counter>,
+    queue_seconds: Family<QueueName, Histogram, fn() -> Histogram>,
+}
+
+impl QueueMetrics {
+    pub fn register(metrics: &skiff_proto::metrics::Metrics) -> Arc<QueueMetrics> {
+        let m = QueueMetrics {
+            depth: Family::default(),
+            adds: Family::default(),
+            retries: Family::default(),
+            queue_seconds: Family::new_with_constructor(queue_seconds),
+        };
+        metrics.register("workqueue_depth", "Keys waiting in the queue", m.depth.clone());
+        metrics.register("workqueue_adds", "Keys added to the queue", m.adds.clone());
+        metrics.register("workqueue_retries", "Keys queued again after a failure", m.retries.clone());
+        metrics.register(
+            "workqueue_queue_duration_seconds",
+            "How long a key waits in the queue before a worker takes it",
+            m.queue_seconds.clone(),
+        );
+        Arc::new(m)
+    }
+}
+
+/// client-go's buckets: 1 µs to 10 s by tens.
+fn queue_seconds() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-6, 10.0, 8))
+}
+
+/// One queue's series.
+struct Instruments {
+    depth: Gauge,
+    adds: Counter,
+    retries: Counter,
+    queue_seconds: Histogram,
+}
+
 struct State<T> {
     ready: VecDeque<T>,
+    /// When each key in `ready` was added.
+    queued_at: HashMap<T, std::time::Instant>,
     /// Keys in `ready`.
     waiting: HashSet<T>,
     /// Keys a worker has now.
@@ -34,11 +93,12 @@ struct State<T> {
 pub struct WorkQueue<T> {
     state: Arc<Mutex<State<T>>>,
     wake: Arc<Notify>,
+    metrics: Option<Arc<Instruments>>,
 }
 
 impl<T> Clone for WorkQueue<T> {
     fn clone(&self) -> Self {
-        WorkQueue { state: self.state.clone(), wake: self.wake.clone() }
+        WorkQueue { state: self.state.clone(), wake: self.wake.clone(), metrics: self.metrics.clone() }
     }
 }
 
@@ -52,6 +112,7 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
     pub fn new() -> WorkQueue<T> {
         let state = State {
             ready: VecDeque::new(),
+            queued_at: HashMap::new(),
             waiting: HashSet::new(),
             active: HashSet::new(),
             again: HashSet::new(),
@@ -59,7 +120,19 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
             timers: HashMap::new(),
             closed: false,
         };
-        WorkQueue { state: Arc::new(Mutex::new(state)), wake: Arc::new(Notify::new()) }
+        WorkQueue { state: Arc::new(Mutex::new(state)), wake: Arc::new(Notify::new()), metrics: None }
+    }
+
+    /// A queue reporting its metrics as `name` (a controller's name, as client-go's).
+    pub fn with_metrics(name: &str, metrics: &QueueMetrics) -> WorkQueue<T> {
+        let label = QueueName { name: name.to_string() };
+        let instruments = Instruments {
+            depth: metrics.depth.get_or_create(&label).clone(),
+            adds: metrics.adds.get_or_create(&label).clone(),
+            retries: metrics.retries.get_or_create(&label).clone(),
+            queue_seconds: metrics.queue_seconds.get_or_create(&label).clone(),
+        };
+        WorkQueue { metrics: Some(Arc::new(instruments)), ..WorkQueue::new() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
@@ -77,7 +150,12 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
             return;
         }
         s.waiting.insert(key.clone());
+        s.queued_at.insert(key.clone(), std::time::Instant::now());
         s.ready.push_back(key);
+        if let Some(m) = &self.metrics {
+            m.adds.inc();
+            m.depth.set(s.ready.len() as i64);
+        }
         drop(s);
         self.wake.notify_one();
     }
@@ -128,6 +206,13 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
                 }
                 if let Some(key) = s.ready.pop_front() {
                     s.waiting.remove(&key);
+                    let queued_at = s.queued_at.remove(&key);
+                    if let Some(m) = &self.metrics {
+                        m.depth.set(s.ready.len() as i64);
+                        if let Some(at) = queued_at {
+                            m.queue_seconds.observe(at.elapsed().as_secs_f64());
+                        }
+                    }
                     s.active.insert(key.clone());
                     let more = !s.ready.is_empty();
                     drop(s);
@@ -162,6 +247,9 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
             *n += 1;
             delay
         };
+        if let Some(m) = &self.metrics {
+            m.retries.inc();
+        }
         self.add_after(key, delay);
         delay
     }
@@ -289,5 +377,25 @@ mod tests {
         for w in waiters {
             assert_eq!(w.await.unwrap(), None);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_named_queue_reports_depth_adds_retries_and_waits() {
+        let registry = skiff_proto::metrics::Metrics::default();
+        let metrics = QueueMetrics::register(&registry);
+        let q = WorkQueue::with_metrics("deployment", &metrics);
+        q.add("a");
+        q.add("a");
+        q.add("b");
+        let text = registry.text();
+        assert!(text.contains(r#"workqueue_depth{name="deployment"} 2"#), "{text}");
+        assert!(text.contains(r#"workqueue_adds_total{name="deployment"} 2"#), "coalesced adds count once: {text}");
+        let k = q.next().await.unwrap();
+        q.retry(k);
+        q.done(&k);
+        let text = registry.text();
+        assert!(text.contains(r#"workqueue_depth{name="deployment"} 1"#), "{text}");
+        assert!(text.contains(r#"workqueue_retries_total{name="deployment"} 1"#), "{text}");
+        assert!(text.contains(r#"workqueue_queue_duration_seconds_count{name="deployment"} 1"#), "{text}");
     }
 }

@@ -158,7 +158,8 @@ pub async fn run(
         None => logs::Callers::Delegated(client.config.clone()),
     };
     let logs = logs::LogServer { root: config.root.clone(), callers: callers.clone() };
-    let sampler = stats::Sampler::new(config.root.clone(), config.name.clone(), callers);
+    let sampler = stats::Sampler::new(config.root.clone(), config.name.clone(), callers.clone());
+    let metrics = std::sync::Arc::new(skiff_proto::metrics::Metrics::default());
     let sampling = tokio::spawn(sampler.clone().run(Duration::from_secs(5)));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -189,7 +190,7 @@ pub async fn run(
             .await
             .context("publishing the node's pod network")?;
     }
-    let agent = agent::Agent::new(client.clone(), config.clone()).context("setting up the node")?;
+    let agent = agent::Agent::new(client.clone(), config.clone(), &metrics).context("setting up the node")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let proxy_config = config.proxy_config();
     // Idempotent, so retried: iptables changes racing another node's on this machine can fail.
@@ -251,13 +252,23 @@ pub async fn run(
         let ca = tonic::transport::Certificate::from_pem(read(&tls.client_ca)?);
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity).client_ca_root(ca))?;
     }
-    let server = tokio::spawn(
-        builder
-            .add_service(skiff_proto::api::pod_logs_server::PodLogsServer::new(logs))
-            .add_service(skiff_proto::api::node_metrics_server::NodeMetricsServer::new(sampler.clone()))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-                let _ = server_stop.changed().await;
+    let node = config.name.clone();
+    let routes = tonic::service::Routes::new(skiff_proto::api::pod_logs_server::PodLogsServer::new(logs))
+        .add_service(skiff_proto::api::node_metrics_server::NodeMetricsServer::new(sampler.clone()))
+        .into_axum_router()
+        .route(
+            "/metrics",
+            axum::routing::get(move |req: http::Request<axum::body::Body>| {
+                stats::serve_metrics(callers.clone(), node.clone(), metrics.clone(), req)
             }),
+        );
+    let server = tokio::spawn(
+        builder.accept_http1(true).add_routes(tonic::service::Routes::from(routes)).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = server_stop.changed().await;
+            },
+        ),
     );
     shutdown.await;
     let _ = stop_tx.send(true);

@@ -142,3 +142,17 @@ impl NodeMetrics for Sampler {
         Ok(Response::new(latest))
     }
 }
+
+/// `GET /metrics` on the node's server: this daemon's metrics (Prometheus' text format) to a
+/// caller allowed to read this node's metrics, as the stats (the masters' client certificate,
+/// or in plaintext a token that may get the Node).
+pub async fn serve_metrics(
+    callers: crate::logs::Callers,
+    node: String,
+    metrics: std::sync::Arc<skiff_proto::metrics::Metrics>,
+    req: http::Request<axum::body::Body>,
+) -> http::Response<String> {
+    let req = skiff_proto::metrics::as_grpc_request(req);
+    let allowed = callers.authorize(&req, "nodes", "", &node).await;
+    skiff_proto::metrics::http_answer(allowed.map(|()| metrics.text()))
+}

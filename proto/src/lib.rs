@@ -7,6 +7,7 @@
 //!   read and write Kubernetes JSON/YAML through serde (field names from the proto JSON names,
 //!   defaults omitted, unknown fields refused), so gRPC JSON (grpcurl) and manifests agree.
 //! - [`cert`]: who a verified client certificate names (CN, O), for every TLS listener.
+//! - [`metrics`]: a process's Prometheus registry, shared by its parts.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 //!
 //! Everything here is generated at build time by protox + tonic-build; no system `protoc` is
@@ -14,6 +15,7 @@
 
 pub mod cert;
 pub mod ingress_class;
+pub mod metrics;
 pub mod pki;
 pub mod quantity;
 pub mod serde_util;

@@ -18,6 +18,7 @@
 //!   [`peer_tls`]: their mutual TLS and the checks on who a peer is.
 //! - [`fence`]: the `skiff-fence-term` header that fences controllers' writes to a term.
 //! - [`master`]: one master; any-master semantics (forwarding, read index, lease clock).
+//! - [`metrics`]: the store's Prometheus metrics, under etcd's names.
 //! - [`etcd`]: the etcd v3 services; [`server`]: both listeners.
 //! - [`error`]: the error enum and its gRPC code table.
 //!
@@ -36,6 +37,7 @@ pub mod group_commit;
 pub mod local;
 pub mod log_store;
 pub mod master;
+pub mod metrics;
 pub mod mvcc;
 pub mod network;
 pub mod peer_service;

@@ -23,6 +23,8 @@ const LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// How long each synced append took (`etcd_disk_wal_fsync_duration_seconds`).
+    pub fsync_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 fn synced() -> WriteOptions {
@@ -41,7 +43,7 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
-        LogStore { db }
+        LogStore { db, fsync_seconds: skiff_proto::metrics::disk_seconds() }
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -147,7 +149,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let result = match injected_fsync_failure() {
             // What a failed fsync leaves: the write may sit in the page cache, unconfirmed.
             Some(e) => self.db.write(batch).map_err(std::io::Error::other).and(Err(e)),
-            None => self.db.write_opt(batch, &synced()).map_err(std::io::Error::other),
+            None => {
+                let start = std::time::Instant::now();
+                let written = self.db.write_opt(batch, &synced()).map_err(std::io::Error::other);
+                self.fsync_seconds.observe(skiff_proto::metrics::since(start));
+                written
+            }
         };
         let failed = result.as_ref().err().map(|e| std::io::Error::other(e.to_string()));
         callback.log_io_completed(result);

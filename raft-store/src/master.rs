@@ -217,6 +217,15 @@ pub struct Master {
     accepting: AtomicBool,
     /// This node's own election trigger (see [`crate::election`]).
     pub election: Arc<ElectionWatch>,
+    /// The master process's metrics registry, which the store's metrics ([`crate::metrics`])
+    /// start it with and the API, controllers and scheduler add to.
+    pub metrics: Arc<skiff_proto::metrics::Metrics>,
+    pub(crate) log_fsync_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// etcd API calls answered ([`crate::metrics::grpc_layer`] counts them).
+    pub grpc_handled: prometheus_client::metrics::family::Family<
+        crate::metrics::GrpcLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 fn raft_config(c: &MasterConfig) -> Result<Config, StoreError> {
@@ -260,11 +269,13 @@ impl Master {
             config.peer_tls.as_ref().map(|t| t.load()).transpose().map_err(StoreError::InvalidArgument)?;
         let peers = PeerClients::new(peer_credentials, cluster_id, config.max_request_bytes);
         let election = Arc::new(ElectionWatch::default());
+        let log_store = LogStore::new(db);
+        let log_fsync_seconds = log_store.fsync_seconds.clone();
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config(&config)?),
             Network { clients: peers.clone(), election: election.clone() },
-            LogStore::new(db),
+            log_store,
             sm,
         )
         .await
@@ -285,7 +296,7 @@ impl Master {
         }
         let writes = GroupCommit::start(raft.clone(), config.max_request_bytes, config.request_timeout());
         let reads = ReadIndex::start(raft.clone(), config.request_timeout());
-        Ok(Arc::new(Master {
+        let master = Arc::new(Master {
             config,
             writes,
             reads,
@@ -296,7 +307,12 @@ impl Master {
             leases: LeaseClock::default(),
             accepting: AtomicBool::new(true),
             election,
-        }))
+            metrics: Arc::default(),
+            log_fsync_seconds,
+            grpc_handled: Default::default(),
+        });
+        crate::metrics::register(&master);
+        Ok(master)
     }
 
     pub fn id(&self) -> u64 {

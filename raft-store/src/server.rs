@@ -91,8 +91,15 @@ pub async fn serve(
     // Controllers' writes carry the term they are fenced to in a header (DESIGN.md rule 4).
     // Streams (watches, keep-alives, calls) one connection may have open at once, as Kubernetes'
     // API server bounds them (--http2-max-streams-per-connection 1000).
-    let builder =
-        || Server::builder().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION).layer(crate::fence::FenceLayer);
+    let counting = crate::metrics::grpc_layer(master.grpc_handled.clone());
+    // HTTP/1.1 as well as HTTP/2, for `GET /metrics` from any HTTP client.
+    let builder = || {
+        Server::builder()
+            .accept_http1(true)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .layer(crate::fence::FenceLayer)
+            .layer(counting.clone())
+    };
     let mut network = builder();
     if let Some(tls) = &master.config.client_tls {
         network = network.tls_config(client_tls_config(tls)?)?;

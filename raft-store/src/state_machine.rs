@@ -38,6 +38,8 @@ pub struct SmShared {
     applied: tokio::sync::watch::Sender<u64>,
     snapshot_dir: PathBuf,
     receiving: Mutex<Option<PathBuf>>,
+    /// How long each state-machine write took (`etcd_disk_backend_commit_duration_seconds`).
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl SmShared {
@@ -94,6 +96,7 @@ impl StateMachine {
             applied: tokio::sync::watch::channel(0).0,
             snapshot_dir: snapshot_dir.to_path_buf(),
             receiving: Mutex::new(None),
+            commit_seconds: skiff_proto::metrics::disk_seconds(),
         });
         if db.get_cf(cf(&db, db::CF_META), INSTALLING).map_err(std::io::Error::other)?.is_some() {
             tracing::warn!("finishing a snapshot install interrupted by a crash");
@@ -180,7 +183,9 @@ impl StateMachine {
             }
         }
         let (batch, revision, compacted, events) = w.finish();
+        let start = std::time::Instant::now();
         mvcc.db().write_opt(batch, &WriteOptions::default()).map_err(sm_err)?;
+        self.shared.commit_seconds.observe(skiff_proto::metrics::since(start));
         mvcc.publish_counters(revision, compacted);
         if result.is_ok() {
             if let Some(next) = staged.auth {

@@ -296,6 +296,8 @@ pub struct Context {
     pub events: Arc<EventFilter>,
     /// Shared by every controller of the process.
     pub families: Arc<Families>,
+    /// The work queues' metrics, each controller's queue under its name.
+    pub queues: Arc<skiff_client::queue::QueueMetrics>,
 }
 
 /// A lock per family of objects that controllers act on together (a Deployment and its
@@ -358,7 +360,9 @@ impl EventFilter {
 /// Runs `reconciler` until `stop`: triggers always (so the queue is current), reconciles only
 /// while this master leads.
 pub async fn run<R: Reconciler>(reconciler: Arc<R>, ctx: Context, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let queue: WorkQueue<ObjectKey> = WorkQueue::new();
+    // Named as Kubernetes names its controllers' queues ("replicaset", "garbage_collector").
+    let name = R::NAME.trim_end_matches(" controller").replace(' ', "_");
+    let queue: WorkQueue<ObjectKey> = WorkQueue::with_metrics(&name, &ctx.queues);
     let triggers = reconciler.triggers(&queue);
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
@@ -616,6 +620,7 @@ mod tests {
             store_revision: Arc::new(move || revision.load(Ordering::SeqCst)),
             events: Arc::default(),
             families: Arc::default(),
+            queues: skiff_client::queue::QueueMetrics::register(&skiff_proto::metrics::Metrics::default()),
         }
     }
 

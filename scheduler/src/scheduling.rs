@@ -165,6 +165,8 @@ pub struct SchedulingState {
     backing_off: HashMap<ObjectKey, Instant>,
     /// Failed attempts (fitting nowhere, or a failed write) and when the last one was.
     failures: HashMap<ObjectKey, (u32, Instant)>,
+    /// When each pod wanting scheduling was first queued (since this state's last resync).
+    waiting_since: HashMap<ObjectKey, Instant>,
 }
 
 /// The back-off after `failures` failed attempts: [`BASE_BACKOFF`] doubling to [`MAX_BACKOFF`].
@@ -242,12 +244,14 @@ impl SchedulingState {
         if self.queued.contains(&key) || self.backing_off.contains_key(&key) || self.unschedulable.contains_key(&key) {
             return;
         }
+        self.waiting_since.entry(key.clone()).or_insert_with(Instant::now);
         self.queued.insert(key.clone());
         self.active.push_back(key);
     }
 
     /// Drops `key` from every queue (it no longer wants scheduling).
     fn forget(&mut self, key: &ObjectKey) {
+        self.waiting_since.remove(key);
         self.queued.remove(key);
         self.unschedulable.remove(key);
         if let Some(at) = self.backing_off.remove(key) {
@@ -347,6 +351,11 @@ impl SchedulingState {
         self.failures.remove(key);
     }
 
+    /// When `key` was first queued (since the last resync).
+    pub fn queued_since(&self, key: &ObjectKey) -> Option<Instant> {
+        self.waiting_since.get(key).copied()
+    }
+
     /// `key`'s bind failed: the assumption is withdrawn and the pod tried again after a
     /// back-off that doubles per failure.
     pub fn bind_failed(&mut self, key: &ObjectKey, now: Instant) {
@@ -404,6 +413,42 @@ pub struct Scheduler {
     pub nodes: Store<Node>,
     /// The raft term while this master leads.
     pub leader_term: Arc<dyn Fn() -> Option<u64> + Send + Sync>,
+    pub metrics: SchedulerMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct AttemptLabels {
+    result: &'static str,
+    profile: &'static str,
+}
+
+/// kube-scheduler's metrics: `scheduler_schedule_attempts_total{result, profile}` (`scheduled`,
+/// `unschedulable`, `error`) and `scheduler_pod_scheduling_duration_seconds` (from a pod's
+/// first queueing to its bind, attempts included).
+#[derive(Clone)]
+pub struct SchedulerMetrics {
+    attempts: prometheus_client::metrics::family::Family<AttemptLabels, prometheus_client::metrics::counter::Counter>,
+    scheduling_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl SchedulerMetrics {
+    pub fn register(metrics: &skiff_proto::metrics::Metrics) -> SchedulerMetrics {
+        let m = SchedulerMetrics {
+            attempts: Default::default(),
+            scheduling_seconds: skiff_proto::metrics::request_seconds(),
+        };
+        metrics.register("scheduler_schedule_attempts", "Attempts to schedule pods, by result", m.attempts.clone());
+        metrics.register(
+            "scheduler_pod_scheduling_duration_seconds",
+            "Latency from a pod's first queueing to its bind, attempts included",
+            m.scheduling_seconds.clone(),
+        );
+        m
+    }
+
+    fn attempt(&self, result: &'static str) {
+        self.attempts.get_or_create(&AttemptLabels { result, profile: "default-scheduler" }).inc();
+    }
 }
 
 impl Scheduler {
@@ -511,17 +556,23 @@ impl Scheduler {
             if !wants_scheduler(&pod) {
                 continue;
             }
-            let (client, done) = (client.clone(), done.clone());
+            let (client, done, metrics) = (client.clone(), done.clone(), self.metrics.clone());
+            let queued_since = state.queued_since(&key);
             match state.decide(&key, &pod, Instant::now()) {
                 Ok(node) => {
                     tokio::spawn(async move {
-                        let outcome =
-                            if bind(&client, &pod, &key, &node).await { Outcome::Bound } else { Outcome::BindFailed };
+                        let bound = bind(&client, &pod, &key, &node).await;
+                        metrics.attempt(if bound { "scheduled" } else { "error" });
+                        if let Some(since) = queued_since.filter(|_| bound) {
+                            metrics.scheduling_seconds.observe(since.elapsed().as_secs_f64());
+                        }
+                        let outcome = if bound { Outcome::Bound } else { Outcome::BindFailed };
                         drop(permit);
                         let _ = done.send(Finished { key, epoch, outcome });
                     });
                 }
                 Err(fit) => {
+                    metrics.attempt("unschedulable");
                     let message = fit.to_string();
                     if reported(&pod, &message) {
                         continue;

@@ -242,12 +242,13 @@ fn uid_from(b: [u8; 16]) -> String {
 
 impl Registry {
     pub fn new(master: Arc<Master>) -> Self {
+        let metrics = Arc::new(crate::metrics::Metrics::new(master.metrics.clone()));
         Registry {
             master,
             at_rest: None,
             bookmark_interval: Duration::from_secs(5),
             service_range: ServiceRange::default(),
-            metrics: Arc::default(),
+            metrics,
             lists: Arc::default(),
         }
     }

@@ -57,11 +57,14 @@ impl Registry {
         };
         let kind_info = info;
         let at_rest = self.at_rest.clone();
+        let metrics = self.metrics.clone();
+        let sent = move || metrics.watch_event(kind_info.api_version, kind_info.kind);
         tokio::spawn(async move {
             for object in initial {
                 if tx.send(Ok(WatchEvent { kind: "ADDED", object })).await.is_err() {
                     return;
                 }
+                sent();
             }
             let mut bookmarks = tokio::time::interval(interval);
             bookmarks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -75,7 +78,10 @@ impl Registry {
                             told = told.max(revision);
                             for ev in events {
                                 match translate(at_rest.as_deref(), &ev, &labels, &fields) {
-                                    Ok(Some(e)) => if tx.send(Ok(e)).await.is_err() { return },
+                                    Ok(Some(e)) => {
+                                        if tx.send(Ok(e)).await.is_err() { return }
+                                        sent();
+                                    }
                                     Ok(None) => {}
                                     Err(e) => { let _ = tx.send(Err(e)).await; return; }
                                 }

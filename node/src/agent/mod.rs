@@ -56,6 +56,36 @@ pub struct Agent {
     asked: HashMap<(String, String, u32), Instant>,
     /// When each pod's ConfigMap/Secret volumes were last re-projected.
     projected: HashMap<String, Instant>,
+    /// Pods (uid) seen not running, since when: their start is timed until they run.
+    seen: HashMap<String, Instant>,
+    /// Pods (uid) whose containers all run.
+    running: HashSet<String>,
+    metrics: AgentMetrics,
+}
+
+/// The kubelet's metrics this daemon keeps: `kubelet_running_pods` and
+/// `kubelet_pod_start_duration_seconds` (from this daemon first seeing a pod that was not
+/// running to all its containers running).
+#[derive(Clone)]
+struct AgentMetrics {
+    running_pods: prometheus_client::metrics::gauge::Gauge,
+    pod_start_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl AgentMetrics {
+    fn register(metrics: &skiff_proto::metrics::Metrics) -> AgentMetrics {
+        let m = AgentMetrics {
+            running_pods: Default::default(),
+            pod_start_seconds: skiff_proto::metrics::request_seconds(),
+        };
+        metrics.register("kubelet_running_pods", "Pods whose containers all run on this node", m.running_pods.clone());
+        metrics.register(
+            "kubelet_pod_start_duration_seconds",
+            "From this node first seeing a pod to all its containers running",
+            m.pod_start_seconds.clone(),
+        );
+        m
+    }
 }
 
 /// One image's pull, as the pull task leaves it.
@@ -81,7 +111,12 @@ fn secs_since(ts: &str) -> Duration {
 }
 
 impl Agent {
-    pub fn new(client: Client, config: NodeConfig) -> Result<Agent, NodeError> {
+    /// The pod loop of this node, its metrics registered in `metrics`.
+    pub fn new(
+        client: Client,
+        config: NodeConfig,
+        metrics: &skiff_proto::metrics::Metrics,
+    ) -> Result<Agent, NodeError> {
         let images = ImageStore::open(config.root.join("images"))?;
         let puller = std::sync::Arc::new(crate::registry::Puller::new(config.insecure_registries.clone())?);
         let mut network = PodNetwork::parse(&config.bridge, &config.pod_cidr).map_err(NodeError::Sandbox)?;
@@ -108,6 +143,9 @@ impl Agent {
             pulls: Default::default(),
             asked: HashMap::new(),
             projected: HashMap::new(),
+            seen: HashMap::new(),
+            running: HashSet::new(),
+            metrics: AgentMetrics::register(metrics),
         })
     }
 
@@ -193,6 +231,9 @@ impl Agent {
                 shim::read(&entry.path().join("pod.json")).unwrap_or_else(|| json!({"metadata": {"uid": uid}}));
             self.terminate(&saved, false).await?;
         }
+        self.running.retain(|uid| live.contains(uid));
+        self.seen.retain(|uid, _| live.contains(uid));
+        self.metrics.running_pods.set(self.running.len() as i64);
         Ok(())
     }
 
@@ -255,6 +296,10 @@ impl Agent {
     async fn sync(&mut self, pod_json: &Value) -> Result<(), NodeError> {
         let pod: Pod = serde_json::from_value(pod_json.clone()).map_err(|e| NodeError::Runtime(e.to_string()))?;
         let uid = meta(pod_json, "uid").to_string();
+        // A pod that has not run yet: its start is timed from now.
+        if !self.running.contains(&uid) && !self.seen.contains_key(&uid) && pod_json["status"]["phase"] == "Pending" {
+            self.seen.insert(uid.clone(), Instant::now());
+        }
         let dir = self.pod_dir(&uid);
         std::fs::create_dir_all(&dir)?;
         let rv = meta(pod_json, "resourceVersion").to_string();
@@ -463,6 +508,16 @@ impl Agent {
         let name = meta(pod_json, "name");
         let uid = meta(pod_json, "uid").to_string();
         let (phase, conditions) = status::phase_and_conditions(init, app);
+        let all_running = phase == "Running" && app.iter().all(|(o, _)| o.running.is_some());
+        if all_running {
+            if self.running.insert(uid.clone()) {
+                if let Some(since) = self.seen.remove(&uid) {
+                    self.metrics.pod_start_seconds.observe(since.elapsed().as_secs_f64());
+                }
+            }
+        } else {
+            self.running.remove(&uid);
+        }
         let init_done = init.iter().all(|(_, s)| *s == Step::Done);
         let app_waiting = if init_done { "ContainerCreating" } else { "PodInitializing" };
         let pod_ip = ip.map(|a| a.to_string()).unwrap_or_else(|| self.config.node_ip.clone());
@@ -688,6 +743,8 @@ impl Agent {
         self.waiting.retain(|(u, _), _| *u != uid);
         self.asked.retain(|(u, _, _), _| *u != uid);
         self.projected.remove(&uid);
+        self.seen.remove(&uid);
+        self.running.remove(&uid);
         if in_api {
             match self.client.delete_pod(meta(pod, "namespace"), meta(pod, "name"), Some(0)).await {
                 Ok(()) => {}
