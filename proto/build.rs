@@ -170,6 +170,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "etcd/kv.proto",
         "etcd/auth.proto",
         "etcd/rpc.proto",
+        "etcd/v3lock.proto",
+        "etcd/v3election.proto",
         "skiff/peer.proto",
         "skiff/api/meta.proto",
         "skiff/api/core.proto",

@@ -2,6 +2,7 @@
 //!
 //! - [`etcdserverpb`], [`mvccpb`] and [`authpb`]: etcd's v3 API, field-for-field, so that `etcdctl` and
 //!   etcd client libraries talk to a Skiff master unchanged.
+//! - [`v3lockpb`] and [`v3electionpb`]: etcd's lock and election services.
 //! - [`peer`]: master-to-master traffic (raft RPCs, forwarded writes, read index).
 //! - [`api`]: Kubernetes-shaped resources and one gRPC service per kind. The same Rust types
 //!   read and write Kubernetes JSON/YAML through serde (field names from the proto JSON names,
@@ -34,6 +35,16 @@ pub mod authpb {
 #[allow(clippy::all, missing_docs)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }
 
 #[allow(clippy::all, missing_docs)]

@@ -76,7 +76,7 @@ pub struct GrpcLabels {
 pub fn grpc_layer(handled: Family<GrpcLabels, Counter>) -> skiff_proto::metrics::ObserveLayer {
     skiff_proto::metrics::ObserveLayer(Arc::new(move |path, _, code, _| {
         let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else { return };
-        if !service.starts_with("etcdserverpb.") {
+        if !["etcdserverpb.", "v3lockpb.", "v3electionpb."].iter().any(|p| service.starts_with(p)) {
             return;
         }
         let labels = GrpcLabels {
@@ -93,7 +93,7 @@ pub fn grpc_layer(handled: Family<GrpcLabels, Counter>) -> skiff_proto::metrics:
 fn grpc_type(service: &str, method: &str) -> &'static str {
     match (service, method) {
         ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
-        ("etcdserverpb.Maintenance", "Snapshot") => "server_stream",
+        ("etcdserverpb.Maintenance", "Snapshot") | ("v3electionpb.Election", "Observe") => "server_stream",
         _ => "unary",
     }
 }

@@ -2,7 +2,12 @@
 //! API, gRPC health and reflection), both on listeners the caller bound.
 
 use crate::etcd::{
-    auth::AuthService, cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService,
+    auth::AuthService,
+    cluster::ClusterService,
+    concurrency::{ElectionService, LockService},
+    kv::KvService,
+    lease::LeaseService,
+    maintenance::MaintenanceService,
     watch::WatchService,
 };
 use crate::master::{ClientTls, Master};
@@ -13,6 +18,8 @@ use skiff_proto::etcdserverpb::{
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use skiff_proto::peer::peer_server::PeerServer;
+use skiff_proto::v3electionpb::election_server::ElectionServer;
+use skiff_proto::v3lockpb::lock_server::LockServer;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -85,6 +92,8 @@ pub async fn serve(
         .add_service(ClusterServer::new(ClusterService { master: master.clone() }))
         .add_service(MaintenanceServer::new(MaintenanceService { master: master.clone() }))
         .add_service(AuthServer::new(AuthService { master: master.clone() }))
+        .add_service(LockServer::new(LockService { master: master.clone() }))
+        .add_service(ElectionServer::new(ElectionService { master: master.clone() }))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha);

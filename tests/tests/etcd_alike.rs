@@ -3,6 +3,7 @@
 //! both to behave alike — so a check that etcd itself would fail is caught here too.
 
 use skiff_proto::etcdserverpb::kv_client::KvClient;
+use skiff_proto::etcdserverpb::lease_client::LeaseClient;
 use skiff_proto::etcdserverpb::request_op::Request as Op;
 use skiff_proto::etcdserverpb::response_op::Response as OpResponse;
 use skiff_proto::etcdserverpb::watch_client::WatchClient;
@@ -11,6 +12,11 @@ use skiff_proto::etcdserverpb::{
     DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCancelRequest, WatchCreateRequest,
     WatchRequest,
 };
+use skiff_proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+use skiff_proto::v3electionpb::election_client::ElectionClient;
+use skiff_proto::v3electionpb::{CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest};
+use skiff_proto::v3lockpb::lock_client::LockClient;
+use skiff_proto::v3lockpb::{LockRequest, UnlockRequest};
 use skiff_tests::etcd::EtcdCluster;
 use skiff_tests::{channel, status, Cluster};
 
@@ -168,6 +174,158 @@ async fn watch_ids_after_cancels(store: &Store<'_>) -> Vec<i64> {
     ids
 }
 
+async fn grant(store: &Store<'_>, addr: &str, ttl: i64) -> i64 {
+    let mut lease = LeaseClient::new(channel(addr).await.expect("channel"));
+    let req = store.request(addr, LeaseGrantRequest { ttl, id: 0 }).await;
+    lease.lease_grant(req).await.unwrap_or_else(|e| panic!("{}: grant: {e}", store.name())).into_inner().id
+}
+
+/// Whether `call` is still waiting after a second (a lock or campaign held up by another).
+async fn still_waiting<T>(call: &mut tokio::task::JoinHandle<T>) -> bool {
+    tokio::time::timeout(std::time::Duration::from_secs(1), call).await.is_err()
+}
+
+/// Two clients contend for one lock through different members; what each step saw.
+async fn lock_contention(store: &Store<'_>) -> Vec<String> {
+    let addrs = store.endpoints();
+    let (a, b) = (addrs[0].clone(), addrs[1].clone());
+    let mut seen = Vec::new();
+    let (lease_a, lease_b) = (grant(store, &a, 60).await, grant(store, &b, 60).await);
+    let mut lock_a = LockClient::new(channel(&a).await.expect("channel"));
+    let req = store.request(&a, LockRequest { name: b"lk".to_vec(), lease: lease_a }).await;
+    let key_a = lock_a.lock(req).await.unwrap_or_else(|e| panic!("{}: lock: {e}", store.name())).into_inner().key;
+    seen.push(format!("a holds {}", String::from_utf8_lossy(&key_a).replace(&format!("{lease_a:x}"), "<lease a>")));
+    let req = store.request(&b, LockRequest { name: b"lk".to_vec(), lease: lease_b }).await;
+    let mut lock_b = LockClient::new(channel(&b).await.expect("channel"));
+    let mut waiting = tokio::spawn(async move { lock_b.lock(req).await.map(|r| r.into_inner().key) });
+    seen.push(format!("b waits: {}", still_waiting(&mut waiting).await));
+    let req = store.request(&a, UnlockRequest { key: key_a.clone() }).await;
+    lock_a.unlock(req).await.unwrap_or_else(|e| panic!("{}: unlock: {e}", store.name()));
+    let key_b = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+    let key_b = key_b.expect("b's lock within 10 s of a's unlock").expect("task").expect("b's lock");
+    seen.push(format!("b holds {}", String::from_utf8_lossy(&key_b).replace(&format!("{lease_b:x}"), "<lease b>")));
+    // A holder whose lease is revoked lets the next one in.
+    let req = store.request(&a, LockRequest { name: b"lk".to_vec(), lease: lease_a }).await;
+    let mut waiting = tokio::spawn(async move { lock_a.lock(req).await.map(|r| r.into_inner().key) });
+    seen.push(format!("a waits: {}", still_waiting(&mut waiting).await));
+    let mut lease = LeaseClient::new(channel(&b).await.expect("channel"));
+    let req = store.request(&b, LeaseRevokeRequest { id: lease_b }).await;
+    lease.lease_revoke(req).await.unwrap_or_else(|e| panic!("{}: revoke: {e}", store.name()));
+    let again = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+    seen.push(format!("a holds again: {}", again.expect("a's lock after b's lease went").expect("task").is_ok()));
+    // A waiter that goes away leaves no key behind to hold up the ones after it.
+    let lease_c = grant(store, &b, 60).await;
+    let req = store.request(&b, LockRequest { name: b"lk".to_vec(), lease: lease_c }).await;
+    let mut lock_c = LockClient::new(channel(&b).await.expect("channel"));
+    let mut waiting = tokio::spawn(async move { lock_c.lock(req).await.map(|r| r.into_inner().key) });
+    seen.push(format!("c waits: {}", still_waiting(&mut waiting).await));
+    waiting.abort();
+    let mut kv = KvClient::new(channel(&a).await.expect("channel"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let queued = loop {
+        let range =
+            RangeRequest { key: b"lk/".to_vec(), range_end: b"lk0".to_vec(), count_only: true, ..Default::default() };
+        let req = store.request(&a, range).await;
+        let count = kv.range(req).await.unwrap_or_else(|e| panic!("{}: range: {e}", store.name())).into_inner().count;
+        if count == 1 || std::time::Instant::now() > deadline {
+            break count;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    seen.push(format!("keys queued after c went away: {queued}"));
+    seen
+}
+
+/// Two candidates and an observer of one election; what each step saw.
+async fn election_with_a_leader_change(store: &Store<'_>) -> Vec<String> {
+    let addrs = store.endpoints();
+    let (one, two, watcher) = (addrs[0].clone(), addrs[1].clone(), addrs[2].clone());
+    let mut seen = Vec::new();
+    let name = b"el".to_vec();
+    let mut observer = ElectionClient::new(channel(&watcher).await.expect("channel"));
+    let req = store.request(&watcher, LeaderRequest { name: name.clone() }).await;
+    let err = observer.leader(req).await.expect_err("no leader yet");
+    seen.push(format!("leader before any: {:?} {}", err.code(), err.message()));
+    let (lease_one, lease_two) = (grant(store, &one, 60).await, grant(store, &two, 60).await);
+    let mut first = ElectionClient::new(channel(&one).await.expect("channel"));
+    let req =
+        store.request(&one, CampaignRequest { name: name.clone(), lease: lease_one, value: b"one".to_vec() }).await;
+    let leader = first.campaign(req).await.unwrap_or_else(|e| panic!("{}: campaign: {e}", store.name()));
+    let leader = leader.into_inner().leader.expect("a leader key");
+    // etcd answers an Observe call with its first message: started once there is a leader,
+    // and read once, so what follows is seen from here on.
+    let req = store.request(&watcher, LeaderRequest { name: name.clone() }).await;
+    let mut observed =
+        observer.observe(req).await.unwrap_or_else(|e| panic!("{}: observe: {e}", store.name())).into_inner();
+    let mut values = Vec::new();
+    let mut next_value = async || {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), observed.message()).await;
+        let msg = next.expect("an observed leader within 10 s").expect("observe stream").expect("a message");
+        String::from_utf8_lossy(&msg.kv.expect("a key").value).into_owned()
+    };
+    values.push(next_value().await);
+    let mut second = ElectionClient::new(channel(&two).await.expect("channel"));
+    let req =
+        store.request(&two, CampaignRequest { name: name.clone(), lease: lease_two, value: b"two".to_vec() }).await;
+    let mut waiting = tokio::spawn(async move { second.campaign(req).await.map(|r| r.into_inner()) });
+    seen.push(format!("second waits: {}", still_waiting(&mut waiting).await));
+    let req = store.request(&one, ProclaimRequest { leader: Some(leader.clone()), value: b"one-b".to_vec() }).await;
+    first.proclaim(req).await.unwrap_or_else(|e| panic!("{}: proclaim: {e}", store.name()));
+    let req = store.request(&one, ResignRequest { leader: Some(leader.clone()) }).await;
+    first.resign(req).await.unwrap_or_else(|e| panic!("{}: resign: {e}", store.name()));
+    let took_over = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+    let took_over = took_over.expect("the second leads within 10 s").expect("task").expect("campaign");
+    seen.push(format!("second leads: {}", took_over.leader.is_some()));
+    let req = store.request(&watcher, LeaderRequest { name: name.clone() }).await;
+    let now = observer.leader(req).await.expect("a leader").into_inner().kv.expect("its key");
+    seen.push(format!("leader now: {}", String::from_utf8_lossy(&now.value)));
+    let req = store.request(&one, ProclaimRequest { leader: Some(leader), value: b"stale".to_vec() }).await;
+    let err = first.proclaim(req).await.expect_err("the old leader may not proclaim");
+    seen.push(format!("old leader proclaims: {:?} {}", err.code(), err.message()));
+    while values.len() < 3 {
+        values.push(next_value().await);
+    }
+    seen.push(format!("observed: {values:?}"));
+    seen
+}
+
+/// A NOSPACE alarm raised by hand: listed, refusing puts (not deletes), then disarmed.
+async fn alarm_round(store: &Store<'_>) -> Vec<String> {
+    use skiff_proto::etcdserverpb::alarm_request::AlarmAction;
+    use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use skiff_proto::etcdserverpb::{AlarmRequest, AlarmType};
+    let addr = store.endpoints()[0].clone();
+    let member = status(&addr).await.expect("status").header.expect("header").member_id;
+    let mut maintenance = MaintenanceClient::new(channel(&addr).await.expect("channel"));
+    let mut kv = KvClient::new(channel(&addr).await.expect("channel"));
+    let mut seen = Vec::new();
+    let alarm = |action: AlarmAction| AlarmRequest {
+        action: action as i32,
+        member_id: member,
+        alarm: AlarmType::Nospace as i32,
+    };
+    let req = store.request(&addr, alarm(AlarmAction::Activate)).await;
+    let raised = maintenance.alarm(req).await.unwrap_or_else(|e| panic!("{}: activate: {e}", store.name()));
+    seen.push(format!(
+        "activate answers: {:?}",
+        raised.into_inner().alarms.iter().map(|a| a.alarm).collect::<Vec<_>>()
+    ));
+    let req = store.request(&addr, AlarmRequest { action: AlarmAction::Get as i32, member_id: 0, alarm: 0 }).await;
+    let listed = maintenance.alarm(req).await.expect("list alarms").into_inner().alarms;
+    seen.push(format!("listed: {:?}", listed.iter().map(|a| (a.member_id == member, a.alarm)).collect::<Vec<_>>()));
+    let put_req = PutRequest { key: b"alarm/k".to_vec(), value: b"v".to_vec(), ..Default::default() };
+    let req = store.request(&addr, put_req.clone()).await;
+    let refused = kv.put(req).await.expect_err("a put under NOSPACE");
+    seen.push(format!("put: {:?} {}", refused.code(), refused.message()));
+    let req = store.request(&addr, DeleteRangeRequest { key: b"alarm/k".to_vec(), ..Default::default() }).await;
+    seen.push(format!("delete: {}", kv.delete_range(req).await.is_ok()));
+    let req = store.request(&addr, alarm(AlarmAction::Deactivate)).await;
+    maintenance.alarm(req).await.unwrap_or_else(|e| panic!("{}: deactivate: {e}", store.name()));
+    let req = store.request(&addr, put_req).await;
+    seen.push(format!("put after disarm: {}", kv.put(req).await.is_ok()));
+    seen
+}
+
 #[test]
 fn skiff_answers_as_etcd_3_4_does() {
     let skiff = Cluster::up(3, &[]);
@@ -224,4 +382,34 @@ fn skiff_answers_as_etcd_3_4_does() {
     let etcd_ids = rt.block_on(watch_ids_after_cancels(&stores[1]));
     assert_eq!(etcd_ids, [0, 1, 2], "etcd 3.4 itself");
     assert_eq!(skiff_ids, etcd_ids, "watch ids after cancels, skiff vs etcd");
+
+    // etcd's lock service: one holder at a time, the next let in by an unlock or by the
+    // holder's lease going.
+    let skiff_lock = rt.block_on(lock_contention(&stores[0]));
+    let etcd_lock = rt.block_on(lock_contention(&stores[1]));
+    let expected = [
+        "a holds lk/<lease a>",
+        "b waits: true",
+        "b holds lk/<lease b>",
+        "a waits: true",
+        "a holds again: true",
+        "c waits: true",
+        "keys queued after c went away: 1",
+    ];
+    assert_eq!(etcd_lock, expected, "etcd 3.4 itself");
+    assert_eq!(skiff_lock, etcd_lock, "lock contention, skiff vs etcd");
+
+    // etcd's election service: a second candidate waits, takes over when the first resigns;
+    // the old leader may no longer proclaim; an observer sees each leader's value.
+    let skiff_election = rt.block_on(election_with_a_leader_change(&stores[0]));
+    let etcd_election = rt.block_on(election_with_a_leader_change(&stores[1]));
+    assert_eq!(etcd_election[1..4], ["second waits: true", "second leads: true", "leader now: two"], "etcd itself");
+    assert_eq!(etcd_election[5], r#"observed: ["one", "one-b", "two"]"#, "etcd 3.4 itself: {etcd_election:?}");
+    assert_eq!(skiff_election, etcd_election, "election, skiff vs etcd");
+
+    // Alarms: NOSPACE raised through the API is listed and refuses puts until disarmed.
+    let skiff_alarms = rt.block_on(alarm_round(&stores[0]));
+    let etcd_alarms = rt.block_on(alarm_round(&stores[1]));
+    assert_eq!(etcd_alarms[2], "put: ResourceExhausted etcdserver: mvcc: database space exceeded", "etcd itself");
+    assert_eq!(skiff_alarms, etcd_alarms, "alarms, skiff vs etcd");
 }
