@@ -40,6 +40,16 @@ pub struct MasterArgs {
     /// Applied entries between snapshots.
     #[arg(long)]
     snapshot_logs: Option<u64>,
+    /// Take a backup of this master's store every this many seconds (k3s'
+    /// --etcd-snapshot-schedule-cron), as `etcdctl snapshot save` writes one; 0 = never.
+    #[arg(long)]
+    snapshot_interval: Option<u64>,
+    /// How many scheduled backups to keep (default 5).
+    #[arg(long)]
+    snapshot_retain: Option<usize>,
+    /// Where scheduled backups go (default DATA_DIR/backups).
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
     /// Store size past which this master raises etcd's NOSPACE alarm (default 8 GiB).
     #[arg(long)]
     quota_backend_bytes: Option<u64>,
@@ -326,6 +336,13 @@ fn build_config(args: MasterArgs) -> anyhow::Result<MasterFile> {
     if let Some(v) = args.snapshot_logs {
         config.snapshot_logs = v;
     }
+    if let Some(v) = args.snapshot_interval {
+        config.snapshot_interval_secs = v;
+    }
+    if let Some(v) = args.snapshot_retain {
+        config.snapshot_retain = v;
+    }
+    config.snapshot_dir = args.snapshot_dir;
     if let Some(v) = args.quota_backend_bytes {
         config.quota_backend_bytes = v;
     }

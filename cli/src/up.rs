@@ -49,6 +49,14 @@ pub struct UpArgs {
     /// For a new cluster: applied entries between snapshots.
     #[arg(long)]
     snapshot_logs: Option<u64>,
+    /// For a new cluster: each master backs up its store every this many seconds into
+    /// DIR/master-N/data/backups (k3s' scheduled etcd snapshots; `skiff up --restore` takes
+    /// one).
+    #[arg(long)]
+    snapshot_interval: Option<u64>,
+    /// For a new cluster: how many scheduled backups each master keeps (default 5).
+    #[arg(long)]
+    snapshot_retain: Option<usize>,
     /// For a new cluster: per-request deadline in milliseconds.
     #[arg(long)]
     request_timeout_ms: Option<u64>,
@@ -305,6 +313,12 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         config.initial_members = members.clone();
         if let Some(v) = args.snapshot_logs {
             config.snapshot_logs = v;
+        }
+        if let Some(v) = args.snapshot_interval {
+            config.snapshot_interval_secs = v;
+        }
+        if let Some(v) = args.snapshot_retain {
+            config.snapshot_retain = v;
         }
         if let Some(v) = args.request_timeout_ms {
             config.request_timeout_ms = v;

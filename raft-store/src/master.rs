@@ -76,6 +76,17 @@ pub struct MasterConfig {
     /// peer traffic is plaintext and unauthenticated: for experiments on one machine only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_tls: Option<crate::peer_tls::PeerTls>,
+    /// Backups on a schedule (k3s' etcd snapshots): every this many seconds this master
+    /// writes its store as `etcdctl snapshot save` would into [`Self::snapshot_dir`]; 0 =
+    /// none.
+    #[serde(default)]
+    pub snapshot_interval_secs: u64,
+    /// How many scheduled backups to keep (the oldest go first).
+    #[serde(default = "defaults::snapshot_retain")]
+    pub snapshot_retain: usize,
+    /// Where scheduled backups go (default `DATA_DIR/backups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// PEM files for the client listener's TLS.
@@ -128,6 +139,10 @@ mod defaults {
     pub fn disk_reserve_bytes() -> u64 {
         128 << 20
     }
+    /// k3s keeps 5 as well.
+    pub fn snapshot_retain() -> usize {
+        5
+    }
 }
 
 impl MasterConfig {
@@ -152,6 +167,9 @@ impl MasterConfig {
             unsafe_local_reads: false,
             root_password_hash: None,
             peer_tls: None,
+            snapshot_interval_secs: 0,
+            snapshot_retain: defaults::snapshot_retain(),
+            snapshot_dir: None,
         }
     }
 
@@ -743,6 +761,40 @@ impl Master {
         }
     }
 
+    /// Writes a backup of this master's store every `snapshot_interval_secs` into the
+    /// snapshot directory (`skiff-snapshot-<member>-<unix seconds>.db`, readable by its
+    /// owner alone: the store holds every Secret) and keeps the newest `snapshot_retain`.
+    pub async fn run_scheduled_backups(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let interval = Duration::from_secs(self.config.snapshot_interval_secs);
+        if interval.is_zero() {
+            return;
+        }
+        let dir = self.config.snapshot_dir.clone().unwrap_or_else(|| self.config.data_dir.join("backups"));
+        let prefix = format!("skiff-snapshot-{}-", self.config.name);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+            let (sm, into, prefix, retain) =
+                (self.sm.clone(), dir.clone(), prefix.clone(), self.config.snapshot_retain);
+            let taken = tokio::task::spawn_blocking(move || {
+                skiff_proto::pki::create_private_dir(&into)?;
+                let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let path = into.join(format!("{prefix}{:012}.db", secs.as_secs()));
+                let revision = sm.write_backup(&path)?;
+                prune_backups(&into, &prefix, retain)?;
+                Ok::<_, std::io::Error>((path, revision))
+            })
+            .await;
+            match taken {
+                Ok(Ok((path, revision))) => tracing::info!("backup at revision {revision}: {}", path.display()),
+                Ok(Err(e)) => tracing::warn!("scheduled backup into {}: {e}", dir.display()),
+                Err(e) => tracing::warn!("scheduled backup: {e}"),
+            }
+        }
+    }
+
     /// The store's size on disk and in memtables, as etcd's `dbSize` reports it.
     pub fn db_size(&self) -> u64 {
         let db = self.sm.db();
@@ -853,6 +905,20 @@ impl Master {
             tracing::warn!("raft shutdown: {e}");
         }
     }
+}
+
+/// Removes all but the newest `retain` backups named `prefix…` in `dir` (their names sort
+/// by time).
+fn prune_backups(dir: &std::path::Path, prefix: &str, retain: usize) -> std::io::Result<()> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix) && n.ends_with(".db"))
+        .collect();
+    names.sort();
+    for old in &names[..names.len().saturating_sub(retain.max(1))] {
+        std::fs::remove_file(dir.join(old))?;
+    }
+    Ok(())
 }
 
 /// How often each master reads its free space ([`Master::run_disk_monitor`]).

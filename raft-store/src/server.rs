@@ -45,6 +45,7 @@ pub async fn serve(
     tokio::spawn(master.clone().run_election_watch(stop_rx.clone()));
     tokio::spawn(master.clone().bootstrap_auth(stop_rx.clone()));
     tokio::spawn(master.clone().run_disk_monitor(stop_rx.clone()));
+    tokio::spawn(master.clone().run_scheduled_backups(stop_rx.clone()));
 
     // h2's rapid-reset guard closes a connection once more than 20 streams were cancelled
     // before the server accepted them — what a master stopped for a few seconds (SIGSTOP, a

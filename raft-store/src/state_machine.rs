@@ -419,6 +419,39 @@ impl SmShared {
     }
 }
 
+impl SmShared {
+    /// Writes a backup of this member's store to `path` as `etcdctl snapshot save` writes
+    /// one ([`verify_backup`] reads it): the exported snapshot and its SHA-256. Built in a
+    /// temporary file beside it, readable by its owner alone, and renamed into place once
+    /// synced. Returns the store revision it holds.
+    pub fn write_backup(&self, path: &Path) -> std::io::Result<i64> {
+        use sha2::{Digest, Sha256};
+        use std::os::unix::fs::OpenOptionsExt;
+        let (mut file, revision) = self.export_snapshot()?;
+        let tmp = path.with_extension(format!("part-{:08x}", rand::random::<u32>()));
+        let written = (|| {
+            let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut hash = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
+            }
+            out.write_all(&hash.finalize())?;
+            out.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map(|()| revision)
+    }
+}
+
 /// Writes a snapshot of the store's state now to `path` (synced); returns its metadata and
 /// the store revision it holds.
 fn write_snapshot_to(shared: &SmShared, path: &Path) -> std::io::Result<(SnapshotMeta<u64, Member>, i64)> {

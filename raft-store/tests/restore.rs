@@ -9,7 +9,6 @@ use skiff_raft_store::auth::{hash_password, AuthOp};
 use skiff_raft_store::types::Op;
 use skiff_raft_store::{Master, MasterConfig, Member, StoreError};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,13 +41,10 @@ fn value(master: &Master, key: &str, revision: i64) -> Option<String> {
 
 /// What `Maintenance.Snapshot` streams: the export and its SHA-256.
 fn backup(master: &Master, path: &Path) -> i64 {
-    let (mut file, revision) = master.sm.export_snapshot().unwrap();
-    let mut body = Vec::new();
-    std::io::Read::read_to_end(&mut file, &mut body).unwrap();
-    let digest = Sha256::digest(&body);
-    let mut out = std::fs::File::create(path).unwrap();
-    out.write_all(&body).unwrap();
-    out.write_all(&digest).unwrap();
+    let revision = master.sm.write_backup(path).unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    assert_eq!(Sha256::digest(body).as_slice(), digest, "a backup ends with the SHA-256 of the rest");
     revision
 }
 

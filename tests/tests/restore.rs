@@ -51,7 +51,7 @@ fn etcdctl_lines(c: &Cluster, addr: &str, args: &[&str]) -> Vec<String> {
 
 #[test]
 fn a_cluster_restored_from_etcdctl_snapshot_save_serves_its_keys_and_runs_its_deployment() {
-    let mut c = Cluster::with_nodes(3, 1, &[]);
+    let mut c = Cluster::with_nodes(3, 1, &["--snapshot-interval", "1", "--snapshot-retain", "2"]);
     let e1 = c.masters[0].etcd.clone();
     c.apply_yaml(DEPLOYMENT);
     let before = wait_for(T, "the Deployment's 2 pods Ready", || {
@@ -63,6 +63,30 @@ fn a_cluster_restored_from_etcdctl_snapshot_save_serves_its_keys_and_runs_its_de
         c.etcdctl_ok(&c.masters[i % 3].etcd, &["put", &format!("restore/{i:03}"), &format!("v{i}")]);
     }
     c.etcdctl_ok(&e1, &["put", "restore/changed", "before"]);
+
+    // phase: scheduled backups — each master keeps its newest two, each a whole backup
+    for m in &c.masters {
+        let dir = std::path::Path::new(&m.data_dir).join("backups");
+        let names = || -> Vec<String> {
+            let mut n: Vec<String> = std::fs::read_dir(&dir)
+                .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+                .unwrap_or_default();
+            n.retain(|n| n.starts_with(&format!("skiff-snapshot-{}-", m.name)) && n.ends_with(".db"));
+            n.sort();
+            n
+        };
+        let first =
+            wait_for(Duration::from_secs(20), "two scheduled backups", || Some(names()).filter(|n| n.len() == 2));
+        let later = wait_for(Duration::from_secs(20), "a newer backup in place of the oldest", || {
+            Some(names()).filter(|n| n.len() == 2 && *n != first)
+        });
+        assert!(later[0] > first[0], "{}: {first:?} then {later:?}", m.name);
+        let newest = dir.join(&later[1]);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&newest).unwrap().permissions());
+        assert_eq!(mode & 0o077, 0, "{}: a backup holds every Secret: {mode:o}", newest.display());
+        let status = skiff(&["snapshot", "status", "-w", "json", newest.to_str().unwrap()]);
+        assert!(status.contains("\"revision\""), "{status}");
+    }
 
     // phase: back up from a follower while the cluster runs
     let rt = runtime();
