@@ -1,11 +1,14 @@
 //! etcd 3.4 (Debian's `etcd-server`) as the reference Skiff's etcd API is held to: tests run the
 //! same requests against both and expect the same answers.
 //!
-//! The reference cluster is three members on loopback, plaintext and without auth — it is the
-//! yardstick, not a Skiff listener; its data lives in a temporary directory and every member
-//! is killed when it is dropped.
+//! The reference cluster is three members on loopback that authenticate and encrypt as any
+//! listener here must: TLS on client and peer ports with certificates from a CA of its own,
+//! and a client certificate required on both (`--client-cert-auth`, `--peer-client-cert-auth`);
+//! [`crate::channel`] presents the test's certificate to its addresses. Its data lives in a
+//! temporary directory and every member is killed when it is dropped.
 
 use crate::{status, wait_for};
+use skiff_proto::pki::{Ca, Issued, Subject, Usage};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -22,7 +25,17 @@ impl EtcdCluster {
     pub fn start() -> EtcdCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = skiff_chaos::net::free_loopback_ports(6).expect("free ports");
-        let peer = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i]);
+        let (member, client_identity, ca) = credentials(dir.path());
+        let tls = [
+            ("--cert-file", &member.cert),
+            ("--key-file", &member.key),
+            ("--trusted-ca-file", &ca),
+            ("--peer-cert-file", &member.cert),
+            ("--peer-key-file", &member.key),
+            ("--peer-trusted-ca-file", &ca),
+        ]
+        .map(|(flag, path)| format!("{flag}={}", path.display()));
+        let peer = |i: usize| format!("https://127.0.0.1:{}", ports[2 * i]);
         let initial: Vec<String> = (0..3).map(|i| format!("e{i}={}", peer(i))).collect();
         let mut members = Vec::new();
         let mut endpoints = Vec::new();
@@ -35,17 +48,22 @@ impl EtcdCluster {
                     format!("--data-dir={}", dir.path().join(format!("e{i}")).display()),
                     format!("--listen-peer-urls={}", peer(i)),
                     format!("--initial-advertise-peer-urls={}", peer(i)),
-                    format!("--listen-client-urls=http://{client}"),
-                    format!("--advertise-client-urls=http://{client}"),
+                    format!("--listen-client-urls=https://{client}"),
+                    format!("--advertise-client-urls=https://{client}"),
                     format!("--initial-cluster={}", initial.join(",")),
                     "--initial-cluster-state=new".into(),
+                    "--client-cert-auth".into(),
+                    "--peer-client-cert-auth".into(),
                 ])
+                .args(&tls)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log file"))
                 .stderr(log)
                 .spawn()
                 .expect("etcd is installed (Debian etcd-server; scripts/setup installs it)");
             members.push(child);
+            crate::register_ca(&client, &ca);
+            crate::register_identity(&client, &client_identity.cert, &client_identity.key);
             endpoints.push(client);
         }
         let cluster = EtcdCluster { dir, members, endpoints };
@@ -61,6 +79,19 @@ impl EtcdCluster {
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("e{i}.log"))).unwrap_or_default()
     }
+}
+
+/// A CA of the reference cluster's own in `dir/pki`, its members' certificate (for 127.0.0.1,
+/// serving clients and peers, and presented to peers) and the test's client certificate.
+fn credentials(dir: &std::path::Path) -> (Issued, Issued, std::path::PathBuf) {
+    let pki = dir.join("pki");
+    skiff_proto::pki::create_private_dir(&pki).expect("pki dir");
+    let ca = Ca::create(&pki.join("ca"), "etcd-reference-ca").expect("CA");
+    let subject = Subject { common_name: "etcd-member", sans: &["127.0.0.1", "localhost"], ..Default::default() };
+    let member = ca.issue(&pki.join("member"), &subject, &[Usage::ServerAuth, Usage::ClientAuth]).expect("member");
+    let client = Subject { common_name: "skiff-tests", ..Default::default() };
+    let client = ca.issue(&pki.join("client"), &client, &[Usage::ClientAuth]).expect("client certificate");
+    (member, client, pki.join("ca.crt"))
 }
 
 impl Drop for EtcdCluster {

@@ -647,6 +647,19 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// cluster an address belongs to.
 static CAS: Mutex<Option<std::collections::HashMap<String, PathBuf>>> = Mutex::new(None);
 
+/// Client certificates (certificate, key) the helpers present to an address.
+static IDENTITIES: Mutex<Option<std::collections::HashMap<String, (PathBuf, PathBuf)>>> = Mutex::new(None);
+
+/// Makes [`channel`] present `cert`/`key` to `addr` (a listener that requires a client
+/// certificate).
+pub fn register_identity(addr: &str, cert: &Path, key: &Path) {
+    IDENTITIES
+        .lock()
+        .unwrap()
+        .get_or_insert_with(Default::default)
+        .insert(addr.to_string(), (cert.to_path_buf(), key.to_path_buf()));
+}
+
 pub fn register_ca(addr: &str, ca: &Path) {
     CAS.lock().unwrap().get_or_insert_with(Default::default).insert(addr.to_string(), ca.to_path_buf());
 }
@@ -663,9 +676,14 @@ pub async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     let endpoint = match ca_of(addr) {
         Some(ca) => {
             let pem = std::fs::read(&ca).expect("cluster CA");
-            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?.tls_config(
-                tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)),
-            )?
+            let mut tls =
+                tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            let identity = IDENTITIES.lock().unwrap().as_ref().and_then(|m| m.get(addr).cloned());
+            if let Some((cert, key)) = identity {
+                let read = |p: &Path| std::fs::read(p).expect("client certificate");
+                tls = tls.identity(tonic::transport::Identity::from_pem(read(&cert), read(&key)));
+            }
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?
         }
         None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?,
     };
