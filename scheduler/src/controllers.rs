@@ -111,6 +111,7 @@ pub fn start(informers: &Informers, ctx: &Context, settings: Settings, stop: &to
         ctx,
         stop,
     );
+    spawn(crate::tokencleaner::TokenCleaner { secrets: i.system_secrets.clone() }, ctx, stop);
     spawn(crate::volumebinder::VolumeBinder { claims: i.claims.clone(), volumes: i.volumes.clone() }, ctx, stop);
     spawn(
         crate::loadbalancers::ServiceLoadBalancers { services: i.services.clone(), nodes: i.nodes.clone() },

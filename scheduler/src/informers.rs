@@ -8,7 +8,7 @@ use skiff_client::informer::{self, ApiSource, Store};
 use skiff_client::Client;
 use skiff_proto::api::{
     CertificateSigningRequest, CronJob, DaemonSet, Deployment, Endpoints, Ingress, IngressClass, Job, Lease, Namespace,
-    Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicaSet, Service, ServiceAccount, StatefulSet,
+    Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicaSet, Secret, Service, ServiceAccount, StatefulSet,
 };
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ informers! {
     nodes: Node, "";
     // Only the node heartbeats.
     leases: Lease, crate::nodelifecycle::LEASE_NAMESPACE;
+    // Only kube-system's: the bootstrap tokens.
+    system_secrets: Secret, "kube-system";
     namespaces: Namespace, "";
     service_accounts: ServiceAccount, "";
     deployments: Deployment, "";

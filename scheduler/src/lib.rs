@@ -19,7 +19,8 @@
 //! [`nodelifecycle`] (silent nodes tainted unreachable, their pods evicted after their
 //! toleration), [`nodeipam`] (a pod range per Node), [`certificates`] (machines' certificate
 //! requests approved and signed), [`gc`] (objects whose owners are all gone, pods whose node is gone),
-//! [`volumebinder`] (claims to volumes), [`serviceaccounts`] (a `default` account per
+//! [`volumebinder`] (claims to volumes), [`tokencleaner`] (expired bootstrap tokens' Secrets
+//! deleted), [`serviceaccounts`] (a `default` account per
 //! namespace) and [`loadbalancers`] (the status of LoadBalancer Services and Ingresses).
 
 pub mod certificates;
@@ -42,6 +43,7 @@ pub mod scheduling;
 pub mod serviceaccounts;
 pub mod snapshot;
 pub mod statefulset;
+pub mod tokencleaner;
 pub mod volumebinder;
 
 pub use placement::{schedule, FitError};
