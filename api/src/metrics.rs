@@ -117,7 +117,7 @@ impl Metrics {
                 if subresource.is_empty() { method_subresource } else { subresource_of(subresource) },
             ),
             // Refused before it said (unauthenticated): the service names the resource.
-            None => (service.to_lowercase(), method_subresource),
+            None => (service.trim_end_matches("Service").to_lowercase(), method_subresource),
         };
         let latency = LatencyLabels { verb, resource: resource.clone(), subresource };
         self.latencies.get_or_create(&latency).observe(took.as_secs_f64());
@@ -242,6 +242,7 @@ mod tests {
         let ms = std::time::Duration::from_millis(3);
         m.request("/skiff.api.Pods/Create", Some("pods"), tonic::Code::Ok, ms);
         m.request("/skiff.api.Deployments/UpdateScale", None, tonic::Code::Aborted, ms);
+        m.request("/skiff.api.EndpointsService/Get", None, tonic::Code::Unauthenticated, ms);
         m.request("/skiff.api.Objects/Create", Some("deployments"), tonic::Code::Ok, ms);
         m.request("/etcdserverpb.KV/Range", None, tonic::Code::Ok, ms);
         let text = m.text();
@@ -249,6 +250,8 @@ mod tests {
         assert!(text.contains(created), "{text}");
         let conflict = r#"apiserver_request_total{verb="PUT",resource="deployments",subresource="scale",code="409"} 1"#;
         assert!(text.contains(conflict), "{text}");
+        let refused = r#"apiserver_request_total{verb="GET",resource="endpoints",subresource="",code="401"} 1"#;
+        assert!(text.contains(refused), "a call refused before it named its resource: {text}");
         let raw = r#"apiserver_request_total{verb="POST",resource="deployments",subresource="",code="201"} 1"#;
         assert!(text.contains(raw), "a generic service's call counts as the resource it named: {text}");
         assert!(!text.contains("KV"), "the etcd API is the store's to count: {text}");

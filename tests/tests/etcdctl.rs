@@ -90,6 +90,44 @@ fn etcdctl_kv_txn_members_and_status() {
 }
 
 #[test]
+fn etcdctl_lock_waits_for_the_holder_and_elect_reports_the_leader() {
+    let c = Cluster::up(3, &[]);
+    let (e1, e2) = (c.masters[0].etcd.clone(), c.masters[1].etcd.clone());
+    let user = format!("--user=root:{}", c.root_password());
+    let spawn = |endpoint: &str, args: &[&str]| {
+        skiff_tests::etcdctl_command(endpoint).arg(&user).args(args).stdout(Stdio::piped()).spawn().unwrap()
+    };
+    // The first holds the lock (printing its key) until it is told to stop.
+    let mut holder = spawn(&e1, &["lock", "ctl-lock"]);
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    let key = lines.next().expect("the holder prints its key").unwrap();
+    assert!(key.starts_with("ctl-lock/"), "{key}");
+    let mut waiter = spawn(&e2, &["lock", "ctl-lock", "--", "echo", "second holder ran"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(waiter.try_wait().unwrap().is_none(), "the second ran while the first held the lock");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(holder.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_for(Duration::from_secs(15), "the second to take the lock", || waiter.try_wait().unwrap());
+    let _ = holder.wait();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut waiter.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success() && out.contains("second holder ran"), "{status}: {out}");
+
+    // An election: the candidate proclaims, `elect -l` observes it.
+    let mut candidate = spawn(&e1, &["elect", "ctl-election", "candidate-one"]);
+    let mut said = BufReader::new(candidate.stdout.take().unwrap()).lines();
+    let leader_key = said.next().expect("the leader prints its key").unwrap();
+    assert!(leader_key.starts_with("ctl-election/"), "{leader_key}");
+    let mut observer = spawn(&e2, &["elect", "-l", "ctl-election"]);
+    let mut seen = BufReader::new(observer.stdout.take().unwrap()).lines();
+    let first: Vec<String> = (0..2).map(|_| seen.next().expect("observed").unwrap()).collect();
+    assert_eq!(first[1], "candidate-one", "{first:?}");
+    for child in [&mut candidate, &mut observer] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[test]
 fn etcdctl_watch_on_one_master_sees_writes_through_another() {
     let c = Cluster::up(3, &[]);
     let (e1, e2, e3) = (c.masters[0].etcd.clone(), c.masters[1].etcd.clone(), c.masters[2].etcd.clone());
