@@ -7,7 +7,6 @@
 
 use crate::report::Check;
 use crate::watch::Received;
-use crate::watchers::prefix_end;
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use skiff_proto::etcdserverpb::kv_client::KvClient;
@@ -44,7 +43,7 @@ async fn state_at(
     }
     let req = RangeRequest {
         key: prefix.as_bytes().to_vec(),
-        range_end: prefix_end(prefix),
+        range_end: skiff_raft_store::mvcc::prefix_end(prefix.as_bytes()),
         revision,
         serializable: true,
         ..Default::default()

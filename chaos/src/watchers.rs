@@ -12,15 +12,6 @@ use tonic::transport::Channel;
 /// The key whose put marks the end of the run; every watcher must receive it.
 pub const END_KEY: &str = "chaos/zz-end";
 
-/// The prefix's range end as etcd expresses it (the prefix with its last byte incremented).
-pub fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    end
-}
-
 #[derive(Debug, Default)]
 pub struct WatchLog {
     pub master: u64,
@@ -56,7 +47,7 @@ pub async fn watcher(
         let create = WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
                 key: prefix.as_bytes().to_vec(),
-                range_end: prefix_end(prefix),
+                range_end: skiff_raft_store::mvcc::prefix_end(prefix.as_bytes()),
                 start_revision: next,
                 progress_notify: true,
                 ..Default::default()

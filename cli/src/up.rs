@@ -768,9 +768,8 @@ fn restore_masters(cluster: &ClusterFile, backup: &Path) -> anyhow::Result<()> {
     if let Some(m) = cluster.masters.iter().find(|m| m.pid != 0 && process_alive(m.pid, &m.config.to_string_lossy())) {
         bail!("--restore: {} (pid {}) is running; stop the cluster first (skiff down --dir …)", m.name, m.pid);
     }
-    // Checked whole before any data directory is touched.
-    let (summary, _) = skiff_raft_store::state_machine::verify_backup(backup)
-        .map_err(|e| anyhow::anyhow!("--restore {}: {e}", backup.display()))?;
+    // Checked whole, once, before any data directory is touched.
+    let verified = skiff_raft_store::restore::verify(backup).map_err(|e| anyhow::anyhow!("--restore {e}"))?;
     let members: BTreeMap<u64, Member> = cluster
         .masters
         .iter()
@@ -785,13 +784,13 @@ fn restore_masters(cluster: &ClusterFile, backup: &Path) -> anyhow::Result<()> {
                 .with_context(|| format!("moving {} aside to {}", m.data_dir.display(), aside.display()))?;
             eprintln!("{}: the data directory before the restore is kept in {}", m.name, aside.display());
         }
-        skiff_raft_store::restore::restore_backup(backup, &m.data_dir, &members, root.as_deref())
+        skiff_raft_store::restore::restore_verified(backup, &verified, &m.data_dir, &members, root.as_deref())
             .with_context(|| format!("restoring {} into {}", backup.display(), m.data_dir.display()))?;
     }
     eprintln!(
         "restored {} keys at revision {} from {} into {} masters",
-        summary.keys,
-        summary.revision,
+        verified.summary.keys,
+        verified.summary.revision,
         backup.display(),
         cluster.masters.len()
     );

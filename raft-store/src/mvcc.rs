@@ -40,6 +40,20 @@ pub mod sm_key {
 /// Maximum operations in one transaction, as etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
 
+/// The range end that covers every key starting with `prefix`, as etcd clients compute it:
+/// the prefix with its last byte below 0xff incremented (bytes after it dropped); `"\0"`
+/// (every key) when there is none.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// A key range as etcd requests spell it: `range_end` empty = one key, `"\0"` = to the end.
 #[derive(Debug, Clone)]
 pub struct KeyRange {

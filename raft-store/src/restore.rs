@@ -18,16 +18,13 @@
 use crate::auth::{AuthOp, AuthState};
 use crate::db::{self, cf, SM_CFS};
 use crate::mvcc::sm_key;
-use crate::state_machine::{read_header, read_record, verify_backup, SnapshotSummary};
+use crate::state_machine::{read_header, read_record, verify_backup, SnapshotSummary, BATCH_BYTES};
 use crate::types::{LogId, Member};
 use openraft::{Membership, StoredMembership};
 use rocksdb::WriteBatch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufReader, Read};
 use std::path::Path;
-
-/// Bytes of records written to RocksDB at once.
-const BATCH_BYTES: usize = 4 << 20;
 
 /// Builds `data_dir` (which must not exist) for a member of the new cluster `members` from
 /// the backup at `backup` (`Maintenance.Snapshot`'s file, as `etcdctl snapshot save` writes
@@ -40,6 +37,34 @@ pub fn restore_backup(
     members: &BTreeMap<u64, Member>,
     root_password_hash: Option<&str>,
 ) -> std::io::Result<SnapshotSummary> {
+    let verified = verify(backup)?;
+    restore_verified(backup, &verified, data_dir, members, root_password_hash)?;
+    Ok(verified.summary)
+}
+
+/// A backup checked whole by [`verify`].
+#[derive(Debug, Clone, Copy)]
+pub struct Verified {
+    pub summary: SnapshotSummary,
+    digest: [u8; 32],
+}
+
+/// Checks the backup at `backup` whole (its SHA-256 and every record), once for however many
+/// members are then restored from it ([`restore_verified`]).
+pub fn verify(backup: &Path) -> std::io::Result<Verified> {
+    let (summary, digest) =
+        verify_backup(backup).map_err(|e| std::io::Error::other(format!("{}: {e}", backup.display())))?;
+    Ok(Verified { summary, digest })
+}
+
+/// [`restore_backup`] for a backup [`verify`] has checked.
+pub fn restore_verified(
+    backup: &Path,
+    verified: &Verified,
+    data_dir: &Path,
+    members: &BTreeMap<u64, Member>,
+    root_password_hash: Option<&str>,
+) -> std::io::Result<()> {
     let err = |e: String| std::io::Error::other(e);
     if members.is_empty() {
         return Err(err("a restored cluster needs at least one member".into()));
@@ -50,14 +75,13 @@ pub fn restore_backup(
             data_dir.display()
         )));
     }
-    let (summary, digest) = verify_backup(backup).map_err(|e| err(format!("{}: {e}", backup.display())))?;
     let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     let building = tempfile::Builder::new().prefix(".restoring-").tempdir_in(parent)?;
     // tempdir is created 0700: the store holds credentials and every Secret.
-    load(backup, &digest, &building.path().join("db"), members, root_password_hash)?;
+    load(backup, &verified.digest, &building.path().join("db"), members, root_password_hash)?;
     std::fs::rename(building.keep(), data_dir)?;
-    Ok(summary)
+    Ok(())
 }
 
 /// The state-machine keys of the old cluster that a restore leaves behind.

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 
 const MAGIC: &[u8] = b"SKIFFSNAP1\n";
 const INSTALLING: &[u8] = b"installing_snapshot";
-const BATCH_BYTES: usize = 4 << 20;
+/// Bytes of records written to RocksDB at once when a snapshot or backup is loaded.
+pub(crate) const BATCH_BYTES: usize = 4 << 20;
 
 /// Shared between openraft's state machine handle and the API layer's readers.
 pub struct SmShared {

@@ -103,7 +103,11 @@ fn etcdctl_lock_waits_for_the_holder_and_elect_reports_the_leader() {
     let key = lines.next().expect("the holder prints its key").unwrap();
     assert!(key.starts_with("ctl-lock/"), "{key}");
     let mut waiter = spawn(&e2, &["lock", "ctl-lock", "--", "echo", "second holder ran"]);
-    std::thread::sleep(Duration::from_secs(1));
+    // The second has queued its key behind the first's, and waits.
+    wait_for(Duration::from_secs(15), "the second etcdctl's key queued behind the first's", || {
+        let keys = c.etcdctl_ok(&e1, &["get", "--prefix", "ctl-lock/", "--keys-only"]);
+        (keys.lines().filter(|l| !l.is_empty()).count() == 2).then_some(())
+    });
     assert!(waiter.try_wait().unwrap().is_none(), "the second ran while the first held the lock");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(holder.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = wait_for(Duration::from_secs(15), "the second to take the lock", || waiter.try_wait().unwrap());

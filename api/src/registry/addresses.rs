@@ -40,7 +40,7 @@ impl Registry {
             .mvcc
             .range(&RangeRequest {
                 key: prefix.as_bytes().to_vec(),
-                range_end: prefix_end(prefix),
+                range_end: prefix_end(prefix.as_bytes()),
                 keys_only: true,
                 ..Default::default()
             })

@@ -32,7 +32,7 @@ impl Registry {
         };
         let mut items = Vec::new();
         let mut next = None;
-        scan(mvcc, start, prefix_end(&prefix), revision, |kv| {
+        scan(mvcc, start, prefix_end(prefix.as_bytes()), revision, |kv| {
             if items.len() == want {
                 next = Some(kv.key.clone());
                 return Ok(false);

@@ -136,12 +136,7 @@ impl ListPage {
     }
 }
 
-pub(crate) fn prefix_end(prefix: impl AsRef<[u8]>) -> Vec<u8> {
-    let mut end = prefix.as_ref().to_vec();
-    let last = end.len() - 1;
-    end[last] += 1;
-    end
-}
+pub(crate) use skiff_raft_store::mvcc::prefix_end;
 
 /// A stored object with its resourceVersion, opened first if it is encrypted at rest.
 pub(crate) fn decode_object(at_rest: Option<&crate::at_rest::AtRest>, kv: &KeyValue) -> ApiResult<Value> {

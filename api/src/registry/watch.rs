@@ -44,7 +44,7 @@ impl Registry {
             }
         };
         let spec = FeedSpec {
-            range: KeyRange::new(prefix.as_bytes(), &prefix_end(&prefix)),
+            range: KeyRange::new(prefix.as_bytes(), &prefix_end(prefix.as_bytes())),
             start_revision,
             prev_kv: true,
             no_put: false,

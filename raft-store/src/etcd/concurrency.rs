@@ -16,7 +16,7 @@
 
 use super::{status, Caller};
 use crate::master::{reply_result, Master};
-use crate::mvcc::{validate_txn, KeyRange};
+use crate::mvcc::{prefix_end, validate_txn, KeyRange};
 use crate::types::{Op, Reply};
 use crate::watch_feed::{self, Feed, FeedSpec};
 use prost::Message;
@@ -43,17 +43,6 @@ const SESSION_TTL: i64 = 60;
 struct Session {
     master: Arc<Master>,
     caller: Caller,
-}
-
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 fn put(key: &[u8], value: &[u8], lease: i64) -> RequestOp {
@@ -114,10 +103,8 @@ impl Session {
     async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse, Status> {
         validate_txn(&txn).map_err(status)?;
         self.caller.txn(&txn)?;
-        let (revision, reply) =
-            reply_result(self.master.propose(Op::Txn(txn.encode_to_vec())).await.map_err(status)?).map_err(status)?;
-        let Reply::Encoded(bytes) = reply else { return Err(Status::internal("unexpected txn reply")) };
-        let mut resp = TxnResponse::decode(bytes.as_slice()).map_err(|e| Status::internal(e.to_string()))?;
+        let (revision, mut resp): (i64, TxnResponse) =
+            super::kv::propose_encoded(&self.master, Op::Txn(txn.encode_to_vec())).await?;
         resp.header = Some(self.master.header(revision));
         Ok(resp)
     }
@@ -136,8 +123,7 @@ impl Session {
         if lease != 0 {
             return Ok(lease);
         }
-        let id = (rand::random::<u64>() >> 1).max(1) as i64;
-        let op = Op::LeaseGrant { id, ttl: SESSION_TTL };
+        let op = Op::LeaseGrant { id: super::lease::new_lease_id(), ttl: SESSION_TTL };
         match reply_result(self.master.propose(op).await.map_err(status)?).map_err(status)? {
             (_, Reply::LeaseGranted { id, .. }) => Ok(id),
             _ => Err(Status::internal("unexpected lease grant reply")),

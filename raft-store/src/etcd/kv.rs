@@ -31,13 +31,18 @@ impl KvService {
         Ok(())
     }
 
-    /// Proposes `op` and decodes the etcd response the state machine produced.
     async fn write<M: Message + Default>(&self, op: Op) -> Result<(i64, M), Status> {
-        let (revision, reply) = reply_result(self.master.propose(op).await.map_err(status)?).map_err(status)?;
-        match reply {
-            Reply::Encoded(b) => Ok((revision, M::decode(b.as_slice()).map_err(|e| Status::internal(e.to_string()))?)),
-            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
-        }
+        propose_encoded(&self.master, op).await
+    }
+}
+
+/// Proposes `op` and decodes the etcd response the state machine produced, with the store
+/// revision after it.
+pub(crate) async fn propose_encoded<M: Message + Default>(master: &Master, op: Op) -> Result<(i64, M), Status> {
+    let (revision, reply) = reply_result(master.propose(op).await.map_err(status)?).map_err(status)?;
+    match reply {
+        Reply::Encoded(b) => Ok((revision, M::decode(b.as_slice()).map_err(|e| Status::internal(e.to_string()))?)),
+        other => Err(Status::internal(format!("unexpected reply {other:?}"))),
     }
 }
 

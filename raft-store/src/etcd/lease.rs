@@ -22,6 +22,11 @@ const MAX_LEASE_TTL: i64 = 9_000_000_000;
 /// etcd's minimum TTL: leases shorter than an election could expire during a failover.
 const MIN_LEASE_TTL: i64 = 2;
 
+/// A lease id for a grant that names none: positive and random, as etcd's.
+pub(crate) fn new_lease_id() -> i64 {
+    (rand::random::<u64>() >> 1).max(1) as i64
+}
+
 pub struct LeaseService {
     pub master: Arc<Master>,
 }
@@ -44,7 +49,7 @@ impl Lease for LeaseService {
             return Err(Status::out_of_range("etcdserver: too large lease TTL"));
         }
         let ttl = req.ttl.max(MIN_LEASE_TTL);
-        let id = if req.id != 0 { req.id } else { (rand::random::<u64>() >> 1).max(1) as i64 };
+        let id = if req.id != 0 { req.id } else { new_lease_id() };
         let (revision, reply) =
             reply_result(self.master.propose(Op::LeaseGrant { id, ttl }).await.map_err(status)?).map_err(status)?;
         let Reply::LeaseGranted { id, ttl } = reply else {
