@@ -59,55 +59,71 @@ impl Registry {
             }
         };
         let mut revision = kv.mod_revision;
-        if policy == "Orphan" {
-            // As Kubernetes does: the owner is marked as being deleted first, so its controller
-            // neither re-adopts the dependents released next nor replaces them.
-            // Kubernetes' `orphan` finalizer holds it meanwhile (a write that finds a deleted
-            // object without finalizers removes it); a delete cut short is finished by
-            // deleting again.
+        let graceful = info.kind == "Pod"
+            && opts.grace_period_seconds != Some(0)
+            && pod_still_running(&obj)
+            && !obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty();
+        let grace = opts
+            .grace_period_seconds
+            .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .unwrap_or(30);
+        // Marks the object as being deleted: now, or at the end of a running pod's grace period.
+        let mark = |obj: &mut Value| {
+            let now = skiff_proto::time::now_secs();
+            set_meta(obj, "deletionTimestamp", json!(object::rfc3339(now + if graceful { grace } else { 0 })));
+            if graceful {
+                set_meta(obj, "deletionGracePeriodSeconds", json!(grace));
+            }
+        };
+        // Orphan and Foreground hold the object with a finalizer of this delete's own while
+        // its dependents are released or deleted, as Kubernetes does: marked as being deleted
+        // first, so its controller neither re-adopts nor replaces them meanwhile (and a status
+        // write of that controller cannot make this delete's final write a conflict). A
+        // delete cut short is finished by deleting again.
+        let own = match policy {
+            "Orphan" => Some(ORPHAN_FINALIZER),
+            "Foreground" => Some(FOREGROUND_FINALIZER),
+            _ => None,
+        };
+        if let Some(own) = own {
             let mut finalizers =
                 obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
             let marked = !object::meta_str(&obj, "deletionTimestamp").is_empty();
-            let held = finalizers.contains(&json!(ORPHAN_FINALIZER));
+            let held = finalizers.contains(&json!(own));
             if !marked || !held {
                 if !marked {
-                    set_meta(&mut obj, "deletionTimestamp", json!(object::now_rfc3339()));
+                    mark(&mut obj);
                 }
                 if !held {
-                    finalizers.push(json!(ORPHAN_FINALIZER));
+                    finalizers.push(json!(own));
                 }
                 set_meta(&mut obj, "finalizers", Value::Array(finalizers));
                 let ops = vec![self.put_object(&key, &obj)?];
                 revision = self.guarded(&kinds::qualified(info), name, &key, revision, ops).await?;
             }
-            self.orphan_dependents(&ns, &uid).await?;
+            if policy == "Orphan" {
+                self.orphan_dependents(&ns, &uid).await?;
+            } else {
+                Box::pin(self.delete_dependents(&ns, &uid)).await?;
+            }
         }
-        if policy == "Foreground" {
-            Box::pin(self.delete_dependents(&ns, &uid)).await?;
-        }
-        // The orphan finalizer is this delete's own: done once the dependents are released.
+        // This delete's own finalizer is done once the dependents are released or gone.
         let finalizers = obj
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
-            .is_some_and(|f| f.iter().any(|f| policy != "Orphan" || f != ORPHAN_FINALIZER));
-        let graceful = info.kind == "Pod"
-            && opts.grace_period_seconds != Some(0)
-            && pod_still_running(&obj)
-            && !obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty();
+            .is_some_and(|f| f.iter().any(|f| own.is_none_or(|own| f != own)));
         if finalizers || graceful {
             // Mark for deletion; finalizers' owners (or the node, for a pod) finish it.
-            if object::meta_str(&obj, "deletionTimestamp").is_empty() {
-                let grace = opts
-                    .grace_period_seconds
-                    .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
-                    .unwrap_or(30);
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                set_meta(&mut obj, "deletionTimestamp", json!(object::rfc3339(now + if graceful { grace } else { 0 })));
-                if graceful {
-                    set_meta(&mut obj, "deletionGracePeriodSeconds", json!(grace));
+            if let Some(own) = own {
+                // Others' finalizers hold it still; this delete's own is done.
+                if let Some(list) = obj.pointer_mut("/metadata/finalizers").and_then(Value::as_array_mut) {
+                    list.retain(|f| f != own);
                 }
+                let ops = vec![self.put_object(&key, &obj)?];
+                let revision = self.guarded(&kinds::qualified(info), name, &key, revision, ops).await?;
+                set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));
+            } else if object::meta_str(&obj, "deletionTimestamp").is_empty() {
+                mark(&mut obj);
                 let ops = vec![self.put_object(&key, &obj)?];
                 let revision = self.guarded(&kinds::qualified(info), name, &key, revision, ops).await?;
                 set_meta(&mut obj, "resourceVersion", json!(revision.to_string()));

@@ -75,6 +75,8 @@ pub struct WatchOptions {
 
 /// Kubernetes' finalizer on an owner whose delete orphans its dependents.
 pub const ORPHAN_FINALIZER: &str = "orphan";
+/// Kubernetes' finalizer on an owner whose delete waits for its dependents to go first.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
 
 /// The shortest bookmark interval a watcher may ask for.
 pub const MIN_BOOKMARK_INTERVAL: Duration = Duration::from_millis(10);
