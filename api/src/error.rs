@@ -104,6 +104,15 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Unsupported(String),
+    /// A REST path that names nothing Skiff serves.
+    #[error("the server could not find the requested resource")]
+    NotFoundPath(String),
+    /// A request body in a format the server does not read.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A delete's precondition (uid) that the object does not meet.
+    #[error("{0}")]
+    Precondition(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -115,7 +124,9 @@ pub type ApiResult<T> = Result<T, ApiError>;
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let code = match &e {
-            ApiError::NotFound { .. } => Code::NotFound,
+            ApiError::NotFound { .. } | ApiError::NotFoundPath(_) => Code::NotFound,
+            ApiError::UnsupportedMediaType(_) => Code::InvalidArgument,
+            ApiError::Precondition(_) => Code::Aborted,
             ApiError::AlreadyExists { .. } => Code::AlreadyExists,
             ApiError::Conflict { .. } | ApiError::BindConflict(_) => Code::Aborted,
             ApiError::Invalid { .. } | ApiError::BadRequest(_) => Code::InvalidArgument,

@@ -12,6 +12,9 @@
 //! - [`defaults`] and [`validation`]: Kubernetes' defaulting and validation rules, on JSON.
 //! - [`selector`]: label and field selectors.
 //! - [`service`]: the per-kind gRPC services and the kind-agnostic `Objects` service.
+//! - [`calls`]: the verbs on JSON objects (authorize, admit, store) every protocol goes through.
+//! - [`rest`]: the Kubernetes REST API (discovery, resources, patches, Tables, Status errors).
+//! - [`table`]: the columns kubectl shows per kind, for REST Tables and the CLI.
 //! - [`auth`]: bearer-token authentication, RBAC authorization, node restriction, no escalation.
 //! - [`bootstrap`]: bootstrap tokens (Secrets in kube-system) that joining machines authenticate with.
 //! - [`cluster_info`]: the public CA and master list a joining machine starts from.
@@ -27,6 +30,7 @@ pub mod allocator;
 pub mod at_rest;
 pub mod auth;
 pub mod bootstrap;
+pub mod calls;
 pub mod cluster_info;
 pub mod defaults;
 pub mod encoded_list;
@@ -38,9 +42,11 @@ pub mod metrics;
 pub mod node_authz;
 pub mod object;
 pub mod registry;
+pub mod rest;
 pub mod satoken;
 pub mod selector;
 pub mod service;
+pub mod table;
 pub mod validation;
 
 pub use error::{ApiError, ApiResult};

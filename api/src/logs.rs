@@ -90,21 +90,72 @@ impl PodLogs for PodLogsService {
 
     async fn get(&self, req: Request<PodLogRequest>) -> Result<Response<ChunkStream>, Status> {
         let user = self.api.authenticate(&req).await?;
-        let mut r = req.get_ref().clone();
-        if r.namespace.is_empty() {
-            r.namespace = "default".into();
-        }
-        let pods = kinds::by_resource("pods")?;
-        let a = Attributes { verb: "get", info: pods, subresource: "log", namespace: &r.namespace, name: &r.name };
-        self.api.authorize(&user, &a, None, None).await?;
-        let pod = self.api.registry.get(pods, &r.namespace, &r.name).await?;
-        let node_name = pod.pointer("/spec/nodeName").and_then(|v| v.as_str()).unwrap_or_default();
-        if node_name.is_empty() {
-            return Err(Status::failed_precondition(format!("pod \"{}\" is not scheduled to a node yet", r.name)));
-        }
-        let channel = node_channel(&self.api, node_name).await?;
-        let forwarded = forward(&self.api, req.metadata(), r);
-        let stream = PodLogsClient::new(channel).get(forwarded).await?.into_inner();
+        let stream = open(&self.api, &user, req.get_ref().clone(), req.metadata()).await?;
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// Authorizes `get pods/log` for `user` and opens the log stream on the pod's node.
+async fn open(
+    api: &Api,
+    user: &crate::auth::User,
+    mut r: PodLogRequest,
+    from: &tonic::metadata::MetadataMap,
+) -> Result<tonic::Streaming<PodLogChunk>, Status> {
+    if r.namespace.is_empty() {
+        r.namespace = "default".into();
+    }
+    let pods = kinds::by_resource("pods")?;
+    let a = Attributes { verb: "get", info: pods, subresource: "log", namespace: &r.namespace, name: &r.name };
+    api.authorize(user, &a, None, None).await?;
+    let pod = api.registry.get(pods, &r.namespace, &r.name).await?;
+    let node_name = pod.pointer("/spec/nodeName").and_then(|v| v.as_str()).unwrap_or_default();
+    if node_name.is_empty() {
+        return Err(Status::failed_precondition(format!("pod \"{}\" is not scheduled to a node yet", r.name)));
+    }
+    let channel = node_channel(api, node_name).await?;
+    Ok(PodLogsClient::new(channel).get(forward(api, from, r)).await?.into_inner())
+}
+
+/// `GET …/pods/{name}/log` over REST: the log as plain text, streamed while `follow`.
+pub async fn rest_log(
+    api: &Api,
+    user: &crate::auth::User,
+    headers: &http::HeaderMap,
+    ns: &str,
+    name: &str,
+    query: &std::collections::HashMap<String, String>,
+) -> crate::ApiResult<http::Response<axum::body::Body>> {
+    let flag = |k: &str| query.get(k).is_some_and(|v| v == "true" || v == "1");
+    let int = |k: &str| -> crate::ApiResult<Option<i64>> {
+        query
+            .get(k)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.parse().map_err(|_| ApiError::BadRequest(format!("{k}: {v:?} is not an integer"))))
+            .transpose()
+    };
+    let r = PodLogRequest {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        container: query.get("container").cloned().unwrap_or_default(),
+        follow: flag("follow"),
+        tail_lines: int("tailLines")?,
+        since_seconds: int("sinceSeconds")?,
+        previous: flag("previous"),
+        timestamps: flag("timestamps"),
+    };
+    let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
+    let stream = open(api, user, r, &metadata).await.map_err(|s| match s.code() {
+        tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => ApiError::BadRequest(s.message().to_string()),
+        tonic::Code::NotFound => ApiError::NotFound { resource: "pods".into(), name: name.to_string() },
+        tonic::Code::PermissionDenied => ApiError::Forbidden(s.message().to_string()),
+        tonic::Code::Unauthenticated => ApiError::Unauthenticated(s.message().to_string()),
+        _ => ApiError::Internal(s.message().to_string()),
+    })?;
+    let body = tokio_stream::StreamExt::map(stream, |chunk| {
+        chunk.map(|c| prost::bytes::Bytes::from(c.data)).map_err(|s| std::io::Error::other(s.message().to_string()))
+    });
+    let mut response = http::Response::new(axum::body::Body::from_stream(body));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    Ok(response)
 }

@@ -125,6 +125,22 @@ impl Metrics {
         self.requests.get_or_create(&RequestLabels { verb, resource, subresource, code }).inc();
     }
 
+    /// Counts one REST call: Kubernetes' `verb` on `resource` (and `subresource`), answered
+    /// with the HTTP `code`.
+    pub fn rest_request(
+        &self,
+        verb: &'static str,
+        resource: &str,
+        subresource: &str,
+        code: u16,
+        took: std::time::Duration,
+    ) {
+        let subresource = if subresource.is_empty() { "" } else { subresource_of(subresource) };
+        let latency = LatencyLabels { verb, resource: resource.to_string(), subresource };
+        self.latencies.get_or_create(&latency).observe(took.as_secs_f64());
+        self.requests.get_or_create(&RequestLabels { verb, resource: resource.to_string(), subresource, code }).inc();
+    }
+
     /// Everything the process registered, in the text format.
     pub fn text(&self) -> String {
         self.process.text()

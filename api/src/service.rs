@@ -321,18 +321,6 @@ fn from_json<T: DeserializeOwned>(v: Value) -> ApiResult<T> {
 
 type EventStream<E> = Pin<Box<dyn Stream<Item = Result<E, Status>> + Send>>;
 
-fn ns_of<'a>(info: &KindInfo, obj: &'a Value, fallback: &'a str) -> &'a str {
-    if !info.namespaced {
-        ""
-    } else {
-        match crate::object::namespace(obj) {
-            "" if fallback.is_empty() => "default",
-            "" => fallback,
-            ns => ns,
-        }
-    }
-}
-
 impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync + 'static> KindService<T> {
     /// Authenticates the caller and authorizes `verb` on this kind (`obj` and `stored` as
     /// [`Api::authorize`] takes them).
@@ -348,33 +336,27 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
         stored: Option<&Value>,
     ) -> ApiResult<User> {
         let user = self.api.authenticate(req).await?;
-        let ns =
-            if self.info.namespaced && ns.is_empty() && !matches!(verb, "list" | "watch") { "default" } else { ns };
-        let a = Attributes { verb, info: self.info, subresource: sub, namespace: ns, name };
-        self.api.authorize(&user, &a, obj, stored).await?;
+        self.api.allow(&user, self.info, verb, sub, ns, name, obj, stored).await?;
         Ok(user)
     }
 
     async fn create(&self, req: Request<T>) -> ApiResult<T> {
-        let obj = to_json(req.get_ref())?;
-        let name = crate::object::name(&obj);
-        let user = self.allow(&req, "create", "", ns_of(self.info, &obj, ""), name, Some(&obj), None).await?;
+        let user = self.api.authenticate(&req).await?;
         let id = CreateId::of_request(req.metadata(), &user.name)?;
-        let mut obj = obj;
-        crate::admission::stamp_requester(self.info, &mut obj, &user);
-        from_json(self.api.registry.create_as(self.info, obj, "", id.as_ref()).await?)
+        let obj = to_json(req.get_ref())?;
+        from_json(self.api.create_object(&user, self.info, obj, "", id.as_ref()).await?)
     }
 
     async fn get(&self, req: Request<GetRequest>) -> ApiResult<T> {
+        let user = self.api.authenticate(&req).await?;
         let r = req.get_ref();
-        self.allow(&req, "get", "", &r.namespace, &r.name, None, None).await?;
-        from_json(self.api.registry.get(self.info, &r.namespace, &r.name).await?)
+        from_json(self.api.get_object(&user, self.info, &r.namespace, &r.name).await?)
     }
 
     /// A list, its items as they are encoded in the list cache (each encoded once per stored
     /// version).
     pub(crate) async fn list(&self, req: Request<ListRequest>) -> ApiResult<EncodedList> {
-        self.allow(&req, "list", "", &req.get_ref().namespace, "", None, None).await?;
+        let user = self.api.authenticate(&req).await?;
         let req = req.into_inner();
         let opts = ListOptions {
             label_selector: req.label_selector,
@@ -382,7 +364,7 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
             limit: req.limit,
             continue_token: req.r#continue,
         };
-        let page = self.api.registry.list(self.info, &req.namespace, &opts).await?;
+        let page = self.api.list_objects(&user, self.info, &req.namespace, &opts).await?;
         let items = page.encoded::<T>()?;
         let metadata = ListMeta {
             resource_version: page.resource_version.to_string(),
@@ -398,57 +380,43 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
     }
 
     async fn update(&self, req: Request<T>, scope: UpdateScope) -> ApiResult<T> {
+        let user = self.api.authenticate(&req).await?;
         let obj = to_json(req.get_ref())?;
-        let sub = if scope == UpdateScope::Status { "status" } else { "" };
-        let (ns, name) = (ns_of(self.info, &obj, ""), crate::object::name(&obj));
-        let stored = self.api.stored(self.info, ns, name).await?;
-        self.allow(&req, "update", sub, ns, name, Some(&obj), stored.as_ref()).await?;
-        from_json(self.api.registry.update(self.info, obj, scope).await?)
+        from_json(self.api.update_object(&user, self.info, obj, "", scope).await?)
     }
 
     async fn patch(&self, req: Request<PatchRequest>) -> ApiResult<T> {
+        let user = self.api.authenticate(&req).await?;
         let r = req.get_ref();
         let patch: Value =
             serde_json::from_str(&r.patch).map_err(|e| ApiError::BadRequest(format!("patch is not JSON: {e}")))?;
-        // Authorized on the object as it will be stored (RBAC escalation, node restriction),
-        // on each attempt; the patch as `Registry::patch` applies it.
-        let (ns, name) = (r.namespace.as_str(), r.name.as_str());
         let pinned = patch.pointer("/metadata/resourceVersion").is_some();
-        let mut attempts = 0;
-        loop {
-            let Some(stored) = self.api.stored(self.info, ns, name).await? else {
-                // Missing: say so only to a caller who may patch such objects at all.
-                self.allow(&req, "patch", "", ns, name, None, None).await?;
-                return Err(ApiError::NotFound { resource: kinds::qualified(self.info), name: name.into() });
-            };
+        let apply = |stored: &Value| {
             let mut patched = stored.clone();
             crate::object::merge_patch(&mut patched, &patch);
-            self.allow(&req, "patch", "", ns, name, Some(&patched), Some(&stored)).await?;
-            match self.api.registry.update(self.info, patched, UpdateScope::Main).await {
-                Err(ApiError::Conflict { .. }) if !pinned && attempts < 5 => attempts += 1,
-                other => return from_json(other?),
-            }
-        }
+            Ok(patched)
+        };
+        from_json(
+            self.api.patch_object(&user, self.info, &r.namespace, &r.name, UpdateScope::Main, pinned, &apply).await?,
+        )
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> ApiResult<T> {
-        let r = req.get_ref();
-        let current = self.api.stored(self.info, &r.namespace, &r.name).await?;
-        self.allow(&req, "delete", "", &r.namespace, &r.name, current.as_ref(), None).await?;
+        let user = self.api.authenticate(&req).await?;
         let req = req.into_inner();
         let opts = DeleteOptions {
             grace_period_seconds: req.grace_period_seconds,
             propagation_policy: req.propagation_policy,
             resource_version: req.resource_version,
         };
-        from_json(self.api.registry.delete(self.info, &req.namespace, &req.name, &opts).await?)
+        from_json(self.api.delete_object(&user, self.info, &req.namespace, &req.name, &opts).await?)
     }
 
     async fn watch<E: DeserializeOwned + Send + 'static>(
         &self,
         req: Request<WatchRequest>,
     ) -> ApiResult<EventStream<E>> {
-        self.allow(&req, "watch", "", &req.get_ref().namespace, "", None, None).await?;
+        let user = self.api.authenticate(&req).await?;
         let req = req.into_inner();
         let opts = WatchOptions {
             label_selector: req.label_selector,
@@ -458,7 +426,7 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
             bookmark_interval: (req.bookmark_interval_ms > 0)
                 .then(|| std::time::Duration::from_millis(u64::from(req.bookmark_interval_ms))),
         };
-        let rx = self.api.registry.watch(self.info, &req.namespace, opts).await?;
+        let rx = self.api.watch_objects(&user, self.info, &req.namespace, opts).await?;
         Ok(Box::pin(ReceiverStream::new(rx).map(|item| {
             let ev = item.map_err(Status::from)?;
             from_json::<E>(json!({"type": ev.kind, "object": ev.object})).map_err(Status::from)
@@ -510,7 +478,8 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
     }
 }
 
-fn scale_of(obj: &Value) -> Scale {
+/// A workload's `autoscaling/v1` Scale.
+pub(crate) fn scale_of(obj: &Value) -> Scale {
     let selector = obj
         .pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
@@ -641,94 +610,52 @@ fn raw(v: &Value) -> RawObject {
     RawObject { json: v.to_string() }
 }
 
-impl ObjectsService {
-    /// Authenticates, resolves the resource, parses the body and authorizes `verb`.
-    async fn prepare(
-        &self,
-        req: &Request<RawRequest>,
-        verb: &str,
-        body: bool,
-    ) -> ApiResult<(&'static KindInfo, Value, User)> {
-        let user = self.api.authenticate(req).await?;
-        let r = req.get_ref();
-        let info = kinds::by_resource(&r.resource)?;
-        let obj = if body { parse_body(&r.json)? } else { Value::Null };
-        let name = if body { crate::object::name(&obj) } else { r.name.as_str() };
-        let ns = if !info.namespaced {
-            ""
-        } else if body {
-            ns_of(info, &obj, &r.namespace)
-        } else if r.namespace.is_empty() {
-            "default"
-        } else {
-            &r.namespace
-        };
-        let a = Attributes { verb, info, subresource: "", namespace: ns, name };
-        let stored = if verb == "update" { self.api.stored(info, ns, name).await? } else { None };
-        self.api.authorize(&user, &a, body.then_some(&obj), stored.as_ref()).await?;
-        Ok((info, obj, user))
-    }
-}
-
 #[tonic::async_trait]
 impl objects_server::Objects for ObjectsService {
     async fn create(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let (info, mut obj, user) = self.prepare(&req, "create", true).await?;
+        let user = self.api.authenticate(&req).await?;
         let id = CreateId::of_request(req.metadata(), &user.name)?;
-        crate::admission::stamp_requester(info, &mut obj, &user);
-        let obj = self.api.registry.create_as(info, obj, &req.get_ref().namespace, id.as_ref()).await?;
+        let r = req.get_ref();
+        let info = kinds::by_resource(&r.resource)?;
+        let obj = self.api.create_object(&user, info, parse_body(&r.json)?, &r.namespace, id.as_ref()).await?;
         Ok(Response::new(raw(&obj)))
     }
     async fn get(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let (info, _, _) = self.prepare(&req, "get", false).await?;
+        let user = self.api.authenticate(&req).await?;
         let r = req.get_ref();
-        Ok(Response::new(raw(&self.api.registry.get(info, &r.namespace, &r.name).await?)))
+        let info = kinds::by_resource(&r.resource)?;
+        Ok(Response::new(raw(&self.api.get_object(&user, info, &r.namespace, &r.name).await?)))
     }
     async fn list(&self, req: Request<RawListRequest>) -> Result<Response<RawList>, Status> {
         let user = self.api.authenticate(&req).await?;
         let r = req.into_inner();
         let info = kinds::by_resource(&r.resource)?;
-        let a = Attributes { verb: "list", info, subresource: "", namespace: &r.namespace, name: "" };
-        self.api.authorize(&user, &a, None, None).await?;
         let opts = ListOptions {
             label_selector: r.label_selector,
             field_selector: r.field_selector,
             limit: r.limit,
             continue_token: r.r#continue,
         };
-        let page = self.api.registry.list(info, &r.namespace, &opts).await?;
-        /// A list written straight from the cached objects, not copied into a list first.
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Body<'a> {
-            api_version: &'a str,
-            kind: String,
-            metadata: Value,
-            items: Vec<&'a Value>,
-        }
-        let body = Body {
-            api_version: info.api_version,
-            kind: format!("{}List", info.kind),
-            metadata: json!({"resourceVersion": page.resource_version.to_string(), "continue": page.continue_token}),
-            items: page.items.iter().map(|s| &s.object).collect(),
-        };
-        let json = serde_json::to_string(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Response::new(RawList { json }))
+        let page = self.api.list_objects(&user, info, &r.namespace, &opts).await?;
+        Ok(Response::new(RawList { json: list_json(info, &page)? }))
     }
     async fn update(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let (info, obj, _) = self.prepare(&req, "update", true).await?;
-        let obj = self.api.registry.update(info, obj, UpdateScope::Main).await?;
+        let user = self.api.authenticate(&req).await?;
+        let r = req.get_ref();
+        let info = kinds::by_resource(&r.resource)?;
+        let obj = self.api.update_object(&user, info, parse_body(&r.json)?, &r.namespace, UpdateScope::Main).await?;
         Ok(Response::new(raw(&obj)))
     }
     async fn delete(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
-        let (info, _, _) = self.prepare(&req, "delete", false).await?;
+        let user = self.api.authenticate(&req).await?;
         let r = req.get_ref();
+        let info = kinds::by_resource(&r.resource)?;
         let opts = DeleteOptions {
             grace_period_seconds: r.grace_period_seconds,
             propagation_policy: r.propagation_policy.clone(),
             ..Default::default()
         };
-        let obj = self.api.registry.delete(info, &r.namespace, &r.name, &opts).await?;
+        let obj = self.api.delete_object(&user, info, &r.namespace, &r.name, &opts).await?;
         Ok(Response::new(raw(&obj)))
     }
     type WatchStream = EventStream<RawWatchEvent>;
@@ -736,8 +663,6 @@ impl objects_server::Objects for ObjectsService {
         let user = self.api.authenticate(&req).await?;
         let r = req.into_inner();
         let info = kinds::by_resource(&r.resource)?;
-        let a = Attributes { verb: "watch", info, subresource: "", namespace: &r.namespace, name: "" };
-        self.api.authorize(&user, &a, None, None).await?;
         let opts = WatchOptions {
             label_selector: r.label_selector,
             field_selector: r.field_selector,
@@ -745,12 +670,36 @@ impl objects_server::Objects for ObjectsService {
             allow_bookmarks: false,
             bookmark_interval: None,
         };
-        let rx = self.api.registry.watch(info, &r.namespace, opts).await?;
+        let rx = self.api.watch_objects(&user, info, &r.namespace, opts).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| {
             let ev = item.map_err(Status::from)?;
             Ok(RawWatchEvent { r#type: ev.kind.to_string(), json: ev.object.to_string() })
         }))))
     }
+}
+
+/// A list as JSON, written straight from the cached objects rather than copied into a list
+/// first.
+pub fn list_json(info: &KindInfo, page: &crate::registry::ListPage) -> ApiResult<String> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body<'a> {
+        api_version: &'a str,
+        kind: String,
+        metadata: Value,
+        items: Vec<&'a Value>,
+    }
+    let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
+    if !page.continue_token.is_empty() {
+        metadata["continue"] = json!(page.continue_token);
+    }
+    let body = Body {
+        api_version: info.api_version,
+        kind: format!("{}List", info.kind),
+        metadata,
+        items: page.items.iter().map(|s| &s.object).collect(),
+    };
+    serde_json::to_string(&body).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Every API service, ready to mount on the master's client listener.
@@ -783,9 +732,11 @@ pub fn routes(api: Arc<Api>) -> tonic::service::Routes {
     let metrics = api.registry.metrics.clone();
     let observer: skiff_proto::metrics::Observer =
         Arc::new(move |path, target, code, took| metrics.request(path, target, code, took));
+    let rest = crate::rest::router(api.clone());
     let router = routes
         .routes()
         .into_axum_router()
+        .merge(rest)
         .route(
             "/metrics",
             axum::routing::get(move |req: http::Request<axum::body::Body>| crate::metrics::serve(api, req)),

@@ -382,6 +382,11 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         "currentContext": "local",
     });
     write_private(&client_config, (serde_json::to_string_pretty(&client)? + "\n").as_bytes())?;
+    let ca_pem = match &pki {
+        Some((ca, _, _)) => Some(std::fs::read(ca)?),
+        None => None,
+    };
+    write_private(&dir.join("kubeconfig"), kubeconfig(&entries, ca_pem.as_deref(), &admin_token)?.as_bytes())?;
     let nodes = new_nodes(dir, args, &node_tokens, &client, 0, &service_cidr, args.cluster_cidr.as_deref())?;
     Ok(ClusterFile {
         masters: entries,
@@ -393,6 +398,43 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         service_cidr,
         cluster_cidr: args.cluster_cidr.clone(),
     })
+}
+
+/// A kubeconfig for the admin: every master a named cluster (`skiff-m1`, …) with a context of
+/// its own, the first current. A kubeconfig names one server per context; any master answers,
+/// so when one is down `kubectl --context skiff-m2` (or `kubectl config use-context`) goes on.
+fn kubeconfig(masters: &[MasterEntry], ca_pem: Option<&[u8]>, token: &str) -> anyhow::Result<String> {
+    use base64::Engine;
+    let scheme = if ca_pem.is_some() { "https" } else { "http" };
+    let clusters: Vec<serde_json::Value> = masters
+        .iter()
+        .map(|m| {
+            let mut cluster = serde_json::json!({"server": format!("{scheme}://{}", m.api)});
+            if let Some(pem) = ca_pem {
+                cluster["certificate-authority-data"] =
+                    serde_json::json!(base64::engine::general_purpose::STANDARD.encode(pem));
+            }
+            serde_json::json!({"name": format!("skiff-{}", m.name), "cluster": cluster})
+        })
+        .collect();
+    let contexts: Vec<serde_json::Value> = masters
+        .iter()
+        .map(|m| {
+            let name = format!("skiff-{}", m.name);
+            serde_json::json!({"name": name, "context": {"cluster": name, "user": "admin", "namespace": "default"}})
+        })
+        .collect();
+    let current = masters.first().map(|m| format!("skiff-{}", m.name)).unwrap_or_default();
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": clusters,
+        "users": [{"name": "admin", "user": {"token": token}}],
+        "contexts": contexts,
+        "current-context": current,
+        "preferences": {},
+    });
+    Ok(serde_yaml::to_string(&config)?)
 }
 
 fn random_token() -> String {
@@ -750,6 +792,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             dir.join("admin.token").display(),
             cluster.masters[0].api
         ),
+    }
+    if dir.join("kubeconfig").exists() {
+        println!("kubectl:  KUBECONFIG={} kubectl get nodes", dir.join("kubeconfig").display());
     }
     println!("cluster:  {}", ClusterFile::path(&dir).display());
     println!("stop:     skiff down --dir {}", dir.display());

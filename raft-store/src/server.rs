@@ -23,7 +23,7 @@ use skiff_proto::v3lockpb::lock_server::LockServer;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 /// Serves `master` until `shutdown` resolves (or its raft core fails), then stops taking
 /// requests and stops raft. `extra` services (the Skiff API) share the client listener; the
@@ -110,13 +110,19 @@ pub async fn serve(
             .layer(crate::fence::FenceLayer)
             .layer(counting.clone())
     };
-    let mut network = builder();
-    if let Some(tls) = &master.config.client_tls {
-        network = network.tls_config(client_tls_config(tls)?)?;
-    }
-    let client = network
-        .add_routes(routes.clone())
-        .serve_with_incoming_shutdown(incoming(client_listener)?, wait_stop(stop_rx.clone()));
+    let network = builder().add_routes(routes.clone());
+    let client_stop = stop_rx.clone();
+    let acceptor = master.config.client_tls.as_ref().map(client_tls_acceptor).transpose()?;
+    let client = async move {
+        match acceptor {
+            Some(acceptor) => {
+                let connections = tls_incoming(client_listener, acceptor, client_stop.clone());
+                network.serve_with_incoming_shutdown(connections, wait_stop(client_stop)).await?
+            }
+            None => network.serve_with_incoming_shutdown(incoming(client_listener)?, wait_stop(client_stop)).await?,
+        }
+        Ok::<(), ServeError>(())
+    };
     let local = async {
         match local {
             Some(local) => {
@@ -185,15 +191,84 @@ pub const PEER_PENDING_ACCEPT_RESETS: usize = 10_000;
 /// How long open streams may take to finish once a master is shutting down.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-fn client_tls_config(tls: &ClientTls) -> Result<ServerTlsConfig, ServeError> {
+/// The client listener's TLS: this master's certificate, the client CA (optional or required),
+/// and ALPN offering HTTP/2 and HTTP/1.1 — gRPC and kubectl negotiate h2, while HTTP/1.1-only
+/// clients (Python's urllib3, curl --http1.1) would be refused by an h2-only listener.
+fn client_tls_acceptor(tls: &ClientTls) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use tokio_rustls::rustls;
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())));
-    let config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
-    Ok(match &tls.client_ca {
+    let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| ServeError::Tls(format!("{}: {e}", what.display()));
+    let certs = rustls_pemfile::certs(&mut read(&tls.cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&tls.cert, &e))?;
+    let key = rustls_pemfile::private_key(&mut read(&tls.key)?.as_slice())
+        .map_err(|e| bad(&tls.key, &e))?
+        .ok_or_else(|| bad(&tls.key, &"no private key in the file"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let builder = match &tls.client_ca {
         Some(ca) => {
-            config.client_ca_root(Certificate::from_pem(read(ca)?)).client_auth_optional(tls.client_cert_optional)
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut read(ca)?.as_slice()) {
+                roots.add(cert.map_err(|e| bad(ca, &e))?).map_err(|e| bad(ca, &e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if tls.client_cert_optional { verifier.allow_unauthenticated() } else { verifier };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| bad(ca, &e))?)
         }
-        None => config,
-    })
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| bad(&tls.cert, &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connections accepted on `listener` (TCP_NODELAY, keep-alive as [`incoming`]) once their TLS
+/// handshake completed; each handshake runs on its own task, so a slow or silent client holds
+/// up nobody else. Ends when `stop` says so.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.changed() => return,
+                () = tx.closed() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: pause rather than spin.
+                    tracing::warn!("accepting a client connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let keepalive = socket2::TcpKeepalive::new().with_time(std::time::Duration::from_secs(30));
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!("TLS handshake with a client failed: {e}"),
+                    Err(_) => tracing::debug!("a client did not finish its TLS handshake in {HANDSHAKE_TIMEOUT:?}"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// HTTP/2 streams one client connection may have open at once.

@@ -25,6 +25,23 @@ use tonic::transport::Channel;
 pub mod etcd;
 pub mod machines;
 
+/// Runs `cmd` with `stdin` (none: an empty one) and collects its output.
+pub fn run_piped(mut cmd: Command, stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut input = child.stdin.take().expect("piped stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("collect output")
+}
+
 pub fn skiff_bin() -> PathBuf {
     if let Ok(p) = std::env::var("SKIFF_BIN") {
         return PathBuf::from(p);

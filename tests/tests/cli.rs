@@ -1,25 +1,13 @@
 //! The `skiff` CLI's kubectl verbs against a `skiff up` cluster: apply/get/delete, kubectl's
 //! output and errors, and failover when the master it talks to is gone.
 
-use skiff_tests::{skiff_bin, Cluster};
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use skiff_tests::{run_piped, skiff_bin, Cluster};
+use std::process::{Command, Output};
 
 fn skiff(c: &Cluster, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(skiff_bin())
-        .args(args)
-        .env("SKIFF_CONFIG", c.dir.path().join("client.json"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+    let mut cmd = Command::new(skiff_bin());
+    cmd.args(args).env("SKIFF_CONFIG", c.dir.path().join("client.json"));
+    run_piped(cmd, stdin)
 }
 
 fn out(o: &Output) -> String {

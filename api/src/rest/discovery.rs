@@ -1,0 +1,161 @@
+//! Discovery as Kubernetes serves it: `/version`, `/api`, `/apis`, `/apis/{group}` and each
+//! group version's resource list, made from the kinds table — what `kubectl api-resources`,
+//! `api-versions` and every client's RESTMapper read first.
+
+use crate::kinds::{KindInfo, KINDS};
+use serde_json::{json, Value};
+
+/// The Kubernetes version Skiff's API follows (kubectl warns beyond one minor of skew).
+pub const KUBERNETES_MINOR: &str = "32";
+
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": KUBERNETES_MINOR,
+        "gitVersion": format!("v1.{KUBERNETES_MINOR}.0-skiff.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, go_arch()),
+    })
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// `group/version` of a kind, split: `("", "v1")` for the core group.
+pub fn group_version(info: &KindInfo) -> (&'static str, &'static str) {
+    info.api_version.split_once('/').unwrap_or(("", info.api_version))
+}
+
+/// The API groups other than the core one, in the kinds table's order.
+fn groups() -> Vec<&'static str> {
+    let mut out: Vec<&str> = Vec::new();
+    for info in KINDS {
+        let (group, _) = group_version(info);
+        if !group.is_empty() && !out.contains(&group) {
+            out.push(group);
+        }
+    }
+    out
+}
+
+pub fn core_versions(server_address: &str) -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+    })
+}
+
+fn group_json(group: &str) -> Value {
+    let version = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
+    json!({"name": group, "versions": [version.clone()], "preferredVersion": version})
+}
+
+pub fn group_list() -> Value {
+    let groups: Vec<Value> = groups().into_iter().map(group_json).collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `/apis/{group}`, if Skiff serves the group.
+pub fn group(name: &str) -> Option<Value> {
+    groups().contains(&name).then(|| {
+        let mut g = group_json(name);
+        g["kind"] = json!("APIGroup");
+        g["apiVersion"] = json!("v1");
+        g
+    })
+}
+
+const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+/// The kinds `kubectl get all` shows.
+fn categories(info: &KindInfo) -> Vec<&'static str> {
+    match info.kind {
+        "Pod" | "Service" | "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "CronJob" => {
+            vec!["all"]
+        }
+        _ => vec![],
+    }
+}
+
+/// The kind at `api_version` whose resource is `resource`.
+pub fn kind_at(api_version: &str, resource: &str) -> Option<&'static KindInfo> {
+    KINDS.iter().find(|k| k.api_version == api_version && k.resource == resource)
+}
+
+/// `/api/v1` or `/apis/{group}/{version}`: the resources and their subresources.
+pub fn resource_list(api_version: &str) -> Option<Value> {
+    let kinds: Vec<&KindInfo> = KINDS.iter().filter(|k| k.api_version == api_version).collect();
+    if kinds.is_empty() {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for info in kinds {
+        let short: Vec<&str> = info.short_names.split(',').filter(|s| !s.is_empty()).collect();
+        let mut r = json!({
+            "name": info.resource,
+            "singularName": info.kind.to_lowercase(),
+            "namespaced": info.namespaced,
+            "kind": info.kind,
+            "verbs": VERBS,
+        });
+        if !short.is_empty() {
+            r["shortNames"] = json!(short);
+        }
+        let categories = categories(info);
+        if !categories.is_empty() {
+            r["categories"] = json!(categories);
+        }
+        resources.push(r);
+        for sub in info.subresources.split(',').filter(|s| !s.is_empty()) {
+            let name = format!("{}/{sub}", info.resource);
+            resources.push(match sub {
+                "status" => json!({"name": name, "singularName": "", "namespaced": info.namespaced, "kind": info.kind, "verbs": ["get", "patch", "update"]}),
+                "scale" => json!({"name": name, "singularName": "", "namespaced": true, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}),
+                "binding" => json!({"name": name, "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}),
+                "eviction" => json!({"name": name, "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}),
+                _ => continue,
+            });
+        }
+        if info.kind == "Pod" {
+            resources.push(
+                json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}),
+            );
+        }
+    }
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": api_version, "resources": resources}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_names_every_kind_once_with_its_subresources() {
+        let core = resource_list("v1").unwrap();
+        let names: Vec<&str> =
+            core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        for want in ["pods", "pods/status", "pods/binding", "pods/eviction", "pods/log", "services", "namespaces"] {
+            assert_eq!(names.iter().filter(|n| **n == want).count(), 1, "{want} in {names:?}");
+        }
+        let apps = resource_list("apps/v1").unwrap();
+        let scale = apps["resources"].as_array().unwrap().iter().find(|r| r["name"] == "deployments/scale").unwrap();
+        assert_eq!((scale["group"].as_str(), scale["kind"].as_str()), (Some("autoscaling"), Some("Scale")));
+        assert!(resource_list("apps/v2").is_none());
+        let groups = group_list();
+        let names: Vec<&str> =
+            groups["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+        assert!(names.contains(&"apps") && names.contains(&"rbac.authorization.k8s.io"), "{names:?}");
+        assert!(!names.contains(&""), "the core group is /api's, not /apis'");
+        assert!(group("apps").is_some() && group("nope").is_none());
+    }
+}

@@ -1,0 +1,660 @@
+//! The Kubernetes REST API on every master's client port, beside the gRPC services (tonic
+//! routes gRPC by its `/skiff.…/` paths; everything under `/api`, `/apis` and `/version` comes
+//! here), so `kubectl`, client-go and the other Kubernetes client libraries work unchanged.
+//!
+//! Requests authenticate as gRPC calls do (a bearer token or a client certificate on the same
+//! TLS listener) and go through [`Api`]'s verbs — the same authorization, admission and
+//! registry as every gRPC call, so no rule has a second code path. Errors are `metav1.Status`
+//! ([`status`]); `Accept: …;as=Table` gets the columns kubectl shows ([`crate::table`]).
+
+pub mod discovery;
+pub mod openapi;
+pub mod patch;
+pub mod status;
+
+use crate::error::{ApiError, ApiResult};
+use crate::kinds::{self, KindInfo};
+use crate::registry::{CreateId, DeleteOptions, ListOptions, UpdateScope, WatchOptions};
+use crate::service::Api;
+use crate::table::{self, Include};
+use axum::body::Body;
+use http::{header, HeaderMap, Method, StatusCode};
+use patch::PatchType;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest request body read (Kubernetes' limit is 3 MiB of object; a patch or an object with
+/// its envelope fits in twice that).
+const MAX_BODY: usize = crate::registry::MAX_OBJECT_BYTES * 2;
+
+/// The REST routes, for the master's client listener.
+pub fn router(api: Arc<Api>) -> axum::Router {
+    let handler = move |req: http::Request<Body>| {
+        let api = api.clone();
+        async move { serve(api, req).await }
+    };
+    axum::Router::new()
+        .route("/version", axum::routing::get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/livez", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(|| async { "ok" }))
+        .route("/openapi/v3", axum::routing::get(|| async { json_response(StatusCode::OK, &openapi::index()) }))
+        .route("/openapi/v3/*path", axum::routing::any(handler.clone()))
+        .route("/api", axum::routing::any(handler.clone()))
+        .route("/api/*rest", axum::routing::any(handler.clone()))
+        .route("/apis", axum::routing::any(handler.clone()))
+        .route("/apis/*rest", axum::routing::any(handler))
+}
+
+/// One REST call, answered.
+async fn serve(api: Arc<Api>, req: http::Request<Body>) -> http::Response<Body> {
+    let start = Instant::now();
+    let mut seen = Seen::default();
+    let response = match handle(&api, req, &mut seen).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
+    if let Some(resource) = seen.resource {
+        api.registry.metrics.rest_request(seen.verb, resource, seen.sub, response.status().as_u16(), start.elapsed());
+    }
+    response
+}
+
+/// What a call turned out to be, for `apiserver_request_total`.
+#[derive(Default)]
+struct Seen {
+    verb: &'static str,
+    resource: Option<&'static str>,
+    sub: &'static str,
+}
+
+fn json_response(code: StatusCode, body: &Value) -> http::Response<Body> {
+    let mut r = http::Response::new(Body::from(body.to_string()));
+    *r.status_mut() = code;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn text_response(code: StatusCode, body: String) -> http::Response<Body> {
+    let mut r = http::Response::new(Body::from(body));
+    *r.status_mut() = code;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_response(e: &ApiError) -> http::Response<Body> {
+    let (code, body) = status::of(e);
+    json_response(code, &body)
+}
+
+fn not_found_path(path: &str) -> ApiError {
+    ApiError::NotFoundPath(path.to_string())
+}
+
+/// The query string's parameters (the last of a repeated one wins).
+struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        Query(form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect())
+    }
+
+    fn str(&self, k: &str) -> &str {
+        self.0.get(k).map(String::as_str).unwrap_or_default()
+    }
+
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.str(k), "true" | "1")
+    }
+
+    fn int(&self, k: &str) -> ApiResult<Option<i64>> {
+        match self.0.get(k) {
+            None => Ok(None),
+            Some(v) if v.is_empty() => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| ApiError::BadRequest(format!("{k}: {v:?} is not an integer"))),
+        }
+    }
+}
+
+/// What the path names below a group version.
+struct Target {
+    info: &'static KindInfo,
+    ns: String,
+    name: String,
+    sub: String,
+}
+
+fn target(api_version: &str, rest: &[&str], path: &str) -> ApiResult<Target> {
+    let found = |res: &str| discovery::kind_at(api_version, res).ok_or_else(|| not_found_path(path));
+    let (info, ns, tail) = match rest {
+        ["namespaces", ns, res, tail @ ..] if discovery::kind_at(api_version, res).is_some_and(|k| k.namespaced) => {
+            (found(res)?, ns.to_string(), tail)
+        }
+        [res, tail @ ..] => (found(res)?, String::new(), tail),
+        [] => return Err(not_found_path(path)),
+    };
+    if tail.len() > 2 || (info.namespaced && ns.is_empty() && !tail.is_empty()) {
+        return Err(not_found_path(path));
+    }
+    let name = tail.first().map(|s| s.to_string()).unwrap_or_default();
+    let sub = tail.get(1).map(|s| s.to_string()).unwrap_or_default();
+    let served =
+        sub.is_empty() || info.subresources.split(',').any(|s| s == sub) || (info.kind == "Pod" && sub == "log");
+    if !served {
+        return Err(not_found_path(path));
+    }
+    Ok(Target { info, ns, name, sub })
+}
+
+async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResult<http::Response<Body>> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = Query::parse(parts.uri.query());
+    let grpc = tonic::Request::from_parts(
+        tonic::metadata::MetadataMap::from_headers(parts.headers.clone()),
+        std::mem::take(&mut parts.extensions),
+        (),
+    );
+    let user = api.authenticate(&grpc).await?;
+    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    if let ["openapi", "v3", gv @ ..] = segments.as_slice() {
+        let doc = openapi::document(&gv.join("/")).ok_or_else(|| not_found_path(&path))?;
+        return Ok(json_response(StatusCode::OK, &doc));
+    }
+    let (api_version, rest) = match segments.as_slice() {
+        ["api"] => {
+            let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+            let host = if host.is_empty() {
+                parts.uri.authority().map(|a| a.to_string()).unwrap_or_default()
+            } else {
+                host.into()
+            };
+            return Ok(json_response(StatusCode::OK, &discovery::core_versions(&host)));
+        }
+        ["apis"] => return Ok(json_response(StatusCode::OK, &discovery::group_list())),
+        ["apis", group] => {
+            let g = discovery::group(group).ok_or_else(|| not_found_path(&path))?;
+            return Ok(json_response(StatusCode::OK, &g));
+        }
+        ["api", "v1", rest @ ..] => ("v1".to_string(), rest),
+        ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), rest),
+        _ => return Err(not_found_path(&path)),
+    };
+    if rest.is_empty() {
+        let list = discovery::resource_list(&api_version).ok_or_else(|| not_found_path(&path))?;
+        return Ok(json_response(StatusCode::OK, &list));
+    }
+    let t = target(&api_version, rest, &path)?;
+    seen.resource = Some(t.info.resource);
+    seen.sub = match t.sub.as_str() {
+        "status" => "status",
+        "scale" => "scale",
+        "binding" => "binding",
+        "eviction" => "eviction",
+        "log" => "log",
+        _ => "",
+    };
+    let body = if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+        axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|e| ApiError::TooLarge(format!("the request body could not be read: {e}")))?
+    } else {
+        Default::default()
+    };
+    let call = Call { api, user, t, query, headers: &parts.headers, body: &body };
+    let (verb, response) = match (&parts.method, call.t.name.is_empty()) {
+        (&Method::GET, true) if call.query.flag("watch") => ("WATCH", call.watch().await?),
+        (&Method::GET, true) => ("LIST", call.list().await?),
+        (&Method::GET, false) => ("GET", call.get().await?),
+        (&Method::POST, true) => ("POST", call.create().await?),
+        (&Method::POST, false) => ("POST", call.post_subresource().await?),
+        (&Method::PUT, false) => ("PUT", call.update().await?),
+        (&Method::PATCH, false) => ("PATCH", call.patch().await?),
+        (&Method::DELETE, false) => ("DELETE", call.delete().await?),
+        (&Method::DELETE, true) => ("DELETE", call.delete_collection().await?),
+        (m, _) => {
+            return Err(ApiError::Unsupported(format!(
+                "the server does not allow this method on the requested resource: {m}"
+            )))
+        }
+    };
+    seen.verb = verb;
+    Ok(response)
+}
+
+/// One call on a resource, authenticated.
+struct Call<'a> {
+    api: &'a Api,
+    user: crate::auth::User,
+    t: Target,
+    query: Query,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+}
+
+impl Call<'_> {
+    fn info(&self) -> &'static KindInfo {
+        self.t.info
+    }
+
+    /// Whether the client asked for a Table, and what its rows carry.
+    fn table(&self) -> ApiResult<Option<Include>> {
+        let accept = self.headers.get(header::ACCEPT).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let wants = accept.split(',').any(|m| {
+            let params: Vec<&str> = m.split(';').map(str::trim).collect();
+            params.contains(&"as=Table") && params.iter().any(|p| p.starts_with("g=meta.k8s.io"))
+        });
+        if !wants {
+            return Ok(None);
+        }
+        Include::parse(self.query.str("includeObject")).map(Some).map_err(ApiError::BadRequest)
+    }
+
+    /// The request body as JSON (JSON or YAML by its content type).
+    fn object(&self) -> ApiResult<Value> {
+        let content_type = self.headers.get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        match media {
+            "application/yaml" | "application/apply-patch+yaml" => serde_yaml::from_slice(self.body)
+                .map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}"))),
+            "application/vnd.kubernetes.protobuf" => {
+                Err(ApiError::UnsupportedMediaType(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (not {media})")))
+            }
+            _ => serde_json::from_slice(self.body)
+                .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}"))),
+        }
+    }
+
+    fn no_dry_run(&self) -> ApiResult<()> {
+        match self.query.str("dryRun") {
+            "" => Ok(()),
+            "All" => Err(ApiError::BadRequest("dryRun=All is not supported by this server yet".into())),
+            other => {
+                Err(ApiError::BadRequest(format!("dryRun: unsupported value {other:?}: supported values: \"All\"")))
+            }
+        }
+    }
+
+    /// The body names the same object as the path (or leaves name and namespace to it).
+    fn check_names(&self, obj: &mut Value) -> ApiResult<()> {
+        check_type(self.info(), obj)?;
+        if !self.t.name.is_empty() {
+            match crate::object::name(obj) {
+                "" => crate::object::set_meta(obj, "name", json!(self.t.name)),
+                n if n == self.t.name => {}
+                n => {
+                    return Err(ApiError::BadRequest(format!(
+                        "the name of the object ({n}) does not match the name on the URL ({})",
+                        self.t.name
+                    )))
+                }
+            }
+        }
+        if self.info().namespaced && !self.t.ns.is_empty() {
+            match crate::object::namespace(obj) {
+                "" => crate::object::set_meta(obj, "namespace", json!(self.t.ns)),
+                n if n == self.t.ns => {}
+                n => {
+                    return Err(ApiError::BadRequest(format!(
+                    "the namespace of the provided object does not match the namespace sent on the request ({n} vs {})",
+                    self.t.ns
+                )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn list_options(&self) -> ApiResult<ListOptions> {
+        Ok(ListOptions {
+            label_selector: self.query.str("labelSelector").to_string(),
+            field_selector: self.query.str("fieldSelector").to_string(),
+            limit: self.query.int("limit")?.unwrap_or(0),
+            continue_token: self.query.str("continue").to_string(),
+        })
+    }
+
+    async fn list(&self) -> ApiResult<http::Response<Body>> {
+        let page = self.api.list_objects(&self.user, self.info(), &self.t.ns, &self.list_options()?).await?;
+        if let Some(include) = self.table()? {
+            let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
+            if !page.continue_token.is_empty() {
+                metadata["continue"] = json!(page.continue_token);
+            }
+            let t = table::table(self.info(), page.items.iter().map(|s| &s.object), metadata, include);
+            return Ok(json_response(StatusCode::OK, &t));
+        }
+        Ok(text_response(StatusCode::OK, crate::service::list_json(self.info(), &page)?))
+    }
+
+    async fn get(&self) -> ApiResult<http::Response<Body>> {
+        match self.t.sub.as_str() {
+            "scale" => {
+                self.api.allow(&self.user, self.info(), "get", "scale", &self.t.ns, &self.t.name, None, None).await?;
+                let obj = self.api.registry.get(self.info(), &self.t.ns, &self.t.name).await?;
+                return Ok(json_response(StatusCode::OK, &scale_json(&obj)));
+            }
+            "log" => {
+                return crate::logs::rest_log(
+                    self.api,
+                    &self.user,
+                    self.headers,
+                    &self.t.ns,
+                    &self.t.name,
+                    &self.query.0,
+                )
+                .await
+            }
+            _ => {}
+        }
+        let obj = if self.t.sub == "status" {
+            self.api.allow(&self.user, self.info(), "get", "status", &self.t.ns, &self.t.name, None, None).await?;
+            self.api.registry.get(self.info(), &self.t.ns, &self.t.name).await?
+        } else {
+            self.api.get_object(&self.user, self.info(), &self.t.ns, &self.t.name).await?
+        };
+        if let Some(include) = self.table()? {
+            let rv = crate::object::resource_version(&obj).to_string();
+            let t = table::table(self.info(), [&obj], json!({"resourceVersion": rv}), include);
+            return Ok(json_response(StatusCode::OK, &t));
+        }
+        Ok(json_response(StatusCode::OK, &obj))
+    }
+
+    async fn create(&self) -> ApiResult<http::Response<Body>> {
+        self.no_dry_run()?;
+        let mut obj = self.object()?;
+        self.check_names(&mut obj)?;
+        let id = match self.headers.get(skiff_proto::REQUEST_ID_HEADER).and_then(|h| h.to_str().ok()) {
+            Some(id) => Some(CreateId::new(&self.user.name, id)?),
+            None => None,
+        };
+        let made = self.api.create_object(&self.user, self.info(), obj, &self.t.ns, id.as_ref()).await?;
+        Ok(json_response(StatusCode::CREATED, &made))
+    }
+
+    async fn update(&self) -> ApiResult<http::Response<Body>> {
+        self.no_dry_run()?;
+        let mut obj = self.object()?;
+        if self.t.sub == "scale" {
+            let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+            let rv = crate::object::resource_version(&obj).to_string();
+            return self.scale_to(replicas, &rv).await;
+        }
+        self.check_names(&mut obj)?;
+        let scope = if self.t.sub == "status" { UpdateScope::Status } else { UpdateScope::Main };
+        let updated = self.api.update_object(&self.user, self.info(), obj, &self.t.ns, scope).await?;
+        Ok(json_response(StatusCode::OK, &updated))
+    }
+
+    async fn patch(&self) -> ApiResult<http::Response<Body>> {
+        self.no_dry_run()?;
+        let content_type = self.headers.get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let kind = PatchType::of_content_type(content_type).ok_or_else(|| {
+            ApiError::UnsupportedMediaType(format!(
+                "the body of the request was in an unknown format - accepted media types include: \
+                 application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json \
+                 (not {content_type:?})"
+            ))
+        })?;
+        if kind == PatchType::Apply {
+            return Err(ApiError::UnsupportedMediaType(
+                "server-side apply (application/apply-patch+yaml) is not served yet; use client-side kubectl apply"
+                    .into(),
+            ));
+        }
+        let body: Value = serde_json::from_slice(self.body)
+            .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
+        if self.t.sub == "scale" {
+            let stored = self.api.registry.get(self.info(), &self.t.ns, &self.t.name).await?;
+            let scale = patch::apply(kind, &scale_json(&stored), &body)?;
+            let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+            let rv = if patch::pins_version(kind, &body) {
+                crate::object::resource_version(&scale).to_string()
+            } else {
+                String::new()
+            };
+            return self.scale_to(replicas, &rv).await;
+        }
+        let scope = if self.t.sub == "status" { UpdateScope::Status } else { UpdateScope::Main };
+        let pinned = patch::pins_version(kind, &body);
+        let (ns, name) = (self.t.ns.clone(), self.t.name.clone());
+        let apply = move |stored: &Value| {
+            let mut patched = patch::apply(kind, stored, &body)?;
+            // The patch may not move the object elsewhere.
+            for (field, want) in [("name", name.as_str()), ("namespace", crate::object::namespace(stored))] {
+                if crate::object::meta_str(&patched, field) != want {
+                    return Err(ApiError::BadRequest(format!("metadata.{field} may not be changed by a patch")));
+                }
+            }
+            if ns.is_empty() && !crate::object::namespace(stored).is_empty() {
+                crate::object::set_meta(&mut patched, "namespace", json!(crate::object::namespace(stored)));
+            }
+            Ok(patched)
+        };
+        let patched =
+            self.api.patch_object(&self.user, self.info(), &self.t.ns, &self.t.name, scope, pinned, &apply).await?;
+        Ok(json_response(StatusCode::OK, &patched))
+    }
+
+    /// Sets a workload's replicas through its scale subresource.
+    async fn scale_to(&self, replicas: i64, resource_version: &str) -> ApiResult<http::Response<Body>> {
+        self.api.allow(&self.user, self.info(), "update", "scale", &self.t.ns, &self.t.name, None, None).await?;
+        if replicas < 0 {
+            return Err(ApiError::Invalid {
+                kind: "Scale".into(),
+                name: self.t.name.clone(),
+                causes: vec![crate::error::FieldError::invalid(
+                    "spec.replicas",
+                    replicas,
+                    "must be greater than or equal to 0",
+                )],
+            });
+        }
+        let mut patch = json!({"spec": {"replicas": replicas}});
+        if !resource_version.is_empty() {
+            patch["metadata"] = json!({"resourceVersion": resource_version});
+        }
+        let obj = self.api.registry.patch(self.info(), &self.t.ns, &self.t.name, &patch, UpdateScope::Main).await?;
+        Ok(json_response(StatusCode::OK, &scale_json(&obj)))
+    }
+
+    async fn post_subresource(&self) -> ApiResult<http::Response<Body>> {
+        self.no_dry_run()?;
+        let body = self.object()?;
+        let (ns, name) = (&self.t.ns, &self.t.name);
+        match self.t.sub.as_str() {
+            "binding" => {
+                self.api.allow(&self.user, self.info(), "create", "binding", ns, name, None, None).await?;
+                let node = body.pointer("/target/name").and_then(Value::as_str).unwrap_or_default();
+                let rv = crate::object::resource_version(&body);
+                self.api.registry.bind(ns, name, node, rv).await?;
+                Ok(json_response(StatusCode::CREATED, &success()))
+            }
+            "eviction" => {
+                self.api.allow(&self.user, self.info(), "create", "eviction", ns, name, None, None).await?;
+                let opts = DeleteOptions {
+                    grace_period_seconds: body.pointer("/deleteOptions/gracePeriodSeconds").and_then(Value::as_i64),
+                    ..Default::default()
+                };
+                self.api.registry.delete(self.info(), ns, name, &opts).await?;
+                Ok(json_response(StatusCode::CREATED, &success()))
+            }
+            _ => Err(ApiError::Unsupported(format!("POST is not allowed on {}/{}", self.info().resource, self.t.sub))),
+        }
+    }
+
+    /// DeleteOptions from the body (as kubectl sends them) or the query.
+    fn delete_options(&self) -> ApiResult<(DeleteOptions, String)> {
+        let body: Value = if self.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(self.body)
+                .map_err(|e| ApiError::BadRequest(format!("the DeleteOptions are not valid JSON: {e}")))?
+        };
+        let dry_run = body.get("dryRun").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
+        if dry_run {
+            return Err(ApiError::BadRequest("dryRun=All is not supported by this server yet".into()));
+        }
+        self.no_dry_run()?;
+        let grace = match body.get("gracePeriodSeconds").and_then(Value::as_i64) {
+            Some(g) => Some(g),
+            None => self.query.int("gracePeriodSeconds")?,
+        };
+        let mut propagation = body
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or(self.query.str("propagationPolicy"))
+            .to_string();
+        if propagation.is_empty() {
+            // The older form: orphanDependents.
+            match body.get("orphanDependents").and_then(Value::as_bool) {
+                Some(true) => propagation = "Orphan".into(),
+                Some(false) => propagation = "Background".into(),
+                None => {}
+            }
+        }
+        let rv = body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).unwrap_or_default();
+        let uid = body.pointer("/preconditions/uid").and_then(Value::as_str).unwrap_or_default();
+        Ok((
+            DeleteOptions { grace_period_seconds: grace, propagation_policy: propagation, resource_version: rv.into() },
+            uid.to_string(),
+        ))
+    }
+
+    async fn delete(&self) -> ApiResult<http::Response<Body>> {
+        let (opts, uid) = self.delete_options()?;
+        if !uid.is_empty() {
+            let stored = self.api.get_object(&self.user, self.info(), &self.t.ns, &self.t.name).await?;
+            let actual = crate::object::meta_str(&stored, "uid");
+            if actual != uid {
+                return Err(ApiError::Precondition(format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                )));
+            }
+        }
+        let obj = self.api.delete_object(&self.user, self.info(), &self.t.ns, &self.t.name, &opts).await?;
+        Ok(json_response(StatusCode::OK, &obj))
+    }
+
+    /// Deletes every object the selectors match (authorized as `deletecollection`).
+    async fn delete_collection(&self) -> ApiResult<http::Response<Body>> {
+        let (opts, _) = self.delete_options()?;
+        self.api.allow(&self.user, self.info(), "deletecollection", "", &self.t.ns, "", None, None).await?;
+        let page = self.api.registry.list(self.info(), &self.t.ns, &self.list_options()?).await?;
+        let mut deleted = Vec::new();
+        for s in &page.items {
+            let (ns, name) = (crate::object::namespace(&s.object), crate::object::name(&s.object));
+            match self.api.registry.delete(self.info(), ns, name, &opts).await {
+                Ok(obj) => deleted.push(obj),
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let list = json!({
+            "apiVersion": self.info().api_version,
+            "kind": format!("{}List", self.info().kind),
+            "metadata": {"resourceVersion": page.resource_version.to_string()},
+            "items": deleted,
+        });
+        Ok(json_response(StatusCode::OK, &list))
+    }
+
+    async fn watch(&self) -> ApiResult<http::Response<Body>> {
+        if self.query.flag("sendInitialEvents") {
+            return Err(ApiError::Invalid {
+                kind: "ListOptions.meta.k8s.io".into(),
+                name: String::new(),
+                causes: vec![crate::error::FieldError::forbidden(
+                    "sendInitialEvents",
+                    "sendInitialEvents is not served yet (list, then watch from the list's resourceVersion)",
+                )],
+            });
+        }
+        let mut fields = self.query.str("fieldSelector").to_string();
+        if !self.t.name.is_empty() {
+            let one = format!("metadata.name={}", self.t.name);
+            fields = if fields.is_empty() { one } else { format!("{fields},{one}") };
+        }
+        let opts = WatchOptions {
+            label_selector: self.query.str("labelSelector").to_string(),
+            field_selector: fields,
+            resource_version: self.query.str("resourceVersion").to_string(),
+            allow_bookmarks: self.query.flag("allowWatchBookmarks"),
+            bookmark_interval: None,
+        };
+        let timeout = self.query.int("timeoutSeconds")?.filter(|t| *t > 0).map(|t| Duration::from_secs(t as u64));
+        let table = self.table()?;
+        let info = self.info();
+        let mut rx = self.api.watch_objects(&self.user, info, &self.t.ns, opts).await?;
+        let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
+        tokio::spawn(async move {
+            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            loop {
+                let next = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => return,
+                    },
+                    None => rx.recv().await,
+                };
+                let line = match next {
+                    None => return,
+                    Some(Ok(ev)) => {
+                        let object = match table {
+                            Some(include) if ev.kind != "BOOKMARK" => {
+                                let rv = crate::object::resource_version(&ev.object).to_string();
+                                table::table(info, [&ev.object], json!({"resourceVersion": rv}), include)
+                            }
+                            _ => ev.object,
+                        };
+                        json!({"type": ev.kind, "object": object})
+                    }
+                    Some(Err(e)) => {
+                        let (_, status) = status::of(&e);
+                        let line = json!({"type": "ERROR", "object": status});
+                        let _ = tx.send(Ok(format!("{line}\n"))).await;
+                        return;
+                    }
+                };
+                if tx.send(Ok(format!("{line}\n"))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(body_rx);
+        let mut r = http::Response::new(Body::from_stream(stream));
+        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        r.headers_mut().insert(header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
+        Ok(r)
+    }
+}
+
+/// `metav1.Status` of a success without an object (a binding, an eviction).
+fn success() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
+}
+
+/// The body's apiVersion and kind, when given, are this resource's.
+fn check_type(info: &KindInfo, obj: &Value) -> ApiResult<()> {
+    if !obj.is_object() {
+        return Err(ApiError::BadRequest("the request body is not a JSON object".into()));
+    }
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    if (!kind.is_empty() && kind != info.kind) || (!api_version.is_empty() && api_version != info.api_version) {
+        return Err(ApiError::BadRequest(format!(
+            "the API version in the data ({api_version}) and kind ({kind}) do not match the resource {} ({})",
+            kinds::qualified(info),
+            info.api_version
+        )));
+    }
+    Ok(())
+}
+
+/// A workload's `autoscaling/v1` Scale as JSON.
+fn scale_json(obj: &Value) -> Value {
+    serde_json::to_value(crate::service::scale_of(obj)).unwrap_or_default()
+}

@@ -1,0 +1,299 @@
+//! The machine's real `kubectl` against a `skiff up` cluster over the Kubernetes REST API,
+//! with the kubeconfig `skiff up` writes: discovery, the verbs people type daily, kubectl's
+//! tables and its error texts as Kubernetes words them.
+
+use skiff_tests::{run_piped, wait_for, Cluster};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+struct Kubectl<'a> {
+    c: &'a Cluster,
+    /// Extra arguments before the verb (`--token=…`).
+    before: Vec<String>,
+}
+
+impl Kubectl<'_> {
+    fn run(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new("kubectl");
+        cmd.env("KUBECONFIG", self.c.dir.path().join("kubeconfig"))
+            .envs(env.iter().copied())
+            .args(&self.before)
+            .args(args);
+        run_piped(cmd, stdin)
+    }
+
+    /// kubectl ARGS, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_with(args, None)
+    }
+
+    fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let o = self.run(args, stdin, &[]);
+        assert!(o.status.success(), "kubectl {args:?} failed:\n{}{}", out(&o), err(&o));
+        out(&o)
+    }
+
+    /// kubectl ARGS, which must fail; its stderr.
+    fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let o = self.run(args, stdin, &[]);
+        assert!(!o.status.success(), "kubectl {args:?} succeeded:\n{}", out(&o));
+        err(&o)
+    }
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The words of a table's first line.
+fn header(table: &str) -> Vec<String> {
+    table.lines().next().unwrap_or_default().split_whitespace().map(String::from).collect()
+}
+
+const DEPLOY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox:test
+        command: [sleep, '3600']
+        env:
+        - {name: A, value: '1'}
+";
+
+const CONFIGMAP: &str = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {mode: fast}
+";
+
+#[test]
+fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
+    let c = Cluster::up(3, &[]);
+    let k = Kubectl { c: &c, before: Vec::new() };
+
+    // phase: discovery
+    let version = k.ok(&["version"]);
+    assert!(version.contains("Server Version: v1.32.0-skiff"), "{version}");
+    let versions = k.ok(&["api-versions"]);
+    for gv in ["v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1", "networking.k8s.io/v1"] {
+        assert!(versions.lines().any(|l| l == gv), "{gv} in {versions}");
+    }
+    let resources = k.ok(&["api-resources"]);
+    assert_eq!(header(&resources), ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]);
+    let deployments = resources.lines().find(|l| l.starts_with("deployments ")).expect("deployments listed");
+    assert_eq!(
+        deployments.split_whitespace().collect::<Vec<_>>(),
+        ["deployments", "deploy", "apps/v1", "true", "Deployment"]
+    );
+    let namespaces = k.ok(&["get", "namespaces", "-o", "name"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(namespaces.contains(&format!("namespace/{ns}\n")), "{namespaces}");
+    }
+
+    // phase: create, apply, apply a change (kubectl's strategic merge patch), tables
+    assert_eq!(k.ok_with(&["create", "-f", "-"], Some(DEPLOY)), "deployment.apps/web created\n");
+    assert_eq!(k.ok_with(&["apply", "-f", "-"], Some(CONFIGMAP)), "configmap/settings created\n");
+    assert_eq!(k.ok_with(&["apply", "-f", "-"], Some(CONFIGMAP)), "configmap/settings unchanged\n");
+    let changed = CONFIGMAP.replace("fast", "slow");
+    assert_eq!(k.ok_with(&["apply", "-f", "-"], Some(&changed)), "configmap/settings configured\n");
+    assert_eq!(k.ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.mode}"]), "slow");
+    let table = k.ok(&["get", "deployments"]);
+    assert_eq!(header(&table), ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], "{table}");
+    assert!(table.lines().nth(1).is_some_and(|l| l.starts_with("web ") && l.contains(" 0/2 ")), "{table}");
+    let wide = k.ok(&["get", "deployments", "-o", "wide"]);
+    assert_eq!(
+        header(&wide),
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"],
+        "{wide}"
+    );
+    assert!(wide.contains("busybox:test") && wide.contains("app=web"), "{wide}");
+    let pods = wait_for(Duration::from_secs(20), "the Deployment's 2 pods", || {
+        let names = k.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+        (names.lines().count() == 2).then_some(names)
+    });
+    assert!(pods.lines().all(|l| l.starts_with("pod/web-")), "{pods}");
+    let all = k.ok(&["get", "pods", "-A", "--field-selector", "status.phase=Pending"]);
+    assert_eq!(header(&all)[..3], ["NAMESPACE", "NAME", "READY"], "{all}");
+    let columns = k.ok(&["get", "deploy", "web", "-o", "custom-columns=NAME:.metadata.name,REPLICAS:.spec.replicas"]);
+    assert_eq!(columns, "NAME   REPLICAS\nweb    2\n");
+    let json: serde_json::Value = serde_json::from_str(&k.ok(&["get", "deploy", "web", "-o", "json"])).unwrap();
+    assert_eq!(json["kind"], "Deployment");
+    assert!(k.ok(&["get", "deploy", "web", "-o", "yaml"]).contains("apiVersion: apps/v1\n"));
+    let everything = k.ok(&["get", "all"]);
+    assert!(everything.contains("deployment.apps/web") && everything.contains("pod/web-"), "{everything}");
+
+    // phase: patches of each type, scale, label, annotate, set image, rollout
+    assert_eq!(
+        k.ok(&[
+            "patch",
+            "deploy",
+            "web",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","env":[{"name":"B","value":"2"}]}]}}}}"#
+        ]),
+        "deployment.apps/web patched\n"
+    );
+    let env = k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].env[*].name}"]);
+    assert_eq!(env, "A B", "a strategic merge patch merges env by name");
+    k.ok(&["patch", "deploy", "web", "--type=merge", "-p", r#"{"metadata":{"labels":{"tier":"front"}}}"#]);
+    k.ok(&["patch", "deploy", "web", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":3}]"#]);
+    assert_eq!(k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.metadata.labels.tier}"]), "3 front");
+    assert_eq!(k.ok(&["scale", "deploy", "web", "--replicas=1"]), "deployment.apps/web scaled\n");
+    assert_eq!(k.ok(&["label", "deploy", "web", "team=a"]), "deployment.apps/web labeled\n");
+    assert_eq!(k.ok(&["annotate", "deploy", "web", "note=hi"]), "deployment.apps/web annotated\n");
+    assert_eq!(k.ok(&["set", "image", "deploy/web", "web=busybox:other"]), "deployment.apps/web image updated\n");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.labels.team} {.spec.template.spec.containers[0].image}"
+        ]),
+        "1 a busybox:other"
+    );
+    assert_eq!(k.ok(&["rollout", "restart", "deploy/web"]), "deployment.apps/web restarted\n");
+    let history = k.ok(&["rollout", "history", "deploy/web"]);
+    assert!(
+        history.contains("REVISION") && history.lines().filter(|l| l.starts_with(char::is_numeric)).count() >= 2,
+        "{history}"
+    );
+    let described = k.ok(&["describe", "deploy", "web"]);
+    assert!(described.contains("Name:                   web") && described.contains("note: hi"), "{described}");
+
+    // phase: edit and replace; a stale replace is a conflict in Kubernetes' words
+    let stale = k.ok(&["get", "configmap", "settings", "-o", "yaml"]);
+    let o =
+        k.run(&["edit", "configmap", "settings"], None, &[("KUBE_EDITOR", "sed -i s/mode:\\ slow/mode:\\ edited/")]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(k.ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.mode}"]), "edited");
+    let conflict = k.fails(&["replace", "-f", "-"], Some(&stale));
+    assert!(
+        conflict.contains(
+            "Error from server (Conflict): error when replacing \"STDIN\": Operation cannot be fulfilled on configmaps \
+             \"settings\": the object has been modified; please apply your changes to the latest version and try again"
+        ),
+        "{conflict}"
+    );
+
+    // phase: errors as Kubernetes words them
+    let missing = k.fails(&["get", "deploy", "nope"], None);
+    assert_eq!(missing.trim(), "Error from server (NotFound): deployments.apps \"nope\" not found");
+    let invalid = k.fails(
+        &["create", "-f", "-"],
+        Some(&DEPLOY.replace("name: web\n  labels", "name: bad\n  labels").replace("replicas: 2", "replicas: -1")),
+    );
+    assert!(
+        invalid.contains(
+            "The Deployment \"bad\" is invalid: spec.replicas: Invalid value: -1: must be greater than or equal to 0"
+        ),
+        "{invalid}"
+    );
+    let exists = k.fails(&["create", "-f", "-"], Some(CONFIGMAP));
+    assert!(
+        exists.contains(
+            "Error from server (AlreadyExists): error when creating \"STDIN\": configmaps \"settings\" already exists"
+        ),
+        "{exists}"
+    );
+    c.add_user("reader-token", "reader", &[]);
+    let reader = Kubectl { c: &c, before: vec!["--token=reader-token".into()] };
+    let forbidden = wait_for(Duration::from_secs(10), "the new user to be known", || {
+        let e = reader.fails(&["get", "pods"], None);
+        (!e.contains("Unauthorized")).then_some(e)
+    });
+    assert_eq!(
+        forbidden.trim(),
+        "Error from server (Forbidden): pods is forbidden: User \"reader\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+    );
+    let stranger = Kubectl { c: &c, before: vec!["--token=wrong".into()] };
+    assert_eq!(
+        stranger.fails(&["get", "pods"], None).trim(),
+        "error: You must be logged in to the server (Unauthorized)"
+    );
+
+    // phase: watch: kubectl get -w prints the table's rows as changes come
+    let mut watch = Command::new("kubectl")
+        .env("KUBECONFIG", c.dir.path().join("kubeconfig"))
+        .args(["get", "configmaps", "-w", "-l", "watched=yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let watched =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: watched, labels: {watched: 'yes'}}\ndata: {a: b, c: d}\n";
+    // Whether the create lands before kubectl's list or after (as an event), the row prints.
+    k.ok_with(&["create", "-f", "-"], Some(watched));
+    let stdout = watch.stdout.take().unwrap();
+    let reader_thread = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap_or_default();
+            let done = line.starts_with("watched ");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    wait_for(Duration::from_secs(10), "kubectl get -w to print the new ConfigMap", || {
+        reader_thread.is_finished().then_some(())
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let lines = reader_thread.join().unwrap();
+    assert_eq!(lines.first().map(|l| header(l)), Some(vec!["NAME".into(), "DATA".into(), "AGE".into()]), "{lines:?}");
+    assert!(lines.last().is_some_and(|l| l.split_whitespace().take(2).eq(["watched", "2"])), "{lines:?}");
+
+    // phase: nodes: cordon, taint
+    k.ok_with(&["create", "-f", "-"], Some("apiVersion: v1\nkind: Node\nmetadata: {name: spare}\n"));
+    assert_eq!(k.ok(&["cordon", "spare"]), "node/spare cordoned\n");
+    assert_eq!(k.ok(&["taint", "nodes", "spare", "k=v:NoSchedule"]), "node/spare tainted\n");
+    assert!(k.ok(&["get", "node", "spare"]).contains("SchedulingDisabled"));
+    assert_eq!(k.ok(&["get", "node", "spare", "-o", "jsonpath={.spec.taints[0].key}"]), "k");
+
+    // phase: delete, foreground cascade waits for the dependents
+    assert_eq!(k.ok(&["delete", "deploy", "web", "--cascade=foreground"]), "deployment.apps \"web\" deleted\n");
+    wait_for(Duration::from_secs(20), "the Deployment and its ReplicaSets and pods gone", || {
+        let left = k.ok(&["get", "deploy,rs,pods", "-l", "app=web", "-o", "name"]);
+        left.trim().is_empty().then_some(())
+    });
+    assert_eq!(
+        k.ok(&["delete", "configmap", "settings", "watched"]),
+        "configmap \"settings\" deleted\nconfigmap \"watched\" deleted\n"
+    );
+    assert!(k.fails(&["get", "configmap", "settings"], None).contains("NotFound"));
+}
+
+#[test]
+fn the_python_kubernetes_client_lists_watches_creates_patches_and_deletes() {
+    let c = Cluster::up(3, &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/python/kubernetes_client.py");
+    let o = Command::new("python3")
+        .arg(script)
+        .arg(c.dir.path().join("kubeconfig"))
+        .output()
+        .expect("python3 runs (scripts/setup installs the kubernetes client)");
+    assert!(o.status.success(), "the Python client failed:\n{}{}", out(&o), err(&o));
+    let lines: Vec<&str> = std::str::from_utf8(&o.stdout).unwrap().lines().collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("configmaps: created, listed, patched, watched from "), "{lines:?}");
+    assert_eq!(lines[1..], ["deployments: created, patched (strategic, JSON, scale)", "deleted"]);
+}
