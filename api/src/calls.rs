@@ -41,7 +41,23 @@ fn call_ns<'a>(info: &KindInfo, verb: &str, ns: &'a str) -> &'a str {
 /// names a resourceVersion is not retried).
 const PATCH_ATTEMPTS: usize = 5;
 
+/// A dry run's object shows the version the store still has (none for a create).
+fn dry_version(mut obj: Value, stored: Option<&Value>) -> Value {
+    let rv = stored.map(|s| crate::object::resource_version(s).to_string()).unwrap_or_default();
+    crate::object::set_meta(&mut obj, "resourceVersion", Value::String(rv));
+    obj
+}
+
 impl Api {
+    /// The registry a write goes to: the store's, or a dry run's that writes nothing.
+    pub(crate) fn writer(&self, dry_run: bool) -> std::borrow::Cow<'_, crate::Registry> {
+        if dry_run {
+            std::borrow::Cow::Owned(crate::Registry { dry_run: true, ..self.registry.clone() })
+        } else {
+            std::borrow::Cow::Borrowed(&self.registry)
+        }
+    }
+
     /// Authorizes `verb` on `sub` of one object (or a collection, `name` empty).
     #[allow(clippy::too_many_arguments)]
     pub async fn allow(
@@ -59,7 +75,9 @@ impl Api {
         self.authorize(user, &a, object, stored).await
     }
 
-    /// Creates `obj` (in `ns_hint` when it names no namespace).
+    /// Creates `obj` (in `ns_hint` when it names no namespace); with `dry_run`, answers with
+    /// what would be stored.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_object(
         &self,
         user: &User,
@@ -67,11 +85,13 @@ impl Api {
         mut obj: Value,
         ns_hint: &str,
         id: Option<&CreateId>,
+        dry_run: bool,
     ) -> ApiResult<Value> {
         let name = crate::object::name(&obj).to_string();
         self.allow(user, info, "create", "", ns_of(info, &obj, ns_hint), &name, Some(&obj), None).await?;
         crate::admission::stamp_requester(info, &mut obj, user);
-        self.registry.create_as(info, obj, ns_hint, id).await
+        let made = self.writer(dry_run).create_as(info, obj, ns_hint, id).await?;
+        Ok(if dry_run { dry_version(made, None) } else { made })
     }
 
     pub async fn get_object(&self, user: &User, info: &'static KindInfo, ns: &str, name: &str) -> ApiResult<Value> {
@@ -98,6 +118,7 @@ impl Api {
         obj: Value,
         ns_hint: &str,
         scope: UpdateScope,
+        dry_run: bool,
     ) -> ApiResult<Value> {
         let sub = if scope == UpdateScope::Status { "status" } else { "" };
         let (ns, name) = (ns_of(info, &obj, ns_hint).to_string(), crate::object::name(&obj).to_string());
@@ -107,7 +128,8 @@ impl Api {
         if info.namespaced && crate::object::namespace(&obj).is_empty() {
             crate::object::set_meta(&mut obj, "namespace", Value::String(ns));
         }
-        self.registry.update(info, obj, scope).await
+        let updated = self.writer(dry_run).update(info, obj, scope).await?;
+        Ok(if dry_run { dry_version(updated, stored.as_ref()) } else { updated })
     }
 
     /// Patches an object: `apply` turns the stored object into the patched one. Authorized on
@@ -123,6 +145,7 @@ impl Api {
         name: &str,
         scope: UpdateScope,
         pinned: bool,
+        dry_run: bool,
         apply: &(dyn Fn(&Value) -> ApiResult<Value> + Send + Sync),
     ) -> ApiResult<Value> {
         let sub = if scope == UpdateScope::Status { "status" } else { "" };
@@ -135,8 +158,9 @@ impl Api {
             };
             let patched = apply(&stored)?;
             self.allow(user, info, "patch", sub, ns, name, Some(&patched), Some(&stored)).await?;
-            match self.registry.update(info, patched, scope).await {
+            match self.writer(dry_run).update(info, patched, scope).await {
                 Err(ApiError::Conflict { .. }) if !pinned && attempts < PATCH_ATTEMPTS => attempts += 1,
+                Ok(done) if dry_run => return Ok(dry_version(done, Some(&stored))),
                 other => return other,
             }
         }
@@ -149,10 +173,12 @@ impl Api {
         ns: &str,
         name: &str,
         opts: &DeleteOptions,
+        dry_run: bool,
     ) -> ApiResult<Value> {
         let current = self.stored(info, ns, name).await?;
         self.allow(user, info, "delete", "", ns, name, current.as_ref(), None).await?;
-        self.registry.delete(info, ns, name, opts).await
+        let gone = self.writer(dry_run).delete(info, ns, name, opts).await?;
+        Ok(if dry_run { dry_version(gone, current.as_ref()) } else { gone })
     }
 
     pub async fn watch_objects(

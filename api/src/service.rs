@@ -344,7 +344,7 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
         let user = self.api.authenticate(&req).await?;
         let id = CreateId::of_request(req.metadata(), &user.name)?;
         let obj = to_json(req.get_ref())?;
-        from_json(self.api.create_object(&user, self.info, obj, "", id.as_ref()).await?)
+        from_json(self.api.create_object(&user, self.info, obj, "", id.as_ref(), false).await?)
     }
 
     async fn get(&self, req: Request<GetRequest>) -> ApiResult<T> {
@@ -382,7 +382,7 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
     async fn update(&self, req: Request<T>, scope: UpdateScope) -> ApiResult<T> {
         let user = self.api.authenticate(&req).await?;
         let obj = to_json(req.get_ref())?;
-        from_json(self.api.update_object(&user, self.info, obj, "", scope).await?)
+        from_json(self.api.update_object(&user, self.info, obj, "", scope, false).await?)
     }
 
     async fn patch(&self, req: Request<PatchRequest>) -> ApiResult<T> {
@@ -397,7 +397,9 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
             Ok(patched)
         };
         from_json(
-            self.api.patch_object(&user, self.info, &r.namespace, &r.name, UpdateScope::Main, pinned, &apply).await?,
+            self.api
+                .patch_object(&user, self.info, &r.namespace, &r.name, UpdateScope::Main, pinned, false, &apply)
+                .await?,
         )
     }
 
@@ -409,7 +411,7 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
             propagation_policy: req.propagation_policy,
             resource_version: req.resource_version,
         };
-        from_json(self.api.delete_object(&user, self.info, &req.namespace, &req.name, &opts).await?)
+        from_json(self.api.delete_object(&user, self.info, &req.namespace, &req.name, &opts, false).await?)
     }
 
     async fn watch<E: DeserializeOwned + Send + 'static>(
@@ -478,13 +480,17 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
     }
 }
 
-/// A workload's `autoscaling/v1` Scale.
-pub(crate) fn scale_of(obj: &Value) -> Scale {
-    let selector = obj
-        .pointer("/spec/selector/matchLabels")
+/// A workload's pod selector as its Scale's `status.selector` says it (`app=web`).
+pub(crate) fn scale_selector(obj: &Value) -> String {
+    obj.pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
         .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// A workload's `autoscaling/v1` Scale.
+pub(crate) fn scale_of(obj: &Value) -> Scale {
+    let selector = scale_selector(obj);
     Scale {
         api_version: "autoscaling/v1".into(),
         kind: "Scale".into(),
@@ -617,7 +623,7 @@ impl objects_server::Objects for ObjectsService {
         let id = CreateId::of_request(req.metadata(), &user.name)?;
         let r = req.get_ref();
         let info = kinds::by_resource(&r.resource)?;
-        let obj = self.api.create_object(&user, info, parse_body(&r.json)?, &r.namespace, id.as_ref()).await?;
+        let obj = self.api.create_object(&user, info, parse_body(&r.json)?, &r.namespace, id.as_ref(), false).await?;
         Ok(Response::new(raw(&obj)))
     }
     async fn get(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
@@ -643,7 +649,8 @@ impl objects_server::Objects for ObjectsService {
         let user = self.api.authenticate(&req).await?;
         let r = req.get_ref();
         let info = kinds::by_resource(&r.resource)?;
-        let obj = self.api.update_object(&user, info, parse_body(&r.json)?, &r.namespace, UpdateScope::Main).await?;
+        let obj =
+            self.api.update_object(&user, info, parse_body(&r.json)?, &r.namespace, UpdateScope::Main, false).await?;
         Ok(Response::new(raw(&obj)))
     }
     async fn delete(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
@@ -655,7 +662,7 @@ impl objects_server::Objects for ObjectsService {
             propagation_policy: r.propagation_policy.clone(),
             ..Default::default()
         };
-        let obj = self.api.delete_object(&user, info, &r.namespace, &r.name, &opts).await?;
+        let obj = self.api.delete_object(&user, info, &r.namespace, &r.name, &opts, false).await?;
         Ok(Response::new(raw(&obj)))
     }
     type WatchStream = EventStream<RawWatchEvent>;

@@ -137,6 +137,25 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     let everything = k.ok(&["get", "all"]);
     assert!(everything.contains("deployment.apps/web") && everything.contains("pod/web-"), "{everything}");
 
+    // phase: server-side dry run: every check runs, nothing is written (create, diff, delete)
+    let draft = DEPLOY.replace("name: web\n  labels", "name: draft\n  labels");
+    assert_eq!(
+        k.ok_with(&["create", "-f", "-", "--dry-run=server"], Some(&draft)),
+        "deployment.apps/draft created (server dry run)\n"
+    );
+    assert!(k.fails(&["get", "deploy", "draft"], None).contains("NotFound"), "a dry run wrote the Deployment");
+    let invalid =
+        k.fails(&["create", "-f", "-", "--dry-run=server"], Some(&draft.replace("replicas: 2", "replicas: -2")));
+    assert!(invalid.contains("spec.replicas: Invalid value: -2"), "a dry run still validates: {invalid}");
+    let o = k.run(&["diff", "-f", "-"], Some(&changed.replace("slow", "slower")), &[]);
+    assert_eq!(o.status.code(), Some(1), "kubectl diff exits 1 when the server's dry run differs: {}", err(&o));
+    assert!(out(&o).contains("-  mode: slow\n+  mode: slower\n"), "{}", out(&o));
+    assert_eq!(
+        k.ok(&["delete", "configmap", "settings", "--dry-run=server"]),
+        "configmap \"settings\" deleted (server dry run)\n"
+    );
+    assert_eq!(k.ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.mode}"]), "slow");
+
     // phase: patches of each type, scale, label, annotate, set image, rollout
     assert_eq!(
         k.ok(&[

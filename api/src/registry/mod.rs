@@ -107,8 +107,13 @@ pub enum UpdateScope {
     All,
 }
 
+#[derive(Clone)]
 pub struct Registry {
     pub master: Arc<Master>,
+    /// Server-side dry run (`?dryRun=All`): every check, admission and compare of a write
+    /// runs, and nothing is written — the write gate ([`Registry::txn`]) proposes the
+    /// transaction's compares without its operations.
+    pub dry_run: bool,
     /// Encryption at rest of Secrets (`--encryption-provider-config`); `None` stores them as
     /// they are.
     pub at_rest: Option<Arc<crate::at_rest::AtRest>>,
@@ -242,6 +247,7 @@ impl Registry {
         let metrics = Arc::new(crate::metrics::Metrics::new(master.metrics.clone()));
         Registry {
             master,
+            dry_run: false,
             at_rest: None,
             bookmark_interval: Duration::from_secs(5),
             service_range: ServiceRange::default(),
@@ -258,7 +264,11 @@ impl Registry {
         success: Vec<RequestOp>,
         failure: Vec<RequestOp>,
     ) -> ApiResult<(bool, i64, TxnResponse)> {
-        let req = TxnRequest { compare: compares, success, failure };
+        let req = if self.dry_run {
+            TxnRequest { compare: compares, success: Vec::new(), failure: Vec::new() }
+        } else {
+            TxnRequest { compare: compares, success, failure }
+        };
         let (revision, reply) = reply_result(self.master.propose(Op::Txn(req.encode_to_vec())).await?)?;
         let Reply::Encoded(bytes) = reply else {
             return Err(ApiError::Internal("unexpected reply to a transaction".into()));

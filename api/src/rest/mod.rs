@@ -267,13 +267,26 @@ impl Call<'_> {
         }
     }
 
-    fn no_dry_run(&self) -> ApiResult<()> {
+    /// `?dryRun=All`: check everything, write nothing.
+    fn dry_run(&self) -> ApiResult<bool> {
         match self.query.str("dryRun") {
-            "" => Ok(()),
-            "All" => Err(ApiError::BadRequest("dryRun=All is not supported by this server yet".into())),
+            "" => Ok(false),
+            "All" => Ok(true),
             other => {
                 Err(ApiError::BadRequest(format!("dryRun: unsupported value {other:?}: supported values: \"All\"")))
             }
+        }
+    }
+
+    /// Bindings and evictions do not take a dry run yet.
+    fn no_dry_run(&self) -> ApiResult<()> {
+        match self.dry_run()? {
+            false => Ok(()),
+            true => Err(ApiError::BadRequest(format!(
+                "dryRun=All is not supported on {}/{}",
+                self.info().resource,
+                self.t.sub
+            ))),
         }
     }
 
@@ -364,19 +377,19 @@ impl Call<'_> {
     }
 
     async fn create(&self) -> ApiResult<http::Response<Body>> {
-        self.no_dry_run()?;
+        let dry_run = self.dry_run()?;
         let mut obj = self.object()?;
         self.check_names(&mut obj)?;
         let id = match self.headers.get(skiff_proto::REQUEST_ID_HEADER).and_then(|h| h.to_str().ok()) {
             Some(id) => Some(CreateId::new(&self.user.name, id)?),
             None => None,
         };
-        let made = self.api.create_object(&self.user, self.info(), obj, &self.t.ns, id.as_ref()).await?;
+        let made = self.api.create_object(&self.user, self.info(), obj, &self.t.ns, id.as_ref(), dry_run).await?;
         Ok(json_response(StatusCode::CREATED, &made))
     }
 
     async fn update(&self) -> ApiResult<http::Response<Body>> {
-        self.no_dry_run()?;
+        let dry_run = self.dry_run()?;
         let mut obj = self.object()?;
         if self.t.sub == "scale" {
             let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
@@ -385,12 +398,12 @@ impl Call<'_> {
         }
         self.check_names(&mut obj)?;
         let scope = if self.t.sub == "status" { UpdateScope::Status } else { UpdateScope::Main };
-        let updated = self.api.update_object(&self.user, self.info(), obj, &self.t.ns, scope).await?;
+        let updated = self.api.update_object(&self.user, self.info(), obj, &self.t.ns, scope, dry_run).await?;
         Ok(json_response(StatusCode::OK, &updated))
     }
 
     async fn patch(&self) -> ApiResult<http::Response<Body>> {
-        self.no_dry_run()?;
+        let dry_run = self.dry_run()?;
         let content_type = self.headers.get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or_default();
         let kind = PatchType::of_content_type(content_type).ok_or_else(|| {
             ApiError::UnsupportedMediaType(format!(
@@ -434,13 +447,16 @@ impl Call<'_> {
             }
             Ok(patched)
         };
-        let patched =
-            self.api.patch_object(&self.user, self.info(), &self.t.ns, &self.t.name, scope, pinned, &apply).await?;
+        let patched = self
+            .api
+            .patch_object(&self.user, self.info(), &self.t.ns, &self.t.name, scope, pinned, dry_run, &apply)
+            .await?;
         Ok(json_response(StatusCode::OK, &patched))
     }
 
     /// Sets a workload's replicas through its scale subresource.
     async fn scale_to(&self, replicas: i64, resource_version: &str) -> ApiResult<http::Response<Body>> {
+        let dry_run = self.dry_run()?;
         self.api.allow(&self.user, self.info(), "update", "scale", &self.t.ns, &self.t.name, None, None).await?;
         if replicas < 0 {
             return Err(ApiError::Invalid {
@@ -457,7 +473,8 @@ impl Call<'_> {
         if !resource_version.is_empty() {
             patch["metadata"] = json!({"resourceVersion": resource_version});
         }
-        let obj = self.api.registry.patch(self.info(), &self.t.ns, &self.t.name, &patch, UpdateScope::Main).await?;
+        let obj =
+            self.api.writer(dry_run).patch(self.info(), &self.t.ns, &self.t.name, &patch, UpdateScope::Main).await?;
         Ok(json_response(StatusCode::OK, &scale_json(&obj)))
     }
 
@@ -487,18 +504,22 @@ impl Call<'_> {
     }
 
     /// DeleteOptions from the body (as kubectl sends them) or the query.
-    fn delete_options(&self) -> ApiResult<(DeleteOptions, String)> {
+    fn delete_options(&self) -> ApiResult<(DeleteOptions, String, bool)> {
         let body: Value = if self.body.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(self.body)
                 .map_err(|e| ApiError::BadRequest(format!("the DeleteOptions are not valid JSON: {e}")))?
         };
-        let dry_run = body.get("dryRun").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
-        if dry_run {
-            return Err(ApiError::BadRequest("dryRun=All is not supported by this server yet".into()));
-        }
-        self.no_dry_run()?;
+        let dry_run = match body.get("dryRun").and_then(Value::as_array) {
+            Some(modes) if modes.iter().all(|m| m == "All") && !modes.is_empty() => true,
+            Some(modes) if !modes.is_empty() => {
+                return Err(ApiError::BadRequest(format!(
+                    "dryRun: unsupported value {modes:?}: supported values: \"All\""
+                )))
+            }
+            _ => self.dry_run()?,
+        };
         let grace = match body.get("gracePeriodSeconds").and_then(Value::as_i64) {
             Some(g) => Some(g),
             None => self.query.int("gracePeriodSeconds")?,
@@ -521,11 +542,12 @@ impl Call<'_> {
         Ok((
             DeleteOptions { grace_period_seconds: grace, propagation_policy: propagation, resource_version: rv.into() },
             uid.to_string(),
+            dry_run,
         ))
     }
 
     async fn delete(&self) -> ApiResult<http::Response<Body>> {
-        let (opts, uid) = self.delete_options()?;
+        let (opts, uid, dry_run) = self.delete_options()?;
         if !uid.is_empty() {
             let stored = self.api.get_object(&self.user, self.info(), &self.t.ns, &self.t.name).await?;
             let actual = crate::object::meta_str(&stored, "uid");
@@ -535,19 +557,20 @@ impl Call<'_> {
                 )));
             }
         }
-        let obj = self.api.delete_object(&self.user, self.info(), &self.t.ns, &self.t.name, &opts).await?;
+        let obj = self.api.delete_object(&self.user, self.info(), &self.t.ns, &self.t.name, &opts, dry_run).await?;
         Ok(json_response(StatusCode::OK, &obj))
     }
 
     /// Deletes every object the selectors match (authorized as `deletecollection`).
     async fn delete_collection(&self) -> ApiResult<http::Response<Body>> {
-        let (opts, _) = self.delete_options()?;
+        let (opts, _, dry_run) = self.delete_options()?;
+        let registry = crate::Registry { dry_run, ..self.api.registry.clone() };
         self.api.allow(&self.user, self.info(), "deletecollection", "", &self.t.ns, "", None, None).await?;
         let page = self.api.registry.list(self.info(), &self.t.ns, &self.list_options()?).await?;
         let mut deleted = Vec::new();
         for s in &page.items {
             let (ns, name) = (crate::object::namespace(&s.object), crate::object::name(&s.object));
-            match self.api.registry.delete(self.info(), ns, name, &opts).await {
+            match registry.delete(self.info(), ns, name, &opts).await {
                 Ok(obj) => deleted.push(obj),
                 Err(ApiError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
@@ -654,7 +677,24 @@ fn check_type(info: &KindInfo, obj: &Value) -> ApiResult<()> {
     Ok(())
 }
 
-/// A workload's `autoscaling/v1` Scale as JSON.
+/// A workload's `autoscaling/v1` Scale as Kubernetes writes it (`status.replicas` always,
+/// even 0, which clients such as Python's require).
 fn scale_json(obj: &Value) -> Value {
-    serde_json::to_value(crate::service::scale_of(obj)).unwrap_or_default()
+    let meta = |f: &str| crate::object::meta_str(obj, f).to_string();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta("name"),
+            "namespace": meta("namespace"),
+            "uid": meta("uid"),
+            "resourceVersion": meta("resourceVersion"),
+            "creationTimestamp": meta("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": crate::service::scale_selector(obj),
+        },
+    })
 }
