@@ -186,6 +186,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let fds = protox::compile(files, [PathBuf::from("proto"), out.clone()])?;
     std::fs::write(out.join("descriptor.bin"), fds.encode_to_vec())?;
+    // Kubernetes' protobuf wire format: descriptors only, decoded dynamically by the REST API.
+    let wire = protox::compile(["k8s/wire.proto"], [PathBuf::from("proto")])?;
+    std::fs::write(out.join("k8s_wire.bin"), wire.encode_to_vec())?;
 
     let mut config = tonic_build::configure().build_client(true).build_server(true);
     config = config.btree_map(["."]);

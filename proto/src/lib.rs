@@ -94,3 +94,7 @@ pub const OUTCOME_NOT_APPLIED: &str = "not-applied";
 pub const OUTCOME_UNKNOWN: &str = "unknown";
 
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+
+/// Encoded `FileDescriptorSet` of `proto/k8s/wire.proto`: the part of Kubernetes' protobuf
+/// encoding that the REST API reads (kubectl's typed clients send it).
+pub const K8S_WIRE_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/k8s_wire.bin"));

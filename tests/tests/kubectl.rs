@@ -288,6 +288,61 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     assert!(k.ok(&["get", "node", "spare"]).contains("SchedulingDisabled"));
     assert_eq!(k.ok(&["get", "node", "spare", "-o", "jsonpath={.spec.taints[0].key}"]), "k");
 
+    // phase: kubectl's typed clients send Kubernetes' protobuf encoding: its generators, run,
+    // expose and drain's evictions
+    for (args, said) in [
+        (
+            &[
+                "create",
+                "deployment",
+                "gen",
+                "--image=busybox:test",
+                "--replicas=2",
+                "--port=80",
+                "--",
+                "sleep",
+                "3600",
+            ][..],
+            "deployment.apps/gen created",
+        ),
+        (&["create", "configmap", "gen", "--from-literal=a=b", "--from-literal=c=d"][..], "configmap/gen created"),
+        (&["create", "secret", "generic", "gen", "--from-literal=p=q"][..], "secret/gen created"),
+        (&["create", "namespace", "gen"][..], "namespace/gen created"),
+        (&["create", "serviceaccount", "gen"][..], "serviceaccount/gen created"),
+        (&["create", "service", "nodeport", "gen", "--tcp=80:8080"][..], "service/gen created"),
+        (&["create", "job", "gen", "--image=busybox:test", "--", "true"][..], "job.batch/gen created"),
+        (
+            &["create", "cronjob", "gen", "--image=busybox:test", "--schedule=*/5 * * * *", "--", "true"][..],
+            "cronjob.batch/gen created",
+        ),
+        (
+            &["create", "role", "gen", "--verb=get,list", "--resource=pods"][..],
+            "role.rbac.authorization.k8s.io/gen created",
+        ),
+        (
+            &["create", "rolebinding", "gen", "--role=gen", "--user=bob"][..],
+            "rolebinding.rbac.authorization.k8s.io/gen created",
+        ),
+        (&["create", "ingress", "gen", "--rule=a.example/=gen:80"][..], "ingress.networking.k8s.io/gen created"),
+        (&["create", "quota", "gen", "--hard=pods=50"][..], "resourcequota/gen created"),
+        (&["run", "gen", "--image=busybox:test", "--env=A=1", "--", "sleep", "100"][..], "pod/gen created"),
+        (&["expose", "deployment", "gen", "--port=80", "--name=gen-web"][..], "service/gen-web exposed"),
+    ] {
+        assert_eq!(k.ok(args).trim(), said, "kubectl {args:?}");
+    }
+    assert_eq!(k.ok(&["get", "secret", "gen", "-o", "jsonpath={.data.p} {.type}"]), "cQ== Opaque");
+    assert_eq!(
+        k.ok(&["get", "deploy", "gen", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.template.spec.containers[0].command}"]),
+        r#"2 80 ["sleep","3600"]"#
+    );
+    assert_eq!(k.ok(&["get", "pod", "gen", "-o", "jsonpath={.spec.containers[0].env[0].value}"]), "1");
+    assert_eq!(k.ok(&["get", "configmap", "gen", "-o", "jsonpath={.data}"]), r#"{"a":"b","c":"d"}"#);
+    k.ok_with(&["create", "-f", "-"], Some("apiVersion: v1\nkind: Node\nmetadata: {name: drained}\n"));
+    k.ok_with(&["create", "-f", "-"], Some("apiVersion: v1\nkind: Pod\nmetadata: {name: on-drained}\nspec:\n  nodeName: drained\n  containers: [{name: c, image: busybox:test}]\n"));
+    let drained = k.ok(&["drain", "drained", "--force", "--grace-period=0", "--timeout=30s"]);
+    assert!(drained.contains("pod/on-drained evicted") && drained.contains("node/drained drained"), "{drained}");
+    assert!(k.fails(&["get", "pod", "on-drained"], None).contains("NotFound"));
+
     // phase: delete, foreground cascade waits for the dependents
     assert_eq!(k.ok(&["delete", "deploy", "web", "--cascade=foreground"]), "deployment.apps \"web\" deleted\n");
     wait_for(Duration::from_secs(20), "the Deployment and its ReplicaSets and pods gone", || {

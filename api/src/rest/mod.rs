@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod openapi;
 pub mod patch;
 pub mod status;
+pub mod wire;
 
 use crate::error::{ApiError, ApiResult};
 use crate::kinds::{self, KindInfo};
@@ -259,9 +260,7 @@ impl Call<'_> {
         match media {
             "application/yaml" | "application/apply-patch+yaml" => serde_yaml::from_slice(self.body)
                 .map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}"))),
-            "application/vnd.kubernetes.protobuf" => {
-                Err(ApiError::UnsupportedMediaType(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (not {media})")))
-            }
+            wire::PROTOBUF => wire::decode(self.body),
             _ => serde_json::from_slice(self.body)
                 .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}"))),
         }
