@@ -240,6 +240,15 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
         forbidden.trim(),
         "Error from server (Forbidden): pods is forbidden: User \"reader\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
     );
+    // kubectl auth can-i asks the same authorizer (a SelfSubjectAccessReview, in protobuf)
+    assert_eq!(k.ok(&["auth", "can-i", "create", "deployments"]), "yes\n");
+    let o = reader.run(&["auth", "can-i", "list", "pods"], None, &[]);
+    assert_eq!((o.status.code(), out(&o)), (Some(1), "no\n".to_string()), "{}", err(&o));
+    k.ok(&["create", "role", "pod-reader", "--verb=get,list", "--resource=pods"]);
+    k.ok(&["create", "rolebinding", "reader-reads", "--role=pod-reader", "--user=reader"]);
+    assert_eq!(reader.ok(&["auth", "can-i", "list", "pods"]), "yes\n");
+    assert_eq!(reader.run(&["auth", "can-i", "delete", "pods"], None, &[]).status.code(), Some(1));
+    assert_eq!(reader.run(&["auth", "can-i", "list", "pods", "-n", "kube-system"], None, &[]).status.code(), Some(1));
     let stranger = Kubectl { c: &c, before: vec!["--token=wrong".into()] };
     assert_eq!(
         stranger.fails(&["get", "pods"], None).trim(),

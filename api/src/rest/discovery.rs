@@ -35,11 +35,17 @@ pub fn group_version(info: &KindInfo) -> (&'static str, &'static str) {
     info.api_version.split_once('/').unwrap_or(("", info.api_version))
 }
 
+/// Resources that are not stored kinds: requests answered on the spot (a review is created
+/// and answered, never kept). (group version, resource, kind, verbs)
+pub const VIRTUAL: [(&str, &str, &str, &[&str]); 1] =
+    [("authorization.k8s.io/v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", &["create"])];
+
 /// The API groups other than the core one, in the kinds table's order.
 fn groups() -> Vec<&'static str> {
     let mut out: Vec<&str> = Vec::new();
-    for info in KINDS {
-        let (group, _) = group_version(info);
+    let versions = KINDS.iter().map(|k| k.api_version).chain(VIRTUAL.iter().map(|v| v.0));
+    for api_version in versions {
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
         if !group.is_empty() && !out.contains(&group) {
             out.push(group);
         }
@@ -95,10 +101,17 @@ pub fn kind_at(api_version: &str, resource: &str) -> Option<&'static KindInfo> {
 /// `/api/v1` or `/apis/{group}/{version}`: the resources and their subresources.
 pub fn resource_list(api_version: &str) -> Option<Value> {
     let kinds: Vec<&KindInfo> = KINDS.iter().filter(|k| k.api_version == api_version).collect();
-    if kinds.is_empty() {
+    let virtual_resources: Vec<Value> = VIRTUAL
+        .iter()
+        .filter(|v| v.0 == api_version)
+        .map(|(_, resource, kind, verbs)| {
+            json!({"name": resource, "singularName": kind.to_lowercase(), "namespaced": false, "kind": kind, "verbs": verbs})
+        })
+        .collect();
+    if kinds.is_empty() && virtual_resources.is_empty() {
         return None;
     }
-    let mut resources = Vec::new();
+    let mut resources = virtual_resources;
     for info in kinds {
         let short: Vec<&str> = info.short_names.split(',').filter(|s| !s.is_empty()).collect();
         let mut r = json!({

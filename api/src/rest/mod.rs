@@ -187,6 +187,15 @@ async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResu
         let list = discovery::resource_list(&api_version).ok_or_else(|| not_found_path(&path))?;
         return Ok(json_response(StatusCode::OK, &list));
     }
+    if let (&Method::POST, "authorization.k8s.io/v1", ["selfsubjectaccessreviews"]) =
+        (&parts.method, api_version.as_str(), rest)
+    {
+        let body = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|e| ApiError::TooLarge(format!("the request body could not be read: {e}")))?;
+        let review = parse_body(&parts.headers, &body)?;
+        return Ok(json_response(StatusCode::CREATED, &access_review(api, &user, review).await?));
+    }
     let t = target(&api_version, rest, &path)?;
     seen.resource = Some(t.info.resource);
     seen.sub = match t.sub.as_str() {
@@ -253,17 +262,9 @@ impl Call<'_> {
         Include::parse(self.query.str("includeObject")).map(Some).map_err(ApiError::BadRequest)
     }
 
-    /// The request body as JSON (JSON or YAML by its content type).
+    /// The request body as JSON.
     fn object(&self) -> ApiResult<Value> {
-        let content_type = self.headers.get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or_default();
-        let media = content_type.split(';').next().unwrap_or_default().trim();
-        match media {
-            "application/yaml" | "application/apply-patch+yaml" => serde_yaml::from_slice(self.body)
-                .map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}"))),
-            wire::PROTOBUF => wire::decode(self.body),
-            _ => serde_json::from_slice(self.body)
-                .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}"))),
-        }
+        parse_body(self.headers, self.body)
     }
 
     /// `?dryRun=All`: check everything, write nothing.
@@ -652,6 +653,65 @@ impl Call<'_> {
         r.headers_mut().insert(header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
         Ok(r)
     }
+}
+
+/// A request body as JSON: JSON, YAML or Kubernetes' protobuf, by its content type.
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    match content_type.split(';').next().unwrap_or_default().trim() {
+        "application/yaml" | "application/apply-patch+yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}"))),
+        wire::PROTOBUF => wire::decode(body),
+        _ => serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}"))),
+    }
+}
+
+/// A SelfSubjectAccessReview (`kubectl auth can-i`): whether the caller may do what its
+/// resourceAttributes describe, decided by the same authorizer as every request; answered
+/// with the review and its status, stored nowhere.
+async fn access_review(api: &Api, user: &crate::auth::User, mut review: Value) -> ApiResult<Value> {
+    let attr = |f: &str| {
+        review.pointer(&format!("/spec/resourceAttributes/{f}")).and_then(Value::as_str).unwrap_or_default().to_string()
+    };
+    let (allowed, reason) = if review.pointer("/spec/resourceAttributes").is_some() {
+        let (group, resource) = (attr("group"), attr("resource"));
+        let info =
+            crate::kinds::KINDS.iter().find(|k| k.resource == resource && discovery::group_version(k).0 == group);
+        match info {
+            None if user.is_superuser() => (true, String::new()),
+            None => (false, format!("Skiff serves no resource {resource:?} in API group {group:?}")),
+            Some(info) => {
+                let (verb, sub, ns, name) = (attr("verb"), attr("subresource"), attr("namespace"), attr("name"));
+                let a = crate::auth::Attributes { verb: &verb, info, subresource: &sub, namespace: &ns, name: &name };
+                // As Kubernetes' RBAC: a denial carries no reason (kubectl prints a bare "no").
+                match api.authorize(user, &a, None, None).await {
+                    Ok(()) => (true, String::new()),
+                    Err(ApiError::Forbidden(_)) => (false, String::new()),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    } else if review.pointer("/spec/nonResourceAttributes").is_some() {
+        // Non-resource URLs (/healthz, /metrics) are not in Skiff's RBAC rules yet.
+        (user.is_superuser(), String::new())
+    } else {
+        return Err(ApiError::Invalid {
+            kind: "SelfSubjectAccessReview.authorization.k8s.io".into(),
+            name: String::new(),
+            causes: vec![crate::error::FieldError::required(
+                "spec.resourceAttributes",
+                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            )],
+        });
+    };
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    review["kind"] = json!("SelfSubjectAccessReview");
+    review["status"] = json!({"allowed": allowed});
+    if !reason.is_empty() {
+        review["status"]["reason"] = json!(reason);
+    }
+    Ok(review)
 }
 
 /// `metav1.Status` of a success without an object (a binding, an eviction).
