@@ -42,7 +42,7 @@ fn pod(name: String) -> Pod {
     pod_in("default", name)
 }
 
-fn pod_in(namespace: &str, name: String) -> Pod {
+pub(crate) fn pod_in(namespace: &str, name: String) -> Pod {
     Pod {
         metadata: Some(ObjectMeta { name, namespace: namespace.into(), ..Default::default() }),
         spec: Some(PodSpec {

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_api;
 mod bench_node;
+mod bench_rest;
 mod bench_scheduler;
 mod bench_services;
 mod certificate_cmd;
@@ -129,6 +130,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Benchmark the API server: pod creates, large lists, watch fan-out (prints a table).
     BenchApi(bench_api::BenchApiArgs),
+    /// Benchmark the Kubernetes REST API beside the gRPC API: pod get, create and list
+    /// (prints a table).
+    BenchRest(bench_rest::BenchRestArgs),
     /// Benchmark the node: container create/start/delete against crun and runc, pod start
     /// latency and daemon memory (prints tables; needs root).
     BenchNode(bench_node::BenchNodeArgs),
@@ -228,6 +232,7 @@ fn main() -> anyhow::Result<()> {
         Command::Scale(args) => ctl::report(ctl::scale(args)),
         Command::Bench(args) => bench::run(args),
         Command::BenchApi(args) => bench_api::run(args),
+        Command::BenchRest(args) => bench_rest::run(args),
         Command::BenchNode(args) => bench_node::run(args),
         Command::BenchScheduler(args) => bench_scheduler::run(args),
         Command::BenchServices(args) => bench_services::run(args),
