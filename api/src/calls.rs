@@ -41,6 +41,20 @@ fn call_ns<'a>(info: &KindInfo, verb: &str, ns: &'a str) -> &'a str {
 /// names a resourceVersion is not retried).
 const PATCH_ATTEMPTS: usize = 5;
 
+/// Drops every `null` member of the objects in `v`: in Kubernetes' JSON a null is the field
+/// left unset (Go writes an unset time as `"creationTimestamp": null` in every template, which
+/// `kubectl rollout undo` and `replace` send back).
+pub fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.retain(|_, x| !x.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
 /// A dry run's object shows the version the store still has (none for a create).
 fn dry_version(mut obj: Value, stored: Option<&Value>) -> Value {
     let rv = stored.map(|s| crate::object::resource_version(s).to_string()).unwrap_or_default();
@@ -87,6 +101,7 @@ impl Api {
         id: Option<&CreateId>,
         dry_run: bool,
     ) -> ApiResult<Value> {
+        drop_nulls(&mut obj);
         let name = crate::object::name(&obj).to_string();
         self.allow(user, info, "create", "", ns_of(info, &obj, ns_hint), &name, Some(&obj), None).await?;
         crate::admission::stamp_requester(info, &mut obj, user);
@@ -121,10 +136,11 @@ impl Api {
         dry_run: bool,
     ) -> ApiResult<Value> {
         let sub = if scope == UpdateScope::Status { "status" } else { "" };
+        let mut obj = obj;
+        drop_nulls(&mut obj);
         let (ns, name) = (ns_of(info, &obj, ns_hint).to_string(), crate::object::name(&obj).to_string());
         let stored = self.stored(info, &ns, &name).await?;
         self.allow(user, info, "update", sub, &ns, &name, Some(&obj), stored.as_ref()).await?;
-        let mut obj = obj;
         if info.namespaced && crate::object::namespace(&obj).is_empty() {
             crate::object::set_meta(&mut obj, "namespace", Value::String(ns));
         }
@@ -156,7 +172,8 @@ impl Api {
                 self.allow(user, info, "patch", sub, ns, name, None, None).await?;
                 return Err(ApiError::NotFound { resource: kinds::qualified(info), name: name.into() });
             };
-            let patched = apply(&stored)?;
+            let mut patched = apply(&stored)?;
+            drop_nulls(&mut patched);
             self.allow(user, info, "patch", sub, ns, name, Some(&patched), Some(&stored)).await?;
             match self.writer(dry_run).update(info, patched, scope).await {
                 Err(ApiError::Conflict { .. }) if !pinned && attempts < PATCH_ATTEMPTS => attempts += 1,

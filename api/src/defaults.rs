@@ -130,6 +130,15 @@ fn container(c: &mut Value) {
     default_at(c, &["imagePullPolicy"], json!(pull));
     default_at(c, &["terminationMessagePath"], json!("/dev/termination-log"));
     default_at(c, &["terminationMessagePolicy"], json!("File"));
+    // `resources` is a plain struct in Kubernetes: empty is the same as absent. Kept absent, so
+    // a template that says `resources: {}` (what kubectl writes back on `rollout undo`, and in
+    // every generated manifest) is the same template — the same ReplicaSet — as one without.
+    if c.get("resources")
+        .and_then(Value::as_object)
+        .is_some_and(|r| r.values().all(|v| v.as_object().is_some_and(|m| m.is_empty())))
+    {
+        c.as_object_mut().expect("a container is an object").remove("resources");
+    }
     for p in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
         default_at(p, &["protocol"], json!("TCP"));
     }

@@ -6,19 +6,17 @@ use skiff_tests::{run_piped, wait_for, Cluster};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-struct Kubectl<'a> {
-    c: &'a Cluster,
+struct Kubectl {
+    /// The kubeconfig `skiff up` wrote.
+    config: std::path::PathBuf,
     /// Extra arguments before the verb (`--token=…`).
     before: Vec<String>,
 }
 
-impl Kubectl<'_> {
+impl Kubectl {
     fn run(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new("kubectl");
-        cmd.env("KUBECONFIG", self.c.dir.path().join("kubeconfig"))
-            .envs(env.iter().copied())
-            .args(&self.before)
-            .args(args);
+        cmd.env("KUBECONFIG", &self.config).envs(env.iter().copied()).args(&self.before).args(args);
         run_piped(cmd, stdin)
     }
 
@@ -84,7 +82,7 @@ data: {mode: fast}
 #[test]
 fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     let c = Cluster::up(3, &[]);
-    let k = Kubectl { c: &c, before: Vec::new() };
+    let k = Kubectl { config: c.dir.path().join("kubeconfig"), before: Vec::new() };
 
     // phase: discovery
     let version = k.ok(&["version"]);
@@ -99,6 +97,12 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     assert_eq!(
         deployments.split_whitespace().collect::<Vec<_>>(),
         ["deployments", "deploy", "apps/v1", "true", "Deployment"]
+    );
+    let explained = k.ok(&["explain", "deployment.spec.strategy"]);
+    assert!(explained.contains("FIELD: strategy <DeploymentStrategy>"), "{explained}");
+    assert!(
+        explained.contains("rollingUpdate\t<RollingUpdateDeployment>") && explained.contains("type\t<string>"),
+        "{explained}"
     );
     let namespaces = k.ok(&["get", "namespaces", "-o", "name"]);
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -231,7 +235,7 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
         "{exists}"
     );
     c.add_user("reader-token", "reader", &[]);
-    let reader = Kubectl { c: &c, before: vec!["--token=reader-token".into()] };
+    let reader = Kubectl { config: c.dir.path().join("kubeconfig"), before: vec!["--token=reader-token".into()] };
     let forbidden = wait_for(Duration::from_secs(10), "the new user to be known", || {
         let e = reader.fails(&["get", "pods"], None);
         (!e.contains("Unauthorized")).then_some(e)
@@ -249,7 +253,7 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     assert_eq!(reader.ok(&["auth", "can-i", "list", "pods"]), "yes\n");
     assert_eq!(reader.run(&["auth", "can-i", "delete", "pods"], None, &[]).status.code(), Some(1));
     assert_eq!(reader.run(&["auth", "can-i", "list", "pods", "-n", "kube-system"], None, &[]).status.code(), Some(1));
-    let stranger = Kubectl { c: &c, before: vec!["--token=wrong".into()] };
+    let stranger = Kubectl { config: c.dir.path().join("kubeconfig"), before: vec!["--token=wrong".into()] };
     assert_eq!(
         stranger.fails(&["get", "pods"], None).trim(),
         "error: You must be logged in to the server (Unauthorized)"
@@ -379,4 +383,94 @@ fn the_python_kubernetes_client_lists_watches_creates_patches_and_deletes() {
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(lines[0].starts_with("configmaps: created, listed, patched, watched from "), "{lines:?}");
     assert_eq!(lines[1..], ["deployments: created, patched (strategic, JSON, scale)", "deleted"]);
+}
+
+const ROLLING: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: roll}
+spec:
+  replicas: 3
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}
+  selector: {matchLabels: {app: roll}}
+  template:
+    metadata: {labels: {app: roll}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: app
+        image: busybox:test
+        command: [sh, -c, 'echo started $VERSION; exec sleep 3600']
+        env: [{name: VERSION, value: v1}]
+";
+
+#[test]
+fn a_rolling_update_driven_by_kubectl_survives_a_leader_kill() {
+    let mut c = Cluster::with_nodes(3, 2, &[]);
+    let ids: Vec<u64> = c.masters.iter().map(|m| m.id).collect();
+    let k = Kubectl { config: c.dir.path().join("kubeconfig"), before: Vec::new() };
+    assert_eq!(k.ok_with(&["apply", "-f", "-"], Some(ROLLING)), "deployment.apps/roll created\n");
+    let waited = k.ok(&["wait", "--for=condition=Available", "deploy/roll", "--timeout=120s"]);
+    assert_eq!(waited, "deployment.apps/roll condition met\n");
+    let logs = wait_for(Duration::from_secs(30), "the first pod's log", || {
+        let o = k.run(&["logs", "deploy/roll"], None, &[]);
+        let text = out(&o);
+        text.contains("started v1").then_some(text)
+    });
+    assert_eq!(logs, "started v1\n");
+
+    // phase: a paused Deployment takes the change without rolling it out
+    assert_eq!(k.ok(&["rollout", "pause", "deploy/roll"]), "deployment.apps/roll paused\n");
+    assert_eq!(k.ok(&["set", "env", "deploy/roll", "VERSION=v2"]), "deployment.apps/roll env updated\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    let sets = k.ok(&["get", "rs", "-l", "app=roll", "-o", "name"]);
+    assert_eq!(sets.lines().count(), 1, "a paused Deployment made a new ReplicaSet: {sets}");
+
+    // phase: resume, and SIGKILL the leader while kubectl (on a surviving master) follows the
+    // rollout
+    let leader = c.wait_leader(&ids, Duration::from_secs(20));
+    let follower = c.masters.iter().find(|m| m.id != leader).unwrap().name.clone();
+    let context = format!("--context=skiff-{follower}");
+    let follow = Kubectl { config: c.dir.path().join("kubeconfig"), before: vec![context.clone()] };
+    assert_eq!(follow.ok(&["rollout", "resume", "deploy/roll"]), "deployment.apps/roll resumed\n");
+    let status = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", c.dir.path().join("kubeconfig"))
+        .args([context.as_str(), "rollout", "status", "deploy/roll", "--timeout=180s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(60), "the rollout to start", || {
+        (follow.ok(&["get", "rs", "-l", "app=roll", "-o", "name"]).lines().count() == 2).then_some(())
+    });
+    c.kill(leader);
+    let alive: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+    c.wait_leader(&alive, Duration::from_secs(20));
+    c.restart_stopped();
+    let o = status.wait_with_output().unwrap();
+    assert!(o.status.success(), "kubectl rollout status failed across the leader kill:\n{}{}", out(&o), err(&o));
+    assert!(out(&o).ends_with("deployment \"roll\" successfully rolled out\n"), "{}", out(&o));
+    // kubectl logs picks one pod of the selector; old ones may still be terminating a moment
+    // (and one picked may be gone by the time its log is asked for).
+    wait_for(Duration::from_secs(30), "kubectl logs to show a v2 pod", || {
+        (out(&follow.run(&["logs", "deploy/roll"], None, &[])) == "started v2\n").then_some(())
+    });
+
+    // phase: undo goes back to the first template
+    assert_eq!(follow.ok(&["rollout", "undo", "deploy/roll"]), "deployment.apps/roll rolled back\n");
+    let done = follow.ok(&["rollout", "status", "deploy/roll", "--timeout=120s"]);
+    assert!(done.ends_with("deployment \"roll\" successfully rolled out\n"), "{done}");
+    wait_for(Duration::from_secs(30), "kubectl logs to show a v1 pod again", || {
+        (out(&follow.run(&["logs", "deploy/roll"], None, &[])) == "started v1\n").then_some(())
+    });
+    let history = follow.ok(&["rollout", "history", "deploy/roll"]);
+    // As Kubernetes: the first ReplicaSet is taken back as revision 3 (no new one is made).
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter(|l| l.starts_with(char::is_numeric))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    let sets =
+        follow.ok(&["get", "rs", "-o", "jsonpath={range .items[*]}{.metadata.name} {.spec.template}{\"\\n\"}{end}"]);
+    assert_eq!(revisions, ["2", "3"], "{history}\n{sets}");
+    assert_eq!(follow.ok(&["get", "rs", "-l", "app=roll", "-o", "name"]).lines().count(), 2);
 }
