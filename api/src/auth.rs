@@ -222,6 +222,23 @@ impl Policy {
                     .any(|b| granted_by(b, Some(a.namespace))))
     }
 
+    /// Every rule granted to `user` at the cluster scope and in `namespace` (a rules review).
+    pub fn rules_for(&self, user: &User, namespace: &str) -> Vec<Value> {
+        let bound = |binding: &&Value| strings_of_subjects(binding).iter().any(|s| subject_matches(s, user));
+        let cluster = self
+            .cluster_role_bindings
+            .iter()
+            .filter(bound)
+            .flat_map(|b| self.role_rules(b.get("roleRef").unwrap_or(&Value::Null), None));
+        let local = self
+            .role_bindings
+            .iter()
+            .filter(|b| !namespace.is_empty() && crate::object::namespace(b) == namespace)
+            .filter(bound)
+            .flat_map(|b| self.role_rules(b.get("roleRef").unwrap_or(&Value::Null), Some(namespace)));
+        cluster.chain(local).cloned().collect()
+    }
+
     /// Every rule `role_ref` grants, for escalation checks.
     pub fn rules_of(&self, role_ref: &Value, binding_ns: Option<&str>) -> Vec<Value> {
         self.role_rules(role_ref, binding_ns).into_iter().cloned().collect()

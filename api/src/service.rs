@@ -175,6 +175,22 @@ impl Api {
         Ok(policy)
     }
 
+    /// What `user` may do at the cluster scope and in `namespace`, as RBAC grants it:
+    /// (resource rules, non-resource rules, incomplete). Incomplete when another authorizer
+    /// (node restriction, bootstrap) decides for this user too.
+    pub async fn rules_review(&self, user: &User, namespace: &str) -> ApiResult<(Vec<Value>, Vec<Value>, bool)> {
+        if user.is_superuser() {
+            let everything = json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]});
+            return Ok((vec![everything], vec![json!({"verbs": ["*"], "nonResourceURLs": ["*"]})], false));
+        }
+        let rules = self.policy().await?.rules_for(user, namespace);
+        let (non_resource, resource): (Vec<Value>, Vec<Value>) = rules
+            .into_iter()
+            .partition(|r| r.get("nonResourceURLs").is_some_and(|u| u.as_array().is_some_and(|a| !a.is_empty())));
+        let other_authorizers = crate::auth::node_name(user).is_some() || crate::bootstrap::is_bootstrapper(user);
+        Ok((resource, non_resource, other_authorizers))
+    }
+
     /// Whether a pod bound to `node` uses object `ns/name` of `resource` (one of
     /// [`crate::node_authz::GUARDED`]); Secrets also when an Ingress names them for TLS.
     async fn node_uses(&self, node: &str, resource: &str, ns: &str, name: &str) -> ApiResult<bool> {

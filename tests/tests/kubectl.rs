@@ -252,6 +252,12 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     k.ok(&["create", "rolebinding", "reader-reads", "--role=pod-reader", "--user=reader"]);
     assert_eq!(reader.ok(&["auth", "can-i", "list", "pods"]), "yes\n");
     assert_eq!(reader.run(&["auth", "can-i", "delete", "pods"], None, &[]).status.code(), Some(1));
+    let listed = reader.ok(&["auth", "can-i", "--list"]);
+    assert_eq!(header(&listed), ["Resources", "Non-Resource", "URLs", "Resource", "Names", "Verbs"], "{listed}");
+    assert!(listed.lines().any(|l| l.starts_with("pods ") && l.ends_with("[get list]")), "{listed}");
+    let elsewhere = reader.ok(&["auth", "can-i", "--list", "-n", "kube-system"]);
+    assert_eq!(elsewhere.lines().count(), 1, "the Role binds in default only: {elsewhere}");
+
     assert_eq!(reader.run(&["auth", "can-i", "list", "pods", "-n", "kube-system"], None, &[]).status.code(), Some(1));
     let stranger = Kubectl { config: c.dir.path().join("kubeconfig"), before: vec!["--token=wrong".into()] };
     assert_eq!(

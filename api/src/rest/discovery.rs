@@ -37,8 +37,10 @@ pub fn group_version(info: &KindInfo) -> (&'static str, &'static str) {
 
 /// Resources that are not stored kinds: requests answered on the spot (a review is created
 /// and answered, never kept). (group version, resource, kind, verbs)
-pub const VIRTUAL: [(&str, &str, &str, &[&str]); 1] =
-    [("authorization.k8s.io/v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", &["create"])];
+pub const VIRTUAL: [(&str, &str, &str, &[&str]); 2] = [
+    ("authorization.k8s.io/v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", &["create"]),
+    ("authorization.k8s.io/v1", "selfsubjectrulesreviews", "SelfSubjectRulesReview", &["create"]),
+];
 
 /// The API groups other than the core one, in the kinds table's order.
 fn groups() -> Vec<&'static str> {

@@ -187,14 +187,21 @@ async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResu
         let list = discovery::resource_list(&api_version).ok_or_else(|| not_found_path(&path))?;
         return Ok(json_response(StatusCode::OK, &list));
     }
-    if let (&Method::POST, "authorization.k8s.io/v1", ["selfsubjectaccessreviews"]) =
-        (&parts.method, api_version.as_str(), rest)
+    if let (
+        &Method::POST,
+        "authorization.k8s.io/v1",
+        [review @ ("selfsubjectaccessreviews" | "selfsubjectrulesreviews")],
+    ) = (&parts.method, api_version.as_str(), rest)
     {
         let body = axum::body::to_bytes(body, MAX_BODY)
             .await
             .map_err(|e| ApiError::TooLarge(format!("the request body could not be read: {e}")))?;
-        let review = parse_body(&parts.headers, &body)?;
-        return Ok(json_response(StatusCode::CREATED, &access_review(api, &user, review).await?));
+        let asked = parse_body(&parts.headers, &body)?;
+        let answer = match *review {
+            "selfsubjectaccessreviews" => access_review(api, &user, asked).await?,
+            _ => rules_review(api, &user, asked).await?,
+        };
+        return Ok(json_response(StatusCode::CREATED, &answer));
     }
     let t = target(&api_version, rest, &path)?;
     seen.resource = Some(t.info.resource);
@@ -711,6 +718,28 @@ async fn access_review(api: &Api, user: &crate::auth::User, mut review: Value) -
     if !reason.is_empty() {
         review["status"]["reason"] = json!(reason);
     }
+    Ok(review)
+}
+
+/// A SelfSubjectRulesReview (`kubectl auth can-i --list`): the rules RBAC grants the caller
+/// at the cluster scope and in `spec.namespace`.
+async fn rules_review(api: &Api, user: &crate::auth::User, mut review: Value) -> ApiResult<Value> {
+    let namespace = review.pointer("/spec/namespace").and_then(Value::as_str).unwrap_or_default().to_string();
+    let (resource, non_resource, incomplete) = api.rules_review(user, &namespace).await?;
+    let keep = |rule: &Value, fields: &[&str]| {
+        let mut out = serde_json::Map::new();
+        for f in fields {
+            out.insert(f.to_string(), rule.get(*f).cloned().unwrap_or_else(|| json!([])));
+        }
+        Value::Object(out)
+    };
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    review["kind"] = json!("SelfSubjectRulesReview");
+    review["status"] = json!({
+        "resourceRules": resource.iter().map(|r| keep(r, &["verbs", "apiGroups", "resources", "resourceNames"])).collect::<Vec<_>>(),
+        "nonResourceRules": non_resource.iter().map(|r| keep(r, &["verbs", "nonResourceURLs"])).collect::<Vec<_>>(),
+        "incomplete": incomplete,
+    });
     Ok(review)
 }
 
