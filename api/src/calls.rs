@@ -198,6 +198,71 @@ impl Api {
         Ok(if dry_run { dry_version(gone, current.as_ref()) } else { gone })
     }
 
+    /// A workload as its scale subresource reads it (`get` on `scale`).
+    pub async fn get_scaled(&self, user: &User, info: &'static KindInfo, ns: &str, name: &str) -> ApiResult<Value> {
+        self.allow(user, info, "get", "scale", ns, name, None, None).await?;
+        self.registry.get(info, ns, name).await
+    }
+
+    /// Sets a workload's replicas through its scale subresource (`update` on `scale`); a
+    /// non-empty `resource_version` must be current. Answers with the workload.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn scale_object(
+        &self,
+        user: &User,
+        info: &'static KindInfo,
+        ns: &str,
+        name: &str,
+        replicas: i64,
+        resource_version: &str,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        self.allow(user, info, "update", "scale", ns, name, None, None).await?;
+        if replicas < 0 {
+            return Err(ApiError::Invalid {
+                kind: "Scale".into(),
+                name: name.into(),
+                causes: vec![crate::error::FieldError::invalid(
+                    "spec.replicas",
+                    replicas,
+                    "must be greater than or equal to 0",
+                )],
+            });
+        }
+        let mut patch = serde_json::json!({"spec": {"replicas": replicas}});
+        if !resource_version.is_empty() {
+            patch["metadata"] = serde_json::json!({"resourceVersion": resource_version});
+        }
+        self.writer(dry_run).patch(info, ns, name, &patch, UpdateScope::Main).await
+    }
+
+    /// Binds a pod to `node` (`create` on `pods/binding`).
+    pub async fn bind_pod(
+        &self,
+        user: &User,
+        ns: &str,
+        name: &str,
+        node: &str,
+        resource_version: &str,
+    ) -> ApiResult<Value> {
+        let pods = kinds::by_resource("pods")?;
+        self.allow(user, pods, "create", "binding", ns, name, None, None).await?;
+        self.registry.bind(ns, name, node, resource_version).await
+    }
+
+    /// Evicts a pod (`create` on `pods/eviction`): deletes it with `grace_period_seconds`.
+    pub async fn evict_pod(
+        &self,
+        user: &User,
+        ns: &str,
+        name: &str,
+        grace_period_seconds: Option<i64>,
+    ) -> ApiResult<Value> {
+        let pods = kinds::by_resource("pods")?;
+        self.allow(user, pods, "create", "eviction", ns, name, None, None).await?;
+        self.registry.delete(pods, ns, name, &DeleteOptions { grace_period_seconds, ..Default::default() }).await
+    }
+
     pub async fn watch_objects(
         &self,
         user: &User,

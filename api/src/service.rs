@@ -338,24 +338,6 @@ fn from_json<T: DeserializeOwned>(v: Value) -> ApiResult<T> {
 type EventStream<E> = Pin<Box<dyn Stream<Item = Result<E, Status>> + Send>>;
 
 impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync + 'static> KindService<T> {
-    /// Authenticates the caller and authorizes `verb` on this kind (`obj` and `stored` as
-    /// [`Api::authorize`] takes them).
-    #[allow(clippy::too_many_arguments)]
-    async fn allow<R>(
-        &self,
-        req: &Request<R>,
-        verb: &str,
-        sub: &str,
-        ns: &str,
-        name: &str,
-        obj: Option<&Value>,
-        stored: Option<&Value>,
-    ) -> ApiResult<User> {
-        let user = self.api.authenticate(req).await?;
-        self.api.allow(&user, self.info, verb, sub, ns, name, obj, stored).await?;
-        Ok(user)
-    }
-
     async fn create(&self, req: Request<T>) -> ApiResult<T> {
         let user = self.api.authenticate(&req).await?;
         let id = CreateId::of_request(req.metadata(), &user.name)?;
@@ -452,47 +434,31 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
     }
 
     async fn get_scale(&self, req: Request<GetRequest>) -> ApiResult<Scale> {
+        let user = self.api.authenticate(&req).await?;
         let r = req.get_ref();
-        self.allow(&req, "get", "scale", &r.namespace, &r.name, None, None).await?;
-        let obj = self.api.registry.get(self.info, &r.namespace, &r.name).await?;
-        Ok(scale_of(&obj))
+        Ok(scale_of(&self.api.get_scaled(&user, self.info, &r.namespace, &r.name).await?))
     }
 
     async fn update_scale(&self, req: Request<Scale>) -> ApiResult<Scale> {
+        let user = self.api.authenticate(&req).await?;
         let meta = req.get_ref().metadata.clone().unwrap_or_default();
-        self.allow(&req, "update", "scale", &meta.namespace, &meta.name, None, None).await?;
         let replicas = req.get_ref().spec.as_ref().map_or(0, |s| s.replicas);
-        if replicas < 0 {
-            return Err(ApiError::Invalid {
-                kind: "Scale".into(),
-                name: meta.name,
-                causes: vec![crate::error::FieldError::invalid(
-                    "spec.replicas",
-                    replicas,
-                    "must be greater than or equal to 0",
-                )],
-            });
-        }
-        let mut patch = json!({"spec": {"replicas": replicas}});
-        if !meta.resource_version.is_empty() {
-            patch["metadata"] = json!({"resourceVersion": meta.resource_version});
-        }
-        let obj = self.api.registry.patch(self.info, &meta.namespace, &meta.name, &patch, UpdateScope::Main).await?;
-        Ok(scale_of(&obj))
+        let (ns, name, rv) = (&meta.namespace, &meta.name, &meta.resource_version);
+        Ok(scale_of(&self.api.scale_object(&user, self.info, ns, name, replicas.into(), rv, false).await?))
     }
 
     async fn bind(&self, req: Request<Binding>) -> ApiResult<T> {
+        let user = self.api.authenticate(&req).await?;
         let meta = req.get_ref().metadata.clone().unwrap_or_default();
         let target = req.get_ref().target.clone().unwrap_or_default();
-        self.allow(&req, "create", "binding", &meta.namespace, &meta.name, None, None).await?;
-        from_json(self.api.registry.bind(&meta.namespace, &meta.name, &target.name, &meta.resource_version).await?)
+        from_json(self.api.bind_pod(&user, &meta.namespace, &meta.name, &target.name, &meta.resource_version).await?)
     }
 
     async fn evict(&self, req: Request<Eviction>) -> ApiResult<T> {
+        let user = self.api.authenticate(&req).await?;
         let meta = req.get_ref().metadata.clone().unwrap_or_default();
-        self.allow(&req, "create", "eviction", &meta.namespace, &meta.name, None, None).await?;
-        let opts = DeleteOptions { grace_period_seconds: req.get_ref().grace_period_seconds, ..Default::default() };
-        from_json(self.api.registry.delete(self.info, &meta.namespace, &meta.name, &opts).await?)
+        let grace = req.get_ref().grace_period_seconds;
+        from_json(self.api.evict_pod(&user, &meta.namespace, &meta.name, grace).await?)
     }
 }
 

@@ -427,7 +427,13 @@ fn a_rolling_update_driven_by_kubectl_survives_a_leader_kill() {
     // phase: a paused Deployment takes the change without rolling it out
     assert_eq!(k.ok(&["rollout", "pause", "deploy/roll"]), "deployment.apps/roll paused\n");
     assert_eq!(k.ok(&["set", "env", "deploy/roll", "VERSION=v2"]), "deployment.apps/roll env updated\n");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the controller has seen the change (observedGeneration caught up), the count holds.
+    wait_for(Duration::from_secs(20), "the controller to observe the paused change", || {
+        let seen =
+            k.ok(&["get", "deploy", "roll", "-o", "jsonpath={.metadata.generation} {.status.observedGeneration}"]);
+        let (generation, observed) = seen.split_once(' ')?;
+        (generation == observed).then_some(())
+    });
     let sets = k.ok(&["get", "rs", "-l", "app=roll", "-o", "name"]);
     assert_eq!(sets.lines().count(), 1, "a paused Deployment made a new ReplicaSet: {sets}");
 

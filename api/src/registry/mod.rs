@@ -757,7 +757,8 @@ fn effective_namespace(info: &KindInfo, ns: &str) -> String {
     }
 }
 
-fn check_type(info: &KindInfo, obj: &Value) -> ApiResult<()> {
+/// The body's kind and apiVersion, when given, are this resource's.
+pub(crate) fn check_type(info: &KindInfo, obj: &Value) -> ApiResult<()> {
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
     let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     if !kind.is_empty() && kind != info.kind {

@@ -14,7 +14,7 @@ pub mod status;
 pub mod wire;
 
 use crate::error::{ApiError, ApiResult};
-use crate::kinds::{self, KindInfo};
+use crate::kinds::KindInfo;
 use crate::registry::{CreateId, DeleteOptions, ListOptions, UpdateScope, WatchOptions};
 use crate::service::Api;
 use crate::table::{self, Include};
@@ -58,7 +58,7 @@ async fn serve(api: Arc<Api>, req: http::Request<Body>) -> http::Response<Body> 
         Err(e) => error_response(&e),
     };
     if let Some(resource) = seen.resource {
-        api.registry.metrics.rest_request(seen.verb, resource, seen.sub, response.status().as_u16(), start.elapsed());
+        api.registry.metrics.rest_request(seen.verb, resource, &seen.sub, response.status().as_u16(), start.elapsed());
     }
     response
 }
@@ -68,17 +68,15 @@ async fn serve(api: Arc<Api>, req: http::Request<Body>) -> http::Response<Body> 
 struct Seen {
     verb: &'static str,
     resource: Option<&'static str>,
-    sub: &'static str,
+    sub: String,
 }
 
 fn json_response(code: StatusCode, body: &Value) -> http::Response<Body> {
-    let mut r = http::Response::new(Body::from(body.to_string()));
-    *r.status_mut() = code;
-    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    r
+    json_text_response(code, body.to_string())
 }
 
-fn text_response(code: StatusCode, body: String) -> http::Response<Body> {
+/// A response of JSON already written out.
+fn json_text_response(code: StatusCode, body: String) -> http::Response<Body> {
     let mut r = http::Response::new(Body::from(body));
     *r.status_mut() = code;
     r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
@@ -205,14 +203,7 @@ async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResu
     }
     let t = target(&api_version, rest, &path)?;
     seen.resource = Some(t.info.resource);
-    seen.sub = match t.sub.as_str() {
-        "status" => "status",
-        "scale" => "scale",
-        "binding" => "binding",
-        "eviction" => "eviction",
-        "log" => "log",
-        _ => "",
-    };
+    seen.sub = t.sub.clone();
     let body = if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
         axum::body::to_bytes(body, MAX_BODY)
             .await
@@ -299,28 +290,21 @@ impl Call<'_> {
 
     /// The body names the same object as the path (or leaves name and namespace to it).
     fn check_names(&self, obj: &mut Value) -> ApiResult<()> {
-        check_type(self.info(), obj)?;
-        if !self.t.name.is_empty() {
-            match crate::object::name(obj) {
-                "" => crate::object::set_meta(obj, "name", json!(self.t.name)),
-                n if n == self.t.name => {}
-                n => {
-                    return Err(ApiError::BadRequest(format!(
-                        "the name of the object ({n}) does not match the name on the URL ({})",
-                        self.t.name
-                    )))
-                }
-            }
+        if !obj.is_object() {
+            return Err(ApiError::BadRequest("the request body is not a JSON object".into()));
         }
-        if self.info().namespaced && !self.t.ns.is_empty() {
-            match crate::object::namespace(obj) {
-                "" => crate::object::set_meta(obj, "namespace", json!(self.t.ns)),
-                n if n == self.t.ns => {}
-                n => {
+        crate::registry::check_type(self.info(), obj)?;
+        let namespace = if self.info().namespaced { self.t.ns.as_str() } else { "" };
+        for (field, on_request) in [("name", self.t.name.as_str()), ("namespace", namespace)] {
+            match crate::object::meta_str(obj, field) {
+                _ if on_request.is_empty() => {}
+                "" => crate::object::set_meta(obj, field, json!(on_request)),
+                given if given == on_request => {}
+                given => {
                     return Err(ApiError::BadRequest(format!(
-                    "the namespace of the provided object does not match the namespace sent on the request ({n} vs {})",
-                    self.t.ns
-                )))
+                        "the {field} of the provided object ({given}) does not match the {field} sent on the request \
+                         ({on_request})"
+                    )))
                 }
             }
         }
@@ -346,14 +330,13 @@ impl Call<'_> {
             let t = table::table(self.info(), page.items.iter().map(|s| &s.object), metadata, include);
             return Ok(json_response(StatusCode::OK, &t));
         }
-        Ok(text_response(StatusCode::OK, crate::service::list_json(self.info(), &page)?))
+        Ok(json_text_response(StatusCode::OK, crate::service::list_json(self.info(), &page)?))
     }
 
     async fn get(&self) -> ApiResult<http::Response<Body>> {
         match self.t.sub.as_str() {
             "scale" => {
-                self.api.allow(&self.user, self.info(), "get", "scale", &self.t.ns, &self.t.name, None, None).await?;
-                let obj = self.api.registry.get(self.info(), &self.t.ns, &self.t.name).await?;
+                let obj = self.api.get_scaled(&self.user, self.info(), &self.t.ns, &self.t.name).await?;
                 return Ok(json_response(StatusCode::OK, &scale_json(&obj)));
             }
             "log" => {
@@ -464,24 +447,8 @@ impl Call<'_> {
     /// Sets a workload's replicas through its scale subresource.
     async fn scale_to(&self, replicas: i64, resource_version: &str) -> ApiResult<http::Response<Body>> {
         let dry_run = self.dry_run()?;
-        self.api.allow(&self.user, self.info(), "update", "scale", &self.t.ns, &self.t.name, None, None).await?;
-        if replicas < 0 {
-            return Err(ApiError::Invalid {
-                kind: "Scale".into(),
-                name: self.t.name.clone(),
-                causes: vec![crate::error::FieldError::invalid(
-                    "spec.replicas",
-                    replicas,
-                    "must be greater than or equal to 0",
-                )],
-            });
-        }
-        let mut patch = json!({"spec": {"replicas": replicas}});
-        if !resource_version.is_empty() {
-            patch["metadata"] = json!({"resourceVersion": resource_version});
-        }
-        let obj =
-            self.api.writer(dry_run).patch(self.info(), &self.t.ns, &self.t.name, &patch, UpdateScope::Main).await?;
+        let (ns, name) = (&self.t.ns, &self.t.name);
+        let obj = self.api.scale_object(&self.user, self.info(), ns, name, replicas, resource_version, dry_run).await?;
         Ok(json_response(StatusCode::OK, &scale_json(&obj)))
     }
 
@@ -491,19 +458,14 @@ impl Call<'_> {
         let (ns, name) = (&self.t.ns, &self.t.name);
         match self.t.sub.as_str() {
             "binding" => {
-                self.api.allow(&self.user, self.info(), "create", "binding", ns, name, None, None).await?;
                 let node = body.pointer("/target/name").and_then(Value::as_str).unwrap_or_default();
                 let rv = crate::object::resource_version(&body);
-                self.api.registry.bind(ns, name, node, rv).await?;
+                self.api.bind_pod(&self.user, ns, name, node, rv).await?;
                 Ok(json_response(StatusCode::CREATED, &success()))
             }
             "eviction" => {
-                self.api.allow(&self.user, self.info(), "create", "eviction", ns, name, None, None).await?;
-                let opts = DeleteOptions {
-                    grace_period_seconds: body.pointer("/deleteOptions/gracePeriodSeconds").and_then(Value::as_i64),
-                    ..Default::default()
-                };
-                self.api.registry.delete(self.info(), ns, name, &opts).await?;
+                let grace = body.pointer("/deleteOptions/gracePeriodSeconds").and_then(Value::as_i64);
+                self.api.evict_pod(&self.user, ns, name, grace).await?;
                 Ok(json_response(StatusCode::CREATED, &success()))
             }
             _ => Err(ApiError::Unsupported(format!("POST is not allowed on {}/{}", self.info().resource, self.t.sub))),
@@ -571,7 +533,7 @@ impl Call<'_> {
     /// Deletes every object the selectors match (authorized as `deletecollection`).
     async fn delete_collection(&self) -> ApiResult<http::Response<Body>> {
         let (opts, _, dry_run) = self.delete_options()?;
-        let registry = crate::Registry { dry_run, ..self.api.registry.clone() };
+        let registry = self.api.writer(dry_run);
         self.api.allow(&self.user, self.info(), "deletecollection", "", &self.t.ns, "", None, None).await?;
         let page = self.api.registry.list(self.info(), &self.t.ns, &self.list_options()?).await?;
         let mut deleted = Vec::new();
@@ -746,23 +708,6 @@ async fn rules_review(api: &Api, user: &crate::auth::User, mut review: Value) ->
 /// `metav1.Status` of a success without an object (a binding, an eviction).
 fn success() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
-}
-
-/// The body's apiVersion and kind, when given, are this resource's.
-fn check_type(info: &KindInfo, obj: &Value) -> ApiResult<()> {
-    if !obj.is_object() {
-        return Err(ApiError::BadRequest("the request body is not a JSON object".into()));
-    }
-    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    if (!kind.is_empty() && kind != info.kind) || (!api_version.is_empty() && api_version != info.api_version) {
-        return Err(ApiError::BadRequest(format!(
-            "the API version in the data ({api_version}) and kind ({kind}) do not match the resource {} ({})",
-            kinds::qualified(info),
-            info.api_version
-        )));
-    }
-    Ok(())
 }
 
 /// A workload's `autoscaling/v1` Scale as Kubernetes writes it (`status.replicas` always,
