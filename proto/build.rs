@@ -206,7 +206,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     field.json_name()
                 );
                 let repeated = field.label() == Label::Repeated;
-                if field.type_name() == ".google.protobuf.Value" {
+                if field.name() == "fields_v1" {
+                    attr.push_str(", with = \"crate::serde_util::raw_json\"");
+                } else if field.type_name() == ".google.protobuf.Value" {
                     attr.push_str(", with = \"crate::serde_util::int_or_string\"");
                 } else if field.r#type() == Type::Bytes && !repeated {
                     attr.push_str(", with = \"crate::serde_util::base64_bytes\"");

@@ -55,6 +55,15 @@ pub fn drop_nulls(v: &mut Value) {
     }
 }
 
+/// How a write is made: for real or as a dry run, and by which field manager (REST writes
+/// name one, and what each changes is recorded in `managedFields`; gRPC writes keep what is
+/// recorded).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Write<'a> {
+    pub dry_run: bool,
+    pub manager: Option<&'a str>,
+}
+
 /// A dry run's object shows the version the store still has (none for a create).
 fn dry_version(mut obj: Value, stored: Option<&Value>) -> Value {
     let rv = stored.map(|s| crate::object::resource_version(s).to_string()).unwrap_or_default();
@@ -99,14 +108,17 @@ impl Api {
         mut obj: Value,
         ns_hint: &str,
         id: Option<&CreateId>,
-        dry_run: bool,
+        w: Write<'_>,
     ) -> ApiResult<Value> {
         drop_nulls(&mut obj);
         let name = crate::object::name(&obj).to_string();
         self.allow(user, info, "create", "", ns_of(info, &obj, ns_hint), &name, Some(&obj), None).await?;
         crate::admission::stamp_requester(info, &mut obj, user);
-        let made = self.writer(dry_run).create_as(info, obj, ns_hint, id).await?;
-        Ok(if dry_run { dry_version(made, None) } else { made })
+        if let Some(manager) = w.manager {
+            crate::fields::track_update(None, &mut obj, manager, info.api_version, "");
+        }
+        let made = self.writer(w.dry_run).create_as(info, obj, ns_hint, id).await?;
+        Ok(if w.dry_run { dry_version(made, None) } else { made })
     }
 
     pub async fn get_object(&self, user: &User, info: &'static KindInfo, ns: &str, name: &str) -> ApiResult<Value> {
@@ -133,7 +145,7 @@ impl Api {
         obj: Value,
         ns_hint: &str,
         scope: UpdateScope,
-        dry_run: bool,
+        w: Write<'_>,
     ) -> ApiResult<Value> {
         let sub = if scope == UpdateScope::Status { "status" } else { "" };
         let mut obj = obj;
@@ -144,8 +156,11 @@ impl Api {
         if info.namespaced && crate::object::namespace(&obj).is_empty() {
             crate::object::set_meta(&mut obj, "namespace", Value::String(ns));
         }
-        let updated = self.writer(dry_run).update(info, obj, scope).await?;
-        Ok(if dry_run { dry_version(updated, stored.as_ref()) } else { updated })
+        if let (Some(manager), UpdateScope::Main) = (w.manager, scope) {
+            crate::fields::track_update(stored.as_ref(), &mut obj, manager, info.api_version, "");
+        }
+        let updated = self.writer(w.dry_run).update(info, obj, scope).await?;
+        Ok(if w.dry_run { dry_version(updated, stored.as_ref()) } else { updated })
     }
 
     /// Patches an object: `apply` turns the stored object into the patched one. Authorized on
@@ -161,7 +176,7 @@ impl Api {
         name: &str,
         scope: UpdateScope,
         pinned: bool,
-        dry_run: bool,
+        w: Write<'_>,
         apply: &(dyn Fn(&Value) -> ApiResult<Value> + Send + Sync),
     ) -> ApiResult<Value> {
         let sub = if scope == UpdateScope::Status { "status" } else { "" };
@@ -175,9 +190,12 @@ impl Api {
             let mut patched = apply(&stored)?;
             drop_nulls(&mut patched);
             self.allow(user, info, "patch", sub, ns, name, Some(&patched), Some(&stored)).await?;
-            match self.writer(dry_run).update(info, patched, scope).await {
+            if let (Some(manager), UpdateScope::Main) = (w.manager, scope) {
+                crate::fields::track_update(Some(&stored), &mut patched, manager, info.api_version, "");
+            }
+            match self.writer(w.dry_run).update(info, patched, scope).await {
                 Err(ApiError::Conflict { .. }) if !pinned && attempts < PATCH_ATTEMPTS => attempts += 1,
-                Ok(done) if dry_run => return Ok(dry_version(done, Some(&stored))),
+                Ok(done) if w.dry_run => return Ok(dry_version(done, Some(&stored))),
                 other => return other,
             }
         }
@@ -215,7 +233,7 @@ impl Api {
         name: &str,
         replicas: i64,
         resource_version: &str,
-        dry_run: bool,
+        w: Write<'_>,
     ) -> ApiResult<Value> {
         self.allow(user, info, "update", "scale", ns, name, None, None).await?;
         if replicas < 0 {
@@ -229,11 +247,25 @@ impl Api {
                 )],
             });
         }
-        let mut patch = serde_json::json!({"spec": {"replicas": replicas}});
-        if !resource_version.is_empty() {
-            patch["metadata"] = serde_json::json!({"resourceVersion": resource_version});
+        let writer = self.writer(w.dry_run);
+        let mut attempts = 0;
+        loop {
+            let stored = writer.get(info, ns, name).await?;
+            let mut scaled = stored.clone();
+            scaled["spec"]["replicas"] = replicas.into();
+            if !resource_version.is_empty() {
+                crate::object::set_meta(&mut scaled, "resourceVersion", resource_version.into());
+            }
+            if let Some(manager) = w.manager {
+                crate::fields::track_update(Some(&stored), &mut scaled, manager, info.api_version, "scale");
+            }
+            match writer.update(info, scaled, UpdateScope::Main).await {
+                Err(ApiError::Conflict { .. }) if resource_version.is_empty() && attempts < PATCH_ATTEMPTS => {
+                    attempts += 1
+                }
+                other => return other,
+            }
         }
-        self.writer(dry_run).patch(info, ns, name, &patch, UpdateScope::Main).await
     }
 
     /// Binds a pod to `node` (`create` on `pods/binding`).

@@ -81,6 +81,9 @@ pub enum ApiError {
          changes to the latest version and try again (resourceVersion {given}, current {current})"
     )]
     Conflict { resource: String, name: String, given: String, current: String },
+    /// A server-side apply that would change fields other managers own.
+    #[error("{message}")]
+    ApplyConflict { message: String, causes: Vec<(String, String)> },
     /// A pod already bound to a node.
     #[error("Operation cannot be fulfilled on pods/binding: {0}")]
     BindConflict(String),
@@ -128,7 +131,7 @@ impl From<ApiError> for Status {
             ApiError::UnsupportedMediaType(_) => Code::InvalidArgument,
             ApiError::Precondition(_) => Code::Aborted,
             ApiError::AlreadyExists { .. } => Code::AlreadyExists,
-            ApiError::Conflict { .. } | ApiError::BindConflict(_) => Code::Aborted,
+            ApiError::Conflict { .. } | ApiError::BindConflict(_) | ApiError::ApplyConflict { .. } => Code::Aborted,
             ApiError::Invalid { .. } | ApiError::BadRequest(_) => Code::InvalidArgument,
             ApiError::NamespaceTerminating(_) => Code::FailedPrecondition,
             ApiError::Gone { .. } => Code::OutOfRange,

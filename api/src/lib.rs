@@ -35,6 +35,7 @@ pub mod cluster_info;
 pub mod defaults;
 pub mod encoded_list;
 pub mod error;
+pub mod fields;
 pub mod kinds;
 pub mod list_cache;
 pub mod logs;

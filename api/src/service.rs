@@ -3,6 +3,7 @@
 //! [`Registry`] → JSON → typed message; errors map through `ApiError`'s table.
 
 use crate::auth::{check_no_escalation, Attributes, Policy, TokenFile, User};
+use crate::calls::Write;
 use crate::encoded_list::{EncodedList, ListRoute};
 use crate::error::{ApiError, ApiResult};
 use crate::kinds::{self, KindInfo};
@@ -342,7 +343,7 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
         let user = self.api.authenticate(&req).await?;
         let id = CreateId::of_request(req.metadata(), &user.name)?;
         let obj = to_json(req.get_ref())?;
-        from_json(self.api.create_object(&user, self.info, obj, "", id.as_ref(), false).await?)
+        from_json(self.api.create_object(&user, self.info, obj, "", id.as_ref(), Write::default()).await?)
     }
 
     async fn get(&self, req: Request<GetRequest>) -> ApiResult<T> {
@@ -380,7 +381,7 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
     async fn update(&self, req: Request<T>, scope: UpdateScope) -> ApiResult<T> {
         let user = self.api.authenticate(&req).await?;
         let obj = to_json(req.get_ref())?;
-        from_json(self.api.update_object(&user, self.info, obj, "", scope, false).await?)
+        from_json(self.api.update_object(&user, self.info, obj, "", scope, Write::default()).await?)
     }
 
     async fn patch(&self, req: Request<PatchRequest>) -> ApiResult<T> {
@@ -396,7 +397,16 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
         };
         from_json(
             self.api
-                .patch_object(&user, self.info, &r.namespace, &r.name, UpdateScope::Main, pinned, false, &apply)
+                .patch_object(
+                    &user,
+                    self.info,
+                    &r.namespace,
+                    &r.name,
+                    UpdateScope::Main,
+                    pinned,
+                    Write::default(),
+                    &apply,
+                )
                 .await?,
         )
     }
@@ -444,7 +454,7 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
         let meta = req.get_ref().metadata.clone().unwrap_or_default();
         let replicas = req.get_ref().spec.as_ref().map_or(0, |s| s.replicas);
         let (ns, name, rv) = (&meta.namespace, &meta.name, &meta.resource_version);
-        Ok(scale_of(&self.api.scale_object(&user, self.info, ns, name, replicas.into(), rv, false).await?))
+        Ok(scale_of(&self.api.scale_object(&user, self.info, ns, name, replicas.into(), rv, Write::default()).await?))
     }
 
     async fn bind(&self, req: Request<Binding>) -> ApiResult<T> {
@@ -605,7 +615,10 @@ impl objects_server::Objects for ObjectsService {
         let id = CreateId::of_request(req.metadata(), &user.name)?;
         let r = req.get_ref();
         let info = kinds::by_resource(&r.resource)?;
-        let obj = self.api.create_object(&user, info, parse_body(&r.json)?, &r.namespace, id.as_ref(), false).await?;
+        let obj = self
+            .api
+            .create_object(&user, info, parse_body(&r.json)?, &r.namespace, id.as_ref(), Write::default())
+            .await?;
         Ok(Response::new(raw(&obj)))
     }
     async fn get(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
@@ -631,8 +644,10 @@ impl objects_server::Objects for ObjectsService {
         let user = self.api.authenticate(&req).await?;
         let r = req.get_ref();
         let info = kinds::by_resource(&r.resource)?;
-        let obj =
-            self.api.update_object(&user, info, parse_body(&r.json)?, &r.namespace, UpdateScope::Main, false).await?;
+        let obj = self
+            .api
+            .update_object(&user, info, parse_body(&r.json)?, &r.namespace, UpdateScope::Main, Write::default())
+            .await?;
         Ok(Response::new(raw(&obj)))
     }
     async fn delete(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {

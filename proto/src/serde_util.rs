@@ -106,6 +106,24 @@ pub mod base64_map {
     }
 }
 
+/// A string field holding JSON text, written and read as that JSON (Kubernetes' `fieldsV1`).
+pub mod raw_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+        let value: serde_json::Value = serde_json::from_str(v).map_err(serde::ser::Error::custom)?;
+        value.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        if !value.is_object() {
+            return Err(serde::de::Error::custom("fieldsV1 must be an object"));
+        }
+        Ok(value.to_string())
+    }
+}
+
 /// Reads JSON as `T` and writes it back: the canonical form of an object, or an error naming
 /// the path of the first unknown or mistyped field (`spec.replica: unknown field ...`).
 pub fn normalize<T: serde::Serialize + serde::de::DeserializeOwned>(

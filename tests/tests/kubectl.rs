@@ -47,6 +47,12 @@ fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `manager/operation` of each entry of an object's managedFields.
+fn managers(k: &Kubectl, object: &str) -> String {
+    let each = "jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation} {end}";
+    k.ok(&["get", object, "--show-managed-fields", "-o", each])
+}
+
 /// The words of a table's first line.
 fn header(table: &str) -> Vec<String> {
     table.lines().next().unwrap_or_default().split_whitespace().map(String::from).collect()
@@ -71,6 +77,24 @@ spec:
         command: [sleep, '3600']
         env:
         - {name: A, value: '1'}
+";
+
+/// Applied server-side with REPLICAS replaced.
+const SSA: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ssa}
+spec:
+  replicas: REPLICAS
+  selector:
+    matchLabels: {app: ssa}
+  template:
+    metadata:
+      labels: {app: ssa}
+    spec:
+      containers:
+      - name: app
+        image: busybox:test
+        env: [{name: A, value: '1'}]
 ";
 
 const CONFIGMAP: &str = "apiVersion: v1
@@ -118,6 +142,47 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     assert_eq!(k.ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.mode}"]), "slow");
     let table = k.ok(&["get", "deployments"]);
     assert_eq!(header(&table), ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], "{table}");
+
+    // phase: server-side apply: field ownership, a conflict with the owner of a field, forcing
+    let applied = SSA.replace("REPLICAS", "2");
+    assert_eq!(
+        k.ok_with(&["apply", "--server-side", "-f", "-"], Some(&applied)),
+        "deployment.apps/ssa serverside-applied\n"
+    );
+    assert_eq!(managers(&k, "deploy/ssa"), "kubectl/Apply ");
+    let owned = k.ok(&[
+        "get",
+        "deploy",
+        "ssa",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[0].fieldsV1.f:spec}",
+    ]);
+    assert!(owned.contains(r#""f:replicas":{}"#) && owned.contains(r#"k:{\"name\":\"app\"}"#), "{owned}");
+    assert!(
+        !k.ok(&["get", "deploy", "ssa", "-o", "yaml"]).contains("managedFields"),
+        "kubectl hides managedFields by default"
+    );
+    assert_eq!(k.ok(&["scale", "deploy", "ssa", "--replicas=3"]), "deployment.apps/ssa scaled\n");
+    let refused = k.fails(&["apply", "--server-side", "-f", "-"], Some(&SSA.replace("REPLICAS", "4")));
+    assert!(refused.contains("Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"), "{refused}");
+    assert_eq!(
+        k.ok(&["get", "deploy", "ssa", "-o", "jsonpath={.spec.replicas}"]),
+        "3",
+        "a refused apply changed nothing"
+    );
+    // Applying the value the other manager set is no conflict: the field is shared.
+    k.ok_with(&["apply", "--server-side", "-f", "-"], Some(&SSA.replace("REPLICAS", "3")));
+    k.ok_with(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(&SSA.replace("REPLICAS", "4")));
+    assert_eq!(k.ok(&["get", "deploy", "ssa", "-o", "jsonpath={.spec.replicas}"]), "4");
+    assert_eq!(managers(&k, "deploy/ssa"), "kubectl/Apply ", "the forced apply took the only field the scale owned");
+    // A field dropped from the applied configuration is removed from the object.
+    let fewer = SSA.replace("REPLICAS", "4").replace("        env: [{name: A, value: '1'}]\n", "");
+    k.ok_with(&["apply", "--server-side", "-f", "-"], Some(&fewer));
+    assert_eq!(k.ok(&["get", "deploy", "ssa", "-o", "jsonpath={.spec.template.spec.containers[0].env}"]), "");
+    let without_manager = k.run(&["apply", "--server-side", "--field-manager=", "-f", "-"], Some(&fewer), &[]);
+    assert!(!without_manager.status.success(), "an apply without a field manager was taken");
+    k.ok(&["delete", "deploy", "ssa"]);
     assert!(table.lines().nth(1).is_some_and(|l| l.starts_with("web ") && l.contains(" 0/2 ")), "{table}");
     let wide = k.ok(&["get", "deployments", "-o", "wide"]);
     assert_eq!(

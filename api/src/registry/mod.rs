@@ -615,6 +615,13 @@ impl Registry {
         for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace"] {
             set_meta(&mut obj, field, current["metadata"].get(field).cloned().unwrap_or(Value::Null));
         }
+        // Field ownership stays as stored unless the writer sends its own (an empty list
+        // clears it, as in Kubernetes).
+        if obj.pointer("/metadata/managedFields").is_none() {
+            if let Some(owners) = current.pointer("/metadata/managedFields") {
+                set_meta(&mut obj, "managedFields", owners.clone());
+            }
+        }
         // Generation moves only when the (defaulted) spec really changed.
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
         set_meta(&mut obj, "generation", json!(generation));

@@ -13,7 +13,8 @@ pub mod patch;
 pub mod status;
 pub mod wire;
 
-use crate::error::{ApiError, ApiResult};
+use crate::calls::Write;
+use crate::error::{ApiError, ApiResult, FieldError};
 use crate::kinds::KindInfo;
 use crate::registry::{CreateId, DeleteOptions, ListOptions, UpdateScope, WatchOptions};
 use crate::service::Api;
@@ -276,6 +277,13 @@ impl Call<'_> {
         }
     }
 
+    /// How this call writes: `?dryRun`, and the field manager it names (`?fieldManager`, else
+    /// the client's user agent), which then owns the fields the write changes.
+    fn manager(&self) -> ApiResult<String> {
+        let agent = self.headers.get(header::USER_AGENT).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        crate::fields::manager_of(self.query.str("fieldManager"), agent)
+    }
+
     /// Bindings and evictions do not take a dry run yet.
     fn no_dry_run(&self) -> ApiResult<()> {
         match self.dry_run()? {
@@ -374,7 +382,9 @@ impl Call<'_> {
             Some(id) => Some(CreateId::new(&self.user.name, id)?),
             None => None,
         };
-        let made = self.api.create_object(&self.user, self.info(), obj, &self.t.ns, id.as_ref(), dry_run).await?;
+        let manager = self.manager()?;
+        let w = Write { dry_run, manager: Some(&manager) };
+        let made = self.api.create_object(&self.user, self.info(), obj, &self.t.ns, id.as_ref(), w).await?;
         Ok(json_response(StatusCode::CREATED, &made))
     }
 
@@ -388,7 +398,9 @@ impl Call<'_> {
         }
         self.check_names(&mut obj)?;
         let scope = if self.t.sub == "status" { UpdateScope::Status } else { UpdateScope::Main };
-        let updated = self.api.update_object(&self.user, self.info(), obj, &self.t.ns, scope, dry_run).await?;
+        let manager = self.manager()?;
+        let w = Write { dry_run, manager: Some(&manager) };
+        let updated = self.api.update_object(&self.user, self.info(), obj, &self.t.ns, scope, w).await?;
         Ok(json_response(StatusCode::OK, &updated))
     }
 
@@ -403,10 +415,7 @@ impl Call<'_> {
             ))
         })?;
         if kind == PatchType::Apply {
-            return Err(ApiError::UnsupportedMediaType(
-                "server-side apply (application/apply-patch+yaml) is not served yet; use client-side kubectl apply"
-                    .into(),
-            ));
+            return self.server_side_apply(dry_run).await;
         }
         let body: Value = serde_json::from_slice(self.body)
             .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
@@ -437,18 +446,62 @@ impl Call<'_> {
             }
             Ok(patched)
         };
-        let patched = self
-            .api
-            .patch_object(&self.user, self.info(), &self.t.ns, &self.t.name, scope, pinned, dry_run, &apply)
-            .await?;
+        let manager = self.manager()?;
+        let w = Write { dry_run, manager: Some(&manager) };
+        let patched =
+            self.api.patch_object(&self.user, self.info(), &self.t.ns, &self.t.name, scope, pinned, w, &apply).await?;
         Ok(json_response(StatusCode::OK, &patched))
+    }
+
+    /// Server-side apply: the body is the manager's whole configuration of the object, which
+    /// is created when missing (see [`crate::fields`]).
+    async fn server_side_apply(&self, dry_run: bool) -> ApiResult<http::Response<Body>> {
+        if !self.t.sub.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "server-side apply is served on objects, not on their {} subresource",
+                self.t.sub
+            )));
+        }
+        let manager = self.query.str("fieldManager");
+        if manager.is_empty() {
+            return Err(ApiError::Invalid {
+                kind: "PatchOptions.meta.k8s.io".into(),
+                name: String::new(),
+                causes: vec![FieldError::required("fieldManager", "is required for apply patch")],
+            });
+        }
+        crate::fields::manager_of(manager, "")?;
+        let force = match self.query.str("force") {
+            "" | "false" => false,
+            "true" => true,
+            other => {
+                return Err(ApiError::BadRequest(format!("force: invalid value {other:?}: must be true or false")))
+            }
+        };
+        let mut applied = self.object()?;
+        self.check_names(&mut applied)?;
+        let pinned = patch::pins_version(PatchType::Apply, &applied);
+        let api_version = self.info().api_version;
+        let w = Write { dry_run, manager: None };
+        let apply = |stored: &Value| crate::fields::apply(Some(stored), &applied, manager, api_version, force);
+        let (ns, name) = (&self.t.ns, &self.t.name);
+        match self.api.patch_object(&self.user, self.info(), ns, name, UpdateScope::Main, pinned, w, &apply).await {
+            Err(ApiError::NotFound { .. }) => {
+                let made = crate::fields::apply(None, &applied, manager, api_version, force)?;
+                let made = self.api.create_object(&self.user, self.info(), made, ns, None, w).await?;
+                Ok(json_response(StatusCode::CREATED, &made))
+            }
+            applied => Ok(json_response(StatusCode::OK, &applied?)),
+        }
     }
 
     /// Sets a workload's replicas through its scale subresource.
     async fn scale_to(&self, replicas: i64, resource_version: &str) -> ApiResult<http::Response<Body>> {
         let dry_run = self.dry_run()?;
         let (ns, name) = (&self.t.ns, &self.t.name);
-        let obj = self.api.scale_object(&self.user, self.info(), ns, name, replicas, resource_version, dry_run).await?;
+        let manager = self.manager()?;
+        let w = Write { dry_run, manager: Some(&manager) };
+        let obj = self.api.scale_object(&self.user, self.info(), ns, name, replicas, resource_version, w).await?;
         Ok(json_response(StatusCode::OK, &scale_json(&obj)))
     }
 

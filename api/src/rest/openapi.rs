@@ -56,6 +56,7 @@ fn schema_ref(message: &str) -> Value {
 fn field_schema(f: &prost_types::FieldDescriptorProto) -> Value {
     let type_name = f.type_name().rsplit('.').next().unwrap_or_default();
     let scalar = match f.r#type() {
+        Type::String if f.name() == "fields_v1" => json!({"type": "object"}),
         Type::String => json!({"type": "string"}),
         Type::Bool => json!({"type": "boolean"}),
         Type::Int32 | Type::Sint32 | Type::Sfixed32 | Type::Uint32 | Type::Fixed32 => {

@@ -81,7 +81,7 @@ pub enum ListMerge {
 
 /// Kubernetes' `patchStrategy:"merge"` lists of the built-in kinds, by field name (and, for
 /// `ports`, by whether a container holds it).
-fn list_merge(path: &[String], field: &str) -> Option<ListMerge> {
+pub(crate) fn list_merge(path: &[String], field: &str) -> Option<ListMerge> {
     let in_container =
         path.iter().any(|p| matches!(p.as_str(), "containers" | "initContainers" | "ephemeralContainers"));
     Some(match field {

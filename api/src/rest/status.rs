@@ -13,6 +13,13 @@ pub fn of(e: &ApiError) -> (StatusCode, Value) {
         ApiError::AlreadyExists { resource, name } => (StatusCode::CONFLICT, "AlreadyExists", details(resource, name)),
         ApiError::Conflict { resource, name, .. } => (StatusCode::CONFLICT, "Conflict", details(resource, name)),
         ApiError::BindConflict(_) => (StatusCode::CONFLICT, "Conflict", Value::Null),
+        ApiError::ApplyConflict { causes, .. } => {
+            let causes: Vec<Value> = causes
+                .iter()
+                .map(|(message, field)| json!({"reason": "FieldManagerConflict", "message": message, "field": field}))
+                .collect();
+            (StatusCode::CONFLICT, "Conflict", json!({"causes": causes}))
+        }
         ApiError::Invalid { kind, name, causes } => {
             let (group, kind) = match kind.split_once('.') {
                 Some((k, g)) => (g, k),

@@ -20,6 +20,9 @@ pub struct GetArgs {
     output: Option<String>,
     #[arg(long)]
     show_labels: bool,
+    /// Keep metadata.managedFields in json and yaml output (kubectl hides them too).
+    #[arg(long)]
+    show_managed_fields: bool,
     /// After listing, print every change until interrupted (one kind).
     #[arg(short = 'w', long)]
     watch: bool,
@@ -148,6 +151,13 @@ pub fn get(args: GetArgs) -> Outcome {
                 match rt.block_on(client.get(info.resource, &ns, n)) {
                     Ok(o) => items.push(o),
                     Err(e) => errors.push(Failure::Server(e)),
+                }
+            }
+        }
+        if !args.show_managed_fields {
+            for o in &mut items {
+                if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("managedFields");
                 }
             }
         }
