@@ -57,6 +57,17 @@ fn forward<T>(api: &Api, from: &tonic::metadata::MetadataMap, body: T) -> Reques
     req
 }
 
+/// The latest usage sample of one node, asked of its daemon (the caller already authorized).
+pub(crate) async fn node_usage(
+    api: &Api,
+    node: &str,
+    from: &tonic::metadata::MetadataMap,
+) -> Result<NodeUsage, Status> {
+    let channel = node_channel(api, node).await?;
+    let r = NodeUsageRequest { node: node.to_string() };
+    Ok(NodeMetricsClient::new(channel).usage(forward(api, from, r)).await?.into_inner())
+}
+
 /// `skiff.api.NodeMetrics` on the masters: authorizes `get nodes/metrics` and relays to the
 /// node's own metrics.
 pub struct NodeMetricsService {
@@ -71,10 +82,7 @@ impl NodeMetrics for NodeMetricsService {
         let nodes = kinds::by_resource("nodes")?;
         let a = Attributes { verb: "get", info: nodes, subresource: "metrics", namespace: "", name: &node };
         self.api.authorize(&user, &a, None, None).await?;
-        let channel = node_channel(&self.api, &node).await?;
-        let usage =
-            NodeMetricsClient::new(channel).usage(forward(&self.api, req.metadata(), req.get_ref().clone())).await?;
-        Ok(Response::new(usage.into_inner()))
+        Ok(Response::new(node_usage(&self.api, &node, req.metadata()).await?))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use skiff_proto::api::node_metrics_server::NodeMetrics;
-use skiff_proto::api::{NodeUsage, NodeUsageRequest, PodUsage};
+use skiff_proto::api::{ContainerUsage, NodeUsage, NodeUsageRequest, PodUsage};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,9 +14,31 @@ use tonic::{Request, Response, Status};
 #[derive(Default)]
 struct Sample {
     at: Option<Instant>,
-    /// Node: busy jiffies; pods: cpuacct nanoseconds.
+    /// Node: busy jiffies; pods (by uid) and containers (by `uid/name`): cpuacct nanoseconds.
     node_busy: u64,
     pods: HashMap<String, u64>,
+}
+
+/// The cgroup directory of a pod (`pod<uid>`) or of one of its containers under `hierarchy`.
+fn cgroup_dir(hierarchy: &str, node: &str, uid: &str, container: Option<&str>) -> PathBuf {
+    let pod = Path::new("/sys/fs/cgroup").join(hierarchy).join("skiff").join(node).join(format!("pod{uid}"));
+    match container {
+        Some(c) => pod.join(c),
+        None => pod,
+    }
+}
+
+/// The containers that have a cgroup under the pod's.
+fn container_names(node: &str, uid: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cgroup_dir("cpuacct", node, uid, None))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
 }
 
 #[derive(Clone)]
@@ -79,8 +101,12 @@ impl Sampler {
     fn take(&self) -> Sample {
         let mut s = Sample { at: Some(Instant::now()), node_busy: node_busy_jiffies(), pods: HashMap::new() };
         for (uid, _, _) in self.pods() {
-            let dir = Path::new("/sys/fs/cgroup/cpuacct/skiff").join(&self.node).join(format!("pod{uid}"));
-            if let Some(ns) = read_u64(&dir.join("cpuacct.usage")) {
+            for c in container_names(&self.node, &uid) {
+                if let Some(ns) = read_u64(&cgroup_dir("cpuacct", &self.node, &uid, Some(&c)).join("cpuacct.usage")) {
+                    s.pods.insert(format!("{uid}/{c}"), ns);
+                }
+            }
+            if let Some(ns) = read_u64(&cgroup_dir("cpuacct", &self.node, &uid, None).join("cpuacct.usage")) {
                 s.pods.insert(uid, ns);
             }
         }
@@ -104,18 +130,27 @@ impl Sampler {
                 memory_capacity_bytes: meminfo("MemTotal:") as i64,
                 pods: Vec::new(),
                 timestamp: skiff_proto::time::now_rfc3339(),
+                window_seconds: secs.round() as i64,
+            };
+            let cpu = |key: &str| match (now.pods.get(key), prev.pods.get(key)) {
+                (Some(a), Some(b)) => ((a.saturating_sub(*b)) as f64 / 1e9 / secs * 1000.0) as i64,
+                _ => 0,
             };
             for (uid, ns, name) in self.pods() {
-                let cpu = match (now.pods.get(&uid), prev.pods.get(&uid)) {
-                    (Some(a), Some(b)) => ((a.saturating_sub(*b)) as f64 / 1e9 / secs * 1000.0) as i64,
-                    _ => 0,
-                };
-                let mem_dir = Path::new("/sys/fs/cgroup/memory/skiff").join(&self.node).join(format!("pod{uid}"));
+                let containers = container_names(&self.node, &uid)
+                    .into_iter()
+                    .map(|c| ContainerUsage {
+                        cpu_millicores: cpu(&format!("{uid}/{c}")),
+                        memory_bytes: working_set(&cgroup_dir("memory", &self.node, &uid, Some(&c))) as i64,
+                        name: c,
+                    })
+                    .collect();
                 usage.pods.push(PodUsage {
                     namespace: ns,
                     name,
-                    cpu_millicores: cpu,
-                    memory_bytes: working_set(&mem_dir) as i64,
+                    cpu_millicores: cpu(&uid),
+                    memory_bytes: working_set(&cgroup_dir("memory", &self.node, &uid, None)) as i64,
+                    containers,
                 });
             }
             if let Ok(mut l) = self.latest.lock() {

@@ -489,6 +489,27 @@ fn a_rolling_update_driven_by_kubectl_survives_a_leader_kill() {
     });
     assert_eq!(logs, "started v1\n");
 
+    // phase: kubectl top reads the nodes' cgroup samples through metrics.k8s.io
+    let replicas: usize = k.ok(&["get", "deploy", "roll", "-o", "jsonpath={.spec.replicas}"]).parse().unwrap();
+    let top = wait_for(Duration::from_secs(30), "kubectl top pods to list every pod", || {
+        let o = k.run(&["top", "pods", "-l", "app=roll", "--containers"], None, &[]);
+        let text = out(&o);
+        (o.status.success() && text.lines().filter(|l| l.starts_with("roll-")).count() == replicas).then_some(text)
+    });
+    assert_eq!(header(&top), ["POD", "NAME", "CPU(cores)", "MEMORY(bytes)"], "{top}");
+    assert!(top.lines().skip(1).all(|l| l.split_whitespace().nth(1) == Some("app")), "{top}");
+    let nodes = k.ok(&["top", "nodes"]);
+    assert_eq!(header(&nodes), ["NAME", "CPU(cores)", "CPU(%)", "MEMORY(bytes)", "MEMORY(%)"], "{nodes}");
+    assert_eq!(nodes.lines().count(), 3, "{nodes}");
+    for line in nodes.lines().skip(1) {
+        let memory = line.split_whitespace().nth(3).unwrap_or_default();
+        assert!(memory.ends_with("Mi") && memory != "0Mi", "a node with no memory in use: {nodes}");
+    }
+    let raw = k.ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods"]);
+    let listed: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let memory = listed["items"][0]["containers"][0]["usage"]["memory"].as_str().unwrap_or_default();
+    assert!(!memory.is_empty() && !memory.starts_with('0'), "a running container with no memory: {raw}");
+
     // phase: a paused Deployment takes the change without rolling it out
     assert_eq!(k.ok(&["rollout", "pause", "deploy/roll"]), "deployment.apps/roll paused\n");
     assert_eq!(k.ok(&["set", "env", "deploy/roll", "VERSION=v2"]), "deployment.apps/roll env updated\n");

@@ -36,20 +36,23 @@ pub fn group_version(info: &KindInfo) -> (&'static str, &'static str) {
 }
 
 /// Resources that are not stored kinds: requests answered on the spot (a review is created
-/// and answered, never kept). (group version, resource, kind, verbs)
-pub const VIRTUAL: [(&str, &str, &str, &[&str]); 2] = [
-    ("authorization.k8s.io/v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", &["create"]),
-    ("authorization.k8s.io/v1", "selfsubjectrulesreviews", "SelfSubjectRulesReview", &["create"]),
+/// and answered, never kept) and usage figures gathered from the nodes.
+/// (group version, resource, kind, namespaced, verbs)
+pub const VIRTUAL: [(&str, &str, &str, bool, &[&str]); 4] = [
+    ("authorization.k8s.io/v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", false, &["create"]),
+    ("authorization.k8s.io/v1", "selfsubjectrulesreviews", "SelfSubjectRulesReview", false, &["create"]),
+    ("metrics.k8s.io/v1beta1", "nodes", "NodeMetrics", false, &["get", "list"]),
+    ("metrics.k8s.io/v1beta1", "pods", "PodMetrics", true, &["get", "list"]),
 ];
 
-/// The API groups other than the core one, in the kinds table's order.
+/// The group versions other than the core one, in the kinds table's order (one version per
+/// group).
 fn groups() -> Vec<&'static str> {
     let mut out: Vec<&str> = Vec::new();
     let versions = KINDS.iter().map(|k| k.api_version).chain(VIRTUAL.iter().map(|v| v.0));
     for api_version in versions {
-        let group = api_version.split_once('/').map_or("", |(g, _)| g);
-        if !group.is_empty() && !out.contains(&group) {
-            out.push(group);
+        if api_version.contains('/') && !out.contains(&api_version) {
+            out.push(api_version);
         }
     }
     out
@@ -63,8 +66,9 @@ pub fn core_versions(server_address: &str) -> Value {
     })
 }
 
-fn group_json(group: &str) -> Value {
-    let version = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
+fn group_json(group_version: &str) -> Value {
+    let (group, v) = group_version.split_once('/').unwrap_or(("", group_version));
+    let version = json!({"groupVersion": group_version, "version": v});
     json!({"name": group, "versions": [version.clone()], "preferredVersion": version})
 }
 
@@ -75,8 +79,9 @@ pub fn group_list() -> Value {
 
 /// `/apis/{group}`, if Skiff serves the group.
 pub fn group(name: &str) -> Option<Value> {
-    groups().contains(&name).then(|| {
-        let mut g = group_json(name);
+    let gv = groups().into_iter().find(|gv| gv.split_once('/').is_some_and(|(g, _)| g == name))?;
+    Some({
+        let mut g = group_json(gv);
         g["kind"] = json!("APIGroup");
         g["apiVersion"] = json!("v1");
         g
@@ -106,8 +111,8 @@ pub fn resource_list(api_version: &str) -> Option<Value> {
     let virtual_resources: Vec<Value> = VIRTUAL
         .iter()
         .filter(|v| v.0 == api_version)
-        .map(|(_, resource, kind, verbs)| {
-            json!({"name": resource, "singularName": kind.to_lowercase(), "namespaced": false, "kind": kind, "verbs": verbs})
+        .map(|(_, resource, kind, namespaced, verbs)| {
+            json!({"name": resource, "singularName": kind.to_lowercase(), "namespaced": namespaced, "kind": kind, "verbs": verbs})
         })
         .collect();
     if kinds.is_empty() && virtual_resources.is_empty() {
@@ -172,5 +177,6 @@ mod tests {
         assert!(names.contains(&"apps") && names.contains(&"rbac.authorization.k8s.io"), "{names:?}");
         assert!(!names.contains(&""), "the core group is /api's, not /apis'");
         assert!(group("apps").is_some() && group("nope").is_none());
+        assert_eq!(group("metrics.k8s.io").unwrap()["preferredVersion"]["version"], "v1beta1");
     }
 }

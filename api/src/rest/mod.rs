@@ -8,6 +8,7 @@
 //! ([`status`]); `Accept: …;as=Table` gets the columns kubectl shows ([`crate::table`]).
 
 pub mod discovery;
+pub mod metrics;
 pub mod openapi;
 pub mod patch;
 pub mod status;
@@ -201,6 +202,11 @@ async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResu
             _ => rules_review(api, &user, asked).await?,
         };
         return Ok(json_response(StatusCode::CREATED, &answer));
+    }
+    if api_version == metrics::GROUP_VERSION && parts.method == Method::GET {
+        let from = tonic::metadata::MetadataMap::from_headers(parts.headers.clone());
+        let answer = metrics::serve(api, &user, &from, rest, query.str("labelSelector")).await?;
+        return Ok(json_response(StatusCode::OK, &answer));
     }
     let t = target(&api_version, rest, &path)?;
     seen.resource = Some(t.info.resource);
