@@ -39,6 +39,65 @@ impl Kubectl {
     }
 }
 
+/// A kubectl that keeps printing (`logs -f`, `get --watch`): its stdout lines as they come.
+struct Following {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Following {
+    fn start(k: &Kubectl, args: &[&str]) -> Following {
+        let mut child = Command::new("kubectl")
+            .env("KUBECONFIG", &k.config)
+            .args(&k.before)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl runs");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Following { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits for a printed line that `wanted` accepts; fails with every line seen.
+    fn until(&mut self, timeout: Duration, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!("no line with {what} ({e}); kubectl printed:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Still following (kubectl has not exited).
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn out(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -509,6 +568,29 @@ fn a_rolling_update_driven_by_kubectl_survives_a_leader_kill() {
     let listed: serde_json::Value = serde_json::from_str(&raw).unwrap();
     let memory = listed["items"][0]["containers"][0]["usage"]["memory"].as_str().unwrap_or_default();
     assert!(!memory.is_empty() && !memory.starts_with('0'), "a running container with no memory: {raw}");
+
+    // phase: kubectl get events --watch sees a new pod scheduled; kubectl logs -f follows its
+    // log as it is written
+    let mut events = Following::start(&k, &["get", "events", "--watch"]);
+    events.until(Duration::from_secs(20), "the events table's header", |l| l.starts_with("LAST SEEN"));
+    let ticker = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done";
+    assert_eq!(k.ok(&["run", "ticker", "--image=busybox:test", "--", "sh", "-c", ticker]), "pod/ticker created\n");
+    events.until(Duration::from_secs(30), "ticker's Scheduled event", |l| {
+        l.contains("Scheduled") && l.contains("pod/ticker")
+    });
+    drop(events);
+    k.ok(&["wait", "--for=condition=Ready", "pod/ticker", "--timeout=60s"]);
+    let mut log = Following::start(&k, &["logs", "-f", "ticker"]);
+    let first: u32 = log
+        .until(Duration::from_secs(20), "a tick", |l| l.starts_with("tick "))
+        .trim_start_matches("tick ")
+        .parse()
+        .unwrap();
+    let later = format!("tick {}", first + 3);
+    log.until(Duration::from_secs(20), &later, |l| l == later);
+    assert!(log.running(), "kubectl logs -f stopped following");
+    drop(log);
+    k.ok(&["delete", "pod", "ticker", "--grace-period=0", "--force"]);
 
     // phase: a paused Deployment takes the change without rolling it out
     assert_eq!(k.ok(&["rollout", "pause", "deploy/roll"]), "deployment.apps/roll paused\n");
