@@ -47,6 +47,9 @@ pub enum Generator {
         /// The container port to declare.
         #[arg(long)]
         port: Option<i64>,
+        /// The command to run instead of the image's (after `--`), as kubectl's.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
 }
 
@@ -166,7 +169,7 @@ pub fn object(what: Generator) -> Result<Value, Failure> {
             "apiVersion": "v1", "kind": "Secret", "metadata": meta(&name), "type": "kubernetes.io/tls",
             "data": {"tls.crt": base64(&read(&cert)?), "tls.key": base64(&read(&key)?)}
         }),
-        Generator::Deployment { name, image, replicas, port } => {
+        Generator::Deployment { name, image, replicas, port, command } => {
             // The container is named after the image, as kubectl names it.
             let base = image.rsplit('/').next().unwrap_or(&image);
             let base = base.split(['@', ':']).next().unwrap_or(base);
@@ -175,6 +178,9 @@ pub fn object(what: Generator) -> Result<Value, Failure> {
             let mut c = json!({"name": container.trim_matches('-'), "image": image});
             if let Some(p) = port {
                 c["ports"] = json!([{"containerPort": p}]);
+            }
+            if !command.is_empty() {
+                c["command"] = json!(command);
             }
             json!({"apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": name, "labels": {"app": name}},
@@ -339,9 +345,11 @@ mod tests {
             image: "registry.local:5000/library/nginx:1.25".into(),
             replicas: 3,
             port: Some(80),
+            command: vec!["sleep".into(), "3600".into()],
         })
         .unwrap();
         assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["name"], "nginx");
+        assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["command"], json!(["sleep", "3600"]));
         assert_eq!(dep["spec"]["selector"]["matchLabels"]["app"], "web");
         assert_eq!(dep["spec"]["replicas"], 3);
         let twice = DataArgs { literals: vec!["k=1".into(), "k=2".into()], files: vec![] };
