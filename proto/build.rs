@@ -25,7 +25,7 @@ const KINDS: &[(&str, &str, &str, bool, &str, &str)] = &[
     ("PersistentVolumeClaim", "persistentvolumeclaims", "v1", true, "pvc", "status"),
     ("Event", "events", "v1", true, "ev", ""),
     ("ResourceQuota", "resourcequotas", "v1", true, "quota", "status"),
-    ("ServiceAccount", "serviceaccounts", "v1", true, "sa", ""),
+    ("ServiceAccount", "serviceaccounts", "v1", true, "sa", "token"),
     ("Lease", "leases", "coordination.k8s.io/v1", true, "", ""),
     ("Deployment", "deployments", "apps/v1", true, "deploy", "status,scale"),
     ("ReplicaSet", "replicasets", "apps/v1", true, "rs", "status,scale"),

@@ -1,6 +1,8 @@
-//! Service-account tokens: JWTs (HS256) that name a service account and the pod they were
-//! issued for, signed with a key every master reads from the store. A token authenticates only
-//! while its pod exists with the same uid, as Kubernetes' bound tokens do.
+//! Service-account tokens: JWTs (HS256) that name a service account and the object they are
+//! bound to, signed with a key every master reads from the store. A token authenticates only
+//! while that object exists with the same uid, as Kubernetes' bound tokens do: the pod a node
+//! asked for it for, or — a TokenRequest (`kubectl create token`) that names no pod — the
+//! service account itself, until the token expires.
 
 use crate::auth::{Attributes, User};
 use crate::error::ApiError;
@@ -9,13 +11,28 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use serde_json::{json, Value};
 
+/// The audience the API takes tokens for when a TokenRequest names none (Kubernetes' default
+/// `--api-audiences`).
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
     pub namespace: String,
     pub service_account: String,
-    pub pod_name: String,
-    pub pod_uid: String,
+    pub bound: Bound,
+    /// Seconds since the epoch from which the token is refused; `None`: while its pod lives.
+    pub expires: Option<i64>,
+    /// Who the token is meant for (`aud`). Empty for the tokens nodes mount into pods, which
+    /// the API takes.
+    pub audiences: Vec<String>,
+}
+
+/// The object a token lives and dies with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bound {
+    Pod { name: String, uid: String },
+    Account { uid: String },
 }
 
 impl Claims {
@@ -39,16 +56,21 @@ fn hmac_key(key: &[u8]) -> ring::hmac::Key {
 
 /// A signed token for `claims`, issued at `now` (seconds since the epoch).
 pub fn issue(key: &[u8], claims: &Claims, now: i64) -> String {
-    let body = json!({
-        "iss": "skiff",
-        "sub": claims.user().name,
-        "iat": now,
-        "kubernetes.io": {
-            "namespace": claims.namespace,
-            "pod": {"name": claims.pod_name, "uid": claims.pod_uid},
-            "serviceaccount": {"name": claims.service_account},
-        },
+    let mut k8s = json!({
+        "namespace": claims.namespace,
+        "serviceaccount": {"name": claims.service_account},
     });
+    match &claims.bound {
+        Bound::Pod { name, uid } => k8s["pod"] = json!({"name": name, "uid": uid}),
+        Bound::Account { uid } => k8s["serviceaccount"]["uid"] = json!(uid),
+    }
+    let mut body = json!({"iss": "skiff", "sub": claims.user().name, "iat": now, "kubernetes.io": k8s});
+    if let Some(exp) = claims.expires {
+        body["exp"] = json!(exp);
+    }
+    if !claims.audiences.is_empty() {
+        body["aud"] = json!(claims.audiences);
+    }
     let signed = format!("{}.{}", B64.encode(HEADER), B64.encode(body.to_string()));
     let sig = B64.encode(ring::hmac::sign(&hmac_key(key), signed.as_bytes()));
     format!("{signed}.{sig}")
@@ -74,11 +96,26 @@ pub fn verify(key: &[u8], token: &str) -> Option<Claims> {
     let body: Value = serde_json::from_slice(&B64.decode(body).ok()?).ok()?;
     let k = &body["kubernetes.io"];
     let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(String::from);
+    let bound = match (text(&k["pod"]["name"]), text(&k["pod"]["uid"])) {
+        (Some(name), Some(uid)) => Bound::Pod { name, uid },
+        _ => Bound::Account { uid: text(&k["serviceaccount"]["uid"])? },
+    };
+    let audiences = match &body["aud"] {
+        Value::Null => Vec::new(),
+        Value::String(a) => vec![a.clone()],
+        Value::Array(a) => a.iter().map(|a| a.as_str().map(String::from)).collect::<Option<_>>()?,
+        _ => return None,
+    };
+    let expires = match &body["exp"] {
+        Value::Null => None,
+        exp => Some(exp.as_i64()?),
+    };
     Some(Claims {
         namespace: text(&k["namespace"])?,
         service_account: text(&k["serviceaccount"]["name"])?,
-        pod_name: text(&k["pod"]["name"])?,
-        pod_uid: text(&k["pod"]["uid"])?,
+        bound,
+        expires,
+        audiences,
     })
 }
 
@@ -131,8 +168,9 @@ impl TokenService {
         let claims = Claims {
             namespace: ns.to_string(),
             service_account: account.to_string(),
-            pod_name: r.pod_name.clone(),
-            pod_uid: uid.to_string(),
+            bound: Bound::Pod { name: r.pod_name.clone(), uid: uid.to_string() },
+            expires: None,
+            audiences: Vec::new(),
         };
         let now = skiff_proto::time::now_secs();
         Ok(skiff_proto::api::ServiceAccountToken { token: issue(self.api.sa_key().await?, &claims, now) })
@@ -147,9 +185,22 @@ mod tests {
         Claims {
             namespace: "shop".into(),
             service_account: "default".into(),
-            pod_name: "web-1".into(),
-            pod_uid: "0b6f".into(),
+            bound: Bound::Pod { name: "web-1".into(), uid: "0b6f".into() },
+            expires: None,
+            audiences: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_requested_token_carries_its_account_expiry_and_audiences() {
+        let claims = Claims {
+            bound: Bound::Account { uid: "77aa".into() },
+            expires: Some(1_700_003_600),
+            audiences: vec![API_AUDIENCE.into(), "vault".into()],
+            ..claims()
+        };
+        let token = issue(b"k", &claims, 1_700_000_000);
+        assert_eq!(verify(b"k", &token), Some(claims));
     }
 
     #[test]

@@ -136,19 +136,39 @@ impl Api {
         crate::bootstrap::user_of(&stored, id, secret, skiff_proto::time::now_secs()).map_err(refused)
     }
 
-    /// The account a token this cluster signed names (None: not such a token); refused if its
-    /// pod is gone.
+    /// The account a token this cluster signed names, if it is such a token and meant for this
+    /// API.
     async fn service_account(&self, token: &str) -> ApiResult<Option<User>> {
-        let refused = |why: &str| ApiError::Unauthenticated(format!("Unauthorized: service-account token {why}"));
+        let Some(claims) = self.service_account_claims(token).await? else { return Ok(None) };
+        if !claims.audiences.is_empty() && !claims.audiences.iter().any(|a| a == crate::satoken::API_AUDIENCE) {
+            return Err(ApiError::Unauthenticated(format!(
+                "Unauthorized: service-account token is meant for {:?}, not this API",
+                claims.audiences
+            )));
+        }
+        Ok(Some(claims.user()))
+    }
+
+    /// What a token this cluster signed says (None: not such a token); refused once it has
+    /// expired or the object it is bound to is gone or replaced.
+    pub(crate) async fn service_account_claims(&self, token: &str) -> ApiResult<Option<crate::satoken::Claims>> {
+        use crate::satoken::Bound;
+        let refused = |why: String| ApiError::Unauthenticated(format!("Unauthorized: service-account token {why}"));
         let Some(key) = self.existing_sa_key().await? else { return Ok(None) };
         let Some(claims) = crate::satoken::verify(key, token) else { return Ok(None) };
-        let pods = kinds::by_resource("pods")?;
-        match self.registry.get(pods, &claims.namespace, &claims.pod_name).await {
-            Ok(pod) if crate::object::meta_str(&pod, "uid") == claims.pod_uid => Ok(Some(claims.user())),
-            Ok(_) | Err(ApiError::NotFound { .. }) => Err(refused(&format!(
-                "was issued for pod {}/{} (uid {}), which no longer exists",
-                claims.namespace, claims.pod_name, claims.pod_uid
-            ))),
+        if let Some(exp) = claims.expires.filter(|exp| *exp <= skiff_proto::time::now_secs()) {
+            return Err(refused(format!("expired at {}", skiff_proto::time::rfc3339(exp))));
+        }
+        let ns = &claims.namespace;
+        let (resource, name, uid) = match &claims.bound {
+            Bound::Pod { name, uid } => ("pods", name, uid),
+            Bound::Account { uid } => ("serviceaccounts", &claims.service_account, uid),
+        };
+        match self.registry.get(kinds::by_resource(resource)?, ns, name).await {
+            Ok(o) if crate::object::meta_str(&o, "uid") == uid => Ok(Some(claims)),
+            Ok(_) | Err(ApiError::NotFound { .. }) => {
+                Err(refused(format!("is bound to {resource} {ns}/{name} (uid {uid}), which no longer exists")))
+            }
             Err(e) => Err(e),
         }
     }

@@ -389,40 +389,69 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
         "error: You must be logged in to the server (Unauthorized)"
     );
 
+    // phase: tokens: kubectl create token (a TokenRequest), auth whoami, TokenReviews
+    assert_eq!(k.ok(&["create", "serviceaccount", "bot"]), "serviceaccount/bot created\n");
+    let token = k.ok(&["create", "token", "bot", "--duration=20m"]).trim().to_string();
+    let bot = Kubectl { config: c.dir.path().join("kubeconfig"), before: vec![format!("--token={token}")] };
+    assert_eq!(
+        bot.ok(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]),
+        "system:serviceaccount:default:bot"
+    );
+    let refused = bot.fails(&["get", "pods"], None);
+    assert!(refused.contains(r#"User "system:serviceaccount:default:bot" cannot list resource "pods""#), "{refused}");
+    let short = k.fails(&["create", "token", "bot", "--duration=1m"], None);
+    assert!(
+        short.contains("spec.expirationSeconds: Invalid value: 60: may not specify a duration less than 10 minutes"),
+        "{short}"
+    );
+    let vault = k.ok(&["create", "token", "bot", "--audience=vault"]).trim().to_string();
+    let review = |token: &str, audiences: &str| {
+        let asked = format!("apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: '{token}', audiences: {audiences}}}\n");
+        k.ok_with(
+            &[
+                "create",
+                "-f",
+                "-",
+                "-o",
+                "jsonpath={.status.authenticated} {.status.user.username} {.status.audiences}",
+            ],
+            Some(&asked),
+        )
+    };
+    assert_eq!(
+        review(&token, "[]"),
+        r#"true system:serviceaccount:default:bot ["https://kubernetes.default.svc.cluster.local"]"#
+    );
+    assert_eq!(review(&vault, "[]").trim(), "false", "a token for vault is not one for the API");
+    assert_eq!(review(&vault, "[vault]"), r#"true system:serviceaccount:default:bot ["vault"]"#);
+    assert_eq!(review("made.up.token", "[]").trim(), "false");
+    let not_for_api = Kubectl { config: c.dir.path().join("kubeconfig"), before: vec![format!("--token={vault}")] };
+    assert!(not_for_api.fails(&["get", "pods"], None).contains("Unauthorized"));
+    let review_refused = bot.fails(
+        &["create", "-f", "-"],
+        Some("apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {token: x}\n"),
+    );
+    assert!(
+        review_refused.contains(r#"cannot create resource "tokenreviews" in API group "authentication.k8s.io""#),
+        "{review_refused}"
+    );
+    k.ok(&["delete", "serviceaccount", "bot"]);
+    assert!(bot.fails(&["get", "pods"], None).contains("Unauthorized"), "a token outlived its service account");
+
     // phase: watch: kubectl get -w prints the table's rows as changes come
-    let mut watch = Command::new("kubectl")
-        .env("KUBECONFIG", c.dir.path().join("kubeconfig"))
-        .args(["get", "configmaps", "-w", "-l", "watched=yes"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut watch = Following::start(&k, &["get", "configmaps", "-w", "-l", "watched=yes"]);
     let watched =
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: watched, labels: {watched: 'yes'}}\ndata: {a: b, c: d}\n";
     // Whether the create lands before kubectl's list or after (as an event), the row prints.
     k.ok_with(&["create", "-f", "-"], Some(watched));
-    let stdout = watch.stdout.take().unwrap();
-    let reader_thread = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut lines = Vec::new();
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.unwrap_or_default();
-            let done = line.starts_with("watched ");
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-        lines
-    });
-    wait_for(Duration::from_secs(10), "kubectl get -w to print the new ConfigMap", || {
-        reader_thread.is_finished().then_some(())
-    });
-    let _ = watch.kill();
-    let _ = watch.wait();
-    let lines = reader_thread.join().unwrap();
-    assert_eq!(lines.first().map(|l| header(l)), Some(vec!["NAME".into(), "DATA".into(), "AGE".into()]), "{lines:?}");
-    assert!(lines.last().is_some_and(|l| l.split_whitespace().take(2).eq(["watched", "2"])), "{lines:?}");
+    let row = watch.until(Duration::from_secs(10), "the new ConfigMap", |l| l.starts_with("watched "));
+    assert_eq!(
+        watch.seen.first().map(|l| header(l)),
+        Some(vec!["NAME".into(), "DATA".into(), "AGE".into()]),
+        "{:?}",
+        watch.seen
+    );
+    assert!(row.split_whitespace().take(2).eq(["watched", "2"]), "{row}");
 
     // phase: nodes: cordon, taint
     k.ok_with(&["create", "-f", "-"], Some("apiVersion: v1\nkind: Node\nmetadata: {name: spare}\n"));

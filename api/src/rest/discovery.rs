@@ -38,7 +38,9 @@ pub fn group_version(info: &KindInfo) -> (&'static str, &'static str) {
 /// Resources that are not stored kinds: requests answered on the spot (a review is created
 /// and answered, never kept) and usage figures gathered from the nodes.
 /// (group version, resource, kind, namespaced, verbs)
-pub const VIRTUAL: [(&str, &str, &str, bool, &[&str]); 4] = [
+pub const VIRTUAL: [(&str, &str, &str, bool, &[&str]); 6] = [
+    ("authentication.k8s.io/v1", "tokenreviews", "TokenReview", false, &["create"]),
+    ("authentication.k8s.io/v1", "selfsubjectreviews", "SelfSubjectReview", false, &["create"]),
     ("authorization.k8s.io/v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", false, &["create"]),
     ("authorization.k8s.io/v1", "selfsubjectrulesreviews", "SelfSubjectRulesReview", false, &["create"]),
     ("metrics.k8s.io/v1beta1", "nodes", "NodeMetrics", false, &["get", "list"]),
@@ -143,6 +145,7 @@ pub fn resource_list(api_version: &str) -> Option<Value> {
                 "scale" => json!({"name": name, "singularName": "", "namespaced": true, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}),
                 "binding" => json!({"name": name, "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}),
                 "eviction" => json!({"name": name, "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}),
+                "token" => json!({"name": name, "singularName": "", "namespaced": true, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}),
                 _ => continue,
             });
         }

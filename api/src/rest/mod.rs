@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod patch;
 pub mod status;
+pub mod tokens;
 pub mod wire;
 
 use crate::calls::Write;
@@ -202,6 +203,19 @@ async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResu
             _ => rules_review(api, &user, asked).await?,
         };
         return Ok(json_response(StatusCode::CREATED, &answer));
+    }
+    if (&parts.method, api_version.as_str(), rest) == (&Method::POST, "authentication.k8s.io/v1", &["tokenreviews"][..])
+    {
+        let body = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|e| ApiError::TooLarge(format!("the request body could not be read: {e}")))?;
+        let answer = tokens::token_review(api, &user, parse_body(&parts.headers, &body)?).await?;
+        return Ok(json_response(StatusCode::CREATED, &answer));
+    }
+    if (&parts.method, api_version.as_str(), rest)
+        == (&Method::POST, "authentication.k8s.io/v1", &["selfsubjectreviews"][..])
+    {
+        return Ok(json_response(StatusCode::CREATED, &tokens::self_review(&user)));
     }
     if api_version == metrics::GROUP_VERSION && parts.method == Method::GET {
         let from = tonic::metadata::MetadataMap::from_headers(parts.headers.clone());
@@ -526,6 +540,10 @@ impl Call<'_> {
                 let grace = body.pointer("/deleteOptions/gracePeriodSeconds").and_then(Value::as_i64);
                 self.api.evict_pod(&self.user, ns, name, grace).await?;
                 Ok(json_response(StatusCode::CREATED, &success()))
+            }
+            "token" => {
+                let answer = tokens::token_request(self.api, &self.user, ns, name, body).await?;
+                Ok(json_response(StatusCode::CREATED, &answer))
             }
             _ => Err(ApiError::Unsupported(format!("POST is not allowed on {}/{}", self.info().resource, self.t.sub))),
         }
