@@ -258,9 +258,9 @@ async fn prepare(j: &Joining, key: &[u8; 32], config_path: &Path) -> anyhow::Res
             ca: ca_cert.clone(),
         }),
     };
-    // An administrator's client config naming every master, this one too.
-    let mut endpoints = servers.clone();
-    endpoints.push(client_addr);
+    // An administrator's client config naming every master, this one first.
+    let mut endpoints = vec![client_addr.clone()];
+    endpoints.extend(servers.iter().filter(|s| **s != client_addr).cloned());
     let admin = (ids.admin.cert.as_path(), ids.admin.key.as_path());
     crate::join_cmd::write_client_config(&dir.join("client.json"), &endpoints, &ca_cert, admin, "admin", "admin")?;
     // Written last: its presence means the join got this far.

@@ -216,7 +216,9 @@ async fn certificate(
 }
 
 /// A client config naming every master, the cluster CA and a certificate: the one a joined
-/// node runs with (context `node`), and a joined master's administrator config (`admin`).
+/// node runs with (context `node`), and a joined master's administrator config (`admin`); and
+/// beside it a `kubeconfig` for kubectl with the same identity, a context per master
+/// (`skiff-ADDRESS`), the first of `servers` current.
 pub(crate) fn write_client_config(
     path: &Path,
     servers: &[String],
@@ -233,6 +235,11 @@ pub(crate) fn write_client_config(
         "currentContext": context,
     });
     skiff_proto::pki::write_private(path, (serde_json::to_string_pretty(&config)? + "\n").as_bytes())?;
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let contexts: Vec<(String, String)> = servers.iter().map(|s| (format!("skiff-{s}"), s.clone())).collect();
+    let credentials = serde_json::json!({"client-certificate": absolute(cert), "client-key": absolute(key)});
+    let kubeconfig = crate::up::kubeconfig(&contexts, Some(&std::fs::read(ca)?), (user, credentials))?;
+    skiff_proto::pki::write_private(&path.with_file_name("kubeconfig"), kubeconfig.as_bytes())?;
     Ok(())
 }
 

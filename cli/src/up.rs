@@ -386,7 +386,10 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
         Some((ca, _, _)) => Some(std::fs::read(ca)?),
         None => None,
     };
-    write_private(&dir.join("kubeconfig"), kubeconfig(&entries, ca_pem.as_deref(), &admin_token)?.as_bytes())?;
+    let contexts: Vec<(String, String)> =
+        entries.iter().map(|m| (format!("skiff-{}", m.name), m.api.clone())).collect();
+    let admin = ("admin", serde_json::json!({"token": admin_token}));
+    write_private(&dir.join("kubeconfig"), kubeconfig(&contexts, ca_pem.as_deref(), admin)?.as_bytes())?;
     let nodes = new_nodes(dir, args, &node_tokens, &client, 0, &service_cidr, args.cluster_cidr.as_deref())?;
     Ok(ClusterFile {
         masters: entries,
@@ -400,36 +403,41 @@ fn new_cluster(dir: &Path, args: &UpArgs) -> anyhow::Result<ClusterFile> {
     })
 }
 
-/// A kubeconfig for the admin: every master a named cluster (`skiff-m1`, …) with a context of
-/// its own, the first current. A kubeconfig names one server per context; any master answers,
-/// so when one is down `kubectl --context skiff-m2` (or `kubectl config use-context`) goes on.
-fn kubeconfig(masters: &[MasterEntry], ca_pem: Option<&[u8]>, token: &str) -> anyhow::Result<String> {
+/// A kubeconfig for `user` (its name and kubeconfig credentials: `token`, or
+/// `client-certificate`/`client-key`): every master of `masters` (context name, address) a named
+/// cluster with a context of its own, the first current. A kubeconfig names one server per
+/// context; any master answers, so when one is down `kubectl --context skiff-m2` (or
+/// `kubectl config use-context`) goes on.
+pub(crate) fn kubeconfig(
+    masters: &[(String, String)],
+    ca_pem: Option<&[u8]>,
+    (user, credentials): (&str, serde_json::Value),
+) -> anyhow::Result<String> {
     use base64::Engine;
     let scheme = if ca_pem.is_some() { "https" } else { "http" };
     let clusters: Vec<serde_json::Value> = masters
         .iter()
-        .map(|m| {
-            let mut cluster = serde_json::json!({"server": format!("{scheme}://{}", m.api)});
+        .map(|(name, address)| {
+            let mut cluster = serde_json::json!({"server": format!("{scheme}://{address}")});
             if let Some(pem) = ca_pem {
                 cluster["certificate-authority-data"] =
                     serde_json::json!(base64::engine::general_purpose::STANDARD.encode(pem));
             }
-            serde_json::json!({"name": format!("skiff-{}", m.name), "cluster": cluster})
+            serde_json::json!({"name": name, "cluster": cluster})
         })
         .collect();
     let contexts: Vec<serde_json::Value> = masters
         .iter()
-        .map(|m| {
-            let name = format!("skiff-{}", m.name);
-            serde_json::json!({"name": name, "context": {"cluster": name, "user": "admin", "namespace": "default"}})
+        .map(|(name, _)| {
+            serde_json::json!({"name": name, "context": {"cluster": name, "user": user, "namespace": "default"}})
         })
         .collect();
-    let current = masters.first().map(|m| format!("skiff-{}", m.name)).unwrap_or_default();
+    let current = masters.first().map(|(name, _)| name.clone()).unwrap_or_default();
     let config = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": clusters,
-        "users": [{"name": "admin", "user": {"token": token}}],
+        "users": [{"name": user, "user": credentials}],
         "contexts": contexts,
         "current-context": current,
         "preferences": {},

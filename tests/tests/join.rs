@@ -294,6 +294,14 @@ spec:
     assert!(c.get_json("nodes", "impostor").is_none(), "impostor registered");
     let out = as_joined(&["get", "secret", "anything", "-n", "kube-system"]);
     assert!(stderr(&out).contains("Forbidden"), "{}", stderr(&out));
+    // kubectl with the kubeconfig the join wrote beside client.json: the same identity
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl").arg("--kubeconfig").arg(root.join("kubeconfig")).args(args).output().unwrap()
+    };
+    let out = kubectl(&["get", "node", "joined", "-o", "name"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "node/joined\n", "{}", stderr(&out));
+    let out = kubectl(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "system:node:joined", "{}", stderr(&out));
 }
 
 #[test]

@@ -267,6 +267,19 @@ done"#,
         .output()
         .unwrap();
     assert!(out.status.success(), "the replacement master answers: {}", String::from_utf8_lossy(&out.stderr));
+    // …and to kubectl, with the kubeconfig its join wrote (its own address the current context)
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(replacement.dir.join("kubeconfig"))
+        .args(["get", "configmap", "after-master-loss", "-o", "name"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "configmap/after-master-loss\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let nodes = &m.nodes;
     wait_for(T, "the live machines Ready through the remaining masters", || {
         nodes[..2]
