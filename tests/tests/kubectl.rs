@@ -174,6 +174,12 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     for gv in ["v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1", "networking.k8s.io/v1"] {
         assert!(versions.lines().any(|l| l == gv), "{gv} in {versions}");
     }
+    // Aggregated discovery: kubectl learns every group's resources from /api and /apis alone.
+    let cache = tempfile::tempdir().unwrap();
+    let o = k.run(&["api-resources", "-v=6", &format!("--cache-dir={}", cache.path().display())], None, &[]);
+    let log = err(&o);
+    let gets: Vec<&str> = log.lines().filter(|l| l.contains("GET https://")).collect();
+    assert!(o.status.success() && gets.len() == 2, "discovery took other requests than /api and /apis: {gets:?}");
     let resources = k.ok(&["api-resources"]);
     assert_eq!(header(&resources), ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]);
     let deployments = resources.lines().find(|l| l.starts_with("deployments ")).expect("deployments listed");

@@ -158,6 +158,62 @@ pub fn resource_list(api_version: &str) -> Option<Value> {
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": api_version, "resources": resources}))
 }
 
+/// The media type of aggregated discovery (`apidiscovery.k8s.io/v2`), which kubectl asks for
+/// first: every version's resources of `/api` or `/apis` in one answer.
+pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether an Accept header's media types include [`AGGREGATED`] (parameters in any order).
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|media| {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        ["g=apidiscovery.k8s.io", "v=v2", "as=APIGroupDiscoveryList"].iter().all(|p| params.contains(p))
+    })
+}
+
+/// `/api` (`core`) or `/apis` as an APIGroupDiscoveryList: the same resources as
+/// [`resource_list`] gives per version, subresources folded into their resource.
+pub fn aggregated(core: bool) -> Value {
+    let versions = if core { vec!["v1"] } else { groups() };
+    let items: Vec<Value> = versions
+        .into_iter()
+        .map(|gv| {
+            let (group, version) = gv.split_once('/').unwrap_or(("", gv));
+            let listed = resource_list(gv).unwrap_or_default();
+            let mut resources: Vec<Value> = Vec::new();
+            for r in listed["resources"].as_array().into_iter().flatten() {
+                let name = r["name"].as_str().unwrap_or_default();
+                let kind = json!({
+                    "group": r.get("group").unwrap_or(&json!(group)),
+                    "version": r.get("version").unwrap_or(&json!(version)),
+                    "kind": r["kind"],
+                });
+                if let Some((parent, sub)) = name.split_once('/') {
+                    let Some(parent) = resources.iter_mut().find(|p| p["resource"] == parent) else { continue };
+                    let entry = json!({"subresource": sub, "responseKind": kind, "verbs": r["verbs"]});
+                    parent["subresources"].as_array_mut().expect("made with a list").push(entry);
+                    continue;
+                }
+                let scope = if r["namespaced"] == true { "Namespaced" } else { "Cluster" };
+                let mut entry = json!({
+                    "resource": name, "responseKind": kind, "scope": scope,
+                    "singularResource": r["singularName"], "verbs": r["verbs"], "subresources": [],
+                });
+                for optional in ["shortNames", "categories"] {
+                    if let Some(v) = r.get(optional) {
+                        entry[optional] = v.clone();
+                    }
+                }
+                resources.push(entry);
+            }
+            json!({
+                "metadata": {"name": group, "creationTimestamp": null},
+                "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
+            })
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +237,33 @@ mod tests {
         assert!(!names.contains(&""), "the core group is /api's, not /apis'");
         assert!(group("apps").is_some() && group("nope").is_none());
         assert_eq!(group("metrics.k8s.io").unwrap()["preferredVersion"]["version"], "v1beta1");
+    }
+
+    #[test]
+    fn aggregated_discovery_folds_subresources_into_their_resource() {
+        let kubectl = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert!(wants_aggregated(kubectl));
+        assert!(!wants_aggregated("application/json"));
+        assert!(!wants_aggregated("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"));
+        let core = aggregated(true);
+        let v1 = &core["items"][0]["versions"][0];
+        let pods = v1["resources"].as_array().unwrap().iter().find(|r| r["resource"] == "pods").unwrap();
+        let subs: Vec<&str> =
+            pods["subresources"].as_array().unwrap().iter().map(|s| s["subresource"].as_str().unwrap()).collect();
+        assert_eq!(subs, ["status", "binding", "eviction", "log"]);
+        assert_eq!(pods["shortNames"], json!(["po"]));
+        assert_eq!(pods["scope"], "Namespaced");
+        let apps = aggregated(false);
+        let deployments = apps["items"].as_array().unwrap().iter().find(|g| g["metadata"]["name"] == "apps").unwrap()
+            ["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "deployments")
+            .unwrap()
+            .clone();
+        let scale =
+            deployments["subresources"].as_array().unwrap().iter().find(|s| s["subresource"] == "scale").unwrap();
+        assert_eq!(scale["responseKind"], json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}));
     }
 }

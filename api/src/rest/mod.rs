@@ -165,6 +165,12 @@ async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResu
         let doc = openapi::document(&gv.join("/")).ok_or_else(|| not_found_path(&path))?;
         return Ok(json_response(StatusCode::OK, &doc));
     }
+    let accept = parts.headers.get(header::ACCEPT).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    if matches!(segments.as_slice(), ["api"] | ["apis"]) && discovery::wants_aggregated(accept) {
+        let mut answer = json_response(StatusCode::OK, &discovery::aggregated(segments[0] == "api"));
+        answer.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(discovery::AGGREGATED));
+        return Ok(answer);
+    }
     let (api_version, rest) = match segments.as_slice() {
         ["api"] => {
             let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
