@@ -148,6 +148,20 @@ fn kinds_rs() -> String {
     r
 }
 
+/// Fields holding quantities, which JSON may give as numbers: (message, field).
+const QUANTITIES: [(&str, &str); 10] = [
+    ("ResourceRequirements", "limits"),
+    ("ResourceRequirements", "requests"),
+    ("EmptyDirVolumeSource", "size_limit"),
+    ("NodeStatus", "capacity"),
+    ("NodeStatus", "allocatable"),
+    ("PersistentVolumeSpec", "capacity"),
+    ("PersistentVolumeClaimStatus", "capacity"),
+    ("ResourceQuotaSpec", "hard"),
+    ("ResourceQuotaStatus", "hard"),
+    ("ResourceQuotaStatus", "used"),
+];
+
 fn snake(s: &str) -> String {
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -206,7 +220,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     field.json_name()
                 );
                 let repeated = field.label() == Label::Repeated;
-                if field.name() == "fields_v1" {
+                let quantity = QUANTITIES.contains(&(msg.name(), field.name()));
+                if quantity && repeated {
+                    attr.push_str(", with = \"crate::serde_util::quantity_map\"");
+                } else if quantity {
+                    attr.push_str(", with = \"crate::serde_util::quantity\"");
+                } else if field.name() == "fields_v1" {
                     attr.push_str(", with = \"crate::serde_util::raw_json\"");
                 } else if field.type_name() == ".google.protobuf.Value" {
                     attr.push_str(", with = \"crate::serde_util::int_or_string\"");

@@ -78,6 +78,19 @@ impl V {
     }
 }
 
+/// Why `name` cannot be one segment of a URL path (Kubernetes' `ValidatePathSegmentName`).
+fn path_segment_problems(name: &str) -> Vec<&'static str> {
+    match name {
+        "." => vec!["may not be '.'"],
+        ".." => vec!["may not be '..'"],
+        _ => [('/', "may not contain '/'"), ('%', "may not contain '%'")]
+            .into_iter()
+            .filter(|(c, _)| name.contains(*c))
+            .map(|(_, why)| why)
+            .collect(),
+    }
+}
+
 /// Validates an object of `info`'s kind (already defaulted). `name` may be empty when the
 /// object uses `generateName`.
 pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
@@ -88,6 +101,11 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
     let label_only = matches!(info.kind, "Namespace" | "Service");
     if name.is_empty() && generate.is_empty() {
         v.push(FieldError::required("metadata.name", "name or generateName is required"));
+    } else if matches!(info.kind, "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding") {
+        // RBAC names are path segments (`system:controller:…`), as Kubernetes checks them.
+        for why in path_segment_problems(name) {
+            v.push(FieldError::invalid("metadata.name", name, why));
+        }
     } else if !name.is_empty() {
         let ok = if label_only { is_dns1123_label(name) } else { is_dns1123_subdomain(name) };
         if !ok {
@@ -565,6 +583,23 @@ mod tests {
         assert!(e.iter().any(|m| m.starts_with("metadata.labels")), "{e:?}");
         assert!(e.iter().any(|m| m == "spec.containers[1].name: Duplicate value: \"a\""), "{e:?}");
         assert!(e.iter().any(|m| m == "spec.containers[1].image: Required value"), "{e:?}");
+    }
+
+    #[test]
+    fn rbac_names_are_path_segments() {
+        let role = |name: &str| json!({"metadata": {"name": name}, "rules": []});
+        assert_eq!(errs("clusterroles", role("system:custom-reader")), Vec::<String>::new());
+        assert_eq!(errs("roles", role("..")), ["metadata.name: Invalid value: \"..\": may not be '..'"]);
+        assert_eq!(
+            errs(
+                "clusterrolebindings",
+                json!({"metadata": {"name": "a/b%c"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "x"}})
+            ),
+            [
+                "metadata.name: Invalid value: \"a/b%c\": may not contain '/'",
+                "metadata.name: Invalid value: \"a/b%c\": may not contain '%'"
+            ]
+        );
     }
 
     #[test]

@@ -37,6 +37,74 @@ pub mod int_or_string {
     }
 }
 
+/// Quantities (`cpu: 1`, `memory: 64Mi`): Kubernetes takes a YAML number as well as a string
+/// and keeps the string form.
+mod quantity_repr {
+    use serde::{de, Deserialize, Deserializer};
+
+    struct Quantity;
+
+    impl de::Visitor<'_> for Quantity {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a quantity (a string such as \"500m\" or \"64Mi\", or a number)")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+            if v.is_finite() {
+                Ok(v.to_string())
+            } else {
+                Err(E::invalid_value(de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        d.deserialize_any(Quantity)
+    }
+
+    /// A map value read through [`text`].
+    #[derive(Deserialize)]
+    pub struct Text(#[serde(deserialize_with = "text")] pub String);
+}
+
+/// A map of quantities (`resources.requests`, `capacity`, `hard`).
+pub mod quantity_map {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(v: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+        let read = Option::<BTreeMap<String, super::quantity_repr::Text>>::deserialize(d)?;
+        Ok(read.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect())
+    }
+}
+
+/// One quantity (`emptyDir.sizeLimit`).
+pub mod quantity {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(Option::<super::quantity_repr::Text>::deserialize(d)?.map(|t| t.0).unwrap_or_default())
+    }
+}
+
 /// A read view of an IntOrString field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IntOrString {
@@ -138,4 +206,27 @@ pub fn normalize<T: serde::Serialize + serde::de::DeserializeOwned>(
         }
     })?;
     serde_json::to_value(&typed).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn quantities_given_as_numbers_are_kept_as_strings() {
+        let pod = json!({"spec": {"containers": [{"name": "c", "image": "x",
+            "resources": {"requests": {"cpu": 0.5, "memory": "64Mi"}, "limits": {"cpu": 1, "example.com/dongle": 3}}}],
+            "volumes": [{"name": "v", "emptyDir": {"sizeLimit": 1000}}]}});
+        let out = crate::api::normalize_json("Pod", pod).unwrap().unwrap();
+        let r = &out["spec"]["containers"][0]["resources"];
+        assert_eq!(r["requests"], json!({"cpu": "0.5", "memory": "64Mi"}));
+        assert_eq!(r["limits"], json!({"cpu": "1", "example.com/dongle": "3"}));
+        assert_eq!(out["spec"]["volumes"][0]["emptyDir"]["sizeLimit"], "1000");
+        let refused = crate::api::normalize_json(
+            "Pod",
+            json!({"spec": {"containers": [{"resources": {"limits": {"cpu": true}}}]}}),
+        );
+        let why = refused.unwrap().unwrap_err();
+        assert!(why.contains("cpu: invalid type: boolean `true`, expected a quantity"), "{why}");
+    }
 }

@@ -90,6 +90,12 @@ fn apply_get_delete_errors_and_failover() {
         "{}",
         err(&o)
     );
+    // A document of a kind the server does not serve is reported; the others are applied.
+    let mixed = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: before}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: after}\n";
+    let o = skiff(&c, &["apply", "-f", "-"], Some(mixed));
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert_eq!(out(&o), "configmap/before created\nconfigmap/after created\n");
+    assert!(err(&o).contains(r#"no matches for kind "Widget" in version "example.com/v1""#), "{}", err(&o));
     let o = skiff(&c, &["frobnicate"], None);
     assert_eq!(o.status.code(), Some(1), "unknown verb");
     let o = skiff(&c, &["get", "pods", "--frobnicate"], None);

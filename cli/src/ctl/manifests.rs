@@ -109,12 +109,24 @@ pub fn create(args: crate::generate::CreateArgs) -> Outcome {
 /// Applies parsed documents (`(source, document)`) one by one, reporting each.
 pub fn apply_docs(conn: &Conn, docs: Vec<(String, Value)>, mode: ApplyMode) -> Outcome {
     let create_only = mode == ApplyMode::Create;
-    let infos: Vec<&KindInfo> = docs.iter().map(|(_, d)| info_of(d)).collect::<Result<_, _>>()?;
+    // As kubectl: the documents of a kind the server does not serve are reported after the
+    // others are applied, and the exit code says something failed.
+    let mut unmapped = Vec::new();
+    let known: Vec<(&Value, &KindInfo)> = docs
+        .iter()
+        .filter_map(|(_, d)| match info_of(d) {
+            Ok(info) => Some((d, info)),
+            Err(e) => {
+                unmapped.push(e);
+                None
+            }
+        })
+        .collect();
     let rt = runtime();
     let _enter = rt.enter();
     let client = conn.client()?;
     let mut failed = None;
-    for ((_, doc), info) in docs.iter().zip(infos) {
+    for (doc, info) in known {
         let ns = if info.namespaced {
             let own = s(doc, "/metadata/namespace");
             if own.is_empty() {
@@ -182,6 +194,10 @@ pub fn apply_docs(conn: &Conn, docs: Vec<(String, Value)>, mode: ApplyMode) -> O
                 failed = Some(Failure::Reported);
             }
         }
+    }
+    for e in unmapped {
+        eprintln!("{e}");
+        failed = Some(Failure::Reported);
     }
     match failed {
         Some(f) => Err(f),
