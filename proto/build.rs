@@ -149,7 +149,7 @@ fn kinds_rs() -> String {
 }
 
 /// Fields holding quantities, which JSON may give as numbers: (message, field).
-const QUANTITIES: [(&str, &str); 10] = [
+const QUANTITIES: [(&str, &str); 11] = [
     ("ResourceRequirements", "limits"),
     ("ResourceRequirements", "requests"),
     ("EmptyDirVolumeSource", "size_limit"),
@@ -160,6 +160,7 @@ const QUANTITIES: [(&str, &str); 10] = [
     ("ResourceQuotaSpec", "hard"),
     ("ResourceQuotaStatus", "hard"),
     ("ResourceQuotaStatus", "used"),
+    ("ResourceFieldSelector", "divisor"),
 ];
 
 fn snake(s: &str) -> String {

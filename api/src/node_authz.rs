@@ -49,6 +49,14 @@ impl References {
                     r.configmaps.insert(at(&c.name));
                 }
             }
+            for from in spec.init_containers.iter().chain(&spec.containers).flat_map(|c| &c.env_from) {
+                if let Some(s) = &from.secret_ref {
+                    r.secrets.insert(at(&s.name));
+                }
+                if let Some(c) = &from.config_map_ref {
+                    r.configmaps.insert(at(&c.name));
+                }
+            }
         }
         r
     }
@@ -75,14 +83,15 @@ mod tests {
                 "volumes": [{"name": "a", "secret": {"secretName": "tls"}}, {"name": "b", "configMap": {"name": "conf"}},
                             {"name": "c", "persistentVolumeClaim": {"claimName": "data"}}],
                 "initContainers": [{"name": "i", "image": "x", "env": [{"name": "E", "valueFrom": {"secretKeyRef": {"name": "init-pw", "key": "k"}}}]}],
-                "containers": [{"name": "c", "image": "x", "env": [{"name": "F", "valueFrom": {"configMapKeyRef": {"name": "env-conf", "key": "k"}}}]}]
+                "containers": [{"name": "c", "image": "x", "env": [{"name": "F", "valueFrom": {"configMapKeyRef": {"name": "env-conf", "key": "k"}}}],
+                                "envFrom": [{"configMapRef": {"name": "all-conf"}}, {"prefix": "DB_", "secretRef": {"name": "db"}}]}]
             }
         }))
         .unwrap();
         let r = References::of(&[pod]);
         let set = |names: &[&str]| names.iter().map(|n| ("shop".to_string(), n.to_string())).collect::<BTreeSet<_>>();
-        assert_eq!(r.secrets, set(&["init-pw", "tls"]));
-        assert_eq!(r.configmaps, set(&["conf", "env-conf"]));
+        assert_eq!(r.secrets, set(&["db", "init-pw", "tls"]));
+        assert_eq!(r.configmaps, set(&["all-conf", "conf", "env-conf"]));
         assert_eq!(r.claims, set(&["data"]));
         let ingress: Ingress = serde_json::from_value(json!({"metadata": {"name": "i", "namespace": "shop"},
             "spec": {"tls": [{"hosts": ["a.test"], "secretName": "site-cert"}]}}))

@@ -473,6 +473,9 @@ fn pod_spec(v: &mut V, spec: &Value, path: &str, claim_templates: &[String]) {
                 v.push(FieldError::required(format!("{cp}.image"), ""));
             }
             v.one_of(c, &cp, "imagePullPolicy", &["Always", "IfNotPresent", "Never"]);
+            if let Ok(typed) = serde_json::from_value::<skiff_proto::api::Container>(c.clone()) {
+                container_env(v, &cp, &typed);
+            }
             let mut port_names = BTreeSet::new();
             for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 v.port(format!("{cp}.ports[{j}].containerPort"), p.get("containerPort"), true);
@@ -503,6 +506,48 @@ fn pod_spec(v: &mut V, spec: &Value, path: &str, claim_templates: &[String]) {
         let tp = format!("{path}.tolerations[{i}]");
         v.one_of(t, &tp, "operator", &["Equal", "Exists"]);
         v.one_of(t, &tp, "effect", &["NoSchedule", "PreferNoSchedule", "NoExecute"]);
+    }
+}
+
+const ENV_NAME_MSG: &str = "a valid environment variable name must consist of alphabetic characters, digits, '_', \
+                            '-', or '.', and must not start with a digit";
+
+/// A container's `envFrom` and `env[].valueFrom.resourceFieldRef`, as Kubernetes checks them.
+fn container_env(v: &mut V, cp: &str, c: &skiff_proto::api::Container) {
+    for (j, from) in c.env_from.iter().enumerate() {
+        let fp = format!("{cp}.envFrom[{j}]");
+        if !from.prefix.is_empty() && !skiff_proto::env::is_env_var_name(&from.prefix) {
+            v.push(FieldError::invalid(format!("{fp}.prefix"), &from.prefix, ENV_NAME_MSG));
+        }
+        match (&from.config_map_ref, &from.secret_ref) {
+            (Some(_), Some(_)) => {
+                v.push(FieldError::invalid(&fp, "", "may not have more than one field specified at a time"))
+            }
+            (None, None) => v.push(FieldError::required(&fp, "must specify one of: `configMapRef` or `secretRef`")),
+            (Some(r), None) if r.name.is_empty() => v.push(FieldError::required(format!("{fp}.configMapRef.name"), "")),
+            (None, Some(r)) if r.name.is_empty() => v.push(FieldError::required(format!("{fp}.secretRef.name"), "")),
+            _ => {}
+        }
+    }
+    const RESOURCES: [&str; 6] = [
+        "limits.cpu",
+        "limits.memory",
+        "limits.ephemeral-storage",
+        "requests.cpu",
+        "requests.memory",
+        "requests.ephemeral-storage",
+    ];
+    for (j, e) in c.env.iter().enumerate() {
+        let Some(r) = e.value_from.as_ref().and_then(|f| f.resource_field_ref.as_ref()) else { continue };
+        let rp = format!("{cp}.env[{j}].valueFrom.resourceFieldRef");
+        if r.resource.is_empty() {
+            v.push(FieldError::required(format!("{rp}.resource"), ""));
+        } else if !RESOURCES.contains(&r.resource.as_str()) {
+            v.push(FieldError::not_supported(format!("{rp}.resource"), &r.resource, &RESOURCES));
+        }
+        if !r.divisor.is_empty() && skiff_proto::quantity::parse_quantity(&r.divisor).is_none_or(|d| d <= 0) {
+            v.push(FieldError::invalid(format!("{rp}.divisor"), &r.divisor, "must be a positive quantity"));
+        }
     }
 }
 
@@ -583,6 +628,40 @@ mod tests {
         assert!(e.iter().any(|m| m.starts_with("metadata.labels")), "{e:?}");
         assert!(e.iter().any(|m| m == "spec.containers[1].name: Duplicate value: \"a\""), "{e:?}");
         assert!(e.iter().any(|m| m == "spec.containers[1].image: Required value"), "{e:?}");
+    }
+
+    #[test]
+    fn env_from_and_resource_fields() {
+        let pod = |c: Value| json!({"metadata": {"name": "p"}, "spec": {"containers": [c]}});
+        let ok = json!({"name": "c", "image": "x",
+            "envFrom": [{"configMapRef": {"name": "a"}}, {"prefix": "DB_", "secretRef": {"name": "b"}}],
+            "env": [{"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}}]});
+        assert_eq!(errs("pods", pod(ok)), Vec::<String>::new());
+        let bad = json!({"name": "c", "image": "x",
+            "envFrom": [{"prefix": "1X", "configMapRef": {"name": "a"}, "secretRef": {"name": "b"}}, {}],
+            "env": [{"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.gpu"}}}]});
+        let e = errs("pods", pod(bad));
+        assert!(
+            e.iter().any(|m| m.starts_with(
+                "spec.containers[0].envFrom[0].prefix: Invalid value: \"1X\": a valid environment variable name"
+            )),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m.contains("envFrom[0]: Invalid value: \"\": may not have more than one field")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m
+                == "spec.containers[0].envFrom[1]: Required value: must specify one of: `configMapRef` or `secretRef`"),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m.starts_with(
+                "spec.containers[0].env[0].valueFrom.resourceFieldRef.resource: Unsupported value: \"limits.gpu\""
+            )),
+            "{e:?}"
+        );
     }
 
     #[test]

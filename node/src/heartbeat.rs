@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 
 /// Capacity of this machine: cpus, memory (from /proc/meminfo) and the pod limit.
-fn capacity(config: &NodeConfig) -> Value {
+pub(crate) fn capacity(config: &NodeConfig) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mem_kib = meminfo("MemTotal:").unwrap_or(0);
     json!({

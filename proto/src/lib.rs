@@ -15,6 +15,7 @@
 //! needed.
 
 pub mod cert;
+pub mod env;
 pub mod ingress_class;
 pub mod metrics;
 pub mod pki;

@@ -561,11 +561,18 @@ spec:
     - {{name: MY_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
     - {{name: MY_TIER, valueFrom: {{fieldRef: {{fieldPath: "metadata.labels['tier']"}}}}}}
     - {{name: MY_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+    - {{name: MEM_MI, valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}}}
+    - {{name: CPU_M, valueFrom: {{resourceFieldRef: {{resource: requests.cpu, divisor: 1m}}}}}}
+    envFrom:
+    - {{prefix: CFG_, configMapRef: {{name: settings}}}}
+    - {{secretRef: {{name: creds}}}}
+    - {{configMapRef: {{name: absent, optional: true}}}}
+    resources: {{requests: {{cpu: 0.25}}, limits: {{memory: 64Mi}}}}
     volumeMounts:
     - {{name: settings, mountPath: /etc/settings}}
     - {{name: creds, mountPath: /etc/creds, readOnly: true}}
     - {{name: data, mountPath: /data}}
-    command: [sh, -c, "echo env $GREETING $PASSWORD $MY_NAME $MY_TIER $MY_IP; echo file $(cat /etc/creds/password); echo persisted > /data/written; while true; do echo now $(cat /etc/settings/greeting); sleep 0.5; done"]
+    command: [sh, -c, "echo env $GREETING $PASSWORD $MY_NAME $MY_TIER $MY_IP; echo from $CFG_greeting $password res $MEM_MI $CPU_M; echo file $(cat /etc/creds/password); echo persisted > /data/written; while true; do echo now $(cat /etc/settings/greeting); sleep 0.5; done"]
 "#,
         pv_dir.path().display()
     ));
@@ -580,6 +587,7 @@ spec:
     });
     assert!(logs.contains(&format!("env hello s3cret configured demo {ip}")), "{logs}");
     assert!(logs.contains("file s3cret"), "{logs}");
+    assert!(logs.contains("from hello s3cret res 64 250"), "envFrom and resourceFieldRef: {logs}");
     wait_for(T, "the claim's hostPath to hold the file", || {
         (std::fs::read_to_string(pv_dir.path().join("written")).ok()? == "persisted\n").then_some(())
     });

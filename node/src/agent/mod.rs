@@ -623,7 +623,7 @@ impl Agent {
         let spec = pod.spec.clone().unwrap_or_default();
         let (image, lower) = self.image_for(pod_json, c, attempt).await?;
         let config_err = |m: String| ("CreateContainerConfigError".to_string(), m);
-        let env = self.resolve_env(pod_json, c, ip).await.map_err(config_err)?;
+        let env = self.resolve_env(pod_json, &spec, c, ip).await.map_err(config_err)?;
         let mounts = self.mounts(pod_json, &spec, c, dir).await.map_err(config_err)?;
         let run_err = |e: std::io::Error| ("CreateContainerError".to_string(), format!("container {}: {e}", c.name));
         let inst = Instance { attempt, dir: dir.join("containers").join(&c.name).join(attempt.to_string()) };

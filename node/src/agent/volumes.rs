@@ -5,18 +5,41 @@
 use super::*;
 
 impl Agent {
-    /// Container env: literal values, ConfigMap and Secret keys, and the downward API fields.
+    /// Container env: every key of the `envFrom` ConfigMaps and Secrets (later sources win,
+    /// keys that are not valid variable names skipped, as the kubelet does), then `env` over
+    /// them: literal values, ConfigMap and Secret keys, the downward API fields and resources.
     pub(super) async fn resolve_env(
         &self,
         pod: &Value,
+        spec: &skiff_proto::api::PodSpec,
         c: &Container,
         ip: Option<Ipv4Addr>,
     ) -> Result<Vec<(String, String)>, String> {
         let ns = meta(pod, "namespace");
-        let mut out = Vec::new();
+        let mut out: Vec<(String, String)> = Vec::new();
+        let set = |out: &mut Vec<(String, String)>, name: String, value: String| match out
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+        {
+            Some(slot) => slot.1 = value,
+            None => out.push((name, value)),
+        };
+        for from in &c.env_from {
+            let (resource, name, optional) = match (&from.config_map_ref, &from.secret_ref) {
+                (Some(r), _) => ("configmaps", &r.name, r.optional.unwrap_or(false)),
+                (None, Some(r)) => ("secrets", &r.name, r.optional.unwrap_or(false)),
+                (None, None) => continue,
+            };
+            for (key, value) in self.all_keys(resource, ns, name, optional).await? {
+                let var = format!("{}{key}", from.prefix);
+                if skiff_proto::env::is_env_var_name(&var) {
+                    set(&mut out, var, value);
+                }
+            }
+        }
         for e in &c.env {
             let Some(from) = &e.value_from else {
-                out.push((e.name.clone(), e.value.clone()));
+                set(&mut out, e.name.clone(), e.value.clone());
                 continue;
             };
             let value = if let Some(r) = &from.config_map_key_ref {
@@ -44,12 +67,82 @@ impl Agent {
                         }
                     }
                 }
+            } else if let Some(r) = &from.resource_field_ref {
+                Some(self.resource_value(spec, &c.name, r).map_err(|why| format!("env {}: {why}", e.name))?)
             } else {
                 None
             };
             if let Some(v) = value {
-                out.push((e.name.clone(), v));
+                set(&mut out, e.name.clone(), v);
             }
+        }
+        Ok(out)
+    }
+
+    /// A container's limit or request (`limits.cpu`, `requests.memory`, …) in units of the
+    /// divisor, cpu rounded up; a limit not set is the node's allocatable, as the kubelet gives.
+    fn resource_value(
+        &self,
+        spec: &skiff_proto::api::PodSpec,
+        this: &str,
+        r: &skiff_proto::api::ResourceFieldSelector,
+    ) -> Result<String, String> {
+        let name = if r.container_name.is_empty() { this } else { r.container_name.as_str() };
+        let c = spec
+            .containers
+            .iter()
+            .chain(&spec.init_containers)
+            .find(|c| c.name == name)
+            .ok_or(format!("resourceFieldRef names container {name:?}, which the pod does not have"))?;
+        let (which, resource) =
+            r.resource.split_once('.').ok_or(format!("resource {:?} is not supported", r.resource))?;
+        let resources = c.resources.clone().unwrap_or_default();
+        let set = match which {
+            "limits" => resources.limits.get(resource),
+            "requests" => resources.requests.get(resource),
+            _ => return Err(format!("resource {:?} is not supported", r.resource)),
+        };
+        let fallback = crate::heartbeat::capacity(&self.config)[resource].as_str().map(String::from);
+        let amount = match (set, which) {
+            (Some(q), _) => q.clone(),
+            (None, "requests") if resource == "cpu" || resource == "memory" => "0".into(),
+            (None, _) => fallback.ok_or(format!("resource {:?} is not supported", r.resource))?,
+        };
+        let amount = skiff_proto::quantity::parse_quantity(&amount).ok_or(format!("{amount:?} is not a quantity"))?;
+        let divisor = if r.divisor.is_empty() { "1" } else { r.divisor.as_str() };
+        let divisor = skiff_proto::quantity::parse_quantity(divisor)
+            .filter(|d| *d > 0)
+            .ok_or(format!("divisor {divisor:?} is not a positive quantity"))?;
+        // Rounded up, so a container with 250m of cpu reads 1 (the kubelet's ceiling).
+        Ok(((amount + divisor - 1) / divisor).to_string())
+    }
+
+    /// Every key of a ConfigMap's or Secret's data, decoded.
+    async fn all_keys(
+        &self,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        optional: bool,
+    ) -> Result<Vec<(String, String)>, String> {
+        let secret = resource == "secrets";
+        let kind = if secret { "secret" } else { "configmap" };
+        let obj = match self.client.get(resource, ns, name).await {
+            Ok(o) => o,
+            Err(s) if s.code() == tonic::Code::NotFound && optional => return Ok(Vec::new()),
+            Err(s) if s.code() == tonic::Code::NotFound => return Err(format!("{kind} \"{name}\" not found")),
+            Err(s) => return Err(format!("{kind} \"{name}\": {}", s.message())),
+        };
+        let mut out = Vec::new();
+        for (key, value) in obj["data"].as_object().into_iter().flatten() {
+            let text = value.as_str().unwrap_or_default();
+            let text = if secret {
+                let bytes = decode_base64(text).ok_or(format!("secret \"{name}\": key {key} is not base64"))?;
+                String::from_utf8_lossy(&bytes).into_owned()
+            } else {
+                text.to_string()
+            };
+            out.push((key.clone(), text));
         }
         Ok(out)
     }
