@@ -32,6 +32,9 @@ fn is_label_value(s: &str) -> bool {
             && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
 }
 
+const QUALIFIED_NAME_MSG: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must \
+                                  start and end with an alphanumeric character";
+
 fn is_label_key(k: &str) -> bool {
     let (prefix, name) = match k.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
@@ -69,7 +72,7 @@ impl V {
     fn labels(&mut self, path: &str, obj: &Value) {
         for (k, v) in obj.as_object().into_iter().flatten() {
             if !is_label_key(k) {
-                self.push(FieldError::invalid(path, k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+                self.push(FieldError::invalid(path, k, QUALIFIED_NAME_MSG));
             }
             if !v.as_str().is_some_and(is_label_value) {
                 self.push(FieldError::invalid(path, v, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63)"));
@@ -502,10 +505,61 @@ fn pod_spec(v: &mut V, spec: &Value, path: &str, claim_templates: &[String]) {
             }
         }
     }
+    if let Some(a) = spec.get("affinity").and_then(|a| serde_json::from_value(a.clone()).ok()) {
+        pod_affinity(v, &format!("{path}.affinity"), &a);
+    }
     for (i, t) in spec.get("tolerations").and_then(Value::as_array).into_iter().flatten().enumerate() {
         let tp = format!("{path}.tolerations[{i}]");
         v.one_of(t, &tp, "operator", &["Equal", "Exists"]);
         v.one_of(t, &tp, "effect", &["NoSchedule", "PreferNoSchedule", "NoExecute"]);
+    }
+}
+
+/// Inter-pod affinity terms as Kubernetes checks them: a topology key on every term, weights
+/// of 1–100 on preferred ones.
+fn pod_affinity(v: &mut V, path: &str, a: &skiff_proto::api::Affinity) {
+    let sides = [
+        (
+            "podAffinity",
+            a.pod_affinity.as_ref().map(|p| {
+                (
+                    &p.required_during_scheduling_ignored_during_execution,
+                    &p.preferred_during_scheduling_ignored_during_execution,
+                )
+            }),
+        ),
+        (
+            "podAntiAffinity",
+            a.pod_anti_affinity.as_ref().map(|p| {
+                (
+                    &p.required_during_scheduling_ignored_during_execution,
+                    &p.preferred_during_scheduling_ignored_during_execution,
+                )
+            }),
+        ),
+    ];
+    let term = |v: &mut V, tp: String, t: &skiff_proto::api::PodAffinityTerm| {
+        if t.topology_key.is_empty() {
+            v.push(FieldError::required(format!("{tp}.topologyKey"), "can not be empty"));
+        } else if !is_label_key(&t.topology_key) {
+            v.push(FieldError::invalid(format!("{tp}.topologyKey"), &t.topology_key, QUALIFIED_NAME_MSG));
+        }
+    };
+    for (side, terms) in sides {
+        let Some((required, preferred)) = terms else { continue };
+        for (i, t) in required.iter().enumerate() {
+            term(v, format!("{path}.{side}.requiredDuringSchedulingIgnoredDuringExecution[{i}]"), t);
+        }
+        for (i, w) in preferred.iter().enumerate() {
+            let wp = format!("{path}.{side}.preferredDuringSchedulingIgnoredDuringExecution[{i}]");
+            if !(1..=100).contains(&w.weight) {
+                v.push(FieldError::invalid(format!("{wp}.weight"), w.weight, "must be in the range 1-100"));
+            }
+            match &w.pod_affinity_term {
+                Some(t) => term(v, format!("{wp}.podAffinityTerm"), t),
+                None => v.push(FieldError::required(format!("{wp}.podAffinityTerm"), "")),
+            }
+        }
     }
 }
 
@@ -662,6 +716,19 @@ mod tests {
             )),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn pod_affinity_terms() {
+        let e = errs(
+            "pods",
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}], "affinity": {
+                "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {}}]},
+                "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 0, "podAffinityTerm": {"topologyKey": "zone"}}]}}}}),
+        );
+        assert!(e.iter().any(|m| m == "spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey: Required value: can not be empty"), "{e:?}");
+        assert!(e.iter().any(|m| m == "spec.affinity.podAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight: Invalid value: 0: must be in the range 1-100"), "{e:?}");
+        assert_eq!(e.len(), 2, "{e:?}");
     }
 
     #[test]

@@ -84,16 +84,7 @@ pub fn plan<'a>(ds: &DaemonSet, nodes: &[Arc<Node>], pods: impl IntoIterator<Ite
     }
     let eligible: Vec<String> = nodes
         .iter()
-        .filter(|n| {
-            let info = NodeInfo {
-                node: (***n).clone(),
-                allocatable: Default::default(),
-                requested: Default::default(),
-                host_ports: Default::default(),
-                owners: Default::default(),
-            };
-            daemon_fits(&as_pod, &info)
-        })
+        .filter(|n| daemon_fits(&as_pod, &NodeInfo::of((***n).clone())))
         .map(|n| n.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default())
         .collect();
     // Pods on nodes that are gone or no longer eligible, and duplicates.

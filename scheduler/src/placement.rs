@@ -1,9 +1,12 @@
 //! Filter → score → pick, for one pod against a [`Snapshot`]. Pure: no I/O, no clock.
 
-use crate::snapshot::{NodeInfo, Snapshot, Usage};
-use skiff_proto::api::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration};
+use crate::objects::selector_matches;
+use crate::snapshot::{NodeInfo, PlacedPod, Snapshot, Usage};
+use skiff_proto::api::{
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, PodSpec, Taint, Toleration,
+};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// Why a pod fits on no node, counted per reason as Kubernetes reports it:
@@ -77,17 +80,145 @@ fn untolerated<'a>(tolerations: &[Toleration], node: &'a NodeInfo, effects: &[&s
         .collect()
 }
 
+/// Whether `term`, held by a pod in `namespace`, selects `pod`: its namespaces (the holder's
+/// own when none are named; all of them for an empty `namespaceSelector` — a selector with
+/// terms is not evaluated, the scheduler has no namespace labels) and its label selector (none
+/// selects nothing).
+fn term_selects(term: &PodAffinityTerm, namespace: &str, pod: &PlacedPod) -> bool {
+    let all_namespaces =
+        term.namespace_selector.as_ref().is_some_and(|s| s.match_labels.is_empty() && s.match_expressions.is_empty());
+    let in_namespace = all_namespaces
+        || term.namespaces.contains(&pod.namespace)
+        || (term.namespaces.is_empty() && term.namespace_selector.is_none() && pod.namespace == namespace);
+    in_namespace && term.label_selector.as_ref().is_some_and(|s| selector_matches(s, &pod.labels))
+}
+
+/// A pod's inter-pod affinity against the pods already placed, as topology domains (a
+/// `topologyKey` and one of its values).
+#[derive(Default)]
+struct InterPod {
+    /// Per required affinity term: its topology key, the domains holding a pod it selects, and
+    /// whether it may go anywhere with the key (no pod matches yet, but the pod matches its own
+    /// term: the first of a group).
+    affinity: Vec<(String, BTreeSet<String>, bool)>,
+    /// Domains holding a pod its required anti-affinity selects.
+    anti_affinity: BTreeSet<(String, String)>,
+    /// Domains holding a pod whose required anti-affinity selects it.
+    existing_anti_affinity: BTreeSet<(String, String)>,
+    /// Preferred terms' weights per domain: + for affinity, - for anti-affinity, per pod.
+    preferred: BTreeMap<(String, String), i64>,
+}
+
+impl InterPod {
+    fn of(spec: &PodSpec, me: &PlacedPod, snapshot: &Snapshot) -> InterPod {
+        let affinity = spec.affinity.as_ref().and_then(|a| a.pod_affinity.as_ref());
+        let anti = spec.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref());
+        let required: &[PodAffinityTerm] =
+            affinity.map_or(&[], |a| &a.required_during_scheduling_ignored_during_execution);
+        let required_anti: &[PodAffinityTerm] =
+            anti.map_or(&[], |a| &a.required_during_scheduling_ignored_during_execution);
+        let mut preferred: Vec<(&PodAffinityTerm, i64)> = Vec::new();
+        for (sign, terms) in [
+            (1, affinity.map(|a| &a.preferred_during_scheduling_ignored_during_execution)),
+            (-1, anti.map(|a| &a.preferred_during_scheduling_ignored_during_execution)),
+        ] {
+            for w in terms.into_iter().flatten() {
+                if let Some(t) = &w.pod_affinity_term {
+                    preferred.push((t, sign * i64::from(w.weight)));
+                }
+            }
+        }
+        let mut out = InterPod {
+            affinity: required.iter().map(|t| (t.topology_key.clone(), BTreeSet::new(), false)).collect(),
+            ..InterPod::default()
+        };
+        let own_terms = !required.is_empty() || !required_anti.is_empty() || !preferred.is_empty();
+        let ns = me.namespace.as_str();
+        for node in &snapshot.nodes {
+            if !own_terms && node.anti_affinity_pods == 0 {
+                continue;
+            }
+            let labels = node.labels();
+            let domain = |key: &str| labels.get(key).map(|v| (key.to_string(), v.clone()));
+            for placed in &node.pods {
+                for (i, term) in required.iter().enumerate() {
+                    if term_selects(term, ns, placed) {
+                        out.affinity[i].2 = true;
+                        if let Some((_, v)) = domain(&term.topology_key) {
+                            out.affinity[i].1.insert(v);
+                        }
+                    }
+                }
+                for term in required_anti.iter().filter(|t| term_selects(t, ns, placed)) {
+                    out.anti_affinity.extend(domain(&term.topology_key));
+                }
+                for term in placed.anti_affinity.iter().filter(|t| term_selects(t, &placed.namespace, me)) {
+                    out.existing_anti_affinity.extend(domain(&term.topology_key));
+                }
+                for (term, weight) in preferred.iter().filter(|(t, _)| term_selects(t, ns, placed)) {
+                    if let Some(d) = domain(&term.topology_key) {
+                        *out.preferred.entry(d).or_default() += weight;
+                    }
+                }
+            }
+        }
+        // A term no placed pod matches lets the pod go anywhere with the key if it matches the
+        // term itself (Kubernetes' rule for the first pod of a group); otherwise nowhere.
+        for (i, term) in required.iter().enumerate() {
+            let anywhere = !out.affinity[i].2 && term_selects(term, ns, me);
+            out.affinity[i].2 = anywhere;
+        }
+        out
+    }
+
+    /// Why `node` breaks the pod's inter-pod affinity, if it does.
+    fn refuses(&self, node: &NodeInfo) -> Option<&'static str> {
+        let labels = node.labels();
+        let inside = |set: &BTreeSet<(String, String)>| set.iter().any(|(k, v)| labels.get(k) == Some(v));
+        // Kubernetes' order: the pod's affinity, its anti-affinity, then existing pods'.
+        let affinity_ok = self
+            .affinity
+            .iter()
+            .all(|(key, domains, anywhere)| labels.get(key).is_some_and(|v| *anywhere || domains.contains(v)));
+        if !affinity_ok {
+            return Some("node(s) didn't match pod affinity rules");
+        }
+        if inside(&self.anti_affinity) {
+            return Some("node(s) didn't match pod anti-affinity rules");
+        }
+        if inside(&self.existing_anti_affinity) {
+            return Some("node(s) didn't satisfy existing pods anti-affinity rules");
+        }
+        None
+    }
+
+    fn score(&self, node: &NodeInfo) -> i64 {
+        let labels = node.labels();
+        self.preferred.iter().filter(|((k, v), _)| labels.get(k) == Some(v)).map(|(_, w)| w).sum()
+    }
+}
+
 /// What a pod asks of a node, worked out once per decision rather than once per node.
 pub struct Demand<'a> {
     spec: &'a PodSpec,
     usage: Usage,
+    /// Inter-pod affinity against a snapshot; none when judged against one node alone.
+    inter_pod: Option<InterPod>,
 }
 
 static NO_SPEC: std::sync::LazyLock<PodSpec> = std::sync::LazyLock::new(PodSpec::default);
 
 impl<'a> Demand<'a> {
+    /// Judged against one node alone: what the node itself offers, not inter-pod affinity.
     pub fn of(pod: &'a Pod) -> Demand<'a> {
-        Demand { spec: pod.spec.as_ref().unwrap_or(&NO_SPEC), usage: Usage::of(pod) }
+        Demand { spec: pod.spec.as_ref().unwrap_or(&NO_SPEC), usage: Usage::of(pod), inter_pod: None }
+    }
+
+    /// Judged within `snapshot`: inter-pod affinity too.
+    pub fn within(pod: &'a Pod, snapshot: &Snapshot) -> Demand<'a> {
+        let mut d = Demand::of(pod);
+        d.inter_pod = Some(InterPod::of(d.spec, &d.usage.pod, snapshot));
+        d
     }
 
     fn required_affinity(&self) -> Option<&'a NodeSelector> {
@@ -120,7 +251,8 @@ pub fn daemon_fits(pod: &Pod, node: &NodeInfo) -> bool {
 
 /// Why `pod` cannot go to `node` (empty: it fits). As in Kubernetes, filters run in plugin
 /// order — readiness, NodeUnschedulable, TaintToleration, NodeAffinity, NodePorts,
-/// NodeResourcesFit — and a node reports the first that fails (resources may name several).
+/// NodeResourcesFit, then (within a snapshot, [`schedule_from`]) InterPodAffinity — and a node
+/// reports the first that fails (resources may name several).
 pub fn filter(pod: &Pod, node: &NodeInfo) -> Vec<String> {
     filter_demand(&Demand::of(pod), node).into_iter().map(Cow::into_owned).collect()
 }
@@ -164,6 +296,11 @@ fn filter_demand(demand: &Demand<'_>, node: &NodeInfo) -> Vec<Cow<'static, str>>
     if want.memory > 0 && want.memory > node.allocatable.memory - node.requested.memory {
         reasons.push(Cow::Borrowed("Insufficient memory"));
     }
+    if reasons.is_empty() {
+        if let Some(why) = demand.inter_pod.as_ref().and_then(|i| i.refuses(node)) {
+            reasons.push(Cow::Borrowed(why));
+        }
+    }
     reasons
 }
 
@@ -196,7 +333,8 @@ fn score_demand(demand: &Demand<'_>, node: &NodeInfo) -> i64 {
         .unwrap_or(0);
     let prefer_no = demand.untolerated(node, &["PreferNoSchedule"]).len() as i64;
     let same_owner = demand.usage.owner.as_ref().and_then(|u| node.owners.get(u).copied()).unwrap_or(0) as i64;
-    least_allocated as i64 + balanced as i64 + preferred - 10 * prefer_no - 10 * same_owner
+    let inter_pod = demand.inter_pod.as_ref().map_or(0, |i| i.score(node));
+    least_allocated as i64 + balanced as i64 + preferred + inter_pod - 10 * prefer_no - 10 * same_owner
 }
 
 /// The node for `pod`: the best-scoring feasible node, ties broken by name; or why none fits.
@@ -221,7 +359,7 @@ pub fn feasible_to_find(nodes: usize) -> usize {
 pub fn schedule_from(pod: &Pod, snapshot: &Snapshot, start: usize) -> Result<(String, usize), FitError> {
     let n = snapshot.nodes.len();
     let want = feasible_to_find(n);
-    let demand = Demand::of(pod);
+    let demand = Demand::within(pod, snapshot);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(i64, &str)> = None;
     let (mut found, mut examined) = (0, 0);

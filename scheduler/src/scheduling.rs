@@ -222,8 +222,31 @@ impl SchedulingState {
     /// Counts `key` as `placement` in the node cache; room it frees on a node wakes the
     /// unschedulable pods that node could now take.
     fn count(&mut self, key: &ObjectKey, placement: Option<(String, Usage)>) {
+        let newly_placed = placement.is_some() && self.cache.placed.get(key) != placement.as_ref();
         if let Some(freed) = self.cache.account(key, placement) {
             self.wake_for(&freed, Instant::now());
+        }
+        if newly_placed {
+            self.wake_pod_affinity(Instant::now());
+        }
+    }
+
+    /// A pod placed somewhere may be the one an unschedulable pod's required pod affinity
+    /// waits for: those go back to the queue.
+    fn wake_pod_affinity(&mut self, now: Instant) {
+        let waiting: Vec<ObjectKey> = self
+            .unschedulable
+            .iter()
+            .filter(|(_, pod)| {
+                let affinity =
+                    pod.spec.as_ref().and_then(|s| s.affinity.as_ref()).and_then(|a| a.pod_affinity.as_ref());
+                affinity.is_some_and(|a| !a.required_during_scheduling_ignored_during_execution.is_empty())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in waiting {
+            self.unschedulable.remove(&key);
+            self.requeue(key, now);
         }
     }
 

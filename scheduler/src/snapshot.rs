@@ -1,8 +1,9 @@
 //! A scheduling snapshot: every node with what its bound pods already use.
 
-use skiff_proto::api::{Node, Pod};
+use skiff_proto::api::{Node, Pod, PodAffinityTerm};
 use skiff_proto::quantity::parse_quantity;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// CPU and memory in thousandths (see `skiff_proto::quantity`), and a pod count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,18 +43,48 @@ pub fn owner_uid(pod: &Pod) -> Option<String> {
     pod.metadata.as_ref()?.owner_references.first().map(|o| o.uid.clone())
 }
 
+/// A placed pod as inter-pod (anti-)affinity sees it: where it is, its labels, and the
+/// required anti-affinity it holds against pods that come after it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlacedPod {
+    pub uid: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub anti_affinity: Vec<PodAffinityTerm>,
+}
+
+impl PlacedPod {
+    pub fn of(pod: &Pod) -> PlacedPod {
+        let meta = pod.metadata.clone().unwrap_or_default();
+        let anti_affinity = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .map(|a| a.required_during_scheduling_ignored_during_execution.clone())
+            .unwrap_or_default();
+        PlacedPod { uid: meta.uid, namespace: meta.namespace, labels: meta.labels, anti_affinity }
+    }
+}
+
 /// What a pod placed on a node takes from it: counted when the pod is bound (or assumed),
 /// given back when it goes or ends.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Usage {
     pub requests: Resources,
     pub host_ports: BTreeSet<(String, i32)>,
     pub owner: Option<String>,
+    pub pod: Arc<PlacedPod>,
 }
 
 impl Usage {
     pub fn of(pod: &Pod) -> Usage {
-        Usage { requests: pod_requests(pod), host_ports: host_ports(pod), owner: owner_uid(pod) }
+        Usage {
+            requests: pod_requests(pod),
+            host_ports: host_ports(pod),
+            owner: owner_uid(pod),
+            pod: Arc::new(PlacedPod::of(pod)),
+        }
     }
 }
 
@@ -67,6 +98,10 @@ pub struct NodeInfo {
     pub host_ports: BTreeMap<(String, i32), usize>,
     /// Pods per owner uid already on the node.
     pub owners: BTreeMap<String, usize>,
+    /// The pods placed here, for inter-pod affinity.
+    pub pods: Vec<Arc<PlacedPod>>,
+    /// How many of them hold required anti-affinity terms.
+    pub anti_affinity_pods: usize,
 }
 
 impl NodeInfo {
@@ -83,6 +118,8 @@ impl NodeInfo {
             requested: Resources::default(),
             host_ports: BTreeMap::new(),
             owners: BTreeMap::new(),
+            pods: Vec::new(),
+            anti_affinity_pods: 0,
         }
     }
 
@@ -106,6 +143,8 @@ impl NodeInfo {
         if let Some(uid) = &usage.owner {
             *self.owners.entry(uid.clone()).or_default() += 1;
         }
+        self.anti_affinity_pods += usize::from(!usage.pod.anti_affinity.is_empty());
+        self.pods.push(usage.pod.clone());
     }
 
     /// Gives back what [`NodeInfo::add`] counted.
@@ -126,6 +165,10 @@ impl NodeInfo {
         }
         if let Some(uid) = &usage.owner {
             release(&mut self.owners, uid);
+        }
+        if let Some(i) = self.pods.iter().position(|p| p.uid == usage.pod.uid) {
+            let gone = self.pods.swap_remove(i);
+            self.anti_affinity_pods -= usize::from(!gone.anti_affinity.is_empty());
         }
     }
 }

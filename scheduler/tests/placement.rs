@@ -197,3 +197,77 @@ fn large_clusters_score_a_share_of_their_nodes_as_kubernetes_does() {
     assert_eq!(feasible_to_find(5000), 500);
     assert_eq!(feasible_to_find(20_000), 1000);
 }
+
+/// A web pod of the Kubernetes documentation's "co-located with a cache, one per node" example.
+fn web(name: &str, node: &str) -> Pod {
+    pod(
+        name,
+        json!({"metadata": {"namespace": "default", "uid": name, "labels": {"app": "web"}},
+               "spec": {"nodeName": node, "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                   {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}}),
+    )
+}
+
+#[test]
+fn required_pod_anti_affinity_spreads_one_per_node_and_leaves_the_rest_pending() {
+    let nodes = [node("a", json!({})), node("b", json!({})), node("c", json!({}))];
+    let mut bound = Vec::new();
+    for i in 1..=3 {
+        let at = place(&web(&format!("web-{i}"), ""), &nodes, &bound).unwrap();
+        assert!(bound.iter().all(|b: &Pod| b.spec.as_ref().unwrap().node_name != at), "web-{i} joined another on {at}");
+        bound.push(web(&format!("web-{i}"), &at));
+    }
+    assert_eq!(
+        place(&web("web-4", ""), &nodes, &bound),
+        Err("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.".into())
+    );
+    // A pod without the term, but selected by the placed pods' terms, is kept off them too.
+    let plain = pod("plain", json!({"metadata": {"namespace": "default", "labels": {"app": "web"}}}));
+    assert_eq!(
+        place(&plain, &nodes, &bound),
+        Err("0/3 nodes are available: 3 node(s) didn't satisfy existing pods anti-affinity rules.".into())
+    );
+    // Another namespace is out of the terms' reach.
+    let elsewhere = pod("plain", json!({"metadata": {"namespace": "other", "labels": {"app": "web"}}}));
+    assert!(place(&elsewhere, &nodes, &bound).is_ok());
+}
+
+#[test]
+fn required_pod_affinity_follows_its_group_by_zone_and_the_first_of_a_group_goes_anywhere() {
+    let zone = |name: &str, z: &str| node(name, json!({"metadata": {"labels": {"zone": z}}}));
+    let nodes = [zone("a", "z1"), zone("b", "z2"), zone("c", "z2")];
+    let cache = pod(
+        "cache",
+        json!({"metadata": {"namespace": "default", "uid": "c1", "labels": {"app": "cache"}}, "spec": {"nodeName": "c"}}),
+    );
+    let with_cache = json!({"metadata": {"namespace": "default"}, "spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["cache"]}]}, "topologyKey": "zone"}]}}}});
+    let p = pod("web", with_cache.clone());
+    // z2 holds the cache: b or c, never a.
+    let at = place(&p, &nodes, std::slice::from_ref(&cache)).unwrap();
+    assert!(at == "b" || at == "c", "{at}");
+    assert_eq!(
+        place(&p, &nodes, &[]),
+        Err("0/3 nodes are available: 3 node(s) didn't match pod affinity rules.".into())
+    );
+    // A pod its own term selects may start the group anywhere with the key.
+    let mut first = with_cache;
+    first["metadata"]["labels"] = json!({"app": "cache"});
+    assert!(place(&pod("first", first), &nodes, &[]).is_ok());
+}
+
+#[test]
+fn preferred_pod_anti_affinity_spreads_when_it_can() {
+    let nodes = [node("a", json!({})), node("b", json!({}))];
+    let spread = json!({"metadata": {"namespace": "default", "labels": {"app": "s"}}, "spec": {"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "s"}}, "topologyKey": "kubernetes.io/hostname"}}]}}}});
+    let mut on_a = spread.clone();
+    on_a["metadata"]["uid"] = json!("s1");
+    on_a["spec"]["nodeName"] = json!("a");
+    // Node a is emptier by far without it; the preference wins.
+    let heavy = pod(
+        "heavy",
+        json!({"metadata": {"uid": "h"}, "spec": {"nodeName": "b", "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]}}),
+    );
+    assert_eq!(place(&pod("s2", spread), &nodes, &[pod("s1", on_a), heavy]), Ok("b".into()));
+}

@@ -268,3 +268,60 @@ fn a_replicaset_keeps_its_replicas_and_the_scheduler_binds_them() {
     .unwrap();
     wait_for(Duration::from_secs(20), "no active pods of the deleted ReplicaSet", || active().is_empty().then_some(()));
 }
+
+/// A registered (fake) node named `name`, Ready, with its hostname and `zone` labels.
+fn fake_node(name: &str, zone: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}, zone: {zone}}}}}\n\
+         status: {{allocatable: {{cpu: '4', memory: 8Gi, pods: '110'}}, conditions: [{{type: Ready, status: 'True'}}]}}\n"
+    )
+}
+
+#[test]
+fn pod_anti_affinity_spreads_a_deployment_and_pod_affinity_waits_for_its_group() {
+    let c = Cluster::up(1, &[]);
+    for (n, zone) in [("n1", "z1"), ("n2", "z1"), ("n3", "z2")] {
+        c.apply_yaml(&fake_node(n, zone));
+    }
+    // phase: one replica per node; the fourth is unschedulable in Kubernetes' words
+    c.apply_yaml(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: spread}\nspec:\n  replicas: 4\n  selector: {matchLabels: {app: spread}}\n  template:\n    metadata: {labels: {app: spread}}\n    spec:\n      containers: [{name: c, image: busybox:test}]\n      affinity:\n        podAntiAffinity:\n          requiredDuringSchedulingIgnoredDuringExecution:\n          - {labelSelector: {matchLabels: {app: spread}}, topologyKey: kubernetes.io/hostname}\n",
+    );
+    let pods = || -> Vec<Value> {
+        let list: Value = serde_json::from_str(&c.ctl_ok(&["get", "pods", "-l", "app=spread", "-o", "json"])).unwrap();
+        list["items"].as_array().cloned().unwrap_or_default()
+    };
+    let (bound, pending) = wait_for(Duration::from_secs(30), "3 pods bound and 1 reported unschedulable", || {
+        let all = pods();
+        let bound: Vec<String> = all.iter().filter_map(|p| p["spec"]["nodeName"].as_str().map(String::from)).collect();
+        let pending: Vec<Value> = all.into_iter().filter(|p| p["spec"]["nodeName"].is_null()).collect();
+        let reported = pending.iter().all(|p| p["status"]["conditions"][0]["reason"] == "Unschedulable");
+        (bound.len() == 3 && pending.len() == 1 && reported).then_some((bound, pending))
+    });
+    let mut nodes = bound.clone();
+    nodes.sort();
+    assert_eq!(nodes, ["n1", "n2", "n3"], "one replica per node");
+    assert_eq!(
+        pending[0]["status"]["conditions"][0]["message"],
+        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+    );
+
+    // phase: a pod whose required affinity names a group with no pod yet waits, and follows
+    // the first pod of the group into its zone
+    c.apply_yaml(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: near-cache}\nspec:\n  containers: [{name: c, image: busybox:test}]\n  affinity:\n    podAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n      - {labelSelector: {matchLabels: {app: cache}}, topologyKey: zone}\n",
+    );
+    let waiting = wait_for(Duration::from_secs(30), "near-cache reported unschedulable", || {
+        let p = c.get_json("pods", "near-cache")?;
+        (p["status"]["conditions"][0]["reason"] == "Unschedulable").then_some(p)
+    });
+    assert_eq!(
+        waiting["status"]["conditions"][0]["message"],
+        "0/3 nodes are available: 3 node(s) didn't match pod affinity rules."
+    );
+    c.apply_yaml("apiVersion: v1\nkind: Pod\nmetadata: {name: cache, labels: {app: cache}}\nspec:\n  nodeName: n3\n  containers: [{name: c, image: busybox:test}]\n");
+    let placed = wait_for(Duration::from_secs(30), "near-cache bound once the cache is placed", || {
+        c.get_json("pods", "near-cache")?["spec"]["nodeName"].as_str().map(String::from)
+    });
+    assert_eq!(placed, "n3", "the only node in the cache's zone");
+}
