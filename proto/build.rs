@@ -149,7 +149,7 @@ fn kinds_rs() -> String {
 }
 
 /// Fields holding quantities, which JSON may give as numbers: (message, field).
-const QUANTITIES: [(&str, &str); 11] = [
+const QUANTITIES: [(&str, &str); 12] = [
     ("ResourceRequirements", "limits"),
     ("ResourceRequirements", "requests"),
     ("EmptyDirVolumeSource", "size_limit"),
@@ -161,6 +161,7 @@ const QUANTITIES: [(&str, &str); 11] = [
     ("ResourceQuotaStatus", "hard"),
     ("ResourceQuotaStatus", "used"),
     ("ResourceFieldSelector", "divisor"),
+    ("PodSpec", "overhead"),
 ];
 
 fn snake(s: &str) -> String {
@@ -226,7 +227,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     attr.push_str(", with = \"crate::serde_util::quantity_map\"");
                 } else if quantity {
                     attr.push_str(", with = \"crate::serde_util::quantity\"");
-                } else if field.name() == "fields_v1" {
+                } else if field.name() == "fields_v1" || (msg.name() == "Volume" && field.number() >= 20) {
                     attr.push_str(", with = \"crate::serde_util::raw_json\"");
                 } else if field.type_name() == ".google.protobuf.Value" {
                     attr.push_str(", with = \"crate::serde_util::int_or_string\"");

@@ -9,8 +9,11 @@ pub fn apply(info: &KindInfo, obj: &mut Value) {
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
                 pod_spec(spec);
-                // Pods only, not templates (a template's hash must not change under it).
-                default_at(spec, &["serviceAccountName"], json!("default"));
+                // Pods only, not templates (a template's hash must not change under it). The
+                // deprecated `serviceAccount` names the account when `serviceAccountName` does not.
+                let alias = spec.get("serviceAccount").and_then(Value::as_str).filter(|a| !a.is_empty());
+                let account = alias.unwrap_or("default").to_string();
+                default_at(spec, &["serviceAccountName"], json!(account));
             }
             default_at(obj, &["status", "phase"], json!("Pending"));
         }

@@ -141,8 +141,32 @@ pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
 #[derive(Debug, Clone, Default)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
-const FIELD_PATHS: &[&str] =
-    &["metadata.name", "metadata.namespace", "spec.nodeName", "status.phase", "spec.unschedulable", "type"];
+/// The field paths Kubernetes selects on for its kinds: every kind's name and namespace, pods'
+/// and nodes' fields, Secrets' and Events' `type`, and the Event fields `kubectl describe`
+/// and `kubectl events` select by.
+const FIELD_PATHS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "spec.nodeName",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.restartPolicy",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+    "spec.unschedulable",
+    "type",
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+];
 
 impl FieldSelector {
     pub fn parse(s: &str) -> Result<Self, ApiError> {
@@ -171,6 +195,8 @@ impl FieldSelector {
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(path, eq, value)| {
+            // An Event's `source` is its reporting component.
+            let path = if path == "source" { "source.component" } else { path.as_str() };
             let pointer = format!("/{}", path.replace('.', "/"));
             let actual = match obj.pointer(&pointer) {
                 Some(Value::String(s)) => s.clone(),
@@ -219,5 +245,14 @@ mod tests {
         assert!(FieldSelector::parse("metadata.name=a,spec.nodeName!=n2").unwrap().matches(&pod));
         assert!(!FieldSelector::parse("status.phase=Pending").unwrap().matches(&pod));
         assert!(FieldSelector::parse("spec.image=x").is_err());
+        // What kubectl describe asks for a pod's events.
+        let event = serde_json::json!({"involvedObject": {"kind": "Pod", "name": "a", "namespace": "ns", "uid": "u1"},
+            "reason": "Scheduled", "source": {"component": "default-scheduler"}, "type": "Normal"});
+        let describe = "involvedObject.name=a,involvedObject.namespace=ns,involvedObject.uid=u1";
+        assert!(FieldSelector::parse(describe).unwrap().matches(&event));
+        assert!(!FieldSelector::parse("involvedObject.uid=u2").unwrap().matches(&event));
+        assert!(FieldSelector::parse("source=default-scheduler,reason=Scheduled,type!=Warning")
+            .unwrap()
+            .matches(&event));
     }
 }

@@ -186,7 +186,7 @@ pub mod raw_json {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         let value = serde_json::Value::deserialize(d)?;
         if !value.is_object() {
-            return Err(serde::de::Error::custom("fieldsV1 must be an object"));
+            return Err(serde::de::Error::custom(format!("invalid type: {value}, expected an object")));
         }
         Ok(value.to_string())
     }

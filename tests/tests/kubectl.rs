@@ -550,6 +550,32 @@ fn the_python_kubernetes_client_lists_watches_creates_patches_and_deletes() {
     assert_eq!(lines[1..], ["deployments: created, patched (strategic, JSON, scale)", "deleted"]);
 }
 
+/// A pod with fields from Kubernetes' PodSpec that Skiff stores (some it does not act on yet)
+/// and a volume type no node here can mount.
+const ACCEPTED: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: accepted}
+spec:
+  shareProcessNamespace: true
+  serviceAccount: default
+  enableServiceLinks: false
+  os: {name: linux}
+  imagePullSecrets: [{name: regcred}]
+  topologySpreadConstraints:
+  - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {app: a}}}
+  securityContext: {runAsNonRoot: false, seccompProfile: {type: RuntimeDefault}, supplementalGroups: [1000]}
+  containers:
+  - name: c
+    image: busybox:test
+    command: [sleep, '3600']
+    resources: {limits: {cpu: 1, memory: 64Mi}}
+    lifecycle: {preStop: {sleep: {seconds: 1}}}
+    securityContext: {allowPrivilegeEscalation: false, seccompProfile: {type: RuntimeDefault}}
+    volumeMounts: [{name: disk, mountPath: /disk}]
+  volumes:
+  - {name: disk, gcePersistentDisk: {pdName: my-disk, fsType: ext4}}
+";
+
 const ROLLING: &str = "apiVersion: apps/v1
 kind: Deployment
 metadata: {name: roll}
@@ -614,6 +640,12 @@ fn a_rolling_update_driven_by_kubectl_survives_a_leader_kill() {
         l.contains("Scheduled") && l.contains("pod/ticker")
     });
     drop(events);
+    // kubectl describe finds a pod's events by field selector (involvedObject.name, .uid, …)
+    let described = wait_for(Duration::from_secs(20), "ticker's events in kubectl describe", || {
+        let d = k.ok(&["describe", "pod", "ticker"]);
+        d.lines().any(|l| l.contains("Scheduled") && l.contains("Successfully assigned default/ticker")).then_some(d)
+    });
+    assert!(!described.contains("Events:          <none>"), "{described}");
     k.ok(&["wait", "--for=condition=Ready", "pod/ticker", "--timeout=60s"]);
     let mut log = Following::start(&k, &["logs", "-f", "ticker"]);
     let first: u32 = log
@@ -626,6 +658,34 @@ fn a_rolling_update_driven_by_kubectl_survives_a_leader_kill() {
     assert!(log.running(), "kubectl logs -f stopped following");
     drop(log);
     k.ok(&["delete", "pod", "ticker", "--grace-period=0", "--force"]);
+
+    // phase: pod fields Kubernetes accepts are stored and returned; a volume no node here can
+    // mount keeps its pod in ContainerCreating with a FailedMount event, as the kubelet reports
+    k.ok_with(&["apply", "-f", "-"], Some(ACCEPTED));
+    let stored = k.ok(&["get", "pod", "accepted", "-o", "jsonpath={.spec.os.name} {.spec.topologySpreadConstraints[0].maxSkew} {.spec.containers[0].lifecycle.preStop.sleep.seconds} {.spec.imagePullSecrets[0].name} {.spec.volumes[0].gcePersistentDisk.pdName} {.spec.containers[0].resources.limits.cpu}"]);
+    assert_eq!(stored, "linux 1 1 regcred my-disk 1");
+    let mount = wait_for(Duration::from_secs(30), "a FailedMount event for the cloud disk", || {
+        let e = k.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=accepted,reason=FailedMount",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        (!e.is_empty()).then_some(e)
+    });
+    assert!(
+        mount.contains(
+            r#"MountVolume.SetUp failed for volume "disk" : gcePersistentDisk volumes cannot be mounted on this node"#
+        ),
+        "{mount}"
+    );
+    assert_eq!(
+        k.ok(&["get", "pod", "accepted", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}"]),
+        "ContainerCreating"
+    );
+    k.ok(&["delete", "pod", "accepted", "--grace-period=0", "--force"]);
 
     // phase: a paused Deployment takes the change without rolling it out
     assert_eq!(k.ok(&["rollout", "pause", "deploy/roll"]), "deployment.apps/roll paused\n");

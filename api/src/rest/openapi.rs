@@ -52,11 +52,39 @@ fn schema_ref(message: &str) -> Value {
     json!({"allOf": [{"$ref": format!("#/components/schemas/{PACKAGE}.{message}")}]})
 }
 
+/// Volume sources kept as the JSON objects given (`proto/build.rs` stores them raw).
+const RAW_VOLUME_SOURCES: [&str; 22] = [
+    "gce_persistent_disk",
+    "aws_elastic_block_store",
+    "git_repo",
+    "iscsi",
+    "glusterfs",
+    "rbd",
+    "flex_volume",
+    "cinder",
+    "cephfs",
+    "flocker",
+    "fc",
+    "azure_file",
+    "vsphere_volume",
+    "quobyte",
+    "azure_disk",
+    "photon_persistent_disk",
+    "portworx_volume",
+    "scale_io",
+    "storageos",
+    "csi",
+    "ephemeral",
+    "image",
+];
+
 /// The OpenAPI schema of one field.
 fn field_schema(f: &prost_types::FieldDescriptorProto) -> Value {
     let type_name = f.type_name().rsplit('.').next().unwrap_or_default();
     let scalar = match f.r#type() {
-        Type::String if f.name() == "fields_v1" => json!({"type": "object"}),
+        Type::String if f.name() == "fields_v1" || RAW_VOLUME_SOURCES.contains(&f.name()) => {
+            json!({"type": "object"})
+        }
         Type::String => json!({"type": "string"}),
         Type::Bool => json!({"type": "boolean"}),
         Type::Int32 | Type::Sint32 | Type::Sfixed32 | Type::Uint32 | Type::Fixed32 => {

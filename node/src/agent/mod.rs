@@ -598,10 +598,23 @@ impl Agent {
                 tokio::spawn(async move { client.event(&pod, "Pod", "kubelet", "Normal", "Started", &msg).await });
             }
             Err((reason, message)) => {
-                let first = self.waiting.get(&key).map(|(r, _)| r.clone());
-                if first.as_deref() != Some(reason.as_str()) && reason != "ContainerCreating" {
-                    let event = if reason == "ImagePullBackOff" { "BackOff" } else { "Failed" };
-                    let kind = if event == "BackOff" { "Normal" } else { "Warning" };
+                // A volume that cannot be mounted keeps the pod in ContainerCreating, with a
+                // FailedMount event, as the kubelet reports it.
+                let (reason, event) = match reason.as_str() {
+                    _ if message.starts_with(volumes::MOUNT_FAILED) => {
+                        ("ContainerCreating".to_string(), Some(("Warning", "FailedMount")))
+                    }
+                    "ContainerCreating" => (reason, None),
+                    "ImagePullBackOff" => (reason, Some(("Normal", "BackOff"))),
+                    _ => (reason, Some(("Warning", "Failed"))),
+                };
+                // Once per reason (per message for mounts, whose reason stays the same).
+                let seen = self.waiting.get(&key);
+                let new = match event {
+                    Some((_, "FailedMount")) => seen.is_none_or(|(r, m)| *r != reason || *m != message),
+                    _ => seen.is_none_or(|(r, _)| *r != reason),
+                };
+                if let Some((kind, event)) = event.filter(|_| new) {
                     self.client.event(pod_json, "Pod", "kubelet", kind, event, &message).await;
                 }
                 self.waiting.insert(key, (reason, message));

@@ -252,7 +252,11 @@ impl Agent {
             } else if let Some(claim) = &v.persistent_volume_claim {
                 self.claim_path(ns, &claim.claim_name).await?
             } else {
-                return Err(format!("volume {:?}: this volume type is not supported yet", v.name));
+                let kind = unmountable_type(v).unwrap_or("this");
+                return Err(format!(
+                    "{MOUNT_FAILED} for volume {:?} : {kind} volumes cannot be mounted on this node",
+                    v.name
+                ));
             };
             let source = if vm.sub_path.is_empty() { source } else { source.join(&vm.sub_path) };
             out.push(Mount { destination: vm.mount_path.clone(), source, read_only: vm.read_only });
@@ -343,4 +347,50 @@ impl Agent {
         }
         Ok(d)
     }
+}
+
+/// How a mount error starts, as the kubelet words it: the pod waits in ContainerCreating and a
+/// FailedMount event says why.
+pub(super) const MOUNT_FAILED: &str = "MountVolume.SetUp failed";
+
+/// The volume type a node here cannot mount that `v` names (the in-tree drivers, CSI,
+/// downwardAPI and projected volumes).
+fn unmountable_type(v: &skiff_proto::api::Volume) -> Option<&'static str> {
+    let raw = [
+        ("gcePersistentDisk", &v.gce_persistent_disk),
+        ("awsElasticBlockStore", &v.aws_elastic_block_store),
+        ("gitRepo", &v.git_repo),
+        ("iscsi", &v.iscsi),
+        ("glusterfs", &v.glusterfs),
+        ("rbd", &v.rbd),
+        ("flexVolume", &v.flex_volume),
+        ("cinder", &v.cinder),
+        ("cephfs", &v.cephfs),
+        ("flocker", &v.flocker),
+        ("fc", &v.fc),
+        ("azureFile", &v.azure_file),
+        ("vsphereVolume", &v.vsphere_volume),
+        ("quobyte", &v.quobyte),
+        ("azureDisk", &v.azure_disk),
+        ("photonPersistentDisk", &v.photon_persistent_disk),
+        ("portworxVolume", &v.portworx_volume),
+        ("scaleIO", &v.scale_io),
+        ("storageos", &v.storageos),
+        ("csi", &v.csi),
+        ("ephemeral", &v.ephemeral),
+        ("image", &v.image),
+    ];
+    if let Some((name, _)) = raw.iter().find(|(_, set)| !set.is_empty()) {
+        return Some(name);
+    }
+    if v.downward_api.is_some() {
+        return Some("downwardAPI");
+    }
+    if v.projected.is_some() {
+        return Some("projected");
+    }
+    if v.nfs.is_some() {
+        return Some("nfs");
+    }
+    None
 }
