@@ -95,6 +95,42 @@ pub fn parse(probe: &Value, container: &Value) -> Result<Probe, String> {
     })
 }
 
+/// A lifecycle hook (`preStop`): a probe's action run once, or a sleep.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Hook {
+    Action(Action),
+    Sleep(Duration),
+}
+
+/// Parses a lifecycle handler of the container JSON (`lifecycle.preStop`).
+pub fn parse_hook(handler: &Value, container: &Value) -> Result<Hook, String> {
+    if let Some(seconds) = handler["sleep"]["seconds"].as_u64() {
+        return Ok(Hook::Sleep(Duration::from_secs(seconds)));
+    }
+    parse(handler, container).map(|p| Hook::Action(p.action)).map_err(|e| e.replace("a probe", "a lifecycle hook"))
+}
+
+/// Runs a hook once against a container (init `pid`, pod `ip`), for at most `limit`.
+pub async fn run_hook(hook: &Hook, pid: i32, ip: &str, limit: Duration) -> Result<(), String> {
+    match hook {
+        Hook::Sleep(d) => {
+            tokio::time::sleep((*d).min(limit)).await;
+            Ok(())
+        }
+        Hook::Action(action) => {
+            let once = Probe {
+                action: action.clone(),
+                initial_delay: Duration::ZERO,
+                period: Duration::ZERO,
+                timeout: limit.max(Duration::from_secs(1)),
+                success_threshold: 1,
+                failure_threshold: 1,
+            };
+            run_once(&once, pid, ip).await
+        }
+    }
+}
+
 /// Runs a probe once against a container whose init has host `pid` and whose pod has `ip`.
 pub async fn run_once(probe: &Probe, pid: i32, ip: &str) -> Result<(), String> {
     let work = async {

@@ -603,6 +603,42 @@ spec:
     });
     assert_eq!(restarts(container(&c.get_json("pods", "configured").unwrap(), "containerStatuses", "app")), 0);
 
+    // phase: deleting a pod runs its container's preStop hook first; SIGTERM waits for it
+    let seen = tempfile::tempdir().unwrap();
+    c.apply_yaml(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: stopper}}
+spec:
+  terminationGracePeriodSeconds: 20
+  volumes: [{{name: seen, hostPath: {{path: "{}"}}}}]
+  containers:
+  - name: app
+    image: "busybox:test"
+    volumeMounts: [{{name: seen, mountPath: /seen}}]
+    command: [sh, -c, "trap 'echo term $(date +%s) >> /seen/log; exit 0' TERM; echo up > /seen/up; while true; do sleep 0.2; done"]
+    lifecycle:
+      preStop: {{exec: {{command: [sh, -c, "echo prestop $(date +%s) >> /seen/log; sleep 2"]}}}}
+"#,
+        seen.path().display()
+    ));
+    wait_for(T, "stopper running", || seen.path().join("up").exists().then_some(()));
+    c.ctl_ok(&["delete", "pod", "stopper"]);
+    let log = wait_for(T, "the preStop hook and then SIGTERM", || {
+        let log = std::fs::read_to_string(seen.path().join("log")).ok()?;
+        (log.lines().count() == 2).then_some(log)
+    });
+    let times: Vec<(&str, i64)> = log
+        .lines()
+        .map(|l| {
+            let (what, at) = l.split_once(' ').unwrap();
+            (what, at.parse().unwrap())
+        })
+        .collect();
+    assert_eq!((times[0].0, times[1].0), ("prestop", "term"), "{log}");
+    assert!(times[1].1 - times[0].1 >= 2, "SIGTERM came before the hook's 2 s were up: {log}");
+
     // phase: a static pod manifest runs as a mirror pod; removing the file removes it
     std::fs::write(
         manifests.path().join("static.yaml"),

@@ -723,7 +723,11 @@ impl Agent {
             } else {
                 nix::sys::signal::Signal::SIGTERM
             };
-            if first || signal == nix::sys::signal::Signal::SIGKILL {
+            if first && signal == nix::sys::signal::Signal::SIGTERM {
+                for i in running {
+                    self.stop_container(pod, i, Duration::from_secs(grace));
+                }
+            } else if signal == nix::sys::signal::Signal::SIGKILL {
                 for i in &running {
                     i.signal(signal);
                 }
@@ -766,6 +770,35 @@ impl Agent {
             }
         }
         Ok(())
+    }
+}
+
+impl Agent {
+    /// Stops one running container of a pod being deleted: its `preStop` hook first, if it has
+    /// one (within the grace period, which it uses up), then SIGTERM — as the kubelet does. A
+    /// hook that fails is reported (FailedPreStopHook) and the container is stopped anyway.
+    fn stop_container(&self, pod: &Value, i: Instance, grace: Duration) {
+        let name = i.dir.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or_default();
+        let container = pod["spec"]["containers"].as_array().into_iter().flatten().find(|c| c["name"] == name);
+        let handler = container.map(|c| &c["lifecycle"]["preStop"]).filter(|h| h.is_object());
+        let (Some(handler), Some(container), InstanceState::Running(started)) = (handler, container, i.state()) else {
+            i.signal(nix::sys::signal::Signal::SIGTERM);
+            return;
+        };
+        let hook = crate::probe::parse_hook(handler, container);
+        let ip = pod["status"]["podIP"].as_str().unwrap_or_default().to_string();
+        let (client, pod, name) = (self.client.clone(), pod.clone(), name.to_string());
+        tokio::spawn(async move {
+            let ran = match hook {
+                Ok(hook) => crate::probe::run_hook(&hook, started.pid, &ip, grace).await,
+                Err(e) => Err(e),
+            };
+            if let Err(why) = ran {
+                let message = format!("PreStopHook failed for container {name:?}: {why}");
+                client.event(&pod, "Pod", "kubelet", "Warning", "FailedPreStopHook", &message).await;
+            }
+            i.signal(nix::sys::signal::Signal::SIGTERM);
+        });
     }
 }
 
