@@ -95,7 +95,10 @@ pub fn parse(probe: &Value, container: &Value) -> Result<Probe, String> {
     })
 }
 
-/// A lifecycle hook (`preStop`): a probe's action run once, or a sleep.
+/// How long a postStart hook may run before it counts as failed.
+const POST_START_LIMIT: Duration = Duration::from_secs(120);
+
+/// A lifecycle hook (`postStart`, `preStop`): a probe's action run once, or a sleep.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Hook {
     Action(Action),
@@ -211,6 +214,9 @@ pub struct Prober {
     pub startup: Option<Probe>,
     pub liveness: Option<Probe>,
     pub readiness: Option<Probe>,
+    /// The container's postStart hook: run first; the container is neither started nor ready
+    /// until it succeeds, and is killed (to restart by its policy) if it fails.
+    pub post_start: Option<Hook>,
     pub grace: Duration,
     pub results: Shared,
     /// Called with (reason, message) for events: Unhealthy, Killing.
@@ -262,8 +268,37 @@ impl Prober {
         }
     }
 
+    /// Runs the postStart hook once per run (a marker in the run directory keeps a restarted
+    /// daemon from running it again); whether the container may go on.
+    async fn post_start(&self) -> bool {
+        let Some(hook) = &self.post_start else { return true };
+        let done = self.run_dir.join("poststart.done");
+        if done.exists() {
+            return true;
+        }
+        match run_hook(hook, self.pid, &self.ip, POST_START_LIMIT).await {
+            Ok(()) => {
+                let _ = std::fs::write(&done, b"");
+                true
+            }
+            Err(e) => {
+                (self.event)("FailedPostStartHook", format!("PostStartHook failed: {e}"));
+                (self.event)("Killing", "FailedPostStartHook".into());
+                self.kill().await;
+                false
+            }
+        }
+    }
+
     /// Probes until the run ends or a startup/liveness failure kills it.
     pub async fn run(self) {
+        self.set(|r| {
+            r.ready = false;
+            r.started = false;
+        });
+        if !self.post_start().await {
+            return;
+        }
         self.set(|r| {
             r.ready = self.readiness.is_none();
             r.started = self.startup.is_none();

@@ -639,6 +639,43 @@ spec:
     assert_eq!((times[0].0, times[1].0), ("prestop", "term"), "{log}");
     assert!(times[1].1 - times[0].1 >= 2, "SIGTERM came before the hook's 2 s were up: {log}");
 
+    // phase: a postStart hook runs before the pod is Ready; one that fails restarts the
+    // container with a FailedPostStartHook event
+    c.apply_yaml(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: starter}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: seen, hostPath: {{path: "{}"}}}}]
+  containers:
+  - name: app
+    image: "busybox:test"
+    volumeMounts: [{{name: seen, mountPath: /seen}}]
+    command: [sh, -c, "echo main >> /seen/start; exec sleep 3600"]
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, "sleep 2; echo hook >> /seen/start"]}}}}
+  - name: broken
+    image: "busybox:test"
+    command: [sleep, "3600"]
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, "exit 3"]}}}}
+"#,
+        seen.path().display()
+    ));
+    let app_ready = |p: &Value| container(p, "containerStatuses", "app")["ready"] == true;
+    wait_for(T, "the app container ready", || c.get_json("pods", "starter").filter(|p| app_ready(p)).map(|_| ()));
+    let start = std::fs::read_to_string(seen.path().join("start")).unwrap();
+    assert_eq!(start, "main\nhook\n", "ready before its postStart hook finished");
+    wait_for(T, "a FailedPostStartHook event and a restart of the broken container", || {
+        let p = c.get_json("pods", "starter")?;
+        let events =
+            c.ctl_ok(&["get", "events", "--field-selector", "involvedObject.name=starter,reason=FailedPostStartHook"]);
+        (restarts(container(&p, "containerStatuses", "broken")) >= 1 && events.contains("exit 3")).then_some(())
+    });
+    c.ctl_ok(&["delete", "pod", "starter"]);
+
     // phase: a static pod manifest runs as a mirror pod; removing the file removes it
     std::fs::write(
         manifests.path().join("static.yaml"),

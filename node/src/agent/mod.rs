@@ -376,8 +376,18 @@ impl Agent {
                 }
             }
         }
+        let post_start = match &cj["lifecycle"]["postStart"] {
+            h if h.is_object() => match crate::probe::parse_hook(h, &cj) {
+                Ok(hook) => Some(hook),
+                Err(e) => {
+                    tracing::warn!("pod {}: container {} postStart: {e}", meta(pod_json, "name"), c.name);
+                    None
+                }
+            },
+            _ => None,
+        };
         self.probing.insert(run_dir.clone());
-        if parsed.is_empty() {
+        if parsed.is_empty() && post_start.is_none() {
             return;
         }
         let started = shim::read::<shim::Started>(&run_dir.join("started.json"))
@@ -402,6 +412,7 @@ impl Agent {
             startup: parsed.remove("startupProbe"),
             liveness: parsed.remove("livenessProbe"),
             readiness: parsed.remove("readinessProbe"),
+            post_start,
             grace: Duration::from_secs(grace),
             results: self.probes.clone(),
             event: Box::new(move |reason, message| {
@@ -480,7 +491,11 @@ impl Agent {
                     let results = self.probes.lock().ok().and_then(|m| m.get(&latest.dir).cloned());
                     o.ready = match results {
                         Some(r) => r.ready && r.started,
-                        None => c.readiness_probe.is_none() && c.startup_probe.is_none(),
+                        // Not probed yet: ready only if nothing has to pass first.
+                        None => {
+                            let post_start = c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some());
+                            c.readiness_probe.is_none() && c.startup_probe.is_none() && !post_start
+                        }
                     };
                 }
                 InstanceState::Exited(e) => {
