@@ -508,6 +508,24 @@ fn pod_spec(v: &mut V, spec: &Value, path: &str, claim_templates: &[String]) {
     if let Some(a) = spec.get("affinity").and_then(|a| serde_json::from_value(a.clone()).ok()) {
         pod_affinity(v, &format!("{path}.affinity"), &a);
     }
+    let spread: Vec<skiff_proto::api::TopologySpreadConstraint> =
+        spec.get("topologySpreadConstraints").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
+    for (i, c) in spread.iter().enumerate() {
+        let cp = format!("{path}.topologySpreadConstraints[{i}]");
+        if c.max_skew <= 0 {
+            v.push(FieldError::invalid(format!("{cp}.maxSkew"), c.max_skew, "must be greater than zero"));
+        }
+        if c.topology_key.is_empty() {
+            v.push(FieldError::required(format!("{cp}.topologyKey"), "can not be empty"));
+        }
+        if !matches!(c.when_unsatisfiable.as_str(), "DoNotSchedule" | "ScheduleAnyway") {
+            let supported = ["DoNotSchedule", "ScheduleAnyway"];
+            v.push(FieldError::not_supported(format!("{cp}.whenUnsatisfiable"), &c.when_unsatisfiable, &supported));
+        }
+        if c.min_domains.is_some_and(|m| m <= 0) {
+            v.push(FieldError::invalid(format!("{cp}.minDomains"), c.min_domains, "must be greater than zero"));
+        }
+    }
     for (i, t) in spec.get("tolerations").and_then(Value::as_array).into_iter().flatten().enumerate() {
         let tp = format!("{path}.tolerations[{i}]");
         v.one_of(t, &tp, "operator", &["Equal", "Exists"]);
@@ -729,6 +747,18 @@ mod tests {
         assert!(e.iter().any(|m| m == "spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey: Required value: can not be empty"), "{e:?}");
         assert!(e.iter().any(|m| m == "spec.affinity.podAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight: Invalid value: 0: must be in the range 1-100"), "{e:?}");
         assert_eq!(e.len(), 2, "{e:?}");
+        let e = errs(
+            "pods",
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}],
+                "topologySpreadConstraints": [{"maxSkew": 0, "topologyKey": "zone", "whenUnsatisfiable": "Maybe"}]}}),
+        );
+        assert_eq!(
+            e,
+            [
+                "spec.topologySpreadConstraints[0].maxSkew: Invalid value: 0: must be greater than zero",
+                "spec.topologySpreadConstraints[0].whenUnsatisfiable: Unsupported value: \"Maybe\": supported values: \"DoNotSchedule\", \"ScheduleAnyway\""
+            ]
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ use crate::objects::selector_matches;
 use crate::snapshot::{NodeInfo, PlacedPod, Snapshot, Usage};
 use skiff_proto::api::{
     NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, PodSpec, Taint, Toleration,
+    TopologySpreadConstraint,
 };
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -198,12 +199,72 @@ impl InterPod {
     }
 }
 
+/// A pod's topology spread constraints against the pods already placed: per constraint, the
+/// matching pods in each domain of its key (every domain among the nodes the pod may select).
+struct Spread {
+    constraints: Vec<(TopologySpreadConstraint, BTreeMap<String, i64>, bool)>,
+}
+
+impl Spread {
+    fn of(demand: &Demand<'_>, me: &PlacedPod, snapshot: &Snapshot) -> Option<Spread> {
+        let wanted = &demand.spec.topology_spread_constraints;
+        if wanted.is_empty() {
+            return None;
+        }
+        let mut constraints = Vec::new();
+        for c in wanted {
+            let selects = |p: &PlacedPod| {
+                p.namespace == me.namespace && c.label_selector.as_ref().is_some_and(|s| selector_matches(s, &p.labels))
+            };
+            let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+            // nodeAffinityPolicy Honor (the default): only nodes the pod could select count.
+            let honor = c.node_affinity_policy.as_deref() != Some("Ignore");
+            for node in snapshot.nodes.iter().filter(|n| !honor || demand.selects(n)) {
+                let Some(value) = node.labels().get(&c.topology_key) else { continue };
+                *counts.entry(value.clone()).or_default() += node.pods.iter().filter(|p| selects(p)).count() as i64;
+            }
+            constraints.push((c.clone(), counts, selects(me)));
+        }
+        Some(Spread { constraints })
+    }
+
+    /// Why `node` would break a DoNotSchedule constraint, if it would.
+    fn refuses(&self, node: &NodeInfo) -> Option<&'static str> {
+        for (c, counts, me) in self.constraints.iter().filter(|(c, ..)| c.when_unsatisfiable != "ScheduleAnyway") {
+            let Some(value) = node.labels().get(&c.topology_key) else {
+                return Some("node(s) didn't match pod topology spread constraints (missing required label)");
+            };
+            // Fewer domains than minDomains: the global minimum counts as 0.
+            let enough = c.min_domains.is_none_or(|m| counts.len() >= m.max(1) as usize);
+            let min = if enough { counts.values().copied().min().unwrap_or(0) } else { 0 };
+            let skew = counts.get(value).copied().unwrap_or(0) + i64::from(*me) - min;
+            if skew > i64::from(c.max_skew.max(1)) {
+                return Some("node(s) didn't match pod topology spread constraints");
+            }
+        }
+        None
+    }
+
+    /// ScheduleAnyway constraints: fewer matching pods in the node's domain score higher.
+    fn score(&self, node: &NodeInfo) -> i64 {
+        self.constraints
+            .iter()
+            .filter(|(c, ..)| c.when_unsatisfiable == "ScheduleAnyway")
+            .map(|(c, counts, _)| {
+                node.labels().get(&c.topology_key).map_or(-100, |v| -10 * counts.get(v).copied().unwrap_or(0))
+            })
+            .sum()
+    }
+}
+
 /// What a pod asks of a node, worked out once per decision rather than once per node.
 pub struct Demand<'a> {
     spec: &'a PodSpec,
     usage: Usage,
     /// Inter-pod affinity against a snapshot; none when judged against one node alone.
     inter_pod: Option<InterPod>,
+    /// Topology spread against a snapshot; none without constraints or a snapshot.
+    spread: Option<Spread>,
 }
 
 static NO_SPEC: std::sync::LazyLock<PodSpec> = std::sync::LazyLock::new(PodSpec::default);
@@ -211,13 +272,14 @@ static NO_SPEC: std::sync::LazyLock<PodSpec> = std::sync::LazyLock::new(PodSpec:
 impl<'a> Demand<'a> {
     /// Judged against one node alone: what the node itself offers, not inter-pod affinity.
     pub fn of(pod: &'a Pod) -> Demand<'a> {
-        Demand { spec: pod.spec.as_ref().unwrap_or(&NO_SPEC), usage: Usage::of(pod), inter_pod: None }
+        Demand { spec: pod.spec.as_ref().unwrap_or(&NO_SPEC), usage: Usage::of(pod), inter_pod: None, spread: None }
     }
 
     /// Judged within `snapshot`: inter-pod affinity too.
     pub fn within(pod: &'a Pod, snapshot: &Snapshot) -> Demand<'a> {
         let mut d = Demand::of(pod);
         d.inter_pod = Some(InterPod::of(d.spec, &d.usage.pod, snapshot));
+        d.spread = Spread::of(&d, &d.usage.pod, snapshot);
         d
     }
 
@@ -251,7 +313,8 @@ pub fn daemon_fits(pod: &Pod, node: &NodeInfo) -> bool {
 
 /// Why `pod` cannot go to `node` (empty: it fits). As in Kubernetes, filters run in plugin
 /// order — readiness, NodeUnschedulable, TaintToleration, NodeAffinity, NodePorts,
-/// NodeResourcesFit, then (within a snapshot, [`schedule_from`]) InterPodAffinity — and a node
+/// NodeResourcesFit, then (within a snapshot, [`schedule_from`]) PodTopologySpread and
+/// InterPodAffinity — and a node
 /// reports the first that fails (resources may name several).
 pub fn filter(pod: &Pod, node: &NodeInfo) -> Vec<String> {
     filter_demand(&Demand::of(pod), node).into_iter().map(Cow::into_owned).collect()
@@ -297,7 +360,8 @@ fn filter_demand(demand: &Demand<'_>, node: &NodeInfo) -> Vec<Cow<'static, str>>
         reasons.push(Cow::Borrowed("Insufficient memory"));
     }
     if reasons.is_empty() {
-        if let Some(why) = demand.inter_pod.as_ref().and_then(|i| i.refuses(node)) {
+        let spread = demand.spread.as_ref().and_then(|s| s.refuses(node));
+        if let Some(why) = spread.or_else(|| demand.inter_pod.as_ref().and_then(|i| i.refuses(node))) {
             reasons.push(Cow::Borrowed(why));
         }
     }
@@ -333,7 +397,8 @@ fn score_demand(demand: &Demand<'_>, node: &NodeInfo) -> i64 {
         .unwrap_or(0);
     let prefer_no = demand.untolerated(node, &["PreferNoSchedule"]).len() as i64;
     let same_owner = demand.usage.owner.as_ref().and_then(|u| node.owners.get(u).copied()).unwrap_or(0) as i64;
-    let inter_pod = demand.inter_pod.as_ref().map_or(0, |i| i.score(node));
+    let inter_pod =
+        demand.inter_pod.as_ref().map_or(0, |i| i.score(node)) + demand.spread.as_ref().map_or(0, |s| s.score(node));
     least_allocated as i64 + balanced as i64 + preferred + inter_pod - 10 * prefer_no - 10 * same_owner
 }
 

@@ -231,16 +231,18 @@ impl SchedulingState {
         }
     }
 
-    /// A pod placed somewhere may be the one an unschedulable pod's required pod affinity
-    /// waits for: those go back to the queue.
+    /// A pod placed somewhere may be the one an unschedulable pod's required pod affinity or
+    /// topology spread waits for: those go back to the queue.
     fn wake_pod_affinity(&mut self, now: Instant) {
         let waiting: Vec<ObjectKey> = self
             .unschedulable
             .iter()
             .filter(|(_, pod)| {
-                let affinity =
-                    pod.spec.as_ref().and_then(|s| s.affinity.as_ref()).and_then(|a| a.pod_affinity.as_ref());
-                affinity.is_some_and(|a| !a.required_during_scheduling_ignored_during_execution.is_empty())
+                let spec = pod.spec.as_ref();
+                let affinity = spec.and_then(|s| s.affinity.as_ref()).and_then(|a| a.pod_affinity.as_ref());
+                // A pod placed elsewhere can also lift the minimum a spread constraint counts from.
+                let spread = spec.is_some_and(|s| !s.topology_spread_constraints.is_empty());
+                spread || affinity.is_some_and(|a| !a.required_during_scheduling_ignored_during_execution.is_empty())
             })
             .map(|(k, _)| k.clone())
             .collect();

@@ -271,3 +271,46 @@ fn preferred_pod_anti_affinity_spreads_when_it_can() {
     );
     assert_eq!(place(&pod("s2", spread), &nodes, &[pod("s1", on_a), heavy]), Ok("b".into()));
 }
+
+#[test]
+fn topology_spread_keeps_the_skew_and_names_nodes_without_the_key() {
+    let zone = |name: &str, z: &str| node(name, json!({"metadata": {"labels": {"zone": z}}}));
+    let foo = |name: &str, at: &str| {
+        pod(
+            name,
+            json!({"metadata": {"namespace": "default", "uid": name, "labels": {"foo": "bar"}}, "spec": {"nodeName": at}}),
+        )
+    };
+    let spread = |when: &str| {
+        pod(
+            "new",
+            json!({"metadata": {"namespace": "default", "labels": {"foo": "bar"}}, "spec": {"topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": when, "labelSelector": {"matchLabels": {"foo": "bar"}}}]}}),
+        )
+    };
+    // Zone A holds 2, B 1: a pod in A would make the skew 2.
+    let nodes = [zone("a1", "A"), zone("a2", "A"), zone("b1", "B"), zone("b2", "B")];
+    let bound = [foo("p1", "a1"), foo("p2", "a2"), foo("p3", "b1")];
+    let at = place(&spread("DoNotSchedule"), &nodes, &bound).unwrap();
+    assert!(at == "b1" || at == "b2", "{at}");
+    assert_eq!(
+        place(&spread("DoNotSchedule"), &[node("bare", json!({}))], &[]),
+        Err(
+            "0/1 nodes are available: 1 node(s) didn't match pod topology spread constraints (missing required label)."
+                .into()
+        )
+    );
+    // With zone B's only node cordoned, zone A is still refused: B still counts its pod.
+    let two = [zone("a1", "A"), zone("b1", "B")];
+    let lopsided = [foo("p1", "a1"), foo("p2", "a1"), foo("p3", "b1")];
+    assert_eq!(place(&spread("DoNotSchedule"), &two, &lopsided), Ok("b1".into()));
+    let mut cordoned = two.clone();
+    cordoned[1].spec = Some(serde_json::from_value(json!({"unschedulable": true})).unwrap());
+    assert_eq!(
+        place(&spread("DoNotSchedule"), &cordoned, &lopsided),
+        Err("0/2 nodes are available: 1 node(s) didn't match pod topology spread constraints, 1 node(s) were unschedulable.".into())
+    );
+    // ScheduleAnyway only prefers: the emptier zone, but the fuller one is allowed.
+    assert_eq!(place(&spread("ScheduleAnyway"), &two, &lopsided), Ok("b1".into()));
+    assert_eq!(place(&spread("ScheduleAnyway"), &cordoned, &lopsided), Ok("a1".into()));
+}

@@ -278,7 +278,7 @@ fn fake_node(name: &str, zone: &str) -> String {
 }
 
 #[test]
-fn pod_anti_affinity_spreads_a_deployment_and_pod_affinity_waits_for_its_group() {
+fn pod_anti_affinity_spreads_a_deployment_pod_affinity_waits_for_its_group_and_zones_balance() {
     let c = Cluster::up(1, &[]);
     for (n, zone) in [("n1", "z1"), ("n2", "z1"), ("n3", "z2")] {
         c.apply_yaml(&fake_node(n, zone));
@@ -324,4 +324,17 @@ fn pod_anti_affinity_spreads_a_deployment_and_pod_affinity_waits_for_its_group()
         c.get_json("pods", "near-cache")?["spec"]["nodeName"].as_str().map(String::from)
     });
     assert_eq!(placed, "n3", "the only node in the cache's zone");
+
+    // phase: topology spread with maxSkew 1 over zones of two nodes and one: two pods each
+    c.apply_yaml(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: zonal}\nspec:\n  replicas: 4\n  selector: {matchLabels: {app: zonal}}\n  template:\n    metadata: {labels: {app: zonal}}\n    spec:\n      containers: [{name: c, image: busybox:test}]\n      topologySpreadConstraints:\n      - {maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: zonal}}}\n",
+    );
+    let zones = wait_for(Duration::from_secs(30), "4 zonal pods bound", || {
+        let list: Value = serde_json::from_str(&c.ctl_ok(&["get", "pods", "-l", "app=zonal", "-o", "json"])).unwrap();
+        let nodes: Vec<String> =
+            list["items"].as_array()?.iter().filter_map(|p| p["spec"]["nodeName"].as_str().map(String::from)).collect();
+        (nodes.len() == 4).then_some(nodes)
+    });
+    let in_z2 = zones.iter().filter(|n| *n == "n3").count();
+    assert_eq!(in_z2, 2, "zone z2 (n3 alone) takes half: {zones:?}");
 }
