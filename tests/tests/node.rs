@@ -552,6 +552,18 @@ spec:
   - {{name: settings, configMap: {{name: settings}}}}
   - {{name: creds, secret: {{secretName: creds}}}}
   - {{name: data, persistentVolumeClaim: {{claimName: claim1}}}}
+  - name: podinfo
+    downwardAPI:
+      items:
+      - {{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}
+      - {{path: mem, resourceFieldRef: {{containerName: app, resource: limits.memory, divisor: 1Mi}}}}
+  - name: all-in-one
+    projected:
+      sources:
+      - {{configMap: {{name: settings, items: [{{key: greeting, path: conf/greeting.txt}}]}}}}
+      - {{secret: {{name: creds}}}}
+      - {{downwardAPI: {{items: [{{path: name, fieldRef: {{fieldPath: metadata.name}}}}]}}}}
+      - {{serviceAccountToken: {{path: token, expirationSeconds: 3600}}}}
   containers:
   - name: app
     image: "busybox:test"
@@ -572,7 +584,9 @@ spec:
     - {{name: settings, mountPath: /etc/settings}}
     - {{name: creds, mountPath: /etc/creds, readOnly: true}}
     - {{name: data, mountPath: /data}}
-    command: [sh, -c, "echo env $GREETING $PASSWORD $MY_NAME $MY_TIER $MY_IP; echo from $CFG_greeting $password res $MEM_MI $CPU_M; echo file $(cat /etc/creds/password); echo persisted > /data/written; while true; do echo now $(cat /etc/settings/greeting); sleep 0.5; done"]
+    - {{name: podinfo, mountPath: /etc/podinfo}}
+    - {{name: all-in-one, mountPath: /etc/all}}
+    command: [sh, -c, "echo env $GREETING $PASSWORD $MY_NAME $MY_TIER $MY_IP; echo from $CFG_greeting $password res $MEM_MI $CPU_M; echo dapi $(cat /etc/podinfo/labels) $(cat /etc/podinfo/mem); echo proj $(cat /etc/all/conf/greeting.txt) $(cat /etc/all/password) $(cat /etc/all/name) $(head -c 3 /etc/all/token); echo file $(cat /etc/creds/password); echo persisted > /data/written; while true; do echo now $(cat /etc/settings/greeting); sleep 0.5; done"]
 "#,
         pv_dir.path().display()
     ));
@@ -588,6 +602,8 @@ spec:
     assert!(logs.contains(&format!("env hello s3cret configured demo {ip}")), "{logs}");
     assert!(logs.contains("file s3cret"), "{logs}");
     assert!(logs.contains("from hello s3cret res 64 250"), "envFrom and resourceFieldRef: {logs}");
+    assert!(logs.contains("dapi tier=\"demo\" 64"), "a downwardAPI volume: {logs}");
+    assert!(logs.contains("proj hello s3cret configured eyJ"), "a projected volume: {logs}");
     wait_for(T, "the claim's hostPath to hold the file", || {
         (std::fs::read_to_string(pv_dir.path().join("written")).ok()? == "persisted\n").then_some(())
     });

@@ -47,26 +47,8 @@ impl Agent {
             } else if let Some(r) = &from.secret_key_ref {
                 self.key_of("secrets", ns, &r.name, &r.key, r.optional.unwrap_or(false), true).await?
             } else if let Some(f) = &from.field_ref {
-                match f.field_path.as_str() {
-                    "metadata.name" => Some(meta(pod, "name").to_string()),
-                    "metadata.namespace" => Some(ns.to_string()),
-                    "metadata.uid" => Some(meta(pod, "uid").to_string()),
-                    "spec.nodeName" => Some(self.config.name.clone()),
-                    "spec.serviceAccountName" => pod["spec"]["serviceAccountName"].as_str().map(String::from),
-                    "status.hostIP" => Some(self.config.node_ip.clone()),
-                    "status.podIP" => Some(ip.map_or_else(|| self.config.node_ip.clone(), |a| a.to_string())),
-                    p => {
-                        let path =
-                            p.strip_prefix("metadata.labels['").or_else(|| p.strip_prefix("metadata.annotations['"));
-                        match path.and_then(|k| k.strip_suffix("']")) {
-                            Some(k) if p.starts_with("metadata.labels") => {
-                                pod["metadata"]["labels"][k].as_str().map(String::from)
-                            }
-                            Some(k) => pod["metadata"]["annotations"][k].as_str().map(String::from),
-                            None => return Err(format!("env {}: fieldRef {p:?} is not supported", e.name)),
-                        }
-                    }
-                }
+                let ip = Some(ip.map_or_else(|| self.config.node_ip.clone(), |a| a.to_string()));
+                Some(self.field_of(pod, &f.field_path, ip).map_err(|why| format!("env {}: {why}", e.name))?)
             } else if let Some(r) = &from.resource_field_ref {
                 Some(self.resource_value(spec, &c.name, r).map_err(|why| format!("env {}: {why}", e.name))?)
             } else {
@@ -74,6 +56,88 @@ impl Agent {
             };
             if let Some(v) = value {
                 set(&mut out, e.name.clone(), v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A field of the pod (the downward API): its name, namespace, uid, one label or
+    /// annotation (`metadata.labels['k']`), all of them (`key="value"` lines, volumes only),
+    /// its node, service account, the node's address and (`ip`, env only) its own.
+    fn field_of(&self, pod: &Value, path: &str, ip: Option<String>) -> Result<String, String> {
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let all = |m: &Value| {
+            let mut lines: Vec<String> = m
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", serde_json::Value::String(text(v))))
+                .collect();
+            lines.sort();
+            lines.join("\n")
+        };
+        Ok(match path {
+            "metadata.name" => meta(pod, "name").to_string(),
+            "metadata.namespace" => meta(pod, "namespace").to_string(),
+            "metadata.uid" => meta(pod, "uid").to_string(),
+            "metadata.labels" => all(&pod["metadata"]["labels"]),
+            "metadata.annotations" => all(&pod["metadata"]["annotations"]),
+            "spec.nodeName" => self.config.name.clone(),
+            "spec.serviceAccountName" => text(&pod["spec"]["serviceAccountName"]),
+            "status.hostIP" => self.config.node_ip.clone(),
+            "status.podIP" => ip.ok_or("status.podIP is not available in a volume")?,
+            p => {
+                let key = |prefix: &str| p.strip_prefix(prefix).and_then(|k| k.strip_suffix("']"));
+                match (key("metadata.labels['"), key("metadata.annotations['")) {
+                    (Some(k), _) => text(&pod["metadata"]["labels"][k]),
+                    (_, Some(k)) => text(&pod["metadata"]["annotations"][k]),
+                    _ => return Err(format!("fieldRef {p:?} is not supported")),
+                }
+            }
+        })
+    }
+
+    /// The files of downward API items: each a field of the pod or a container's resource.
+    fn downward_files(
+        &self,
+        pod: &Value,
+        spec: &skiff_proto::api::PodSpec,
+        items: &[skiff_proto::api::DownwardApiVolumeFile],
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut out = Vec::new();
+        for item in items {
+            let value = if let Some(f) = &item.field_ref {
+                self.field_of(pod, &f.field_path, None)?
+            } else if let Some(r) = &item.resource_field_ref {
+                self.resource_value(spec, "", r)?
+            } else {
+                return Err(format!("downward API item {:?} names no field", item.path));
+            };
+            out.push((item.path.clone(), value.into_bytes()));
+        }
+        Ok(out)
+    }
+
+    /// The keys of a ConfigMap's or Secret's data as files: all of them, or the `items` named
+    /// (key to path); nothing when it is missing and `optional`.
+    async fn keys_as_files(
+        &self,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        items: &[skiff_proto::api::KeyToPath],
+        optional: bool,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let keys = self.all_keys(resource, ns, name, optional).await?;
+        if items.is_empty() {
+            return Ok(keys.into_iter().map(|(k, v)| (k, v.into_bytes())).collect());
+        }
+        let mut out = Vec::new();
+        for item in items {
+            match keys.iter().find(|(k, _)| *k == item.key) {
+                Some((_, v)) => out.push((item.path.clone(), v.clone().into_bytes())),
+                None if optional => {}
+                None => return Err(format!("{resource} \"{name}\": no key {:?}", item.key)),
             }
         }
         Ok(out)
@@ -224,7 +288,7 @@ impl Agent {
         }
         out.push(Mount {
             destination: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
-            source: sa,
+            source: sa.clone(),
             read_only: true,
         });
         for vm in &c.volume_mounts {
@@ -251,6 +315,30 @@ impl Agent {
                 self.project(dir, &v.name, "secrets", ns, &s.secret_name, s.optional.unwrap_or(false), true).await?
             } else if let Some(claim) = &v.persistent_volume_claim {
                 self.claim_path(ns, &claim.claim_name).await?
+            } else if let Some(d) = &v.downward_api {
+                let files = self.downward_files(pod, spec, &d.items)?;
+                write_files(&dir.join("volumes").join(&v.name), files)?
+            } else if let Some(p) = &v.projected {
+                let mut files = Vec::new();
+                for source in &p.sources {
+                    if let Some(cm) = &source.config_map {
+                        let optional = cm.optional.unwrap_or(false);
+                        files.extend(self.keys_as_files("configmaps", ns, &cm.name, &cm.items, optional).await?);
+                    }
+                    if let Some(s) = &source.secret {
+                        let optional = s.optional.unwrap_or(false);
+                        files.extend(self.keys_as_files("secrets", ns, &s.name, &s.items, optional).await?);
+                    }
+                    if let Some(d) = &source.downward_api {
+                        files.extend(self.downward_files(pod, spec, &d.items)?);
+                    }
+                    if let Some(t) = &source.service_account_token {
+                        // The pod's own bound token (issued above), whatever audience is asked.
+                        let token = std::fs::read(sa.join("token")).map_err(|e| format!("serviceAccountToken: {e}"))?;
+                        files.push((t.path.clone(), token));
+                    }
+                }
+                write_files(&dir.join("volumes").join(&v.name), files)?
             } else {
                 let kind = unmountable_type(v).unwrap_or("this");
                 return Err(format!(
@@ -353,8 +441,7 @@ impl Agent {
 /// FailedMount event says why.
 pub(super) const MOUNT_FAILED: &str = "MountVolume.SetUp failed";
 
-/// The volume type a node here cannot mount that `v` names (the in-tree drivers, CSI,
-/// downwardAPI and projected volumes).
+/// The volume type a node here cannot mount that `v` names (the in-tree drivers, CSI).
 fn unmountable_type(v: &skiff_proto::api::Volume) -> Option<&'static str> {
     let raw = [
         ("gcePersistentDisk", &v.gce_persistent_disk),
@@ -383,14 +470,32 @@ fn unmountable_type(v: &skiff_proto::api::Volume) -> Option<&'static str> {
     if let Some((name, _)) = raw.iter().find(|(_, set)| !set.is_empty()) {
         return Some(name);
     }
-    if v.downward_api.is_some() {
-        return Some("downwardAPI");
-    }
-    if v.projected.is_some() {
-        return Some("projected");
-    }
     if v.nfs.is_some() {
         return Some("nfs");
     }
     None
+}
+
+/// Writes `files` (relative paths, subdirectories allowed) under `d`, each replaced atomically;
+/// a path that would leave `d` is refused.
+fn write_files(d: &Path, files: Vec<(String, Vec<u8>)>) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    for (path, bytes) in files {
+        let rel = Path::new(&path);
+        let inside = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if path.is_empty() || !inside {
+            return Err(format!("{MOUNT_FAILED}: path {path:?} must be relative and may not contain '..'"));
+        }
+        let target = d.join(rel);
+        if std::fs::read(&target).is_ok_and(|old| old == bytes) {
+            continue;
+        }
+        let parent = target.parent().unwrap_or(d);
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        let tmp = parent.join(format!(".{}.tmp", target.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, &target))
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+    }
+    Ok(d.to_path_buf())
 }
