@@ -40,6 +40,7 @@ const KINDS: &[(&str, &str, &str, bool, &str, &str)] = &[
     ("RoleBinding", "rolebindings", "rbac.authorization.k8s.io/v1", true, "", ""),
     ("ClusterRoleBinding", "clusterrolebindings", "rbac.authorization.k8s.io/v1", false, "", ""),
     ("CertificateSigningRequest", "certificatesigningrequests", "certificates.k8s.io/v1", false, "csr", "status"),
+    ("PriorityClass", "priorityclasses", "scheduling.k8s.io/v1", false, "pc", ""),
 ];
 
 fn service_name(kind: &str) -> String {

@@ -17,6 +17,7 @@ pub fn apply(info: &KindInfo, obj: &mut Value) {
             }
             default_at(obj, &["status", "phase"], json!("Pending"));
         }
+        "PriorityClass" => default_at(obj, &["preemptionPolicy"], json!("PreemptLowerPriority")),
         "Deployment" => {
             default_at(obj, &["spec", "replicas"], json!(1));
             default_at(obj, &["spec", "strategy", "type"], json!("RollingUpdate"));

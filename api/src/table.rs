@@ -166,6 +166,13 @@ pub fn columns(info: &KindInfo) -> Vec<Column> {
             AGE,
         ],
         "ServiceAccount" => vec![NAME, Column { kind: "integer", ..col("Secrets", "Number of secrets.") }, AGE],
+        "PriorityClass" => vec![
+            NAME,
+            Column { kind: "integer", ..col("Value", "The value of the priority class.") },
+            col("Global-Default", "Whether pods without a priorityClassName get this class."),
+            AGE,
+            col("PreemptionPolicy", "What pods of this class may do to lower-priority pods."),
+        ],
         "Role" | "ClusterRole" => vec![NAME, col("Created At", "When the role was created.")],
         "RoleBinding" | "ClusterRoleBinding" => vec![
             NAME,
@@ -469,6 +476,13 @@ pub fn cells(info: &KindInfo, o: &Value) -> Vec<String> {
         "ServiceAccount" => {
             vec![name, o.get("secrets").and_then(Value::as_array).map_or(0, |a| a.len()).to_string(), age(o)]
         }
+        "PriorityClass" => vec![
+            name,
+            o.get("value").and_then(Value::as_i64).unwrap_or(0).to_string(),
+            (o.get("globalDefault") == Some(&Value::Bool(true))).to_string(),
+            age(o),
+            s(o, "/preemptionPolicy").to_string(),
+        ],
         "Role" | "ClusterRole" => vec![name, s(o, "/metadata/creationTimestamp").to_string()],
         "RoleBinding" | "ClusterRoleBinding" => {
             let subjects = |kind: &str| {

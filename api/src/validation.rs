@@ -123,6 +123,26 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
         v.labels("metadata.labels", l);
     }
     match info.kind {
+        "PriorityClass" => {
+            if name.starts_with("system-") {
+                v.push(FieldError::invalid(
+                    "metadata.name",
+                    name,
+                    "priority class names with 'system-' prefix are reserved",
+                ));
+            }
+            let value = obj.get("value").and_then(Value::as_i64).unwrap_or(0);
+            if value > 1_000_000_000 {
+                v.push(FieldError::forbidden(
+                    "value",
+                    "maximum allowed value of a user defined priority is 1000000000",
+                ));
+            }
+            let policies = ["PreemptLowerPriority", "Never"];
+            if let Some(p) = obj.get("preemptionPolicy").and_then(Value::as_str).filter(|p| !policies.contains(p)) {
+                v.push(FieldError::not_supported("preemptionPolicy", p, &policies));
+            }
+        }
         "Pod" => pod_spec(&mut v, obj.get("spec").unwrap_or(&Value::Null), "spec", &[]),
         "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" => workload(&mut v, info.kind, obj),
         "Job" => {

@@ -395,6 +395,39 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
         "error: You must be logged in to the server (Unauthorized)"
     );
 
+    // phase: PriorityClasses give pods their priority at admission
+    let classes = "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high-priority}\nvalue: 1000000\ndescription: for XYZ service pods only\n";
+    assert_eq!(
+        k.ok_with(&["apply", "-f", "-"], Some(classes)),
+        "priorityclass.scheduling.k8s.io/high-priority created\n"
+    );
+    let table = k.ok(&["get", "pc"]);
+    assert_eq!(header(&table), ["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"], "{table}");
+    k.ok(&[
+        "run",
+        "important",
+        "--image=busybox:test",
+        "--overrides={\"spec\":{\"priorityClassName\":\"high-priority\"}}",
+    ]);
+    assert_eq!(
+        k.ok(&["get", "pod", "important", "-o", "jsonpath={.spec.priority} {.spec.preemptionPolicy}"]),
+        "1000000 PreemptLowerPriority"
+    );
+    let missing = k.fails(
+        &["run", "orphan", "--image=busybox:test", "--overrides={\"spec\":{\"priorityClassName\":\"missing\"}}"],
+        None,
+    );
+    assert_eq!(
+        missing.trim(),
+        r#"Error from server (Forbidden): pods "orphan" is forbidden: no PriorityClass with name missing was found"#
+    );
+    let reserved = k.fails(
+        &["apply", "-f", "-"],
+        Some("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: system-mine}\nvalue: 10\n"),
+    );
+    assert!(reserved.contains("priority class names with 'system-' prefix are reserved"), "{reserved}");
+    k.ok(&["delete", "pod", "important", "--grace-period=0", "--force"]);
+
     // phase: tokens: kubectl create token (a TokenRequest), auth whoami, TokenReviews
     assert_eq!(k.ok(&["create", "serviceaccount", "bot"]), "serviceaccount/bot created\n");
     let token = k.ok(&["create", "token", "bot", "--duration=20m"]).trim().to_string();

@@ -351,6 +351,9 @@ impl Registry {
         self.prepare_new(info, &mut obj, namespace_hint, id)?;
         let ns = object::namespace(&obj).to_string();
         let key = kinds::key(info, &ns, object::name(&obj));
+        if info.kind == "Pod" {
+            self.resolve_priority(&mut obj).await?;
+        }
         let prepared = obj;
         for _ in 0..5 {
             let mut obj = prepared.clone();
@@ -409,6 +412,44 @@ impl Registry {
             // The namespace, a quota or a picked address changed under us: look again.
         }
         Err(ApiError::Internal(format!("namespace {ns} kept changing while creating {key}")))
+    }
+
+    /// Kubernetes' Priority admission: a pod naming a PriorityClass (or, naming none, the
+    /// cluster's global default class, if there is one) gets the class's value as
+    /// `spec.priority` and its preemption policy; the built-in `system-cluster-critical` and
+    /// `system-node-critical` classes always exist. A priority given outright must agree.
+    async fn resolve_priority(&self, pod: &mut Value) -> ApiResult<()> {
+        let pod_name = object::name(pod).to_string();
+        let named = pod.pointer("/spec/priorityClassName").and_then(Value::as_str).unwrap_or_default().to_string();
+        let forbidden = |why: String| ApiError::Forbidden(format!("pods {pod_name:?} is forbidden: {why}"));
+        let classes = kinds::by_resource("priorityclasses")?;
+        let class = match named.as_str() {
+            "system-node-critical" => Some((named.clone(), 2_000_001_000, "PreemptLowerPriority".to_string())),
+            "system-cluster-critical" => Some((named.clone(), 2_000_000_000, "PreemptLowerPriority".to_string())),
+            "" => {
+                let all = self.list(classes, "", &ListOptions::default()).await?.into_values();
+                all.iter().find(|c| c.get("globalDefault") == Some(&Value::Bool(true))).map(class_of)
+            }
+            name => match self.get(classes, "", name).await {
+                Ok(c) => Some(class_of(&c)),
+                Err(ApiError::NotFound { .. }) => {
+                    return Err(forbidden(format!("no PriorityClass with name {name} was found")))
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let Some((name, value, policy)) = class else { return Ok(()) };
+        let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return Ok(()) };
+        if let Some(given) = spec.get("priority").and_then(Value::as_i64).filter(|p| *p != value) {
+            return Err(forbidden(format!(
+                "the integer value of priority ({given}) must not be provided in pod spec; priority admission \
+                 controller computed {value} from the given PriorityClass name"
+            )));
+        }
+        spec.insert("priorityClassName".into(), json!(name));
+        spec.insert("priority".into(), json!(value));
+        spec.entry("preemptionPolicy").or_insert(json!(policy));
+        Ok(())
     }
 
     /// Pod admission: Pod Security for labelled namespaces, then every ResourceQuota of the
@@ -778,4 +819,10 @@ pub(crate) fn check_type(info: &KindInfo, obj: &Value) -> ApiResult<()> {
         )));
     }
     Ok(())
+}
+
+/// A PriorityClass's name, value and preemption policy.
+fn class_of(class: &Value) -> (String, i64, String) {
+    let policy = class.get("preemptionPolicy").and_then(Value::as_str).unwrap_or("PreemptLowerPriority");
+    (object::name(class).to_string(), class.get("value").and_then(Value::as_i64).unwrap_or(0), policy.to_string())
 }
