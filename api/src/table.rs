@@ -166,6 +166,12 @@ pub fn columns(info: &KindInfo) -> Vec<Column> {
             AGE,
         ],
         "ServiceAccount" => vec![NAME, Column { kind: "integer", ..col("Secrets", "Number of secrets.") }, AGE],
+        "ResourceQuota" => vec![
+            NAME,
+            AGE,
+            col("Request", "The used and hard amounts of the quota's resources that are not limits."),
+            col("Limit", "The used and hard amounts of the quota's limits."),
+        ],
         "PriorityClass" => vec![
             NAME,
             Column { kind: "integer", ..col("Value", "The value of the priority class.") },
@@ -475,6 +481,20 @@ pub fn cells(info: &KindInfo, o: &Value) -> Vec<String> {
         }
         "ServiceAccount" => {
             vec![name, o.get("secrets").and_then(Value::as_array).map_or(0, |a| a.len()).to_string(), age(o)]
+        }
+        "ResourceQuota" => {
+            // `pods: 1/50, requests.cpu: 100m/1`, as kubectl's printer: limits in their own column.
+            let hard = o.pointer("/spec/hard").and_then(Value::as_object).cloned().unwrap_or_default();
+            let used =
+                |r: &str| o.pointer(&format!("/status/used/{r}")).and_then(Value::as_str).unwrap_or("0").to_string();
+            let side = |limits: bool| {
+                hard.iter()
+                    .filter(|(r, _)| r.starts_with("limits.") == limits)
+                    .map(|(r, h)| format!("{r}: {}/{}", used(r), h.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![name, age(o), side(false), side(true)]
         }
         "PriorityClass" => vec![
             name,

@@ -542,6 +542,9 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
         assert_eq!(k.ok(args).trim(), said, "kubectl {args:?}");
     }
     assert_eq!(k.ok(&["get", "secret", "gen", "-o", "jsonpath={.data.p} {.type}"]), "cQ== Opaque");
+    let quota = k.ok(&["get", "quota", "gen"]);
+    assert_eq!(header(&quota), ["NAME", "AGE", "REQUEST", "LIMIT"], "{quota}");
+    assert!(quota.lines().nth(1).is_some_and(|l| l.contains("pods: ") && l.contains("/50")), "{quota}");
     assert_eq!(
         k.ok(&["get", "deploy", "gen", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.template.spec.containers[0].command}"]),
         r#"2 80 ["sleep","3600"]"#
