@@ -475,6 +475,9 @@ fn pod_spec(v: &mut V, spec: &Value, path: &str, claim_templates: &[String]) {
         } else if !volumes.insert(n.to_string()) {
             v.push(FieldError::duplicate(format!("{path}.volumes[{i}].name"), n));
         }
+        if let Ok(typed) = serde_json::from_value::<skiff_proto::api::Volume>(vol.clone()) {
+            downward_items(v, &format!("{path}.volumes[{i}]"), &typed);
+        }
     }
     let containers = spec.get("containers").and_then(Value::as_array).cloned().unwrap_or_default();
     if containers.is_empty() {
@@ -598,6 +601,53 @@ fn pod_affinity(v: &mut V, path: &str, a: &skiff_proto::api::Affinity) {
                 None => v.push(FieldError::required(format!("{wp}.podAffinityTerm"), "")),
             }
         }
+    }
+}
+
+/// The items of a downwardAPI volume or projection, and the paths of a projected volume, as
+/// Kubernetes checks them: relative paths without `..`, one field per item, a container named
+/// for a resource.
+fn downward_items(v: &mut V, vp: &str, vol: &skiff_proto::api::Volume) {
+    let mut lists: Vec<(String, &[skiff_proto::api::DownwardApiVolumeFile])> = Vec::new();
+    if let Some(d) = &vol.downward_api {
+        lists.push((format!("{vp}.downwardAPI"), &d.items));
+    }
+    for (j, source) in vol.projected.iter().flat_map(|p| p.sources.iter()).enumerate() {
+        if let Some(d) = &source.downward_api {
+            lists.push((format!("{vp}.projected.sources[{j}].downwardAPI"), &d.items));
+        }
+        if let Some(t) = &source.service_account_token {
+            check_path(v, &format!("{vp}.projected.sources[{j}].serviceAccountToken.path"), &t.path);
+        }
+    }
+    for (lp, items) in lists {
+        for (k, item) in items.iter().enumerate() {
+            let ip = format!("{lp}.items[{k}]");
+            check_path(v, &format!("{ip}.path"), &item.path);
+            match (&item.field_ref, &item.resource_field_ref) {
+                (Some(_), Some(_)) => v.push(FieldError::invalid(
+                    &ip,
+                    "",
+                    "fieldRef and resourceFieldRef can not be specified simultaneously",
+                )),
+                (None, None) => v.push(FieldError::required(&ip, "one of fieldRef and resourceFieldRef is required")),
+                (None, Some(r)) if r.container_name.is_empty() => {
+                    v.push(FieldError::required(format!("{ip}.resourceFieldRef.containerName"), ""))
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A file path inside a volume: relative, no `..` element.
+fn check_path(v: &mut V, path: &str, value: &str) {
+    if value.is_empty() {
+        v.push(FieldError::required(path, ""));
+    } else if value.starts_with('/') {
+        v.push(FieldError::invalid(path, value, "must be a relative path"));
+    } else if value.split('/').any(|e| e == "..") {
+        v.push(FieldError::invalid(path, value, "must not contain '..'"));
     }
 }
 
@@ -777,6 +827,28 @@ mod tests {
             [
                 "spec.topologySpreadConstraints[0].maxSkew: Invalid value: 0: must be greater than zero",
                 "spec.topologySpreadConstraints[0].whenUnsatisfiable: Unsupported value: \"Maybe\": supported values: \"DoNotSchedule\", \"ScheduleAnyway\""
+            ]
+        );
+    }
+
+    #[test]
+    fn downward_api_and_projected_items() {
+        let pod = |volume: Value| json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}], "volumes": [volume]}});
+        let ok = json!({"name": "v", "projected": {"sources": [
+            {"downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+            {"serviceAccountToken": {"path": "token"}}]}});
+        assert_eq!(errs("pods", pod(ok)), Vec::<String>::new());
+        let bad = json!({"name": "v", "downwardAPI": {"items": [
+            {"path": "../up", "fieldRef": {"fieldPath": "metadata.name"}},
+            {"path": "mem", "resourceFieldRef": {"resource": "limits.memory"}},
+            {"path": "/abs"}]}});
+        assert_eq!(
+            errs("pods", pod(bad)),
+            [
+                "spec.volumes[0].downwardAPI.items[0].path: Invalid value: \"../up\": must not contain '..'",
+                "spec.volumes[0].downwardAPI.items[1].resourceFieldRef.containerName: Required value",
+                "spec.volumes[0].downwardAPI.items[2].path: Invalid value: \"/abs\": must be a relative path",
+                "spec.volumes[0].downwardAPI.items[2]: Required value: one of fieldRef and resourceFieldRef is required",
             ]
         );
     }
