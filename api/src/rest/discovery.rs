@@ -164,10 +164,8 @@ pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=API
 
 /// Whether an Accept header's media types include [`AGGREGATED`] (parameters in any order).
 pub fn wants_aggregated(accept: &str) -> bool {
-    accept.split(',').any(|media| {
-        let params: Vec<&str> = media.split(';').map(str::trim).collect();
-        ["g=apidiscovery.k8s.io", "v=v2", "as=APIGroupDiscoveryList"].iter().all(|p| params.contains(p))
-    })
+    super::media_types(accept)
+        .any(|params| ["g=apidiscovery.k8s.io", "v=v2", "as=APIGroupDiscoveryList"].iter().all(|p| params.contains(p)))
 }
 
 /// `/api` (`core`) or `/apis` as an APIGroupDiscoveryList: the same resources as

@@ -150,6 +150,18 @@ fn target(api_version: &str, rest: &[&str], path: &str) -> ApiResult<Target> {
     Ok(Target { info, ns, name, sub })
 }
 
+/// A request's body, up to [`MAX_BODY`].
+async fn read_body(body: Body) -> ApiResult<axum::body::Bytes> {
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| ApiError::TooLarge(format!("the request body could not be read: {e}")))
+}
+
+/// The parameters of each media type an Accept header lists (`application/json;as=Table;…`).
+pub(crate) fn media_types(accept: &str) -> impl Iterator<Item = Vec<&str>> {
+    accept.split(',').map(|media| media.split(';').map(str::trim).collect())
+}
+
 async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResult<http::Response<Body>> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
@@ -194,34 +206,22 @@ async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResu
         let list = discovery::resource_list(&api_version).ok_or_else(|| not_found_path(&path))?;
         return Ok(json_response(StatusCode::OK, &list));
     }
-    if let (
-        &Method::POST,
-        "authorization.k8s.io/v1",
-        [review @ ("selfsubjectaccessreviews" | "selfsubjectrulesreviews")],
-    ) = (&parts.method, api_version.as_str(), rest)
-    {
-        let body = axum::body::to_bytes(body, MAX_BODY)
-            .await
-            .map_err(|e| ApiError::TooLarge(format!("the request body could not be read: {e}")))?;
-        let asked = parse_body(&parts.headers, &body)?;
-        let answer = match *review {
-            "selfsubjectaccessreviews" => access_review(api, &user, asked).await?,
-            _ => rules_review(api, &user, asked).await?,
+    // Reviews: created and answered on the spot, never stored.
+    let review = match (&parts.method, api_version.as_str(), rest) {
+        (&Method::POST, "authorization.k8s.io/v1", [r @ ("selfsubjectaccessreviews" | "selfsubjectrulesreviews")])
+        | (&Method::POST, "authentication.k8s.io/v1", [r @ ("tokenreviews" | "selfsubjectreviews")]) => Some(*r),
+        _ => None,
+    };
+    if let Some(review) = review {
+        let body = read_body(body).await?;
+        let asked = || parse_body(&parts.headers, &body);
+        let answer = match review {
+            "selfsubjectaccessreviews" => access_review(api, &user, asked()?).await?,
+            "selfsubjectrulesreviews" => rules_review(api, &user, asked()?).await?,
+            "tokenreviews" => tokens::token_review(api, &user, asked()?).await?,
+            _ => tokens::self_review(&user),
         };
         return Ok(json_response(StatusCode::CREATED, &answer));
-    }
-    if (&parts.method, api_version.as_str(), rest) == (&Method::POST, "authentication.k8s.io/v1", &["tokenreviews"][..])
-    {
-        let body = axum::body::to_bytes(body, MAX_BODY)
-            .await
-            .map_err(|e| ApiError::TooLarge(format!("the request body could not be read: {e}")))?;
-        let answer = tokens::token_review(api, &user, parse_body(&parts.headers, &body)?).await?;
-        return Ok(json_response(StatusCode::CREATED, &answer));
-    }
-    if (&parts.method, api_version.as_str(), rest)
-        == (&Method::POST, "authentication.k8s.io/v1", &["selfsubjectreviews"][..])
-    {
-        return Ok(json_response(StatusCode::CREATED, &tokens::self_review(&user)));
     }
     if api_version == metrics::GROUP_VERSION && parts.method == Method::GET {
         let from = tonic::metadata::MetadataMap::from_headers(parts.headers.clone());
@@ -232,9 +232,7 @@ async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResu
     seen.resource = Some(t.info.resource);
     seen.sub = t.sub.clone();
     let body = if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
-        axum::body::to_bytes(body, MAX_BODY)
-            .await
-            .map_err(|e| ApiError::TooLarge(format!("the request body could not be read: {e}")))?
+        read_body(body).await?
     } else {
         Default::default()
     };
@@ -277,10 +275,8 @@ impl Call<'_> {
     /// Whether the client asked for a Table, and what its rows carry.
     fn table(&self) -> ApiResult<Option<Include>> {
         let accept = self.headers.get(header::ACCEPT).and_then(|h| h.to_str().ok()).unwrap_or_default();
-        let wants = accept.split(',').any(|m| {
-            let params: Vec<&str> = m.split(';').map(str::trim).collect();
-            params.contains(&"as=Table") && params.iter().any(|p| p.starts_with("g=meta.k8s.io"))
-        });
+        let wants = media_types(accept)
+            .any(|params| params.contains(&"as=Table") && params.iter().any(|p| p.starts_with("g=meta.k8s.io")));
         if !wants {
             return Ok(None);
         }

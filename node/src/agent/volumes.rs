@@ -43,9 +43,9 @@ impl Agent {
                 continue;
             };
             let value = if let Some(r) = &from.config_map_key_ref {
-                self.key_of("configmaps", ns, &r.name, &r.key, r.optional.unwrap_or(false), false).await?
+                self.key_of("configmaps", ns, &r.name, &r.key, r.optional.unwrap_or(false)).await?
             } else if let Some(r) = &from.secret_key_ref {
-                self.key_of("secrets", ns, &r.name, &r.key, r.optional.unwrap_or(false), true).await?
+                self.key_of("secrets", ns, &r.name, &r.key, r.optional.unwrap_or(false)).await?
             } else if let Some(f) = &from.field_ref {
                 let ip = Some(ip.map_or_else(|| self.config.node_ip.clone(), |a| a.to_string()));
                 Some(self.field_of(pod, &f.field_path, ip).map_err(|why| format!("env {}: {why}", e.name))?)
@@ -211,6 +211,8 @@ impl Agent {
         Ok(out)
     }
 
+    /// One key of a ConfigMap's or Secret's data, decoded; `None` when it (or the object) is
+    /// missing and `optional`.
     pub(super) async fn key_of(
         &self,
         resource: &str,
@@ -218,29 +220,15 @@ impl Agent {
         name: &str,
         key: &str,
         optional: bool,
-        base64: bool,
     ) -> Result<Option<String>, String> {
-        let kind = if base64 { "secret" } else { "configmap" };
-        let obj = match self.client.get(resource, ns, name).await {
-            Ok(o) => o,
-            Err(s) if s.code() == tonic::Code::NotFound && optional => return Ok(None),
-            Err(s) if s.code() == tonic::Code::NotFound => return Err(format!("{kind} \"{name}\" not found")),
-            Err(s) => return Err(format!("{kind} \"{name}\": {}", s.message())),
-        };
-        let value = obj["data"][key].as_str().map(String::from);
-        let value = match (value, base64) {
-            (Some(v), true) => Some(
-                String::from_utf8_lossy(
-                    &decode_base64(&v).ok_or(format!("secret \"{name}\": key {key} is not base64"))?,
-                )
-                .into_owned(),
-            ),
-            (v, _) => v,
-        };
-        match value {
-            Some(v) => Ok(Some(v)),
+        let keys = self.all_keys(resource, ns, name, optional).await?;
+        match keys.into_iter().find(|(k, _)| k == key) {
+            Some((_, v)) => Ok(Some(v)),
             None if optional => Ok(None),
-            None => Err(format!("couldn't find key {key} in {kind} {ns}/{name}")),
+            None => {
+                let kind = if resource == "secrets" { "secret" } else { "configmap" };
+                Err(format!("couldn't find key {key} in {kind} {ns}/{name}"))
+            }
         }
     }
 
@@ -310,9 +298,9 @@ impl Agent {
                 }
                 p
             } else if let Some(cm) = &v.config_map {
-                self.project(dir, &v.name, "configmaps", ns, &cm.name, cm.optional.unwrap_or(false), false).await?
+                self.project(dir, &v.name, "configmaps", ns, &cm.name, cm.optional.unwrap_or(false)).await?
             } else if let Some(s) = &v.secret {
-                self.project(dir, &v.name, "secrets", ns, &s.secret_name, s.optional.unwrap_or(false), true).await?
+                self.project(dir, &v.name, "secrets", ns, &s.secret_name, s.optional.unwrap_or(false)).await?
             } else if let Some(claim) = &v.persistent_volume_claim {
                 self.claim_path(ns, &claim.claim_name).await?
             } else if let Some(d) = &v.downward_api {
@@ -389,9 +377,9 @@ impl Agent {
         let ns = meta(pod_json, "namespace");
         for v in &spec.volumes {
             let r = if let Some(cm) = &v.config_map {
-                self.project(dir, &v.name, "configmaps", ns, &cm.name, true, false).await
+                self.project(dir, &v.name, "configmaps", ns, &cm.name, true).await
             } else if let Some(s) = &v.secret {
-                self.project(dir, &v.name, "secrets", ns, &s.secret_name, true, true).await
+                self.project(dir, &v.name, "secrets", ns, &s.secret_name, true).await
             } else {
                 continue;
             };
@@ -402,7 +390,6 @@ impl Agent {
     }
 
     /// Writes a ConfigMap's or Secret's keys as files under the pod's volume directory.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn project(
         &self,
         dir: &Path,
@@ -411,29 +398,11 @@ impl Agent {
         ns: &str,
         name: &str,
         optional: bool,
-        base64: bool,
     ) -> Result<PathBuf, String> {
-        let d = dir.join("volumes").join(volume);
-        std::fs::create_dir_all(&d).map_err(|e| format!("volume {volume}: {e}"))?;
-        let obj = match self.client.get(resource, ns, name).await {
-            Ok(o) => o,
-            Err(s) if s.code() == tonic::Code::NotFound && optional => return Ok(d),
-            Err(s) => return Err(format!("volume {volume}: {resource} \"{name}\": {}", s.message())),
-        };
-        for (k, v) in obj["data"].as_object().into_iter().flatten() {
-            let text = v.as_str().unwrap_or_default();
-            let bytes = if base64 { decode_base64(text).unwrap_or_default() } else { text.as_bytes().to_vec() };
-            let target = d.join(k);
-            if std::fs::read(&target).is_ok_and(|old| old == bytes) {
-                continue;
-            }
-            // Replace atomically: a reader sees the old file or the new one, never half.
-            let tmp = d.join(format!(".{k}.tmp"));
-            std::fs::write(&tmp, bytes)
-                .and_then(|_| std::fs::rename(&tmp, &target))
-                .map_err(|e| format!("volume {volume}: {k}: {e}"))?;
-        }
-        Ok(d)
+        let files = self.keys_as_files(resource, ns, name, &[], optional).await;
+        files
+            .and_then(|files| write_files(&dir.join("volumes").join(volume), files))
+            .map_err(|e| format!("volume {volume}: {e}"))
     }
 }
 
