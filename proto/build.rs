@@ -29,6 +29,7 @@ const KINDS: &[(&str, &str, &str, bool, &str, &str)] = &[
     ("Lease", "leases", "coordination.k8s.io/v1", true, "", ""),
     ("Deployment", "deployments", "apps/v1", true, "deploy", "status,scale"),
     ("ReplicaSet", "replicasets", "apps/v1", true, "rs", "status,scale"),
+    ("ReplicationController", "replicationcontrollers", "v1", true, "rc", "status,scale"),
     ("DaemonSet", "daemonsets", "apps/v1", true, "ds", "status"),
     ("StatefulSet", "statefulsets", "apps/v1", true, "sts", "status,scale"),
     ("Job", "jobs", "batch/v1", true, "", "status"),
@@ -41,6 +42,7 @@ const KINDS: &[(&str, &str, &str, bool, &str, &str)] = &[
     ("ClusterRoleBinding", "clusterrolebindings", "rbac.authorization.k8s.io/v1", false, "", ""),
     ("CertificateSigningRequest", "certificatesigningrequests", "certificates.k8s.io/v1", false, "csr", "status"),
     ("PriorityClass", "priorityclasses", "scheduling.k8s.io/v1", false, "pc", ""),
+    ("PodDisruptionBudget", "poddisruptionbudgets", "policy/v1", true, "pdb", "status"),
 ];
 
 fn service_name(kind: &str) -> String {
@@ -58,7 +60,7 @@ fn services_proto() -> String {
          syntax = \"proto3\";\npackage skiff.api;\n\n\
          import \"skiff/api/meta.proto\";\nimport \"skiff/api/core.proto\";\nimport \"skiff/api/apps.proto\";\n\
          import \"skiff/api/batch.proto\";\nimport \"skiff/api/networking.proto\";\nimport \"skiff/api/rbac.proto\";\n\
-         import \"skiff/api/certificates.proto\";\n\
+         import \"skiff/api/certificates.proto\";\nimport \"skiff/api/policy.proto\";\n\
          import \"skiff/api/requests.proto\";\n\n",
     );
     for (kind, _, _, _, _, subresources) in KINDS {
@@ -197,6 +199,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skiff/api/networking.proto",
         "skiff/api/rbac.proto",
         "skiff/api/certificates.proto",
+        "skiff/api/policy.proto",
         "skiff/api/requests.proto",
         "skiff/api/logs.proto",
         "skiff/api/services.proto",

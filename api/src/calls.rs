@@ -282,7 +282,8 @@ impl Api {
         self.registry.bind(ns, name, node, resource_version).await
     }
 
-    /// Evicts a pod (`create` on `pods/eviction`): deletes it with `grace_period_seconds`.
+    /// Evicts a pod (`create` on `pods/eviction`): deletes it with `grace_period_seconds` if
+    /// its PodDisruptionBudget allows.
     pub async fn evict_pod(
         &self,
         user: &User,
@@ -292,7 +293,7 @@ impl Api {
     ) -> ApiResult<Value> {
         let pods = kinds::by_resource("pods")?;
         self.allow(user, pods, "create", "eviction", ns, name, None, None).await?;
-        self.registry.delete(pods, ns, name, &DeleteOptions { grace_period_seconds, ..Default::default() }).await
+        self.registry.evict(ns, name, grace_period_seconds).await
     }
 
     pub async fn watch_objects(

@@ -33,6 +33,22 @@ pub fn apply(info: &KindInfo, obj: &mut Value) {
             default_at(obj, &["spec", "replicas"], json!(1));
             template(obj);
         }
+        "ReplicationController" => {
+            default_at(obj, &["spec", "replicas"], json!(1));
+            // As Kubernetes: an empty selector, and empty labels, are the template's labels.
+            let labels =
+                obj.pointer("/spec/template/metadata/labels").filter(|l| l.as_object().is_some_and(|m| !m.is_empty()));
+            if let Some(labels) = labels.cloned() {
+                let empty = |v: Option<&Value>| v.and_then(Value::as_object).is_none_or(|m| m.is_empty());
+                if empty(obj.pointer("/spec/selector")) {
+                    obj["spec"]["selector"] = labels.clone();
+                }
+                if empty(obj.pointer("/metadata/labels")) && obj["metadata"].is_object() {
+                    obj["metadata"]["labels"] = labels;
+                }
+            }
+            template(obj);
+        }
         "DaemonSet" => {
             default_at(obj, &["spec", "updateStrategy", "type"], json!("RollingUpdate"));
             if obj.pointer("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {

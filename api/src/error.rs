@@ -101,6 +101,10 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     QuotaExceeded(String),
+    /// Refused for now, to be retried (an eviction a disruption budget does not allow yet):
+    /// Kubernetes' 429, its message and `(reason, message)` causes.
+    #[error("{message} {}", .causes.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; "))]
+    TooManyRequests { message: String, causes: Vec<(String, String)> },
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -135,7 +139,9 @@ impl From<ApiError> for Status {
             ApiError::Invalid { .. } | ApiError::BadRequest(_) => Code::InvalidArgument,
             ApiError::NamespaceTerminating(_) => Code::FailedPrecondition,
             ApiError::Gone { .. } => Code::OutOfRange,
-            ApiError::TooLarge(_) | ApiError::QuotaExceeded(_) => Code::ResourceExhausted,
+            ApiError::TooLarge(_) | ApiError::QuotaExceeded(_) | ApiError::TooManyRequests { .. } => {
+                Code::ResourceExhausted
+            }
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Forbidden(_) => Code::PermissionDenied,
             ApiError::Unsupported(_) => Code::Unimplemented,

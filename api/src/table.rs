@@ -61,7 +61,7 @@ pub fn columns(info: &KindInfo) -> Vec<Column> {
             wide("Images", "Images referenced by each container in the template."),
             wide("Selector", "Label selector for pods."),
         ],
-        "ReplicaSet" => vec![
+        "ReplicaSet" | "ReplicationController" => vec![
             NAME,
             Column { kind: "integer", ..col("Desired", "Number of desired pods.") },
             Column { kind: "integer", ..col("Current", "Most recently observed number of replicas.") },
@@ -179,6 +179,13 @@ pub fn columns(info: &KindInfo) -> Vec<Column> {
             AGE,
             col("PreemptionPolicy", "What pods of this class may do to lower-priority pods."),
         ],
+        "PodDisruptionBudget" => vec![
+            NAME,
+            col("Min Available", "How many (or what share) of the pods must stay available."),
+            col("Max Unavailable", "How many (or what share) of the pods may be unavailable."),
+            Column { kind: "integer", ..col("Allowed Disruptions", "How many pods may be evicted now.") },
+            AGE,
+        ],
         "Role" | "ClusterRole" => vec![NAME, col("Created At", "When the role was created.")],
         "RoleBinding" | "ClusterRoleBinding" => vec![
             NAME,
@@ -244,7 +251,7 @@ pub fn cells(info: &KindInfo, o: &Value) -> Vec<String> {
             r.push(selector(o));
             r
         }
-        "ReplicaSet" => {
+        "ReplicaSet" | "ReplicationController" => {
             let mut r = vec![
                 name,
                 i(o, "/spec/replicas").to_string(),
@@ -503,6 +510,15 @@ pub fn cells(info: &KindInfo, o: &Value) -> Vec<String> {
             age(o),
             s(o, "/preemptionPolicy").to_string(),
         ],
+        "PodDisruptionBudget" => {
+            let either = |p: &str| match o.pointer(p) {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                _ => "N/A".to_string(),
+            };
+            let allowed = o.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
+            vec![name, either("/spec/minAvailable"), either("/spec/maxUnavailable"), allowed.to_string(), age(o)]
+        }
         "Role" | "ClusterRole" => vec![name, s(o, "/metadata/creationTimestamp").to_string()],
         "RoleBinding" | "ClusterRoleBinding" => {
             let subjects = |kind: &str| {
@@ -664,6 +680,9 @@ fn pairs(map: Option<&Value>) -> String {
 
 /// A workload's label selector as kubectl shows it.
 fn selector(o: &Value) -> String {
+    if o["kind"] == "ReplicationController" {
+        return pairs(o.pointer("/spec/selector"));
+    }
     let mut parts = vec![pairs(o.pointer("/spec/selector/matchLabels"))];
     for e in o.pointer("/spec/selector/matchExpressions").and_then(Value::as_array).into_iter().flatten() {
         let values: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();

@@ -4,7 +4,7 @@
 use crate::error::FieldError;
 use crate::kinds::KindInfo;
 use crate::selector::{labels_of, LabelSelector};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or \
@@ -144,7 +144,10 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
             }
         }
         "Pod" => pod_spec(&mut v, obj.get("spec").unwrap_or(&Value::Null), "spec", &[]),
-        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" => workload(&mut v, info.kind, obj),
+        "PodDisruptionBudget" => disruption_budget(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
+        "Deployment" | "ReplicaSet" | "ReplicationController" | "DaemonSet" | "StatefulSet" => {
+            workload(&mut v, info.kind, obj)
+        }
         "Job" => {
             if let Some(t) = obj.pointer("/spec/template/spec") {
                 pod_spec(&mut v, t, "spec.template.spec", &[]);
@@ -328,7 +331,15 @@ fn workload(v: &mut V, kind: &str, obj: &Value) {
         }
     }
     let template_labels = labels_of(spec.get("template").unwrap_or(&Value::Null));
-    match spec.get("selector") {
+    // A ReplicationController's selector is a label map (required non-empty).
+    let selector = match kind {
+        "ReplicationController" => spec
+            .get("selector")
+            .filter(|m| m.as_object().is_some_and(|m| !m.is_empty()))
+            .map(|m| json!({"matchLabels": m})),
+        _ => spec.get("selector").cloned(),
+    };
+    match &selector {
         None => v.push(FieldError::required("spec.selector", "")),
         Some(sel) => match LabelSelector::from_object(sel) {
             Ok(s) if s.is_empty() => {
@@ -379,19 +390,55 @@ fn workload(v: &mut V, kind: &str, obj: &Value) {
         }
         for f in ["maxSurge", "maxUnavailable"] {
             if let Some(x) = ru.and_then(|r| r.get(f)) {
-                let ok = x.as_i64().is_some_and(|n| n >= 0)
-                    || x.as_str()
-                        .is_some_and(|s| s.strip_suffix('%').is_some_and(|p| p.parse::<u32>().is_ok_and(|p| p <= 100)));
-                if !ok {
-                    v.push(FieldError::invalid(
-                        format!("spec.strategy.rollingUpdate.{f}"),
-                        x,
-                        "must be a non-negative integer or a percentage (\"25%\")",
-                    ));
-                }
+                int_or_percent(v, &format!("spec.strategy.rollingUpdate.{f}"), x);
             }
         }
     }
+}
+
+/// A non-negative int or a percentage of at most 100%, in Kubernetes' words
+/// (`ValidatePositiveIntOrPercent` and `IsNotMoreThan100Percent`).
+fn int_or_percent(v: &mut V, path: &str, x: &Value) {
+    if let Some(n) = x.as_i64() {
+        if n < 0 {
+            v.push(FieldError::invalid(path, n, "must be greater than or equal to 0"));
+        }
+    } else if let Some(s) = x.as_str() {
+        match s.strip_suffix('%').filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+            None => v.push(FieldError::invalid(
+                path,
+                s,
+                "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', \
+                 regex used for validation is '[0-9]+%')",
+            )),
+            Some(p) if p.parse::<u64>().map_or(true, |p| p > 100) => {
+                v.push(FieldError::invalid(path, s, "must not be greater than 100%"))
+            }
+            Some(_) => {}
+        }
+    } else {
+        v.push(FieldError::invalid(path, x, "must be an integer or percentage (e.g '5%')"));
+    }
+}
+
+/// A PodDisruptionBudget's spec, as Kubernetes' policy validation checks it.
+fn disruption_budget(v: &mut V, spec: &Value) {
+    let min = spec.get("minAvailable").filter(|x| !x.is_null());
+    let max = spec.get("maxUnavailable").filter(|x| !x.is_null());
+    if min.is_some() && max.is_some() {
+        v.push(FieldError::invalid("spec", spec, "minAvailable and maxUnavailable cannot be both set"));
+    }
+    for (f, x) in [("minAvailable", min), ("maxUnavailable", max)] {
+        if let Some(x) = x {
+            int_or_percent(v, &format!("spec.{f}"), x);
+        }
+    }
+    if let Some(sel) = spec.get("selector").filter(|s| !s.is_null()) {
+        if let Err(e) = LabelSelector::from_object(sel) {
+            v.push(FieldError::invalid("spec.selector", sel, e.to_string()));
+        }
+    }
+    v.one_of(spec, "spec", "unhealthyPodEvictionPolicy", &["AlwaysAllow", "IfHealthyBudget"]);
 }
 
 /// `dnsPolicy`, `dnsConfig` and `hostAliases`, with Kubernetes' limits.
@@ -754,7 +801,6 @@ fn service(v: &mut V, obj: &Value) {
 mod tests {
     use super::*;
     use crate::kinds::by_resource;
-    use serde_json::json;
 
     fn errs(resource: &str, obj: Value) -> Vec<String> {
         validate(by_resource(resource).unwrap(), &obj).iter().map(|e| e.to_string()).collect()
@@ -850,6 +896,49 @@ mod tests {
                 "spec.volumes[0].downwardAPI.items[2].path: Invalid value: \"/abs\": must be a relative path",
                 "spec.volumes[0].downwardAPI.items[2]: Required value: one of fieldRef and resourceFieldRef is required",
             ]
+        );
+    }
+
+    #[test]
+    fn replication_controllers() {
+        let rc = |spec: Value| errs("replicationcontrollers", json!({"metadata": {"name": "web"}, "spec": spec}));
+        let template = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"restartPolicy": "Always", "containers": [{"name": "c", "image": "x"}]}});
+        assert_eq!(rc(json!({"selector": {"app": "web"}, "template": template})), Vec::<String>::new());
+        assert_eq!(rc(json!({"template": template})), ["spec.selector: Required value"]);
+        let e = rc(json!({"selector": {"app": "db"}, "template": template}));
+        assert!(e.iter().any(|m| m.ends_with("`selector` does not match template `labels`")), "{e:?}");
+    }
+
+    #[test]
+    fn disruption_budgets() {
+        let pdb = |spec: Value| errs("poddisruptionbudgets", json!({"metadata": {"name": "web"}, "spec": spec}));
+        for ok in
+            [json!({"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}), json!({"maxUnavailable": "25%"})]
+        {
+            assert_eq!(pdb(ok), Vec::<String>::new());
+        }
+        let e = pdb(json!({"minAvailable": 1, "maxUnavailable": 1}));
+        assert!(
+            e.iter().any(|m| m.starts_with("spec: Invalid value: ")
+                && m.ends_with(": minAvailable and maxUnavailable cannot be both set")),
+            "{e:?}"
+        );
+        assert_eq!(
+            pdb(json!({"minAvailable": -1})),
+            ["spec.minAvailable: Invalid value: -1: must be greater than or equal to 0"]
+        );
+        assert_eq!(
+            pdb(json!({"maxUnavailable": "150%"})),
+            ["spec.maxUnavailable: Invalid value: \"150%\": must not be greater than 100%"]
+        );
+        let e = pdb(json!({"minAvailable": "half"}));
+        assert!(
+            e[0].starts_with("spec.minAvailable: Invalid value: \"half\": a valid percent string must be"),
+            "{e:?}"
+        );
+        assert_eq!(
+            pdb(json!({"minAvailable": 1, "unhealthyPodEvictionPolicy": "Sometimes"})),
+            ["spec.unhealthyPodEvictionPolicy: Unsupported value: \"Sometimes\": supported values: \"AlwaysAllow\", \"IfHealthyBudget\""]
         );
     }
 

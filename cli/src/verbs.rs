@@ -154,45 +154,79 @@ pub fn drain(a: DrainArgs) -> Outcome {
                 return Err(Failure::Local(format!("{why}: {}", names.join(", "))));
             }
         }
-        let mut evicted = Vec::new();
+        // As kubectl: every pod is evicted at once, each retried while its disruption budget
+        // does not allow it yet, and drained means the pods are gone, not just asked to go.
+        let deadline = (!timeout.is_zero()).then(|| std::time::Instant::now() + timeout);
+        let mut evictions = tokio::task::JoinSet::new();
         for p in pods.iter().filter(|p| owner(p).as_deref() != Some("DaemonSet")) {
-            let ns = p["metadata"]["namespace"].as_str().unwrap_or("default");
-            let name = p["metadata"]["name"].as_str().unwrap_or_default();
-            println!("evicting pod {ns}/{name}");
-            match client.delete("pods", ns, name).await {
-                Ok(_) => evicted.push((ns.to_string(), name.to_string(), p["metadata"]["uid"].clone())),
-                Err(e) if e.code() == tonic::Code::NotFound => {}
-                Err(e) => return Err(e.into()),
+            let ns = p["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+            let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let evicted =
+                evict_and_wait(client.clone(), ns.clone(), name.clone(), p["metadata"]["uid"].clone(), deadline);
+            evictions.spawn(async move { (format!("{ns}/{name}"), evicted.await) });
+        }
+        let mut stuck = Vec::new();
+        while let Some(done) = evictions.join_next().await {
+            match done.map_err(|e| Failure::Local(e.to_string()))? {
+                (_, Ok(())) => {}
+                (_, Err(Some(e))) => return Err(e.into()),
+                (pod, Err(None)) => stuck.push(pod),
             }
         }
-        // As kubectl: drained means the pods are gone, not just asked to go.
-        let deadline = (!timeout.is_zero()).then(|| std::time::Instant::now() + timeout);
-        while !evicted.is_empty() {
-            let mut left = Vec::new();
-            for (ns, name, uid) in evicted {
-                match client.get("pods", &ns, &name).await {
-                    Ok(p) if p["metadata"]["uid"] == uid => left.push((ns, name, uid)),
-                    Err(e) if e.code() != tonic::Code::NotFound => left.push((ns, name, uid)),
-                    Ok(_) | Err(_) => println!("pod/{name} evicted"),
-                }
-            }
-            evicted = left;
-            if evicted.is_empty() {
-                break;
-            }
-            if deadline.is_some_and(|d| std::time::Instant::now() > d) {
-                let names: Vec<String> = evicted.iter().map(|(ns, n, _)| format!("{ns}/{n}")).collect();
-                return Err(Failure::Local(format!(
-                    "drain did not complete within {}: pods still there: {}",
-                    a.timeout,
-                    names.join(", ")
-                )));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if !stuck.is_empty() {
+            stuck.sort();
+            return Err(Failure::Local(format!(
+                "drain did not complete within {}: pods still there: {}",
+                a.timeout,
+                stuck.join(", ")
+            )));
         }
         println!("node/{} drained", a.node);
         Ok(())
     })
+}
+
+/// Evicts one pod, retrying every 5 s while its disruption budget refuses (kubectl's
+/// interval and words), then waits until it is gone. `Err(None)`: still there at `deadline`.
+async fn evict_and_wait(
+    client: skiff_client::Client,
+    ns: String,
+    name: String,
+    uid: Value,
+    deadline: Option<std::time::Instant>,
+) -> Result<(), Option<tonic::Status>> {
+    let late = || deadline.is_some_and(|d| std::time::Instant::now() > d);
+    println!("evicting pod {ns}/{name}");
+    loop {
+        match client.evict(&ns, &name).await {
+            Ok(()) => break,
+            Err(e) if e.code() == tonic::Code::NotFound => break,
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                eprintln!("error when evicting pods/{name:?} -n {ns:?} (will retry after 5s): {}", e.message());
+                if late() {
+                    eprintln!("pod {ns}/{name} could not be evicted before the timeout");
+                    return Err(None);
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+            Err(e) => return Err(Some(e)),
+        }
+    }
+    loop {
+        match client.get("pods", &ns, &name).await {
+            Ok(p) if p["metadata"]["uid"] == uid => {}
+            Err(e) if e.code() != tonic::Code::NotFound => {}
+            Ok(_) | Err(_) => {
+                println!("pod/{name} evicted");
+                return Ok(());
+            }
+        }
+        if late() {
+            eprintln!("pod {ns}/{name} is still there");
+            return Err(None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }
 
 #[derive(Args, Debug)]

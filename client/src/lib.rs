@@ -29,18 +29,22 @@ use skiff_proto::api::nodes_client::NodesClient;
 use skiff_proto::api::objects_client::ObjectsClient;
 use skiff_proto::api::persistent_volume_claims_client::PersistentVolumeClaimsClient;
 use skiff_proto::api::persistent_volumes_client::PersistentVolumesClient;
+use skiff_proto::api::pod_disruption_budgets_client::PodDisruptionBudgetsClient;
 use skiff_proto::api::pod_logs_client::PodLogsClient;
 use skiff_proto::api::pods_client::PodsClient;
 use skiff_proto::api::replica_sets_client::ReplicaSetsClient;
+use skiff_proto::api::replication_controllers_client::ReplicationControllersClient;
 use skiff_proto::api::resource_quotas_client::ResourceQuotasClient;
 use skiff_proto::api::services_client::ServicesClient;
 use skiff_proto::api::stateful_sets_client::StatefulSetsClient;
 use skiff_proto::api::{
-    Binding, BindingTarget, CronJob, DaemonSet, DeleteRequest, Deployment, Ingress, Job, Node, ObjectMetaRef,
+    Binding, BindingTarget, CronJob, DaemonSet, DeleteRequest, Deployment, Eviction, Ingress, Job, Node, ObjectMetaRef,
     PersistentVolume, PersistentVolumeClaim, Pod, PodLogChunk, PodLogRequest, RawListRequest, RawRequest,
     RawWatchEvent, RawWatchRequest, ReplicaSet, Service, StatefulSet,
 };
-use skiff_proto::api::{CertificateSigningRequest, Namespace, ResourceQuota};
+use skiff_proto::api::{
+    CertificateSigningRequest, Namespace, PodDisruptionBudget, ReplicationController, ResourceQuota,
+};
 use skiff_proto::etcdserverpb::cluster_client::ClusterClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use skiff_proto::etcdserverpb::{MemberListRequest, StatusRequest, StatusResponse};
@@ -534,6 +538,20 @@ impl Client {
         .await
     }
 
+    /// The pods eviction subresource: deletes `name` if its PodDisruptionBudget allows (a
+    /// budget that does not allow it yet is ResourceExhausted, Kubernetes' 429: retry later).
+    pub async fn evict(&self, namespace: &str, name: &str) -> Result<(), Status> {
+        let req = Eviction {
+            metadata: Some(ObjectMetaRef { name: name.into(), namespace: namespace.into(), ..Default::default() }),
+            grace_period_seconds: None,
+        };
+        self.with_failover(|channel, auth| {
+            let req = req.clone();
+            async move { PodsClient::with_interceptor(channel, auth).evict(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
     /// Deletes a pod with an explicit grace period (0: now, as the node does once its
     /// containers have stopped).
     pub async fn delete_pod(
@@ -736,6 +754,7 @@ impl Client {
             "pods" => via!(Pod, PodsClient),
             "nodes" => via!(Node, NodesClient),
             "replicasets" => via!(ReplicaSet, ReplicaSetsClient),
+            "replicationcontrollers" => via!(ReplicationController, ReplicationControllersClient),
             "deployments" => via!(Deployment, DeploymentsClient),
             "daemonsets" => via!(DaemonSet, DaemonSetsClient),
             "statefulsets" => via!(StatefulSet, StatefulSetsClient),
@@ -748,6 +767,7 @@ impl Client {
             "certificatesigningrequests" => via!(CertificateSigningRequest, CertificateSigningRequestsClient),
             "namespaces" => via!(Namespace, NamespacesClient),
             "resourcequotas" => via!(ResourceQuota, ResourceQuotasClient),
+            "poddisruptionbudgets" => via!(PodDisruptionBudget, PodDisruptionBudgetsClient),
             other => {
                 Err(Status::invalid_argument(format!("status updates of {other} are not supported by this client")))
             }

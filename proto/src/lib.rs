@@ -20,6 +20,7 @@ pub mod ingress_class;
 pub mod metrics;
 pub mod pki;
 pub mod quantity;
+pub mod selector;
 pub mod serde_util;
 pub mod time;
 

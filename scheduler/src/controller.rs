@@ -25,7 +25,8 @@ use skiff_client::queue::WorkQueue;
 use skiff_client::Client;
 use skiff_proto::api::{
     CertificateSigningRequest, CronJob, DaemonSet, Deployment, Endpoints, Ingress, Job, Node, ObjectMeta,
-    ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, ReplicaSet, Service, ServiceAccount, StatefulSet,
+    ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, PodDisruptionBudget, ReplicaSet,
+    ReplicationController, Service, ServiceAccount, StatefulSet,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -103,6 +104,8 @@ objects!(
     Node,
     Endpoints,
     CertificateSigningRequest,
+    PodDisruptionBudget,
+    ReplicationController,
 );
 
 impl Object {

@@ -31,6 +31,7 @@ pub fn start(informers: &Informers, ctx: &Context, settings: Settings, stop: &to
     let owners = crate::gc::Owners {
         deployments: i.deployments.clone(),
         replica_sets: i.replica_sets.clone(),
+        replication_controllers: i.replication_controllers.clone(),
         daemon_sets: i.daemon_sets.clone(),
         stateful_sets: i.stateful_sets.clone(),
         jobs: i.jobs.clone(),
@@ -46,6 +47,7 @@ pub fn start(informers: &Informers, ctx: &Context, settings: Settings, stop: &to
         stop,
     );
     spawn(crate::replicaset::ReplicaSets { sets: i.replica_sets.clone(), pods: i.pods.clone() }, ctx, stop);
+    spawn(crate::replicaset::ReplicaSets { sets: i.replication_controllers.clone(), pods: i.pods.clone() }, ctx, stop);
     spawn(
         crate::deployment::Deployments {
             deployments: i.deployments.clone(),
@@ -66,6 +68,18 @@ pub fn start(informers: &Informers, ctx: &Context, settings: Settings, stop: &to
     );
     spawn(
         crate::daemonset::DaemonSets { sets: i.daemon_sets.clone(), nodes: i.nodes.clone(), pods: i.pods.clone() },
+        ctx,
+        stop,
+    );
+    spawn(
+        crate::disruption::Disruption {
+            budgets: i.budgets.clone(),
+            pods: i.pods.clone(),
+            deployments: i.deployments.clone(),
+            replica_sets: i.replica_sets.clone(),
+            replication_controllers: i.replication_controllers.clone(),
+            stateful_sets: i.stateful_sets.clone(),
+        },
         ctx,
         stop,
     );

@@ -17,7 +17,8 @@ use crate::objects::{deleting, node_name};
 use skiff_client::informer::{Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_proto::api::{
-    CronJob, DaemonSet, Deployment, Job, Node, ObjectMeta, OwnerReference, Pod, ReplicaSet, StatefulSet,
+    CronJob, DaemonSet, Deployment, Job, Node, ObjectMeta, OwnerReference, Pod, ReplicaSet, ReplicationController,
+    StatefulSet,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,7 @@ pub const POD_GC_QUARANTINE: Duration = Duration::from_secs(40);
 pub struct Owners {
     pub deployments: Store<Deployment>,
     pub replica_sets: Store<ReplicaSet>,
+    pub replication_controllers: Store<ReplicationController>,
     pub daemon_sets: Store<DaemonSet>,
     pub stateful_sets: Store<StatefulSet>,
     pub jobs: Store<Job>,
@@ -48,6 +50,10 @@ macro_rules! each_owner {
             },
             {
                 let $store = &o.replica_sets;
+                $body
+            },
+            {
+                let $store = &o.replication_controllers;
                 $body
             },
             {
@@ -79,6 +85,7 @@ impl Owners {
         Some(match r.kind.as_str() {
             "Deployment" => self.deployments.get(&key).is_some_and(|o| uid(o.meta())),
             "ReplicaSet" => self.replica_sets.get(&key).is_some_and(|o| uid(o.meta())),
+            "ReplicationController" => self.replication_controllers.get(&key).is_some_and(|o| uid(o.meta())),
             "DaemonSet" => self.daemon_sets.get(&key).is_some_and(|o| uid(o.meta())),
             "StatefulSet" => self.stateful_sets.get(&key).is_some_and(|o| uid(o.meta())),
             "Job" => self.jobs.get(&key).is_some_and(|o| uid(o.meta())),

@@ -8,7 +8,8 @@ use skiff_client::informer::{self, ApiSource, Store};
 use skiff_client::Client;
 use skiff_proto::api::{
     CertificateSigningRequest, CronJob, DaemonSet, Deployment, Endpoints, Ingress, IngressClass, Job, Lease, Namespace,
-    Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicaSet, Secret, Service, ServiceAccount, StatefulSet,
+    Node, PersistentVolume, PersistentVolumeClaim, Pod, PodDisruptionBudget, ReplicaSet, ReplicationController, Secret,
+    Service, ServiceAccount, StatefulSet,
 };
 use std::time::Duration;
 
@@ -53,6 +54,7 @@ informers! {
     service_accounts: ServiceAccount, "";
     deployments: Deployment, "";
     replica_sets: ReplicaSet, "";
+    replication_controllers: ReplicationController, "";
     stateful_sets: StatefulSet, "";
     daemon_sets: DaemonSet, "";
     jobs: Job, "";
@@ -60,6 +62,7 @@ informers! {
     claims: PersistentVolumeClaim, "";
     volumes: PersistentVolume, "";
     services: Service, "";
+    budgets: PodDisruptionBudget, "";
     endpoints: Endpoints, "";
     ingresses: Ingress, "";
     ingress_classes: IngressClass, "";

@@ -7,17 +7,7 @@ use std::collections::BTreeMap;
 /// `matchLabels` and `matchExpressions` as Kubernetes evaluates them (an empty selector
 /// matches everything).
 pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    selector.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-        && selector.match_expressions.iter().all(|e| {
-            let has = |v: &String| e.values.contains(v);
-            match e.operator.as_str() {
-                "In" => labels.get(&e.key).is_some_and(has),
-                "NotIn" => labels.get(&e.key).is_none_or(|v| !has(v)),
-                "Exists" => labels.contains_key(&e.key),
-                "DoesNotExist" => !labels.contains_key(&e.key),
-                _ => false,
-            }
-        })
+    selector.matches(labels)
 }
 
 /// The owner reference with `controller: true`.

@@ -1,4 +1,6 @@
-//! The ReplicaSet controller: keeps `spec.replicas` active pods matching the selector.
+//! The ReplicaSet controller: keeps `spec.replicas` active pods matching the selector. The
+//! same controller keeps ReplicationControllers (core/v1's older form, with a label-map
+//! selector), each seen as a ReplicaSet ([`Replicated`]).
 //!
 //! [`plan`] is pure (DESIGN.md rule 6): from the ReplicaSet and the pods it may own (its own
 //! and its namespace's orphans) it returns what to create, delete, adopt and release, and the
@@ -11,8 +13,64 @@ use crate::controller::{self, before_and_after, own_key, Cache, Command, Note, O
 use crate::objects::{controller_ref, deleting, node_name, phase, ready, selector_matches, terminating};
 use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
-use skiff_proto::api::{ObjectMeta, OwnerReference, Pod, ReplicaSet, ReplicaSetStatus};
+use skiff_proto::api::{
+    LabelSelector, ObjectMeta, OwnerReference, Pod, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus, ReplicationController,
+};
 use std::sync::Arc;
+
+/// A kind that keeps replicas of a pod template.
+pub trait Replicated: Resource + Clone {
+    const KIND: &'static str;
+    const API_VERSION: &'static str;
+    /// The controller's name (logs, work queue metrics).
+    const CONTROLLER: &'static str;
+    /// The object as a ReplicaSet: what [`plan`] reads.
+    fn as_replica_set(&self) -> ReplicaSet;
+    /// The object with `status`, to write.
+    fn with_status(&self, status: ReplicaSetStatus) -> Object;
+}
+
+impl Replicated for ReplicaSet {
+    const KIND: &'static str = "ReplicaSet";
+    const API_VERSION: &'static str = "apps/v1";
+    const CONTROLLER: &'static str = "replicaset controller";
+
+    fn as_replica_set(&self) -> ReplicaSet {
+        self.clone()
+    }
+
+    fn with_status(&self, status: ReplicaSetStatus) -> Object {
+        Object::ReplicaSet(ReplicaSet { status: Some(status), ..self.clone() })
+    }
+}
+
+impl Replicated for ReplicationController {
+    const KIND: &'static str = "ReplicationController";
+    const API_VERSION: &'static str = "v1";
+    const CONTROLLER: &'static str = "replicationcontroller controller";
+
+    fn as_replica_set(&self) -> ReplicaSet {
+        let spec = self.spec.clone().unwrap_or_default();
+        ReplicaSet {
+            api_version: Self::API_VERSION.into(),
+            kind: Self::KIND.into(),
+            metadata: self.metadata.clone(),
+            spec: Some(ReplicaSetSpec {
+                replicas: spec.replicas,
+                min_ready_seconds: spec.min_ready_seconds,
+                // An empty map selects nothing here (validation refuses it; never adopt all).
+                selector: (!spec.selector.is_empty())
+                    .then(|| LabelSelector { match_labels: spec.selector, ..Default::default() }),
+                template: spec.template,
+            }),
+            status: self.status.clone(),
+        }
+    }
+
+    fn with_status(&self, status: ReplicaSetStatus) -> Object {
+        Object::ReplicationController(ReplicationController { status: Some(status), ..self.clone() })
+    }
+}
 
 /// The smallest change that moves the pods toward the ReplicaSet's spec.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -28,11 +86,12 @@ pub struct Plan {
     pub status: ReplicaSetStatus,
 }
 
-/// The owner reference a ReplicaSet puts on its pods.
-pub fn owner_ref(meta: &ObjectMeta) -> OwnerReference {
+/// The owner reference a ReplicaSet (or a ReplicationController, by `rs.kind`) puts on its pods.
+pub fn owner_ref(rs: &ReplicaSet, meta: &ObjectMeta) -> OwnerReference {
+    let rc = rs.kind == ReplicationController::KIND;
     OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
+        api_version: if rc { ReplicationController::API_VERSION } else { ReplicaSet::API_VERSION }.into(),
+        kind: if rc { ReplicationController::KIND } else { ReplicaSet::KIND }.into(),
         name: meta.name.clone(),
         uid: meta.uid.clone(),
         controller: Some(true),
@@ -44,7 +103,8 @@ pub fn owner_ref(meta: &ObjectMeta) -> OwnerReference {
 pub fn plan<'a>(rs: &ReplicaSet, pods: impl IntoIterator<Item = &'a Pod>) -> Plan {
     let meta = rs.metadata.clone().unwrap_or_default();
     let spec = rs.spec.clone().unwrap_or_default();
-    let selector = spec.selector.unwrap_or_default();
+    // No selector selects nothing (adopting a whole namespace is never meant).
+    let selector = spec.selector;
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
     // A ReplicaSet being deleted keeps its replicas as they are (Kubernetes manages replicas
     // only while there is no deletionTimestamp): an orphaning delete releases them.
@@ -53,7 +113,7 @@ pub fn plan<'a>(rs: &ReplicaSet, pods: impl IntoIterator<Item = &'a Pod>) -> Pla
     let mut owned: Vec<&Pod> = Vec::new();
     for pod in pods {
         let Some(pod_meta) = pod.metadata.as_ref() else { continue };
-        let matches = selector_matches(&selector, &pod_meta.labels);
+        let matches = selector.as_ref().is_some_and(|s| selector_matches(s, &pod_meta.labels));
         match controller_ref(pod_meta) {
             Some(r) if r.uid == meta.uid => {
                 if matches {
@@ -69,7 +129,7 @@ pub fn plan<'a>(rs: &ReplicaSet, pods: impl IntoIterator<Item = &'a Pod>) -> Pla
             None if matches && !terminating(pod) && !being_deleted => {
                 let mut adopted = pod.clone();
                 if let Some(m) = adopted.metadata.as_mut() {
-                    m.owner_references.push(owner_ref(&meta));
+                    m.owner_references.push(owner_ref(rs, &meta));
                 }
                 p.adopt.push(adopted);
             }
@@ -84,7 +144,7 @@ pub fn plan<'a>(rs: &ReplicaSet, pods: impl IntoIterator<Item = &'a Pod>) -> Pla
         pod_meta.name.clear();
         pod_meta.generate_name = format!("{}-", meta.name);
         pod_meta.namespace = meta.namespace.clone();
-        pod_meta.owner_references = vec![owner_ref(&meta)];
+        pod_meta.owner_references = vec![owner_ref(rs, &meta)];
         let pod = Pod {
             api_version: "v1".into(),
             kind: "Pod".into(),
@@ -129,19 +189,20 @@ pub fn index_orphans(pods: Store<Pod>) -> Store<Pod> {
     })
 }
 
-/// The ReplicaSet controller over the master's caches (the pods' with [`ORPHANS`]).
-pub struct ReplicaSets {
-    pub sets: Store<ReplicaSet>,
+/// The ReplicaSet controller over the master's caches (the pods' with [`ORPHANS`]); as
+/// `ReplicaSets<ReplicationController>`, the ReplicationController manager.
+pub struct ReplicaSets<K = ReplicaSet> {
+    pub sets: Store<K>,
     pub pods: Store<Pod>,
 }
 
-impl ReplicaSets {
+impl<K: Replicated> ReplicaSets<K> {
     /// The ReplicaSets a change of `pod` concerns: its controller if that is a ReplicaSet; for
     /// an orphan, every ReplicaSet of its namespace whose selector matches it (it may adopt).
     fn sets_of(&self, pod: &Pod) -> Vec<ObjectKey> {
         let Some(meta) = pod.metadata.as_ref() else { return Vec::new() };
         match controller_ref(meta) {
-            Some(r) if r.kind == "ReplicaSet" => vec![ObjectKey::new(&meta.namespace, &r.name)],
+            Some(r) if r.kind == K::KIND => vec![ObjectKey::new(&meta.namespace, &r.name)],
             Some(_) => Vec::new(),
             None if terminating(pod) => Vec::new(),
             None => self
@@ -149,6 +210,7 @@ impl ReplicaSets {
                 .list_namespace(&meta.namespace)
                 .iter()
                 .filter(|rs| {
+                    let rs = rs.as_replica_set();
                     let selector = rs.spec.as_ref().and_then(|s| s.selector.as_ref());
                     selector.is_some_and(|s| selector_matches(s, &meta.labels))
                 })
@@ -165,8 +227,8 @@ impl ReplicaSets {
     }
 }
 
-impl Reconciler for ReplicaSets {
-    const NAME: &'static str = "replicaset controller";
+impl<K: Replicated> Reconciler for ReplicaSets<K> {
+    const NAME: &'static str = K::CONTROLLER;
 
     fn every_key(&self) -> Vec<ObjectKey> {
         self.sets.keys()
@@ -183,7 +245,7 @@ impl Reconciler for ReplicaSets {
 
     /// A ReplicaSet of a Deployment is of its Deployment's family.
     fn family(&self, key: &ObjectKey) -> ObjectKey {
-        let owner = self.sets.get(key).and_then(|rs| rs.metadata.as_ref().and_then(|m| controller_of(m, "Deployment")));
+        let owner = self.sets.get(key).and_then(|rs| rs.meta().and_then(|m| controller_of(m, "Deployment")));
         owner.unwrap_or_else(|| key.clone())
     }
 
@@ -192,11 +254,12 @@ impl Reconciler for ReplicaSets {
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Vec<Command> {
-        let Some(rs) = self.sets.get(key) else { return Vec::new() };
+        let Some(set) = self.sets.get(key) else { return Vec::new() };
+        let rs = set.as_replica_set();
         let Some(meta) = rs.metadata.as_ref() else { return Vec::new() };
         let candidates = self.candidates(meta);
         let plan = plan(&rs, candidates.iter().map(|p| &**p));
-        let note = |reason, message: &str| Some(Note::normal("ReplicaSet", "apps/v1", meta, reason, message.into()));
+        let note = |reason, message: &str| Some(Note::normal(K::KIND, K::API_VERSION, meta, reason, message.into()));
         let mut commands: Vec<Command> = plan
             .adopt
             .into_iter()
@@ -213,9 +276,7 @@ impl Reconciler for ReplicaSets {
             note: note("SuccessfulCreate", "Created pod: {name}"),
         }));
         if rs.status.as_ref() != Some(&plan.status) {
-            let mut updated = (*rs).clone();
-            updated.status = Some(plan.status);
-            commands.push(Command::UpdateStatus { object: Object::ReplicaSet(updated), note: None });
+            commands.push(Command::UpdateStatus { object: set.with_status(plan.status), note: None });
         }
         commands
     }
@@ -286,6 +347,35 @@ mod tests {
 
     fn meta_mut(pod: &mut Pod) -> &mut ObjectMeta {
         pod.metadata.get_or_insert_with(Default::default)
+    }
+
+    #[test]
+    fn a_replication_controller_is_kept_as_a_replica_set_with_its_own_owner_reference() {
+        let set = rs(2);
+        let spec = set.spec.clone().unwrap();
+        let mut rc = ReplicationController {
+            api_version: "v1".into(),
+            kind: "ReplicationController".into(),
+            metadata: set.metadata.clone(),
+            spec: Some(skiff_proto::api::ReplicationControllerSpec {
+                replicas: spec.replicas,
+                selector: labels(&[("app", "web")]),
+                template: spec.template,
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let p = plan(&rc.as_replica_set(), &[pod("stray", None, "web", "n1")]);
+        assert_eq!(p.create.len(), 1);
+        let owner = &p.create[0].metadata.as_ref().unwrap().owner_references[0];
+        assert_eq!((owner.kind.as_str(), owner.api_version.as_str()), ("ReplicationController", "v1"));
+        assert_eq!(p.adopt[0].metadata.as_ref().unwrap().owner_references[0].kind, "ReplicationController");
+        // An empty selector selects nothing: no orphan of the namespace is taken.
+        rc.spec.as_mut().unwrap().selector.clear();
+        let p = plan(&rc.as_replica_set(), &[pod("stray", None, "web", "n1")]);
+        assert!(p.adopt.is_empty(), "{p:?}");
+        let Object::ReplicationController(written) = rc.with_status(p.status.clone()) else { panic!("wrong kind") };
+        assert_eq!(written.status, Some(p.status));
     }
 
     #[test]

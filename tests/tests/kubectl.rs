@@ -552,7 +552,30 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     assert_eq!(k.ok(&["get", "pod", "gen", "-o", "jsonpath={.spec.containers[0].env[0].value}"]), "1");
     assert_eq!(k.ok(&["get", "configmap", "gen", "-o", "jsonpath={.data}"]), r#"{"a":"b","c":"d"}"#);
     k.ok_with(&["create", "-f", "-"], Some("apiVersion: v1\nkind: Node\nmetadata: {name: drained}\n"));
-    k.ok_with(&["create", "-f", "-"], Some("apiVersion: v1\nkind: Pod\nmetadata: {name: on-drained}\nspec:\n  nodeName: drained\n  containers: [{name: c, image: busybox:test}]\n"));
+    k.ok_with(&["create", "-f", "-"], Some("apiVersion: v1\nkind: Pod\nmetadata: {name: on-drained, labels: {app: on-drained}}\nspec:\n  nodeName: drained\n  containers: [{name: c, image: busybox:test}]\n"));
+    // A running, ready pod (this node has no daemon: its status is written here) under a
+    // budget that needs it: the eviction is Kubernetes' 429 until the budget goes.
+    let ready = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#;
+    k.ok(&["patch", "pod", "on-drained", "--subresource=status", "--type=merge", "-p", ready]);
+    k.ok(&["create", "pdb", "on-drained", "--selector=app=on-drained", "--min-available=1"]);
+    wait_for(Duration::from_secs(20), "the budget to count the pod healthy", || {
+        (k.ok(&["get", "pdb", "on-drained", "-o", "jsonpath={.status.currentHealthy}"]) == "1").then_some(())
+    });
+    let eviction = r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"on-drained"}}"#;
+    let refused =
+        k.fails(&["create", "--raw", "/api/v1/namespaces/default/pods/on-drained/eviction", "-f", "-"], Some(eviction));
+    assert!(
+        refused.contains("TooManyRequests")
+            && refused.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{refused}"
+    );
+    let pdb = k.ok(&["get", "pdb", "on-drained"]);
+    assert!(pdb.starts_with("NAME         MIN AVAILABLE   MAX UNAVAILABLE   ALLOWED DISRUPTIONS   AGE\n"), "{pdb}");
+    assert!(
+        pdb.lines().nth(1).is_some_and(|l| l.split_whitespace().take(4).eq(["on-drained", "1", "N/A", "0"])),
+        "{pdb}"
+    );
+    k.ok(&["delete", "pdb", "on-drained"]);
     let drained = k.ok(&["drain", "drained", "--force", "--grace-period=0", "--timeout=30s"]);
     assert!(drained.contains("pod/on-drained evicted") && drained.contains("node/drained drained"), "{drained}");
     assert!(k.fails(&["get", "pod", "on-drained"], None).contains("NotFound"));

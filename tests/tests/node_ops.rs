@@ -1,7 +1,7 @@
 //! Operating nodes and workloads as with kubectl: taint, cordon, drain, set image.
 
 use serde_json::Value;
-use skiff_tests::{wait_for, Cluster};
+use skiff_tests::{wait_for, wait_for_showing, Cluster};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -112,6 +112,54 @@ spec:
     assert!(c.ctl_ok(&["get", "node", "node-2"]).contains("SchedulingDisabled"));
     c.ctl_ok(&["uncordon", "node-2"]);
     assert!(!c.ctl_ok(&["get", "node", "node-2"]).contains("SchedulingDisabled"));
+
+    // phase: a PodDisruptionBudget makes drain wait until evicting keeps enough pods healthy
+    c.apply_yaml(
+        r#"
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  minAvailable: 2
+  selector: {matchLabels: {app: web}}
+"#,
+    );
+    let budget = |c: &Cluster| {
+        let b = c.get_json("poddisruptionbudgets", "web").expect("the budget");
+        // Zeros are left out, as every field at its default.
+        let n = |f: &str| b["status"][f].as_i64().unwrap_or(0);
+        (n("currentHealthy"), n("desiredHealthy"), n("disruptionsAllowed"))
+    };
+    wait_for_showing(
+        T,
+        "the budget's status: 2 healthy, 2 needed, none allowed",
+        || format!("{:?}", c.get_json("poddisruptionbudgets", "web")),
+        || (budget(&c) == (2, 2, 0)).then_some(()),
+    );
+    let table = c.ctl_ok(&["get", "pdb", "web"]);
+    assert!(table.contains("MIN AVAILABLE") && table.contains("N/A"), "{table}");
+    let log = |name: &str| c.dir.path().join(name);
+    let mut drain = std::process::Command::new(skiff_tests::skiff_bin())
+        .env("SKIFF_CONFIG", c.dir.path().join("client.json"))
+        .args(["drain", "node-1", "--timeout", "120s"])
+        .stdout(std::fs::File::create(log("drain.out")).unwrap())
+        .stderr(std::fs::File::create(log("drain.err")).unwrap())
+        .spawn()
+        .expect("start drain");
+    let read = |name: &str| std::fs::read_to_string(log(name)).unwrap_or_default();
+    let refused = "Cannot evict pod as it would violate the pod's disruption budget.";
+    wait_for(T, "drain to be refused by the budget", || read("drain.err").contains(refused).then_some(()));
+    assert!(drain.try_wait().unwrap().is_none(), "drain gave up: {}", read("drain.err"));
+    assert_eq!(running(&c, "app=web").len(), 2, "a pod was evicted against the budget");
+    // A third replica (on node-2: node-1 is cordoned) lets one go at a time.
+    c.ctl_ok(&["scale", "deployment/web", "--replicas", "3"]);
+    let status = wait_for(Duration::from_secs(120), "drain to finish", || drain.try_wait().unwrap());
+    assert!(status.success(), "drain failed: {}\n{}", read("drain.out"), read("drain.err"));
+    assert!(read("drain.out").trim_end().ends_with("node/node-1 drained"), "{}", read("drain.out"));
+    wait_for(T, "three web pods on node-2", || {
+        let web = running(&c, "app=web");
+        (web.len() == 3 && web.iter().all(|(n, _)| n == "node-2")).then_some(())
+    });
 }
 
 #[test]
@@ -139,6 +187,57 @@ spec:
     wait_for(T, "the pod with a missing owner collected", || c.get_json("pods", "stray").is_none().then_some(()));
     let free = c.get_json("pods", "free").expect("a pod without owners stays");
     assert!(free["metadata"]["deletionTimestamp"].is_null());
+
+    // phase: a ReplicationController keeps its replicas, and its pods go with it
+    c.apply_yaml(
+        r#"
+apiVersion: v1
+kind: ReplicationController
+metadata: {name: nginx}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: nginx}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
+"#,
+    );
+    let names = |c: &Cluster| -> Vec<String> {
+        let v: Value = serde_json::from_str(&c.ctl_ok(&["get", "pods", "-l", "app=nginx", "-o", "json"])).unwrap();
+        let mut names: Vec<String> = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && skiff_tests::ready(p))
+            .filter(|p| p["metadata"]["ownerReferences"][0]["kind"] == "ReplicationController")
+            .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        names.sort();
+        names
+    };
+    let first = wait_for(T, "two ready pods of the ReplicationController", || {
+        let n = names(&c);
+        (n.len() == 2).then_some(n)
+    });
+    let rc = c.get_json("replicationcontrollers", "nginx").expect("the rc");
+    assert_eq!(rc["spec"]["selector"], serde_json::json!({"app": "nginx"}), "the selector defaults to the labels");
+    c.ctl_ok(&["delete", "pod", &first[0]]);
+    wait_for(T, "a replacement for the deleted pod", || {
+        let n = names(&c);
+        (n.len() == 2 && !n.contains(&first[0])).then_some(())
+    });
+    wait_for(T, "the rc's table: 2 desired, 2 current, 2 ready", || {
+        let table = c.ctl_ok(&["get", "rc", "nginx"]);
+        table.lines().nth(1).is_some_and(|l| l.split_whitespace().take(4).eq(["nginx", "2", "2", "2"])).then_some(())
+    });
+    c.ctl_ok(&["scale", "rc/nginx", "--replicas", "1"]);
+    wait_for(T, "one pod after scaling to 1", || (names(&c).len() == 1).then_some(()));
+    c.ctl_ok(&["delete", "rc", "nginx"]);
+    wait_for(T, "the rc's pods collected", || {
+        let v: Value = serde_json::from_str(&c.ctl_ok(&["get", "pods", "-l", "app=nginx", "-o", "json"])).unwrap();
+        v["items"].as_array().is_some_and(|a| a.is_empty()).then_some(())
+    });
 }
 
 #[test]

@@ -9,6 +9,7 @@
 mod addresses;
 mod create_id;
 mod delete;
+mod evict;
 mod list;
 mod watch;
 

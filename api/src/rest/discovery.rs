@@ -95,7 +95,15 @@ const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list",
 /// The kinds `kubectl get all` shows.
 fn categories(info: &KindInfo) -> Vec<&'static str> {
     match info.kind {
-        "Pod" | "Service" | "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "CronJob" => {
+        "Pod"
+        | "Service"
+        | "Deployment"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "Job"
+        | "CronJob" => {
             vec!["all"]
         }
         _ => vec![],

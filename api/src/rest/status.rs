@@ -54,6 +54,11 @@ pub fn of(e: &ApiError) -> (StatusCode, Value) {
         ApiError::Gone { .. } => (StatusCode::GONE, "Expired", Value::Null),
         ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", Value::Null),
         ApiError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "Forbidden", Value::Null),
+        ApiError::TooManyRequests { causes, .. } => {
+            let causes: Vec<Value> =
+                causes.iter().map(|(reason, message)| json!({"reason": reason, "message": message})).collect();
+            (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", json!({"causes": causes}))
+        }
         ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "Unauthorized", Value::Null),
         ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden", Value::Null),
         ApiError::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", Value::Null),
@@ -75,6 +80,7 @@ pub fn of(e: &ApiError) -> (StatusCode, Value) {
              changes to the latest version and try again"
         ),
         ApiError::Unauthenticated(_) => "Unauthorized".to_string(),
+        ApiError::TooManyRequests { message, .. } => message.clone(),
         other => other.to_string(),
     };
     (code, status(code, reason, &message, details))
