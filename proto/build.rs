@@ -25,6 +25,7 @@ const KINDS: &[(&str, &str, &str, bool, &str, &str)] = &[
     ("PersistentVolumeClaim", "persistentvolumeclaims", "v1", true, "pvc", "status"),
     ("Event", "events", "v1", true, "ev", ""),
     ("ResourceQuota", "resourcequotas", "v1", true, "quota", "status"),
+    ("LimitRange", "limitranges", "v1", true, "limits", ""),
     ("ServiceAccount", "serviceaccounts", "v1", true, "sa", "token"),
     ("Lease", "leases", "coordination.k8s.io/v1", true, "", ""),
     ("Deployment", "deployments", "apps/v1", true, "deploy", "status,scale"),
@@ -152,7 +153,12 @@ fn kinds_rs() -> String {
 }
 
 /// Fields holding quantities, which JSON may give as numbers: (message, field).
-const QUANTITIES: [(&str, &str); 12] = [
+const QUANTITIES: [(&str, &str); 17] = [
+    ("LimitRangeItem", "max"),
+    ("LimitRangeItem", "min"),
+    ("LimitRangeItem", "default"),
+    ("LimitRangeItem", "default_request"),
+    ("LimitRangeItem", "max_limit_request_ratio"),
     ("ResourceRequirements", "limits"),
     ("ResourceRequirements", "requests"),
     ("EmptyDirVolumeSource", "size_limit"),

@@ -33,6 +33,21 @@ pub fn apply(info: &KindInfo, obj: &mut Value) {
             default_at(obj, &["spec", "replicas"], json!(1));
             template(obj);
         }
+        "LimitRange" => {
+            // As Kubernetes: a Container item's default limit is its max, its default request
+            // its default limit or else its min, for each resource it leaves out.
+            for item in obj.pointer_mut("/spec/limits").and_then(Value::as_array_mut).into_iter().flatten() {
+                if item.get("type").and_then(Value::as_str) != Some("Container") {
+                    continue;
+                }
+                for (from, to) in [("max", "default"), ("default", "defaultRequest"), ("min", "defaultRequest")] {
+                    let Some(source) = item.get(from).and_then(Value::as_object).cloned() else { continue };
+                    for (resource, q) in source {
+                        default_at(item, &[to, &resource], q);
+                    }
+                }
+            }
+        }
         "ReplicationController" => {
             default_at(obj, &["spec", "replicas"], json!(1));
             // As Kubernetes: an empty selector, and empty labels, are the template's labels.

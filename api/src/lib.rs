@@ -37,6 +37,7 @@ pub mod encoded_list;
 pub mod error;
 pub mod fields;
 pub mod kinds;
+pub mod limits;
 pub mod list_cache;
 pub mod logs;
 pub mod metrics;

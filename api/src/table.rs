@@ -186,7 +186,7 @@ pub fn columns(info: &KindInfo) -> Vec<Column> {
             Column { kind: "integer", ..col("Allowed Disruptions", "How many pods may be evicted now.") },
             AGE,
         ],
-        "Role" | "ClusterRole" => vec![NAME, col("Created At", "When the role was created.")],
+        "Role" | "ClusterRole" | "LimitRange" => vec![NAME, col("Created At", "When the object was created.")],
         "RoleBinding" | "ClusterRoleBinding" => vec![
             NAME,
             col("Role", "The role the binding grants."),
@@ -519,7 +519,7 @@ pub fn cells(info: &KindInfo, o: &Value) -> Vec<String> {
             let allowed = o.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
             vec![name, either("/spec/minAvailable"), either("/spec/maxUnavailable"), allowed.to_string(), age(o)]
         }
-        "Role" | "ClusterRole" => vec![name, s(o, "/metadata/creationTimestamp").to_string()],
+        "Role" | "ClusterRole" | "LimitRange" => vec![name, s(o, "/metadata/creationTimestamp").to_string()],
         "RoleBinding" | "ClusterRoleBinding" => {
             let subjects = |kind: &str| {
                 let names: Vec<String> = o

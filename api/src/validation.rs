@@ -145,6 +145,7 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
         }
         "Pod" => pod_spec(&mut v, obj.get("spec").unwrap_or(&Value::Null), "spec", &[]),
         "PodDisruptionBudget" => disruption_budget(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
+        "LimitRange" => limit_range(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
         "Deployment" | "ReplicaSet" | "ReplicationController" | "DaemonSet" | "StatefulSet" => {
             workload(&mut v, info.kind, obj)
         }
@@ -418,6 +419,75 @@ fn int_or_percent(v: &mut V, path: &str, x: &Value) {
         }
     } else {
         v.push(FieldError::invalid(path, x, "must be an integer or percentage (e.g '5%')"));
+    }
+}
+
+/// A LimitRange's items, as Kubernetes' `ValidateLimitRange` compares their bounds.
+fn limit_range(v: &mut V, spec: &Value) {
+    use skiff_proto::quantity::parse_quantity;
+    for (i, item) in spec.get("limits").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let path = format!("spec.limits[{i}]");
+        let map = |f: &str| item.get(f).and_then(Value::as_object).cloned().unwrap_or_default();
+        if item.get("type").and_then(Value::as_str) == Some("Pod") {
+            for f in ["default", "defaultRequest"] {
+                if !map(f).is_empty() {
+                    v.push(FieldError::forbidden(format!("{path}.{f}"), "may not be specified when `type` is 'Pod'"));
+                }
+            }
+        }
+        let (min, max, default, request, ratio) =
+            (map("min"), map("max"), map("default"), map("defaultRequest"), map("maxLimitRequestRatio"));
+        let resources: std::collections::BTreeSet<&String> =
+            [&min, &max, &default, &request, &ratio].into_iter().flat_map(|m| m.keys()).collect();
+        for r in resources {
+            let get = |m: &serde_json::Map<String, Value>| {
+                let text = m.get(r).and_then(Value::as_str)?.to_string();
+                Some((parse_quantity(&text)?, text))
+            };
+            let (min, max, default, request, ratio) = (get(&min), get(&max), get(&default), get(&request), get(&ratio));
+            let mut bad = |field: &str, value: &str, why: String| {
+                v.push(FieldError::invalid(format!("{path}.{field}[{r}]"), value, why))
+            };
+            if let (Some(lo), Some(hi)) = (&min, &max) {
+                if lo.0 > hi.0 {
+                    bad("min", &lo.1, format!("min value {} is greater than max value {}", lo.1, hi.1));
+                }
+            }
+            if let Some(req) = &request {
+                if let Some(lo) = min.as_ref().filter(|lo| lo.0 > req.0) {
+                    bad(
+                        "defaultRequest",
+                        &req.1,
+                        format!("min value {} is greater than default request value {}", lo.1, req.1),
+                    );
+                }
+                if let Some(hi) = max.as_ref().filter(|hi| req.0 > hi.0) {
+                    bad(
+                        "defaultRequest",
+                        &req.1,
+                        format!("default request value {} is greater than max value {}", req.1, hi.1),
+                    );
+                }
+                if let Some(d) = default.as_ref().filter(|d| req.0 > d.0) {
+                    bad(
+                        "defaultRequest",
+                        &req.1,
+                        format!("default request value {} is greater than default limit value {}", req.1, d.1),
+                    );
+                }
+            }
+            if let Some(d) = &default {
+                if let Some(lo) = min.as_ref().filter(|lo| lo.0 > d.0) {
+                    bad("default", &lo.1, format!("min value {} is greater than default value {}", lo.1, d.1));
+                }
+                if let Some(hi) = max.as_ref().filter(|hi| d.0 > hi.0) {
+                    bad("default", &hi.1, format!("default value {} is greater than max value {}", d.1, hi.1));
+                }
+            }
+            if let Some(ratio) = ratio.as_ref().filter(|q| q.0 < 1000) {
+                bad("maxLimitRequestRatio", &ratio.1, format!("ratio {} is less than 1", ratio.1));
+            }
+        }
     }
 }
 
@@ -896,6 +966,31 @@ mod tests {
                 "spec.volumes[0].downwardAPI.items[2].path: Invalid value: \"/abs\": must be a relative path",
                 "spec.volumes[0].downwardAPI.items[2]: Required value: one of fieldRef and resourceFieldRef is required",
             ]
+        );
+    }
+
+    #[test]
+    fn limit_ranges() {
+        let lr = |item: Value| errs("limitranges", json!({"metadata": {"name": "l"}, "spec": {"limits": [item]}}));
+        assert_eq!(
+            lr(json!({"type": "Container", "min": {"cpu": "100m"}, "max": {"cpu": "1"}, "default": {"cpu": "500m"}})),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            lr(json!({"type": "Container", "min": {"cpu": "2"}, "max": {"cpu": "1"}})),
+            ["spec.limits[0].min[cpu]: Invalid value: \"2\": min value 2 is greater than max value 1"]
+        );
+        assert_eq!(
+            lr(json!({"type": "Container", "default": {"memory": "1Gi"}, "defaultRequest": {"memory": "2Gi"}})),
+            ["spec.limits[0].defaultRequest[memory]: Invalid value: \"2Gi\": default request value 2Gi is greater than default limit value 1Gi"]
+        );
+        assert_eq!(
+            lr(json!({"type": "Pod", "default": {"cpu": "1"}})),
+            ["spec.limits[0].default: Forbidden: may not be specified when `type` is 'Pod'"]
+        );
+        assert_eq!(
+            lr(json!({"type": "Container", "maxLimitRequestRatio": {"cpu": "500m"}})),
+            ["spec.limits[0].maxLimitRequestRatio[cpu]: Invalid value: \"500m\": ratio 500m is less than 1"]
         );
     }
 

@@ -580,6 +580,48 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     assert!(drained.contains("pod/on-drained evicted") && drained.contains("node/drained drained"), "{drained}");
     assert!(k.fails(&["get", "pod", "on-drained"], None).contains("NotFound"));
 
+    // phase: a LimitRange defaults a new pod's resources and bounds them, in Kubernetes' words
+    k.ok(&["create", "namespace", "limited"]);
+    k.ok_with(
+        &["apply", "-n", "limited", "-f", "-"],
+        Some("apiVersion: v1\nkind: LimitRange\nmetadata: {name: cpu}\nspec:\n  limits:\n  - type: Container\n    default: {cpu: 500m}\n    defaultRequest: {cpu: 100m}\n    max: {cpu: '1'}\n"),
+    );
+    assert!(k.ok(&["get", "limits", "-n", "limited"]).starts_with("NAME   CREATED AT\ncpu    "));
+    k.ok(&["run", "defaulted", "-n", "limited", "--image=busybox:test"]);
+    assert_eq!(
+        k.ok(&["get", "pod", "defaulted", "-n", "limited", "-o", "jsonpath={.spec.containers[0].resources}"]),
+        r#"{"limits":{"cpu":"500m"},"requests":{"cpu":"100m"}}"#
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "pod",
+            "defaulted",
+            "-n",
+            "limited",
+            "-o",
+            "jsonpath={.metadata.annotations.kubernetes\\.io/limit-ranger}"
+        ]),
+        "LimitRanger plugin set: cpu request for container defaulted; cpu limit for container defaulted"
+    );
+    let refused = k.fails(
+        &[
+            "run",
+            "big",
+            "-n",
+            "limited",
+            "--image=busybox:test",
+            "--overrides",
+            r#"{"spec":{"containers":[{"name":"big","image":"busybox:test","resources":{"limits":{"cpu":"2"}}}]}}"#,
+        ],
+        None,
+    );
+    assert!(
+        refused.contains(r#"pods "big" is forbidden: maximum cpu usage per Container is 1, but limit is 2"#),
+        "{refused}"
+    );
+    k.ok(&["delete", "namespace", "limited", "--wait=false"]);
+
     // phase: delete, foreground cascade waits for the dependents
     assert_eq!(k.ok(&["delete", "deploy", "web", "--cascade=foreground"]), "deployment.apps \"web\" deleted\n");
     wait_for(Duration::from_secs(20), "the Deployment and its ReplicaSets and pods gone", || {

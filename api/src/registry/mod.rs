@@ -355,6 +355,9 @@ impl Registry {
         if info.kind == "Pod" {
             self.resolve_priority(&mut obj).await?;
         }
+        if matches!(info.kind, "Pod" | "PersistentVolumeClaim") {
+            self.limit_ranger(info, &mut obj).await?;
+        }
         let prepared = obj;
         for _ in 0..5 {
             let mut obj = prepared.clone();
@@ -419,6 +422,42 @@ impl Registry {
     /// cluster's global default class, if there is one) gets the class's value as
     /// `spec.priority` and its preemption policy; the built-in `system-cluster-critical` and
     /// `system-node-critical` classes always exist. A priority given outright must agree.
+    /// The LimitRanger admission plugin on a new pod or claim: its namespace's LimitRanges'
+    /// defaults, then their bounds ([`crate::limits`]); the result is validated again.
+    async fn limit_ranger(&self, info: &'static KindInfo, obj: &mut Value) -> ApiResult<()> {
+        let ranges = kinds::by_resource("limitranges")?;
+        let ns = object::namespace(obj).to_string();
+        let ranges: Vec<skiff_proto::api::LimitRange> =
+            self.list(ranges, &ns, &ListOptions::default()).await?.typed()?;
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let decode = |e: serde_json::Error| ApiError::Internal(format!("a {} does not decode: {e}", info.kind));
+        let errors = if info.kind == "Pod" {
+            let mut pod: skiff_proto::api::Pod = serde_json::from_value(obj.clone()).map_err(decode)?;
+            if let Some(said) = crate::limits::default_pod(&mut pod, &ranges) {
+                if let Some(meta) = pod.metadata.as_mut() {
+                    meta.annotations.insert(crate::limits::ANNOTATION.into(), said);
+                }
+                *obj = serde_json::to_value(&pod).map_err(decode)?;
+                self.finish_object(info, obj)?;
+            }
+            crate::limits::check_pod(&pod, &ranges)
+        } else {
+            let claim: skiff_proto::api::PersistentVolumeClaim = serde_json::from_value(obj.clone()).map_err(decode)?;
+            crate::limits::check_claim(&claim, &ranges)
+        };
+        if errors.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::Forbidden(format!(
+            "{} {:?} is forbidden: {}",
+            info.resource,
+            object::name(obj),
+            crate::limits::aggregate(&errors)
+        )))
+    }
+
     async fn resolve_priority(&self, pod: &mut Value) -> ApiResult<()> {
         let pod_name = object::name(pod).to_string();
         let named = pod.pointer("/spec/priorityClassName").and_then(Value::as_str).unwrap_or_default().to_string();
