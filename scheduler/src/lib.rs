@@ -39,6 +39,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod objects;
 pub mod placement;
+pub mod preemption;
 pub mod replicaset;
 pub mod scheduling;
 pub mod serviceaccounts;

@@ -371,6 +371,22 @@ impl SchedulingState {
         }
     }
 
+    /// Where lower-priority pods could be removed for `pod` (which fits nowhere). None while
+    /// the pod waits for victims it already chose: its nominated node still has lower-priority
+    /// pods being deleted.
+    pub fn preempt(&self, pod: &Pod) -> Option<crate::preemption::Preemption> {
+        let usages = |node: &str| -> Vec<Usage> {
+            let keys = self.cache.by_node.get(node).into_iter().flatten();
+            keys.filter_map(|k| self.cache.placed.get(k).map(|(_, u)| u.clone())).collect()
+        };
+        let nominated = pod.status.as_ref().map_or("", |s| s.nominated_node_name.as_str());
+        let mine = crate::preemption::priority(pod);
+        if !nominated.is_empty() && usages(nominated).iter().any(|u| u.pod.deleting && u.pod.priority < mine) {
+            return None;
+        }
+        crate::preemption::choose(pod, self.cache.snapshot.nodes.iter().map(|n| (n, usages(n.name()))))
+    }
+
     /// `key`'s bind went through: the watch will report it.
     pub fn bound(&mut self, key: &ObjectKey) {
         self.failures.remove(key);
@@ -599,11 +615,16 @@ impl Scheduler {
                 Err(fit) => {
                     metrics.attempt("unschedulable");
                     let message = fit.to_string();
-                    if reported(&pod, &message) {
+                    let preemption = state.preempt(&pod);
+                    if preemption.is_none() && reported(&pod, &message) {
                         continue;
                     }
                     tokio::spawn(async move {
-                        let outcome = if report_unschedulable(&client, &pod, &key, &message).await {
+                        let nominated = match &preemption {
+                            Some(p) => preempt(&client, &pod, p).await,
+                            None => None,
+                        };
+                        let outcome = if report_unschedulable(&client, &pod, &key, &message, nominated).await {
                             Outcome::Reported
                         } else {
                             Outcome::ReportFailed
@@ -649,11 +670,42 @@ fn reported(pod: &Pod, message: &str) -> bool {
     })
 }
 
-/// Sets `PodScheduled=False` with Kubernetes' message and records `FailedScheduling`;
-/// whether the status was written (or the pod is gone).
-async fn report_unschedulable(client: &Client, pod: &Pod, key: &ObjectKey, message: &str) -> bool {
+/// Deletes the victims of `preemption` (each with its grace period, and a `Preempted` event
+/// in Kubernetes' words); the node the preemptor is nominated to, once they are on their way.
+async fn preempt(client: &Client, pod: &Pod, preemption: &crate::preemption::Preemption) -> Option<String> {
+    let uid = pod.metadata.as_ref().map_or("", |m| m.uid.as_str());
+    for victim in &preemption.victims {
+        match client.delete_pod(&victim.namespace, &victim.name, None).await {
+            Ok(()) => {
+                let involved = serde_json::json!({"apiVersion": "v1",
+                    "metadata": {"namespace": victim.namespace, "name": victim.name, "uid": victim.uid}});
+                let message = format!("Preempted by pod {uid} on node {}", preemption.node);
+                client.event(&involved, "Pod", "default-scheduler", "Normal", "Preempted", &message).await;
+            }
+            Err(e) if e.code() == Code::NotFound => {}
+            Err(e) => {
+                tracing::debug!("preempting {}/{}: {}", victim.namespace, victim.name, e.message());
+                return None;
+            }
+        }
+    }
+    Some(preemption.node.clone())
+}
+
+/// Sets `PodScheduled=False` with Kubernetes' message (and the node a preemption nominated)
+/// and records `FailedScheduling`; whether the status was written (or the pod is gone).
+async fn report_unschedulable(
+    client: &Client,
+    pod: &Pod,
+    key: &ObjectKey,
+    message: &str,
+    nominated: Option<String>,
+) -> bool {
     let mut updated = pod.clone();
     let status = updated.status.get_or_insert_with(PodStatus::default);
+    if let Some(node) = nominated {
+        status.nominated_node_name = node;
+    }
     status.conditions.retain(|c| c.r#type != "PodScheduled");
     status.conditions.push(Condition {
         r#type: "PodScheduled".into(),

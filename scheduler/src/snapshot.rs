@@ -49,6 +49,11 @@ pub fn owner_uid(pod: &Pod) -> Option<String> {
 pub struct PlacedPod {
     pub uid: String,
     pub namespace: String,
+    pub name: String,
+    /// `spec.priority` (0 when unset), for preemption.
+    pub priority: i32,
+    /// Being deleted (still counted until it is gone).
+    pub deleting: bool,
     pub labels: BTreeMap<String, String>,
     pub anti_affinity: Vec<PodAffinityTerm>,
 }
@@ -63,7 +68,17 @@ impl PlacedPod {
             .and_then(|a| a.pod_anti_affinity.as_ref())
             .map(|a| a.required_during_scheduling_ignored_during_execution.clone())
             .unwrap_or_default();
-        PlacedPod { uid: meta.uid, namespace: meta.namespace, labels: meta.labels, anti_affinity }
+        let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+        let deleting = !meta.deletion_timestamp.is_empty();
+        PlacedPod {
+            uid: meta.uid,
+            namespace: meta.namespace,
+            name: meta.name,
+            priority,
+            deleting,
+            labels: meta.labels,
+            anti_affinity,
+        }
     }
 }
 

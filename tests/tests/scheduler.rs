@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 use skiff_proto::api::objects_client::ObjectsClient;
 use skiff_proto::api::{RawListRequest, RawRequest};
-use skiff_tests::{bearer, channel, runtime, wait_for, Cluster};
+use skiff_tests::{bearer, channel, runtime, wait_for, wait_for_showing, Cluster};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -337,4 +337,49 @@ fn pod_anti_affinity_spreads_a_deployment_pod_affinity_waits_for_its_group_and_z
     });
     let in_z2 = zones.iter().filter(|n| *n == "n3").count();
     assert_eq!(in_z2, 2, "zone z2 (n3 alone) takes half: {zones:?}");
+
+    // phase: a high-priority pod preempts a low-priority one on a full node
+    c.apply_yaml(&fake_node("full", "z9").replace("cpu: '4'", "cpu: '1'"));
+    c.apply_yaml(
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: low}\nvalue: 10\n---\n\
+         apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n",
+    );
+    let on_full = |name: &str, class: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  priorityClassName: {class}\n  \
+             terminationGracePeriodSeconds: 0\n  nodeSelector: {{kubernetes.io/hostname: full}}\n  \
+             containers: [{{name: c, image: busybox:test, resources: {{requests: {{cpu: '1'}}}}}}]\n"
+        )
+    };
+    c.apply_yaml(&on_full("low", "low"));
+    let low = wait_for(Duration::from_secs(30), "the low-priority pod bound to the full node", || {
+        let p = c.get_json("pods", "low")?;
+        (p["spec"]["nodeName"] == "full").then_some(p)
+    });
+    c.apply_yaml(&on_full("high", "high"));
+    wait_for(Duration::from_secs(30), "the low-priority pod marked for deletion, high nominated", || {
+        let going = c.get_json("pods", "low")?["metadata"]["deletionTimestamp"].is_string();
+        let nominated = c.get_json("pods", "high")?["status"]["nominatedNodeName"] == "full";
+        (going && nominated).then_some(())
+    });
+    // The node is not a daemon: finish the deletion as its daemon would once the pod stopped.
+    c.ctl_ok(&["delete", "pod", "low", "--grace-period=0", "--force"]);
+    let seen = || format!("high: {:?}\nlow: {:?}", c.get_json("pods", "high"), c.get_json("pods", "low"));
+    let high =
+        wait_for_showing(Duration::from_secs(30), "the high-priority pod bound where the low one was", seen, || {
+            let p = c.get_json("pods", "high")?;
+            (p["spec"]["nodeName"] == "full").then_some(p)
+        });
+    assert_eq!(high["status"]["nominatedNodeName"], "full", "{high}");
+    let low_now = c.get_json("pods", "low");
+    assert!(
+        low_now.as_ref().is_none_or(|p| p["metadata"]["uid"] != low["metadata"]["uid"]),
+        "the low-priority pod is still there: {low_now:?}"
+    );
+    let events = c.ctl_ok(&["get", "events", "--field-selector", "reason=Preempted", "-o", "json"]);
+    let events: Value = serde_json::from_str(&events).unwrap();
+    let said: Vec<&str> =
+        events["items"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str()).collect();
+    let want = format!("Preempted by pod {} on node full", high["metadata"]["uid"].as_str().unwrap());
+    assert_eq!(said, [want.as_str()], "{events}");
 }
