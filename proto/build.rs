@@ -129,14 +129,18 @@ fn kinds_rs() -> String {
     }
     r.push_str("    };\n}\n\n");
     r.push_str(
-        "/// Calls `$m!(Kind, KindList, KindWatchEvent, client_module, ServiceClient, \"resource\")` for\n\
-         /// every kind: what typed clients (informers) need.\n#[macro_export]\nmacro_rules! for_each_kind_client {\n    ($m:ident) => {\n",
+        "/// Calls `$m!(Kind, KindList, KindWatchEvent, client_module, ServiceClient, \"resource\", status: yes|no)`\n\
+         /// for every kind: what typed clients (informers, status writers) need.\n#[macro_export]\nmacro_rules! for_each_kind_client {\n    ($m:ident) => {\n",
     );
-    for (kind, resource, ..) in KINDS {
+    for (kind, resource, _, _, _, sub) in KINDS {
         let svc = service_name(kind);
         let module = snake(&svc) + "_client";
-        writeln!(r, "        $m!({kind}, {kind}List, {kind}WatchEvent, {module}, {svc}Client, \"{resource}\");")
-            .unwrap();
+        let status = if sub.contains("status") { "yes" } else { "no" };
+        writeln!(
+            r,
+            "        $m!({kind}, {kind}List, {kind}WatchEvent, {module}, {svc}Client, \"{resource}\", status: {status});"
+        )
+        .unwrap();
     }
     r.push_str("    };\n}\n\n");
     // normalize_json: JSON through the typed schema and back (canonical form, unknown fields refused).

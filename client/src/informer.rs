@@ -37,6 +37,9 @@ pub trait Resource: Clone + std::fmt::Debug + Send + Sync + 'static {
     fn update(client: &Client, obj: Self) -> BoxFuture<'_, Result<Self, Status>>;
     /// Deletes an object; returns it as it was (or as it is while it terminates).
     fn delete(client: &Client, req: DeleteRequest) -> BoxFuture<'_, Result<Self, Status>>;
+    /// Replaces an object's status (the status subresource), guarded by its resourceVersion;
+    /// Unimplemented for kinds without one.
+    fn update_status(client: &Client, obj: Self) -> BoxFuture<'_, Result<Self, Status>>;
 }
 
 /// One page of a list.
@@ -73,8 +76,30 @@ impl<K> WatchEvent<K> {
     }
 }
 
+/// `update_status` of a kind with a status subresource (`yes`) or without one (`no`).
+macro_rules! status_writer {
+    (yes, $module:ident, $client:ident, $resource:literal) => {
+        fn update_status(client: &Client, obj: Self) -> BoxFuture<'_, Result<Self, Status>> {
+            Box::pin(client.with_failover(move |channel, auth| {
+                let obj = obj.clone();
+                async move {
+                    Ok(skiff_proto::api::$module::$client::with_interceptor(channel, auth)
+                        .update_status(obj)
+                        .await?
+                        .into_inner())
+                }
+            }))
+        }
+    };
+    (no, $module:ident, $client:ident, $resource:literal) => {
+        fn update_status(_: &Client, _: Self) -> BoxFuture<'_, Result<Self, Status>> {
+            Box::pin(async { Err(Status::unimplemented(concat!($resource, " have no status subresource"))) })
+        }
+    };
+}
+
 macro_rules! resource {
-    ($kind:ident, $list:ident, $event:ident, $module:ident, $client:ident, $resource:literal) => {
+    ($kind:ident, $list:ident, $event:ident, $module:ident, $client:ident, $resource:literal, status: $status:ident) => {
         impl Resource for skiff_proto::api::$kind {
             const RESOURCE: &'static str = $resource;
 
@@ -165,6 +190,8 @@ macro_rules! resource {
                     }
                 }))
             }
+
+            status_writer!($status, $module, $client, $resource);
         }
     };
 }

@@ -16,34 +16,14 @@ pub mod queue;
 
 use serde::Deserialize;
 use serde_json::Value;
-use skiff_proto::api::certificate_signing_requests_client::CertificateSigningRequestsClient;
 use skiff_proto::api::cluster_info_client::ClusterInfoClient;
-use skiff_proto::api::cron_jobs_client::CronJobsClient;
-use skiff_proto::api::daemon_sets_client::DaemonSetsClient;
-use skiff_proto::api::deployments_client::DeploymentsClient;
-use skiff_proto::api::ingresses_client::IngressesClient;
-use skiff_proto::api::jobs_client::JobsClient;
-use skiff_proto::api::namespaces_client::NamespacesClient;
 use skiff_proto::api::node_metrics_client::NodeMetricsClient;
-use skiff_proto::api::nodes_client::NodesClient;
 use skiff_proto::api::objects_client::ObjectsClient;
-use skiff_proto::api::persistent_volume_claims_client::PersistentVolumeClaimsClient;
-use skiff_proto::api::persistent_volumes_client::PersistentVolumesClient;
-use skiff_proto::api::pod_disruption_budgets_client::PodDisruptionBudgetsClient;
 use skiff_proto::api::pod_logs_client::PodLogsClient;
 use skiff_proto::api::pods_client::PodsClient;
-use skiff_proto::api::replica_sets_client::ReplicaSetsClient;
-use skiff_proto::api::replication_controllers_client::ReplicationControllersClient;
-use skiff_proto::api::resource_quotas_client::ResourceQuotasClient;
-use skiff_proto::api::services_client::ServicesClient;
-use skiff_proto::api::stateful_sets_client::StatefulSetsClient;
 use skiff_proto::api::{
-    Binding, BindingTarget, CronJob, DaemonSet, DeleteRequest, Deployment, Eviction, Ingress, Job, Node, ObjectMetaRef,
-    PersistentVolume, PersistentVolumeClaim, Pod, PodLogChunk, PodLogRequest, RawListRequest, RawRequest,
-    RawWatchEvent, RawWatchRequest, ReplicaSet, Service, StatefulSet,
-};
-use skiff_proto::api::{
-    CertificateSigningRequest, Namespace, PodDisruptionBudget, ReplicationController, ResourceQuota,
+    Binding, BindingTarget, DeleteRequest, Eviction, ObjectMetaRef, PodLogChunk, PodLogRequest, RawListRequest,
+    RawRequest, RawWatchEvent, RawWatchRequest,
 };
 use skiff_proto::etcdserverpb::cluster_client::ClusterClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -737,40 +717,23 @@ impl Client {
     /// Replaces an object's status (the status subresource), guarded by its resourceVersion;
     /// returns the stored object. For the kinds whose status a component reports.
     pub async fn update_status(&self, resource: &str, obj: &Value) -> Result<Value, Status> {
-        macro_rules! via {
-            ($kind:ty, $client:ident) => {{
-                let typed: $kind =
-                    serde_json::from_value(obj.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-                let stored = self
-                    .with_failover(|channel, auth| {
-                        let typed = typed.clone();
-                        async move { Ok($client::with_interceptor(channel, auth).update_status(typed).await?.into_inner()) }
-                    })
-                    .await?;
-                serde_json::to_value(stored).map_err(|e| Status::internal(e.to_string()))
-            }};
+        async fn typed<K: informer::Resource + serde::Serialize + serde::de::DeserializeOwned>(
+            client: &Client,
+            obj: &Value,
+        ) -> Result<Value, Status> {
+            let typed: K = serde_json::from_value(obj.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let stored = K::update_status(client, typed).await?;
+            serde_json::to_value(stored).map_err(|e| Status::internal(e.to_string()))
         }
-        match resource {
-            "pods" => via!(Pod, PodsClient),
-            "nodes" => via!(Node, NodesClient),
-            "replicasets" => via!(ReplicaSet, ReplicaSetsClient),
-            "replicationcontrollers" => via!(ReplicationController, ReplicationControllersClient),
-            "deployments" => via!(Deployment, DeploymentsClient),
-            "daemonsets" => via!(DaemonSet, DaemonSetsClient),
-            "statefulsets" => via!(StatefulSet, StatefulSetsClient),
-            "persistentvolumes" => via!(PersistentVolume, PersistentVolumesClient),
-            "persistentvolumeclaims" => via!(PersistentVolumeClaim, PersistentVolumeClaimsClient),
-            "jobs" => via!(Job, JobsClient),
-            "cronjobs" => via!(CronJob, CronJobsClient),
-            "services" => via!(Service, ServicesClient),
-            "ingresses" => via!(Ingress, IngressesClient),
-            "certificatesigningrequests" => via!(CertificateSigningRequest, CertificateSigningRequestsClient),
-            "namespaces" => via!(Namespace, NamespacesClient),
-            "resourcequotas" => via!(ResourceQuota, ResourceQuotasClient),
-            "poddisruptionbudgets" => via!(PodDisruptionBudget, PodDisruptionBudgetsClient),
-            other => {
-                Err(Status::invalid_argument(format!("status updates of {other} are not supported by this client")))
-            }
+        macro_rules! by_resource {
+            ($kind:ident, $list:ident, $event:ident, $module:ident, $client:ident, $resource:literal, status: yes) => {
+                if resource == $resource {
+                    return typed::<skiff_proto::api::$kind>(self, obj).await;
+                }
+            };
+            ($($other:tt)*) => {};
         }
+        skiff_proto::for_each_kind_client!(by_resource);
+        Err(Status::invalid_argument(format!("{resource} have no status subresource")))
     }
 }
