@@ -495,11 +495,10 @@ impl<T: Serialize + DeserializeOwned + Message + Default + Clone + Send + Sync +
 /// A workload's pod selector as its Scale's `status.selector` says it (`app=web`).
 pub(crate) fn scale_selector(obj: &Value) -> String {
     // A ReplicationController's selector is the labels themselves.
-    obj.pointer("/spec/selector/matchLabels")
-        .or_else(|| obj.pointer("/spec/selector").filter(|_| obj["kind"] == "ReplicationController"))
-        .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
-        .unwrap_or_default()
+    crate::table::pairs(
+        obj.pointer("/spec/selector/matchLabels")
+            .or_else(|| obj.pointer("/spec/selector").filter(|_| obj["kind"] == "ReplicationController")),
+    )
 }
 
 /// A workload's `autoscaling/v1` Scale.

@@ -672,7 +672,7 @@ fn condition_true(o: &Value, kind: &str) -> bool {
 }
 
 /// `a=b,c=d` of a string map.
-fn pairs(map: Option<&Value>) -> String {
+pub(crate) fn pairs(map: Option<&Value>) -> String {
     map.and_then(Value::as_object)
         .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
         .unwrap_or_default()

@@ -19,6 +19,7 @@ pub mod env;
 pub mod ingress_class;
 pub mod metrics;
 pub mod pki;
+pub mod pod;
 pub mod quantity;
 pub mod selector;
 pub mod serde_util;

@@ -91,8 +91,13 @@ impl Disruption {
             .collect()
     }
 
-    fn every_budget_in(&self, ns: &str) -> Vec<ObjectKey> {
-        self.budgets.list_namespace(ns).into_iter().filter_map(|b| b.metadata.as_ref().map(ObjectKey::of)).collect()
+    /// Every budget in the namespace of a changed object (before and after).
+    fn budgets_beside<K: Resource>(&self, change: &Change<K>) -> Vec<ObjectKey> {
+        let mut namespaces: Vec<&str> =
+            before_and_after(change).into_iter().filter_map(|o| Some(o.meta()?.namespace.as_str())).collect();
+        namespaces.dedup();
+        let budgets = namespaces.into_iter().flat_map(|ns| self.budgets.list_namespace(ns));
+        budgets.filter_map(|b| b.metadata.as_ref().map(ObjectKey::of)).collect()
     }
 }
 
@@ -195,12 +200,6 @@ impl Reconciler for Disruption {
     }
 
     fn triggers(self: &Arc<Self>, queue: &WorkQueue<ObjectKey>) -> Vec<tokio::task::JoinHandle<()>> {
-        fn namespaces<K: Resource>(c: &Change<K>) -> Vec<String> {
-            let mut all: Vec<String> =
-                before_and_after(c).into_iter().filter_map(|o| Some(o.meta()?.namespace.clone())).collect();
-            all.dedup();
-            all
-        }
         vec![
             controller::on_changes(&self.budgets, queue, self, |_, c| controller::own_key(c)),
             controller::on_changes(&self.pods, queue, self, |d, c: &Change<Pod>| {
@@ -214,18 +213,10 @@ impl Reconciler for Disruption {
                 keys
             }),
             // A controller's replicas are what percentages and maxUnavailable count against.
-            controller::on_changes(&self.deployments, queue, self, |d, c| {
-                namespaces(c).iter().flat_map(|ns| d.every_budget_in(ns)).collect()
-            }),
-            controller::on_changes(&self.replica_sets, queue, self, |d, c| {
-                namespaces(c).iter().flat_map(|ns| d.every_budget_in(ns)).collect()
-            }),
-            controller::on_changes(&self.replication_controllers, queue, self, |d, c| {
-                namespaces(c).iter().flat_map(|ns| d.every_budget_in(ns)).collect()
-            }),
-            controller::on_changes(&self.stateful_sets, queue, self, |d, c| {
-                namespaces(c).iter().flat_map(|ns| d.every_budget_in(ns)).collect()
-            }),
+            controller::on_changes(&self.deployments, queue, self, Disruption::budgets_beside),
+            controller::on_changes(&self.replica_sets, queue, self, Disruption::budgets_beside),
+            controller::on_changes(&self.replication_controllers, queue, self, Disruption::budgets_beside),
+            controller::on_changes(&self.stateful_sets, queue, self, Disruption::budgets_beside),
         ]
     }
 

@@ -27,7 +27,7 @@ pub fn terminating(pod: &Pod) -> bool {
 
 /// The pod's Ready condition is True.
 pub fn ready(pod: &Pod) -> bool {
-    pod.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"))
+    pod.is_ready()
 }
 
 /// The pod's phase ("" before the node reports one).

@@ -10,14 +10,6 @@ const MAX_DISRUPTED_PODS: usize = 2000;
 /// Kubernetes' message for an eviction a budget refuses for now.
 pub const VIOLATES_BUDGET: &str = "Cannot evict pod as it would violate the pod's disruption budget.";
 
-fn typed<T: serde::de::DeserializeOwned>(v: Value) -> ApiResult<T> {
-    serde_json::from_value(v).map_err(|e| ApiError::Internal(format!("a stored object does not decode: {e}")))
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"))
-}
-
 /// What a budget says to evicting `pod`.
 #[derive(Debug)]
 pub enum Verdict {
@@ -52,7 +44,7 @@ pub fn verdict(pod: &Pod, budgets: &[&PodDisruptionBudget]) -> Verdict {
     let generation = budget.metadata.as_ref().map_or(0, |m| m.generation);
     let status = budget.status.clone().unwrap_or_default();
     let policy = budget.spec.as_ref().map_or("", |s| s.unhealthy_pod_eviction_policy.as_str());
-    if !ready(pod)
+    if !pod.is_ready()
         && (policy == "AlwaysAllow" || (status.current_healthy >= status.desired_healthy && status.desired_healthy > 0))
     {
         return Verdict::Delete;
@@ -93,7 +85,7 @@ impl Registry {
         let delete = DeleteOptions { grace_period_seconds, ..Default::default() };
         let mut attempt = 0;
         loop {
-            let pod: Pod = typed(self.get(pods, ns, name).await?)?;
+            let pod: Pod = typed(&self.get(pods, ns, name).await?)?;
             let labels = pod.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
             let all: Vec<PodDisruptionBudget> = self.list(budgets, ns, &ListOptions::default()).await?.typed()?;
             let matching: Vec<&PodDisruptionBudget> = all

@@ -108,6 +108,11 @@ pub enum UpdateScope {
     All,
 }
 
+/// A JSON object as its kind's message (objects here passed validation: a failure is ours).
+fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> ApiResult<T> {
+    T::deserialize(v).map_err(|e| ApiError::Internal(format!("an object does not decode as its kind: {e}")))
+}
+
 #[derive(Clone)]
 pub struct Registry {
     pub master: Arc<Master>,
@@ -432,20 +437,18 @@ impl Registry {
         if ranges.is_empty() {
             return Ok(());
         }
-        let decode = |e: serde_json::Error| ApiError::Internal(format!("a {} does not decode: {e}", info.kind));
         let errors = if info.kind == "Pod" {
-            let mut pod: skiff_proto::api::Pod = serde_json::from_value(obj.clone()).map_err(decode)?;
+            let mut pod: skiff_proto::api::Pod = typed(obj)?;
             if let Some(said) = crate::limits::default_pod(&mut pod, &ranges) {
                 if let Some(meta) = pod.metadata.as_mut() {
                     meta.annotations.insert(crate::limits::ANNOTATION.into(), said);
                 }
-                *obj = serde_json::to_value(&pod).map_err(decode)?;
+                *obj = serde_json::to_value(&pod).map_err(|e| ApiError::Internal(e.to_string()))?;
                 self.finish_object(info, obj)?;
             }
             crate::limits::check_pod(&pod, &ranges)
         } else {
-            let claim: skiff_proto::api::PersistentVolumeClaim = serde_json::from_value(obj.clone()).map_err(decode)?;
-            crate::limits::check_claim(&claim, &ranges)
+            crate::limits::check_claim(&typed(obj)?, &ranges)
         };
         if errors.is_empty() {
             return Ok(());
