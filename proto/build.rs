@@ -44,6 +44,7 @@ const KINDS: &[(&str, &str, &str, bool, &str, &str)] = &[
     ("CertificateSigningRequest", "certificatesigningrequests", "certificates.k8s.io/v1", false, "csr", "status"),
     ("PriorityClass", "priorityclasses", "scheduling.k8s.io/v1", false, "pc", ""),
     ("PodDisruptionBudget", "poddisruptionbudgets", "policy/v1", true, "pdb", "status"),
+    ("HorizontalPodAutoscaler", "horizontalpodautoscalers", "autoscaling/v2", true, "hpa", "status"),
 ];
 
 fn service_name(kind: &str) -> String {
@@ -62,6 +63,7 @@ fn services_proto() -> String {
          import \"skiff/api/meta.proto\";\nimport \"skiff/api/core.proto\";\nimport \"skiff/api/apps.proto\";\n\
          import \"skiff/api/batch.proto\";\nimport \"skiff/api/networking.proto\";\nimport \"skiff/api/rbac.proto\";\n\
          import \"skiff/api/certificates.proto\";\nimport \"skiff/api/policy.proto\";\n\
+         import \"skiff/api/autoscaling.proto\";\n\
          import \"skiff/api/requests.proto\";\n\n",
     );
     for (kind, _, _, _, _, subresources) in KINDS {
@@ -157,7 +159,12 @@ fn kinds_rs() -> String {
 }
 
 /// Fields holding quantities, which JSON may give as numbers: (message, field).
-const QUANTITIES: [(&str, &str); 17] = [
+const QUANTITIES: [(&str, &str); 22] = [
+    ("HPAScalingRules", "tolerance"),
+    ("MetricTarget", "value"),
+    ("MetricTarget", "average_value"),
+    ("MetricValueStatus", "value"),
+    ("MetricValueStatus", "average_value"),
     ("LimitRangeItem", "max"),
     ("LimitRangeItem", "min"),
     ("LimitRangeItem", "default"),
@@ -210,6 +217,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skiff/api/rbac.proto",
         "skiff/api/certificates.proto",
         "skiff/api/policy.proto",
+        "skiff/api/autoscaling.proto",
         "skiff/api/requests.proto",
         "skiff/api/logs.proto",
         "skiff/api/services.proto",

@@ -18,6 +18,7 @@ pub fn apply(info: &KindInfo, obj: &mut Value) {
             default_at(obj, &["status", "phase"], json!("Pending"));
         }
         "PriorityClass" => default_at(obj, &["preemptionPolicy"], json!("PreemptLowerPriority")),
+        "HorizontalPodAutoscaler" => autoscaler(obj),
         "Deployment" => {
             default_at(obj, &["spec", "replicas"], json!(1));
             default_at(obj, &["spec", "strategy", "type"], json!("RollingUpdate"));
@@ -202,6 +203,28 @@ fn service(obj: &mut Value) {
             default_at(p, &["targetPort"], port);
         }
     }
+}
+
+/// An autoscaler's defaults, as Kubernetes' autoscaling/v2 sets them: one replica at least,
+/// 80% of the pods' cpu request when no metric is named, and — when `behavior` is given — each
+/// direction's rules filled from the defaults (a scale-down window stays unset: the controller
+/// applies its own 5 minutes).
+fn autoscaler(obj: &mut Value) {
+    default_at(obj, &["spec", "minReplicas"], json!(1));
+    let no_metrics = obj.pointer("/spec/metrics").and_then(Value::as_array).is_none_or(|m| m.is_empty());
+    if no_metrics && obj["spec"].is_object() {
+        obj["spec"]["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]);
+    }
+    let Some(behavior) = obj.pointer_mut("/spec/behavior").filter(|b| b.is_object()) else { return };
+    let up = [
+        json!({"type": "Pods", "value": 4, "periodSeconds": 15}),
+        json!({"type": "Percent", "value": 100, "periodSeconds": 15}),
+    ];
+    default_at(behavior, &["scaleUp", "stabilizationWindowSeconds"], json!(0));
+    default_at(behavior, &["scaleUp", "selectPolicy"], json!("Max"));
+    default_at(behavior, &["scaleUp", "policies"], json!(up));
+    default_at(behavior, &["scaleDown", "selectPolicy"], json!("Max"));
+    default_at(behavior, &["scaleDown", "policies"], json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]));
 }
 
 #[cfg(test)]

@@ -186,6 +186,15 @@ pub fn columns(info: &KindInfo) -> Vec<Column> {
             Column { kind: "integer", ..col("Allowed Disruptions", "How many pods may be evicted now.") },
             AGE,
         ],
+        "HorizontalPodAutoscaler" => vec![
+            NAME,
+            col("Reference", "The object the autoscaler scales."),
+            col("Targets", "Each metric's current value and target."),
+            col("MinPods", "The fewest replicas it scales down to."),
+            Column { kind: "integer", ..col("MaxPods", "The most replicas it scales up to.") },
+            Column { kind: "integer", ..col("Replicas", "The replicas it last saw.") },
+            AGE,
+        ],
         "Role" | "ClusterRole" | "LimitRange" => vec![NAME, col("Created At", "When the object was created.")],
         "RoleBinding" | "ClusterRoleBinding" => vec![
             NAME,
@@ -519,6 +528,20 @@ pub fn cells(info: &KindInfo, o: &Value) -> Vec<String> {
             let allowed = o.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
             vec![name, either("/spec/minAvailable"), either("/spec/maxUnavailable"), allowed.to_string(), age(o)]
         }
+        "HorizontalPodAutoscaler" => {
+            let hpa: skiff_proto::api::HorizontalPodAutoscaler = serde_json::from_value(o.clone()).unwrap_or_default();
+            let (spec, status) = (hpa.spec.unwrap_or_default(), hpa.status.unwrap_or_default());
+            let target = spec.scale_target_ref.unwrap_or_default();
+            vec![
+                name,
+                format!("{}/{}", target.kind, target.name),
+                autoscaler_targets(&spec.metrics, &status.current_metrics),
+                spec.min_replicas.map_or("<unset>".to_string(), |m| m.to_string()),
+                spec.max_replicas.to_string(),
+                status.current_replicas.to_string(),
+                age(o),
+            ]
+        }
         "Role" | "ClusterRole" | "LimitRange" => vec![name, s(o, "/metadata/creationTimestamp").to_string()],
         "RoleBinding" | "ClusterRoleBinding" => {
             let subjects = |kind: &str| {
@@ -676,6 +699,77 @@ pub(crate) fn pairs(map: Option<&Value>) -> String {
     map.and_then(Value::as_object)
         .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
         .unwrap_or_default()
+}
+
+/// An autoscaler's metrics as kubectl shows them: `cpu: 40%/50%`, each current value from the
+/// status entry in the same place, `<unknown>` until there is one; two at most.
+fn autoscaler_targets(specs: &[skiff_proto::api::MetricSpec], statuses: &[skiff_proto::api::MetricStatus]) -> String {
+    use skiff_proto::api::{MetricTarget, MetricValueStatus};
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let unknown = || "<unknown>".to_string();
+    // A target and the current value beside it: a utilization, else an average, else a value.
+    let pair = |target: Option<&MetricTarget>, current: Option<&MetricValueStatus>| {
+        let t = target.cloned().unwrap_or_default();
+        if let Some(u) = t.average_utilization {
+            let now = current.and_then(|c| c.average_utilization).map_or_else(unknown, |c| format!("{c}%"));
+            (now, format!("{u}%"), false)
+        } else if !t.average_value.is_empty() {
+            (current.map_or_else(unknown, |c| c.average_value.clone()), t.average_value, true)
+        } else {
+            (current.map_or_else(unknown, |c| c.value.clone()), t.value, false)
+        }
+    };
+    let list: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let status = statuses.get(i);
+            match spec.r#type.as_str() {
+                "Resource" => {
+                    let r = spec.resource.clone().unwrap_or_default();
+                    let current = status.and_then(|s| s.resource.as_ref()).and_then(|r| r.current.as_ref());
+                    let (now, target, _) = pair(r.target.as_ref(), current);
+                    format!("{}: {now}/{target}", r.name)
+                }
+                "ContainerResource" => {
+                    let r = spec.container_resource.clone().unwrap_or_default();
+                    let current = status.and_then(|s| s.container_resource.as_ref()).and_then(|r| r.current.as_ref());
+                    let (now, target, _) = pair(r.target.as_ref(), current);
+                    format!("{}: {now}/{target}", r.name)
+                }
+                "Pods" => {
+                    let current = status.and_then(|s| s.pods.as_ref()).and_then(|p| p.current.as_ref());
+                    let (now, target, _) = pair(spec.pods.as_ref().and_then(|p| p.target.as_ref()), current);
+                    format!("{now}/{target}")
+                }
+                "Object" | "External" => {
+                    let (target, current) = match spec.r#type.as_str() {
+                        "Object" => (
+                            spec.object.as_ref().and_then(|o| o.target.as_ref()),
+                            status.and_then(|s| s.object.as_ref()).and_then(|o| o.current.as_ref()),
+                        ),
+                        _ => (
+                            spec.external.as_ref().and_then(|e| e.target.as_ref()),
+                            status.and_then(|s| s.external.as_ref()).and_then(|e| e.current.as_ref()),
+                        ),
+                    };
+                    let (now, target, average) = pair(target, current);
+                    if average {
+                        format!("{now}/{target} (avg)")
+                    } else {
+                        format!("{now}/{target}")
+                    }
+                }
+                _ => "<unknown type>".into(),
+            }
+        })
+        .collect();
+    if list.len() > 2 {
+        return format!("{} + {} more...", list[..2].join(", "), list.len() - 2);
+    }
+    list.join(", ")
 }
 
 /// A workload's label selector as kubectl shows it.

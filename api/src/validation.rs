@@ -146,6 +146,11 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
         "Pod" => pod_spec(&mut v, obj.get("spec").unwrap_or(&Value::Null), "spec", &[]),
         "PodDisruptionBudget" => disruption_budget(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
         "LimitRange" => limit_range(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
+        "HorizontalPodAutoscaler" => {
+            if let Some(spec) = obj.get("spec").and_then(|s| serde_json::from_value(s.clone()).ok()) {
+                autoscaler(&mut v, &spec)
+            }
+        }
         "Deployment" | "ReplicaSet" | "ReplicationController" | "DaemonSet" | "StatefulSet" => {
             workload(&mut v, info.kind, obj)
         }
@@ -509,6 +514,224 @@ fn disruption_budget(v: &mut V, spec: &Value) {
         }
     }
     v.one_of(spec, "spec", "unhealthyPodEvictionPolicy", &["AlwaysAllow", "IfHealthyBudget"]);
+}
+
+/// An object reference's kind and name, as path segments.
+fn object_reference(v: &mut V, path: &str, r: Option<&skiff_proto::api::CrossVersionObjectReference>) {
+    let r = r.cloned().unwrap_or_default();
+    for (field, value) in [("kind", &r.kind), ("name", &r.name)] {
+        if value.is_empty() {
+            v.push(FieldError::required(format!("{path}.{field}"), ""));
+        }
+        for why in path_segment_problems(value).into_iter().filter(|_| !value.is_empty()) {
+            v.push(FieldError::invalid(format!("{path}.{field}"), value, why));
+        }
+    }
+}
+
+/// A HorizontalPodAutoscaler's spec, as Kubernetes' autoscaling/v2 validation checks it.
+fn autoscaler(v: &mut V, spec: &skiff_proto::api::HorizontalPodAutoscalerSpec) {
+    if let Some(min) = spec.min_replicas.filter(|m| *m < 1) {
+        v.push(FieldError::invalid("spec.minReplicas", min, "must be greater than or equal to 1"));
+    }
+    if spec.max_replicas < 1 {
+        v.push(FieldError::invalid("spec.maxReplicas", spec.max_replicas, "must be greater than 0"));
+    }
+    if spec.min_replicas.is_some_and(|min| spec.max_replicas < min) {
+        v.push(FieldError::invalid(
+            "spec.maxReplicas",
+            spec.max_replicas,
+            "must be greater than or equal to `minReplicas`",
+        ));
+    }
+    object_reference(v, "spec.scaleTargetRef", spec.scale_target_ref.as_ref());
+    for (i, m) in spec.metrics.iter().enumerate() {
+        metric_spec(v, &format!("spec.metrics[{i}]"), m);
+    }
+    if let Some(b) = &spec.behavior {
+        for (dir, rules) in [("scaleUp", &b.scale_up), ("scaleDown", &b.scale_down)] {
+            if let Some(rules) = rules {
+                scaling_rules(v, &format!("spec.behavior.{dir}"), rules);
+            }
+        }
+    }
+}
+
+/// One metric: its type names the one source that is set, and that source is complete.
+fn metric_spec(v: &mut V, path: &str, m: &skiff_proto::api::MetricSpec) {
+    const TYPES: [&str; 5] = ["Object", "Pods", "Resource", "External", "ContainerResource"];
+    let present: Vec<(&str, &str)> = [
+        ("object", "Object", m.object.is_some()),
+        ("pods", "Pods", m.pods.is_some()),
+        ("resource", "Resource", m.resource.is_some()),
+        ("external", "External", m.external.is_some()),
+        ("containerResource", "ContainerResource", m.container_resource.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, _, set)| *set)
+    .map(|(field, ty, _)| (field, ty))
+    .collect();
+    if m.r#type.is_empty() {
+        v.push(FieldError::required(format!("{path}.type"), "must specify a metric source type"));
+    } else if !TYPES.contains(&m.r#type.as_str()) {
+        v.push(FieldError::not_supported(format!("{path}.type"), &m.r#type, &TYPES));
+    } else if !present.iter().any(|(_, ty)| *ty == m.r#type) {
+        let field = match m.r#type.as_str() {
+            "ContainerResource" => "containerResource".to_string(),
+            other => other.to_lowercase(),
+        };
+        v.push(FieldError::required(
+            format!("{path}.{field}"),
+            "must populate information for the given metric source",
+        ));
+    }
+    for (field, ty) in &present {
+        if *ty != m.r#type && present.len() > 1 {
+            v.push(FieldError::forbidden(format!("{path}.{field}"), "must populate the given metric source only"));
+        }
+    }
+    let target = |v: &mut V, p: String, t: &Option<skiff_proto::api::MetricTarget>| {
+        let t = t.clone().unwrap_or_default();
+        metric_target(v, &p, &t);
+        t
+    };
+    let metric_name = |v: &mut V, p: String, id: &Option<skiff_proto::api::MetricIdentifier>| {
+        if id.as_ref().is_none_or(|id| id.name.is_empty()) {
+            v.push(FieldError::required(format!("{p}.metric.name"), "must specify a metric name"));
+        }
+    };
+    if let Some(r) = &m.resource {
+        let p = format!("{path}.resource");
+        if r.name.is_empty() {
+            v.push(FieldError::required(format!("{p}.name"), "must specify a resource name"));
+        }
+        let t = target(v, format!("{p}.target"), &r.target);
+        utilization_or_value(v, &format!("{p}.target"), &t);
+    }
+    if let Some(r) = &m.container_resource {
+        let p = format!("{path}.containerResource");
+        if r.name.is_empty() {
+            v.push(FieldError::required(format!("{p}.name"), "must specify a resource name"));
+        }
+        if r.container.is_empty() {
+            v.push(FieldError::required(format!("{p}.container"), "must specify a container"));
+        }
+        let t = target(v, format!("{p}.target"), &r.target);
+        utilization_or_value(v, &format!("{p}.target"), &t);
+    }
+    if let Some(pods) = &m.pods {
+        let p = format!("{path}.pods");
+        metric_name(v, p.clone(), &pods.metric);
+        if target(v, format!("{p}.target"), &pods.target).average_value.is_empty() {
+            v.push(FieldError::required(
+                format!("{p}.target.averageValue"),
+                "must specify a positive target averageValue",
+            ));
+        }
+    }
+    if let Some(o) = &m.object {
+        let p = format!("{path}.object");
+        object_reference(v, &format!("{p}.describedObject"), o.described_object.as_ref());
+        metric_name(v, p.clone(), &o.metric);
+        let t = target(v, format!("{p}.target"), &o.target);
+        if t.value.is_empty() && t.average_value.is_empty() {
+            v.push(FieldError::required(format!("{p}.target.value"), "must set either a target value or averageValue"));
+        }
+    }
+    if let Some(e) = &m.external {
+        let p = format!("{path}.external");
+        metric_name(v, p.clone(), &e.metric);
+        let t = target(v, format!("{p}.target"), &e.target);
+        if t.value.is_empty() && t.average_value.is_empty() {
+            v.push(FieldError::required(
+                format!("{p}.target.value"),
+                "must set either a target value for metric or a per-pod target",
+            ));
+        } else if !t.value.is_empty() && !t.average_value.is_empty() {
+            v.push(FieldError::forbidden(
+                format!("{p}.target.value"),
+                "may not set both a target value for metric and a per-pod target",
+            ));
+        }
+    }
+}
+
+/// A resource metric's target is a utilization or a raw average value, not both.
+fn utilization_or_value(v: &mut V, path: &str, t: &skiff_proto::api::MetricTarget) {
+    match (t.average_utilization.is_some(), !t.average_value.is_empty()) {
+        (false, false) => v.push(FieldError::required(
+            format!("{path}.averageUtilization"),
+            "must set either a target raw value or a target utilization",
+        )),
+        (true, true) => v.push(FieldError::forbidden(
+            format!("{path}.averageValue"),
+            "may not set both a target raw value and a target utilization",
+        )),
+        _ => {}
+    }
+}
+
+fn metric_target(v: &mut V, path: &str, t: &skiff_proto::api::MetricTarget) {
+    if t.r#type.is_empty() {
+        v.push(FieldError::required(format!("{path}.type"), "must specify a metric target type"));
+    } else if !["Utilization", "Value", "AverageValue"].contains(&t.r#type.as_str()) {
+        v.push(FieldError::invalid(
+            format!("{path}.type"),
+            &t.r#type,
+            "must be either Utilization, Value, or AverageValue",
+        ));
+    }
+    for (field, q) in [("value", &t.value), ("averageValue", &t.average_value)] {
+        if !q.is_empty() && skiff_proto::quantity::parse_quantity(q).is_none_or(|n| n <= 0) {
+            v.push(FieldError::invalid(format!("{path}.{field}"), q, "must be positive"));
+        }
+    }
+    if let Some(u) = t.average_utilization.filter(|u| *u < 1) {
+        v.push(FieldError::invalid(format!("{path}.averageUtilization"), u, "must be greater than 0"));
+    }
+}
+
+/// One direction's scaling rules: a window of at most an hour, a known select policy, and
+/// policies of a known type with positive values and periods of at most 30 minutes.
+fn scaling_rules(v: &mut V, path: &str, rules: &skiff_proto::api::HpaScalingRules) {
+    match rules.stabilization_window_seconds {
+        Some(w) if w < 0 => v.push(FieldError::invalid(
+            format!("{path}.stabilizationWindowSeconds"),
+            w,
+            "must be greater than or equal to zero",
+        )),
+        Some(w) if w > 3600 => v.push(FieldError::invalid(
+            format!("{path}.stabilizationWindowSeconds"),
+            w,
+            "must be less than or equal to 3600",
+        )),
+        _ => {}
+    }
+    let selects = ["Disabled", "Max", "Min"];
+    if !rules.select_policy.is_empty() && !selects.contains(&rules.select_policy.as_str()) {
+        v.push(FieldError::not_supported(format!("{path}.selectPolicy"), &rules.select_policy, &selects));
+    }
+    if rules.policies.is_empty() {
+        v.push(FieldError::required(format!("{path}.policies"), "must specify at least one Policy"));
+    }
+    for (i, p) in rules.policies.iter().enumerate() {
+        let pp = format!("{path}.policies[{i}]");
+        if !["Percent", "Pods"].contains(&p.r#type.as_str()) {
+            v.push(FieldError::not_supported(format!("{pp}.type"), &p.r#type, &["Percent", "Pods"]));
+        }
+        if p.value <= 0 {
+            v.push(FieldError::invalid(format!("{pp}.value"), p.value, "must be greater than zero"));
+        }
+        if p.period_seconds <= 0 {
+            v.push(FieldError::invalid(format!("{pp}.periodSeconds"), p.period_seconds, "must be greater than zero"));
+        } else if p.period_seconds > 1800 {
+            v.push(FieldError::invalid(
+                format!("{pp}.periodSeconds"),
+                p.period_seconds,
+                "must be less than or equal to 1800",
+            ));
+        }
+    }
 }
 
 /// `dnsPolicy`, `dnsConfig` and `hostAliases`, with Kubernetes' limits.
@@ -1002,6 +1225,71 @@ mod tests {
         assert_eq!(rc(json!({"template": template})), ["spec.selector: Required value"]);
         let e = rc(json!({"selector": {"app": "db"}, "template": template}));
         assert!(e.iter().any(|m| m.ends_with("`selector` does not match template `labels`")), "{e:?}");
+    }
+
+    #[test]
+    fn horizontal_pod_autoscalers() {
+        let hpa = |spec: Value| {
+            let mut obj = json!({"metadata": {"name": "web"}, "spec": spec});
+            crate::defaults::apply(by_resource("horizontalpodautoscalers").unwrap(), &mut obj);
+            errs("horizontalpodautoscalers", obj)
+        };
+        let target = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"});
+        let cpu = |t: Value| json!([{"type": "Resource", "resource": {"name": "cpu", "target": t}}]);
+        // A bare autoscaler is valid: it defaults to 80% of the cpu request.
+        assert_eq!(hpa(json!({"scaleTargetRef": target, "maxReplicas": 3})), Vec::<String>::new());
+        assert_eq!(
+            hpa(json!({"scaleTargetRef": target, "minReplicas": 0, "maxReplicas": 0})),
+            [
+                "spec.minReplicas: Invalid value: 0: must be greater than or equal to 1",
+                "spec.maxReplicas: Invalid value: 0: must be greater than 0"
+            ]
+        );
+        assert_eq!(
+            hpa(json!({"scaleTargetRef": target, "minReplicas": 5, "maxReplicas": 3})),
+            ["spec.maxReplicas: Invalid value: 3: must be greater than or equal to `minReplicas`"]
+        );
+        assert_eq!(
+            hpa(json!({"scaleTargetRef": {"kind": "Deployment"}, "maxReplicas": 3})),
+            ["spec.scaleTargetRef.name: Required value"]
+        );
+        assert_eq!(
+            hpa(json!({"scaleTargetRef": target, "maxReplicas": 3, "metrics": cpu(json!({"type": "Utilization"}))})),
+            ["spec.metrics[0].resource.target.averageUtilization: Required value: must set either a target raw value or a target utilization"]
+        );
+        assert_eq!(
+            hpa(
+                json!({"scaleTargetRef": target, "maxReplicas": 3, "metrics": cpu(json!({"type": "Utilization", "averageUtilization": 0}))})
+            ),
+            ["spec.metrics[0].resource.target.averageUtilization: Invalid value: 0: must be greater than 0"]
+        );
+        assert_eq!(
+            hpa(json!({"scaleTargetRef": target, "maxReplicas": 3, "metrics": cpu(json!({"type": "Often", "averageValue": "-1"}))})),
+            [
+                "spec.metrics[0].resource.target.type: Invalid value: \"Often\": must be either Utilization, Value, or AverageValue",
+                "spec.metrics[0].resource.target.averageValue: Invalid value: \"-1\": must be positive"
+            ]
+        );
+        assert_eq!(
+            hpa(
+                json!({"scaleTargetRef": target, "maxReplicas": 3, "metrics": [{"type": "Pods", "resource": {"name": "cpu", "target": {"type": "AverageValue", "averageValue": "100m"}}}]})
+            ),
+            ["spec.metrics[0].pods: Required value: must populate information for the given metric source"]
+        );
+        assert_eq!(
+            hpa(json!({"scaleTargetRef": target, "maxReplicas": 3, "metrics": [{"type": "Sometimes"}]})),
+            ["spec.metrics[0].type: Unsupported value: \"Sometimes\": supported values: \"Object\", \"Pods\", \"Resource\", \"External\", \"ContainerResource\""]
+        );
+        let behavior = json!({"scaleDown": {"stabilizationWindowSeconds": 4000, "selectPolicy": "Often", "policies": [{"type": "Pods", "value": 0, "periodSeconds": 2000}]}});
+        assert_eq!(
+            hpa(json!({"scaleTargetRef": target, "maxReplicas": 3, "behavior": behavior})),
+            [
+                "spec.behavior.scaleDown.stabilizationWindowSeconds: Invalid value: 4000: must be less than or equal to 3600",
+                "spec.behavior.scaleDown.selectPolicy: Unsupported value: \"Often\": supported values: \"Disabled\", \"Max\", \"Min\"",
+                "spec.behavior.scaleDown.policies[0].value: Invalid value: 0: must be greater than zero",
+                "spec.behavior.scaleDown.policies[0].periodSeconds: Invalid value: 2000: must be less than or equal to 1800"
+            ]
+        );
     }
 
     #[test]

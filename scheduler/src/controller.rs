@@ -24,8 +24,8 @@ use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_client::Client;
 use skiff_proto::api::{
-    CertificateSigningRequest, CronJob, DaemonSet, Deployment, Endpoints, Ingress, Job, Node, ObjectMeta,
-    ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, PodDisruptionBudget, ReplicaSet,
+    CertificateSigningRequest, CronJob, DaemonSet, Deployment, Endpoints, HorizontalPodAutoscaler, Ingress, Job, Node,
+    ObjectMeta, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, PodDisruptionBudget, ReplicaSet,
     ReplicationController, Service, ServiceAccount, StatefulSet,
 };
 use std::collections::HashMap;
@@ -106,6 +106,7 @@ objects!(
     CertificateSigningRequest,
     PodDisruptionBudget,
     ReplicationController,
+    HorizontalPodAutoscaler,
 );
 
 impl Object {
@@ -182,6 +183,8 @@ pub enum Command {
     },
     /// Delete a pod with no grace period: no node is left to stop it.
     DeletePodNow(ObjectKey),
+    /// Record an event about an object without writing it (a failure seen again).
+    Record(Note),
 }
 
 /// What a controller is: the caches it reads, the keys they hold, and a pure reconcile.
@@ -486,6 +489,10 @@ pub async fn execute(client: &Client, events: &Arc<EventFilter>, commands: Vec<C
             }
             Command::DeletePodNow(key) => {
                 ignore_races(client.delete_pod(&key.namespace, &key.name, Some(0)).await)?;
+            }
+            Command::Record(note) => {
+                let name = note.regarding.name.clone();
+                record(client, events, Some(note), &name).await;
             }
             Command::Delete { resource, key, note } => {
                 if ignore_races(client.delete(resource, &key.namespace, &key.name).await)?.is_some() {

@@ -83,6 +83,23 @@ pub fn start(informers: &Informers, ctx: &Context, settings: Settings, stop: &to
         ctx,
         stop,
     );
+    spawn(
+        crate::autoscaler::Autoscalers {
+            autoscalers: i.autoscalers.clone(),
+            pods: i.pods.clone(),
+            nodes: i.nodes.clone(),
+            deployments: i.deployments.clone(),
+            replica_sets: i.replica_sets.clone(),
+            replication_controllers: i.replication_controllers.clone(),
+            stateful_sets: i.stateful_sets.clone(),
+            client: ctx.client.clone(),
+            leadership: ctx.leadership.clone(),
+            samples: Default::default(),
+            history: Default::default(),
+        },
+        ctx,
+        stop,
+    );
     spawn(crate::job::Jobs { jobs: i.jobs.clone(), pods: i.pods.clone() }, ctx, stop);
     let clock = crate::cronjob::CronClock::new(settings.cron_clock_speed);
     spawn(crate::cronjob::CronJobs { cron_jobs: i.cron_jobs.clone(), jobs: i.jobs.clone(), clock }, ctx, stop);

@@ -7,9 +7,9 @@
 use skiff_client::informer::{self, ApiSource, Store};
 use skiff_client::Client;
 use skiff_proto::api::{
-    CertificateSigningRequest, CronJob, DaemonSet, Deployment, Endpoints, Ingress, IngressClass, Job, Lease, Namespace,
-    Node, PersistentVolume, PersistentVolumeClaim, Pod, PodDisruptionBudget, ReplicaSet, ReplicationController, Secret,
-    Service, ServiceAccount, StatefulSet,
+    CertificateSigningRequest, CronJob, DaemonSet, Deployment, Endpoints, HorizontalPodAutoscaler, Ingress,
+    IngressClass, Job, Lease, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, PodDisruptionBudget,
+    ReplicaSet, ReplicationController, Secret, Service, ServiceAccount, StatefulSet,
 };
 use std::time::Duration;
 
@@ -63,6 +63,7 @@ informers! {
     volumes: PersistentVolume, "";
     services: Service, "";
     budgets: PodDisruptionBudget, "";
+    autoscalers: HorizontalPodAutoscaler, "";
     endpoints: Endpoints, "";
     ingresses: Ingress, "";
     ingress_classes: IngressClass, "";

@@ -19,10 +19,11 @@
 //! [`nodelifecycle`] (silent nodes tainted unreachable, their pods evicted after their
 //! toleration), [`nodeipam`] (a pod range per Node), [`certificates`] (machines' certificate
 //! requests approved and signed), [`gc`] (objects whose owners are all gone, pods whose node is gone),
-//! [`volumebinder`] (claims to volumes), [`tokencleaner`] (expired bootstrap tokens' Secrets
+//! [`volumebinder`] (claims to volumes), [`autoscaler`] (replicas from the pods' cpu and memory), [`tokencleaner`] (expired bootstrap tokens' Secrets
 //! deleted), [`serviceaccounts`] (a `default` account per
 //! namespace) and [`loadbalancers`] (the status of LoadBalancer Services and Ingresses).
 
+pub mod autoscaler;
 pub mod certificates;
 pub mod controller;
 pub mod controllers;

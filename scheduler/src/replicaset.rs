@@ -464,6 +464,7 @@ mod tests {
                 Command::Update { .. } => "update",
                 Command::UpdateStatus { .. } => "status",
                 Command::Delete { .. } | Command::DeletePodNow(_) => "delete",
+                Command::Record(_) => "event",
             })
             .collect();
         assert_eq!(kinds, ["update", "create", "status"], "{commands:?}");

@@ -622,6 +622,32 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     );
     k.ok(&["delete", "namespace", "limited", "--wait=false"]);
 
+    // phase: an autoscaling/v2 HorizontalPodAutoscaler with kubectl's columns; a bad one refused
+    // with the field path
+    k.ok_with(
+        &["apply", "-f", "-"],
+        Some("apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: web}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n  maxReplicas: 4\n"),
+    );
+    let hpa = k.ok(&["get", "hpa", "web"]);
+    let header = hpa.lines().next().unwrap_or_default();
+    assert!(
+        header.split_whitespace().eq(["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"]),
+        "{hpa}"
+    );
+    assert!(
+        hpa.lines().nth(1).is_some_and(|l| l.contains("Deployment/web") && l.contains("cpu: <unknown>/80%")),
+        "{hpa}"
+    );
+    let refused = k.fails(
+        &["apply", "-f", "-"],
+        Some("apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: bad}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n  minReplicas: 5\n  maxReplicas: 2\n"),
+    );
+    assert!(
+        refused.contains("spec.maxReplicas: Invalid value: 2: must be greater than or equal to `minReplicas`"),
+        "{refused}"
+    );
+    k.ok(&["delete", "hpa", "web"]);
+
     // phase: delete, foreground cascade waits for the dependents
     assert_eq!(k.ok(&["delete", "deploy", "web", "--cascade=foreground"]), "deployment.apps \"web\" deleted\n");
     wait_for(Duration::from_secs(20), "the Deployment and its ReplicaSets and pods gone", || {

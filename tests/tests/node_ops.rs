@@ -358,3 +358,88 @@ spec:
         c.ctl_ok(&["delete", "node", n]);
     }
 }
+
+/// The replicas an autoscaler's target has, from `get deployment -o json`.
+fn replicas(c: &Cluster, deployment: &str) -> i64 {
+    let d: Value = serde_json::from_str(&c.ctl_ok(&["get", "deployment", deployment, "-o", "json"])).unwrap();
+    d["spec"]["replicas"].as_i64().unwrap_or(-1)
+}
+
+#[test]
+fn an_autoscaler_scales_a_cpu_burning_deployment_up_and_back_down_after_its_window() {
+    let c = Cluster::with_nodes(3, 1, &[]);
+    // The pods burn cpu (capped at 100m by their limit, 5× their 20m request) until a file
+    // appears in a host directory they share.
+    let control = c.dir.path().join("load");
+    std::fs::create_dir_all(&control).unwrap();
+    c.apply_yaml(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: burn}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: burn}}}}
+  template:
+    metadata: {{labels: {{app: burn}}}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      volumes: [{{name: control, hostPath: {{path: "{}"}}}}]
+      containers:
+      - name: burn
+        image: busybox:test
+        command: [sh, -c, 'while [ ! -e /control/stop ]; do :; done; exec sleep 3600']
+        resources: {{requests: {{cpu: 20m}}, limits: {{cpu: 100m}}}}
+        volumeMounts: [{{name: control, mountPath: /control}}]
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: burn}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: burn}}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics: [{{type: Resource, resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}}}]
+  behavior:
+    scaleDown: {{stabilizationWindowSeconds: 20}}
+"#,
+        control.display()
+    ));
+    // Defaults filled in as Kubernetes fills them.
+    let hpa: Value = serde_json::from_str(&c.ctl_ok(&["get", "hpa", "burn", "-o", "json"])).unwrap();
+    assert_eq!(hpa["spec"]["behavior"]["scaleUp"]["policies"][0]["type"], "Pods", "{hpa}");
+    assert_eq!(hpa["spec"]["behavior"]["scaleDown"]["selectPolicy"], "Max", "{hpa}");
+
+    // phase: the load is far above 50% of the request: up to the maximum of 3
+    wait_for_showing(
+        Duration::from_secs(120),
+        "the autoscaler to scale the deployment to 3",
+        || c.ctl_ok(&["get", "hpa", "burn", "-o", "yaml"]),
+        || (replicas(&c, "burn") == 3).then_some(()),
+    );
+    let table = c.ctl_ok(&["get", "hpa"]);
+    assert!(table.contains("REFERENCE") && table.contains("Deployment/burn"), "{table}");
+    assert!(table.contains("/50%") && table.contains("cpu: "), "{table}");
+    let events = c.ctl_ok(&["get", "events"]);
+    assert!(
+        events.contains("New size: 3; reason: cpu resource utilization (percentage of request) above target"),
+        "{events}"
+    );
+    let hpa: Value = serde_json::from_str(&c.ctl_ok(&["get", "hpa", "burn", "-o", "json"])).unwrap();
+    let measured = &hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"];
+    assert!(measured.as_i64().is_some_and(|u| u > 50), "{hpa}");
+    let limited = hpa["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "ScalingLimited");
+    assert_eq!(limited.map(|c| c["reason"].clone()), Some("TooManyReplicas".into()), "{hpa}");
+
+    // phase: the load stops; once the 20 s window has passed without a higher
+    // recommendation, back down to the minimum
+    std::fs::write(control.join("stop"), "").unwrap();
+    wait_for_showing(
+        Duration::from_secs(150),
+        "the autoscaler to scale the deployment back to 1",
+        || c.ctl_ok(&["get", "hpa", "burn", "-o", "yaml"]),
+        || (replicas(&c, "burn") == 1).then_some(()),
+    );
+    let events = c.ctl_ok(&["get", "events"]);
+    assert!(events.contains("New size: 1; reason: All metrics below target"), "{events}");
+}

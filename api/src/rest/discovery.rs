@@ -103,7 +103,8 @@ fn categories(info: &KindInfo) -> Vec<&'static str> {
         | "StatefulSet"
         | "DaemonSet"
         | "Job"
-        | "CronJob" => {
+        | "CronJob"
+        | "HorizontalPodAutoscaler" => {
             vec!["all"]
         }
         _ => vec![],
