@@ -45,6 +45,7 @@ const KINDS: &[(&str, &str, &str, bool, &str, &str)] = &[
     ("PriorityClass", "priorityclasses", "scheduling.k8s.io/v1", false, "pc", ""),
     ("PodDisruptionBudget", "poddisruptionbudgets", "policy/v1", true, "pdb", "status"),
     ("HorizontalPodAutoscaler", "horizontalpodautoscalers", "autoscaling/v2", true, "hpa", "status"),
+    ("EndpointSlice", "endpointslices", "discovery.k8s.io/v1", true, "", ""),
 ];
 
 fn service_name(kind: &str) -> String {
@@ -63,7 +64,7 @@ fn services_proto() -> String {
          import \"skiff/api/meta.proto\";\nimport \"skiff/api/core.proto\";\nimport \"skiff/api/apps.proto\";\n\
          import \"skiff/api/batch.proto\";\nimport \"skiff/api/networking.proto\";\nimport \"skiff/api/rbac.proto\";\n\
          import \"skiff/api/certificates.proto\";\nimport \"skiff/api/policy.proto\";\n\
-         import \"skiff/api/autoscaling.proto\";\n\
+         import \"skiff/api/autoscaling.proto\";\nimport \"skiff/api/discovery.proto\";\n\
          import \"skiff/api/requests.proto\";\n\n",
     );
     for (kind, _, _, _, _, subresources) in KINDS {
@@ -218,6 +219,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skiff/api/certificates.proto",
         "skiff/api/policy.proto",
         "skiff/api/autoscaling.proto",
+        "skiff/api/discovery.proto",
         "skiff/api/requests.proto",
         "skiff/api/logs.proto",
         "skiff/api/services.proto",

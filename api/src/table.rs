@@ -186,6 +186,13 @@ pub fn columns(info: &KindInfo) -> Vec<Column> {
             Column { kind: "integer", ..col("Allowed Disruptions", "How many pods may be evicted now.") },
             AGE,
         ],
+        "EndpointSlice" => vec![
+            NAME,
+            col("AddressType", "The kind of address the endpoints have."),
+            col("Ports", "The ports the endpoints serve."),
+            col("Endpoints", "The endpoints' addresses."),
+            AGE,
+        ],
         "HorizontalPodAutoscaler" => vec![
             NAME,
             col("Reference", "The object the autoscaler scales."),
@@ -527,6 +534,18 @@ pub fn cells(info: &KindInfo, o: &Value) -> Vec<String> {
             };
             let allowed = o.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
             vec![name, either("/spec/minAvailable"), either("/spec/maxUnavailable"), allowed.to_string(), age(o)]
+        }
+        "EndpointSlice" => {
+            let slice: skiff_proto::api::EndpointSlice = serde_json::from_value(o.clone()).unwrap_or_default();
+            let ports: Vec<String> = slice.ports.iter().filter_map(|p| p.port.map(|n| n.to_string())).collect();
+            let addresses: Vec<&str> = slice.endpoints.iter().flat_map(|e| &e.addresses).map(String::as_str).collect();
+            let endpoints = match addresses.len() {
+                0 => "<unset>".to_string(),
+                n if n > 3 => format!("{} + {} more...", addresses[..3].join(","), n - 3),
+                _ => addresses.join(","),
+            };
+            let ports = if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") };
+            vec![name, slice.address_type, ports, endpoints, age(o)]
         }
         "HorizontalPodAutoscaler" => {
             let hpa: skiff_proto::api::HorizontalPodAutoscaler = serde_json::from_value(o.clone()).unwrap_or_default();

@@ -146,6 +146,11 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
         "Pod" => pod_spec(&mut v, obj.get("spec").unwrap_or(&Value::Null), "spec", &[]),
         "PodDisruptionBudget" => disruption_budget(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
         "LimitRange" => limit_range(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
+        "EndpointSlice" => {
+            if let Ok(slice) = serde_json::from_value(obj.clone()) {
+                endpoint_slice(&mut v, &slice)
+            }
+        }
         "HorizontalPodAutoscaler" => {
             if let Some(spec) = obj.get("spec").and_then(|s| serde_json::from_value(s.clone()).ok()) {
                 autoscaler(&mut v, &spec)
@@ -514,6 +519,66 @@ fn disruption_budget(v: &mut V, spec: &Value) {
         }
     }
     v.one_of(spec, "spec", "unhealthyPodEvictionPolicy", &["AlwaysAllow", "IfHealthyBudget"]);
+}
+
+/// An EndpointSlice, as Kubernetes' discovery validation checks it.
+fn endpoint_slice(v: &mut V, slice: &skiff_proto::api::EndpointSlice) {
+    let types = ["IPv4", "IPv6", "FQDN"];
+    if slice.address_type.is_empty() {
+        v.push(FieldError::required("addressType", ""));
+    } else if !types.contains(&slice.address_type.as_str()) {
+        v.push(FieldError::not_supported("addressType", &slice.address_type, &types));
+    }
+    if slice.endpoints.len() > 1000 {
+        v.push(FieldError::invalid("endpoints", slice.endpoints.len(), "must have at most 1000 items"));
+    }
+    for (i, e) in slice.endpoints.iter().enumerate() {
+        let path = format!("endpoints[{i}]");
+        if e.addresses.is_empty() {
+            v.push(FieldError::required(format!("{path}.addresses"), "must contain at least 1 address"));
+        } else if e.addresses.len() > 100 {
+            v.push(FieldError::invalid(format!("{path}.addresses"), e.addresses.len(), "must have at most 100 items"));
+        }
+        for (j, a) in e.addresses.iter().enumerate() {
+            let bad = match slice.address_type.as_str() {
+                "IPv4" => a.parse::<std::net::Ipv4Addr>().is_err().then_some("must be a valid IPv4 address"),
+                "IPv6" => a.parse::<std::net::Ipv6Addr>().is_err().then_some("must be a valid IPv6 address"),
+                "FQDN" => (!is_dns1123_subdomain(a)).then_some(DNS1123_SUBDOMAIN_MSG),
+                _ => None,
+            };
+            if let Some(why) = bad {
+                v.push(FieldError::invalid(format!("{path}.addresses[{j}]"), a, why));
+            }
+        }
+        if !e.hostname.is_empty() && !is_dns1123_label(&e.hostname) {
+            v.push(FieldError::invalid(format!("{path}.hostname"), &e.hostname, DNS1123_LABEL_MSG));
+        }
+        if !e.node_name.is_empty() && !is_dns1123_subdomain(&e.node_name) {
+            v.push(FieldError::invalid(format!("{path}.nodeName"), &e.node_name, DNS1123_SUBDOMAIN_MSG));
+        }
+    }
+    if slice.ports.len() > 100 {
+        v.push(FieldError::invalid("ports", slice.ports.len(), "must have at most 100 items"));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, p) in slice.ports.iter().enumerate() {
+        let path = format!("ports[{i}]");
+        if !p.name.is_empty() && !is_dns1123_label(&p.name) {
+            v.push(FieldError::invalid(format!("{path}.name"), &p.name, DNS1123_LABEL_MSG));
+        }
+        if !names.insert(p.name.as_str()) {
+            v.push(FieldError::duplicate(format!("{path}.name"), &p.name));
+        }
+        let protocols = ["SCTP", "TCP", "UDP"];
+        if p.protocol.is_empty() {
+            v.push(FieldError::required(format!("{path}.protocol"), ""));
+        } else if !protocols.contains(&p.protocol.as_str()) {
+            v.push(FieldError::not_supported(format!("{path}.protocol"), &p.protocol, &protocols));
+        }
+        if let Some(port) = p.port.filter(|n| !(1..=65535).contains(n)) {
+            v.push(FieldError::invalid(format!("{path}.port"), port, "must be between 1 and 65535, inclusive"));
+        }
+    }
 }
 
 /// An object reference's kind and name, as path segments.
@@ -1225,6 +1290,35 @@ mod tests {
         assert_eq!(rc(json!({"template": template})), ["spec.selector: Required value"]);
         let e = rc(json!({"selector": {"app": "db"}, "template": template}));
         assert!(e.iter().any(|m| m.ends_with("`selector` does not match template `labels`")), "{e:?}");
+    }
+
+    #[test]
+    fn endpoint_slices() {
+        let slice = |body: Value| {
+            let mut obj = json!({"metadata": {"name": "web-1"}});
+            obj.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+            errs("endpointslices", obj)
+        };
+        let good = json!({"addressType": "IPv4", "endpoints": [{"addresses": ["10.244.1.2"], "conditions": {"ready": true}}], "ports": [{"name": "http", "protocol": "TCP", "port": 80}]});
+        assert_eq!(slice(good), Vec::<String>::new());
+        assert_eq!(
+            slice(json!({"addressType": "IPv5", "endpoints": [{"addresses": []}]})),
+            [
+                "addressType: Unsupported value: \"IPv5\": supported values: \"IPv4\", \"IPv6\", \"FQDN\"",
+                "endpoints[0].addresses: Required value: must contain at least 1 address"
+            ]
+        );
+        assert_eq!(
+            slice(
+                json!({"addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.300"]}], "ports": [{"name": "http", "protocol": "TCP", "port": 0}, {"name": "http", "protocol": "HTTP"}]})
+            ),
+            [
+                "endpoints[0].addresses[0]: Invalid value: \"10.0.0.300\": must be a valid IPv4 address",
+                "ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
+                "ports[1].name: Duplicate value: \"http\"",
+                "ports[1].protocol: Unsupported value: \"HTTP\": supported values: \"SCTP\", \"TCP\", \"UDP\""
+            ]
+        );
     }
 
     #[test]

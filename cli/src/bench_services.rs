@@ -54,25 +54,46 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-fn objects(services: usize, endpoints: usize, changed: usize) -> (Vec<Value>, Vec<Value>) {
+fn objects(
+    services: usize,
+    endpoints: usize,
+    changed: usize,
+) -> (Vec<Value>, Vec<std::sync::Arc<skiff_proto::api::EndpointSlice>>) {
+    use skiff_proto::api::{EndpointSlice, SliceEndpoint, SlicePort};
     let mut svcs = Vec::new();
-    let mut eps = Vec::new();
+    let mut slices = Vec::new();
     for i in 0..services {
         let name = format!("svc-{i}");
         svcs.push(json!({"metadata": {"name": name, "namespace": "bench"},
             "spec": {"type": "ClusterIP", "clusterIP": format!("10.96.{}.{}", i / 250, 1 + i % 250),
                      "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}));
-        let addresses: Vec<Value> = (0..endpoints)
+        let endpoints: Vec<SliceEndpoint> = (0..endpoints)
             .map(|j| {
                 // The changed service's first endpoint moves to a new address each change.
                 let last = if i == 0 && j == 0 { 200 + changed % 50 } else { j + 2 };
-                json!({"ip": format!("10.244.{}.{}", i % 250, last)})
+                SliceEndpoint { addresses: vec![format!("10.244.{}.{}", i % 250, last)], ..Default::default() }
             })
             .collect();
-        eps.push(json!({"metadata": {"name": name, "namespace": "bench"},
-            "subsets": [{"addresses": addresses, "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]}));
+        let labels = [("kubernetes.io/service-name".to_string(), name.clone())].into();
+        slices.push(std::sync::Arc::new(EndpointSlice {
+            metadata: Some(skiff_proto::api::ObjectMeta {
+                name: format!("{name}-bench"),
+                namespace: "bench".into(),
+                labels,
+                ..Default::default()
+            }),
+            address_type: "IPv4".into(),
+            endpoints,
+            ports: vec![SlicePort {
+                name: "http".into(),
+                port: Some(8080),
+                protocol: "TCP".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }));
     }
-    (svcs, eps)
+    (svcs, slices)
 }
 
 /// The programming measurement, in this process's network namespace.

@@ -7,7 +7,7 @@
 use serde_json::Value;
 use skiff_client::informer::{self, ApiSource, Resource, Store};
 use skiff_client::Client;
-use skiff_proto::api::{Endpoints, Ingress, IngressClass, Node, Service};
+use skiff_proto::api::{EndpointSlice, Endpoints, Ingress, IngressClass, Node, Service};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 pub struct Caches {
     pub services: Store<Service>,
     pub endpoints: Store<Endpoints>,
+    pub endpoint_slices: Store<EndpointSlice>,
     pub ingresses: Store<Ingress>,
     pub ingress_classes: Store<IngressClass>,
     pub nodes: Store<Node>,
@@ -28,6 +29,7 @@ impl Caches {
         let source = || ApiSource::new(client.clone());
         tokio::spawn(informer::run(caches.services.clone(), source(), stop.clone()));
         tokio::spawn(informer::run(caches.endpoints.clone(), source(), stop.clone()));
+        tokio::spawn(informer::run(caches.endpoint_slices.clone(), source(), stop.clone()));
         tokio::spawn(informer::run(caches.ingresses.clone(), source(), stop.clone()));
         tokio::spawn(informer::run(caches.ingress_classes.clone(), source(), stop.clone()));
         tokio::spawn(informer::run(caches.nodes.clone(), source(), stop.clone()));

@@ -16,15 +16,20 @@
 //! drops what its pods send outside the cluster range (replies excepted) — no packet for an
 //! unknown pod range or a cluster IP leaves the machine.
 //!
-//! `rules` is pure: Services and Endpoints in, the ruleset out; `apply` hands it to
+//! `rules` is pure: Services and EndpointSlices in, the ruleset out; `apply` hands it to
 //! `iptables-restore --noflush` in one transaction.
 
 use crate::error::NodeError;
 use crate::hostport::{ensure, iptables};
 use serde_json::Value;
+use skiff_proto::api::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::process::Command;
+use std::sync::Arc;
+
+/// The label naming an EndpointSlice's Service.
+const SERVICE_NAME: &str = "kubernetes.io/service-name";
 
 /// A bridge without ports that the service range is routed to (see `install`).
 pub const SERVICE_BRIDGE: &str = "skiffsvc0";
@@ -68,10 +73,15 @@ pub async fn run(
     let watches = [
         crate::informers::wake_on_changes(&caches.services, &changed),
         crate::informers::wake_on_changes(&caches.endpoints, &changed),
+        crate::informers::wake_on_changes(&caches.endpoint_slices, &changed),
     ];
     // Nothing is programmed from caches not yet listed (that would remove every rule).
     tokio::select! {
-        () = async { caches.services.synced().await; caches.endpoints.synced().await } => {}
+        () = async {
+            caches.services.synced().await;
+            caches.endpoints.synced().await;
+            caches.endpoint_slices.synced().await;
+        } => {}
         _ = stop.changed() => return,
     }
     loop {
@@ -83,7 +93,7 @@ pub async fn run(
         }
         let services = crate::informers::values(&caches.services);
         let endpoints = crate::informers::values(&caches.endpoints);
-        let wanted = rules(&cfg, &services, &endpoints);
+        let wanted = rules(&cfg, &services, &caches.endpoint_slices.list());
         *records.write().expect("records lock") = crate::dns::Records { services, endpoints };
         if programmed.as_ref() != Some(&wanted) {
             // iptables-restore may wait for the xtables lock: off the runtime's threads.
@@ -146,7 +156,7 @@ struct Target {
     frontends: Vec<(String, i64)>,
 }
 
-fn targets(cfg: &ProxyConfig, services: &[Value], endpoints: &[Value]) -> Vec<Target> {
+fn targets(cfg: &ProxyConfig, services: &[Value], slices: &[Arc<EndpointSlice>]) -> Vec<Target> {
     let tag = tag(&cfg.bridge);
     let mut out = Vec::new();
     for svc in services {
@@ -159,12 +169,21 @@ fn targets(cfg: &ProxyConfig, services: &[Value], endpoints: &[Value]) -> Vec<Ta
             svc["metadata"]["namespace"].as_str().unwrap_or("default"),
             svc["metadata"]["name"].as_str().unwrap_or_default(),
         );
-        let ep = endpoints.iter().find(|e| e["metadata"]["namespace"] == ns && e["metadata"]["name"] == name);
+        let own: Vec<&EndpointSlice> = slices
+            .iter()
+            .filter(|s| {
+                s.metadata
+                    .as_ref()
+                    .is_some_and(|m| m.namespace == ns && m.labels.get(SERVICE_NAME).map(String::as_str) == Some(name))
+            })
+            .map(|s| &**s)
+            .collect();
         for port in svc["spec"]["ports"].as_array().into_iter().flatten() {
             let port_name = port["name"].as_str().unwrap_or_default();
             let protocol = port["protocol"].as_str().unwrap_or("TCP").to_ascii_lowercase();
-            let mut eps = ep.map(|e| ready_endpoints(e, port_name)).unwrap_or_default();
+            let mut eps = ready_in_slices(&own, port_name);
             eps.sort();
+            eps.dedup();
             let Some(svc_port) = port["port"].as_i64() else { continue };
             let mut frontends = vec![(cluster_ip.to_string(), svc_port)];
             if let Some(np) = port["nodePort"].as_i64().filter(|_| ty != "ClusterIP") {
@@ -188,6 +207,23 @@ fn targets(cfg: &ProxyConfig, services: &[Value], endpoints: &[Value]) -> Vec<Ta
                 }),
                 frontends,
             });
+        }
+    }
+    out
+}
+
+/// The ready endpoints of a Service's IPv4 slices with the port named `port_name` ("" for an
+/// unnamed port): (address, port) pairs. An endpoint whose readiness is unset is ready, as
+/// Kubernetes reads it; an endpoint in two slices (while it moves) is there twice.
+pub fn ready_in_slices(slices: &[&EndpointSlice], port_name: &str) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+        let Some(port) = slice.ports.iter().find(|p| p.name == port_name).and_then(|p| p.port) else { continue };
+        for e in &slice.endpoints {
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if let Some(address) = e.addresses.first().filter(|_| ready) {
+                out.push((address.clone(), i64::from(port)));
+            }
         }
     }
     out
@@ -226,11 +262,11 @@ pub type Ruleset = (Vec<String>, Vec<String>);
 
 /// The nat-table ruleset: (chains it declares, rules). A service port without ready
 /// endpoints gets no rules: what is sent to it goes nowhere.
-pub fn rules(cfg: &ProxyConfig, services: &[Value], endpoints: &[Value]) -> Ruleset {
+pub fn rules(cfg: &ProxyConfig, services: &[Value], slices: &[Arc<EndpointSlice>]) -> Ruleset {
     let top = top_chain(&cfg.bridge);
     let mut chains = vec![top.clone()];
     let mut rules = Vec::new();
-    for t in targets(cfg, services, endpoints) {
+    for t in targets(cfg, services, slices) {
         if t.endpoints.is_empty() {
             continue;
         }
@@ -431,11 +467,24 @@ mod tests {
         json!({"metadata": {"name": "web", "namespace": "default"}, "spec": spec})
     }
 
-    fn eps(ready: &[&str], not_ready: &[&str]) -> Value {
-        let a = |ips: &[&str]| ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>();
-        json!({"metadata": {"name": "web", "namespace": "default"},
-               "subsets": [{"addresses": a(ready), "notReadyAddresses": a(not_ready),
-                            "ports": [{"name": "", "port": 8080, "protocol": "TCP"}]}]})
+    /// An IPv4 slice of the Service `name` with ready and not-ready endpoints on 8080.
+    fn slice(name: &str, ready: &[&str], not_ready: &[&str]) -> Arc<EndpointSlice> {
+        let e = |ips: &[&str], ready: bool| {
+            ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": ready}})).collect::<Vec<_>>()
+        };
+        let mut endpoints = e(ready, true);
+        endpoints.extend(e(not_ready, false));
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("{name}-abc"), "namespace": "default", "labels": {SERVICE_NAME: name}},
+                "addressType": "IPv4", "endpoints": endpoints, "ports": [{"name": "", "port": 8080, "protocol": "TCP"}]
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn eps(ready: &[&str], not_ready: &[&str]) -> Arc<EndpointSlice> {
+        slice("web", ready, not_ready)
     }
 
     #[test]
@@ -494,10 +543,7 @@ mod tests {
     #[test]
     fn an_endpoint_change_rewrites_only_the_chains_it_touches() {
         let svc = |name: &str, ip: &str| json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"clusterIP": ip, "ports": [{"port": 80}]}});
-        let ep = |name: &str, ips: &[&str]| {
-            let a: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
-            json!({"metadata": {"name": name, "namespace": "default"}, "subsets": [{"addresses": a, "ports": [{"port": 8080}]}]})
-        };
+        let ep = |name: &str, ips: &[&str]| slice(name, ips, &[]);
         let services = [svc("a", "10.96.0.1"), svc("b", "10.96.0.2")];
         let before = rules(&cfg(), &services, &[ep("a", &["10.244.1.2"]), ep("b", &["10.244.1.3"])]);
         let after = rules(&cfg(), &services, &[ep("a", &["10.244.1.2"]), ep("b", &["10.244.1.4"])]);

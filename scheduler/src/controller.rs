@@ -24,9 +24,9 @@ use skiff_client::informer::{controller_of, Change, ObjectKey, Resource, Store};
 use skiff_client::queue::WorkQueue;
 use skiff_client::Client;
 use skiff_proto::api::{
-    CertificateSigningRequest, CronJob, DaemonSet, Deployment, Endpoints, HorizontalPodAutoscaler, Ingress, Job, Node,
-    ObjectMeta, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, PodDisruptionBudget, ReplicaSet,
-    ReplicationController, Service, ServiceAccount, StatefulSet,
+    CertificateSigningRequest, CronJob, DaemonSet, Deployment, EndpointSlice, Endpoints, HorizontalPodAutoscaler,
+    Ingress, Job, Node, ObjectMeta, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, PodDisruptionBudget,
+    ReplicaSet, ReplicationController, Service, ServiceAccount, StatefulSet,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -107,6 +107,7 @@ objects!(
     PodDisruptionBudget,
     ReplicationController,
     HorizontalPodAutoscaler,
+    EndpointSlice,
 );
 
 impl Object {

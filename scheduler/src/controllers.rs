@@ -46,6 +46,16 @@ pub fn start(informers: &Informers, ctx: &Context, settings: Settings, stop: &to
         ctx,
         stop,
     );
+    spawn(
+        crate::endpointslices::EndpointSlices {
+            services: i.services.clone(),
+            endpoints: i.endpoints.clone(),
+            slices: i.endpoint_slices.clone(),
+            pods: i.pods.clone(),
+        },
+        ctx,
+        stop,
+    );
     spawn(crate::replicaset::ReplicaSets { sets: i.replica_sets.clone(), pods: i.pods.clone() }, ctx, stop);
     spawn(crate::replicaset::ReplicaSets { sets: i.replication_controllers.clone(), pods: i.pods.clone() }, ctx, stop);
     spawn(

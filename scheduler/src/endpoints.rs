@@ -108,17 +108,23 @@ pub struct EndpointsController {
     pub pods: Store<Pod>,
 }
 
-impl EndpointsController {
-    /// The Services of `pod`'s namespace whose selector matches it.
-    fn services_of(&self, pod: &Pod) -> Vec<ObjectKey> {
-        let Some(meta) = pod.meta() else { return Vec::new() };
-        self.services
-            .list_namespace(&meta.namespace)
-            .iter()
-            .filter(|s| s.spec.as_ref().is_some_and(|spec| selects(&spec.selector, &meta.labels)))
-            .filter_map(|s| s.meta().map(ObjectKey::of))
-            .collect()
-    }
+/// The Services whose selector matches a changed pod, before or after the change.
+pub fn services_of_change(services: &Store<Service>, change: &Change<Pod>) -> Vec<ObjectKey> {
+    let mut keys: Vec<ObjectKey> =
+        before_and_after(change).into_iter().flat_map(|p| services_selecting(services, p)).collect();
+    keys.dedup();
+    keys
+}
+
+/// The Services of `pod`'s namespace whose selector matches it.
+pub fn services_selecting(services: &Store<Service>, pod: &Pod) -> Vec<ObjectKey> {
+    let Some(meta) = pod.meta() else { return Vec::new() };
+    services
+        .list_namespace(&meta.namespace)
+        .iter()
+        .filter(|s| s.spec.as_ref().is_some_and(|spec| selects(&spec.selector, &meta.labels)))
+        .filter_map(|s| s.meta().map(ObjectKey::of))
+        .collect()
 }
 
 impl Reconciler for EndpointsController {
@@ -136,12 +142,7 @@ impl Reconciler for EndpointsController {
         vec![
             controller::on_changes(&self.services, queue, self, |_, c| own_key(c)),
             controller::on_changes(&self.endpoints, queue, self, |_, c| own_key(c)),
-            controller::on_changes(&self.pods, queue, self, |me: &Self, c: &Change<Pod>| {
-                let mut keys: Vec<ObjectKey> =
-                    before_and_after(c).into_iter().flat_map(|p| me.services_of(p)).collect();
-                keys.dedup();
-                keys
-            }),
+            controller::on_changes(&self.pods, queue, self, |me: &Self, c| services_of_change(&me.services, c)),
         ]
     }
 
@@ -269,9 +270,12 @@ mod tests {
             "1".into(),
         );
         let pod = Pod { metadata: meta("a", "web-1", &[("app", "web")]), ..Default::default() };
-        assert_eq!(c.services_of(&pod), [ObjectKey::new("a", "web")]);
+        assert_eq!(services_selecting(&c.services, &pod), [ObjectKey::new("a", "web")]);
         let canary = Pod { metadata: meta("a", "web-2", &[("app", "web"), ("track", "canary")]), ..Default::default() };
-        assert_eq!(c.services_of(&canary), [ObjectKey::new("a", "web"), ObjectKey::new("a", "web-canary")]);
+        assert_eq!(
+            services_selecting(&c.services, &canary),
+            [ObjectKey::new("a", "web"), ObjectKey::new("a", "web-canary")]
+        );
     }
 
     #[test]

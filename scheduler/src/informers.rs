@@ -7,9 +7,9 @@
 use skiff_client::informer::{self, ApiSource, Store};
 use skiff_client::Client;
 use skiff_proto::api::{
-    CertificateSigningRequest, CronJob, DaemonSet, Deployment, Endpoints, HorizontalPodAutoscaler, Ingress,
-    IngressClass, Job, Lease, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, PodDisruptionBudget,
-    ReplicaSet, ReplicationController, Secret, Service, ServiceAccount, StatefulSet,
+    CertificateSigningRequest, CronJob, DaemonSet, Deployment, EndpointSlice, Endpoints, HorizontalPodAutoscaler,
+    Ingress, IngressClass, Job, Lease, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+    PodDisruptionBudget, ReplicaSet, ReplicationController, Secret, Service, ServiceAccount, StatefulSet,
 };
 use std::time::Duration;
 
@@ -65,6 +65,7 @@ informers! {
     budgets: PodDisruptionBudget, "";
     autoscalers: HorizontalPodAutoscaler, "";
     endpoints: Endpoints, "";
+    endpoint_slices: EndpointSlice, "";
     ingresses: Ingress, "";
     ingress_classes: IngressClass, "";
     certificate_requests: CertificateSigningRequest, "";

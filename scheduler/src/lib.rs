@@ -15,7 +15,8 @@
 //! [`statefulset`] (ordered, stable pods with a claim per ordinal), [`daemonset`] (a pod per
 //! matching node, rolled one node at a time), [`job`] (completions, parallelism, backoff limit,
 //! deadline), [`cronjob`] (cron schedules, concurrency policy, history limits),
-//! [`endpoints`] (a Service's ready and not-ready pod addresses),
+//! [`endpoints`] (a Service's ready and not-ready pod addresses), [`endpointslices`] (the same as
+//! EndpointSlices, which the nodes' proxy reads),
 //! [`nodelifecycle`] (silent nodes tainted unreachable, their pods evicted after their
 //! toleration), [`nodeipam`] (a pod range per Node), [`certificates`] (machines' certificate
 //! requests approved and signed), [`gc`] (objects whose owners are all gone, pods whose node is gone),
@@ -32,6 +33,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
+pub mod endpointslices;
 pub mod gc;
 pub mod informers;
 pub mod job;

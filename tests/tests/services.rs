@@ -363,6 +363,49 @@ fn pods_reach_a_deployment_through_its_service_by_ip_and_name_and_nodes_serve_no
     });
     assert!(body.starts_with("web-"), "{body}");
 
+    // The proxy reads EndpointSlices: the Service's pods in one slice of its port; a Service
+    // without a selector is reached through the slice mirrored from the Endpoints its user wrote.
+    let pod_ips: BTreeSet<String> =
+        web.iter().map(|p| p["status"]["podIP"].as_str().unwrap_or_default().to_string()).collect();
+    let slices: Value = serde_json::from_str(&c.ctl_ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let items = slices["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 1, "{slices}");
+    let addresses: BTreeSet<String> = items[0]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["conditions"]["ready"] == true)
+        .filter_map(|e| e["addresses"][0].as_str().map(String::from))
+        .collect();
+    assert_eq!(addresses, pod_ips, "{slices}");
+    assert_eq!(items[0]["ports"][0]["port"], 8080, "{slices}");
+    assert_eq!(
+        items[0]["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+        "endpointslice-controller.k8s.io"
+    );
+    let table = c.ctl_ok(&["get", "endpointslices"]);
+    assert!(table.starts_with("NAME") && table.contains("ADDRESSTYPE") && table.contains("IPv4"), "{table}");
+    let one = pod_ips.iter().next().unwrap();
+    c.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: manual}}\nspec:\n  ports: [{{port: 80, targetPort: 8080}}]\n---\n\
+         apiVersion: v1\nkind: Endpoints\nmetadata: {{name: manual}}\nsubsets: [{{addresses: [{{ip: {one}}}], ports: [{{port: 8080}}]}}]\n"
+    ));
+    let manual_ip = c.get_json("services", "manual").unwrap()["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let body = wait_for(T, "the machine reaching the selectorless service's mirrored endpoint", || {
+        http_get(&format!("{manual_ip}:80")).ok()
+    });
+    assert!(body.starts_with("web-"), "{body}");
+    let mirrored = c.ctl_ok(&["get", "endpointslices", "-l", "kubernetes.io/service-name=manual", "-o", "json"]);
+    assert!(mirrored.contains("endpointslicemirroring-controller.k8s.io"), "{mirrored}");
+
     // The gateway's MAC is pinned: a new pod's veth joining the bridge must not change it
     // under the other pods' neighbour caches (their DNS queries would vanish until revalidated).
     let client_ip = c.get_json("pods", "client").unwrap()["status"]["podIP"].as_str().unwrap().to_string();
