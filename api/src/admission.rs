@@ -190,6 +190,19 @@ pub fn pod_update_allowed(old: &Value, new: &Value) -> Result<(), crate::error::
     if old.termination_grace_period_seconds.is_some_and(|g| g < 0) && new.termination_grace_period_seconds == Some(1) {
         new.termination_grace_period_seconds = old.termination_grace_period_seconds;
     }
+    // Scheduling gates may only be removed; while a pod is gated its nodeSelector may gain
+    // entries (Kubernetes' mutable scheduling directives).
+    if let Some(added) = new.scheduling_gates.iter().find(|g| !old.scheduling_gates.contains(g)) {
+        return Err(crate::error::FieldError::forbidden(
+            "spec.schedulingGates",
+            format!("only deletion is allowed, but found new scheduling gate '{}'", added.name),
+        ));
+    }
+    let gated = !old.scheduling_gates.is_empty();
+    new.scheduling_gates.clone_from(&old.scheduling_gates);
+    if gated && old.node_selector.iter().all(|(k, v)| new.node_selector.get(k) == Some(v)) {
+        new.node_selector.clone_from(&old.node_selector);
+    }
     if new == old {
         Ok(())
     } else {

@@ -16,6 +16,19 @@ pub fn apply(info: &KindInfo, obj: &mut Value) {
                 default_at(spec, &["serviceAccountName"], json!(account));
             }
             default_at(obj, &["status", "phase"], json!("Pending"));
+            // A gated pod says why it waits, as Kubernetes' pod strategy writes it on create.
+            let gated = obj.pointer("/spec/schedulingGates").and_then(Value::as_array).is_some_and(|g| !g.is_empty());
+            let conditions = obj.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            if gated && conditions.iter().all(|c| c["type"] != "PodScheduled") {
+                let mut conditions = conditions;
+                conditions.push(json!({
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "SchedulingGated",
+                    "message": "Scheduling is blocked due to non-empty scheduling gates",
+                }));
+                obj["status"]["conditions"] = json!(conditions);
+            }
         }
         "PriorityClass" => default_at(obj, &["preemptionPolicy"], json!("PreemptLowerPriority")),
         "HorizontalPodAutoscaler" => autoscaler(obj),

@@ -904,7 +904,15 @@ pub fn pod_status(pod: &Value) -> String {
         return format!("Init:0/{inits}");
     }
     let phase = s(pod, "/status/phase");
-    if phase.is_empty() {
+    let gated = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "PodScheduled" && c["reason"] == "SchedulingGated");
+    if gated && phase == "Pending" {
+        "SchedulingGated".into()
+    } else if phase.is_empty() {
         "Pending".into()
     } else {
         phase.into()

@@ -143,7 +143,11 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
                 v.push(FieldError::not_supported("preemptionPolicy", p, &policies));
             }
         }
-        "Pod" => pod_spec(&mut v, obj.get("spec").unwrap_or(&Value::Null), "spec", &[]),
+        "Pod" => {
+            let spec = obj.get("spec").unwrap_or(&Value::Null);
+            pod_spec(&mut v, spec, "spec", &[]);
+            scheduling_gates(&mut v, spec);
+        }
         "PodDisruptionBudget" => disruption_budget(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
         "LimitRange" => limit_range(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
         "EndpointSlice" => {
@@ -519,6 +523,35 @@ fn disruption_budget(v: &mut V, spec: &Value) {
         }
     }
     v.one_of(spec, "spec", "unhealthyPodEvictionPolicy", &["AlwaysAllow", "IfHealthyBudget"]);
+}
+
+/// A pod's scheduling gates: qualified names, each once, and no node named while any is left.
+fn scheduling_gates(v: &mut V, spec: &Value) {
+    let gates: Vec<&str> = spec
+        .get("schedulingGates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|g| g.get("name").and_then(Value::as_str).unwrap_or_default())
+        .collect();
+    for (i, name) in gates.iter().enumerate() {
+        if !is_label_key(name) {
+            v.push(FieldError::invalid(
+                format!("spec.schedulingGates[{i}].name"),
+                name,
+                "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an \
+                 alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is \
+                 '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
+            ));
+        }
+        if gates[..i].contains(name) {
+            v.push(FieldError::duplicate(format!("spec.schedulingGates[{i}].name"), name));
+        }
+    }
+    let node = spec.get("nodeName").and_then(Value::as_str).unwrap_or_default();
+    if !gates.is_empty() && !node.is_empty() {
+        v.push(FieldError::forbidden("spec.nodeName", "cannot be set until all schedulingGates have been cleared"));
+    }
 }
 
 /// An EndpointSlice, as Kubernetes' discovery validation checks it.

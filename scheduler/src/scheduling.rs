@@ -54,7 +54,10 @@ const TICK: Duration = Duration::from_millis(50);
 /// Whether the default scheduler should place this pod now.
 pub fn wants_scheduler(pod: &Pod) -> bool {
     let scheduler = pod.spec.as_ref().map_or("", |s| s.scheduler_name.as_str());
+    // A pod with scheduling gates waits until they are all removed.
+    let gated = pod.spec.as_ref().is_some_and(|s| !s.scheduling_gates.is_empty());
     needs_scheduling(pod)
+        && !gated
         && pod.metadata.as_ref().is_none_or(|m| m.deletion_timestamp.is_empty())
         && matches!(scheduler, "" | "default-scheduler")
 }

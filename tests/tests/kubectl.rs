@@ -648,6 +648,18 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     );
     k.ok(&["delete", "hpa", "web"]);
 
+    // phase: a pod with a scheduling gate shows why it waits
+    k.ok(&[
+        "run",
+        "gated",
+        "--image=busybox:test",
+        "--overrides",
+        r#"{"spec":{"schedulingGates":[{"name":"example.com/wait"}]}}"#,
+    ]);
+    let gated = k.ok(&["get", "pod", "gated"]);
+    assert!(gated.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(2) == Some("SchedulingGated")), "{gated}");
+    k.ok(&["delete", "pod", "gated", "--grace-period=0", "--force"]);
+
     // phase: delete, foreground cascade waits for the dependents
     assert_eq!(k.ok(&["delete", "deploy", "web", "--cascade=foreground"]), "deployment.apps \"web\" deleted\n");
     wait_for(Duration::from_secs(20), "the Deployment and its ReplicaSets and pods gone", || {

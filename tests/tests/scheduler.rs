@@ -121,6 +121,49 @@ fn the_leader_schedules_reports_unschedulable_pods_and_retries_on_change() {
     call(&addrs[0], "update", "nodes", n2, "").unwrap();
     assert_eq!(wait_for(Duration::from_secs(20), "pod ssd to be bound after the label", || node_of("ssd")), "n2");
 
+    // phase: a pod with scheduling gates waits and says why; gates may be removed, not added;
+    // once they are all gone it is scheduled
+    let gates = json!([{"name": "example.com/quota"}, {"name": "example.com/review"}]);
+    call(&addrs[0], "create", "pods", pod("gated", json!({"schedulingGates": gates})), "").unwrap();
+    let gated = call(&addrs[0], "get", "pods", json!({}), "gated").unwrap();
+    let cond = gated["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "PodScheduled").cloned();
+    assert_eq!(
+        cond.as_ref().map(|c| (c["status"].clone(), c["reason"].clone(), c["message"].clone())),
+        Some((
+            json!("False"),
+            json!("SchedulingGated"),
+            json!("Scheduling is blocked due to non-empty scheduling gates")
+        )),
+        "{gated}"
+    );
+    let refused =
+        call(&addrs[0], "create", "pods", pod("gated-bound", json!({"schedulingGates": gates, "nodeName": "n1"})), "")
+            .unwrap_err();
+    assert!(
+        refused
+            .message()
+            .contains("spec.nodeName: Forbidden: cannot be set until all schedulingGates have been cleared"),
+        "{refused:?}"
+    );
+    let mut more = gated.clone();
+    more["spec"]["schedulingGates"].as_array_mut().unwrap().push(json!({"name": "example.com/more"}));
+    let refused = call(&addrs[0], "update", "pods", more, "").unwrap_err();
+    assert!(
+        refused.message().contains("only deletion is allowed, but found new scheduling gate 'example.com/more'"),
+        "{refused:?}"
+    );
+    // A pod created after it is bound while it still waits.
+    call(&addrs[0], "create", "pods", pod("ungated", json!({})), "").unwrap();
+    wait_for(Duration::from_secs(20), "pod ungated to be bound", || node_of("ungated"));
+    assert_eq!(node_of("gated"), None, "a gated pod is not scheduled");
+    let mut one_left = call(&addrs[0], "get", "pods", json!({}), "gated").unwrap();
+    one_left["spec"]["schedulingGates"] = json!([{"name": "example.com/review"}]);
+    call(&addrs[0], "update", "pods", one_left, "").unwrap();
+    let mut none_left = call(&addrs[0], "get", "pods", json!({}), "gated").unwrap();
+    none_left["spec"]["schedulingGates"] = json!([]);
+    call(&addrs[0], "update", "pods", none_left, "").unwrap();
+    wait_for(Duration::from_secs(20), "pod gated to be bound once its gates are gone", || node_of("gated"));
+
     // phase: a pod waits for a label no node has; the leader has seen it
     call(&addrs[0], "create", "pods", pod("zoned", json!({"nodeSelector": {"zone": "b"}})), "").unwrap();
     wait_for(Duration::from_secs(20), "PodScheduled=False on pod zoned", || {
