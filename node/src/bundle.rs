@@ -5,7 +5,7 @@
 
 use crate::image::Image;
 use serde_json::{json, Value};
-use skiff_proto::api::Container;
+use skiff_proto::api::{Container, PodSpec};
 use skiff_proto::quantity;
 use std::path::{Path, PathBuf};
 
@@ -55,6 +55,48 @@ pub fn process_env(image: &Image, resolved: &[(String, String)], hostname: &str)
         set(k, v);
     }
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The container with the pod's securityContext user settings (`runAsUser`, `runAsGroup`,
+/// `runAsNonRoot`) where its own leave them unset, as the kubelet applies them.
+pub fn with_pod_security(spec: &PodSpec, c: &Container) -> Container {
+    let mut c = c.clone();
+    if let Some(pod) = &spec.security_context {
+        let sc = c.security_context.get_or_insert_with(Default::default);
+        sc.run_as_user = sc.run_as_user.or(pod.run_as_user);
+        sc.run_as_group = sc.run_as_group.or(pod.run_as_group);
+        sc.run_as_non_root = sc.run_as_non_root.or(pod.run_as_non_root);
+    }
+    c
+}
+
+/// The kubelet's `runAsNonRoot` check: a container that must not run as root may not start
+/// as uid 0, nor as an image user that is a name (it cannot be verified) or root. `pod` is
+/// the pod as the kubelet names it in the message (`name_namespace(uid)`).
+pub fn check_non_root(c: &Container, image: &Image, pod: &str) -> Result<(), String> {
+    let sc = c.security_context.clone().unwrap_or_default();
+    if sc.run_as_non_root != Some(true) {
+        return Ok(());
+    }
+    match sc.run_as_user {
+        Some(0) => Err(format!("container's runAsUser breaks non-root policy (pod: {pod:?}, container: {})", c.name)),
+        Some(_) => Ok(()),
+        None => {
+            let user = image.user.split(':').next().unwrap_or_default();
+            match user.parse::<u32>() {
+                Ok(uid) if uid > 0 => Ok(()),
+                Err(_) if !user.is_empty() => Err(format!(
+                    "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is \
+                     non-root (pod: {pod:?}, container: {})",
+                    c.name
+                )),
+                _ => Err(format!(
+                    "container has runAsNonRoot and image will run as root (pod: {pod:?}, container: {})",
+                    c.name
+                )),
+            }
+        }
+    }
 }
 
 /// uid and gid: the container's securityContext, else the image's `User` (numeric, or a name
@@ -290,5 +332,43 @@ mod tests {
         let v = spec(&c, &image(), Path::new("/tmp/rootfs"), &[], "p", &[], &pod).unwrap();
         let parsed: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();
         assert_eq!(parsed.process().as_ref().unwrap().args().as_ref().unwrap(), &["/entry", "sh"]);
+    }
+
+    #[test]
+    fn run_as_non_root_refuses_root_and_unverifiable_users_in_the_kubelet_s_words() {
+        let spec = |pod_sc: serde_json::Value, c_sc: serde_json::Value| -> (PodSpec, Container) {
+            let spec: PodSpec = serde_json::from_value(
+                json!({"securityContext": pod_sc, "containers": [{"name": "app", "securityContext": c_sc}]}),
+            )
+            .unwrap();
+            let c = spec.containers[0].clone();
+            (spec, c)
+        };
+        let check = |pod_sc, c_sc, user: &str| {
+            let (spec, c) = spec(pod_sc, c_sc);
+            check_non_root(&with_pod_security(&spec, &c), &Image { user: user.into(), ..image() }, "web_default(u1)")
+        };
+        // The pod's setting applies to a container that sets none; the container's wins.
+        assert_eq!(
+            check(json!({"runAsNonRoot": true}), json!({}), ""),
+            Err("container has runAsNonRoot and image will run as root (pod: \"web_default(u1)\", container: app)"
+                .into())
+        );
+        assert_eq!(check(json!({"runAsNonRoot": true}), json!({"runAsNonRoot": false}), ""), Ok(()));
+        assert_eq!(check(json!({"runAsNonRoot": true}), json!({}), "1000:1000"), Ok(()));
+        assert_eq!(check(json!({"runAsNonRoot": true, "runAsUser": 1000}), json!({}), ""), Ok(()));
+        assert_eq!(
+            check(json!({"runAsNonRoot": true}), json!({"runAsUser": 0}), "1000"),
+            Err("container's runAsUser breaks non-root policy (pod: \"web_default(u1)\", container: app)".into())
+        );
+        assert_eq!(
+            check(json!({}), json!({"runAsNonRoot": true}), "nobody"),
+            Err("container has runAsNonRoot and image has non-numeric user (nobody), cannot verify user is non-root (pod: \"web_default(u1)\", container: app)".into())
+        );
+        assert_eq!(check(json!({}), json!({}), ""), Ok(()));
+        // The pod's user is the container's when it names none.
+        let (spec, c) = spec(json!({"runAsUser": 1000, "runAsGroup": 2000}), json!({}));
+        let merged = with_pod_security(&spec, &c);
+        assert_eq!(user(&merged, &image(), Path::new("/nonexistent")), Ok((1000, 2000)));
     }
 }

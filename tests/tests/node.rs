@@ -298,6 +298,21 @@ metadata: {{name: badcmd}}
 spec:
   restartPolicy: Never
   containers: [{{name: app, image: "busybox:test", command: ["/no/such/binary"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: rootless}}
+spec:
+  securityContext: {{runAsNonRoot: true}}
+  containers: [{{name: app, image: "busybox:test", command: [sleep, "3600"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: asuser}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsNonRoot: true, runAsUser: 1000, runAsGroup: 3000}}
+  containers: [{{name: app, image: "busybox:test", command: [id]}}]
 "#,
         registry.addr
     ));
@@ -344,6 +359,25 @@ spec:
             || term["exitCode"] == 128,
         "{term}"
     );
+
+    // phase: runAsNonRoot (from the pod's securityContext) keeps a root image from starting,
+    // in the kubelet's words; with a non-root runAsUser it runs as that user
+    let rootless = wait_for(T, "rootless waiting on its config", || {
+        let p = c.get_json("pods", "rootless")?;
+        let w = container(&p, "containerStatuses", "app")["state"]["waiting"].clone();
+        (w["reason"] == "CreateContainerConfigError").then_some(w)
+    });
+    let uid = c.get_json("pods", "rootless").unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+    assert_eq!(
+        rootless["message"],
+        format!(
+            "container has runAsNonRoot and image will run as root (pod: \"rootless_default({uid})\", container: app)"
+        ),
+        "{rootless}"
+    );
+    wait_for(T, "asuser Succeeded", || (phase(&c.get_json("pods", "asuser")?) == "Succeeded").then_some(()));
+    let id = c.ctl_ok(&["logs", "asuser"]);
+    assert!(id.starts_with("uid=1000 gid=3000"), "{id}");
 
     // phase: the healthy pod never noticed
     let ok = wait_for(T, "healthy Running", || {

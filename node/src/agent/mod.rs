@@ -651,6 +651,9 @@ impl Agent {
         let spec = pod.spec.clone().unwrap_or_default();
         let (image, lower) = self.image_for(pod_json, c, attempt).await?;
         let config_err = |m: String| ("CreateContainerConfigError".to_string(), m);
+        let c = &bundle::with_pod_security(&spec, c);
+        let named = format!("{name}_{}({uid})", meta(pod_json, "namespace"));
+        bundle::check_non_root(c, &image, &named).map_err(config_err)?;
         let env = self.resolve_env(pod_json, &spec, c, ip).await.map_err(config_err)?;
         let mounts = self.mounts(pod_json, &spec, c, dir).await.map_err(config_err)?;
         let run_err = |e: std::io::Error| ("CreateContainerError".to_string(), format!("container {}: {e}", c.name));
