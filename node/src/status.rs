@@ -156,6 +156,37 @@ pub fn phase_and_conditions(init: &[(Observed, Step)], app: &[(Observed, Step)])
     (phase.to_string(), conditions)
 }
 
+/// The conditions the node writes.
+const OWNED: [&str; 4] = ["PodScheduled", "Initialized", "ContainersReady", "Ready"];
+
+/// Keeps the conditions others wrote (`old`: the pod's stored conditions), and holds Ready
+/// back while a readiness gate's condition is missing or not True, in the kubelet's words.
+pub fn with_others(conditions: &mut Vec<Value>, old: &Value, gates: &[skiff_proto::api::PodReadinessGate]) {
+    let others: Vec<Value> =
+        old.as_array().into_iter().flatten().filter(|c| !OWNED.iter().any(|o| c["type"] == *o)).cloned().collect();
+    let mut unready = Vec::new();
+    for gate in gates {
+        match others.iter().find(|c| c["type"] == gate.condition_type.as_str()) {
+            None => unready.push(format!(
+                "corresponding condition of pod readiness gate {:?} does not exist.",
+                gate.condition_type
+            )),
+            Some(c) if c["status"] != "True" => unready.push(format!(
+                "the status of pod readiness gate {:?} is not \"True\", but {}",
+                gate.condition_type,
+                c["status"].as_str().unwrap_or_default()
+            )),
+            Some(_) => {}
+        }
+    }
+    if let Some(ready) = conditions.iter_mut().find(|c| c["type"] == "Ready" && c["status"] == "True") {
+        if !unready.is_empty() {
+            *ready = json!({"type": "Ready", "status": "False", "reason": "ReadinessGatesNotReady", "message": unready.join(", ")});
+        }
+    }
+    conditions.extend(others);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +243,26 @@ mod tests {
         assert_eq!(c[3]["reason"], "PodCompleted");
         let (p, _) = phase_and_conditions(&[(exited(1), Step::Done)], &[(Observed::default(), Step::Wait)]);
         assert_eq!(p, "Failed", "init failed under Never");
+    }
+
+    #[test]
+    fn readiness_gates_hold_ready_and_others_conditions_are_kept() {
+        let gates: Vec<skiff_proto::api::PodReadinessGate> =
+            serde_json::from_value(json!([{"conditionType": "a.io/x"}, {"conditionType": "a.io/y"}])).unwrap();
+        let ours = || vec![condition("ContainersReady", true, ""), condition("Ready", true, "")];
+        let old = json!([{"type": "Ready", "status": "False"}, {"type": "a.io/x", "status": "False"}]);
+        let mut conditions = ours();
+        with_others(&mut conditions, &old, &gates);
+        assert_eq!(conditions[1]["reason"], "ReadinessGatesNotReady");
+        assert_eq!(
+            conditions[1]["message"],
+            "the status of pod readiness gate \"a.io/x\" is not \"True\", but False, corresponding condition of pod \
+             readiness gate \"a.io/y\" does not exist."
+        );
+        assert_eq!(conditions.len(), 3, "the gate's condition is kept, the old Ready replaced: {conditions:?}");
+        let old = json!([{"type": "a.io/x", "status": "True"}, {"type": "a.io/y", "status": "True"}]);
+        let mut conditions = ours();
+        with_others(&mut conditions, &old, &gates);
+        assert_eq!(conditions[1]["status"], "True");
     }
 }

@@ -3,7 +3,7 @@
 //! `skiff get -o json`, and the machine itself inspected for leftovers.
 
 use serde_json::Value;
-use skiff_tests::{pid_alive, wait_for, Cluster};
+use skiff_tests::{pid_alive, wait_for, wait_for_showing, Cluster};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -449,8 +449,56 @@ spec:
     ports: [{name: http, containerPort: 8080}]
     readinessProbe: {httpGet: {path: /index.html, port: http}, periodSeconds: 1}
     livenessProbe: {tcpSocket: {port: 8080}, initialDelaySeconds: 4, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: gated}
+spec:
+  terminationGracePeriodSeconds: 0
+  readinessGates: [{conditionType: example.com/load-balancer}]
+  containers: [{name: app, image: "busybox:test", command: [sleep, "3600"]}]
 "#,
     );
+    // phase: a readiness gate holds Ready back until its condition, set by someone else
+    // through the status subresource, is True; the node keeps that condition
+    let ready_of = |p: &Value| {
+        let c = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+        Some((c["status"].as_str()?.to_string(), c["reason"].clone(), c["message"].clone()))
+    };
+    let held = wait_for(T, "gated Running with Ready held by its gate", || {
+        let p = c.get_json("pods", "gated")?;
+        (phase(&p) == "Running" && container(&p, "containerStatuses", "app")["ready"] == true).then(|| ready_of(&p))?
+    });
+    assert_eq!(
+        held,
+        (
+            "False".to_string(),
+            "ReadinessGatesNotReady".into(),
+            "corresponding condition of pod readiness gate \"example.com/load-balancer\" does not exist.".into()
+        )
+    );
+    let kubeconfig = c.dir.path().join("kubeconfig");
+    let patch = |status: &str| {
+        let out = std::process::Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(["patch", "pod", "gated", "--subresource=status", "--type=json", "-p"])
+            .arg(format!(r#"[{{"op":"add","path":"/status/conditions/-","value":{{"type":"example.com/load-balancer","status":"{status}"}}}}]"#))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    patch("True");
+    wait_for_showing(
+        T,
+        "gated Ready once its gate's condition is True",
+        || c.get_json("pods", "gated").map(|p| p["status"].to_string()).unwrap_or_default(),
+        || {
+            let p = c.get_json("pods", "gated")?;
+            let kept = p["status"]["conditions"].as_array()?.iter().any(|c| c["type"] == "example.com/load-balancer");
+            (kept && ready_of(&p)?.0 == "True").then_some(())
+        },
+    );
+
     // phase: readiness goes False → True → False as the file comes and goes
     let mut seen: Vec<String> = Vec::new();
     wait_for(T, "flappy Ready False, True, then False", || {

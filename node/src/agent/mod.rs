@@ -522,7 +522,9 @@ impl Agent {
     ) -> Result<(), NodeError> {
         let name = meta(pod_json, "name");
         let uid = meta(pod_json, "uid").to_string();
-        let (phase, conditions) = status::phase_and_conditions(init, app);
+        let (phase, mut conditions) = status::phase_and_conditions(init, app);
+        let spec = serde_json::from_value::<skiff_proto::api::PodSpec>(pod_json["spec"].clone()).unwrap_or_default();
+        status::with_others(&mut conditions, &pod_json["status"]["conditions"], &spec.readiness_gates);
         let all_running = phase == "Running" && app.iter().all(|(o, _)| o.running.is_some());
         if all_running {
             if self.running.insert(uid.clone()) {
@@ -555,7 +557,9 @@ impl Agent {
         for c in status["conditions"].as_array_mut().into_iter().flatten() {
             let prev = old["conditions"].as_array().into_iter().flatten().find(|p| p["type"] == c["type"]);
             let time = match prev {
-                Some(p) if p["status"] == c["status"] => p["lastTransitionTime"].clone(),
+                Some(p) if p["status"] == c["status"] && p["lastTransitionTime"].is_string() => {
+                    p["lastTransitionTime"].clone()
+                }
                 _ => json!(skiff_proto::time::now_rfc3339()),
             };
             c["lastTransitionTime"] = time;
