@@ -89,11 +89,18 @@ fn grpcurl_lists_describes_creates_gets_lists_and_deletes() {
     assert!(!ok && err.contains("NotFound") && err.contains("deployments.apps \"web\" not found"), "{err}");
 }
 
+/// Fields Kubernetes' Go types declare as plain bools with `omitempty`: false is not written.
+const OMITTED_WHEN_FALSE: [&str; 1] = ["globalDefault"];
+
 /// Every leaf of `want` is present and equal in `got`.
 fn contains(got: &Value, want: &Value, path: &str) -> Result<(), String> {
     match (got, want) {
         (Value::Object(g), Value::Object(w)) => {
             for (k, wv) in w {
+                // Kubernetes omits these when false too (plain bools with omitempty).
+                if wv == &Value::Bool(false) && !g.contains_key(k) && OMITTED_WHEN_FALSE.contains(&k.as_str()) {
+                    continue;
+                }
                 let gv = g.get(k).ok_or_else(|| format!("{path}.{k} missing"))?;
                 contains(gv, wv, &format!("{path}.{k}"))?;
             }
@@ -157,6 +164,67 @@ fn kubernetes_manifests_round_trip_through_the_api() {
         }
     }
     assert!(checked >= 17, "checked {checked} manifests");
+
+    // Kubernetes' documentation examples: each created, read back unchanged, then deleted
+    // (several share a name); every refusal is collected and reported together.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/k8s-docs");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    rt.block_on(async {
+        let mut objects = ObjectsClient::with_interceptor(channel(&addr).await.unwrap(), bearer(&t));
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "docs"}});
+        objects.create(RawRequest { resource: "namespaces".into(), json: ns.to_string(), ..Default::default() }).await
+    })
+    .unwrap();
+    let mut refused = Vec::new();
+    let mut applied = 0;
+    for file in &files {
+        let sent: Value = serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let kind = sent["kind"].as_str().unwrap().to_string();
+        let resource = skiff_tests::resource_of(&kind);
+        let outcome: Result<(), String> = rt.block_on(async {
+            let mut objects = ObjectsClient::with_interceptor(channel(&addr).await.unwrap(), bearer(&t));
+            // Into their own namespace, as `kubectl apply -n docs` puts them.
+            let req = RawRequest {
+                resource: resource.clone(),
+                namespace: "docs".into(),
+                json: sent.to_string(),
+                ..Default::default()
+            };
+            let created = objects.create(req).await.map_err(|e| format!("create: {}", e.message()))?;
+            let created: Value = serde_json::from_str(&created.into_inner().json).unwrap();
+            let named = RawRequest {
+                resource,
+                namespace: created["metadata"]["namespace"].as_str().unwrap_or_default().into(),
+                name: created["metadata"]["name"].as_str().unwrap().into(),
+                ..Default::default()
+            };
+            let got = objects.get(named.clone()).await.map_err(|e| format!("get: {}", e.message()))?;
+            let back: Value = serde_json::from_str(&got.into_inner().json).unwrap();
+            let same = contains(&back, &sent, &kind);
+            objects
+                .delete(RawRequest { grace_period_seconds: Some(0), ..named })
+                .await
+                .map_err(|e| format!("delete: {}", e.message()))?;
+            same
+        });
+        match outcome {
+            Ok(()) => applied += 1,
+            Err(e) => refused.push(format!("{}: {e}", file.display())),
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {} documentation examples refused:\n{}",
+        refused.len(),
+        files.len(),
+        refused.join("\n")
+    );
+    assert!(applied >= 25, "applied {applied} documentation examples");
 }
 
 #[test]
