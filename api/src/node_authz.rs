@@ -39,6 +39,18 @@ impl References {
                 if let Some(c) = &v.persistent_volume_claim {
                     r.claims.insert(at(&c.claim_name));
                 }
+                for source in v.projected.iter().flat_map(|p| &p.sources) {
+                    if let Some(s) = &source.secret {
+                        r.secrets.insert(at(&s.name));
+                    }
+                    if let Some(c) = &source.config_map {
+                        r.configmaps.insert(at(&c.name));
+                    }
+                }
+            }
+            // The registry credentials its images are pulled with.
+            for s in &spec.image_pull_secrets {
+                r.secrets.insert(at(&s.name));
             }
             for env in spec.init_containers.iter().chain(&spec.containers).flat_map(|c| &c.env) {
                 let Some(from) = &env.value_from else { continue };
@@ -81,7 +93,9 @@ mod tests {
             "metadata": {"name": "p", "namespace": "shop"},
             "spec": {
                 "volumes": [{"name": "a", "secret": {"secretName": "tls"}}, {"name": "b", "configMap": {"name": "conf"}},
-                            {"name": "c", "persistentVolumeClaim": {"claimName": "data"}}],
+                            {"name": "c", "persistentVolumeClaim": {"claimName": "data"}},
+                            {"name": "d", "projected": {"sources": [{"secret": {"name": "proj-pw"}}, {"configMap": {"name": "proj-conf"}}]}}],
+                "imagePullSecrets": [{"name": "regcred"}],
                 "initContainers": [{"name": "i", "image": "x", "env": [{"name": "E", "valueFrom": {"secretKeyRef": {"name": "init-pw", "key": "k"}}}]}],
                 "containers": [{"name": "c", "image": "x", "env": [{"name": "F", "valueFrom": {"configMapKeyRef": {"name": "env-conf", "key": "k"}}}],
                                 "envFrom": [{"configMapRef": {"name": "all-conf"}}, {"prefix": "DB_", "secretRef": {"name": "db"}}]}]
@@ -90,8 +104,8 @@ mod tests {
         .unwrap();
         let r = References::of(&[pod]);
         let set = |names: &[&str]| names.iter().map(|n| ("shop".to_string(), n.to_string())).collect::<BTreeSet<_>>();
-        assert_eq!(r.secrets, set(&["db", "init-pw", "tls"]));
-        assert_eq!(r.configmaps, set(&["all-conf", "conf", "env-conf"]));
+        assert_eq!(r.secrets, set(&["db", "init-pw", "proj-pw", "regcred", "tls"]));
+        assert_eq!(r.configmaps, set(&["all-conf", "conf", "env-conf", "proj-conf"]));
         assert_eq!(r.claims, set(&["data"]));
         let ingress: Ingress = serde_json::from_value(json!({"metadata": {"name": "i", "namespace": "shop"},
             "spec": {"tls": [{"hosts": ["a.test"], "secretName": "site-cert"}]}}))

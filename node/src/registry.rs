@@ -1,6 +1,7 @@
 //! Pulling images from an OCI distribution registry (Docker Registry HTTP API v2): HTTPS by
 //! default, plain HTTP for registries marked insecure (`--insecure-registry`, e.g. one on
-//! loopback); anonymous bearer-token auth when the registry asks for it; multi-platform indexes
+//! loopback); when the registry asks for credentials, the pod's (its imagePullSecrets') as Basic
+//! auth or for a bearer token, else an anonymous bearer token; multi-platform indexes
 //! resolved to linux/<this arch>; every blob verified against its digest before it is stored.
 
 use crate::error::NodeError;
@@ -37,6 +38,56 @@ impl Reference {
         let registry = if registry == "docker.io" { "registry-1.docker.io" } else { registry };
         Reference { registry: registry.into(), repository: repository.into(), reference }
     }
+}
+
+/// A user name and password for a registry (from a pod's imagePullSecrets).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Credential {
+    pub username: String,
+    pub password: String,
+}
+
+impl Credential {
+    fn basic(&self) -> String {
+        use base64::Engine;
+        let pair = format!("{}:{}", self.username, self.password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    }
+
+    /// The credential a Docker config (`.dockerconfigjson`'s `{"auths": {…}}`, or the older
+    /// `.dockercfg`'s map) holds for `registry`: an entry keyed by the host, with or without a
+    /// scheme or path (`https://index.docker.io/v1/` stands for Docker Hub), giving `auth`
+    /// (base64 of `user:password`) or `username` and `password`.
+    pub fn from_docker_config(config: &Value, registry: &str) -> Option<Credential> {
+        use base64::Engine;
+        let entries = config.get("auths").unwrap_or(config).as_object()?;
+        let host_of = |key: &str| {
+            let host = key.split_once("://").map_or(key, |(_, rest)| rest);
+            let host = host.split('/').next().unwrap_or_default();
+            match host {
+                "index.docker.io" | "docker.io" => "registry-1.docker.io".to_string(),
+                h => h.to_string(),
+            }
+        };
+        let entry = entries.iter().find(|(k, _)| host_of(k) == registry)?.1;
+        if let Some(auth) = entry["auth"].as_str().filter(|a| !a.is_empty()) {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(auth).ok()?;
+            let (username, password) =
+                String::from_utf8(decoded).ok()?.split_once(':').map(|(u, p)| (u.to_string(), p.to_string()))?;
+            return Some(Credential { username, password });
+        }
+        Some(Credential {
+            username: entry["username"].as_str()?.to_string(),
+            password: entry["password"].as_str().unwrap_or_default().to_string(),
+        })
+    }
+}
+
+/// How requests of one pull authenticate: the credential it may use, and the Authorization
+/// header the registry's challenge called for.
+struct Auth {
+    credential: Option<Credential>,
+    header: Option<String>,
 }
 
 pub struct Puller {
@@ -83,33 +134,33 @@ impl Puller {
         format!("{scheme}://{}/v2/{}", r.registry, r.repository)
     }
 
-    /// GET with an anonymous bearer token if the registry challenges for one.
-    async fn get(
-        &self,
-        url: &str,
-        accept: Option<&str>,
-        token: &mut Option<String>,
-    ) -> Result<reqwest::Response, String> {
+    /// GET, answering the registry's challenge once: Basic with the credentials, or a bearer
+    /// token (asked for with the credentials, if any).
+    async fn get(&self, url: &str, accept: Option<&str>, auth: &mut Auth) -> Result<reqwest::Response, String> {
         for _ in 0..2 {
             let mut req = self.http.get(url);
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
-            if let Some(t) = token.as_ref() {
-                req = req.bearer_auth(t);
+            if let Some(h) = auth.header.as_ref() {
+                req = req.header(reqwest::header::AUTHORIZATION, h);
             }
             let resp = req.send().await.map_err(|e| e.to_string())?;
-            if resp.status() != StatusCode::UNAUTHORIZED || token.is_some() {
+            if resp.status() != StatusCode::UNAUTHORIZED || auth.header.is_some() {
                 return Ok(resp);
             }
             let challenge =
                 resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            *token = Some(self.anonymous_token(&challenge).await?);
+            auth.header = Some(match (&auth.credential, challenge.starts_with("Basic ")) {
+                (Some(c), true) => c.basic(),
+                (None, true) => return Ok(resp),
+                (credential, false) => format!("Bearer {}", self.token(&challenge, credential.as_ref()).await?),
+            });
         }
         Err("unauthorized".into())
     }
 
-    async fn anonymous_token(&self, challenge: &str) -> Result<String, String> {
+    async fn token(&self, challenge: &str, credential: Option<&Credential>) -> Result<String, String> {
         let params =
             challenge.strip_prefix("Bearer ").ok_or_else(|| format!("unsupported auth challenge {challenge:?}"))?;
         let mut realm = String::new();
@@ -123,7 +174,11 @@ impl Puller {
                 query.push((k.to_string(), v));
             }
         }
-        let resp = self.http.get(&realm).query(&query).send().await.map_err(|e| e.to_string())?;
+        let mut req = self.http.get(&realm).query(&query);
+        if let Some(c) = credential {
+            req = req.basic_auth(&c.username, Some(&c.password));
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
             return Err(format!("token service: {}", registry_error(resp).await));
         }
@@ -142,9 +197,9 @@ impl Puller {
         store_tmp: &std::path::Path,
         base: &str,
         digest: &str,
-        token: &mut Option<String>,
+        auth: &mut Auth,
     ) -> Result<PathBuf, String> {
-        let resp = self.get(&format!("{base}/blobs/{digest}"), None, token).await?;
+        let resp = self.get(&format!("{base}/blobs/{digest}"), None, auth).await?;
         if !resp.status().is_success() {
             return Err(format!("blob {digest}: {}", registry_error(resp).await));
         }
@@ -158,16 +213,21 @@ impl Puller {
         Ok(path)
     }
 
-    /// Pulls `image` into `store`.
-    pub async fn pull(&self, store: &ImageStore, image: &str) -> Result<Image, NodeError> {
+    /// Pulls `image` into `store`, with `credential` if the registry asks for one.
+    pub async fn pull(
+        &self,
+        store: &ImageStore,
+        image: &str,
+        credential: Option<Credential>,
+    ) -> Result<Image, NodeError> {
         let r = Reference::parse(image);
         let base = self.base(&r);
-        let mut token = None;
+        let mut auth = Auth { credential, header: None };
         let mut manifest_ref = r.reference.clone();
         let mut resolved = None;
         for _ in 0..2 {
             let resp = self
-                .get(&format!("{base}/manifests/{manifest_ref}"), Some(MANIFEST_TYPES), &mut token)
+                .get(&format!("{base}/manifests/{manifest_ref}"), Some(MANIFEST_TYPES), &mut auth)
                 .await
                 .map_err(|e| err(image, e))?;
             if !resp.status().is_success() {
@@ -194,14 +254,14 @@ impl Puller {
         let (digest, manifest) = resolved.ok_or_else(|| err(image, "nested indexes are not supported"))?;
         let tmp = store.tmp_dir();
         let config_digest = manifest["config"]["digest"].as_str().unwrap_or_default();
-        let config_path = self.blob(&tmp, &base, config_digest, &mut token).await.map_err(|e| err(image, e))?;
+        let config_path = self.blob(&tmp, &base, config_digest, &mut auth).await.map_err(|e| err(image, e))?;
         let config: Value =
             serde_json::from_slice(&std::fs::read(&config_path)?).map_err(|e| err(image, format!("config: {e}")))?;
         let _ = std::fs::remove_file(&config_path);
         let mut layers = Vec::new();
         for l in manifest["layers"].as_array().into_iter().flatten() {
             let d = l["digest"].as_str().unwrap_or_default();
-            let path = self.blob(&tmp, &base, d, &mut token).await.map_err(|e| err(image, e))?;
+            let path = self.blob(&tmp, &base, d, &mut auth).await.map_err(|e| err(image, e))?;
             layers.push((path, l["mediaType"].as_str().unwrap_or_default().to_string()));
         }
         let stored = store.store(crate::image::normalize(image), &digest, &config, &layers);
@@ -300,5 +360,21 @@ mod tests {
         let d = format!("sha256:{}", "a".repeat(64));
         let r = Reference::parse(&format!("localhost:5000/app@{d}"));
         assert_eq!(r.reference, d);
+    }
+
+    #[test]
+    fn docker_configs_give_the_credential_for_a_registry() {
+        let config = serde_json::json!({"auths": {
+            "https://index.docker.io/v1/": {"auth": "aHViOnB3"},
+            "127.0.0.1:5000": {"username": "alice", "password": "s3cret"},
+        }});
+        let hub = Credential { username: "hub".into(), password: "pw".into() };
+        assert_eq!(Credential::from_docker_config(&config, "registry-1.docker.io"), Some(hub));
+        let local = Credential::from_docker_config(&config, "127.0.0.1:5000").unwrap();
+        assert_eq!((local.username.as_str(), local.basic().as_str()), ("alice", "Basic YWxpY2U6czNjcmV0"));
+        assert_eq!(Credential::from_docker_config(&config, "quay.io"), None);
+        // The older .dockercfg: the map itself.
+        let old = serde_json::json!({"quay.io": {"auth": "aHViOnB3"}});
+        assert!(Credential::from_docker_config(&old, "quay.io").is_some());
     }
 }

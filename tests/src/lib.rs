@@ -136,23 +136,51 @@ impl Registry {
         let dir = tempfile::Builder::new().prefix("skiff-registry-").tempdir().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
+        let child = Registry::serve(dir.path(), &addr, "");
+        Registry { addr, child, _dir: dir }
+    }
+
+    /// Restarts the registry (same address, same images) asking every client for `user` and
+    /// `password` (htpasswd auth; the bcrypt hash from Python's crypt module).
+    pub fn require_auth(&mut self, user: &str, password: &str) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let hash = Command::new("python3")
+            .args([
+                "-W",
+                "ignore",
+                "-c",
+                "import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+            ])
+            .arg(password)
+            .output()
+            .expect("python3");
+        let hash = String::from_utf8_lossy(&hash.stdout).trim().to_string();
+        assert!(hash.starts_with("$2"), "a bcrypt hash: {hash:?}");
+        let htpasswd = self._dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
+        let auth = format!("auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n", htpasswd.display());
+        self.child = Registry::serve(self._dir.path(), &self.addr, &auth);
+    }
+
+    fn serve(dir: &std::path::Path, addr: &str, auth: &str) -> std::process::Child {
+        let config = dir.join("config.yml");
         let yaml = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            dir.path().join("data").display()
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth}",
+            dir.join("data").display()
         );
         std::fs::write(&config, yaml).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
             .spawn()
             .expect("docker-registry is installed (Debian docker-registry; scripts/setup installs it)");
         wait_for(Duration::from_secs(20), &format!("the registry on {addr}"), || {
-            std::net::TcpStream::connect(&addr).ok().map(|_| ())
+            std::net::TcpStream::connect(addr).ok().map(|_| ())
         });
-        Registry { addr, child, _dir: dir }
+        child
     }
 }
 

@@ -263,7 +263,7 @@ spec:
 
 #[test]
 fn images_pull_from_a_registry_and_bad_images_and_commands_fail_clearly() {
-    let registry = skiff_tests::Registry::start();
+    let mut registry = skiff_tests::Registry::start();
     let insecure = format!("--node-arg=--insecure-registry={}", registry.addr);
     let c = Cluster::with_nodes(3, 1, &[&insecure]);
     // phase: push the test image to the registry with `skiff image push`
@@ -378,6 +378,54 @@ spec:
     wait_for(T, "asuser Succeeded", || (phase(&c.get_json("pods", "asuser")?) == "Succeeded").then_some(()));
     let id = c.ctl_ok(&["logs", "asuser"]);
     assert!(id.starts_with("uid=1000 gid=3000"), "{id}");
+
+    // phase: a registry that asks for credentials: a pod whose imagePullSecrets hold them
+    // pulls; one without gets the registry's refusal
+    for tag in ["private:1", "private:2"] {
+        c.ctl_ok(&["image", "push", image.to_str().unwrap(), &format!("{}/tools/{tag}", registry.addr), "--insecure"]);
+    }
+    registry.require_auth("puller", "s3cret-pw");
+    let config = serde_json::json!({"auths": {registry.addr.clone(): {"username": "puller", "password": "s3cret-pw"}}});
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, config.to_string());
+    c.apply_yaml(&format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: regcred}}
+type: kubernetes.io/dockerconfigjson
+data: {{.dockerconfigjson: {encoded}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: private}}
+spec:
+  restartPolicy: Never
+  imagePullSecrets: [{{name: regcred}}, {{name: not-there}}]
+  containers: [{{name: app, image: "{0}/tools/private:1", command: [echo, pulled-with-credentials]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: no-credentials}}
+spec:
+  containers: [{{name: app, image: "{0}/tools/private:2", command: [sleep, "3600"]}}]
+"#,
+        registry.addr
+    ));
+    wait_for_showing(
+        T,
+        "private Succeeded",
+        || c.ctl_ok(&["get", "events"]),
+        || (phase(&c.get_json("pods", "private")?) == "Succeeded").then_some(()),
+    );
+    assert_eq!(c.ctl_ok(&["logs", "private"]), "pulled-with-credentials\n");
+    let events = c.ctl_ok(&["get", "events", "-o", "json"]);
+    assert!(events.contains("Unable to retrieve some image pull secrets (not-there)"), "{events}");
+    let refused = wait_for(T, "no-credentials refused by the registry", || {
+        let p = c.get_json("pods", "no-credentials")?;
+        let w = container(&p, "containerStatuses", "app")["state"]["waiting"].clone();
+        (w["reason"] == "ErrImagePull" || w["reason"] == "ImagePullBackOff").then_some(w)
+    });
+    assert!(refused["message"].as_str().unwrap_or_default().contains("401"), "{refused}");
 
     // phase: the healthy pod never noticed
     let ok = wait_for(T, "healthy Running", || {

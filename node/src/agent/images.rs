@@ -68,12 +68,13 @@ impl Agent {
         self.client
             .event(pod_json, "Pod", "kubelet", "Normal", "Pulling", &format!("Pulling image {:?}", c.image))
             .await;
+        let credential = self.pull_credential(pod_json, &c.image).await;
         let (puller, pulls, store_root) = (self.puller.clone(), self.pulls.clone(), self.config.root.join("images"));
         let (client, pod, image_name) = (self.client.clone(), pod_json.clone(), c.image.clone());
         tokio::spawn(async move {
             let started = Instant::now();
             let result = match ImageStore::open(store_root) {
-                Ok(store) => puller.pull(&store, &image_name).await,
+                Ok(store) => puller.pull(&store, &image_name, credential).await,
                 Err(e) => Err(e),
             };
             let state = match result {
@@ -97,5 +98,43 @@ impl Agent {
             }
         });
         Err(("ContainerCreating".into(), String::new()))
+    }
+
+    /// The credential the pod's imagePullSecrets hold for `image`'s registry (the first that
+    /// has one). Secrets that cannot be read are reported as the kubelet reports them, and the
+    /// pull goes on without them.
+    async fn pull_credential(&self, pod_json: &Value, image: &str) -> Option<crate::registry::Credential> {
+        let registry = crate::registry::Reference::parse(image).registry;
+        let ns = meta(pod_json, "namespace");
+        let names: Vec<&str> = pod_json["spec"]["imagePullSecrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        let mut missing: Vec<String> = Vec::new();
+        let mut found = None;
+        for name in names {
+            let config = match self.key_of("secrets", ns, name, ".dockerconfigjson", true).await {
+                Ok(Some(text)) => Some(text),
+                Ok(None) => self.key_of("secrets", ns, name, ".dockercfg", true).await.ok().flatten(),
+                Err(_) => None,
+            };
+            let Some(config) = config.and_then(|t| serde_json::from_str::<Value>(&t).ok()) else {
+                missing.push(name.to_string());
+                continue;
+            };
+            if found.is_none() {
+                found = crate::registry::Credential::from_docker_config(&config, &registry);
+            }
+        }
+        if !missing.is_empty() {
+            let message = format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                missing.join(", ")
+            );
+            self.client.event(pod_json, "Pod", "kubelet", "Warning", "FailedToRetrieveImagePullSecret", &message).await;
+        }
+        found
     }
 }
