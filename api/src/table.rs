@@ -910,8 +910,12 @@ pub fn pod_status(pod: &Value) -> String {
         .into_iter()
         .flatten()
         .any(|c| c["type"] == "PodScheduled" && c["reason"] == "SchedulingGated");
+    let reason = s(pod, "/status/reason");
     if gated && phase == "Pending" {
         "SchedulingGated".into()
+    } else if !reason.is_empty() {
+        // Evicted, PodOSNotSupported, …: the node's reason for the whole pod.
+        reason.into()
     } else if phase.is_empty() {
         "Pending".into()
     } else {

@@ -147,6 +147,7 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
             let spec = obj.get("spec").unwrap_or(&Value::Null);
             pod_spec(&mut v, spec, "spec", &[]);
             scheduling_gates(&mut v, spec);
+            pod_os(&mut v, spec);
         }
         "PodDisruptionBudget" => disruption_budget(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
         "LimitRange" => limit_range(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
@@ -523,6 +524,64 @@ fn disruption_budget(v: &mut V, spec: &Value) {
         }
     }
     v.one_of(spec, "spec", "unhealthyPodEvictionPolicy", &["AlwaysAllow", "IfHealthyBudget"]);
+}
+
+/// Linux-only fields of a pod (`spec.…`) and of its containers' securityContext.
+const LINUX_ONLY_POD: [&str; 11] = [
+    "hostPID",
+    "hostIPC",
+    "shareProcessNamespace",
+    "securityContext.seLinuxOptions",
+    "securityContext.seccompProfile",
+    "securityContext.fsGroup",
+    "securityContext.fsGroupChangePolicy",
+    "securityContext.sysctls",
+    "securityContext.runAsUser",
+    "securityContext.runAsGroup",
+    "securityContext.supplementalGroups",
+];
+const LINUX_ONLY_CONTAINER: [&str; 9] = [
+    "seLinuxOptions",
+    "seccompProfile",
+    "capabilities",
+    "readOnlyRootFilesystem",
+    "privileged",
+    "allowPrivilegeEscalation",
+    "procMount",
+    "runAsUser",
+    "runAsGroup",
+];
+
+/// A pod's `os`: a name, linux or windows; a windows pod sets none of the Linux-only fields,
+/// as Kubernetes' `validateWindows` has it.
+fn pod_os(v: &mut V, spec: &Value) {
+    let Some(os) = spec.get("os").filter(|o| !o.is_null()) else { return };
+    let name = os.get("name").and_then(Value::as_str).unwrap_or_default();
+    match name {
+        "" => return v.push(FieldError::required("spec.os.name", "")),
+        "linux" => return,
+        "windows" => {}
+        other => return v.push(FieldError::not_supported("spec.os.name", other, &["linux", "windows"])),
+    }
+    let set = |value: Option<&Value>| value.is_some_and(|x| !x.is_null() && x != &Value::Bool(false));
+    for field in LINUX_ONLY_POD {
+        let pointer = format!("/{}", field.replace('.', "/"));
+        if set(spec.pointer(&pointer)) {
+            v.push(FieldError::forbidden(format!("spec.{field}"), "may not be set for a windows pod"));
+        }
+    }
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for field in LINUX_ONLY_CONTAINER {
+                if set(c.pointer(&format!("/securityContext/{field}"))) {
+                    v.push(FieldError::forbidden(
+                        format!("spec.{list}[{i}].securityContext.{field}"),
+                        "may not be set for a windows pod",
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// A pod's scheduling gates: qualified names, each once, and no node named while any is left.
@@ -1323,6 +1382,28 @@ mod tests {
         assert_eq!(rc(json!({"template": template})), ["spec.selector: Required value"]);
         let e = rc(json!({"selector": {"app": "db"}, "template": template}));
         assert!(e.iter().any(|m| m.ends_with("`selector` does not match template `labels`")), "{e:?}");
+    }
+
+    #[test]
+    fn pod_os() {
+        let pod = |spec: Value| {
+            let mut spec = spec;
+            spec["containers"] = json!([{"name": "c", "image": "x", "securityContext": {"privileged": true}}]);
+            errs("pods", json!({"metadata": {"name": "p"}, "spec": spec}))
+        };
+        assert_eq!(pod(json!({"os": {"name": "linux"}})), Vec::<String>::new());
+        assert_eq!(
+            pod(json!({"os": {"name": "plan9"}})),
+            ["spec.os.name: Unsupported value: \"plan9\": supported values: \"linux\", \"windows\""]
+        );
+        assert_eq!(
+            pod(json!({"os": {"name": "windows"}, "hostPID": true, "securityContext": {"runAsUser": 1000}})),
+            [
+                "spec.hostPID: Forbidden: may not be set for a windows pod",
+                "spec.securityContext.runAsUser: Forbidden: may not be set for a windows pod",
+                "spec.containers[0].securityContext.privileged: Forbidden: may not be set for a windows pod"
+            ]
+        );
     }
 
     #[test]

@@ -308,6 +308,13 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {{name: for-windows}}
+spec:
+  os: {{name: windows}}
+  containers: [{{name: app, image: "busybox:test", command: [sleep, "3600"]}}]
+---
+apiVersion: v1
+kind: Pod
 metadata: {{name: asuser}}
 spec:
   restartPolicy: Never
@@ -376,6 +383,18 @@ spec:
         "{rootless}"
     );
     wait_for(T, "asuser Succeeded", || (phase(&c.get_json("pods", "asuser")?) == "Succeeded").then_some(()));
+
+    // phase: a pod for another operating system is refused by the node, as the kubelet does
+    let refused = wait_for(T, "for-windows Failed", || {
+        let p = c.get_json("pods", "for-windows")?;
+        (phase(&p) == "Failed").then_some(p)
+    });
+    assert_eq!(refused["status"]["reason"], "PodOSNotSupported", "{refused}");
+    assert_eq!(refused["status"]["message"], "Failed to admit pod as the OS field doesn't match node OS");
+    let listed = c.ctl_ok(&["get", "pod", "for-windows"]);
+    assert!(listed.contains("PodOSNotSupported"), "{listed}");
+    c.ctl_ok(&["delete", "pod", "for-windows"]);
+    wait_for(T, "for-windows deleted", || c.get_json("pods", "for-windows").is_none().then_some(()));
     let id = c.ctl_ok(&["logs", "asuser"]);
     assert!(id.starts_with("uid=1000 gid=3000"), "{id}");
 

@@ -300,6 +300,15 @@ impl Agent {
         if !self.running.contains(&uid) && !self.seen.contains_key(&uid) && pod_json["status"]["phase"] == "Pending" {
             self.seen.insert(uid.clone(), Instant::now());
         }
+        // The kubelet admits only pods for its own operating system.
+        let os = pod.spec.as_ref().and_then(|s| s.os.as_ref()).map_or("", |o| o.name.as_str());
+        if !os.is_empty() && os != "linux" {
+            if pod_json["status"]["phase"] == "Failed" {
+                return Ok(());
+            }
+            let message = "Failed to admit pod as the OS field doesn't match node OS";
+            return self.reject(pod_json, "PodOSNotSupported", message).await;
+        }
         let dir = self.pod_dir(&uid);
         std::fs::create_dir_all(&dir)?;
         let rv = meta(pod_json, "resourceVersion").to_string();
@@ -511,6 +520,27 @@ impl Agent {
             }
         }
         o
+    }
+
+    /// Refuses a pod this node cannot run, as the kubelet's admission does: the pod Failed
+    /// with the reason and message, and a warning event.
+    async fn reject(&mut self, pod_json: &Value, reason: &str, message: &str) -> Result<(), NodeError> {
+        let mut updated = pod_json.clone();
+        updated["status"] = json!({
+            "phase": "Failed",
+            "reason": reason,
+            "message": message,
+            "startTime": skiff_proto::time::now_rfc3339(),
+        });
+        match self.client.update_status("pods", &updated).await {
+            Ok(_) => {
+                self.client.event(pod_json, "Pod", "kubelet", "Warning", reason, message).await;
+                Ok(())
+            }
+            // Someone else changed the pod: the next round reads it again.
+            Err(s) if s.code() == tonic::Code::Aborted => Ok(()),
+            Err(s) => Err(s.into()),
+        }
     }
 
     async fn report(
