@@ -229,15 +229,17 @@ fn autoscaler(obj: &mut Value) {
         obj["spec"]["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]);
     }
     let Some(behavior) = obj.pointer_mut("/spec/behavior").filter(|b| b.is_object()) else { return };
-    let up = [
-        json!({"type": "Pods", "value": 4, "periodSeconds": 15}),
-        json!({"type": "Percent", "value": 100, "periodSeconds": 15}),
-    ];
-    default_at(behavior, &["scaleUp", "stabilizationWindowSeconds"], json!(0));
-    default_at(behavior, &["scaleUp", "selectPolicy"], json!("Max"));
-    default_at(behavior, &["scaleUp", "policies"], json!(up));
-    default_at(behavior, &["scaleDown", "selectPolicy"], json!("Max"));
-    default_at(behavior, &["scaleDown", "policies"], json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]));
+    use skiff_proto::api::HpaScalingRules;
+    for (direction, default) in
+        [("scaleUp", HpaScalingRules::default_scale_up()), ("scaleDown", HpaScalingRules::default_scale_down())]
+    {
+        let Ok(default) = serde_json::to_value(default) else { continue };
+        for field in ["stabilizationWindowSeconds", "selectPolicy", "policies"] {
+            if let Some(value) = default.get(field) {
+                default_at(behavior, &[direction, field], value.clone());
+            }
+        }
+    }
 }
 
 #[cfg(test)]

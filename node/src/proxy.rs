@@ -23,13 +23,11 @@ use crate::error::NodeError;
 use crate::hostport::{ensure, iptables};
 use serde_json::Value;
 use skiff_proto::api::EndpointSlice;
+use skiff_proto::discovery::fnv64 as fnv;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::process::Command;
 use std::sync::Arc;
-
-/// The label naming an EndpointSlice's Service.
-const SERVICE_NAME: &str = "kubernetes.io/service-name";
 
 /// A bridge without ports that the service range is routed to (see `install`).
 pub const SERVICE_BRIDGE: &str = "skiffsvc0";
@@ -121,10 +119,6 @@ pub async fn run(
     watches.iter().for_each(|w| w.abort());
 }
 
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
-}
-
 /// This node's tag in chain names.
 pub fn tag(bridge: &str) -> String {
     format!("{:06x}", fnv(bridge) & 0xffffff)
@@ -169,15 +163,8 @@ fn targets(cfg: &ProxyConfig, services: &[Value], slices: &[Arc<EndpointSlice>])
             svc["metadata"]["namespace"].as_str().unwrap_or("default"),
             svc["metadata"]["name"].as_str().unwrap_or_default(),
         );
-        let own: Vec<&EndpointSlice> = slices
-            .iter()
-            .filter(|s| {
-                s.metadata
-                    .as_ref()
-                    .is_some_and(|m| m.namespace == ns && m.labels.get(SERVICE_NAME).map(String::as_str) == Some(name))
-            })
-            .map(|s| &**s)
-            .collect();
+        let own: Vec<&EndpointSlice> =
+            slices.iter().filter(|s| s.service() == Some((ns, name))).map(|s| &**s).collect();
         for port in svc["spec"]["ports"].as_array().into_iter().flatten() {
             let port_name = port["name"].as_str().unwrap_or_default();
             let protocol = port["protocol"].as_str().unwrap_or("TCP").to_ascii_lowercase();
@@ -476,7 +463,7 @@ mod tests {
         endpoints.extend(e(not_ready, false));
         Arc::new(
             serde_json::from_value(json!({
-                "metadata": {"name": format!("{name}-abc"), "namespace": "default", "labels": {SERVICE_NAME: name}},
+                "metadata": {"name": format!("{name}-abc"), "namespace": "default", "labels": {skiff_proto::discovery::SERVICE_NAME: name}},
                 "addressType": "IPv4", "endpoints": endpoints, "ports": [{"name": "", "port": 8080, "protocol": "TCP"}]
             }))
             .unwrap(),

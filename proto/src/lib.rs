@@ -14,7 +14,9 @@
 //! Everything here is generated at build time by protox + tonic-build; no system `protoc` is
 //! needed.
 
+pub mod autoscaling;
 pub mod cert;
+pub mod discovery;
 pub mod env;
 pub mod ingress_class;
 pub mod metrics;

@@ -658,23 +658,22 @@ struct Rules {
 
 impl Rules {
     fn of(spec: &skiff_proto::api::HorizontalPodAutoscalerSpec) -> Rules {
-        let policy = |kind: &str, value: i32| HpaScalingPolicy { r#type: kind.into(), value, period_seconds: 15 };
-        let fill = |given: Option<HpaScalingRules>, window: i32, policies: Vec<HpaScalingPolicy>| {
+        let fill = |given: Option<HpaScalingRules>, default: HpaScalingRules| {
             let mut r = given.unwrap_or_default();
-            r.stabilization_window_seconds.get_or_insert(window);
+            r.stabilization_window_seconds = r.stabilization_window_seconds.or(default.stabilization_window_seconds);
             if r.select_policy.is_empty() {
-                r.select_policy = "Max".into();
+                r.select_policy = default.select_policy;
             }
             if r.policies.is_empty() {
-                r.policies = policies;
+                r.policies = default.policies;
             }
             r
         };
         let behavior = spec.behavior.clone().unwrap_or_default();
-        Rules {
-            up: fill(behavior.scale_up, 0, vec![policy("Pods", 4), policy("Percent", 100)]),
-            down: fill(behavior.scale_down, DOWNSCALE_WINDOW_SECS as i32, vec![policy("Percent", 100)]),
-        }
+        let mut down = fill(behavior.scale_down, HpaScalingRules::default_scale_down());
+        // The controller's own scale-down window (Kubernetes' 5-minute flag default).
+        down.stabilization_window_seconds.get_or_insert(DOWNSCALE_WINDOW_SECS as i32);
+        Rules { up: fill(behavior.scale_up, HpaScalingRules::default_scale_up()), down }
     }
 }
 

@@ -17,21 +17,16 @@ use skiff_proto::api::{
     EndpointAddress, EndpointConditions, EndpointSlice, EndpointSubset, Endpoints, ObjectMeta, OwnerReference, Pod,
     Service, SliceEndpoint, SlicePort,
 };
+use skiff_proto::discovery::{fnv64, SERVICE_NAME};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The label naming a slice's Service.
-pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// The label naming the controller that keeps a slice.
 pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 const FROM_PODS: &str = "endpointslice-controller.k8s.io";
 const MIRRORED: &str = "endpointslicemirroring-controller.k8s.io";
 /// Kubernetes' `--max-endpoints-per-slice` default.
 pub const MAX_ENDPOINTS: usize = 100;
-
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
-}
 
 /// One endpoint of a slice from an Endpoints address.
 fn endpoint(a: &EndpointAddress, ready: bool) -> SliceEndpoint {
@@ -52,14 +47,19 @@ pub fn slices_for(svc: &Service, subsets: &[EndpointSubset], mirrored: bool) -> 
     let mut labels = meta.labels.clone();
     labels.insert(SERVICE_NAME.into(), meta.name.clone());
     labels.insert(MANAGED_BY.into(), if mirrored { MIRRORED } else { FROM_PODS }.into());
-    let owner = OwnerReference {
-        api_version: "v1".into(),
-        kind: if mirrored { "Endpoints" } else { "Service" }.into(),
-        name: meta.name.clone(),
-        uid: if mirrored { String::new() } else { meta.uid.clone() },
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
+    // Slices from pods are the Service's; mirrored ones carry no owner (the controller deletes
+    // them with the Service).
+    let owners: Vec<OwnerReference> = (!mirrored)
+        .then(|| OwnerReference {
+            api_version: "v1".into(),
+            kind: "Service".into(),
+            name: meta.name.clone(),
+            uid: meta.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        })
+        .into_iter()
+        .collect();
     let slice = |suffix: String, ports: Vec<SlicePort>, endpoints: Vec<SliceEndpoint>| EndpointSlice {
         api_version: "discovery.k8s.io/v1".into(),
         kind: "EndpointSlice".into(),
@@ -67,7 +67,7 @@ pub fn slices_for(svc: &Service, subsets: &[EndpointSubset], mirrored: bool) -> 
             name: format!("{}-{suffix}", meta.name),
             namespace: meta.namespace.clone(),
             labels: labels.clone(),
-            owner_references: if owner.uid.is_empty() { Vec::new() } else { vec![owner.clone()] },
+            owner_references: owners.clone(),
             ..Default::default()
         }),
         address_type: "IPv4".into(),
@@ -87,7 +87,7 @@ pub fn slices_for(svc: &Service, subsets: &[EndpointSubset], mirrored: bool) -> 
             })
             .collect();
         let key: Vec<String> = ports.iter().map(|p| format!("{}/{}/{:?}", p.name, p.protocol, p.port)).collect();
-        let hash = format!("{:08x}", fnv(&key.join(",")) & 0xffff_ffff);
+        let hash = format!("{:08x}", fnv64(&key.join(",")) & 0xffff_ffff);
         let endpoints: Vec<SliceEndpoint> = (subset.addresses.iter().map(|a| endpoint(a, true)))
             .chain(subset.not_ready_addresses.iter().map(|a| endpoint(a, false)))
             .collect();
@@ -117,10 +117,9 @@ impl EndpointSlices {
             .list_namespace(&key.namespace)
             .into_iter()
             .filter(|s| {
-                let labels = s.metadata.as_ref().map(|m| &m.labels);
-                let label = |l: &str| labels.and_then(|ls| ls.get(l)).map(String::as_str);
-                label(SERVICE_NAME) == Some(key.name.as_str())
-                    && matches!(label(MANAGED_BY), Some(FROM_PODS | MIRRORED))
+                let managed_by = s.metadata.as_ref().and_then(|m| m.labels.get(MANAGED_BY)).map(String::as_str);
+                s.service() == Some((key.namespace.as_str(), key.name.as_str()))
+                    && matches!(managed_by, Some(FROM_PODS | MIRRORED))
             })
             .collect()
     }
@@ -128,8 +127,7 @@ impl EndpointSlices {
 
 /// The key of the Service a slice belongs to.
 fn service_of(slice: &EndpointSlice) -> Option<ObjectKey> {
-    let meta = slice.metadata.as_ref()?;
-    Some(ObjectKey::new(&meta.namespace, meta.labels.get(SERVICE_NAME)?))
+    slice.service().map(|(ns, name)| ObjectKey::new(ns, name))
 }
 
 impl Reconciler for EndpointSlices {

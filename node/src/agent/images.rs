@@ -112,16 +112,15 @@ impl Agent {
             .flatten()
             .filter_map(|r| r["name"].as_str())
             .collect();
-        let mut missing: Vec<String> = Vec::new();
+        let mut missing = Vec::new();
         let mut found = None;
         for name in names {
-            let config = match self.key_of("secrets", ns, name, ".dockerconfigjson", true).await {
-                Ok(Some(text)) => Some(text),
-                Ok(None) => self.key_of("secrets", ns, name, ".dockercfg", true).await.ok().flatten(),
-                Err(_) => None,
-            };
-            let Some(config) = config.and_then(|t| serde_json::from_str::<Value>(&t).ok()) else {
-                missing.push(name.to_string());
+            // One read of the secret: `.dockerconfigjson`, else the older `.dockercfg`.
+            let keys = self.all_keys("secrets", ns, name, true).await.unwrap_or_default();
+            let text = |key: &str| keys.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+            let config = text(".dockerconfigjson").or_else(|| text(".dockercfg"));
+            let Some(config) = config.and_then(|t| serde_json::from_str::<Value>(t).ok()) else {
+                missing.push(name);
                 continue;
             };
             if found.is_none() {

@@ -182,7 +182,7 @@ impl Agent {
     }
 
     /// Every key of a ConfigMap's or Secret's data, decoded.
-    async fn all_keys(
+    pub(super) async fn all_keys(
         &self,
         resource: &str,
         ns: &str,
