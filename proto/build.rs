@@ -37,6 +37,7 @@ const KINDS: &[(&str, &str, &str, bool, &str, &str)] = &[
     ("CronJob", "cronjobs", "batch/v1", true, "cj", "status"),
     ("Ingress", "ingresses", "networking.k8s.io/v1", true, "ing", "status"),
     ("IngressClass", "ingressclasses", "networking.k8s.io/v1", false, "", ""),
+    ("NetworkPolicy", "networkpolicies", "networking.k8s.io/v1", true, "netpol", ""),
     ("Role", "roles", "rbac.authorization.k8s.io/v1", true, "", ""),
     ("ClusterRole", "clusterroles", "rbac.authorization.k8s.io/v1", false, "", ""),
     ("RoleBinding", "rolebindings", "rbac.authorization.k8s.io/v1", true, "", ""),

@@ -32,6 +32,7 @@ pub fn apply(info: &KindInfo, obj: &mut Value) {
         }
         "PriorityClass" => default_at(obj, &["preemptionPolicy"], json!("PreemptLowerPriority")),
         "HorizontalPodAutoscaler" => autoscaler(obj),
+        "NetworkPolicy" => network_policy(obj),
         "Deployment" => {
             default_at(obj, &["spec", "replicas"], json!(1));
             default_at(obj, &["spec", "strategy", "type"], json!("RollingUpdate"));
@@ -239,6 +240,25 @@ fn autoscaler(obj: &mut Value) {
                 default_at(behavior, &[direction, field], value.clone());
             }
         }
+    }
+}
+
+/// A NetworkPolicy's ports are TCP unless they say, and its policyTypes are Ingress, plus
+/// Egress when it has egress rules (Kubernetes' `SetDefaults_NetworkPolicy`).
+fn network_policy(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else { return };
+    for direction in ["ingress", "egress"] {
+        let rules = spec.get_mut(direction).and_then(Value::as_array_mut).into_iter().flatten();
+        for port in
+            rules.filter_map(|r| r.get_mut("ports").and_then(Value::as_array_mut)).flatten().filter(|p| p.is_object())
+        {
+            default_at(port, &["protocol"], json!("TCP"));
+        }
+    }
+    let types = spec.get("policyTypes").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
+    if !types {
+        let egress = spec.get("egress").and_then(Value::as_array).is_some_and(|e| !e.is_empty());
+        spec["policyTypes"] = if egress { json!(["Ingress", "Egress"]) } else { json!(["Ingress"]) };
     }
 }
 

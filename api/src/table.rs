@@ -186,6 +186,7 @@ pub fn columns(info: &KindInfo) -> Vec<Column> {
             Column { kind: "integer", ..col("Allowed Disruptions", "How many pods may be evicted now.") },
             AGE,
         ],
+        "NetworkPolicy" => vec![NAME, col("Pod-Selector", "The pods the policy applies to."), AGE],
         "EndpointSlice" => vec![
             NAME,
             col("AddressType", "The kind of address the endpoints have."),
@@ -535,6 +536,7 @@ pub fn cells(info: &KindInfo, o: &Value) -> Vec<String> {
             let allowed = o.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
             vec![name, either("/spec/minAvailable"), either("/spec/maxUnavailable"), allowed.to_string(), age(o)]
         }
+        "NetworkPolicy" => vec![name, label_selector(o.pointer("/spec/podSelector")), age(o)],
         "EndpointSlice" => {
             let slice: skiff_proto::api::EndpointSlice = serde_json::from_value(o.clone()).unwrap_or_default();
             let ports: Vec<String> = slice.ports.iter().filter_map(|p| p.port.map(|n| n.to_string())).collect();
@@ -796,8 +798,14 @@ fn selector(o: &Value) -> String {
     if o["kind"] == "ReplicationController" {
         return pairs(o.pointer("/spec/selector"));
     }
-    let mut parts = vec![pairs(o.pointer("/spec/selector/matchLabels"))];
-    for e in o.pointer("/spec/selector/matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+    label_selector(o.pointer("/spec/selector"))
+}
+
+/// A LabelSelector as kubectl's `FormatLabelSelector` writes it (`<none>` when empty).
+fn label_selector(sel: Option<&Value>) -> String {
+    let sel = sel.unwrap_or(&Value::Null);
+    let mut parts = vec![pairs(sel.get("matchLabels"))];
+    for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
         let values: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         parts.push(match s(e, "/operator") {
             "In" => format!("{} in ({})", s(e, "/key"), values.join(",")),

@@ -156,6 +156,11 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
                 endpoint_slice(&mut v, &slice)
             }
         }
+        "NetworkPolicy" => match obj.get("spec").map(|s| serde_json::from_value(s.clone())) {
+            Some(Ok(spec)) => network_policy(&mut v, &spec),
+            Some(Err(_)) => {}
+            None => v.push(FieldError::required("spec", "")),
+        },
         "HorizontalPodAutoscaler" => {
             if let Some(spec) = obj.get("spec").and_then(|s| serde_json::from_value(s.clone()).ok()) {
                 autoscaler(&mut v, &spec)
@@ -710,6 +715,160 @@ fn autoscaler(v: &mut V, spec: &skiff_proto::api::HorizontalPodAutoscalerSpec) {
             if let Some(rules) = rules {
                 scaling_rules(v, &format!("spec.behavior.{dir}"), rules);
             }
+        }
+    }
+}
+
+/// A NetworkPolicy's spec, as Kubernetes' `ValidateNetworkPolicySpec` checks it.
+fn network_policy(v: &mut V, spec: &skiff_proto::api::NetworkPolicySpec) {
+    selector(v, "spec.podSelector", spec.pod_selector.as_ref());
+    let rules = spec.ingress.iter().map(|r| ("ingress", "from", &r.ports, &r.from));
+    let rules = rules.enumerate().chain(spec.egress.iter().map(|r| ("egress", "to", &r.ports, &r.to)).enumerate());
+    for (i, (direction, peers_field, ports, peers)) in rules {
+        let path = format!("spec.{direction}[{i}]");
+        for (j, port) in ports.iter().enumerate() {
+            network_policy_port(v, &format!("{path}.ports[{j}]"), port);
+        }
+        for (j, peer) in peers.iter().enumerate() {
+            network_policy_peer(v, &format!("{path}.{peers_field}[{j}]"), peer);
+        }
+    }
+    const TYPES: [&str; 2] = ["Ingress", "Egress"];
+    if spec.policy_types.len() > TYPES.len() {
+        v.push(FieldError::invalid(
+            "spec.policyTypes",
+            &spec.policy_types,
+            "may not specify more than two policyTypes",
+        ));
+        return;
+    }
+    for (i, t) in spec.policy_types.iter().enumerate() {
+        if !TYPES.contains(&t.as_str()) {
+            v.push(FieldError::not_supported(format!("spec.policyTypes[{i}]"), t, &TYPES));
+        }
+    }
+}
+
+/// A label selector, when one is given, as Kubernetes' `ValidateLabelSelector` checks it.
+fn selector(v: &mut V, path: &str, sel: Option<&skiff_proto::api::LabelSelector>) {
+    let Some(sel) = sel else { return };
+    v.labels(&format!("{path}.matchLabels"), &json!(sel.match_labels));
+    for (i, e) in sel.match_expressions.iter().enumerate() {
+        let at = format!("{path}.matchExpressions[{i}]");
+        match e.operator.as_str() {
+            "In" | "NotIn" if e.values.is_empty() => v.push(FieldError::required(
+                format!("{at}.values"),
+                "must be specified when `operator` is 'In' or 'NotIn'",
+            )),
+            "Exists" | "DoesNotExist" if !e.values.is_empty() => v.push(FieldError::forbidden(
+                format!("{at}.values"),
+                "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            )),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => v.push(FieldError::invalid(format!("{at}.operator"), other, "not a valid selector operator")),
+        }
+        if !is_label_key(&e.key) {
+            v.push(FieldError::invalid(format!("{at}.key"), &e.key, QUALIFIED_NAME_MSG));
+        }
+    }
+}
+
+fn network_policy_port(v: &mut V, path: &str, port: &skiff_proto::api::NetworkPolicyPort) {
+    const PROTOCOLS: [&str; 3] = ["TCP", "UDP", "SCTP"];
+    if let Some(p) = port.protocol.as_deref().filter(|p| !PROTOCOLS.contains(p)) {
+        v.push(FieldError::not_supported(format!("{path}.protocol"), p, &PROTOCOLS));
+    }
+    use skiff_proto::serde_util::IntOrString;
+    match IntOrString::from_value(&port.port) {
+        Some(IntOrString::Int(n)) => {
+            v.port(format!("{path}.port"), Some(&json!(n)), false);
+            if let Some(end) = port.end_port {
+                if i64::from(end) < n {
+                    v.push(FieldError::invalid(
+                        format!("{path}.endPort"),
+                        n,
+                        "must be greater than or equal to `port`",
+                    ));
+                }
+                v.port(format!("{path}.endPort"), Some(&json!(end)), false);
+            }
+        }
+        Some(IntOrString::Str(name)) => {
+            if let Some(end) = port.end_port {
+                v.push(FieldError::invalid(
+                    format!("{path}.endPort"),
+                    end,
+                    "may not be specified when `port` is non-numeric",
+                ));
+            }
+            for why in port_name_problems(&name) {
+                v.push(FieldError::invalid(format!("{path}.port"), &name, why));
+            }
+        }
+        None => {
+            if let Some(end) = port.end_port {
+                v.push(FieldError::invalid(
+                    format!("{path}.endPort"),
+                    end,
+                    "may not be specified when `port` is not specified",
+                ));
+            }
+        }
+    }
+}
+
+/// Why `name` is not an IANA service name (Kubernetes' `IsValidPortName`).
+fn port_name_problems(name: &str) -> Vec<&'static str> {
+    let mut why = Vec::new();
+    if name.len() > 15 {
+        why.push("must be no more than 15 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        why.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
+    }
+    if name.contains("--") {
+        why.push("must not contain consecutive hyphens");
+    }
+    if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        why.push("must contain at least one letter (a-z)");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        why.push("must not begin or end with a hyphen");
+    }
+    why
+}
+
+fn network_policy_peer(v: &mut V, path: &str, peer: &skiff_proto::api::NetworkPolicyPeer) {
+    selector(v, &format!("{path}.podSelector"), peer.pod_selector.as_ref());
+    selector(v, &format!("{path}.namespaceSelector"), peer.namespace_selector.as_ref());
+    let given = [peer.pod_selector.is_some(), peer.namespace_selector.is_some(), peer.ip_block.is_some()];
+    match (given.iter().filter(|g| **g).count(), &peer.ip_block) {
+        (0, _) => v.push(FieldError::required(path, "must specify a peer")),
+        (1, Some(block)) => ip_block(v, &format!("{path}.ipBlock"), block),
+        (1, None) => {}
+        (_, Some(_)) => v.push(FieldError::forbidden(path, "may not specify both ipBlock and another peer")),
+        (_, None) => {}
+    }
+}
+
+fn ip_block(v: &mut V, path: &str, block: &skiff_proto::api::IpBlock) {
+    const CIDR_MSG: &str = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)";
+    if block.cidr.is_empty() {
+        v.push(FieldError::required(format!("{path}.cidr"), ""));
+        return;
+    }
+    let Ok(cidr) = block.cidr.parse::<ipnet::IpNet>() else {
+        v.push(FieldError::invalid(format!("{path}.cidr"), &block.cidr, CIDR_MSG));
+        return;
+    };
+    for (i, except) in block.except.iter().enumerate() {
+        let at = format!("{path}.except[{i}]");
+        match except.parse::<ipnet::IpNet>() {
+            Err(_) => v.push(FieldError::invalid(at, except, CIDR_MSG)),
+            Ok(e) if !cidr.trunc().contains(&e.addr()) || e.prefix_len() <= cidr.prefix_len() => {
+                v.push(FieldError::invalid(at, except, "must be a strict subset of `cidr`"))
+            }
+            Ok(_) => {}
         }
     }
 }
@@ -1433,6 +1592,66 @@ mod tests {
                 "ports[1].protocol: Unsupported value: \"HTTP\": supported values: \"SCTP\", \"TCP\", \"UDP\""
             ]
         );
+    }
+
+    #[test]
+    fn network_policies() {
+        let policy = |spec: Value| {
+            let mut obj = json!({"metadata": {"name": "db", "namespace": "default"}, "spec": spec});
+            crate::defaults::apply(by_resource("networkpolicies").unwrap(), &mut obj);
+            errs("networkpolicies", obj)
+        };
+        // Kubernetes' own examples: deny all, and a full ingress and egress policy.
+        assert_eq!(policy(json!({"podSelector": {}})), Vec::<String>::new());
+        let full = json!({
+            "podSelector": {"matchLabels": {"role": "db"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [
+                {"ipBlock": {"cidr": "172.17.0.0/16", "except": ["172.17.1.0/24"]}},
+                {"namespaceSelector": {"matchLabels": {"project": "myproject"}}},
+                {"podSelector": {"matchLabels": {"role": "frontend"}}, "namespaceSelector": {}}
+            ], "ports": [{"protocol": "TCP", "port": 6379}]}],
+            "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/24"}}], "ports": [{"port": 32000, "endPort": 32768}, {"port": "dns", "protocol": "UDP"}]}]
+        });
+        assert_eq!(policy(full), Vec::<String>::new());
+        assert_eq!(
+            policy(
+                json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}, "policyTypes": ["Ingress", "Sideways"]})
+            ),
+            [
+                "spec.podSelector.matchExpressions[0].operator: Invalid value: \"Near\": not a valid selector operator",
+                "spec.policyTypes[1]: Unsupported value: \"Sideways\": supported values: \"Ingress\", \"Egress\""
+            ]
+        );
+        assert_eq!(
+            policy(json!({"podSelector": {}, "ingress": [{"from": [{}, {"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}], "ports": [
+                {"protocol": "ICMP", "port": 0}, {"port": 90, "endPort": 80}, {"port": "http", "endPort": 90}, {"endPort": 90}, {"port": "No_Name"}
+            ]}]})),
+            [
+                "spec.ingress[0].ports[0].protocol: Unsupported value: \"ICMP\": supported values: \"TCP\", \"UDP\", \"SCTP\"",
+                "spec.ingress[0].ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
+                "spec.ingress[0].ports[1].endPort: Invalid value: 90: must be greater than or equal to `port`",
+                "spec.ingress[0].ports[2].endPort: Invalid value: 90: may not be specified when `port` is non-numeric",
+                "spec.ingress[0].ports[3].endPort: Invalid value: 90: may not be specified when `port` is not specified",
+                "spec.ingress[0].ports[4].port: Invalid value: \"No_Name\": must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)",
+                "spec.ingress[0].from[0]: Required value: must specify a peer",
+                "spec.ingress[0].from[1]: Forbidden: may not specify both ipBlock and another peer"
+            ]
+        );
+        assert_eq!(
+            policy(json!({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24", "10.0.0.0/16", "10.0.0.0/33"]}}, {"ipBlock": {"cidr": "ten"}}, {"ipBlock": {}}]}]})),
+            [
+                "spec.egress[0].to[0].ipBlock.except[0]: Invalid value: \"10.1.0.0/24\": must be a strict subset of `cidr`",
+                "spec.egress[0].to[0].ipBlock.except[1]: Invalid value: \"10.0.0.0/16\": must be a strict subset of `cidr`",
+                "spec.egress[0].to[0].ipBlock.except[2]: Invalid value: \"10.0.0.0/33\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+                "spec.egress[0].to[1].ipBlock.cidr: Invalid value: \"ten\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+                "spec.egress[0].to[2].ipBlock.cidr: Required value"
+            ]
+        );
+        let mut defaulted = json!({"spec": {"podSelector": {}, "egress": [{"ports": [{"port": 53}]}]}});
+        crate::defaults::apply(by_resource("networkpolicies").unwrap(), &mut defaulted);
+        assert_eq!(defaulted.pointer("/spec/policyTypes"), Some(&json!(["Ingress", "Egress"])));
+        assert_eq!(defaulted.pointer("/spec/egress/0/ports/0/protocol"), Some(&json!("TCP")));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The daemon's caches of cluster-wide kinds: one informer per kind, shared by the service
-//! proxy, the cluster DNS, the ingress controller and the pod network. They learn of changes from one list and
+//! proxy, the cluster DNS, the ingress controller, the pod network and the network policies. They learn of changes from one list and
 //! then one watch per kind, never from periodic lists; readers get the objects as JSON (the
 //! proxy's and the ingress's tables are built from JSON) and a wake-up when any kind they
 //! read changed.
@@ -7,7 +7,7 @@
 use serde_json::Value;
 use skiff_client::informer::{self, ApiSource, Resource, Store};
 use skiff_client::Client;
-use skiff_proto::api::{EndpointSlice, Endpoints, Ingress, IngressClass, Node, Service};
+use skiff_proto::api::{EndpointSlice, Endpoints, Ingress, IngressClass, Namespace, NetworkPolicy, Node, Pod, Service};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -20,6 +20,10 @@ pub struct Caches {
     pub ingresses: Store<Ingress>,
     pub ingress_classes: Store<IngressClass>,
     pub nodes: Store<Node>,
+    /// Every pod of the cluster, its namespaces and the network policies over them.
+    pub pods: Store<Pod>,
+    pub namespaces: Store<Namespace>,
+    pub network_policies: Store<NetworkPolicy>,
 }
 
 impl Caches {
@@ -33,6 +37,9 @@ impl Caches {
         tokio::spawn(informer::run(caches.ingresses.clone(), source(), stop.clone()));
         tokio::spawn(informer::run(caches.ingress_classes.clone(), source(), stop.clone()));
         tokio::spawn(informer::run(caches.nodes.clone(), source(), stop.clone()));
+        tokio::spawn(informer::run(caches.pods.clone(), source(), stop.clone()));
+        tokio::spawn(informer::run(caches.namespaces.clone(), source(), stop.clone()));
+        tokio::spawn(informer::run(caches.network_policies.clone(), source(), stop.clone()));
         caches
     }
 }

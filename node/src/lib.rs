@@ -16,10 +16,11 @@
 //! - [`hostport`]: `hostPort` as iptables DNAT rules in a chain of the node's own;
 //! - [`stats`]: cgroup-based usage of the node and its pods (`skiff top`);
 //! - [`heartbeat`]: Node registration, Lease renewal, node conditions;
-//! - [`informers`]: the caches of Services, Endpoints, Ingresses, IngressClasses and Nodes the
-//!   proxy, the DNS, the ingress and the pod network read (the pod loop has its own, of the
-//!   pods bound here);
-//! - [`podnet`]: routes to the pod ranges of other machines (VXLAN or host-gw).
+//! - [`informers`]: the caches of Services, Endpoints, Ingresses, IngressClasses, Nodes, pods,
+//!   Namespaces and NetworkPolicies the proxy, the DNS, the ingress, the pod network and the
+//!   policies read (the pod loop has its own, of the pods bound here);
+//! - [`podnet`]: routes to the pod ranges of other machines (VXLAN or host-gw);
+//! - [`netpol`]: NetworkPolicy for the node's pods, in the filter table.
 //!
 //! Invariant: the daemon changes the cluster only through the API, and only its own Node, its
 //! Lease, and the pods bound to it.
@@ -35,6 +36,7 @@ pub mod informers;
 pub mod ingress;
 pub mod instance;
 pub mod logs;
+pub mod netpol;
 pub mod podnet;
 pub mod probe;
 pub mod proxy;
@@ -203,12 +205,15 @@ pub async fn run(
         tracing::warn!("node {}: installing the service proxy's rules: {e}; retrying", config.name);
         tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
     }
+    let policy_config = netpol::Config { bridge: config.bridge.clone(), node: config.name.clone() };
+    netpol::install(&policy_config).context("installing the network policies' chains")?;
     let records = dns::Shared::default();
     let gateway = sandbox::PodNetwork::parse(&config.bridge, &config.pod_cidr).map_err(anyhow::Error::msg)?.gateway();
     let dns_addr = std::net::SocketAddr::new(gateway.into(), 53);
     // One informer per kind for the proxy, the DNS records and the ingress.
     let caches = informers::Caches::start(&client, &stop_rx);
     let proxying = tokio::spawn(proxy::run(caches.clone(), proxy_config.clone(), records.clone(), stop_rx.clone()));
+    let policing = tokio::spawn(netpol::run(caches.clone(), policy_config.clone(), stop_rx.clone()));
     let ingress = ingress::Proxy::new(client.clone(), config.name.clone());
     let routing = pod_network.is_some().then(|| {
         tokio::spawn(podnet::run(caches.nodes.clone(), config.pod_network, config.name.clone(), stop_rx.clone()))
@@ -277,11 +282,12 @@ pub async fn run(
     dns.abort();
     serving.abort();
     serving_rt.shutdown_background();
-    let _ = tokio::join!(beat, pods, server, proxying, following);
+    let _ = tokio::join!(beat, pods, server, proxying, policing, following);
     if let Some(routing) = routing {
         let _ = routing.await;
     }
     proxy::uninstall(&proxy_config);
+    netpol::uninstall(&policy_config);
     Ok(())
 }
 

@@ -65,8 +65,8 @@ pub async fn run(
     records: crate::dns::Shared,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut programmed: Option<Ruleset> = None;
-    let mut last_full = std::time::Instant::now();
+    let label = format!("service proxy on {}", cfg.bridge);
+    let prefixes = chain_prefixes(&cfg.bridge);
     let changed = std::sync::Arc::new(tokio::sync::Notify::new());
     let watches = [
         crate::informers::wake_on_changes(&caches.services, &changed),
@@ -82,22 +82,43 @@ pub async fn run(
         } => {}
         _ = stop.changed() => return,
     }
-    loop {
-        // Now and then everything from the kernel's state, as kube-proxy's sync period: rules
-        // someone else removed come back.
-        if last_full.elapsed() >= FULL_SYNC {
-            programmed = None;
-            last_full = std::time::Instant::now();
-        }
+    let wanted = move || {
         let services = crate::informers::values(&caches.services);
         let endpoints = crate::informers::values(&caches.endpoints);
         let wanted = rules(&cfg, &services, &caches.endpoint_slices.list());
         *records.write().expect("records lock") = crate::dns::Records { services, endpoints };
+        wanted
+    };
+    let apply = move |new: &Ruleset, old: Option<&Ruleset>| sync("nat", &prefixes, new, old);
+    keep_programmed(&label, wanted, apply, &changed, stop).await;
+    watches.iter().for_each(|w| w.abort());
+}
+
+/// Keeps a ruleset programmed until `stop`: computes it with `wanted` now, on every
+/// `changed` and every [`SYNC_INTERVAL`], and has `apply` turn what it programmed last into
+/// it when they differ (and everything from the kernel's state every [`FULL_SYNC`], as
+/// kube-proxy's sync period: rules someone else removed come back). Shared by the service
+/// proxy and the network policies.
+pub(crate) async fn keep_programmed(
+    label: &str,
+    wanted: impl Fn() -> Ruleset,
+    apply: impl Fn(&Ruleset, Option<&Ruleset>) -> Result<(), NodeError> + Clone + Send + 'static,
+    changed: &tokio::sync::Notify,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut programmed: Option<Ruleset> = None;
+    let mut last_full = std::time::Instant::now();
+    loop {
+        if last_full.elapsed() >= FULL_SYNC {
+            programmed = None;
+            last_full = std::time::Instant::now();
+        }
+        let wanted = wanted();
         if programmed.as_ref() != Some(&wanted) {
             // iptables-restore may wait for the xtables lock: off the runtime's threads.
-            let (c, old) = (cfg.clone(), programmed.take());
+            let (apply, old) = (apply.clone(), programmed.take());
             let (old, applied) = tokio::task::spawn_blocking(move || {
-                let r = apply(&c, &wanted, old.as_ref());
+                let r = apply(&wanted, old.as_ref());
                 (old, r.map(|()| wanted))
             })
             .await
@@ -106,7 +127,7 @@ pub async fn run(
                 Ok(wanted) => programmed = Some(wanted),
                 Err(e) => {
                     programmed = old;
-                    tracing::warn!("service proxy on {}: {e}", cfg.bridge);
+                    tracing::warn!("{label}: {e}");
                 }
             }
         }
@@ -116,7 +137,6 @@ pub async fn run(
             _ = stop.changed() => break,
         }
     }
-    watches.iter().for_each(|w| w.abort());
 }
 
 /// This node's tag in chain names.
@@ -244,7 +264,7 @@ fn endpoint_chain(t: &Target, ip: &str, port: i64) -> String {
     format!("SKE-{tag}-{:016x}", fnv(&format!("{}/{ip}:{port}", t.chain)))
 }
 
-/// A nat-table ruleset: (chains it declares, rules).
+/// An iptables ruleset: (chains it declares, rules).
 pub type Ruleset = (Vec<String>, Vec<String>);
 
 /// The nat-table ruleset: (chains it declares, rules). A service port without ready
@@ -351,14 +371,19 @@ pub fn install(cfg: &ProxyConfig) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// This node's service and endpoint chains now in the nat table.
-fn owned_chains(bridge: &str) -> Result<BTreeSet<String>, NodeError> {
+/// The prefixes of this node's service and endpoint chains.
+fn chain_prefixes(bridge: &str) -> Vec<String> {
     let tag = tag(bridge);
-    let listing = iptables(&["-t", "nat", "-S"])?;
+    vec![format!("SKS-{tag}-"), format!("SKE-{tag}-")]
+}
+
+/// The chains of `table` whose names start with one of `prefixes`.
+fn owned_chains(table: &str, prefixes: &[String]) -> Result<BTreeSet<String>, NodeError> {
+    let listing = iptables(&["-t", table, "-S"])?;
     Ok(listing
         .lines()
         .filter_map(|l| l.strip_prefix("-N "))
-        .filter(|c| c.starts_with(&format!("SKS-{tag}-")) || c.starts_with(&format!("SKE-{tag}-")))
+        .filter(|c| prefixes.iter().any(|p| c.starts_with(p.as_str())))
         .map(String::from)
         .collect())
 }
@@ -379,7 +404,7 @@ fn by_chain(ruleset: &Ruleset) -> BTreeMap<&str, Vec<&str>> {
 /// `present`) into `new`: only chains whose rules changed are rewritten (declaring a chain
 /// flushes it) and chains no longer wanted are deleted — so an endpoint change at a thousand
 /// services rewrites a few chains, not thousands.
-fn restore_input(new: &Ruleset, old: Option<&Ruleset>, present: &BTreeSet<String>) -> String {
+fn restore_input(table: &str, new: &Ruleset, old: Option<&Ruleset>, present: &BTreeSet<String>) -> String {
     let wanted = by_chain(new);
     let had = old.map(by_chain);
     let changed: Vec<(&str, &Vec<&str>)> = wanted
@@ -391,7 +416,7 @@ fn restore_input(new: &Ruleset, old: Option<&Ruleset>, present: &BTreeSet<String
         Some(h) => h.keys().filter(|c| !wanted.contains_key(*c)).copied().collect(),
         None => present.iter().map(String::as_str).filter(|c| !wanted.contains_key(c)).collect(),
     };
-    let mut input = String::from("*nat\n");
+    let mut input = format!("*{table}\n");
     for c in changed.iter().map(|(c, _)| *c).chain(stale.iter().copied()) {
         let _ = writeln!(input, ":{c} - [0:0]");
     }
@@ -407,11 +432,23 @@ fn restore_input(new: &Ruleset, old: Option<&Ruleset>, present: &BTreeSet<String
     input
 }
 
-/// Programs `ruleset` for this node in one `iptables-restore` transaction, rewriting only
-/// what differs from `old` (the ruleset it programmed last; None: start from the kernel's).
+/// Programs the service proxy's `ruleset` for this node, rewriting only what differs from
+/// `old` (the ruleset it programmed last; None: start from the kernel's).
 pub fn apply(cfg: &ProxyConfig, ruleset: &Ruleset, old: Option<&Ruleset>) -> Result<(), NodeError> {
-    let present = if old.is_none() { owned_chains(&cfg.bridge)? } else { BTreeSet::new() };
-    restore(&restore_input(ruleset, old, &present))
+    sync("nat", &chain_prefixes(&cfg.bridge), ruleset, old)
+}
+
+/// Programs `ruleset` in `table` in one `iptables-restore` transaction, rewriting only what
+/// differs from `old` (the ruleset programmed last; None: start from the kernel's, where this
+/// node's chains are those named with one of `prefixes`).
+pub(crate) fn sync(
+    table: &str,
+    prefixes: &[String],
+    ruleset: &Ruleset,
+    old: Option<&Ruleset>,
+) -> Result<(), NodeError> {
+    let present = if old.is_none() { owned_chains(table, prefixes)? } else { BTreeSet::new() };
+    restore(&restore_input(table, ruleset, old, &present))
 }
 
 fn restore(input: &str) -> Result<(), NodeError> {
@@ -534,14 +571,14 @@ mod tests {
         let services = [svc("a", "10.96.0.1"), svc("b", "10.96.0.2")];
         let before = rules(&cfg(), &services, &[ep("a", &["10.244.1.2"]), ep("b", &["10.244.1.3"])]);
         let after = rules(&cfg(), &services, &[ep("a", &["10.244.1.2"]), ep("b", &["10.244.1.4"])]);
-        let input = restore_input(&after, Some(&before), &BTreeSet::new());
+        let input = restore_input("nat", &after, Some(&before), &BTreeSet::new());
         assert!(!input.contains("10.244.1.2"), "service a is untouched:\n{input}");
         assert!(!input.contains(":SKIFF-SVC-skbr1"), "the top chain is untouched:\n{input}");
         assert!(input.contains("DNAT --to-destination 10.244.1.4:8080"), "{input}");
         assert_eq!(input.matches("\n-X ").count(), 1, "the old endpoint's chain goes:\n{input}");
         // From the kernel's state: everything, and its leftovers deleted.
         let present: BTreeSet<String> = ["SKS-84f3b0-0000000000000000".to_string()].into();
-        let input = restore_input(&after, None, &present);
+        let input = restore_input("nat", &after, None, &present);
         assert!(input.contains(":SKIFF-SVC-skbr1") && input.contains("-X SKS-84f3b0-0000000000000000"), "{input}");
     }
 }

@@ -4,7 +4,7 @@
 //! LoadBalancer on each node's address, ExternalName and headless answers from cluster DNS.
 
 use serde_json::Value;
-use skiff_tests::{wait_for, Cluster};
+use skiff_tests::{wait_for, wait_for_showing, Cluster};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -455,4 +455,78 @@ fn pods_reach_a_deployment_through_its_service_by_ip_and_name_and_nodes_serve_no
             assert!(body.starts_with("web-"), "{addr}: {body}");
         }
     }
+
+    // NetworkPolicy, on both nodes: the web pods (one beside the client on node-2, bridged;
+    // the others on node-1, routed) refuse the client until it carries the label the policy
+    // lets in on the named port; then the client's own egress policy stops it again.
+    c.apply_yaml(WEB_POLICY);
+    let table = c.ctl_ok(&["get", "netpol"]);
+    assert!(table.contains("POD-SELECTOR") && table.contains("app=web"), "{table}");
+    // The request lines after the first `mark` lines (the shell also logs `Terminated` when a
+    // request times out).
+    let after = |mark: usize| -> Vec<String> {
+        let text = logs(&c);
+        let lines = text.lines().skip(mark);
+        lines.filter(|l| l.starts_with("ok ") || l.starts_with("fail ")).map(String::from).collect()
+    };
+    // One round asks by four names; a refused request fails after its 3 s timeout.
+    let all_refused = |mark: usize, why: &str| {
+        wait_for_showing(
+            T,
+            why,
+            || format!("{:?}", after(mark)),
+            || {
+                let lines = after(mark);
+                (lines.len() >= 4 && lines[lines.len() - 4..].iter().all(|l| l.starts_with("fail "))).then_some(())
+            },
+        )
+    };
+    all_refused(logs(&c).lines().count(), "every request of the unlabelled client refused");
+    c.ctl_ok(&["label", "pod", "client", "access=true"]);
+    let mark = logs(&c).lines().count();
+    let seen_since = |mark: usize| format!("{:?}", after(mark));
+    wait_for_showing(
+        T,
+        "the labelled client answered by every web pod again",
+        || seen_since(mark),
+        || {
+            let ready_names: BTreeSet<String> = pods(&c, "app=web")
+                .iter()
+                .filter(|p| ready(p))
+                .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+                .collect();
+            let seen: BTreeSet<String> = after(mark)
+                .iter()
+                .filter(|l| l.starts_with("ok "))
+                .filter_map(|l| l.split(' ').nth(2).map(String::from))
+                .collect();
+            (ready_names.len() == 3 && seen == ready_names).then_some(())
+        },
+    );
+    c.apply_yaml(CLIENT_EGRESS_POLICY);
+    all_refused(logs(&c).lines().count(), "every request refused by the client's egress policy");
 }
+
+/// Ingress to the web pods only from pods labelled `access: "true"`, on their `http` port.
+const WEB_POLICY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-allow-access}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {access: "true"}}}]
+    ports: [{port: http}]
+"#;
+
+/// Egress from the labelled pods only to pods that do not exist.
+const CLIENT_EGRESS_POLICY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-egress}
+spec:
+  podSelector: {matchLabels: {access: "true"}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: nothing}}}]
+"#;
