@@ -1157,6 +1157,7 @@ fn pod_spec(v: &mut V, spec: &Value, path: &str, claim_templates: &[String]) {
             v.one_of(c, &cp, "imagePullPolicy", &["Always", "IfNotPresent", "Never"]);
             if let Ok(typed) = serde_json::from_value::<skiff_proto::api::Container>(c.clone()) {
                 container_env(v, &cp, &typed);
+                container_probes(v, &cp, &typed);
             }
             let mut port_names = BTreeSet::new();
             for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
@@ -1311,6 +1312,128 @@ const ENV_NAME_MSG: &str = "a valid environment variable name must consist of al
                             '-', or '.', and must not start with a digit";
 
 /// A container's `envFrom` and `env[].valueFrom.resourceFieldRef`, as Kubernetes checks them.
+/// A container's probes and lifecycle hooks, as Kubernetes' `validateProbe` and
+/// `validateLifecycle` check them.
+fn container_probes(v: &mut V, cp: &str, c: &skiff_proto::api::Container) {
+    let probes = [
+        ("livenessProbe", &c.liveness_probe),
+        ("readinessProbe", &c.readiness_probe),
+        ("startupProbe", &c.startup_probe),
+    ];
+    for (field, probe) in probes {
+        let Some(p) = probe else { continue };
+        let at = format!("{cp}.{field}");
+        let grpc = p.grpc.as_ref().map(|g| g.port);
+        handler(v, &at, p.exec.as_ref(), p.http_get.as_ref(), p.tcp_socket.as_ref(), grpc, None);
+        let counts = [
+            ("initialDelaySeconds", Some(p.initial_delay_seconds)),
+            ("timeoutSeconds", p.timeout_seconds),
+            ("periodSeconds", p.period_seconds),
+            ("successThreshold", p.success_threshold),
+            ("failureThreshold", p.failure_threshold),
+        ];
+        for (name, n) in counts {
+            if let Some(n) = n.filter(|n| *n < 0) {
+                v.push(FieldError::invalid(format!("{at}.{name}"), n, "must be greater than or equal to 0"));
+            }
+        }
+        if field != "readinessProbe" {
+            if let Some(n) = p.success_threshold.filter(|n| *n != 1) {
+                v.push(FieldError::invalid(format!("{at}.successThreshold"), n, "must be 1"));
+            }
+        }
+        match p.termination_grace_period_seconds {
+            Some(_) if field == "readinessProbe" => v.push(FieldError::forbidden(
+                format!("{at}.terminationGracePeriodSeconds"),
+                "must not be set for readinessProbes",
+            )),
+            Some(n) if n <= 0 => {
+                v.push(FieldError::invalid(format!("{at}.terminationGracePeriodSeconds"), n, "must be greater than 0"))
+            }
+            _ => {}
+        }
+    }
+    let Some(lifecycle) = &c.lifecycle else { return };
+    for (field, hook) in [("postStart", &lifecycle.post_start), ("preStop", &lifecycle.pre_stop)] {
+        let Some(h) = hook else { continue };
+        let sleep = h.sleep.as_ref().map(|s| s.seconds);
+        handler(
+            v,
+            &format!("{cp}.lifecycle.{field}"),
+            h.exec.as_ref(),
+            h.http_get.as_ref(),
+            h.tcp_socket.as_ref(),
+            None,
+            sleep,
+        );
+    }
+}
+
+/// One probe or lifecycle handler: exactly one action, each well formed.
+fn handler(
+    v: &mut V,
+    at: &str,
+    exec: Option<&skiff_proto::api::ExecAction>,
+    http_get: Option<&skiff_proto::api::HttpGetAction>,
+    tcp_socket: Option<&skiff_proto::api::TcpSocketAction>,
+    grpc_port: Option<i32>,
+    sleep_seconds: Option<i64>,
+) {
+    let given = [
+        ("exec", exec.is_some()),
+        ("httpGet", http_get.is_some()),
+        ("tcpSocket", tcp_socket.is_some()),
+        ("grpc", grpc_port.is_some()),
+        ("sleep", sleep_seconds.is_some()),
+    ];
+    let mut seen = 0;
+    for (name, _) in given.iter().filter(|(_, g)| *g) {
+        seen += 1;
+        if seen > 1 {
+            v.push(FieldError::forbidden(format!("{at}.{name}"), "may not specify more than 1 handler type"));
+        }
+    }
+    if seen == 0 {
+        v.push(FieldError::required(at, "must specify a handler type"));
+    }
+    if seen != 1 {
+        return;
+    }
+    if exec.is_some_and(|e| e.command.is_empty()) {
+        v.push(FieldError::required(format!("{at}.exec.command"), ""));
+    }
+    if let Some(h) = http_get {
+        port_or_name(v, &format!("{at}.httpGet.port"), &h.port);
+        const SCHEMES: [&str; 2] = ["HTTP", "HTTPS"];
+        if !h.scheme.is_empty() && !SCHEMES.contains(&h.scheme.as_str()) {
+            v.push(FieldError::not_supported(format!("{at}.httpGet.scheme"), &h.scheme, &SCHEMES));
+        }
+    }
+    if let Some(t) = tcp_socket {
+        port_or_name(v, &format!("{at}.tcpSocket.port"), &t.port);
+    }
+    if let Some(port) = grpc_port {
+        v.port(format!("{at}.grpc.port"), Some(&json!(port)), true);
+    }
+    if let Some(n) = sleep_seconds.filter(|n| *n <= 0) {
+        v.push(FieldError::invalid(format!("{at}.sleep.seconds"), n, "must be greater than 0"));
+    }
+}
+
+/// A port given as a number or a container port's name (Kubernetes' `ValidatePortNumOrName`).
+fn port_or_name(v: &mut V, at: &str, port: &Option<prost_types::Value>) {
+    use skiff_proto::serde_util::IntOrString;
+    match IntOrString::from_value(port) {
+        Some(IntOrString::Int(n)) => v.port(at.to_string(), Some(&json!(n)), true),
+        Some(IntOrString::Str(name)) => {
+            for why in port_name_problems(&name) {
+                v.push(FieldError::invalid(at, &name, why));
+            }
+        }
+        None => v.push(FieldError::required(at, "")),
+    }
+}
+
 fn container_env(v: &mut V, cp: &str, c: &skiff_proto::api::Container) {
     for (j, from) in c.env_from.iter().enumerate() {
         let fp = format!("{cp}.envFrom[{j}]");
@@ -1590,6 +1713,45 @@ mod tests {
                 "ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
                 "ports[1].name: Duplicate value: \"http\"",
                 "ports[1].protocol: Unsupported value: \"HTTP\": supported values: \"SCTP\", \"TCP\", \"UDP\""
+            ]
+        );
+    }
+
+    #[test]
+    fn probes_and_lifecycle_handlers() {
+        let pod = |container: Value| {
+            let mut c =
+                json!({"name": "app", "image": "busybox:test", "ports": [{"name": "http", "containerPort": 80}]});
+            c.as_object_mut().unwrap().extend(container.as_object().unwrap().clone());
+            let mut obj = json!({"metadata": {"name": "p"}, "spec": {"containers": [c]}});
+            crate::defaults::apply(by_resource("pods").unwrap(), &mut obj);
+            errs("pods", obj)
+        };
+        let good = json!({
+            "livenessProbe": {"grpc": {"port": 9090}, "terminationGracePeriodSeconds": 5},
+            "readinessProbe": {"httpGet": {"port": "http", "path": "/ready"}, "successThreshold": 2},
+            "startupProbe": {"tcpSocket": {"port": 80}, "failureThreshold": 30},
+            "lifecycle": {"postStart": {"exec": {"command": ["true"]}}, "preStop": {"sleep": {"seconds": 5}}}
+        });
+        assert_eq!(pod(good), Vec::<String>::new());
+        assert_eq!(
+            pod(json!({
+                "livenessProbe": {"exec": {"command": ["true"]}, "tcpSocket": {"port": 80}, "successThreshold": 2, "periodSeconds": -1},
+                "readinessProbe": {"terminationGracePeriodSeconds": 5},
+                "startupProbe": {"grpc": {"port": 0}, "terminationGracePeriodSeconds": 0},
+                "lifecycle": {"postStart": {"exec": {}}, "preStop": {"httpGet": {"port": "no_such_name", "scheme": "FTP"}}}
+            })),
+            [
+                "spec.containers[0].livenessProbe.tcpSocket: Forbidden: may not specify more than 1 handler type",
+                "spec.containers[0].livenessProbe.periodSeconds: Invalid value: -1: must be greater than or equal to 0",
+                "spec.containers[0].livenessProbe.successThreshold: Invalid value: 2: must be 1",
+                "spec.containers[0].readinessProbe: Required value: must specify a handler type",
+                "spec.containers[0].readinessProbe.terminationGracePeriodSeconds: Forbidden: must not be set for readinessProbes",
+                "spec.containers[0].startupProbe.grpc.port: Invalid value: 0: must be between 1 and 65535, inclusive",
+                "spec.containers[0].startupProbe.terminationGracePeriodSeconds: Invalid value: 0: must be greater than 0",
+                "spec.containers[0].lifecycle.postStart.exec.command: Required value",
+                "spec.containers[0].lifecycle.preStop.httpGet.port: Invalid value: \"no_such_name\": must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)",
+                "spec.containers[0].lifecycle.preStop.httpGet.scheme: Unsupported value: \"FTP\": supported values: \"HTTP\", \"HTTPS\""
             ]
         );
     }

@@ -18,8 +18,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     Exec(Vec<String>),
-    Http { host: Option<String>, port: u16, path: String, headers: Vec<(String, String)> },
-    Tcp { host: Option<String>, port: u16 },
+    Http {
+        host: Option<String>,
+        port: u16,
+        path: String,
+        headers: Vec<(String, String)>,
+    },
+    Tcp {
+        host: Option<String>,
+        port: u16,
+    },
+    /// The gRPC health protocol (`grpc.health.v1.Health/Check`), in plaintext to the pod IP.
+    Grpc {
+        port: u16,
+        service: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -82,8 +95,18 @@ pub fn parse(probe: &Value, container: &Value) -> Result<Probe, String> {
             host: t["host"].as_str().filter(|s| !s.is_empty()).map(String::from),
             port: port(&t["port"], container)?,
         }
+    } else if probe["grpc"].is_object() {
+        let g = &probe["grpc"];
+        Action::Grpc {
+            port: g["port"]
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|p| *p > 0)
+                .ok_or("grpc.port is out of range")?,
+            service: g["service"].as_str().unwrap_or_default().to_string(),
+        }
     } else {
-        return Err("a probe needs exec, httpGet or tcpSocket".into());
+        return Err("a probe needs exec, httpGet, tcpSocket or grpc".into());
     };
     Ok(Probe {
         action,
@@ -110,7 +133,15 @@ pub fn parse_hook(handler: &Value, container: &Value) -> Result<Hook, String> {
     if let Some(seconds) = handler["sleep"]["seconds"].as_u64() {
         return Ok(Hook::Sleep(Duration::from_secs(seconds)));
     }
-    parse(handler, container).map(|p| Hook::Action(p.action)).map_err(|e| e.replace("a probe", "a lifecycle hook"))
+    if handler["grpc"].is_object() {
+        return Err("a lifecycle hook needs exec, httpGet, tcpSocket or sleep".into());
+    }
+    parse(handler, container).map(|p| Hook::Action(p.action)).map_err(|e| {
+        e.replace(
+            "a probe needs exec, httpGet, tcpSocket or grpc",
+            "a lifecycle hook needs exec, httpGet, tcpSocket or sleep",
+        )
+    })
 }
 
 /// Runs a hook once against a container (init `pid`, pod `ip`), for at most `limit`.
@@ -161,6 +192,7 @@ pub async fn run_once(probe: &Probe, pid: i32, ip: &str) -> Result<(), String> {
                 let addr = format!("{}:{port}", host.as_deref().unwrap_or(ip));
                 tokio::net::TcpStream::connect(&addr).await.map(|_| ()).map_err(|e| format!("dial tcp {addr}: {e}"))
             }
+            Action::Grpc { port, service } => grpc_check(ip, *port, service, probe.timeout).await,
             Action::Http { host, port, path, headers } => {
                 let target = host.as_deref().unwrap_or(ip);
                 let addr = format!("{target}:{port}");
@@ -191,6 +223,30 @@ pub async fn run_once(probe: &Probe, pid: i32, ip: &str) -> Result<(), String> {
     match tokio::time::timeout(probe.timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(format!("probe timed out after {}s", probe.timeout.as_secs())),
+    }
+}
+
+/// One health check over gRPC, judged and worded as the kubelet's gRPC prober does.
+async fn grpc_check(ip: &str, port: u16, service: &str, timeout: Duration) -> Result<(), String> {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let target = format!("{ip}:{port}");
+    let within = timeout.as_secs();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+        .map_err(|e| format!("invalid target {target:?}: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("timeout: failed to connect service {target:?} within {within}s: {e}"))?;
+    let request = HealthCheckRequest { service: service.to_string() };
+    match HealthClient::new(channel).check(request).await {
+        Ok(response) => match response.into_inner().status() {
+            ServingStatus::Serving => Ok(()),
+            other => Err(format!("service unhealthy (responded with {:?})", other.as_str_name())),
+        },
+        Err(s) if s.code() == tonic::Code::Unimplemented => Err(format!(
+            "this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
+            s.message()
+        )),
+        Err(s) => Err(format!("error: health rpc probe failed: {}", s.message())),
     }
 }
 
@@ -396,7 +452,8 @@ mod tests {
         assert_eq!(p.action, Action::Exec(vec!["cat".into(), "/tmp/ok".into()]));
         assert_eq!(p.failure_threshold, 2);
         assert!(parse(&json!({"tcpSocket": {"port": "nope"}}), &c).unwrap_err().contains("nope"));
-        assert!(parse(&json!({}), &c).unwrap_err().contains("exec, httpGet or tcpSocket"));
+        assert!(parse(&json!({}), &c).unwrap_err().contains("exec, httpGet, tcpSocket or grpc"));
+        assert!(parse_hook(&json!({}), &c).unwrap_err().contains("exec, httpGet, tcpSocket or sleep"));
     }
 
     #[tokio::test]
@@ -428,5 +485,40 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
         let tcp = probe(Action::Tcp { host: None, port: closed });
         assert!(run_once(&tcp, 0, "127.0.0.1").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn grpc_probes_ask_the_health_service() {
+        use tonic_health::ServingStatus;
+        let (mut reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_service_status("", ServingStatus::Serving).await;
+        reporter.set_service_status("db", ServingStatus::NotServing).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let probe = |service: &str, port| Probe {
+            action: Action::Grpc { port, service: service.into() },
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            success_threshold: 1,
+            failure_threshold: 1,
+        };
+        assert_eq!(run_once(&probe("", port), 0, "127.0.0.1").await, Ok(()));
+        assert_eq!(
+            run_once(&probe("db", port), 0, "127.0.0.1").await,
+            Err("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+        let unknown = run_once(&probe("cache", port), 0, "127.0.0.1").await.unwrap_err();
+        assert!(unknown.starts_with("error: health rpc probe failed"), "{unknown}");
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let refused = run_once(&probe("", closed), 0, "127.0.0.1").await.unwrap_err();
+        assert!(refused.starts_with("timeout: failed to connect service"), "{refused}");
+        let parsed = parse(&serde_json::json!({"grpc": {"port": 9090, "service": "db"}}), &serde_json::json!({}));
+        assert_eq!(parsed.map(|p| p.action), Ok(Action::Grpc { port: 9090, service: "db".into() }));
     }
 }
