@@ -47,6 +47,7 @@ const KINDS: &[(&str, &str, &str, bool, &str, &str)] = &[
     ("PodDisruptionBudget", "poddisruptionbudgets", "policy/v1", true, "pdb", "status"),
     ("HorizontalPodAutoscaler", "horizontalpodautoscalers", "autoscaling/v2", true, "hpa", "status"),
     ("EndpointSlice", "endpointslices", "discovery.k8s.io/v1", true, "", ""),
+    ("RuntimeClass", "runtimeclasses", "node.k8s.io/v1", false, "", ""),
 ];
 
 fn service_name(kind: &str) -> String {
@@ -65,6 +66,7 @@ fn services_proto() -> String {
          import \"skiff/api/meta.proto\";\nimport \"skiff/api/core.proto\";\nimport \"skiff/api/apps.proto\";\n\
          import \"skiff/api/batch.proto\";\nimport \"skiff/api/networking.proto\";\nimport \"skiff/api/rbac.proto\";\n\
          import \"skiff/api/certificates.proto\";\nimport \"skiff/api/policy.proto\";\n\
+         import \"skiff/api/nodeapi.proto\";\n\
          import \"skiff/api/autoscaling.proto\";\nimport \"skiff/api/discovery.proto\";\n\
          import \"skiff/api/requests.proto\";\n\n",
     );
@@ -161,7 +163,8 @@ fn kinds_rs() -> String {
 }
 
 /// Fields holding quantities, which JSON may give as numbers: (message, field).
-const QUANTITIES: [(&str, &str); 22] = [
+const QUANTITIES: [(&str, &str); 23] = [
+    ("Overhead", "pod_fixed"),
     ("HPAScalingRules", "tolerance"),
     ("MetricTarget", "value"),
     ("MetricTarget", "average_value"),
@@ -219,6 +222,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skiff/api/rbac.proto",
         "skiff/api/certificates.proto",
         "skiff/api/policy.proto",
+        "skiff/api/nodeapi.proto",
         "skiff/api/autoscaling.proto",
         "skiff/api/discovery.proto",
         "skiff/api/requests.proto",

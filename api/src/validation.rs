@@ -149,6 +149,7 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
             scheduling_gates(&mut v, spec);
             pod_os(&mut v, spec);
         }
+        "RuntimeClass" => runtime_class(&mut v, obj),
         "PodDisruptionBudget" => disruption_budget(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
         "LimitRange" => limit_range(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
         "EndpointSlice" => {
@@ -1206,11 +1207,38 @@ fn pod_spec(v: &mut V, spec: &Value, path: &str, claim_templates: &[String]) {
             v.push(FieldError::invalid(format!("{cp}.minDomains"), c.min_domains, "must be greater than zero"));
         }
     }
-    for (i, t) in spec.get("tolerations").and_then(Value::as_array).into_iter().flatten().enumerate() {
-        let tp = format!("{path}.tolerations[{i}]");
+    tolerations(v, &format!("{path}.tolerations"), spec.get("tolerations"));
+}
+
+fn tolerations(v: &mut V, path: &str, list: Option<&Value>) {
+    for (i, t) in list.and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let tp = format!("{path}[{i}]");
         v.one_of(t, &tp, "operator", &["Equal", "Exists"]);
         v.one_of(t, &tp, "effect", &["NoSchedule", "PreferNoSchedule", "NoExecute"]);
     }
+}
+
+/// A RuntimeClass: its handler a DNS label, its overhead non-negative quantities, its
+/// scheduling a valid node selector and tolerations (Kubernetes' `ValidateRuntimeClass`).
+fn runtime_class(v: &mut V, obj: &Value) {
+    let handler = obj.get("handler").and_then(Value::as_str).unwrap_or_default();
+    if !is_dns1123_label(handler) {
+        v.push(FieldError::invalid("handler", handler, DNS1123_LABEL_MSG));
+    }
+    for (name, q) in obj.pointer("/overhead/podFixed").and_then(Value::as_object).into_iter().flatten() {
+        let text = q.as_str().map(String::from).unwrap_or_else(|| q.to_string());
+        if skiff_proto::quantity::parse_quantity(&text).is_none_or(|n| n < 0) {
+            v.push(FieldError::invalid(
+                format!("overhead.podFixed[{name}]"),
+                &text,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if let Some(selector) = obj.pointer("/scheduling/nodeSelector") {
+        v.labels("scheduling.nodeSelector", selector);
+    }
+    tolerations(v, "scheduling.tolerations", obj.pointer("/scheduling/tolerations"));
 }
 
 /// Inter-pod affinity terms as Kubernetes checks them: a topology key on every term, weights
@@ -1754,6 +1782,27 @@ mod tests {
                 "spec.containers[0].lifecycle.preStop.httpGet.scheme: Unsupported value: \"FTP\": supported values: \"HTTP\", \"HTTPS\""
             ]
         );
+    }
+
+    #[test]
+    fn runtime_classes() {
+        let class = |body: Value| {
+            let mut obj = json!({"metadata": {"name": "gvisor"}});
+            obj.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+            errs("runtimeclasses", obj)
+        };
+        let good = json!({"handler": "runsc", "overhead": {"podFixed": {"cpu": "250m", "memory": "120Mi"}},
+            "scheduling": {"nodeSelector": {"runtime": "gvisor"}, "tolerations": [{"key": "sandboxed", "operator": "Exists", "effect": "NoSchedule"}]}});
+        assert_eq!(class(good), Vec::<String>::new());
+        assert_eq!(
+            class(json!({"handler": "Run_SC", "overhead": {"podFixed": {"cpu": "-1"}}, "scheduling": {"tolerations": [{"operator": "Near"}]}})),
+            [
+                format!("handler: Invalid value: \"Run_SC\": {DNS1123_LABEL_MSG}"),
+                "overhead.podFixed[cpu]: Invalid value: \"-1\": must be greater than or equal to 0".to_string(),
+                "scheduling.tolerations[0].operator: Unsupported value: \"Near\": supported values: \"Equal\", \"Exists\"".to_string()
+            ]
+        );
+        assert_eq!(class(json!({})), [format!("handler: Invalid value: \"\": {DNS1123_LABEL_MSG}")]);
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub struct Resources {
     pub pods: i128,
 }
 
-/// What a pod asks for: the larger of its app containers' sum and its largest init container.
+/// What a pod asks for: the larger of its app containers' sum and its largest init container,
+/// plus its runtime's overhead (`spec.overhead`, set from its RuntimeClass).
 pub fn pod_requests(pod: &Pod) -> Resources {
     let Some(spec) = pod.spec.as_ref() else { return Resources { pods: 1000, ..Resources::default() } };
     let get = |c: &skiff_proto::api::Container, r: &str| {
@@ -21,7 +22,9 @@ pub fn pod_requests(pod: &Pod) -> Resources {
     };
     let sum = |r: &str| spec.containers.iter().map(|c| get(c, r)).sum::<i128>();
     let init = |r: &str| spec.init_containers.iter().map(|c| get(c, r)).max().unwrap_or(0);
-    Resources { cpu: sum("cpu").max(init("cpu")), memory: sum("memory").max(init("memory")), pods: 1000 }
+    let overhead = |r: &str| spec.overhead.get(r).and_then(|q| parse_quantity(q)).unwrap_or(0);
+    let total = |r: &str| sum(r).max(init(r)) + overhead(r);
+    Resources { cpu: total("cpu"), memory: total("memory"), pods: 1000 }
 }
 
 /// (protocol, port) pairs a pod wants on its node.
@@ -219,5 +222,25 @@ impl Snapshot {
             }
         }
         Snapshot { nodes: infos }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_the_larger_of_apps_and_init_plus_the_overhead() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {
+            "initContainers": [{"name": "i", "image": "x", "resources": {"requests": {"cpu": "1", "memory": "64Mi"}}}],
+            "containers": [
+                {"name": "a", "image": "x", "resources": {"requests": {"cpu": "250m", "memory": "100Mi"}}},
+                {"name": "b", "image": "x", "resources": {"requests": {"cpu": "250m"}}}
+            ],
+            "overhead": {"cpu": "100m", "memory": "20Mi"}
+        }}))
+        .unwrap();
+        let mib = 1024 * 1024 * 1000;
+        assert_eq!(pod_requests(&pod), Resources { cpu: 1100, memory: 120 * mib, pods: 1000 });
     }
 }

@@ -443,3 +443,66 @@ spec:
     let events = c.ctl_ok(&["get", "events"]);
     assert!(events.contains("New size: 1; reason: All metrics below target"), "{events}");
 }
+
+const RUNTIME_CLASSES: &str = r#"
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: standard}
+handler: runc
+overhead: {podFixed: {cpu: 100m, memory: 16Mi}}
+scheduling:
+  nodeSelector: {sandbox: runc}
+  tolerations: [{key: sandboxed, operator: Exists, effect: NoSchedule}]
+---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: kata}
+handler: kata
+scheduling:
+  tolerations: [{key: sandboxed, operator: Exists, effect: NoSchedule}]
+"#;
+
+fn runtime_pod(name: &str, class: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  runtimeClassName: {class}\n  \
+         terminationGracePeriodSeconds: 0\n  containers: [{{name: c, image: busybox:test, command: [sleep, '3600']}}]\n"
+    )
+}
+
+#[test]
+fn runtime_classes_add_overhead_and_placement_and_other_runtimes_are_reported() {
+    let c = Cluster::with_nodes(1, 1, &[]);
+    let node = c.nodes()[0].0.clone();
+    c.ctl_ok(&["label", "node", &node, "sandbox=runc"]);
+    c.ctl_ok(&["taint", "node", &node, "sandboxed=yes:NoSchedule"]);
+    c.apply_yaml(RUNTIME_CLASSES);
+    // A class that does not exist refuses the pod, as Kubernetes' admission does.
+    let file = c.dir.path().join("missing.yaml");
+    std::fs::write(&file, runtime_pod("nowhere", "gvisor")).unwrap();
+    let out = c.ctl(&["apply", "-f", file.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("pod rejected: RuntimeClass \"gvisor\" not found"), "{said}");
+    assert!(c.get_json("pods", "nowhere").is_none());
+
+    // The class's overhead and placement are the pod's: it runs on the tainted, labelled node.
+    c.apply_yaml(&runtime_pod("runs", "standard"));
+    let pod = wait_for(T, "the pod of class `standard` running", || {
+        c.get_json("pods", "runs").filter(|p| p["status"]["phase"] == "Running")
+    });
+    assert_eq!(pod["spec"]["overhead"], serde_json::json!({"cpu": "100m", "memory": "16Mi"}), "{pod}");
+    assert_eq!(pod["spec"]["nodeSelector"]["sandbox"], "runc", "{pod}");
+    let tolerations = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+    assert!(tolerations.iter().any(|t| t["key"] == "sandboxed"), "{pod}");
+
+    // A handler this node does not have: no sandbox, and the kubelet's event says why.
+    c.apply_yaml(&runtime_pod("elsewhere", "kata"));
+    wait_for(T, "a FailedCreatePodSandBox event for the kata pod", || {
+        let events = c.ctl_ok(&["get", "events", "--field-selector", "involvedObject.name=elsewhere"]);
+        events.contains("FailedCreatePodSandBox").then_some(())
+    });
+    let events = c.ctl_ok(&["get", "events", "--field-selector", "involvedObject.name=elsewhere"]);
+    assert!(events.contains("no runtime for \"kata\" is configured"), "{events}");
+    let pod = c.get_json("pods", "elsewhere").unwrap();
+    assert_eq!(pod["status"]["phase"], "Pending", "{pod}");
+    assert!(pod["status"]["podIP"].is_null(), "no sandbox, no address: {pod}");
+}

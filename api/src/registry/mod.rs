@@ -359,6 +359,7 @@ impl Registry {
         let key = kinds::key(info, &ns, object::name(&obj));
         if info.kind == "Pod" {
             self.resolve_priority(&mut obj).await?;
+            self.resolve_runtime_class(&mut obj).await?;
         }
         if matches!(info.kind, "Pod" | "PersistentVolumeClaim") {
             self.limit_ranger(info, &mut obj).await?;
@@ -459,6 +460,58 @@ impl Registry {
             object::name(obj),
             crate::limits::aggregate(&errors)
         )))
+    }
+
+    /// Kubernetes' RuntimeClass admission: a pod naming a RuntimeClass gets the class's
+    /// overhead (one given outright must equal it) and its scheduling constraints (its node
+    /// selector merged in, refused on a conflicting label; its tolerations added); a class that
+    /// does not exist, or an overhead without a class that defines one, refuses the pod.
+    async fn resolve_runtime_class(&self, obj: &mut Value) -> ApiResult<()> {
+        let mut pod: skiff_proto::api::Pod = typed(obj)?;
+        let name = object::name(obj).to_string();
+        let forbidden = |why: String| ApiError::Forbidden(format!("pods {name:?} is forbidden: pod rejected: {why}"));
+        let Some(spec) = pod.spec.as_mut() else { return Ok(()) };
+        let class: Option<skiff_proto::api::RuntimeClass> = match spec.runtime_class_name.as_deref() {
+            None | Some("") => None,
+            Some(class) => match self.get(kinds::by_resource("runtimeclasses")?, "", class).await {
+                Ok(c) => Some(typed(&c)?),
+                Err(ApiError::NotFound { .. }) => return Err(forbidden(format!("RuntimeClass {class:?} not found"))),
+                Err(e) => return Err(e),
+            },
+        };
+        let overhead = class.as_ref().and_then(|c| c.overhead.as_ref()).map(|o| &o.pod_fixed);
+        match overhead {
+            None if !spec.overhead.is_empty() => {
+                return Err(forbidden("Pod Overhead set without corresponding RuntimeClass defined Overhead".into()))
+            }
+            Some(fixed) if !spec.overhead.is_empty() && spec.overhead != *fixed => {
+                return Err(forbidden("Pod's Overhead doesn't match RuntimeClass's defined Overhead".into()))
+            }
+            Some(fixed) => spec.overhead = fixed.clone(),
+            None => {}
+        }
+        let Some(class) = class else { return Ok(()) };
+        let scheduling = class.scheduling.unwrap_or_default();
+        for (key, value) in scheduling.node_selector {
+            match spec.node_selector.get(&key) {
+                Some(had) if *had != value => {
+                    return Err(ApiError::Forbidden(format!(
+                        "pods {name:?} is forbidden: conflict: runtimeClass.scheduling.nodeSelector[{key}] = {value}; \
+                         pod.spec.nodeSelector[{key}] = {had}"
+                    )))
+                }
+                _ => {
+                    spec.node_selector.insert(key, value);
+                }
+            }
+        }
+        for toleration in scheduling.tolerations {
+            if !spec.tolerations.contains(&toleration) {
+                spec.tolerations.push(toleration);
+            }
+        }
+        *obj = serde_json::to_value(&pod).map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.finish_object(kinds::by_resource("pods")?, obj)
     }
 
     async fn resolve_priority(&self, pod: &mut Value) -> ApiResult<()> {

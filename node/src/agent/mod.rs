@@ -27,6 +27,13 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The RuntimeClass handlers this node runs pods with (libcontainer, under the name
+/// containerd and CRI-O give their default runtime).
+pub const RUNTIME_HANDLERS: &[&str] = &["runc"];
+
+/// How often a pod whose RuntimeClass this node cannot run has its class looked up again.
+const RUNTIME_RECHECK: Duration = Duration::from_secs(10);
+
 pub struct Agent {
     pub client: Client,
     pub config: NodeConfig,
@@ -58,6 +65,8 @@ pub struct Agent {
     projected: HashMap<String, Instant>,
     /// Pods (uid) seen not running, since when: their start is timed until they run.
     seen: HashMap<String, Instant>,
+    /// Pods (uid) whose RuntimeClass this node cannot run: when it was last looked up, and why.
+    no_runtime: HashMap<String, (Instant, String)>,
     /// Pods (uid) whose containers all run.
     running: HashSet<String>,
     metrics: AgentMetrics,
@@ -144,6 +153,7 @@ impl Agent {
             asked: HashMap::new(),
             projected: HashMap::new(),
             seen: HashMap::new(),
+            no_runtime: HashMap::new(),
             running: HashSet::new(),
             metrics: AgentMetrics::register(metrics),
         })
@@ -321,6 +331,15 @@ impl Agent {
         if phase == "Succeeded" || phase == "Failed" {
             return Ok(());
         }
+        // A sandbox is made only by a runtime this node has (the class is looked up once,
+        // and again every RUNTIME_RECHECK while it names another).
+        let class = spec.runtime_class_name.as_deref().unwrap_or_default();
+        if !class.is_empty() && !dir.join("sandbox-ready").exists() {
+            if let Some(why) = self.runtime_problem(pod_json, &uid, class).await {
+                tracing::debug!(pod = meta(pod_json, "name"), "{why}");
+                return Ok(());
+            }
+        }
         let policy = if spec.restart_policy.is_empty() { "Always" } else { spec.restart_policy.as_str() };
         let ip =
             if spec.host_network { None } else { Some(crate::blocking(|| self.ensure_sandbox(&pod, &uid, &dir))?) };
@@ -429,6 +448,38 @@ impl Agent {
             }),
         };
         tokio::spawn(prober.run());
+    }
+
+    /// Why this node cannot make a sandbox for a pod of RuntimeClass `class` (None: it can —
+    /// the class's handler is one of [`RUNTIME_HANDLERS`]); each new reason is reported as the
+    /// kubelet's FailedCreatePodSandBox event.
+    async fn runtime_problem(&mut self, pod_json: &Value, uid: &str, class: &str) -> Option<String> {
+        if let Some((_, why)) = self.no_runtime.get(uid).filter(|(at, _)| at.elapsed() < RUNTIME_RECHECK) {
+            return Some(why.clone());
+        }
+        let why = match self.client.get("runtimeclasses", "", class).await {
+            Ok(rc) => {
+                let handler = rc["handler"].as_str().unwrap_or_default();
+                if RUNTIME_HANDLERS.contains(&handler) {
+                    self.no_runtime.remove(uid);
+                    return None;
+                }
+                format!(
+                    "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to get sandbox runtime: \
+                     no runtime for {handler:?} is configured"
+                )
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                format!("Failed to create pod sandbox: RuntimeClass {class:?} not found")
+            }
+            Err(s) => format!("Failed to create pod sandbox: looking up RuntimeClass {class:?}: {}", s.message()),
+        };
+        let new = self.no_runtime.get(uid).is_none_or(|(_, had)| *had != why);
+        if new {
+            self.client.event(pod_json, "Pod", "kubelet", "Warning", "FailedCreatePodSandBox", &why).await;
+        }
+        self.no_runtime.insert(uid.to_string(), (Instant::now(), why.clone()));
+        Some(why)
     }
 
     fn ensure_sandbox(&self, pod: &Pod, uid: &str, dir: &Path) -> Result<Ipv4Addr, NodeError> {
@@ -813,6 +864,7 @@ impl Agent {
         self.asked.retain(|(u, _, _), _| *u != uid);
         self.projected.remove(&uid);
         self.seen.remove(&uid);
+        self.no_runtime.remove(&uid);
         self.running.remove(&uid);
         if in_api {
             match self.client.delete_pod(meta(pod, "namespace"), meta(pod, "name"), Some(0)).await {
