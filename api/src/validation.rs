@@ -1156,6 +1156,17 @@ fn pod_spec(v: &mut V, spec: &Value, path: &str, claim_templates: &[String]) {
                 v.push(FieldError::required(format!("{cp}.image"), ""));
             }
             v.one_of(c, &cp, "imagePullPolicy", &["Always", "IfNotPresent", "Never"]);
+            // A container's own restartPolicy makes an init container a sidecar; nothing else.
+            match c.get("restartPolicy").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+                Some(_) if list == "containers" => v.push(FieldError::forbidden(
+                    format!("{cp}.restartPolicy"),
+                    "may not be set for non-init containers",
+                )),
+                Some(p) if p != "Always" => {
+                    v.push(FieldError::not_supported(format!("{cp}.restartPolicy"), p, &["Always"]))
+                }
+                _ => {}
+            }
             if let Ok(typed) = serde_json::from_value::<skiff_proto::api::Container>(c.clone()) {
                 container_env(v, &cp, &typed);
                 container_probes(v, &cp, &typed);
@@ -1780,6 +1791,23 @@ mod tests {
                 "spec.containers[0].lifecycle.postStart.exec.command: Required value",
                 "spec.containers[0].lifecycle.preStop.httpGet.port: Invalid value: \"no_such_name\": must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)",
                 "spec.containers[0].lifecycle.preStop.httpGet.scheme: Unsupported value: \"FTP\": supported values: \"HTTP\", \"HTTPS\""
+            ]
+        );
+    }
+
+    #[test]
+    fn only_init_containers_restart_on_their_own_as_sidecars() {
+        let pod = |spec: Value| errs("pods", json!({"metadata": {"name": "p"}, "spec": spec}));
+        let c = |policy: &str| json!({"name": format!("c-{}", policy.to_lowercase()), "image": "x", "restartPolicy": policy});
+        assert_eq!(
+            pod(json!({"initContainers": [c("Always")], "containers": [{"name": "app", "image": "x"}]})),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            pod(json!({"initContainers": [c("Never")], "containers": [c("Always")]})),
+            [
+                "spec.initContainers[0].restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"",
+                "spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers"
             ]
         );
     }

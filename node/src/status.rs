@@ -26,6 +26,12 @@ pub struct Observed {
     /// Host pid of the running run's init, and that run's directory (for the probers).
     pub pid: Option<i32>,
     pub run_dir: Option<std::path::PathBuf>,
+    /// An init container with `restartPolicy: Always`: a sidecar, running beside the app
+    /// containers.
+    pub sidecar: bool,
+    /// Running and past its startup probe and postStart hook (the next init container may
+    /// start after a sidecar once it is).
+    pub started: bool,
 }
 
 /// The next step for one container.
@@ -119,20 +125,31 @@ fn condition(kind: &str, ok: bool, reason: &str) -> Value {
     c
 }
 
-/// Phase and conditions from the init and app containers' observations and steps.
+/// Phase and conditions from the init and app containers' observations and steps. Sidecars
+/// count as initialized once started, count towards readiness, and keep a pod whose app
+/// containers have finished Running until they have stopped too.
 pub fn phase_and_conditions(init: &[(Observed, Step)], app: &[(Observed, Step)]) -> (String, Vec<Value>) {
-    let init_failed = init.iter().any(|(o, s)| *s == Step::Done && o.exited.as_ref().is_some_and(|e| e.exit_code != 0));
-    let initialized = init.iter().all(|(o, _)| o.exited.as_ref().is_some_and(|e| e.exit_code == 0));
+    type Observations<'a> = Vec<&'a (Observed, Step)>;
+    let (sidecars, regular): (Observations, Observations) = init.iter().partition(|(o, _)| o.sidecar);
+    let init_failed =
+        regular.iter().any(|(o, s)| *s == Step::Done && o.exited.as_ref().is_some_and(|e| e.exit_code != 0));
+    // Once the app containers have run, the pod stays initialized whatever a sidecar does.
+    let initialized = app.iter().any(|(o, _)| o.runs > 0)
+        || (regular.iter().all(|(o, _)| o.exited.as_ref().is_some_and(|e| e.exit_code == 0))
+            && sidecars.iter().all(|(o, _)| o.started));
     let all_started = app.iter().all(|(o, _)| o.runs > 0);
     // Running, or exited and about to be restarted (a first start still creating is Pending).
     let any_active = app.iter().any(|(o, s)| {
         o.running.is_some() || (o.exited.is_some() && *s != Step::Done) || (o.runs > 1 && o.exited.is_none())
     });
     let all_done = app.iter().all(|(_, s)| *s == Step::Done);
+    let sidecar_running = sidecars.iter().any(|(o, _)| o.running.is_some());
     let phase = if init_failed {
         "Failed"
     } else if !initialized || !all_started {
         "Pending"
+    } else if all_done && sidecar_running {
+        "Running"
     } else if all_done {
         if app.iter().all(|(o, _)| o.exited.as_ref().is_some_and(|e| e.exit_code == 0)) {
             "Succeeded"
@@ -144,7 +161,7 @@ pub fn phase_and_conditions(init: &[(Observed, Step)], app: &[(Observed, Step)])
     } else {
         "Pending"
     };
-    let ready = initialized && app.iter().all(|(o, _)| o.running.is_some() && o.ready);
+    let ready = initialized && app.iter().chain(sidecars.iter().copied()).all(|(o, _)| o.running.is_some() && o.ready);
     let terminal = phase == "Succeeded" || phase == "Failed";
     let not_ready_reason = if terminal { "PodCompleted" } else { "ContainersNotReady" };
     let conditions = vec![
@@ -243,6 +260,33 @@ mod tests {
         assert_eq!(c[3]["reason"], "PodCompleted");
         let (p, _) = phase_and_conditions(&[(exited(1), Step::Done)], &[(Observed::default(), Step::Wait)]);
         assert_eq!(p, "Failed", "init failed under Never");
+    }
+
+    #[test]
+    fn sidecars_initialize_once_started_count_for_readiness_and_hold_a_finished_pod() {
+        let sidecar = |started: bool, ready: bool| Observed {
+            runs: 1,
+            running: Some("t".into()),
+            sidecar: true,
+            started,
+            ready,
+            ..Default::default()
+        };
+        let app_running = Observed { runs: 1, running: Some("t".into()), ready: true, ..Default::default() };
+        // Not yet started: the pod is still initializing.
+        let (p, c) = phase_and_conditions(&[(sidecar(false, false), Step::Wait)], &[(Observed::default(), Step::Wait)]);
+        assert_eq!((p.as_str(), &c[1]["status"]), ("Pending", &json!("False")));
+        // Started: initialized; Ready only while the sidecar is ready too.
+        let (p, c) = phase_and_conditions(&[(sidecar(true, false), Step::Wait)], &[(app_running.clone(), Step::Wait)]);
+        assert_eq!((p.as_str(), &c[1]["status"], &c[3]["status"]), ("Running", &json!("True"), &json!("False")));
+        let (_, c) = phase_and_conditions(&[(sidecar(true, true), Step::Wait)], &[(app_running, Step::Wait)]);
+        assert_eq!(c[3]["status"], "True");
+        // The app finished: Running until the sidecar has stopped, then Succeeded.
+        let (p, _) = phase_and_conditions(&[(sidecar(true, true), Step::Wait)], &[(exited(0), Step::Done)]);
+        assert_eq!(p, "Running");
+        let stopped = Observed { sidecar: true, ..exited(143) };
+        let (p, _) = phase_and_conditions(&[(stopped, Step::Done)], &[(exited(0), Step::Done)]);
+        assert_eq!(p, "Succeeded", "a sidecar's exit does not fail the pod");
     }
 
     #[test]

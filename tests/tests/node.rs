@@ -121,7 +121,49 @@ spec:
     let node_root = &c.nodes()[0].2;
     assert!(!node_root.join("pods").join(&uid).exists(), "pod directory removed");
     assert!(!node_root.join("ns").join(&uid).exists(), "sandbox removed");
+
+    // phase: a sidecar (an init container with restartPolicy Always) serves the init container
+    // after it and the app container, and is stopped once the app container has finished
+    c.apply_yaml(SIDECAR_POD);
+    let pod = wait_for_showing(
+        T,
+        "the pod with a sidecar Succeeded",
+        || format!("{:?}", c.get_json("pods", "with-sidecar").map(|p| p["status"].clone())),
+        || c.get_json("pods", "with-sidecar").filter(|p| phase(p) == "Succeeded"),
+    );
+    assert_eq!(log_of(&c, &pod, "job", 0), "from-sidecar\nfrom-sidecar", "{pod}");
+    let proxy = container(&pod, "initContainerStatuses", "proxy");
+    assert!(proxy["state"]["terminated"].is_object(), "the sidecar stopped with the pod: {proxy}");
+    let setup = &container(&pod, "initContainerStatuses", "setup")["state"]["terminated"];
+    assert_eq!(setup["exitCode"].as_i64().unwrap_or(0), 0, "{pod}");
 }
+
+/// A job-like pod whose init container and app container both ask its sidecar, which the
+/// next init container waits on until its startup probe passes.
+const SIDECAR_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: with-sidecar}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  volumes: [{name: shared, emptyDir: {}}]
+  initContainers:
+  - name: proxy
+    image: busybox:test
+    restartPolicy: Always
+    command: [sh, -c, "mkdir -p /www && echo from-sidecar > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    startupProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+  - name: setup
+    image: busybox:test
+    command: [sh, -c, "wget -q -O /data/setup http://127.0.0.1:8080/"]
+    volumeMounts: [{name: shared, mountPath: /data}]
+  containers:
+  - name: job
+    image: busybox:test
+    command: [sh, -c, "cat /data/setup; wget -q -O - http://127.0.0.1:8080/"]
+    volumeMounts: [{name: shared, mountPath: /data}]
+"#;
 
 #[test]
 fn crashing_containers_back_off_init_failures_block_the_pod_and_memory_limits_oom_kill() {

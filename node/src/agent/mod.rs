@@ -65,6 +65,8 @@ pub struct Agent {
     projected: HashMap<String, Instant>,
     /// Pods (uid) seen not running, since when: their start is timed until they run.
     seen: HashMap<String, Instant>,
+    /// Sidecar runs being stopped because their pod's app containers finished, since when.
+    stopping: HashMap<PathBuf, Instant>,
     /// Pods (uid) whose RuntimeClass this node cannot run: when it was last looked up, and why.
     no_runtime: HashMap<String, (Instant, String)>,
     /// Pods (uid) whose containers all run.
@@ -154,6 +156,7 @@ impl Agent {
             projected: HashMap::new(),
             seen: HashMap::new(),
             no_runtime: HashMap::new(),
+            stopping: HashMap::new(),
             running: HashSet::new(),
             metrics: AgentMetrics::register(metrics),
         })
@@ -345,22 +348,50 @@ impl Agent {
             if spec.host_network { None } else { Some(crate::blocking(|| self.ensure_sandbox(&pod, &uid, &dir))?) };
 
         let (base, max) = (self.config.backoff_base, self.config.backoff_max);
+        // Sidecars (init containers with restartPolicy Always) stop once the app containers
+        // of a pod that does not restart them have all finished.
+        let sidecars = spec.init_containers.iter().any(|c| c.restart_policy == "Always");
+        let apps_finished = sidecars
+            && policy != "Always"
+            && spec.containers.iter().all(|c| {
+                let o = self.observe(&uid, &dir, c);
+                let since = o.exited.as_ref().map_or(Duration::ZERO, |e| secs_since(&e.finished_at));
+                status::step(&o, policy, false, since, base, max) == Step::Done
+            });
         let mut init_obs = Vec::new();
         let mut initialized = true;
         for c in &spec.init_containers {
+            let sidecar = c.restart_policy == "Always";
             let o = self.observe(&uid, &dir, c);
             let since = o.exited.as_ref().map_or(Duration::ZERO, |e| secs_since(&e.finished_at));
-            let mut st = status::step(&o, policy, true, since, base, max);
-            if initialized && st != Step::Done {
-                initialized = false;
-                if st == Step::Start {
-                    self.start(pod_json, &pod, c, &dir, ip, o.runs).await;
-                    st = Step::Wait;
+            let mut st = match (sidecar, apps_finished) {
+                (true, true) => {
+                    self.stop_sidecar(pod_json, &o);
+                    if o.running.is_some() {
+                        Step::Wait
+                    } else {
+                        Step::Done
+                    }
                 }
-            } else if !initialized && st == Step::Start {
+                // A sidecar restarts whenever it exits, whatever the pod's policy.
+                (true, false) => status::step(&o, "Always", false, since, base, max),
+                (false, _) => status::step(&o, policy, true, since, base, max),
+            };
+            // Each starts in its turn; a sidecar that ran once is restarted at any time.
+            if st == Step::Start {
+                if initialized || (sidecar && o.runs > 0) {
+                    self.start(pod_json, &pod, c, &dir, ip, o.runs).await;
+                }
                 st = Step::Wait;
             }
-            init_obs.push((self.observe(&uid, &dir, c), st));
+            let o = self.observe(&uid, &dir, c);
+            if sidecar {
+                self.ensure_prober(pod_json, &pod, c, &o, ip);
+            }
+            if !(if sidecar { o.started || apps_finished } else { st == Step::Done }) {
+                initialized = false;
+            }
+            init_obs.push((o, st));
         }
         let mut app_obs = Vec::new();
         for c in &spec.containers {
@@ -368,7 +399,8 @@ impl Agent {
             let since = o.exited.as_ref().map_or(Duration::ZERO, |e| secs_since(&e.finished_at));
             let mut st = status::step(&o, policy, false, since, base, max);
             if st == Step::Start {
-                if initialized {
+                // Once initialized, the pod stays so whatever a sidecar does.
+                if initialized || o.runs > 0 {
                     self.start(pod_json, &pod, c, &dir, ip, o.runs).await;
                 }
                 st = Step::Wait;
@@ -378,6 +410,7 @@ impl Agent {
             app_obs.push((o, st));
         }
         self.probing.retain(|d| !d.join("exit.json").exists() && d.exists());
+        self.stopping.retain(|d, _| !d.join("exit.json").exists() && d.exists());
         if app_obs.iter().any(|(o, _)| o.running.is_some()) {
             self.refresh_projections(pod_json, &spec, &dir).await;
         }
@@ -390,9 +423,9 @@ impl Agent {
         if self.probing.contains(&run_dir) {
             return;
         }
-        let spec = &pod_json["spec"]["containers"];
-        let cj =
-            spec.as_array().into_iter().flatten().find(|x| x["name"] == c.name.as_str()).cloned().unwrap_or_default();
+        let spec = &pod_json["spec"];
+        let all = spec["initContainers"].as_array().into_iter().chain(spec["containers"].as_array()).flatten();
+        let cj = all.clone().find(|x| x["name"] == c.name.as_str()).cloned().unwrap_or_default();
         let mut parsed = HashMap::new();
         for key in ["startupProbe", "livenessProbe", "readinessProbe"] {
             if cj[key].is_object() {
@@ -538,6 +571,7 @@ impl Agent {
             image: c.image.clone(),
             runs: all.len() as u32,
             waiting: self.waiting.get(&(uid.to_string(), c.name.clone())).cloned(),
+            sidecar: c.restart_policy == "Always",
             ..Default::default()
         };
         if let Some(latest) = all.last() {
@@ -549,12 +583,13 @@ impl Agent {
                     o.pid = Some(s.pid);
                     o.run_dir = Some(latest.dir.clone());
                     let results = self.probes.lock().ok().and_then(|m| m.get(&latest.dir).cloned());
-                    o.ready = match results {
-                        Some(r) => r.ready && r.started,
+                    let post_start = c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some());
+                    (o.ready, o.started) = match results {
+                        Some(r) => (r.ready && r.started, r.started),
                         // Not probed yet: ready only if nothing has to pass first.
                         None => {
-                            let post_start = c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some());
-                            c.readiness_probe.is_none() && c.startup_probe.is_none() && !post_start
+                            let started = c.startup_probe.is_none() && !post_start;
+                            (started && c.readiness_probe.is_none(), started)
                         }
                     };
                 }
@@ -616,7 +651,7 @@ impl Agent {
         } else {
             self.running.remove(&uid);
         }
-        let init_done = init.iter().all(|(_, s)| *s == Step::Done);
+        let init_done = init.iter().all(|(o, s)| if o.sidecar { o.started } else { *s == Step::Done });
         let app_waiting = if init_done { "ContainerCreating" } else { "PodInitializing" };
         let pod_ip = ip.map(|a| a.to_string()).unwrap_or_else(|| self.config.node_ip.clone());
         let old = &pod_json["status"];
@@ -881,9 +916,28 @@ impl Agent {
     /// Stops one running container of a pod being deleted: its `preStop` hook first, if it has
     /// one (within the grace period, which it uses up), then SIGTERM — as the kubelet does. A
     /// hook that fails is reported (FailedPreStopHook) and the container is stopped anyway.
+    /// Stops a running sidecar whose pod's app containers have finished: SIGTERM once (after
+    /// its preStop hook), SIGKILL when the pod's grace period has passed.
+    fn stop_sidecar(&mut self, pod: &Value, o: &Observed) {
+        let (Some(_), Some(run_dir)) = (&o.running, &o.run_dir) else { return };
+        let Some(attempt) = run_dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()) else { return };
+        let i = Instance { attempt, dir: run_dir.clone() };
+        let grace = Duration::from_secs(pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30));
+        match self.stopping.get(run_dir) {
+            None => {
+                self.stopping.insert(run_dir.clone(), Instant::now());
+                self.stop_container(pod, i, grace);
+            }
+            Some(since) if since.elapsed() >= grace => i.signal(nix::sys::signal::Signal::SIGKILL),
+            Some(_) => {}
+        }
+    }
+
     fn stop_container(&self, pod: &Value, i: Instance, grace: Duration) {
         let name = i.dir.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or_default();
-        let container = pod["spec"]["containers"].as_array().into_iter().flatten().find(|c| c["name"] == name);
+        let spec = &pod["spec"];
+        let all = spec["initContainers"].as_array().into_iter().chain(spec["containers"].as_array()).flatten();
+        let container = all.clone().find(|c| c["name"] == name);
         let handler = container.map(|c| &c["lifecycle"]["preStop"]).filter(|h| h.is_object());
         let (Some(handler), Some(container), InstanceState::Running(started)) = (handler, container, i.state()) else {
             i.signal(nix::sys::signal::Signal::SIGTERM);
