@@ -50,6 +50,7 @@ pub mod selector;
 pub mod service;
 pub mod table;
 pub mod validation;
+pub mod versions;
 
 pub use error::{ApiError, ApiResult};
 pub use registry::Registry;

@@ -648,6 +648,26 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     );
     k.ok(&["delete", "hpa", "web"]);
 
+    // phase: `kubectl autoscale` (autoscaling/v1, in protobuf) makes the same kind of object;
+    // read back at v1 it shows the cpu target as v1 names it
+    assert_eq!(
+        k.ok(&["autoscale", "deployment", "web", "--min=2", "--max=5", "--cpu-percent=60"]),
+        "horizontalpodautoscaler.autoscaling/web autoscaled\n"
+    );
+    let v2: serde_json::Value = serde_json::from_str(&k.ok(&["get", "hpa", "web", "-o", "json"])).unwrap();
+    assert_eq!(v2["apiVersion"], "autoscaling/v2", "{v2}");
+    assert_eq!(v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 60, "{v2}");
+    assert_eq!((v2["spec"]["minReplicas"].as_i64(), v2["spec"]["maxReplicas"].as_i64()), (Some(2), Some(5)));
+    let at_v1 = "horizontalpodautoscalers.v1.autoscaling";
+    let v1: serde_json::Value = serde_json::from_str(&k.ok(&["get", at_v1, "web", "-o", "json"])).unwrap();
+    assert_eq!(v1["apiVersion"], "autoscaling/v1", "{v1}");
+    assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 60, "{v1}");
+    // A patch written against v1 changes the stored metric.
+    k.ok(&["patch", at_v1, "web", "--type=merge", "-p", r#"{"spec":{"targetCPUUtilizationPercentage":70}}"#]);
+    let v2: serde_json::Value = serde_json::from_str(&k.ok(&["get", "hpa", "web", "-o", "json"])).unwrap();
+    assert_eq!(v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 70, "{v2}");
+    k.ok(&["delete", "hpa", "web"]);
+
     // phase: a pod with a scheduling gate shows why it waits
     k.ok(&[
         "run",

@@ -47,14 +47,31 @@ pub const VIRTUAL: [(&str, &str, &str, bool, &[&str]); 6] = [
     ("metrics.k8s.io/v1beta1", "pods", "PodMetrics", true, &["get", "list"]),
 ];
 
-/// The group versions other than the core one, in the kinds table's order (one version per
-/// group).
+/// The group versions other than the core one, in the kinds table's order (a group's stored
+/// version, its preferred one, before the older ones also served).
 fn groups() -> Vec<&'static str> {
     let mut out: Vec<&str> = Vec::new();
-    let versions = KINDS.iter().map(|k| k.api_version).chain(VIRTUAL.iter().map(|v| v.0));
+    let versions = KINDS
+        .iter()
+        .map(|k| k.api_version)
+        .chain(VIRTUAL.iter().map(|v| v.0))
+        .chain(crate::versions::ALSO_SERVED.iter().map(|v| v.0));
     for api_version in versions {
         if api_version.contains('/') && !out.contains(&api_version) {
             out.push(api_version);
+        }
+    }
+    out
+}
+
+/// The groups, each with its versions, preferred first.
+fn group_versions() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
+    for gv in groups() {
+        let (group, version) = gv.split_once('/').unwrap_or(("", gv));
+        match out.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, versions)) => versions.push(version),
+            None => out.push((group, vec![version])),
         }
     }
     out
@@ -68,22 +85,22 @@ pub fn core_versions(server_address: &str) -> Value {
     })
 }
 
-fn group_json(group_version: &str) -> Value {
-    let (group, v) = group_version.split_once('/').unwrap_or(("", group_version));
-    let version = json!({"groupVersion": group_version, "version": v});
-    json!({"name": group, "versions": [version.clone()], "preferredVersion": version})
+fn group_json(group: &str, versions: &[&str]) -> Value {
+    let versions: Vec<Value> =
+        versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    json!({"name": group, "preferredVersion": versions[0], "versions": versions})
 }
 
 pub fn group_list() -> Value {
-    let groups: Vec<Value> = groups().into_iter().map(group_json).collect();
+    let groups: Vec<Value> = group_versions().iter().map(|(g, v)| group_json(g, v)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/{group}`, if Skiff serves the group.
 pub fn group(name: &str) -> Option<Value> {
-    let gv = groups().into_iter().find(|gv| gv.split_once('/').is_some_and(|(g, _)| g == name))?;
+    let (group, versions) = group_versions().into_iter().find(|(g, _)| *g == name)?;
     Some({
-        let mut g = group_json(gv);
+        let mut g = group_json(group, &versions);
         g["kind"] = json!("APIGroup");
         g["apiVersion"] = json!("v1");
         g
@@ -113,12 +130,16 @@ fn categories(info: &KindInfo) -> Vec<&'static str> {
 
 /// The kind at `api_version` whose resource is `resource`.
 pub fn kind_at(api_version: &str, resource: &str) -> Option<&'static KindInfo> {
-    KINDS.iter().find(|k| k.api_version == api_version && k.resource == resource)
+    KINDS.iter().find(|k| {
+        k.resource == resource && (k.api_version == api_version || crate::versions::also_served(api_version, resource))
+    })
 }
 
 /// `/api/v1` or `/apis/{group}/{version}`: the resources and their subresources.
 pub fn resource_list(api_version: &str) -> Option<Value> {
-    let kinds: Vec<&KindInfo> = KINDS.iter().filter(|k| k.api_version == api_version).collect();
+    // An older version also served lists its resource without subresources.
+    let older = |k: &&KindInfo| crate::versions::also_served(api_version, k.resource);
+    let kinds: Vec<&KindInfo> = KINDS.iter().filter(|k| k.api_version == api_version || older(k)).collect();
     let virtual_resources: Vec<Value> = VIRTUAL
         .iter()
         .filter(|v| v.0 == api_version)
@@ -147,7 +168,8 @@ pub fn resource_list(api_version: &str) -> Option<Value> {
             r["categories"] = json!(categories);
         }
         resources.push(r);
-        for sub in info.subresources.split(',').filter(|s| !s.is_empty()) {
+        let subresources = if info.api_version == api_version { info.subresources } else { "" };
+        for sub in subresources.split(',').filter(|s| !s.is_empty()) {
             let name = format!("{}/{sub}", info.resource);
             resources.push(match sub {
                 "status" => json!({"name": name, "singularName": "", "namespaced": info.namespaced, "kind": info.kind, "verbs": ["get", "patch", "update"]}),
@@ -180,45 +202,48 @@ pub fn wants_aggregated(accept: &str) -> bool {
 /// `/api` (`core`) or `/apis` as an APIGroupDiscoveryList: the same resources as
 /// [`resource_list`] gives per version, subresources folded into their resource.
 pub fn aggregated(core: bool) -> Value {
-    let versions = if core { vec!["v1"] } else { groups() };
-    let items: Vec<Value> = versions
+    let groups = if core { vec![("", vec!["v1"])] } else { group_versions() };
+    let items: Vec<Value> = groups
         .into_iter()
-        .map(|gv| {
-            let (group, version) = gv.split_once('/').unwrap_or(("", gv));
-            let listed = resource_list(gv).unwrap_or_default();
-            let mut resources: Vec<Value> = Vec::new();
-            for r in listed["resources"].as_array().into_iter().flatten() {
-                let name = r["name"].as_str().unwrap_or_default();
-                let kind = json!({
-                    "group": r.get("group").unwrap_or(&json!(group)),
-                    "version": r.get("version").unwrap_or(&json!(version)),
-                    "kind": r["kind"],
-                });
-                if let Some((parent, sub)) = name.split_once('/') {
-                    let Some(parent) = resources.iter_mut().find(|p| p["resource"] == parent) else { continue };
-                    let entry = json!({"subresource": sub, "responseKind": kind, "verbs": r["verbs"]});
-                    parent["subresources"].as_array_mut().expect("made with a list").push(entry);
-                    continue;
-                }
-                let scope = if r["namespaced"] == true { "Namespaced" } else { "Cluster" };
-                let mut entry = json!({
-                    "resource": name, "responseKind": kind, "scope": scope,
-                    "singularResource": r["singularName"], "verbs": r["verbs"], "subresources": [],
-                });
-                for optional in ["shortNames", "categories"] {
-                    if let Some(v) = r.get(optional) {
-                        entry[optional] = v.clone();
-                    }
-                }
-                resources.push(entry);
-            }
-            json!({
-                "metadata": {"name": group, "creationTimestamp": null},
-                "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
-            })
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions.iter().map(|version| aggregated_version(group, version)).collect();
+            json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
         })
         .collect();
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+/// One version of a group in aggregated discovery.
+fn aggregated_version(group: &str, version: &str) -> Value {
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let listed = resource_list(&gv).unwrap_or_default();
+    let mut resources: Vec<Value> = Vec::new();
+    for r in listed["resources"].as_array().into_iter().flatten() {
+        let name = r["name"].as_str().unwrap_or_default();
+        let kind = json!({
+            "group": r.get("group").unwrap_or(&json!(group)),
+            "version": r.get("version").unwrap_or(&json!(version)),
+            "kind": r["kind"],
+        });
+        if let Some((parent, sub)) = name.split_once('/') {
+            let Some(parent) = resources.iter_mut().find(|p| p["resource"] == parent) else { continue };
+            let entry = json!({"subresource": sub, "responseKind": kind, "verbs": r["verbs"]});
+            parent["subresources"].as_array_mut().expect("made with a list").push(entry);
+            continue;
+        }
+        let scope = if r["namespaced"] == true { "Namespaced" } else { "Cluster" };
+        let mut entry = json!({
+            "resource": name, "responseKind": kind, "scope": scope,
+            "singularResource": r["singularName"], "verbs": r["verbs"], "subresources": [],
+        });
+        for optional in ["shortNames", "categories"] {
+            if let Some(v) = r.get(optional) {
+                entry[optional] = v.clone();
+            }
+        }
+        resources.push(entry);
+    }
+    json!({"version": version, "resources": resources, "freshness": "Current"})
 }
 
 #[cfg(test)]

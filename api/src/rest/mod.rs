@@ -126,6 +126,9 @@ struct Target {
     ns: String,
     name: String,
     sub: String,
+    /// The older version the client speaks (`autoscaling/v1`), converted to and from the
+    /// stored one ([`crate::versions`]); None: the stored version.
+    older: Option<&'static str>,
 }
 
 fn target(api_version: &str, rest: &[&str], path: &str) -> ApiResult<Target> {
@@ -142,12 +145,15 @@ fn target(api_version: &str, rest: &[&str], path: &str) -> ApiResult<Target> {
     }
     let name = tail.first().map(|s| s.to_string()).unwrap_or_default();
     let sub = tail.get(1).map(|s| s.to_string()).unwrap_or_default();
-    let served =
-        sub.is_empty() || info.subresources.split(',').any(|s| s == sub) || (info.kind == "Pod" && sub == "log");
+    let older =
+        crate::versions::ALSO_SERVED.iter().find(|(v, r)| *v == api_version && *r == info.resource).map(|v| v.0);
+    let served = sub.is_empty()
+        || (older.is_none() && info.subresources.split(',').any(|s| s == sub))
+        || (info.kind == "Pod" && sub == "log");
     if !served {
         return Err(not_found_path(path));
     }
-    Ok(Target { info, ns, name, sub })
+    Ok(Target { info, ns, name, sub, older })
 }
 
 /// A request's body, up to [`MAX_BODY`].
@@ -283,9 +289,21 @@ impl Call<'_> {
         Include::parse(self.query.str("includeObject")).map(Some).map_err(ApiError::BadRequest)
     }
 
-    /// The request body as JSON.
+    /// The request body as JSON, at the stored version.
     fn object(&self) -> ApiResult<Value> {
-        parse_body(self.headers, self.body)
+        let obj = parse_body(self.headers, self.body)?;
+        match self.t.older {
+            Some(_) => crate::versions::from_v1(obj),
+            None => Ok(obj),
+        }
+    }
+
+    /// A stored object as the client's version shows it.
+    fn shown(&self, obj: Value) -> Value {
+        match self.t.older {
+            Some(_) if obj["kind"] == self.info().kind => crate::versions::to_v1(&obj),
+            _ => obj,
+        }
     }
 
     /// `?dryRun=All`: check everything, write nothing.
@@ -360,6 +378,16 @@ impl Call<'_> {
             let t = table::table(self.info(), page.items.iter().map(|s| &s.object), metadata, include);
             return Ok(json_response(StatusCode::OK, &t));
         }
+        if let Some(version) = self.t.older {
+            let items: Vec<Value> = page.items.iter().map(|s| self.shown(s.object.clone())).collect();
+            let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
+            if !page.continue_token.is_empty() {
+                metadata["continue"] = json!(page.continue_token);
+            }
+            let kind = format!("{}List", self.info().kind);
+            let list = json!({"apiVersion": version, "kind": kind, "metadata": metadata, "items": items});
+            return Ok(json_response(StatusCode::OK, &list));
+        }
         Ok(json_text_response(StatusCode::OK, crate::service::list_json(self.info(), &page)?))
     }
 
@@ -393,7 +421,7 @@ impl Call<'_> {
             let t = table::table(self.info(), [&obj], json!({"resourceVersion": rv}), include);
             return Ok(json_response(StatusCode::OK, &t));
         }
-        Ok(json_response(StatusCode::OK, &obj))
+        Ok(json_response(StatusCode::OK, &self.shown(obj)))
     }
 
     async fn create(&self) -> ApiResult<http::Response<Body>> {
@@ -407,7 +435,7 @@ impl Call<'_> {
         let manager = self.manager()?;
         let w = Write { dry_run, manager: Some(&manager) };
         let made = self.api.create_object(&self.user, self.info(), obj, &self.t.ns, id.as_ref(), w).await?;
-        Ok(json_response(StatusCode::CREATED, &made))
+        Ok(json_response(StatusCode::CREATED, &self.shown(made)))
     }
 
     async fn update(&self) -> ApiResult<http::Response<Body>> {
@@ -423,7 +451,7 @@ impl Call<'_> {
         let manager = self.manager()?;
         let w = Write { dry_run, manager: Some(&manager) };
         let updated = self.api.update_object(&self.user, self.info(), obj, &self.t.ns, scope, w).await?;
-        Ok(json_response(StatusCode::OK, &updated))
+        Ok(json_response(StatusCode::OK, &self.shown(updated)))
     }
 
     async fn patch(&self) -> ApiResult<http::Response<Body>> {
@@ -437,6 +465,12 @@ impl Call<'_> {
             ))
         })?;
         if kind == PatchType::Apply {
+            if let Some(version) = self.t.older {
+                return Err(ApiError::Unsupported(format!(
+                    "server-side apply is served at {}, not {version}",
+                    self.info().api_version
+                )));
+            }
             return self.server_side_apply(dry_run).await;
         }
         let body: Value = serde_json::from_slice(self.body)
@@ -454,9 +488,13 @@ impl Call<'_> {
         }
         let scope = if self.t.sub == "status" { UpdateScope::Status } else { UpdateScope::Main };
         let pinned = patch::pins_version(kind, &body);
-        let (ns, name) = (self.t.ns.clone(), self.t.name.clone());
+        let (ns, name, older) = (self.t.ns.clone(), self.t.name.clone(), self.t.older);
         let apply = move |stored: &Value| {
-            let mut patched = patch::apply(kind, stored, &body)?;
+            // An older version's patch applies to the object as that version shows it.
+            let mut patched = match older {
+                Some(_) => crate::versions::from_v1(patch::apply(kind, &crate::versions::to_v1(stored), &body)?)?,
+                None => patch::apply(kind, stored, &body)?,
+            };
             // The patch may not move the object elsewhere.
             for (field, want) in [("name", name.as_str()), ("namespace", crate::object::namespace(stored))] {
                 if crate::object::meta_str(&patched, field) != want {
@@ -472,7 +510,7 @@ impl Call<'_> {
         let w = Write { dry_run, manager: Some(&manager) };
         let patched =
             self.api.patch_object(&self.user, self.info(), &self.t.ns, &self.t.name, scope, pinned, w, &apply).await?;
-        Ok(json_response(StatusCode::OK, &patched))
+        Ok(json_response(StatusCode::OK, &self.shown(patched)))
     }
 
     /// Server-side apply: the body is the manager's whole configuration of the object, which
@@ -606,7 +644,7 @@ impl Call<'_> {
             }
         }
         let obj = self.api.delete_object(&self.user, self.info(), &self.t.ns, &self.t.name, &opts, dry_run).await?;
-        Ok(json_response(StatusCode::OK, &obj))
+        Ok(json_response(StatusCode::OK, &self.shown(obj)))
     }
 
     /// Deletes every object the selectors match (authorized as `deletecollection`).
@@ -619,13 +657,13 @@ impl Call<'_> {
         for s in &page.items {
             let (ns, name) = (crate::object::namespace(&s.object), crate::object::name(&s.object));
             match registry.delete(self.info(), ns, name, &opts).await {
-                Ok(obj) => deleted.push(obj),
+                Ok(obj) => deleted.push(self.shown(obj)),
                 Err(ApiError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
         let list = json!({
-            "apiVersion": self.info().api_version,
+            "apiVersion": self.t.older.unwrap_or(self.info().api_version),
             "kind": format!("{}List", self.info().kind),
             "metadata": {"resourceVersion": page.resource_version.to_string()},
             "items": deleted,
@@ -659,6 +697,7 @@ impl Call<'_> {
         let timeout = self.query.int("timeoutSeconds")?.filter(|t| *t > 0).map(|t| Duration::from_secs(t as u64));
         let table = self.table()?;
         let info = self.info();
+        let older = self.t.older;
         let mut rx = self.api.watch_objects(&self.user, info, &self.t.ns, opts).await?;
         let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
         tokio::spawn(async move {
@@ -679,7 +718,18 @@ impl Call<'_> {
                                 let rv = crate::object::resource_version(&ev.object).to_string();
                                 table::table(info, [&ev.object], json!({"resourceVersion": rv}), include)
                             }
-                            _ => ev.object,
+                            _ if ev.kind == "BOOKMARK" => match older {
+                                Some(version) => {
+                                    let mut o = ev.object;
+                                    o["apiVersion"] = json!(version);
+                                    o
+                                }
+                                None => ev.object,
+                            },
+                            _ => match older {
+                                Some(_) => crate::versions::to_v1(&ev.object),
+                                None => ev.object,
+                            },
                         };
                         json!({"type": ev.kind, "object": object})
                     }
