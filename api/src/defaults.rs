@@ -130,7 +130,10 @@ pub fn apply(info: &KindInfo, obj: &mut Value) {
         }
         "Event" => {
             default_at(obj, &["type"], json!("Normal"));
-            default_at(obj, &["count"], json!(1));
+            // Events written through events.k8s.io/v1 count with `series`, not `count`.
+            if obj.get("eventTime").and_then(Value::as_str).is_none_or(str::is_empty) {
+                default_at(obj, &["count"], json!(1));
+            }
         }
         _ => {}
     }

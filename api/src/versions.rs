@@ -1,6 +1,10 @@
-//! Kinds also served at an older version of their group: objects are stored at the kind's
-//! one version ([`crate::kinds`]) and converted on the way in and out of the REST API, as
+//! Kinds also served at another version or group: objects are stored at the kind's one
+//! version ([`crate::kinds`]) and converted on the way in and out of the REST API, as
 //! Kubernetes' conversion functions do.
+//!
+//! `events.k8s.io/v1` Events (what client-go's events recorder writes) are core Events under
+//! other names: `regarding` is `involvedObject`, `note` is `message`, the old counters and
+//! timestamps are `deprecated…`; they are validated as Kubernetes validates that version.
 //!
 //! `autoscaling/v1` HorizontalPodAutoscalers (what `kubectl autoscale` sends): the cpu
 //! utilization target is `targetCPUUtilizationPercentage`, and what v1 cannot say — other
@@ -12,7 +16,80 @@ use crate::error::{ApiError, ApiResult};
 use serde_json::{json, Map, Value};
 
 /// (group version, resource) served besides the stored version.
-pub const ALSO_SERVED: [(&str, &str); 1] = [("autoscaling/v1", "horizontalpodautoscalers")];
+pub const ALSO_SERVED: [(&str, &str); 2] =
+    [("autoscaling/v1", "horizontalpodautoscalers"), ("events.k8s.io/v1", "events")];
+
+/// A stored object as `api_version` (one of [`ALSO_SERVED`]) shows it.
+pub fn shown_at(api_version: &str, stored: &Value) -> Value {
+    match api_version {
+        "autoscaling/v1" => to_v1(stored),
+        "events.k8s.io/v1" => event_to_v1(stored),
+        _ => stored.clone(),
+    }
+}
+
+/// An object written at `api_version` (one of [`ALSO_SERVED`]) as it is stored.
+pub fn stored_from(api_version: &str, given: Value) -> ApiResult<Value> {
+    match api_version {
+        "autoscaling/v1" => from_v1(given),
+        "events.k8s.io/v1" => event_from_v1(given),
+        _ => Ok(given),
+    }
+}
+
+/// (core Event field, events.k8s.io/v1 field) where the names differ.
+const EVENT_RENAMES: [(&str, &str); 7] = [
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+    ("reportingComponent", "reportingController"),
+];
+
+fn renamed(mut obj: Value, api_version: &str, pairs: impl Iterator<Item = (&'static str, &'static str)>) -> Value {
+    if let Some(map) = obj.as_object_mut() {
+        for (from, to) in pairs {
+            if let Some(v) = map.remove(from) {
+                map.insert(to.into(), v);
+            }
+        }
+        map.insert("apiVersion".into(), json!(api_version));
+    }
+    obj
+}
+
+/// A stored core Event as events.k8s.io/v1 shows it.
+pub fn event_to_v1(stored: &Value) -> Value {
+    renamed(stored.clone(), "events.k8s.io/v1", EVENT_RENAMES.into_iter())
+}
+
+/// An events.k8s.io/v1 Event, validated as Kubernetes does for that version, as the core
+/// Event it is stored as.
+pub fn event_from_v1(given: Value) -> ApiResult<Value> {
+    use crate::error::FieldError;
+    let text = |f: &str| given.get(f).and_then(Value::as_str).unwrap_or_default();
+    let mut causes = Vec::new();
+    for field in ["eventTime", "reportingController", "reportingInstance", "action", "reason"] {
+        if text(field).is_empty() {
+            causes.push(FieldError::required(field, ""));
+        }
+    }
+    for (field, limit) in [("reportingInstance", 128), ("action", 128), ("reason", 128), ("note", 1024)] {
+        if text(field).len() > limit {
+            causes.push(FieldError::invalid(field, "", format!("can have at most {limit} characters")));
+        }
+    }
+    if !matches!(text("type"), "Normal" | "Warning") {
+        causes.push(FieldError::invalid("type", "", format!("has invalid value: {}", text("type"))));
+    }
+    if !causes.is_empty() {
+        let name = given.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        return Err(ApiError::Invalid { kind: "Event.events.k8s.io".into(), name, causes });
+    }
+    Ok(renamed(given, "v1", EVENT_RENAMES.into_iter().map(|(core, v1)| (v1, core))))
+}
 
 const METRICS: &str = "autoscaling.alpha.kubernetes.io/metrics";
 const CURRENT_METRICS: &str = "autoscaling.alpha.kubernetes.io/current-metrics";
@@ -190,6 +267,36 @@ mod tests {
         assert!(v1["spec"].get("metrics").is_none() && v1["spec"].get("behavior").is_none(), "{v1}");
         assert!(v1["metadata"]["annotations"][METRICS].as_str().unwrap().contains("memory"), "{v1}");
         assert_eq!(from_v1(v1).unwrap(), stored);
+    }
+
+    #[test]
+    fn events_v1_are_core_events_under_other_names() {
+        let sent = json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e1", "namespace": "default"},
+            "eventTime": "2026-12-07T20:00:00.000000Z", "reportingController": "example.com/ctl",
+            "reportingInstance": "ctl-0", "action": "Reconcile", "reason": "Synced", "type": "Normal",
+            "note": "all good", "regarding": {"kind": "Pod", "name": "web", "namespace": "default"},
+            "series": {"count": 2, "lastObservedTime": "2026-12-07T20:01:00.000000Z"}
+        });
+        let stored = event_from_v1(sent.clone()).unwrap();
+        assert_eq!(stored["apiVersion"], "v1");
+        assert_eq!(stored["message"], "all good");
+        assert_eq!(stored["involvedObject"]["name"], "web");
+        assert_eq!(stored["reportingComponent"], "example.com/ctl");
+        assert_eq!(event_to_v1(&stored), sent);
+        let e = event_from_v1(
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "bad"}, "type": "Odd"}),
+        )
+        .unwrap_err()
+        .to_string();
+        for said in [
+            "eventTime: Required value",
+            "reportingController: Required value",
+            "action: Required value",
+            "type: Invalid value: \"\": has invalid value: Odd",
+        ] {
+            assert!(e.contains(said), "{said} in {e}");
+        }
     }
 
     #[test]

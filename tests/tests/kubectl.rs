@@ -117,6 +117,20 @@ fn header(table: &str) -> Vec<String> {
     table.lines().next().unwrap_or_default().split_whitespace().map(String::from).collect()
 }
 
+/// An Event at events.k8s.io/v1.
+const EVENT_V1: &str = "apiVersion: events.k8s.io/v1
+kind: Event
+metadata: {name: synced-1}
+eventTime: '2026-12-07T20:00:00.000000Z'
+reportingController: example.com/controller
+reportingInstance: controller-0
+action: Reconcile
+reason: Synced
+type: Normal
+note: all good
+regarding: {apiVersion: apps/v1, kind: Deployment, name: web, namespace: default}
+";
+
 const DEPLOY: &str = "apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -667,6 +681,21 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     let v2: serde_json::Value = serde_json::from_str(&k.ok(&["get", "hpa", "web", "-o", "json"])).unwrap();
     assert_eq!(v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 70, "{v2}");
     k.ok(&["delete", "hpa", "web"]);
+
+    // phase: an events.k8s.io/v1 Event (as client-go's events recorder writes them) is a core
+    // Event too; one missing what that version requires is refused by field
+    k.ok_with(&["create", "-f", "-"], Some(EVENT_V1));
+    let core: serde_json::Value = serde_json::from_str(&k.ok(&["get", "events", "synced-1", "-o", "json"])).unwrap();
+    assert_eq!((core["message"].as_str(), core["involvedObject"]["name"].as_str()), (Some("all good"), Some("web")));
+    let new: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "events.v1.events.k8s.io", "synced-1", "-o", "json"])).unwrap();
+    assert_eq!((new["apiVersion"].as_str(), new["note"].as_str()), (Some("events.k8s.io/v1"), Some("all good")));
+    let refused = k.fails(
+        &["create", "-f", "-"],
+        Some(&EVENT_V1.replace("synced-1", "synced-2").replace("action: Reconcile\n", "")),
+    );
+    assert!(refused.contains("action: Required value"), "{refused}");
+    k.ok(&["delete", "events", "synced-1"]);
 
     // phase: a pod with a scheduling gate shows why it waits
     k.ok(&[

@@ -293,7 +293,7 @@ impl Call<'_> {
     fn object(&self) -> ApiResult<Value> {
         let obj = parse_body(self.headers, self.body)?;
         match self.t.older {
-            Some(_) => crate::versions::from_v1(obj),
+            Some(version) => crate::versions::stored_from(version, obj),
             None => Ok(obj),
         }
     }
@@ -301,7 +301,7 @@ impl Call<'_> {
     /// A stored object as the client's version shows it.
     fn shown(&self, obj: Value) -> Value {
         match self.t.older {
-            Some(_) if obj["kind"] == self.info().kind => crate::versions::to_v1(&obj),
+            Some(version) if obj["kind"] == self.info().kind => crate::versions::shown_at(version, &obj),
             _ => obj,
         }
     }
@@ -492,7 +492,9 @@ impl Call<'_> {
         let apply = move |stored: &Value| {
             // An older version's patch applies to the object as that version shows it.
             let mut patched = match older {
-                Some(_) => crate::versions::from_v1(patch::apply(kind, &crate::versions::to_v1(stored), &body)?)?,
+                Some(v) => {
+                    crate::versions::stored_from(v, patch::apply(kind, &crate::versions::shown_at(v, stored), &body)?)?
+                }
                 None => patch::apply(kind, stored, &body)?,
             };
             // The patch may not move the object elsewhere.
@@ -727,7 +729,7 @@ impl Call<'_> {
                                 None => ev.object,
                             },
                             _ => match older {
-                                Some(_) => crate::versions::to_v1(&ev.object),
+                                Some(version) => crate::versions::shown_at(version, &ev.object),
                                 None => ev.object,
                             },
                         };
