@@ -346,7 +346,8 @@ pub fn remove_pod_cgroups(node: &str, uid: &str) {
 }
 
 /// `skiff node --reset`: kills every container of this node, waits for their shims to
-/// record the exits, and removes overlays, sandboxes, cgroups, pod directories and the bridge.
+/// record the exits, and removes overlays, sandboxes, cgroups, pod directories, the node's
+/// iptables chains and the bridge.
 pub fn reset(config: &NodeConfig) {
     let pods = config.root.join("pods");
     let uids: Vec<String> = std::fs::read_dir(&pods)
@@ -384,6 +385,8 @@ pub fn reset(config: &NodeConfig) {
     }
     hostport::remove_chain(&config.bridge);
     proxy::uninstall(&config.proxy_config());
+    // A killed daemon's policy rules would drop traffic to the next pods given its addresses.
+    netpol::uninstall(&netpol::Config { bridge: config.bridge.clone(), node: config.name.clone() });
     sandbox::delete_bridge(&config.bridge);
     let _ = nix::mount::umount2(&config.root.join("ns"), nix::mount::MntFlags::MNT_DETACH);
 }

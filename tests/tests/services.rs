@@ -505,6 +505,37 @@ fn pods_reach_a_deployment_through_its_service_by_ip_and_name_and_nodes_serve_no
     );
     c.apply_yaml(CLIENT_EGRESS_POLICY);
     all_refused(logs(&c).lines().count(), "every request refused by the client's egress policy");
+
+    // Daemons killed with their policies in force leave their chains; the reset of
+    // `skiff down --purge` removes them, so the next pods given these addresses are not judged
+    // by them.
+    let cluster: Value =
+        serde_json::from_str(&std::fs::read_to_string(c.dir.path().join("cluster.json")).unwrap()).unwrap();
+    let bridges: Vec<String> =
+        cluster["nodes"].as_array().unwrap().iter().map(|n| n["bridge"].as_str().unwrap().to_string()).collect();
+    let policy_chains = || {
+        let out = std::process::Command::new("iptables").args(["-w", "5", "-S"]).output().unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ours: Vec<String> = listing
+            .lines()
+            .filter(|l| l.starts_with("-N ") && bridges.iter().any(|b| l.ends_with(&format!("SKIFF-NP-{b}"))))
+            .map(String::from)
+            .collect();
+        let per_pod = listing.lines().filter(|l| l.starts_with("-N SKN")).count();
+        (ours, per_pod)
+    };
+    for (_, pid, _) in c.nodes() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+    let (before, per_pod) = policy_chains();
+    assert!(before.len() == 2 && per_pod >= 2, "both nodes' policy chains in force: {before:?}, {per_pod} per pod");
+    let d = c.dir.path().to_str().unwrap().to_string();
+    let down =
+        std::process::Command::new(skiff_tests::skiff_bin()).args(["down", "--dir", &d, "--purge"]).output().unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let (after, per_pod_after) = policy_chains();
+    assert!(after.is_empty(), "the reset left {after:?}");
+    assert!(per_pod_after + 2 <= per_pod, "the reset left per-pod chains: {per_pod} before, {per_pod_after} after");
 }
 
 /// Ingress to the web pods only from pods labelled `access: "true"`, on their `http` port.
