@@ -780,9 +780,10 @@ fn network_policy_port(v: &mut V, path: &str, port: &skiff_proto::api::NetworkPo
         v.push(FieldError::not_supported(format!("{path}.protocol"), p, &PROTOCOLS));
     }
     use skiff_proto::serde_util::IntOrString;
+    let at_port = format!("{path}.port");
     match IntOrString::from_value(&port.port) {
         Some(IntOrString::Int(n)) => {
-            v.port(format!("{path}.port"), Some(&json!(n)), false);
+            port_or_name(v, &at_port, &port.port);
             if let Some(end) = port.end_port {
                 if i64::from(end) < n {
                     v.push(FieldError::invalid(
@@ -794,7 +795,7 @@ fn network_policy_port(v: &mut V, path: &str, port: &skiff_proto::api::NetworkPo
                 v.port(format!("{path}.endPort"), Some(&json!(end)), false);
             }
         }
-        Some(IntOrString::Str(name)) => {
+        Some(IntOrString::Str(_)) => {
             if let Some(end) = port.end_port {
                 v.push(FieldError::invalid(
                     format!("{path}.endPort"),
@@ -802,9 +803,7 @@ fn network_policy_port(v: &mut V, path: &str, port: &skiff_proto::api::NetworkPo
                     "may not be specified when `port` is non-numeric",
                 ));
             }
-            for why in port_name_problems(&name) {
-                v.push(FieldError::invalid(format!("{path}.port"), &name, why));
-            }
+            port_or_name(v, &at_port, &port.port);
         }
         None => {
             if let Some(end) = port.end_port {

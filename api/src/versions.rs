@@ -22,7 +22,7 @@ pub const ALSO_SERVED: [(&str, &str); 2] =
 /// A stored object as `api_version` (one of [`ALSO_SERVED`]) shows it.
 pub fn shown_at(api_version: &str, stored: &Value) -> Value {
     match api_version {
-        "autoscaling/v1" => to_v1(stored),
+        "autoscaling/v1" => autoscaler_to_v1(stored),
         "events.k8s.io/v1" => event_to_v1(stored),
         _ => stored.clone(),
     }
@@ -31,7 +31,7 @@ pub fn shown_at(api_version: &str, stored: &Value) -> Value {
 /// An object written at `api_version` (one of [`ALSO_SERVED`]) as it is stored.
 pub fn stored_from(api_version: &str, given: Value) -> ApiResult<Value> {
     match api_version {
-        "autoscaling/v1" => from_v1(given),
+        "autoscaling/v1" => autoscaler_from_v1(given),
         "events.k8s.io/v1" => event_from_v1(given),
         _ => Ok(given),
     }
@@ -111,7 +111,7 @@ fn cpu_utilization(m: &Value, side: &str) -> Option<i64> {
 }
 
 /// A stored (autoscaling/v2) autoscaler as autoscaling/v1 shows it.
-pub fn to_v1(stored: &Value) -> Value {
+pub fn autoscaler_to_v1(stored: &Value) -> Value {
     let mut out = stored.clone();
     out["apiVersion"] = json!("autoscaling/v1");
     let mut notes = Map::new();
@@ -162,9 +162,9 @@ pub fn to_v1(stored: &Value) -> Value {
     out
 }
 
-/// An autoscaling/v1 autoscaler as it is stored (autoscaling/v2): what [`to_v1`] put in
+/// An autoscaling/v1 autoscaler as it is stored (autoscaling/v2): what [`autoscaler_to_v1`] put in
 /// annotations comes back out of them.
-pub fn from_v1(given: Value) -> ApiResult<Value> {
+pub fn autoscaler_from_v1(given: Value) -> ApiResult<Value> {
     let mut out = given.clone();
     out["apiVersion"] = json!("autoscaling/v2");
     let mut take = |key: &str| -> ApiResult<Option<Value>> {
@@ -260,13 +260,13 @@ mod tests {
                 "conditions": [{"type": "AbleToScale", "status": "True"}]
             }
         });
-        let v1 = to_v1(&stored);
+        let v1 = autoscaler_to_v1(&stored);
         assert_eq!(v1["apiVersion"], "autoscaling/v1");
         assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 50);
         assert_eq!(v1["status"]["currentCPUUtilizationPercentage"], 75);
         assert!(v1["spec"].get("metrics").is_none() && v1["spec"].get("behavior").is_none(), "{v1}");
         assert!(v1["metadata"]["annotations"][METRICS].as_str().unwrap().contains("memory"), "{v1}");
-        assert_eq!(from_v1(v1).unwrap(), stored);
+        assert_eq!(autoscaler_from_v1(v1).unwrap(), stored);
     }
 
     #[test]
@@ -306,11 +306,11 @@ mod tests {
             "metadata": {"name": "web"},
             "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "maxReplicas": 3, "targetCPUUtilizationPercentage": 80}
         });
-        let stored = from_v1(sent).unwrap();
+        let stored = autoscaler_from_v1(sent).unwrap();
         assert_eq!(stored["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80);
         assert!(stored["metadata"].get("annotations").is_none(), "{stored}");
         let bad = json!({"spec": {"maxReplicas": 3, "behavior": {}}});
-        let e = from_v1(bad).unwrap_err().to_string();
+        let e = autoscaler_from_v1(bad).unwrap_err().to_string();
         assert!(e.contains("unknown field \"spec.behavior\""), "{e}");
     }
 }

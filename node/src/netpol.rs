@@ -72,10 +72,10 @@ pub async fn run(caches: crate::informers::Caches, cfg: Config, mut stop: tokio:
         _ = stop.changed() => return,
     }
     let label = format!("network policies on {}", cfg.bridge);
-    let prefixes = chain_prefixes(&cfg.bridge);
+    let programmed_cfg = cfg.clone();
     let wanted = move || rules(&cfg, &caches.network_policies.list(), &caches.pods.list(), &caches.namespaces.list());
-    let apply = move |new: &Ruleset, old: Option<&Ruleset>| crate::proxy::sync("filter", &prefixes, new, old);
-    crate::proxy::keep_programmed(&label, wanted, apply, &changed, stop).await;
+    let program = move |new: &Ruleset, old: Option<&Ruleset>| apply(&programmed_cfg, new, old);
+    crate::proxy::keep_programmed(&label, wanted, program, &changed, stop).await;
     watches.iter().for_each(|w| w.abort());
 }
 
@@ -302,6 +302,12 @@ fn port_match(port: &NetworkPolicyPort, target: Option<&Pod>) -> Vec<String> {
         .collect()
 }
 
+/// Programs this node's policy `ruleset` in the filter table, rewriting only what differs
+/// from `old` (the ruleset programmed last; None: start from the kernel's).
+pub fn apply(cfg: &Config, ruleset: &Ruleset, old: Option<&Ruleset>) -> Result<(), NodeError> {
+    crate::proxy::sync("filter", &chain_prefixes(&cfg.bridge), ruleset, old)
+}
+
 /// The host-wide chain first in FORWARD, and this node's chain jumped to from it.
 pub fn install(cfg: &Config) -> Result<(), NodeError> {
     let top = top_chain(&cfg.bridge);
@@ -346,7 +352,7 @@ fn first_in_forward() -> Result<(), NodeError> {
 pub fn uninstall(cfg: &Config) {
     let top = top_chain(&cfg.bridge);
     while iptables(&["-t", "filter", "-D", SHARED_CHAIN, "-j", &top]).is_ok() {}
-    let _ = crate::proxy::sync("filter", &chain_prefixes(&cfg.bridge), &(vec![top.clone()], vec![]), None);
+    let _ = apply(cfg, &(vec![top.clone()], vec![]), None);
     let _ = iptables(&["-t", "filter", "-X", &top]);
 }
 

@@ -66,7 +66,7 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let label = format!("service proxy on {}", cfg.bridge);
-    let prefixes = chain_prefixes(&cfg.bridge);
+    let programmed_cfg = cfg.clone();
     let changed = std::sync::Arc::new(tokio::sync::Notify::new());
     let watches = [
         crate::informers::wake_on_changes(&caches.services, &changed),
@@ -89,8 +89,8 @@ pub async fn run(
         *records.write().expect("records lock") = crate::dns::Records { services, endpoints };
         wanted
     };
-    let apply = move |new: &Ruleset, old: Option<&Ruleset>| sync("nat", &prefixes, new, old);
-    keep_programmed(&label, wanted, apply, &changed, stop).await;
+    let program = move |new: &Ruleset, old: Option<&Ruleset>| apply(&programmed_cfg, new, old);
+    keep_programmed(&label, wanted, program, &changed, stop).await;
     watches.iter().for_each(|w| w.abort());
 }
 
