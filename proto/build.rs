@@ -48,6 +48,7 @@ const KINDS: &[(&str, &str, &str, bool, &str, &str)] = &[
     ("HorizontalPodAutoscaler", "horizontalpodautoscalers", "autoscaling/v2", true, "hpa", "status"),
     ("EndpointSlice", "endpointslices", "discovery.k8s.io/v1", true, "", ""),
     ("RuntimeClass", "runtimeclasses", "node.k8s.io/v1", false, "", ""),
+    ("CustomResourceDefinition", "customresourcedefinitions", "apiextensions.k8s.io/v1", false, "crd,crds", "status"),
 ];
 
 fn service_name(kind: &str) -> String {
@@ -68,6 +69,7 @@ fn services_proto() -> String {
          import \"skiff/api/certificates.proto\";\nimport \"skiff/api/policy.proto\";\n\
          import \"skiff/api/nodeapi.proto\";\n\
          import \"skiff/api/autoscaling.proto\";\nimport \"skiff/api/discovery.proto\";\n\
+         import \"skiff/api/apiextensions.proto\";\n\
          import \"skiff/api/requests.proto\";\n\n",
     );
     for (kind, _, _, _, _, subresources) in KINDS {
@@ -112,7 +114,7 @@ fn kinds_rs() -> String {
     for (kind, resource, api_version, namespaced, short, sub) in KINDS {
         writeln!(
             r,
-            "    KindInfo {{ kind: \"{kind}\", resource: \"{resource}\", api_version: \"{api_version}\", namespaced: {namespaced}, short_names: \"{short}\", subresources: \"{sub}\" }},"
+            "    KindInfo {{ kind: \"{kind}\", resource: \"{resource}\", api_version: \"{api_version}\", namespaced: {namespaced}, short_names: \"{short}\", subresources: \"{sub}\", custom: false }},"
         )
         .unwrap();
     }
@@ -225,6 +227,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skiff/api/nodeapi.proto",
         "skiff/api/autoscaling.proto",
         "skiff/api/discovery.proto",
+        "skiff/api/apiextensions.proto",
         "skiff/api/requests.proto",
         "skiff/api/logs.proto",
         "skiff/api/services.proto",
@@ -256,7 +259,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     attr.push_str(", with = \"crate::serde_util::quantity_map\"");
                 } else if quantity {
                     attr.push_str(", with = \"crate::serde_util::quantity\"");
-                } else if field.name() == "fields_v1" || (msg.name() == "Volume" && field.number() >= 20) {
+                } else if field.name() == "fields_v1"
+                    || field.name() == "open_apiv3_schema"
+                    || (msg.name() == "WebhookConversion" && field.name() == "client_config")
+                    || (msg.name() == "Volume" && field.number() >= 20)
+                {
                     attr.push_str(", with = \"crate::serde_util::raw_json\"");
                 } else if field.type_name() == ".google.protobuf.Value" {
                     attr.push_str(", with = \"crate::serde_util::int_or_string\"");

@@ -248,11 +248,12 @@ impl Api {
             });
         }
         let writer = self.writer(w.dry_run);
+        let paths = crate::crd::ScalePaths::of(&self.registry.custom, info);
         let mut attempts = 0;
         loop {
             let stored = writer.get(info, ns, name).await?;
             let mut scaled = stored.clone();
-            scaled["spec"]["replicas"] = replicas.into();
+            paths.set_replicas(&mut scaled, replicas);
             if !resource_version.is_empty() {
                 crate::object::set_meta(&mut scaled, "resourceVersion", resource_version.into());
             }

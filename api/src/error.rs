@@ -20,6 +20,8 @@ pub enum FieldErrorKind {
     Duplicate(String),
     NotSupported(String),
     Forbidden,
+    /// A list longer than allowed: its length.
+    TooMany(usize),
 }
 
 impl fmt::Display for FieldError {
@@ -30,6 +32,7 @@ impl fmt::Display for FieldError {
             FieldErrorKind::Duplicate(v) => write!(f, "{}: Duplicate value: {v}", self.path)?,
             FieldErrorKind::NotSupported(v) => write!(f, "{}: Unsupported value: {v}", self.path)?,
             FieldErrorKind::Forbidden => write!(f, "{}: Forbidden", self.path)?,
+            FieldErrorKind::TooMany(n) => write!(f, "{}: Too many: {n}", self.path)?,
         }
         if !self.detail.is_empty() {
             write!(f, ": {}", self.detail)?;
@@ -64,6 +67,14 @@ impl FieldError {
         let detail =
             format!("supported values: {}", supported.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "));
         FieldError { path: path.into(), kind: FieldErrorKind::NotSupported(format!("{value:?}")), detail }
+    }
+    /// `spec.tags: Too many: 3: must have at most 2 items`.
+    pub fn too_many(path: impl Into<String>, length: usize, max: u64) -> Self {
+        FieldError {
+            path: path.into(),
+            kind: FieldErrorKind::TooMany(length),
+            detail: format!("must have at most {max} items"),
+        }
     }
     pub fn forbidden(path: impl Into<String>, detail: impl Into<String>) -> Self {
         FieldError { path: path.into(), kind: FieldErrorKind::Forbidden, detail: detail.into() }

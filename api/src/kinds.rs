@@ -53,20 +53,30 @@ pub fn qualified_kind(info: &KindInfo) -> String {
 }
 
 /// Where objects of a kind live in the store: `/registry/<resource>/[<namespace>/]<name>`.
+/// Custom kinds live under `/registry/<group>/<resource>/`, as in Kubernetes (a group has a
+/// dot and a built-in resource has none, so they never meet).
 pub fn key(info: &KindInfo, namespace: &str, name: &str) -> String {
+    let base = collection(info);
     if info.namespaced {
-        format!("/registry/{}/{namespace}/{name}", info.resource)
+        format!("{base}{namespace}/{name}")
     } else {
-        format!("/registry/{}/{name}", info.resource)
+        format!("{base}{name}")
+    }
+}
+
+fn collection(info: &KindInfo) -> String {
+    match info.api_version.split_once('/') {
+        Some((group, _)) if info.custom => format!("/registry/{group}/{}/", info.resource),
+        _ => format!("/registry/{}/", info.resource),
     }
 }
 
 /// Key prefix of a kind's objects, in one namespace or (empty) all of them.
 pub fn prefix(info: &KindInfo, namespace: &str) -> String {
     if info.namespaced && !namespace.is_empty() {
-        format!("/registry/{}/{namespace}/", info.resource)
+        format!("{}{namespace}/", collection(info))
     } else {
-        format!("/registry/{}/", info.resource)
+        collection(info)
     }
 }
 

@@ -32,6 +32,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod calls;
 pub mod cluster_info;
+pub mod crd;
 pub mod defaults;
 pub mod encoded_list;
 pub mod error;
@@ -46,6 +47,7 @@ pub mod object;
 pub mod registry;
 pub mod rest;
 pub mod satoken;
+pub mod schema;
 pub mod selector;
 pub mod service;
 pub mod table;
@@ -91,5 +93,31 @@ pub fn start(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
+    tokio::spawn(follow_definitions(api.registry.clone()));
     routes(api)
+}
+
+/// Keeps the registry's custom kinds current: every change to a CustomResourceDefinition
+/// (a watch, from the list it reads) rebuilds the catalog, so a definition's new schema or
+/// its deletion takes effect on this master without a request having to miss first.
+async fn follow_definitions(registry: Registry) {
+    let Ok(definitions) = kinds::by_resource("customresourcedefinitions") else { return };
+    loop {
+        let followed = async {
+            let listed = registry.list(definitions, "", &registry::ListOptions::default()).await?;
+            let from = listed.resource_version.to_string();
+            registry.custom.sync(&listed.into_values());
+            let opts = registry::WatchOptions { resource_version: from, ..Default::default() };
+            let mut changes = registry.watch(definitions, "", opts).await?;
+            while let Some(change) = changes.recv().await {
+                change?;
+                registry.refresh_custom().await?;
+            }
+            ApiResult::Ok(())
+        };
+        if let Err(e) = followed.await {
+            tracing::debug!("following CustomResourceDefinitions: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

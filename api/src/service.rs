@@ -635,7 +635,7 @@ impl objects_server::Objects for ObjectsService {
         let user = self.api.authenticate(&req).await?;
         let id = CreateId::of_request(req.metadata(), &user.name)?;
         let r = req.get_ref();
-        let info = kinds::by_resource(&r.resource)?;
+        let info = self.api.registry.kind_by_resource(&r.resource).await?;
         let obj = self
             .api
             .create_object(&user, info, parse_body(&r.json)?, &r.namespace, id.as_ref(), Write::default())
@@ -645,13 +645,13 @@ impl objects_server::Objects for ObjectsService {
     async fn get(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
         let user = self.api.authenticate(&req).await?;
         let r = req.get_ref();
-        let info = kinds::by_resource(&r.resource)?;
+        let info = self.api.registry.kind_by_resource(&r.resource).await?;
         Ok(Response::new(raw(&self.api.get_object(&user, info, &r.namespace, &r.name).await?)))
     }
     async fn list(&self, req: Request<RawListRequest>) -> Result<Response<RawList>, Status> {
         let user = self.api.authenticate(&req).await?;
         let r = req.into_inner();
-        let info = kinds::by_resource(&r.resource)?;
+        let info = self.api.registry.kind_by_resource(&r.resource).await?;
         let opts = ListOptions {
             label_selector: r.label_selector,
             field_selector: r.field_selector,
@@ -664,7 +664,7 @@ impl objects_server::Objects for ObjectsService {
     async fn update(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
         let user = self.api.authenticate(&req).await?;
         let r = req.get_ref();
-        let info = kinds::by_resource(&r.resource)?;
+        let info = self.api.registry.kind_by_resource(&r.resource).await?;
         let obj = self
             .api
             .update_object(&user, info, parse_body(&r.json)?, &r.namespace, UpdateScope::Main, Write::default())
@@ -674,7 +674,7 @@ impl objects_server::Objects for ObjectsService {
     async fn delete(&self, req: Request<RawRequest>) -> Result<Response<RawObject>, Status> {
         let user = self.api.authenticate(&req).await?;
         let r = req.get_ref();
-        let info = kinds::by_resource(&r.resource)?;
+        let info = self.api.registry.kind_by_resource(&r.resource).await?;
         let opts = DeleteOptions {
             grace_period_seconds: r.grace_period_seconds,
             propagation_policy: r.propagation_policy.clone(),
@@ -687,7 +687,7 @@ impl objects_server::Objects for ObjectsService {
     async fn watch(&self, req: Request<RawWatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let user = self.api.authenticate(&req).await?;
         let r = req.into_inner();
-        let info = kinds::by_resource(&r.resource)?;
+        let info = self.api.registry.kind_by_resource(&r.resource).await?;
         let opts = WatchOptions {
             label_selector: r.label_selector,
             field_selector: r.field_selector,

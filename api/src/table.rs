@@ -203,7 +203,9 @@ pub fn columns(info: &KindInfo) -> Vec<Column> {
             Column { kind: "integer", ..col("Replicas", "The replicas it last saw.") },
             AGE,
         ],
-        "Role" | "ClusterRole" | "LimitRange" => vec![NAME, col("Created At", "When the object was created.")],
+        "Role" | "ClusterRole" | "LimitRange" | "CustomResourceDefinition" => {
+            vec![NAME, col("Created At", "When the object was created.")]
+        }
         "RoleBinding" | "ClusterRoleBinding" => vec![
             NAME,
             col("Role", "The role the binding grants."),
@@ -563,7 +565,9 @@ pub fn cells(info: &KindInfo, o: &Value) -> Vec<String> {
                 age(o),
             ]
         }
-        "Role" | "ClusterRole" | "LimitRange" => vec![name, s(o, "/metadata/creationTimestamp").to_string()],
+        "Role" | "ClusterRole" | "LimitRange" | "CustomResourceDefinition" => {
+            vec![name, s(o, "/metadata/creationTimestamp").to_string()]
+        }
         "RoleBinding" | "ClusterRoleBinding" => {
             let subjects = |kind: &str| {
                 let names: Vec<String> = o
@@ -644,10 +648,72 @@ pub fn table<'a>(
             })
         })
         .collect();
-    let rows: Vec<Value> = objects
-        .into_iter()
-        .map(|o| {
-            let cells: Vec<Value> = columns_typed(info, o);
+    let rows = objects.into_iter().map(|o| (columns_typed(info, o), o));
+    assemble(columns, rows, metadata, include)
+}
+
+/// A Table of a custom kind: the name, then the definition's printer columns (or the age, if
+/// it names none), each cell read by its JSONPath and typed as the column says; `date` cells
+/// show as ages, as Kubernetes serves them.
+pub fn custom_table<'a>(
+    printer_columns: &[skiff_proto::api::CustomResourceColumnDefinition],
+    objects: impl IntoIterator<Item = &'a Value>,
+    metadata: Value,
+    include: Include,
+) -> Value {
+    let age = skiff_proto::api::CustomResourceColumnDefinition {
+        name: "Age".into(),
+        r#type: "date".into(),
+        json_path: ".metadata.creationTimestamp".into(),
+        ..Default::default()
+    };
+    let printed = if printer_columns.is_empty() { std::slice::from_ref(&age) } else { printer_columns };
+    let name = json!({"name": "Name", "type": "string", "format": "name",
+        "description": "Name must be unique within a namespace.", "priority": 0});
+    let columns = std::iter::once(name)
+        .chain(printed.iter().map(|c| {
+            json!({"name": c.name, "type": c.r#type, "format": c.format, "description": c.description, "priority": c.priority})
+        }))
+        .collect();
+    let rows = objects.into_iter().map(|o| {
+        let cells =
+            std::iter::once(json!(crate::object::name(o))).chain(printed.iter().map(|c| custom_cell(c, o))).collect();
+        (cells, o)
+    });
+    assemble(columns, rows, metadata, include)
+}
+
+fn custom_cell(column: &skiff_proto::api::CustomResourceColumnDefinition, o: &Value) -> Value {
+    let found = skiff_proto::jsonpath::eval(&column.json_path, o).unwrap_or_default();
+    let value = match found.as_slice() {
+        [] => return Value::Null,
+        [one] => one.clone(),
+        many => json!(many
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(",")),
+    };
+    match (column.r#type.as_str(), &value) {
+        ("date", Value::String(ts)) => match skiff_proto::time::parse_rfc3339(ts) {
+            Some(then) => json!(short_duration(skiff_proto::time::now_secs() - then)),
+            None => Value::Null,
+        },
+        ("integer" | "number" | "boolean", v) if !v.is_string() => value,
+        (_, Value::String(_)) => value,
+        (_, v) => json!(v.to_string()),
+    }
+}
+
+/// A Table from its column definitions and each row's cells with its object.
+fn assemble<'a>(
+    columns: Vec<Value>,
+    rows: impl Iterator<Item = (Vec<Value>, &'a Value)>,
+    metadata: Value,
+    include: Include,
+) -> Value {
+    let rows: Vec<Value> = rows
+        .map(|(cells, o)| {
             let object = match include {
                 Include::None => Value::Null,
                 Include::Metadata => json!({

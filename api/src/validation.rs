@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or \
      '-', and must start and end with an alphanumeric character";
-const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
+pub(crate) const DNS1123_SUBDOMAIN_MSG: &str =
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
      characters, '-' or '.', and must start and end with an alphanumeric character";
 
 pub fn is_dns1123_label(s: &str) -> bool {
@@ -150,6 +151,7 @@ pub fn validate(info: &KindInfo, obj: &Value) -> Vec<FieldError> {
             pod_os(&mut v, spec);
         }
         "RuntimeClass" => runtime_class(&mut v, obj),
+        "CustomResourceDefinition" => v.errs.extend(crate::crd::validate(obj)),
         "PodDisruptionBudget" => disruption_budget(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
         "LimitRange" => limit_range(&mut v, obj.get("spec").unwrap_or(&Value::Null)),
         "EndpointSlice" => {

@@ -11,7 +11,7 @@
 
 pub mod api;
 pub mod informer;
-pub mod jsonpath;
+pub use skiff_proto::jsonpath;
 pub mod queue;
 
 use serde::Deserialize;

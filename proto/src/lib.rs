@@ -19,6 +19,7 @@ pub mod cert;
 pub mod discovery;
 pub mod env;
 pub mod ingress_class;
+pub mod jsonpath;
 pub mod metrics;
 pub mod pki;
 pub mod pod;
@@ -74,6 +75,9 @@ pub mod api {
         pub short_names: &'static str,
         /// Comma-separated subresources (`status`, `scale`).
         pub subresources: &'static str,
+        /// Defined by a CustomResourceDefinition: stored under `/registry/<group>/<resource>/`,
+        /// checked by its schema rather than a compiled type.
+        pub custom: bool,
     }
 
     include!(concat!(env!("OUT_DIR"), "/kinds.rs"));

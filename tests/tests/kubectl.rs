@@ -2,7 +2,8 @@
 //! with the kubeconfig `skiff up` writes: discovery, the verbs people type daily, kubectl's
 //! tables and its error texts as Kubernetes words them.
 
-use skiff_tests::{run_piped, wait_for, Cluster};
+use serde_json::json;
+use skiff_tests::{grpcurl_call, run_piped, wait_for, Cluster};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -168,6 +169,53 @@ spec:
       - name: app
         image: busybox:test
         env: [{name: A, value: '1'}]
+";
+
+/// Kubernetes' documented CronTab definition, with a second served version, bounds, a
+/// default, and the status and scale subresources.
+const CRONTAB_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: crontabs.stable.example.com}
+spec:
+  group: stable.example.com
+  scope: Namespaced
+  names: {plural: crontabs, singular: crontab, kind: CronTab, shortNames: [ct]}
+  versions:
+  - name: v1beta1
+    served: true
+    storage: false
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [cronSpec]
+            properties:
+              cronSpec: {type: string, pattern: '^(\d+|\*)(/\d+)?(\s+(\d+|\*)(/\d+)?){4}$'}
+              image: {type: string}
+              replicas: {type: integer, minimum: 1, maximum: 10, default: 1}
+          status:
+            type: object
+            properties:
+              replicas: {type: integer}
+    additionalPrinterColumns:
+    - {name: Spec, type: string, jsonPath: .spec.cronSpec}
+    - {name: Replicas, type: integer, jsonPath: .spec.replicas}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+"#;
+
+const CRONTAB: &str = "apiVersion: stable.example.com/v1
+kind: CronTab
+metadata: {name: my-new-cron-object}
+spec: {cronSpec: '* * * * */5', image: my-awesome-cron-image, typo: dropped}
 ";
 
 const CONFIGMAP: &str = "apiVersion: v1
@@ -696,6 +744,95 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
     );
     assert!(refused.contains("action: Required value"), "{refused}");
     k.ok(&["delete", "events", "synced-1"]);
+
+    // phase: custom resources: a definition is served at once on every master, checks its
+    // schema, prints its columns, watches, and takes its subresources
+    assert_eq!(
+        k.ok_with(&["apply", "-f", "-"], Some(CRONTAB_CRD)),
+        "customresourcedefinition.apiextensions.k8s.io/crontabs.stable.example.com created\n"
+    );
+    // Through another master, at once: it reads the definition it has not seen yet.
+    let through = |i: usize, name: &str, cron: &str| {
+        let body = json!({"resource": "crontabs.stable.example.com", "namespace": "default", "json": json!({
+            "apiVersion": "stable.example.com/v1", "kind": "CronTab",
+            "metadata": {"name": name}, "spec": {"cronSpec": cron}}).to_string()});
+        grpcurl_call(&c.admin_token(), &c.masters[i].etcd, "skiff.api.Objects/Create", &body)
+    };
+    let (ok, made, why) = through(2, "via-grpc", "0 * * * *");
+    assert!(ok && made.contains("via-grpc"), "{made}{why}");
+    let (ok, _, refused) = through(1, "bad-grpc", "often");
+    assert!(
+        !ok && refused.contains("spec.cronSpec: Invalid value: \"often\": spec.cronSpec in body should match"),
+        "{refused}"
+    );
+    k.ok(&["wait", "--for=condition=established", "crd/crontabs.stable.example.com", "--timeout=20s"]);
+    let bad = CRONTAB.replace("'* * * * */5'", "'* * * *'").replace("image:", "replicas: 15, image:");
+    let refused = k.fails(&["apply", "-f", "-"], Some(&bad));
+    assert!(
+        refused.contains("spec.cronSpec: Invalid value: \"* * * *\": spec.cronSpec in body should match")
+            && refused
+                .contains("spec.replicas: Invalid value: 15: spec.replicas in body should be less than or equal to 10"),
+        "{refused}"
+    );
+    assert_eq!(
+        k.ok_with(&["apply", "-f", "-"], Some(CRONTAB)),
+        "crontab.stable.example.com/my-new-cron-object created\n"
+    );
+    let table = k.ok(&["get", "crontabs"]);
+    assert_eq!(crate::header(&table), ["NAME", "SPEC", "REPLICAS", "AGE"], "{table}");
+    let row = table.lines().find(|l| l.starts_with("my-new-cron-object ")).expect("the object listed");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[..7], ["my-new-cron-object", "*", "*", "*", "*", "*/5", "1"], "{table}");
+    let stored: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "ct", "my-new-cron-object", "-o", "json"])).unwrap();
+    assert_eq!(
+        stored["spec"],
+        json!({"cronSpec": "* * * * */5", "image": "my-awesome-cron-image", "replicas": 1}),
+        "pruned and defaulted"
+    );
+    let older =
+        k.ok(&["get", "crontabs.v1beta1.stable.example.com", "my-new-cron-object", "-o", "jsonpath={.apiVersion}"]);
+    assert_eq!(older, "stable.example.com/v1beta1");
+    let explained = k.ok(&["explain", "crontab.spec"]);
+    assert!(explained.contains("cronSpec") && explained.contains("replicas"), "{explained}");
+    let mut watching = Following::start(&k, &["get", "crontabs", "--watch", "--output-watch-events"]);
+    watching.until(Duration::from_secs(20), "the listed object", |l| l.contains("my-new-cron-object"));
+    k.ok(&["scale", "crontab", "my-new-cron-object", "--replicas=3"]);
+    watching.until(Duration::from_secs(20), "the scaled object", |l| {
+        l.starts_with("MODIFIED") && l.contains("my-new-cron-object") && l.split_whitespace().nth(7) == Some("3")
+    });
+    k.ok(&[
+        "patch",
+        "crontab",
+        "my-new-cron-object",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":3}}"#,
+    ]);
+    k.ok(&["patch", "crontab", "my-new-cron-object", "--type=merge", "-p", r#"{"status":{"replicas":9}}"#]);
+    let scale =
+        k.ok(&["get", "--raw", "/apis/stable.example.com/v1/namespaces/default/crontabs/my-new-cron-object/scale"]);
+    let scale: serde_json::Value = serde_json::from_str(&scale).unwrap();
+    assert_eq!(
+        (scale["spec"]["replicas"].as_i64(), scale["status"]["replicas"].as_i64()),
+        (Some(3), Some(3)),
+        "{scale}"
+    );
+    // Deleting the definition deletes its objects; a kind no longer defined is not served.
+    k.ok(&["delete", "crd", "crontabs.stable.example.com"]);
+    wait_for(Duration::from_secs(20), "crontabs no longer served", || {
+        (!k.run(&["get", "crontabs"], None, &[]).status.success()).then_some(())
+    });
+    k.ok_with(&["apply", "-f", "-"], Some(CRONTAB_CRD));
+    let none = k.run(&["get", "crontabs", "-o", "name"], None, &[]);
+    assert!(
+        none.status.success() && out(&none).is_empty(),
+        "objects outlived their definition: {}{}",
+        out(&none),
+        err(&none)
+    );
+    k.ok(&["delete", "crd", "crontabs.stable.example.com"]);
 
     // phase: a pod with a scheduling gate shows why it waits
     k.ok(&[

@@ -140,7 +140,7 @@ impl Registry {
     /// Objects in `ns` (and cluster-scoped ones) whose ownerReferences name `uid`.
     pub(super) async fn dependents(&self, ns: &str, uid: &str) -> ApiResult<Vec<(&'static KindInfo, Value)>> {
         let mut out = Vec::new();
-        for info in KINDS.iter() {
+        for info in self.all_kinds() {
             let page = self.list(info, if info.namespaced { ns } else { "" }, &ListOptions::default()).await?;
             for obj in page.into_values() {
                 let owned = obj
@@ -197,7 +197,7 @@ impl Registry {
             rev = self.guarded("namespaces", &name, &key, rev, vec![self.put_object(&key, &ns_obj)?]).await?;
         }
         let mut left = 0;
-        for info in KINDS.iter().filter(|k| k.namespaced) {
+        for info in self.all_kinds().into_iter().filter(|k| k.namespaced) {
             for obj in self.list(info, &name, &ListOptions::default()).await?.into_values() {
                 let opts = DeleteOptions { grace_period_seconds: Some(0), ..Default::default() };
                 match self.delete(info, &name, object::name(&obj), &opts).await {

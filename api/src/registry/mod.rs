@@ -130,6 +130,8 @@ pub struct Registry {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Every listed kind's objects in memory, current to the store ([`ListCaches`]).
     pub lists: Arc<ListCaches>,
+    /// The kinds CustomResourceDefinitions define ([`Registry::refresh_custom`]).
+    pub custom: Arc<crate::crd::Catalog>,
 }
 
 impl ListPage {
@@ -220,6 +222,20 @@ fn delete_ops(info: &KindInfo, key: &str, obj: &Value) -> Vec<RequestOp> {
     if info.kind == "Service" {
         ops.extend(allocator::held(obj).iter().map(|k| delete_op(k)));
     }
+    if info.kind == "CustomResourceDefinition" {
+        // Its objects go with it, in the same write (their finalizers are not waited for).
+        let (group, plural) = (obj.pointer("/spec/group"), obj.pointer("/spec/names/plural"));
+        if let (Some(Value::String(group)), Some(Value::String(plural))) = (group, plural) {
+            let prefix = format!("/registry/{group}/{plural}/");
+            ops.push(RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: prefix.clone().into_bytes(),
+                    range_end: skiff_raft_store::mvcc::prefix_end(prefix.as_bytes()),
+                    ..Default::default()
+                })),
+            });
+        }
+    }
     ops
 }
 
@@ -259,6 +275,37 @@ impl Registry {
             service_range: ServiceRange::default(),
             metrics,
             lists: Arc::default(),
+            custom: Arc::default(),
+        }
+    }
+
+    /// Reads the stored CustomResourceDefinitions (linearizably) into [`Registry::custom`]:
+    /// what a request naming a kind the catalog lacks does before it is refused, so a kind
+    /// defined a moment ago through another master is served here too.
+    pub async fn refresh_custom(&self) -> ApiResult<()> {
+        let definitions =
+            self.list(kinds::by_resource("customresourcedefinitions")?, "", &ListOptions::default()).await?;
+        self.custom.sync(&definitions.into_values());
+        Ok(())
+    }
+
+    /// The built-in kinds and the custom ones.
+    pub fn all_kinds(&self) -> Vec<&'static KindInfo> {
+        KINDS.iter().chain(self.custom.kinds().iter().map(|k| k.info)).collect()
+    }
+
+    /// The kind named by a resource (`pods`, `crontabs`, `crontabs.stable.example.com`),
+    /// built-in or custom (looked for again in the store when the catalog lacks it).
+    pub async fn kind_by_resource(&self, resource: &str) -> ApiResult<&'static KindInfo> {
+        if let Ok(info) = kinds::by_resource(resource) {
+            return Ok(info);
+        }
+        if self.custom.by_resource(resource).is_none() {
+            self.refresh_custom().await?;
+        }
+        match self.custom.by_resource(resource) {
+            Some(kind) => Ok(kind.info),
+            None => kinds::by_resource(resource),
         }
     }
 
@@ -651,6 +698,10 @@ impl Registry {
                 set_meta(obj, "name", json!(format!("{generate}{suffix}")));
             }
         }
+        if info.custom && info.subresources.split(',').any(|s| s == "status") {
+            // As Kubernetes: with a status subresource, a create sets no status.
+            obj.as_object_mut().expect("an object").remove("status");
+        }
         set_meta(obj, "uid", json!(id.map_or_else(uid, CreateId::uid)));
         set_meta(obj, "creationTimestamp", json!(object::now_rfc3339()));
         set_meta(obj, "generation", json!(1));
@@ -663,6 +714,14 @@ impl Registry {
     fn finish_object(&self, info: &'static KindInfo, obj: &mut Value) -> ApiResult<()> {
         obj["apiVersion"] = json!(info.api_version);
         obj["kind"] = json!(info.kind);
+        if info.custom {
+            return self.finish_custom(info, obj);
+        }
+        if info.kind == "CustomResourceDefinition" {
+            crate::crd::apply_defaults(obj);
+            let before = obj.clone();
+            crate::crd::set_status(obj, Some(&before));
+        }
         defaults::apply(info, obj);
         *obj = skiff_proto::api::normalize_json(info.kind, obj.clone())
             .expect("every registered kind normalises")
@@ -676,6 +735,28 @@ impl Registry {
                 name: object::name(obj).into(),
                 causes,
             });
+        }
+        Ok(())
+    }
+
+    /// A custom object: its metadata through the typed ObjectMeta, then its definition's
+    /// storage schema — unknown fields pruned, defaults applied, the rest validated.
+    fn finish_custom(&self, info: &'static KindInfo, obj: &mut Value) -> ApiResult<()> {
+        let name = object::name(obj).to_string();
+        let kind = self.custom.of(info).ok_or_else(|| ApiError::NotFound {
+            resource: "customresourcedefinitions".into(),
+            name: kinds::qualified(info),
+        })?;
+        let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
+        obj["metadata"] = skiff_proto::serde_util::normalize::<skiff_proto::api::ObjectMeta>(meta)
+            .map_err(|e| ApiError::BadRequest(format!("{} {name:?}: metadata.{e}", kinds::qualified_kind(info))))?;
+        let schema = &kind.storage().schema;
+        crate::schema::prune(schema, obj);
+        crate::schema::apply_defaults(schema, obj);
+        let mut causes = validation::validate(info, obj);
+        causes.extend(crate::schema::validate(schema, obj));
+        if !causes.is_empty() {
+            return Err(ApiError::Invalid { kind: kinds::qualified_kind(info), name, causes });
         }
         Ok(())
     }
@@ -769,6 +850,7 @@ impl Registry {
         let immutable = match info.kind {
             "Node" if scope != UpdateScope::Status => admission::node_update_allowed(&current, &obj),
             "CertificateSigningRequest" => admission::csr_update_allowed(&current, &obj),
+            "CustomResourceDefinition" => crate::crd::update_allowed(&current, &obj),
             _ => Ok(()),
         };
         immutable.map_err(|cause| ApiError::Invalid {

@@ -2,8 +2,10 @@
 //! group version's resource list, made from the kinds table — what `kubectl api-resources`,
 //! `api-versions` and every client's RESTMapper read first.
 
+use crate::crd::CustomKind;
 use crate::kinds::{KindInfo, KINDS};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// The Kubernetes version Skiff's API follows (kubectl warns beyond one minor of skew).
 pub const KUBERNETES_MINOR: &str = "32";
@@ -48,14 +50,15 @@ pub const VIRTUAL: [(&str, &str, &str, bool, &[&str]); 6] = [
 ];
 
 /// The group versions other than the core one, in the kinds table's order (a group's stored
-/// version, its preferred one, before the older ones also served).
-fn groups() -> Vec<&'static str> {
-    let mut out: Vec<&str> = Vec::new();
+/// version, its preferred one, before the older ones also served), then the custom kinds'.
+fn groups(custom: &[Arc<CustomKind>]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
     let versions = KINDS
         .iter()
-        .map(|k| k.api_version)
-        .chain(VIRTUAL.iter().map(|v| v.0))
-        .chain(crate::versions::ALSO_SERVED.iter().map(|v| v.0));
+        .map(|k| k.api_version.to_string())
+        .chain(VIRTUAL.iter().map(|v| v.0.to_string()))
+        .chain(crate::versions::ALSO_SERVED.iter().map(|v| v.0.to_string()))
+        .chain(custom.iter().flat_map(|k| k.api_versions()));
     for api_version in versions {
         if api_version.contains('/') && !out.contains(&api_version) {
             out.push(api_version);
@@ -65,13 +68,13 @@ fn groups() -> Vec<&'static str> {
 }
 
 /// The groups, each with its versions, preferred first.
-fn group_versions() -> Vec<(&'static str, Vec<&'static str>)> {
-    let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
-    for gv in groups() {
-        let (group, version) = gv.split_once('/').unwrap_or(("", gv));
-        match out.iter_mut().find(|(g, _)| *g == group) {
-            Some((_, versions)) => versions.push(version),
-            None => out.push((group, vec![version])),
+fn group_versions(custom: &[Arc<CustomKind>]) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for gv in groups(custom) {
+        let (group, version) = gv.split_once('/').unwrap_or(("", &gv));
+        match out.iter_mut().find(|(g, _)| g == group) {
+            Some((_, versions)) => versions.push(version.to_string()),
+            None => out.push((group.to_string(), vec![version.to_string()])),
         }
     }
     out
@@ -85,22 +88,22 @@ pub fn core_versions(server_address: &str) -> Value {
     })
 }
 
-fn group_json(group: &str, versions: &[&str]) -> Value {
+fn group_json(group: &str, versions: &[String]) -> Value {
     let versions: Vec<Value> =
         versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
     json!({"name": group, "preferredVersion": versions[0], "versions": versions})
 }
 
-pub fn group_list() -> Value {
-    let groups: Vec<Value> = group_versions().iter().map(|(g, v)| group_json(g, v)).collect();
+pub fn group_list(custom: &[Arc<CustomKind>]) -> Value {
+    let groups: Vec<Value> = group_versions(custom).iter().map(|(g, v)| group_json(g, v)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/{group}`, if Skiff serves the group.
-pub fn group(name: &str) -> Option<Value> {
-    let (group, versions) = group_versions().into_iter().find(|(g, _)| *g == name)?;
+pub fn group(name: &str, custom: &[Arc<CustomKind>]) -> Option<Value> {
+    let (group, versions) = group_versions(custom).into_iter().find(|(g, _)| g == name)?;
     Some({
-        let mut g = group_json(group, &versions);
+        let mut g = group_json(&group, &versions);
         g["kind"] = json!("APIGroup");
         g["apiVersion"] = json!("v1");
         g
@@ -136,7 +139,7 @@ pub fn kind_at(api_version: &str, resource: &str) -> Option<&'static KindInfo> {
 }
 
 /// `/api/v1` or `/apis/{group}/{version}`: the resources and their subresources.
-pub fn resource_list(api_version: &str) -> Option<Value> {
+pub fn resource_list(api_version: &str, custom: &[Arc<CustomKind>]) -> Option<Value> {
     // An older version also served lists its resource without subresources.
     let older = |k: &&KindInfo| crate::versions::also_served(api_version, k.resource);
     let kinds: Vec<&KindInfo> = KINDS.iter().filter(|k| k.api_version == api_version || older(k)).collect();
@@ -147,10 +150,35 @@ pub fn resource_list(api_version: &str) -> Option<Value> {
             json!({"name": resource, "singularName": kind.to_lowercase(), "namespaced": namespaced, "kind": kind, "verbs": verbs})
         })
         .collect();
-    if kinds.is_empty() && virtual_resources.is_empty() {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let custom: Vec<&Arc<CustomKind>> =
+        custom.iter().filter(|k| k.group == group && k.version(version).is_some()).collect();
+    if kinds.is_empty() && virtual_resources.is_empty() && custom.is_empty() {
         return None;
     }
     let mut resources = virtual_resources;
+    for kind in custom {
+        let info = kind.info;
+        let mut r = json!({
+            "name": info.resource, "singularName": kind.singular, "namespaced": info.namespaced,
+            "kind": info.kind, "verbs": VERBS,
+        });
+        let short: Vec<&str> = info.short_names.split(',').filter(|s| !s.is_empty()).collect();
+        if !short.is_empty() {
+            r["shortNames"] = json!(short);
+        }
+        if !kind.categories.is_empty() {
+            r["categories"] = json!(kind.categories);
+        }
+        resources.push(r);
+        for sub in info.subresources.split(',').filter(|s| !s.is_empty()) {
+            let name = format!("{}/{sub}", info.resource);
+            resources.push(match sub {
+                "scale" => json!({"name": name, "singularName": "", "namespaced": info.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}),
+                _ => json!({"name": name, "singularName": "", "namespaced": info.namespaced, "kind": info.kind, "verbs": ["get", "patch", "update"]}),
+            });
+        }
+    }
     for info in kinds {
         let short: Vec<&str> = info.short_names.split(',').filter(|s| !s.is_empty()).collect();
         let mut r = json!({
@@ -201,12 +229,13 @@ pub fn wants_aggregated(accept: &str) -> bool {
 
 /// `/api` (`core`) or `/apis` as an APIGroupDiscoveryList: the same resources as
 /// [`resource_list`] gives per version, subresources folded into their resource.
-pub fn aggregated(core: bool) -> Value {
-    let groups = if core { vec![("", vec!["v1"])] } else { group_versions() };
+pub fn aggregated(core: bool, custom: &[Arc<CustomKind>]) -> Value {
+    let groups = if core { vec![(String::new(), vec!["v1".to_string()])] } else { group_versions(custom) };
     let items: Vec<Value> = groups
         .into_iter()
         .map(|(group, versions)| {
-            let versions: Vec<Value> = versions.iter().map(|version| aggregated_version(group, version)).collect();
+            let versions: Vec<Value> =
+                versions.iter().map(|version| aggregated_version(&group, version, custom)).collect();
             json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
         })
         .collect();
@@ -214,9 +243,9 @@ pub fn aggregated(core: bool) -> Value {
 }
 
 /// One version of a group in aggregated discovery.
-fn aggregated_version(group: &str, version: &str) -> Value {
+fn aggregated_version(group: &str, version: &str, custom: &[Arc<CustomKind>]) -> Value {
     let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    let listed = resource_list(&gv).unwrap_or_default();
+    let listed = resource_list(&gv, custom).unwrap_or_default();
     let mut resources: Vec<Value> = Vec::new();
     for r in listed["resources"].as_array().into_iter().flatten() {
         let name = r["name"].as_str().unwrap_or_default();
@@ -252,23 +281,23 @@ mod tests {
 
     #[test]
     fn discovery_names_every_kind_once_with_its_subresources() {
-        let core = resource_list("v1").unwrap();
+        let core = resource_list("v1", &[]).unwrap();
         let names: Vec<&str> =
             core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
         for want in ["pods", "pods/status", "pods/binding", "pods/eviction", "pods/log", "services", "namespaces"] {
             assert_eq!(names.iter().filter(|n| **n == want).count(), 1, "{want} in {names:?}");
         }
-        let apps = resource_list("apps/v1").unwrap();
+        let apps = resource_list("apps/v1", &[]).unwrap();
         let scale = apps["resources"].as_array().unwrap().iter().find(|r| r["name"] == "deployments/scale").unwrap();
         assert_eq!((scale["group"].as_str(), scale["kind"].as_str()), (Some("autoscaling"), Some("Scale")));
-        assert!(resource_list("apps/v2").is_none());
-        let groups = group_list();
+        assert!(resource_list("apps/v2", &[]).is_none());
+        let groups = group_list(&[]);
         let names: Vec<&str> =
             groups["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
         assert!(names.contains(&"apps") && names.contains(&"rbac.authorization.k8s.io"), "{names:?}");
         assert!(!names.contains(&""), "the core group is /api's, not /apis'");
-        assert!(group("apps").is_some() && group("nope").is_none());
-        assert_eq!(group("metrics.k8s.io").unwrap()["preferredVersion"]["version"], "v1beta1");
+        assert!(group("apps", &[]).is_some() && group("nope", &[]).is_none());
+        assert_eq!(group("metrics.k8s.io", &[]).unwrap()["preferredVersion"]["version"], "v1beta1");
     }
 
     #[test]
@@ -277,7 +306,7 @@ mod tests {
         assert!(wants_aggregated(kubectl));
         assert!(!wants_aggregated("application/json"));
         assert!(!wants_aggregated("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"));
-        let core = aggregated(true);
+        let core = aggregated(true, &[]);
         let v1 = &core["items"][0]["versions"][0];
         let pods = v1["resources"].as_array().unwrap().iter().find(|r| r["resource"] == "pods").unwrap();
         let subs: Vec<&str> =
@@ -285,7 +314,7 @@ mod tests {
         assert_eq!(subs, ["status", "binding", "eviction", "log"]);
         assert_eq!(pods["shortNames"], json!(["po"]));
         assert_eq!(pods["scope"], "Namespaced");
-        let apps = aggregated(false);
+        let apps = aggregated(false, &[]);
         let deployments = apps["items"].as_array().unwrap().iter().find(|g| g["metadata"]["name"] == "apps").unwrap()
             ["versions"][0]["resources"]
             .as_array()

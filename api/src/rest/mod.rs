@@ -44,7 +44,7 @@ pub fn router(api: Arc<Api>) -> axum::Router {
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/livez", axum::routing::get(|| async { "ok" }))
         .route("/readyz", axum::routing::get(|| async { "ok" }))
-        .route("/openapi/v3", axum::routing::get(|| async { json_response(StatusCode::OK, &openapi::index()) }))
+        .route("/openapi/v3", axum::routing::get(handler.clone()))
         .route("/openapi/v3/*path", axum::routing::any(handler.clone()))
         .route("/api", axum::routing::any(handler.clone()))
         .route("/api/*rest", axum::routing::any(handler.clone()))
@@ -126,15 +126,21 @@ struct Target {
     ns: String,
     name: String,
     sub: String,
-    /// The older version the client speaks (`autoscaling/v1`), converted to and from the
-    /// stored one ([`crate::versions`]); None: the stored version.
-    older: Option<&'static str>,
+    /// The other version the client speaks (`autoscaling/v1`, or a custom kind's served
+    /// version other than its storage one), converted to and from the stored one
+    /// ([`crate::versions`]; a custom kind's only by its apiVersion); None: the stored version.
+    older: Option<String>,
 }
 
-fn target(api_version: &str, rest: &[&str], path: &str) -> ApiResult<Target> {
-    let found = |res: &str| discovery::kind_at(api_version, res).ok_or_else(|| not_found_path(path));
+/// The kind served at `api_version` as `resource`: built-in, or a custom kind's.
+fn kind_at(api: &Api, api_version: &str, resource: &str) -> Option<&'static KindInfo> {
+    discovery::kind_at(api_version, resource).or_else(|| api.registry.custom.at(api_version, resource).map(|k| k.info))
+}
+
+fn target(api: &Api, api_version: &str, rest: &[&str], path: &str) -> ApiResult<Target> {
+    let found = |res: &str| kind_at(api, api_version, res).ok_or_else(|| not_found_path(path));
     let (info, ns, tail) = match rest {
-        ["namespaces", ns, res, tail @ ..] if discovery::kind_at(api_version, res).is_some_and(|k| k.namespaced) => {
+        ["namespaces", ns, res, tail @ ..] if kind_at(api, api_version, res).is_some_and(|k| k.namespaced) => {
             (found(res)?, ns.to_string(), tail)
         }
         [res, tail @ ..] => (found(res)?, String::new(), tail),
@@ -145,15 +151,73 @@ fn target(api_version: &str, rest: &[&str], path: &str) -> ApiResult<Target> {
     }
     let name = tail.first().map(|s| s.to_string()).unwrap_or_default();
     let sub = tail.get(1).map(|s| s.to_string()).unwrap_or_default();
-    let older =
-        crate::versions::ALSO_SERVED.iter().find(|(v, r)| *v == api_version && *r == info.resource).map(|v| v.0);
+    let older = match info.custom {
+        true => Some(api_version.to_string()).filter(|v| v != info.api_version),
+        false => crate::versions::ALSO_SERVED
+            .iter()
+            .find(|(v, r)| *v == api_version && *r == info.resource)
+            .map(|v| v.0.to_string()),
+    };
     let served = sub.is_empty()
-        || (older.is_none() && info.subresources.split(',').any(|s| s == sub))
+        || ((older.is_none() || info.custom) && info.subresources.split(',').any(|s| s == sub))
         || (info.kind == "Pod" && sub == "log");
     if !served {
         return Err(not_found_path(path));
     }
     Ok(Target { info, ns, name, sub, older })
+}
+
+/// A stored object as `version` shows it: a built-in kind converted ([`crate::versions`]), a
+/// custom one only relabelled (its definitions' conversion is `None`).
+fn shown_at(info: &KindInfo, version: &str, obj: &Value) -> Value {
+    if info.custom {
+        let mut o = obj.clone();
+        o["apiVersion"] = json!(version);
+        return o;
+    }
+    crate::versions::shown_at(version, obj)
+}
+
+/// An object given at `version` as it is stored.
+fn stored_from(info: &KindInfo, version: &str, mut obj: Value) -> ApiResult<Value> {
+    if info.custom {
+        obj["apiVersion"] = json!(info.api_version);
+        return Ok(obj);
+    }
+    crate::versions::stored_from(version, obj)
+}
+
+/// The printer columns of a custom kind at the version the client speaks; None for a
+/// built-in kind (its columns are [`table::columns`]).
+fn printer_columns(api: &Api, t: &Target) -> Option<Vec<skiff_proto::api::CustomResourceColumnDefinition>> {
+    let kind = api.registry.custom.of(t.info).filter(|_| t.info.custom)?;
+    let api_version = t.older.as_deref().unwrap_or(t.info.api_version);
+    let version = api_version.split_once('/').map_or(api_version, |(_, v)| v);
+    Some(kind.version(version).map(|v| v.columns.clone()).unwrap_or_default())
+}
+
+/// A Table of `objects`, with a custom kind's printer columns or a built-in kind's own.
+fn make_table<'a>(
+    info: &KindInfo,
+    printer: Option<&[skiff_proto::api::CustomResourceColumnDefinition]>,
+    objects: impl IntoIterator<Item = &'a Value>,
+    metadata: Value,
+    include: Include,
+) -> Value {
+    match printer {
+        Some(columns) => table::custom_table(columns, objects, metadata, include),
+        None => table::table(info, objects, metadata, include),
+    }
+}
+
+/// The resource a path below a group version names (`crontabs` in
+/// `namespaces/default/crontabs/a`).
+fn resource_named<'a>(rest: &[&'a str]) -> Option<&'a str> {
+    match rest {
+        ["namespaces", _, res, ..] => Some(res),
+        [res, ..] => Some(res),
+        [] => None,
+    }
 }
 
 /// A request's body, up to [`MAX_BODY`].
@@ -179,13 +243,22 @@ async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResu
     );
     let user = api.authenticate(&grpc).await?;
     let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    // Discovery and OpenAPI name the custom kinds as the store has them now.
+    let listing = matches!(segments.as_slice(), ["openapi", ..] | ["apis"] | ["apis", _] | ["apis", _, _]);
+    if listing {
+        api.registry.refresh_custom().await?;
+    }
+    let custom = api.registry.custom.kinds();
+    if let ["openapi", "v3"] = segments.as_slice() {
+        return Ok(json_response(StatusCode::OK, &openapi::index(&custom)));
+    }
     if let ["openapi", "v3", gv @ ..] = segments.as_slice() {
-        let doc = openapi::document(&gv.join("/")).ok_or_else(|| not_found_path(&path))?;
+        let doc = openapi::document(&gv.join("/"), &custom).ok_or_else(|| not_found_path(&path))?;
         return Ok(json_response(StatusCode::OK, &doc));
     }
     let accept = parts.headers.get(header::ACCEPT).and_then(|h| h.to_str().ok()).unwrap_or_default();
     if matches!(segments.as_slice(), ["api"] | ["apis"]) && discovery::wants_aggregated(accept) {
-        let mut answer = json_response(StatusCode::OK, &discovery::aggregated(segments[0] == "api"));
+        let mut answer = json_response(StatusCode::OK, &discovery::aggregated(segments[0] == "api", &custom));
         answer.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(discovery::AGGREGATED));
         return Ok(answer);
     }
@@ -199,9 +272,9 @@ async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResu
             };
             return Ok(json_response(StatusCode::OK, &discovery::core_versions(&host)));
         }
-        ["apis"] => return Ok(json_response(StatusCode::OK, &discovery::group_list())),
+        ["apis"] => return Ok(json_response(StatusCode::OK, &discovery::group_list(&custom))),
         ["apis", group] => {
-            let g = discovery::group(group).ok_or_else(|| not_found_path(&path))?;
+            let g = discovery::group(group, &custom).ok_or_else(|| not_found_path(&path))?;
             return Ok(json_response(StatusCode::OK, &g));
         }
         ["api", "v1", rest @ ..] => ("v1".to_string(), rest),
@@ -209,7 +282,7 @@ async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResu
         _ => return Err(not_found_path(&path)),
     };
     if rest.is_empty() {
-        let list = discovery::resource_list(&api_version).ok_or_else(|| not_found_path(&path))?;
+        let list = discovery::resource_list(&api_version, &custom).ok_or_else(|| not_found_path(&path))?;
         return Ok(json_response(StatusCode::OK, &list));
     }
     // Reviews: created and answered on the spot, never stored.
@@ -234,7 +307,12 @@ async fn handle(api: &Api, req: http::Request<Body>, seen: &mut Seen) -> ApiResu
         let answer = metrics::serve(api, &user, &from, rest, query.str("labelSelector")).await?;
         return Ok(json_response(StatusCode::OK, &answer));
     }
-    let t = target(&api_version, rest, &path)?;
+    // A kind defined a moment ago (perhaps through another master) is looked for in the store.
+    let unknown = resource_named(rest).is_some_and(|res| kind_at(api, &api_version, res).is_none());
+    if unknown && api_version.contains('.') {
+        api.registry.refresh_custom().await?;
+    }
+    let t = target(api, &api_version, rest, &path)?;
     seen.resource = Some(t.info.resource);
     seen.sub = t.sub.clone();
     let body = if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
@@ -292,16 +370,17 @@ impl Call<'_> {
     /// The request body as JSON, at the stored version.
     fn object(&self) -> ApiResult<Value> {
         let obj = parse_body(self.headers, self.body)?;
-        match self.t.older {
-            Some(version) => crate::versions::stored_from(version, obj),
+        match &self.t.older {
+            Some(version) if obj.get("apiVersion").is_some_and(|v| v != version.as_str()) => Ok(obj),
+            Some(version) => stored_from(self.info(), version, obj),
             None => Ok(obj),
         }
     }
 
     /// A stored object as the client's version shows it.
     fn shown(&self, obj: Value) -> Value {
-        match self.t.older {
-            Some(version) if obj["kind"] == self.info().kind => crate::versions::shown_at(version, &obj),
+        match &self.t.older {
+            Some(version) if obj["kind"] == self.info().kind => shown_at(self.info(), version, &obj),
             _ => obj,
         }
     }
@@ -375,10 +454,12 @@ impl Call<'_> {
             if !page.continue_token.is_empty() {
                 metadata["continue"] = json!(page.continue_token);
             }
-            let t = table::table(self.info(), page.items.iter().map(|s| &s.object), metadata, include);
+            let printer = printer_columns(self.api, &self.t);
+            let t =
+                make_table(self.info(), printer.as_deref(), page.items.iter().map(|s| &s.object), metadata, include);
             return Ok(json_response(StatusCode::OK, &t));
         }
-        if let Some(version) = self.t.older {
+        if let Some(version) = &self.t.older {
             let items: Vec<Value> = page.items.iter().map(|s| self.shown(s.object.clone())).collect();
             let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
             if !page.continue_token.is_empty() {
@@ -395,7 +476,7 @@ impl Call<'_> {
         match self.t.sub.as_str() {
             "scale" => {
                 let obj = self.api.get_scaled(&self.user, self.info(), &self.t.ns, &self.t.name).await?;
-                return Ok(json_response(StatusCode::OK, &scale_json(&obj)));
+                return Ok(json_response(StatusCode::OK, &self.scale_json(&obj)));
             }
             "log" => {
                 return crate::logs::rest_log(
@@ -418,7 +499,8 @@ impl Call<'_> {
         };
         if let Some(include) = self.table()? {
             let rv = crate::object::resource_version(&obj).to_string();
-            let t = table::table(self.info(), [&obj], json!({"resourceVersion": rv}), include);
+            let printer = printer_columns(self.api, &self.t);
+            let t = make_table(self.info(), printer.as_deref(), [&obj], json!({"resourceVersion": rv}), include);
             return Ok(json_response(StatusCode::OK, &t));
         }
         Ok(json_response(StatusCode::OK, &self.shown(obj)))
@@ -465,7 +547,7 @@ impl Call<'_> {
             ))
         })?;
         if kind == PatchType::Apply {
-            if let Some(version) = self.t.older {
+            if let Some(version) = &self.t.older {
                 return Err(ApiError::Unsupported(format!(
                     "server-side apply is served at {}, not {version}",
                     self.info().api_version
@@ -477,7 +559,7 @@ impl Call<'_> {
             .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
         if self.t.sub == "scale" {
             let stored = self.api.registry.get(self.info(), &self.t.ns, &self.t.name).await?;
-            let scale = patch::apply(kind, &scale_json(&stored), &body)?;
+            let scale = patch::apply(kind, &self.scale_json(&stored), &body)?;
             let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
             let rv = if patch::pins_version(kind, &body) {
                 crate::object::resource_version(&scale).to_string()
@@ -488,13 +570,11 @@ impl Call<'_> {
         }
         let scope = if self.t.sub == "status" { UpdateScope::Status } else { UpdateScope::Main };
         let pinned = patch::pins_version(kind, &body);
-        let (ns, name, older) = (self.t.ns.clone(), self.t.name.clone(), self.t.older);
+        let (ns, name, older, info) = (self.t.ns.clone(), self.t.name.clone(), self.t.older.clone(), self.info());
         let apply = move |stored: &Value| {
             // An older version's patch applies to the object as that version shows it.
-            let mut patched = match older {
-                Some(v) => {
-                    crate::versions::stored_from(v, patch::apply(kind, &crate::versions::shown_at(v, stored), &body)?)?
-                }
+            let mut patched = match &older {
+                Some(v) => stored_from(info, v, patch::apply(kind, &shown_at(info, v, stored), &body)?)?,
                 None => patch::apply(kind, stored, &body)?,
             };
             // The patch may not move the object elsewhere.
@@ -558,13 +638,17 @@ impl Call<'_> {
     }
 
     /// Sets a workload's replicas through its scale subresource.
+    fn scale_json(&self, obj: &Value) -> Value {
+        scale_json(obj, &crate::crd::ScalePaths::of(&self.api.registry.custom, self.info()))
+    }
+
     async fn scale_to(&self, replicas: i64, resource_version: &str) -> ApiResult<http::Response<Body>> {
         let dry_run = self.dry_run()?;
         let (ns, name) = (&self.t.ns, &self.t.name);
         let manager = self.manager()?;
         let w = Write { dry_run, manager: Some(&manager) };
         let obj = self.api.scale_object(&self.user, self.info(), ns, name, replicas, resource_version, w).await?;
-        Ok(json_response(StatusCode::OK, &scale_json(&obj)))
+        Ok(json_response(StatusCode::OK, &self.scale_json(&obj)))
     }
 
     async fn post_subresource(&self) -> ApiResult<http::Response<Body>> {
@@ -665,7 +749,7 @@ impl Call<'_> {
             }
         }
         let list = json!({
-            "apiVersion": self.t.older.unwrap_or(self.info().api_version),
+            "apiVersion": self.t.older.as_deref().unwrap_or(self.info().api_version),
             "kind": format!("{}List", self.info().kind),
             "metadata": {"resourceVersion": page.resource_version.to_string()},
             "items": deleted,
@@ -699,7 +783,8 @@ impl Call<'_> {
         let timeout = self.query.int("timeoutSeconds")?.filter(|t| *t > 0).map(|t| Duration::from_secs(t as u64));
         let table = self.table()?;
         let info = self.info();
-        let older = self.t.older;
+        let older = self.t.older.clone();
+        let printer = printer_columns(self.api, &self.t);
         let mut rx = self.api.watch_objects(&self.user, info, &self.t.ns, opts).await?;
         let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
         tokio::spawn(async move {
@@ -718,9 +803,15 @@ impl Call<'_> {
                         let object = match table {
                             Some(include) if ev.kind != "BOOKMARK" => {
                                 let rv = crate::object::resource_version(&ev.object).to_string();
-                                table::table(info, [&ev.object], json!({"resourceVersion": rv}), include)
+                                make_table(
+                                    info,
+                                    printer.as_deref(),
+                                    [&ev.object],
+                                    json!({"resourceVersion": rv}),
+                                    include,
+                                )
                             }
-                            _ if ev.kind == "BOOKMARK" => match older {
+                            _ if ev.kind == "BOOKMARK" => match &older {
                                 Some(version) => {
                                     let mut o = ev.object;
                                     o["apiVersion"] = json!(version);
@@ -728,8 +819,8 @@ impl Call<'_> {
                                 }
                                 None => ev.object,
                             },
-                            _ => match older {
-                                Some(version) => crate::versions::shown_at(version, &ev.object),
+                            _ => match &older {
+                                Some(version) => shown_at(info, version, &ev.object),
                                 None => ev.object,
                             },
                         };
@@ -776,8 +867,12 @@ async fn access_review(api: &Api, user: &crate::auth::User, mut review: Value) -
     };
     let (allowed, reason) = if review.pointer("/spec/resourceAttributes").is_some() {
         let (group, resource) = (attr("group"), attr("resource"));
-        let info =
-            crate::kinds::KINDS.iter().find(|k| k.resource == resource && discovery::group_version(k).0 == group);
+        api.registry.refresh_custom().await?;
+        let info = api
+            .registry
+            .all_kinds()
+            .into_iter()
+            .find(|k| k.resource == resource && discovery::group_version(k).0 == group);
         match info {
             None if user.is_superuser() => (true, String::new()),
             None => (false, format!("Skiff serves no resource {resource:?} in API group {group:?}")),
@@ -842,8 +937,8 @@ fn success() -> Value {
 }
 
 /// A workload's `autoscaling/v1` Scale as Kubernetes writes it (`status.replicas` always,
-/// even 0, which clients such as Python's require).
-fn scale_json(obj: &Value) -> Value {
+/// even 0, which clients such as Python's require), read where its kind keeps replicas.
+fn scale_json(obj: &Value, paths: &crate::crd::ScalePaths) -> Value {
     let meta = |f: &str| crate::object::meta_str(obj, f).to_string();
     json!({
         "kind": "Scale",
@@ -855,10 +950,7 @@ fn scale_json(obj: &Value) -> Value {
             "resourceVersion": meta("resourceVersion"),
             "creationTimestamp": meta("creationTimestamp"),
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
-        "status": {
-            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
-            "selector": crate::service::scale_selector(obj),
-        },
+        "spec": {"replicas": paths.spec_replicas(obj)},
+        "status": {"replicas": paths.status_replicas(obj), "selector": paths.selector(obj)},
     })
 }

@@ -6,13 +6,14 @@
 //! PATCH and leaves field validation to the server, which refuses unknown fields.
 
 use super::discovery::group_version;
+use crate::crd::CustomKind;
 use crate::kinds::{KindInfo, KINDS};
 use prost::Message;
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FileDescriptorSet};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// The package the API types live in, and the prefix of their schema names.
 const PACKAGE: &str = "skiff.api";
@@ -187,15 +188,25 @@ fn group_versions() -> Vec<&'static str> {
     out
 }
 
-/// `/openapi/v3`: where each group version's document is.
-pub fn index() -> Value {
-    let paths: Map<String, Value> = group_versions()
+/// `/openapi/v3`: where each group version's document is (a custom kind's document's hash
+/// changes with its definition, so clients that cache by hash read it again).
+pub fn index(custom: &[Arc<CustomKind>]) -> Value {
+    let mut paths: Map<String, Value> = group_versions()
         .into_iter()
         .map(|gv| {
             let p = prefix(gv);
             (p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", hash())}))
         })
         .collect();
+    for kind in custom {
+        for version in &kind.versions {
+            let p = prefix(&format!("{}/{}", kind.group, version.name));
+            let described = format!("{:?}{:?}", kind.info, version);
+            let digest = ring::digest::digest(&ring::digest::SHA256, described.as_bytes());
+            let own: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02X}")).collect();
+            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={own}")}));
+        }
+    }
     json!({"paths": paths})
 }
 
@@ -208,31 +219,71 @@ fn hash() -> &'static str {
     })
 }
 
-/// `/openapi/v3/api/v1`, `/openapi/v3/apis/{group}/{version}`.
-pub fn document(path: &str) -> Option<Value> {
-    let gv = group_versions().into_iter().find(|gv| prefix(gv) == path)?;
+/// `/openapi/v3/api/v1`, `/openapi/v3/apis/{group}/{version}`: a built-in group version's
+/// document, or a custom one's made from its definitions' schemas.
+pub fn document(path: &str, custom: &[Arc<CustomKind>]) -> Option<Value> {
     let mut paths = Map::new();
-    for info in KINDS.iter().filter(|k| k.api_version == gv) {
-        add_paths(&mut paths, info);
+    let mut all = schemas().clone();
+    if let Some(gv) = group_versions().into_iter().find(|gv| prefix(gv) == path) {
+        for info in KINDS.iter().filter(|k| k.api_version == gv) {
+            add_paths(&mut paths, info, gv, &format!("{PACKAGE}.{}", info.kind));
+        }
+    }
+    for kind in custom {
+        for version in &kind.versions {
+            let gv = format!("{}/{}", kind.group, version.name);
+            if prefix(&gv) != path {
+                continue;
+            }
+            // Kubernetes' name for it: the group reversed, the version, the kind.
+            let group: Vec<&str> = kind.group.split('.').rev().collect();
+            let name = format!("{}.{}.{}", group.join("."), version.name, kind.info.kind);
+            add_paths(&mut paths, kind.info, &gv, &name);
+            all.insert(name, custom_schema(kind, version));
+        }
+    }
+    if paths.is_empty() {
+        return None;
     }
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": format!("v1.{}.0", super::discovery::KUBERNETES_MINOR)},
         "paths": paths,
-        "components": {"schemas": schemas()},
+        "components": {"schemas": all},
     }))
 }
 
-fn add_paths(paths: &mut Map<String, Value>, info: &'static KindInfo) {
-    let (group, version) = group_version(info);
+/// A custom kind's schema at one version, with the fields every object has.
+fn custom_schema(kind: &CustomKind, version: &crate::crd::Version) -> Value {
+    let mut schema = version.schema.clone();
+    if !schema.is_object() {
+        schema = json!({"type": "object"});
+    }
+    let (group, v) = (kind.group.as_str(), version.name.as_str());
+    schema["x-kubernetes-group-version-kind"] = json!([{"group": group, "version": v, "kind": kind.info.kind}]);
+    let properties = schema.as_object_mut().expect("an object").entry("properties").or_insert_with(|| json!({}));
+    if let Some(properties) = properties.as_object_mut() {
+        properties.insert(
+            "apiVersion".into(),
+            json!({"type": "string", "description": "The versioned schema of this object."}),
+        );
+        properties.insert("kind".into(), json!({"type": "string", "description": "The kind of this object."}));
+        properties.insert("metadata".into(), schema_ref("ObjectMeta"));
+    }
+    schema
+}
+
+fn add_paths(paths: &mut Map<String, Value>, info: &'static KindInfo, api_version: &str, schema_name: &str) {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let gvk = json!({"group": group, "version": version, "kind": info.kind});
-    let base = format!("/{}", prefix(info.api_version));
+    let base = format!("/{}", prefix(api_version));
     let collection = if info.namespaced {
         format!("{base}/namespaces/{{namespace}}/{}", info.resource)
     } else {
         format!("{base}/{}", info.resource)
     };
-    let body = json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{PACKAGE}.{}", info.kind)}}}});
+    let body =
+        json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}});
     let op = |action: &str, id: &str, params: Vec<Value>, with_body: bool| {
         let mut o = json!({
             "operationId": format!("{id}{}", info.kind),
@@ -278,10 +329,10 @@ mod tests {
 
     #[test]
     fn documents_describe_each_kind_with_its_fields_and_patch_strategies() {
-        let index = index();
+        let index = index(&[]);
         let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap();
         assert!(url.starts_with("/openapi/v3/apis/apps/v1?hash="), "{url}");
-        let doc = document("apis/apps/v1").unwrap();
+        let doc = document("apis/apps/v1", &[]).unwrap();
         let schemas = &doc["components"]["schemas"];
         let deployment = &schemas["skiff.api.Deployment"];
         assert_eq!(
@@ -304,7 +355,7 @@ mod tests {
         assert_eq!(labels, &json!({"type": "object", "additionalProperties": {"type": "string"}}));
         let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
-        assert!(document("apis/apps/v2").is_none());
-        assert!(document("api/v1").unwrap()["paths"]["/api/v1/nodes/{name}"]["get"].is_object());
+        assert!(document("apis/apps/v2", &[]).is_none());
+        assert!(document("api/v1", &[]).unwrap()["paths"]["/api/v1/nodes/{name}"]["get"].is_object());
     }
 }

@@ -34,6 +34,7 @@ pub fn of(e: &ApiError) -> (StatusCode, Value) {
                         FieldErrorKind::Duplicate(_) => "FieldValueDuplicate",
                         FieldErrorKind::NotSupported(_) => "FieldValueNotSupported",
                         FieldErrorKind::Forbidden => "FieldValueForbidden",
+                        FieldErrorKind::TooMany(_) => "FieldValueTooMany",
                     };
                     let message = c.to_string();
                     let message = message.strip_prefix(&format!("{}: ", c.path)).unwrap_or(&message).to_string();

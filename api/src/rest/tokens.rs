@@ -22,6 +22,7 @@ const TOKEN_REVIEWS: KindInfo = KindInfo {
     namespaced: false,
     short_names: "",
     subresources: "",
+    custom: false,
 };
 
 /// Kubernetes' bounds on `spec.expirationSeconds`: 10 minutes to 2^32 seconds; 1 hour when

@@ -182,7 +182,9 @@ fn apply(values: Vec<Value>, seg: &Segment) -> Result<Vec<Value>, String> {
     Ok(out)
 }
 
-fn eval(path: &str, root: &Value) -> Result<Vec<Value>, String> {
+/// The values a path (`.status.conditions[?(@.type=="Ready")].status`) finds under `root`;
+/// none where a field is missing.
+pub fn eval(path: &str, root: &Value) -> Result<Vec<Value>, String> {
     let mut cur = vec![root.clone()];
     for seg in segments(path)? {
         cur = apply(cur, &seg)?;
