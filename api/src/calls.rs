@@ -62,6 +62,9 @@ pub fn drop_nulls(v: &mut Value) {
 pub struct Write<'a> {
     pub dry_run: bool,
     pub manager: Option<&'a str>,
+    /// `?fieldValidation=Strict`: a field a custom kind's schema does not name is refused
+    /// rather than pruned (built-in kinds always refuse them).
+    pub strict_fields: bool,
 }
 
 /// A dry run's object shows the version the store still has (none for a create).
@@ -73,9 +76,10 @@ fn dry_version(mut obj: Value, stored: Option<&Value>) -> Value {
 
 impl Api {
     /// The registry a write goes to: the store's, or a dry run's that writes nothing.
-    pub(crate) fn writer(&self, dry_run: bool) -> std::borrow::Cow<'_, crate::Registry> {
-        if dry_run {
-            std::borrow::Cow::Owned(crate::Registry { dry_run: true, ..self.registry.clone() })
+    pub(crate) fn writer(&self, w: Write<'_>) -> std::borrow::Cow<'_, crate::Registry> {
+        if w.dry_run || w.strict_fields {
+            let (dry_run, strict_fields) = (w.dry_run, w.strict_fields);
+            std::borrow::Cow::Owned(crate::Registry { dry_run, strict_fields, ..self.registry.clone() })
         } else {
             std::borrow::Cow::Borrowed(&self.registry)
         }
@@ -117,7 +121,7 @@ impl Api {
         if let Some(manager) = w.manager {
             crate::fields::track_update(None, &mut obj, manager, info.api_version, "");
         }
-        let made = self.writer(w.dry_run).create_as(info, obj, ns_hint, id).await?;
+        let made = self.writer(w).create_as(info, obj, ns_hint, id).await?;
         Ok(if w.dry_run { dry_version(made, None) } else { made })
     }
 
@@ -159,7 +163,7 @@ impl Api {
         if let (Some(manager), UpdateScope::Main) = (w.manager, scope) {
             crate::fields::track_update(stored.as_ref(), &mut obj, manager, info.api_version, "");
         }
-        let updated = self.writer(w.dry_run).update(info, obj, scope).await?;
+        let updated = self.writer(w).update(info, obj, scope).await?;
         Ok(if w.dry_run { dry_version(updated, stored.as_ref()) } else { updated })
     }
 
@@ -193,7 +197,7 @@ impl Api {
             if let (Some(manager), UpdateScope::Main) = (w.manager, scope) {
                 crate::fields::track_update(Some(&stored), &mut patched, manager, info.api_version, "");
             }
-            match self.writer(w.dry_run).update(info, patched, scope).await {
+            match self.writer(w).update(info, patched, scope).await {
                 Err(ApiError::Conflict { .. }) if !pinned && attempts < PATCH_ATTEMPTS => attempts += 1,
                 Ok(done) if w.dry_run => return Ok(dry_version(done, Some(&stored))),
                 other => return other,
@@ -212,7 +216,7 @@ impl Api {
     ) -> ApiResult<Value> {
         let current = self.stored(info, ns, name).await?;
         self.allow(user, info, "delete", "", ns, name, current.as_ref(), None).await?;
-        let gone = self.writer(dry_run).delete(info, ns, name, opts).await?;
+        let gone = self.writer(Write { dry_run, ..Default::default() }).delete(info, ns, name, opts).await?;
         Ok(if dry_run { dry_version(gone, current.as_ref()) } else { gone })
     }
 
@@ -247,7 +251,7 @@ impl Api {
                 )],
             });
         }
-        let writer = self.writer(w.dry_run);
+        let writer = self.writer(w);
         let paths = crate::crd::ScalePaths::of(&self.registry.custom, info);
         let mut attempts = 0;
         loop {

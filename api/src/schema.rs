@@ -81,13 +81,15 @@ fn check_node(schema: &Value, path: &str, root: bool, out: &mut Vec<FieldError>)
     }
 }
 
-/// Removes every field the schema does not name. At the root `apiVersion`, `kind` and
-/// `metadata` stay (they belong to every object).
-pub fn prune(schema: &Value, obj: &mut Value) {
-    prune_at(schema, obj, true);
+/// Removes every field the schema does not name, and says which (`spec.typo`). At the root
+/// `apiVersion`, `kind` and `metadata` stay (they belong to every object).
+pub fn prune(schema: &Value, obj: &mut Value) -> Vec<String> {
+    let mut removed = Vec::new();
+    prune_at(schema, obj, true, "", &mut removed);
+    removed
 }
 
-fn prune_at(schema: &Value, obj: &mut Value, root: bool) {
+fn prune_at(schema: &Value, obj: &mut Value, root: bool, path: &str, removed: &mut Vec<String>) {
     let keep_all = flag(schema, "x-kubernetes-preserve-unknown-fields");
     let embedded = root || flag(schema, "x-kubernetes-embedded-resource");
     match obj {
@@ -99,23 +101,27 @@ fn prune_at(schema: &Value, obj: &mut Value, root: bool) {
                     return true;
                 }
                 if let Some(sub) = props.and_then(|p| p.get(k)) {
-                    prune_at(sub, v, false);
+                    prune_at(sub, v, false, &child(path, k), removed);
                     return true;
                 }
-                match extra {
+                let kept = match extra {
                     Some(sub) if sub.is_object() => {
-                        prune_at(sub, v, false);
+                        prune_at(sub, v, false, &child(path, k), removed);
                         true
                     }
                     Some(Value::Bool(true)) => true,
                     _ => keep_all,
+                };
+                if !kept {
+                    removed.push(child(path, k));
                 }
+                kept
             });
         }
         Value::Array(items) => {
             if let Some(sub) = schema.get("items") {
-                for item in items {
-                    prune_at(sub, item, false);
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune_at(sub, item, false, &format!("{path}[{i}]"), removed);
                 }
             }
         }
@@ -422,7 +428,7 @@ mod tests {
         let mut obj = json!({"apiVersion": "x/v1", "kind": "CronTab", "metadata": {"name": "a"}, "extra": 1,
             "spec": {"cronSpec": "* * * * *", "typo": true, "labels": {"k": "v"}, "free": {"any": {"thing": 1}}},
             "status": {"ready": true, "other": 2}});
-        prune(&crontab(), &mut obj);
+        assert_eq!(prune(&crontab(), &mut obj), ["extra", "spec.typo", "status.other"]);
         apply_defaults(&crontab(), &mut obj);
         assert_eq!(
             obj,

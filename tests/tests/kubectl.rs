@@ -766,7 +766,10 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
         "{refused}"
     );
     k.ok(&["wait", "--for=condition=established", "crd/crontabs.stable.example.com", "--timeout=20s"]);
-    let bad = CRONTAB.replace("'* * * * */5'", "'* * * *'").replace("image:", "replicas: 15, image:");
+    let bad = CRONTAB
+        .replace("'* * * * */5'", "'* * * *'")
+        .replace("image:", "replicas: 15, image:")
+        .replace(", typo: dropped", "");
     let refused = k.fails(&["apply", "-f", "-"], Some(&bad));
     assert!(
         refused.contains("spec.cronSpec: Invalid value: \"* * * *\": spec.cronSpec in body should match")
@@ -774,8 +777,12 @@ fn kubectl_discovers_reads_writes_watches_and_words_errors_as_kubernetes() {
                 .contains("spec.replicas: Invalid value: 15: spec.replicas in body should be less than or equal to 10"),
         "{refused}"
     );
+    // kubectl asks for strict field validation: a field the schema does not name is refused;
+    // without it, the field is pruned.
+    let strict = k.fails(&["apply", "-f", "-"], Some(CRONTAB));
+    assert!(strict.contains("strict decoding error: unknown field \"spec.typo\""), "{strict}");
     assert_eq!(
-        k.ok_with(&["apply", "-f", "-"], Some(CRONTAB)),
+        k.ok_with(&["apply", "--validate=false", "-f", "-"], Some(CRONTAB)),
         "crontab.stable.example.com/my-new-cron-object created\n"
     );
     let table = k.ok(&["get", "crontabs"]);

@@ -132,6 +132,9 @@ pub struct Registry {
     pub lists: Arc<ListCaches>,
     /// The kinds CustomResourceDefinitions define ([`Registry::refresh_custom`]).
     pub custom: Arc<crate::crd::Catalog>,
+    /// Refuse, rather than prune, fields a custom object's schema does not name
+    /// (`?fieldValidation=Strict`).
+    pub strict_fields: bool,
 }
 
 impl ListPage {
@@ -276,6 +279,7 @@ impl Registry {
             metrics,
             lists: Arc::default(),
             custom: Arc::default(),
+            strict_fields: false,
         }
     }
 
@@ -751,7 +755,15 @@ impl Registry {
         obj["metadata"] = skiff_proto::serde_util::normalize::<skiff_proto::api::ObjectMeta>(meta)
             .map_err(|e| ApiError::BadRequest(format!("{} {name:?}: metadata.{e}", kinds::qualified_kind(info))))?;
         let schema = &kind.storage().schema;
-        crate::schema::prune(schema, obj);
+        let unknown = crate::schema::prune(schema, obj);
+        if self.strict_fields && !unknown.is_empty() {
+            let (kind, version) = (info.kind, info.api_version.split_once('/').map_or("", |(_, v)| v));
+            let each: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+            return Err(ApiError::BadRequest(format!(
+                "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+                each.join(", ")
+            )));
+        }
         crate::schema::apply_defaults(schema, obj);
         let mut causes = validation::validate(info, obj);
         causes.extend(crate::schema::validate(schema, obj));

@@ -403,6 +403,18 @@ impl Call<'_> {
         crate::fields::manager_of(self.query.str("fieldManager"), agent)
     }
 
+    /// `?fieldValidation`: Strict refuses fields a custom kind's schema does not name; Warn
+    /// (Kubernetes' default) and Ignore prune them.
+    fn strict_fields(&self) -> ApiResult<bool> {
+        match self.query.str("fieldValidation") {
+            "Strict" => Ok(true),
+            "" | "Warn" | "Ignore" => Ok(false),
+            other => Err(ApiError::BadRequest(format!(
+                "fieldValidation: unsupported value {other:?}: supported values: \"Ignore\", \"Warn\", \"Strict\""
+            ))),
+        }
+    }
+
     /// Bindings and evictions do not take a dry run yet.
     fn no_dry_run(&self) -> ApiResult<()> {
         match self.dry_run()? {
@@ -515,7 +527,7 @@ impl Call<'_> {
             None => None,
         };
         let manager = self.manager()?;
-        let w = Write { dry_run, manager: Some(&manager) };
+        let w = Write { dry_run, manager: Some(&manager), strict_fields: self.strict_fields()? };
         let made = self.api.create_object(&self.user, self.info(), obj, &self.t.ns, id.as_ref(), w).await?;
         Ok(json_response(StatusCode::CREATED, &self.shown(made)))
     }
@@ -531,7 +543,7 @@ impl Call<'_> {
         self.check_names(&mut obj)?;
         let scope = if self.t.sub == "status" { UpdateScope::Status } else { UpdateScope::Main };
         let manager = self.manager()?;
-        let w = Write { dry_run, manager: Some(&manager) };
+        let w = Write { dry_run, manager: Some(&manager), strict_fields: self.strict_fields()? };
         let updated = self.api.update_object(&self.user, self.info(), obj, &self.t.ns, scope, w).await?;
         Ok(json_response(StatusCode::OK, &self.shown(updated)))
     }
@@ -589,7 +601,7 @@ impl Call<'_> {
             Ok(patched)
         };
         let manager = self.manager()?;
-        let w = Write { dry_run, manager: Some(&manager) };
+        let w = Write { dry_run, manager: Some(&manager), strict_fields: self.strict_fields()? };
         let patched =
             self.api.patch_object(&self.user, self.info(), &self.t.ns, &self.t.name, scope, pinned, w, &apply).await?;
         Ok(json_response(StatusCode::OK, &self.shown(patched)))
@@ -624,7 +636,7 @@ impl Call<'_> {
         self.check_names(&mut applied)?;
         let pinned = patch::pins_version(PatchType::Apply, &applied);
         let api_version = self.info().api_version;
-        let w = Write { dry_run, manager: None };
+        let w = Write { dry_run, manager: None, strict_fields: self.strict_fields()? };
         let apply = |stored: &Value| crate::fields::apply(Some(stored), &applied, manager, api_version, force);
         let (ns, name) = (&self.t.ns, &self.t.name);
         match self.api.patch_object(&self.user, self.info(), ns, name, UpdateScope::Main, pinned, w, &apply).await {
@@ -646,7 +658,7 @@ impl Call<'_> {
         let dry_run = self.dry_run()?;
         let (ns, name) = (&self.t.ns, &self.t.name);
         let manager = self.manager()?;
-        let w = Write { dry_run, manager: Some(&manager) };
+        let w = Write { dry_run, manager: Some(&manager), strict_fields: self.strict_fields()? };
         let obj = self.api.scale_object(&self.user, self.info(), ns, name, replicas, resource_version, w).await?;
         Ok(json_response(StatusCode::OK, &self.scale_json(&obj)))
     }
@@ -736,7 +748,7 @@ impl Call<'_> {
     /// Deletes every object the selectors match (authorized as `deletecollection`).
     async fn delete_collection(&self) -> ApiResult<http::Response<Body>> {
         let (opts, _, dry_run) = self.delete_options()?;
-        let registry = self.api.writer(dry_run);
+        let registry = self.api.writer(Write { dry_run, ..Default::default() });
         self.api.allow(&self.user, self.info(), "deletecollection", "", &self.t.ns, "", None, None).await?;
         let page = self.api.registry.list(self.info(), &self.t.ns, &self.list_options()?).await?;
         let mut deleted = Vec::new();
