@@ -230,6 +230,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skiff/api/apiextensions.proto",
         "skiff/api/requests.proto",
         "skiff/api/logs.proto",
+        "skiff/api/exec.proto",
         "skiff/api/services.proto",
     ];
     let fds = protox::compile(files, [PathBuf::from("proto"), out.clone()])?;

@@ -36,6 +36,7 @@ pub mod crd;
 pub mod defaults;
 pub mod encoded_list;
 pub mod error;
+pub mod exec;
 pub mod fields;
 pub mod kinds;
 pub mod limits;

@@ -22,7 +22,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 /// A channel to a node daemon's server (its InternalIP and published port).
-async fn node_channel(api: &Api, node_name: &str) -> Result<tonic::transport::Channel, Status> {
+pub(crate) async fn node_channel(api: &Api, node_name: &str) -> Result<tonic::transport::Channel, Status> {
     let node = api.registry.get(kinds::by_resource("nodes")?, "", node_name).await?;
     let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(|p| p.as_u64()).unwrap_or(0);
     let address = node
@@ -47,7 +47,7 @@ async fn node_channel(api: &Api, node_name: &str) -> Result<tonic::transport::Ch
 
 /// A request relayed to a node: over TLS it carries nothing of the caller's (the node knows
 /// the master by its certificate); only an `--insecure` cluster forwards the caller's token.
-fn forward<T>(api: &Api, from: &tonic::metadata::MetadataMap, body: T) -> Request<T> {
+pub(crate) fn forward<T>(api: &Api, from: &tonic::metadata::MetadataMap, body: T) -> Request<T> {
     let mut req = Request::new(body);
     if api.node_client.is_none() {
         if let Some(auth) = from.get("authorization") {

@@ -743,6 +743,9 @@ pub fn routes(api: Arc<Api>) -> tonic::service::Routes {
     skiff_proto::for_each_kind!(add);
     routes.add_service(objects_server::ObjectsServer::new(ObjectsService { api: api.clone() }));
     routes.add_service(pod_logs_server::PodLogsServer::new(crate::logs::PodLogsService { api: api.clone() }));
+    routes.add_service(skiff_proto::api::pod_exec_server::PodExecServer::new(crate::exec::PodExecService {
+        api: api.clone(),
+    }));
     routes
         .add_service(node_metrics_server::NodeMetricsServer::new(crate::logs::NodeMetricsService { api: api.clone() }));
     routes.add_service(skiff_proto::api::api_metrics_server::ApiMetricsServer::new(crate::metrics::MetricsService {

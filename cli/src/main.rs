@@ -53,6 +53,15 @@ enum Command {
     /// The node daemon's per-container helper (not for direct use).
     #[command(hide = true)]
     Shim { dir: std::path::PathBuf },
+    /// The node daemon's exec helper: runs a command in a running container (not for direct use).
+    #[command(hide = true)]
+    Tenant {
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        error_file: std::path::PathBuf,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Manage the nodes' local image stores.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -99,6 +108,8 @@ enum Command {
     Describe(describe::DescribeArgs),
     /// Print a container's log (kubectl logs).
     Logs(ctl::LogsArgs),
+    /// Run a command in a running container (kubectl exec): `skiff exec [-i] POD [-c C] -- CMD…`.
+    Exec(ctl::ExecArgs),
     /// The resource kinds the server serves.
     ApiResources,
     /// Client and server versions.
@@ -164,6 +175,10 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(if e.use_stderr() { 1 } else { 0 });
         }
     };
+    if let Command::Tenant { dir, error_file, command } = &cli.command {
+        // No logging: its stdout and stderr are the command's.
+        std::process::exit(skiff_node::shim::tenant(dir, error_file, command.clone()));
+    }
     if let Command::Shim { dir } = &cli.command {
         // The shim's log goes to its own stderr as it was at start (DIR/shim.log): once
         // libcontainer hands fd 2 to the container, fd 2 is the container's stderr.
@@ -191,6 +206,7 @@ fn main() -> anyhow::Result<()> {
         Command::Node(args) => node_cmd::run(args),
         Command::Join(args) => join_cmd::run(args),
         Command::Shim { dir } => node_cmd::shim(&dir),
+        Command::Tenant { .. } => unreachable!("run before logging starts"),
         Command::Image(ImageCommand::Import(args)) => node_cmd::image_import(args),
         Command::Image(ImageCommand::Push(args)) => node_cmd::image_push(args),
         Command::Up(args) => up::up(args),
@@ -204,6 +220,7 @@ fn main() -> anyhow::Result<()> {
         Command::Replace(args) => ctl::report(ctl::apply(args, ctl::ApplyMode::Replace)),
         Command::Delete(args) => ctl::report(ctl::delete(args)),
         Command::Logs(args) => ctl::report(ctl::logs(args)),
+        Command::Exec(args) => ctl::report(ctl::exec(args)),
         Command::Describe(args) => ctl::report(describe::describe(args)),
         Command::Rollout(cmd) => ctl::report(rollout::run(cmd)),
         Command::Top(cmd) => ctl::report(top::run(cmd)),

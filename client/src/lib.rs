@@ -19,11 +19,12 @@ use serde_json::Value;
 use skiff_proto::api::cluster_info_client::ClusterInfoClient;
 use skiff_proto::api::node_metrics_client::NodeMetricsClient;
 use skiff_proto::api::objects_client::ObjectsClient;
+use skiff_proto::api::pod_exec_client::PodExecClient;
 use skiff_proto::api::pod_logs_client::PodLogsClient;
 use skiff_proto::api::pods_client::PodsClient;
 use skiff_proto::api::{
-    Binding, BindingTarget, DeleteRequest, Eviction, ObjectMetaRef, PodLogChunk, PodLogRequest, RawListRequest,
-    RawRequest, RawWatchEvent, RawWatchRequest,
+    Binding, BindingTarget, DeleteRequest, Eviction, ExecInput, ExecOutput, ObjectMetaRef, PodLogChunk, PodLogRequest,
+    RawListRequest, RawRequest, RawWatchEvent, RawWatchRequest,
 };
 use skiff_proto::etcdserverpb::cluster_client::ClusterClient;
 use skiff_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -582,6 +583,24 @@ impl Client {
         self.with_failover(|channel, auth| {
             let req = req.clone();
             async move { Ok(PodLogsClient::with_interceptor(channel, auth).get(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Runs a command in a pod's container: `input` is the start, then stdin, its end and
+    /// resizes; the answer is its output and, last, its exit. Not retried on another master
+    /// (stdin may have been consumed): a master that does not answer fails the exec.
+    pub async fn exec(
+        &self,
+        input: impl futures::Stream<Item = ExecInput> + Send + 'static,
+    ) -> Result<tonic::Streaming<ExecOutput>, Status> {
+        let input = std::sync::Mutex::new(Some(input));
+        self.with_failover(|channel, auth| {
+            let input = input.lock().unwrap_or_else(|p| p.into_inner()).take();
+            async move {
+                let input = input.ok_or_else(|| Status::unavailable("the exec's master did not answer"))?;
+                Ok(PodExecClient::with_interceptor(channel, auth).exec(input).await?.into_inner())
+            }
         })
         .await
     }

@@ -29,6 +29,7 @@ pub mod agent;
 pub mod bundle;
 pub mod dns;
 pub mod error;
+pub mod exec;
 pub mod heartbeat;
 pub mod hostport;
 pub mod image;
@@ -160,6 +161,8 @@ pub async fn run(
         None => logs::Callers::Delegated(client.config.clone()),
     };
     let logs = logs::LogServer { root: config.root.clone(), callers: callers.clone() };
+    let exec =
+        exec::ExecServer { root: config.root.clone(), callers: callers.clone(), helper: config.shim_exe.clone() };
     let sampler = stats::Sampler::new(config.root.clone(), config.name.clone(), callers.clone());
     let metrics = std::sync::Arc::new(skiff_proto::metrics::Metrics::default());
     let sampling = tokio::spawn(sampler.clone().run(Duration::from_secs(5)));
@@ -260,6 +263,7 @@ pub async fn run(
     let node = config.name.clone();
     let routes = tonic::service::Routes::new(skiff_proto::api::pod_logs_server::PodLogsServer::new(logs))
         .add_service(skiff_proto::api::node_metrics_server::NodeMetricsServer::new(sampler.clone()))
+        .add_service(skiff_proto::api::pod_exec_server::PodExecServer::new(exec))
         .into_axum_router()
         .route(
             "/metrics",

@@ -101,6 +101,38 @@ fn container_names(pod: &Value) -> Vec<String> {
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<PodLogChunk, Status>> + Send>>;
 
+/// The container of pod `ns/name` a request names (`container`; may be empty when the pod
+/// has one app container) and its runs on this node, oldest first.
+pub(crate) fn container_runs(
+    root: &Path,
+    ns: &str,
+    name: &str,
+    container: &str,
+) -> Result<(String, Vec<instance::Instance>), Status> {
+    let (dir, pod) = find_pod(root, ns, name)
+        .ok_or_else(|| Status::not_found(format!("pod \"{name}\" has no containers on this node yet")))?;
+    let names = container_names(&pod);
+    let app: Vec<String> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect();
+    let container = match (container, app.as_slice()) {
+        ("", [only]) => only.clone(),
+        ("", _) => {
+            return Err(Status::invalid_argument(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                names.join(" ")
+            )))
+        }
+        (c, _) if names.iter().any(|n| n == c) => c.to_string(),
+        (c, _) => return Err(Status::invalid_argument(format!("container {c} is not valid for pod {name}"))),
+    };
+    let runs = instance::instances(&dir, &container);
+    Ok((container, runs))
+}
+
 /// Delegated authorization: the caller's bearer token must be allowed to `get` the object
 /// through the masters' API.
 async fn authorize_delegated(
@@ -130,28 +162,7 @@ impl LogServer {
     /// The log file of the run a request names.
     fn run_log(&self, r: &PodLogRequest) -> Result<(instance::Instance, Vec<PathBuf>), Status> {
         let ns = if r.namespace.is_empty() { "default" } else { r.namespace.as_str() };
-        let (dir, pod) = find_pod(&self.root, ns, &r.name)
-            .ok_or_else(|| Status::not_found(format!("pod \"{}\" has no containers on this node yet", r.name)))?;
-        let names = container_names(&pod);
-        let app: Vec<String> = pod["spec"]["containers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["name"].as_str().map(String::from))
-            .collect();
-        let container = match (r.container.as_str(), app.as_slice()) {
-            ("", [only]) => only.clone(),
-            ("", _) => {
-                return Err(Status::invalid_argument(format!(
-                    "a container name must be specified for pod {}, choose one of: [{}]",
-                    r.name,
-                    names.join(" ")
-                )))
-            }
-            (c, _) if names.iter().any(|n| n == c) => c.to_string(),
-            (c, _) => return Err(Status::invalid_argument(format!("container {c} is not valid for pod {}", r.name))),
-        };
-        let runs = instance::instances(&dir, &container);
+        let (container, runs) = container_runs(&self.root, ns, &r.name, &r.container)?;
         let run = if r.previous {
             runs.len().checked_sub(2).map(|i| runs[i].clone()).ok_or_else(|| {
                 Status::invalid_argument(format!(

@@ -125,6 +125,51 @@ pub fn main(dir: &Path) -> i32 {
     }
 }
 
+/// Entry point of `skiff tenant DIR --error-file F -- CMD…`: runs CMD in the running
+/// container of instance `DIR` (its namespaces, cgroup, user, environment and working
+/// directory, as libcontainer's tenant mode sets them up), with this process's stdin, stdout
+/// and stderr, and returns its exit code (128 + the signal that killed it). A command that
+/// cannot be started (no such executable, the container stopped) returns
+/// [`crate::exec::NOT_STARTED`] with the reason in `F`.
+pub fn tenant(dir: &Path, error_file: &Path, command: Vec<String>) -> i32 {
+    use libcontainer::container::builder::ContainerBuilder;
+    use libcontainer::syscall::syscall::SyscallType;
+    let fail = |message: String| {
+        let _ = fs::write(error_file, message);
+        crate::exec::NOT_STARTED
+    };
+    let Some(spec) = read::<ShimSpec>(&dir.join("shim.json")) else {
+        return fail(format!("{}/shim.json is missing or invalid", dir.display()));
+    };
+    use std::os::fd::AsFd;
+    let (stdin, stdout, stderr) = (
+        std::io::stdin().as_fd().try_clone_to_owned(),
+        std::io::stdout().as_fd().try_clone_to_owned(),
+        std::io::stderr().as_fd().try_clone_to_owned(),
+    );
+    let (Ok(stdin), Ok(stdout), Ok(stderr)) = (stdin, stdout, stderr) else {
+        return fail("duplicating the standard streams failed".into());
+    };
+    let built =
+        ContainerBuilder::new(spec.id.clone(), SyscallType::default()).with_root_path(&spec.state_root).and_then(|b| {
+            b.with_stdin(stdin)
+                .with_stdout(stdout)
+                .with_stderr(stderr)
+                .as_tenant()
+                .with_container_args(command)
+                .with_detach(false)
+                .build()
+        });
+    match built {
+        Ok(pid) => match reap(pid.as_raw()) {
+            nix::sys::wait::WaitStatus::Exited(_, code) => code,
+            nix::sys::wait::WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
+            _ => 255,
+        },
+        Err(e) => fail(e.to_string()),
+    }
+}
+
 type Copiers = Vec<std::thread::JoinHandle<()>>;
 
 fn start(dir: &Path, spec: &ShimSpec, log: &Arc<Mutex<LogFile>>) -> Result<(i32, String, Copiers), String> {
@@ -159,7 +204,7 @@ fn start(dir: &Path, spec: &ShimSpec, log: &Arc<Mutex<LogFile>>) -> Result<(i32,
 }
 
 /// Waits for `pid`, reaping whatever else exits meanwhile (libcontainer's intermediate process).
-fn reap(pid: i32) -> nix::sys::wait::WaitStatus {
+pub(crate) fn reap(pid: i32) -> nix::sys::wait::WaitStatus {
     use nix::sys::wait::{waitpid, WaitStatus};
     let target = nix::unistd::Pid::from_raw(pid);
     loop {

@@ -3,7 +3,8 @@
 //! `skiff get -o json`, and the machine itself inspected for leftovers.
 
 use serde_json::Value;
-use skiff_tests::{pid_alive, wait_for, wait_for_showing, Cluster};
+use skiff_tests::{pid_alive, run_piped, skiff_bin, wait_for, wait_for_showing, Cluster};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -106,8 +107,46 @@ spec:
     let ip = pod["status"]["podIP"].as_str().unwrap();
     assert!(ip.starts_with("10.244."), "pod IP {ip} comes from the node's pod CIDR");
 
-    // phase: delete it; everything it had on the machine goes
+    // phase: exec runs in the container's namespaces and cgroup, with its environment; stdin,
+    // exit codes, a default container and a command that cannot start as kubectl gives them
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let config = c.dir.path().join("client.json");
+    let exec = |args: &[&str], stdin: Option<&str>| exec_as(&config, args, stdin);
+    let o = exec(
+        &["duo", "-c", "client", "--", "sh", "-c", "cat /data/order; hostname; hostname -i; cat /proc/self/cgroup"],
+        None,
+    );
+    let said = text(&o);
+    assert!(o.status.success(), "{said}");
+    assert_eq!(said.lines().take(4).collect::<Vec<_>>(), ["first", "second", "duo", ip], "{said}");
+    assert!(said.contains(&format!("/pod{uid}/client\n")), "not in the container's cgroup: {said}");
+    let o = exec(&["duo", "-c", "client", "--", "sh", "-c", "echo out; echo err >&2; exit 3"], None);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\ncommand terminated with exit code 3\n");
+    let o = exec(&["-i", "duo", "-c", "server", "--", "sh", "-c", "cat; echo done"], Some("piped through\n"));
+    assert_eq!((o.status.code(), String::from_utf8_lossy(&o.stdout).as_ref()), (Some(0), "piped through\ndone\n"));
+    let o = exec(&["duo", "--", "hostname"], None);
+    assert!(
+        o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains("Defaulted container \"server\" out of: server, client"),
+        "{}",
+        text(&o)
+    );
+    let o = exec(&["duo", "-c", "client", "--", "no-such-command"], None);
+    assert_eq!(o.status.code(), Some(126), "{}", text(&o));
+    assert!(text(&o).contains("exec: \"no-such-command\": executable file not found in $PATH"), "{}", text(&o));
+    // A user who may read pods but not exec into them is refused.
+    c.add_user("reader-token", "reader", &[]);
+    c.apply_yaml(READER);
+    let reader = c.dir.path().join("reader.json");
+    let admin = std::fs::read_to_string(&config).unwrap();
+    let token = serde_json::from_str::<Value>(&admin).unwrap()["users"][0]["token"].as_str().unwrap().to_string();
+    std::fs::write(&reader, admin.replace(&token, "reader-token")).unwrap();
+    let o = exec_as(&reader, &["duo", "-c", "client", "--", "true"], None);
+    assert!(!o.status.success() && text(&o).contains("cannot create resource \"pods/exec\""), "{}", text(&o));
+
+    // phase: delete it; everything it had on the machine goes
     let veth = format!("skv{}", uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(11).collect::<String>());
     c.ctl_ok(&["delete", "pod", "duo"]);
     wait_for(T, "pod duo to be gone from the API", || c.get_json("pods", "duo").is_none().then_some(()));
@@ -136,6 +175,31 @@ spec:
     assert!(proxy["state"]["terminated"].is_object(), "the sidecar stopped with the pod: {proxy}");
     let setup = &container(&pod, "initContainerStatuses", "setup")["state"]["terminated"];
     assert_eq!(setup["exitCode"].as_i64().unwrap_or(0), 0, "{pod}");
+}
+
+/// A user who may get and list pods, and nothing more.
+const READER: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: pod-reader}
+rules: [{apiGroups: [''], resources: [pods], verbs: [get, list]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: reader-reads-pods}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: pod-reader}
+subjects: [{kind: User, name: reader, apiGroup: rbac.authorization.k8s.io}]
+";
+
+/// `skiff exec ARGS` with the client configuration `config`, stdin piped.
+fn exec_as(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(skiff_bin());
+    cmd.env("SKIFF_CONFIG", config).arg("exec").args(args);
+    run_piped(cmd, stdin)
+}
+
+/// What a command printed, stdout then stderr.
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
 
 /// A job-like pod whose init container and app container both ask its sidecar, which the

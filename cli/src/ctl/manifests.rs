@@ -325,6 +325,9 @@ pub fn api_resources() -> Outcome {
 /// Runs a verb, printing its failure as kubectl does; the caller exits 1 on `Err`.
 pub fn report(outcome: Outcome) -> anyhow::Result<()> {
     if let Err(f) = outcome {
+        if let Failure::Exit(code) = f {
+            std::process::exit(code);
+        }
         if !matches!(f, Failure::Reported) {
             eprintln!("{f}");
         }

@@ -2,18 +2,20 @@
 //! any master through `skiff-client` (failover, deadlines) and print what kubectl prints.
 //!
 //! This module holds the connection flags and the error report every verb shares; the verbs
-//! are in `listing` (get), `manifests` (apply, create, delete), `pod_logs`, `metadata` (label,
-//! annotate, scale) and `status` (componentstatuses, version).
+//! are in `listing` (get), `manifests` (apply, create, delete), `pod_logs`, `pod_exec`,
+//! `metadata` (label, annotate, scale) and `status` (componentstatuses, version).
 
 pub(crate) mod listing;
 mod manifests;
 mod metadata;
+mod pod_exec;
 mod pod_logs;
 mod status;
 
 pub use listing::*;
 pub use manifests::*;
 pub use metadata::*;
+pub use pod_exec::*;
 pub use pod_logs::*;
 pub use status::*;
 
@@ -93,6 +95,8 @@ pub enum Failure {
     Server(tonic::Status),
     /// Already printed (a verb that goes on past a failed object): exit 1 without more.
     Reported,
+    /// Exit with this code, without more (`exec`: the command's own exit code).
+    Exit(i32),
 }
 
 impl From<tonic::Status> for Failure {
@@ -105,7 +109,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Local(m) => write!(f, "error: {m}"),
-            Failure::Reported => Ok(()),
+            Failure::Reported | Failure::Exit(_) => Ok(()),
             Failure::Server(s) => {
                 let reason = match s.code() {
                     Code::NotFound => "NotFound",
