@@ -110,6 +110,8 @@ enum Command {
     Logs(ctl::LogsArgs),
     /// Run a command in a running container (kubectl exec): `skiff exec [-i] POD [-c C] -- CMD…`.
     Exec(ctl::ExecArgs),
+    /// Copy files into or out of a container (kubectl cp): `skiff cp SRC POD:DEST` or `POD:SRC DEST`.
+    Cp(ctl::CpArgs),
     /// The resource kinds the server serves.
     ApiResources,
     /// Client and server versions.
@@ -221,6 +223,7 @@ fn main() -> anyhow::Result<()> {
         Command::Delete(args) => ctl::report(ctl::delete(args)),
         Command::Logs(args) => ctl::report(ctl::logs(args)),
         Command::Exec(args) => ctl::report(ctl::exec(args)),
+        Command::Cp(args) => ctl::report(ctl::cp(args)),
         Command::Describe(args) => ctl::report(describe::describe(args)),
         Command::Rollout(cmd) => ctl::report(rollout::run(cmd)),
         Command::Top(cmd) => ctl::report(top::run(cmd)),

@@ -136,6 +136,35 @@ spec:
     let o = exec(&["duo", "-c", "client", "--", "no-such-command"], None);
     assert_eq!(o.status.code(), Some(126), "{}", text(&o));
     assert!(text(&o).contains("exec: \"no-such-command\": executable file not found in $PATH"), "{}", text(&o));
+    // cp: a directory (a binary file, a nested one, a link) into the pod and back, identical.
+    let here = tempfile::tempdir().unwrap();
+    let source = here.path().join("source");
+    std::fs::create_dir_all(source.join("sub")).unwrap();
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(source.join("sub/blob"), &blob).unwrap();
+    std::fs::write(source.join("a.txt"), "hello\n").unwrap();
+    std::os::unix::fs::symlink("a.txt", source.join("link")).unwrap();
+    let cp = |from: &str, to: &str| {
+        let mut cmd = Command::new(skiff_bin());
+        cmd.env("SKIFF_CONFIG", &config).args(["cp", "-c", "client", from, to]);
+        run_piped(cmd, None)
+    };
+    let o = cp(source.to_str().unwrap(), "duo:/tmp/copied");
+    assert!(o.status.success(), "{}", text(&o));
+    let listed = text(&exec(
+        &["duo", "-c", "client", "--", "sh", "-c", "cat /tmp/copied/a.txt; readlink /tmp/copied/link"],
+        None,
+    ));
+    assert_eq!(listed, "hello\na.txt\n");
+    let back = here.path().join("back");
+    let o = cp("duo:/tmp/copied", back.to_str().unwrap());
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(back.join("sub/blob")).unwrap(), blob, "the binary file came back changed");
+    assert_eq!(std::fs::read_to_string(back.join("a.txt")).unwrap(), "hello\n");
+    assert_eq!(std::fs::read_link(back.join("link")).unwrap(), std::path::Path::new("a.txt"));
+    let o = cp("duo:/no/such/path", here.path().join("none").to_str().unwrap());
+    assert!(!o.status.success() && text(&o).contains("No such file"), "{}", text(&o));
+
     // A user who may read pods but not exec into them is refused.
     c.add_user("reader-token", "reader", &[]);
     c.apply_yaml(READER);
