@@ -67,9 +67,16 @@ pub(crate) async fn relay(
     if node.is_empty() {
         return Err(Status::failed_precondition(format!("pod {:?} is not scheduled to a node yet", start.name)));
     }
-    let channel = crate::logs::node_channel(api, node).await?;
+    // A node that does not answer is the server's failure, not a reason for the client to try
+    // the exec on another master (its stdin may have been read): Kubernetes' "error dialing
+    // backend", at once.
+    let unreachable = |e: Status| match e.code() {
+        tonic::Code::Unavailable => Status::internal(format!("error dialing backend: {}", e.message())),
+        _ => e,
+    };
+    let channel = crate::logs::node_channel(api, node).await.map_err(unreachable)?;
     let first = ExecInput { start: Some(start), ..Default::default() };
     let input = tokio_stream::once(first).chain(rest);
     let req = crate::logs::forward(api, from, input);
-    Ok(PodExecClient::new(channel).exec(req).await?.into_inner())
+    Ok(PodExecClient::new(channel).exec(req).await.map_err(unreachable)?.into_inner())
 }

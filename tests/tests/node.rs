@@ -366,6 +366,11 @@ spec:
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     wait_for(Duration::from_secs(10), "the node daemon to exit", || (!pid_alive(daemon)).then_some(()));
     assert!(pid_alive(container_pid), "the container (pid {container_pid}) died with its daemon");
+    // An exec into a pod whose node does not answer fails at once, saying so.
+    let asked = std::time::Instant::now();
+    let o = exec_as(&c.dir.path().join("client.json"), &["steady", "--", "true"], None);
+    assert!(!o.status.success() && text(&o).contains("error dialing backend"), "{}", text(&o));
+    assert!(asked.elapsed() < Duration::from_secs(10), "the exec took {:?} to fail", asked.elapsed());
 
     // phase: restart it; the same container is re-adopted, nothing started twice
     c.restart_stopped();
