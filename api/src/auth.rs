@@ -276,11 +276,20 @@ pub fn check_no_escalation(policy: &Policy, user: &User, rules: &[Value], namesp
         for verb in strings(rule.get("verbs")) {
             for resource in strings(rule.get("resources")) {
                 let (res, sub) = resource.split_once('/').unwrap_or((resource, ""));
-                let infos: Vec<&KindInfo> = if res == "*" {
-                    kinds::KINDS.iter().collect()
-                } else {
-                    kinds::by_resource(res).into_iter().collect()
+                let groups = strings(rule.get("apiGroups"));
+                let in_groups = |k: &&KindInfo| {
+                    groups.contains(&"*") || groups.contains(&k.api_version.split_once('/').map_or("", |(g, _)| g))
                 };
+                let infos: Vec<&KindInfo> =
+                    kinds::KINDS.iter().filter(|k| res == "*" || k.resource == res).filter(in_groups).collect();
+                // A resource Skiff has no built-in kind for (a custom resource, or none yet) is
+                // judged on the rule itself: it must be held as it is, or wider.
+                if infos.is_empty() && res != "*" && !policy_allows_wildcard(policy, user, rule) {
+                    return Err(ApiError::Forbidden(format!(
+                        "user {:?} is attempting to grant RBAC permissions not currently held: verb {verb:?} on {resource:?}",
+                        user.name
+                    )));
+                }
                 for info in infos {
                     let names = strings(rule.get("resourceNames"));
                     let name = names.first().copied().unwrap_or_default();
@@ -418,6 +427,23 @@ mod tests {
         assert!(check_no_escalation(&p, &jane, &reading, "default").is_ok());
         let deleting = vec![json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]})];
         assert!(check_no_escalation(&p, &jane, &deleting, "default").is_err());
+        // Resources without a built-in kind (custom ones) are judged by the rule as written,
+        // and a built-in resource name in another group is not the built-in kind.
+        for unheld in [
+            json!({"apiGroups": ["stable.example.com"], "resources": ["crontabs"], "verbs": ["get"]}),
+            json!({"apiGroups": ["stable.example.com"], "resources": ["pods"], "verbs": ["get"]}),
+        ] {
+            assert!(check_no_escalation(&p, &jane, std::slice::from_ref(&unheld), "default").is_err(), "{unheld}");
+        }
+        let mut p = policy();
+        let crontabs =
+            json!({"apiGroups": ["stable.example.com"], "resources": ["crontabs"], "verbs": ["get", "list"]});
+        p.cluster_roles.push(json!({"metadata": {"name": "cron-reader"}, "rules": [crontabs]}));
+        p.cluster_role_bindings
+            .push(json!({"metadata": {"name": "cron"}, "subjects": [{"kind": "User", "name": "jane"}],
+            "roleRef": {"kind": "ClusterRole", "name": "cron-reader"}}));
+        let narrower = json!({"apiGroups": ["stable.example.com"], "resources": ["crontabs"], "verbs": ["get"]});
+        assert!(check_no_escalation(&p, &jane, &[narrower], "default").is_ok(), "a held custom rule may be granted");
     }
 
     #[test]
