@@ -52,6 +52,9 @@ pub(crate) async fn relay(
     if start.namespace.is_empty() {
         start.namespace = "default".into();
     }
+    if start.tty {
+        return Err(Status::invalid_argument("a terminal (tty) is not served yet: run the command without one"));
+    }
     let pods = kinds::by_resource("pods")?;
     let a =
         Attributes { verb: "create", info: pods, subresource: "exec", namespace: &start.namespace, name: &start.name };

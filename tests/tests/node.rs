@@ -133,6 +133,13 @@ spec:
         "{}",
         text(&o)
     );
+    let (ok, _, refused) = skiff_tests::grpcurl_call(
+        &c.admin_token(),
+        &c.masters[0].etcd,
+        "skiff.api.PodExec/Exec",
+        &serde_json::json!({"start": {"name": "duo", "container": "client", "command": ["sh"], "tty": true}}),
+    );
+    assert!(!ok && refused.contains("a terminal (tty) is not served yet"), "{refused}");
     let o = exec(&["duo", "-c", "client", "--", "no-such-command"], None);
     assert_eq!(o.status.code(), Some(126), "{}", text(&o));
     assert!(text(&o).contains("exec: \"no-such-command\": executable file not found in $PATH"), "{}", text(&o));
