@@ -278,7 +278,7 @@ pub fn check_no_escalation(policy: &Policy, user: &User, rules: &[Value], namesp
                 let (res, sub) = resource.split_once('/').unwrap_or((resource, ""));
                 let groups = strings(rule.get("apiGroups"));
                 let in_groups = |k: &&KindInfo| {
-                    groups.contains(&"*") || groups.contains(&k.api_version.split_once('/').map_or("", |(g, _)| g))
+                    groups.contains(&"*") || groups.contains(&crate::rest::discovery::group_version(k).0)
                 };
                 let infos: Vec<&KindInfo> =
                     kinds::KINDS.iter().filter(|k| res == "*" || k.resource == res).filter(in_groups).collect();

@@ -2,8 +2,6 @@
 //! node running the pod, and relays the caller's streams to the node daemon and back (over the
 //! same authenticated master→node channel as logs: the node answers only the masters).
 
-use crate::auth::Attributes;
-use crate::kinds;
 use crate::service::Api;
 use skiff_proto::api::pod_exec_client::PodExecClient;
 use skiff_proto::api::pod_exec_server::PodExec;
@@ -55,20 +53,12 @@ pub(crate) async fn relay(
     if start.tty {
         return Err(Status::invalid_argument("a terminal (tty) is not served yet: run the command without one"));
     }
-    let pods = kinds::by_resource("pods")?;
-    let a =
-        Attributes { verb: "create", info: pods, subresource: "exec", namespace: &start.namespace, name: &start.name };
-    api.authorize(user, &a, None, None).await?;
-    let pod = api.registry.get(pods, &start.namespace, &start.name).await?;
+    let (pod, node) = crate::logs::scheduled_pod(api, user, "create", "exec", &start.namespace, &start.name).await?;
     let phase = pod.pointer("/status/phase").and_then(|v| v.as_str()).unwrap_or("Pending");
     if matches!(phase, "Succeeded" | "Failed") {
         return Err(Status::failed_precondition(format!(
             "cannot exec into a container in a completed pod; current phase is {phase}"
         )));
-    }
-    let node = pod.pointer("/spec/nodeName").and_then(|v| v.as_str()).unwrap_or_default();
-    if node.is_empty() {
-        return Err(Status::failed_precondition(format!("pod {:?} is not scheduled to a node yet", start.name)));
     }
     // A node that does not answer is the server's failure, not a reason for the client to try
     // the exec on another master (its stdin may have been read): Kubernetes' "error dialing
@@ -77,7 +67,7 @@ pub(crate) async fn relay(
         tonic::Code::Unavailable => Status::internal(format!("error dialing backend: {}", e.message())),
         _ => e,
     };
-    let channel = crate::logs::node_channel(api, node).await.map_err(unreachable)?;
+    let channel = crate::logs::node_channel(api, &node).await.map_err(unreachable)?;
     let first = ExecInput { start: Some(start), ..Default::default() };
     let input = tokio_stream::once(first).chain(rest);
     let req = crate::logs::forward(api, from, input);

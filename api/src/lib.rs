@@ -105,9 +105,7 @@ async fn follow_definitions(registry: Registry) {
     let Ok(definitions) = kinds::by_resource("customresourcedefinitions") else { return };
     loop {
         let followed = async {
-            let listed = registry.list(definitions, "", &registry::ListOptions::default()).await?;
-            let from = listed.resource_version.to_string();
-            registry.custom.sync(&listed.into_values());
+            let from = registry.refresh_custom().await?.to_string();
             let opts = registry::WatchOptions { resource_version: from, ..Default::default() };
             let mut changes = registry.watch(definitions, "", opts).await?;
             while let Some(change) = changes.recv().await {

@@ -113,16 +113,30 @@ async fn open(
     if r.namespace.is_empty() {
         r.namespace = "default".into();
     }
-    let pods = kinds::by_resource("pods")?;
-    let a = Attributes { verb: "get", info: pods, subresource: "log", namespace: &r.namespace, name: &r.name };
-    api.authorize(user, &a, None, None).await?;
-    let pod = api.registry.get(pods, &r.namespace, &r.name).await?;
-    let node_name = pod.pointer("/spec/nodeName").and_then(|v| v.as_str()).unwrap_or_default();
-    if node_name.is_empty() {
-        return Err(Status::failed_precondition(format!("pod \"{}\" is not scheduled to a node yet", r.name)));
-    }
-    let channel = node_channel(api, node_name).await?;
+    let (_, node) = scheduled_pod(api, user, "get", "log", &r.namespace, &r.name).await?;
+    let channel = node_channel(api, &node).await?;
     Ok(PodLogsClient::new(channel).get(forward(api, from, r)).await?.into_inner())
+}
+
+/// Authorizes `verb` on the pod subresource `sub` (`get pods/log`, `create pods/exec`) for
+/// `user`, and reads the pod: it and the node it is bound to; a pod not bound yet is refused.
+pub(crate) async fn scheduled_pod(
+    api: &Api,
+    user: &crate::auth::User,
+    verb: &str,
+    sub: &str,
+    ns: &str,
+    name: &str,
+) -> Result<(serde_json::Value, String), Status> {
+    let pods = kinds::by_resource("pods")?;
+    let a = Attributes { verb, info: pods, subresource: sub, namespace: ns, name };
+    api.authorize(user, &a, None, None).await?;
+    let pod = api.registry.get(pods, ns, name).await?;
+    let node = pod.pointer("/spec/nodeName").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    if node.is_empty() {
+        return Err(Status::failed_precondition(format!("pod \"{name}\" is not scheduled to a node yet")));
+    }
+    Ok((pod, node))
 }
 
 /// `GET …/pods/{name}/log` over REST: the log as plain text, streamed while `follow`.

@@ -285,12 +285,14 @@ impl Registry {
 
     /// Reads the stored CustomResourceDefinitions (linearizably) into [`Registry::custom`]:
     /// what a request naming a kind the catalog lacks does before it is refused, so a kind
-    /// defined a moment ago through another master is served here too.
-    pub async fn refresh_custom(&self) -> ApiResult<()> {
+    /// defined a moment ago through another master is served here too. Answers with the
+    /// revision it read at.
+    pub async fn refresh_custom(&self) -> ApiResult<i64> {
         let definitions =
             self.list(kinds::by_resource("customresourcedefinitions")?, "", &ListOptions::default()).await?;
+        let revision = definitions.resource_version;
         self.custom.sync(&definitions.into_values());
-        Ok(())
+        Ok(revision)
     }
 
     /// The built-in kinds and the custom ones.

@@ -119,7 +119,7 @@ fn to_stderr(bytes: &[u8]) {
 }
 
 /// `pod/NAME` or `NAME`.
-fn pod_name(arg: &str) -> String {
+pub(super) fn pod_name(arg: &str) -> String {
     arg.strip_prefix("pod/").or_else(|| arg.strip_prefix("pods/")).unwrap_or(arg).to_string()
 }
 

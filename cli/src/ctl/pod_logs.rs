@@ -38,7 +38,7 @@ pub fn logs(args: LogsArgs) -> Outcome {
     let rt = runtime();
     let _enter = rt.enter();
     let client = args.conn.client()?;
-    let name = args.pod.strip_prefix("pod/").or_else(|| args.pod.strip_prefix("pods/")).unwrap_or(&args.pod);
+    let name = pod_name(&args.pod);
     let since = args.since.as_deref().map(parse_duration).transpose().map_err(Failure::Local)?;
     let req = skiff_proto::api::PodLogRequest {
         namespace: client.config.namespace.clone(),
